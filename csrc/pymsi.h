@@ -1,0 +1,198 @@
+/*
+ * pymsi C translation core: physical memory, VMSAv8-64 stage-1 / stage-2 /
+ * nested table walks as an SMMUv3 performs them, an IOTLB, the
+ * per-(device, MSI index) address table, and batch entry points.
+ *
+ * Conventions: functions return 0 (or a count) on success and a negative
+ * errno value on failure.  Nothing allocates on the walk, lookup, compose or
+ * batch paths.  Objects are not thread-safe: one owner at a time.
+ *
+ * The block between the cdef markers is fed verbatim to cffi's cdef(), so it
+ * must stay free of preprocessor conditionals and inline code.
+ */
+#ifndef PYMSI_H
+#define PYMSI_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* cdef-begin */
+/* Fault kinds (pymsi.core.FaultKind mirrors these values). */
+#define PYMSI_FAULT_NONE 0
+#define PYMSI_FAULT_TRANSLATION 1
+#define PYMSI_FAULT_ADDRESS_SIZE 2
+#define PYMSI_FAULT_ACCESS 3
+#define PYMSI_FAULT_PERMISSION 4
+#define PYMSI_FAULT_EXTERNAL_ABORT 5
+
+/* IOTLB entry kinds: which stages produced the cached translation. */
+#define PYMSI_KIND_S1 1
+#define PYMSI_KIND_S2 2
+#define PYMSI_KIND_S12 3
+
+/* Range selector of an invalidation. */
+#define PYMSI_TLBI_RANGE_NONE 0
+#define PYMSI_TLBI_RANGE_INPUT 1
+#define PYMSI_TLBI_RANGE_IPA 2
+
+/*
+ * Per-item status of the batch entry points: 0 = translated; -ENOENT = no
+ * MSI table entry; a positive value encodes a fault:
+ * PYMSI_STATUS_FAULT | kind | stage << 4 | level << 8 | s1_table_walk << 12.
+ */
+#define PYMSI_STATUS_FAULT 65536
+
+typedef struct pymsi_mem pymsi_mem;
+typedef struct pymsi_tlb pymsi_tlb;
+typedef struct pymsi_msi_table pymsi_msi_table;
+
+/* One stage-1 translation table (TTB0 or TTB1) with its derived geometry. */
+struct pymsi_s1_tt {
+    uint64_t ttb;
+    uint8_t enabled;      /* !EPDn */
+    uint8_t tsz;          /* TnSZ, 16..39 */
+    uint8_t gshift;       /* granule: 12, 14 or 16 */
+    uint8_t start_level;  /* derived from the input size */
+    uint8_t had;          /* hierarchical attributes disabled */
+    uint8_t tbi;          /* top byte ignored */
+};
+
+struct pymsi_s1_cfg {
+    struct pymsi_s1_tt tt[2];
+    uint8_t ips;          /* output (IPA) size in bits */
+    uint8_t affd;         /* access flag faults disabled */
+};
+
+struct pymsi_s2_cfg {
+    uint64_t vttb;
+    uint8_t tsz;          /* S2T0SZ, 16..39 */
+    uint8_t gshift;       /* 12, 14 or 16 */
+    uint8_t start_level;  /* derived from S2SL0 and the granule */
+    uint8_t ps;           /* output (PA) size in bits */
+    uint8_t affd;
+};
+
+/* What a stream is translated with: stage 1, stage 2 or both, and its tags. */
+struct pymsi_xlate_cfg {
+    struct pymsi_s1_cfg s1;
+    struct pymsi_s2_cfg s2;
+    uint8_t has_s1;
+    uint8_t has_s2;
+    uint16_t asid;
+    uint16_t vmid;
+};
+
+struct pymsi_result {
+    uint64_t pa;          /* output address */
+    uint64_t ipa;         /* stage-1 output (nested); the input for S2 only; pa for S1 only */
+    uint64_t page_size;   /* size of the translation (the smaller stage's) */
+    uint64_t fault_ipa;   /* for stage-2 faults: the IPA that faulted */
+    uint8_t fault_kind;   /* PYMSI_FAULT_* */
+    uint8_t fault_stage;  /* 1 or 2 */
+    uint8_t fault_level;  /* 0..3 */
+    uint8_t s1_table_walk;/* stage-2 fault while fetching a stage-1 table */
+    uint8_t writable;     /* both stages allow writes */
+    uint8_t readable;     /* stage 2 allows reads (stage 1 always does) */
+    uint8_t s1_writable;
+    uint8_t s2_writable;
+    uint8_t level;        /* leaf level of the first stage used */
+    uint8_t s2_level;     /* leaf level of stage 2 (nested) */
+    uint8_t is_global;    /* stage-1 leaf had nG == 0 */
+    uint8_t tlb_hit;
+};
+
+/* Physical memory: sparse RAM regions, zero-filled 4 KiB pages made on first write. */
+pymsi_mem *pymsi_mem_new(void);
+void pymsi_mem_free(pymsi_mem *m);
+int pymsi_mem_add_ram(pymsi_mem *m, uint64_t base, uint64_t size);
+int pymsi_mem_is_ram(const pymsi_mem *m, uint64_t addr, uint64_t len);
+int pymsi_mem_read(const pymsi_mem *m, uint64_t addr, void *buf, size_t len);
+int pymsi_mem_write(pymsi_mem *m, uint64_t addr, const void *buf, size_t len);
+int pymsi_mem_read_u32(const pymsi_mem *m, uint64_t addr, uint32_t *out);
+int pymsi_mem_read_u64(const pymsi_mem *m, uint64_t addr, uint64_t *out);
+int pymsi_mem_write_u32(pymsi_mem *m, uint64_t addr, uint32_t v);
+int pymsi_mem_write_u64(pymsi_mem *m, uint64_t addr, uint64_t v);
+size_t pymsi_mem_pages(const pymsi_mem *m);
+size_t pymsi_mem_regions(const pymsi_mem *m, uint64_t *bases, uint64_t *sizes, size_t max);
+
+/* Table walks: 0 with the outcome (translation or fault) in *r, -EINVAL for a bad cfg. */
+int pymsi_cfg_check(const struct pymsi_xlate_cfg *cfg);
+int pymsi_walk(const pymsi_mem *m, const struct pymsi_xlate_cfg *cfg,
+               uint64_t iova, int write, struct pymsi_result *r);
+/* Walk through the IOTLB (tlb may be NULL: walk only). */
+int pymsi_translate(const pymsi_mem *m, pymsi_tlb *tlb,
+                    const struct pymsi_xlate_cfg *cfg, uint64_t iova, int write,
+                    struct pymsi_result *r);
+
+/* IOTLB. */
+struct pymsi_tlb_stats {
+    uint64_t hits;
+    uint64_t misses;
+    uint64_t inserts;
+    uint64_t evictions;
+    uint32_t count;
+    uint32_t capacity;
+};
+
+struct pymsi_tlb_entry_info {
+    uint64_t iova;        /* input page base */
+    uint64_t ipa;         /* IPA page base */
+    uint64_t pa;          /* output page base */
+    uint8_t shift;        /* log2 of the page size */
+    uint8_t kind;         /* PYMSI_KIND_* */
+    uint8_t is_global;
+    uint8_t granule;      /* granule shift of the first stage */
+    uint8_t level;
+    uint8_t s2_level;
+    uint8_t s1_writable;
+    uint8_t s2_readable;
+    uint8_t s2_writable;
+    uint16_t asid;
+    uint16_t vmid;
+};
+
+struct pymsi_tlbi {
+    uint8_t kinds;        /* bit (1 << kind) for each kind affected */
+    uint8_t match_vmid;
+    uint8_t match_asid;
+    uint8_t asid_hits_global;  /* with match_asid: global entries match too */
+    uint8_t range;        /* PYMSI_TLBI_RANGE_* */
+    uint16_t vmid;
+    uint16_t asid;
+    uint64_t start;       /* inclusive */
+    uint64_t last;        /* inclusive */
+};
+
+pymsi_tlb *pymsi_tlb_new(uint32_t capacity);
+void pymsi_tlb_free(pymsi_tlb *t);
+void pymsi_tlb_get_stats(const pymsi_tlb *t, struct pymsi_tlb_stats *out);
+void pymsi_tlb_reset_stats(pymsi_tlb *t);
+int pymsi_tlb_invalidate(pymsi_tlb *t, const struct pymsi_tlbi *spec);
+size_t pymsi_tlb_entries(const pymsi_tlb *t, struct pymsi_tlb_entry_info *out, size_t max);
+
+/* MSI address table: (device id, MSI index) -> (IOVA, shift). */
+pymsi_msi_table *pymsi_msi_new(void);
+void pymsi_msi_free(pymsi_msi_table *t);
+int pymsi_msi_reserve(pymsi_msi_table *t, size_t n);
+int pymsi_msi_set(pymsi_msi_table *t, uint32_t dev, uint32_t index, uint64_t iova, uint32_t shift);
+int pymsi_msi_get(const pymsi_msi_table *t, uint32_t dev, uint32_t index, uint64_t *iova, uint32_t *shift);
+int pymsi_msi_remove(pymsi_msi_table *t, uint32_t dev, uint32_t index);
+int pymsi_msi_compose(const pymsi_msi_table *t, uint32_t dev, uint32_t index, uint64_t doorbell_pa, uint64_t *addr);
+size_t pymsi_msi_count(const pymsi_msi_table *t);
+size_t pymsi_msi_items(const pymsi_msi_table *t, uint32_t *devs, uint32_t *idx, uint64_t *iova, uint8_t *shift, size_t max);
+
+/* Batch entry points over caller-owned buffers; return the number of items with status 0. */
+long pymsi_compose_batch(const pymsi_msi_table *t, uint64_t doorbell_pa,
+                         const uint32_t *devs, const uint32_t *idx, size_t n,
+                         uint64_t *out_addr, int32_t *status);
+long pymsi_translate_batch(const pymsi_mem *m, pymsi_tlb *tlb,
+                           const struct pymsi_xlate_cfg *cfg, int write,
+                           const uint64_t *iova, size_t n,
+                           uint64_t *out_pa, int32_t *status);
+long pymsi_msi_batch(const pymsi_msi_table *t, const pymsi_mem *m, pymsi_tlb *tlb,
+                     const struct pymsi_xlate_cfg *cfg, uint64_t doorbell_pa,
+                     const uint32_t *devs, const uint32_t *idx, size_t n,
+                     uint64_t *out_addr, uint64_t *out_pa, int32_t *status);
+/* cdef-end */
+
+#endif

@@ -1,0 +1,27 @@
+"""The ``pymsi`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``pymsi`` command; returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="pymsi",
+        description="An executable model of MSI delivery for PCI devices assigned to VMs "
+        "(Arm SMMUv3 + GICv3 ITS) with userspace-chosen per-vector MSI addresses.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("demo", help="compose and translate a device's MSI vectors, print the path")
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from .demo import run
+
+        return run(sys.stdout)
+    return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+if __name__ == "__main__":
+    sys.exit(main())

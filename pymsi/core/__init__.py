@@ -1,0 +1,77 @@
+"""The translation core: memory, table walks, IOTLB, MSI address table, batches.
+
+Two backends implement it with identical behaviour: ``c`` (the cffi extension
+built from csrc/, the default) and ``python`` (the pure-Python twin).  The
+environment variable ``PYMSI_BACKEND`` picks the one this module exports;
+:func:`backend` returns either explicitly, e.g. to compare them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+from .common import (
+    ADDRESS_SIZES,
+    GRANULES,
+    STATUS_FAULT,
+    STATUS_NO_ENTRY,
+    STATUS_OK,
+    Fault,
+    FaultKind,
+    Stage1,
+    Stage2,
+    TlbKind,
+    WalkResult,
+    XlateConfig,
+    encode_status,
+    status_fault,
+)
+
+BACKENDS = ("c", "python")
+
+_BUILD_HINT = (
+    "the C backend of pymsi is not built; build it with `pip install .` (or "
+    "`pip install -e .` in a checkout; needs a C compiler and cffi), or set "
+    "PYMSI_BACKEND=python to use the pure-Python twin"
+)
+
+
+def backend(name: str) -> ModuleType:
+    """The backend module ``name`` ("c" or "python").
+
+    Asking for ``c`` when the extension is not built raises ImportError
+    saying how to build it.
+    """
+    if name == "c":
+        try:
+            return importlib.import_module("pymsi.core._cbackend")
+        except ImportError as e:
+            raise ImportError(f"{_BUILD_HINT} ({e})") from e
+    if name == "python":
+        return importlib.import_module("pymsi.core._pybackend")
+    raise ImportError(f"unknown PYMSI_BACKEND {name!r}: choose one of {BACKENDS}")
+
+
+_impl = backend(os.environ.get("PYMSI_BACKEND", "c").strip().lower() or "c")
+
+BACKEND: str = _impl.NAME
+Memory = _impl.Memory
+Iotlb = _impl.Iotlb
+MsiTable = _impl.MsiTable
+walk = _impl.walk
+translate = _impl.translate
+compose_batch = _impl.compose_batch
+translate_batch = _impl.translate_batch
+msi_batch = _impl.msi_batch
+
+from .pgtable import IoPgtable, IpaView, Prot, TableAllocator  # noqa: E402
+
+__all__ = [
+    "ADDRESS_SIZES", "BACKEND", "BACKENDS", "GRANULES", "STATUS_FAULT", "STATUS_NO_ENTRY",
+    "STATUS_OK", "Fault", "FaultKind", "IoPgtable", "Iotlb", "IpaView", "Memory", "MsiTable", "Prot",
+    "Stage1", "Stage2", "TableAllocator", "TlbKind", "WalkResult", "XlateConfig", "backend",
+    "compose_batch", "encode_status", "msi_batch", "status_fault", "translate",
+    "translate_batch", "walk",
+]

@@ -1,0 +1,447 @@
+"""The C backend: thin Python objects over the cffi extension ``pymsi._core_c``.
+
+Each class and function has the same name, signature and behaviour as its
+twin in ``_pybackend``; the work happens in csrc/.  Integer arguments that do
+not fit the C types become :class:`~pymsi.errors.InvalidArgument`, like the
+twin's range checks, and every negative return goes through
+:func:`pymsi.errors.check`.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+from .._core_c import ffi, lib
+from ..errors import InvalidArgument, OutOfMemory, check
+from .common import (
+    Fault,
+    FaultKind,
+    IotlbCommands,
+    Stage1,
+    Stage2,
+    WalkResult,
+    XlateConfig,
+    buffer_view,
+    check_batch,
+    config_of,
+)
+
+NAME = "c"
+
+
+def _bad_int(exc: Exception) -> InvalidArgument:
+    return InvalidArgument(f"integer argument out of range: {exc}")
+
+
+class Memory:
+    """Physical memory: RAM regions over sparse, zero-filled 4 KiB pages.
+
+    A page exists once something was written to it; reads of RAM never
+    written give zeroes; an access not entirely inside RAM is a
+    :class:`~pymsi.errors.BusError` and changes nothing.
+    """
+
+    backend = NAME
+    __slots__ = ("_p", "_u64", "_u32", "_res", "__weakref__")
+
+    def __init__(self) -> None:
+        p = lib.pymsi_mem_new()
+        if p == ffi.NULL:
+            raise OutOfMemory("pymsi_mem_new")
+        self._p = ffi.gc(p, lib.pymsi_mem_free)
+        self._u64 = ffi.new("uint64_t *")
+        self._u32 = ffi.new("uint32_t *")
+        self._res = ffi.new("struct pymsi_result *")
+
+    def add_ram(self, base: int, size: int) -> None:
+        """Declare [base, base + size) as RAM (page aligned, not overlapping)."""
+        try:
+            rc = lib.pymsi_mem_add_ram(self._p, base, size)
+        except OverflowError as e:
+            raise _bad_int(e) from None
+        check(rc, f"add_ram({base:#x}, {size:#x})")
+
+    def is_ram(self, addr: int, size: int = 1) -> bool:
+        """True if [addr, addr + size) is RAM throughout."""
+        try:
+            return bool(lib.pymsi_mem_is_ram(self._p, addr, size))
+        except OverflowError:
+            return False
+
+    @property
+    def regions(self) -> list[tuple[int, int]]:
+        """The RAM regions as (base, size), in address order."""
+        n = lib.pymsi_mem_regions(self._p, ffi.NULL, ffi.NULL, 0)
+        bases = ffi.new("uint64_t[]", n)
+        sizes = ffi.new("uint64_t[]", n)
+        lib.pymsi_mem_regions(self._p, bases, sizes, n)
+        return [(bases[i], sizes[i]) for i in range(n)]
+
+    @property
+    def pages_allocated(self) -> int:
+        """How many 4 KiB pages have been written to (and so exist)."""
+        return lib.pymsi_mem_pages(self._p)
+
+    def read(self, addr: int, size: int) -> bytes:
+        """``size`` bytes from physical address ``addr``."""
+        try:
+            ram = lib.pymsi_mem_is_ram(self._p, addr, size)
+        except OverflowError as e:
+            raise _bad_int(e) from None
+        if not ram:
+            check(-errno.EFAULT, f"read of {size} bytes at {addr:#x}")
+        buf = ffi.new("uint8_t[]", size)
+        check(lib.pymsi_mem_read(self._p, addr, buf, size), f"read at {addr:#x}")
+        return ffi.buffer(buf, size)[:]
+
+    def write(self, addr: int, data: bytes) -> None:
+        """Write ``data`` at physical address ``addr``."""
+        data = bytes(data)
+        try:
+            rc = lib.pymsi_mem_write(self._p, addr, ffi.from_buffer(data), len(data))
+        except OverflowError as e:
+            raise _bad_int(e) from None
+        check(rc, f"write of {len(data)} bytes at {addr:#x}")
+
+    def read_u64(self, addr: int) -> int:
+        """Little-endian u64 at ``addr``."""
+        try:
+            rc = lib.pymsi_mem_read_u64(self._p, addr, self._u64)
+        except OverflowError as e:
+            raise _bad_int(e) from None
+        check(rc, f"read of 8 bytes at {addr:#x}")
+        return self._u64[0]
+
+    def read_u32(self, addr: int) -> int:
+        """Little-endian u32 at ``addr``."""
+        try:
+            rc = lib.pymsi_mem_read_u32(self._p, addr, self._u32)
+        except OverflowError as e:
+            raise _bad_int(e) from None
+        check(rc, f"read of 4 bytes at {addr:#x}")
+        return self._u32[0]
+
+    def write_u64(self, addr: int, value: int) -> None:
+        """Store ``value`` as a little-endian u64 at ``addr``."""
+        try:
+            rc = lib.pymsi_mem_write_u64(self._p, addr, value)
+        except OverflowError as e:
+            raise _bad_int(e) from None
+        check(rc, f"write of 8 bytes at {addr:#x}")
+
+    def write_u32(self, addr: int, value: int) -> None:
+        """Store ``value`` as a little-endian u32 at ``addr``."""
+        try:
+            rc = lib.pymsi_mem_write_u32(self._p, addr, value)
+        except OverflowError as e:
+            raise _bad_int(e) from None
+        check(rc, f"write of 4 bytes at {addr:#x}")
+
+
+def _prepare(cfg: XlateConfig) -> Any:
+    """The C form of a configuration, built once and kept on the object."""
+    c = cfg._prepared
+    if c is not None:
+        return c
+    c = ffi.new("struct pymsi_xlate_cfg *")
+    s1, s2 = cfg.s1, cfg.s2
+    if s1 is not None:
+        c.has_s1 = 1
+        c.s1.ips = s1.ips
+        c.s1.affd = s1.affd
+        for n, (epd, ttb, tsz, had, tbi) in enumerate(
+            ((s1.epd0, s1.ttb0, s1.tsz0, s1.had0, s1.tbi0),
+             (s1.epd1, s1.ttb1, s1.tsz1, s1.had1, s1.tbi1))
+        ):
+            tt = c.s1.tt[n]
+            tt.ttb = ttb
+            tt.tbi = tbi
+            if not epd:
+                tt.enabled = 1
+                tt.tsz = tsz
+                tt.gshift = s1.gshift[n]
+                tt.start_level = s1.start_level[n]
+                tt.had = had
+    if s2 is not None:
+        c.has_s2 = 1
+        c.s2.vttb = s2.vttb
+        c.s2.tsz = s2.tsz
+        c.s2.gshift = s2.gshift
+        c.s2.start_level = s2.start_level
+        c.s2.ps = s2.ps
+        c.s2.affd = s2.affd
+    c.asid = cfg.asid
+    c.vmid = cfg.vmid
+    check(lib.pymsi_cfg_check(c), repr(cfg))
+    cfg._prepared = c
+    return c
+
+
+def _result(r: Any) -> WalkResult:
+    if r.fault_kind:
+        return WalkResult(
+            Fault(r.fault_stage, FaultKind(r.fault_kind), r.fault_level,
+                  r.fault_ipa if r.fault_stage == 2 else None, bool(r.s1_table_walk)),
+            tlb_hit=bool(r.tlb_hit),
+        )
+    return WalkResult(
+        None, pa=r.pa, ipa=r.ipa, page_size=r.page_size, writable=bool(r.writable),
+        readable=bool(r.readable), s1_writable=bool(r.s1_writable),
+        s2_writable=bool(r.s2_writable), level=r.level, s2_level=r.s2_level,
+        is_global=bool(r.is_global), tlb_hit=bool(r.tlb_hit),
+    )
+
+
+def walk(
+    mem: Memory,
+    iova: int,
+    write: bool = False,
+    s1: Stage1 | None = None,
+    s2: Stage2 | None = None,
+    cfg: XlateConfig | None = None,
+) -> WalkResult:
+    """Translate ``iova`` by walking the tables in ``mem`` (no IOTLB)."""
+    c = _prepare(config_of(cfg, s1, s2))
+    try:
+        rc = lib.pymsi_walk(mem._p, c, iova, bool(write), mem._res)
+    except OverflowError as e:
+        raise _bad_int(e) from None
+    check(rc, "walk")
+    return _result(mem._res)
+
+
+class Iotlb(IotlbCommands):
+    """An IOTLB: a fixed-capacity cache of translations with LRU eviction.
+
+    Entries are tagged by kind (stage 1, stage 2, nested), ASID (global
+    entries match every ASID), VMID, page size and input page.  An entry
+    stays valid until invalidated, whatever happens to the tables.
+    """
+
+    backend = NAME
+    __slots__ = ("_p", "_stats", "_spec")
+
+    def __init__(self, capacity: int = 256) -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or not (
+            1 <= capacity <= 1 << 24
+        ):
+            check(-errno.EINVAL, f"Iotlb capacity {capacity!r}")
+        p = lib.pymsi_tlb_new(capacity)
+        if p == ffi.NULL:
+            raise OutOfMemory("pymsi_tlb_new")
+        self._p = ffi.gc(p, lib.pymsi_tlb_free)
+        self._stats = ffi.new("struct pymsi_tlb_stats *")
+        self._spec = ffi.new("struct pymsi_tlbi *")
+
+    def _stat(self, name: str) -> int:
+        lib.pymsi_tlb_get_stats(self._p, self._stats)
+        return getattr(self._stats, name)
+
+    capacity = property(lambda self: self._stat("capacity"), doc="Maximum number of entries.")
+    hits = property(lambda self: self._stat("hits"), doc="Lookups that found an entry.")
+    misses = property(lambda self: self._stat("misses"), doc="Lookups that walked.")
+    inserts = property(lambda self: self._stat("inserts"), doc="Entries added.")
+    evictions = property(lambda self: self._stat("evictions"), doc="Entries evicted (LRU).")
+
+    def __len__(self) -> int:
+        return self._stat("count")
+
+    def reset_stats(self) -> None:
+        """Zero the hit, miss, insert and eviction counters."""
+        lib.pymsi_tlb_reset_stats(self._p)
+
+    def _invalidate(self, kinds: int, vmid: int | None, asid: int | None,
+                    asid_hits_global: bool, rng: tuple[str, int, int] | None) -> int:
+        s = self._spec
+        s.kinds = kinds
+        s.match_vmid = vmid is not None
+        s.vmid = vmid or 0
+        s.match_asid = asid is not None
+        s.asid = asid or 0
+        s.asid_hits_global = asid_hits_global
+        if rng is None:
+            s.range = lib.PYMSI_TLBI_RANGE_NONE
+            s.start, s.last = 0, 0
+        else:
+            s.range = lib.PYMSI_TLBI_RANGE_IPA if rng[0] == "ipa" else lib.PYMSI_TLBI_RANGE_INPUT
+            s.start, s.last = rng[1], rng[2]
+        return check(lib.pymsi_tlb_invalidate(self._p, s), "IOTLB invalidation")
+
+    def entries(self) -> list[dict[str, int]]:
+        """The cached entries, most recently used first."""
+        n = len(self)
+        buf = ffi.new("struct pymsi_tlb_entry_info[]", max(n, 1))
+        lib.pymsi_tlb_entries(self._p, buf, n)
+        names = ("iova", "ipa", "pa", "shift", "kind", "is_global", "granule", "level",
+                 "s2_level", "s1_writable", "s2_readable", "s2_writable", "asid", "vmid")
+        return [{k: getattr(buf[i], k) for k in names} for i in range(n)]
+
+
+def translate(
+    mem: Memory,
+    iova: int,
+    write: bool = False,
+    cfg: XlateConfig | None = None,
+    tlb: Iotlb | None = None,
+    s1: Stage1 | None = None,
+    s2: Stage2 | None = None,
+) -> WalkResult:
+    """Translate ``iova`` through ``tlb`` (if given), walking on a miss."""
+    c = _prepare(config_of(cfg, s1, s2))
+    try:
+        rc = lib.pymsi_translate(mem._p, ffi.NULL if tlb is None else tlb._p, c, iova,
+                                 bool(write), mem._res)
+    except OverflowError as e:
+        raise _bad_int(e) from None
+    check(rc, "translate")
+    return _result(mem._res)
+
+
+class MsiTable:
+    """The per-(device, MSI index) table of MSI addresses userspace fills.
+
+    ``compose`` is what the IOMMU domain's MSI hook does with it: the
+    address is ``(iova & ~((1 << shift) - 1)) | (doorbell_pa & ((1 << shift)
+    - 1))``, and shift 0 means the doorbell PA itself (no IOMMU).  A vector
+    with no entry raises :class:`~pymsi.errors.MsiNotMapped`.  The MSI index
+    is a u16, as ``msi_desc->msi_index`` is in Linux.
+    """
+
+    backend = NAME
+    __slots__ = ("_p", "_u64", "_u32")
+
+    def __init__(self) -> None:
+        p = lib.pymsi_msi_new()
+        if p == ffi.NULL:
+            raise OutOfMemory("pymsi_msi_new")
+        self._p = ffi.gc(p, lib.pymsi_msi_free)
+        self._u64 = ffi.new("uint64_t *")
+        self._u32 = ffi.new("uint32_t *")
+
+    def __len__(self) -> int:
+        return lib.pymsi_msi_count(self._p)
+
+    def reserve(self, n: int) -> None:
+        """Size the table for ``n`` entries so that set() will not allocate."""
+        try:
+            rc = lib.pymsi_msi_reserve(self._p, n)
+        except OverflowError as e:
+            raise _bad_int(e) from None
+        check(rc, f"reserve({n})")
+
+    def set(self, dev: int, index: int, iova: int, shift: int = 12) -> None:
+        """Describe vector ``index`` of device ``dev``: its MSI IOVA and shift."""
+        try:
+            rc = lib.pymsi_msi_set(self._p, dev, index, iova, shift)
+        except OverflowError as e:
+            raise _bad_int(e) from None
+        check(rc, f"MSI entry ({dev:#x}, {index}) shift {shift}")
+
+    def get(self, dev: int, index: int) -> tuple[int, int] | None:
+        """(iova, shift) of the vector, or None."""
+        try:
+            rc = lib.pymsi_msi_get(self._p, dev, index, self._u64, self._u32)
+        except OverflowError as e:
+            raise _bad_int(e) from None
+        return None if rc else (self._u64[0], self._u32[0])
+
+    def remove(self, dev: int, index: int) -> None:
+        """Forget the vector's entry (MsiNotMapped if there is none)."""
+        try:
+            rc = lib.pymsi_msi_remove(self._p, dev, index)
+        except OverflowError as e:
+            raise _bad_int(e) from None
+        check(rc, f"no MSI entry for device {dev:#x} index {index}")
+
+    def compose(self, dev: int, index: int, doorbell_pa: int) -> int:
+        """The MSI address the device must use for this vector."""
+        try:
+            rc = lib.pymsi_msi_compose(self._p, dev, index, doorbell_pa, self._u64)
+        except OverflowError as e:
+            raise _bad_int(e) from None
+        check(rc, f"no MSI entry for device {dev:#x} index {index}")
+        return self._u64[0]
+
+    def items(self) -> list[tuple[int, int, int, int]]:
+        """All entries as (dev, index, iova, shift), sorted."""
+        n = len(self)
+        m = max(n, 1)
+        devs, idx = ffi.new("uint32_t[]", m), ffi.new("uint32_t[]", m)
+        iova, shift = ffi.new("uint64_t[]", m), ffi.new("uint8_t[]", m)
+        lib.pymsi_msi_items(self._p, devs, idx, iova, shift, n)
+        return sorted((devs[i], idx[i], iova[i], shift[i]) for i in range(n))
+
+
+def _in(obj: Any, kind: str, name: str) -> tuple[memoryview, Any]:
+    mv = buffer_view(obj, kind, name)
+    ctype = {"u32": "uint32_t[]", "u64": "uint64_t[]", "i32": "int32_t[]"}[kind]
+    return mv, ffi.from_buffer(ctype, mv)
+
+
+def _out(obj: Any, kind: str, name: str) -> tuple[memoryview, Any]:
+    mv = buffer_view(obj, kind, name, writable=True)
+    ctype = {"u32": "uint32_t[]", "u64": "uint64_t[]", "i32": "int32_t[]"}[kind]
+    return mv, ffi.from_buffer(ctype, mv, require_writable=True)
+
+
+def _u64_arg(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if not 0 <= value < 1 << 64:
+        raise InvalidArgument(f"{name}={value:#x} does not fit in 64 bits")
+    return value
+
+
+def compose_batch(table: MsiTable, doorbell_pa: int, devs: Any, idx: Any, out_addr: Any,
+                  status: Any) -> int:
+    """Compose the MSI address of every (devs[k], idx[k]); returns how many had an entry."""
+    _u64_arg("doorbell_pa", doorbell_pa)
+    dv, dc = _in(devs, "u32", "devs")
+    iv, ic = _in(idx, "u32", "idx")
+    if len(dv) != len(iv):
+        check(-errno.EINVAL, "devs and idx differ in length")
+    oa, oc = _out(out_addr, "u64", "out_addr")
+    st, sc = _out(status, "i32", "status")
+    check_batch(len(dv), {"out_addr": oa, "status": st})
+    return check(lib.pymsi_compose_batch(table._p, doorbell_pa, dc, ic, len(dv), oc, sc),
+                 "compose_batch")
+
+
+def translate_batch(mem: Memory, cfg: XlateConfig, iovas: Any, out_pa: Any, status: Any,
+                    tlb: Iotlb | None = None, write: bool = False) -> int:
+    """Translate every iovas[k]; returns how many translated without a fault."""
+    c = _prepare(config_of(cfg, None, None))
+    iv, ic = _in(iovas, "u64", "iovas")
+    op, oc = _out(out_pa, "u64", "out_pa")
+    st, sc = _out(status, "i32", "status")
+    check_batch(len(iv), {"out_pa": op, "status": st})
+    return check(
+        lib.pymsi_translate_batch(mem._p, ffi.NULL if tlb is None else tlb._p, c,
+                                  bool(write), ic, len(iv), oc, sc),
+        "translate_batch",
+    )
+
+
+def msi_batch(table: MsiTable, mem: Memory, cfg: XlateConfig, doorbell_pa: int, devs: Any,
+              idx: Any, out_addr: Any, out_pa: Any, status: Any,
+              tlb: Iotlb | None = None) -> int:
+    """Compose each vector's MSI address and translate the device's write to it.
+
+    Returns how many vectors reached an output address.
+    """
+    c = _prepare(config_of(cfg, None, None))
+    _u64_arg("doorbell_pa", doorbell_pa)
+    dv, dc = _in(devs, "u32", "devs")
+    iv, ic = _in(idx, "u32", "idx")
+    if len(dv) != len(iv):
+        check(-errno.EINVAL, "devs and idx differ in length")
+    oa, oac = _out(out_addr, "u64", "out_addr")
+    op, opc = _out(out_pa, "u64", "out_pa")
+    st, sc = _out(status, "i32", "status")
+    check_batch(len(dv), {"out_addr": oa, "out_pa": op, "status": st})
+    return check(
+        lib.pymsi_msi_batch(table._p, mem._p, ffi.NULL if tlb is None else tlb._p, c,
+                            doorbell_pa, dc, ic, len(dv), oac, opc, sc),
+        "msi_batch",
+    )

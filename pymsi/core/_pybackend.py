@@ -1,0 +1,679 @@
+"""The pure-Python twin of the C core (csrc/): the same behaviour, in Python.
+
+Every function here mirrors one in csrc/ line for line in what it decides, so
+that the two can be compared on any input.  It is the reference the C code is
+checked against, and a fallback where the extension is not built.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections import OrderedDict
+from typing import Any
+
+from ..errors import raise_errno
+from .common import (
+    STATUS_NO_ENTRY,
+    U64_MAX,
+    Fault,
+    FaultKind,
+    IotlbCommands,
+    Stage1,
+    Stage2,
+    TlbKind,
+    WalkResult,
+    XlateConfig,
+    buffer_view,
+    check_batch,
+    config_of,
+    encode_status,
+    level_lsb,
+)
+
+NAME = "python"
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+PAGE_MASK = PAGE_SIZE - 1
+
+_EFAULT = -errno.EFAULT
+_EINVAL = -errno.EINVAL
+_EEXIST = -errno.EEXIST
+_ENOENT = -errno.ENOENT
+
+
+def _u64(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if not 0 <= value <= U64_MAX:
+        raise_errno(_EINVAL, f"{name}={value:#x} does not fit in 64 bits")
+    return value
+
+
+def _bounded(name: str, value: Any, bits: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if not 0 <= value < (1 << bits):
+        raise_errno(_EINVAL, f"{name}={value:#x} does not fit in {bits} bits")
+    return value
+
+
+class Memory:
+    """Physical memory: RAM regions over sparse, zero-filled 4 KiB pages.
+
+    A page exists once something was written to it; reads of RAM never
+    written give zeroes; an access not entirely inside RAM is a
+    :class:`~pymsi.errors.BusError` and changes nothing.
+    """
+
+    backend = NAME
+
+    def __init__(self) -> None:
+        self._regions: list[tuple[int, int]] = []  # (base, last), sorted
+        self._pages: dict[int, bytearray] = {}
+
+    def add_ram(self, base: int, size: int) -> None:
+        """Declare [base, base + size) as RAM (page aligned, not overlapping)."""
+        _u64("base", base)
+        _u64("size", size)
+        if not size or base & PAGE_MASK or size & PAGE_MASK or base + size - 1 > U64_MAX:
+            raise_errno(_EINVAL, f"add_ram({base:#x}, {size:#x})")
+        last = base + size - 1
+        for b, lst in self._regions:
+            if b <= last and base <= lst:
+                raise_errno(_EEXIST, f"add_ram({base:#x}, {size:#x}) overlaps RAM at {b:#x}")
+        self._regions.append((base, last))
+        self._regions.sort()
+
+    def is_ram(self, addr: int, size: int = 1) -> bool:
+        """True if [addr, addr + size) is RAM throughout."""
+        if not size:
+            return True
+        last = addr + size - 1
+        if last > U64_MAX:
+            return False
+        for b, lst in self._regions:
+            if lst < addr:
+                continue
+            if b > addr:
+                return False
+            if lst >= last:
+                return True
+            addr = lst + 1
+        return False
+
+    @property
+    def regions(self) -> list[tuple[int, int]]:
+        """The RAM regions as (base, size), in address order."""
+        return [(b, lst - b + 1) for b, lst in self._regions]
+
+    @property
+    def pages_allocated(self) -> int:
+        """How many 4 KiB pages have been written to (and so exist)."""
+        return len(self._pages)
+
+    def _read(self, addr: int, size: int) -> bytes | None:
+        if not self.is_ram(addr, size):
+            return None
+        out = bytearray()
+        while size:
+            off = addr & PAGE_MASK
+            chunk = min(PAGE_SIZE - off, size)
+            page = self._pages.get(addr >> PAGE_SHIFT)
+            out += page[off : off + chunk] if page is not None else bytes(chunk)
+            addr += chunk
+            size -= chunk
+        return bytes(out)
+
+    def read(self, addr: int, size: int) -> bytes:
+        """``size`` bytes from physical address ``addr``."""
+        _u64("addr", addr)
+        _u64("size", size)
+        data = self._read(addr, size)
+        if data is None:
+            raise_errno(_EFAULT, f"read of {size} bytes at {addr:#x}")
+        return data
+
+    def write(self, addr: int, data: bytes) -> None:
+        """Write ``data`` at physical address ``addr``."""
+        _u64("addr", addr)
+        data = bytes(data)
+        size = len(data)
+        if not self.is_ram(addr, size):
+            raise_errno(_EFAULT, f"write of {size} bytes at {addr:#x}")
+        pos = 0
+        while pos < size:
+            off = addr & PAGE_MASK
+            chunk = min(PAGE_SIZE - off, size - pos)
+            page = self._pages.get(addr >> PAGE_SHIFT)
+            if page is None:
+                page = self._pages[addr >> PAGE_SHIFT] = bytearray(PAGE_SIZE)
+            page[off : off + chunk] = data[pos : pos + chunk]
+            addr += chunk
+            pos += chunk
+
+    def read_u64(self, addr: int) -> int:
+        """Little-endian u64 at ``addr``."""
+        return int.from_bytes(self.read(addr, 8), "little")
+
+    def read_u32(self, addr: int) -> int:
+        """Little-endian u32 at ``addr``."""
+        return int.from_bytes(self.read(addr, 4), "little")
+
+    def write_u64(self, addr: int, value: int) -> None:
+        """Store ``value`` as a little-endian u64 at ``addr``."""
+        self.write(addr, _u64("value", value).to_bytes(8, "little"))
+
+    def write_u32(self, addr: int, value: int) -> None:
+        """Store ``value`` as a little-endian u32 at ``addr``."""
+        self.write(addr, _bounded("value", value, 32).to_bytes(4, "little"))
+
+    def desc(self, addr: int) -> int | None:
+        """The u64 a table walk reads at ``addr``, or None for a bus error."""
+        off = addr & PAGE_MASK
+        if off <= PAGE_SIZE - 8:
+            page = self._pages.get(addr >> PAGE_SHIFT)
+            if page is not None:
+                return int.from_bytes(page[off : off + 8], "little")
+        data = self._read(addr, 8)
+        return None if data is None else int.from_bytes(data, "little")
+
+
+# ---------------------------------------------------------------------------
+# Table walks (csrc/walk.c)
+
+_VALID = 1 << 0
+_TABLE = 1 << 1
+_S1_AP2 = 1 << 7
+_S2AP_R = 1 << 6
+_S2AP_W = 1 << 7
+_AF = 1 << 10
+_NG = 1 << 11
+_APTABLE_RO = 1 << 62
+_OA_LIMIT = (1 << 48) - 1
+
+
+class _WalkFault(Exception):
+    """Internal: a walk stopped on a fault."""
+
+    def __init__(self, kind: int, stage: int, level: int, ipa: int | None,
+                 s1_table_walk: bool = False) -> None:
+        self.fault = Fault(stage, FaultKind(kind), level, ipa if stage == 2 else None,
+                           s1_table_walk)
+
+
+def _oa_mask(gshift: int) -> int:
+    return _OA_LIMIT & ~((1 << gshift) - 1)
+
+
+def _block_allowed(gshift: int, level: int) -> bool:
+    return level in (1, 2) if gshift == 12 else level == 2
+
+
+# A leaf: (output address, shift, level, readable, writable, global)
+_Leaf = tuple
+
+
+def _s2_walk(mem: Memory, c: Stage2, ipa: int, write: bool) -> _Leaf:
+    g = c.gshift
+    stride = g - 3
+    level = c.start_level
+    ia = 64 - c.tsz
+    if ipa >> ia:
+        raise _WalkFault(FaultKind.TRANSLATION, 2, 0, ipa)
+    if c.vttb >> c.ps:
+        raise _WalkFault(FaultKind.ADDRESS_SIZE, 2, 0, ipa)
+    lsb = level_lsb(g, level)
+    width = ia - lsb
+    align = max(8 << width, 64)
+    table = c.vttb & ~(align - 1)
+    while True:
+        idx = (ipa >> lsb) & ((1 << width) - 1)
+        d = mem.desc(table + idx * 8)
+        if d is None:
+            raise _WalkFault(FaultKind.EXTERNAL_ABORT, 2, level, ipa)
+        if not d & _VALID:
+            raise _WalkFault(FaultKind.TRANSLATION, 2, level, ipa)
+        if d & _TABLE:
+            if level < 3:
+                nxt = d & _oa_mask(g)
+                if nxt >> c.ps:
+                    raise _WalkFault(FaultKind.ADDRESS_SIZE, 2, level, ipa)
+                table = nxt
+                level += 1
+                lsb -= stride
+                width = stride
+                continue
+        elif level == 3 or not _block_allowed(g, level):
+            raise _WalkFault(FaultKind.TRANSLATION, 2, level, ipa)
+        out = d & _oa_mask(g) & ~((1 << lsb) - 1)
+        if out >> c.ps:
+            raise _WalkFault(FaultKind.ADDRESS_SIZE, 2, level, ipa)
+        if not d & _AF and not c.affd:
+            raise _WalkFault(FaultKind.ACCESS, 2, level, ipa)
+        r = bool(d & _S2AP_R)
+        w = bool(d & _S2AP_W)
+        if not (w if write else r):
+            raise _WalkFault(FaultKind.PERMISSION, 2, level, ipa)
+        return (out, lsb, level, r, w, False)
+
+
+def _s1_walk(mem: Memory, cfg: XlateConfig, va: int, write: bool) -> _Leaf:
+    c = cfg.s1
+    n = (va >> 55) & 1
+    if c.epd1 if n else c.epd0:
+        raise _WalkFault(FaultKind.TRANSLATION, 1, 0, None)
+    tsz, tbi, had, ttb = (c.tsz1, c.tbi1, c.had1, c.ttb1) if n else (c.tsz0, c.tbi0, c.had0,
+                                                                     c.ttb0)
+    g = c.gshift[n]
+    stride = g - 3
+    ia = 64 - tsz
+    top = 56 if tbi else 64
+    ones = (1 << (top - ia)) - 1
+    if ((va >> ia) & ones) != (ones if n else 0):
+        raise _WalkFault(FaultKind.TRANSLATION, 1, 0, None)
+    if ttb >> c.ips:
+        raise _WalkFault(FaultKind.ADDRESS_SIZE, 1, 0, None)
+    level = c.start_level[n]
+    lsb = level_lsb(g, level)
+    width = ia - lsb
+    align = max(8 << width, 64)
+    table = ttb & ~(align - 1)
+    read_only = False
+    s2 = cfg.s2
+    while True:
+        idx = (va >> lsb) & ((1 << width) - 1)
+        daddr = table + idx * 8
+        if s2 is not None:
+            try:
+                l2 = _s2_walk(mem, s2, daddr, False)
+            except _WalkFault as f:
+                f.fault = Fault(f.fault.stage, f.fault.kind, f.fault.level, f.fault.ipa, True)
+                raise
+            daddr = l2[0] | (daddr & ((1 << l2[1]) - 1))
+        d = mem.desc(daddr)
+        if d is None:
+            raise _WalkFault(FaultKind.EXTERNAL_ABORT, 1, level, None)
+        if not d & _VALID:
+            raise _WalkFault(FaultKind.TRANSLATION, 1, level, None)
+        if d & _TABLE:
+            if level < 3:
+                nxt = d & _oa_mask(g)
+                if nxt >> c.ips:
+                    raise _WalkFault(FaultKind.ADDRESS_SIZE, 1, level, None)
+                if not had and d & _APTABLE_RO:
+                    read_only = True
+                table = nxt
+                level += 1
+                lsb -= stride
+                width = stride
+                continue
+        elif level == 3 or not _block_allowed(g, level):
+            raise _WalkFault(FaultKind.TRANSLATION, 1, level, None)
+        out = d & _oa_mask(g) & ~((1 << lsb) - 1)
+        if out >> c.ips:
+            raise _WalkFault(FaultKind.ADDRESS_SIZE, 1, level, None)
+        if not d & _AF and not c.affd:
+            raise _WalkFault(FaultKind.ACCESS, 1, level, None)
+        w = not d & _S1_AP2 and not read_only
+        if write and not w:
+            raise _WalkFault(FaultKind.PERMISSION, 1, level, None)
+        return (out, lsb, level, True, w, not d & _NG)
+
+
+def _walk(mem: Memory, cfg: XlateConfig, iova: int, write: bool) -> WalkResult:
+    try:
+        if cfg.s1 is not None:
+            l1 = _s1_walk(mem, cfg, iova, write)
+            ipa = l1[0] | (iova & ((1 << l1[1]) - 1))
+            if cfg.s2 is not None:
+                l2 = _s2_walk(mem, cfg.s2, ipa, write)
+                return WalkResult(
+                    None,
+                    pa=l2[0] | (ipa & ((1 << l2[1]) - 1)),
+                    ipa=ipa,
+                    page_size=1 << min(l1[1], l2[1]),
+                    writable=l1[4] and l2[4],
+                    readable=l2[3],
+                    s1_writable=l1[4],
+                    s2_writable=l2[4],
+                    level=l1[2],
+                    s2_level=l2[2],
+                    is_global=l1[5],
+                )
+            return WalkResult(None, pa=ipa, ipa=ipa, page_size=1 << l1[1], writable=l1[4],
+                              readable=True, s1_writable=l1[4], s2_writable=True,
+                              level=l1[2], is_global=l1[5])
+        l2 = _s2_walk(mem, cfg.s2, iova, write)
+        return WalkResult(None, pa=l2[0] | (iova & ((1 << l2[1]) - 1)), ipa=iova,
+                          page_size=1 << l2[1], writable=l2[4], readable=l2[3],
+                          s1_writable=True, s2_writable=l2[4], level=l2[2], s2_level=l2[2])
+    except _WalkFault as f:
+        return WalkResult(f.fault)
+
+
+def walk(
+    mem: Memory,
+    iova: int,
+    write: bool = False,
+    s1: Stage1 | None = None,
+    s2: Stage2 | None = None,
+    cfg: XlateConfig | None = None,
+) -> WalkResult:
+    """Translate ``iova`` by walking the tables in ``mem`` (no IOTLB)."""
+    return _walk(mem, config_of(cfg, s1, s2), _u64("iova", iova), bool(write))
+
+
+# ---------------------------------------------------------------------------
+# IOTLB (csrc/iotlb.c)
+
+_GLOBAL = "global"
+
+
+class _Entry:
+    __slots__ = ("va", "ipa", "pa", "shift", "kind", "is_global", "granule", "level",
+                 "s2_level", "s1w", "s2r", "s2w", "asid", "vmid")
+
+
+class Iotlb(IotlbCommands):
+    """An IOTLB: a fixed-capacity cache of translations with LRU eviction.
+
+    Entries are tagged by kind (stage 1, stage 2, nested), ASID (global
+    entries match every ASID), VMID, page size and input page.  An entry
+    stays valid until invalidated, whatever happens to the tables.
+    """
+
+    backend = NAME
+
+    def __init__(self, capacity: int = 256) -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or not (
+            1 <= capacity <= 1 << 24
+        ):
+            raise_errno(_EINVAL, f"Iotlb capacity {capacity!r}")
+        self.capacity = capacity
+        self._lru: OrderedDict[tuple, _Entry] = OrderedDict()  # last = most recent
+        self._shift_mask = 0
+        self._nglobal = 0
+        self.hits = self.misses = self.inserts = self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    def reset_stats(self) -> None:
+        """Zero the hit, miss, insert and eviction counters."""
+        self.hits = self.misses = self.inserts = self.evictions = 0
+
+    def _remove(self, key: tuple) -> None:
+        e = self._lru.pop(key)
+        if e.is_global:
+            self._nglobal -= 1
+        if not self._lru:
+            self._shift_mask = 0
+
+    def _lookup(self, kind: int, asid: int, vmid: int, va: int) -> _Entry | None:
+        asid_key = 0 if kind == TlbKind.S2 else asid
+        mask = self._shift_mask
+        shift = 0
+        while mask:
+            if mask & 1:
+                vpn = va >> shift
+                key = (kind, asid_key, vmid, shift, vpn)
+                e = self._lru.get(key)
+                if e is None and self._nglobal and kind != TlbKind.S2:
+                    key = (kind, _GLOBAL, vmid, shift, vpn)
+                    e = self._lru.get(key)
+                if e is not None:
+                    self._lru.move_to_end(key)
+                    return e
+            mask >>= 1
+            shift += 1
+        return None
+
+    def _insert(self, cfg: XlateConfig, kind: int, va: int, r: WalkResult) -> None:
+        if len(self._lru) >= self.capacity:
+            self._remove(next(iter(self._lru)))
+            self.evictions += 1
+        e = _Entry()
+        shift = r.page_size.bit_length() - 1
+        mask = r.page_size - 1
+        e.va = va & ~mask
+        e.ipa = r.ipa & ~mask
+        e.pa = r.pa & ~mask
+        e.shift = shift
+        e.kind = kind
+        e.is_global = kind != TlbKind.S2 and r.is_global
+        e.asid = 0 if kind == TlbKind.S2 else cfg.asid
+        e.vmid = cfg.vmid
+        e.granule = cfg.s1.gshift[(va >> 55) & 1] if cfg.s1 is not None else cfg.s2.gshift
+        e.level = r.level
+        e.s2_level = r.s2_level
+        e.s1w = r.s1_writable
+        e.s2r = r.readable
+        e.s2w = r.s2_writable
+        self._lru[(kind, _GLOBAL if e.is_global else e.asid, e.vmid, shift, va >> shift)] = e
+        if e.is_global:
+            self._nglobal += 1
+        self._shift_mask |= 1 << shift
+        self.inserts += 1
+
+    def _invalidate(self, kinds: int, vmid: int | None, asid: int | None,
+                    asid_hits_global: bool, rng: tuple[str, int, int] | None) -> int:
+        doomed = []
+        for key, e in self._lru.items():
+            if not kinds & (1 << e.kind):
+                continue
+            if vmid is not None and e.vmid != vmid:
+                continue
+            if asid is not None and (not asid_hits_global if e.is_global else e.asid != asid):
+                continue
+            if rng is not None:
+                base = e.ipa if rng[0] == "ipa" else e.va
+                last = base + (1 << e.shift) - 1
+                if last < rng[1] or base > rng[2]:
+                    continue
+            doomed.append(key)
+        for key in doomed:
+            self._remove(key)
+        return len(doomed)
+
+    def entries(self) -> list[dict[str, int]]:
+        """The cached entries, most recently used first."""
+        out = []
+        for e in reversed(self._lru.values()):
+            out.append({
+                "iova": e.va, "ipa": e.ipa, "pa": e.pa, "shift": e.shift, "kind": int(e.kind),
+                "is_global": int(e.is_global), "granule": e.granule, "level": e.level,
+                "s2_level": e.s2_level, "s1_writable": int(e.s1w), "s2_readable": int(e.s2r),
+                "s2_writable": int(e.s2w), "asid": e.asid, "vmid": e.vmid,
+            })
+        return out
+
+
+def _tlb_va(cfg: XlateConfig, iova: int) -> int:
+    s1 = cfg.s1
+    if s1 is None:
+        return iova
+    n = (iova >> 55) & 1
+    if not (s1.tbi1 if n else s1.tbi0):
+        return iova
+    return iova | 0xFF00000000000000 if n else iova & 0x00FFFFFFFFFFFFFF
+
+
+def _translate(mem: Memory, tlb: Iotlb | None, cfg: XlateConfig, iova: int,
+               write: bool) -> WalkResult:
+    if tlb is None:
+        return _walk(mem, cfg, iova, write)
+    kind = cfg.kind
+    va = _tlb_va(cfg, iova)
+    e = tlb._lookup(kind, cfg.asid, cfg.vmid, va)
+    if e is not None:
+        tlb.hits += 1
+        off = va & ((1 << e.shift) - 1)
+        if write and not e.s1w:
+            return WalkResult(Fault(1, FaultKind.PERMISSION, e.level), tlb_hit=True)
+        if not (e.s2w if write else e.s2r):
+            return WalkResult(Fault(2, FaultKind.PERMISSION, e.s2_level, e.ipa + off),
+                              tlb_hit=True)
+        return WalkResult(None, pa=e.pa + off, ipa=e.ipa + off, page_size=1 << e.shift,
+                          writable=e.s1w and e.s2w, readable=e.s2r, s1_writable=e.s1w,
+                          s2_writable=e.s2w, level=e.level, s2_level=e.s2_level,
+                          is_global=e.is_global, tlb_hit=True)
+    tlb.misses += 1
+    r = _walk(mem, cfg, iova, write)
+    if r.fault is None:
+        tlb._insert(cfg, kind, va, r)
+    return r
+
+
+def translate(
+    mem: Memory,
+    iova: int,
+    write: bool = False,
+    cfg: XlateConfig | None = None,
+    tlb: Iotlb | None = None,
+    s1: Stage1 | None = None,
+    s2: Stage2 | None = None,
+) -> WalkResult:
+    """Translate ``iova`` through ``tlb`` (if given), walking on a miss."""
+    return _translate(mem, tlb, config_of(cfg, s1, s2), _u64("iova", iova), bool(write))
+
+
+# ---------------------------------------------------------------------------
+# MSI address table (csrc/msitable.c)
+
+
+class MsiTable:
+    """The per-(device, MSI index) table of MSI addresses userspace fills.
+
+    ``compose`` is what the IOMMU domain's MSI hook does with it: the
+    address is ``(iova & ~((1 << shift) - 1)) | (doorbell_pa & ((1 << shift)
+    - 1))``, and shift 0 means the doorbell PA itself (no IOMMU).  A vector
+    with no entry raises :class:`~pymsi.errors.MsiNotMapped`.  The MSI index
+    is a u16, as ``msi_desc->msi_index`` is in Linux.
+    """
+
+    backend = NAME
+
+    def __init__(self) -> None:
+        self._d: dict[tuple[int, int], tuple[int, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def reserve(self, n: int) -> None:
+        """Size the table for ``n`` entries so that set() will not allocate."""
+        _u64("n", n)
+
+    def set(self, dev: int, index: int, iova: int, shift: int = 12) -> None:
+        """Describe vector ``index`` of device ``dev``: its MSI IOVA and shift."""
+        _bounded("dev", dev, 32)
+        _bounded("index", index, 32)
+        _u64("iova", iova)
+        _bounded("shift", shift, 32)
+        if index > 0xFFFF or shift > 63:
+            raise_errno(_EINVAL, f"MSI entry ({dev:#x}, {index}) shift {shift}")
+        self._d[(dev, index)] = (iova, shift)
+
+    def get(self, dev: int, index: int) -> tuple[int, int] | None:
+        """(iova, shift) of the vector, or None."""
+        _bounded("dev", dev, 32)
+        _bounded("index", index, 32)
+        return self._d.get((dev, index))
+
+    def remove(self, dev: int, index: int) -> None:
+        """Forget the vector's entry (MsiNotMapped if there is none)."""
+        _bounded("dev", dev, 32)
+        _bounded("index", index, 32)
+        if self._d.pop((dev, index), None) is None:
+            raise_errno(_ENOENT, f"no MSI entry for device {dev:#x} index {index}")
+
+    def compose(self, dev: int, index: int, doorbell_pa: int) -> int:
+        """The MSI address the device must use for this vector."""
+        _bounded("dev", dev, 32)
+        _bounded("index", index, 32)
+        _u64("doorbell_pa", doorbell_pa)
+        e = self._d.get((dev, index))
+        if e is None:
+            raise_errno(_ENOENT, f"no MSI entry for device {dev:#x} index {index}")
+        return _compose(e, doorbell_pa)
+
+    def items(self) -> list[tuple[int, int, int, int]]:
+        """All entries as (dev, index, iova, shift), sorted."""
+        return sorted((d, i, v, s) for (d, i), (v, s) in self._d.items())
+
+
+def _compose(entry: tuple[int, int], doorbell_pa: int) -> int:
+    iova, shift = entry
+    if not shift:
+        return doorbell_pa
+    low = (1 << shift) - 1
+    return (iova & ~low) | (doorbell_pa & low)
+
+
+# ---------------------------------------------------------------------------
+# Batch entry points (csrc/batch.c)
+
+
+def compose_batch(table: MsiTable, doorbell_pa: int, devs: Any, idx: Any, out_addr: Any,
+                  status: Any) -> int:
+    """Compose the MSI address of every (devs[k], idx[k]); returns how many had an entry."""
+    _u64("doorbell_pa", doorbell_pa)
+    dv, iv = buffer_view(devs, "u32", "devs"), buffer_view(idx, "u32", "idx")
+    if len(dv) != len(iv):
+        raise_errno(_EINVAL, "devs and idx differ in length")
+    oa = buffer_view(out_addr, "u64", "out_addr", writable=True)
+    st = buffer_view(status, "i32", "status", writable=True)
+    check_batch(len(dv), {"out_addr": oa, "status": st})
+    d = table._d
+    ok = 0
+    for k in range(len(dv)):
+        e = d.get((dv[k], iv[k]))
+        if e is None:
+            oa[k] = 0
+            st[k] = STATUS_NO_ENTRY
+        else:
+            oa[k] = _compose(e, doorbell_pa)
+            st[k] = 0
+            ok += 1
+    return ok
+
+
+def translate_batch(mem: Memory, cfg: XlateConfig, iovas: Any, out_pa: Any, status: Any,
+                    tlb: Iotlb | None = None, write: bool = False) -> int:
+    """Translate every iovas[k]; returns how many translated without a fault."""
+    cfg = config_of(cfg, None, None)
+    iv = buffer_view(iovas, "u64", "iovas")
+    op = buffer_view(out_pa, "u64", "out_pa", writable=True)
+    st = buffer_view(status, "i32", "status", writable=True)
+    check_batch(len(iv), {"out_pa": op, "status": st})
+    ok = 0
+    for k in range(len(iv)):
+        r = _translate(mem, tlb, cfg, iv[k], bool(write))
+        op[k] = r.pa if r.fault is None else 0
+        st[k] = encode_status(r.fault)
+        ok += r.fault is None
+    return ok
+
+
+def msi_batch(table: MsiTable, mem: Memory, cfg: XlateConfig, doorbell_pa: int, devs: Any,
+              idx: Any, out_addr: Any, out_pa: Any, status: Any,
+              tlb: Iotlb | None = None) -> int:
+    """Compose each vector's MSI address and translate the device's write to it.
+
+    Returns how many vectors reached an output address.
+    """
+    cfg = config_of(cfg, None, None)
+    op = buffer_view(out_pa, "u64", "out_pa", writable=True)
+    check_batch(len(buffer_view(devs, "u32", "devs")), {"out_pa": op})
+    ok = compose_batch(table, doorbell_pa, devs, idx, out_addr, status)
+    oa = buffer_view(out_addr, "u64", "out_addr", writable=True)
+    st = buffer_view(status, "i32", "status", writable=True)
+    for k in range(len(buffer_view(devs, "u32", "devs"))):
+        if st[k]:
+            op[k] = 0
+            continue
+        r = _translate(mem, tlb, cfg, oa[k], True)
+        op[k] = r.pa if r.fault is None else 0
+        st[k] = encode_status(r.fault)
+        ok -= r.fault is not None
+    return ok
