@@ -70,8 +70,8 @@ from .pgtable import IoPgtable, IpaView, Prot, TableAllocator  # noqa: E402
 
 __all__ = [
     "ADDRESS_SIZES", "BACKEND", "BACKENDS", "GRANULES", "STATUS_FAULT", "STATUS_NO_ENTRY",
-    "STATUS_OK", "Fault", "FaultKind", "IoPgtable", "Iotlb", "IpaView", "Memory", "MsiTable", "Prot",
-    "Stage1", "Stage2", "TableAllocator", "TlbKind", "WalkResult", "XlateConfig", "backend",
+    "STATUS_OK", "Fault", "FaultKind", "IoPgtable", "Iotlb", "IpaView", "Memory", "MsiTable",
+    "Prot", "Stage1", "Stage2", "TableAllocator", "TlbKind", "WalkResult", "XlateConfig", "backend",
     "compose_batch", "encode_status", "msi_batch", "status_fault", "translate",
     "translate_batch", "walk",
 ]

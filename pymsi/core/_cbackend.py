@@ -10,10 +10,11 @@ twin's range checks, and every negative return goes through
 from __future__ import annotations
 
 import errno
+import struct
 from typing import Any
 
 from .._core_c import ffi, lib
-from ..errors import InvalidArgument, OutOfMemory, check
+from ..errors import InvalidArgument, OutOfMemory, check, raise_errno
 from .common import (
     Fault,
     FaultKind,
@@ -28,6 +29,7 @@ from .common import (
 )
 
 NAME = "c"
+_NULL = ffi.NULL
 
 
 def _bad_int(exc: Exception) -> InvalidArgument:
@@ -43,7 +45,7 @@ class Memory:
     """
 
     backend = NAME
-    __slots__ = ("_p", "_u64", "_u32", "_res", "__weakref__")
+    __slots__ = ("_p", "_u64", "_u32", "_res", "_resbuf", "__weakref__")
 
     def __init__(self) -> None:
         p = lib.pymsi_mem_new()
@@ -53,6 +55,7 @@ class Memory:
         self._u64 = ffi.new("uint64_t *")
         self._u32 = ffi.new("uint32_t *")
         self._res = ffi.new("struct pymsi_result *")
+        self._resbuf = ffi.buffer(self._res)
 
     def add_ram(self, base: int, size: int) -> None:
         """Declare [base, base + size) as RAM (page aligned, not overlapping)."""
@@ -110,7 +113,8 @@ class Memory:
             rc = lib.pymsi_mem_read_u64(self._p, addr, self._u64)
         except OverflowError as e:
             raise _bad_int(e) from None
-        check(rc, f"read of 8 bytes at {addr:#x}")
+        if rc:
+            raise_errno(rc, f"read of 8 bytes at {addr:#x}")
         return self._u64[0]
 
     def read_u32(self, addr: int) -> int:
@@ -128,7 +132,8 @@ class Memory:
             rc = lib.pymsi_mem_write_u64(self._p, addr, value)
         except OverflowError as e:
             raise _bad_int(e) from None
-        check(rc, f"write of 8 bytes at {addr:#x}")
+        if rc:
+            raise_errno(rc, f"write of 8 bytes at {addr:#x}")
 
     def write_u32(self, addr: int, value: int) -> None:
         """Store ``value`` as a little-endian u32 at ``addr``."""
@@ -178,19 +183,26 @@ def _prepare(cfg: XlateConfig) -> Any:
     return c
 
 
-def _result(r: Any) -> WalkResult:
-    if r.fault_kind:
-        return WalkResult(
-            Fault(r.fault_stage, FaultKind(r.fault_kind), r.fault_level,
-                  r.fault_ipa if r.fault_stage == 2 else None, bool(r.s1_table_walk)),
-            tlb_hit=bool(r.tlb_hit),
-        )
-    return WalkResult(
-        None, pa=r.pa, ipa=r.ipa, page_size=r.page_size, writable=bool(r.writable),
-        readable=bool(r.readable), s1_writable=bool(r.s1_writable),
-        s2_writable=bool(r.s2_writable), level=r.level, s2_level=r.s2_level,
-        is_global=bool(r.is_global), tlb_hit=bool(r.tlb_hit),
-    )
+_KINDS = {int(k): k for k in FaultKind}
+# struct pymsi_result read in one go: 4 x u64, then 12 x u8 (csrc/pymsi.h).
+_RESULT = struct.Struct("=4Q12B")
+if ffi.offsetof("struct pymsi_result", "tlb_hit") != _RESULT.size - 1:
+    raise ImportError("pymsi._core_c does not match csrc/pymsi.h: rebuild it")
+
+
+_new = tuple.__new__
+
+
+def _result(buf: Any) -> WalkResult:
+    (pa, ipa, size, fipa, kind, stage, level, s1tw, w, r, s1w, s2w, lvl, s2lvl, glob,
+     hit) = _RESULT.unpack_from(buf)
+    if kind:
+        fault = _new(Fault, (stage, _KINDS[kind], level, fipa if stage == 2 else None,
+                             s1tw == 1))
+        return _new(WalkResult, (fault, None, None, None, False, False, False, False, 0, 0,
+                                 False, hit == 1))
+    return _new(WalkResult, (None, pa, ipa, size, w == 1, r == 1, s1w == 1, s2w == 1, lvl,
+                             s2lvl, glob == 1, hit == 1))
 
 
 def walk(
@@ -202,13 +214,16 @@ def walk(
     cfg: XlateConfig | None = None,
 ) -> WalkResult:
     """Translate ``iova`` by walking the tables in ``mem`` (no IOTLB)."""
-    c = _prepare(config_of(cfg, s1, s2))
+    if cfg is None or s1 is not None or s2 is not None:
+        cfg = config_of(cfg, s1, s2)
+    c = cfg._prepared or _prepare(cfg)
     try:
         rc = lib.pymsi_walk(mem._p, c, iova, bool(write), mem._res)
     except OverflowError as e:
         raise _bad_int(e) from None
-    check(rc, "walk")
-    return _result(mem._res)
+    if rc:
+        raise_errno(rc, "walk")
+    return _result(mem._resbuf)
 
 
 class Iotlb(IotlbCommands):
@@ -288,14 +303,19 @@ def translate(
     s2: Stage2 | None = None,
 ) -> WalkResult:
     """Translate ``iova`` through ``tlb`` (if given), walking on a miss."""
-    c = _prepare(config_of(cfg, s1, s2))
+    if cfg is None or s1 is not None or s2 is not None:
+        cfg = config_of(cfg, s1, s2)
+    c = cfg._prepared or _prepare(cfg)
     try:
-        rc = lib.pymsi_translate(mem._p, ffi.NULL if tlb is None else tlb._p, c, iova,
+        rc = lib.pymsi_translate(mem._p, _NULL if tlb is None else tlb._p, c, iova,
                                  bool(write), mem._res)
     except OverflowError as e:
         raise _bad_int(e) from None
-    check(rc, "translate")
-    return _result(mem._res)
+    except AttributeError:
+        raise InvalidArgument(f"cfg={cfg!r} is not an XlateConfig") from None
+    if rc:
+        raise_errno(rc, "translate")
+    return _result(mem._resbuf)
 
 
 class MsiTable:
@@ -360,7 +380,8 @@ class MsiTable:
             rc = lib.pymsi_msi_compose(self._p, dev, index, doorbell_pa, self._u64)
         except OverflowError as e:
             raise _bad_int(e) from None
-        check(rc, f"no MSI entry for device {dev:#x} index {index}")
+        if rc:
+            raise_errno(rc, f"no MSI entry for device {dev:#x} index {index}")
         return self._u64[0]
 
     def items(self) -> list[tuple[int, int, int, int]]:

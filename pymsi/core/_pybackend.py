@@ -288,7 +288,7 @@ def _s1_walk(mem: Memory, cfg: XlateConfig, va: int, write: bool) -> _Leaf:
             try:
                 l2 = _s2_walk(mem, s2, daddr, False)
             except _WalkFault as f:
-                f.fault = Fault(f.fault.stage, f.fault.kind, f.fault.level, f.fault.ipa, True)
+                f.fault = f.fault._replace(s1_table_walk=True)
                 raise
             daddr = l2[0] | (daddr & ((1 << l2[1]) - 1))
         d = mem.desc(daddr)

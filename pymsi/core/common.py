@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import enum
 import errno
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import InvalidArgument
 
@@ -44,8 +43,7 @@ class TlbKind(enum.IntEnum):
     S12 = 3
 
 
-@dataclass(frozen=True)
-class Fault:
+class Fault(NamedTuple):
     """A translation fault.
 
     ``stage`` is 1 or 2; ``level`` the lookup level (0-3) it was detected at;
@@ -70,8 +68,7 @@ class Fault:
         return text
 
 
-@dataclass(frozen=True)
-class WalkResult:
+class WalkResult(NamedTuple):
     """The outcome of one translation: a fault, or where the access goes.
 
     ``pa`` is the output address; ``ipa`` the stage-1 output (for stage 2
