@@ -112,3 +112,20 @@ def test_buffers_are_checked(core, env):
     assert list(good_a) == [0] * 4 and list(good_s) == [0] * 4   # nothing written
     with pytest.raises(errors.InvalidArgument):
         core.translate_batch(mem, None, array.array("Q", [0]), buf("Q", 1), buf("i", 1))
+
+
+def test_numpy_arrays(core, env):
+    """numpy arrays go straight to C through the buffer protocol."""
+    import numpy as np
+
+    mem, cfg, t = env
+    devs = np.full(10, 0x10, dtype=np.uint32)
+    idx = np.arange(10, dtype=np.uint32)
+    addrs, pas = np.zeros(10, dtype=np.uint64), np.zeros(10, dtype=np.uint64)
+    st = np.zeros(10, dtype=np.int32)
+    assert core.msi_batch(t, mem, cfg, DOORBELL, devs, idx, addrs, pas, st) == 8
+    assert (pas[:8] == DOORBELL).all() and (st[:8] == 0).all() and (st[8:] > 0).all()
+    with pytest.raises(errors.InvalidArgument):   # int64 ids are refused, not reinterpreted
+        core.compose_batch(t, DOORBELL, devs.astype(np.int64), idx, addrs, st)
+    with pytest.raises(errors.InvalidArgument):   # a strided view is not contiguous
+        core.compose_batch(t, DOORBELL, devs[::2], idx[::2], addrs, st)
