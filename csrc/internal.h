@@ -19,24 +19,6 @@
 #define PYMSI_LIKELY(x) (x)
 #define PYMSI_UNLIKELY(x) (x)
 #define PYMSI_PREFETCH(p) ((void)(p))
-/* pymsi_walk without the configuration check (callers checked it once). */
-int pymsi_walk_nocheck(const pymsi_mem *m, const struct pymsi_xlate_cfg *cfg,
-                       uint64_t iova, int write, struct pymsi_result *r);
-
-/* pymsi_translate without the configuration check. */
-void pymsi_translate_nocheck(const pymsi_mem *m, pymsi_tlb *tlb,
-                             const struct pymsi_xlate_cfg *cfg, uint64_t iova,
-                             int write, struct pymsi_result *r);
-
-/* Per-item batch status of a translation outcome. */
-static inline int32_t pymsi_status_of(const struct pymsi_result *r)
-{
-    if (!r->fault_kind)
-        return 0;
-    return PYMSI_STATUS_FAULT | r->fault_kind | r->fault_stage << 4 |
-           r->fault_level << 8 | r->s1_table_walk << 12;
-}
-
 #endif
 
 /* Fibonacci hashing: the top `bits` bits of key * 2^64/phi. */

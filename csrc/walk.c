@@ -58,6 +58,41 @@ static inline unsigned level_lsb(unsigned gshift, unsigned level)
     return gshift + (gshift - 3) * (3 - level);
 }
 
+/* What a descriptor read at `level` is, beyond the PYMSI_FAULT_* kinds. */
+#define DESC_IS_TABLE 16
+#define DESC_IS_LEAF 17
+
+/*
+ * Decode descriptor `d` read at `level` of a walk with granule `g`: a table
+ * (DESC_IS_TABLE, next-level table address in *addr), a block or page
+ * (DESC_IS_LEAF, output address in *addr), or the fault it causes
+ * (translation for invalid or misplaced descriptors, address size for an
+ * address beyond `oas` bits).  Permissions and the access flag are the
+ * caller's, as they differ between the stages.
+ */
+static inline int decode(uint64_t d, unsigned g, unsigned level, unsigned lsb, unsigned oas,
+                         uint64_t *addr)
+{
+    if (!(d & DESC_VALID))
+        return PYMSI_FAULT_TRANSLATION;
+    int table = (d & DESC_TABLE) && level < 3;
+    if (!(d & DESC_TABLE) && (level == 3 || !block_allowed(g, level)))
+        return PYMSI_FAULT_TRANSLATION;
+    *addr = d & oa_mask(g);
+    if (!table)
+        *addr &= ~((UINT64_C(1) << lsb) - 1);
+    if (*addr >> oas)
+        return PYMSI_FAULT_ADDRESS_SIZE;
+    return table ? DESC_IS_TABLE : DESC_IS_LEAF;
+}
+
+/* Base of the start-level table(s): `ttb` aligned to their size, 64 bytes at least. */
+static inline uint64_t start_table(uint64_t ttb, unsigned width)
+{
+    uint64_t align = UINT64_C(8) << width;
+    return ttb & ~((align < 64 ? 64 : align) - 1);
+}
+
 static int granule_ok(unsigned gshift)
 {
     return gshift == 12 || gshift == 14 || gshift == 16;
@@ -113,42 +148,30 @@ static int s2_walk(const pymsi_mem *m, const struct pymsi_s2_cfg *c, uint64_t ip
 
     unsigned lsb = level_lsb(g, level);
     unsigned width = ia - lsb;  /* > stride: concatenated tables */
-    uint64_t align = UINT64_C(8) << width;
-    if (align < 64)
-        align = 64;
-    uint64_t table = c->vttb & ~(align - 1);
+    uint64_t table = start_table(c->vttb, width);
 
     for (;;) {
         uint64_t idx = (ipa >> lsb) & ((UINT64_C(1) << width) - 1);
-        uint64_t d;
+        uint64_t d, addr;
         if (pymsi_mem_read_u64(m, table + idx * 8, &d))
             return fault(r, PYMSI_FAULT_EXTERNAL_ABORT, 2, (int)level, ipa);
-        if (!(d & DESC_VALID))
-            return fault(r, PYMSI_FAULT_TRANSLATION, 2, (int)level, ipa);
-        if (d & DESC_TABLE) {
-            if (level < 3) {
-                uint64_t next = d & oa_mask(g);
-                if (next >> c->ps)
-                    return fault(r, PYMSI_FAULT_ADDRESS_SIZE, 2, (int)level, ipa);
-                table = next;
-                level++;
-                lsb -= stride;
-                width = stride;
-                continue;
-            }
-        } else if (level == 3 || !block_allowed(g, level)) {
-            return fault(r, PYMSI_FAULT_TRANSLATION, 2, (int)level, ipa);
+        int kind = decode(d, g, level, lsb, c->ps, &addr);
+        if (kind == DESC_IS_TABLE) {
+            table = addr;
+            level++;
+            lsb -= stride;
+            width = stride;
+            continue;
         }
-        uint64_t out = d & oa_mask(g) & ~((UINT64_C(1) << lsb) - 1);
-        if (out >> c->ps)
-            return fault(r, PYMSI_FAULT_ADDRESS_SIZE, 2, (int)level, ipa);
+        if (kind != DESC_IS_LEAF)
+            return fault(r, kind, 2, (int)level, ipa);
         if (!(d & DESC_AF) && !c->affd)
             return fault(r, PYMSI_FAULT_ACCESS, 2, (int)level, ipa);
         o->r = (d & DESC_S2AP_R) != 0;
         o->w = (d & DESC_S2AP_W) != 0;
         if (write ? !o->w : !o->r)
             return fault(r, PYMSI_FAULT_PERMISSION, 2, (int)level, ipa);
-        o->oa = out;
+        o->oa = addr;
         o->shift = (uint8_t)lsb;
         o->level = (uint8_t)level;
         o->global = 0;
@@ -174,15 +197,12 @@ static int s1_walk(const pymsi_mem *m, const struct pymsi_xlate_cfg *cfg, uint64
         return fault(r, PYMSI_FAULT_ADDRESS_SIZE, 1, 0, 0);
 
     unsigned level = tt->start_level, lsb = level_lsb(g, level), width = ia - lsb;
-    uint64_t align = UINT64_C(8) << width;
-    if (align < 64)
-        align = 64;
-    uint64_t table = tt->ttb & ~(align - 1);
+    uint64_t table = start_table(tt->ttb, width);
     int read_only = 0;
 
     for (;;) {
         uint64_t idx = (va >> lsb) & ((UINT64_C(1) << width) - 1);
-        uint64_t daddr = table + idx * 8, d;
+        uint64_t daddr = table + idx * 8, d, addr;
         if (cfg->has_s2) {
             struct leaf l2;
             if (s2_walk(m, &cfg->s2, daddr, 0, &l2, r)) {
@@ -193,34 +213,25 @@ static int s1_walk(const pymsi_mem *m, const struct pymsi_xlate_cfg *cfg, uint64
         }
         if (pymsi_mem_read_u64(m, daddr, &d))
             return fault(r, PYMSI_FAULT_EXTERNAL_ABORT, 1, (int)level, 0);
-        if (!(d & DESC_VALID))
-            return fault(r, PYMSI_FAULT_TRANSLATION, 1, (int)level, 0);
-        if (d & DESC_TABLE) {
-            if (level < 3) {
-                uint64_t next = d & oa_mask(g);
-                if (next >> c->ips)
-                    return fault(r, PYMSI_FAULT_ADDRESS_SIZE, 1, (int)level, 0);
-                if (!tt->had && (d & DESC_APTABLE_RO))
-                    read_only = 1;
-                table = next;
-                level++;
-                lsb -= stride;
-                width = stride;
-                continue;
-            }
-        } else if (level == 3 || !block_allowed(g, level)) {
-            return fault(r, PYMSI_FAULT_TRANSLATION, 1, (int)level, 0);
+        int kind = decode(d, g, level, lsb, c->ips, &addr);
+        if (kind == DESC_IS_TABLE) {
+            if (!tt->had && (d & DESC_APTABLE_RO))
+                read_only = 1;
+            table = addr;
+            level++;
+            lsb -= stride;
+            width = stride;
+            continue;
         }
-        uint64_t out = d & oa_mask(g) & ~((UINT64_C(1) << lsb) - 1);
-        if (out >> c->ips)
-            return fault(r, PYMSI_FAULT_ADDRESS_SIZE, 1, (int)level, 0);
+        if (kind != DESC_IS_LEAF)
+            return fault(r, kind, 1, (int)level, 0);
         if (!(d & DESC_AF) && !c->affd)
             return fault(r, PYMSI_FAULT_ACCESS, 1, (int)level, 0);
         o->r = 1;
         o->w = !(d & DESC_S1_AP2) && !read_only;
         if (write && !o->w)
             return fault(r, PYMSI_FAULT_PERMISSION, 1, (int)level, 0);
-        o->oa = out;
+        o->oa = addr;
         o->shift = (uint8_t)lsb;
         o->level = (uint8_t)level;
         o->global = !(d & DESC_NG);

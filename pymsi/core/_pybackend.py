@@ -212,6 +212,27 @@ def _block_allowed(gshift: int, level: int) -> bool:
 
 # A leaf: (output address, shift, level, readable, writable, global)
 _Leaf = tuple
+_IS_TABLE = 16
+_IS_LEAF = 17
+
+
+def _decode(d: int, g: int, level: int, lsb: int, oas: int) -> tuple[int, int]:
+    """(what, address) of descriptor ``d`` read at ``level`` (csrc/walk.c decode())."""
+    if not d & _VALID:
+        return FaultKind.TRANSLATION, 0
+    table = bool(d & _TABLE) and level < 3
+    if not d & _TABLE and (level == 3 or not _block_allowed(g, level)):
+        return FaultKind.TRANSLATION, 0
+    addr = d & _oa_mask(g)
+    if not table:
+        addr &= ~((1 << lsb) - 1)
+    if addr >> oas:
+        return FaultKind.ADDRESS_SIZE, addr
+    return (_IS_TABLE if table else _IS_LEAF), addr
+
+
+def _start_table(ttb: int, width: int) -> int:
+    return ttb & ~(max(8 << width, 64) - 1)
 
 
 def _s2_walk(mem: Memory, c: Stage2, ipa: int, write: bool) -> _Leaf:
@@ -225,37 +246,28 @@ def _s2_walk(mem: Memory, c: Stage2, ipa: int, write: bool) -> _Leaf:
         raise _WalkFault(FaultKind.ADDRESS_SIZE, 2, 0, ipa)
     lsb = level_lsb(g, level)
     width = ia - lsb
-    align = max(8 << width, 64)
-    table = c.vttb & ~(align - 1)
+    table = _start_table(c.vttb, width)
     while True:
         idx = (ipa >> lsb) & ((1 << width) - 1)
         d = mem.desc(table + idx * 8)
         if d is None:
             raise _WalkFault(FaultKind.EXTERNAL_ABORT, 2, level, ipa)
-        if not d & _VALID:
-            raise _WalkFault(FaultKind.TRANSLATION, 2, level, ipa)
-        if d & _TABLE:
-            if level < 3:
-                nxt = d & _oa_mask(g)
-                if nxt >> c.ps:
-                    raise _WalkFault(FaultKind.ADDRESS_SIZE, 2, level, ipa)
-                table = nxt
-                level += 1
-                lsb -= stride
-                width = stride
-                continue
-        elif level == 3 or not _block_allowed(g, level):
-            raise _WalkFault(FaultKind.TRANSLATION, 2, level, ipa)
-        out = d & _oa_mask(g) & ~((1 << lsb) - 1)
-        if out >> c.ps:
-            raise _WalkFault(FaultKind.ADDRESS_SIZE, 2, level, ipa)
+        kind, addr = _decode(d, g, level, lsb, c.ps)
+        if kind == _IS_TABLE:
+            table = addr
+            level += 1
+            lsb -= stride
+            width = stride
+            continue
+        if kind != _IS_LEAF:
+            raise _WalkFault(kind, 2, level, ipa)
         if not d & _AF and not c.affd:
             raise _WalkFault(FaultKind.ACCESS, 2, level, ipa)
         r = bool(d & _S2AP_R)
         w = bool(d & _S2AP_W)
         if not (w if write else r):
             raise _WalkFault(FaultKind.PERMISSION, 2, level, ipa)
-        return (out, lsb, level, r, w, False)
+        return (addr, lsb, level, r, w, False)
 
 
 def _s1_walk(mem: Memory, cfg: XlateConfig, va: int, write: bool) -> _Leaf:
@@ -277,8 +289,7 @@ def _s1_walk(mem: Memory, cfg: XlateConfig, va: int, write: bool) -> _Leaf:
     level = c.start_level[n]
     lsb = level_lsb(g, level)
     width = ia - lsb
-    align = max(8 << width, 64)
-    table = ttb & ~(align - 1)
+    table = _start_table(ttb, width)
     read_only = False
     s2 = cfg.s2
     while True:
@@ -294,31 +305,23 @@ def _s1_walk(mem: Memory, cfg: XlateConfig, va: int, write: bool) -> _Leaf:
         d = mem.desc(daddr)
         if d is None:
             raise _WalkFault(FaultKind.EXTERNAL_ABORT, 1, level, None)
-        if not d & _VALID:
-            raise _WalkFault(FaultKind.TRANSLATION, 1, level, None)
-        if d & _TABLE:
-            if level < 3:
-                nxt = d & _oa_mask(g)
-                if nxt >> c.ips:
-                    raise _WalkFault(FaultKind.ADDRESS_SIZE, 1, level, None)
-                if not had and d & _APTABLE_RO:
-                    read_only = True
-                table = nxt
-                level += 1
-                lsb -= stride
-                width = stride
-                continue
-        elif level == 3 or not _block_allowed(g, level):
-            raise _WalkFault(FaultKind.TRANSLATION, 1, level, None)
-        out = d & _oa_mask(g) & ~((1 << lsb) - 1)
-        if out >> c.ips:
-            raise _WalkFault(FaultKind.ADDRESS_SIZE, 1, level, None)
+        kind, addr = _decode(d, g, level, lsb, c.ips)
+        if kind == _IS_TABLE:
+            if not had and d & _APTABLE_RO:
+                read_only = True
+            table = addr
+            level += 1
+            lsb -= stride
+            width = stride
+            continue
+        if kind != _IS_LEAF:
+            raise _WalkFault(kind, 1, level, None)
         if not d & _AF and not c.affd:
             raise _WalkFault(FaultKind.ACCESS, 1, level, None)
         w = not d & _S1_AP2 and not read_only
         if write and not w:
             raise _WalkFault(FaultKind.PERMISSION, 1, level, None)
-        return (out, lsb, level, True, w, not d & _NG)
+        return (addr, lsb, level, True, w, not d & _NG)
 
 
 def _walk(mem: Memory, cfg: XlateConfig, iova: int, write: bool) -> WalkResult:
