@@ -193,6 +193,33 @@ long pymsi_msi_batch(const pymsi_msi_table *t, const pymsi_mem *m, pymsi_tlb *tl
                      const struct pymsi_xlate_cfg *cfg, uint64_t doorbell_pa,
                      const uint32_t *devs, const uint32_t *idx, size_t n,
                      uint64_t *out_addr, uint64_t *out_pa, int32_t *status);
+/*
+ * Stream configurations of an SMMU, for translating many (StreamID, address)
+ * pairs in one call: each known StreamID aborts, bypasses, or translates with
+ * its configuration (copied in).  `ias` (0: none) is the input size checked
+ * before stage 2 when there is no stage 1 (a stage-1 address size fault).
+ * Per-item status: 0 translated, PYMSI_STATUS_BYPASS, PYMSI_STATUS_ABORT,
+ * -EAGAIN (StreamID not known: the caller resolves it), or a fault code as
+ * above, in which case out_pa holds the faulting IPA for a stage-2 fault.
+ */
+#define PYMSI_STREAM_ABORT 1
+#define PYMSI_STREAM_BYPASS 2
+#define PYMSI_STREAM_TRANSLATE 3
+#define PYMSI_STATUS_BYPASS 1
+#define PYMSI_STATUS_ABORT 2
+
+typedef struct pymsi_streams pymsi_streams;
+pymsi_streams *pymsi_streams_new(void);
+void pymsi_streams_free(pymsi_streams *s);
+int pymsi_streams_set(pymsi_streams *s, uint32_t sid, int mode, const struct pymsi_xlate_cfg *cfg,
+                      unsigned ias);
+int pymsi_streams_remove(pymsi_streams *s, uint32_t sid);
+void pymsi_streams_clear(pymsi_streams *s);
+size_t pymsi_streams_count(const pymsi_streams *s);
+/* Returns how many items are settled (status 0, BYPASS or ABORT). */
+long pymsi_stream_batch(const pymsi_mem *m, pymsi_tlb *tlb, const pymsi_streams *s, int write,
+                        const uint32_t *sids, const uint64_t *iovas, size_t n,
+                        uint64_t *out_pa, int32_t *status);
 /* cdef-end */
 
 #endif

@@ -315,3 +315,27 @@ def test_walks_agree_on_corrupted_nested_tables(backends, granules, maps, pokes,
             out.append((b.walk(m, iova, False, cfg=cfg), b.walk(m, iova, True, cfg=cfg)))
         results.append(out)
     assert results[0] == results[1]
+
+
+@given(seed=st.integers(0, 2**32), cfgs=st.lists(configs(), min_size=1, max_size=3),
+       streams=st.lists(st.tuples(st.integers(0, 6), st.integers(1, 3), st.integers(0, 2),
+                                  st.sampled_from([0, 0, 32, 40, 48, 64])), max_size=8),
+       removals=st.lists(st.integers(0, 6), max_size=3),
+       items=st.lists(st.tuples(st.integers(0, 7), addresses), max_size=24),
+       write=st.booleans(), cap=st.integers(1, 8))
+def test_stream_batches_agree(backends, seed, cfgs, streams, removals, items, write, cap):
+    mems = memories(backends, seed)
+    results = []
+    for b, m in zip(backends, mems, strict=True):
+        s = b.Streams()
+        for sid, mode, which, ias in streams:
+            s.set(sid, mode, cfgs[which % len(cfgs)], ias)
+        removed = [s.remove(sid) for sid in removals]
+        tlb = b.Iotlb(cap)
+        n = len(items)
+        sids = array.array("I", [i[0] for i in items])
+        iovas = array.array("Q", [i[1] for i in items])
+        pas, sts = array.array("Q", [7] * n), array.array("i", [7] * n)
+        settled = b.stream_batch(m, s, sids, iovas, pas, sts, tlb=tlb, write=write)
+        results.append((removed, len(s), settled, list(pas), list(sts), tlb.entries()))
+    assert results[0] == results[1]

@@ -15,9 +15,15 @@ from types import ModuleType
 from .common import (
     ADDRESS_SIZES,
     GRANULES,
+    STATUS_ABORT,
+    STATUS_BYPASS,
     STATUS_FAULT,
+    STATUS_NO_CONFIG,
     STATUS_NO_ENTRY,
     STATUS_OK,
+    STREAM_ABORT,
+    STREAM_BYPASS,
+    STREAM_TRANSLATE,
     Fault,
     FaultKind,
     Stage1,
@@ -65,13 +71,16 @@ translate = _impl.translate
 compose_batch = _impl.compose_batch
 translate_batch = _impl.translate_batch
 msi_batch = _impl.msi_batch
+Streams = _impl.Streams
+stream_batch = _impl.stream_batch
 
 from .pgtable import IoPgtable, IpaView, Prot, TableAllocator  # noqa: E402
 
 __all__ = [
-    "ADDRESS_SIZES", "BACKEND", "BACKENDS", "GRANULES", "STATUS_FAULT", "STATUS_NO_ENTRY",
-    "STATUS_OK", "Fault", "FaultKind", "IoPgtable", "Iotlb", "IpaView", "Memory", "MsiTable",
-    "Prot", "Stage1", "Stage2", "TableAllocator", "TlbKind", "WalkResult", "XlateConfig", "backend",
-    "compose_batch", "encode_status", "msi_batch", "status_fault", "translate",
-    "translate_batch", "walk",
+    "ADDRESS_SIZES", "BACKEND", "BACKENDS", "Fault", "FaultKind", "GRANULES", "IoPgtable",
+    "Iotlb", "IpaView", "Memory", "MsiTable", "Prot", "STATUS_ABORT", "STATUS_BYPASS",
+    "STATUS_FAULT", "STATUS_NO_CONFIG", "STATUS_NO_ENTRY", "STATUS_OK", "STREAM_ABORT",
+    "STREAM_BYPASS", "STREAM_TRANSLATE", "Stage1", "Stage2", "Streams", "TableAllocator",
+    "TlbKind", "WalkResult", "XlateConfig", "backend", "compose_batch", "encode_status",
+    "msi_batch", "status_fault", "stream_batch", "translate", "translate_batch", "walk",
 ]

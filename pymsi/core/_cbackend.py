@@ -466,3 +466,78 @@ def msi_batch(table: MsiTable, mem: Memory, cfg: XlateConfig, doorbell_pa: int, 
                             doorbell_pa, dc, ic, len(dv), oac, opc, sc),
         "msi_batch",
     )
+
+
+class Streams:
+    """An SMMU's resolved stream configurations, keyed by StreamID.
+
+    Each known StreamID aborts, bypasses, or translates with an
+    :class:`XlateConfig`; ``ias`` (0: none) is the input size checked when
+    there is no stage 1.  It is a cache the SMMU model fills; the model itself
+    decodes STEs and CDs and records events.
+    """
+
+    backend = NAME
+    __slots__ = ("_p", "_d")
+
+    def __init__(self) -> None:
+        p = lib.pymsi_streams_new()
+        if p == ffi.NULL:
+            raise OutOfMemory("pymsi_streams_new")
+        self._p = ffi.gc(p, lib.pymsi_streams_free)
+        self._d: dict[int, tuple[int, XlateConfig | None, int]] = {}
+
+    def __len__(self) -> int:
+        return lib.pymsi_streams_count(self._p)
+
+    def set(self, sid: int, mode: int, cfg: XlateConfig | None = None, ias: int = 0) -> None:
+        """Remember how StreamID ``sid`` is handled."""
+        if mode == lib.PYMSI_STREAM_TRANSLATE and not isinstance(cfg, XlateConfig):
+            check(-errno.EINVAL, f"stream {sid:#x}: translating needs an XlateConfig")
+        c = _prepare(cfg) if mode == lib.PYMSI_STREAM_TRANSLATE else _NULL
+        try:
+            rc = lib.pymsi_streams_set(self._p, sid, mode, c, ias)
+        except OverflowError as e:
+            raise _bad_int(e) from None
+        check(rc, f"stream {sid:#x} mode {mode} ias {ias}")
+        self._d[sid] = (mode, cfg if mode == lib.PYMSI_STREAM_TRANSLATE else None, ias)
+
+    def get(self, sid: int) -> tuple[int, XlateConfig | None, int] | None:
+        """(mode, cfg, ias) of ``sid``, or None."""
+        return self._d.get(sid)
+
+    def remove(self, sid: int) -> bool:
+        """Forget ``sid``; False if it was not known."""
+        try:
+            rc = lib.pymsi_streams_remove(self._p, sid)
+        except OverflowError as e:
+            raise _bad_int(e) from None
+        self._d.pop(sid, None)
+        return rc == 0
+
+    def clear(self) -> None:
+        """Forget every StreamID."""
+        lib.pymsi_streams_clear(self._p)
+        self._d.clear()
+
+
+def stream_batch(mem: Memory, streams: Streams, sids: Any, iovas: Any, out_pa: Any,
+                 status: Any, tlb: Iotlb | None = None, write: bool = False) -> int:
+    """Translate every (sids[k], iovas[k]) through its stream's configuration.
+
+    Returns how many items are settled (translated, bypassed or aborted);
+    the others are faults (out_pa = the IPA of a stage-2 fault) or
+    STATUS_NO_CONFIG (StreamID not known).
+    """
+    sv, sc = _in(sids, "u32", "sids")
+    iv, ic = _in(iovas, "u64", "iovas")
+    if len(sv) != len(iv):
+        check(-errno.EINVAL, "sids and iovas differ in length")
+    op, oc = _out(out_pa, "u64", "out_pa")
+    st, stc = _out(status, "i32", "status")
+    check_batch(len(sv), {"out_pa": op, "status": st})
+    return check(
+        lib.pymsi_stream_batch(mem._p, _NULL if tlb is None else tlb._p, streams._p,
+                               bool(write), sc, ic, len(sv), oc, stc),
+        "stream_batch",
+    )

@@ -13,7 +13,13 @@ from typing import Any
 
 from ..errors import raise_errno
 from .common import (
+    STATUS_ABORT,
+    STATUS_BYPASS,
+    STATUS_NO_CONFIG,
     STATUS_NO_ENTRY,
+    STREAM_ABORT,
+    STREAM_BYPASS,
+    STREAM_TRANSLATE,
     U64_MAX,
     Fault,
     FaultKind,
@@ -680,3 +686,91 @@ def msi_batch(table: MsiTable, mem: Memory, cfg: XlateConfig, doorbell_pa: int, 
         st[k] = encode_status(r.fault)
         ok -= r.fault is not None
     return ok
+
+
+# ---------------------------------------------------------------------------
+# Stream configurations and the stream batch (csrc/streams.c)
+
+
+class Streams:
+    """An SMMU's resolved stream configurations, keyed by StreamID.
+
+    Each known StreamID aborts, bypasses, or translates with an
+    :class:`XlateConfig`; ``ias`` (0: none) is the input size checked when
+    there is no stage 1.  It is a cache the SMMU model fills; the model itself
+    decodes STEs and CDs and records events.
+    """
+
+    backend = NAME
+
+    def __init__(self) -> None:
+        self._d: dict[int, tuple[int, XlateConfig | None, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def set(self, sid: int, mode: int, cfg: XlateConfig | None = None, ias: int = 0) -> None:
+        """Remember how StreamID ``sid`` is handled."""
+        _bounded("sid", sid, 32)
+        if mode not in (STREAM_ABORT, STREAM_BYPASS, STREAM_TRANSLATE) or not 0 <= ias <= 64:
+            raise_errno(_EINVAL, f"stream {sid:#x} mode {mode} ias {ias}")
+        if mode == STREAM_TRANSLATE and not isinstance(cfg, XlateConfig):
+            raise_errno(_EINVAL, f"stream {sid:#x}: translating needs an XlateConfig")
+        self._d[sid] = (mode, cfg if mode == STREAM_TRANSLATE else None, ias)
+
+    def get(self, sid: int) -> tuple[int, XlateConfig | None, int] | None:
+        """(mode, cfg, ias) of ``sid``, or None."""
+        return self._d.get(sid)
+
+    def remove(self, sid: int) -> bool:
+        """Forget ``sid``; False if it was not known."""
+        _bounded("sid", sid, 32)
+        return self._d.pop(sid, None) is not None
+
+    def clear(self) -> None:
+        """Forget every StreamID."""
+        self._d.clear()
+
+
+def stream_batch(mem: Memory, streams: Streams, sids: Any, iovas: Any, out_pa: Any,
+                 status: Any, tlb: Iotlb | None = None, write: bool = False) -> int:
+    """Translate every (sids[k], iovas[k]) through its stream's configuration.
+
+    Returns how many items are settled (translated, bypassed or aborted);
+    the others are faults (out_pa = the IPA of a stage-2 fault) or
+    STATUS_NO_CONFIG (StreamID not known).
+    """
+    sv = buffer_view(sids, "u32", "sids")
+    iv = buffer_view(iovas, "u64", "iovas")
+    if len(sv) != len(iv):
+        raise_errno(_EINVAL, "sids and iovas differ in length")
+    op = buffer_view(out_pa, "u64", "out_pa", writable=True)
+    st = buffer_view(status, "i32", "status", writable=True)
+    check_batch(len(sv), {"out_pa": op, "status": st})
+    write = bool(write)
+    settled = 0
+    for k in range(len(sv)):
+        e = streams._d.get(sv[k])
+        op[k] = 0
+        if e is None:
+            st[k] = STATUS_NO_CONFIG
+            continue
+        mode, cfg, ias = e
+        if mode == STREAM_ABORT:
+            st[k] = STATUS_ABORT
+        elif mode == STREAM_BYPASS:
+            op[k] = iv[k]
+            st[k] = STATUS_BYPASS
+        else:
+            if ias and ias < 64 and iv[k] >> ias:
+                fault = Fault(1, FaultKind.ADDRESS_SIZE, 0)
+                r = WalkResult(fault)
+            else:
+                r = _translate(mem, tlb, cfg, iv[k], write)
+            st[k] = encode_status(r.fault)
+            if r.fault is not None:
+                op[k] = r.fault.ipa if r.fault.stage == 2 else 0
+                continue
+            op[k] = r.pa
+        settled += 1
+    return settled

@@ -23,6 +23,14 @@ U64_MAX = (1 << 64) - 1
 STATUS_OK = 0
 STATUS_NO_ENTRY = -errno.ENOENT
 STATUS_FAULT = 1 << 16
+STATUS_BYPASS = 1
+STATUS_ABORT = 2
+STATUS_NO_CONFIG = -errno.EAGAIN
+
+# Stream modes of a Streams map (csrc/streams.c).
+STREAM_ABORT = 1
+STREAM_BYPASS = 2
+STREAM_TRANSLATE = 3
 
 
 class FaultKind(enum.IntEnum):
