@@ -216,7 +216,7 @@ int pymsi_streams_set(pymsi_streams *s, uint32_t sid, int mode, const struct pym
 int pymsi_streams_remove(pymsi_streams *s, uint32_t sid);
 void pymsi_streams_clear(pymsi_streams *s);
 size_t pymsi_streams_count(const pymsi_streams *s);
-/* Returns how many items are settled (status 0, BYPASS or ABORT). */
+/* Returns how many items were translated or bypassed. */
 long pymsi_stream_batch(const pymsi_mem *m, pymsi_tlb *tlb, const pymsi_streams *s, int write,
                         const uint32_t *sids, const uint64_t *iovas, size_t n,
                         uint64_t *out_pa, int32_t *status);

@@ -145,7 +145,7 @@ long pymsi_stream_batch(const pymsi_mem *m, pymsi_tlb *tlb, const pymsi_streams 
                         const uint32_t *sids, const uint64_t *iovas, size_t n,
                         uint64_t *out_pa, int32_t *status)
 {
-    long settled = 0;
+    long ok = 0;
     struct pymsi_result r;
     for (size_t k = 0; k < n; k++) {
         const struct stream *e = &s->slots[probe(s, sids[k])];
@@ -154,7 +154,6 @@ long pymsi_stream_batch(const pymsi_mem *m, pymsi_tlb *tlb, const pymsi_streams 
             status[k] = -EAGAIN;
             continue;
         }
-        settled++;
         if (e->mode == PYMSI_STREAM_ABORT) {
             status[k] = PYMSI_STATUS_ABORT;
             continue;
@@ -162,6 +161,7 @@ long pymsi_stream_batch(const pymsi_mem *m, pymsi_tlb *tlb, const pymsi_streams 
         if (e->mode == PYMSI_STREAM_BYPASS) {
             out_pa[k] = iovas[k];
             status[k] = PYMSI_STATUS_BYPASS;
+            ok++;
             continue;
         }
         if (e->ias && e->ias < 64 && (iovas[k] >> e->ias)) {
@@ -173,11 +173,11 @@ long pymsi_stream_batch(const pymsi_mem *m, pymsi_tlb *tlb, const pymsi_streams 
         }
         status[k] = pymsi_status_of(&r);
         if (status[k]) {
-            settled--;
             out_pa[k] = r.fault_stage == 2 ? r.fault_ipa : 0;
         } else {
             out_pa[k] = r.pa;
+            ok++;
         }
     }
-    return settled;
+    return ok;
 }

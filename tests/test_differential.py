@@ -336,6 +336,6 @@ def test_stream_batches_agree(backends, seed, cfgs, streams, removals, items, wr
         sids = array.array("I", [i[0] for i in items])
         iovas = array.array("Q", [i[1] for i in items])
         pas, sts = array.array("Q", [7] * n), array.array("i", [7] * n)
-        settled = b.stream_batch(m, s, sids, iovas, pas, sts, tlb=tlb, write=write)
-        results.append((removed, len(s), settled, list(pas), list(sts), tlb.entries()))
+        ok = b.stream_batch(m, s, sids, iovas, pas, sts, tlb=tlb, write=write)
+        results.append((removed, len(s), ok, list(pas), list(sts), tlb.entries()))
     assert results[0] == results[1]

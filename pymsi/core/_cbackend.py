@@ -525,8 +525,8 @@ def stream_batch(mem: Memory, streams: Streams, sids: Any, iovas: Any, out_pa: A
                  status: Any, tlb: Iotlb | None = None, write: bool = False) -> int:
     """Translate every (sids[k], iovas[k]) through its stream's configuration.
 
-    Returns how many items are settled (translated, bypassed or aborted);
-    the others are faults (out_pa = the IPA of a stage-2 fault) or
+    Returns how many items were translated or bypassed; the others were
+    aborted, faulted (out_pa = the IPA of a stage-2 fault) or are
     STATUS_NO_CONFIG (StreamID not known).
     """
     sv, sc = _in(sids, "u32", "sids")

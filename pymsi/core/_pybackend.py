@@ -736,8 +736,8 @@ def stream_batch(mem: Memory, streams: Streams, sids: Any, iovas: Any, out_pa: A
                  status: Any, tlb: Iotlb | None = None, write: bool = False) -> int:
     """Translate every (sids[k], iovas[k]) through its stream's configuration.
 
-    Returns how many items are settled (translated, bypassed or aborted);
-    the others are faults (out_pa = the IPA of a stage-2 fault) or
+    Returns how many items were translated or bypassed; the others were
+    aborted, faulted (out_pa = the IPA of a stage-2 fault) or are
     STATUS_NO_CONFIG (StreamID not known).
     """
     sv = buffer_view(sids, "u32", "sids")
@@ -748,7 +748,7 @@ def stream_batch(mem: Memory, streams: Streams, sids: Any, iovas: Any, out_pa: A
     st = buffer_view(status, "i32", "status", writable=True)
     check_batch(len(sv), {"out_pa": op, "status": st})
     write = bool(write)
-    settled = 0
+    ok = 0
     for k in range(len(sv)):
         e = streams._d.get(sv[k])
         op[k] = 0
@@ -758,7 +758,8 @@ def stream_batch(mem: Memory, streams: Streams, sids: Any, iovas: Any, out_pa: A
         mode, cfg, ias = e
         if mode == STREAM_ABORT:
             st[k] = STATUS_ABORT
-        elif mode == STREAM_BYPASS:
+            continue
+        if mode == STREAM_BYPASS:
             op[k] = iv[k]
             st[k] = STATUS_BYPASS
         else:
@@ -772,5 +773,5 @@ def stream_batch(mem: Memory, streams: Streams, sids: Any, iovas: Any, out_pa: A
                 op[k] = r.fault.ipa if r.fault.stage == 2 else 0
                 continue
             op[k] = r.pa
-        settled += 1
-    return settled
+        ok += 1
+    return ok

@@ -1,0 +1,1 @@
+"""Hardware models, driven only through registers and memory, as drivers do."""
