@@ -44,11 +44,12 @@ CLASS_CD, CLASS_TT, CLASS_IN = 0, 1, 2
 
 
 class Env:
-    def __init__(self, stages="nested", **kw):
-        self.mem = core.Memory()
+    def __init__(self, stages="nested", backend=None, **kw):
+        self.mem = (core.backend(backend) if backend else core).Memory()
         self.mem.add_ram(RAM, RAM_SIZE)
         self.irqs = []
-        self.smmu = SMMUv3(self.mem, stages=stages, irq=self.irqs.append, **kw)
+        self.smmu = SMMUv3(self.mem, stages=stages, irq=self.irqs.append, backend=backend,
+                           **kw)
         self.drv = Driver(self.smmu, self.mem, POOL, 0x80_0000)
         self.pt_alloc = core.TableAllocator(self.mem, PT_POOL, 0x80_0000)
 

@@ -103,6 +103,11 @@ class Event(NamedTuple):
         )
 
 
+_new = tuple.__new__
+_TRANSLATED = Outcome.TRANSLATED
+_TRANSLATE = core.STREAM_TRANSLATE
+_SMMUEN = R.CR0_SMMUEN
+
 _FAULT_EVENT = {
     FaultKind.TRANSLATION: R.EventType.F_TRANSLATION,
     FaultKind.ADDRESS_SIZE: R.EventType.F_ADDR_SIZE,
@@ -158,7 +163,9 @@ class SMMUv3:
     the largest queue sizes (log2 entries); ``ril`` range invalidation;
     ``msi`` whether it signals with MSIs (writes through ``msi_write``)
     instead of only its wired interrupts; ``irq`` is called with "eventq",
-    "gerror" or "cmdq_sync" when a wired interrupt fires.
+    "gerror" or "cmdq_sync" when a wired interrupt fires.  ``backend``
+    ("c" or "python") picks the core backend explicitly (``memory`` must be
+    of the same backend); by default it is the one ``pymsi.core`` exports.
     """
 
     def __init__(
@@ -178,6 +185,7 @@ class SMMUv3:
         tlb_capacity: int = 1024,
         irq: Callable[[str], None] | None = None,
         msi_write: Callable[[int, int], None] | None = None,
+        backend: str | None = None,
     ) -> None:
         if stages not in ("s1", "s2", "nested"):
             raise InvalidArgument(f"stages={stages!r}: must be 's1', 's2' or 'nested'")
@@ -197,9 +205,11 @@ class SMMUv3:
         self.ril, self.had, self.msi, self.two_level = ril, had, msi, two_level
         self.irq = irq
         self.msi_write = msi_write
-        self.tlb = core.Iotlb(tlb_capacity)
-        self._streams = core.Streams()
-        self._translate = core.translate
+        impl = core.backend(backend) if backend is not None else core
+        self._core = impl
+        self.tlb = impl.Iotlb(tlb_capacity)
+        self._streams = impl.Streams()
+        self._translate = impl.translate
         self.irq_counts = {"eventq": 0, "gerror": 0, "cmdq_sync": 0}
         self.stats = {"events_recorded": 0, "events_dropped": 0, "events_suppressed": 0,
                       "commands": 0, "sev": 0}
@@ -502,7 +512,10 @@ class SMMUv3:
     def _flush_config(self) -> None:
         self._ste_cache: dict[int, _Ste] = {}
         self._cd_cache: dict[tuple[int, int], _Cd] = {}
-        self._resolved: dict[tuple[int, int | None], _Stream] = {}
+        # Resolved streams: transactions without a SubstreamID by StreamID (the
+        # hot path), with one by (StreamID, SubstreamID).
+        self._by_sid: dict[int, _Stream] = {}
+        self._by_ssid: dict[tuple[int, int], _Stream] = {}
         self._streams.clear()
 
     def _invalidate_streams(self, first: int, last: int) -> None:
@@ -510,19 +523,20 @@ class SMMUv3:
             del self._ste_cache[sid]
         for key in [k for k in self._cd_cache if first <= k[0] <= last]:
             del self._cd_cache[key]
-        for key in [k for k in self._resolved if first <= k[0] <= last]:
-            del self._resolved[key]
-            if key[1] is None:
-                self._streams.remove(key[0])
+        for key in [k for k in self._by_ssid if first <= k[0] <= last]:
+            del self._by_ssid[key]
+        for sid in [k for k in self._by_sid if first <= k <= last]:
+            del self._by_sid[sid]
+            self._streams.remove(sid)
 
     def _invalidate_cd(self, sid: int, ssid: int | None) -> None:
         for key in [k for k in self._cd_cache if k[0] == sid and ssid in (None, k[1])]:
             del self._cd_cache[key]
-        for key in [k for k in self._resolved if k[0] == sid]:
-            if ssid is None or key[1] in (ssid, None):
-                del self._resolved[key]
-                if key[1] is None:
-                    self._streams.remove(sid)
+        for key in [k for k in self._by_ssid if k[0] == sid and ssid in (None, k[1])]:
+            del self._by_ssid[key]
+        if sid in self._by_sid:                 # it may use CD 0 (S1DSS or no substreams)
+            del self._by_sid[sid]
+            self._streams.remove(sid)
 
     # ------------------------------------------------------- STE and CD
 
@@ -609,7 +623,7 @@ class SMMUv3:
         """A CD-related address: an IPA that stage 2 translates when nested."""
         if ste.s2 is None:
             return ipa
-        r = core.walk(self.memory, ipa, False, s2=ste.s2)
+        r = self._core.walk(self.memory, ipa, False, s2=ste.s2)
         if r.fault is not None:
             kind = _FAULT_EVENT[r.fault.kind]
             raise _ConfigError(kind, fault=r.fault, record=ste.s2r
@@ -686,9 +700,11 @@ class SMMUv3:
         return self._cache(sid, ssid, st)
 
     def _cache(self, sid: int, ssid: int | None, st: _Stream) -> _Stream:
-        self._resolved[(sid, ssid)] = st
         if ssid is None:
+            self._by_sid[sid] = st
             self._streams.set(sid, st.mode, st.cfg, st.ias)
+        else:
+            self._by_ssid[(sid, ssid)] = st
         return st
 
     # -------------------------------------------------------- translation
@@ -696,23 +712,23 @@ class SMMUv3:
     def translate(self, sid: int, iova: int, write: bool = False,
                   ssid: int | None = None) -> SmmuResult:
         """Translate one transaction from StreamID ``sid`` (and SubstreamID)."""
-        if not self._cr0 & R.CR0_SMMUEN:
+        if not self._cr0 & _SMMUEN:
             if self._gbpa & R.GBPA_ABORT:
                 return SmmuResult(Outcome.ABORTED, None)
             return SmmuResult(Outcome.BYPASSED, iova)
-        st = self._resolved.get((sid, ssid))
+        st = self._by_sid.get(sid) if ssid is None else self._by_ssid.get((sid, ssid))
         if st is None:
             try:
                 st = self._resolve(sid, ssid, iova, write)
             except _ConfigError as e:
                 return self._config_event(e, sid, ssid, iova, write)
-        if st.mode == core.STREAM_TRANSLATE:
+        if st.mode == _TRANSLATE:
             if st.ias and iova >> st.ias:
                 w = WalkResult(Fault(1, FaultKind.ADDRESS_SIZE, 0))
             else:
-                w = self._translate(self.memory, iova, write, cfg=st.cfg, tlb=self.tlb)
+                w = self._translate(self.memory, iova, write, st.cfg, self.tlb)
                 if w.fault is None:
-                    return SmmuResult(Outcome.TRANSLATED, w.pa, None, None, False, w)
+                    return _new(SmmuResult, (_TRANSLATED, w.pa, None, None, False, w))
             return self._fault_event(w, st, sid, ssid, iova, write)
         if st.mode == core.STREAM_BYPASS:
             return SmmuResult(Outcome.BYPASSED, iova)
@@ -760,7 +776,7 @@ class SMMUv3:
         """
         n = len(buffer_view(sids, "u32", "sids"))
         if self._cr0 & R.CR0_SMMUEN:
-            ok = core.stream_batch(self.memory, self._streams, sids, iovas, out_pa, status,
+            ok = self._core.stream_batch(self.memory, self._streams, sids, iovas, out_pa, status,
                                    tlb=self.tlb, write=write)
             if ok == n:
                 return ok
@@ -778,7 +794,7 @@ class SMMUv3:
                 fault = core.status_fault(s)
                 if fault.stage == 2:
                     fault = fault._replace(ipa=op[k])
-                self._fault_event(WalkResult(fault), self._resolved[(sv[k], None)], sv[k],
+                self._fault_event(WalkResult(fault), self._by_sid[sv[k]], sv[k],
                                   None, iv[k], write)
                 op[k] = 0
             elif s == core.STATUS_NO_CONFIG:       # first transaction of the stream
