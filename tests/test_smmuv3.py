@@ -261,6 +261,10 @@ def test_cd_fetch_abort_and_bad_cds(env):
         "t0sz": [cd_words(s1, 1)[0] & ~0x3F | 12] + cd_words(s1, 1)[1:],
         "tg0": [cd_words(s1, 1)[0] | 3 << 6] + cd_words(s1, 1)[1:],
         "ttb beyond ips": cd_words(core.Stage1(ttb0=1 << 41, tsz0=16, ips=40), 1),
+        "no abort (A=0)": [cd_words(s1, 1)[0] & ~(1 << 46)] + cd_words(s1, 1)[1:],
+        "stall (S=1)": [cd_words(s1, 1)[0] | 1 << 44] + cd_words(s1, 1)[1:],
+        "HA without HTTU": [cd_words(s1, 1)[0] | 1 << 43] + cd_words(s1, 1)[1:],
+        "HD without HTTU": [cd_words(s1, 1)[0] | 1 << 42] + cd_words(s1, 1)[1:],
     }
     for sid, words in enumerate(bad.values(), start=2):
         cd = env.drv.write_cd(words)
@@ -268,7 +272,19 @@ def test_cd_fetch_abort_and_bad_cds(env):
         assert env.smmu.translate(sid, 0).event == E_BAD_CD
     evs = env.drv.events()
     assert (evs[0].type, evs[0].fetch) == (E_CD_FETCH, HOLE)
-    assert [(v.type, v.sid) for v in evs[1:]] == [(E_BAD_CD, sid) for sid in range(2, 7)]
+    assert [(v.type, v.sid) for v in evs[1:]] == [(E_BAD_CD, sid) for sid in range(2, 11)]
+
+
+def test_cd_with_ttb1_tbi_and_had(env):
+    """TTB1 through a CD (TG1 has its own encoding), with TBI and HAD decoded."""
+    pt = env.s1_table(ias=39, ttbr1=True)
+    pt.map(0xFFFF_FFC0_0000_0000, TARGET, 0x1000, RW)
+    s1 = pt.stage1_config(tbi1=True, had1=True)
+    cd = env.drv.write_cd(cd_words(s1, asid=2))
+    env.drv.write_ste(0x30, ste_words(5, ctxptr=cd))
+    assert env.smmu.translate(0x30, 0xFFFF_FFC0_0000_0010).pa == TARGET + 0x10
+    assert env.smmu.translate(0x30, 0x12FF_FFC0_0000_0010).pa == TARGET + 0x10   # tagged
+    assert env.smmu.translate(0x30, 0x10).event == E_TRANSLATION               # EPD0
 
 
 def test_translation_faults_and_their_records(env):
