@@ -36,3 +36,14 @@ def dwords(data: bytes) -> list[int]:
 def pack_dwords(words: list[int]) -> bytes:
     """The little-endian bytes of a list of 64-bit doublewords."""
     return b"".join(w.to_bytes(8, "little") for w in words)
+
+
+def merge_access(old: int, offset: int, value: int, size: int) -> int:
+    """A 64-bit register after a ``size``-byte write at byte ``offset`` (0 or 4) of it.
+
+    A 64-bit write replaces it; a 32-bit write replaces the half it hits.
+    """
+    if size == 8:
+        return value & (2**64 - 1)
+    shift = 32 if offset & 4 else 0
+    return (old & ~(0xFFFF_FFFF << shift)) | ((value & 0xFFFF_FFFF) << shift)

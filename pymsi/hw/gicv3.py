@@ -1,0 +1,425 @@
+"""A GICv3 (optionally GICv4) interrupt controller, as much as LPIs need.
+
+The distributor (GICD) says what the GIC supports; each CPU has a
+redistributor (GICR) whose LPI configuration table (GICR_PROPBASER: one byte
+per LPI, bit 0 enable, bits [7:2] priority) and pending table
+(GICR_PENDBASER: one bit per INTID, the first 1 KiB reserved) live in memory,
+and a CPU interface whose ICC_IAR1 / ICC_EOIR1 acknowledge and end interrupts.
+LPIs are set pending by an ITS; a disabled LPI stays pending and is only
+signalled once enabled.  Like hardware, a redistributor caches LPI
+configuration: a changed property byte is seen after an INV / INVALL (ITS
+command or GICR_INVLPIR / GICR_INVALLR), or when LPIs are enabled.
+
+With GICv4 each redistributor also has a VLPI frame (GICR_VPROPBASER /
+GICR_VPENDBASER): writing VPENDBASER with Valid makes a vPE resident there, and
+the virtual CPU interface (:meth:`CpuInterface.vcpu_iar1`) acknowledges its
+pending vLPIs from its virtual pending table.
+
+The model is a single security state (GICD_CTLR.DS = 1): LPIs are Group 1
+and an LPI's priority is its property byte & 0xFC; lower values are higher
+priorities, and ties go to the lower INTID.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .bits import Field, merge_access
+
+LPI_BASE = 8192
+SPURIOUS = 1023
+
+# GICD
+GICD_CTLR, GICD_TYPER, GICD_IIDR, GICD_PIDR2 = 0x0000, 0x0004, 0x0008, 0xFFE8
+GICD_CTLR_DS, GICD_CTLR_ARE, GICD_CTLR_ENABLE_G1 = 1 << 6, 1 << 4, 1 << 1
+GICD_TYPER_IDBITS, GICD_TYPER_LPIS, GICD_TYPER_CPUNUMBER = Field(23, 19), Field(17), Field(7, 5)
+# GICR: RD_base frame
+GICR_CTLR, GICR_IIDR, GICR_TYPER, GICR_WAKER = 0x00, 0x04, 0x08, 0x14
+GICR_PROPBASER, GICR_PENDBASER = 0x70, 0x78
+GICR_INVLPIR, GICR_INVALLR, GICR_SYNCR, GICR_PIDR2 = 0xA0, 0xB0, 0xC0, 0xFFE8
+GICR_CTLR_ENABLE_LPIS = 1 << 0
+GICR_TYPER_PLPIS, GICR_TYPER_VLPIS, GICR_TYPER_LAST = Field(0), Field(1), Field(4)
+GICR_TYPER_PROCESSOR_NUMBER, GICR_TYPER_AFFINITY = Field(23, 8), Field(63, 32)
+GICR_WAKER_PROCESSOR_SLEEP, GICR_WAKER_CHILDREN_ASLEEP = 1 << 1, 1 << 2
+PROPBASER_IDBITS, PROPBASER_PA = Field(4, 0), Field(51, 12)
+PENDBASER_PA, PENDBASER_PTZ = Field(51, 16), Field(62)
+# GICR: VLPI_base frame (GICv4), at RD_base + 0x20000
+VLPI_FRAME = 0x20000
+GICR_VPROPBASER, GICR_VPENDBASER = 0x70, 0x78
+VPROPBASER_IDBITS, VPROPBASER_PA = Field(4, 0), Field(51, 12)
+VPENDBASER_PA, VPENDBASER_VALID = Field(51, 16), Field(63)
+GICV3_FRAME, GICV4_FRAME = 0x20000, 0x40000
+PRIORITY_MASK = 0xFC
+
+
+class Redistributor:
+    """One CPU's redistributor: LPI tables in memory, pending state, config cache."""
+
+    def __init__(self, gic: Gicv3, cpu: int) -> None:
+        self.gic, self.cpu = gic, cpu
+        self.ctlr = 0
+        self.propbaser = 0
+        self.pendbaser = 0
+        self.waker = GICR_WAKER_PROCESSOR_SLEEP | GICR_WAKER_CHILDREN_ASLEEP
+        self.pending: set[int] = set()
+        self._config: dict[int, int] = {}      # cached property bytes
+        self.vpropbaser = 0
+        self.vpendbaser = 0
+        self.stats = {"lpis_set": 0, "lpis_dropped": 0, "vlpis_set": 0, "doorbells": 0}
+
+    @property
+    def lpis_enabled(self) -> bool:
+        return bool(self.ctlr & GICR_CTLR_ENABLE_LPIS)
+
+    @property
+    def id_bits(self) -> int:
+        """INTID bits the LPI tables cover (PROPBASER.IDbits + 1, at most the GIC's)."""
+        return min(PROPBASER_IDBITS.get(self.propbaser) + 1, self.gic.id_bits)
+
+    def lpi_in_range(self, intid: int) -> bool:
+        return LPI_BASE <= intid < 1 << self.id_bits
+
+    # -- LPI state, as the ITS drives it ---------------------------------------
+
+    def set_pending(self, intid: int) -> bool:
+        """Make LPI ``intid`` pending here; False if it was dropped."""
+        if not self.lpis_enabled or not self.lpi_in_range(intid):
+            self.stats["lpis_dropped"] += 1
+            return False
+        self.stats["lpis_set"] += 1
+        if intid not in self.pending:
+            self.pending.add(intid)
+            self._write_pending_bit(intid, True)
+        return True
+
+    def clear_pending(self, intid: int) -> bool:
+        """Make LPI ``intid`` not pending; True if it was pending."""
+        if intid not in self.pending:
+            return False
+        self.pending.discard(intid)
+        self._write_pending_bit(intid, False)
+        return True
+
+    def _write_pending_bit(self, intid: int, value: bool) -> None:
+        addr = (PENDBASER_PA.get(self.pendbaser) << 16) + intid // 8
+        try:
+            byte = self.gic.memory.read(addr, 1)[0]
+            byte = byte | (1 << intid % 8) if value else byte & ~(1 << intid % 8)
+            self.gic.memory.write(addr, bytes([byte]))
+        except (OSError, ValueError):
+            self.gic.stats["table_errors"] += 1
+
+    def config(self, intid: int) -> int:
+        """The (cached) property byte of ``intid``; 0 (disabled) if unreadable."""
+        cfg = self._config.get(intid)
+        if cfg is None:
+            addr = (PROPBASER_PA.get(self.propbaser) << 12) + intid - LPI_BASE
+            try:
+                cfg = self.gic.memory.read(addr, 1)[0]
+            except (OSError, ValueError):
+                self.gic.stats["table_errors"] += 1
+                cfg = 0
+            self._config[intid] = cfg
+        return cfg
+
+    def invalidate(self, intid: int | None = None) -> None:
+        """Drop cached configuration: one LPI (INV) or all of them (INVALL)."""
+        if intid is None:
+            self._config.clear()
+        else:
+            self._config.pop(intid, None)
+
+    def highest_pending(self, below: int = 0x100) -> tuple[int, int] | None:
+        """(priority, INTID) of the best enabled pending LPI with priority < ``below``."""
+        best = None
+        for intid in self.pending:
+            cfg = self.config(intid)
+            if not cfg & 1:
+                continue
+            key = (cfg & PRIORITY_MASK, intid)
+            if key[0] < below and (best is None or key < best):
+                best = key
+        return best
+
+    # -- GICv4: vLPIs ----------------------------------------------------------
+
+    @property
+    def resident_vpt(self) -> int | None:
+        """The virtual pending table of the vPE resident here, if any."""
+        if not VPENDBASER_VALID.get(self.vpendbaser):
+            return None
+        return VPENDBASER_PA.get(self.vpendbaser) << 16
+
+    def set_vlpi_pending(self, vpt: int, vpt_bits: int, vintid: int, doorbell: int) -> bool:
+        """Make vLPI ``vintid`` of the vPE whose pending table is ``vpt`` pending.
+
+        The bit is set in the vPE's table; if the vPE is not resident here the
+        doorbell LPI (unless 1023) is raised instead.
+        """
+        if not LPI_BASE <= vintid < 1 << vpt_bits:
+            self.stats["lpis_dropped"] += 1
+            return False
+        addr = vpt + vintid // 8
+        try:
+            byte = self.gic.memory.read(addr, 1)[0]
+            self.gic.memory.write(addr, bytes([byte | 1 << vintid % 8]))
+        except (OSError, ValueError):
+            self.gic.stats["table_errors"] += 1
+            return False
+        self.stats["vlpis_set"] += 1
+        if self.resident_vpt != vpt and doorbell != SPURIOUS:
+            self.stats["doorbells"] += 1
+            self.set_pending(doorbell)
+        return True
+
+    def clear_vlpi_pending(self, vpt: int, vintid: int) -> None:
+        addr = vpt + vintid // 8
+        try:
+            byte = self.gic.memory.read(addr, 1)[0]
+            self.gic.memory.write(addr, bytes([byte & ~(1 << vintid % 8)]))
+        except (OSError, ValueError):
+            self.gic.stats["table_errors"] += 1
+
+    def highest_vpending(self, below: int = 0x100) -> tuple[int, int] | None:
+        """(priority, vINTID) of the resident vPE's best enabled pending vLPI."""
+        vpt = self.resident_vpt
+        if vpt is None:
+            return None
+        bits = VPROPBASER_IDBITS.get(self.vpropbaser) + 1
+        vprop = VPROPBASER_PA.get(self.vpropbaser) << 12
+        mem = self.gic.memory
+        try:
+            table = int.from_bytes(mem.read(vpt + LPI_BASE // 8, (1 << bits) // 8 - LPI_BASE // 8),
+                                   "little")
+        except (OSError, ValueError):
+            return None
+        best = None
+        while table:
+            low = table & -table
+            vintid = LPI_BASE + low.bit_length() - 1
+            table ^= low
+            try:
+                cfg = mem.read(vprop + vintid - LPI_BASE, 1)[0]
+            except (OSError, ValueError):
+                continue
+            key = (cfg & PRIORITY_MASK, vintid)
+            if cfg & 1 and key[0] < below and (best is None or key < best):
+                best = key
+        return best
+
+    # -- registers -------------------------------------------------------------
+
+    def mmio_read(self, offset: int, size: int) -> int:
+        if offset >= VLPI_FRAME and self.gic.gicv4:
+            off = offset - VLPI_FRAME
+            return {GICR_VPROPBASER: self.vpropbaser,
+                    GICR_VPENDBASER: self.vpendbaser}.get(off & ~7, 0) >> (8 * (off & 4))
+        typer = (GICR_TYPER_PLPIS(1) | GICR_TYPER_VLPIS(int(self.gic.gicv4))
+                 | GICR_TYPER_LAST(int(self.cpu == len(self.gic.redists) - 1))
+                 | GICR_TYPER_PROCESSOR_NUMBER(self.cpu) | GICR_TYPER_AFFINITY(self.cpu))
+        regs64 = {GICR_TYPER: typer, GICR_PROPBASER: self.propbaser,
+                  GICR_PENDBASER: self.pendbaser}
+        if offset & ~7 in regs64:
+            value = regs64[offset & ~7]
+            return value if size == 8 else (value >> (8 * (offset & 4))) & 0xFFFF_FFFF
+        return {GICR_CTLR: self.ctlr, GICR_IIDR: 0x43B, GICR_WAKER: self.waker,
+                GICR_SYNCR: 0, GICR_PIDR2: (4 if self.gic.gicv4 else 3) << 4}.get(offset, 0)
+
+    def mmio_write(self, offset: int, value: int, size: int) -> None:
+        if offset >= VLPI_FRAME and self.gic.gicv4:
+            off = offset - VLPI_FRAME
+            reg = off & ~7
+            if reg in (GICR_VPROPBASER, GICR_VPENDBASER):
+                old = getattr(self, "vpropbaser" if reg == GICR_VPROPBASER else "vpendbaser")
+                new = merge_access(old, off & 4, value, size)
+                setattr(self, "vpropbaser" if reg == GICR_VPROPBASER else "vpendbaser", new)
+            return
+        reg = offset & ~7
+        if reg in (GICR_PROPBASER, GICR_PENDBASER):
+            if self.lpis_enabled:
+                return                         # fixed while LPIs are enabled
+            name = "propbaser" if reg == GICR_PROPBASER else "pendbaser"
+            setattr(self, name, merge_access(getattr(self, name), offset & 4, value, size))
+        elif offset == GICR_CTLR:
+            if value & GICR_CTLR_ENABLE_LPIS and not self.lpis_enabled:
+                self.ctlr |= GICR_CTLR_ENABLE_LPIS
+                self._enable_lpis()
+            elif not value & GICR_CTLR_ENABLE_LPIS and self.lpis_enabled:
+                self.ctlr &= ~GICR_CTLR_ENABLE_LPIS
+                self.pending.clear()            # state stays in the table in memory
+                self._config.clear()
+        elif offset == GICR_WAKER:
+            sleep = value & GICR_WAKER_PROCESSOR_SLEEP
+            self.waker = sleep | (GICR_WAKER_CHILDREN_ASLEEP if sleep else 0)
+        elif reg == GICR_INVLPIR:
+            self.invalidate(value & 0xFFFF_FFFF)
+        elif reg == GICR_INVALLR:
+            self.invalidate()
+
+    def _enable_lpis(self) -> None:
+        """Start using the tables: load pending state unless PTZ says it is zero."""
+        self._config.clear()
+        self.pending.clear()
+        if PENDBASER_PTZ.get(self.pendbaser):
+            return
+        base = PENDBASER_PA.get(self.pendbaser) << 16
+        nbytes = (1 << self.id_bits) // 8 - LPI_BASE // 8
+        try:
+            table = int.from_bytes(self.gic.memory.read(base + LPI_BASE // 8, nbytes), "little")
+        except (OSError, ValueError):
+            self.gic.stats["table_errors"] += 1
+            return
+        while table:
+            low = table & -table
+            self.pending.add(LPI_BASE + low.bit_length() - 1)
+            table ^= low
+
+
+class CpuInterface:
+    """One CPU's GIC CPU interface (the ICC_* system registers) for Group 1.
+
+    ``pmr`` (ICC_PMR_EL1) masks priorities at or above it and resets to 0
+    (everything masked); ``igrpen1`` (ICC_IGRPEN1_EL1) enables Group 1.  The
+    virtual interface (ICV_*) serves the vPE resident on this CPU.
+    """
+
+    def __init__(self, gic: Gicv3, cpu: int) -> None:
+        self.gic, self.cpu = gic, cpu
+        self.pmr = 0
+        self.igrpen1 = 0
+        self.active: list[int] = []            # active priorities, innermost last
+        self.vactive: list[int] = []
+        self.stats = {"acks": 0, "spurious": 0, "eois": 0, "bad_eois": 0}
+
+    @property
+    def running_priority(self) -> int:
+        return self.active[-1] if self.active else 0x100
+
+    def hppir1(self) -> int:
+        """ICC_HPPIR1_EL1: the INTID that an acknowledge would return now."""
+        best = self._candidate()
+        return SPURIOUS if best is None else best[1]
+
+    def _candidate(self) -> tuple[int, int] | None:
+        if not self.igrpen1:
+            return None
+        rd = self.gic.redists[self.cpu]
+        return rd.highest_pending(min(self.pmr, self.running_priority))
+
+    @property
+    def irq_pending(self) -> bool:
+        """Whether the CPU's IRQ line is asserted."""
+        return self._candidate() is not None
+
+    def iar1(self) -> int:
+        """ICC_IAR1_EL1: acknowledge the highest-priority pending LPI (1023: none)."""
+        best = self._candidate()
+        if best is None:
+            self.stats["spurious"] += 1
+            return SPURIOUS
+        prio, intid = best
+        self.gic.redists[self.cpu].clear_pending(intid)   # LPIs have no active state
+        self.active.append(prio)
+        self.stats["acks"] += 1
+        return intid
+
+    def eoir1(self, intid: int) -> None:
+        """ICC_EOIR1_EL1: priority drop (and deactivation) for ``intid``."""
+        if not self.active or intid in (SPURIOUS, 1022, 1021, 1020):
+            self.stats["bad_eois"] += 1
+            return
+        self.active.pop()
+        self.stats["eois"] += 1
+
+    # -- the virtual CPU interface (GICv4 direct injection) -----------------------
+
+    def vcpu_iar1(self) -> int:
+        """ICV_IAR1_EL1 of the resident vPE: acknowledge its best pending vLPI."""
+        rd = self.gic.redists[self.cpu]
+        below = self.vactive[-1] if self.vactive else 0x100
+        best = rd.highest_vpending(below)
+        if best is None:
+            return SPURIOUS
+        prio, vintid = best
+        rd.clear_vlpi_pending(rd.resident_vpt, vintid)
+        self.vactive.append(prio)
+        return vintid
+
+    def vcpu_eoir1(self, vintid: int) -> None:
+        """ICV_EOIR1_EL1."""
+        if self.vactive:
+            self.vactive.pop()
+
+
+class Gicv3:
+    """A GICv3 (``gicv4=True``: GICv4) with ``ncpus`` redistributors and CPU interfaces.
+
+    ``memory`` is where LPI tables live (RAM).  Map :attr:`gicd` and
+    :attr:`gicr` on the bus: the redistributor region holds one frame per CPU
+    (128 KiB, or 256 KiB with the GICv4 VLPI frame).
+    """
+
+    def __init__(self, memory: Any, ncpus: int = 4, gicv4: bool = False, id_bits: int = 16):
+        if not 1 <= ncpus <= 256 or not 14 <= id_bits <= 24:
+            raise ValueError("ncpus must be 1..256 and id_bits 14..24")
+        self.memory = memory
+        self.gicv4 = gicv4
+        self.id_bits = id_bits
+        self.redists = [Redistributor(self, cpu) for cpu in range(ncpus)]
+        self.cpus = [CpuInterface(self, cpu) for cpu in range(ncpus)]
+        self.gicd = _Distributor(self)
+        self.gicr = _RedistributorRegion(self)
+        self.stats = {"table_errors": 0}
+
+    @property
+    def frame_size(self) -> int:
+        return GICV4_FRAME if self.gicv4 else GICV3_FRAME
+
+    def redistributor(self, processor_number: int) -> Redistributor | None:
+        """The redistributor an ITS RDbase (a processor number: PTA = 0) names."""
+        if 0 <= processor_number < len(self.redists):
+            return self.redists[processor_number]
+        return None
+
+
+class _Distributor:
+    """GICD: the GIC's identification and global enables (no SPIs modelled)."""
+
+    def __init__(self, gic: Gicv3) -> None:
+        self.gic = gic
+        self.ctlr = GICD_CTLR_DS | GICD_CTLR_ARE
+
+    def mmio_read(self, offset: int, size: int) -> int:
+        if offset == GICD_CTLR:
+            return self.ctlr
+        if offset == GICD_TYPER:
+            return (GICD_TYPER_IDBITS(self.gic.id_bits - 1) | GICD_TYPER_LPIS(1)
+                    | GICD_TYPER_CPUNUMBER(min(len(self.gic.redists), 8) - 1))
+        if offset == GICD_IIDR:
+            return 0x43B
+        if offset == GICD_PIDR2:
+            return (4 if self.gic.gicv4 else 3) << 4
+        return 0
+
+    def mmio_write(self, offset: int, value: int, size: int) -> None:
+        if offset == GICD_CTLR:
+            self.ctlr = GICD_CTLR_DS | GICD_CTLR_ARE | (value & (GICD_CTLR_ENABLE_G1 | 1))
+
+
+class _RedistributorRegion:
+    """The contiguous frames of every redistributor."""
+
+    def __init__(self, gic: Gicv3) -> None:
+        self.gic = gic
+
+    @property
+    def size(self) -> int:
+        return self.gic.frame_size * len(self.gic.redists)
+
+    def mmio_read(self, offset: int, size: int) -> int:
+        cpu, off = divmod(offset, self.gic.frame_size)
+        return self.gic.redists[cpu].mmio_read(off, size)
+
+    def mmio_write(self, offset: int, value: int, size: int) -> None:
+        cpu, off = divmod(offset, self.gic.frame_size)
+        self.gic.redists[cpu].mmio_write(off, value, size)

@@ -1,0 +1,604 @@
+"""A GICv3 Interrupt Translation Service (with the GICv4 direct-injection subset).
+
+Software gives it memory for its device, collection (and vPE) tables through
+GITS_BASER<n> (flat or two-level) and a command queue through GITS_CBASER,
+then enables it (GITS_CTLR) and posts 32-byte commands by advancing
+GITS_CWRITER.  A 32-bit write of an EventID to GITS_TRANSLATER (ITS base +
+0x10040), made by a device whose requester ID is the DeviceID, is translated
+through the device table, the device's interrupt translation table and the
+collection table into an LPI made pending on a redistributor — or, for an
+event mapped with VMAPTI, into a vLPI of a vPE (and its doorbell when the vPE
+is not resident).
+
+The in-memory table formats are IMPLEMENTATION DEFINED; this ITS uses its own
+(device/collection entries 8 bytes, vPE entries and ITEs 16 bytes, which
+GITS_BASER.Entry_Size and GITS_TYPER.ITT_entry_size advertise).  RDbase is a
+processor number (GITS_TYPER.PTA = 0).  Commands run as soon as CWRITER
+moves.  A command with bad parameters is ignored and recorded (or, with
+``stall_on_error``, stalls the queue — the architecture allows either); a
+memory error reading a command or a table stalls it (GITS_CREADR.Stalled)
+until software writes GITS_CWRITER with Retry set or rewrites GITS_CBASER.  A
+translation that fails is dropped and recorded.  Nothing a guest writes makes
+the model raise.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from typing import Any
+
+from .bits import Field, dwords, merge_access
+from .gicv3 import LPI_BASE, SPURIOUS, Gicv3
+
+GITS_CTLR, GITS_IIDR, GITS_TYPER = 0x0000, 0x0004, 0x0008
+GITS_CBASER, GITS_CWRITER, GITS_CREADR = 0x0080, 0x0088, 0x0090
+GITS_BASER = 0x0100
+GITS_PIDR2 = 0xFFE8
+GITS_TRANSLATER = 0x10040
+ITS_SIZE = 0x20000
+
+CTLR_ENABLED, CTLR_QUIESCENT = 1 << 0, 1 << 31
+TYPER_PHYSICAL, TYPER_VIRTUAL, TYPER_ITT_ENTRY_SIZE = Field(0), Field(1), Field(7, 4)
+TYPER_ID_BITS, TYPER_DEVBITS, TYPER_PTA, TYPER_HCC = Field(12, 8), Field(17, 13), Field(19), \
+    Field(31, 24)
+TYPER_CIDBITS, TYPER_CIL, TYPER_VMOVP = Field(35, 32), Field(36), Field(37)
+CBASER_SIZE, CBASER_PA, CBASER_VALID = Field(7, 0), Field(51, 12), Field(63)
+CWRITER_RETRY, CWRITER_OFFSET = Field(0), Field(19, 5)
+CREADR_STALLED = Field(0)
+BASER_SIZE, BASER_PAGE_SIZE, BASER_PA = Field(7, 0), Field(9, 8), Field(47, 12)
+BASER_ENTRY_SIZE, BASER_TYPE, BASER_INDIRECT, BASER_VALID = Field(52, 48), Field(58, 56), \
+    Field(62), Field(63)
+BASER_WRITABLE = (BASER_VALID.mask | BASER_INDIRECT.mask | 0x07 << 59 | 0x07 << 53
+                  | BASER_PA.mask | 3 << 10 | BASER_PAGE_SIZE.mask | BASER_SIZE.mask)
+CBASER_WRITABLE = CBASER_VALID.mask | 0x07 << 59 | 0x07 << 53 | CBASER_PA.mask | 3 << 10 | 0xFF
+PAGE_SIZES = (4096, 16384, 65536, 65536)
+
+
+class BaserType(enum.IntEnum):
+    """GITS_BASER<n>.Type."""
+
+    NONE = 0
+    DEVICES = 1
+    VPES = 2
+    COLLECTIONS = 4
+
+
+class Cmd(enum.IntEnum):
+    """ITS command opcodes."""
+
+    MOVI = 0x01
+    INT = 0x03
+    CLEAR = 0x04
+    SYNC = 0x05
+    MAPD = 0x08
+    MAPC = 0x09
+    MAPTI = 0x0A
+    MAPI = 0x0B
+    INV = 0x0C
+    INVALL = 0x0D
+    MOVALL = 0x0E
+    DISCARD = 0x0F
+    VMOVI = 0x21
+    VMOVP = 0x22
+    VSYNC = 0x25
+    VMAPP = 0x29
+    VMAPTI = 0x2A
+    VMAPI = 0x2B
+    VINVALL = 0x2D
+
+
+class ItsError(enum.IntEnum):
+    """Command and translation errors (the architecture's E_ITS_* codes, plus ours)."""
+
+    MOVI_UNMAPPED_INTERRUPT = 0x010107
+    MOVI_UNMAPPED_COLLECTION = 0x010109
+    INT_UNMAPPED_INTERRUPT = 0x010307
+    CLEAR_UNMAPPED_INTERRUPT = 0x010507
+    MAPD_DEVICE_OOR = 0x010801
+    MAPD_ITTSIZE_OOR = 0x010802
+    MAPC_PROCNUM_OOR = 0x010902
+    MAPC_COLLECTION_OOR = 0x010903
+    MAPTI_UNMAPPED_DEVICE = 0x010A04
+    MAPTI_ID_OOR = 0x010A05
+    MAPTI_PHYSICALID_OOR = 0x010A06
+    INV_UNMAPPED_INTERRUPT = 0x010C07
+    INVALL_UNMAPPED_COLLECTION = 0x010D09
+    MOVALL_PROCNUM_OOR = 0x010E01
+    DISCARD_UNMAPPED_INTERRUPT = 0x010F07
+    # Not architecturally numbered: our own.
+    UNKNOWN_COMMAND = 0x01FF00
+    COLLECTION_OOR = 0x01FF01
+    UNMAPPED_COLLECTION = 0x01FF02
+    VPE_OOR = 0x01FF03
+    UNMAPPED_VPE = 0x01FF04
+    VIRTUAL_ID_OOR = 0x01FF05
+    NOT_VIRTUAL = 0x01FF06
+    PROCNUM_OOR = 0x01FF07
+    NO_DEVICE_ID = 0x01FF08
+    DISABLED = 0x01FF09
+
+
+class _Error(Exception):
+    def __init__(self, code: ItsError) -> None:
+        self.code = code
+
+
+class _Stall(Exception):
+    """A memory error: the command queue stops."""
+
+
+# Our entry formats.
+DTE_V, DTE_SIZE, DTE_ITT = Field(0), Field(5, 1), Field(49, 6)        # ITT_addr >> 8
+CTE_V, CTE_RDBASE = Field(0), Field(16, 1)
+VPE0_V, VPE0_VPT_SIZE, VPE0_RDBASE = Field(0), Field(5, 1), Field(21, 6)
+ITE0_V, ITE0_VIRTUAL, ITE0_INTID = Field(0), Field(1), Field(63, 32)
+ITE1_ICID, ITE1_VPEID, ITE1_DOORBELL = Field(15, 0), Field(31, 16), Field(63, 32)
+ENTRY_SIZE = {BaserType.DEVICES: 8, BaserType.COLLECTIONS: 8, BaserType.VPES: 16}
+ITE_SIZE = 16
+
+# Command fields.
+C0_OP, C0_DEVICEID = Field(7, 0), Field(63, 32)
+C1_SIZE, C1_EVENTID, C1_PINTID, C1_VPEID = Field(4, 0), Field(31, 0), Field(63, 32), \
+    Field(47, 32)
+C2_ICID, C2_RDBASE, C2_V, C2_ITT = Field(15, 0), Field(47, 16), Field(63), Field(51, 8)
+C2_VINTID, C2_DOORBELL, C2_D = Field(31, 0), Field(63, 32), Field(0)
+C3_RDBASE2, C3_VPT_SIZE, C3_VPT_ADDR = Field(47, 16), Field(4, 0), Field(51, 16)
+
+
+class GicV3Its:
+    """A GICv3 ITS attached to ``gic``, using ``memory`` for its tables and queue.
+
+    ``devbits`` / ``id_bits`` / ``cidbits`` are the DeviceID, EventID and
+    collection ID widths it advertises; ``gicv4`` adds the vPE table and the
+    V* commands (default: whatever the GIC is).  ``trace`` keeps the last
+    errors and dropped translations for inspection.
+    """
+
+    def __init__(self, gic: Gicv3, memory: Any, devbits: int = 16, id_bits: int = 16,
+                 cidbits: int = 16, gicv4: bool | None = None,
+                 stall_on_error: bool = False) -> None:
+        self.gic, self.memory = gic, memory
+        self.gicv4 = gic.gicv4 if gicv4 is None else gicv4
+        self.devbits, self.id_bits, self.cidbits = devbits, id_bits, cidbits
+        self.stall_on_error = stall_on_error
+        self.trace: deque[tuple[str, str, str]] = deque(maxlen=1024)
+        self.stats = {"commands": 0, "command_errors": 0, "stalls": 0, "translations": 0,
+                      "translations_dropped": 0, "lpis": 0, "vlpis": 0}
+        self.reset()
+
+    def reset(self) -> None:
+        self.ctlr = 0
+        self.cbaser = 0
+        self.cwriter = 0
+        self.creadr = 0
+        self.stalled = False
+        types = [BaserType.DEVICES, BaserType.COLLECTIONS,
+                 BaserType.VPES if self.gicv4 else BaserType.NONE] + [BaserType.NONE] * 5
+        self.baser = [self._baser_ro(t) for t in types]
+
+    @staticmethod
+    def _baser_ro(t: BaserType) -> int:
+        if t == BaserType.NONE:
+            return 0
+        return BASER_TYPE(int(t)) | BASER_ENTRY_SIZE(ENTRY_SIZE[t] - 1)
+
+    @property
+    def typer(self) -> int:
+        return (TYPER_PHYSICAL(1) | TYPER_VIRTUAL(int(self.gicv4))
+                | TYPER_ITT_ENTRY_SIZE(ITE_SIZE - 1) | TYPER_ID_BITS(self.id_bits - 1)
+                | TYPER_DEVBITS(self.devbits - 1) | TYPER_CIDBITS(self.cidbits - 1)
+                | TYPER_CIL(1) | TYPER_VMOVP(int(self.gicv4)))
+
+    # -- registers ------------------------------------------------------------
+
+    def mmio_read(self, offset: int, size: int = 4, requester_id: int | None = None) -> int:
+        reg = offset & ~7
+        regs64 = {GITS_TYPER: self.typer, GITS_CBASER: self.cbaser, GITS_CWRITER: self.cwriter,
+                  GITS_CREADR: self.creadr | int(self.stalled)}
+        if GITS_BASER <= reg < GITS_BASER + 64:
+            regs64[reg] = self.baser[(reg - GITS_BASER) // 8]
+        if reg in regs64:
+            v = regs64[reg]
+            return v if size == 8 else (v >> (8 * (offset & 4))) & 0xFFFF_FFFF
+        if offset == GITS_CTLR:
+            return self.ctlr | (0 if self.ctlr & CTLR_ENABLED else CTLR_QUIESCENT)
+        if offset == GITS_IIDR:
+            return 0x43B
+        if offset == GITS_PIDR2:
+            return (4 if self.gicv4 else 3) << 4
+        return 0
+
+    def mmio_write(self, offset: int, value: int, size: int = 4,
+                   requester_id: int | None = None) -> None:
+        if offset == GITS_TRANSLATER and size in (2, 4):
+            self.translate(requester_id, value & 0xFFFF_FFFF)
+            return
+        reg, high = offset & ~7, offset & 4
+        enabled = self.ctlr & CTLR_ENABLED
+        if offset == GITS_CTLR:
+            self.ctlr = value & CTLR_ENABLED
+            if self.ctlr:
+                self._process()
+        elif reg == GITS_CBASER and not enabled:
+            self.cbaser = merge_access(self.cbaser, high, value, size) & CBASER_WRITABLE
+            self.creadr = 0
+            self.stalled = False
+        elif reg == GITS_CWRITER:
+            new = merge_access(self.cwriter, high, value, size)
+            self.cwriter = CWRITER_OFFSET.mask & new
+            if self.stalled and CWRITER_RETRY.get(new):
+                self.stalled = False
+            self._process()
+        elif GITS_BASER <= reg < GITS_BASER + 64 and not enabled:
+            n = (reg - GITS_BASER) // 8
+            if BASER_TYPE.get(self.baser[n]):
+                new = merge_access(self.baser[n], high, value, size) & BASER_WRITABLE
+                self.baser[n] = (self.baser[n] & ~BASER_WRITABLE) | new
+
+    # -- command queue ------------------------------------------------------------
+
+    def _process(self) -> None:
+        if not self.ctlr & CTLR_ENABLED or self.stalled or not CBASER_VALID.get(self.cbaser):
+            return
+        qsize = (CBASER_SIZE.get(self.cbaser) + 1) * 4096
+        base = CBASER_PA.get(self.cbaser) << 12
+        if self.cwriter >= qsize or self.creadr >= qsize:
+            self._note("queue", "CWRITER", "offset beyond the command queue")
+            return
+        while self.creadr != self.cwriter:
+            try:
+                cmd = dwords(self.memory.read(base + self.creadr, 32))
+                self._execute(cmd)
+            except _Stall:
+                self.stalled = True
+                self.stats["stalls"] += 1
+                self._note("command", f"at {self.creadr:#x}", "memory error: stalled")
+                return
+            except _Error as e:
+                self.stats["command_errors"] += 1
+                self._note("command", _opname(cmd[0]), e.code.name)
+                if self.stall_on_error:
+                    self.stalled = True
+                    self.stats["stalls"] += 1
+                    return
+            self.stats["commands"] += 1
+            self.creadr = (self.creadr + 32) % qsize
+
+    def _note(self, kind: str, what: str, why: str) -> None:
+        self.trace.append((kind, what, why))
+
+    def _read64(self, addr: int) -> int:
+        try:
+            return int.from_bytes(self.memory.read(addr, 8), "little")
+        except (OSError, ValueError):
+            raise _Stall() from None
+
+    def _write64(self, addr: int, value: int) -> None:
+        try:
+            self.memory.write(addr, value.to_bytes(8, "little"))
+        except (OSError, ValueError):
+            raise _Stall() from None
+
+    def _entry_addr(self, t: BaserType, index: int) -> int | None:
+        """Where table ``t`` keeps entry ``index`` (None: not provided)."""
+        n = {BaserType.DEVICES: 0, BaserType.COLLECTIONS: 1, BaserType.VPES: 2}[t]
+        baser = self.baser[n]
+        if not BASER_VALID.get(baser) or BASER_TYPE.get(baser) != t:
+            return None
+        page = PAGE_SIZES[BASER_PAGE_SIZE.get(baser)]
+        esize = ENTRY_SIZE[t]
+        span = (BASER_SIZE.get(baser) + 1) * page
+        base = BASER_PA.get(baser) << 12
+        if not BASER_INDIRECT.get(baser):
+            return base + index * esize if index * esize < span else None
+        per_page = page // esize
+        l1 = index // per_page
+        if l1 * 8 >= span:
+            return None
+        entry = self._read64(base + l1 * 8)
+        if not entry >> 63:
+            return None
+        return (entry & ((1 << 52) - 1) & ~(page - 1)) + (index % per_page) * esize
+
+    def _dte(self, device_id: int) -> tuple[int, int] | None:
+        """(ITT address, EventID bits) of a mapped device."""
+        if device_id >> self.devbits:
+            return None
+        addr = self._entry_addr(BaserType.DEVICES, device_id)
+        if addr is None:
+            return None
+        d = self._read64(addr)
+        if not DTE_V.get(d):
+            return None
+        return DTE_ITT.get(d) << 8, DTE_SIZE.get(d) + 1
+
+    def _ite_addr(self, device_id: int, event_id: int, missing: ItsError) -> int:
+        dte = self._dte(device_id)
+        if dte is None or event_id >> dte[1]:
+            raise _Error(missing)
+        return dte[0] + event_id * ITE_SIZE
+
+    def _ite(self, device_id: int, event_id: int, missing: ItsError) -> tuple[int, list[int]]:
+        addr = self._ite_addr(device_id, event_id, missing)
+        ite = [self._read64(addr), self._read64(addr + 8)]
+        if not ITE0_V.get(ite[0]):
+            raise _Error(missing)
+        return addr, ite
+
+    def _collection_rd(self, icid: int) -> int | None:
+        """Processor number a mapped collection targets."""
+        if icid >> self.cidbits:
+            return None
+        addr = self._entry_addr(BaserType.COLLECTIONS, icid)
+        if addr is None:
+            return None
+        c = self._read64(addr)
+        return CTE_RDBASE.get(c) if CTE_V.get(c) else None
+
+    def _vpe(self, vpeid: int) -> tuple[int, int, int] | None:
+        """(VPT address, VPT bits, processor number) of a mapped vPE."""
+        if vpeid >> 16 or not self.gicv4:
+            return None
+        addr = self._entry_addr(BaserType.VPES, vpeid)
+        if addr is None:
+            return None
+        d0 = self._read64(addr)
+        if not VPE0_V.get(d0):
+            return None
+        return self._read64(addr + 8), VPE0_VPT_SIZE.get(d0) + 1, VPE0_RDBASE.get(d0)
+
+    def _rd(self, procnum: int, err: ItsError):
+        rd = self.gic.redistributor(procnum)
+        if rd is None:
+            raise _Error(err)
+        return rd
+
+    def _execute(self, cmd: list[int]) -> None:
+        d0, d1, d2, d3 = cmd
+        op = C0_OP.get(d0)
+        dev, event = C0_DEVICEID.get(d0), C1_EVENTID.get(d1)
+        try:
+            c = Cmd(op)
+        except ValueError:
+            raise _Error(ItsError.UNKNOWN_COMMAND) from None
+        if c >= 0x20 and not self.gicv4:
+            raise _Error(ItsError.UNKNOWN_COMMAND)
+        handler = getattr(self, f"_cmd_{c.name.lower()}")
+        handler(dev, event, d1, d2, d3)
+
+    # physical commands
+    def _cmd_mapd(self, dev, event, d1, d2, d3) -> None:
+        if dev >> self.devbits:
+            raise _Error(ItsError.MAPD_DEVICE_OOR)
+        addr = self._entry_addr(BaserType.DEVICES, dev)
+        if addr is None:
+            raise _Error(ItsError.MAPD_DEVICE_OOR)
+        size = C1_SIZE.get(d1)
+        if size + 1 > self.id_bits:
+            raise _Error(ItsError.MAPD_ITTSIZE_OOR)
+        value = (DTE_V(1) | DTE_SIZE(size) | DTE_ITT(C2_ITT.get(d2))) if C2_V.get(d2) else 0
+        self._write64(addr, value)
+
+    def _cmd_mapc(self, dev, event, d1, d2, d3) -> None:
+        icid = C2_ICID.get(d2)
+        if icid >> self.cidbits:
+            raise _Error(ItsError.MAPC_COLLECTION_OOR)
+        addr = self._entry_addr(BaserType.COLLECTIONS, icid)
+        if addr is None:
+            raise _Error(ItsError.MAPC_COLLECTION_OOR)
+        rdbase = C2_RDBASE.get(d2)
+        if C2_V.get(d2) and self.gic.redistributor(rdbase) is None:
+            raise _Error(ItsError.MAPC_PROCNUM_OOR)
+        self._write64(addr, CTE_V(1) | CTE_RDBASE(rdbase & 0xFFFF) if C2_V.get(d2) else 0)
+
+    def _map_physical(self, dev, event, intid, icid) -> None:
+        dte = self._dte(dev)
+        if dte is None:
+            raise _Error(ItsError.MAPTI_UNMAPPED_DEVICE)
+        if event >> dte[1]:
+            raise _Error(ItsError.MAPTI_ID_OOR)
+        if not LPI_BASE <= intid < 1 << self.id_bits:
+            raise _Error(ItsError.MAPTI_PHYSICALID_OOR)
+        if icid >> self.cidbits:
+            raise _Error(ItsError.COLLECTION_OOR)
+        addr = dte[0] + event * ITE_SIZE
+        self._write64(addr, ITE0_V(1) | ITE0_INTID(intid))
+        self._write64(addr + 8, ITE1_ICID(icid) | ITE1_DOORBELL(SPURIOUS))
+
+    def _cmd_mapti(self, dev, event, d1, d2, d3) -> None:
+        self._map_physical(dev, event, C1_PINTID.get(d1), C2_ICID.get(d2))
+
+    def _cmd_mapi(self, dev, event, d1, d2, d3) -> None:
+        self._map_physical(dev, event, event, C2_ICID.get(d2))
+
+    def _target(self, ite: list[int], missing: ItsError):
+        """The redistributor a physical ITE's collection targets."""
+        rd = self._collection_rd(ITE1_ICID.get(ite[1]))
+        if rd is None:
+            raise _Error(missing)
+        return self._rd(rd, ItsError.PROCNUM_OOR)
+
+    def _cmd_movi(self, dev, event, d1, d2, d3) -> None:
+        addr, ite = self._ite(dev, event, ItsError.MOVI_UNMAPPED_INTERRUPT)
+        if ITE0_VIRTUAL.get(ite[0]):
+            raise _Error(ItsError.MOVI_UNMAPPED_INTERRUPT)
+        new_icid = C2_ICID.get(d2)
+        new_rd = self._collection_rd(new_icid)
+        if new_rd is None:
+            raise _Error(ItsError.MOVI_UNMAPPED_COLLECTION)
+        old = self._target(ite, ItsError.MOVI_UNMAPPED_COLLECTION)
+        new = self._rd(new_rd, ItsError.PROCNUM_OOR)
+        intid = ITE0_INTID.get(ite[0])
+        if old is not new and old.clear_pending(intid):
+            new.set_pending(intid)
+        self._write64(addr + 8, ITE1_ICID.put(ite[1], new_icid))
+
+    def _cmd_movall(self, dev, event, d1, d2, d3) -> None:
+        src = self._rd(C2_RDBASE.get(d2), ItsError.MOVALL_PROCNUM_OOR)
+        dst = self._rd(C3_RDBASE2.get(d3), ItsError.MOVALL_PROCNUM_OOR)
+        if src is dst:
+            return
+        for intid in sorted(src.pending):
+            src.clear_pending(intid)
+            dst.set_pending(intid)
+
+    def _cmd_discard(self, dev, event, d1, d2, d3) -> None:
+        addr, ite = self._ite(dev, event, ItsError.DISCARD_UNMAPPED_INTERRUPT)
+        self._set_state(ite, False, ItsError.DISCARD_UNMAPPED_INTERRUPT)
+        self._write64(addr, 0)
+        self._write64(addr + 8, 0)
+
+    def _cmd_int(self, dev, event, d1, d2, d3) -> None:
+        _, ite = self._ite(dev, event, ItsError.INT_UNMAPPED_INTERRUPT)
+        self._set_state(ite, True, ItsError.INT_UNMAPPED_INTERRUPT)
+
+    def _cmd_clear(self, dev, event, d1, d2, d3) -> None:
+        _, ite = self._ite(dev, event, ItsError.CLEAR_UNMAPPED_INTERRUPT)
+        self._set_state(ite, False, ItsError.CLEAR_UNMAPPED_INTERRUPT)
+
+    def _cmd_inv(self, dev, event, d1, d2, d3) -> None:
+        _, ite = self._ite(dev, event, ItsError.INV_UNMAPPED_INTERRUPT)
+        if not ITE0_VIRTUAL.get(ite[0]):
+            self._target(ite, ItsError.INV_UNMAPPED_INTERRUPT).invalidate(ITE0_INTID.get(ite[0]))
+
+    def _cmd_invall(self, dev, event, d1, d2, d3) -> None:
+        rd = self._collection_rd(C2_ICID.get(d2))
+        if rd is None:
+            raise _Error(ItsError.INVALL_UNMAPPED_COLLECTION)
+        self._rd(rd, ItsError.PROCNUM_OOR).invalidate()
+
+    def _cmd_sync(self, dev, event, d1, d2, d3) -> None:
+        self._rd(C2_RDBASE.get(d2), ItsError.PROCNUM_OOR)   # everything is already done
+
+    # GICv4 commands
+    def _cmd_vmapp(self, dev, event, d1, d2, d3) -> None:
+        vpeid = C1_VPEID.get(d1)
+        addr = self._entry_addr(BaserType.VPES, vpeid)
+        if addr is None:
+            raise _Error(ItsError.VPE_OOR)
+        if not C2_V.get(d2):
+            self._write64(addr, 0)
+            return
+        rdbase = C2_RDBASE.get(d2)
+        size = C3_VPT_SIZE.get(d3)
+        if self.gic.redistributor(rdbase) is None:
+            raise _Error(ItsError.PROCNUM_OOR)
+        if size + 1 > self.id_bits:
+            raise _Error(ItsError.VIRTUAL_ID_OOR)
+        self._write64(addr + 8, C3_VPT_ADDR.get(d3) << 16)
+        self._write64(addr, VPE0_V(1) | VPE0_VPT_SIZE(size) | VPE0_RDBASE(rdbase & 0xFFFF))
+
+    def _map_virtual(self, dev, event, vpeid, vintid, doorbell) -> None:
+        dte = self._dte(dev)
+        if dte is None:
+            raise _Error(ItsError.MAPTI_UNMAPPED_DEVICE)
+        if event >> dte[1]:
+            raise _Error(ItsError.MAPTI_ID_OOR)
+        vpe = self._vpe(vpeid)
+        if vpe is None:
+            raise _Error(ItsError.UNMAPPED_VPE)
+        if not LPI_BASE <= vintid < 1 << vpe[1] or not (
+                doorbell == SPURIOUS or LPI_BASE <= doorbell < 1 << self.id_bits):
+            raise _Error(ItsError.VIRTUAL_ID_OOR)
+        addr = dte[0] + event * ITE_SIZE
+        self._write64(addr, ITE0_V(1) | ITE0_VIRTUAL(1) | ITE0_INTID(vintid))
+        self._write64(addr + 8, ITE1_VPEID(vpeid) | ITE1_DOORBELL(doorbell))
+
+    def _cmd_vmapti(self, dev, event, d1, d2, d3) -> None:
+        self._map_virtual(dev, event, C1_VPEID.get(d1), C2_VINTID.get(d2),
+                          C2_DOORBELL.get(d2))
+
+    def _cmd_vmapi(self, dev, event, d1, d2, d3) -> None:
+        self._map_virtual(dev, event, C1_VPEID.get(d1), event, C2_DOORBELL.get(d2))
+
+    def _cmd_vmovi(self, dev, event, d1, d2, d3) -> None:
+        addr, ite = self._ite(dev, event, ItsError.MOVI_UNMAPPED_INTERRUPT)
+        if not ITE0_VIRTUAL.get(ite[0]):
+            raise _Error(ItsError.NOT_VIRTUAL)
+        old = self._vpe(ITE1_VPEID.get(ite[1]))
+        new_id = C1_VPEID.get(d1)
+        new = self._vpe(new_id)
+        if old is None or new is None:
+            raise _Error(ItsError.UNMAPPED_VPE)
+        vintid = ITE0_INTID.get(ite[0])
+        if vintid >> new[1]:
+            raise _Error(ItsError.VIRTUAL_ID_OOR)
+        if old[0] != new[0] and self._vlpi_pending(old[0], vintid):
+            self._rd(old[2], ItsError.PROCNUM_OOR).clear_vlpi_pending(old[0], vintid)
+            self._rd(new[2], ItsError.PROCNUM_OOR).set_vlpi_pending(new[0], new[1], vintid,
+                                                                    SPURIOUS)
+        d1new = ITE1_VPEID.put(ite[1], new_id)
+        if C2_D.get(d2):
+            d1new = ITE1_DOORBELL.put(d1new, C2_DOORBELL.get(d2))
+        self._write64(addr + 8, d1new)
+
+    def _cmd_vmovp(self, dev, event, d1, d2, d3) -> None:
+        vpeid = C1_VPEID.get(d1)
+        addr = self._entry_addr(BaserType.VPES, vpeid)
+        if addr is None or self._vpe(vpeid) is None:
+            raise _Error(ItsError.UNMAPPED_VPE)
+        rdbase = C2_RDBASE.get(d2)
+        self._rd(rdbase, ItsError.PROCNUM_OOR)
+        self._write64(addr, VPE0_RDBASE.put(self._read64(addr), rdbase & 0xFFFF))
+
+    def _cmd_vsync(self, dev, event, d1, d2, d3) -> None:
+        if self._vpe(C1_VPEID.get(d1)) is None:
+            raise _Error(ItsError.UNMAPPED_VPE)
+
+    _cmd_vinvall = _cmd_vsync     # vLPI configuration is read from memory, not cached
+
+    def _vlpi_pending(self, vpt: int, vintid: int) -> bool:
+        try:
+            return bool(self.memory.read(vpt + vintid // 8, 1)[0] >> (vintid % 8) & 1)
+        except (OSError, ValueError):
+            raise _Stall() from None
+
+    def _set_state(self, ite: list[int], pending: bool, missing: ItsError) -> None:
+        """Set (INT, translation) or clear (CLEAR, DISCARD) an ITE's interrupt."""
+        intid = ITE0_INTID.get(ite[0])
+        if ITE0_VIRTUAL.get(ite[0]):
+            vpe = self._vpe(ITE1_VPEID.get(ite[1]))
+            if vpe is None:
+                raise _Error(ItsError.UNMAPPED_VPE)
+            rd = self._rd(vpe[2], ItsError.PROCNUM_OOR)
+            if pending:
+                if rd.set_vlpi_pending(vpe[0], vpe[1], intid, ITE1_DOORBELL.get(ite[1])):
+                    self.stats["vlpis"] += 1
+            else:
+                rd.clear_vlpi_pending(vpe[0], intid)
+            return
+        rd = self._target(ite, ItsError.UNMAPPED_COLLECTION)
+        if pending:
+            if rd.set_pending(intid):
+                self.stats["lpis"] += 1
+        else:
+            rd.clear_pending(intid)
+
+    # -- translation --------------------------------------------------------------
+
+    def translate(self, device_id: int | None, event_id: int) -> bool:
+        """A write of ``event_id`` to GITS_TRANSLATER by ``device_id``; False if dropped."""
+        self.stats["translations"] += 1
+        try:
+            if device_id is None:
+                raise _Error(ItsError.NO_DEVICE_ID)
+            if not self.ctlr & CTLR_ENABLED:
+                raise _Error(ItsError.DISABLED)
+            _, ite = self._ite(device_id, event_id, ItsError.INT_UNMAPPED_INTERRUPT)
+            self._set_state(ite, True, ItsError.INT_UNMAPPED_INTERRUPT)
+            return True
+        except _Error as e:
+            why = e.code.name
+        except _Stall:
+            why = "memory error"
+        self.stats["translations_dropped"] += 1
+        self._note("translate", f"DeviceID {device_id} EventID {event_id:#x}", why)
+        return False
+
+
+def _opname(d0: int) -> str:
+    try:
+        return Cmd(d0 & 0xFF).name
+    except ValueError:
+        return f"opcode {d0 & 0xFF:#x}"

@@ -1,0 +1,446 @@
+"""PCI functions with MSI and MSI-X, and a host bridge with ECAM and BAR windows.
+
+A :class:`PciFunction` has a type-0 configuration space with a capability
+list, memory BARs, an MSI capability (32/64-bit address, multiple message
+enable, optional per-vector masking) and an MSI-X capability whose table and
+PBA live in a BAR.  :meth:`PciFunction.notify` raises a vector as the hardware
+would: nothing while MSI/MSI-X is disabled, a pending bit while the vector is
+masked (sent, and cleared, on unmask), otherwise a 32-bit memory write of the
+vector's data to its address, issued as DMA with the function's requester ID
+(bus << 8 | device << 3 | function) — so it goes through the IOMMU.  With Bus
+Master Enable clear the function issues no memory writes at all.
+
+:class:`PciHost` is the root complex: an ECAM window for configuration
+accesses, and a window on the system bus for each enabled memory BAR.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import InvalidArgument
+
+# Type-0 header.
+VENDOR_ID, DEVICE_ID, COMMAND, STATUS = 0x00, 0x02, 0x04, 0x06
+REVISION, CLASS_CODE, HEADER_TYPE, BAR0 = 0x08, 0x09, 0x0E, 0x10
+SUBSYS_VENDOR_ID, SUBSYS_ID, CAP_PTR, INT_PIN = 0x2C, 0x2E, 0x34, 0x3D
+CMD_MEMORY, CMD_MASTER, CMD_INTX_DISABLE = 1 << 1, 1 << 2, 1 << 10
+STATUS_CAP_LIST = 1 << 4
+CAP_ID_MSI, CAP_ID_MSIX, CAP_ID_EXP = 0x05, 0x11, 0x10
+# MSI capability (offsets from the capability).
+MSI_FLAGS, MSI_ADDR_LO = 0x02, 0x04
+MSI_FLAGS_ENABLE, MSI_FLAGS_QMASK, MSI_FLAGS_QSIZE = 1 << 0, 0x7 << 1, 0x7 << 4
+MSI_FLAGS_64BIT, MSI_FLAGS_MASKBIT = 1 << 7, 1 << 8
+# MSI-X capability.
+MSIX_FLAGS, MSIX_TABLE, MSIX_PBA = 0x02, 0x04, 0x08
+MSIX_FLAGS_QSIZE, MSIX_FLAGS_MASKALL, MSIX_FLAGS_ENABLE = 0x7FF, 1 << 14, 1 << 15
+MSIX_ENTRY_SIZE, MSIX_ENTRY_CTRL, MSIX_CTRL_MASKBIT = 16, 12, 1
+
+CONFIG_SIZE = 4096
+
+
+class Delivery(enum.Enum):
+    """What :meth:`PciFunction.notify` did with a vector."""
+
+    SENT = "sent"                      # the memory write went out (and was accepted)
+    PENDING = "pending"                # masked: pending bit set
+    DISABLED = "disabled"              # MSI / MSI-X not enabled: nothing
+    NO_VECTOR = "no vector"            # beyond the enabled vectors
+    BLOCKED = "blocked"                # Bus Master Enable clear: no memory write
+    ABORTED = "aborted"                # the write was aborted (IOMMU fault, nothing there)
+
+
+@dataclass
+class MsiConfig:
+    """An MSI capability: ``vectors`` capable (1..32), 64-bit, per-vector masking."""
+
+    vectors: int = 1
+    is64: bool = True
+    per_vector_mask: bool = True
+
+
+@dataclass
+class MsixConfig:
+    """An MSI-X capability: ``vectors`` (1..2048), table and PBA in BAR ``bar``."""
+
+    vectors: int = 8
+    bar: int = 0
+    table_offset: int = 0
+    pba_offset: int = 0x800
+
+
+@dataclass
+class Bar:
+    """A 32- or 64-bit memory BAR of ``size`` bytes (a power of two, >= 16)."""
+
+    size: int
+    is64: bool = True
+    prefetchable: bool = False
+
+
+@dataclass
+class _Stats:
+    sent: int = 0
+    pending: int = 0
+    blocked: int = 0
+    aborted: int = 0
+    disabled: int = 0
+    delivered_from_pending: int = 0
+
+
+class PciFunction:
+    """A PCI Express function (type-0 header) at bus:device.function."""
+
+    def __init__(self, bus: int, device: int, function: int = 0, vendor_id: int = 0x1AF4,
+                 device_id: int = 0x1000, class_code: int = 0x020000,
+                 bars: list[Bar] | None = None, msi: MsiConfig | None = None,
+                 msix: MsixConfig | None = None) -> None:
+        if not (0 <= bus < 256 and 0 <= device < 32 and 0 <= function < 8):
+            raise InvalidArgument(f"bad address {bus:02x}:{device:02x}.{function}")
+        self.bus, self.device, self.function = bus, device, function
+        self.host: PciHost | None = None
+        self.bars = list(bars or [])
+        self.cfg = bytearray(CONFIG_SIZE)
+        self._wmask = bytearray(CONFIG_SIZE)
+        self._bar_regs: dict[int, tuple[int, Bar]] = {}   # register offset -> (index, bar)
+        self.stats = _Stats()
+        self._put(VENDOR_ID, vendor_id, 2)
+        self._put(DEVICE_ID, device_id, 2)
+        self._put(CLASS_CODE, class_code, 3)
+        self._put(COMMAND, 0, 2, wmask=CMD_MEMORY | CMD_MASTER | CMD_INTX_DISABLE | 0x140)
+        self._put(INT_PIN, 1, 1)
+        reg = BAR0
+        for i, bar in enumerate(self.bars):
+            if bar.size < 16 or bar.size & (bar.size - 1):
+                raise InvalidArgument(f"BAR size {bar.size:#x}")
+            if reg + (8 if bar.is64 else 4) > BAR0 + 24:
+                raise InvalidArgument("too many BARs")
+            flags = (0b100 if bar.is64 else 0) | (0b1000 if bar.prefetchable else 0)
+            self._put(reg, flags, 4, wmask=~(bar.size - 1) & 0xFFFF_FFF0)
+            if bar.is64:
+                self._put(reg + 4, 0, 4, wmask=((~(bar.size - 1)) >> 32) & 0xFFFF_FFFF)
+            self._bar_regs[reg] = (i, bar)
+            reg += 8 if bar.is64 else 4
+        caps = []
+        self.msi_cap = self.msix_cap = None
+        self.msi = msi
+        self.msix = msix
+        self.exp_cap = 0x40
+        caps.append((self.exp_cap, CAP_ID_EXP, 0x3C))
+        if msi is not None:
+            if not 1 <= msi.vectors <= 32 or msi.vectors & (msi.vectors - 1):
+                raise InvalidArgument(f"MSI vectors {msi.vectors}")
+            self.msi_cap = 0x80
+            caps.append((self.msi_cap, CAP_ID_MSI, 0))
+        if msix is not None:
+            if not 1 <= msix.vectors <= 2048 or msix.bar >= len(self.bars):
+                raise InvalidArgument(f"MSI-X vectors {msix.vectors} / BAR {msix.bar}")
+            table_end = msix.table_offset + msix.vectors * MSIX_ENTRY_SIZE
+            pba_end = msix.pba_offset + (msix.vectors + 63) // 64 * 8
+            if (msix.table_offset | msix.pba_offset) & 7 or max(table_end, pba_end) > \
+                    self.bars[msix.bar].size or (msix.table_offset < pba_end
+                                                 and msix.pba_offset < table_end):
+                raise InvalidArgument("MSI-X table / PBA do not fit the BAR")
+            self.msix_cap = 0xA0
+            caps.append((self.msix_cap, CAP_ID_MSIX, 0))
+        self._put(STATUS, STATUS_CAP_LIST, 2)
+        self._put(CAP_PTR, caps[0][0], 1)
+        for i, (off, cap_id, _) in enumerate(caps):
+            self._put(off, cap_id, 1)
+            self._put(off + 1, caps[i + 1][0] if i + 1 < len(caps) else 0, 1)
+        self._put(self.exp_cap + 2, 0x0002, 2)                # PCIe v2, endpoint
+        if msi is not None:
+            flags = ((msi.vectors.bit_length() - 1) << 1 | (MSI_FLAGS_64BIT if msi.is64 else 0)
+                     | (MSI_FLAGS_MASKBIT if msi.per_vector_mask else 0))
+            self._put(self.msi_cap + MSI_FLAGS, flags, 2, wmask=MSI_FLAGS_ENABLE | MSI_FLAGS_QSIZE)
+            self._put(self.msi_cap + MSI_ADDR_LO, 0, 4, wmask=0xFFFF_FFFC)
+            if msi.is64:
+                self._put(self.msi_cap + 8, 0, 4, wmask=0xFFFF_FFFF)
+            self._put(self._msi_data_off, 0, 2, wmask=0xFFFF)
+            if msi.per_vector_mask:
+                self._put(self._msi_data_off + 4, 0, 4, wmask=(1 << msi.vectors) - 1)
+        if msix is not None:
+            self._put(self.msix_cap + MSIX_FLAGS, msix.vectors - 1, 2,
+                      wmask=MSIX_FLAGS_MASKALL | MSIX_FLAGS_ENABLE)
+            self._put(self.msix_cap + MSIX_TABLE, msix.table_offset | msix.bar, 4)
+            self._put(self.msix_cap + MSIX_PBA, msix.pba_offset | msix.bar, 4)
+            self.msix_table = bytearray(msix.vectors * MSIX_ENTRY_SIZE)
+            for v in range(msix.vectors):                      # every vector masked at reset
+                self.msix_table[v * 16 + MSIX_ENTRY_CTRL] = MSIX_CTRL_MASKBIT
+            self.msix_pba = bytearray((msix.vectors + 63) // 64 * 8)
+
+    @property
+    def rid(self) -> int:
+        """Requester ID: bus << 8 | device << 3 | function."""
+        return self.bus << 8 | self.device << 3 | self.function
+
+    @property
+    def bdf(self) -> str:
+        return f"{self.bus:02x}:{self.device:02x}.{self.function}"
+
+    def __repr__(self) -> str:
+        return f"PciFunction({self.bdf})"
+
+    # -- configuration space --------------------------------------------------------
+
+    def _put(self, off: int, value: int, size: int, wmask: int = 0) -> None:
+        self.cfg[off : off + size] = (value & ((1 << 8 * size) - 1)).to_bytes(size, "little")
+        self._wmask[off : off + size] = (wmask & ((1 << 8 * size) - 1)).to_bytes(size, "little")
+
+    def _get(self, off: int, size: int) -> int:
+        return int.from_bytes(self.cfg[off : off + size], "little")
+
+    @property
+    def _msi_data_off(self) -> int:
+        return self.msi_cap + (0x0C if self.msi.is64 else 0x08)
+
+    def cfg_read(self, offset: int, size: int = 4) -> int:
+        """A configuration read (naturally aligned 1, 2 or 4 bytes)."""
+        if size not in (1, 2, 4) or offset % size or not 0 <= offset < CONFIG_SIZE:
+            return (1 << 8 * size) - 1 if size in (1, 2, 4) else 0
+        return self._get(offset, size)
+
+    def cfg_write(self, offset: int, value: int, size: int = 4) -> None:
+        """A configuration write: only writable bits change; side effects follow."""
+        if size not in (1, 2, 4) or offset % size or not 0 <= offset < CONFIG_SIZE:
+            return
+        msix_before = self._msix_masked_all() if self.msix_cap else None
+        msi_mask_before = self._msi_masks() if self.msi_cap else None
+        old_cmd = self._get(COMMAND, 2)
+        for i in range(size):
+            byte = (value >> 8 * i) & 0xFF
+            m = self._wmask[offset + i]
+            self.cfg[offset + i] = (self.cfg[offset + i] & ~m) | (byte & m)
+        if self.msi_cap is not None:
+            flags = self._get(self.msi_cap + MSI_FLAGS, 2)
+            mme = (flags & MSI_FLAGS_QSIZE) >> 4
+            mmc = (flags & MSI_FLAGS_QMASK) >> 1
+            if mme > mmc:                                   # clamp Multiple Message Enable
+                self._put_keep(self.msi_cap + MSI_FLAGS, (flags & ~MSI_FLAGS_QSIZE) | mmc << 4)
+            self._deliver_unmasked_msi(msi_mask_before)
+        if self.msix_cap is not None and msix_before and not self._msix_masked_all():
+            for v in range(self.msix.vectors):
+                self._deliver_if_unmasked(v)
+        if (old_cmd ^ self._get(COMMAND, 2)) & CMD_MEMORY or offset in range(BAR0, BAR0 + 24):
+            if self.host is not None:
+                self.host.remap_bars(self)
+
+    def _put_keep(self, off: int, value: int) -> None:
+        self.cfg[off : off + 2] = value.to_bytes(2, "little")
+
+    def bar_address(self, index: int) -> int | None:
+        """Where BAR ``index`` is programmed (None if unassigned)."""
+        for reg, (i, bar) in self._bar_regs.items():
+            if i == index:
+                addr = self._get(reg, 4) & ~0xF
+                if bar.is64:
+                    addr |= self._get(reg + 4, 4) << 32
+                return addr or None
+        return None
+
+    # -- MSI ----------------------------------------------------------------------
+
+    def _msi_masks(self) -> int:
+        if not self.msi.per_vector_mask:
+            return 0
+        return self._get(self._msi_data_off + 4, 4)
+
+    def msi_message(self, vector: int) -> tuple[int, int] | None:
+        """(address, data) MSI vector ``vector`` would send now, if enabled."""
+        if self.msi_cap is None:
+            return None
+        flags = self._get(self.msi_cap + MSI_FLAGS, 2)
+        if not flags & MSI_FLAGS_ENABLE or vector >= 1 << ((flags & MSI_FLAGS_QSIZE) >> 4):
+            return None
+        addr = self._get(self.msi_cap + MSI_ADDR_LO, 4)
+        if self.msi.is64:
+            addr |= self._get(self.msi_cap + 8, 4) << 32
+        n = 1 << ((flags & MSI_FLAGS_QSIZE) >> 4)
+        data = (self._get(self._msi_data_off, 2) & ~(n - 1)) | vector
+        return addr, data
+
+    def _set_msi_pending(self, vector: int, value: bool) -> None:
+        off = self._msi_data_off + 8
+        bits = self._get(off, 4)
+        self._put_keep32(off, bits | 1 << vector if value else bits & ~(1 << vector))
+
+    def _put_keep32(self, off: int, value: int) -> None:
+        self.cfg[off : off + 4] = value.to_bytes(4, "little")
+
+    def _deliver_unmasked_msi(self, masks_before: int) -> None:
+        if not self.msi.per_vector_mask:
+            return
+        pending = self._get(self._msi_data_off + 8, 4)
+        masks = self._msi_masks()
+        for v in range(self.msi.vectors):
+            if pending >> v & 1 and not masks >> v & 1 and self.msi_message(v) is not None:
+                self._set_msi_pending(v, False)
+                self.stats.delivered_from_pending += 1
+                self._send(*self.msi_message(v))
+
+    # -- MSI-X --------------------------------------------------------------------
+
+    @property
+    def msix_enabled(self) -> bool:
+        return bool(self.msix_cap and self._get(self.msix_cap + MSIX_FLAGS, 2)
+                    & MSIX_FLAGS_ENABLE)
+
+    def _msix_masked_all(self) -> bool:
+        flags = self._get(self.msix_cap + MSIX_FLAGS, 2)
+        return not flags & MSIX_FLAGS_ENABLE or bool(flags & MSIX_FLAGS_MASKALL)
+
+    def msix_entry(self, vector: int) -> tuple[int, int, int]:
+        """(address, data, vector control) of MSI-X table entry ``vector``."""
+        e = self.msix_table[vector * 16 : vector * 16 + 16]
+        return (int.from_bytes(e[0:8], "little"), int.from_bytes(e[8:12], "little"),
+                int.from_bytes(e[12:16], "little"))
+
+    def msix_pending(self, vector: int) -> bool:
+        return bool(self.msix_pba[vector // 8] >> (vector % 8) & 1)
+
+    def _set_pba(self, vector: int, value: bool) -> None:
+        if value:
+            self.msix_pba[vector // 8] |= 1 << (vector % 8)
+        else:
+            self.msix_pba[vector // 8] &= ~(1 << (vector % 8)) & 0xFF
+
+    def _deliver_if_unmasked(self, vector: int) -> None:
+        if self.msix_pending(vector) and not self._msix_vector_masked(vector):
+            self._set_pba(vector, False)
+            addr, data, _ = self.msix_entry(vector)
+            self.stats.delivered_from_pending += 1
+            self._send(addr, data)
+
+    def _msix_vector_masked(self, vector: int) -> bool:
+        return self._msix_masked_all() or bool(self.msix_entry(vector)[2] & MSIX_CTRL_MASKBIT)
+
+    def bar_read(self, index: int, offset: int, size: int) -> int:
+        """A memory read inside BAR ``index`` (the MSI-X table and PBA live here)."""
+        m = self.msix
+        if m is not None and index == m.bar and size in (4, 8):
+            tab = offset - m.table_offset
+            if 0 <= tab < len(self.msix_table) and tab % size == 0:
+                return int.from_bytes(self.msix_table[tab : tab + size], "little")
+            pba = offset - m.pba_offset
+            if 0 <= pba < len(self.msix_pba) and pba % size == 0:
+                return int.from_bytes(self.msix_pba[pba : pba + size], "little")
+        return 0
+
+    def bar_write(self, index: int, offset: int, value: int, size: int) -> None:
+        """A memory write inside BAR ``index``; the PBA is read-only."""
+        m = self.msix
+        if m is None or index != m.bar or size not in (4, 8):
+            return
+        tab = offset - m.table_offset
+        if 0 <= tab < len(self.msix_table) and tab % size == 0:
+            self.msix_table[tab : tab + size] = value.to_bytes(size, "little")
+            vector = tab // MSIX_ENTRY_SIZE
+            self._deliver_if_unmasked(vector)
+            if size == 8 and (tab + 4) // MSIX_ENTRY_SIZE != vector:
+                self._deliver_if_unmasked(vector + 1)
+
+    # -- raising vectors -------------------------------------------------------------
+
+    def notify(self, vector: int) -> Delivery:
+        """Raise ``vector`` the way the function's hardware would."""
+        if self.msix_enabled:
+            if not 0 <= vector < self.msix.vectors:
+                return Delivery.NO_VECTOR
+            if self._msix_vector_masked(vector):
+                self._set_pba(vector, True)
+                self.stats.pending += 1
+                return Delivery.PENDING
+            addr, data, _ = self.msix_entry(vector)
+            return self._send(addr, data)
+        if self.msi_cap is not None and self._get(self.msi_cap + MSI_FLAGS, 2) & MSI_FLAGS_ENABLE:
+            msg = self.msi_message(vector)
+            if msg is None:
+                return Delivery.NO_VECTOR
+            if self._msi_masks() >> vector & 1:
+                self._set_msi_pending(vector, True)
+                self.stats.pending += 1
+                return Delivery.PENDING
+            return self._send(*msg)
+        self.stats.disabled += 1
+        return Delivery.DISABLED
+
+    def _send(self, addr: int, data: int) -> Delivery:
+        if not self._get(COMMAND, 2) & CMD_MASTER or self.host is None:
+            self.stats.blocked += 1
+            return Delivery.BLOCKED
+        r = self.host.bus.dma_write(self.rid, addr, data, 4)
+        if not r.ok:
+            self.stats.aborted += 1
+            return Delivery.ABORTED
+        self.stats.sent += 1
+        return Delivery.SENT
+
+
+class _BarWindow:
+    """The bus's view of one function's BAR."""
+
+    def __init__(self, fn: PciFunction, index: int) -> None:
+        self.fn, self.index = fn, index
+
+    def mmio_read(self, offset: int, size: int) -> int:
+        return self.fn.bar_read(self.index, offset, size)
+
+    def mmio_write(self, offset: int, value: int, size: int) -> None:
+        self.fn.bar_write(self.index, offset, value, size)
+
+
+class PciHost:
+    """A PCIe root complex: ECAM configuration window and BAR windows on ``bus``.
+
+    ECAM offset = bus << 20 | device << 15 | function << 12 | register.
+    A function's memory BARs appear on the system bus at their programmed
+    addresses while its Command.Memory Space bit is set.
+    """
+
+    def __init__(self, bus: Any, ecam_base: int | None = None, ecam_buses: int = 16) -> None:
+        self.bus = bus
+        self.functions: dict[int, PciFunction] = {}
+        self._windows: dict[tuple[int, int], int] = {}
+        self.ecam_size = ecam_buses << 20
+        if ecam_base is not None:
+            bus.map(ecam_base, self.ecam_size, self, "PCIe ECAM")
+
+    def add(self, fn: PciFunction) -> PciFunction:
+        """Plug ``fn`` in."""
+        if fn.rid in self.functions:
+            raise InvalidArgument(f"{fn.bdf} is taken")
+        fn.host = self
+        self.functions[fn.rid] = fn
+        return fn
+
+    def function(self, rid: int) -> PciFunction | None:
+        return self.functions.get(rid)
+
+    def mmio_read(self, offset: int, size: int) -> int:
+        fn = self.functions.get(offset >> 12)
+        if fn is None:
+            return (1 << 8 * size) - 1 if size <= 4 else 0      # no device: all ones
+        return fn.cfg_read(offset & 0xFFF, size)
+
+    def mmio_write(self, offset: int, value: int, size: int) -> None:
+        fn = self.functions.get(offset >> 12)
+        if fn is not None:
+            fn.cfg_write(offset & 0xFFF, value, size)
+
+    def remap_bars(self, fn: PciFunction) -> None:
+        """Put ``fn``'s enabled BARs where they are programmed (and nowhere else)."""
+        for key in [k for k in self._windows if k[0] == fn.rid]:
+            self.bus.unmap(self._windows.pop(key))
+        if not fn.cfg_read(COMMAND, 2) & CMD_MEMORY:
+            return
+        for index, bar in enumerate(fn.bars):
+            addr = fn.bar_address(index)
+            if addr is None:
+                continue
+            try:
+                self.bus.map(addr, bar.size, _BarWindow(fn, index), f"{fn.bdf} BAR{index}")
+            except (ValueError, OSError):
+                continue                      # a BAR over RAM or another BAR does not decode
+            self._windows[(fn.rid, index)] = addr
