@@ -20,6 +20,7 @@ from hw_rig import (
     MOVALL,
     SYNC,
     TRANSLATER,
+    VINVALL,
     VMAPP,
     VMAPTI,
     VMOVI,
@@ -117,6 +118,18 @@ def test_priorities_pmr_and_disabled_lpis(p):
     assert cpu.iar1() == SPURIOUS
     cpu.pmr = 0xF0
     assert cpu.iar1() == lpis[2]
+
+
+def test_mapi_uses_the_eventid_as_the_lpi(p):
+    fn = p.add_msix_device(0, 5, vectors=1)
+    itt = p.alloc(256, 256)
+    p.drv.cmd(0x08, d0=fn.rid << 32, d1=13, d2=1 << 63 | itt)   # 2^14 events
+    p.drv.cmd(0x0B, d0=fn.rid << 32, d1=8200, d2=3)              # MAPI: LPI 8200 on CPU 3
+    p.drv.set_config(8200, 0xA3)
+    p.msix_program(fn, 0, TRANSLATER, 8200)
+    p.msix_enable(fn)
+    fn.notify(0)
+    assert ack_all(p) == {3: [8200]}
 
 
 def test_int_clear_movall_and_pending_table_in_memory(p):
@@ -278,7 +291,9 @@ def test_gicv4_vlpi_direct_injection_doorbell_and_moves():
     make_resident(1, 2)
     fn.notify(0)
     assert p.gic.cpus[1].vcpu_iar1() == 8192 + 5
-    assert p.its.stats["command_errors"] == 0
+    drv.cmd(VINVALL, d1=2 << 32)
+    drv.cmd(VINVALL, d1=9 << 32)                             # vPE 9 was never mapped
+    assert p.its.stats["command_errors"] == 1
     # The physical event 1 still goes where it was mapped.
     fn.notify(1)
     assert ack_all(p) == {0: [8193]}

@@ -99,6 +99,22 @@ def test_msi_multiple_message_and_per_vector_masking():
     assert r.sink.got == [(fn.rid, 0x40, 0x25), (fn.rid, 0x40, 0x23)]
 
 
+def test_msi_32bit_layout():
+    r = rig()
+    fn = r.pci.add(PciFunction(0, 3, msi=MsiConfig(2, is64=False, per_vector_mask=True)))
+    cap = fn.msi_cap
+    assert not r.cfg_read(fn, cap + 2, 2) & 1 << 7            # not 64-bit capable
+    r.cfg_write(fn, 0x04, 0x4, 2)
+    r.cfg_write(fn, cap + 4, DOORBELL | 0x80 | 3)              # low two bits are zero
+    assert r.cfg_read(fn, cap + 4) == DOORBELL | 0x80
+    r.cfg_write(fn, cap + 8, 0x7, 2)                           # data at +8 in this layout
+    r.cfg_write(fn, cap + 0xC, 0b10)                           # mask bits at +0xC
+    r.cfg_write(fn, cap + 2, 1 | 1 << 4, 2)
+    assert fn.notify(0) == Delivery.SENT and fn.notify(1) == Delivery.PENDING
+    assert r.cfg_read(fn, cap + 0x10) == 0b10                  # pending bits at +0x10
+    assert r.sink.got == [(fn.rid, 0x80, 0x6)]                 # data 7 & ~1 | vector 0
+
+
 def test_msix_pending_bits_and_function_mask():
     r = rig()
     fn = r.add_msix_device(0, 4, vectors=4, bar_addr=0x1000_0000)
