@@ -1,0 +1,404 @@
+"""The IOMMU core (drivers/iommu/iommu.c): groups, domains, attach, map, MSIs.
+
+An IOMMU driver registers an :class:`IommuOps` with :func:`iommu_device_register`;
+devices it translates are probed into groups, each group starts attached to a
+default domain (DMA or identity), and may be attached to other domains
+(blocked, identity, unmanaged paging, nested with a paging parent) or have its
+domain replaced.  Reserved regions (the driver's SW_MSI window, ...) are
+reported per device.  Before an MSI is composed, :func:`iommu_dma_prepare_msi`
+asks whoever owns the device's domain where the doorbell is mapped:
+identity domains pass the physical address through; a domain with a
+dma-iommu cookie maps an MSI page on demand; a domain owned by iommufd calls
+its own hook (the design this project implements).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..core import Prot
+from .base import EBUSY, EINVAL, ENODEV, ENOENT, EOPNOTSUPP, fail
+
+IOMMU_READ, IOMMU_WRITE, IOMMU_CACHE = Prot.READ, Prot.WRITE, Prot.CACHE
+IOMMU_NOEXEC, IOMMU_MMIO, IOMMU_PRIV = Prot.NOEXEC, Prot.MMIO, Prot.PRIV
+
+MSI_IOVA_BASE, MSI_IOVA_LENGTH = 0x0800_0000, 0x0010_0000   # arm-smmu-v3's SW_MSI window
+
+
+class DomainType(enum.Enum):
+    """IOMMU_DOMAIN_* (the kinds of domain a group can be attached to)."""
+
+    BLOCKED = "blocked"
+    IDENTITY = "identity"
+    UNMANAGED = "unmanaged"      # paging, owned by its user (VFIO, iommufd)
+    DMA = "dma"                  # paging, owned by dma-iommu for the kernel's DMA API
+    NESTED = "nested"            # stage 1 owned by a guest, on a paging parent
+
+
+class ResvType(enum.Enum):
+    """IOMMU_RESV_*."""
+
+    DIRECT = "direct"
+    DIRECT_RELAXABLE = "direct-relaxable"
+    RESERVED = "reserved"
+    MSI = "msi"                  # hardware MSI region (translation bypassed)
+    SW_MSI = "sw-msi"            # software-managed MSI window (where MSI pages are mapped)
+
+
+@dataclass(frozen=True)
+class ResvRegion:
+    """struct iommu_resv_region."""
+
+    start: int
+    length: int
+    prot: Prot
+    type: ResvType
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length - 1
+
+
+@dataclass
+class Geometry:
+    """struct iommu_domain_geometry: the IOVA range the domain can translate."""
+
+    aperture_start: int = 0
+    aperture_end: int = (1 << 48) - 1
+    force_aperture: bool = True
+
+
+class IommuDomain:
+    """struct iommu_domain: a translation context a group can be attached to.
+
+    Drivers subclass it (or provide ``map_pages`` etc. on their own class).
+    ``owner`` says who decides its MSI addresses: "dma-iommu" (a cookie),
+    "iommufd" (its ``sw_msi`` hook) or None.  ``sw_msi`` is the hook
+    :func:`iommu_dma_prepare_msi` calls: ``sw_msi(domain, desc, msi_addr)``
+    sets the descriptor's IOVA and shift, or raises.
+    """
+
+    def __init__(self, type: DomainType, iommu: Any = None, pgsize_bitmap: int = 0,
+                 geometry: Geometry | None = None) -> None:
+        self.type = type
+        self.iommu = iommu
+        self.pgsize_bitmap = pgsize_bitmap
+        self.geometry = geometry or Geometry()
+        self.owner: str | None = None
+        self.cookie: Any = None
+        self.sw_msi: Callable[[IommuDomain, Any, int], None] | None = None
+        self.parent: IommuDomain | None = None
+        self.groups: set[IommuGroup] = set()
+
+    @property
+    def is_paging(self) -> bool:
+        return self.type in (DomainType.UNMANAGED, DomainType.DMA)
+
+    # Drivers implement these for paging domains.
+    def map_pages(self, iova: int, paddr: int, size: int, prot: Prot) -> None:
+        raise fail(EOPNOTSUPP, f"{self.type.value} domain cannot map")
+
+    def unmap_pages(self, iova: int, size: int) -> int:
+        raise fail(EOPNOTSUPP, f"{self.type.value} domain cannot unmap")
+
+    def iova_to_phys(self, iova: int) -> int | None:
+        return iova if self.type == DomainType.IDENTITY else None
+
+    def free(self) -> None:
+        """iommu_domain_free(): the driver releases what it holds."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.type.value} owner={self.owner}>"
+
+
+class IommuOps:
+    """struct iommu_ops: what an IOMMU driver provides to the core."""
+
+    def probe_device(self, dev: Any) -> Any:
+        """Take the device on (return per-device driver state), or raise ENODEV."""
+        raise fail(ENODEV)
+
+    def release_device(self, dev: Any) -> None:
+        """Forget the device."""
+
+    def device_group(self, dev: Any) -> Any:
+        """A key naming the group the device belongs to (devices with equal keys share one)."""
+        return dev
+
+    def domain_alloc_paging(self, dev: Any) -> IommuDomain:
+        raise fail(EOPNOTSUPP)
+
+    def domain_alloc_nested(self, dev: Any, parent: IommuDomain, data: Any) -> IommuDomain:
+        raise fail(EOPNOTSUPP)
+
+    def identity_domain(self) -> IommuDomain:
+        raise fail(EOPNOTSUPP)
+
+    def blocked_domain(self) -> IommuDomain:
+        raise fail(EOPNOTSUPP)
+
+    def attach_dev(self, domain: IommuDomain, dev: Any) -> None:
+        """Make ``dev`` translate through ``domain`` (hitless where possible)."""
+        raise fail(EOPNOTSUPP)
+
+    def get_resv_regions(self, dev: Any) -> list[ResvRegion]:
+        return []
+
+    def def_domain_type(self, dev: Any) -> DomainType | None:
+        return None
+
+
+class IommuGroup:
+    """struct iommu_group: the devices that cannot be isolated from each other."""
+
+    _ids = 0
+
+    def __init__(self, ops: IommuOps, key: Any) -> None:
+        IommuGroup._ids += 1
+        self.id = IommuGroup._ids
+        self.ops = ops
+        self.key = key
+        self.devices: list[Any] = []
+        self.domain: IommuDomain | None = None
+        self.default_domain: IommuDomain | None = None
+        self.owner: Any = None                    # DMA ownership claimed by (VFIO, iommufd)
+        self.owner_cnt = 0
+
+    def __repr__(self) -> str:
+        return f"<iommu_group {self.id}: {self.devices}>"
+
+
+class IommuCore:
+    """The IOMMU subsystem of one kernel."""
+
+    def __init__(self, kernel: Any, default_domain_type: DomainType = DomainType.DMA) -> None:
+        self.kernel = kernel
+        self.default_domain_type = default_domain_type
+        self.iommus: list[IommuOps] = []
+        self.groups: dict[Any, IommuGroup] = {}
+        self._dev_group: dict[Any, IommuGroup] = {}
+        self._dev_ops: dict[Any, IommuOps] = {}
+
+    # -- registration and probing ------------------------------------------------
+
+    def device_register(self, ops: IommuOps, claims: Callable[[Any], bool]) -> None:
+        """iommu_device_register(): ``claims(dev)`` says which devices are behind it."""
+        self.iommus.append(ops)
+        ops._claims = claims
+
+    def probe_device(self, dev: Any) -> IommuGroup | None:
+        """iommu_probe_device(): put a device behind its IOMMU into a group."""
+        if dev in self._dev_group:
+            return self._dev_group[dev]
+        ops = next((o for o in self.iommus if o._claims(dev)), None)
+        if ops is None:
+            return None
+        ops.probe_device(dev)
+        key = (id(ops), ops.device_group(dev))
+        group = self.groups.get(key)
+        if group is None:
+            group = self.groups[key] = IommuGroup(ops, key)
+        group.devices.append(dev)
+        self._dev_group[dev] = group
+        self._dev_ops[dev] = ops
+        dev.iommu_group = group
+        if group.default_domain is None:
+            dtype = ops.def_domain_type(dev) or self.default_domain_type
+            group.default_domain = self._alloc_default(ops, dev, dtype)
+            self._attach_group(group.default_domain, group)
+        else:
+            ops.attach_dev(group.domain, dev)
+        return group
+
+    def _alloc_default(self, ops: IommuOps, dev: Any, dtype: DomainType) -> IommuDomain:
+        if dtype == DomainType.IDENTITY:
+            return ops.identity_domain()
+        domain = ops.domain_alloc_paging(dev)
+        domain.type = DomainType.DMA
+        self.kernel.dma_iommu.init_domain(domain, dev)
+        return domain
+
+    def release_device(self, dev: Any) -> None:
+        group = self._dev_group.pop(dev, None)
+        if group is None:
+            return
+        group.devices.remove(dev)
+        self._dev_ops.pop(dev).release_device(dev)
+        dev.iommu_group = None
+
+    def group_for(self, dev: Any) -> IommuGroup | None:
+        return self._dev_group.get(dev)
+
+    def ops_for(self, dev: Any) -> IommuOps | None:
+        return self._dev_ops.get(dev)
+
+    # -- domains --------------------------------------------------------------------
+
+    def domain_alloc_paging(self, dev: Any) -> IommuDomain:
+        """iommu_paging_domain_alloc(): an UNMANAGED paging domain for ``dev``'s IOMMU."""
+        ops = self._ops(dev)
+        domain = ops.domain_alloc_paging(dev)
+        domain.type = DomainType.UNMANAGED
+        return domain
+
+    def domain_alloc_nested(self, dev: Any, parent: IommuDomain, data: Any) -> IommuDomain:
+        """A NESTED domain on ``parent`` (a paging domain), with the guest's ``data``."""
+        if not parent.is_paging:
+            raise fail(EINVAL, "a nested domain needs a paging parent")
+        domain = self._ops(dev).domain_alloc_nested(dev, parent, data)
+        domain.type = DomainType.NESTED
+        domain.parent = parent
+        return domain
+
+    def identity_domain(self, dev: Any) -> IommuDomain:
+        return self._ops(dev).identity_domain()
+
+    def blocked_domain(self, dev: Any) -> IommuDomain:
+        return self._ops(dev).blocked_domain()
+
+    def domain_free(self, domain: IommuDomain) -> None:
+        """iommu_domain_free(): only once no group uses it."""
+        if domain.groups:
+            raise fail(EBUSY, "domain still attached")
+        if domain.type == DomainType.DMA or domain.cookie is not None:
+            self.kernel.dma_iommu.put_cookie(domain)
+        domain.free()
+
+    def _ops(self, dev: Any) -> IommuOps:
+        ops = self._dev_ops.get(dev)
+        if ops is None:
+            raise fail(ENODEV, f"{dev} is not behind an IOMMU")
+        return ops
+
+    def get_domain_for_dev(self, dev: Any) -> IommuDomain | None:
+        """iommu_get_domain_for_dev()."""
+        group = self._dev_group.get(dev)
+        return group.domain if group else None
+
+    # -- attach ----------------------------------------------------------------------
+
+    def _attach_group(self, domain: IommuDomain, group: IommuGroup) -> None:
+        """__iommu_group_set_domain(): every device, or none (rolled back on failure)."""
+        old = group.domain
+        done = []
+        try:
+            for dev in group.devices:
+                group.ops.attach_dev(domain, dev)
+                done.append(dev)
+        except Exception:
+            if old is not None:
+                for dev in done:
+                    group.ops.attach_dev(old, dev)
+            raise
+        if old is not None:
+            old.groups.discard(group)
+        group.domain = domain
+        domain.groups.add(group)
+
+    def attach_group(self, domain: IommuDomain, group: IommuGroup) -> None:
+        """iommu_attach_group(): only from the default domain (else EBUSY)."""
+        if group.domain is not group.default_domain:
+            raise fail(EBUSY, "group is not in its default domain")
+        self._attach_group(domain, group)
+
+    def replace_group_domain(self, group: IommuGroup, domain: IommuDomain) -> None:
+        """iommu_group_replace_domain(): switch domains without a stop in between."""
+        if group.owner is None:
+            raise fail(EINVAL, "replacing needs an owner (iommufd)")
+        self._attach_group(domain, group)
+
+    def detach_group(self, domain: IommuDomain, group: IommuGroup) -> None:
+        """iommu_detach_group(): back to the default domain."""
+        if group.domain is not domain:
+            raise fail(EINVAL, "group is not attached to that domain")
+        self._attach_group(group.default_domain, group)
+
+    def attach_device(self, domain: IommuDomain, dev: Any) -> None:
+        """iommu_attach_device(): a singleton group only."""
+        group = self._dev_group.get(dev)
+        if group is None:
+            raise fail(ENODEV)
+        if len(group.devices) != 1:
+            raise fail(EINVAL, "iommu_attach_device() on a group of several devices")
+        self.attach_group(domain, group)
+
+    def claim_dma_owner(self, group: IommuGroup, owner: Any) -> None:
+        """iommu_group_claim_dma_owner(): user ownership (VFIO / iommufd); the group
+        is moved to a blocking domain so nothing the kernel mapped stays reachable."""
+        if group.owner is not None and group.owner is not owner:
+            raise fail(EBUSY, "group has another DMA owner")
+        if group.owner is None:
+            blocked = group.ops.blocked_domain()
+            self._attach_group(blocked, group)
+            group.owner = owner
+        group.owner_cnt += 1
+
+    def release_dma_owner(self, group: IommuGroup) -> None:
+        if group.owner is None:
+            raise fail(EINVAL, "group has no DMA owner")
+        group.owner_cnt -= 1
+        if group.owner_cnt == 0:
+            group.owner = None
+            self._attach_group(group.default_domain, group)
+
+    # -- mappings ----------------------------------------------------------------------
+
+    def map(self, domain: IommuDomain, iova: int, paddr: int, size: int, prot: Prot) -> None:
+        """iommu_map(): all of it or, on failure, none of it."""
+        if not domain.is_paging:
+            raise fail(EINVAL, f"iommu_map() on a {domain.type.value} domain")
+        min_page = domain.pgsize_bitmap & -domain.pgsize_bitmap
+        if size <= 0 or (iova | paddr | size) & (min_page - 1):
+            raise fail(EINVAL, f"iommu_map({iova:#x}, {paddr:#x}, {size:#x}) unaligned")
+        g = domain.geometry
+        if g.force_aperture and (iova < g.aperture_start or iova + size - 1 > g.aperture_end):
+            raise fail(EINVAL, f"iommu_map({iova:#x}) outside the aperture")
+        domain.map_pages(iova, paddr, size, Prot(prot))
+
+    def unmap(self, domain: IommuDomain, iova: int, size: int) -> int:
+        """iommu_unmap(): returns how much was unmapped."""
+        if not domain.is_paging:
+            raise fail(EINVAL, f"iommu_unmap() on a {domain.type.value} domain")
+        return domain.unmap_pages(iova, size)
+
+    def iova_to_phys(self, domain: IommuDomain, iova: int) -> int | None:
+        return domain.iova_to_phys(iova)
+
+    def get_resv_regions(self, dev: Any) -> list[ResvRegion]:
+        """iommu_get_resv_regions()."""
+        ops = self._dev_ops.get(dev)
+        return [] if ops is None else ops.get_resv_regions(dev)
+
+    def group_resv_regions(self, group: IommuGroup) -> list[ResvRegion]:
+        out: list[ResvRegion] = []
+        for dev in group.devices:
+            for r in self.get_resv_regions(dev):
+                if r not in out:
+                    out.append(r)
+        return sorted(out, key=lambda r: r.start)
+
+    # -- MSIs ----------------------------------------------------------------------------
+
+    def dma_prepare_msi(self, desc: Any, msi_addr: int) -> None:
+        """iommu_dma_prepare_msi(): where must ``desc``'s device write to reach ``msi_addr``?
+
+        Dispatches on the owner of the device's current domain and records the
+        answer in the descriptor (IOVA and shift; shift 0 = the PA itself).
+        """
+        dev = desc.dev
+        group = self._dev_group.get(dev)
+        domain = group.domain if group else None
+        if domain is None or domain.type == DomainType.IDENTITY or domain.sw_msi is None:
+            desc.set_iommu_msi_iova(0, 0)
+            return
+        domain.sw_msi(domain, desc, msi_addr)
+
+
+__all__ = [
+    "DomainType", "Geometry", "IommuCore", "IommuDomain", "IommuGroup", "IommuOps",
+    "MSI_IOVA_BASE", "MSI_IOVA_LENGTH", "ResvRegion", "ResvType", "IOMMU_READ", "IOMMU_WRITE",
+    "IOMMU_CACHE", "IOMMU_NOEXEC", "IOMMU_MMIO", "IOMMU_PRIV", "ENOENT",
+]

@@ -1,0 +1,38 @@
+"""The kernel: what the subsystems hang off, and boot on a machine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import PageAllocator
+from .dma_iommu import DmaIommu
+from .iommu import DomainType, IommuCore
+
+
+class Kernel:
+    """One Linux-like kernel instance (a host, or a guest inside a VMM).
+
+    ``bus`` is the physical address space it runs on; ``mem`` the RAM range
+    it may allocate from; ``ncpus`` its online CPUs.
+    """
+
+    def __init__(self, bus: Any, mem: tuple[int, int], ncpus: int = 4, name: str = "host",
+                 default_domain: DomainType = DomainType.DMA) -> None:
+        self.name = name
+        self.bus = bus
+        self.ram = bus.ram
+        self.mm = PageAllocator(self.ram, *mem)
+        self.ncpus = ncpus
+        self.online_cpus = frozenset(range(ncpus))
+        self.log: list[str] = []
+        self.iommu = IommuCore(self, default_domain)
+        self.dma_iommu = DmaIommu(self)
+        self._pci_windows: list[tuple[int, int]] = []
+
+    def printk(self, msg: str) -> None:
+        """Append a line to the kernel log (dmesg)."""
+        self.log.append(msg)
+
+    def pci_windows(self) -> list[tuple[int, int]]:
+        """Host bridge memory windows (bus addresses) that DMA must not use."""
+        return list(self._pci_windows)
