@@ -48,9 +48,6 @@ class IovaDomain:
         self.start_pfn = start_pfn
         self._used: list[tuple[int, int]] = []       # sorted (pfn_lo, pfn_hi) inclusive
 
-    def _free_at(self, lo: int, hi: int) -> bool:
-        return all(h < lo or l > hi for l, h in self._used)
-
     def alloc(self, npages: int, limit_pfn: int) -> int:
         """alloc_iova(size_aligned=True): the highest free, size-aligned range below the limit."""
         align = 1 << (npages - 1).bit_length()
