@@ -94,12 +94,18 @@ class CookieType(enum.Enum):
     MSI = "msi"          # IOMMU_DMA_MSI_COOKIE: an unmanaged domain's MSI window
 
 
-@dataclass
+@dataclass(eq=False)
 class MsiPage:
-    """struct iommu_dma_msi_page: a doorbell page and the IOVA it is mapped at."""
+    """struct iommu_dma_msi_page: a doorbell page and the IOVA it is mapped at.
+
+    ``users`` counts the vectors composed with it: unlike Linux (which keeps
+    MSI pages until the domain dies), the last user going away unmaps it, so
+    that freeing a device's vectors leaves nothing mapped.
+    """
 
     phys: int
     iova: int
+    users: int = 0
 
 
 @dataclass
@@ -184,7 +190,22 @@ class DmaIommu:
             self.stats["msi_pages_mapped"] += 1
         else:
             self.stats["msi_page_reuses"] += 1
+        if desc.iommu_release is not None:        # re-prepared: drop the old reference
+            desc.iommu_release(desc)
+        msi.users += 1
         desc.set_iommu_msi_iova(msi.iova, granule.bit_length() - 1)
+        desc.iommu_release = lambda d, dom=domain, m=msi: self._release_msi(dom, m)
+
+    def _release_msi(self, domain: IommuDomain, msi: MsiPage) -> None:
+        """The last vector using an MSI page is gone: unmap it, give the IOVA back."""
+        msi.users -= 1
+        cookie: Cookie | None = domain.cookie
+        if msi.users or cookie is None or cookie.msi_pages.get(msi.phys) is not msi:
+            return
+        del cookie.msi_pages[msi.phys]
+        self.kernel.iommu.unmap(domain, msi.iova, cookie.granule)
+        if cookie.type == CookieType.IOVA:
+            cookie.iovad.free(msi.iova >> cookie.iovad.shift)
 
     # -- the DMA API ------------------------------------------------------------------------
 

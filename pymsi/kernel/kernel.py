@@ -28,10 +28,26 @@ class Kernel:
         self.iommu = IommuCore(self, default_domain)
         self.dma_iommu = DmaIommu(self)
         self._pci_windows: list[tuple[int, int]] = []
+        self.current_cpu: int | None = None      # the CPU running an interrupt handler
 
     def printk(self, msg: str) -> None:
         """Append a line to the kernel log (dmesg)."""
         self.log.append(msg)
+
+    def handle_interrupts(self) -> int:
+        """Let every CPU take the interrupts pending for it (the IRQ exception
+        entry: gic_handle_irq / common_interrupt); returns how many ran."""
+        return sum(self.cpu_irq(cpu) for cpu in sorted(self.online_cpus))
+
+    def proc_write(self, path: str, text: str) -> None:
+        """A write to a /proc file the model implements."""
+        parts = path.strip("/").split("/")
+        if len(parts) == 4 and parts[:2] == ["proc", "irq"] and parts[3] == "smp_affinity":
+            self.irq.write_smp_affinity(int(parts[2]), text)
+            return
+        from .base import ENOENT, fail
+
+        raise fail(ENOENT, path)
 
     def pci_windows(self) -> list[tuple[int, int]]:
         """Host bridge memory windows (bus addresses) that DMA must not use."""

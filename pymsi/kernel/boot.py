@@ -1,0 +1,57 @@
+"""Booting a kernel on a machine: the order Linux probes things in."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .gic import GicDriver, ItsDriver
+from .irq import GenIrq
+from .kernel import Kernel
+from .msi import PciMsiLayer
+from .pci import PciHostBridge
+from .x86 import IntelIr, VectorDomain
+
+
+def boot_arm(m: Any, default_domain: Any = None) -> Kernel:
+    """GICv3, ITS and its PCI/MSI domain, SMMUv3, then PCI enumeration."""
+    kw = {} if default_domain is None else {"default_domain": default_domain}
+    k = Kernel(m.bus, m.kernel_memory, ncpus=m.ncpus, **kw)
+    k.irq = GenIrq(k)
+    k.gic = GicDriver(k, m.GICD, m.GICR, m.gic.cpus)
+    k.gic.probe()
+    k.its = ItsDriver(k, k.gic, m.ITS)
+    k.its.probe()
+    k.msi = PciMsiLayer(k, k.its.domain, "ITS-PCI-MSI", parent_prepare=k.its.msi_prepare,
+                        parent_release=k.its.msi_release)
+    k.smmu = None
+    if m.smmu is not None:
+        from .arm_smmu_v3 import ArmSmmuV3
+
+        k.smmu = ArmSmmuV3(k, m.SMMU)
+        m.smmu.irq = k.smmu.handle_irq
+        k.smmu.probe()
+    k.pci = PciHostBridge(k, m.ECAM, m.ECAM_BUSES, m.PCI_MMIO)
+    for dev in k.pci.scan():
+        dev.enable_device()
+        k.iommu.probe_device(dev)
+    k.cpu_irq = k.gic.handle_irq
+    return k
+
+
+def boot_x86(m: Any) -> Kernel:
+    """The vector domain, interrupt remapping if the machine has it on, PCI."""
+    k = Kernel(m.bus, m.kernel_memory, ncpus=m.ncpus)
+    k.irq = GenIrq(k)
+    k.vector = VectorDomain(k, m.msi.lapics)
+    parent = k.vector.domain
+    k.ir = None
+    if m.remapping:
+        k.ir = IntelIr(k, k.vector, m.IR_UNIT)
+        k.ir.enable()
+        parent = k.ir.domain
+    k.msi = PciMsiLayer(k, parent, "IR-PCI-MSI" if m.remapping else "PCI-MSI")
+    k.pci = PciHostBridge(k, m.ECAM, m.ECAM_BUSES, m.PCI_MMIO)
+    for dev in k.pci.scan():
+        dev.enable_device()
+    k.cpu_irq = k.vector.handle_irq
+    return k

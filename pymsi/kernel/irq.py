@@ -1,0 +1,427 @@
+"""genirq (kernel/irq/): interrupt descriptors, hierarchical domains, chips, affinity.
+
+Linux interrupt numbers (virqs) name :class:`IrqDesc` objects.  A virq
+allocated in a hierarchy of :class:`IrqDomain` (PCI-MSI -> ITS -> GIC, or
+PCI-MSI -> [interrupt remapping ->] x86 vector) has one :class:`IrqData` per
+level, each with its level's hwirq and :class:`IrqChip`.  Activation,
+affinity changes and MSI composition walk that chain as Linux does, and a
+chip's ``irq_set_affinity`` answers IRQ_SET_MASK_OK (the caller re-composes
+and rewrites the MSI), OK_NOCOPY, or OK_DONE (nothing more to do: the ITS
+answers this after MOVI).  ``/proc/irq/N/smp_affinity`` is :meth:`GenIrq.
+write_smp_affinity`, with Linux's errors: EIO for a managed interrupt,
+EINVAL for a mask with no online CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .base import EBUSY, EINVAL, EIO, ENOENT, ENOSPC, cpumask_str, fail, parse_cpumask
+
+IRQ_SET_MASK_OK = 0
+IRQ_SET_MASK_OK_NOCOPY = 1
+IRQ_SET_MASK_OK_DONE = 2
+IRQ_HANDLED, IRQ_NONE = 1, 0
+
+IrqHandler = Callable[[int, Any], int]
+
+
+class IrqChip:
+    """struct irq_chip: the operations one domain level offers for its interrupts.
+
+    Subclasses override what their hardware supports; the defaults here are
+    the "parent" helpers (irq_chip_mask_parent & co.), so a level without
+    its own operation passes it down the hierarchy.
+    """
+
+    name = "chip"
+
+    def irq_mask(self, d: IrqData) -> None:
+        if d.parent_data is not None:
+            d.parent_data.chip.irq_mask(d.parent_data)
+
+    def irq_unmask(self, d: IrqData) -> None:
+        if d.parent_data is not None:
+            d.parent_data.chip.irq_unmask(d.parent_data)
+
+    def irq_eoi(self, d: IrqData) -> None:
+        if d.parent_data is not None:
+            d.parent_data.chip.irq_eoi(d.parent_data)
+
+    def irq_set_affinity(self, d: IrqData, mask: frozenset[int], force: bool) -> int:
+        if d.parent_data is not None:
+            return d.parent_data.chip.irq_set_affinity(d.parent_data, mask, force)
+        raise fail(EINVAL, f"{self.name} cannot set affinity")
+
+    def irq_set_vcpu_affinity(self, d: IrqData, info: Any) -> None:
+        if d.parent_data is not None:
+            return d.parent_data.chip.irq_set_vcpu_affinity(d.parent_data, info)
+        raise fail(EINVAL, f"{self.name} cannot forward to a vCPU")
+
+    # MSI capable levels implement these.
+    irq_compose_msi_msg: Callable[[IrqData], Any] | None = None
+    irq_write_msi_msg: Callable[[IrqData, Any], None] | None = None
+
+
+@dataclass
+class IrqCommonData:
+    """struct irq_common_data: what all levels of one interrupt share."""
+
+    affinity: frozenset[int] = frozenset()
+    effective_affinity: frozenset[int] = frozenset()
+    msi_desc: Any = None
+    managed: bool = False                 # IRQD_AFFINITY_MANAGED
+    activated: bool = False
+    started: bool = False
+    forwarded_to_vcpu: bool = False
+
+
+@dataclass(eq=False)
+class IrqData:
+    """struct irq_data: one interrupt at one level of the domain hierarchy."""
+
+    irq: int
+    hwirq: int = 0
+    chip: IrqChip | None = None
+    domain: IrqDomain | None = None
+    parent_data: IrqData | None = None
+    chip_data: Any = None
+    common: IrqCommonData = field(default_factory=IrqCommonData)
+
+    def levels(self) -> list[IrqData]:
+        out, d = [], self
+        while d is not None:
+            out.append(d)
+            d = d.parent_data
+        return out
+
+
+@dataclass(eq=False)
+class IrqAction:
+    """struct irqaction: a handler installed by request_irq()."""
+
+    handler: IrqHandler
+    name: str
+    dev_id: Any
+
+
+@dataclass(eq=False)
+class IrqDesc:
+    """struct irq_desc: a Linux interrupt number and everything about it."""
+
+    irq: int
+    irq_data: IrqData
+    actions: list[IrqAction] = field(default_factory=list)
+    depth: int = 1                        # disabled until started
+    kstat: dict[int, int] = field(default_factory=dict)     # per-CPU counts
+    spurious: int = 0
+
+    @property
+    def name(self) -> str:
+        return ",".join(a.name for a in self.actions)
+
+    @property
+    def count(self) -> int:
+        return sum(self.kstat.values())
+
+
+class IrqDomainOps:
+    """struct irq_domain_ops for hierarchical domains."""
+
+    def alloc(self, domain: IrqDomain, virq: int, nr: int, arg: Any) -> None:
+        raise fail(EINVAL, f"{domain.name} cannot allocate")
+
+    def free(self, domain: IrqDomain, virq: int, nr: int) -> None:
+        pass
+
+    def activate(self, domain: IrqDomain, d: IrqData, reserve: bool) -> None:
+        pass
+
+    def deactivate(self, domain: IrqDomain, d: IrqData) -> None:
+        pass
+
+
+class IrqDomain:
+    """struct irq_domain: a hwirq number space, one level of a hierarchy."""
+
+    def __init__(self, genirq: GenIrq, name: str, ops: IrqDomainOps,
+                 parent: IrqDomain | None = None, host_data: Any = None,
+                 isolated_msi: bool = False) -> None:
+        self.genirq, self.name, self.ops, self.parent = genirq, name, ops, parent
+        self.host_data = host_data
+        self.isolated_msi = isolated_msi      # IRQ_DOMAIN_FLAG_ISOLATED_MSI
+        self.revmap: dict[int, int] = {}      # hwirq -> virq
+
+    def __repr__(self) -> str:
+        return f"<irq_domain {self.name}>"
+
+    def set_hwirq_and_chip(self, virq: int, hwirq: int, chip: IrqChip,
+                           chip_data: Any = None) -> IrqData:
+        """irq_domain_set_hwirq_and_chip()."""
+        d = self.genirq.irq_data_at(virq, self)
+        d.hwirq, d.chip, d.chip_data = hwirq, chip, chip_data
+        self.revmap[hwirq] = virq
+        return d
+
+    def alloc_irqs_parent(self, virq: int, nr: int, arg: Any) -> None:
+        """irq_domain_alloc_irqs_parent()."""
+        if self.parent is None:
+            raise fail(EINVAL, f"{self.name} has no parent")
+        self.genirq._alloc_level(self.parent, virq, nr, arg)
+
+    def free_irqs_parent(self, virq: int, nr: int) -> None:
+        if self.parent is not None:
+            self.genirq._free_level(self.parent, virq, nr)
+
+    def find_mapping(self, hwirq: int) -> int | None:
+        """irq_find_mapping()."""
+        return self.revmap.get(hwirq)
+
+
+class GenIrq:
+    """The generic interrupt layer of one kernel."""
+
+    def __init__(self, kernel: Any) -> None:
+        self.kernel = kernel
+        self.descs: dict[int, IrqDesc] = {}
+        self._next_irq = 1
+        self.default_affinity = frozenset(kernel.online_cpus)
+
+    # -- descriptors ------------------------------------------------------------------
+
+    def _alloc_descs(self, nr: int) -> int:
+        """irq_alloc_descs(): ``nr`` consecutive free interrupt numbers."""
+        if nr <= 0:
+            raise fail(EINVAL, "nr_irqs must be positive")
+        base = self._next_irq
+        while any(base + i in self.descs for i in range(nr)):
+            base += 1
+        if base + nr > 1 << 20:
+            raise fail(ENOSPC, "no interrupt numbers left")
+        for i in range(nr):
+            irq = base + i
+            self.descs[irq] = IrqDesc(irq, IrqData(irq))
+        self._next_irq = base + nr
+        return base
+
+    def desc(self, irq: int) -> IrqDesc:
+        d = self.descs.get(irq)
+        if d is None:
+            raise fail(EINVAL, f"no interrupt {irq}")
+        return d
+
+    def irq_data_at(self, virq: int, domain: IrqDomain) -> IrqData:
+        """The IrqData of ``virq`` at ``domain``'s level (irq_domain_get_irq_data)."""
+        for d in self.desc(virq).irq_data.levels():
+            if d.domain is domain:
+                return d
+        raise fail(EINVAL, f"interrupt {virq} has no level in {domain.name}")
+
+    # -- hierarchical allocation --------------------------------------------------------
+
+    def domain_alloc_irqs(self, domain: IrqDomain, nr: int, arg: Any) -> int:
+        """irq_domain_alloc_irqs(): descriptors plus every level; all or nothing."""
+        virq = self._alloc_descs(nr)
+        try:
+            for i in range(nr):
+                top = self.descs[virq + i].irq_data
+                top.domain = domain
+                d = top
+                parent = domain.parent
+                while parent is not None:                 # irq_domain_alloc_irq_data()
+                    d.parent_data = IrqData(virq + i, domain=parent, common=top.common)
+                    d = d.parent_data
+                    parent = parent.parent
+            domain.ops.alloc(domain, virq, nr, arg)
+        except Exception:
+            for i in range(nr):
+                self.descs.pop(virq + i, None)
+            self._next_irq = min(self._next_irq, virq)
+            raise
+        return virq
+
+    def _alloc_level(self, domain: IrqDomain, virq: int, nr: int, arg: Any) -> None:
+        domain.ops.alloc(domain, virq, nr, arg)
+
+    def _free_level(self, domain: IrqDomain, virq: int, nr: int) -> None:
+        domain.ops.free(domain, virq, nr)
+        for i in range(nr):
+            d = self.irq_data_at(virq + i, domain)
+            domain.revmap.pop(d.hwirq, None)
+
+    def domain_free_irqs(self, virq: int, nr: int) -> None:
+        """irq_domain_free_irqs(): free every level, then the descriptors."""
+        top = self.desc(virq).irq_data
+        for i in range(nr):
+            desc = self.desc(virq + i)
+            if desc.actions:
+                raise fail(EBUSY, f"interrupt {virq + i} still requested")
+            if desc.irq_data.common.activated:
+                self.deactivate(desc.irq_data)
+        self._free_level(top.domain, virq, nr)
+        for i in range(nr):
+            del self.descs[virq + i]
+
+    # -- activation -------------------------------------------------------------------------
+
+    def activate(self, top: IrqData, reserve: bool = False) -> None:
+        """irq_domain_activate_irq(): parents first, then each level up to the top."""
+        if top.common.activated:
+            return
+        levels = top.levels()
+        done = []
+        try:
+            for d in reversed(levels):
+                d.domain.ops.activate(d.domain, d, reserve)
+                done.append(d)
+        except Exception:
+            for d in reversed(done):
+                d.domain.ops.deactivate(d.domain, d)
+            raise
+        top.common.activated = True
+
+    def deactivate(self, top: IrqData) -> None:
+        """irq_domain_deactivate_irq(): the top first, down to the root."""
+        if not top.common.activated:
+            return
+        for d in top.levels():
+            d.domain.ops.deactivate(d.domain, d)
+        top.common.activated = False
+
+    # -- request / free ---------------------------------------------------------------------
+
+    def request_irq(self, irq: int, handler: IrqHandler, name: str, dev_id: Any = None) -> None:
+        """request_irq(): install ``handler``; the first one starts the interrupt."""
+        desc = self.desc(irq)
+        if desc.irq_data.chip is None:
+            raise fail(EINVAL, f"interrupt {irq} has no chip")
+        if desc.actions:
+            raise fail(EBUSY, f"interrupt {irq} is already requested")
+        desc.actions.append(IrqAction(handler, name, dev_id))
+        try:
+            self._startup(desc)
+        except Exception:
+            desc.actions.clear()
+            raise
+
+    def _startup(self, desc: IrqDesc) -> None:
+        """irq_startup(): affinity set up, activated, unmasked."""
+        d = desc.irq_data
+        common = d.common
+        if not common.affinity:
+            common.affinity = self.default_affinity
+        self.activate(d)
+        self._set_affinity(desc, common.affinity, force=False)
+        d.chip.irq_unmask(d)
+        common.started = True
+        desc.depth = 0
+
+    def free_irq(self, irq: int, dev_id: Any = None) -> None:
+        """free_irq(): remove the handler; the last one shuts the interrupt down."""
+        desc = self.desc(irq)
+        for a in desc.actions:
+            if a.dev_id is dev_id:
+                desc.actions.remove(a)
+                break
+        else:
+            raise fail(ENOENT, f"trying to free already-free IRQ {irq}")
+        if not desc.actions:
+            d = desc.irq_data
+            d.chip.irq_mask(d)
+            self.deactivate(d)
+            d.common.started = False
+            desc.depth = 1
+
+    def disable_irq(self, irq: int) -> None:
+        desc = self.desc(irq)
+        if desc.depth == 0:
+            desc.irq_data.chip.irq_mask(desc.irq_data)
+        desc.depth += 1
+
+    def enable_irq(self, irq: int) -> None:
+        desc = self.desc(irq)
+        if desc.depth == 0:
+            raise fail(EINVAL, f"unbalanced enable for IRQ {irq}")
+        desc.depth -= 1
+        if desc.depth == 0:
+            desc.irq_data.chip.irq_unmask(desc.irq_data)
+
+    # -- affinity -----------------------------------------------------------------------------
+
+    def _set_affinity(self, desc: IrqDesc, mask: frozenset[int], force: bool) -> int:
+        """irq_do_set_affinity(): ask the chip; record the new affinity unless NOCOPY."""
+        d = desc.irq_data
+        online = mask & self.kernel.online_cpus
+        if not online:
+            raise fail(EINVAL, f"IRQ {desc.irq}: no online CPU in {cpumask_str(mask)}")
+        if not d.common.activated:
+            d.common.affinity = mask
+            return IRQ_SET_MASK_OK
+        ret = d.chip.irq_set_affinity(d, online, force)
+        if ret in (IRQ_SET_MASK_OK, IRQ_SET_MASK_OK_DONE):
+            d.common.affinity = mask
+        return ret
+
+    def set_affinity(self, irq: int, mask: frozenset[int], force: bool = False) -> int:
+        """irq_set_affinity()."""
+        return self._set_affinity(self.desc(irq), frozenset(mask), force)
+
+    def write_smp_affinity(self, irq: int, text: str) -> None:
+        """A write to /proc/irq/<irq>/smp_affinity."""
+        desc = self.descs.get(irq)
+        if desc is None:
+            raise fail(ENOENT, f"/proc/irq/{irq} does not exist")
+        if desc.irq_data.common.managed or desc.irq_data.chip is None:
+            raise fail(EIO, f"IRQ {irq} is managed")
+        mask = parse_cpumask(text, self.kernel.ncpus)
+        if not mask & self.kernel.online_cpus:
+            raise fail(EINVAL, f"IRQ {irq}: no online CPU in the mask")
+        self.set_affinity(irq, mask)
+
+    def read_smp_affinity(self, irq: int) -> str:
+        return cpumask_str(self.desc(irq).irq_data.common.affinity)
+
+    def read_effective_affinity(self, irq: int) -> str:
+        return cpumask_str(self.desc(irq).irq_data.common.effective_affinity)
+
+    def set_vcpu_affinity(self, irq: int, info: Any) -> None:
+        """irq_set_vcpu_affinity(): forward to (or take back from) a vCPU."""
+        d = self.desc(irq).irq_data
+        d.chip.irq_set_vcpu_affinity(d, info)
+
+    # -- delivery --------------------------------------------------------------------------------
+
+    def handle_domain_irq(self, domain: IrqDomain, hwirq: int, cpu: int) -> bool:
+        """generic_handle_domain_irq(): run the handlers of ``hwirq`` on ``cpu``."""
+        virq = domain.find_mapping(hwirq)
+        if virq is None:
+            return False
+        self.run_handlers(self.descs[virq], cpu)
+        return True
+
+    def run_handlers(self, desc: IrqDesc, cpu: int) -> None:
+        """handle_irq_event() on ``cpu`` (kernel.current_cpu is smp_processor_id())."""
+        desc.kstat[cpu] = desc.kstat.get(cpu, 0) + 1
+        self.kernel.current_cpu = cpu
+        handled = IRQ_NONE
+        try:
+            for a in list(desc.actions):
+                handled |= a.handler(desc.irq, a.dev_id)
+        finally:
+            self.kernel.current_cpu = None
+        if handled == IRQ_NONE:
+            desc.spurious += 1
+
+    def proc_interrupts(self) -> list[str]:
+        """/proc/interrupts lines: irq, per-CPU counts, chip, hwirq, name."""
+        lines = []
+        for irq in sorted(self.descs):
+            desc = self.descs[irq]
+            if not desc.actions:
+                continue
+            d = desc.irq_data
+            counts = " ".join(f"{desc.kstat.get(c, 0):10}" for c in range(self.kernel.ncpus))
+            lines.append(f"{irq:4}: {counts} {d.chip.name:>8} {d.hwirq:>10} {desc.name}")
+        return lines

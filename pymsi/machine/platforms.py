@@ -1,0 +1,110 @@
+"""Two hosts: an Arm "virt" board (GICv3 + ITS, SMMUv3) and an x86 PC (MSIs to the
+local APICs, optional interrupt remapping), each with a PCIe host bridge."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import core
+from ..hw.bus import Bus
+from ..hw.gicv3 import Gicv3
+from ..hw.its import GicV3Its
+from ..hw.pci import Bar, MsiConfig, MsixConfig, PciFunction, PciHost
+from ..hw.smmuv3 import SMMUv3
+from ..hw.x86 import MSI_BASE, MSI_SIZE, X86MsiController
+
+
+def make_function(bus: int, dev: int, spec: dict[str, Any]) -> PciFunction:
+    """A PCI function from a small spec: {"msix": n} and/or {"msi": n}, ids, BAR size."""
+    msix = spec.get("msix")
+    msi = spec.get("msi")
+    bars = [Bar(spec.get("bar_size", 0x4000))]
+    return PciFunction(
+        bus, dev, spec.get("function", 0), vendor_id=spec.get("vendor", 0x1AF4),
+        device_id=spec.get("device", 0x1041), bars=bars,
+        msi=MsiConfig(msi, per_vector_mask=spec.get("msi_mask", True)) if msi else None,
+        msix=MsixConfig(msix, bar=0, table_offset=0, pba_offset=0x2000) if msix else None,
+    )
+
+
+class ArmVirt:
+    """QEMU's arm64 "virt" board, as far as MSIs go.
+
+    RAM at 0x40000000; GICv3 distributor 0x08000000, ITS 0x08080000
+    (GITS_TRANSLATER 0x08090040), redistributors 0x080A0000; SMMUv3
+    0x09050000 in front of the PCIe host (ECAM 0x3F000000, MMIO window
+    0x10000000).  ``devices`` are function specs put on bus 0 from slot 1.
+    """
+
+    RAM_BASE = 0x4000_0000
+    GICD, ITS, GICR = 0x0800_0000, 0x0808_0000, 0x080A_0000
+    SMMU = 0x0905_0000
+    ECAM, ECAM_BUSES = 0x3F00_0000, 16
+    PCI_MMIO = (0x1000_0000, 0x2EFF_0000)
+
+    def __init__(self, ncpus: int = 4, ram_size: int = 0x2000_0000, gicv4: bool = False,
+                 smmu: str | None = "nested", devices: list[dict] | None = None,
+                 backend: str | None = None) -> None:
+        impl = core.backend(backend) if backend else core
+        self.ncpus = ncpus
+        self.ram = impl.Memory()
+        self.ram.add_ram(self.RAM_BASE, ram_size)
+        self.ram_size = ram_size
+        self.bus = Bus(self.ram)
+        self.gic = Gicv3(self.ram, ncpus=ncpus, gicv4=gicv4)
+        self.its = GicV3Its(self.gic, self.ram)
+        self.bus.map(self.GICD, 0x1_0000, self.gic.gicd, "GICD")
+        self.bus.map(self.GICR, self.gic.gicr.size, self.gic.gicr, "GICR")
+        self.bus.map(self.ITS, 0x2_0000, self.its, "ITS", attrs=True)
+        self.smmu = None
+        if smmu is not None:
+            self.smmu = SMMUv3(self.ram, stages=smmu, msi_write=self.bus.write32, backend=backend)
+            self.bus.map(self.SMMU, 0x2_0000, self.smmu, "SMMUv3")
+            self.bus.attach_iommu(0, 0xFFFF, self.smmu)
+        self.pci = PciHost(self.bus, self.ECAM, self.ECAM_BUSES)
+        self.functions = [self.pci.add(make_function(0, slot, spec))
+                          for slot, spec in enumerate(devices or [], start=1)]
+
+    @property
+    def kernel_memory(self) -> tuple[int, int]:
+        return self.RAM_BASE + 0x0100_0000, self.ram_size - 0x0100_0000
+
+    def boot(self, **kw: Any):
+        """Boot a host kernel on this machine."""
+        from ..kernel.boot import boot_arm
+
+        return boot_arm(self, **kw)
+
+
+class X86Pc:
+    """A PC: RAM, the 0xFEE00000 interrupt message window with local APICs, an
+    Intel-style interrupt remapping unit (used when ``remapping``), PCIe."""
+
+    RAM_BASE, IR_UNIT = 0x0010_0000, 0xFED9_0000
+    ECAM, ECAM_BUSES = 0xE000_0000, 16
+    PCI_MMIO = (0xC000_0000, 0x2000_0000)
+
+    def __init__(self, ncpus: int = 4, ram_size: int = 0x1000_0000, remapping: bool = False,
+                 devices: list[dict] | None = None, backend: str | None = None) -> None:
+        impl = core.backend(backend) if backend else core
+        self.ncpus = ncpus
+        self.remapping = remapping
+        self.ram = impl.Memory()
+        self.ram.add_ram(self.RAM_BASE, ram_size)
+        self.ram_size = ram_size
+        self.bus = Bus(self.ram)
+        self.msi = X86MsiController(self.ram, ncpus=ncpus)
+        self.bus.map(MSI_BASE, MSI_SIZE, self.msi, "interrupt messages", attrs=True)
+        self.bus.map(self.IR_UNIT, 0x1000, self.msi.remap_regs, "DMAR")
+        self.pci = PciHost(self.bus, self.ECAM, self.ECAM_BUSES)
+        self.functions = [self.pci.add(make_function(0, slot, spec))
+                          for slot, spec in enumerate(devices or [], start=1)]
+
+    @property
+    def kernel_memory(self) -> tuple[int, int]:
+        return self.RAM_BASE + 0x0100_0000, self.ram_size - 0x0100_0000
+
+    def boot(self, **kw: Any):
+        from ..kernel.boot import boot_x86
+
+        return boot_x86(self, **kw)
