@@ -375,7 +375,7 @@ class GenIrq:
             raise fail(ENOENT, f"/proc/irq/{irq} does not exist")
         if desc.irq_data.common.managed or desc.irq_data.chip is None:
             raise fail(EIO, f"IRQ {irq} is managed")
-        mask = parse_cpumask(text, self.kernel.ncpus)
+        mask = parse_cpumask(text, self.kernel.nr_cpumask_bits)
         if not mask & self.kernel.online_cpus:
             raise fail(EINVAL, f"IRQ {irq}: no online CPU in the mask")
         self.set_affinity(irq, mask)

@@ -24,6 +24,7 @@ class Kernel:
         self.mm = PageAllocator(self.ram, *mem)
         self.ncpus = ncpus
         self.online_cpus = frozenset(range(ncpus))
+        self.nr_cpumask_bits = 512               # NR_CPUS of an arm64/x86 defconfig
         self.log: list[str] = []
         self.iommu = IommuCore(self, default_domain)
         self.dma_iommu = DmaIommu(self)
