@@ -24,7 +24,12 @@ def its_command(draw):
     kind = draw(st.sampled_from(["MAPD", "MAPC", "MAPTI", "MAPI", "MOVI", "DISCARD", "INT",
                                  "CLEAR", "INV", "INVALL", "SYNC", "MOVALL", "garbage"]))
     if kind == "garbage":
-        return kind, [draw(st.integers(0, 2**64 - 1)) for _ in range(4)]
+        # Random words, but not with an opcode that changes mappings (MOVI, MAPD, MAPC,
+        # MAPTI, MAPI, DISCARD): those the model would have to decode to follow.
+        words = [draw(st.integers(0, 2**64 - 1)) for _ in range(4)]
+        if words[0] & 0xFF in (0x01, 0x08, 0x09, 0x0A, 0x0B, 0x0F):
+            words[0] ^= 0x80
+        return kind, words
     return kind, dict(dev=dev, ev=ev, icid=icid, v=draw(st.booleans()),
                       size=draw(st.integers(0, 3)),
                       lpi=draw(st.sampled_from([LPI0 + draw(st.integers(0, 63)), 100, 1 << 17])),

@@ -128,7 +128,9 @@ class IommuOps:
         """A key naming the group the device belongs to (devices with equal keys share one)."""
         return dev
 
-    def domain_alloc_paging(self, dev: Any) -> IommuDomain:
+    def domain_alloc_paging(self, dev: Any, flags: int = 0) -> IommuDomain:
+        """A paging domain; ``flags`` as iommu_paging_domain_alloc_flags() (e.g. the
+        driver's nest-parent flag)."""
         raise fail(EOPNOTSUPP)
 
     def domain_alloc_nested(self, dev: Any, parent: IommuDomain, data: Any) -> IommuDomain:
@@ -237,10 +239,10 @@ class IommuCore:
 
     # -- domains --------------------------------------------------------------------
 
-    def domain_alloc_paging(self, dev: Any) -> IommuDomain:
-        """iommu_paging_domain_alloc(): an UNMANAGED paging domain for ``dev``'s IOMMU."""
+    def domain_alloc_paging(self, dev: Any, flags: int = 0) -> IommuDomain:
+        """iommu_paging_domain_alloc_flags(): an UNMANAGED paging domain for ``dev``'s IOMMU."""
         ops = self._ops(dev)
-        domain = ops.domain_alloc_paging(dev)
+        domain = ops.domain_alloc_paging(dev, flags)
         domain.type = DomainType.UNMANAGED
         return domain
 
