@@ -24,11 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_core import best_ns, zeros  # noqa: E402
-from smmu_driver import Driver, cd_words, ste_words  # noqa: E402
 
 from pymsi import core  # noqa: E402
 from pymsi.core import IoPgtable, Prot, TableAllocator  # noqa: E402
 from pymsi.hw.smmuv3 import SMMUv3  # noqa: E402
+
+from smmu_driver import Driver, cd_words, ste_words  # noqa: E402
 
 RAM, POOL, PT = 0x4000_0000, 0x4800_0000, 0x4C00_0000
 SID = 0x8
@@ -62,47 +63,49 @@ class Rig:
         self.core_tlb = b.Iotlb(tlb_capacity)
 
 
+def measure(backend: str, n: int, r: int) -> list[dict[str, Any]]:
+    """The rows for one backend: ``n`` pages, best of ``r`` runs."""
+    hit = Rig(backend, n, 2 * n)
+    miss = Rig(backend, n, 1)
+    b, smmu, mem, cfg = hit.b, hit.smmu, hit.mem, hit.cfg
+    iovas = list(hit.iovas)
+    # Warm both IOTLBs (and the SMMU's config cache).
+    b.translate_batch(mem, cfg, hit.iovas, hit.out, hit.status, tlb=hit.core_tlb, write=True)
+    smmu.translate_batch(hit.sids, hit.iovas, hit.out, hit.status, write=True)
+    assert all(s == 0 for s in hit.status)
+    tr, tlb = b.translate, hit.core_tlb
+    t_core = best_ns(lambda: [tr(mem, i, True, cfg=cfg, tlb=tlb) for i in iovas], n, r)
+    st = smmu.translate
+    t_smmu = best_ns(lambda: [st(SID, i, True) for i in iovas], n, r)
+    t_core_b = best_ns(lambda: b.translate_batch(mem, cfg, hit.iovas, hit.out, hit.status,
+                                                 tlb=tlb, write=True), n, r)
+    t_smmu_b = best_ns(lambda: smmu.translate_batch(hit.sids, hit.iovas, hit.out,
+                                                    hit.status, write=True), n, r)
+    mt = miss.smmu.translate
+    miss_iovas = list(miss.iovas)
+    mt(SID, miss_iovas[0], True)
+    t_miss = best_ns(lambda: [mt(SID, i, True) for i in miss_iovas], n, r)
+    t_miss_b = best_ns(lambda: miss.smmu.translate_batch(miss.sids, miss.iovas, miss.out,
+                                                         miss.status, write=True), n, r)
+    return [
+        {"backend": backend, "name": "core translate, nested, IOTLB hit, per call",
+         "ns": t_core},
+        {"backend": backend, "name": "SMMU translate, nested, config+IOTLB hit, per call",
+         "ns": t_smmu, "vs_core": t_smmu / t_core},
+        {"backend": backend, "name": "core translate_batch, nested, IOTLB hit",
+         "ns": t_core_b},
+        {"backend": backend, "name": "SMMU translate_batch, nested, config+IOTLB hit",
+         "ns": t_smmu_b, "vs_core": t_smmu_b / t_core_b},
+        {"backend": backend, "name": "SMMU translate, nested 4+4 walk (IOTLB miss), per call",
+         "ns": t_miss},
+        {"backend": backend, "name": "SMMU translate_batch, nested 4+4 walk (IOTLB miss)",
+         "ns": t_miss_b},
+    ]
+
+
 def bench(quick: bool) -> dict[str, Any]:
     rep = 5 if quick else 20
-    n_c, n_py = 4096, 512
-    rows = []
-    for backend, n, r in (("c", n_c, rep), ("python", n_py, max(2, rep // 5))):
-        hit = Rig(backend, n, 2 * n)
-        miss = Rig(backend, n, 1)
-        b, smmu, mem, cfg = hit.b, hit.smmu, hit.mem, hit.cfg
-        iovas = list(hit.iovas)
-        # Warm both IOTLBs (and the SMMU's config cache).
-        b.translate_batch(mem, cfg, hit.iovas, hit.out, hit.status, tlb=hit.core_tlb, write=True)
-        smmu.translate_batch(hit.sids, hit.iovas, hit.out, hit.status, write=True)
-        assert all(s == 0 for s in hit.status)
-        tr, tlb = b.translate, hit.core_tlb
-        t_core = best_ns(lambda: [tr(mem, i, True, cfg=cfg, tlb=tlb) for i in iovas], n, r)
-        st = smmu.translate
-        t_smmu = best_ns(lambda: [st(SID, i, True) for i in iovas], n, r)
-        t_core_b = best_ns(lambda: b.translate_batch(mem, cfg, hit.iovas, hit.out, hit.status,
-                                                     tlb=tlb, write=True), n, r)
-        t_smmu_b = best_ns(lambda: smmu.translate_batch(hit.sids, hit.iovas, hit.out,
-                                                        hit.status, write=True), n, r)
-        mt = miss.smmu.translate
-        miss_iovas = list(miss.iovas)
-        mt(SID, miss_iovas[0], True)
-        t_miss = best_ns(lambda: [mt(SID, i, True) for i in miss_iovas], n, r)
-        t_miss_b = best_ns(lambda: miss.smmu.translate_batch(miss.sids, miss.iovas, miss.out,
-                                                             miss.status, write=True), n, r)
-        rows += [
-            {"backend": backend, "name": "core translate, nested, IOTLB hit, per call",
-             "ns": t_core},
-            {"backend": backend, "name": "SMMU translate, nested, config+IOTLB hit, per call",
-             "ns": t_smmu, "vs_core": t_smmu / t_core},
-            {"backend": backend, "name": "core translate_batch, nested, IOTLB hit",
-             "ns": t_core_b},
-            {"backend": backend, "name": "SMMU translate_batch, nested, config+IOTLB hit",
-             "ns": t_smmu_b, "vs_core": t_smmu_b / t_core_b},
-            {"backend": backend, "name": "SMMU translate, nested 4+4 walk (IOTLB miss), per call",
-             "ns": t_miss},
-            {"backend": backend, "name": "SMMU translate_batch, nested 4+4 walk (IOTLB miss)",
-             "ns": t_miss_b},
-        ]
+    rows = measure("c", 4096, rep) + measure("python", 512, max(2, rep // 5))
     by = {(r["backend"], r["name"]): r for r in rows}
     ratios = [r["vs_core"] for r in rows if r["backend"] == "c" and "vs_core" in r]
     return {
