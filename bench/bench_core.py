@@ -220,17 +220,23 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json", default="bench/results-core.json", help="where to write JSON")
+def run_command(doc: str, default_json: str, bench_fn: Callable[[bool], dict[str, Any]],
+                render_fn: Callable[[dict[str, Any]], str], argv: list[str] | None) -> int:
+    """The command line every benchmark here shares: run, print the table, write JSON."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--json", default=default_json, help="where to write JSON")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
     args = ap.parse_args(argv)
-    result = bench(args.quick)
-    print(render(result))
+    result = bench_fn(args.quick)
+    print(render_fn(result))
     with open(args.json, "w") as f:
         json.dump(result, f, indent=1)
     print(f"\n(written to {args.json})")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(__doc__, "bench/results-core.json", bench, render, argv)
 
 
 if __name__ == "__main__":

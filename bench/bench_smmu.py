@@ -11,9 +11,7 @@ translation.  The target: on the IOTLB-hit path the SMMU model costs at most
 
 from __future__ import annotations
 
-import argparse
 import array
-import json
 import os
 import platform
 import sys
@@ -23,7 +21,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_core import best_ns, zeros  # noqa: E402
+from bench_core import best_ns, run_command, zeros  # noqa: E402
 
 from pymsi import core  # noqa: E402
 from pymsi.core import IoPgtable, Prot, TableAllocator  # noqa: E402
@@ -132,16 +130,7 @@ def render(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json", default="bench/results-smmu.json")
-    ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args(argv)
-    result = bench(args.quick)
-    print(render(result))
-    with open(args.json, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"\n(written to {args.json})")
-    return 0
+    return run_command(__doc__, "bench/results-smmu.json", bench, render, argv)
 
 
 if __name__ == "__main__":

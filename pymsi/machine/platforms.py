@@ -27,7 +27,33 @@ def make_function(bus: int, dev: int, spec: dict[str, Any]) -> PciFunction:
     )
 
 
-class ArmVirt:
+class _Machine:
+    """What both machines have: RAM, the system bus, a PCIe host with functions."""
+
+    RAM_BASE: int
+    ECAM: int
+    ECAM_BUSES: int
+
+    def _init_common(self, ncpus: int, ram_size: int, backend: str | None) -> None:
+        impl = core.backend(backend) if backend else core
+        self.ncpus = ncpus
+        self.ram = impl.Memory()
+        self.ram.add_ram(self.RAM_BASE, ram_size)
+        self.ram_size = ram_size
+        self.bus = Bus(self.ram)
+
+    def _add_pci(self, devices: list[dict] | None) -> None:
+        self.pci = PciHost(self.bus, self.ECAM, self.ECAM_BUSES)
+        self.functions = [self.pci.add(make_function(0, slot, spec))
+                          for slot, spec in enumerate(devices or [], start=1)]
+
+    @property
+    def kernel_memory(self) -> tuple[int, int]:
+        """The RAM a kernel booted here allocates from (all but the first 16 MiB)."""
+        return self.RAM_BASE + 0x0100_0000, self.ram_size - 0x0100_0000
+
+
+class ArmVirt(_Machine):
     """QEMU's arm64 "virt" board, as far as MSIs go.
 
     RAM at 0x40000000; GICv3 distributor 0x08000000, ITS 0x08080000
@@ -45,12 +71,7 @@ class ArmVirt:
     def __init__(self, ncpus: int = 4, ram_size: int = 0x2000_0000, gicv4: bool = False,
                  smmu: str | None = "nested", devices: list[dict] | None = None,
                  backend: str | None = None) -> None:
-        impl = core.backend(backend) if backend else core
-        self.ncpus = ncpus
-        self.ram = impl.Memory()
-        self.ram.add_ram(self.RAM_BASE, ram_size)
-        self.ram_size = ram_size
-        self.bus = Bus(self.ram)
+        self._init_common(ncpus, ram_size, backend)
         self.gic = Gicv3(self.ram, ncpus=ncpus, gicv4=gicv4)
         self.its = GicV3Its(self.gic, self.ram)
         self.bus.map(self.GICD, 0x1_0000, self.gic.gicd, "GICD")
@@ -61,13 +82,7 @@ class ArmVirt:
             self.smmu = SMMUv3(self.ram, stages=smmu, msi_write=self.bus.write32, backend=backend)
             self.bus.map(self.SMMU, 0x2_0000, self.smmu, "SMMUv3")
             self.bus.attach_iommu(0, 0xFFFF, self.smmu)
-        self.pci = PciHost(self.bus, self.ECAM, self.ECAM_BUSES)
-        self.functions = [self.pci.add(make_function(0, slot, spec))
-                          for slot, spec in enumerate(devices or [], start=1)]
-
-    @property
-    def kernel_memory(self) -> tuple[int, int]:
-        return self.RAM_BASE + 0x0100_0000, self.ram_size - 0x0100_0000
+        self._add_pci(devices)
 
     def boot(self, **kw: Any):
         """Boot a host kernel on this machine."""
@@ -76,7 +91,7 @@ class ArmVirt:
         return boot_arm(self, **kw)
 
 
-class X86Pc:
+class X86Pc(_Machine):
     """A PC: RAM, the 0xFEE00000 interrupt message window with local APICs, an
     Intel-style interrupt remapping unit (used when ``remapping``), PCIe."""
 
@@ -86,23 +101,12 @@ class X86Pc:
 
     def __init__(self, ncpus: int = 4, ram_size: int = 0x1000_0000, remapping: bool = False,
                  devices: list[dict] | None = None, backend: str | None = None) -> None:
-        impl = core.backend(backend) if backend else core
-        self.ncpus = ncpus
+        self._init_common(ncpus, ram_size, backend)
         self.remapping = remapping
-        self.ram = impl.Memory()
-        self.ram.add_ram(self.RAM_BASE, ram_size)
-        self.ram_size = ram_size
-        self.bus = Bus(self.ram)
         self.msi = X86MsiController(self.ram, ncpus=ncpus)
         self.bus.map(MSI_BASE, MSI_SIZE, self.msi, "interrupt messages", attrs=True)
         self.bus.map(self.IR_UNIT, 0x1000, self.msi.remap_regs, "DMAR")
-        self.pci = PciHost(self.bus, self.ECAM, self.ECAM_BUSES)
-        self.functions = [self.pci.add(make_function(0, slot, spec))
-                          for slot, spec in enumerate(devices or [], start=1)]
-
-    @property
-    def kernel_memory(self) -> tuple[int, int]:
-        return self.RAM_BASE + 0x0100_0000, self.ram_size - 0x0100_0000
+        self._add_pci(devices)
 
     def boot(self, **kw: Any):
         from ..kernel.boot import boot_x86
