@@ -211,3 +211,16 @@ class HostMachine(RuleBasedStateMachine):
 
 
 TestHostMachine = HostMachine.TestCase
+
+
+def test_releasing_the_last_device_frees_its_group_and_default_domain():
+    m, k = machine()
+    dev = k.pci.devices[0]
+    group = dev.iommu_group
+    domain = group.default_domain
+    freed = []
+    domain.free = lambda: freed.append(domain)
+    k.iommu.release_device(dev)
+    assert dev.iommu_group is None and group.key not in k.iommu.groups
+    assert freed == [domain] and domain.cookie is None
+    assert m.smmu.translate(dev.rid, 0xFFFF_F040, write=True).aborted   # abort STE

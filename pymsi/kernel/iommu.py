@@ -224,12 +224,20 @@ class IommuCore:
         return domain
 
     def release_device(self, dev: Any) -> None:
+        """iommu_release_device(): the last device of a group takes the group with it."""
         group = self._dev_group.pop(dev, None)
         if group is None:
             return
         group.devices.remove(dev)
         self._dev_ops.pop(dev).release_device(dev)
         dev.iommu_group = None
+        if not group.devices:
+            if group.domain is not None:
+                group.domain.groups.discard(group)
+            default, group.domain = group.default_domain, None
+            if default is not None and default.type == DomainType.DMA and not default.groups:
+                self.domain_free(default)
+            del self.groups[group.key]
 
     def group_for(self, dev: Any) -> IommuGroup | None:
         return self._dev_group.get(dev)
