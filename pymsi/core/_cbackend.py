@@ -23,9 +23,9 @@ from .common import (
     Stage2,
     WalkResult,
     XlateConfig,
-    buffer_view,
-    check_batch,
+    batch_views,
     config_of,
+    int_arg,
 )
 
 NAME = "c"
@@ -307,7 +307,7 @@ def translate(
         cfg = config_of(cfg, s1, s2)
     c = cfg._prepared or _prepare(cfg)
     try:
-        rc = lib.pymsi_translate(mem._p, _NULL if tlb is None else tlb._p, c, iova,
+        rc = lib.pymsi_translate(mem._p, _tlb(tlb), c, iova,
                                  bool(write), mem._res)
     except OverflowError as e:
         raise _bad_int(e) from None
@@ -394,38 +394,27 @@ class MsiTable:
         return sorted((devs[i], idx[i], iova[i], shift[i]) for i in range(n))
 
 
-def _in(obj: Any, kind: str, name: str) -> tuple[memoryview, Any]:
-    mv = buffer_view(obj, kind, name)
-    ctype = {"u32": "uint32_t[]", "u64": "uint64_t[]", "i32": "int32_t[]"}[kind]
-    return mv, ffi.from_buffer(ctype, mv)
+_CTYPES = {"I": "uint32_t[]", "i": "int32_t[]", "Q": "uint64_t[]", "L": "uint64_t[]"}
 
 
-def _out(obj: Any, kind: str, name: str) -> tuple[memoryview, Any]:
-    mv = buffer_view(obj, kind, name, writable=True)
-    ctype = {"u32": "uint32_t[]", "u64": "uint64_t[]", "i32": "int32_t[]"}[kind]
-    return mv, ffi.from_buffer(ctype, mv, require_writable=True)
+def _c(views: list[memoryview]) -> list[Any]:
+    """cffi arrays over checked buffer views (no copy)."""
+    return [ffi.from_buffer(_CTYPES[mv.format[-1]], mv, require_writable=not mv.readonly)
+            for mv in views]
 
 
-def _u64_arg(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if not 0 <= value < 1 << 64:
-        raise InvalidArgument(f"{name}={value:#x} does not fit in 64 bits")
-    return value
+def _tlb(tlb: Iotlb | None) -> Any:
+    return _NULL if tlb is None else tlb._p
 
 
 def compose_batch(table: MsiTable, doorbell_pa: int, devs: Any, idx: Any, out_addr: Any,
                   status: Any) -> int:
     """Compose the MSI address of every (devs[k], idx[k]); returns how many had an entry."""
-    _u64_arg("doorbell_pa", doorbell_pa)
-    dv, dc = _in(devs, "u32", "devs")
-    iv, ic = _in(idx, "u32", "idx")
-    if len(dv) != len(iv):
-        check(-errno.EINVAL, "devs and idx differ in length")
-    oa, oc = _out(out_addr, "u64", "out_addr")
-    st, sc = _out(status, "i32", "status")
-    check_batch(len(dv), {"out_addr": oa, "status": st})
-    return check(lib.pymsi_compose_batch(table._p, doorbell_pa, dc, ic, len(dv), oc, sc),
+    int_arg("doorbell_pa", doorbell_pa)
+    n, views = batch_views([(devs, "u32", "devs"), (idx, "u32", "idx")],
+                           [(out_addr, "u64", "out_addr"), (status, "i32", "status")])
+    dc, ic, oc, sc = _c(views)
+    return check(lib.pymsi_compose_batch(table._p, doorbell_pa, dc, ic, n, oc, sc),
                  "compose_batch")
 
 
@@ -433,15 +422,11 @@ def translate_batch(mem: Memory, cfg: XlateConfig, iovas: Any, out_pa: Any, stat
                     tlb: Iotlb | None = None, write: bool = False) -> int:
     """Translate every iovas[k]; returns how many translated without a fault."""
     c = _prepare(config_of(cfg, None, None))
-    iv, ic = _in(iovas, "u64", "iovas")
-    op, oc = _out(out_pa, "u64", "out_pa")
-    st, sc = _out(status, "i32", "status")
-    check_batch(len(iv), {"out_pa": op, "status": st})
-    return check(
-        lib.pymsi_translate_batch(mem._p, ffi.NULL if tlb is None else tlb._p, c,
-                                  bool(write), ic, len(iv), oc, sc),
-        "translate_batch",
-    )
+    n, views = batch_views([(iovas, "u64", "iovas")],
+                           [(out_pa, "u64", "out_pa"), (status, "i32", "status")])
+    ic, oc, sc = _c(views)
+    return check(lib.pymsi_translate_batch(mem._p, _tlb(tlb), c, bool(write), ic, n, oc, sc),
+                 "translate_batch")
 
 
 def msi_batch(table: MsiTable, mem: Memory, cfg: XlateConfig, doorbell_pa: int, devs: Any,
@@ -452,20 +437,13 @@ def msi_batch(table: MsiTable, mem: Memory, cfg: XlateConfig, doorbell_pa: int, 
     Returns how many vectors reached an output address.
     """
     c = _prepare(config_of(cfg, None, None))
-    _u64_arg("doorbell_pa", doorbell_pa)
-    dv, dc = _in(devs, "u32", "devs")
-    iv, ic = _in(idx, "u32", "idx")
-    if len(dv) != len(iv):
-        check(-errno.EINVAL, "devs and idx differ in length")
-    oa, oac = _out(out_addr, "u64", "out_addr")
-    op, opc = _out(out_pa, "u64", "out_pa")
-    st, sc = _out(status, "i32", "status")
-    check_batch(len(dv), {"out_addr": oa, "out_pa": op, "status": st})
-    return check(
-        lib.pymsi_msi_batch(table._p, mem._p, ffi.NULL if tlb is None else tlb._p, c,
-                            doorbell_pa, dc, ic, len(dv), oac, opc, sc),
-        "msi_batch",
-    )
+    int_arg("doorbell_pa", doorbell_pa)
+    n, views = batch_views(
+        [(devs, "u32", "devs"), (idx, "u32", "idx")],
+        [(out_addr, "u64", "out_addr"), (out_pa, "u64", "out_pa"), (status, "i32", "status")])
+    dc, ic, oac, opc, sc = _c(views)
+    return check(lib.pymsi_msi_batch(table._p, mem._p, _tlb(tlb), c, doorbell_pa, dc, ic, n,
+                                     oac, opc, sc), "msi_batch")
 
 
 class Streams:
@@ -529,15 +507,8 @@ def stream_batch(mem: Memory, streams: Streams, sids: Any, iovas: Any, out_pa: A
     aborted, faulted (out_pa = the IPA of a stage-2 fault) or are
     STATUS_NO_CONFIG (StreamID not known).
     """
-    sv, sc = _in(sids, "u32", "sids")
-    iv, ic = _in(iovas, "u64", "iovas")
-    if len(sv) != len(iv):
-        check(-errno.EINVAL, "sids and iovas differ in length")
-    op, oc = _out(out_pa, "u64", "out_pa")
-    st, stc = _out(status, "i32", "status")
-    check_batch(len(sv), {"out_pa": op, "status": st})
-    return check(
-        lib.pymsi_stream_batch(mem._p, _NULL if tlb is None else tlb._p, streams._p,
-                               bool(write), sc, ic, len(sv), oc, stc),
-        "stream_batch",
-    )
+    n, views = batch_views([(sids, "u32", "sids"), (iovas, "u64", "iovas")],
+                           [(out_pa, "u64", "out_pa"), (status, "i32", "status")])
+    sc, ic, oc, stc = _c(views)
+    return check(lib.pymsi_stream_batch(mem._p, _tlb(tlb), streams._p, bool(write), sc, ic, n,
+                                        oc, stc), "stream_batch")

@@ -29,10 +29,10 @@ from .common import (
     TlbKind,
     WalkResult,
     XlateConfig,
-    buffer_view,
-    check_batch,
+    batch_views,
     config_of,
     encode_status,
+    int_arg,
     level_lsb,
 )
 
@@ -49,19 +49,11 @@ _ENOENT = -errno.ENOENT
 
 
 def _u64(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if not 0 <= value <= U64_MAX:
-        raise_errno(_EINVAL, f"{name}={value:#x} does not fit in 64 bits")
-    return value
+    return int_arg(name, value, 64)
 
 
 def _bounded(name: str, value: Any, bits: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if not 0 <= value < (1 << bits):
-        raise_errno(_EINVAL, f"{name}={value:#x} does not fit in {bits} bits")
-    return value
+    return int_arg(name, value, bits)
 
 
 class Memory:
@@ -627,15 +619,11 @@ def compose_batch(table: MsiTable, doorbell_pa: int, devs: Any, idx: Any, out_ad
                   status: Any) -> int:
     """Compose the MSI address of every (devs[k], idx[k]); returns how many had an entry."""
     _u64("doorbell_pa", doorbell_pa)
-    dv, iv = buffer_view(devs, "u32", "devs"), buffer_view(idx, "u32", "idx")
-    if len(dv) != len(iv):
-        raise_errno(_EINVAL, "devs and idx differ in length")
-    oa = buffer_view(out_addr, "u64", "out_addr", writable=True)
-    st = buffer_view(status, "i32", "status", writable=True)
-    check_batch(len(dv), {"out_addr": oa, "status": st})
+    n, (dv, iv, oa, st) = batch_views([(devs, "u32", "devs"), (idx, "u32", "idx")],
+                                      [(out_addr, "u64", "out_addr"), (status, "i32", "status")])
     d = table._d
     ok = 0
-    for k in range(len(dv)):
+    for k in range(n):
         e = d.get((dv[k], iv[k]))
         if e is None:
             oa[k] = 0
@@ -651,12 +639,10 @@ def translate_batch(mem: Memory, cfg: XlateConfig, iovas: Any, out_pa: Any, stat
                     tlb: Iotlb | None = None, write: bool = False) -> int:
     """Translate every iovas[k]; returns how many translated without a fault."""
     cfg = config_of(cfg, None, None)
-    iv = buffer_view(iovas, "u64", "iovas")
-    op = buffer_view(out_pa, "u64", "out_pa", writable=True)
-    st = buffer_view(status, "i32", "status", writable=True)
-    check_batch(len(iv), {"out_pa": op, "status": st})
+    n, (iv, op, st) = batch_views([(iovas, "u64", "iovas")],
+                                  [(out_pa, "u64", "out_pa"), (status, "i32", "status")])
     ok = 0
-    for k in range(len(iv)):
+    for k in range(n):
         r = _translate(mem, tlb, cfg, iv[k], bool(write))
         op[k] = r.pa if r.fault is None else 0
         st[k] = encode_status(r.fault)
@@ -672,12 +658,12 @@ def msi_batch(table: MsiTable, mem: Memory, cfg: XlateConfig, doorbell_pa: int, 
     Returns how many vectors reached an output address.
     """
     cfg = config_of(cfg, None, None)
-    op = buffer_view(out_pa, "u64", "out_pa", writable=True)
-    check_batch(len(buffer_view(devs, "u32", "devs")), {"out_pa": op})
+    _u64("doorbell_pa", doorbell_pa)
+    n, (_, _, oa, op, st) = batch_views(
+        [(devs, "u32", "devs"), (idx, "u32", "idx")],
+        [(out_addr, "u64", "out_addr"), (out_pa, "u64", "out_pa"), (status, "i32", "status")])
     ok = compose_batch(table, doorbell_pa, devs, idx, out_addr, status)
-    oa = buffer_view(out_addr, "u64", "out_addr", writable=True)
-    st = buffer_view(status, "i32", "status", writable=True)
-    for k in range(len(buffer_view(devs, "u32", "devs"))):
+    for k in range(n):
         if st[k]:
             op[k] = 0
             continue
@@ -740,16 +726,11 @@ def stream_batch(mem: Memory, streams: Streams, sids: Any, iovas: Any, out_pa: A
     aborted, faulted (out_pa = the IPA of a stage-2 fault) or are
     STATUS_NO_CONFIG (StreamID not known).
     """
-    sv = buffer_view(sids, "u32", "sids")
-    iv = buffer_view(iovas, "u64", "iovas")
-    if len(sv) != len(iv):
-        raise_errno(_EINVAL, "sids and iovas differ in length")
-    op = buffer_view(out_pa, "u64", "out_pa", writable=True)
-    st = buffer_view(status, "i32", "status", writable=True)
-    check_batch(len(sv), {"out_pa": op, "status": st})
+    n, (sv, iv, op, st) = batch_views([(sids, "u32", "sids"), (iovas, "u64", "iovas")],
+                                      [(out_pa, "u64", "out_pa"), (status, "i32", "status")])
     write = bool(write)
     ok = 0
-    for k in range(len(sv)):
+    for k in range(n):
         e = streams._d.get(sv[k])
         op[k] = 0
         if e is None:

@@ -370,11 +370,34 @@ def buffer_view(obj: Any, kind: str, name: str, writable: bool = False) -> memor
     return mv
 
 
-def check_batch(n_in: int, outs: dict[str, memoryview]) -> None:
-    """Every output buffer must hold at least ``n_in`` items."""
-    for name, mv in outs.items():
-        if len(mv) < n_in:
-            raise InvalidArgument(f"{name}: holds {len(mv)} items, needs {n_in}")
+Buffer = tuple[Any, str, str]      # (object, "u32" | "u64" | "i32", argument name)
+
+
+def batch_views(inputs: list[Buffer], outputs: list[Buffer]) -> tuple[int, list[memoryview]]:
+    """The checked views of a batch call's buffers, inputs then outputs.
+
+    Every input must hold the same number of items ``n``, every output at
+    least ``n`` and be writable; nothing is written before all are checked.
+    """
+    ins = [buffer_view(obj, kind, name) for obj, kind, name in inputs]
+    n = len(ins[0])
+    if any(len(v) != n for v in ins):
+        raise InvalidArgument(" and ".join(b[2] for b in inputs) + " differ in length")
+    outs = [buffer_view(obj, kind, name, writable=True) for obj, kind, name in outputs]
+    for (_, _, name), mv in zip(outputs, outs, strict=True):
+        if len(mv) < n:
+            raise InvalidArgument(f"{name}: holds {len(mv)} items, needs {n}")
+    return n, ins + outs
+
+
+def int_arg(name: str, value: Any, bits: int = 64) -> int:
+    """``value`` checked to be an int of ``bits`` unsigned bits (TypeError /
+    InvalidArgument otherwise), as the C backend's argument conversion does."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if not 0 <= value < 1 << bits:
+        raise InvalidArgument(f"{name}={value:#x} does not fit in {bits} bits")
+    return value
 
 
 _ALL_KINDS = (1 << TlbKind.S1) | (1 << TlbKind.S2) | (1 << TlbKind.S12)

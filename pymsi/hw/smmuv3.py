@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 
 from .. import core
 from ..core import Fault, FaultKind, Stage1, Stage2, WalkResult, XlateConfig
-from ..core.common import buffer_view
+from ..core.common import batch_views
 from ..errors import InvalidArgument
 from . import smmuv3_regs as R
 from .bits import dwords, pack_dwords
@@ -774,19 +774,16 @@ class SMMUv3:
         :meth:`translate` per item would, events included, in item order.
         Returns how many items were translated or bypassed.
         """
-        n = len(buffer_view(sids, "u32", "sids"))
+        n, (sv, iv, op, st) = batch_views([(sids, "u32", "sids"), (iovas, "u64", "iovas")],
+                                          [(out_pa, "u64", "out_pa"), (status, "i32", "status")])
         if self._cr0 & R.CR0_SMMUEN:
-            ok = self._core.stream_batch(self.memory, self._streams, sids, iovas, out_pa, status,
-                                   tlb=self.tlb, write=write)
+            ok = self._core.stream_batch(self.memory, self._streams, sv, iv, op, st,
+                                         tlb=self.tlb, write=write)
             if ok == n:
                 return ok
-        st = buffer_view(status, "i32", "status", writable=True)
-        if not self._cr0 & R.CR0_SMMUEN:
-            buffer_view(out_pa, "u64", "out_pa", writable=True)
+        else:
             for k in range(n):
                 st[k] = core.STATUS_NO_CONFIG           # the slow path handles them
-        sv, iv = buffer_view(sids, "u32", "sids"), buffer_view(iovas, "u64", "iovas")
-        op = buffer_view(out_pa, "u64", "out_pa", writable=True)
         ok = 0
         for k in range(n):
             s = st[k]
