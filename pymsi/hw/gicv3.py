@@ -101,13 +101,7 @@ class Redistributor:
         return True
 
     def _write_pending_bit(self, intid: int, value: bool) -> None:
-        addr = (PENDBASER_PA.get(self.pendbaser) << 16) + intid // 8
-        try:
-            byte = self.gic.memory.read(addr, 1)[0]
-            byte = byte | (1 << intid % 8) if value else byte & ~(1 << intid % 8)
-            self.gic.memory.write(addr, bytes([byte]))
-        except (OSError, ValueError):
-            self.gic.stats["table_errors"] += 1
+        self.gic.pending_bit(PENDBASER_PA.get(self.pendbaser) << 16, intid, value)
 
     def config(self, intid: int) -> int:
         """The (cached) property byte of ``intid``; 0 (disabled) if unreadable."""
@@ -159,12 +153,7 @@ class Redistributor:
         if not LPI_BASE <= vintid < 1 << vpt_bits:
             self.stats["lpis_dropped"] += 1
             return False
-        addr = vpt + vintid // 8
-        try:
-            byte = self.gic.memory.read(addr, 1)[0]
-            self.gic.memory.write(addr, bytes([byte | 1 << vintid % 8]))
-        except (OSError, ValueError):
-            self.gic.stats["table_errors"] += 1
+        if self.gic.pending_bit(vpt, vintid, True) is None:
             return False
         self.stats["vlpis_set"] += 1
         if self.resident_vpt != vpt and doorbell != SPURIOUS:
@@ -172,13 +161,9 @@ class Redistributor:
             self.set_pending(doorbell)
         return True
 
-    def clear_vlpi_pending(self, vpt: int, vintid: int) -> None:
-        addr = vpt + vintid // 8
-        try:
-            byte = self.gic.memory.read(addr, 1)[0]
-            self.gic.memory.write(addr, bytes([byte & ~(1 << vintid % 8)]))
-        except (OSError, ValueError):
-            self.gic.stats["table_errors"] += 1
+    def clear_vlpi_pending(self, vpt: int, vintid: int) -> bool:
+        """Clear vLPI ``vintid`` in the vPE's pending table; True if it was pending."""
+        return bool(self.gic.pending_bit(vpt, vintid, False))
 
     def highest_vpending(self, below: int = 0x100) -> tuple[int, int] | None:
         """(priority, vINTID) of the resident vPE's best enabled pending vLPI."""
@@ -370,6 +355,20 @@ class Gicv3:
         self.gicd = _Distributor(self)
         self.gicr = _RedistributorRegion(self)
         self.stats = {"table_errors": 0}
+
+    def pending_bit(self, table: int, intid: int, value: bool | None = None) -> bool | None:
+        """Read (and with ``value``, set or clear) ``intid``'s bit in a pending table
+        in memory; returns the bit as it was, None if the table is not readable."""
+        addr = table + intid // 8
+        bit = 1 << intid % 8
+        try:
+            byte = self.memory.read(addr, 1)[0]
+            if value is not None:
+                self.memory.write(addr, bytes([byte | bit if value else byte & ~bit]))
+        except (OSError, ValueError):
+            self.stats["table_errors"] += 1
+            return None
+        return bool(byte & bit)
 
     @property
     def frame_size(self) -> int:

@@ -524,8 +524,8 @@ class GicV3Its:
         vintid = ITE0_INTID.get(ite[0])
         if vintid >> new[1]:
             raise _Error(ItsError.VIRTUAL_ID_OOR)
-        if old[0] != new[0] and self._vlpi_pending(old[0], vintid):
-            self._rd(old[2], ItsError.PROCNUM_OOR).clear_vlpi_pending(old[0], vintid)
+        old_rd = self._rd(old[2], ItsError.PROCNUM_OOR)
+        if old[0] != new[0] and old_rd.clear_vlpi_pending(old[0], vintid):
             self._rd(new[2], ItsError.PROCNUM_OOR).set_vlpi_pending(new[0], new[1], vintid,
                                                                     SPURIOUS)
         d1new = ITE1_VPEID.put(ite[1], new_id)
@@ -547,12 +547,6 @@ class GicV3Its:
             raise _Error(ItsError.UNMAPPED_VPE)
 
     _cmd_vinvall = _cmd_vsync     # vLPI configuration is read from memory, not cached
-
-    def _vlpi_pending(self, vpt: int, vintid: int) -> bool:
-        try:
-            return bool(self.memory.read(vpt + vintid // 8, 1)[0] >> (vintid % 8) & 1)
-        except (OSError, ValueError):
-            raise _Stall() from None
 
     def _set_state(self, ite: list[int], pending: bool, missing: ItsError) -> None:
         """Set (INT, translation) or clear (CLEAR, DISCARD) an ITE's interrupt."""

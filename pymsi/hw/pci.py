@@ -186,8 +186,13 @@ class PciFunction:
     # -- configuration space --------------------------------------------------------
 
     def _put(self, off: int, value: int, size: int, wmask: int = 0) -> None:
-        self.cfg[off : off + size] = (value & ((1 << 8 * size) - 1)).to_bytes(size, "little")
+        """Set a register's reset value and which of its bits software may write."""
+        self._store(off, value, size)
         self._wmask[off : off + size] = (wmask & ((1 << 8 * size) - 1)).to_bytes(size, "little")
+
+    def _store(self, off: int, value: int, size: int) -> None:
+        """The device itself updates a register (read-only bits included)."""
+        self.cfg[off : off + size] = (value & ((1 << 8 * size) - 1)).to_bytes(size, "little")
 
     def _get(self, off: int, size: int) -> int:
         return int.from_bytes(self.cfg[off : off + size], "little")
@@ -218,7 +223,7 @@ class PciFunction:
             mme = (flags & MSI_FLAGS_QSIZE) >> 4
             mmc = (flags & MSI_FLAGS_QMASK) >> 1
             if mme > mmc:                                   # clamp Multiple Message Enable
-                self._put_keep(self.msi_cap + MSI_FLAGS, (flags & ~MSI_FLAGS_QSIZE) | mmc << 4)
+                self._store(self.msi_cap + MSI_FLAGS, (flags & ~MSI_FLAGS_QSIZE) | mmc << 4, 2)
             self._deliver_unmasked_msi(msi_mask_before)
         if self.msix_cap is not None and msix_before and not self._msix_masked_all():
             for v in range(self.msix.vectors):
@@ -226,9 +231,6 @@ class PciFunction:
         if (old_cmd ^ self._get(COMMAND, 2)) & CMD_MEMORY or offset in range(BAR0, BAR0 + 24):
             if self.host is not None:
                 self.host.remap_bars(self)
-
-    def _put_keep(self, off: int, value: int) -> None:
-        self.cfg[off : off + 2] = value.to_bytes(2, "little")
 
     def bar_address(self, index: int) -> int | None:
         """Where BAR ``index`` is programmed (None if unassigned)."""
@@ -264,10 +266,7 @@ class PciFunction:
     def _set_msi_pending(self, vector: int, value: bool) -> None:
         off = self._msi_data_off + 8
         bits = self._get(off, 4)
-        self._put_keep32(off, bits | 1 << vector if value else bits & ~(1 << vector))
-
-    def _put_keep32(self, off: int, value: int) -> None:
-        self.cfg[off : off + 4] = value.to_bytes(4, "little")
+        self._store(off, bits | 1 << vector if value else bits & ~(1 << vector), 4)
 
     def _deliver_unmasked_msi(self, masks_before: int) -> None:
         if not self.msi.per_vector_mask:
