@@ -331,33 +331,30 @@ def test_access_flag_address_size_and_walk_abort(env):
 
 def test_record_bits(env):
     env.s1_stream(0x8, record=False)
-    s2 = env.s2_stream(0x10, s2r=False)
+    env.s2_stream(0x10, s2r=False)
     r1 = env.smmu.translate(0x8, 0x5000)
     r2 = env.smmu.translate(0x10, 0x5000)
     assert r1.event == r2.event == E_TRANSLATION and not r1.recorded and not r2.recorded
     assert env.drv.events() == [] and env.smmu.stats["events_suppressed"] == 2
-    del s2
 
 
 def test_stage2_and_nested_fault_records(env):
-    s2 = env.s2_stream(0x10, ias=40)
+    env.s2_stream(0x10, ias=40)
     r = env.smmu.translate(0x10, 0x1234_5678, write=True)
     assert r.fault == core.Fault(2, core.FaultKind.TRANSLATION, 1, ipa=0x1234_5678)  # empty table
     r = env.smmu.translate(0x10, 1 << 44)                 # beyond S2T0SZ's 40 bits
     assert r.fault == core.Fault(2, core.FaultKind.TRANSLATION, 0, ipa=1 << 44)
     r = env.smmu.translate(0x10, 1 << 48)                 # beyond IAS (= OAS) with no S1
     assert r.fault == core.Fault(1, core.FaultKind.ADDRESS_SIZE, 0)
-    n1, n2, cd = env.nested_stream(0x18)
+    n1, _, _ = env.nested_stream(0x18)
     n1.map(0x1000, 0x6000_0000, 0x1000, RW)                # IPA stage 2 does not map
     r = env.smmu.translate(0x18, 0x1008)
     assert r.fault.stage == 2 and not r.fault.s1_table_walk
     # A stage-1 table outside what stage 2 maps: a stage-2 fault on the table walk.
     n1.map(0x40_0000_0000, TARGET, 0x1000, RW)
-    l0 = env.mem.read_u64(n1.pgd + 8 * (0x40_0000_0000 >> 39)) & 0xFFFF_FFFF_F000
     env.mem.write_u64(n1.pgd + 8 * (0x40_0000_0000 >> 39), 0x6100_0000 | 3)
     r = env.smmu.translate(0x18, 0x40_0000_0000)
     assert r.fault.s1_table_walk and r.fault.stage == 2
-    del l0, s2, n2, cd
     evs = env.drv.events()
     assert [(v.type, v.s2, v.cls, v.ipa) for v in evs] == [
         (E_TRANSLATION, True, CLASS_IN, 0x1234_5000),
@@ -372,13 +369,12 @@ def test_nested_cd_behind_stage2(env):
     """In nested mode the CD pointer is an IPA; a stage-2 fault there is CLASS CD."""
     s2 = env.s2_table(ias=40)
     s2.map(RAM, RAM, 0x0100_0000, RW)                      # not the page-table pool
-    cd = env.drv.write_cd(cd_words(core.Stage1(ttb0=RAM, tsz0=16, ips=40), 1))
+    env.drv.write_cd(cd_words(core.Stage1(ttb0=RAM, tsz0=16, ips=40), 1))
     env.drv.write_ste(0x20, ste_words(7, ctxptr=0x5000_0000, s2=s2.stage2_config(), vmid=3))
     r = env.smmu.translate(0x20, 0x1000)
     assert r.event == E_TRANSLATION and r.fault.stage == 2
     (ev,) = env.drv.events()
     assert (ev.cls, ev.s2, ev.ipa) == (CLASS_CD, True, 0x5000_0000)
-    del cd
 
 
 # --- commands and caches -----------------------------------------------------------------

@@ -606,7 +606,7 @@ class SMMUv3:
             vmid, s2r = R.STE2_S2VMID.get(w2), bool(R.STE2_S2R.get(w2))
         return _Ste(config, s1fmt, ctx, cdmax, R.STE1_S1DSS.get(w[1]), stage2, vmid, s2r)
 
-    def _cd_address(self, sid: int, ste: _Ste, ssid: int, iova: int, write: bool) -> int:
+    def _cd_address(self, ste: _Ste, ssid: int) -> int:
         """Where the CD for ``ssid`` is (a PA; through stage 2 when nested)."""
         if ste.s1fmt == R.S1FMT_LINEAR:
             addr = ste.s1ctxptr + ssid * R.CD_SIZE
@@ -630,11 +630,11 @@ class SMMUv3:
                                or kind == R.EventType.F_WALK_EABT, event_class=R.EventClass.CD)
         return r.pa
 
-    def _fetch_cd(self, sid: int, ste: _Ste, ssid: int, iova: int, write: bool) -> _Cd:
+    def _fetch_cd(self, sid: int, ste: _Ste, ssid: int) -> _Cd:
         cd = self._cd_cache.get((sid, ssid))
         if cd is not None:
             return cd
-        addr = self._cd_address(sid, ste, ssid, iova, write)
+        addr = self._cd_address(ste, ssid)
         cd = self._decode_cd(self._fetch(addr, R.CD_SIZE, R.EventType.F_CD_FETCH))
         self._cd_cache[(sid, ssid)] = cd
         return cd
@@ -666,7 +666,7 @@ class SMMUv3:
         )
         return _Cd(s1, R.CD0_ASID.get(w0), bool(R.CD0_R.get(w0)))
 
-    def _resolve(self, sid: int, ssid: int | None, iova: int, write: bool) -> _Stream:
+    def _resolve(self, sid: int, ssid: int | None) -> _Stream:
         """Fetch and decode the configuration for (sid, ssid), caching it."""
         ste = self._fetch_ste(sid)
         if ste.config == R.SteConfig.ABORT:
@@ -693,7 +693,7 @@ class SMMUv3:
                 cd_index = 0
             elif ssid >> ste.s1cdmax:
                 raise _ConfigError(R.EventType.C_BAD_SUBSTREAMID)
-            cd = self._fetch_cd(sid, ste, cd_index, iova, write)
+            cd = self._fetch_cd(sid, ste, cd_index)
             st = _Stream(core.STREAM_TRANSLATE,
                          XlateConfig(cd.s1, ste.s2, asid=cd.asid, vmid=ste.vmid),
                          cd.record, ste.s2r, 0)
@@ -719,7 +719,7 @@ class SMMUv3:
         st = self._by_sid.get(sid) if ssid is None else self._by_ssid.get((sid, ssid))
         if st is None:
             try:
-                st = self._resolve(sid, ssid, iova, write)
+                st = self._resolve(sid, ssid)
             except _ConfigError as e:
                 return self._config_event(e, sid, ssid, iova, write)
         if st.mode == _TRANSLATE:

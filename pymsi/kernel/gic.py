@@ -278,14 +278,12 @@ class ItsDriver:
             if not btype:
                 continue
             esz = I.BASER_ENTRY_SIZE.get(baser) + 1
-            ids = {I.BaserType.DEVICES: self.devbits, I.BaserType.COLLECTIONS: 16,
-                   I.BaserType.VPES: 16}.get(btype, 0)
-            indirect = btype == I.BaserType.DEVICES and (esz << ids) > 2 * ITS_PAGE
-            if btype == I.BaserType.COLLECTIONS:
+            if btype == I.BaserType.COLLECTIONS:       # one page: far more than CPUs
                 size, indirect = ITS_PAGE, False
             else:
-                size = ITS_PAGE if indirect else max(esz << ids, ITS_PAGE)
-                size = min(size, 256 * ITS_PAGE)
+                ids = self.devbits if btype == I.BaserType.DEVICES else 16
+                indirect = btype == I.BaserType.DEVICES and (esz << ids) > 2 * ITS_PAGE
+                size = ITS_PAGE if indirect else min(max(esz << ids, ITS_PAGE), 256 * ITS_PAGE)
             table = mm.alloc(size, ITS_PAGE)
             value = (I.BASER_VALID(1) | I.BASER_INDIRECT(int(indirect)) | table
                      | I.BASER_PAGE_SIZE(2) | I.BASER_SIZE(size // ITS_PAGE - 1))
