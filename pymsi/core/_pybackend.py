@@ -48,14 +48,6 @@ _EEXIST = -errno.EEXIST
 _ENOENT = -errno.ENOENT
 
 
-def _u64(name: str, value: Any) -> int:
-    return int_arg(name, value, 64)
-
-
-def _bounded(name: str, value: Any, bits: int) -> int:
-    return int_arg(name, value, bits)
-
-
 class Memory:
     """Physical memory: RAM regions over sparse, zero-filled 4 KiB pages.
 
@@ -72,8 +64,8 @@ class Memory:
 
     def add_ram(self, base: int, size: int) -> None:
         """Declare [base, base + size) as RAM (page aligned, not overlapping)."""
-        _u64("base", base)
-        _u64("size", size)
+        int_arg("base", base)
+        int_arg("size", size)
         if not size or base & PAGE_MASK or size & PAGE_MASK or base + size - 1 > U64_MAX:
             raise_errno(_EINVAL, f"add_ram({base:#x}, {size:#x})")
         last = base + size - 1
@@ -125,8 +117,8 @@ class Memory:
 
     def read(self, addr: int, size: int) -> bytes:
         """``size`` bytes from physical address ``addr``."""
-        _u64("addr", addr)
-        _u64("size", size)
+        int_arg("addr", addr)
+        int_arg("size", size)
         data = self._read(addr, size)
         if data is None:
             raise_errno(_EFAULT, f"read of {size} bytes at {addr:#x}")
@@ -134,7 +126,7 @@ class Memory:
 
     def write(self, addr: int, data: bytes) -> None:
         """Write ``data`` at physical address ``addr``."""
-        _u64("addr", addr)
+        int_arg("addr", addr)
         data = bytes(data)
         size = len(data)
         if not self.is_ram(addr, size):
@@ -160,11 +152,11 @@ class Memory:
 
     def write_u64(self, addr: int, value: int) -> None:
         """Store ``value`` as a little-endian u64 at ``addr``."""
-        self.write(addr, _u64("value", value).to_bytes(8, "little"))
+        self.write(addr, int_arg("value", value).to_bytes(8, "little"))
 
     def write_u32(self, addr: int, value: int) -> None:
         """Store ``value`` as a little-endian u32 at ``addr``."""
-        self.write(addr, _bounded("value", value, 32).to_bytes(4, "little"))
+        self.write(addr, int_arg("value", value, 32).to_bytes(4, "little"))
 
     def desc(self, addr: int) -> int | None:
         """The u64 a table walk reads at ``addr``, or None for a bus error."""
@@ -362,7 +354,7 @@ def walk(
     cfg: XlateConfig | None = None,
 ) -> WalkResult:
     """Translate ``iova`` by walking the tables in ``mem`` (no IOTLB)."""
-    return _walk(mem, config_of(cfg, s1, s2), _u64("iova", iova), bool(write))
+    return _walk(mem, config_of(cfg, s1, s2), int_arg("iova", iova), bool(write))
 
 
 # ---------------------------------------------------------------------------
@@ -536,7 +528,7 @@ def translate(
     s2: Stage2 | None = None,
 ) -> WalkResult:
     """Translate ``iova`` through ``tlb`` (if given), walking on a miss."""
-    return _translate(mem, tlb, config_of(cfg, s1, s2), _u64("iova", iova), bool(write))
+    return _translate(mem, tlb, config_of(cfg, s1, s2), int_arg("iova", iova), bool(write))
 
 
 # ---------------------------------------------------------------------------
@@ -563,36 +555,36 @@ class MsiTable:
 
     def reserve(self, n: int) -> None:
         """Size the table for ``n`` entries so that set() will not allocate."""
-        _u64("n", n)
+        int_arg("n", n)
 
     def set(self, dev: int, index: int, iova: int, shift: int = 12) -> None:
         """Describe vector ``index`` of device ``dev``: its MSI IOVA and shift."""
-        _bounded("dev", dev, 32)
-        _bounded("index", index, 32)
-        _u64("iova", iova)
-        _bounded("shift", shift, 32)
+        int_arg("dev", dev, 32)
+        int_arg("index", index, 32)
+        int_arg("iova", iova)
+        int_arg("shift", shift, 32)
         if index > 0xFFFF or shift > 63:
             raise_errno(_EINVAL, f"MSI entry ({dev:#x}, {index}) shift {shift}")
         self._d[(dev, index)] = (iova, shift)
 
     def get(self, dev: int, index: int) -> tuple[int, int] | None:
         """(iova, shift) of the vector, or None."""
-        _bounded("dev", dev, 32)
-        _bounded("index", index, 32)
+        int_arg("dev", dev, 32)
+        int_arg("index", index, 32)
         return self._d.get((dev, index))
 
     def remove(self, dev: int, index: int) -> None:
         """Forget the vector's entry (MsiNotMapped if there is none)."""
-        _bounded("dev", dev, 32)
-        _bounded("index", index, 32)
+        int_arg("dev", dev, 32)
+        int_arg("index", index, 32)
         if self._d.pop((dev, index), None) is None:
             raise_errno(_ENOENT, f"no MSI entry for device {dev:#x} index {index}")
 
     def compose(self, dev: int, index: int, doorbell_pa: int) -> int:
         """The MSI address the device must use for this vector."""
-        _bounded("dev", dev, 32)
-        _bounded("index", index, 32)
-        _u64("doorbell_pa", doorbell_pa)
+        int_arg("dev", dev, 32)
+        int_arg("index", index, 32)
+        int_arg("doorbell_pa", doorbell_pa)
         e = self._d.get((dev, index))
         if e is None:
             raise_errno(_ENOENT, f"no MSI entry for device {dev:#x} index {index}")
@@ -618,7 +610,7 @@ def _compose(entry: tuple[int, int], doorbell_pa: int) -> int:
 def compose_batch(table: MsiTable, doorbell_pa: int, devs: Any, idx: Any, out_addr: Any,
                   status: Any) -> int:
     """Compose the MSI address of every (devs[k], idx[k]); returns how many had an entry."""
-    _u64("doorbell_pa", doorbell_pa)
+    int_arg("doorbell_pa", doorbell_pa)
     n, (dv, iv, oa, st) = batch_views([(devs, "u32", "devs"), (idx, "u32", "idx")],
                                       [(out_addr, "u64", "out_addr"), (status, "i32", "status")])
     d = table._d
@@ -658,7 +650,7 @@ def msi_batch(table: MsiTable, mem: Memory, cfg: XlateConfig, doorbell_pa: int, 
     Returns how many vectors reached an output address.
     """
     cfg = config_of(cfg, None, None)
-    _u64("doorbell_pa", doorbell_pa)
+    int_arg("doorbell_pa", doorbell_pa)
     n, (_, _, oa, op, st) = batch_views(
         [(devs, "u32", "devs"), (idx, "u32", "idx")],
         [(out_addr, "u64", "out_addr"), (out_pa, "u64", "out_pa"), (status, "i32", "status")])
@@ -697,7 +689,7 @@ class Streams:
 
     def set(self, sid: int, mode: int, cfg: XlateConfig | None = None, ias: int = 0) -> None:
         """Remember how StreamID ``sid`` is handled."""
-        _bounded("sid", sid, 32)
+        int_arg("sid", sid, 32)
         if mode not in (STREAM_ABORT, STREAM_BYPASS, STREAM_TRANSLATE) or not 0 <= ias <= 64:
             raise_errno(_EINVAL, f"stream {sid:#x} mode {mode} ias {ias}")
         if mode == STREAM_TRANSLATE and not isinstance(cfg, XlateConfig):
@@ -710,7 +702,7 @@ class Streams:
 
     def remove(self, sid: int) -> bool:
         """Forget ``sid``; False if it was not known."""
-        _bounded("sid", sid, 32)
+        int_arg("sid", sid, 32)
         return self._d.pop(sid, None) is not None
 
     def clear(self) -> None:

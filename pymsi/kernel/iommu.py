@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core import Prot
-from .base import EBUSY, EINVAL, ENODEV, ENOENT, EOPNOTSUPP, fail
+from .base import EBUSY, EINVAL, ENODEV, EOPNOTSUPP, fail
 
 IOMMU_READ, IOMMU_WRITE, IOMMU_CACHE = Prot.READ, Prot.WRITE, Prot.CACHE
 IOMMU_NOEXEC, IOMMU_MMIO, IOMMU_PRIV = Prot.NOEXEC, Prot.MMIO, Prot.PRIV
@@ -410,5 +410,5 @@ class IommuCore:
 __all__ = [
     "DomainType", "Geometry", "IommuCore", "IommuDomain", "IommuGroup", "IommuOps",
     "MSI_IOVA_BASE", "MSI_IOVA_LENGTH", "ResvRegion", "ResvType", "IOMMU_READ", "IOMMU_WRITE",
-    "IOMMU_CACHE", "IOMMU_NOEXEC", "IOMMU_MMIO", "IOMMU_PRIV", "ENOENT",
+    "IOMMU_CACHE", "IOMMU_NOEXEC", "IOMMU_MMIO", "IOMMU_PRIV",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import PageAllocator
+from .base import ENOENT, PageAllocator, fail
 from .dma_iommu import DmaIommu
 from .iommu import DomainType, IommuCore
 
@@ -46,8 +46,6 @@ class Kernel:
         if len(parts) == 4 and parts[:2] == ["proc", "irq"] and parts[3] == "smp_affinity":
             self.irq.write_smp_affinity(int(parts[2]), text)
             return
-        from .base import ENOENT, fail
-
         raise fail(ENOENT, path)
 
     def pci_windows(self) -> list[tuple[int, int]]:
