@@ -17,6 +17,8 @@ from typing import TextIO
 from . import core
 from .core import IoPgtable, IpaView, Prot, TableAllocator, XlateConfig
 from .errors import MsiNotMapped
+from .kernel.drivers import MsiCountingDriver
+from .machine import ArmVirt, X86Pc
 
 # QEMU virt: ITS at 0x08080000, GITS_TRANSLATER in the second 64 KiB frame.
 ITS_BASE = 0x0808_0000
@@ -122,9 +124,6 @@ def run(out: TextIO) -> int:
 
 def run_kernel(out: TextIO) -> int:
     """Part 2: a host kernel booted on the machine models; returns failures."""
-    from .kernel.drivers import MsiCountingDriver
-    from .machine import ArmVirt, X86Pc
-
     p = out.write
     failures = 0
     p("\n--- a host kernel on an Arm virt machine (GICv3 + ITS, SMMUv3) ---\n")

@@ -281,9 +281,7 @@ class SMMUv3:
     def _write32(self, off: int, v: int) -> None:
         regs = self._regs
         if off == R.CR0:
-            old, self._cr0 = self._cr0, v & R.CR0_MASK
-            if (old ^ self._cr0) & R.CR0_SMMUEN:
-                self._streams.clear()           # the batch cache assumes SMMUEN
+            self._cr0 = v & R.CR0_MASK
             if self._cr0 & R.CR0_CMDQEN:
                 self._process_commands()
         elif off == R.CR1 or off == R.CR2:

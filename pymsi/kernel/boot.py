@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .arm_smmu_v3 import ArmSmmuV3
 from .gic import GicDriver, ItsDriver
 from .irq import GenIrq
 from .kernel import Kernel
@@ -25,8 +26,6 @@ def boot_arm(m: Any, default_domain: Any = None) -> Kernel:
                         parent_release=k.its.msi_release)
     k.smmu = None
     if m.smmu is not None:
-        from .arm_smmu_v3 import ArmSmmuV3
-
         k.smmu = ArmSmmuV3(k, m.SMMU)
         m.smmu.irq = k.smmu.handle_irq
         k.smmu.probe()
