@@ -354,3 +354,74 @@ def test_cmd_sync_by_msi_carries_msh_and_msiattr():
     done = [i for i, c in enumerate(smmu_commands(m)) if c[1] == base + 16 * i]
     assert len(done) == 2                      # both boot syncs, zeroed by their own MSI
     assert all(m.ram.read_u32(base + 16 * i) == 0 for i in done)
+
+
+def test_its_baser_page_size_falls_back_to_what_sticks():
+    """its_probe_baser_psz(): 64K, then 16K, then 4K — here only 4K sticks, so the
+    device table is two-level over 4 KiB pages and MSIs still reach their CPUs."""
+    m = ArmVirt(devices=[{"msix": 2}], smmu=None)
+    inner = m.its.mmio_write
+
+    def only_4k(off, value, size=4, **kw):
+        if I.GITS_BASER <= off < I.GITS_BASER + 64:
+            value = I.BASER_PAGE_SIZE.put(value, 0)
+        return inner(off, value, size, **kw)
+
+    m.its.mmio_write = only_4k
+    rec = Recorder(m.its)
+    k = m.boot()
+    dt_writes = [v for off, v, _ in rec.writes if off == I.GITS_BASER]
+    # Zeroed, then 64K, 16K and 4K tried, Indirect probed, then the table programmed.
+    assert [I.BASER_PAGE_SIZE.get(v) for v in dt_writes[1:4]] == [2, 1, 0]
+    dt = m.its.mmio_read(I.GITS_BASER, 8)
+    assert dt >> 63 and I.BASER_INDIRECT.get(dt) and I.BASER_PAGE_SIZE.get(dt) == 0
+    assert I.BASER_SIZE.get(dt) == 0                            # 16-7-9 = 7 bits: one page
+    drv = MsiCountingDriver(k, k.pci.devices[0], 2, MsiType.MSIX)
+    for v in range(2):
+        m.functions[0].notify(v)
+    k.handle_interrupts()
+    assert drv.fired == {0: [0], 1: [1]}
+    l1 = (dt & BASER_PA_MASK) + 8 * (0x8 // (4096 // 8))
+    assert m.ram.read_u64(l1) >> 63                             # its level-2 page is valid
+
+
+def test_its_baser_that_does_not_stick_fails_the_probe():
+    """its_setup_baser(): a value that reads back different (beyond Shareability) is
+    ENXIO ("doesn't stick")."""
+    from pymsi.kernel.gic import ItsDriver
+
+    m = ArmVirt(devices=[], smmu=None)
+    k = m.boot()
+    its = m.its
+    its.mmio_write(I.GITS_CTLR, 0, 4)
+    inner = its.mmio_write
+
+    def drop_valid(off, value, size=4, **kw):
+        if off == I.GITS_BASER + 8:                             # the collection table
+            value &= ~I.BASER_VALID.mask
+        return inner(off, value, size, **kw)
+
+    its.mmio_write = drop_valid
+    with pytest.raises(KernelError) as e:
+        ItsDriver(k, k.gic, m.ITS).probe()
+    assert e.value.errno == errno.ENXIO
+
+
+def test_its_balances_managed_and_unmanaged_lpis_apart():
+    """its_select_cpu(): an unmanaged vector goes to the CPU with the fewest unmanaged
+    LPIs, whatever managed ones it has (Linux 6.1's cpu_lpi_count), and vice versa."""
+    m = ArmVirt(ncpus=2, devices=[{"msix": 4}], smmu=None)
+    k = m.boot()
+    dev = k.pci.devices[0]
+    dev.enable_device()
+    dev.set_master()
+    k.msi.alloc_irq_vectors(dev, 1, 1, MsiType.MSIX)             # unmanaged -> CPU0
+    for index in (1, 2):
+        k.msi.msix_alloc_irq_at(dev, index, affinity=frozenset({1}))   # managed -> CPU1
+    k.msi.msix_alloc_irq_at(dev, 3)                                # unmanaged
+    mapti = [c for c in its_commands(m) if c[0] & 0xFF == 0x0A]
+    assert [(c[1] & 0xFFFFFFFF, c[2] & 0xFFFF) for c in mapti] == [(0, 0), (1, 1), (2, 1),
+                                                                     (3, 1)]
+    eff = [k.irq.desc(k.msi.irq_vector(dev, v)).irq_data.common.effective_affinity
+           for v in range(4)]
+    assert eff == [frozenset({0}), frozenset({1}), frozenset({1}), frozenset({1})]

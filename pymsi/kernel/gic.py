@@ -190,18 +190,19 @@ class ItsChip(IrqChip):
         if event in dev.vlpi:
             raise fail(EINVAL, "LPI is forwarded to a vCPU")
         old = dev.events[event]
-        self.its.load[old] -= 1                 # moving back to where it is costs nothing
+        load = self.its.lpi_count(d)
+        load[old] -= 1                          # moving back to where it is costs nothing
         try:
-            cpu = self.its.select_cpu(mask)
+            cpu = self.its.select_cpu(mask, load)
         finally:
-            self.its.load[old] += 1
+            load[old] += 1
         if cpu != old:
             # its_build_movi_cmd() syncs the collection the event was on: the map is
             # updated only after the command.
             self.its.send(I.Cmd.MOVI, d0=dev.device_id << 32, d1=event, d2=cpu, sync_cpu=old)
             dev.events[event] = cpu
-            self.its.load[old] -= 1
-            self.its.load[cpu] += 1
+            load[old] -= 1
+            load[cpu] += 1
         d.common.effective_affinity = frozenset({cpu})
         return IRQ_SET_MASK_OK_DONE
 
@@ -242,11 +243,11 @@ class ItsDomainOps(IrqDomainOps):
         its: ItsDriver = domain.host_data
         dev: ItsDevice = d.chip_data
         event = d.hwirq - dev.lpi_base
-        cpu = its.select_cpu(d.common.affinity or its.kernel.online_cpus)
+        cpu = its.select_cpu(d.common.affinity or its.kernel.online_cpus, its.lpi_count(d))
         its.send(I.Cmd.MAPTI, d0=dev.device_id << 32, d1=d.hwirq << 32 | event, d2=cpu,
                  sync_cpu=cpu)
         dev.events[event] = cpu
-        its.load[cpu] += 1
+        its.lpi_count(d)[cpu] += 1
         d.common.effective_affinity = frozenset({cpu})
 
     def deactivate(self, domain: IrqDomain, d: IrqData) -> None:
@@ -257,7 +258,7 @@ class ItsDomainOps(IrqDomainOps):
         cpu = dev.events.get(event, -1)
         its.send(I.Cmd.DISCARD, d0=dev.device_id << 32, d1=event, sync_cpu=max(cpu, 0))
         if cpu >= 0:
-            its.load[cpu] -= 1
+            its.lpi_count(d)[cpu] -= 1
         dev.vlpi.pop(event, None)
         d.common.forwarded_to_vcpu = False
         dev.events[event] = -1
@@ -275,7 +276,8 @@ class ItsDriver:
         self.devices: dict[int, ItsDevice] = {}
         self.vpes: dict[int, ItsVpe] = {}
         self._lpi_free: list[tuple[int, int]] = []       # free [base, end) ranges
-        self.load = dict.fromkeys(kernel.online_cpus, 0)
+        # cpu_lpi_count: LPIs routed to each CPU, managed and unmanaged counted apart.
+        self.load = {managed: dict.fromkeys(kernel.online_cpus, 0) for managed in (False, True)}
 
     # -- probe -------------------------------------------------------------------------
 
@@ -490,12 +492,19 @@ class ItsDriver:
         self.send(I.Cmd.INV, d0=dev.device_id << 32, d1=event,
                   sync_cpu=max(dev.events.get(event, 0), 0))
 
-    def select_cpu(self, mask: frozenset[int]) -> int:
-        """its_select_cpu(): the least loaded online CPU in ``mask``."""
+    def lpi_count(self, d: IrqData) -> dict[int, int]:
+        """its_read_lpi_count()'s table for ``d``: managed interrupts are balanced
+        against managed ones only, unmanaged against unmanaged (Linux 6.1)."""
+        return self.load[bool(d.common.managed)]
+
+    def select_cpu(self, mask: frozenset[int], load: dict[int, int] | None = None) -> int:
+        """its_select_cpu() / cpumask_pick_least_loaded(): the online CPU in ``mask``
+        with the fewest LPIs in ``load`` (default: the unmanaged count), lowest first."""
         cpus = sorted(mask & self.kernel.online_cpus)
         if not cpus:
             raise fail(EINVAL, "no online CPU in the affinity mask")
-        return min(cpus, key=lambda c: (self.load.get(c, 0), c))
+        load = self.load[False] if load is None else load
+        return min(cpus, key=lambda c: (load.get(c, 0), c))
 
     def _alloc_table_entry(self, btype: I.BaserType, index: int) -> None:
         """its_alloc_table_entry(): with a two-level table, the level-2 page that holds
