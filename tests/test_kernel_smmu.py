@@ -34,6 +34,7 @@ from pymsi.kernel.iommu import (
 )
 from pymsi.kernel.kernel import Kernel
 
+from linux_fixture import capture
 from smmu_driver import cd_words, ste_words
 
 RAM, RAM_SIZE = 0x4000_0000, 0x1000_0000
@@ -129,9 +130,10 @@ def test_probe_reads_the_id_registers_and_enables_the_smmu(stages, feat):
     cfg = rig.reg(R.STRTAB_BASE_CFG)
     assert R.STRTAB_CFG_FMT.get(cfg) == R.STRTAB_FMT_2LVL and R.STRTAB_CFG_SPLIT.get(cfg) == 8
     assert R.STRTAB_BASE_ADDR.get(rig.reg(R.STRTAB_BASE, 8)) << 6 == d.strtab
-    # CFGI_ALL, TLBI_NSNH_ALL and a CMD_SYNC, all consumed.
-    assert rig.hw.stats["commands"] == 3 and rig.hw.stats["sev"] == 1
-    assert rig.reg(R.CMDQ_CONS) == rig.reg(R.CMDQ_PROD) == 3
+    # CFGI_ALL and TLBI_NSNH_ALL, each followed by its own CMD_SYNC (as Linux 6.1 in
+    # tests/data), all consumed.
+    assert rig.hw.stats["commands"] == 4 and rig.hw.stats["sev"] == 2
+    assert rig.reg(R.CMDQ_CONS) == rig.reg(R.CMDQ_PROD) == 4
     assert f"arm-smmu-v3: ias 44-bit, oas 44-bit (features {int(d.features):#010x})" in rig.k.log
     # A StreamID nobody probed has no L2 table: C_BAD_STREAMID, logged by the driver.
     assert rig.hw.translate(0x4242, 0x1000).aborted
@@ -280,7 +282,9 @@ def test_unmanaged_stage1_domain_and_its_cd():
     assert R.CD0_V.get(cd[0]) and R.CD0_EPD1.get(cd[0]) and not R.CD0_EPD0.get(cd[0])
     assert R.CD0_ASID.get(cd[0]) == dom.asid and R.CD0_T0SZ.get(cd[0]) == 16
     assert all(f.get(cd[0]) for f in (R.CD0_R, R.CD0_A, R.CD0_ASET, R.CD0_AA64))
-    assert R.CD1_TTB0.get(cd[1]) << 4 == dom.pgtbl.pgd and cd[3] == 0xF404_FF44
+    # MAIR: the sign-extended value a real Linux 6.1 wrote (tests/data CD dword 3).
+    real_mair = int(capture()["devices"][0]["cd"]["words"][3], 16)
+    assert R.CD1_TTB0.get(cd[1]) << 4 == dom.pgtbl.pgd and cd[3] == real_mair
     r = rig.hw.translate(0x20, 0x2F_F008, write=True)
     assert r.pa == DATA + 0x2F_F008 and r.walk.page_size == 0x20_0000
     # Split the block by unmapping one page of it: the rest stays, the page faults.

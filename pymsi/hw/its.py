@@ -35,6 +35,15 @@ GITS_CTLR, GITS_IIDR, GITS_TYPER = 0x0000, 0x0004, 0x0008
 GITS_CBASER, GITS_CWRITER, GITS_CREADR = 0x0080, 0x0088, 0x0090
 GITS_BASER = 0x0100
 GITS_PIDR2 = 0xFFE8
+# GITS_PIDR2: ArchRev [7:4] (3 = GICv3, 4 = GICv4), JEDEC [3] and JEP106 identity [2:0]
+# (Arm's code 0x3B); a GICv3 ITS reads 0x3B.
+PIDR2_ARCHREV, PIDR2_ARM_JEP106 = Field(7, 4), 0xB
+# Memory attributes of GITS_BASER<n> / GITS_CBASER: InnerCache [61:59], OuterCache [55:53],
+# Shareability [11:10] (same positions in both registers).
+BASER_INNER_CACHE, BASER_OUTER_CACHE, BASER_SHAREABILITY = Field(61, 59), Field(55, 53), \
+    Field(11, 10)
+CACHE_NC, CACHE_RAWAWB = 1, 7                # InnerCache: Non-cacheable, RaWaWb
+SH_NONE, SH_INNER = 0, 1                     # Shareability: Non-shareable, Inner Shareable
 GITS_TRANSLATER = 0x10040
 ITS_SIZE = 0x20000
 
@@ -206,7 +215,7 @@ class GicV3Its:
         if offset == GITS_IIDR:
             return 0x43B
         if offset == GITS_PIDR2:
-            return (4 if self.gicv4 else 3) << 4
+            return PIDR2_ARCHREV(4 if self.gicv4 else 3) | PIDR2_ARM_JEP106
         return 0
 
     def mmio_write(self, offset: int, value: int, size: int = 4,

@@ -162,7 +162,8 @@ class SMMUv3:
     ``ssidsize`` the StreamID / SubstreamID widths; ``cmdqs`` / ``eventqs``
     the largest queue sizes (log2 entries); ``ril`` range invalidation;
     ``msi`` whether it signals with MSIs (writes through ``msi_write``)
-    instead of only its wired interrupts; ``irq`` is called with "eventq",
+    instead of only its wired interrupts; ``sev`` / ``cd2l`` what IDR0.SEV / CD2L
+    advertise; ``irq`` is called with "eventq",
     "gerror" or "cmdq_sync" when a wired interrupt fires.  ``backend``
     ("c" or "python") picks the core backend explicitly (``memory`` must be
     of the same backend); by default it is the one ``pymsi.core`` exports.
@@ -182,6 +183,8 @@ class SMMUv3:
         had: bool = True,
         msi: bool = False,
         two_level: bool = True,
+        sev: bool = True,
+        cd2l: bool = True,
         tlb_capacity: int = 1024,
         irq: Callable[[str], None] | None = None,
         msi_write: Callable[[int, int], None] | None = None,
@@ -203,6 +206,7 @@ class SMMUv3:
         self.cmdqs, self.eventqs = cmdqs, eventqs
         self.granules = frozenset(granules)
         self.ril, self.had, self.msi, self.two_level = ril, had, msi, two_level
+        self.sev, self.cd2l = sev, cd2l              # only advertised (IDR0.SEV / CD2L)
         self.irq = irq
         self.msi_write = msi_write
         impl = core.backend(backend) if backend is not None else core
@@ -221,7 +225,8 @@ class SMMUv3:
     def _make_idr(self) -> dict[int, int]:
         idr0 = (R.IDR0_S2P(int(self.s2p)) | R.IDR0_S1P(int(self.s1p)) | R.IDR0_TTF(2)
                 | R.IDR0_COHACC(1) | R.IDR0_ASID16(1) | R.IDR0_VMID16(int(self.s2p))
-                | R.IDR0_MSI(int(self.msi)) | R.IDR0_SEV(1) | R.IDR0_CD2L(1)
+                | R.IDR0_MSI(int(self.msi)) | R.IDR0_SEV(int(self.sev))
+                | R.IDR0_CD2L(int(self.cd2l))
                 | R.IDR0_TTENDIAN(2) | R.IDR0_STALL_MODEL(1) | R.IDR0_TERM_MODEL(1)
                 | R.IDR0_ST_LEVEL(int(self.two_level)))
         idr1 = (R.IDR1_SIDSIZE(self.sidsize) | R.IDR1_SSIDSIZE(self.ssidsize)

@@ -10,18 +10,31 @@ a per-master linear CD table, or stage 2 with a VMID), the identity (bypass
 STE) and blocked (abort STE) singletons, and nested domains that merge a
 guest's vSTE (stage 1 in guest memory) with a stage-2 parent.
 
-Every configuration change is published with CFGI_STE / CFGI_CD and a
-CMD_SYNC, every unmap is followed by a TLBI by range (strict mode).  A
-CMD_SYNC completes by MSI into its own queue slot when the SMMU signals with
-MSIs (Linux's MSIPOLL), else by polling CMDQ_CONS.  A command error is
-recovered as arm_smmu_cmdq_skip_err() does (an illegal command is replaced by
-a CMD_SYNC), logged, and reported to the submitter as EIO.  Event records are
+Which Linux: the reset sequence, the command encodings and the attach
+stream are Linux 6.1's, checked against a capture of a real 6.1 kernel on
+QEMU's virt (tests/data/arm64_smmuv3_s1.json, tests/test_linux_streams.py):
+CFGI_ALL and TLBI_NSNH_ALL each with its own CMD_SYNC; a CMD_SYNC always
+carries MSH = Inner Shareable and MSIATTR = Inner/Outer Write-Back, and
+completes by MSI into its own queue slot when the SMMU signals with MSIs
+(Linux's MSIPOLL), else by SEV / polling CMDQ_CONS; every STE write ends with
+PREFETCH_CONFIG for the StreamID; a DMA default domain's TLB is flushed once
+the device is on it (TLBI_NH_ASID for stage 1, TLBI_S12_VMALL for stage 2);
+the CD's MAIR is the sign-extended value io-pgtable-arm computes; queues are
+at most 1 MiB (2^16 commands, 2^15 events: Debian's CONFIG_CMA_ALIGNMENT=8).
+The STE / CD update sequence deliberately follows Linux 6.10 instead
+(arm_smmu_write_entry(): hitless where one doubleword in use changes, else
+break-before-make; each step published with CFGI_STE / CFGI_CD + CMD_SYNC):
+Linux 6.1 wrote a domain's CD before any device was on the domain, so its
+two CD steps were bare CMD_SYNCs without CFGI_CD.  Every unmap is followed by
+a TLBI by range (strict mode).  A command error is recovered as
+arm_smmu_cmdq_skip_err() does (an illegal command is replaced by a CMD_SYNC),
+logged, and reported to the submitter as EIO.  Event records are
 decoded, kept in :attr:`ArmSmmuV3.events` and logged.
 
 Deliberate differences from Linux: a command error fails the submitting call
-with EIO (Linux only logs it); queues are at most 256 commands / 128 events;
-a TLBI by range carries no TTL hint (the table builder does not report leaf
-levels, and a wrong hint lets hardware keep the entry); without RIL, one TLBI
+with EIO (Linux only logs it); a TLBI by range carries no TTL hint (the table
+builder does not report leaf levels, and a wrong hint lets hardware keep the
+entry); without RIL, one TLBI
 per page (not per leaf) up to 512 pages and the whole ASID / VMID beyond;
 STE and CD updates decide "hitless or break-before-make" per doubleword, not
 per bit; vSTE validation fails with EINVAL where Linux returns EIO; nesting
@@ -69,7 +82,9 @@ from .iommu import (
 
 STRTAB_SPLIT = 8
 STRTAB_L1_MAX_LOG2SIZE = 25            # a 256 KiB L1 table, as Linux caps it
-CMDQ_MAX_SHIFT, EVTQ_MAX_SHIFT = 8, 7
+# Q_MAX_SZ_SHIFT = PAGE_SHIFT + CONFIG_CMA_ALIGNMENT (12 + 8, Debian's arm64 6.1): queues
+# of at most 1 MiB, so 2^16 commands of 16 bytes and 2^15 events of 32.
+CMDQ_MAX_SHIFT, EVTQ_MAX_SHIFT = 16, 15
 ACK_POLLS = 16
 CMDQ_MAX_TLBI_OPS = 512                # without RIL, more pages than this: invalidate all
 IOMMU_HWPT_ALLOC_NEST_PARENT = 1 << 0  # uapi iommufd.h
@@ -80,7 +95,10 @@ CR1_QUEUE_SH, CR1_QUEUE_OC, CR1_QUEUE_IC = Field(5, 4), Field(3, 2), Field(1, 0)
 CR2_PTM, CR2_RECINVSID = 1 << 2, 1 << 1
 CACHE_WBRA, SH_ISH, MSIATTR_OIWB = 1, 3, 0xF
 STE1_SHCFG_INCOMING = 1
-CD_MAIR = 0xF404_FF44                  # io-pgtable-arm: NC, WBRWA, DEVICE_nGnRE, INC_OWBRWA
+# io-pgtable-arm's MAIR (attributes NC, WBRWA, DEVICE_nGnRE, INC_OWBRWA).  Linux computes
+# it in a C int, so the 0xF4 in the top byte sign-extends into the upper half: the value
+# a real Linux 6.1 writes to CD dword 3 (tests/data).
+CD_MAIR = 0xFFFF_FFFF_F404_FF44
 
 STE0_NESTING_ALLOWED = (R.STE0_V.mask | R.STE0_CONFIG.mask | R.STE0_S1FMT.mask
                         | R.STE0_S1CTXPTR.mask | R.STE0_S1CDMAX.mask)
@@ -138,7 +156,9 @@ def arm_smmu_cmdq_build_cmd(ent: CmdqEnt) -> tuple[int, int]:
     """The two doublewords of a command (ENOENT for an opcode the driver never sends)."""
     op, Op = ent.opcode, R.Opcode
     d0, d1 = R.CMD_OP(op), 0
-    if op in (Op.CFGI_STE, Op.CFGI_CD):
+    if op == Op.PREFETCH_CONFIG:
+        d0 |= R.CMD_SID(ent.sid)
+    elif op in (Op.CFGI_STE, Op.CFGI_CD):
         d0 |= R.CMD_SID(ent.sid) | (R.CMD_SSID(ent.ssid) if op == Op.CFGI_CD else 0)
         d1 |= R.CMD_LEAF(int(ent.leaf))
     elif op == Op.CFGI_STE_RANGE:
@@ -159,9 +179,10 @@ def arm_smmu_cmdq_build_cmd(ent: CmdqEnt) -> tuple[int, int]:
         d1 |= (R.CMD_TLBI_IPA(ent.addr >> 12) if op == Op.TLBI_S2_IPA
                else R.CMD_TLBI_ADDR(ent.addr >> 12))
     elif op == Op.SYNC:
+        # MSH and MSIATTR are set whether or not the SYNC completes by MSI (Linux 6.1).
+        d0 |= R.CMD_SYNC_MSH(SH_ISH) | R.CMD_SYNC_MSIATTR(MSIATTR_OIWB)
         if ent.msiaddr:
-            d0 |= (R.CMD_SYNC_CS(R.SYNC_CS_IRQ) | R.CMD_SYNC_MSH(SH_ISH)
-                   | R.CMD_SYNC_MSIATTR(MSIATTR_OIWB) | R.CMD_SYNC_MSIDATA(0))
+            d0 |= R.CMD_SYNC_CS(R.SYNC_CS_IRQ) | R.CMD_SYNC_MSIDATA(0)
             d1 |= R.CMD_SYNC_MSIADDR(ent.msiaddr >> 2)
         else:
             d0 |= R.CMD_SYNC_CS(R.SYNC_CS_SEV)
@@ -326,6 +347,14 @@ class ArmSmmuDomain(IommuDomain):
         except InvalidArgument:
             return None
 
+    def flush_iotlb_all(self) -> None:
+        """arm_smmu_flush_iotlb_all() -> arm_smmu_tlb_inv_context(): TLBI_NH_ASID for
+        stage 1, TLBI_S12_VMALL for stage 2, then CMD_SYNC."""
+        Op = R.Opcode
+        ent = (CmdqEnt(Op.TLBI_NH_ASID, asid=self.asid) if self.stage == 1
+               else CmdqEnt(Op.TLBI_S12_VMALL, vmid=self.vmid))
+        self.smmu.cmdq_issue_cmdlist([ent])
+
     def free(self) -> None:
         """arm_smmu_domain_free_paging(): tables, TLB entries, ASID / VMID."""
         if self.freed:
@@ -333,10 +362,7 @@ class ArmSmmuDomain(IommuDomain):
         if self.masters or self.nested:
             raise fail(EBUSY, "domain still has devices or nested domains attached")
         self.pgtbl.free()
-        Op = R.Opcode
-        ent = (CmdqEnt(Op.TLBI_NH_ASID, asid=self.asid) if self.stage == 1
-               else CmdqEnt(Op.TLBI_S12_VMALL, vmid=self.vmid))
-        self.smmu.cmdq_issue_cmdlist([ent])
+        self.flush_iotlb_all()
         self._release_id()
         self.freed = True
 
@@ -554,11 +580,11 @@ class ArmSmmuV3(IommuOps):
         enables = R.CR0_CMDQEN
         self._write_reg_sync(R.CR0, enables, R.CR0ACK)
         Op = R.Opcode
-        cmds = [CmdqEnt(Op.CFGI_STE_RANGE, span=R.CFGI_ALL_RANGE)]
+        # Each with its own CMD_SYNC (arm_smmu_cmdq_issue_cmd_with_sync).
+        self.cmdq_issue_cmd(CmdqEnt(Op.CFGI_STE_RANGE, span=R.CFGI_ALL_RANGE))
         if self.features & Feat.HYP:
-            cmds.append(CmdqEnt(Op.TLBI_EL2_ALL))
-        cmds.append(CmdqEnt(Op.TLBI_NSNH_ALL))
-        self.cmdq_issue_cmdlist(cmds)
+            self.cmdq_issue_cmd(CmdqEnt(Op.TLBI_EL2_ALL))
+        self.cmdq_issue_cmd(CmdqEnt(Op.TLBI_NSNH_ALL))
         self.writeq(R.EVENTQ_BASE, self.evtq.q_base())
         self.writel(R.EVENTQ_PROD_PAGE1, 0)
         self.writel(R.EVENTQ_CONS_PAGE1, 0)
@@ -841,10 +867,12 @@ class ArmSmmuV3(IommuOps):
         update(range(8))
 
     def write_ste(self, master: ArmSmmuMaster, target: list[int]) -> None:
-        """arm_smmu_write_ste(), published with CFGI_STE (leaf) + CMD_SYNC."""
+        """arm_smmu_write_ste(), published with CFGI_STE (leaf) + CMD_SYNC, then a
+        PREFETCH_CONFIG for the StreamID ("likely to be used soon"; no SYNC)."""
         ent = CmdqEnt(R.Opcode.CFGI_STE, sid=master.sid, leaf=True)
         self._write_entry(self._ste_addr(master.sid), target, R.STE0_V.mask, self._ste_used,
                           lambda: self.cmdq_issue_cmd(ent))
+        self.cmdq_issue_cmd(CmdqEnt(R.Opcode.PREFETCH_CONFIG, sid=master.sid), sync=False)
 
     def write_cd(self, master: ArmSmmuMaster, target: list[int]) -> None:
         """arm_smmu_write_cd_entry() for SSID 0, published with CFGI_CD + CMD_SYNC."""

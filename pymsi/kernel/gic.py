@@ -11,7 +11,18 @@ PA, data = EventID, through the IOMMU's answer for the descriptor), masks
 through the LPI property byte plus INV, moves an interrupt with MOVI and
 answers IRQ_SET_MASK_OK_DONE — the message stays — and forwards an LPI to a
 vPE with irq_set_vcpu_affinity (GICv4: VMAPP, DISCARD + VMAPTI, VMOVI).
-Every command is followed by a SYNC and checked to have been consumed.
+
+Probe and command stream follow Linux 6.1 (checked against a capture of it,
+tests/data/arm64_smmuv3_s1.json): GITS_PIDR2 must say GICv3/GICv4; an
+enabled ITS is quiesced; all GITS_BASER<n> are zeroed, then each typed one is
+sized (page size 64K, 16K, 4K, whichever reads back; two-level if the table
+would exceed two pages and Indirect sticks) and programmed inner-shareable
+RaWaWb, falling back to what the ITS keeps; GITS_CBASER likewise; GITS_CTLR
+is enabled last by read-modify-write.  A command whose builder names a
+collection (MAPC, INVALL, MAPTI, INV, DISCARD, MOVI) is followed by a SYNC
+to it — MOVI's SYNC goes to the collection the event leaves — and MAPD by
+none; the pair is posted with one GITS_CWRITER write and checked to have been
+consumed.
 """
 
 from __future__ import annotations
@@ -22,7 +33,7 @@ from typing import Any
 
 from ..hw import gicv3 as G
 from ..hw import its as I
-from .base import EINVAL, EIO, ENOSPC, fail
+from .base import EBUSY, EINVAL, EIO, ENODEV, ENOSPC, ENXIO, fail
 from .irq import IRQ_SET_MASK_OK_DONE, IrqChip, IrqData, IrqDomain, IrqDomainOps
 from .msi import MsiAllocInfo, MsiMsg, msi_msg_set_addr
 
@@ -33,6 +44,16 @@ LPI_PROP_ENABLED = 1 << 0
 LPI_NRBITS = 16
 ITS_CMD_QUEUE_SZ = 0x10000
 ITS_PAGE = 0x10000
+GITS_BASER_NR_REGS = 8
+GITS_BASER_PAGES_MAX = 256
+ITS_MAX_VPEID_BITS = 16
+CTLR_IMDE = 1 << 1                     # GITS_CTLR.ImDe (GICv4.1)
+ACK_POLLS = 16
+
+
+def _page_round(size: int) -> int:
+    """A size rounded up to whole 4 KiB kernel pages (get_order's granularity)."""
+    return 1 << max((size - 1).bit_length(), 12)
 
 
 class GicChip(IrqChip):
@@ -169,16 +190,19 @@ class ItsChip(IrqChip):
         if event in dev.vlpi:
             raise fail(EINVAL, "LPI is forwarded to a vCPU")
         old = dev.events[event]
-        self.its.load[old] -= 1                 # moving back to where it is costs nothing
+        load = self.its.lpi_count(d)
+        load[old] -= 1                          # moving back to where it is costs nothing
         try:
-            cpu = self.its.select_cpu(mask)
+            cpu = self.its.select_cpu(mask, load)
         finally:
-            self.its.load[old] += 1
+            load[old] += 1
         if cpu != old:
-            self.its.send(I.Cmd.MOVI, d0=dev.device_id << 32, d1=event, d2=cpu, sync_cpu=cpu)
+            # its_build_movi_cmd() syncs the collection the event was on: the map is
+            # updated only after the command.
+            self.its.send(I.Cmd.MOVI, d0=dev.device_id << 32, d1=event, d2=cpu, sync_cpu=old)
             dev.events[event] = cpu
-            self.its.load[old] -= 1
-            self.its.load[cpu] += 1
+            load[old] -= 1
+            load[cpu] += 1
         d.common.effective_affinity = frozenset({cpu})
         return IRQ_SET_MASK_OK_DONE
 
@@ -219,11 +243,11 @@ class ItsDomainOps(IrqDomainOps):
         its: ItsDriver = domain.host_data
         dev: ItsDevice = d.chip_data
         event = d.hwirq - dev.lpi_base
-        cpu = its.select_cpu(d.common.affinity or its.kernel.online_cpus)
+        cpu = its.select_cpu(d.common.affinity or its.kernel.online_cpus, its.lpi_count(d))
         its.send(I.Cmd.MAPTI, d0=dev.device_id << 32, d1=d.hwirq << 32 | event, d2=cpu,
                  sync_cpu=cpu)
         dev.events[event] = cpu
-        its.load[cpu] += 1
+        its.lpi_count(d)[cpu] += 1
         d.common.effective_affinity = frozenset({cpu})
 
     def deactivate(self, domain: IrqDomain, d: IrqData) -> None:
@@ -234,7 +258,7 @@ class ItsDomainOps(IrqDomainOps):
         cpu = dev.events.get(event, -1)
         its.send(I.Cmd.DISCARD, d0=dev.device_id << 32, d1=event, sync_cpu=max(cpu, 0))
         if cpu >= 0:
-            its.load[cpu] -= 1
+            its.lpi_count(d)[cpu] -= 1
         dev.vlpi.pop(event, None)
         d.common.forwarded_to_vcpu = False
         dev.events[event] = -1
@@ -252,7 +276,8 @@ class ItsDriver:
         self.devices: dict[int, ItsDevice] = {}
         self.vpes: dict[int, ItsVpe] = {}
         self._lpi_free: list[tuple[int, int]] = []       # free [base, end) ranges
-        self.load = dict.fromkeys(kernel.online_cpus, 0)
+        # cpu_lpi_count: LPIs routed to each CPU, managed and unmanaged counted apart.
+        self.load = {managed: dict.fromkeys(kernel.online_cpus, 0) for managed in (False, True)}
 
     # -- probe -------------------------------------------------------------------------
 
@@ -263,43 +288,121 @@ class ItsDriver:
         self.kernel.bus.write(self.base + off, value, size)
 
     def probe(self) -> None:
-        """its_probe_one() + its_init(): tables, queue, collections, LPI tables."""
-        k, mm = self.kernel, self.kernel.mm
+        """its_probe_one() + its_init(): identify, quiesce, tables, queue, collections."""
+        k = self.kernel
+        if self._reg(I.GITS_PIDR2, 4) & I.PIDR2_ARCHREV.mask not in (I.PIDR2_ARCHREV(3),
+                                                                      I.PIDR2_ARCHREV(4)):
+            k.printk(f"ITS@{self.base:#x}: No ITS detected, giving up")
+            raise fail(ENODEV, "no ITS at this address")
+        self._force_quiescent()
+        for n in range(GITS_BASER_NR_REGS):               # its_reset_one()
+            self._wreg(I.GITS_BASER + 8 * n, 0)
         typer = self._reg(I.GITS_TYPER)
         self.ite_size = I.TYPER_ITT_ENTRY_SIZE.get(typer) + 1
         self.devbits = I.TYPER_DEVBITS.get(typer) + 1
         self.id_bits = I.TYPER_ID_BITS.get(typer) + 1
         self.virtual = bool(I.TYPER_VIRTUAL.get(typer))
-        self._wreg(I.GITS_CTLR, 0, 4)
         self.indirect_dt = False
-        for n in range(8):                               # its_alloc_tables()
-            baser = self._reg(I.GITS_BASER + 8 * n)
-            btype = I.BASER_TYPE.get(baser)
-            if not btype:
-                continue
-            esz = I.BASER_ENTRY_SIZE.get(baser) + 1
-            if btype == I.BaserType.COLLECTIONS:       # one page: far more than CPUs
-                size, indirect = ITS_PAGE, False
-            else:
-                ids = self.devbits if btype == I.BaserType.DEVICES else 16
-                indirect = btype == I.BaserType.DEVICES and (esz << ids) > 2 * ITS_PAGE
-                size = ITS_PAGE if indirect else min(max(esz << ids, ITS_PAGE), 256 * ITS_PAGE)
-            table = mm.alloc(size, ITS_PAGE)
-            value = (I.BASER_VALID(1) | I.BASER_INDIRECT(int(indirect)) | table
-                     | I.BASER_PAGE_SIZE(2) | I.BASER_SIZE(size // ITS_PAGE - 1))
-            self._wreg(I.GITS_BASER + 8 * n, value)
-            if btype == I.BaserType.DEVICES:
-                self.dt, self.indirect_dt, self.dt_esz = table, indirect, esz
-        self.cmdq = mm.alloc(ITS_CMD_QUEUE_SZ, ITS_CMD_QUEUE_SZ)
-        self._wreg(I.GITS_CBASER, I.CBASER_VALID(1) | self.cmdq | (ITS_CMD_QUEUE_SZ // 4096 - 1))
-        self._wreg(I.GITS_CWRITER, 0)
-        self._wreg(I.GITS_CTLR, I.CTLR_ENABLED, 4)
+        self.tables: dict[I.BaserType, tuple[int, bool, int, int]] = {}
+        self._alloc_tables()
+        self._setup_cmdq()
+        ctlr = self._reg(I.GITS_CTLR, 4) | I.CTLR_ENABLED
+        self._wreg(I.GITS_CTLR, ctlr, 4)
         self._init_lpis()
         for cpu in sorted(k.online_cpus):                 # its_cpu_init_collections()
             self.send(I.Cmd.MAPC, d2=1 << 63 | cpu << 16 | cpu, sync_cpu=cpu)
             self.send(I.Cmd.INVALL, d2=cpu, sync_cpu=cpu)
         k.printk(f"ITS@{self.base:#x}: {self.devbits}-bit DeviceIDs, {self.id_bits}-bit "
                  f"EventIDs, ITE {self.ite_size} bytes, {'GICv4' if self.virtual else 'GICv3'}")
+
+    def _force_quiescent(self) -> None:
+        """its_force_quiescent(): an enabled ITS is disabled and must become quiescent."""
+        ctlr = self._reg(I.GITS_CTLR, 4)
+        if not ctlr & I.CTLR_ENABLED and ctlr & I.CTLR_QUIESCENT:
+            return
+        self._wreg(I.GITS_CTLR, ctlr & ~(I.CTLR_ENABLED | CTLR_IMDE), 4)
+        for _ in range(ACK_POLLS):
+            if self._reg(I.GITS_CTLR, 4) & I.CTLR_QUIESCENT:
+                return
+        raise fail(EBUSY, "ITS did not become quiescent")
+
+    def _write_baser(self, n: int, value: int) -> int:
+        """its_write_baser(): write GITS_BASER<n>, return what reads back."""
+        self._wreg(I.GITS_BASER + 8 * n, value)
+        return self._reg(I.GITS_BASER + 8 * n)
+
+    def _probe_psz(self, n: int) -> int:
+        """its_probe_baser_psz(): the largest of 64K / 16K / 4K pages the table takes."""
+        for psz, code in ((0x10000, 2), (0x4000, 1), (0x1000, 0)):
+            val = I.BASER_PAGE_SIZE.put(self._reg(I.GITS_BASER + 8 * n), code)
+            if I.BASER_PAGE_SIZE.get(self._write_baser(n, val)) == code:
+                return psz
+        raise fail(ENXIO, f"GITS_BASER{n} takes no page size")
+
+    def _alloc_tables(self) -> None:
+        """its_alloc_tables(): size, allocate and program each GITS_BASER<n> that has a
+        type, asking for inner-shareable RaWaWb memory and taking what sticks."""
+        cache, shr = I.CACHE_RAWAWB, I.SH_INNER
+        for n in range(GITS_BASER_NR_REGS):
+            baser = self._reg(I.GITS_BASER + 8 * n)
+            btype = I.BASER_TYPE.get(baser)
+            if not btype:
+                continue
+            psz = self._probe_psz(n)
+            esz = I.BASER_ENTRY_SIZE.get(baser) + 1
+            size, indirect = psz, False
+            if btype in (I.BaserType.DEVICES, I.BaserType.VPES):
+                if btype == I.BaserType.VPES and not self.virtual:
+                    continue
+                ids = self.devbits if btype == I.BaserType.DEVICES else ITS_MAX_VPEID_BITS
+                tsz = esz
+                if esz << ids > 2 * psz:                  # its_parse_indirect_baser()
+                    probe = (I.BASER_SHAREABILITY(I.SH_INNER)
+                             | I.BASER_INNER_CACHE(I.CACHE_RAWAWB) | I.BASER_INDIRECT(1))
+                    indirect = bool(I.BASER_INDIRECT.get(self._write_baser(n, probe)))
+                    if indirect:
+                        ids -= (psz // esz).bit_length() - 1
+                        tsz = 8                               # GITS_LVL1_ENTRY_SIZE
+                size = max(_page_round(tsz << ids), psz)
+            pages = min(size // psz, GITS_BASER_PAGES_MAX)
+            table = self.kernel.mm.alloc(pages * psz, psz)
+            while True:                                       # its_setup_baser()
+                val = (table | I.BASER_TYPE(btype) | I.BASER_ENTRY_SIZE(esz - 1)
+                       | I.BASER_SIZE(pages - 1) | I.BASER_INNER_CACHE(cache)
+                       | I.BASER_SHAREABILITY(shr) | I.BASER_VALID(1)
+                       | I.BASER_INDIRECT(int(indirect))
+                       | I.BASER_PAGE_SIZE({0x1000: 0, 0x4000: 1, 0x10000: 2}[psz]))
+                got = self._write_baser(n, val)
+                if (val ^ got) & I.BASER_SHAREABILITY.mask:   # shareability did not stick
+                    shr = I.BASER_SHAREABILITY.get(got)
+                    if shr == I.SH_NONE:
+                        cache = I.CACHE_NC
+                    continue
+                break
+            if val != got:
+                self.kernel.mm.free(table, pages * psz)
+                raise fail(ENXIO, f"GITS_BASER{n} doesn't stick: {val:#x} {got:#x}")
+            self.tables[I.BaserType(btype)] = (table, indirect, esz, psz)
+            if btype == I.BaserType.DEVICES:
+                self.dt, self.indirect_dt, self.dt_esz, self.dt_psz = table, indirect, esz, psz
+            cache = I.BASER_INNER_CACHE.get(got)              # the next table asks the same
+            shr = I.BASER_SHAREABILITY.get(got)
+
+    def _setup_cmdq(self) -> None:
+        """The command queue: GITS_CBASER (inner-shareable RaWaWb, or non-cacheable if
+        shareability does not stick), then GITS_CWRITER = 0."""
+        self.cmdq = self.kernel.mm.alloc(ITS_CMD_QUEUE_SZ, ITS_CMD_QUEUE_SZ)
+        baser = (self.cmdq | I.BASER_INNER_CACHE(I.CACHE_RAWAWB)
+                 | I.BASER_SHAREABILITY(I.SH_INNER) | I.CBASER_SIZE(ITS_CMD_QUEUE_SZ // 4096 - 1)
+                 | I.CBASER_VALID(1))
+        self._wreg(I.GITS_CBASER, baser)
+        got = self._reg(I.GITS_CBASER)
+        if (got ^ baser) & I.BASER_SHAREABILITY.mask and not I.BASER_SHAREABILITY.get(got):
+            baser &= ~(I.BASER_SHAREABILITY.mask | I.BASER_INNER_CACHE.mask)
+            baser |= I.BASER_INNER_CACHE(I.CACHE_NC)
+            self._wreg(I.GITS_CBASER, baser)
+        self._wreg(I.GITS_CWRITER, 0)
+        self.cmd_write = 0
 
     def _init_lpis(self) -> None:
         """its_cpu_init_lpis(): one property table, a pending table per CPU, LPIs on."""
@@ -318,26 +421,34 @@ class ItsDriver:
 
     # -- commands -----------------------------------------------------------------------
 
-    def _post(self, words: tuple[int, int, int, int]) -> None:
-        w = self._reg(I.GITS_CWRITER)
-        self.kernel.ram.write(self.cmdq + w, b"".join(x.to_bytes(8, "little") for x in words))
-        w = (w + 32) % ITS_CMD_QUEUE_SZ
-        self._wreg(I.GITS_CWRITER, w)
-        r = self._reg(I.GITS_CREADR)
-        if r != w:                                        # its_wait_for_range_completion()
-            self.kernel.printk(f"ITS@{self.base:#x}: queue stuck at {r:#x} (CWRITER {w:#x})")
-            raise fail(EIO, "ITS command queue timeout")
+    def _queue(self, words: tuple[int, int, int, int]) -> None:
+        """its_allocate_entry() + build: one command into the queue (CWRITER not yet moved)."""
+        nxt = (self.cmd_write + 32) % ITS_CMD_QUEUE_SZ
+        if nxt == self._reg(I.GITS_CREADR) & I.CWRITER_OFFSET.mask:
+            self.kernel.printk(f"ITS@{self.base:#x}: ITS queue not draining")
+            raise fail(EIO, "ITS command queue full")
+        self.kernel.ram.write(self.cmdq + self.cmd_write,
+                              b"".join(x.to_bytes(8, "little") for x in words))
+        self.cmd_write = nxt
 
     def send(self, op: I.Cmd, d0: int = 0, d1: int = 0, d2: int = 0, d3: int = 0,
              sync_cpu: int | None = None) -> None:
-        """its_send_single_command(): the command, then a SYNC to the target CPU.
+        """its_send_single_command(): the command and, when its builder names a
+        collection (``sync_cpu``), a SYNC to it; one GITS_CWRITER write for both
+        (32-bit, as Linux's writel_relaxed), then wait until GITS_CREADR passes them.
 
         Like Linux, the driver checks its own parameters; it can only see the
         queue progress (a stalled queue times out as EIO).
         """
-        self._post((d0 | int(op), d1, d2, d3))
+        self._queue((d0 | int(op), d1, d2, d3))
         if sync_cpu is not None:
-            self._post((int(I.Cmd.SYNC), 0, sync_cpu << 16, 0))
+            self._queue((int(I.Cmd.SYNC), 0, sync_cpu << 16, 0))
+        w = self.cmd_write
+        self._wreg(I.GITS_CWRITER, w, 4)
+        r = self._reg(I.GITS_CREADR)
+        if r != w:                                        # its_wait_for_range_completion()
+            self.kernel.printk(f"ITS@{self.base:#x}: queue stuck at {r:#x} (CWRITER {w:#x})")
+            raise fail(EIO, "ITS command queue timeout")
 
     # -- LPIs and devices ------------------------------------------------------------------
 
@@ -381,12 +492,30 @@ class ItsDriver:
         self.send(I.Cmd.INV, d0=dev.device_id << 32, d1=event,
                   sync_cpu=max(dev.events.get(event, 0), 0))
 
-    def select_cpu(self, mask: frozenset[int]) -> int:
-        """its_select_cpu(): the least loaded online CPU in ``mask``."""
+    def lpi_count(self, d: IrqData) -> dict[int, int]:
+        """its_read_lpi_count()'s table for ``d``: managed interrupts are balanced
+        against managed ones only, unmanaged against unmanaged (Linux 6.1)."""
+        return self.load[bool(d.common.managed)]
+
+    def select_cpu(self, mask: frozenset[int], load: dict[int, int] | None = None) -> int:
+        """its_select_cpu() / cpumask_pick_least_loaded(): the online CPU in ``mask``
+        with the fewest LPIs in ``load`` (default: the unmanaged count), lowest first."""
         cpus = sorted(mask & self.kernel.online_cpus)
         if not cpus:
             raise fail(EINVAL, "no online CPU in the affinity mask")
-        return min(cpus, key=lambda c: (self.load.get(c, 0), c))
+        load = self.load[False] if load is None else load
+        return min(cpus, key=lambda c: (load.get(c, 0), c))
+
+    def _alloc_table_entry(self, btype: I.BaserType, index: int) -> None:
+        """its_alloc_table_entry(): with a two-level table, the level-2 page that holds
+        ``index`` (allocated and made valid in the level-1 table if missing)."""
+        table = self.tables.get(btype)
+        if table is None or not table[1]:
+            return
+        base, _, esz, psz = table
+        l1 = base + 8 * (index // (psz // esz))
+        if not self.kernel.ram.read_u64(l1) >> 63:
+            self.kernel.ram.write_u64(l1, 1 << 63 | self.kernel.mm.alloc(psz, psz))
 
     def msi_prepare(self, dev: Any, nvec: int) -> ItsDevice:
         """its_msi_prepare(): an ITS device (ITT, MAPD) for ``dev``'s DeviceID."""
@@ -397,17 +526,13 @@ class ItsDriver:
         if existing is not None:
             return existing
         nr_ites = max(2, 1 << (nvec - 1).bit_length())
-        if self.indirect_dt:                              # its_alloc_device_table()
-            per_page = ITS_PAGE // self.dt_esz
-            l1 = self.dt + 8 * (device_id // per_page)
-            if not self.kernel.ram.read_u64(l1) >> 63:
-                self.kernel.ram.write_u64(l1, 1 << 63 | self.kernel.mm.alloc(ITS_PAGE,
-                                                                             ITS_PAGE))
+        self._alloc_table_entry(I.BaserType.DEVICES, device_id)
         itt_size = max(nr_ites * self.ite_size, 256)
         itt = self.kernel.mm.alloc(itt_size, 256)
         lpi_base = self.alloc_lpis(nr_ites)
+        # its_build_mapd_cmd() names no collection: MAPD is not followed by a SYNC.
         self.send(I.Cmd.MAPD, d0=device_id << 32, d1=nr_ites.bit_length() - 2,
-                  d2=1 << 63 | itt, sync_cpu=0)
+                  d2=1 << 63 | itt)
         itsdev = ItsDevice(device_id, nr_ites, itt, itt_size, lpi_base, nr_ites)
         self.devices[device_id] = itsdev
         return itsdev
@@ -417,7 +542,7 @@ class ItsDriver:
         itsdev = self.devices.get(dev.rid)
         if itsdev is None or itsdev.users:
             return
-        self.send(I.Cmd.MAPD, d0=itsdev.device_id << 32, d1=0, d2=0, sync_cpu=0)
+        self.send(I.Cmd.MAPD, d0=itsdev.device_id << 32, d1=0, d2=0)
         self.kernel.mm.free(itsdev.itt, itsdev.itt_size)
         self.free_lpis(itsdev.lpi_base, itsdev.nr_lpis)
         del self.devices[itsdev.device_id]
@@ -430,6 +555,7 @@ class ItsDriver:
             raise fail(EINVAL, "this ITS is not GICv4")
         if vpe.mapped:
             return
+        self._alloc_table_entry(I.BaserType.VPES, vpe.vpe_id)
         self.send(I.Cmd.VMAPP, d1=vpe.vpe_id << 32, d2=1 << 63 | vpe.col << 16,
                   d3=vpe.vpt | (self.id_bits - 1))
         self.send(I.Cmd.VINVALL, d1=vpe.vpe_id << 32)
@@ -456,7 +582,8 @@ class ItsDriver:
                 self.send(I.Cmd.VMOVI, d0=dev.device_id << 32, d1=vpe.vpe_id << 32 | event,
                           d2=db << 32 | 1)
             else:
-                self.send(I.Cmd.DISCARD, d0=dev.device_id << 32, d1=event)
+                self.send(I.Cmd.DISCARD, d0=dev.device_id << 32, d1=event,
+                          sync_cpu=max(dev.events.get(event, 0), 0))
                 self.send(I.Cmd.VMAPTI, d0=dev.device_id << 32, d1=vpe.vpe_id << 32 | event,
                           d2=db << 32 | info.vintid)
             self.send(I.Cmd.VSYNC, d1=vpe.vpe_id << 32)
@@ -467,7 +594,8 @@ class ItsDriver:
                 raise fail(EINVAL, "LPI is not forwarded")
             cpu = max(dev.events.get(event, 0), 0)
             self.send(I.Cmd.DISCARD, d0=dev.device_id << 32, d1=event)
-            self.send(I.Cmd.MAPTI, d0=dev.device_id << 32, d1=d.hwirq << 32 | event, d2=cpu)
+            self.send(I.Cmd.MAPTI, d0=dev.device_id << 32, d1=d.hwirq << 32 | event, d2=cpu,
+                      sync_cpu=cpu)
             del dev.vlpi[event]
             d.common.forwarded_to_vcpu = False
             self.lpi_update_config(d, enable=True)

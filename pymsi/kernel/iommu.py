@@ -107,6 +107,9 @@ class IommuDomain:
     def iova_to_phys(self, iova: int) -> int | None:
         return iova if self.type == DomainType.IDENTITY else None
 
+    def flush_iotlb_all(self) -> None:
+        """iommu_flush_iotlb_all(): the driver drops every TLB entry of the domain."""
+
     def free(self) -> None:
         """iommu_domain_free(): the driver releases what it holds."""
 
@@ -213,7 +216,16 @@ class IommuCore:
             self._attach_group(group.default_domain, group)
         else:
             ops.attach_dev(group.domain, dev)
+        self._create_device_direct_mappings(group)
         return group
+
+    @staticmethod
+    def _create_device_direct_mappings(group: IommuGroup) -> None:
+        """iommu_create_device_direct_mappings(): no direct-mapped regions here, but, as
+        Linux 6.1 does, a DMA default domain's TLB is flushed once the device is on it."""
+        domain = group.default_domain
+        if domain is not None and domain.type == DomainType.DMA:
+            domain.flush_iotlb_all()
 
     def _alloc_default(self, ops: IommuOps, dev: Any, dtype: DomainType) -> IommuDomain:
         if dtype == DomainType.IDENTITY:

@@ -60,6 +60,15 @@ class ArmVirt(_Machine):
     (GITS_TRANSLATER 0x08090040), redistributors 0x080A0000; SMMUv3
     0x09050000 in front of the PCIe host (ECAM 0x3F000000, MMIO window
     0x10000000).  ``devices`` are function specs put on bus 0 from slot 1.
+
+    ``smmu`` is the SMMU's stages ("s1", "s2", "nested"; None: no SMMU) and
+    the keyword options are its other ID-register choices.  The defaults are
+    what QEMU's virt SMMUv3 advertises (QEMU 7.2, tests/data: IDR0 0x0d40101a,
+    IDR1 0x02730010, IDR3 0x1404, IDR5 0x74): stage 1 only, 44-bit OAS, 16-bit
+    StreamIDs, no SubstreamIDs, 2^19-entry queues, 2-level stream tables, no
+    2-level CD tables, RIL, HAD, wired interrupts (no MSI), no SEV, all three
+    granules.  The one field that differs is IDR3.BBML (QEMU: 2), which the
+    model leaves 0: it does not model break-before-make levels.
     """
 
     RAM_BASE = 0x4000_0000
@@ -69,8 +78,12 @@ class ArmVirt(_Machine):
     PCI_MMIO = (0x1000_0000, 0x2EFF_0000)
 
     def __init__(self, ncpus: int = 4, ram_size: int = 0x2000_0000, gicv4: bool = False,
-                 smmu: str | None = "nested", devices: list[dict] | None = None,
-                 backend: str | None = None) -> None:
+                 smmu: str | None = "s1", devices: list[dict] | None = None,
+                 backend: str | None = None, *, oas: int = 44, sidsize: int = 16,
+                 ssidsize: int = 0, cmdqs: int = 19, eventqs: int = 19,
+                 granules: tuple[int, ...] = (4096, 16384, 65536), ril: bool = True,
+                 had: bool = True, msi: bool = False, sev: bool = False,
+                 two_level: bool = True, cd2l: bool = False) -> None:
         self._init_common(ncpus, ram_size, backend)
         self.gic = Gicv3(self.ram, ncpus=ncpus, gicv4=gicv4)
         self.its = GicV3Its(self.gic, self.ram)
@@ -79,7 +92,11 @@ class ArmVirt(_Machine):
         self.bus.map(self.ITS, 0x2_0000, self.its, "ITS", attrs=True)
         self.smmu = None
         if smmu is not None:
-            self.smmu = SMMUv3(self.ram, stages=smmu, msi_write=self.bus.write32, backend=backend)
+            self.smmu = SMMUv3(self.ram, stages=smmu, oas=oas, sidsize=sidsize,
+                               ssidsize=ssidsize, cmdqs=cmdqs, eventqs=eventqs,
+                               granules=granules, ril=ril, had=had, msi=msi, sev=sev,
+                               two_level=two_level, cd2l=cd2l, msi_write=self.bus.write32,
+                               backend=backend)
             self.bus.map(self.SMMU, 0x2_0000, self.smmu, "SMMUv3")
             self.bus.attach_iommu(0, 0xFFFF, self.smmu)
         self._add_pci(devices)
