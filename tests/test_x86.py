@@ -384,7 +384,8 @@ def test_invalidation_queue_garbage_never_escapes(descs, tail, regs_garbage, iqa
             continue                                              # keep the unit in QI mode
         regs.mmio_write(off, value, size)
         regs.mmio_read(off, size)
-    event(f"IQE: {regs.qi_error}" if regs.mmio_read(FSTS) & 1 << 4 else "no IQE")
+    error = regs.qi_error.split(" 0x")[0] if regs.qi_error else None
+    event(f"IQE: {error}" if regs.mmio_read(FSTS) & 1 << 4 else "no IQE")
     head = regs.mmio_read(IQH, 8) >> 4
     iqa_now = regs.mmio_read(IQA, 8)
     size = 1 << ((iqa_now & 7) + 8)
@@ -444,6 +445,8 @@ def test_every_fire_is_handled_once_where_it_was_aimed(remapping, ops):
         elif op[0] == "move":
             mask = frozenset(c for c in range(4) if op[2] >> c & 1)
             pending_before = len(k.vector.pending)
+            if op[1] in outstanding:
+                event("moved with its fire still pending")
             k.irq.set_affinity(drv.irqs[op[1]], mask)
             event("move kept pending" if len(k.vector.pending) > pending_before
                   else "move done")
@@ -456,3 +459,14 @@ def test_every_fire_is_handled_once_where_it_was_aimed(remapping, ops):
     assert drv.fired == expected
     assert no_handler_lines(k) == []
     assert m.msi.stats["faults"] == 0
+
+
+@pytest.mark.parametrize("remapping,chip", [(False, "PCI-MSI"), (True, "IR-PCI-MSI")])
+def test_proc_interrupts_chip_name(remapping, chip):
+    """Linux names the x86 PCI/MSI chip IR-PCI-MSI with remapping, PCI-MSI without."""
+    m = X86Pc(devices=[{"msix": 1}], remapping=remapping)
+    k = m.boot()
+    MsiCountingDriver(k, k.pci.devices[0], 1, name="nic")
+    (line,) = [x for x in k.irq.proc_interrupts() if "nic-0" in x]
+    assert chip in line.split()
+    assert k.msi.domain.name == chip
