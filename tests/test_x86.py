@@ -470,3 +470,24 @@ def test_proc_interrupts_chip_name(remapping, chip):
     (line,) = [x for x in k.irq.proc_interrupts() if "nic-0" in x]
     assert chip in line.split()
     assert k.msi.domain.name == chip
+
+
+def test_multi_msi_failing_midway_leaves_nothing_behind():
+    """One CPU has 0xEC - 0x21 - 1 (0x80) = 202 device vectors: 200 taken by one device,
+    a 4-vector MSI block then runs out at its third vector (ENOSPC) and must leave the
+    remapping table, the vector table and the device as they were."""
+    m = X86Pc(ncpus=1, devices=[{"msix": 200}, {"msi": 4}], remapping=True)
+    k = m.boot()
+    MsiCountingDriver(k, k.pci.devices[0], 200)
+    used_before = set(k.ir._used)
+    vectors_before = dict(k.vector.vector_irq[0])
+    dev = k.pci.devices[1]
+    with pytest.raises(KernelError) as e:
+        k.msi.alloc_irq_vectors(dev, 4, 4, MsiType.MSI)
+    assert e.value.errno == 28                                   # ENOSPC
+    assert k.ir._used == used_before
+    assert k.vector.vector_irq[0] == vectors_before
+    assert not dev.msi_descs and m.functions[1].msi_message(0) is None
+    # Two vectors do fit, and get a 2-aligned block.
+    drv = MsiCountingDriver(k, dev, 2, flags=MsiType.MSI, min_vecs=2)
+    assert drv.nvec == 2 and handle_of(m.functions[1].msi_message(0)[0]) % 2 == 0

@@ -321,14 +321,17 @@ class IrDomainOps(IrqDomainOps):
         desc = arg.desc
         block = prep is not None and prep.contiguous and prep.nvec > 1
         if block and desc.msi_index and 0 in prep.blocks:
-            base = prep.blocks[0]
-            sub = desc.msi_index
+            base, sub = prep.blocks[0], desc.msi_index
         else:
-            base = ir.alloc_irte(prep.nvec if block else 1)
-            sub = 0
+            base, sub = ir.alloc_irte(prep.nvec if block else 1), 0
             if block:
                 prep.blocks[0] = base
-        domain.alloc_irqs_parent(virq, nr, arg)
+        ir.get_irte(base, nr)
+        try:
+            domain.alloc_irqs_parent(virq, nr, arg)
+        except Exception:
+            ir.put_irte(base, nr)
+            raise
         for i in range(nr):
             ird = IrteData(base + sub + i, base, sub + i, arg.dev.rid)
             domain.set_hwirq_and_chip(virq + i, ird.index, ir.chip, ird)
@@ -337,7 +340,8 @@ class IrDomainOps(IrqDomainOps):
         ir: IntelIr = domain.host_data
         for i in range(nr):
             d = ir.kernel.irq.irq_data_at(virq + i, domain)
-            ir.free_irte(d.chip_data.index)
+            ir.clear_irte(d.chip_data.index)
+            ir.put_irte(d.chip_data.base)
         domain.free_irqs_parent(virq, nr)
 
     def activate(self, domain: IrqDomain, d: IrqData, reserve: bool) -> None:
@@ -362,6 +366,7 @@ class IntelIr:
         self.domain = IrqDomain(kernel.irq, "INTEL-IR", IrDomainOps(), parent=vector.domain,
                                 host_data=self, isolated_msi=True)
         self._used: set[int] = set()
+        self._blocks: dict[int, list[int]] = {}        # base -> [entries, users]
         self.gcmd = 0                                    # the driver's copy of GCMD
         self.qi_tail = 0
         self.qi_errors = 0
@@ -431,13 +436,27 @@ class IntelIr:
 
     def alloc_irte(self, count: int = 1) -> int:
         """alloc_irte(): a free block of ``count`` (rounded up to a power of two)
-        entries, aligned to its size."""
+        entries, aligned to its size; it goes back to the table when the last
+        interrupt using it is freed (:meth:`put_irte`)."""
         n = 1 << (count - 1).bit_length()
         for base in range(0, self.entries, n):
             if not any(base + i in self._used for i in range(n)):
                 self._used.update(range(base, base + n))
+                self._blocks[base] = [n, 0]
                 return base
         raise fail(ENOSPC, "interrupt remapping table is full")
+
+    def get_irte(self, base: int, nr: int = 1) -> None:
+        """``nr`` more interrupts use the block at ``base``."""
+        self._blocks[base][1] += nr
+
+    def put_irte(self, base: int, nr: int = 1) -> None:
+        """``nr`` interrupts stopped using the block at ``base``; the last frees it."""
+        block = self._blocks[base]
+        block[1] -= nr
+        if block[1] <= 0:
+            del self._blocks[base]
+            self._used.difference_update(range(base, base + block[0]))
 
     def modify_irte(self, index: int, lo: int, hi: int) -> None:
         """modify_irte(): write the 128-bit entry, then flush it from the IEC."""
@@ -453,10 +472,9 @@ class IntelIr:
                             self.vector.logical, ird.sid)
         self.modify_irte(ird.index, lo, hi)
 
-    def free_irte(self, index: int) -> None:
-        """free_irte(): the entry cleared, flushed and returned to the bitmap."""
+    def clear_irte(self, index: int) -> None:
+        """free_irte(): the entry cleared and flushed."""
         self.modify_irte(index, 0, 0)
-        self._used.discard(index)
 
     def msi_prepare(self, dev: Any, nvec: int) -> X86MsiPrepare:
         """pci_msi_prepare(): MSI (not MSI-X) vectors need contiguous IRTEs."""
