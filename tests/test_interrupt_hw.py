@@ -350,6 +350,14 @@ def test_x86_remapping_table_moves_without_touching_the_device():
     assert ctl.lapics[1].ack() == 0x61
     before = plat.msix_entry(fn, 0)
     irte(5, dest=3, vector=0x71, sid=fn.rid)                  # move: the IRTE only
+    # ... and invalidate it in the interrupt entry cache (VT-d 6.5.2.7: type 4, G = 1
+    # index-selective, IIDX in bits 47:32) through the invalidation queue.
+    queue = table + 0x2000
+    plat.bus.write(regs + 0x90, queue, 8)                     # IQA: 256 descriptors
+    plat.bus.write(regs + 0x18, 1 << 26 | 1 << 25)            # QIE (IRE stays on)
+    plat.ram.write(queue, (0x4 | 1 << 4 | 5 << 32).to_bytes(8, "little") + bytes(8))
+    plat.bus.write(regs + 0x88, 1 << 4, 8)                    # IQT: one descriptor
+    assert plat.bus.read(regs + 0x80, 8) == 1 << 4            # IQH caught up
     fn.notify(0)
     assert ctl.lapics[3].ack() == 0x71
     assert plat.msix_entry(fn, 0) == before

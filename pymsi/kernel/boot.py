@@ -48,7 +48,11 @@ def boot_x86(m: Any) -> Kernel:
         k.ir = IntelIr(k, k.vector, m.IR_UNIT)
         k.ir.enable()
         parent = k.ir.domain
-    k.msi = PciMsiLayer(k, parent, "IR-PCI-MSI" if m.remapping else "PCI-MSI")
+    name = "IR-PCI-MSI" if m.remapping else "PCI-MSI"      # pci_msi_ir_controller / ...
+    k.msi = PciMsiLayer(k, parent, name,
+                        parent_prepare=k.ir.msi_prepare if k.ir is not None else None)
+    k.msi.chip.name = name
+    k.msi.multi_msi = m.remapping            # MSI_FLAG_MULTI_PCI_MSI only with remapping
     k.pci = PciHostBridge(k, m.ECAM, m.ECAM_BUSES, m.PCI_MMIO)
     for dev in k.pci.scan():
         dev.enable_device()

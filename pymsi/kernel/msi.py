@@ -188,6 +188,8 @@ class PciMsiLayer:
     vector of a device is freed.
     """
 
+    multi_msi = True          # MSI_FLAG_MULTI_PCI_MSI: the parent can do multi-message MSI
+
     def __init__(self, kernel: Any, parent: IrqDomain, name: str = "PCI-MSI",
                  parent_prepare: Any = None, parent_release: Any = None) -> None:
         self.kernel = kernel
@@ -269,6 +271,8 @@ class PciMsiLayer:
             nvec = min(max_vecs, cap_vecs)
             if kind == MsiType.MSI:
                 nvec = 1 << (nvec.bit_length() - 1)   # a power of two
+                if not self.multi_msi:                # pci_msi_domain_check_cap()
+                    nvec = 1
             if nvec < min_vecs:
                 errors.append(fail(ENOSPC, f"{dev}: only {cap_vecs} vectors"))
                 continue

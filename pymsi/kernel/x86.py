@@ -1,25 +1,72 @@
-"""The x86 side: the vector domain (arch/x86/kernel/apic/vector.c) and Intel
-interrupt remapping (drivers/iommu/intel/irq_remapping.c).
+"""The x86 side, following Linux 6.1: the vector domain (arch/x86/kernel/apic/vector.c)
+and Intel interrupt remapping (drivers/iommu/intel/irq_remapping.c, dmar.c).
+
+APIC routing is what 6.1 picks without x2APIC: flat logical mode with up to 8
+CPUs (destination = logical ID 1 << cpu, DM = 1), physical flat beyond that
+(destination = APIC ID).
 
 Without remapping the MSI parent is the vector domain: an interrupt gets a
-vector on one CPU, the message carries both (address 0xFEE00000 | APIC ID <<
-12, data = vector), and changing affinity picks a new CPU and vector and
-answers IRQ_SET_MASK_OK, so the PCI/MSI level re-composes and rewrites the
-device's message.  With remapping an "INTEL-IR" domain sits in between: the
-message is a handle into the interrupt remapping table (IRTE), a move only
-rewrites the IRTE, and the answer is IRQ_SET_MASK_OK_DONE.
+vector on one CPU, the message carries both (address 0xFEE00000 | destination
+<< 12 | DM, data = vector), and changing affinity picks a new CPU and vector
+and answers IRQ_SET_MASK_OK, so the PCI/MSI level re-composes and rewrites
+the device's message.  The vector domain cannot do multi-message MSI.
+
+A move keeps the previous vector assigned (vector_irq on the old CPU still
+maps it) with the move in progress.  The first interrupt that arrives on the
+new vector sends IRQ_MOVE_CLEANUP_VECTOR (0x20, never given to a device; the
+first device vector is 0x21) as an IPI to the old CPU, whose cleanup handler
+frees the old vector, unless that vector is still pending in its IRR, in which
+case it sends itself the cleanup IPI again (the pending interrupt, of higher
+priority, runs first).  A move asked for while one is still in progress is
+kept pending and done at a later interrupt (GENERIC_PENDING_IRQ).
+
+With remapping an "INTEL-IR" domain sits in between: the message is a handle
+into the interrupt remapping table (65536 IRTEs, IRTA.S = 0xF), a move
+rewrites only the IRTE (followed by an interrupt entry cache flush through
+the invalidation queue and a wait descriptor the driver polls, as
+``qi_flush_iec`` does after every IRTE change) and sends the cleanup IPI at
+once; the answer is IRQ_SET_MASK_OK_DONE.  Multi-message MSI gets an aligned
+block of IRTEs and one message (SHV = 1, handle = first index, data =
+subhandle 0) whose low data bits, ORed in by the device, select the entry.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..hw import x86 as X
-from .base import EINVAL, ENOSPC, fail
-from .irq import IRQ_SET_MASK_OK, IRQ_SET_MASK_OK_DONE, IrqChip, IrqData, IrqDomain, IrqDomainOps
+from .base import EBUSY, EINVAL, ENOSPC, KernelError, fail
+from .irq import (
+    IRQ_SET_MASK_OK,
+    IRQ_SET_MASK_OK_DONE,
+    IRQ_SET_MASK_OK_NOCOPY,
+    IrqChip,
+    IrqData,
+    IrqDomain,
+    IrqDomainOps,
+)
 from .msi import MsiMsg
 
-FIRST_EXTERNAL_VECTOR, FIRST_SYSTEM_VECTOR = 0x20, 0xEC
+FIRST_EXTERNAL_VECTOR = 0x20
+IRQ_MOVE_CLEANUP_VECTOR = FIRST_EXTERNAL_VECTOR       # 6.1: the lowest external vector
+FIRST_DEVICE_VECTOR = IRQ_MOVE_CLEANUP_VECTOR + 1
+IA32_SYSCALL_VECTOR = 0x80                            # a system vector (IA32 emulation)
+FIRST_SYSTEM_VECTOR = 0xEC
+NR_FLAT_CPUS = 8                                      # flat logical mode: up to 8 CPUs
+
+
+@dataclass(eq=False)
+class ApicData:
+    """struct apic_chip_data: an interrupt's vector and CPU, and a move's previous ones."""
+
+    irq: int
+    vector: int = 0
+    cpu: int = 0
+    prev_vector: int = 0
+    prev_cpu: int = 0
+    move_in_progress: bool = False
+    cleanup_queued: bool = False          # on the old CPU's cleanup list (clist hashed)
 
 
 class ApicChip(IrqChip):
@@ -37,20 +84,35 @@ class ApicChip(IrqChip):
         pass
 
     def irq_compose_msi_msg(self, d: IrqData) -> MsiMsg:
-        """x86_vector_msi_compose_msg(): destination and vector in the message."""
-        cpu, vector = d.chip_data
-        return MsiMsg.of(X.MSI_BASE | cpu << 12, vector)
+        """__irq_msi_compose_msg(): destination, destination mode and vector."""
+        apicd: ApicData = d.chip_data
+        addr = (X.MSI_BASE | X.ADDR_DEST(self.vec.dest_apicid(apicd.cpu))
+                | X.ADDR_DM(int(self.vec.logical)))
+        return MsiMsg.of(addr, X.DATA_VECTOR(apicd.vector) | X.DATA_DELIVERY(X.DELIVERY_FIXED))
 
     def irq_set_affinity(self, d: IrqData, mask: frozenset[int], force: bool) -> int:
-        """apic_set_affinity(): a vector on a CPU of ``mask``; the message must change."""
-        self.vec.assign(d, mask)
+        """apic_set_affinity(): a vector on a CPU of ``mask``.  A move still in progress
+        makes it EBUSY, which genirq turns into a pending move (irq_try_set_affinity)."""
+        try:
+            self.vec.assign(d, mask)
+        except KernelError as e:
+            if e.errno != EBUSY or force:
+                raise
+            self.vec.pending[d.irq] = mask
+            return IRQ_SET_MASK_OK_NOCOPY
+        self.vec.pending.pop(d.irq, None)
         return IRQ_SET_MASK_OK
 
 
 class VectorDomainOps(IrqDomainOps):
     def alloc(self, domain: IrqDomain, virq: int, nr: int, arg: Any) -> None:
         for i in range(nr):
-            domain.set_hwirq_and_chip(virq + i, virq + i, domain.host_data.chip, None)
+            domain.set_hwirq_and_chip(virq + i, virq + i, domain.host_data.chip,
+                                      ApicData(virq + i))
+
+    def free(self, domain: IrqDomain, virq: int, nr: int) -> None:
+        for i in range(nr):
+            domain.host_data.release(domain.genirq.irq_data_at(virq + i, domain))
 
     def activate(self, domain: IrqDomain, d: IrqData, reserve: bool) -> None:
         domain.host_data.assign(d, d.common.affinity or domain.host_data.kernel.online_cpus)
@@ -60,7 +122,7 @@ class VectorDomainOps(IrqDomainOps):
 
 
 class VectorDomain:
-    """The x86 vector domain: per-CPU vector tables (vector_irq)."""
+    """The x86 vector domain: per-CPU vector tables (vector_irq), moves and cleanup."""
 
     def __init__(self, kernel: Any, lapics: list) -> None:
         self.kernel = kernel
@@ -68,45 +130,158 @@ class VectorDomain:
         self.chip = ApicChip(self)
         self.domain = IrqDomain(kernel.irq, "VECTOR", VectorDomainOps(), host_data=self)
         self.vector_irq: dict[int, dict[int, int]] = {c: {} for c in kernel.online_cpus}
+        self.cleanup_list: dict[int, list[ApicData]] = {c: [] for c in kernel.online_cpus}
+        self.pending: dict[int, frozenset[int]] = {}    # irq -> affinity still to apply
+        self.logical = kernel.ncpus <= NR_FLAT_CPUS     # apic_flat, else apic_physflat
+
+    def dest_apicid(self, cpu: int) -> int:
+        """calc_dest_apicid(): flat logical ID 1 << cpu, or the physical APIC ID."""
+        return 1 << cpu if self.logical else self.lapics[cpu].apic_id
+
+    @staticmethod
+    def reserved(vector: int) -> bool:
+        """System vectors the matrix never hands to a device."""
+        return vector in (IRQ_MOVE_CLEANUP_VECTOR, IA32_SYSCALL_VECTOR)
+
+    def _free_vector(self, cpu: int) -> int | None:
+        table = self.vector_irq[cpu]
+        return next((v for v in range(FIRST_DEVICE_VECTOR, FIRST_SYSTEM_VECTOR)
+                     if v not in table and not self.reserved(v)), None)
 
     def assign(self, d: IrqData, mask: frozenset[int]) -> None:
-        """assign_irq_vector(): keep the current vector if its CPU is still allowed,
-        else the least loaded CPU in ``mask`` and its lowest free vector."""
+        """assign_vector_locked(): keep the vector if its CPU is still allowed; EBUSY
+        while a move is in progress; else the CPU of ``mask`` with the most free
+        vectors and its lowest free vector, keeping the old one until cleanup."""
+        apicd: ApicData = d.chip_data
         cpus = sorted(mask & self.kernel.online_cpus)
         if not cpus:
             raise fail(EINVAL, "no online CPU in the mask")
-        if d.chip_data is not None and d.chip_data[0] in cpus:
+        if apicd.vector and apicd.cpu in cpus:
             return
+        if apicd.move_in_progress or apicd.cleanup_queued:
+            raise fail(EBUSY, f"IRQ {d.irq}: vector move in progress")
         cpu = min(cpus, key=lambda c: (len(self.vector_irq[c]), c))
-        table = self.vector_irq[cpu]
-        vector = next((v for v in range(FIRST_EXTERNAL_VECTOR, FIRST_SYSTEM_VECTOR)
-                       if v not in table), None)
+        vector = self._free_vector(cpu)
         if vector is None:
             raise fail(ENOSPC, f"CPU{cpu} has no free vector")
-        self.release(d)
-        table[vector] = d.irq
-        d.chip_data = (cpu, vector)
+        if apicd.vector:                                  # apic_update_vector()
+            apicd.prev_vector, apicd.prev_cpu = apicd.vector, apicd.cpu
+            apicd.move_in_progress = True
+        self.vector_irq[cpu][vector] = d.irq
+        apicd.vector, apicd.cpu = vector, cpu
         d.common.effective_affinity = frozenset({cpu})
 
     def release(self, d: IrqData) -> None:
-        if d.chip_data is not None:
-            cpu, vector = d.chip_data
-            self.vector_irq[cpu].pop(vector, None)
-            d.chip_data = None
+        """clear_irq_vector(): the vector and any previous one, and the pending cleanup."""
+        apicd: ApicData = d.chip_data
+        if apicd is None:
+            return
+        if apicd.vector:
+            self.vector_irq[apicd.cpu].pop(apicd.vector, None)
+        if apicd.prev_vector:
+            self.vector_irq[apicd.prev_cpu].pop(apicd.prev_vector, None)
+        if apicd.cleanup_queued:
+            self.cleanup_list[apicd.prev_cpu].remove(apicd)
+        apicd.vector = apicd.prev_vector = 0
+        apicd.move_in_progress = apicd.cleanup_queued = False
+        self.pending.pop(d.irq, None)
+
+    def _send_ipi(self, from_cpu: int, to_cpu: int, vector: int) -> None:
+        """apic->send_IPI(): through the sending CPU's ICR."""
+        icr = (X.ICR_VECTOR(vector) | X.ICR_DELIVERY(X.DELIVERY_FIXED)
+               | X.ICR_DEST_LOGICAL(int(self.logical)) | X.ICR_DEST(self.dest_apicid(to_cpu)))
+        self.lapics[from_cpu].write_icr(icr)
+
+    def send_cleanup(self, apicd: ApicData, from_cpu: int) -> None:
+        """__send_cleanup_vector(): queue the old vector on its CPU's cleanup list and
+        send that CPU IRQ_MOVE_CLEANUP_VECTOR."""
+        if not apicd.move_in_progress:
+            return
+        apicd.move_in_progress = False
+        apicd.cleanup_queued = True
+        self.cleanup_list[apicd.prev_cpu].append(apicd)
+        self._send_ipi(from_cpu, apicd.prev_cpu, IRQ_MOVE_CLEANUP_VECTOR)
+
+    def move_cleanup(self, cpu: int) -> None:
+        """sysvec_irq_move_cleanup() on ``cpu``: free each moved-away vector unless it is
+        still pending in this CPU's IRR; then try again later (a self IPI)."""
+        lapic = self.lapics[cpu]
+        for apicd in list(self.cleanup_list[cpu]):
+            if lapic.irr_pending(apicd.prev_vector):
+                lapic.write_icr(X.ICR_VECTOR(IRQ_MOVE_CLEANUP_VECTOR)
+                                | X.ICR_SHORTHAND(X.SHORTHAND_SELF))
+                continue
+            self.vector_irq[cpu].pop(apicd.prev_vector, None)      # free_moved_vector()
+            self.cleanup_list[cpu].remove(apicd)
+            apicd.prev_vector = 0
+            apicd.cleanup_queued = False
+
+    def _complete_move(self, irq: int, cpu: int, vector: int) -> None:
+        """irq_complete_move() + irq_move_irq() in apic_ack_edge()."""
+        apicd: ApicData = self.kernel.irq.irq_data_at(irq, self.domain).chip_data
+        if apicd.move_in_progress and vector == apicd.vector and cpu == apicd.cpu:
+            self.send_cleanup(apicd, cpu)
+        mask = self.pending.pop(irq, None)
+        if mask is not None:
+            try:
+                self.kernel.irq.set_affinity(irq, mask)     # may leave it pending again
+            except KernelError:
+                pass                                        # CPUs went away: dropped
 
     def handle_irq(self, cpu: int) -> int:
-        """common_interrupt(): take every deliverable vector on ``cpu``."""
+        """common_interrupt() / system vectors: take every deliverable vector on ``cpu``."""
         lapic = self.lapics[cpu]
         n = 0
         while (vector := lapic.ack()) is not None:
+            if vector == IRQ_MOVE_CLEANUP_VECTOR:
+                lapic.eoi()                                 # ack_APIC_irq() comes first
+                self.move_cleanup(cpu)
+                n += 1
+                continue
             irq = self.vector_irq[cpu].get(vector)
             if irq is None:
-                self.kernel.printk(f"do_IRQ: {cpu}.{vector:#x} No irq handler for vector")
+                self.kernel.printk(f"do_IRQ: {cpu}.{vector} No irq handler for vector")
             else:
+                self.kernel.current_cpu = cpu
+                try:
+                    self._complete_move(irq, cpu, vector)
+                finally:
+                    self.kernel.current_cpu = None
                 self.kernel.irq.run_handlers(self.kernel.irq.descs[irq], cpu)
             lapic.eoi()
             n += 1
         return n
+
+
+# -- Intel interrupt remapping --------------------------------------------------------
+
+@dataclass(eq=False)
+class IrteData:
+    """struct intel_ir_data / irq_2_iommu: an interrupt's IRTE."""
+
+    index: int                # irte_index + sub_handle: the entry this interrupt uses
+    base: int                 # irte_index: the first entry of the block (the handle)
+    sub_handle: int
+    sid: int
+
+
+@dataclass
+class X86MsiPrepare:
+    """What pci_msi_prepare() records for a device: plain MSI wants contiguous entries."""
+
+    nvec: int
+    contiguous: bool
+    blocks: dict[int, int] = field(default_factory=dict)
+
+
+def irte_words(vector: int, dest_apicid: int, logical: bool, sid: int) -> tuple[int, int]:
+    """prepare_irte() + set_msi_sid(): present, DM, RH = 1, fixed delivery, edge, vector,
+    xAPIC destination (ID in DST[15:8]), SVT = 1 (verify the full requester ID)."""
+    lo = (X.IRTE_PRESENT(1) | X.IRTE_DM(int(logical)) | X.IRTE_RH(1)
+          | X.IRTE_DLM(X.DELIVERY_FIXED) | X.IRTE_VECTOR(vector)
+          | X.IRTE_XAPIC_DEST(dest_apicid & 0xFF))
+    hi = X.IRTE_SID(sid) | X.IRTE_SQ(0) | X.IRTE_SVT(1)
+    return lo, hi
 
 
 class IrChip(IrqChip):
@@ -118,17 +293,23 @@ class IrChip(IrqChip):
         self.ir = ir
 
     def irq_compose_msi_msg(self, d: IrqData) -> MsiMsg:
-        """fill_msi_msg(): remappable format, handle = IRTE index, SHV, subhandle 0."""
-        index = d.chip_data
-        addr = X.MSI_BASE | (index & 0x7FFF) << 5 | 1 << 4 | 1 << 3 | (index >> 15) << 2
+        """fill_msi_msg(): remappable format, handle = the block's first IRTE, SHV,
+        data = subhandle 0 (the message the device holds for the whole block)."""
+        ird: IrteData = d.chip_data
+        base = ird.base
+        addr = (X.MSI_BASE | X.ADDR_HANDLE_LO(base & 0x7FFF) | X.ADDR_FORMAT(1)
+                | X.ADDR_SHV(1) | X.ADDR_HANDLE_HI(base >> 15))
         return MsiMsg.of(addr, 0)
 
     def irq_set_affinity(self, d: IrqData, mask: frozenset[int], force: bool) -> int:
-        """intel_ir_set_affinity(): new vector via the parent, then only the IRTE changes."""
+        """intel_ir_set_affinity(): new vector via the parent, the IRTE rewritten and
+        flushed, then the old vector's cleanup sent at once."""
         ret = d.parent_data.chip.irq_set_affinity(d.parent_data, mask, force)
-        if ret < 0:
-            return ret
+        if ret < 0 or ret != IRQ_SET_MASK_OK:
+            return ret                             # pending (NOCOPY) or nothing to do
         self.ir.write_irte(d)
+        cpu = self.ir.kernel.current_cpu
+        self.ir.vector.send_cleanup(d.parent_data.chip_data, 0 if cpu is None else cpu)
         d.common.effective_affinity = d.parent_data.common.effective_affinity
         return IRQ_SET_MASK_OK_DONE
 
@@ -136,66 +317,165 @@ class IrChip(IrqChip):
 class IrDomainOps(IrqDomainOps):
     def alloc(self, domain: IrqDomain, virq: int, nr: int, arg: Any) -> None:
         ir: IntelIr = domain.host_data
-        domain.alloc_irqs_parent(virq, nr, arg)
+        prep = arg.parent_data if isinstance(arg.parent_data, X86MsiPrepare) else None
+        desc = arg.desc
+        block = prep is not None and prep.contiguous and prep.nvec > 1
+        if block and desc.msi_index and 0 in prep.blocks:
+            base, sub = prep.blocks[0], desc.msi_index
+        else:
+            base, sub = ir.alloc_irte(prep.nvec if block else 1), 0
+            if block:
+                prep.blocks[0] = base
+        ir.get_irte(base, nr)
+        try:
+            domain.alloc_irqs_parent(virq, nr, arg)
+        except Exception:
+            ir.put_irte(base, nr)
+            raise
         for i in range(nr):
-            index = ir.alloc_irte()
-            domain.set_hwirq_and_chip(virq + i, index, ir.chip, index)
-            ir.sid[index] = arg.dev.rid
+            ird = IrteData(base + sub + i, base, sub + i, arg.dev.rid)
+            domain.set_hwirq_and_chip(virq + i, ird.index, ir.chip, ird)
 
     def free(self, domain: IrqDomain, virq: int, nr: int) -> None:
         ir: IntelIr = domain.host_data
         for i in range(nr):
             d = ir.kernel.irq.irq_data_at(virq + i, domain)
-            ir.clear_irte(d.chip_data)
+            ir.clear_irte(d.chip_data.index)
+            ir.put_irte(d.chip_data.base)
         domain.free_irqs_parent(virq, nr)
 
     def activate(self, domain: IrqDomain, d: IrqData, reserve: bool) -> None:
         domain.host_data.write_irte(d)
 
     def deactivate(self, domain: IrqDomain, d: IrqData) -> None:
-        domain.host_data.clear_irte(d.chip_data, keep=True)
+        domain.host_data.modify_irte(d.chip_data.index, 0, 0)
 
 
 class IntelIr:
-    """Intel interrupt remapping: the IRTE table, enabled through the unit's registers."""
+    """Intel interrupt remapping: the IRTE table and the invalidation queue, driven
+    through the DMAR unit's registers."""
 
-    def __init__(self, kernel: Any, vector: VectorDomain, regs_base: int, entries: int = 256):
+    QI_IN_USE, QI_DONE = 0, 1
+    QI_ENTRIES = 256                         # one page of 128-bit descriptors (QS = 0)
+
+    def __init__(self, kernel: Any, vector: VectorDomain, regs_base: int,
+                 entries: int = 65536) -> None:
         self.kernel, self.vector, self.regs = kernel, vector, regs_base
-        self.entries = entries
+        self.entries = entries                           # INTR_REMAP_TABLE_ENTRIES
         self.chip = IrChip(self)
         self.domain = IrqDomain(kernel.irq, "INTEL-IR", IrDomainOps(), parent=vector.domain,
                                 host_data=self, isolated_msi=True)
-        self.sid: dict[int, int] = {}
         self._used: set[int] = set()
+        self._blocks: dict[int, list[int]] = {}        # base -> [entries, users]
+        self.gcmd = 0                                    # the driver's copy of GCMD
+        self.qi_tail = 0
+        self.qi_errors = 0
+
+    # -- bring-up -----------------------------------------------------------------
+
+    def _gcmd(self, bits: int, on: bool = True) -> None:
+        """Set or clear persistent GCMD bits, keeping the others (iommu->gcmd)."""
+        self.gcmd = self.gcmd | bits if on else self.gcmd & ~bits
+        self.kernel.bus.write(self.regs + X.GCMD, self.gcmd)
 
     def enable(self) -> None:
-        """intel_setup_irq_remapping() + enable: table, IRTA, SIRTP, IRE."""
-        b = self.kernel.bus
-        self.table = self.kernel.mm.alloc(16 * self.entries, 4096)
+        """dmar_enable_qi(), then intel_setup_irq_remapping() and its enable: table,
+        IRTA, SIRTP, a global IEC flush, IRE (compatibility format stays blocked)."""
+        b, k = self.kernel.bus, self.kernel
+        ecap = b.read(self.regs + X.ECAP, 8)
+        if not ecap & X.ECAP_QI or not ecap & X.ECAP_IR:
+            raise fail(EINVAL, "DMAR unit without queued invalidation / remapping")
+        self.queue = k.mm.alloc(16 * self.QI_ENTRIES, 4096)
+        self.status = k.mm.alloc(8, 8)
+        b.write(self.regs + X.IQT, 0, 8)
+        b.write(self.regs + X.IQA, self.queue | X.IQA_QS(0), 8)
+        self._gcmd(X.GCMD_QIE)
+        k.printk("DMAR: dmar0: Using Queued invalidation")
+        self.table = k.mm.alloc(16 * self.entries, 4096)
         size_field = self.entries.bit_length() - 2          # 2^(S+1) entries
-        b.write(self.regs + X.IRTA, self.table | size_field, 8)
-        b.write(self.regs + X.GCMD, X.GCMD_SIRTP)
-        b.write(self.regs + X.GCMD, X.GCMD_IRE)
-        self.kernel.printk("DMAR-IR: Enabled IRQ remapping in xapic mode")
+        b.write(self.regs + X.IRTA, self.table | X.IRTA_SIZE(size_field), 8)
+        b.write(self.regs + X.GCMD, self.gcmd | X.GCMD_SIRTP)   # one-shot
+        self.qi_submit([X.iec_descriptor()])                  # qi_global_iec()
+        self._gcmd(X.GCMD_IRE)
+        k.printk("DMAR-IR: Enabled IRQ remapping in xapic mode")
 
-    def alloc_irte(self) -> int:
-        index = next((i for i in range(self.entries) if i not in self._used), None)
-        if index is None:
-            raise fail(ENOSPC, "interrupt remapping table is full")
-        self._used.add(index)
-        return index
+    # -- the invalidation queue ----------------------------------------------------
 
-    def write_irte(self, d: IrqData) -> None:
-        """modify_irte(): present, destination (xAPIC: ID << 8), vector, source ID."""
-        cpu, vector = d.parent_data.chip_data
-        index = d.chip_data
-        lo = 1 | vector << 16 | (cpu << 8) << 32
-        hi = self.sid[index] | 1 << 18                      # SVT = verify the requester ID
+    def _put(self, slot: int, desc: tuple[int, int]) -> None:
+        self.kernel.ram.write(self.queue + 16 * slot,
+                              desc[0].to_bytes(8, "little") + desc[1].to_bytes(8, "little"))
+
+    def qi_submit(self, descs: list[tuple[int, int]]) -> None:
+        """qi_submit_sync(): the descriptors, a wait descriptor writing QI_DONE to the
+        status word, a tail write, and polling the status (recovering from IQE)."""
+        k, b = self.kernel, self.kernel.bus
+        k.ram.write(self.status, self.QI_IN_USE.to_bytes(4, "little"))
+        wait = X.wait_descriptor(self.status, self.QI_DONE)
+        for desc in descs:
+            self._put(self.qi_tail, desc)
+            self.qi_tail = (self.qi_tail + 1) % self.QI_ENTRIES
+        wait_slot = self.qi_tail
+        self._put(wait_slot, wait)
+        self.qi_tail = (self.qi_tail + 1) % self.QI_ENTRIES
+        b.write(self.regs + X.IQT, X.IQ_QT(self.qi_tail), 8)
+        if int.from_bytes(k.ram.read(self.status, 4), "little") == self.QI_DONE:
+            return
+        if b.read(self.regs + X.FSTS) & X.FSTS_IQE:              # qi_check_fault()
+            head = X.IQ_QH.get(b.read(self.regs + X.IQH, 8))
+            self._put(head, wait)                                 # skip the bad one
+            b.write(self.regs + X.FSTS, X.FSTS_IQE)
+            self.qi_errors += 1
+            raise fail(EINVAL, "invalidation queue error")
+        raise fail(EINVAL, "invalidation wait did not complete")
+
+    def flush_iec(self, index: int, mask: int = 0) -> None:
+        """qi_flush_iec(): index-selective invalidation of 2^mask entries."""
+        self.qi_submit([X.iec_descriptor(index, mask)])
+
+    # -- the remapping table -------------------------------------------------------
+
+    def alloc_irte(self, count: int = 1) -> int:
+        """alloc_irte(): a free block of ``count`` (rounded up to a power of two)
+        entries, aligned to its size; it goes back to the table when the last
+        interrupt using it is freed (:meth:`put_irte`)."""
+        n = 1 << (count - 1).bit_length()
+        for base in range(0, self.entries, n):
+            if not any(base + i in self._used for i in range(n)):
+                self._used.update(range(base, base + n))
+                self._blocks[base] = [n, 0]
+                return base
+        raise fail(ENOSPC, "interrupt remapping table is full")
+
+    def get_irte(self, base: int, nr: int = 1) -> None:
+        """``nr`` more interrupts use the block at ``base``."""
+        self._blocks[base][1] += nr
+
+    def put_irte(self, base: int, nr: int = 1) -> None:
+        """``nr`` interrupts stopped using the block at ``base``; the last frees it."""
+        block = self._blocks[base]
+        block[1] -= nr
+        if block[1] <= 0:
+            del self._blocks[base]
+            self._used.difference_update(range(base, base + block[0]))
+
+    def modify_irte(self, index: int, lo: int, hi: int) -> None:
+        """modify_irte(): write the 128-bit entry, then flush it from the IEC."""
         self.kernel.ram.write(self.table + 16 * index,
                               lo.to_bytes(8, "little") + hi.to_bytes(8, "little"))
+        self.flush_iec(index, 0)
 
-    def clear_irte(self, index: int, keep: bool = False) -> None:
-        self.kernel.ram.write(self.table + 16 * index, bytes(16))
-        if not keep:
-            self._used.discard(index)
-            self.sid.pop(index, None)
+    def write_irte(self, d: IrqData) -> None:
+        """intel_ir_reconfigure_irte(): destination and vector of the parent level."""
+        apicd: ApicData = d.parent_data.chip_data
+        ird: IrteData = d.chip_data
+        lo, hi = irte_words(apicd.vector, self.vector.dest_apicid(apicd.cpu),
+                            self.vector.logical, ird.sid)
+        self.modify_irte(ird.index, lo, hi)
+
+    def clear_irte(self, index: int) -> None:
+        """free_irte(): the entry cleared and flushed."""
+        self.modify_irte(index, 0, 0)
+
+    def msi_prepare(self, dev: Any, nvec: int) -> X86MsiPrepare:
+        """pci_msi_prepare(): MSI (not MSI-X) vectors need contiguous IRTEs."""
+        return X86MsiPrepare(nvec, not dev.msix_enabled())

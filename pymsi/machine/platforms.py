@@ -110,7 +110,8 @@ class ArmVirt(_Machine):
 
 class X86Pc(_Machine):
     """A PC: RAM, the 0xFEE00000 interrupt message window with local APICs, an
-    Intel-style interrupt remapping unit (used when ``remapping``), PCIe."""
+    Intel-style interrupt remapping unit at 0xFED90000 (IRTEs, interrupt entry
+    cache, invalidation queue; the kernel uses it when ``remapping``), PCIe."""
 
     RAM_BASE, IR_UNIT = 0x0010_0000, 0xFED9_0000
     ECAM, ECAM_BUSES = 0xE000_0000, 16
