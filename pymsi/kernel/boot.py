@@ -23,7 +23,7 @@ def boot_arm(m: Any, default_domain: Any = None) -> Kernel:
     k.its = ItsDriver(k, k.gic, m.ITS)
     k.its.probe()
     k.msi = PciMsiLayer(k, k.its.domain, "ITS-PCI-MSI", parent_prepare=k.its.msi_prepare,
-                        parent_release=k.its.msi_release)
+                        parent_release=k.its.msi_release, chip_name="ITS-MSI")
     k.smmu = None
     if m.smmu is not None:
         k.smmu = ArmSmmuV3(k, m.SMMU)
@@ -39,7 +39,7 @@ def boot_arm(m: Any, default_domain: Any = None) -> Kernel:
 
 def boot_x86(m: Any) -> Kernel:
     """The vector domain, interrupt remapping if the machine has it on, PCI."""
-    k = Kernel(m.bus, m.kernel_memory, ncpus=m.ncpus)
+    k = Kernel(m.bus, m.kernel_memory, ncpus=m.ncpus, arch="x86_64")
     k.irq = GenIrq(k)
     k.vector = VectorDomain(k, m.msi.lapics)
     parent = k.vector.domain
