@@ -683,3 +683,22 @@ TestX86KernelApi = X86KernelApi.TestCase
 TestX86KernelApi.settings = _sm
 TestX86IrKernelApi = X86IrKernelApi.TestCase
 TestX86IrKernelApi.settings = _sm
+
+
+def test_driver_probe_failure_leaves_nothing_behind():
+    m, k = arm()
+    dev = k.pci.devices[0]
+    real_request = k.irq.request_irq
+    calls = []
+
+    def flaky(irq, handler, name, dev_id=None):
+        calls.append(irq)
+        if len(calls) == 3:
+            raise KernelError(EBUSY, "third request fails")
+        real_request(irq, handler, name, dev_id)
+
+    k.irq.request_irq = flaky
+    with pytest.raises(KernelError):
+        MsiCountingDriver(k, dev, 4)
+    assert dev.msi_descs == {} and k.irq.descs == {} and k.its.devices == {}
+    assert not dev.msix_enabled

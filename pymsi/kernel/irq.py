@@ -371,6 +371,7 @@ class GenIrq:
     def enable_irq(self, irq: int) -> None:
         desc = self.desc(irq)
         if desc.depth == 0:
+            self.kernel.printk(f"WARNING: Unbalanced enable for IRQ {irq}")
             raise fail(EINVAL, f"unbalanced enable for IRQ {irq}")
         desc.depth -= 1
         if desc.depth == 0:
