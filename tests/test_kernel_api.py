@@ -702,3 +702,23 @@ def test_driver_probe_failure_leaves_nothing_behind():
         MsiCountingDriver(k, dev, 4)
     assert dev.msi_descs == {} and k.irq.descs == {} and k.its.devices == {}
     assert not dev.msix_enabled
+
+
+def test_msi_vectors_start_masked_and_are_unmasked_on_request_and_free():
+    m, k = arm(devices=({"msi": 4, "msi_mask": True},))
+    dev = k.pci.devices[0]
+    dev.enable_device()
+    dev.set_master()
+    mask_reg = dev.msi_cap + 0x10                               # 64-bit MSI: Mask Bits at +0x10
+    assert dev.cfg_read(dev.msi_cap + 2, 2) & (1 << 7 | 1 << 8) == 1 << 7 | 1 << 8
+    assert k.msi.alloc_irq_vectors(dev, 2, 2, MsiType.MSI) == 2
+    assert dev.cfg_read(mask_reg) == 0xF                        # all 4 the function has
+    got = []
+    k.irq.request_irq(k.msi.irq_vector(dev, 1), lambda i, c: got.append(i) or 1, "v1")
+    assert dev.cfg_read(mask_reg) == 0xD                        # vector 1 unmasked
+    m.functions[0].notify(1)
+    k.handle_interrupts()
+    assert len(got) == 1
+    k.irq.free_irq(k.msi.irq_vector(dev, 1))
+    k.msi.free_irq_vectors(dev)
+    assert dev.cfg_read(mask_reg) == 0                          # returned unmasked

@@ -263,6 +263,11 @@ class PciMsiLayer:
             return None
         return dev.msi_cap + (0x10 if flags & (1 << 7) else 0xC)
 
+    def _msi_multi_mask(self, dev: Any) -> int:
+        """msi_multi_mask(): a mask bit for every vector the function is capable of."""
+        multi_cap = (dev.cfg_read(dev.msi_cap + P.MSI_FLAGS, 2) & P.MSI_FLAGS_QMASK) >> 1
+        return 0xFFFF_FFFF if multi_cap >= 5 else (1 << (1 << multi_cap)) - 1
+
     def mask_vector(self, desc: MsiDesc, mask: bool) -> None:
         dev = desc.dev
         if desc.is_msix:
@@ -431,6 +436,12 @@ class PciMsiLayer:
                     vector_ctrl[desc.msi_index] = dev.mmio_read(
                         dev.msix_table + 16 * desc.msi_index + 12)
                     self.mask_vector(desc, True)
+            else:
+                # msi_capability_init(): the vectors start masked (all the function
+                # can have), each unmasked when its interrupt starts up.
+                off = self._msi_mask_reg(dev)
+                if off is not None:
+                    dev.cfg_write(off, dev.cfg_read(off) | self._msi_multi_mask(dev))
             if self.parent_prepare is not None:
                 dev.msi_parent_data = self.parent_prepare(dev, dev.msix_vectors() if is_msix
                                                           else nvec)
@@ -553,9 +564,7 @@ class PciMsiLayer:
             dev.msi_enabled = False
             off = self._msi_mask_reg(dev)
             if off is not None:                      # returned unmasked, as found
-                cap = dev.cfg_read(dev.msi_cap + 2, 2)
-                multi_cap = (cap >> 1) & 7
-                dev.cfg_write(off, dev.cfg_read(off) & ~((1 << (1 << multi_cap)) - 1))
+                dev.cfg_write(off, dev.cfg_read(off) & ~self._msi_multi_mask(dev))
         else:
             return
         for desc in sorted(dev.msi_descs.values(), key=lambda x: x.msi_index):
