@@ -267,6 +267,8 @@ def test_irq_set_affinity_with_a_non_cpu_is_einval_and_changes_nothing():
         assert errno_of(k.irq.set_affinity, irq, mask) == EINVAL, mask
         assert (common.affinity, common.effective_affinity) == before
     assert errno_of(k.irq.set_affinity, 9999, {0}) == EINVAL
+    assert errno_of(k.irq.set_affinity, [irq], {0}) == EINVAL      # not an IRQ number
+    assert errno_of(k.proc_write, f"/proc/irq/{irq}/smp_affinity", 5) == EINVAL   # not text
     k.irq.set_affinity(irq, {2, 7})                  # CPU 7 is offline, CPU 2 is used
     assert common.effective_affinity == {2}
 

@@ -108,7 +108,12 @@ def parse_cpumask(text: str | bytes, nmaskbits: int) -> frozenset[int]:
     consumed unchecked when it is not a hex digit (so ``"0x00000001"`` is 1,
     while ``"0x1"`` is EINVAL).  A ``str`` is taken as its UTF-8 bytes.
     """
-    buf = text.encode() if isinstance(text, str) else bytes(text)
+    if isinstance(text, str):
+        buf = text.encode()
+    elif isinstance(text, (bytes, bytearray, memoryview)):
+        buf = bytes(text)
+    else:
+        raise fail(EINVAL, f"a CPU mask is text, not {type(text).__name__}")
     for stop in (0x0A, 0x00):
         cut = buf.find(stop)
         if cut >= 0:

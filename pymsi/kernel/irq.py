@@ -225,7 +225,8 @@ class GenIrq:
         return base
 
     def desc(self, irq: int) -> IrqDesc:
-        d = self.descs.get(irq)
+        """irq_to_desc(), for a call given ``irq``: EINVAL when there is none."""
+        d = self.descs.get(irq) if isinstance(irq, int) else None
         if d is None:
             raise fail(EINVAL, f"no interrupt {irq}")
         return d
@@ -408,7 +409,7 @@ class GenIrq:
 
     def proc_desc(self, irq: int) -> IrqDesc:
         """The descriptor behind /proc/irq/<irq>/: ENOENT until first requested."""
-        desc = self.descs.get(irq)
+        desc = self.descs.get(irq) if isinstance(irq, int) else None
         if desc is None or not desc.proc_registered:
             raise fail(ENOENT, f"/proc/irq/{irq} does not exist")
         return desc
