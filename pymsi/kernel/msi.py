@@ -12,6 +12,12 @@ IOMMU's answer) and writes it into the device (MSI capability or MSI-X
 table, with the vector masked while its entry changes).  Changing affinity
 re-composes and re-writes the message unless the parent answered
 IRQ_SET_MASK_OK_DONE.
+
+The driver-facing calls follow Linux: ``pci_alloc_irq_vectors`` and the
+freeing calls as in 6.1 (drivers/pci/msi/msi.c), ``pci_msix_alloc_irq_at`` /
+``pci_msix_free_irq`` as introduced in 6.2.  Arguments are checked in
+Linux's order with its errnos, and a call that fails leaves descriptors,
+the device and the parent domain as they were.
 """
 
 from __future__ import annotations
