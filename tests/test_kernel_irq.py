@@ -48,7 +48,7 @@ def test_vectors_run_their_handler_on_their_cpu():
         cpus = k.irq.desc(drv.irqs[v]).irq_data.common.effective_affinity
         assert drv.fired[v] == list(cpus)
     assert sorted({c for v in range(8) for c in drv.fired[v]}) == [0, 1, 2, 3]  # spread
-    assert len(k.irq.proc_interrupts()) == 8
+    assert len(k.irq.proc_interrupts()) == 1 + 8                      # header + vectors
 
 
 def test_smp_affinity_moves_with_movi_and_keeps_the_message():
@@ -60,12 +60,12 @@ def test_smp_affinity_moves_with_movi_and_keeps_the_message():
     commands = m.its.stats["commands"]
     for cpu in (2, 3, 0):
         k.proc_write(f"/proc/irq/{irq}/smp_affinity", f"{1 << cpu:x}")
-        assert k.irq.read_effective_affinity(irq) == f"{1 << cpu:08x}"
+        assert k.irq.read_effective_affinity(irq) == f"{1 << cpu:x}"      # 4 CPUs: 1 digit
         fire(m, k, 0, 1)
         assert drv.fired[1][-1] == cpu
     assert fn.msix_entry(1) == before                       # OK_DONE: never rewritten
     assert m.its.stats["commands"] > commands                # MOVI + SYNC went out
-    assert k.irq.read_smp_affinity(irq) == "00000001"
+    assert k.irq.read_smp_affinity(irq) == "1"
 
 
 def test_smp_affinity_errors_are_linuxs():
@@ -84,7 +84,7 @@ def test_smp_affinity_errors_are_linuxs():
     spread = [k.irq.desc(i).irq_data.common.affinity for i in managed.irqs]
     assert spread == [frozenset({0}), frozenset({1}), frozenset({2}), frozenset({3})]
     k.proc_write(f"/proc/irq/{irq}/smp_affinity", "00000006")   # CPUs 1-2: fine
-    assert k.irq.read_smp_affinity(irq) == "00000006"
+    assert k.irq.read_smp_affinity(irq) == "6"
 
 
 def test_masking_keeps_the_interrupt_pending_until_unmasked():

@@ -13,8 +13,8 @@ class KernelError(PymsiError, OSError):
     """A kernel call failed the way Linux fails it: ``.errno`` is Linux's errno."""
 
     def __init__(self, err: int, what: str = "") -> None:
-        super().__init__(err, f"{what} [{_errno.errorcode.get(err, err)}]" if what
-                         else _errno.errorcode.get(err, str(err)))
+        name = _errno.errorcode.get(err, "ENOTSUPP" if err == 524 else str(err))
+        super().__init__(err, f"{what} [{name}]" if what else name)
 
 
 def fail(err: int, what: str = "") -> KernelError:
@@ -28,6 +28,7 @@ EINVAL, ENOENT, EIO, EBUSY, ENOMEM, ENOSPC, EEXIST, ENODEV, EPERM = (
 EOVERFLOW, EOPNOTSUPP, ENXIO, ETIMEDOUT, ERANGE, EFAULT = (
     _errno.EOVERFLOW, _errno.EOPNOTSUPP, _errno.ENXIO, _errno.ETIMEDOUT, _errno.ERANGE,
     _errno.EFAULT)
+ENOTSUPP = 524          # Linux-internal (include/linux/errno.h), not a userspace errno
 
 
 class PageAllocator:
@@ -69,31 +70,97 @@ class PageAllocator:
         self.in_use -= size
 
 
-def cpumask_str(cpus: frozenset[int] | set[int]) -> str:
-    """A CPU set as /proc shows it: hex, in comma-separated 32-bit groups."""
+def cpumask_str(cpus: frozenset[int] | set[int], nbits: int | None = None) -> str:
+    """A CPU set as /proc prints it ("%*pb"): hex in comma-separated 32-bit
+    groups, most significant first, ``nbits`` (nr_cpu_ids) wide — the first
+    group has only the digits its bits need, so 4 CPUs print as one digit.
+    Without ``nbits``, just enough whole 32-bit groups for the set."""
     value = sum(1 << c for c in cpus)
-    groups = []
-    while True:
-        groups.append(f"{value & 0xFFFF_FFFF:08x}")
-        value >>= 32
-        if not value:
-            break
-    return ",".join(reversed(groups))
+    if nbits is None:
+        nbits = max(32, (value.bit_length() + 31) // 32 * 32)
+    groups, first = [], nbits % 32 or 32
+    for i in range((nbits + 31) // 32 * 32 - 32, -1, -32):
+        width = (first + 3) // 4 if not groups else 8
+        groups.append(f"{value >> i & ((1 << (first if not groups else 32)) - 1):0{width}x}")
+    return ",".join(groups)
 
 
-def parse_cpumask(text: str, nr_cpu_ids: int) -> frozenset[int]:
-    """Parse a /proc CPU mask (hex, comma-separated 32-bit groups), as bitmap_parse().
+# lib/ctype.c: the bytes isspace() is true for (Latin-1 NBSP included).
+_KSPACE = frozenset(b" \t\n\v\f\r\xa0")
+_HEX = {c: int(chr(c), 16) for c in b"0123456789abcdefABCDEF"}
 
-    Bad characters are EINVAL; set bits at or beyond ``nr_cpu_ids`` are EOVERFLOW.
+
+def _region_end(c: int) -> bool:
+    """bitmap_parse()'s group separator: a comma or any isspace() byte."""
+    return c == 0x2C or c in _KSPACE
+
+
+def parse_cpumask(text: str | bytes, nmaskbits: int) -> frozenset[int]:
+    """A hex CPU mask as cpumask_parse_user() / bitmap_parse() read it.
+
+    The input ends at the first newline or NUL.  It is read backwards in
+    groups of at most 8 hex digits (32 bits each), separated by any run of
+    commas and whitespace, so ``"1,,2"``, ``" 1 "``, ``","`` and ``""`` are
+    all accepted (the last two as the empty mask).  A non-hex byte inside a
+    group is EINVAL; a ninth hex digit in a group, more groups than
+    ``nmaskbits`` needs, or a set bit at or beyond ``nmaskbits`` is
+    EOVERFLOW.  Like Linux, the byte just before a full 8-digit group is
+    consumed unchecked when it is not a hex digit (so ``"0x00000001"`` is 1,
+    while ``"0x1"`` is EINVAL).  A ``str`` is taken as its UTF-8 bytes.
     """
-    s = text.strip()
-    if not s:
-        raise fail(EINVAL, "empty CPU mask")
-    value = 0
-    for group in s.split(","):
-        if not group or len(group) > 8 or any(c not in "0123456789abcdefABCDEF" for c in group):
-            raise fail(EINVAL, f"bad CPU mask {text!r}")
-        value = value << 32 | int(group, 16)
-    if value >> nr_cpu_ids:
-        raise fail(EOVERFLOW, f"CPU mask {text!r} names CPUs beyond {nr_cpu_ids - 1}")
-    return frozenset(i for i in range(nr_cpu_ids) if value >> i & 1)
+    if isinstance(text, str):
+        buf = text.encode()
+    elif isinstance(text, (bytes, bytearray, memoryview)):
+        buf = bytes(text)
+    else:
+        raise fail(EINVAL, f"a CPU mask is text, not {type(text).__name__}")
+    for stop in (0x0A, 0x00):
+        cut = buf.find(stop)
+        if cut >= 0:
+            buf = buf[:cut]
+    chunks_left = (nmaskbits + 31) // 32
+    value, chunk, end = 0, 0, len(buf) - 1
+    while True:
+        while end >= 0 and _region_end(buf[end]):
+            end -= 1
+        if end < 0:
+            break
+        if not chunks_left:
+            raise fail(EOVERFLOW, f"CPU mask {text!r}: more than {nmaskbits} bits")
+        chunks_left -= 1
+        word = 0
+        for shift in range(0, 32, 4):
+            digit = _HEX.get(buf[end])
+            end -= 1
+            if digit is None:
+                raise fail(EINVAL, f"CPU mask {text!r}: not a hex digit")
+            word |= digit << shift
+            if end < 0 or _region_end(buf[end]):
+                break
+        else:
+            nxt = buf[end]
+            end -= 1
+            if nxt in _HEX:
+                raise fail(EOVERFLOW, f"CPU mask {text!r}: a group of more than 8 digits")
+        value |= word << (32 * chunk)
+        chunk += 1
+    if value >> nmaskbits:
+        raise fail(EOVERFLOW, f"CPU mask {text!r} names CPUs beyond {nmaskbits - 1}")
+    return frozenset(i for i in range(value.bit_length()) if value >> i & 1)
+
+
+def cpumask_arg(mask: Any, nmaskbits: int) -> frozenset[int]:
+    """A cpumask passed to a kernel call: a set of CPU numbers.
+
+    A struct cpumask holds unsigned bit numbers below nr_cpumask_bits, so a
+    member that is not such a number (negative, too large, not an integer)
+    cannot be expressed: EINVAL, as for a mask with no usable CPU.
+    """
+    try:
+        cpus = frozenset(mask)
+    except TypeError:
+        raise fail(EINVAL, f"not a CPU mask: {mask!r}") from None
+    for c in cpus:
+        if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < nmaskbits:
+            raise fail(EINVAL, f"not a CPU number: {c!r}")
+    return cpus

@@ -23,7 +23,7 @@ def boot_arm(m: Any, default_domain: Any = None) -> Kernel:
     k.its = ItsDriver(k, k.gic, m.ITS)
     k.its.probe()
     k.msi = PciMsiLayer(k, k.its.domain, "ITS-PCI-MSI", parent_prepare=k.its.msi_prepare,
-                        parent_release=k.its.msi_release)
+                        parent_release=k.its.msi_release, chip_name="ITS-MSI")
     k.smmu = None
     if m.smmu is not None:
         k.smmu = ArmSmmuV3(k, m.SMMU)
@@ -39,7 +39,7 @@ def boot_arm(m: Any, default_domain: Any = None) -> Kernel:
 
 def boot_x86(m: Any) -> Kernel:
     """The vector domain, interrupt remapping if the machine has it on, PCI."""
-    k = Kernel(m.bus, m.kernel_memory, ncpus=m.ncpus)
+    k = Kernel(m.bus, m.kernel_memory, ncpus=m.ncpus, arch="x86_64")
     k.irq = GenIrq(k)
     k.vector = VectorDomain(k, m.msi.lapics)
     parent = k.vector.domain
@@ -50,9 +50,8 @@ def boot_x86(m: Any) -> Kernel:
         parent = k.ir.domain
     name = "IR-PCI-MSI" if m.remapping else "PCI-MSI"      # pci_msi_ir_controller / ...
     k.msi = PciMsiLayer(k, parent, name,
-                        parent_prepare=k.ir.msi_prepare if k.ir is not None else None)
-    k.msi.chip.name = name
-    k.msi.multi_msi = m.remapping            # MSI_FLAG_MULTI_PCI_MSI only with remapping
+                        parent_prepare=k.ir.msi_prepare if k.ir is not None else None,
+                        multi_msi=bool(m.remapping))   # MSI_FLAG_MULTI_PCI_MSI only with IR
     k.pci = PciHostBridge(k, m.ECAM, m.ECAM_BUSES, m.PCI_MMIO)
     for dev in k.pci.scan():
         dev.enable_device()

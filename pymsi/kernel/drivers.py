@@ -25,8 +25,16 @@ class MsiCountingDriver:
         self.nvec = kernel.msi.alloc_irq_vectors(dev, min_vecs, nvec, flags)
         self.fired: dict[int, list[int]] = {v: [] for v in range(self.nvec)}
         self.irqs = [kernel.msi.irq_vector(dev, v) for v in range(self.nvec)]
-        for v, irq in enumerate(self.irqs):
-            kernel.irq.request_irq(irq, self._handler, f"{self.name}-{v}", v)
+        done = []
+        try:
+            for v, irq in enumerate(self.irqs):
+                kernel.irq.request_irq(irq, self._handler, f"{self.name}-{v}", v)
+                done.append((irq, v))
+        except Exception:                 # probe failed: undo it all, as a driver's error path
+            for irq, v in done:
+                kernel.irq.free_irq(irq, v)
+            kernel.msi.free_irq_vectors(dev)
+            raise
 
     def _handler(self, irq: int, vector: int) -> int:
         self.fired[vector].append(self.kernel.current_cpu)     # smp_processor_id()

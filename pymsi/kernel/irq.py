@@ -8,8 +8,11 @@ affinity changes and MSI composition walk that chain as Linux does, and a
 chip's ``irq_set_affinity`` answers IRQ_SET_MASK_OK (the caller re-composes
 and rewrites the MSI), OK_NOCOPY, or OK_DONE (nothing more to do: the ITS
 answers this after MOVI).  ``/proc/irq/N/smp_affinity`` is :meth:`GenIrq.
-write_smp_affinity`, with Linux's errors: EIO for a managed interrupt,
-EINVAL for a mask with no online CPU.
+write_smp_affinity`, with Linux's errors: ENOENT until the interrupt was
+first requested (register_irq_proc), EIO for a managed interrupt, the
+bitmap_parse() errors of the mask (:func:`~pymsi.kernel.base.parse_cpumask`),
+EINVAL for a mask with no online CPU.  :meth:`GenIrq.proc_interrupts` prints
+/proc/interrupts as kernel/irq/proc.c's show_interrupts() does.
 """
 
 from __future__ import annotations
@@ -18,7 +21,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .base import EBUSY, EINVAL, EIO, ENOENT, ENOSPC, cpumask_str, fail, parse_cpumask
+from .base import (
+    EBUSY,
+    EINVAL,
+    EIO,
+    ENOENT,
+    ENOSPC,
+    cpumask_arg,
+    cpumask_str,
+    fail,
+    parse_cpumask,
+)
 
 IRQ_SET_MASK_OK = 0
 IRQ_SET_MASK_OK_NOCOPY = 1
@@ -73,6 +86,7 @@ class IrqCommonData:
     effective_affinity: frozenset[int] = frozenset()
     msi_desc: Any = None
     managed: bool = False                 # IRQD_AFFINITY_MANAGED
+    level: bool = False                   # IRQD_LEVEL (MSIs are edge)
     activated: bool = False
     started: bool = False
     forwarded_to_vcpu: bool = False
@@ -117,6 +131,8 @@ class IrqDesc:
     depth: int = 1                        # disabled until started
     kstat: dict[int, int] = field(default_factory=dict)     # per-CPU counts
     spurious: int = 0
+    handler_name: str | None = None       # desc->name: the flow handler's ("edge")
+    proc_registered: bool = False         # /proc/irq/<irq>/ exists (register_irq_proc)
 
     @property
     def name(self) -> str:
@@ -187,6 +203,7 @@ class GenIrq:
         self.kernel = kernel
         self.descs: dict[int, IrqDesc] = {}
         self._next_irq = 1
+        self.nr_irqs = 64                     # NR_IRQS; grows as descriptors are added
         self.default_affinity = frozenset(kernel.online_cpus)
 
     # -- descriptors ------------------------------------------------------------------
@@ -204,10 +221,12 @@ class GenIrq:
             irq = base + i
             self.descs[irq] = IrqDesc(irq, IrqData(irq))
         self._next_irq = base + nr
+        self.nr_irqs = max(self.nr_irqs, base + nr)      # irq_expand_nr_irqs()
         return base
 
     def desc(self, irq: int) -> IrqDesc:
-        d = self.descs.get(irq)
+        """irq_to_desc(), for a call given ``irq``: EINVAL when there is none."""
+        d = self.descs.get(irq) if isinstance(irq, int) else None
         if d is None:
             raise fail(EINVAL, f"no interrupt {irq}")
         return d
@@ -252,17 +271,24 @@ class GenIrq:
             domain.revmap.pop(d.hwirq, None)
 
     def domain_free_irqs(self, virq: int, nr: int) -> None:
-        """irq_domain_free_irqs(): free every level, then the descriptors."""
-        top = self.desc(virq).irq_data
-        for i in range(nr):
-            desc = self.desc(virq + i)
+        """irq_domain_free_irqs(): deactivate, free every level, then the descriptors.
+
+        Like Linux it does not look for handlers: a descriptor freed with an
+        action still installed loses it, and Linux warns when it removes the
+        /proc/irq/<irq> directory the action's entry is still in.
+        """
+        descs = [self.desc(virq + i) for i in range(nr)]     # all exist, or EINVAL
+        for desc in descs:
             if desc.actions:
-                raise fail(EBUSY, f"interrupt {virq + i} still requested")
+                self.kernel.printk(
+                    f"WARNING: remove_proc_entry: removing non-empty directory "
+                    f"'irq/{desc.irq}', leaking at least '{desc.actions[0].name}'")
             if desc.irq_data.common.activated:
                 self.deactivate(desc.irq_data)
-        self._free_level(top.domain, virq, nr)
-        for i in range(nr):
-            del self.descs[virq + i]
+        self._free_level(descs[0].irq_data.domain, virq, nr)
+        for desc in descs:
+            desc.actions.clear()
+            del self.descs[desc.irq]
 
     # -- activation -------------------------------------------------------------------------
 
@@ -295,6 +321,8 @@ class GenIrq:
     def request_irq(self, irq: int, handler: IrqHandler, name: str, dev_id: Any = None) -> None:
         """request_irq(): install ``handler``; the first one starts the interrupt."""
         desc = self.desc(irq)
+        if handler is None or not callable(handler):
+            raise fail(EINVAL, f"IRQ {irq}: no handler")
         if desc.irq_data.chip is None:
             raise fail(EINVAL, f"interrupt {irq} has no chip")
         if desc.actions:
@@ -305,6 +333,7 @@ class GenIrq:
         except Exception:
             desc.actions.clear()
             raise
+        desc.proc_registered = True                     # register_irq_proc()
 
     def _startup(self, desc: IrqDesc) -> None:
         """irq_startup(): affinity set up, activated, unmasked."""
@@ -343,6 +372,7 @@ class GenIrq:
     def enable_irq(self, irq: int) -> None:
         desc = self.desc(irq)
         if desc.depth == 0:
+            self.kernel.printk(f"WARNING: Unbalanced enable for IRQ {irq}")
             raise fail(EINVAL, f"unbalanced enable for IRQ {irq}")
         desc.depth -= 1
         if desc.depth == 0:
@@ -351,40 +381,64 @@ class GenIrq:
     # -- affinity -----------------------------------------------------------------------------
 
     def _set_affinity(self, desc: IrqDesc, mask: frozenset[int], force: bool) -> int:
-        """irq_do_set_affinity(): ask the chip; record the new affinity unless NOCOPY."""
+        """irq_do_set_affinity(): ask the chip; record the new affinity unless NOCOPY.
+
+        Only the online CPUs of ``mask`` are offered to the chip (the whole
+        mask when forced); none online and not forced is EINVAL.
+        """
         d = desc.irq_data
+        if d.chip is None:
+            raise fail(EINVAL, f"IRQ {desc.irq} has no chip")
         online = mask & self.kernel.online_cpus
-        if not online:
+        if not online and not (force and mask):
             raise fail(EINVAL, f"IRQ {desc.irq}: no online CPU in {cpumask_str(mask)}")
         if not d.common.activated:
             d.common.affinity = mask
             return IRQ_SET_MASK_OK
-        ret = d.chip.irq_set_affinity(d, online, force)
+        ret = d.chip.irq_set_affinity(d, mask if force else online, force)
         if ret in (IRQ_SET_MASK_OK, IRQ_SET_MASK_OK_DONE):
             d.common.affinity = mask
         return ret
 
-    def set_affinity(self, irq: int, mask: frozenset[int], force: bool = False) -> int:
-        """irq_set_affinity()."""
-        return self._set_affinity(self.desc(irq), frozenset(mask), force)
+    def set_affinity(self, irq: int, mask: Any, force: bool = False) -> int:
+        """irq_set_affinity(): ``mask`` is a set of CPU numbers (a struct cpumask:
+        unsigned bit numbers below nr_cpumask_bits, anything else is EINVAL)."""
+        desc = self.desc(irq)
+        return self._set_affinity(desc, cpumask_arg(mask, self.kernel.nr_cpumask_bits),
+                                  bool(force))
 
-    def write_smp_affinity(self, irq: int, text: str) -> None:
-        """A write to /proc/irq/<irq>/smp_affinity."""
-        desc = self.descs.get(irq)
-        if desc is None:
+    def proc_desc(self, irq: int) -> IrqDesc:
+        """The descriptor behind /proc/irq/<irq>/: ENOENT until first requested."""
+        desc = self.descs.get(irq) if isinstance(irq, int) else None
+        if desc is None or not desc.proc_registered:
             raise fail(ENOENT, f"/proc/irq/{irq} does not exist")
-        if desc.irq_data.common.managed or desc.irq_data.chip is None:
-            raise fail(EIO, f"IRQ {irq} is managed")
+        return desc
+
+    def write_smp_affinity(self, irq: int, text: str | bytes) -> None:
+        """A write to /proc/irq/<irq>/smp_affinity (write_irq_affinity()).
+
+        In Linux's order: no such directory (ENOENT), an interrupt user space
+        may not move (managed, or no chip able to: EIO), the mask as
+        bitmap_parse() reads it (EINVAL / EOVERFLOW), no online CPU in it
+        (EINVAL), then irq_set_affinity()'s own errors.
+        """
+        desc = self.proc_desc(irq)
+        d = desc.irq_data
+        if d.common.managed or d.chip is None:
+            raise fail(EIO, f"IRQ {irq}: affinity cannot be set from user space")
         mask = parse_cpumask(text, self.kernel.nr_cpumask_bits)
         if not mask & self.kernel.online_cpus:
             raise fail(EINVAL, f"IRQ {irq}: no online CPU in the mask")
-        self.set_affinity(irq, mask)
+        self._set_affinity(desc, mask, False)
 
     def read_smp_affinity(self, irq: int) -> str:
-        return cpumask_str(self.desc(irq).irq_data.common.affinity)
+        """/proc/irq/<irq>/smp_affinity's text, without the newline (nr_cpu_ids wide)."""
+        return cpumask_str(self.desc(irq).irq_data.common.affinity, self.kernel.ncpus)
 
     def read_effective_affinity(self, irq: int) -> str:
-        return cpumask_str(self.desc(irq).irq_data.common.effective_affinity)
+        """/proc/irq/<irq>/effective_affinity's text, without the newline."""
+        return cpumask_str(self.desc(irq).irq_data.common.effective_affinity,
+                           self.kernel.ncpus)
 
     def set_vcpu_affinity(self, irq: int, info: Any) -> None:
         """irq_set_vcpu_affinity(): forward to (or take back from) a vCPU."""
@@ -415,13 +469,39 @@ class GenIrq:
             desc.spurious += 1
 
     def proc_interrupts(self) -> list[str]:
-        """/proc/interrupts lines: irq, per-CPU counts, chip, hwirq, name."""
-        lines = []
+        """/proc/interrupts as show_interrupts() prints it, one string per line.
+
+        A header of the online CPUs, then per interrupt that has a handler or
+        has ever fired: the number right-aligned in a width that fits
+        ``nr_irqs`` (at least 3), a 10-wide count per online CPU, the chip name
+        right-aligned in 8, the hwirq in the same width as the number, the
+        trigger (``Edge`` / ``Level``) left-aligned in 8 where the architecture
+        has GENERIC_IRQ_SHOW_LEVEL (arm64, not x86), ``-`` and the flow
+        handler's name (x86's "edge") left-aligned in 8, then the handlers'
+        names.  The architecture's own lines (IPIs, ``Err:``) are not modelled.
+        """
+        prec, j = 3, 1000
+        while prec < 10 and j <= self.nr_irqs:
+            prec, j = prec + 1, j * 10
+        cpus = sorted(self.kernel.online_cpus)
+        lines = [" " * (prec + 8) + "".join(f"CPU{c:<8d}" for c in cpus)]
+        show_level = getattr(self.kernel, "generic_irq_show_level", True)
         for irq in sorted(self.descs):
             desc = self.descs[irq]
-            if not desc.actions:
+            if not desc.actions and not any(desc.kstat.get(c, 0) for c in cpus):
                 continue
             d = desc.irq_data
-            counts = " ".join(f"{desc.kstat.get(c, 0):10}" for c in range(self.kernel.ncpus))
-            lines.append(f"{irq:4}: {counts} {d.chip.name:>8} {d.hwirq:>10} {desc.name}")
+            line = f"{irq:>{prec}d}: " + "".join(f"{desc.kstat.get(c, 0):10d} " for c in cpus)
+            if d.chip is None:
+                line += f" {'None':>8}"
+            else:
+                line += f" {d.chip.name or '-':>8}"
+            line += f" {d.hwirq:>{prec}d}" if d.domain is not None else " " * (prec + 1)
+            if show_level:
+                line += f" {'Level' if d.common.level else 'Edge':<8}"
+            if desc.handler_name:
+                line += f"-{desc.handler_name:<8}"
+            if desc.actions:
+                line += "  " + ", ".join(a.name for a in desc.actions)
+            lines.append(line)
         return lines

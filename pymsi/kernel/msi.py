@@ -12,6 +12,12 @@ IOMMU's answer) and writes it into the device (MSI capability or MSI-X
 table, with the vector masked while its entry changes).  Changing affinity
 re-composes and re-writes the message unless the parent answered
 IRQ_SET_MASK_OK_DONE.
+
+The driver-facing calls follow Linux: ``pci_alloc_irq_vectors`` and the
+freeing calls as in 6.1 (drivers/pci/msi/msi.c), ``pci_msix_alloc_irq_at`` /
+``pci_msix_free_irq`` as introduced in 6.2.  Arguments are checked in
+Linux's order with its errnos, and a call that fails leaves descriptors,
+the device and the parent domain as they were.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from .base import EBUSY, EINVAL, ENOSPC, fail
+from ..hw import pci as P
+from .base import EBUSY, EINVAL, ENOSPC, ENOTSUPP, ERANGE, KernelError, cpumask_arg, fail
 from .irq import (
     IRQ_SET_MASK_OK_DONE,
     IrqChip,
@@ -180,24 +187,56 @@ def spread_affinity(nvec: int, cpus: frozenset[int]) -> list[frozenset[int]]:
     return [frozenset({order[v % len(order)]}) for v in range(nvec)]
 
 
+MSI_ANY_INDEX = 0xFFFF_FFFF          # pci_msix_alloc_irq_at(): the first free entry
+
+
+def _c_int(value: Any, what: str) -> int:
+    """An ``unsigned int`` argument as the C callee sees it once it is stored in
+    an ``int``: modulo 2**32, then signed (so -1 and 0xFFFFFFFF are the same)."""
+    if not isinstance(value, int):
+        raise fail(EINVAL, f"{what} must be an integer, not {value!r}")
+    value &= 0xFFFF_FFFF
+    return value - (1 << 32) if value >> 31 else value
+
+
 class PciMsiLayer:
     """The PCI/MSI layer over one MSI parent domain (``parent``).
 
     ``parent_prepare(dev, nvec)`` is the parent's msi_prepare (the ITS creates
     the device's ITT there); ``parent_release(dev)`` runs when the last
-    vector of a device is freed.
+    vector of a device is freed.  ``chip_name`` is what /proc/interrupts shows
+    for its interrupts ("ITS-MSI", "PCI-MSI", "IR-PCI-MSI"), ``handler_name``
+    the flow handler name x86 shows after a dash ("edge"; default: "edge" on
+    x86_64, none on arm64).  ``multi_msi`` (MSI_FLAG_MULTI_PCI_MSI) says the
+    parent can give an MSI device more than one vector; ``msix_alloc_dyn``
+    (MSI_FLAG_PCI_MSIX_ALLOC_DYN) that MSI-X vectors can be added and removed
+    while MSI-X is on.
+
+    Every call checks its arguments in Linux's order and fails with Linux's
+    errno, and a call that fails leaves the device, its descriptors and the
+    interrupt hierarchy as they were.
     """
 
-    multi_msi = True          # MSI_FLAG_MULTI_PCI_MSI: the parent can do multi-message MSI
-
     def __init__(self, kernel: Any, parent: IrqDomain, name: str = "PCI-MSI",
-                 parent_prepare: Any = None, parent_release: Any = None) -> None:
+                 parent_prepare: Any = None, parent_release: Any = None,
+                 chip_name: str | None = None, handler_name: str | None = None,
+                 multi_msi: bool = True, msix_alloc_dyn: bool = True) -> None:
         self.kernel = kernel
         self.chip = PciMsiChip(self)
+        self.chip.name = chip_name or name
+        if handler_name is None and getattr(kernel, "arch", "arm64") == "x86_64":
+            handler_name = "edge"
+        self.handler_name = handler_name
+        self.multi_msi = multi_msi
+        self.msix_alloc_dyn = msix_alloc_dyn
         self.domain = IrqDomain(kernel.irq, name, PciMsiDomainOps(), parent=parent,
                                 host_data=self)
         self.parent_prepare = parent_prepare
         self.parent_release = parent_release
+
+    def _warn(self, dev: Any, what: str) -> None:
+        """A WARN_ON in the Linux path: the splat goes to dmesg."""
+        self.kernel.printk(f"WARNING: {dev}: {what}")
 
     # -- device access (config space and the MSI-X table, through the bus) -----------
 
@@ -223,17 +262,27 @@ class PciMsiLayer:
             dev.cfg_write(cap + (0xC if is64 else 0x8), msg.data & 0xFFFF, 2)
         desc.msg = msg
 
+    def _msi_mask_reg(self, dev: Any) -> int | None:
+        """Config offset of the MSI Mask Bits register (None: no per-vector masking)."""
+        flags = dev.cfg_read(dev.msi_cap + 2, 2)
+        if not flags & (1 << 8):
+            return None
+        return dev.msi_cap + (0x10 if flags & (1 << 7) else 0xC)
+
+    def _msi_multi_mask(self, dev: Any) -> int:
+        """msi_multi_mask(): a mask bit for every vector the function is capable of."""
+        multi_cap = (dev.cfg_read(dev.msi_cap + P.MSI_FLAGS, 2) & P.MSI_FLAGS_QMASK) >> 1
+        return 0xFFFF_FFFF if multi_cap >= 5 else (1 << (1 << multi_cap)) - 1
+
     def mask_vector(self, desc: MsiDesc, mask: bool) -> None:
         dev = desc.dev
         if desc.is_msix:
             desc.msix_ctrl = (desc.msix_ctrl & ~1) | int(mask)
             dev.mmio_write(dev.msix_table + 16 * desc.msi_index + 12, desc.msix_ctrl)
         else:
-            cap = dev.msi_cap
-            flags = dev.cfg_read(cap + 2, 2)
-            if not flags & (1 << 8):                 # no per-vector masking: parent only
+            off = self._msi_mask_reg(dev)
+            if off is None:                          # no per-vector masking: parent only
                 return
-            off = cap + (0x10 if flags & (1 << 7) else 0xC)
             bits = dev.cfg_read(off)
             dev.cfg_write(off, bits | 1 << desc.msi_index if mask
                           else bits & ~(1 << desc.msi_index))
@@ -243,7 +292,9 @@ class PciMsiLayer:
     def _alloc_desc_irq(self, dev: Any, desc: MsiDesc) -> int:
         info = MsiAllocInfo(dev, desc, getattr(dev, "msi_parent_data", None))
         virq = self.kernel.irq.domain_alloc_irqs(self.domain, 1, info)
-        d = self.kernel.irq.desc(virq).irq_data
+        irq_desc = self.kernel.irq.desc(virq)
+        irq_desc.handler_name = self.handler_name
+        d = irq_desc.irq_data
         d.common.managed = desc.managed
         if desc.affinity:
             d.common.affinity = desc.affinity
@@ -251,54 +302,155 @@ class PciMsiLayer:
             self.kernel.irq.activate(d)              # MSI_FLAG_ACTIVATE_EARLY
         except Exception:
             self.kernel.irq.domain_free_irqs(virq, 1)
+            if desc.iommu_release is not None:
+                desc.iommu_release(desc)
+                desc.iommu_release = None
             raise
         return virq
 
+    def _affinity_vectors(self, minvec: int, maxvec: int) -> int:
+        """irq_calc_affinity_vectors() with no pre/post vectors: at most one
+        vector per possible CPU."""
+        return min(self.kernel.ncpus, maxvec & 0xFFFF_FFFF)
+
     def alloc_irq_vectors(self, dev: Any, min_vecs: int, max_vecs: int,
-                          flags: MsiType = MsiType.MSIX | MsiType.MSI) -> int:
-        """pci_alloc_irq_vectors(_affinity)(): MSI-X if possible, else MSI; returns nvec."""
-        if dev.msi_descs:
-            raise fail(EINVAL, f"{dev} already has vectors")
-        if not 1 <= min_vecs <= max_vecs:
-            raise fail(EINVAL, "bad vector counts")
-        errors = []
-        for kind in (MsiType.MSIX, MsiType.MSI):
-            if not flags & kind:
-                continue
-            cap_vecs = dev.msix_vectors() if kind == MsiType.MSIX else dev.msi_vectors()
-            if not cap_vecs:
-                continue
-            nvec = min(max_vecs, cap_vecs)
-            if kind == MsiType.MSI:
-                nvec = 1 << (nvec.bit_length() - 1)   # a power of two
-                if not self.multi_msi:                # pci_msi_domain_check_cap()
-                    nvec = 1
-            if nvec < min_vecs:
-                errors.append(fail(ENOSPC, f"{dev}: only {cap_vecs} vectors"))
+                          flags: MsiType | int = MsiType.MSIX | MsiType.MSI) -> int:
+        """pci_alloc_irq_vectors(_affinity)() of Linux 6.1: MSI-X if the flags ask
+        for it and it works, else MSI; returns the number of vectors.
+
+        The error is the one of the last mode tried: ENOSPC if the flags ask
+        for neither MSI nor MSI-X, ERANGE when ``max_vecs < min_vecs``, EINVAL
+        for no vectors asked for (``max_vecs`` 0, or ``min_vecs`` 0 for MSI),
+        no such capability, or a mode already on, ENOSPC when fewer than
+        ``min_vecs`` vectors are possible.  With PCI_IRQ_AFFINITY there is at
+        most one vector per CPU, each managed and pinned.
+        """
+        minvec, maxvec = _c_int(min_vecs, "min_vecs"), _c_int(max_vecs, "max_vecs")
+        if isinstance(flags, MsiType):
+            flags = flags.value
+        elif not isinstance(flags, int):
+            raise fail(EINVAL, f"flags must be PCI_IRQ_* bits, not {flags!r}")
+        affd = bool(flags & MsiType.AFFINITY.value)
+        err: KernelError = fail(ENOSPC, f"{dev}: no MSI or MSI-X requested")
+        for kind, enable in ((MsiType.MSIX, self._enable_msix_range),
+                             (MsiType.MSI, self._enable_msi_range)):
+            if not flags & kind.value:
                 continue
             try:
-                self._enable(dev, kind, nvec, bool(flags & MsiType.AFFINITY))
-            except OSError as e:
-                errors.append(e)
+                return enable(dev, minvec, maxvec, affd)
+            except KernelError as e:
+                err = e
+        raise err
+
+    def _enable_msix_range(self, dev: Any, minvec: int, maxvec: int, affd: bool) -> int:
+        """__pci_enable_msix_range() + __pci_enable_msix()."""
+        if maxvec < minvec:
+            raise fail(ERANGE, f"{dev}: max_vecs {maxvec} < min_vecs {minvec}")
+        if dev.msix_enabled:
+            self._warn(dev, "MSI-X already enabled")
+            raise fail(EINVAL, f"{dev}: MSI-X already enabled")
+        nvec = maxvec
+        while True:
+            if affd:
+                nvec = self._affinity_vectors(minvec, nvec)
+                if nvec < minvec:
+                    raise fail(ENOSPC, f"{dev}: only {nvec} CPUs for {minvec} vectors")
+            if nvec < 1:                                 # pci_msi_supported()
+                raise fail(EINVAL, f"{dev}: no vectors asked for")
+            hwsize = dev.msix_vectors()
+            if not hwsize:
+                raise fail(EINVAL, f"{dev} has no MSI-X capability")
+            if nvec > hwsize:
+                if hwsize < minvec:
+                    raise fail(ENOSPC, f"{dev}: only {hwsize} MSI-X vectors")
+                nvec = hwsize
                 continue
+            if dev.msi_enabled:
+                raise fail(EINVAL, f"{dev}: can't enable MSI-X (MSI IRQ already assigned)")
+            self._enable(dev, MsiType.MSIX, nvec, affd)
             return nvec
-        raise errors[0] if errors else fail(EINVAL, f"{dev} has no MSI capability")
+
+    def _enable_msi_range(self, dev: Any, minvec: int, maxvec: int, affd: bool) -> int:
+        """__pci_enable_msi_range()."""
+        if minvec < 1:                                   # pci_msi_supported(dev, minvec)
+            raise fail(EINVAL, f"{dev}: min_vecs must be at least 1 for MSI")
+        if dev.msix_enabled:
+            raise fail(EINVAL, f"{dev}: can't enable MSI (MSI-X already enabled)")
+        if maxvec < minvec:
+            raise fail(ERANGE, f"{dev}: max_vecs {maxvec} < min_vecs {minvec}")
+        if dev.msi_enabled:
+            self._warn(dev, "MSI already enabled")
+            raise fail(EINVAL, f"{dev}: MSI already enabled")
+        count = dev.msi_vectors()
+        if not count:
+            raise fail(EINVAL, f"{dev} has no MSI capability")
+        if count < minvec:
+            raise fail(ENOSPC, f"{dev}: only {count} MSI vectors")
+        nvec = min(count, maxvec)
+        while True:
+            if affd:
+                nvec = self._affinity_vectors(minvec, nvec)
+                if nvec < minvec:
+                    raise fail(ENOSPC, f"{dev}: only {nvec} CPUs for {minvec} vectors")
+            if nvec > 1 and not self.multi_msi:          # pci_msi_domain_check_cap(): 1
+                if 1 < minvec:
+                    raise fail(ENOSPC, f"{dev}: {self.domain.name} gives MSI one vector")
+                nvec = 1
+                continue
+            self._enable(dev, MsiType.MSI, nvec, affd)
+            return nvec
+
+    def _snapshot_device(self, dev: Any, is_msix: bool) -> tuple[Any, ...]:
+        """What enabling touches in the function, to put back if it fails."""
+        cmd = dev.cfg_read(P.COMMAND, 2)
+        if is_msix:
+            ctrl = dev.cfg_read(dev.msix_cap + P.MSIX_FLAGS, 2)
+            return cmd, ctrl, None
+        ctrl = dev.cfg_read(dev.msi_cap + P.MSI_FLAGS, 2)
+        off = self._msi_mask_reg(dev)
+        return cmd, ctrl, None if off is None else dev.cfg_read(off)
+
+    def _restore_device(self, dev: Any, is_msix: bool, snap: tuple[Any, ...],
+                        vector_ctrl: dict[int, int]) -> None:
+        cmd, ctrl, mask_bits = snap
+        if is_msix:
+            for index, word in vector_ctrl.items():
+                dev.mmio_write(dev.msix_table + 16 * index + 12, word)
+            dev.cfg_write(dev.msix_cap + P.MSIX_FLAGS, ctrl, 2)
+        else:
+            dev.cfg_write(dev.msi_cap + P.MSI_FLAGS, ctrl, 2)
+            off = self._msi_mask_reg(dev)
+            if off is not None and mask_bits is not None:
+                dev.cfg_write(off, mask_bits)
+        dev.cfg_write(P.COMMAND, cmd, 2)
 
     def _enable(self, dev: Any, kind: MsiType, nvec: int, managed: bool) -> None:
+        """msix_capability_init() / msi_capability_init(): all vectors or none."""
         is_msix = kind == MsiType.MSIX
         masks = spread_affinity(nvec, self.kernel.online_cpus) if managed else [None] * nvec
         descs = [MsiDesc(dev, i, affinity=masks[i], managed=managed, is_msix=is_msix)
                  for i in range(nvec)]
-        if is_msix:
-            # msix_capability_init(): function-masked and enabled while entries are set up.
-            dev.msix_control(enable=True, maskall=True)
-            for desc in descs:
-                self.mask_vector(desc, True)
-        if self.parent_prepare is not None:
-            dev.msi_parent_data = self.parent_prepare(dev, dev.msix_vectors() if is_msix
-                                                      else nvec)
-        done = []
+        snap = self._snapshot_device(dev, is_msix)
+        vector_ctrl: dict[int, int] = {}
+        parent_data = dev.msi_parent_data
+        done: list[MsiDesc] = []
         try:
+            if is_msix:
+                # msix_capability_init(): function-masked and enabled while entries are set up.
+                dev.msix_control(enable=True, maskall=True)
+                for desc in descs:
+                    vector_ctrl[desc.msi_index] = dev.mmio_read(
+                        dev.msix_table + 16 * desc.msi_index + 12)
+                    self.mask_vector(desc, True)
+            else:
+                # msi_capability_init(): the vectors start masked (all the function
+                # can have), each unmasked when its interrupt starts up.
+                off = self._msi_mask_reg(dev)
+                if off is not None:
+                    dev.cfg_write(off, dev.cfg_read(off) | self._msi_multi_mask(dev))
+            if self.parent_prepare is not None:
+                dev.msi_parent_data = self.parent_prepare(dev, dev.msix_vectors() if is_msix
+                                                          else nvec)
             for desc in descs:
                 self._alloc_desc_irq(dev, desc)
                 dev.msi_descs[desc.msi_index] = desc
@@ -306,32 +458,62 @@ class PciMsiLayer:
         except Exception:
             for desc in done:
                 self._free_desc(dev, desc)
-            self._disable(dev, is_msix)
+            if (self.parent_release is not None and dev.msi_parent_data is not None
+                    and parent_data is None):
+                self.parent_release(dev)
+            dev.msi_parent_data = parent_data
+            self._restore_device(dev, is_msix, snap, vector_ctrl)
             raise
         if is_msix:
             dev.msix_control(enable=True, maskall=False)
+            dev.msix_enabled = True
         else:
             dev.msi_control(enable=True, nvec=nvec)
+            dev.msi_enabled = True
 
     def msix_alloc_irq_at(self, dev: Any, index: int | None = None,
-                          affinity: frozenset[int] | None = None) -> tuple[int, int]:
-        """pci_msix_alloc_irq_at(): one more MSI-X vector at ``index`` (or the first free)."""
-        if not dev.msix_enabled():
-            raise fail(EINVAL, f"{dev}: MSI-X is not enabled")
+                          affinity: Any = None) -> tuple[int, int]:
+        """pci_msix_alloc_irq_at(): one more MSI-X vector at ``index`` (None or
+        MSI_ANY_INDEX: the first free entry); returns (index, virq).
+
+        ENOTSUPP unless MSI-X is on and the domain allocates dynamically;
+        ERANGE for an index beyond the table, EBUSY for one in use or a full
+        table (the xarray's answers); EINVAL for an affinity with no online
+        CPU.  ``affinity`` makes the vector managed, as an irq_affinity_desc does.
+        """
+        if not dev.msix_enabled or not self.msix_alloc_dyn or dev.msix_cap is None:
+            raise fail(ENOTSUPP, f"{dev}: MSI-X is not on, or has no dynamic allocation")
+        idx = MSI_ANY_INDEX if index is None else _c_int(index, "index") & 0xFFFF_FFFF
+        if affinity is not None:
+            affinity = cpumask_arg(affinity, self.kernel.nr_cpumask_bits)
+            if not affinity & self.kernel.online_cpus:
+                raise fail(EINVAL, f"{dev}: no online CPU in the affinity")
         n = dev.msix_vectors()
-        if index is None:
-            index = next((i for i in range(n) if i not in dev.msi_descs), None)
-            if index is None:
-                raise fail(ENOSPC, f"{dev}: every MSI-X entry is in use")
-        if not 0 <= index < n:
-            raise fail(EINVAL, f"{dev}: MSI-X index {index} beyond the table")
-        if index in dev.msi_descs:
-            raise fail(EBUSY, f"{dev}: MSI-X index {index} is in use")
-        desc = MsiDesc(dev, index, affinity=affinity, managed=affinity is not None)
-        self.mask_vector(desc, True)
-        virq = self._alloc_desc_irq(dev, desc)
-        dev.msi_descs[index] = desc
-        return index, virq
+        if idx == MSI_ANY_INDEX:
+            idx = next((i for i in range(n) if i not in dev.msi_descs), None)
+            if idx is None:
+                raise fail(EBUSY, f"{dev}: every MSI-X entry is in use")
+        elif idx >= n:
+            raise fail(ERANGE, f"{dev}: MSI-X index {idx} beyond the table of {n}")
+        elif idx in dev.msi_descs:
+            raise fail(EBUSY, f"{dev}: MSI-X index {idx} is in use")
+        desc = MsiDesc(dev, idx, affinity=affinity, managed=affinity is not None)
+        entry = dev.msix_table + 16 * idx + 12
+        ctrl = dev.mmio_read(entry)
+        parent_data = dev.msi_parent_data
+        try:
+            if parent_data is None and self.parent_prepare is not None:
+                dev.msi_parent_data = self.parent_prepare(dev, n)    # msi_prepare, again
+            self.mask_vector(desc, True)
+            virq = self._alloc_desc_irq(dev, desc)
+        except Exception:
+            if parent_data is None and dev.msi_parent_data is not None:
+                self.parent_release(dev)
+                dev.msi_parent_data = None
+            dev.mmio_write(entry, ctrl)
+            raise
+        dev.msi_descs[idx] = desc
+        return idx, virq
 
     def _free_desc(self, dev: Any, desc: MsiDesc) -> None:
         self.kernel.irq.domain_free_irqs(desc.irq, 1)
@@ -340,35 +522,64 @@ class PciMsiLayer:
             desc.iommu_release = None
         dev.msi_descs.pop(desc.msi_index, None)
 
+    def _release_parent(self, dev: Any) -> None:
+        if not dev.msi_descs and self.parent_release is not None \
+                and dev.msi_parent_data is not None:
+            self.parent_release(dev)
+            dev.msi_parent_data = None
+
     def msix_free_irq(self, dev: Any, index: int) -> None:
-        """pci_msix_free_irq()."""
+        """pci_msix_free_irq(): free the MSI-X vector at ``index``; MSI-X stays on.
+
+        Linux WARNs and does nothing for a negative index or a device whose
+        domain cannot free MSI-X vectors one by one (MSI mode, or nothing
+        on): the model prints the same warning and raises EINVAL, changing
+        nothing.  No vector at ``index`` is nothing to do.  A vector whose
+        handler is still requested is freed anyway (the handler goes with it).
+        """
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            self._warn(dev, f"pci_msix_free_irq: bad index {index!r}")
+            raise fail(EINVAL, f"{dev}: bad MSI-X index {index!r}")
+        if not dev.msix_enabled or not self.msix_alloc_dyn or dev.msix_cap is None:
+            self._warn(dev, "pci_msix_free_irq: not in MSI-X mode with dynamic allocation")
+            raise fail(EINVAL, f"{dev}: not in MSI-X mode")
         desc = dev.msi_descs.get(index)
         if desc is None:
-            raise fail(EINVAL, f"{dev}: no MSI-X vector {index}")
+            return
         self._free_desc(dev, desc)
-        if not dev.msi_descs and self.parent_release is not None:
-            self.parent_release(dev)
-            dev.msi_parent_data = None
+        self._release_parent(dev)
 
     def free_irq_vectors(self, dev: Any) -> None:
-        """pci_free_irq_vectors(): every vector, then MSI / MSI-X disabled."""
-        is_msix = dev.msix_enabled()
+        """pci_free_irq_vectors() = pci_disable_msix() + pci_disable_msi().
+
+        Nothing to do when neither mode is on (twice is fine).  MSI-X: every
+        vector masked, MSI-X off, INTx back on, then the vectors freed; MSI:
+        MSI off, INTx on, mask bits cleared, vectors freed.  Like Linux 6.1 it
+        never fails: a vector whose handler is still requested is freed with
+        it, and dmesg gets a WARNING for it.
+        """
+        if dev.msix_enabled:
+            for desc in dev.msi_descs.values():
+                self.mask_vector(desc, True)
+            dev.msix_control(enable=False, maskall=False)
+            dev.intx(True)
+            dev.msix_enabled = False
+        elif dev.msi_enabled:
+            dev.msi_control(enable=False, nvec=1)
+            dev.intx(True)
+            dev.msi_enabled = False
+            off = self._msi_mask_reg(dev)
+            if off is not None:                      # returned unmasked, as found
+                dev.cfg_write(off, dev.cfg_read(off) & ~self._msi_multi_mask(dev))
+        else:
+            return
         for desc in sorted(dev.msi_descs.values(), key=lambda x: x.msi_index):
             self._free_desc(dev, desc)
-        self._disable(dev, is_msix)
-        if self.parent_release is not None:
-            self.parent_release(dev)
-            dev.msi_parent_data = None
-
-    def _disable(self, dev: Any, is_msix: bool) -> None:
-        if is_msix:
-            dev.msix_control(enable=False, maskall=False)
-        else:
-            dev.msi_control(enable=False, nvec=1)
+        self._release_parent(dev)
 
     def irq_vector(self, dev: Any, nr: int) -> int:
         """pci_irq_vector()."""
-        desc = dev.msi_descs.get(nr)
+        desc = dev.msi_descs.get(nr) if isinstance(nr, int) else None
         if desc is None:
             raise fail(EINVAL, f"{dev}: no vector {nr}")
         return desc.irq

@@ -31,6 +31,8 @@ class PciDev:
         self.iommu_group = None
         self.msi_descs: dict[int, Any] = {}
         self.msi_parent_data: Any = None
+        self.msi_enabled = False                      # dev->msi_enabled (the kernel's view)
+        self.msix_enabled = False                     # dev->msix_enabled
         self.bars: list[tuple[int, int]] = []         # (address, size) of memory BARs
         self.msi_cap = self.find_capability(P.CAP_ID_MSI)
         self.msix_cap = self.find_capability(P.CAP_ID_MSIX)
@@ -99,9 +101,12 @@ class PciDev:
             return 0
         return 1 << ((self.cfg_read(self.msi_cap + P.MSI_FLAGS, 2) & P.MSI_FLAGS_QMASK) >> 1)
 
-    def msix_enabled(self) -> bool:
-        return self.msix_cap is not None and bool(
-            self.cfg_read(self.msix_cap + P.MSIX_FLAGS, 2) & P.MSIX_FLAGS_ENABLE)
+    def intx(self, enable: bool) -> None:
+        """pci_intx(): INTx Disable cleared (``enable``) or set in the command register."""
+        cmd = self.cfg_read(P.COMMAND, 2)
+        new = cmd & ~P.CMD_INTX_DISABLE if enable else cmd | P.CMD_INTX_DISABLE
+        if new != cmd:
+            self.cfg_write(P.COMMAND, new, 2)
 
     def msix_control(self, enable: bool, maskall: bool) -> None:
         flags = self.cfg_read(self.msix_cap + P.MSIX_FLAGS, 2)
@@ -118,7 +123,8 @@ class PciDev:
         flags = self.cfg_read(self.msi_cap + P.MSI_FLAGS, 2)
         flags &= ~(P.MSI_FLAGS_ENABLE | P.MSI_FLAGS_QSIZE)
         if enable:
-            flags |= P.MSI_FLAGS_ENABLE | (nvec.bit_length() - 1) << 4
+            # Multiple Message Enable: log2 of nvec rounded up to a power of two.
+            flags |= P.MSI_FLAGS_ENABLE | (nvec - 1).bit_length() << 4
             self.cfg_write(P.COMMAND, self.cfg_read(P.COMMAND, 2) | P.CMD_INTX_DISABLE, 2)
         self.cfg_write(self.msi_cap + P.MSI_FLAGS, flags, 2)
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..hw import pci as P
 from ..hw import x86 as X
 from .base import EBUSY, EINVAL, ENOSPC, KernelError, fail
 from .irq import (
@@ -478,4 +479,8 @@ class IntelIr:
 
     def msi_prepare(self, dev: Any, nvec: int) -> X86MsiPrepare:
         """pci_msi_prepare(): MSI (not MSI-X) vectors need contiguous IRTEs."""
-        return X86MsiPrepare(nvec, not dev.msix_enabled())
+        # MSI-X is already enabled (function-masked) in the capability when its vectors
+        # are prepared; an MSI device's is not.
+        msix = dev.msix_cap is not None and bool(
+            dev.cfg_read(dev.msix_cap + P.MSIX_FLAGS, 2) & P.MSIX_FLAGS_ENABLE)
+        return X86MsiPrepare(nvec, not msix)
