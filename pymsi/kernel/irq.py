@@ -27,6 +27,7 @@ from .base import (
     EIO,
     ENOENT,
     ENOSPC,
+    KernelError,
     cpumask_arg,
     cpumask_str,
     fail,
@@ -133,6 +134,7 @@ class IrqDesc:
     spurious: int = 0
     handler_name: str | None = None       # desc->name: the flow handler's ("edge")
     proc_registered: bool = False         # /proc/irq/<irq>/ exists (register_irq_proc)
+    pending_mask: frozenset[int] | None = None   # a move the chip could not do yet
 
     @property
     def name(self) -> str:
@@ -395,10 +397,34 @@ class GenIrq:
         if not d.common.activated:
             d.common.affinity = mask
             return IRQ_SET_MASK_OK
-        ret = d.chip.irq_set_affinity(d, mask if force else online, force)
+        if desc.pending_mask is not None and not force:
+            desc.pending_mask = mask              # a move is pending: it takes the new mask
+            return IRQ_SET_MASK_OK
+        try:
+            ret = d.chip.irq_set_affinity(d, mask if force else online, force)
+        except KernelError as e:
+            if e.errno != EBUSY or force:
+                raise
+            # irq_try_set_affinity(): the vector management is busy with an earlier
+            # move; GENERIC_PENDING_IRQ keeps the mask and moves at a later interrupt.
+            desc.pending_mask = mask
+            return IRQ_SET_MASK_OK
         if ret in (IRQ_SET_MASK_OK, IRQ_SET_MASK_OK_DONE):
             d.common.affinity = mask
         return ret
+
+    def irq_move_irq(self, irq: int) -> None:
+        """irq_move_irq(), from a chip's ack: carry out a pending move, if any.
+
+        Busy again leaves it pending; a mask with no online CPU left is dropped."""
+        desc = self.descs.get(irq)
+        if desc is None or desc.pending_mask is None:
+            return
+        mask, desc.pending_mask = desc.pending_mask, None
+        try:
+            self._set_affinity(desc, mask, False)
+        except KernelError:
+            pass
 
     def set_affinity(self, irq: int, mask: Any, force: bool = False) -> int:
         """irq_set_affinity(): ``mask`` is a set of CPU numbers (a struct cpumask:
@@ -433,7 +459,9 @@ class GenIrq:
 
     def read_smp_affinity(self, irq: int) -> str:
         """/proc/irq/<irq>/smp_affinity's text, without the newline (nr_cpu_ids wide)."""
-        return cpumask_str(self.desc(irq).irq_data.common.affinity, self.kernel.ncpus)
+        desc = self.desc(irq)
+        mask = desc.pending_mask if desc.pending_mask is not None else desc.irq_data.common.affinity
+        return cpumask_str(mask, self.kernel.ncpus)
 
     def read_effective_affinity(self, irq: int) -> str:
         """/proc/irq/<irq>/effective_affinity's text, without the newline."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import EINVAL, ENOENT, PageAllocator, cpumask_str, fail
+from .base import EINVAL, ENOENT, PageAllocator, fail
 from .dma_iommu import DmaIommu
 from .iommu import DomainType, IommuCore
 
@@ -80,9 +80,10 @@ class Kernel:
             return "".join(line + "\n" for line in self.irq.proc_interrupts())
         target = self._proc_irq(path)
         if target is not None and target[1] in ("smp_affinity", "effective_affinity"):
-            d = self.irq.proc_desc(target[0]).irq_data.common
-            mask = d.affinity if target[1] == "smp_affinity" else d.effective_affinity
-            return cpumask_str(mask, self.ncpus) + "\n"
+            irq = self.irq.proc_desc(target[0]).irq
+            if target[1] == "smp_affinity":
+                return self.irq.read_smp_affinity(irq) + "\n"
+            return self.irq.read_effective_affinity(irq) + "\n"
         raise fail(ENOENT, f"{path}: no such file")
 
     def pci_windows(self) -> list[tuple[int, int]]:

@@ -37,11 +37,10 @@ from typing import Any
 
 from ..hw import pci as P
 from ..hw import x86 as X
-from .base import EBUSY, EINVAL, ENOSPC, KernelError, fail
+from .base import EBUSY, EINVAL, ENOSPC, fail
 from .irq import (
     IRQ_SET_MASK_OK,
     IRQ_SET_MASK_OK_DONE,
-    IRQ_SET_MASK_OK_NOCOPY,
     IrqChip,
     IrqData,
     IrqDomain,
@@ -93,15 +92,8 @@ class ApicChip(IrqChip):
 
     def irq_set_affinity(self, d: IrqData, mask: frozenset[int], force: bool) -> int:
         """apic_set_affinity(): a vector on a CPU of ``mask``.  A move still in progress
-        makes it EBUSY, which genirq turns into a pending move (irq_try_set_affinity)."""
-        try:
-            self.vec.assign(d, mask)
-        except KernelError as e:
-            if e.errno != EBUSY or force:
-                raise
-            self.vec.pending[d.irq] = mask
-            return IRQ_SET_MASK_OK_NOCOPY
-        self.vec.pending.pop(d.irq, None)
+        is EBUSY, which genirq turns into a pending move (irq_try_set_affinity)."""
+        self.vec.assign(d, mask)
         return IRQ_SET_MASK_OK
 
 
@@ -132,7 +124,6 @@ class VectorDomain:
         self.domain = IrqDomain(kernel.irq, "VECTOR", VectorDomainOps(), host_data=self)
         self.vector_irq: dict[int, dict[int, int]] = {c: {} for c in kernel.online_cpus}
         self.cleanup_list: dict[int, list[ApicData]] = {c: [] for c in kernel.online_cpus}
-        self.pending: dict[int, frozenset[int]] = {}    # irq -> affinity still to apply
         self.logical = kernel.ncpus <= NR_FLAT_CPUS     # apic_flat, else apic_physflat
 
     def dest_apicid(self, cpu: int) -> int:
@@ -185,7 +176,6 @@ class VectorDomain:
             self.cleanup_list[apicd.prev_cpu].remove(apicd)
         apicd.vector = apicd.prev_vector = 0
         apicd.move_in_progress = apicd.cleanup_queued = False
-        self.pending.pop(d.irq, None)
 
     def _send_ipi(self, from_cpu: int, to_cpu: int, vector: int) -> None:
         """apic->send_IPI(): through the sending CPU's ICR."""
@@ -222,12 +212,7 @@ class VectorDomain:
         apicd: ApicData = self.kernel.irq.irq_data_at(irq, self.domain).chip_data
         if apicd.move_in_progress and vector == apicd.vector and cpu == apicd.cpu:
             self.send_cleanup(apicd, cpu)
-        mask = self.pending.pop(irq, None)
-        if mask is not None:
-            try:
-                self.kernel.irq.set_affinity(irq, mask)     # may leave it pending again
-            except KernelError:
-                pass                                        # CPUs went away: dropped
+        self.kernel.irq.irq_move_irq(irq)
 
     def handle_irq(self, cpu: int) -> int:
         """common_interrupt() / system vectors: take every deliverable vector on ``cpu``."""
@@ -307,7 +292,7 @@ class IrChip(IrqChip):
         flushed, then the old vector's cleanup sent at once."""
         ret = d.parent_data.chip.irq_set_affinity(d.parent_data, mask, force)
         if ret < 0 or ret != IRQ_SET_MASK_OK:
-            return ret                             # pending (NOCOPY) or nothing to do
+            return ret
         self.ir.write_irte(d)
         cpu = self.ir.kernel.current_cpu
         self.ir.vector.send_cleanup(d.parent_data.chip_data, 0 if cpu is None else cpu)
