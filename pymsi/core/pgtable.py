@@ -26,7 +26,10 @@ from .common import (
     GRANULES,
     Stage1,
     Stage2,
+    int_arg,
+    integer,
     level_lsb,
+    obj_arg,
     s1_start_level,
     s2_sl0_for_level,
 )
@@ -49,10 +52,22 @@ _NG = 1 << 11
 _XN = 3 << 53
 
 
+_MEMORY_METHODS = ("is_ram", "read", "write", "read_u64", "write_u64")
+
+
+def _memory(name: str, mem: Any) -> Any:
+    """``mem`` checked to offer the memory methods the builder uses (TypeError)."""
+    if not all(callable(getattr(mem, m, None)) for m in _MEMORY_METHODS):
+        raise TypeError(f"{name} must be a core Memory or IpaView, not {type(mem).__name__}")
+    return mem
+
+
 class TableAllocator:
     """Hands out zeroed, naturally aligned table memory from a RAM range."""
 
     def __init__(self, mem: Any, base: int, size: int) -> None:
+        _memory("mem", mem)
+        base, size = int_arg("base", base), int_arg("size", size)
         if not mem.is_ram(base, size):
             raise InvalidArgument(f"table pool [{base:#x}, +{size:#x}) is not RAM")
         self.mem = mem
@@ -64,6 +79,7 @@ class TableAllocator:
 
     def alloc(self, size: int) -> int:
         """A zeroed block of ``size`` bytes aligned to ``size`` (a power of two)."""
+        size = integer("size", size)
         if size <= 0 or size & (size - 1):
             raise InvalidArgument(f"table size {size} is not a power of two")
         free = self._free.get(size)
@@ -105,11 +121,16 @@ class IoPgtable:
         start_level: int | None = None,
         ttbr1: bool = False,
     ) -> None:
+        _memory("mem", mem)
+        obj_arg("alloc", alloc, TableAllocator)
         if fmt not in ("s1", "s2"):
             raise InvalidArgument(f"fmt={fmt!r}: must be 's1' or 's2'")
+        granule, ias, oas = integer("granule", granule), integer("ias", ias), integer("oas", oas)
+        if start_level is not None:
+            start_level = integer("start_level", start_level)
         if granule not in GRANULES:
             raise InvalidArgument(f"granule={granule!r}: must be 4096, 16384 or 65536")
-        if not (isinstance(ias, int) and 25 <= ias <= 48):
+        if not 25 <= ias <= 48:
             raise InvalidArgument(f"ias={ias!r}: must be 25..48")
         if oas not in ADDRESS_SIZES:
             raise InvalidArgument(f"oas={oas!r}: must be one of {ADDRESS_SIZES}")
@@ -244,7 +265,8 @@ class IoPgtable:
         Overlapping an existing mapping is :class:`AlreadyExists` (EEXIST), and
         whatever this call mapped before that is unmapped again.
         """
-        prot = Prot(prot)
+        iova, paddr = int_arg("iova", iova), int_arg("paddr", paddr)
+        size, prot = int_arg("size", size), Prot(int_arg("prot", prot))
         g = self.granule
         if size <= 0 or (iova | paddr | size) & (g - 1):
             raise InvalidArgument(f"map({iova:#x}, {paddr:#x}, {size:#x}): not {g}-aligned")
@@ -296,6 +318,7 @@ class IoPgtable:
         A block only partly inside the range is split into the next level's
         mappings first; tables left empty are freed.
         """
+        iova, size = int_arg("iova", iova), int_arg("size", size)
         g = self.granule
         if size <= 0 or (iova | size) & (g - 1):
             raise InvalidArgument(f"unmap({iova:#x}, {size:#x}): not {g}-aligned")
@@ -346,7 +369,7 @@ class IoPgtable:
 
     def iova_to_phys(self, iova: int) -> int | None:
         """The output address ``iova`` maps to, or None."""
-        va = self._input(iova, 1)
+        va = self._input(int_arg("iova", iova), 1)
         table, level = self.pgd, self.start_level
         while True:
             d = self._rd(table + 8 * self._index(va, level))
