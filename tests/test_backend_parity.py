@@ -22,7 +22,7 @@ import pytest
 from hypothesis import Phase, event, example, given, settings
 from hypothesis import strategies as st
 
-from pymsi import errors
+from pymsi import core, errors
 from pymsi.core import (
     IoPgtable,
     Prot,
@@ -517,12 +517,24 @@ def test_huge_reads_fail_before_allocating(backends, size):
         with pytest.raises(errors.InvalidArgument):
             m.read(1 << 62, size)
         assert m.pages_allocated == 0
-    assert common.MAX_ACCESS == 2**30
+    assert core.MAX_ACCESS == 2**30 and core.MSI_RESERVE_MAX == 2**24
 
 
 @pytest.mark.parametrize("n", [2**24 + 1, 2**40, 2**62, U64 - 1])
 def test_huge_reserve_is_out_of_memory_and_changes_nothing(backends, n):
     assert outcome(backends, "table.reserve", n) == raised(errors.OutOfMemory)
+    for b in backends:
+        t = b.MsiTable()
+        t.set(7, 1, 0x8000_0000, 12)
+        with pytest.raises(errors.OutOfMemory) as e:
+            t.reserve(n)
+        assert e.value.errno == errno.ENOMEM
+        assert t.items() == [(7, 1, 0x8000_0000, 12)] and len(t) == 1
+        t.set(7, 2, 0x8000_1000, 12)
+        assert t.compose(7, 2, 0x0809_0040) == 0x8000_1040
+
+
+def test_reserve_up_to_the_limit_works(backends):
     assert outcome(backends, "table.reserve", 2**24) == ("ok", ("NoneType", None))
 
 

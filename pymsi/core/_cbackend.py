@@ -82,8 +82,13 @@ class Memory:
 
     def is_ram(self, addr: int, size: int = 1) -> bool:
         """True if [addr, addr + size) is RAM throughout."""
-        addr, size = int_arg("addr", addr), int_arg("size", size)
-        return bool(lib.pymsi_mem_is_ram(self._p, addr, size))
+        if type(addr) is not int or type(size) is not int:
+            addr, size = _addr_size(addr, size)
+        try:
+            return bool(lib.pymsi_mem_is_ram(self._p, addr, size))
+        except OverflowError:
+            _refused(_addr_size, addr, size)
+            raise
 
     @property
     def regions(self) -> list[tuple[int, int]]:
@@ -116,10 +121,14 @@ class Memory:
 
     def write(self, addr: int, data: bytes) -> None:
         """Write ``data`` at physical address ``addr``."""
-        addr = int_arg("addr", addr)
-        data = bytes_arg("data", data)
-        check(lib.pymsi_mem_write(self._p, addr, ffi.from_buffer(data), len(data)),
-              f"write of {len(data)} bytes at {addr:#x}")
+        if type(addr) is not int or type(data) is not bytes:
+            addr, data = int_arg("addr", addr), bytes_arg("data", data)
+        try:
+            rc = lib.pymsi_mem_write(self._p, addr, ffi.from_buffer(data), len(data))
+        except OverflowError:
+            _refused(int_arg, "addr", addr)
+            raise
+        check(rc, f"write of {len(data)} bytes at {addr:#x}")
 
     def read_u64(self, addr: int) -> int:
         """Little-endian u64 at ``addr``."""
@@ -168,6 +177,10 @@ class Memory:
             _refused(_u32_pair, addr, value)
             raise
         check(rc, f"write of 4 bytes at {addr:#x}")
+
+
+def _addr_size(addr: Any, size: Any) -> tuple[int, int]:
+    return int_arg("addr", addr), int_arg("size", size)
 
 
 def _u64_pair(addr: Any, value: Any) -> tuple[int, int]:

@@ -29,7 +29,6 @@ from .common import (
     int_arg,
     integer,
     level_lsb,
-    obj_arg,
     s1_start_level,
     s2_sl0_for_level,
 )
@@ -122,7 +121,8 @@ class IoPgtable:
         ttbr1: bool = False,
     ) -> None:
         _memory("mem", mem)
-        obj_arg("alloc", alloc, TableAllocator)
+        if not (callable(getattr(alloc, "alloc", None)) and callable(getattr(alloc, "free", None))):
+            raise TypeError(f"alloc must be a TableAllocator, not {type(alloc).__name__}")
         if fmt not in ("s1", "s2"):
             raise InvalidArgument(f"fmt={fmt!r}: must be 's1' or 's2'")
         granule, ias, oas = integer("granule", granule), integer("ias", ias), integer("oas", oas)
