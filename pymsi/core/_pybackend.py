@@ -86,8 +86,9 @@ class Memory:
 
     def is_ram(self, addr: int, size: int = 1) -> bool:
         """True if [addr, addr + size) is RAM throughout."""
-        addr = int_arg("addr", addr)
-        size = int_arg("size", size)
+        return self._is_ram(int_arg("addr", addr), int_arg("size", size))
+
+    def _is_ram(self, addr: int, size: int) -> bool:
         if not size:
             return True
         last = addr + size - 1
@@ -114,7 +115,7 @@ class Memory:
         return len(self._pages)
 
     def _read(self, addr: int, size: int) -> bytes | None:
-        if not self.is_ram(addr, size):
+        if not self._is_ram(addr, size):
             return None
         out = bytearray()
         while size:
@@ -136,10 +137,11 @@ class Memory:
 
     def write(self, addr: int, data: bytes) -> None:
         """Write ``data`` at physical address ``addr``."""
-        addr = int_arg("addr", addr)
-        data = bytes_arg("data", data)
+        self._write(int_arg("addr", addr), bytes_arg("data", data))
+
+    def _write(self, addr: int, data: bytes) -> None:
         size = len(data)
-        if not self.is_ram(addr, size):
+        if not self._is_ram(addr, size):
             raise_errno(_EFAULT, f"write of {size} bytes at {addr:#x}")
         pos = 0
         while pos < size:
@@ -154,21 +156,27 @@ class Memory:
 
     def read_u64(self, addr: int) -> int:
         """Little-endian u64 at ``addr``."""
-        return int.from_bytes(self.read(int_arg("addr", addr), 8), "little")
+        return int.from_bytes(self._read_n(int_arg("addr", addr), 8), "little")
 
     def read_u32(self, addr: int) -> int:
         """Little-endian u32 at ``addr``."""
-        return int.from_bytes(self.read(int_arg("addr", addr), 4), "little")
+        return int.from_bytes(self._read_n(int_arg("addr", addr), 4), "little")
+
+    def _read_n(self, addr: int, size: int) -> bytes:
+        data = self._read(addr, size)
+        if data is None:
+            raise_errno(_EFAULT, f"read of {size} bytes at {addr:#x}")
+        return data
 
     def write_u64(self, addr: int, value: int) -> None:
         """Store ``value`` as a little-endian u64 at ``addr``."""
         addr = int_arg("addr", addr)
-        self.write(addr, int_arg("value", value).to_bytes(8, "little"))
+        self._write(addr, int_arg("value", value).to_bytes(8, "little"))
 
     def write_u32(self, addr: int, value: int) -> None:
         """Store ``value`` as a little-endian u32 at ``addr``."""
         addr = int_arg("addr", addr)
-        self.write(addr, int_arg("value", value, 32).to_bytes(4, "little"))
+        self._write(addr, int_arg("value", value, 32).to_bytes(4, "little"))
 
     def desc(self, addr: int) -> int | None:
         """The u64 a table walk reads at ``addr``, or None for a bus error."""

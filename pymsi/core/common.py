@@ -137,6 +137,8 @@ def range_arg(name: str, value: Any, lo: int, hi: int) -> int:
 
 def int_arg(name: str, value: Any, bits: int = 64) -> int:
     """``value`` as an int of ``bits`` unsigned bits (TypeError / InvalidArgument)."""
+    if type(value) is int and value >= 0 and not value >> bits:
+        return value
     return range_arg(name, value, 0, (1 << bits) - 1)
 
 
@@ -381,6 +383,9 @@ def config_of(cfg: XlateConfig | None, s1: Stage1 | None, s2: Stage2 | None) -> 
 def walk_args(b: Any, mem: Any, iova: Any, write: Any, s1: Any, s2: Any,
               cfg: Any) -> tuple[int, bool, XlateConfig]:
     """Checks of ``walk(mem, iova, write, s1, s2, cfg)``."""
+    if (isinstance(mem, b.Memory) and type(iova) is int and 0 <= iova <= U64_MAX
+            and s1 is None and s2 is None and type(cfg) is XlateConfig):
+        return iova, bool(write), cfg
     obj_arg("mem", mem, b.Memory)
     iova = int_arg("iova", iova)
     write = bool(write)
@@ -393,6 +398,10 @@ def walk_args(b: Any, mem: Any, iova: Any, write: Any, s1: Any, s2: Any,
 def translate_args(b: Any, mem: Any, iova: Any, write: Any, cfg: Any, tlb: Any, s1: Any,
                    s2: Any) -> tuple[int, bool, XlateConfig]:
     """Checks of ``translate(mem, iova, write, cfg, tlb, s1, s2)``."""
+    if (isinstance(mem, b.Memory) and type(iova) is int and 0 <= iova <= U64_MAX
+            and type(cfg) is XlateConfig and (tlb is None or isinstance(tlb, b.Iotlb))
+            and s1 is None and s2 is None):
+        return iova, bool(write), cfg
     obj_arg("mem", mem, b.Memory)
     iova = int_arg("iova", iova)
     write = bool(write)
