@@ -43,6 +43,17 @@ from .common import (
 
 NAME = "c"
 _NULL = ffi.NULL
+# The per-call entry points, bound once (a cffi lib attribute lookup per call
+# costs about as much as the argument type checks).
+_msi_compose = lib.pymsi_msi_compose
+_msi_get = lib.pymsi_msi_get
+_translate = lib.pymsi_translate
+_walk = lib.pymsi_walk
+_mem_read_u64 = lib.pymsi_mem_read_u64
+_mem_read_u32 = lib.pymsi_mem_read_u32
+_mem_write_u64 = lib.pymsi_mem_write_u64
+_mem_write_u32 = lib.pymsi_mem_write_u32
+_mem_is_ram = lib.pymsi_mem_is_ram
 
 
 def _refused(check_args: Any, *args: Any) -> None:
@@ -85,7 +96,7 @@ class Memory:
         if type(addr) is not int or type(size) is not int:
             addr, size = _addr_size(addr, size)
         try:
-            return bool(lib.pymsi_mem_is_ram(self._p, addr, size))
+            return bool(_mem_is_ram(self._p, addr, size))
         except OverflowError:
             _refused(_addr_size, addr, size)
             raise
@@ -109,7 +120,7 @@ class Memory:
         if type(addr) is not int or type(size) is not int or size > MAX_ACCESS or size < 0:
             addr, size = read_args(addr, size)
         try:
-            ram = lib.pymsi_mem_is_ram(self._p, addr, size)
+            ram = _mem_is_ram(self._p, addr, size)
         except OverflowError:
             _refused(read_args, addr, size)
             raise
@@ -135,7 +146,7 @@ class Memory:
         if type(addr) is not int:
             addr = int_arg("addr", addr)
         try:
-            rc = lib.pymsi_mem_read_u64(self._p, addr, self._u64)
+            rc = _mem_read_u64(self._p, addr, self._u64)
         except OverflowError:
             _refused(int_arg, "addr", addr)
             raise
@@ -148,7 +159,7 @@ class Memory:
         if type(addr) is not int:
             addr = int_arg("addr", addr)
         try:
-            rc = lib.pymsi_mem_read_u32(self._p, addr, self._u32)
+            rc = _mem_read_u32(self._p, addr, self._u32)
         except OverflowError:
             _refused(int_arg, "addr", addr)
             raise
@@ -160,7 +171,7 @@ class Memory:
         if type(addr) is not int or type(value) is not int:
             addr, value = _u64_pair(addr, value)
         try:
-            rc = lib.pymsi_mem_write_u64(self._p, addr, value)
+            rc = _mem_write_u64(self._p, addr, value)
         except OverflowError:
             _refused(_u64_pair, addr, value)
             raise
@@ -172,7 +183,7 @@ class Memory:
         if type(addr) is not int or type(value) is not int:
             addr, value = _u32_pair(addr, value)
         try:
-            rc = lib.pymsi_mem_write_u32(self._p, addr, value)
+            rc = _mem_write_u32(self._p, addr, value)
         except OverflowError:
             _refused(_u32_pair, addr, value)
             raise
@@ -265,7 +276,7 @@ def walk(
         iova, write, cfg = walk_args(_B, mem, iova, write, s1, s2, cfg)
     try:
         c = cfg._prepared or _prepare(cfg)
-        rc = lib.pymsi_walk(mem._p, c, iova, bool(write), mem._res)
+        rc = _walk(mem._p, c, iova, bool(write), mem._res)
     except Exception:
         _refused(walk_args, _B, mem, iova, write, s1, s2, cfg)
         raise
@@ -352,7 +363,7 @@ def translate(
         iova, write, cfg = translate_args(_B, mem, iova, write, cfg, tlb, s1, s2)
     try:
         c = cfg._prepared or _prepare(cfg)
-        rc = lib.pymsi_translate(mem._p, _NULL if tlb is None else tlb._p, c, iova,
+        rc = _translate(mem._p, _NULL if tlb is None else tlb._p, c, iova,
                                  bool(write), mem._res)
     except Exception:
         _refused(translate_args, _B, mem, iova, write, cfg, tlb, s1, s2)
@@ -402,7 +413,7 @@ class MsiTable:
         if type(dev) is not int or type(index) is not int:
             dev, index = _vector(dev, index)
         try:
-            rc = lib.pymsi_msi_get(self._p, dev, index, self._u64, self._u32)
+            rc = _msi_get(self._p, dev, index, self._u64, self._u32)
         except OverflowError:
             _refused(_vector, dev, index)
             raise
@@ -419,7 +430,7 @@ class MsiTable:
         if type(dev) is not int or type(index) is not int or type(doorbell_pa) is not int:
             dev, index, doorbell_pa = _compose_args(dev, index, doorbell_pa)
         try:
-            rc = lib.pymsi_msi_compose(self._p, dev, index, doorbell_pa, self._u64)
+            rc = _msi_compose(self._p, dev, index, doorbell_pa, self._u64)
         except OverflowError:
             _refused(_compose_args, dev, index, doorbell_pa)
             raise
