@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from pymsi import core, errors
 from pymsi.core import (
     IoPgtable,
+    IpaView,
     Prot,
     Stage1,
     Stage2,
@@ -142,6 +143,7 @@ addrs = st.one_of(st.integers(RAM - 16, RAM + RAM_SIZE + 16), st.integers(0, U64
 sizes = st.one_of(st.integers(0, 64), st.sampled_from([0x1000, 0x2000, 0x1_0000]),
                   st.sampled_from([2**30, 2**30 + 1, 2**40, 2**63, U64 - 1]))
 small = st.integers(0, 8)
+ipas = st.one_of(st.integers(0, 0x9000), st.integers(0, U64 - 1))
 u16s = st.one_of(small, st.integers(0, 0xFFFF), st.just(0x1_0000))
 u32s = st.one_of(small, st.integers(0, 2**32 - 1), st.just(2**32))
 u64s = st.one_of(small, st.integers(0, U64 - 1))
@@ -300,6 +302,15 @@ OPS: dict[str, tuple[Any, list[st.SearchStrategy]]] = {
                    st.sampled_from(["s1", "s2"]),
                    arg(st.sampled_from([4096, 16384, 8192])), arg(st.integers(24, 49)),
                    arg(st.sampled_from([40, 48, 41]))]),
+    "ipa.read": (lambda b, s, *a: s["ipa"].read(*a), [arg(ipas), arg(sizes)]),
+    "ipa.is_ram": (lambda b, s, *a: s["ipa"].is_ram(*a), [arg(ipas), arg(sizes)]),
+    "ipa.write": (lambda b, s, *a: s["ipa"].write(*a), [arg(ipas), st.one_of(
+        st.binary(max_size=24), st.lists(st.integers(0, 255), max_size=4))]),
+    "ipa.read_u64": (lambda b, s, *a: s["ipa"].read_u64(*a), [arg(ipas)]),
+    "ipa.write_u64": (lambda b, s, *a: s["ipa"].write_u64(*a), [arg(ipas), arg(u64s)]),
+    "ipa.write_u32": (lambda b, s, *a: s["ipa"].write_u32(*a),
+                      [arg(ipas), arg(st.one_of(u32s, u64s))]),
+    "IpaView": (lambda b, s, m, t: IpaView(m, t), [obj("mem"), obj("s2pt")]),
     "status_fault": (lambda b, s, *a: status_fault(*a),
                      [arg(st.one_of(st.integers(-(2**31), 2**31 - 1), st.sampled_from(
                          [0, -2, 1, 2, common.STATUS_FAULT | 0x1311,
@@ -316,6 +327,9 @@ def build(b: Any) -> dict[str, Any]:
     alloc = s["alloc"] = TableAllocator(m, POOL, 0x8000)
     pt = s["pt"] = IoPgtable(m, alloc, "s1", 4096, 32, 40)
     pt.map(MAPPED, RAM, 0x4000, Prot.READ | Prot.WRITE)
+    s2pt = s["s2pt"] = IoPgtable(m, alloc, "s2", 4096, 32, 40)
+    s2pt.map(0, RAM, 0x8000, Prot.READ | Prot.WRITE)           # IPA [0, 32K) -> RAM
+    s["ipa"] = IpaView(m, s2pt)
     s["tlb"] = b.Iotlb(4)
     t = s["table"] = b.MsiTable()
     t.set(1, 0, MAPPED, 12)

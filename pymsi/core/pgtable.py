@@ -26,9 +26,11 @@ from .common import (
     GRANULES,
     Stage1,
     Stage2,
+    bytes_arg,
     int_arg,
     integer,
     level_lsb,
+    read_args,
     s1_start_level,
     s2_sl0_for_level,
 )
@@ -398,6 +400,9 @@ class IpaView:
     """
 
     def __init__(self, mem: Any, s2: IoPgtable) -> None:
+        _memory("mem", mem)
+        if not isinstance(s2, IoPgtable):
+            raise TypeError(f"s2 must be an IoPgtable, not {type(s2).__name__}")
         if s2.fmt != "s2":
             raise InvalidArgument("IpaView needs stage-2 tables")
         self.mem = mem
@@ -418,6 +423,7 @@ class IpaView:
 
     def is_ram(self, ipa: int, size: int = 1) -> bool:
         """True if every byte of [ipa, ipa + size) is backed by host RAM."""
+        ipa, size = int_arg("ipa", ipa), int_arg("size", size)
         try:
             self._chunks(ipa, size)
         except BusError:
@@ -425,11 +431,13 @@ class IpaView:
         return True
 
     def read(self, ipa: int, size: int) -> bytes:
-        """``size`` bytes at ``ipa``."""
+        """``size`` bytes at ``ipa`` (at most MAX_ACCESS, like Memory.read)."""
+        ipa, size = read_args(ipa, size)
         return b"".join(self.mem.read(pa, n) for pa, n in self._chunks(ipa, size))
 
     def write(self, ipa: int, data: bytes) -> None:
         """Write ``data`` at ``ipa`` (all of it or, on a bus error, none)."""
+        ipa, data = int_arg("ipa", ipa), bytes_arg("data", data)
         pos = 0
         for pa, n in self._chunks(ipa, len(data)):
             self.mem.write(pa, data[pos : pos + n])
@@ -441,7 +449,8 @@ class IpaView:
 
     def write_u64(self, ipa: int, value: int) -> None:
         """Store a little-endian u64 at ``ipa``."""
-        self.write(ipa, value.to_bytes(8, "little"))
+        ipa = int_arg("ipa", ipa)
+        self.write(ipa, int_arg("value", value).to_bytes(8, "little"))
 
     def read_u32(self, ipa: int) -> int:
         """Little-endian u32 at ``ipa``."""
@@ -449,4 +458,5 @@ class IpaView:
 
     def write_u32(self, ipa: int, value: int) -> None:
         """Store a little-endian u32 at ``ipa``."""
-        self.write(ipa, value.to_bytes(4, "little"))
+        ipa = int_arg("ipa", ipa)
+        self.write(ipa, int_arg("value", value, 32).to_bytes(4, "little"))
