@@ -15,6 +15,8 @@ from types import ModuleType
 from .common import (
     ADDRESS_SIZES,
     GRANULES,
+    MAX_ACCESS,
+    MSI_RESERVE_MAX,
     STATUS_ABORT,
     STATUS_BYPASS,
     STATUS_FAULT,
@@ -78,7 +80,8 @@ from .pgtable import IoPgtable, IpaView, Prot, TableAllocator  # noqa: E402
 
 __all__ = [
     "ADDRESS_SIZES", "BACKEND", "BACKENDS", "Fault", "FaultKind", "GRANULES", "IoPgtable",
-    "Iotlb", "IpaView", "Memory", "MsiTable", "Prot", "STATUS_ABORT", "STATUS_BYPASS",
+    "Iotlb", "IpaView", "MAX_ACCESS", "MSI_RESERVE_MAX", "Memory", "MsiTable", "Prot",
+    "STATUS_ABORT", "STATUS_BYPASS",
     "STATUS_FAULT", "STATUS_NO_CONFIG", "STATUS_NO_ENTRY", "STATUS_OK", "STREAM_ABORT",
     "STREAM_BYPASS", "STREAM_TRANSLATE", "Stage1", "Stage2", "Streams", "TableAllocator",
     "TlbKind", "WalkResult", "XlateConfig", "backend", "compose_batch", "encode_status",

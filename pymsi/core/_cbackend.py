@@ -1,21 +1,25 @@
 """The C backend: thin Python objects over the cffi extension ``pymsi._core_c``.
 
 Each class and function has the same name, signature and behaviour as its
-twin in ``_pybackend``; the work happens in csrc/.  Integer arguments that do
-not fit the C types become :class:`~pymsi.errors.InvalidArgument`, like the
-twin's range checks, and every negative return goes through
-:func:`pymsi.errors.check`.
+twin in ``_pybackend``; the work happens in csrc/.  Arguments follow the
+shared rules of :mod:`pymsi.core.common`: a call goes straight to C when every
+integer argument is an exact ``int`` (cffi then range-checks it), and
+otherwise, or when cffi refuses an argument, the shared checks run in
+signature order and raise what the twin raises.  Every negative return goes
+through :func:`pymsi.errors.check`.
 """
 
 from __future__ import annotations
 
 import errno
 import struct
+import sys
 from typing import Any
 
 from .._core_c import ffi, lib
-from ..errors import InvalidArgument, OutOfMemory, check, raise_errno
+from ..errors import OutOfMemory, check, raise_errno
 from .common import (
+    MAX_ACCESS,
     Fault,
     FaultKind,
     IotlbCommands,
@@ -24,16 +28,41 @@ from .common import (
     WalkResult,
     XlateConfig,
     batch_views,
+    bytes_arg,
+    capacity_arg,
     config_of,
     int_arg,
+    msi_set_args,
+    obj_arg,
+    read_args,
+    reserve_arg,
+    streams_set_args,
+    translate_args,
+    walk_args,
 )
 
 NAME = "c"
 _NULL = ffi.NULL
+# The per-call entry points, bound once (a cffi lib attribute lookup per call
+# costs about as much as the argument type checks).
+_msi_compose = lib.pymsi_msi_compose
+_msi_get = lib.pymsi_msi_get
+_translate = lib.pymsi_translate
+_walk = lib.pymsi_walk
+_mem_read_u64 = lib.pymsi_mem_read_u64
+_mem_read_u32 = lib.pymsi_mem_read_u32
+_mem_write_u64 = lib.pymsi_mem_write_u64
+_mem_write_u32 = lib.pymsi_mem_write_u32
+_mem_is_ram = lib.pymsi_mem_is_ram
 
 
-def _bad_int(exc: Exception) -> InvalidArgument:
-    return InvalidArgument(f"integer argument out of range: {exc}")
+def _refused(check_args: Any, *args: Any) -> None:
+    """After cffi refused an argument: raise what the shared checks raise.
+
+    ``check_args`` raises for the first bad argument in signature order; if
+    it finds none, the original exception is re-raised by the caller.
+    """
+    check_args(*args)
 
 
 class Memory:
@@ -59,18 +88,18 @@ class Memory:
 
     def add_ram(self, base: int, size: int) -> None:
         """Declare [base, base + size) as RAM (page aligned, not overlapping)."""
-        try:
-            rc = lib.pymsi_mem_add_ram(self._p, base, size)
-        except OverflowError as e:
-            raise _bad_int(e) from None
-        check(rc, f"add_ram({base:#x}, {size:#x})")
+        base, size = int_arg("base", base), int_arg("size", size)
+        check(lib.pymsi_mem_add_ram(self._p, base, size), f"add_ram({base:#x}, {size:#x})")
 
     def is_ram(self, addr: int, size: int = 1) -> bool:
         """True if [addr, addr + size) is RAM throughout."""
+        if type(addr) is not int or type(size) is not int:
+            addr, size = _addr_size(addr, size)
         try:
-            return bool(lib.pymsi_mem_is_ram(self._p, addr, size))
+            return bool(_mem_is_ram(self._p, addr, size))
         except OverflowError:
-            return False
+            _refused(_addr_size, addr, size)
+            raise
 
     @property
     def regions(self) -> list[tuple[int, int]]:
@@ -88,10 +117,13 @@ class Memory:
 
     def read(self, addr: int, size: int) -> bytes:
         """``size`` bytes from physical address ``addr``."""
+        if type(addr) is not int or type(size) is not int or size > MAX_ACCESS or size < 0:
+            addr, size = read_args(addr, size)
         try:
-            ram = lib.pymsi_mem_is_ram(self._p, addr, size)
-        except OverflowError as e:
-            raise _bad_int(e) from None
+            ram = _mem_is_ram(self._p, addr, size)
+        except OverflowError:
+            _refused(read_args, addr, size)
+            raise
         if not ram:
             check(-errno.EFAULT, f"read of {size} bytes at {addr:#x}")
         buf = ffi.new("uint8_t[]", size)
@@ -100,48 +132,74 @@ class Memory:
 
     def write(self, addr: int, data: bytes) -> None:
         """Write ``data`` at physical address ``addr``."""
-        data = bytes(data)
+        if type(addr) is not int or type(data) is not bytes:
+            addr, data = int_arg("addr", addr), bytes_arg("data", data)
         try:
             rc = lib.pymsi_mem_write(self._p, addr, ffi.from_buffer(data), len(data))
-        except OverflowError as e:
-            raise _bad_int(e) from None
+        except OverflowError:
+            _refused(int_arg, "addr", addr)
+            raise
         check(rc, f"write of {len(data)} bytes at {addr:#x}")
 
     def read_u64(self, addr: int) -> int:
         """Little-endian u64 at ``addr``."""
+        if type(addr) is not int:
+            addr = int_arg("addr", addr)
         try:
-            rc = lib.pymsi_mem_read_u64(self._p, addr, self._u64)
-        except OverflowError as e:
-            raise _bad_int(e) from None
+            rc = _mem_read_u64(self._p, addr, self._u64)
+        except OverflowError:
+            _refused(int_arg, "addr", addr)
+            raise
         if rc:
             raise_errno(rc, f"read of 8 bytes at {addr:#x}")
         return self._u64[0]
 
     def read_u32(self, addr: int) -> int:
         """Little-endian u32 at ``addr``."""
+        if type(addr) is not int:
+            addr = int_arg("addr", addr)
         try:
-            rc = lib.pymsi_mem_read_u32(self._p, addr, self._u32)
-        except OverflowError as e:
-            raise _bad_int(e) from None
+            rc = _mem_read_u32(self._p, addr, self._u32)
+        except OverflowError:
+            _refused(int_arg, "addr", addr)
+            raise
         check(rc, f"read of 4 bytes at {addr:#x}")
         return self._u32[0]
 
     def write_u64(self, addr: int, value: int) -> None:
         """Store ``value`` as a little-endian u64 at ``addr``."""
+        if type(addr) is not int or type(value) is not int:
+            addr, value = _u64_pair(addr, value)
         try:
-            rc = lib.pymsi_mem_write_u64(self._p, addr, value)
-        except OverflowError as e:
-            raise _bad_int(e) from None
+            rc = _mem_write_u64(self._p, addr, value)
+        except OverflowError:
+            _refused(_u64_pair, addr, value)
+            raise
         if rc:
             raise_errno(rc, f"write of 8 bytes at {addr:#x}")
 
     def write_u32(self, addr: int, value: int) -> None:
         """Store ``value`` as a little-endian u32 at ``addr``."""
+        if type(addr) is not int or type(value) is not int:
+            addr, value = _u32_pair(addr, value)
         try:
-            rc = lib.pymsi_mem_write_u32(self._p, addr, value)
-        except OverflowError as e:
-            raise _bad_int(e) from None
+            rc = _mem_write_u32(self._p, addr, value)
+        except OverflowError:
+            _refused(_u32_pair, addr, value)
+            raise
         check(rc, f"write of 4 bytes at {addr:#x}")
+
+
+def _addr_size(addr: Any, size: Any) -> tuple[int, int]:
+    return int_arg("addr", addr), int_arg("size", size)
+
+
+def _u64_pair(addr: Any, value: Any) -> tuple[int, int]:
+    return int_arg("addr", addr), int_arg("value", value)
+
+
+def _u32_pair(addr: Any, value: Any) -> tuple[int, int]:
+    return int_arg("addr", addr), int_arg("value", value, 32)
 
 
 def _prepare(cfg: XlateConfig) -> Any:
@@ -214,13 +272,14 @@ def walk(
     cfg: XlateConfig | None = None,
 ) -> WalkResult:
     """Translate ``iova`` by walking the tables in ``mem`` (no IOTLB)."""
-    if cfg is None or s1 is not None or s2 is not None:
-        cfg = config_of(cfg, s1, s2)
-    c = cfg._prepared or _prepare(cfg)
+    if type(iova) is not int or cfg is None or s1 is not None or s2 is not None:
+        iova, write, cfg = walk_args(_B, mem, iova, write, s1, s2, cfg)
     try:
-        rc = lib.pymsi_walk(mem._p, c, iova, bool(write), mem._res)
-    except OverflowError as e:
-        raise _bad_int(e) from None
+        c = cfg._prepared or _prepare(cfg)
+        rc = _walk(mem._p, c, iova, bool(write), mem._res)
+    except Exception:
+        _refused(walk_args, _B, mem, iova, write, s1, s2, cfg)
+        raise
     if rc:
         raise_errno(rc, "walk")
     return _result(mem._resbuf)
@@ -238,10 +297,7 @@ class Iotlb(IotlbCommands):
     __slots__ = ("_p", "_stats", "_spec")
 
     def __init__(self, capacity: int = 256) -> None:
-        if isinstance(capacity, bool) or not isinstance(capacity, int) or not (
-            1 <= capacity <= 1 << 24
-        ):
-            check(-errno.EINVAL, f"Iotlb capacity {capacity!r}")
+        capacity = capacity_arg(capacity)
         p = lib.pymsi_tlb_new(capacity)
         if p == ffi.NULL:
             raise OutOfMemory("pymsi_tlb_new")
@@ -303,16 +359,15 @@ def translate(
     s2: Stage2 | None = None,
 ) -> WalkResult:
     """Translate ``iova`` through ``tlb`` (if given), walking on a miss."""
-    if cfg is None or s1 is not None or s2 is not None:
-        cfg = config_of(cfg, s1, s2)
-    c = cfg._prepared or _prepare(cfg)
+    if type(iova) is not int or cfg is None or s1 is not None or s2 is not None:
+        iova, write, cfg = translate_args(_B, mem, iova, write, cfg, tlb, s1, s2)
     try:
-        rc = lib.pymsi_translate(mem._p, _tlb(tlb), c, iova,
+        c = cfg._prepared or _prepare(cfg)
+        rc = _translate(mem._p, _NULL if tlb is None else tlb._p, c, iova,
                                  bool(write), mem._res)
-    except OverflowError as e:
-        raise _bad_int(e) from None
-    except AttributeError:
-        raise InvalidArgument(f"cfg={cfg!r} is not an XlateConfig") from None
+    except Exception:
+        _refused(translate_args, _B, mem, iova, write, cfg, tlb, s1, s2)
+        raise
     if rc:
         raise_errno(rc, "translate")
     return _result(mem._resbuf)
@@ -344,42 +399,41 @@ class MsiTable:
 
     def reserve(self, n: int) -> None:
         """Size the table for ``n`` entries so that set() will not allocate."""
-        try:
-            rc = lib.pymsi_msi_reserve(self._p, n)
-        except OverflowError as e:
-            raise _bad_int(e) from None
-        check(rc, f"reserve({n})")
+        n = reserve_arg(n)
+        check(lib.pymsi_msi_reserve(self._p, n), f"reserve({n})")
 
     def set(self, dev: int, index: int, iova: int, shift: int = 12) -> None:
         """Describe vector ``index`` of device ``dev``: its MSI IOVA and shift."""
-        try:
-            rc = lib.pymsi_msi_set(self._p, dev, index, iova, shift)
-        except OverflowError as e:
-            raise _bad_int(e) from None
-        check(rc, f"MSI entry ({dev:#x}, {index}) shift {shift}")
+        dev, index, iova, shift = msi_set_args(dev, index, iova, shift)
+        check(lib.pymsi_msi_set(self._p, dev, index, iova, shift),
+              f"MSI entry ({dev:#x}, {index}) shift {shift}")
 
     def get(self, dev: int, index: int) -> tuple[int, int] | None:
         """(iova, shift) of the vector, or None."""
+        if type(dev) is not int or type(index) is not int:
+            dev, index = _vector(dev, index)
         try:
-            rc = lib.pymsi_msi_get(self._p, dev, index, self._u64, self._u32)
-        except OverflowError as e:
-            raise _bad_int(e) from None
+            rc = _msi_get(self._p, dev, index, self._u64, self._u32)
+        except OverflowError:
+            _refused(_vector, dev, index)
+            raise
         return None if rc else (self._u64[0], self._u32[0])
 
     def remove(self, dev: int, index: int) -> None:
         """Forget the vector's entry (MsiNotMapped if there is none)."""
-        try:
-            rc = lib.pymsi_msi_remove(self._p, dev, index)
-        except OverflowError as e:
-            raise _bad_int(e) from None
-        check(rc, f"no MSI entry for device {dev:#x} index {index}")
+        dev, index = _vector(dev, index)
+        check(lib.pymsi_msi_remove(self._p, dev, index),
+              f"no MSI entry for device {dev:#x} index {index}")
 
     def compose(self, dev: int, index: int, doorbell_pa: int) -> int:
         """The MSI address the device must use for this vector."""
+        if type(dev) is not int or type(index) is not int or type(doorbell_pa) is not int:
+            dev, index, doorbell_pa = _compose_args(dev, index, doorbell_pa)
         try:
-            rc = lib.pymsi_msi_compose(self._p, dev, index, doorbell_pa, self._u64)
-        except OverflowError as e:
-            raise _bad_int(e) from None
+            rc = _msi_compose(self._p, dev, index, doorbell_pa, self._u64)
+        except OverflowError:
+            _refused(_compose_args, dev, index, doorbell_pa)
+            raise
         if rc:
             raise_errno(rc, f"no MSI entry for device {dev:#x} index {index}")
         return self._u64[0]
@@ -394,6 +448,15 @@ class MsiTable:
         return sorted((devs[i], idx[i], iova[i], shift[i]) for i in range(n))
 
 
+def _vector(dev: Any, index: Any) -> tuple[int, int]:
+    return int_arg("dev", dev, 32), int_arg("index", index, 32)
+
+
+def _compose_args(dev: Any, index: Any, doorbell_pa: Any) -> tuple[int, int, int]:
+    return int_arg("dev", dev, 32), int_arg("index", index, 32), int_arg("doorbell_pa",
+                                                                          doorbell_pa)
+
+
 _CTYPES = {"I": "uint32_t[]", "i": "int32_t[]", "Q": "uint64_t[]", "L": "uint64_t[]"}
 
 
@@ -404,13 +467,14 @@ def _c(views: list[memoryview]) -> list[Any]:
 
 
 def _tlb(tlb: Iotlb | None) -> Any:
-    return _NULL if tlb is None else tlb._p
+    return _NULL if obj_arg("tlb", tlb, Iotlb, optional=True) is None else tlb._p
 
 
 def compose_batch(table: MsiTable, doorbell_pa: int, devs: Any, idx: Any, out_addr: Any,
                   status: Any) -> int:
     """Compose the MSI address of every (devs[k], idx[k]); returns how many had an entry."""
-    int_arg("doorbell_pa", doorbell_pa)
+    obj_arg("table", table, MsiTable)
+    doorbell_pa = int_arg("doorbell_pa", doorbell_pa)
     n, views = batch_views([(devs, "u32", "devs"), (idx, "u32", "idx")],
                            [(out_addr, "u64", "out_addr"), (status, "i32", "status")])
     dc, ic, oc, sc = _c(views)
@@ -421,11 +485,14 @@ def compose_batch(table: MsiTable, doorbell_pa: int, devs: Any, idx: Any, out_ad
 def translate_batch(mem: Memory, cfg: XlateConfig, iovas: Any, out_pa: Any, status: Any,
                     tlb: Iotlb | None = None, write: bool = False) -> int:
     """Translate every iovas[k]; returns how many translated without a fault."""
+    obj_arg("mem", mem, Memory)
     c = _prepare(config_of(cfg, None, None))
     n, views = batch_views([(iovas, "u64", "iovas")],
                            [(out_pa, "u64", "out_pa"), (status, "i32", "status")])
+    t = _tlb(tlb)
+    write = bool(write)
     ic, oc, sc = _c(views)
-    return check(lib.pymsi_translate_batch(mem._p, _tlb(tlb), c, bool(write), ic, n, oc, sc),
+    return check(lib.pymsi_translate_batch(mem._p, t, c, write, ic, n, oc, sc),
                  "translate_batch")
 
 
@@ -436,13 +503,16 @@ def msi_batch(table: MsiTable, mem: Memory, cfg: XlateConfig, doorbell_pa: int, 
 
     Returns how many vectors reached an output address.
     """
+    obj_arg("table", table, MsiTable)
+    obj_arg("mem", mem, Memory)
     c = _prepare(config_of(cfg, None, None))
-    int_arg("doorbell_pa", doorbell_pa)
+    doorbell_pa = int_arg("doorbell_pa", doorbell_pa)
     n, views = batch_views(
         [(devs, "u32", "devs"), (idx, "u32", "idx")],
         [(out_addr, "u64", "out_addr"), (out_pa, "u64", "out_pa"), (status, "i32", "status")])
+    t = _tlb(tlb)
     dc, ic, oac, opc, sc = _c(views)
-    return check(lib.pymsi_msi_batch(table._p, mem._p, _tlb(tlb), c, doorbell_pa, dc, ic, n,
+    return check(lib.pymsi_msi_batch(table._p, mem._p, t, c, doorbell_pa, dc, ic, n,
                                      oac, opc, sc), "msi_batch")
 
 
@@ -470,26 +540,22 @@ class Streams:
 
     def set(self, sid: int, mode: int, cfg: XlateConfig | None = None, ias: int = 0) -> None:
         """Remember how StreamID ``sid`` is handled."""
-        if mode == lib.PYMSI_STREAM_TRANSLATE and not isinstance(cfg, XlateConfig):
-            check(-errno.EINVAL, f"stream {sid:#x}: translating needs an XlateConfig")
+        sid, mode, cfg, ias = streams_set_args(sid, mode, cfg, ias)
         c = _prepare(cfg) if mode == lib.PYMSI_STREAM_TRANSLATE else _NULL
-        try:
-            rc = lib.pymsi_streams_set(self._p, sid, mode, c, ias)
-        except OverflowError as e:
-            raise _bad_int(e) from None
-        check(rc, f"stream {sid:#x} mode {mode} ias {ias}")
+        check(lib.pymsi_streams_set(self._p, sid, mode, c, ias),
+              f"stream {sid:#x} mode {mode} ias {ias}")
         self._d[sid] = (mode, cfg if mode == lib.PYMSI_STREAM_TRANSLATE else None, ias)
 
     def get(self, sid: int) -> tuple[int, XlateConfig | None, int] | None:
         """(mode, cfg, ias) of ``sid``, or None."""
+        if type(sid) is not int or not 0 <= sid <= 0xFFFF_FFFF:
+            sid = int_arg("sid", sid, 32)
         return self._d.get(sid)
 
     def remove(self, sid: int) -> bool:
         """Forget ``sid``; False if it was not known."""
-        try:
-            rc = lib.pymsi_streams_remove(self._p, sid)
-        except OverflowError as e:
-            raise _bad_int(e) from None
+        sid = int_arg("sid", sid, 32)
+        rc = lib.pymsi_streams_remove(self._p, sid)
         self._d.pop(sid, None)
         return rc == 0
 
@@ -507,8 +573,15 @@ def stream_batch(mem: Memory, streams: Streams, sids: Any, iovas: Any, out_pa: A
     aborted, faulted (out_pa = the IPA of a stage-2 fault) or are
     STATUS_NO_CONFIG (StreamID not known).
     """
+    obj_arg("mem", mem, Memory)
+    obj_arg("streams", streams, Streams)
     n, views = batch_views([(sids, "u32", "sids"), (iovas, "u64", "iovas")],
                            [(out_pa, "u64", "out_pa"), (status, "i32", "status")])
+    t = _tlb(tlb)
+    write = bool(write)
     sc, ic, oc, stc = _c(views)
-    return check(lib.pymsi_stream_batch(mem._p, _tlb(tlb), streams._p, bool(write), sc, ic, n,
+    return check(lib.pymsi_stream_batch(mem._p, t, streams._p, write, sc, ic, n,
                                         oc, stc), "stream_batch")
+
+
+_B = sys.modules[__name__]

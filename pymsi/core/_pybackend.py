@@ -8,6 +8,7 @@ checked against, and a fallback where the extension is not built.
 from __future__ import annotations
 
 import errno
+import sys
 from collections import OrderedDict
 from typing import Any
 
@@ -30,10 +31,19 @@ from .common import (
     WalkResult,
     XlateConfig,
     batch_views,
+    bytes_arg,
+    capacity_arg,
     config_of,
     encode_status,
     int_arg,
     level_lsb,
+    msi_set_args,
+    obj_arg,
+    read_args,
+    reserve_arg,
+    streams_set_args,
+    translate_args,
+    walk_args,
 )
 
 NAME = "python"
@@ -64,8 +74,7 @@ class Memory:
 
     def add_ram(self, base: int, size: int) -> None:
         """Declare [base, base + size) as RAM (page aligned, not overlapping)."""
-        int_arg("base", base)
-        int_arg("size", size)
+        base, size = int_arg("base", base), int_arg("size", size)
         if not size or base & PAGE_MASK or size & PAGE_MASK or base + size - 1 > U64_MAX:
             raise_errno(_EINVAL, f"add_ram({base:#x}, {size:#x})")
         last = base + size - 1
@@ -77,6 +86,9 @@ class Memory:
 
     def is_ram(self, addr: int, size: int = 1) -> bool:
         """True if [addr, addr + size) is RAM throughout."""
+        return self._is_ram(int_arg("addr", addr), int_arg("size", size))
+
+    def _is_ram(self, addr: int, size: int) -> bool:
         if not size:
             return True
         last = addr + size - 1
@@ -103,7 +115,7 @@ class Memory:
         return len(self._pages)
 
     def _read(self, addr: int, size: int) -> bytes | None:
-        if not self.is_ram(addr, size):
+        if not self._is_ram(addr, size):
             return None
         out = bytearray()
         while size:
@@ -117,8 +129,7 @@ class Memory:
 
     def read(self, addr: int, size: int) -> bytes:
         """``size`` bytes from physical address ``addr``."""
-        int_arg("addr", addr)
-        int_arg("size", size)
+        addr, size = read_args(addr, size)
         data = self._read(addr, size)
         if data is None:
             raise_errno(_EFAULT, f"read of {size} bytes at {addr:#x}")
@@ -126,10 +137,11 @@ class Memory:
 
     def write(self, addr: int, data: bytes) -> None:
         """Write ``data`` at physical address ``addr``."""
-        int_arg("addr", addr)
-        data = bytes(data)
+        self._write(int_arg("addr", addr), bytes_arg("data", data))
+
+    def _write(self, addr: int, data: bytes) -> None:
         size = len(data)
-        if not self.is_ram(addr, size):
+        if not self._is_ram(addr, size):
             raise_errno(_EFAULT, f"write of {size} bytes at {addr:#x}")
         pos = 0
         while pos < size:
@@ -144,19 +156,27 @@ class Memory:
 
     def read_u64(self, addr: int) -> int:
         """Little-endian u64 at ``addr``."""
-        return int.from_bytes(self.read(addr, 8), "little")
+        return int.from_bytes(self._read_n(int_arg("addr", addr), 8), "little")
 
     def read_u32(self, addr: int) -> int:
         """Little-endian u32 at ``addr``."""
-        return int.from_bytes(self.read(addr, 4), "little")
+        return int.from_bytes(self._read_n(int_arg("addr", addr), 4), "little")
+
+    def _read_n(self, addr: int, size: int) -> bytes:
+        data = self._read(addr, size)
+        if data is None:
+            raise_errno(_EFAULT, f"read of {size} bytes at {addr:#x}")
+        return data
 
     def write_u64(self, addr: int, value: int) -> None:
         """Store ``value`` as a little-endian u64 at ``addr``."""
-        self.write(addr, int_arg("value", value).to_bytes(8, "little"))
+        addr = int_arg("addr", addr)
+        self._write(addr, int_arg("value", value).to_bytes(8, "little"))
 
     def write_u32(self, addr: int, value: int) -> None:
         """Store ``value`` as a little-endian u32 at ``addr``."""
-        self.write(addr, int_arg("value", value, 32).to_bytes(4, "little"))
+        addr = int_arg("addr", addr)
+        self._write(addr, int_arg("value", value, 32).to_bytes(4, "little"))
 
     def desc(self, addr: int) -> int | None:
         """The u64 a table walk reads at ``addr``, or None for a bus error."""
@@ -354,7 +374,8 @@ def walk(
     cfg: XlateConfig | None = None,
 ) -> WalkResult:
     """Translate ``iova`` by walking the tables in ``mem`` (no IOTLB)."""
-    return _walk(mem, config_of(cfg, s1, s2), int_arg("iova", iova), bool(write))
+    iova, write, cfg = walk_args(_B, mem, iova, write, s1, s2, cfg)
+    return _walk(mem, cfg, iova, write)
 
 
 # ---------------------------------------------------------------------------
@@ -379,11 +400,7 @@ class Iotlb(IotlbCommands):
     backend = NAME
 
     def __init__(self, capacity: int = 256) -> None:
-        if isinstance(capacity, bool) or not isinstance(capacity, int) or not (
-            1 <= capacity <= 1 << 24
-        ):
-            raise_errno(_EINVAL, f"Iotlb capacity {capacity!r}")
-        self.capacity = capacity
+        self.capacity = capacity_arg(capacity)
         self._lru: OrderedDict[tuple, _Entry] = OrderedDict()  # last = most recent
         self._shift_mask = 0
         self._nglobal = 0
@@ -528,7 +545,8 @@ def translate(
     s2: Stage2 | None = None,
 ) -> WalkResult:
     """Translate ``iova`` through ``tlb`` (if given), walking on a miss."""
-    return _translate(mem, tlb, config_of(cfg, s1, s2), int_arg("iova", iova), bool(write))
+    iova, write, cfg = translate_args(_B, mem, iova, write, cfg, tlb, s1, s2)
+    return _translate(mem, tlb, cfg, iova, write)
 
 
 # ---------------------------------------------------------------------------
@@ -555,36 +573,28 @@ class MsiTable:
 
     def reserve(self, n: int) -> None:
         """Size the table for ``n`` entries so that set() will not allocate."""
-        int_arg("n", n)
+        reserve_arg(n)
 
     def set(self, dev: int, index: int, iova: int, shift: int = 12) -> None:
         """Describe vector ``index`` of device ``dev``: its MSI IOVA and shift."""
-        int_arg("dev", dev, 32)
-        int_arg("index", index, 32)
-        int_arg("iova", iova)
-        int_arg("shift", shift, 32)
-        if index > 0xFFFF or shift > 63:
-            raise_errno(_EINVAL, f"MSI entry ({dev:#x}, {index}) shift {shift}")
+        dev, index, iova, shift = msi_set_args(dev, index, iova, shift)
         self._d[(dev, index)] = (iova, shift)
 
     def get(self, dev: int, index: int) -> tuple[int, int] | None:
         """(iova, shift) of the vector, or None."""
-        int_arg("dev", dev, 32)
-        int_arg("index", index, 32)
+        dev, index = int_arg("dev", dev, 32), int_arg("index", index, 32)
         return self._d.get((dev, index))
 
     def remove(self, dev: int, index: int) -> None:
         """Forget the vector's entry (MsiNotMapped if there is none)."""
-        int_arg("dev", dev, 32)
-        int_arg("index", index, 32)
+        dev, index = int_arg("dev", dev, 32), int_arg("index", index, 32)
         if self._d.pop((dev, index), None) is None:
             raise_errno(_ENOENT, f"no MSI entry for device {dev:#x} index {index}")
 
     def compose(self, dev: int, index: int, doorbell_pa: int) -> int:
         """The MSI address the device must use for this vector."""
-        int_arg("dev", dev, 32)
-        int_arg("index", index, 32)
-        int_arg("doorbell_pa", doorbell_pa)
+        dev, index = int_arg("dev", dev, 32), int_arg("index", index, 32)
+        doorbell_pa = int_arg("doorbell_pa", doorbell_pa)
         e = self._d.get((dev, index))
         if e is None:
             raise_errno(_ENOENT, f"no MSI entry for device {dev:#x} index {index}")
@@ -610,7 +620,8 @@ def _compose(entry: tuple[int, int], doorbell_pa: int) -> int:
 def compose_batch(table: MsiTable, doorbell_pa: int, devs: Any, idx: Any, out_addr: Any,
                   status: Any) -> int:
     """Compose the MSI address of every (devs[k], idx[k]); returns how many had an entry."""
-    int_arg("doorbell_pa", doorbell_pa)
+    obj_arg("table", table, MsiTable)
+    doorbell_pa = int_arg("doorbell_pa", doorbell_pa)
     n, (dv, iv, oa, st) = batch_views([(devs, "u32", "devs"), (idx, "u32", "idx")],
                                       [(out_addr, "u64", "out_addr"), (status, "i32", "status")])
     d = table._d
@@ -630,9 +641,11 @@ def compose_batch(table: MsiTable, doorbell_pa: int, devs: Any, idx: Any, out_ad
 def translate_batch(mem: Memory, cfg: XlateConfig, iovas: Any, out_pa: Any, status: Any,
                     tlb: Iotlb | None = None, write: bool = False) -> int:
     """Translate every iovas[k]; returns how many translated without a fault."""
+    obj_arg("mem", mem, Memory)
     cfg = config_of(cfg, None, None)
     n, (iv, op, st) = batch_views([(iovas, "u64", "iovas")],
                                   [(out_pa, "u64", "out_pa"), (status, "i32", "status")])
+    obj_arg("tlb", tlb, Iotlb, optional=True)
     ok = 0
     for k in range(n):
         r = _translate(mem, tlb, cfg, iv[k], bool(write))
@@ -649,11 +662,14 @@ def msi_batch(table: MsiTable, mem: Memory, cfg: XlateConfig, doorbell_pa: int, 
 
     Returns how many vectors reached an output address.
     """
+    obj_arg("table", table, MsiTable)
+    obj_arg("mem", mem, Memory)
     cfg = config_of(cfg, None, None)
-    int_arg("doorbell_pa", doorbell_pa)
+    doorbell_pa = int_arg("doorbell_pa", doorbell_pa)
     n, (_, _, oa, op, st) = batch_views(
         [(devs, "u32", "devs"), (idx, "u32", "idx")],
         [(out_addr, "u64", "out_addr"), (out_pa, "u64", "out_pa"), (status, "i32", "status")])
+    obj_arg("tlb", tlb, Iotlb, optional=True)
     ok = compose_batch(table, doorbell_pa, devs, idx, out_addr, status)
     for k in range(n):
         if st[k]:
@@ -689,21 +705,16 @@ class Streams:
 
     def set(self, sid: int, mode: int, cfg: XlateConfig | None = None, ias: int = 0) -> None:
         """Remember how StreamID ``sid`` is handled."""
-        int_arg("sid", sid, 32)
-        if mode not in (STREAM_ABORT, STREAM_BYPASS, STREAM_TRANSLATE) or not 0 <= ias <= 64:
-            raise_errno(_EINVAL, f"stream {sid:#x} mode {mode} ias {ias}")
-        if mode == STREAM_TRANSLATE and not isinstance(cfg, XlateConfig):
-            raise_errno(_EINVAL, f"stream {sid:#x}: translating needs an XlateConfig")
+        sid, mode, cfg, ias = streams_set_args(sid, mode, cfg, ias)
         self._d[sid] = (mode, cfg if mode == STREAM_TRANSLATE else None, ias)
 
     def get(self, sid: int) -> tuple[int, XlateConfig | None, int] | None:
         """(mode, cfg, ias) of ``sid``, or None."""
-        return self._d.get(sid)
+        return self._d.get(int_arg("sid", sid, 32))
 
     def remove(self, sid: int) -> bool:
         """Forget ``sid``; False if it was not known."""
-        int_arg("sid", sid, 32)
-        return self._d.pop(sid, None) is not None
+        return self._d.pop(int_arg("sid", sid, 32), None) is not None
 
     def clear(self) -> None:
         """Forget every StreamID."""
@@ -718,8 +729,11 @@ def stream_batch(mem: Memory, streams: Streams, sids: Any, iovas: Any, out_pa: A
     aborted, faulted (out_pa = the IPA of a stage-2 fault) or are
     STATUS_NO_CONFIG (StreamID not known).
     """
+    obj_arg("mem", mem, Memory)
+    obj_arg("streams", streams, Streams)
     n, (sv, iv, op, st) = batch_views([(sids, "u32", "sids"), (iovas, "u64", "iovas")],
                                       [(out_pa, "u64", "out_pa"), (status, "i32", "status")])
+    obj_arg("tlb", tlb, Iotlb, optional=True)
     write = bool(write)
     ok = 0
     for k in range(n):
@@ -748,3 +762,6 @@ def stream_batch(mem: Memory, streams: Streams, sids: Any, iovas: Any, out_pa: A
             op[k] = r.pa
         ok += 1
     return ok
+
+
+_B = sys.modules[__name__]

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import enum
 import errno
+import operator
 from typing import Any, NamedTuple
 
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, OutOfMemory
 
 GRANULES = {4096: 12, 16384: 14, 65536: 16}
 ADDRESS_SIZES = (32, 36, 40, 42, 44, 48)
 U64_MAX = (1 << 64) - 1
+MAX_ACCESS = 1 << 30        # the largest Memory.read, in bytes
+MSI_RESERVE_MAX = 1 << 24   # the most entries MsiTable.reserve sizes a table for
 
 # Per-item batch status (see csrc/pymsi.h).
 STATUS_OK = 0
@@ -101,20 +104,73 @@ class WalkResult(NamedTuple):
     tlb_hit: bool = False
 
 
-def _check_range(name: str, value: Any, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise InvalidArgument(f"{name}={value!r}: must be an integer in [{lo}, {hi}]")
+# -- Arguments -------------------------------------------------------------
+#
+# One set of rules for every public entry point of both backends (README,
+# "The core API", Arguments).  The Python twin runs these checks up front; the
+# C backend calls its extension directly when every integer argument is an
+# exact int and falls back to the same checks when the call cannot proceed,
+# so both raise the same exception for the same arguments.
+
+def integer(name: str, value: Any) -> int:
+    """``value`` as an int: anything with ``__index__`` (numpy integer scalars
+    included) except bool; anything else (bool, float, str, None, ...) is
+    TypeError.  A bool where a number is expected is a misplaced flag."""
+    if type(value) is int:
+        return value
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, not bool")
+    try:
+        return int(operator.index(value))
+    except TypeError:
+        raise TypeError(
+            f"{name} must be an integer, not {type(value).__name__}") from None
+
+
+def range_arg(name: str, value: Any, lo: int, hi: int) -> int:
+    """``value`` as an int in [lo, hi]: TypeError / InvalidArgument otherwise."""
+    value = integer(name, value)
+    if not lo <= value <= hi:
+        raise InvalidArgument(f"{name}={value:#x}: must be in [{lo:#x}, {hi:#x}]")
     return value
 
 
+def int_arg(name: str, value: Any, bits: int = 64) -> int:
+    """``value`` as an int of ``bits`` unsigned bits (TypeError / InvalidArgument)."""
+    if type(value) is int and value >= 0 and not value >> bits:
+        return value
+    return range_arg(name, value, 0, (1 << bits) - 1)
+
+
+def obj_arg(name: str, value: Any, cls: type | tuple[type, ...], optional: bool = False) -> Any:
+    """``value`` checked to be a ``cls`` (or None when ``optional``): TypeError otherwise."""
+    if (optional and value is None) or isinstance(value, cls):
+        return value
+    want = cls.__name__ if isinstance(cls, type) else " or ".join(c.__name__ for c in cls)
+    raise TypeError(f"{name} must be a {want}{' or None' if optional else ''}, "
+                    f"not {type(value).__name__}")
+
+
+def bytes_arg(name: str, data: Any) -> bytes:
+    """``data`` as bytes: any object with the buffer protocol, else TypeError."""
+    if type(data) is bytes:
+        return data
+    try:
+        return memoryview(data).tobytes()
+    except TypeError:
+        raise TypeError(f"{name} must be bytes-like, not {type(data).__name__}") from None
+
+
 def _granule_shift(name: str, granule: Any) -> int:
-    if granule not in GRANULES or isinstance(granule, bool):
+    granule = integer(name, granule)
+    if granule not in GRANULES:
         raise InvalidArgument(f"{name}={granule!r}: granule must be 4096, 16384 or 65536")
     return GRANULES[granule]
 
 
 def _address_size(name: str, bits: Any) -> int:
-    if bits not in ADDRESS_SIZES or isinstance(bits, bool):
+    bits = integer(name, bits)
+    if bits not in ADDRESS_SIZES:
         raise InvalidArgument(f"{name}={bits!r}: must be one of {ADDRESS_SIZES}")
     return bits
 
@@ -173,20 +229,26 @@ class Stage1:
         tbi0: bool = False,
         tbi1: bool = False,
     ) -> None:
-        self.ttb0 = _check_range("ttb0", ttb0, 0, U64_MAX)
-        self.ttb1 = _check_range("ttb1", ttb1, 0, U64_MAX)
+        # Signature order; the TnSZ / granule of a table are only range-checked
+        # when the table is enabled (EPDn clear), as the SMMU checks a CD.
+        self.ttb0 = int_arg("ttb0", ttb0)
+        self.tsz0 = integer("tsz0", tsz0)
+        self.granule0 = integer("granule0", granule0)
+        self.ttb1 = int_arg("ttb1", ttb1)
+        self.tsz1 = integer("tsz1", tsz1)
+        self.granule1 = integer("granule1", granule1)
         self.epd0, self.epd1 = bool(epd0), bool(epd1)
         self.ips = _address_size("ips", ips)
         self.affd, self.had0, self.had1 = bool(affd), bool(had0), bool(had1)
         self.tbi0, self.tbi1 = bool(tbi0), bool(tbi1)
-        self.tsz0, self.tsz1, self.granule0, self.granule1 = tsz0, tsz1, granule0, granule1
         gshift = [0, 0]
         start = [0, 0]
-        for n, (epd, tsz, granule) in enumerate(((epd0, tsz0, granule0), (epd1, tsz1, granule1))):
+        for n, (epd, tsz, granule) in enumerate(((self.epd0, self.tsz0, self.granule0),
+                                                 (self.epd1, self.tsz1, self.granule1))):
             if epd:
                 continue
+            range_arg(f"tsz{n}", tsz, 16, 39)
             gshift[n] = _granule_shift(f"granule{n}", granule)
-            _check_range(f"tsz{n}", tsz, 16, 39)
             start[n] = s1_start_level(gshift[n], tsz)
         self.gshift = tuple(gshift)
         self.start_level = tuple(start)
@@ -227,11 +289,11 @@ class Stage2:
         ps: int = 48,
         affd: bool = False,
     ) -> None:
-        self.vttb = _check_range("vttb", vttb, 0, U64_MAX)
-        self.tsz = _check_range("tsz", tsz, 16, 39)
-        self.sl0 = _check_range("sl0", sl0, 0, 3)
-        self.granule = granule
+        self.vttb = int_arg("vttb", vttb)
+        self.tsz = tsz = range_arg("tsz", tsz, 16, 39)
+        self.sl0 = sl0 = range_arg("sl0", sl0, 0, 3)
         self.gshift = _granule_shift("granule", granule)
+        self.granule = granule = integer("granule", granule)
         self.ps = _address_size("ps", ps)
         self.affd = bool(affd)
         start = s2_start_level(self.gshift, sl0)
@@ -278,16 +340,12 @@ class XlateConfig:
         asid: int = 0,
         vmid: int = 0,
     ) -> None:
+        self.s1 = obj_arg("s1", s1, Stage1, optional=True)
+        self.s2 = obj_arg("s2", s2, Stage2, optional=True)
+        self.asid = range_arg("asid", asid, 0, 0xFFFF)
+        self.vmid = range_arg("vmid", vmid, 0, 0xFFFF)
         if s1 is None and s2 is None:
             raise InvalidArgument("a translation needs stage 1, stage 2 or both")
-        if s1 is not None and not isinstance(s1, Stage1):
-            raise InvalidArgument(f"s1={s1!r} is not a Stage1")
-        if s2 is not None and not isinstance(s2, Stage2):
-            raise InvalidArgument(f"s2={s2!r} is not a Stage2")
-        self.s1 = s1
-        self.s2 = s2
-        self.asid = _check_range("asid", asid, 0, 0xFFFF)
-        self.vmid = _check_range("vmid", vmid, 0, 0xFFFF)
         self._prepared: Any = None
 
     @property
@@ -302,23 +360,106 @@ class XlateConfig:
 
 
 def config_of(cfg: XlateConfig | None, s1: Stage1 | None, s2: Stage2 | None) -> XlateConfig:
-    """The configuration named by either ``cfg`` or the ``s1``/``s2`` pair."""
+    """The configuration named by either ``cfg`` or the ``s1``/``s2`` pair.
+
+    The three are type-checked by the caller in its signature order, or here.
+    """
+    obj_arg("cfg", cfg, XlateConfig, optional=True)
+    obj_arg("s1", s1, Stage1, optional=True)
+    obj_arg("s2", s2, Stage2, optional=True)
     if cfg is not None:
         if s1 is not None or s2 is not None:
             raise InvalidArgument("give either cfg or s1/s2, not both")
-        if not isinstance(cfg, XlateConfig):
-            raise InvalidArgument(f"cfg={cfg!r} is not an XlateConfig")
         return cfg
     return XlateConfig(s1, s2)
+
+
+# -- Argument checks of each entry point, shared by both backends -----------
+#
+# ``b`` is the backend module (its Memory, Iotlb, MsiTable, Streams classes).
+# Each returns the converted arguments, or raises for the first bad one in
+# signature order.
+
+def walk_args(b: Any, mem: Any, iova: Any, write: Any, s1: Any, s2: Any,
+              cfg: Any) -> tuple[int, bool, XlateConfig]:
+    """Checks of ``walk(mem, iova, write, s1, s2, cfg)``."""
+    if (isinstance(mem, b.Memory) and type(iova) is int and 0 <= iova <= U64_MAX
+            and s1 is None and s2 is None and type(cfg) is XlateConfig):
+        return iova, bool(write), cfg
+    obj_arg("mem", mem, b.Memory)
+    iova = int_arg("iova", iova)
+    write = bool(write)
+    obj_arg("s1", s1, Stage1, optional=True)
+    obj_arg("s2", s2, Stage2, optional=True)
+    obj_arg("cfg", cfg, XlateConfig, optional=True)
+    return iova, write, config_of(cfg, s1, s2)
+
+
+def translate_args(b: Any, mem: Any, iova: Any, write: Any, cfg: Any, tlb: Any, s1: Any,
+                   s2: Any) -> tuple[int, bool, XlateConfig]:
+    """Checks of ``translate(mem, iova, write, cfg, tlb, s1, s2)``."""
+    if (isinstance(mem, b.Memory) and type(iova) is int and 0 <= iova <= U64_MAX
+            and type(cfg) is XlateConfig and (tlb is None or isinstance(tlb, b.Iotlb))
+            and s1 is None and s2 is None):
+        return iova, bool(write), cfg
+    obj_arg("mem", mem, b.Memory)
+    iova = int_arg("iova", iova)
+    write = bool(write)
+    obj_arg("cfg", cfg, XlateConfig, optional=True)
+    obj_arg("tlb", tlb, b.Iotlb, optional=True)
+    obj_arg("s1", s1, Stage1, optional=True)
+    obj_arg("s2", s2, Stage2, optional=True)
+    return iova, write, config_of(cfg, s1, s2)
+
+
+def read_args(addr: Any, size: Any) -> tuple[int, int]:
+    """Checks of ``Memory.read(addr, size)``: at most MAX_ACCESS bytes."""
+    addr = int_arg("addr", addr)
+    size = int_arg("size", size)
+    if size > MAX_ACCESS:
+        raise InvalidArgument(f"read of {size:#x} bytes: at most {MAX_ACCESS:#x} at a time")
+    return addr, size
+
+
+def reserve_arg(n: Any) -> int:
+    """Checks of ``MsiTable.reserve(n)``: more than MSI_RESERVE_MAX is ENOMEM."""
+    n = int_arg("n", n)
+    if n > MSI_RESERVE_MAX:
+        raise OutOfMemory(f"reserve({n:#x}): at most {MSI_RESERVE_MAX:#x} entries")
+    return n
+
+
+def msi_set_args(dev: Any, index: Any, iova: Any, shift: Any) -> tuple[int, int, int, int]:
+    """Checks of ``MsiTable.set(dev, index, iova, shift)``: index a u16, shift 0..63."""
+    return (int_arg("dev", dev, 32), range_arg("index", index, 0, 0xFFFF),
+            int_arg("iova", iova), range_arg("shift", shift, 0, 63))
+
+
+def streams_set_args(sid: Any, mode: Any, cfg: Any, ias: Any) -> tuple[int, int, Any, int]:
+    """Checks of ``Streams.set(sid, mode, cfg, ias)``."""
+    sid = int_arg("sid", sid, 32)
+    mode = integer("mode", mode)
+    if mode not in (STREAM_ABORT, STREAM_BYPASS, STREAM_TRANSLATE):
+        raise InvalidArgument(f"stream {sid:#x}: mode {mode} is not a STREAM_* mode")
+    obj_arg("cfg", cfg, XlateConfig, optional=True)
+    ias = range_arg("ias", ias, 0, 64)
+    if mode == STREAM_TRANSLATE and cfg is None:
+        raise InvalidArgument(f"stream {sid:#x}: translating needs an XlateConfig")
+    return sid, mode, cfg, ias
 
 
 def status_fault(status: int) -> Fault | None:
     """The fault a positive batch status encodes (None for other statuses).
 
-    The IPA is not carried by a status, so ``Fault.ipa`` is None.
+    A status is an int32; a fault status with no valid fault kind is
+    InvalidArgument.  The IPA is not carried by a status, so ``Fault.ipa`` is
+    None.
     """
+    status = range_arg("status", status, -(1 << 31), (1 << 31) - 1)
     if status < STATUS_FAULT:
         return None
+    if status & 0xF not in _KINDS:
+        raise InvalidArgument(f"status {status:#x}: no fault kind {status & 0xF}")
     return Fault(
         stage=(status >> 4) & 0xF,
         kind=FaultKind(status & 0xF),
@@ -327,10 +468,14 @@ def status_fault(status: int) -> Fault | None:
     )
 
 
+_KINDS = frozenset(int(k) for k in FaultKind)
+
+
 def encode_status(fault: Fault | None) -> int:
     """The batch status of a translation outcome (inverse of status_fault)."""
     if fault is None:
         return STATUS_OK
+    obj_arg("fault", fault, Fault)
     return (
         STATUS_FAULT
         | int(fault.kind)
@@ -390,24 +535,14 @@ def batch_views(inputs: list[Buffer], outputs: list[Buffer]) -> tuple[int, list[
     return n, ins + outs
 
 
-def int_arg(name: str, value: Any, bits: int = 64) -> int:
-    """``value`` checked to be an int of ``bits`` unsigned bits (TypeError /
-    InvalidArgument otherwise), as the C backend's argument conversion does."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if not 0 <= value < 1 << bits:
-        raise InvalidArgument(f"{name}={value:#x} does not fit in {bits} bits")
-    return value
-
-
 _ALL_KINDS = (1 << TlbKind.S1) | (1 << TlbKind.S2) | (1 << TlbKind.S12)
 _S1_KINDS = (1 << TlbKind.S1) | (1 << TlbKind.S12)
 _S2_KINDS = (1 << TlbKind.S2) | (1 << TlbKind.S12)
 
 
 def _range(start: int, size: int) -> tuple[int, int]:
-    _check_range("start", start, 0, U64_MAX)
-    _check_range("size", size, 1, 1 << 64)
+    start = range_arg("start", start, 0, U64_MAX)
+    size = range_arg("size", size, 1, 1 << 64)
     return start, min(start + size - 1, U64_MAX)
 
 
@@ -429,24 +564,24 @@ class IotlbCommands:
     def invalidate_vmid(self, vmid: int, stage1_only: bool = False) -> int:
         """All entries of a VMID (TLBI_S12_VMALL), or only its stage-1 and
         nested ones (TLBI_NH_ALL)."""
-        _check_range("vmid", vmid, 0, 0xFFFF)
+        vmid = range_arg("vmid", vmid, 0, 0xFFFF)
         return self._invalidate(_S1_KINDS if stage1_only else _ALL_KINDS, vmid, None, True,
                                 None)
 
     def invalidate_asid(self, asid: int, vmid: int) -> int:
         """Non-global stage-1/nested entries of an ASID (TLBI_NH_ASID)."""
-        _check_range("asid", asid, 0, 0xFFFF)
-        _check_range("vmid", vmid, 0, 0xFFFF)
+        asid = range_arg("asid", asid, 0, 0xFFFF)
+        vmid = range_arg("vmid", vmid, 0, 0xFFFF)
         return self._invalidate(_S1_KINDS, vmid, asid, False, None)
 
     def invalidate_va(self, vmid: int, start: int, size: int, asid: int | None = None) -> int:
         """Stage-1/nested entries overlapping an input range: of one ASID and the
         global ones (TLBI_NH_VA), or of every ASID when ``asid`` is None
         (TLBI_NH_VAA)."""
-        _check_range("vmid", vmid, 0, 0xFFFF)
-        if asid is not None:
-            _check_range("asid", asid, 0, 0xFFFF)
+        vmid = range_arg("vmid", vmid, 0, 0xFFFF)
         first, last = _range(start, size)
+        if asid is not None:
+            asid = range_arg("asid", asid, 0, 0xFFFF)
         return self._invalidate(_S1_KINDS, vmid, asid, True, ("input", first, last))
 
     def invalidate_ipa(self, vmid: int, start: int, size: int) -> int:
@@ -455,6 +590,11 @@ class IotlbCommands:
         Nested entries are included: invalidating more than the architecture
         requires is always allowed, and it keeps combined entries coherent.
         """
-        _check_range("vmid", vmid, 0, 0xFFFF)
+        vmid = range_arg("vmid", vmid, 0, 0xFFFF)
         first, last = _range(start, size)
         return self._invalidate(_S2_KINDS, vmid, None, True, ("ipa", first, last))
+
+
+def capacity_arg(capacity: Any) -> int:
+    """Checks of ``Iotlb(capacity)``: 1 .. 2**24 entries."""
+    return range_arg("capacity", capacity, 1, 1 << 24)

@@ -26,7 +26,11 @@ from .common import (
     GRANULES,
     Stage1,
     Stage2,
+    bytes_arg,
+    int_arg,
+    integer,
     level_lsb,
+    read_args,
     s1_start_level,
     s2_sl0_for_level,
 )
@@ -49,10 +53,22 @@ _NG = 1 << 11
 _XN = 3 << 53
 
 
+_MEMORY_METHODS = ("is_ram", "read", "write", "read_u64", "write_u64")
+
+
+def _memory(name: str, mem: Any) -> Any:
+    """``mem`` checked to offer the memory methods the builder uses (TypeError)."""
+    if not all(callable(getattr(mem, m, None)) for m in _MEMORY_METHODS):
+        raise TypeError(f"{name} must be a core Memory or IpaView, not {type(mem).__name__}")
+    return mem
+
+
 class TableAllocator:
     """Hands out zeroed, naturally aligned table memory from a RAM range."""
 
     def __init__(self, mem: Any, base: int, size: int) -> None:
+        _memory("mem", mem)
+        base, size = int_arg("base", base), int_arg("size", size)
         if not mem.is_ram(base, size):
             raise InvalidArgument(f"table pool [{base:#x}, +{size:#x}) is not RAM")
         self.mem = mem
@@ -64,6 +80,7 @@ class TableAllocator:
 
     def alloc(self, size: int) -> int:
         """A zeroed block of ``size`` bytes aligned to ``size`` (a power of two)."""
+        size = integer("size", size)
         if size <= 0 or size & (size - 1):
             raise InvalidArgument(f"table size {size} is not a power of two")
         free = self._free.get(size)
@@ -105,11 +122,17 @@ class IoPgtable:
         start_level: int | None = None,
         ttbr1: bool = False,
     ) -> None:
+        _memory("mem", mem)
+        if not (callable(getattr(alloc, "alloc", None)) and callable(getattr(alloc, "free", None))):
+            raise TypeError(f"alloc must be a TableAllocator, not {type(alloc).__name__}")
         if fmt not in ("s1", "s2"):
             raise InvalidArgument(f"fmt={fmt!r}: must be 's1' or 's2'")
+        granule, ias, oas = integer("granule", granule), integer("ias", ias), integer("oas", oas)
+        if start_level is not None:
+            start_level = integer("start_level", start_level)
         if granule not in GRANULES:
             raise InvalidArgument(f"granule={granule!r}: must be 4096, 16384 or 65536")
-        if not (isinstance(ias, int) and 25 <= ias <= 48):
+        if not 25 <= ias <= 48:
             raise InvalidArgument(f"ias={ias!r}: must be 25..48")
         if oas not in ADDRESS_SIZES:
             raise InvalidArgument(f"oas={oas!r}: must be one of {ADDRESS_SIZES}")
@@ -244,7 +267,8 @@ class IoPgtable:
         Overlapping an existing mapping is :class:`AlreadyExists` (EEXIST), and
         whatever this call mapped before that is unmapped again.
         """
-        prot = Prot(prot)
+        iova, paddr = int_arg("iova", iova), int_arg("paddr", paddr)
+        size, prot = int_arg("size", size), Prot(int_arg("prot", prot))
         g = self.granule
         if size <= 0 or (iova | paddr | size) & (g - 1):
             raise InvalidArgument(f"map({iova:#x}, {paddr:#x}, {size:#x}): not {g}-aligned")
@@ -296,6 +320,7 @@ class IoPgtable:
         A block only partly inside the range is split into the next level's
         mappings first; tables left empty are freed.
         """
+        iova, size = int_arg("iova", iova), int_arg("size", size)
         g = self.granule
         if size <= 0 or (iova | size) & (g - 1):
             raise InvalidArgument(f"unmap({iova:#x}, {size:#x}): not {g}-aligned")
@@ -346,7 +371,7 @@ class IoPgtable:
 
     def iova_to_phys(self, iova: int) -> int | None:
         """The output address ``iova`` maps to, or None."""
-        va = self._input(iova, 1)
+        va = self._input(int_arg("iova", iova), 1)
         table, level = self.pgd, self.start_level
         while True:
             d = self._rd(table + 8 * self._index(va, level))
@@ -375,6 +400,9 @@ class IpaView:
     """
 
     def __init__(self, mem: Any, s2: IoPgtable) -> None:
+        _memory("mem", mem)
+        if not isinstance(s2, IoPgtable):
+            raise TypeError(f"s2 must be an IoPgtable, not {type(s2).__name__}")
         if s2.fmt != "s2":
             raise InvalidArgument("IpaView needs stage-2 tables")
         self.mem = mem
@@ -395,6 +423,7 @@ class IpaView:
 
     def is_ram(self, ipa: int, size: int = 1) -> bool:
         """True if every byte of [ipa, ipa + size) is backed by host RAM."""
+        ipa, size = int_arg("ipa", ipa), int_arg("size", size)
         try:
             self._chunks(ipa, size)
         except BusError:
@@ -402,11 +431,13 @@ class IpaView:
         return True
 
     def read(self, ipa: int, size: int) -> bytes:
-        """``size`` bytes at ``ipa``."""
+        """``size`` bytes at ``ipa`` (at most MAX_ACCESS, like Memory.read)."""
+        ipa, size = read_args(ipa, size)
         return b"".join(self.mem.read(pa, n) for pa, n in self._chunks(ipa, size))
 
     def write(self, ipa: int, data: bytes) -> None:
         """Write ``data`` at ``ipa`` (all of it or, on a bus error, none)."""
+        ipa, data = int_arg("ipa", ipa), bytes_arg("data", data)
         pos = 0
         for pa, n in self._chunks(ipa, len(data)):
             self.mem.write(pa, data[pos : pos + n])
@@ -418,7 +449,8 @@ class IpaView:
 
     def write_u64(self, ipa: int, value: int) -> None:
         """Store a little-endian u64 at ``ipa``."""
-        self.write(ipa, value.to_bytes(8, "little"))
+        ipa = int_arg("ipa", ipa)
+        self.write(ipa, int_arg("value", value).to_bytes(8, "little"))
 
     def read_u32(self, ipa: int) -> int:
         """Little-endian u32 at ``ipa``."""
@@ -426,4 +458,5 @@ class IpaView:
 
     def write_u32(self, ipa: int, value: int) -> None:
         """Store a little-endian u32 at ``ipa``."""
-        self.write(ipa, value.to_bytes(4, "little"))
+        ipa = int_arg("ipa", ipa)
+        self.write(ipa, int_arg("value", value, 32).to_bytes(4, "little"))
