@@ -534,3 +534,67 @@ def test_smmu_without_a_bus_sending_msis_into_itself(data, n):
         log2 = min(s.mmio_read(0x90, 8) & 0x1F, s.cmdqs)
         assert s.mmio_read(0x9C) & 0xFFFFF < 2 << log2
         assert s.mmio_read(0x100A8) & 0xFFFFF < 2 << 2
+
+
+# --- the bus alone: models that post writes to each other -----------------------------
+
+
+class Echo:
+    """A register block that, for each write it takes, posts the writes its table says
+    (to itself or to other blocks): a stand-in for any model that writes in response."""
+
+    def __init__(self, bus, name, log, follow) -> None:
+        self.bus, self.name, self.log, self.follow = bus, name, log, follow
+
+    def mmio_read(self, offset, size):
+        return 0
+
+    def mmio_write(self, offset, value, size):
+        assert not self.log or self.log[-1][0] != "enter", "a write inside another"
+        self.log.append(("enter", self.name, offset, value))
+        for addr, v in self.follow.get((self.name, offset), ()):
+            self.bus.post_write(addr, v)
+        self.log.append(("leave", self.name, offset, value))
+
+
+@given(data=st.data(), budget_small=st.booleans())
+def test_bus_performs_posted_writes_in_order_after_the_access_within_budget(data,
+                                                                             budget_small):
+    from pymsi.hw import bus as B
+
+    mem = core.Memory()
+    mem.add_ram(0x4000_0000, 0x1000)
+    budget = data.draw(st.integers(1, 40)) if budget_small else B.POSTED_BUDGET
+    bus = B.Bus(mem, posted_budget=budget)
+    names = ["a", "b", "c"]
+    base = {n: 0x1000_0000 + k * 0x1000 for k, n in enumerate(names)}
+    offsets = [0, 4, 8]
+    follow = {}
+    for n in names:                                # each write posts 0-2 writes
+        for off in offsets:
+            follow[(n, off)] = [(base[data.draw(st.sampled_from(names))]
+                                 + data.draw(st.sampled_from(offsets + [0xFFC])),
+                                 data.draw(st.integers(0, 9)))
+                                for _ in range(data.draw(st.integers(0, 2)))]
+    log: list = []
+    for n in names:
+        bus.map(base[n], 0x1000, Echo(bus, n, log, follow), n)
+    start = (data.draw(st.sampled_from(names)), data.draw(st.sampled_from(offsets)))
+    # What the architecture of posted writes says: the first write completes, then the
+    # writes it posted, oldest first, each one's own posted writes queued behind.
+    expect, queue, done = [(start[0], start[1], 1)], list(follow[start]), 0
+    while queue and done < budget:
+        addr, v = queue.pop(0)
+        name = names[(addr - 0x1000_0000) // 0x1000]
+        expect.append((name, addr & 0xFFF, v))
+        queue += follow.get((name, addr & 0xFFF), [])
+        done += 1
+    bus.write(base[start[0]] + start[1], 1)
+    got = [(n, off, v) for kind, n, off, v in log if kind == "enter"]
+    assert got == expect
+    assert bus.pending_writes == len(queue)
+    event("budget reached" if queue else "drained")
+    if queue:                                     # the rest on the next drain, in order
+        assert bus.drain(1) == 1
+        assert [(n, off, v) for kind, n, off, v in log if kind == "enter"][len(got)] == (
+            names[(queue[0][0] - 0x1000_0000) // 0x1000], queue[0][0] & 0xFFF, queue[0][1])

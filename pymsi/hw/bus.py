@@ -67,10 +67,17 @@ class DmaResult(NamedTuple):
 
 
 class Bus:
-    """A host-physical address space: RAM plus MMIO windows of models."""
+    """A host-physical address space: RAM plus MMIO windows of models.
 
-    def __init__(self, ram: Any) -> None:
+    ``posted_budget`` is how many queued posted writes one outermost access (or one
+    :meth:`drain`) performs at most.
+    """
+
+    def __init__(self, ram: Any, posted_budget: int = POSTED_BUDGET) -> None:
+        if posted_budget < 1:
+            raise InvalidArgument(f"posted_budget={posted_budget}")
         self.ram = ram
+        self.posted_budget = posted_budget
         self._windows: list[MmioWindow] = []
         self._bases: list[int] = []
         self._iommus: list[tuple[int, int, Any, Callable[[int], int]]] = []
@@ -91,12 +98,15 @@ class Bus:
         """How many posted writes are queued."""
         return len(self._posted)
 
-    def drain(self, budget: int = POSTED_BUDGET) -> int:
-        """Perform up to ``budget`` queued posted writes (and the writes they post,
-        in order); returns how many were performed.  Does nothing while an access is
-        in progress: the outermost access drains when it returns."""
+    def drain(self, budget: int | None = None) -> int:
+        """Perform up to ``budget`` (default :attr:`posted_budget`) queued posted
+        writes (and the writes they post, in order); returns how many were performed.
+        Does nothing while an access is in progress: the outermost access drains when
+        it returns."""
         if self._depth:
             return 0
+        if budget is None:
+            budget = self.posted_budget
         self._depth += 1
         done = 0
         try:

@@ -226,6 +226,7 @@ class SMMUv3:
         self.stats = {"events_recorded": 0, "events_dropped": 0, "events_suppressed": 0,
                       "commands": 0, "sev": 0}
         self._idr = self._make_idr()
+        self.posted_budget = POSTED_BUDGET  # interrupts sent per operation at most
         self._busy = 0                      # operations in progress (nesting)
         self._flushing = False              # the outbox loop is running
         self._outbox: deque[tuple[str, int, int, int]] = deque()
@@ -364,10 +365,12 @@ class SMMUv3:
         if not self._busy:
             self._send_outbox()
 
-    def _send_outbox(self, budget: int = POSTED_BUDGET) -> int:
+    def _send_outbox(self, budget: int | None = None) -> int:
         """Send queued interrupts in order (and those they cause), at most ``budget``."""
         if self._flushing:
             return 0                       # the loop further up the stack sends it
+        if budget is None:
+            budget = self.posted_budget
         self._flushing = True
         sent = 0
         try:
@@ -386,7 +389,7 @@ class SMMUv3:
             self._flushing = False
         return sent
 
-    def drain(self, budget: int = POSTED_BUDGET) -> int:
+    def drain(self, budget: int | None = None) -> int:
         """Send up to ``budget`` interrupts still queued (after an operation ran
         out of its budget); returns how many were sent."""
         if self._busy:
