@@ -264,7 +264,8 @@ def apply(sysm: System, kind: str, data) -> None:
         v = draw(st.integers(0, NVEC - 1))
         addr = draw(st.sampled_from(targets))
         data = draw(st.sampled_from([0, 1, v, 0xFFFF_FFFF]) | st.integers(0, 2**32 - 1))
-        p.msix_program(sysm.fn, v, addr, data, masked=draw(st.booleans()))
+        p.cfg_write(sysm.fn, 0x04, p.cfg_read(sysm.fn, 0x04, 2) | 0x2, 2)  # a message
+        p.msix_program(sysm.fn, v, addr, data, masked=draw(st.booleans()))    # may clear it
         event("message aimed at a target")
     elif kind == "cfg":
         fn = sysm.fn

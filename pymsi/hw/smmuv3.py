@@ -18,9 +18,9 @@ or an aborted transaction.
 The SMMU's own outgoing interrupts (event queue, GERROR and CMD_SYNC MSIs, and
 the wired lines) are posted: they are queued while the SMMU is busy (handling a
 register write and the commands it starts, or a :meth:`SMMUv3.translate_batch`)
-and sent when that operation is done, one after the other, from a loop that at
-most :data:`~pymsi.hw.bus.POSTED_BUDGET` interrupts run per operation (the rest
-wait for the next operation or :meth:`SMMUv3.drain`).  An MSI aimed at the SMMU's
+and sent in order when that operation is done, at most ``posted_budget``
+(:data:`~pymsi.hw.bus.POSTED_BUDGET`) per operation; the rest wait for the next
+operation or :meth:`SMMUv3.drain`.  An MSI aimed at the SMMU's
 own registers (say CMDQ_PROD) therefore runs commands after the current ones,
 never inside them, and never in the middle of a batch of translations.  A
 failed MSI write is reported when it is made (GERROR.MSI_*_ABT_ERR).
