@@ -380,6 +380,7 @@ def test_pci_function_messages_never_recurse_nor_escape_masks(data, use_msix, ve
         if kind == "notify":
             fn.notify(data.draw(st.integers(0, vectors)))
         elif kind == "program":
+            r.cfg_write(fn, 0x04, r.cfg_read(fn, 0x04, 2) | 0x2, 2)   # a message may clear it
             addr = data.draw(st.sampled_from(targets))
             value = data.draw(st.sampled_from([0, 1, 0xFFFF_FFFF]) | st.integers(0, 2**32 - 1))
             if use_msix:
