@@ -382,3 +382,19 @@ def test_translate_batch_checks_sids_before_recording_anything(smmu_env):
     sids[1] = 0xFFFF
     assert s.translate_batch(sids, iovas, pas, st) == 0
     assert smmu_env.reg(0x100A8) == before + 2
+
+
+def test_vlpi_frame_reads_and_a_vpropbaser_wider_than_the_gic():
+    """A 32-bit read of a VLPI-frame register returns its half; VPROPBASER.IDbits beyond
+    GICD_TYPER.IDbits behaves as GICD_TYPER.IDbits (the tables are still usable)."""
+    p = Platform(ncpus=1, gicv4=True)
+    rd = 0x080A_0000
+    vprop, vpt = p.alloc(1 << 16), p.alloc(1 << 13, align=0x10000)
+    p.ram.write(vprop + 1, bytes([0xA1]))                     # vINTID 8193 enabled
+    p.ram.write(vpt + 8193 // 8, bytes([1 << (8193 % 8)]))    # and pending
+    p.bus.write(rd + 0x20070, vprop | 31, 8)                  # IDbits 32 > the GIC's 16
+    p.bus.write(rd + 0x20078, 1 << 63 | vpt, 8)
+    assert p.gic.cpus[0].vcpu_iar1() == 8193
+    assert p.bus.read(rd + 0x20078, 4) == vpt
+    assert p.bus.read(rd + 0x2007C, 4) == 1 << 31
+    assert p.bus.read(rd + 0x20070, 8) == vprop | 31

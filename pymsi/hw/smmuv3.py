@@ -772,7 +772,8 @@ class SMMUv3:
         StreamID beyond the programmed stream table is the guest's business: it
         gives C_BAD_STREAMID.
         """
-        if type(sid) is not int or type(iova) is not int:
+        if type(sid) is not int or type(iova) is not int or (
+                ssid is not None and type(ssid) is not int):
             self._check_args(sid, iova, ssid)
         if not self._cr0 & _SMMUEN:
             self._check_args(sid, iova, ssid)
