@@ -12,7 +12,7 @@ import pytest
 from pymsi import core
 from pymsi.errors import InvalidArgument
 from pymsi.hw.bus import POSTED_BUDGET, Bus
-from pymsi.hw.pci import Bar, Delivery, MsixConfig, PciFunction
+from pymsi.hw.pci import Bar, Delivery, MsixConfig, PciFunction, PciHost
 from pymsi.hw.smmuv3 import SMMUv3
 
 from hw_rig import ITS_BASE, PCI_MMIO, SMMU_BASE, ItsDriver, PciRig, Platform
@@ -398,3 +398,25 @@ def test_vlpi_frame_reads_and_a_vpropbaser_wider_than_the_gic():
     assert p.bus.read(rd + 0x20078, 4) == vpt
     assert p.bus.read(rd + 0x2007C, 4) == 1 << 31
     assert p.bus.read(rd + 0x20070, 8) == vprop | 31
+
+
+def test_posted_write_whose_target_went_away_is_dropped_and_counted():
+    """Two CMD_SYNC MSIs from one CMDQ_PROD write: the first turns off a function's
+    Memory Space (its BAR stops decoding), so the second, aimed at that BAR and accepted
+    when it was issued, finds nothing when it is performed."""
+    r = SmmuOnBus()
+    ecam = 0x3F00_0000
+    PciHost(r.bus, ecam).add(fn := PciFunction(0, 1, 0, bars=[Bar(0x4000)],
+                                               msix=MsixConfig(2, bar=0, pba_offset=0x2000)))
+    r.bus.write(ecam + (fn.rid << 12) + 0x10, PCI_MMIO)
+    r.bus.write(ecam + (fn.rid << 12) + 0x14, 0)
+    r.bus.write(ecam + (fn.rid << 12) + 0x04, 0x6, 2)
+    assert r.bus.window(PCI_MMIO) is not None
+    base = r.reg(CMDQ_PROD) & 63
+    r.queue([sync_msi(ecam + (fn.rid << 12) + 0x04, 0x4), sync_msi(PCI_MMIO + 12, 0)],
+            at=base)
+    r.bus.write(SMMU_BASE + CMDQ_PROD, base + 2)
+    assert r.reg(CMDQ_CONS) & 0xFFFFF == base + 2
+    assert fn.cfg_read(0x04, 2) & 0x6 == 0x4 and r.bus.window(PCI_MMIO) is None
+    assert r.bus.stats["posted"] == 2 and r.bus.stats["posted_dropped"] == 1
+    assert fn.msix_entry(0)[2] == 1                           # still masked: never written
