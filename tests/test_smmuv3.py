@@ -166,17 +166,22 @@ def test_bypass_and_abort_stes(env):
 # --- events, each on purpose ------------------------------------------------------
 
 
-def test_bad_streamid_events(env):
-    # Beyond LOG2SIZE, and in a 2-level table with no L2 behind the L1 descriptor.
+def test_bad_streamid_events():
+    # SIDSIZE 20, a table of 2^16: beyond LOG2SIZE (but a StreamID the SMMU takes),
+    # and in a 2-level table with no L2 behind the L1 descriptor.
+    env = Env(sidsize=20)
+    env.drv.init(log2size=16)
     r1 = env.smmu.translate(1 << 16, 0)
     r2 = env.smmu.translate(0x300, 0)
     # An L2 table with SPAN covering only 4 STEs: index 4 is beyond it.
     l2 = env.drv.alloc.alloc(4096)
     env.mem.write_u64(env.drv.strtab + 8 * 5, l2 | 3)
     r3 = env.smmu.translate((5 << 8) | 4, 0)
-    assert r1.event == r2.event == r3.event == E_BAD_STREAMID
+    r4 = env.smmu.translate((1 << 20) - 1, 0, ssid=3)
+    assert r1.event == r2.event == r3.event == r4.event == E_BAD_STREAMID
     assert [(v.type, v.sid) for v in env.drv.events()] == [
-        (E_BAD_STREAMID, 1 << 16), (E_BAD_STREAMID, 0x300), (E_BAD_STREAMID, 0x504)]
+        (E_BAD_STREAMID, 1 << 16), (E_BAD_STREAMID, 0x300), (E_BAD_STREAMID, 0x504),
+        (E_BAD_STREAMID, (1 << 20) - 1)]
 
 
 def test_ste_fetch_abort(env):
@@ -590,7 +595,7 @@ def test_batch_matches_one_translate_per_item():
         return e
 
     items = [(0x8, 0x10_0008), (0x8, 0x10_3000), (0x9, 0x55), (0xA, 0x66), (0x8, 0x50_0000),
-             (0x10, 0x20_0010), (0x10, 0x30_0000), (0x77, 0), (0x8, 0x10_1000), (1 << 17, 0)]
+             (0x10, 0x20_0010), (0x10, 0x30_0000), (0x77, 0), (0x8, 0x10_1000), (0xFFFF, 0)]
     e1, e2 = setup(), setup()
     one = [e1.smmu.translate(s, i) for s, i in items]
     sids = array.array("I", [s for s, _ in items])

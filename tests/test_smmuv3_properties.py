@@ -52,7 +52,7 @@ def garbage_env(ste, cd, leaf, backend=None):
 
 
 transactions = st.lists(st.tuples(u64 | st.integers(0, 2**40), st.booleans(),
-                                  st.none() | st.integers(0, 300)), min_size=1, max_size=6)
+                                  st.none() | st.integers(0, 255)), min_size=1, max_size=6)
 
 
 @given(ste=ste_like(), cd=cd_like(), leaf=u64, txns=transactions)

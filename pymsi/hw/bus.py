@@ -10,17 +10,33 @@ receives ``requester_id=``.  An access to nothing is a
 Device DMA goes through the IOMMU attached to the device's requester-ID range
 (:meth:`Bus.attach_iommu`), then the bus; an IOMMU abort is reported to the
 device as a failed transaction (:class:`DmaResult`), never as an exception.
+
+Writes that models issue are posted, as on a real interconnect: a device's DMA
+write (its MSIs included) or a model's own write (:meth:`Bus.post_write`, what
+the SMMU's MSIs use) issued while the bus is in the middle of another access is
+queued and performed, in issue order, after the outermost access returns.  So a
+device that writes its own or the IOMMU's registers never re-enters the model
+that is still handling the current access, and nothing recurses.  One outermost
+access performs at most :data:`POSTED_BUDGET` queued writes; the rest stay queued
+for the next access or :meth:`Bus.drain` (a guest that makes devices ping-pong
+writes forever would livelock real hardware; the model still returns).  CPU
+accesses (:meth:`Bus.read`, :meth:`Bus.write`) are never queued: they are done
+when they return.
 """
 
 from __future__ import annotations
 
 import bisect
+from collections import deque
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from ..errors import AlreadyExists, BusError, InvalidArgument
 
 _SIZES = (1, 2, 4, 8)
+
+POSTED_BUDGET = 4096
+"""At most this many posted writes are performed per outermost access (or drain)."""
 
 
 class MmioWindow(NamedTuple):
@@ -46,17 +62,108 @@ class DmaResult(NamedTuple):
     value: int | None = None
     iommu: Any = None
     bus_error: bool = False
+    posted: bool = False
+    """Queued behind the access in progress: not performed yet (``ok`` says nothing)."""
 
 
 class Bus:
-    """A host-physical address space: RAM plus MMIO windows of models."""
+    """A host-physical address space: RAM plus MMIO windows of models.
 
-    def __init__(self, ram: Any) -> None:
+    ``posted_budget`` is how many queued posted writes one outermost access (or one
+    :meth:`drain`) performs at most.
+    """
+
+    def __init__(self, ram: Any, posted_budget: int = POSTED_BUDGET) -> None:
+        if posted_budget < 1:
+            raise InvalidArgument(f"posted_budget={posted_budget}")
         self.ram = ram
+        self.posted_budget = posted_budget
         self._windows: list[MmioWindow] = []
         self._bases: list[int] = []
         self._iommus: list[tuple[int, int, Any, Callable[[int], int]]] = []
-        self.stats = {"dma": 0, "dma_aborted": 0, "dma_bus_errors": 0}
+        self.stats = {"dma": 0, "dma_aborted": 0, "dma_bus_errors": 0, "posted": 0,
+                      "posted_dropped": 0, "drain_budget_exhausted": 0}
+        self._depth = 0                         # accesses in progress (nesting)
+        self._posted: deque[tuple] = deque()    # writes waiting for the current access
+
+    # -- posted writes -------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        """Whether an access is in progress (a write posted now would be queued)."""
+        return self._depth > 0
+
+    @property
+    def pending_writes(self) -> int:
+        """How many posted writes are queued."""
+        return len(self._posted)
+
+    def drain(self, budget: int | None = None) -> int:
+        """Perform up to ``budget`` (default :attr:`posted_budget`) queued posted
+        writes (and the writes they post, in order); returns how many were performed.
+        Does nothing while an access is in progress: the outermost access drains when
+        it returns."""
+        if self._depth:
+            return 0
+        if budget is None:
+            budget = self.posted_budget
+        self._depth += 1
+        done = 0
+        try:
+            while self._posted and done < budget:
+                item = self._posted.popleft()
+                done += 1
+                self._perform(item)
+        finally:
+            self._depth -= 1
+        if self._posted:
+            self.stats["drain_budget_exhausted"] += 1
+        return done
+
+    def _perform(self, item: tuple) -> None:
+        if item[0] == "dma":
+            _, rid, addr, value, size, on_done = item
+            r = self._dma_now(rid, addr, size, value)
+            if on_done is not None:
+                on_done(r)
+            return
+        _, addr, value, size, rid = item
+        try:
+            self._write_now(addr, value, size, rid)
+        except BusError:                        # its target went away after it was posted
+            self.stats["posted_dropped"] += 1
+
+    def _enter(self) -> None:
+        self._depth += 1
+
+    def _leave(self) -> None:
+        self._depth -= 1
+        if not self._depth and self._posted:
+            self.drain()
+
+    def post_write(self, addr: int, value: int, size: int = 4,
+                   requester_id: int | None = None) -> None:
+        """A write a model issues (an SMMU's MSI): done now if the bus is idle, else
+        queued behind the access in progress.  The address is decoded when the write
+        is issued: a write to nothing is a :class:`~pymsi.errors.BusError` for the
+        issuer at once (the interconnect's decode error); a queued write whose
+        target has gone when it is performed is dropped (``stats["posted_dropped"]``).
+        """
+        if size not in _SIZES:
+            raise InvalidArgument(f"access size {size}")
+        if not self._depth:
+            self.write(addr, value, size, requester_id)
+            return
+        if not self._decodes(addr, size):
+            raise BusError(f"write of {size} bytes at {addr:#x}: nothing there")
+        self.stats["posted"] += 1
+        self._posted.append(("write", addr, value & ((1 << (8 * size)) - 1), size, requester_id))
+
+    def _decodes(self, addr: int, size: int) -> bool:
+        if self.ram.is_ram(addr, size):
+            return True
+        w = self.window(addr)
+        return w is not None and addr + size <= w.base + w.size
 
     # -- topology ------------------------------------------------------------
 
@@ -123,14 +230,25 @@ class Bus:
         w = self.window(addr)
         if w is None or addr + size > w.base + w.size:
             raise BusError(f"read of {size} bytes at {addr:#x}: nothing there")
-        if w.attrs:
-            return w.model.mmio_read(addr - w.base, size, requester_id=requester_id)
-        return w.model.mmio_read(addr - w.base, size)
+        self._enter()
+        try:
+            if w.attrs:
+                return w.model.mmio_read(addr - w.base, size, requester_id=requester_id)
+            return w.model.mmio_read(addr - w.base, size)
+        finally:
+            self._leave()
 
     def write(self, addr: int, value: int, size: int = 4, requester_id: int | None = None) -> None:
         """A ``size``-byte little-endian write at a physical address."""
         if size not in _SIZES:
             raise InvalidArgument(f"access size {size}")
+        self._enter()
+        try:
+            self._write_now(addr, value, size, requester_id)
+        finally:
+            self._leave()
+
+    def _write_now(self, addr: int, value: int, size: int, requester_id: int | None) -> None:
         value &= (1 << (8 * size)) - 1
         if self.ram.is_ram(addr, size):
             self.ram.write(addr, value.to_bytes(size, "little"))
@@ -144,20 +262,46 @@ class Bus:
             w.model.mmio_write(addr - w.base, value, size)
 
     def write32(self, addr: int, value: int) -> None:
-        """A 32-bit write (what MSIs and interrupt-signalling models use)."""
-        self.write(addr, value, 4)
+        """A model's 32-bit posted write (what MSIs and interrupt-signalling models
+        use as their ``msi_write``): see :meth:`post_write`."""
+        self.post_write(addr, value, 4)
 
     # -- device DMA -----------------------------------------------------------
 
-    def dma_write(self, rid: int, addr: int, value: int, size: int = 4) -> DmaResult:
-        """A device's memory write: through its IOMMU (if any), then the bus."""
-        return self._dma(rid, addr, size, value)
+    def dma_write(self, rid: int, addr: int, value: int, size: int = 4,
+                  on_done: Callable[[DmaResult], None] | None = None) -> DmaResult:
+        """A device's memory write: through its IOMMU (if any), then the bus.
+
+        Posted: while another access is in progress it is queued (translation
+        included) and the result says ``posted``; ``on_done`` (if given) is called
+        with the real result when the write is performed, now or later.
+        """
+        if size not in _SIZES:
+            raise InvalidArgument(f"access size {size}")
+        if self._depth:
+            self.stats["posted"] += 1
+            self._posted.append(("dma", rid, addr, value, size, on_done))
+            return DmaResult(True, None, posted=True)
+        self._enter()
+        try:
+            r = self._dma_now(rid, addr, size, value)
+            if on_done is not None:
+                on_done(r)
+        finally:
+            self._leave()
+        return r
 
     def dma_read(self, rid: int, addr: int, size: int = 4) -> DmaResult:
-        """A device's memory read."""
-        return self._dma(rid, addr, size, None)
+        """A device's memory read (never queued: it returns a value)."""
+        if size not in _SIZES:
+            raise InvalidArgument(f"access size {size}")
+        self._enter()
+        try:
+            return self._dma_now(rid, addr, size, None)
+        finally:
+            self._leave()
 
-    def _dma(self, rid: int, addr: int, size: int, value: int | None) -> DmaResult:
+    def _dma_now(self, rid: int, addr: int, size: int, value: int | None) -> DmaResult:
         self.stats["dma"] += 1
         pa = addr
         route = self.iommu_for(rid)
@@ -172,7 +316,7 @@ class Bus:
         try:
             if value is None:
                 return DmaResult(True, pa, self.read(pa, size, requester_id=rid), r)
-            self.write(pa, value, size, requester_id=rid)
+            self._write_now(pa, value, size, rid)
         except BusError:
             self.stats["dma_bus_errors"] += 1
             return DmaResult(False, pa, None, r, bus_error=True)

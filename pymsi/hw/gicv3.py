@@ -170,7 +170,7 @@ class Redistributor:
         vpt = self.resident_vpt
         if vpt is None:
             return None
-        bits = VPROPBASER_IDBITS.get(self.vpropbaser) + 1
+        bits = min(VPROPBASER_IDBITS.get(self.vpropbaser) + 1, self.gic.id_bits)
         vprop = VPROPBASER_PA.get(self.vpropbaser) << 12
         mem = self.gic.memory
         try:
@@ -197,8 +197,9 @@ class Redistributor:
     def mmio_read(self, offset: int, size: int) -> int:
         if offset >= VLPI_FRAME and self.gic.gicv4:
             off = offset - VLPI_FRAME
-            return {GICR_VPROPBASER: self.vpropbaser,
-                    GICR_VPENDBASER: self.vpendbaser}.get(off & ~7, 0) >> (8 * (off & 4))
+            value = {GICR_VPROPBASER: self.vpropbaser,
+                     GICR_VPENDBASER: self.vpendbaser}.get(off & ~7, 0)
+            return value if size == 8 else (value >> (8 * (off & 4))) & 0xFFFF_FFFF
         typer = (GICR_TYPER_PLPIS(1) | GICR_TYPER_VLPIS(int(self.gic.gicv4))
                  | GICR_TYPER_LAST(int(self.cpu == len(self.gic.redists) - 1))
                  | GICR_TYPER_PROCESSOR_NUMBER(self.cpu) | GICR_TYPER_AFFINITY(self.cpu))

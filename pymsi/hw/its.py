@@ -257,7 +257,7 @@ class GicV3Its:
             return
         while self.creadr != self.cwriter:
             try:
-                cmd = dwords(self.memory.read(base + self.creadr, 32))
+                cmd = self._read_command(base + self.creadr)
                 self._execute(cmd)
             except _Stall:
                 self.stalled = True
@@ -273,6 +273,12 @@ class GicV3Its:
                     return
             self.stats["commands"] += 1
             self.creadr = (self.creadr + 32) % qsize
+
+    def _read_command(self, addr: int) -> list[int]:
+        try:
+            return dwords(self.memory.read(addr, 32))
+        except (OSError, ValueError):
+            raise _Stall() from None           # a command queue outside RAM: stall
 
     def _note(self, kind: str, what: str, why: str) -> None:
         self.trace.append((kind, what, why))

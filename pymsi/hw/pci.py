@@ -8,7 +8,12 @@ would: nothing while MSI/MSI-X is disabled, a pending bit while the vector is
 masked (sent, and cleared, on unmask), otherwise a 32-bit memory write of the
 vector's data to its address, issued as DMA with the function's requester ID
 (bus << 8 | device << 3 | function) — so it goes through the IOMMU.  With Bus
-Master Enable clear the function issues no memory writes at all.
+Master Enable clear the function issues no memory writes at all.  Messages are
+posted writes: one the function sends while the bus is busy with another access
+(an unmask written through its BAR or configuration space releasing a pending
+message) is queued behind that access (see :mod:`pymsi.hw.bus`), so a message
+aimed at the function's own MSI-X table is handled after the write that caused
+it, never inside it.
 
 :class:`PciHost` is the root complex: an ECAM window for configuration
 accesses, and a window on the system bus for each enabled memory BAR.
@@ -50,6 +55,7 @@ class Delivery(enum.Enum):
     NO_VECTOR = "no vector"            # beyond the enabled vectors
     BLOCKED = "blocked"                # Bus Master Enable clear: no memory write
     ABORTED = "aborted"                # the write was aborted (IOMMU fault, nothing there)
+    POSTED = "posted"                  # queued behind the bus access in progress
 
 
 @dataclass
@@ -369,12 +375,17 @@ class PciFunction:
         if not self._get(COMMAND, 2) & CMD_MASTER or self.host is None:
             self.stats.blocked += 1
             return Delivery.BLOCKED
-        r = self.host.bus.dma_write(self.rid, addr, data, 4)
-        if not r.ok:
+        r = self.host.bus.dma_write(self.rid, addr, data, 4, on_done=self._count)
+        if r.posted:
+            return Delivery.POSTED
+        return Delivery.SENT if r.ok else Delivery.ABORTED
+
+    def _count(self, r: Any) -> None:
+        """A message's write was performed (now, or later when it was posted)."""
+        if r.ok:
+            self.stats.sent += 1
+        else:
             self.stats.aborted += 1
-            return Delivery.ABORTED
-        self.stats.sent += 1
-        return Delivery.SENT
 
 
 class _BarWindow:

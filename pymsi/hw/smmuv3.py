@@ -15,6 +15,16 @@ its own C_BAD_* event.  Guest-controlled input never raises: it produces an
 event record, a command error (CMDQ_CONS.ERR, GERROR.CMDQ_ERR), a global error
 or an aborted transaction.
 
+The SMMU's own outgoing interrupts (event queue, GERROR and CMD_SYNC MSIs, and
+the wired lines) are posted: they are queued while the SMMU is busy (handling a
+register write and the commands it starts, or a :meth:`SMMUv3.translate_batch`)
+and sent in order when that operation is done, at most ``posted_budget``
+(:data:`~pymsi.hw.bus.POSTED_BUDGET`) per operation; the rest wait for the next
+operation or :meth:`SMMUv3.drain`.  An MSI aimed at the SMMU's
+own registers (say CMDQ_PROD) therefore runs commands after the current ones,
+never inside them, and never in the middle of a batch of translations.  A
+failed MSI write is reported when it is made (GERROR.MSI_*_ABT_ERR).
+
 Deliberate choices where the architecture leaves room (or QEMU differs):
 page 1 aliases page 0; CFGI_STE also drops the stream's cached CDs (invalidating
 more is always allowed); TLBI_S2_IPA also drops nested entries whose IPA it
@@ -26,15 +36,17 @@ CD.S / STE.S2S set are illegal; HTTU is not implemented.
 from __future__ import annotations
 
 import enum
+from collections import deque
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from .. import core
 from ..core import Fault, FaultKind, Stage1, Stage2, WalkResult, XlateConfig
-from ..core.common import batch_views
+from ..core.common import batch_views, int_arg
 from ..errors import InvalidArgument
 from . import smmuv3_regs as R
 from .bits import dwords, pack_dwords
+from .bus import POSTED_BUDGET
 
 _ERRORS = (OSError, ValueError)
 
@@ -218,6 +230,10 @@ class SMMUv3:
         self.stats = {"events_recorded": 0, "events_dropped": 0, "events_suppressed": 0,
                       "commands": 0, "sev": 0}
         self._idr = self._make_idr()
+        self.posted_budget = POSTED_BUDGET  # interrupts sent per operation at most
+        self._busy = 0                      # operations in progress (nesting)
+        self._flushing = False              # the outbox loop is running
+        self._outbox: deque[tuple[str, int, int, int]] = deque()
         self.reset()
 
     # ------------------------------------------------------------------ ID
@@ -242,6 +258,7 @@ class SMMUv3:
         self._regs: dict[int, int] = {}
         self._gbpa = 0
         self._cr0 = 0
+        self._outbox.clear()
         self._flush_config()
         self.tlb.invalidate_all()
 
@@ -276,12 +293,17 @@ class SMMUv3:
     def mmio_write(self, offset: int, value: int, size: int = 4) -> None:
         """Write a register; writes the architecture ignores are ignored."""
         off = offset & ~R.PAGE1
-        if size == 8 and not off & 7:
-            self._write32(off, value & 0xFFFF_FFFF)
-            self._write32(off + 4, (value >> 32) & 0xFFFF_FFFF)
-            return
-        if size == 4 and not off & 3:
-            self._write32(off, value & 0xFFFF_FFFF)
+        self._busy += 1
+        try:
+            if size == 8 and not off & 7:
+                self._write32(off, value & 0xFFFF_FFFF)
+                self._write32(off + 4, (value >> 32) & 0xFFFF_FFFF)
+            elif size == 4 and not off & 3:
+                self._write32(off, value & 0xFFFF_FFFF)
+        finally:
+            self._busy -= 1
+        if self._outbox and not self._busy:
+            self._send_outbox()
 
     def _write32(self, off: int, v: int) -> None:
         regs = self._regs
@@ -339,13 +361,50 @@ class SMMUv3:
     def _signal(self, line: str, cfg0: int, cfg1: int, abt_bit: int) -> None:
         """Fire an interrupt: an MSI if configured, else the wired line."""
         addr = R.IRQ_CFG0_ADDR.get(self._reg64(cfg0)) << 2 if self.msi else 0
-        if addr:
-            if not self._msi_write(addr, self._reg(cfg1)) and abt_bit:
-                self._gerror(abt_bit)
-            return
-        self.irq_counts[line] += 1
-        if self.irq is not None:
-            self.irq(line)
+        self._post(line, addr, self._reg(cfg1) if addr else 0, abt_bit)
+
+    def _post(self, line: str, addr: int, data: int, abt_bit: int) -> None:
+        """Queue an interrupt (an MSI when ``addr``, else the wired ``line``); it is
+        sent now unless an operation is in progress, then when it is done."""
+        self._outbox.append((line, addr, data, abt_bit))
+        if not self._busy:
+            self._send_outbox()
+
+    def _send_outbox(self, budget: int | None = None) -> int:
+        """Send queued interrupts in order (and those they cause), at most ``budget``."""
+        if self._flushing:
+            return 0                       # the loop further up the stack sends it
+        if budget is None:
+            budget = self.posted_budget
+        self._flushing = True
+        sent = 0
+        try:
+            box = self._outbox
+            while box and sent < budget:
+                line, addr, data, abt_bit = box.popleft()
+                sent += 1
+                if addr:
+                    if not self._msi_write(addr, data) and abt_bit:
+                        self._gerror(abt_bit)
+                    continue
+                self.irq_counts[line] += 1
+                if self.irq is not None:
+                    self.irq(line)
+        finally:
+            self._flushing = False
+        return sent
+
+    def drain(self, budget: int | None = None) -> int:
+        """Send up to ``budget`` interrupts still queued (after an operation ran
+        out of its budget); returns how many were sent."""
+        if self._busy:
+            return 0
+        return self._send_outbox(budget)
+
+    @property
+    def pending_interrupts(self) -> int:
+        """How many outgoing interrupts are queued."""
+        return len(self._outbox)
 
     def _msi_write(self, addr: int, data: int) -> bool:
         try:
@@ -499,14 +558,9 @@ class SMMUv3:
     def _sync(self, d0: int, d1: int) -> None:
         cs = R.CMD_SYNC_CS.get(d0)
         if cs == R.SYNC_CS_IRQ:
-            addr = R.CMD_SYNC_MSIADDR.get(d1) << 2
-            if self.msi and addr:
-                if not self._msi_write(addr, R.CMD_SYNC_MSIDATA.get(d0)):
-                    self._gerror(R.GERROR_MSI_CMDQ_ABT_ERR)
-            else:
-                self.irq_counts["cmdq_sync"] += 1
-                if self.irq is not None:
-                    self.irq("cmdq_sync")
+            addr = R.CMD_SYNC_MSIADDR.get(d1) << 2 if self.msi else 0
+            self._post("cmdq_sync", addr, R.CMD_SYNC_MSIDATA.get(d0) if addr else 0,
+                       R.GERROR_MSI_CMDQ_ABT_ERR)
         elif cs == R.SYNC_CS_SEV:
             self.stats["sev"] += 1
 
@@ -714,28 +768,50 @@ class SMMUv3:
 
     def translate(self, sid: int, iova: int, write: bool = False,
                   ssid: int | None = None) -> SmmuResult:
-        """Translate one transaction from StreamID ``sid`` (and SubstreamID)."""
+        """Translate one transaction from StreamID ``sid`` (and SubstreamID).
+
+        ``sid`` must fit SIDSIZE bits, ``ssid`` (None: no SubstreamID) SSIDSIZE
+        bits and ``iova`` 64 bits: these are the caller's (the harness's) side of
+        the transaction, so anything else is a :class:`TypeError` or
+        :class:`~pymsi.errors.InvalidArgument` before the SMMU does anything.  A
+        StreamID beyond the programmed stream table is the guest's business: it
+        gives C_BAD_STREAMID.
+        """
+        if type(sid) is not int or type(iova) is not int or (
+                ssid is not None and type(ssid) is not int):
+            self._check_args(sid, iova, ssid)
         if not self._cr0 & _SMMUEN:
+            self._check_args(sid, iova, ssid)
             if self._gbpa & R.GBPA_ABORT:
                 return SmmuResult(Outcome.ABORTED, None)
             return SmmuResult(Outcome.BYPASSED, iova)
         st = self._by_sid.get(sid) if ssid is None else self._by_ssid.get((sid, ssid))
         if st is None:
+            self._check_args(sid, iova, ssid)
             try:
                 st = self._resolve(sid, ssid)
             except _ConfigError as e:
                 return self._config_event(e, sid, ssid, iova, write)
         if st.mode == _TRANSLATE:
             if st.ias and iova >> st.ias:
+                self._check_args(sid, iova, ssid)
                 w = WalkResult(Fault(1, FaultKind.ADDRESS_SIZE, 0))
             else:
                 w = self._translate(self.memory, iova, write, st.cfg, self.tlb)
                 if w.fault is None:
                     return _new(SmmuResult, (_TRANSLATED, w.pa, None, None, False, w))
             return self._fault_event(w, st, sid, ssid, iova, write)
+        self._check_args(sid, iova, ssid)
         if st.mode == core.STREAM_BYPASS:
             return SmmuResult(Outcome.BYPASSED, iova)
         return SmmuResult(Outcome.ABORTED, None)
+
+    def _check_args(self, sid: Any, iova: Any, ssid: Any) -> None:
+        """The host arguments of a transaction, checked (see :meth:`translate`)."""
+        int_arg("sid", sid, self.sidsize)
+        int_arg("iova", iova, 64)
+        if ssid is not None:
+            int_arg("ssid", ssid, self.ssidsize)
 
     def _config_event(self, e: _ConfigError, sid: int, ssid: int | None, iova: int,
                       write: bool) -> SmmuResult:
@@ -775,10 +851,23 @@ class SMMUv3:
         Fills ``out_pa`` and ``status`` (the core's batch statuses: 0
         translated, STATUS_BYPASS, STATUS_ABORT, or a fault code) as one
         :meth:`translate` per item would, events included, in item order.
-        Returns how many items were translated or bypassed.
+        Returns how many items were translated or bypassed.  A StreamID that does
+        not fit SIDSIZE is :class:`~pymsi.errors.InvalidArgument` before any event
+        is recorded (the outputs may be partly written).  Interrupts the batch's
+        events raise are sent when the whole batch is done.
         """
         n, (sv, iv, op, st) = batch_views([(sids, "u32", "sids"), (iovas, "u64", "iovas")],
                                           [(out_pa, "u64", "out_pa"), (status, "i32", "status")])
+        self._busy += 1
+        try:
+            return self._translate_batch(n, sv, iv, op, st, write)
+        finally:
+            self._busy -= 1
+            if self._outbox and not self._busy:
+                self._send_outbox()
+
+    def _translate_batch(self, n: int, sv: Any, iv: Any, op: Any, st: Any,
+                         write: bool) -> int:
         if self._cr0 & R.CR0_SMMUEN:
             ok = self._core.stream_batch(self.memory, self._streams, sv, iv, op, st,
                                          tlb=self.tlb, write=write)
@@ -787,6 +876,9 @@ class SMMUv3:
         else:
             for k in range(n):
                 st[k] = core.STATUS_NO_CONFIG           # the slow path handles them
+        if n and max(sv) >> self.sidsize:           # (valid StreamIDs are all in C's cache)
+            bad = max(sv)
+            raise InvalidArgument(f"sid={bad:#x} does not fit in {self.sidsize} bits")
         ok = 0
         for k in range(n):
             s = st[k]
