@@ -76,6 +76,32 @@ class PciRig:
         self.cfg_write(fn, cap + 2, flags | int(enable) << 15 | int(maskall) << 14, 2)
 
 
+DOORBELL = 0x0900_0000
+
+
+class Sink:
+    """An MMIO model that records every write: (requester ID, offset, value)."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[int | None, int, int]] = []
+
+    def mmio_read(self, offset, size, requester_id=None):
+        return 0
+
+    def mmio_write(self, offset, value, size, requester_id=None):
+        self.got.append((requester_id, offset, value))
+
+
+def sink_rig(ram_size: int = 0x100_0000) -> PciRig:
+    """A PCI rig (RAM at 0x4000_0000) with a :class:`Sink` at DOORBELL as ``r.sink``."""
+    mem = core.Memory()
+    mem.add_ram(0x4000_0000, ram_size)
+    r = PciRig(mem)
+    r.sink = Sink()
+    r.bus.map(DOORBELL, 0x1000, r.sink, "doorbell", attrs=True)
+    return r
+
+
 class Platform(PciRig):
     """QEMU virt's layout: RAM, GICv3 (+ITS), and a PCIe host."""
 

@@ -25,6 +25,7 @@ from pymsi.hw.smmuv3 import Outcome, SMMUv3
 from pymsi.hw.smmuv3_regs import EventType
 
 from hw_rig import (
+    DOORBELL,
     GICR_BASE,
     ITS_BASE,
     PCI_MMIO,
@@ -32,6 +33,7 @@ from hw_rig import (
     TRANSLATER,
     ItsDriver,
     Platform,
+    sink_rig,
 )
 from smmu_driver import Driver, cd_words, decode_event, ste_words
 
@@ -315,30 +317,12 @@ def test_whole_platform_never_raises_and_keeps_its_invariants(data, n):
 # --- a PCI function alone: MSI and MSI-X, messages aimed at itself --------------------
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.got: list[tuple[int | None, int, int]] = []
-
-    def mmio_read(self, offset, size, requester_id=None):
-        return 0
-
-    def mmio_write(self, offset, value, size, requester_id=None):
-        self.got.append((requester_id, offset, value))
-
-
-DOORBELL = 0x0900_0000
 
 
 @given(data=st.data(), use_msix=st.booleans(), vectors=st.sampled_from([1, 4, 32]),
        n=st.integers(1, 30))
 def test_pci_function_messages_never_recurse_nor_escape_masks(data, use_msix, vectors, n):
-    from hw_rig import PciRig
-
-    mem = core.Memory()
-    mem.add_ram(0x4000_0000, 0x10_0000)
-    r = PciRig(mem)
-    sink = Sink()
-    r.bus.map(DOORBELL, 0x1000, sink, "doorbell", attrs=True)
+    r = sink_rig(0x10_0000)
     fn = r.pci.add(PciFunction(0, 2, 0, bars=[Bar(0x4000)],
                                msi=None if use_msix else MsiConfig(vectors),
                                msix=MsixConfig(vectors, bar=0, table_offset=0,

@@ -15,7 +15,8 @@ from pymsi.hw.bus import POSTED_BUDGET, Bus
 from pymsi.hw.pci import Bar, Delivery, MsixConfig, PciFunction, PciHost
 from pymsi.hw.smmuv3 import SMMUv3
 
-from hw_rig import ITS_BASE, PCI_MMIO, SMMU_BASE, ItsDriver, PciRig, Platform
+from hw_rig import DOORBELL, ITS_BASE, PCI_MMIO, SMMU_BASE, ItsDriver, Platform, Sink
+from hw_rig import sink_rig as rig
 from smmu_driver import (
     CMDQ_CONS,
     CMDQ_PROD,
@@ -38,30 +39,8 @@ CS_IRQ = 1 << 12
 GERROR_IRQ_CFG0, GERROR_IRQ_CFG1 = 0x68, 0x70
 CMDQ_ERR, MSI_CMDQ_ABT_ERR = 1 << 0, 1 << 4
 HOLE = 0x7000_0000
-DOORBELL = 0x0900_0000
 
 
-class Sink:
-    """An MMIO model that records every write: (requester ID, offset, value)."""
-
-    def __init__(self) -> None:
-        self.got: list[tuple[int | None, int, int]] = []
-
-    def mmio_read(self, offset, size, requester_id=None):
-        return 0
-
-    def mmio_write(self, offset, value, size, requester_id=None):
-        self.got.append((requester_id, offset, value))
-
-
-def rig():
-    """A PCI rig with a doorbell sink."""
-    mem = core.Memory()
-    mem.add_ram(0x4000_0000, 0x100_0000)
-    r = PciRig(mem)
-    r.sink = Sink()
-    r.bus.map(DOORBELL, 0x1000, r.sink, "doorbell", attrs=True)
-    return r
 
 
 def sync_msi(addr: int, data: int) -> tuple[int, int]:

@@ -5,34 +5,10 @@ from __future__ import annotations
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from pymsi import core
 from pymsi.hw.pci import Bar, Delivery, MsiConfig, MsixConfig, PciFunction
 
-from hw_rig import PciRig
-
-DOORBELL = 0x0900_0000
-
-
-class Sink:
-    """An MMIO model that records every message written to it."""
-
-    def __init__(self) -> None:
-        self.got: list[tuple[int | None, int, int]] = []
-
-    def mmio_read(self, offset, size, requester_id=None):
-        return 0
-
-    def mmio_write(self, offset, value, size, requester_id=None):
-        self.got.append((requester_id, offset, value))
-
-
-def rig():
-    mem = core.Memory()
-    mem.add_ram(0x4000_0000, 0x100_0000)
-    r = PciRig(mem)
-    r.sink = Sink()
-    r.bus.map(DOORBELL, 0x1000, r.sink, "doorbell", attrs=True)
-    return r
+from hw_rig import DOORBELL
+from hw_rig import sink_rig as rig
 
 
 def test_header_capabilities_and_bar_sizing():
