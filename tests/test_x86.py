@@ -8,6 +8,8 @@ flat logical destinations) and what Linux 6.1 does, not from the model.
 
 from __future__ import annotations
 
+import errno
+
 import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
@@ -146,6 +148,23 @@ def test_a_move_while_one_is_in_progress_is_done_later():
         drain(k)
     assert cpu_of(k, irq) == 2
     assert drv.fired[0][0] == 1 and drv.fired[0][-1] == 2 and len(drv.fired[0]) == 3
+
+
+def test_a_forced_move_while_one_is_in_progress_is_ebusy_and_changes_nothing():
+    """Only an unforced move becomes pending (irq_try_set_affinity); a forced one during
+    a move in progress gets assign_vector_locked()'s EBUSY, and nothing moves."""
+    m = X86Pc(devices=[{"msix": 1}])
+    k = m.boot()
+    drv = MsiCountingDriver(k, k.pci.devices[0], 1)
+    irq = drv.irqs[0]
+    k.irq.set_affinity(irq, frozenset({1}))
+    entry = m.functions[0].msix_entry(0)
+    with pytest.raises(KernelError) as e:
+        k.irq.set_affinity(irq, frozenset({2}), force=True)
+    assert e.value.errno == errno.EBUSY
+    assert k.irq.desc(irq).pending_mask is None
+    assert k.proc_read(f"/proc/irq/{irq}/smp_affinity") == "2\n"
+    assert m.functions[0].msix_entry(0) == entry and cpu_of(k, irq) == 1
 
 
 def test_vector_0x20_and_0x80_are_never_given_to_a_device():
