@@ -16,7 +16,17 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from pymsi.uapi import _IO, _IOC_DIR, _IOC_NR, _IOC_SIZE, _IOC_TYPE, _IOR, _IOW, _IOWR
+from pymsi.uapi import (
+    _IO,
+    _IOC_DIR,
+    _IOC_NR,
+    _IOC_SIZE,
+    _IOC_TYPE,
+    _IOR,
+    _IOW,
+    _IOWR,
+    ioctl_name,
+)
 from pymsi.uapi import iommufd as I  # noqa: N812
 from pymsi.uapi import kvm as K  # noqa: N812
 from pymsi.uapi import vfio as V  # noqa: N812
@@ -611,3 +621,35 @@ def test_flexible_arrays_round_trip_with_argsz(name, data):
 def test_anonymous_union_helper_builds_a_union():
     U = anonymous_union(("a", u32), ("b", u16))  # noqa: N806
     assert issubclass(U, Union) and U.sizeof == 4
+
+
+def test_offsetofend_gives_linux_minimum_sizes():
+    # vfio_pci_core_ioctl: minsz = offsetofend(struct vfio_irq_set, count) = 20
+    assert V.VfioIrqSet.offsetofend("count") == 20
+    assert V.VfioDeviceBindIommufd.offsetofend("out_devid") == 16
+    assert I.IommuHwptAlloc.offsetofend("data_uptr") == 40
+    assert K.KvmIrqRoutingEntry.offsetofend("u.msi.devid") == 32
+    assert I.IommuHwInfoArmSmmuv3.offsetofend("idr") == 32
+    with pytest.raises(KeyError):
+        I.IommuIoasMap.offsetofend("nope")
+
+
+def test_flex_items_reads_raw_bytes_with_the_implied_type():
+    s = V.VfioIrqSet(flags=V.VFIO_IRQ_SET_DATA_EVENTFD | V.VFIO_IRQ_SET_ACTION_TRIGGER,
+                     count=2, data=struct.pack("<ii", 7, -1) + b"\x00")
+    assert s.flex_items() == [7, -1]
+    s.data = [3]
+    assert s.flex_items() == [3]
+    with pytest.raises(TypeError):
+        I.IommuIoasMap().flex_items()
+
+
+def test_ioctl_name_reverse_lookup():
+    assert ioctl_name(0x3B81) == "IOMMU_IOAS_ALLOC"
+    assert ioctl_name(0x3B6E) == "VFIO_DEVICE_SET_IRQS"
+    assert ioctl_name(0x4020AE76) == "KVM_IRQFD"
+    assert ioctl_name(0x3B7A) == "VFIO_DEVICE_MSI_IOVA"
+    assert ioctl_name(0x1234) == "0x1234"
+    for m in MODULES:
+        for number in m.IOCTLS:
+            assert getattr(m, ioctl_name(number)) == number

@@ -15,7 +15,19 @@ from . import iommufd, kvm, vfio
 from ._ioctl import _IO, _IOC_DIR, _IOC_NR, _IOC_SIZE, _IOC_TYPE, _IOR, _IOW, _IOWR
 from ._struct import Array, CType, Flex, Struct, Union
 
+
+def ioctl_name(request: int) -> str:
+    """The UAPI name of an ioctl request number (``hex(request)`` if it is not ours)."""
+    for mod in (iommufd, vfio, kvm):
+        if request in mod.IOCTLS:
+            for name, value in vars(mod).items():
+                if value == request and name.isupper() and not name.startswith(
+                        ("IOMMUFD_CMD_", "VFIO_BASE", "VFIO_TYPE", "IOMMUFD_TYPE")):
+                    return name
+    return hex(request)
+
+
 __all__ = [
-    "iommufd", "vfio", "kvm", "Struct", "Union", "CType", "Array", "Flex",
+    "iommufd", "vfio", "kvm", "ioctl_name", "Struct", "Union", "CType", "Array", "Flex",
     "_IO", "_IOR", "_IOW", "_IOWR", "_IOC_DIR", "_IOC_TYPE", "_IOC_NR", "_IOC_SIZE",
 ]

@@ -414,6 +414,21 @@ class Struct(metaclass=_StructMeta):
         raise KeyError(f"{cls.__name__} has no member {path!r}")
 
     @classmethod
+    def offsetofend(cls, path: str) -> int:
+        """The offset just past a member (Linux's ``offsetofend``, for minimum sizes)."""
+        head, _, rest = path.partition(".")
+        if cls._flex_ is not None and head == cls._flex_[0] and not rest:
+            return cls._flex_[1]
+        for name, off, t in cls._members_:
+            if name == head:
+                if not rest:
+                    return off + _size_align(t)[0]
+                if isinstance(t, type) and issubclass(t, Struct):
+                    return off + t.offsetofend(rest)
+                break
+        raise KeyError(f"{cls.__name__} has no member {path!r}")
+
+    @classmethod
     def fields(cls) -> tuple[str, ...]:
         """Member names in declaration order (anonymous members' own names)."""
         return cls._order_ + ((cls._flex_[0],) if cls._flex_ is not None else ())
@@ -432,6 +447,25 @@ class Struct(metaclass=_StructMeta):
                 elem.check(v, where)
             elif not isinstance(v, elem):
                 raise TypeError(f"{where}: needs a {elem.__name__}")
+
+    def flex_items(self) -> list:
+        """The flexible array's elements as values, even when it was given as raw bytes.
+
+        Raw bytes are read with the element type the structure implies now (for
+        :class:`~pymsi.uapi.vfio.VfioIrqSet`, the one its DATA flag names); a
+        trailing partial element is left out, as a kernel reading whole elements would.
+        """
+        flex = self._flex
+        if flex is None:
+            raise TypeError(f"{type(self).__name__} has no flexible array member")
+        if not isinstance(flex, bytes):
+            return list(flex)
+        elem = self._flex_elem_()
+        esize = _size_align(elem)[0]
+        n = len(flex) // esize
+        if isinstance(elem, CType):
+            return [elem.codec.unpack_from(flex, i * esize)[0] for i in range(n)]
+        return [elem.unpack(flex[i * esize:(i + 1) * esize]) for i in range(n)]
 
     def _flex_bytes(self) -> bytes:
         flex = self._flex
