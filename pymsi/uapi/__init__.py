@@ -1,0 +1,33 @@
+"""The user/kernel contract: Linux UAPI constants and structures as Python.
+
+``from pymsi.uapi import iommufd, vfio, kvm`` gives the names of
+``include/uapi/linux/iommufd.h``, ``vfio.h`` and ``kvm.h`` (with arm64's
+``asm/kvm.h``): ioctl numbers, flags, and one class per argument structure named
+by its C name in CamelCase with the C member names.  Userspace (a VMM or a test)
+builds an argument, passes it to ``fd.ioctl(NUMBER, arg)`` of the kernel model,
+and reads ``out_*`` members filled in place.  The layout machinery is in
+:mod:`pymsi.uapi._struct`, the request encoding in :mod:`pymsi.uapi._ioctl`.
+Each module's ``NOT_UPSTREAM`` lists the names that are this project's (or an
+unmerged series') rather than Linux's.
+"""
+
+from . import iommufd, kvm, vfio
+from ._ioctl import _IO, _IOC_DIR, _IOC_NR, _IOC_SIZE, _IOC_TYPE, _IOR, _IOW, _IOWR
+from ._struct import Array, CType, Flex, Struct, Union
+
+
+def ioctl_name(request: int) -> str:
+    """The UAPI name of an ioctl request number (``hex(request)`` if it is not ours)."""
+    for mod in (iommufd, vfio, kvm):
+        if request in mod.IOCTLS:
+            for name, value in vars(mod).items():
+                if value == request and name.isupper() and not name.startswith(
+                        ("IOMMUFD_CMD_", "VFIO_BASE", "VFIO_TYPE", "IOMMUFD_TYPE")):
+                    return name
+    return hex(request)
+
+
+__all__ = [
+    "iommufd", "vfio", "kvm", "ioctl_name", "Struct", "Union", "CType", "Array", "Flex",
+    "_IO", "_IOR", "_IOW", "_IOWR", "_IOC_DIR", "_IOC_TYPE", "_IOC_NR", "_IOC_SIZE",
+]
