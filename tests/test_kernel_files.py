@@ -249,9 +249,11 @@ def test_eventfd_signal_wait_queue_and_fget(k):
     assert seen == [EPOLLIN] * 3 and ev.read() == 3
     ev.write(2)
     assert seen[-1] & EPOLLIN and len(seen) == 5               # the write woke it, the read too
+    ev.write(0)                                                  # a write of 0 wakes too
+    assert seen[-1] == EPOLLIN and len(seen) == 6
     assert ctx.remove_wait_queue(entry) == 2                    # count returned and cleared
     k.eventfd_signal(ctx)
-    assert len(seen) == 5 and ev.read() == 1
+    assert len(seen) == 6 and ev.read() == 1
     assert errno_of(ctx.remove_wait_queue, entry) == ENOENT
     # a toy file is not an eventfd; a closed number is not a file
     k.register_chrdev("/dev/toy", ToyDev())
@@ -275,6 +277,12 @@ def test_eventfd_signal_saturates_and_does_not_recurse(k):
     cb.add_wait_queue(lambda c, key: k.eventfd_signal(ca))      # a wake-up that signals again
     assert k.eventfd_signal(cb)
     assert ca.count == 0 and ca.dropped == 1 and any("WARNING" in s for s in k.log)
+    b.write(1)                                                   # from a user write's wake-up
+    assert ca.count == 0 and ca.dropped == 2
+    cb.count, cb.flags = 3, EFD_SEMAPHORE
+    assert [cb.do_read(), cb.do_read()] == [1, 1] and cb.count == 1
+    cb.flags = 0
+    assert cb.do_read() == 1 and cb.do_read() == 0
     a.write(U64_MAX - 1)
     k.eventfd_signal(ca)
     k.eventfd_signal(ca)
@@ -488,7 +496,8 @@ def test_bind_errors_change_nothing(k):
              ("/sys/bus/pci/drivers/nope/bind", BDF0, ENOENT),
              ("/sys/bus/pci/drivers/toy-pci/unbind", BDF0, ENODEV),
              ("/sys/bus/pci/drivers/toy-pci/bind", BDF0, ENODEV),      # no override, no ids
-             (dev_path(BDF0, "iommu_group"), "1", EACCES),
+             (dev_path(BDF0, "iommu_group"), "1", EISDIR),           # a link to a directory
+             ("/sys/bus/pci/drivers_probe", "0000:00:09.0", ENODEV),
              (dev_path(BDF0, "vendor"), "1", EACCES),
              (dev_path(BDF0), "x", EISDIR),
              (dev_path("0000:00:09.0", "driver_override"), "x", ENOENT),

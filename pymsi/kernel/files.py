@@ -373,7 +373,6 @@ class EventfdCtx(FileOperations):
         self.flags = flags
         self.refs = 1                     # the file's reference
         self.wqh: list[WaitQueueEntry] = []
-        self._in_wakeup = False           # current->in_eventfd
         self.signals = 0                  # kernel-side signals taken (for tests)
         self.dropped = 0                  # signals refused because of recursion
 
@@ -407,32 +406,37 @@ class EventfdCtx(FileOperations):
         return count
 
     def _wake(self, key: int) -> None:
-        self._in_wakeup = True
+        """Run the wait-queue callbacks; an eventfd_signal() from inside one is
+        refused (current->in_eventfd)."""
+        _SIGNAL_DEPTH[0] += 1
         try:
             for entry in list(self.wqh):
                 entry.func(self, key)
         finally:
-            self._in_wakeup = False
+            _SIGNAL_DEPTH[0] -= 1
+
+    def do_read(self) -> int:
+        """eventfd_ctx_do_read(): take the count (1 with EFD_SEMAPHORE) without
+        the file, as KVM irqfd does on each wake-up; 0 when there is none."""
+        value = min(self.count, 1) if self.flags & EFD_SEMAPHORE else self.count
+        self.count -= value
+        return value
 
     def signal(self, mask: int = 0) -> bool:
         """eventfd_signal(): add 1 (saturating at ULLONG_MAX) and wake the waiters.
 
-        A signal from inside a wake-up callback of the same or another eventfd is
-        refused with a WARNING, as Linux does to stop recursion; returns whether
-        the signal was taken.
+        A signal from inside a wake-up callback (of a signal, read, write or
+        release of any eventfd) is refused with a WARNING, as Linux does to stop
+        recursion; returns whether the signal was taken.
         """
         if _SIGNAL_DEPTH[0]:
             self.dropped += 1
             self.kernel.printk("WARNING: eventfd_signal() from an eventfd wake-up dropped")
             return False
-        _SIGNAL_DEPTH[0] += 1
-        try:
-            if self.count < ULLONG_MAX:
-                self.count += 1
-            self.signals += 1
-            self._wake(EPOLLIN | mask)
-        finally:
-            _SIGNAL_DEPTH[0] -= 1
+        if self.count < ULLONG_MAX:
+            self.count += 1
+        self.signals += 1
+        self._wake(EPOLLIN | mask)
         return True
 
     # -- file operations ----------------------------------------------------------
@@ -469,8 +473,7 @@ class EventfdCtx(FileOperations):
         if ULLONG_MAX - self.count <= value:
             raise fail(EAGAIN, "eventfd counter would overflow")
         self.count += value
-        if value:
-            self._wake(EPOLLIN)
+        self._wake(EPOLLIN)               # even for 0: an irqfd fires on any write
         return 8
 
     def poll(self, file: File) -> int:

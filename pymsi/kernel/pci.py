@@ -417,9 +417,9 @@ class PciDriverCore:
 
     def sysfs_write(self, parts: list[str], text: str) -> None:
         kind, obj, attr = self._resolve(parts)
-        if kind == "dir":
+        if kind in ("dir", "link"):                     # a link here names a directory
             raise fail(EISDIR)
-        if kind == "link" or attr not in self._WRITABLE:
+        if attr not in self._WRITABLE:
             raise fail(EACCES, "read-only attribute")
         if attr == "driver_override":
             self._set_override(obj, text)
@@ -436,7 +436,7 @@ class PciDriverCore:
         else:                                            # drivers_probe
             dev = self.find_device(text)
             if dev is None:
-                raise fail(EINVAL, f"{text!r}: no such device")
+                raise fail(ENODEV, f"{text!r}: no such device")
             self.attach_any(dev)
 
     def attach_any(self, dev: PciDev) -> None:
