@@ -21,6 +21,7 @@ from hypothesis.stateful import (
     Bundle,
     RuleBasedStateMachine,
     consumes,
+    initialize,
     invariant,
     rule,
 )
@@ -32,7 +33,11 @@ from pymsi.kernel.files import (
     EFD_SEMAPHORE,
     EPOLLHUP,
     EPOLLIN,
+    EPOLLOUT,
+    FIOCLEX,
     FIONBIO,
+    FIONCLEX,
+    O_CLOEXEC,
     O_NONBLOCK,
     O_RDONLY,
     O_WRONLY,
@@ -151,6 +156,16 @@ def test_ioctl_dispatch_and_enotty(k):
     assert f.f_flags & O_NONBLOCK
     f.ioctl(FIONBIO, 0)
     assert not f.f_flags & O_NONBLOCK
+    c = k.open("/dev/toy", O_CLOEXEC)                           # close-on-exec is per descriptor
+    d = k.dup(c)
+    assert c.fd in k.files.cloexec and d not in k.files.cloexec
+    c.ioctl(FIONCLEX)
+    assert c.fd not in k.files.cloexec
+    k.ioctl(d, FIOCLEX)
+    assert d in k.files.cloexec
+    k.close(d)
+    assert d not in k.files.cloexec
+    assert s.poll() == EPOLLIN | EPOLLOUT                       # no poll op: always ready
 
 
 def test_closed_descriptor_is_ebadf(k):
@@ -599,6 +614,10 @@ class FileRefs(RuleBasedStateMachine):
     def alive(self, f):
         return f in self.model.values() or f in self.held
 
+    @initialize(target=fds)
+    def first(self):
+        return self.open(False)
+
     @rule(target=fds, ev=st.booleans())
     def open(self, ev):
         f = self.k.eventfd() if ev else self.k.open("/dev/toy")
@@ -624,6 +643,7 @@ class FileRefs(RuleBasedStateMachine):
         f = self.model.pop(n)
         self.k.close(n)
         assert f.released == (not self.alive(f))
+        event("released by close" if f.released else "close")
 
     @rule(target=refs, n=fds)
     def fget(self, n):
