@@ -6,19 +6,57 @@ from __future__ import annotations
 from typing import Any
 
 from .msi import MsiType
+from .pci import PciDriver
+
+
+def _remove(dev: Any) -> None:
+    dev.driver_data._teardown()
+
+
+def msi_counting_pci_driver(kernel: Any, name: str, nvec: int,
+                            flags: MsiType = MsiType.MSIX | MsiType.MSI,
+                            id_table: Any = ()) -> PciDriver:
+    """Register a PCI driver whose probe is a :class:`MsiCountingDriver`."""
+    return kernel.pci_register_driver(
+        name, lambda d: MsiCountingDriver(kernel, d, nvec, flags, name=name, bind=False),
+        _remove, id_table)
 
 
 class MsiCountingDriver:
     """Binds to a PciDev: enables it, allocates vectors, installs handlers that count.
 
-    ``fired[vector]`` lists the CPUs each vector's handler ran on.
+    ``fired[vector]`` lists the CPUs each vector's handler ran on.  Built
+    directly on an unbound device (``bind=True``) it becomes that device's
+    driver in the driver core, under ``name``, so
+    ``/sys/bus/pci/drivers/<name>/unbind`` calls its ``remove`` and another
+    driver's bind is EBUSY.  Built on a device that already has a driver, or
+    by a registered driver's probe (:func:`msi_counting_pci_driver`), it is
+    just the probe code run by hand, as before the driver core existed.
     """
 
     def __init__(self, kernel: Any, dev: Any, nvec: int,
                  flags: MsiType = MsiType.MSIX | MsiType.MSI, min_vecs: int = 1,
-                 name: str | None = None) -> None:
+                 name: str | None = None, bind: bool = True) -> None:
         self.kernel, self.dev = kernel, dev
         self.name = name or f"drv-{dev.bdf}"
+        core = kernel.pci_driver_core
+        if bind and dev.driver is None:
+            drv = core.drivers.get(self.name)
+            if drv is None:
+                drv = PciDriver(self.name, lambda d: MsiCountingDriver(
+                    kernel, d, nvec, flags, min_vecs, self.name, bind=False), _remove)
+                core.drivers[self.name] = drv
+            core.attach_bound(drv, dev, self)
+            try:
+                self._probe(nvec, flags, min_vecs)
+            except BaseException:
+                core.abort_bind(dev)
+                raise
+        else:
+            self._probe(nvec, flags, min_vecs)
+
+    def _probe(self, nvec: int, flags: MsiType, min_vecs: int) -> None:
+        kernel, dev = self.kernel, self.dev
         dev.enable_device()
         dev.set_master()
         dev.set_dma_mask((1 << 64) - 1)
@@ -41,7 +79,13 @@ class MsiCountingDriver:
         return 1
 
     def remove(self) -> None:
-        """The driver's remove(): free the handlers and the vectors."""
+        """Unbind: the driver's remove() frees the handlers and the vectors."""
+        if self.dev.driver_data is self:
+            self.kernel.pci_driver_core.release(self.dev)
+        else:
+            self._teardown()
+
+    def _teardown(self) -> None:
         for v, irq in enumerate(self.irqs):
             self.kernel.irq.free_irq(irq, v)
         self.kernel.msi.free_irq_vectors(self.dev)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core import Prot
-from .base import EBUSY, EINVAL, ENODEV, EOPNOTSUPP, fail
+from .base import EBUSY, EINVAL, ENODEV, EOPNOTSUPP, EPERM, fail
 
 IOMMU_READ, IOMMU_WRITE, IOMMU_CACHE = Prot.READ, Prot.WRITE, Prot.CACHE
 IOMMU_NOEXEC, IOMMU_MMIO, IOMMU_PRIV = Prot.NOEXEC, Prot.MMIO, Prot.PRIV
@@ -171,6 +171,7 @@ class IommuGroup:
         self.default_domain: IommuDomain | None = None
         self.owner: Any = None                    # DMA ownership claimed by (VFIO, iommufd)
         self.owner_cnt = 0
+        self.kernel_users = 0                     # devices bound to kernel drivers (DMA API)
 
     def __repr__(self) -> str:
         return f"<iommu_group {self.id}: {self.devices}>"
@@ -352,6 +353,8 @@ class IommuCore:
         is moved to a blocking domain so nothing the kernel mapped stays reachable."""
         if group.owner is not None and group.owner is not owner:
             raise fail(EBUSY, "group has another DMA owner")
+        if group.kernel_users:
+            raise fail(EPERM, "a kernel driver uses the group's default domain")
         if group.owner is None:
             blocked = group.ops.blocked_domain()
             self._attach_group(blocked, group)

@@ -6,7 +6,23 @@ from typing import Any
 
 from .base import EINVAL, ENOENT, PageAllocator, fail
 from .dma_iommu import DmaIommu
+from .files import (
+    O_RDWR,
+    PROT_READ,
+    PROT_WRITE,
+    CharDev,
+    CharDevRegistry,
+    EventfdCtx,
+    FdTable,
+    File,
+    FileOperations,
+    UserMm,
+    do_eventfd,
+    do_open,
+    eventfd_ctx_fdget,
+)
 from .iommu import DomainType, IommuCore
+from .pci import PciDriver, PciDriverCore
 
 
 class Kernel:
@@ -35,6 +51,10 @@ class Kernel:
         self.dma_iommu = DmaIommu(self)
         self._pci_windows: list[tuple[int, int]] = []
         self.current_cpu: int | None = None      # the CPU running an interrupt handler
+        self.chrdevs = CharDevRegistry()
+        self.files = FdTable(self)               # the (one) user process: its descriptors
+        self.user_mm = UserMm(self)              # ... and its address space
+        self.pci_driver_core = PciDriverCore(self)
 
     def printk(self, msg: str) -> None:
         """Append a line to the kernel log (dmesg)."""
@@ -89,3 +109,110 @@ class Kernel:
     def pci_windows(self) -> list[tuple[int, int]]:
         """Host bridge memory windows (bus addresses) that DMA must not use."""
         return list(self._pci_windows)
+
+    # -- character devices, files, eventfd (the VMM's system calls) ------------------------
+
+    def register_chrdev(self, path: str, fops: FileOperations, data: Any = None) -> CharDev:
+        """cdev_add() + the devtmpfs node: ``open(path)`` reaches ``fops``."""
+        return self.chrdevs.register(path, fops, data)
+
+    def unregister_chrdev(self, path: str) -> None:
+        """cdev_del(): the node goes; files already open keep working."""
+        self.chrdevs.unregister(path)
+
+    def open(self, path: str, flags: int = O_RDWR) -> File:
+        """open(2) of a device node: ENOENT when there is none."""
+        return do_open(self, path, flags)
+
+    def close(self, fd: int | File) -> None:
+        """close(2)."""
+        self.files.close(fd)
+
+    def dup(self, fd: int | File) -> int:
+        """dup(2): the lowest free descriptor for the same file."""
+        return self.files.dup(fd)
+
+    def ioctl(self, fd: int | File, cmd: int, arg: Any = 0) -> Any:
+        """ioctl(2) by descriptor number."""
+        return self.files.ioctl(fd, cmd, arg)
+
+    def fget(self, fd: int) -> File:
+        """fget(): the file behind a descriptor number, with a reference the
+        caller drops with ``fput`` (EBADF when the number is not open)."""
+        return self.files.fget(fd)
+
+    @staticmethod
+    def fput(file: File) -> None:
+        """fput(): drop a reference taken by ``fget`` / ``File.get``."""
+        file.put()
+
+    def eventfd(self, initval: int = 0, flags: int = 0) -> File:
+        """eventfd2(2)."""
+        return do_eventfd(self, initval, flags)
+
+    def eventfd_ctx_fdget(self, fd: int) -> EventfdCtx:
+        """eventfd_ctx_fdget(): the context (with a reference) of eventfd ``fd``."""
+        return eventfd_ctx_fdget(self, fd)
+
+    @staticmethod
+    def eventfd_signal(ctx: EventfdCtx) -> bool:
+        """eventfd_signal(): add 1 and wake the waiters (what an interrupt handler calls)."""
+        return ctx.signal()
+
+    # -- anonymous user memory ------------------------------------------------------------
+
+    def mmap(self, length: int, prot: int = PROT_READ | PROT_WRITE) -> int:
+        """mmap(2) of anonymous private memory: a page-aligned user VA."""
+        return self.user_mm.mmap(length, prot)
+
+    def munmap(self, va: int, length: int) -> None:
+        """munmap(2): pinned pages outlive the mapping until unpinned."""
+        self.user_mm.munmap(va, length)
+
+    def pin_user_pages(self, va: int, npages: int, write: bool = True) -> list[int]:
+        """pin_user_pages(): host PAs of the pages from ``va`` on (EFAULT if unmapped)."""
+        return self.user_mm.pin_user_pages(va, npages, write)
+
+    def unpin_user_pages(self, pas: list[int]) -> None:
+        """unpin_user_pages()."""
+        self.user_mm.unpin_user_pages(pas)
+
+    def user_write(self, va: int, data: bytes) -> None:
+        """copy_to_user(): EFAULT (nothing written) outside writable mappings."""
+        self.user_mm.write(va, data)
+
+    def user_read(self, va: int, n: int) -> bytes:
+        """copy_from_user(): EFAULT outside readable mappings."""
+        return self.user_mm.read(va, n)
+
+    # -- the PCI driver core and sysfs --------------------------------------------------
+
+    def pci_register_driver(self, name: str, probe: Any, remove: Any = None,
+                            id_table: Any = ()) -> PciDriver:
+        """pci_register_driver(): EBUSY for a name in use; unbound devices it
+        matches are probed at once."""
+        return self.pci_driver_core.register(PciDriver(name, probe, remove, id_table))
+
+    def pci_unregister_driver(self, name: str) -> None:
+        """pci_unregister_driver(): its devices are unbound (remove) first."""
+        self.pci_driver_core.unregister(name)
+
+    @staticmethod
+    def _sys_parts(path: Any) -> list[str]:
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise fail(ENOENT, f"{path!r}: no such file")
+        return [p for p in path.split("/") if p not in ("", ".")]
+
+    def sysfs_read(self, path: str) -> str:
+        """A read of a sysfs file under /sys/bus/pci (ENOENT for any other path)."""
+        return self.pci_driver_core.sysfs_read(self._sys_parts(path))
+
+    def sysfs_write(self, path: str, text: str | bytes) -> None:
+        """A write to a sysfs file under /sys/bus/pci (ENOENT for any other path).
+
+        A failed write changes nothing."""
+        if isinstance(text, (bytes, bytearray)):
+            text = bytes(text).decode("utf-8", "surrogateescape")
+        if not isinstance(text, str):
+            raise fail(EINVAL, f"sysfs takes text, not {type(text).__name__}")
+        self.pci_driver_core.sysfs_write(self._sys_parts(path), text)

@@ -9,10 +9,14 @@ table address and its MSI descriptors.
 
 from __future__ import annotations
 
+import errno as _errno
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..hw import pci as P
-from .base import EINVAL, ENOSPC, fail
+from .base import EBUSY, EINVAL, ENODEV, ENOENT, ENOSPC, KernelError, fail
+
+EISDIR, EACCES = _errno.EISDIR, _errno.EACCES
 
 
 class PciDev:
@@ -37,6 +41,9 @@ class PciDev:
         self.msi_cap = self.find_capability(P.CAP_ID_MSI)
         self.msix_cap = self.find_capability(P.CAP_ID_MSIX)
         self.msix_table = 0
+        self.driver: PciDriver | None = None          # dev->driver
+        self.driver_data: Any = None                  # what probe returned (drvdata)
+        self.driver_override: str | None = None
 
     @property
     def bdf(self) -> str:
@@ -196,3 +203,261 @@ class PciHostBridge:
             pdev.bars_by_index[index] = addr
             step = 8 if is64 else 4
             reg, index = reg + step, index + step // 4
+
+
+# -- the driver core for PCI (drivers/base/dd.c, drivers/pci/pci-driver.c) -------------
+
+PCI_ANY_ID = 0xFFFF_FFFF
+PAGE_SIZE = 0x1000
+
+
+class PciDriver:
+    """struct pci_driver: a name, ``probe(dev)`` returning the driver data (or
+    raising to refuse the device), ``remove(dev)``, and the (vendor, device)
+    pairs it claims (PCI_ANY_ID matches any).  A driver with no ids binds only
+    to devices whose driver_override names it (vfio-pci without ``ids=``)."""
+
+    def __init__(self, name: str, probe: Callable[[PciDev], Any],
+                 remove: Callable[[PciDev], None] | None = None,
+                 id_table: Iterable[tuple[int, int]] = ()) -> None:
+        self.name = name
+        self.probe = probe
+        self.remove = remove
+        self.id_table = [tuple(i) for i in id_table]
+        self.devices: list[PciDev] = []
+
+    def __repr__(self) -> str:
+        return f"<pci_driver {self.name}>"
+
+    def match_id(self, dev: PciDev) -> bool:
+        return any(v in (PCI_ANY_ID, dev.vendor) and d in (PCI_ANY_ID, dev.device)
+                   for v, d in self.id_table)
+
+
+class PciDriverCore:
+    """The PCI bus's drivers and bindings, and their sysfs files under /sys/bus/pci.
+
+    ``bind`` / ``unbind`` / ``driver_override`` behave as Linux's driver core:
+    a driver matches a device through driver_override alone when it is set,
+    else through its id table; probe first makes the device use its IOMMU
+    group's default domain (EBUSY while userspace owns the group's DMA) and a
+    probe that fails leaves the device unbound; remove undoes it all.
+    """
+
+    def __init__(self, kernel: Any) -> None:
+        self.kernel = kernel
+        self.drivers: dict[str, PciDriver] = {}
+
+    # -- devices ---------------------------------------------------------------------
+
+    def devices(self) -> list[PciDev]:
+        pci = getattr(self.kernel, "pci", None)
+        return list(pci.devices) if pci is not None else []
+
+    def find_device(self, bdf: str) -> PciDev | None:
+        """bus_find_device_by_name(): the name compared as sysfs_streq does
+        (one trailing newline ignored)."""
+        if bdf.endswith("\n"):
+            bdf = bdf[:-1]
+        return next((d for d in self.devices() if d.bdf == bdf), None)
+
+    # -- drivers ---------------------------------------------------------------------
+
+    def register(self, drv: PciDriver) -> PciDriver:
+        """pci_register_driver(): EBUSY for a name in use; then every unbound
+        device it matches is probed (a refusing probe is logged, not fatal)."""
+        if not isinstance(drv.name, str) or not drv.name or "/" in drv.name:
+            raise fail(EINVAL, f"bad driver name {drv.name!r}")
+        if drv.name in self.drivers:
+            raise fail(EBUSY, f"driver {drv.name} is already registered")
+        self.drivers[drv.name] = drv
+        for dev in self.devices():
+            if dev.driver is None and self.match(drv, dev):
+                try:
+                    self.probe(drv, dev)
+                except KernelError as e:
+                    self.kernel.printk(f"{drv.name} {dev.bdf}: probe failed with error "
+                                       f"-{e.errno}")
+        return drv
+
+    def unregister(self, name: str) -> None:
+        """pci_unregister_driver(): every bound device is released first."""
+        drv = self.drivers.get(name)
+        if drv is None:
+            raise fail(ENODEV, f"no driver {name}")
+        for dev in list(drv.devices):
+            self.release(dev)
+        del self.drivers[name]
+
+    @staticmethod
+    def match(drv: PciDriver, dev: PciDev) -> bool:
+        """pci_bus_match(): driver_override decides alone when it is set."""
+        if dev.driver_override is not None:
+            return dev.driver_override == drv.name
+        return drv.match_id(dev)
+
+    def probe(self, drv: PciDriver, dev: PciDev) -> None:
+        """really_probe(): EBUSY if bound; DMA use of the default domain; probe."""
+        if dev.driver is not None:
+            raise fail(EBUSY, f"{dev.bdf} is bound to {dev.driver.name}")
+        self._use_default_domain(dev)
+        dev.driver = drv
+        try:
+            data = drv.probe(dev)
+        except BaseException:
+            dev.driver = None
+            self._unuse_default_domain(dev)
+            raise
+        dev.driver_data = data
+        drv.devices.append(dev)
+
+    def attach_bound(self, drv: PciDriver, dev: PciDev, data: Any) -> None:
+        """Record a binding whose probe ran outside the core (a driver object
+        built directly on the device, as the tests' MsiCountingDriver is)."""
+        if dev.driver is not None:
+            raise fail(EBUSY, f"{dev.bdf} is bound to {dev.driver.name}")
+        self._use_default_domain(dev)
+        dev.driver, dev.driver_data = drv, data
+        drv.devices.append(dev)
+
+    def abort_bind(self, dev: PciDev) -> None:
+        """Undo :meth:`attach_bound` after the driver's own probe failed."""
+        drv = dev.driver
+        if drv is not None:
+            drv.devices.remove(dev)
+            dev.driver, dev.driver_data = None, None
+            self._unuse_default_domain(dev)
+
+    def release(self, dev: PciDev) -> None:
+        """device_release_driver(): remove(), then what a driver left behind
+        (its MSI vectors, with a warning) and the default-domain use."""
+        drv = dev.driver
+        if drv is None:
+            return
+        if drv.remove is not None:
+            drv.remove(dev)
+        msi = getattr(self.kernel, "msi", None)
+        if dev.msi_descs and msi is not None:
+            self.kernel.printk(f"WARNING: {drv.name} {dev.bdf}: remove left "
+                               f"{len(dev.msi_descs)} MSI vectors allocated; freeing them")
+            msi.free_irq_vectors(dev)
+        drv.devices.remove(dev)
+        dev.driver, dev.driver_data = None, None
+        self._unuse_default_domain(dev)
+
+    def _use_default_domain(self, dev: PciDev) -> None:
+        """iommu_device_use_default_domain(): a kernel driver needs the group
+        on its default domain, with no user owner."""
+        group = dev.iommu_group
+        if group is None:
+            return
+        if group.owner is not None:
+            raise fail(EBUSY, f"{dev.bdf}: its IOMMU group is owned by userspace")
+        group.kernel_users += 1
+
+    def _unuse_default_domain(self, dev: PciDev) -> None:
+        group = dev.iommu_group
+        if group is not None and group.kernel_users:
+            group.kernel_users -= 1
+
+    # -- sysfs -----------------------------------------------------------------------
+
+    def _resolve(self, parts: list[str]) -> tuple[str, Any, str | None]:
+        """(kind, object, attribute) for a path under /sys/bus/pci, or ENOENT."""
+        if parts[:3] != ["sys", "bus", "pci"]:
+            raise fail(ENOENT)
+        rest = parts[3:]
+        if rest[:1] == ["devices"] and len(rest) >= 2:
+            dev = next((d for d in self.devices() if d.bdf == rest[1]), None)
+            if dev is None:
+                raise fail(ENOENT)
+            if len(rest) == 2:
+                return "dir", dev, None
+            if rest[2] == "driver" and dev.driver is not None and len(rest) >= 3:
+                return self._resolve(["sys", "bus", "pci", "drivers", dev.driver.name]
+                                     + rest[3:]) if len(rest) > 3 else ("link", dev, "driver")
+            if len(rest) == 3 and rest[2] in ("driver_override", "vendor", "device"):
+                return "attr", dev, rest[2]
+            if len(rest) == 3 and rest[2] == "iommu_group" and dev.iommu_group is not None:
+                return "link", dev, "iommu_group"
+            raise fail(ENOENT)
+        if rest[:1] == ["drivers"] and len(rest) >= 2:
+            drv = self.drivers.get(rest[1])
+            if drv is None:
+                raise fail(ENOENT)
+            if len(rest) == 2:
+                return "dir", drv, None
+            if len(rest) == 3 and rest[2] in ("bind", "unbind"):
+                return "attr", drv, rest[2]
+            if len(rest) == 3 and any(d.bdf == rest[2] for d in drv.devices):
+                return "dir", drv, None                 # the link to a bound device
+            raise fail(ENOENT)
+        if rest in ([], ["devices"], ["drivers"]):
+            return "dir", None, None
+        if rest == ["drivers_probe"]:
+            return "attr", None, "drivers_probe"
+        raise fail(ENOENT)
+
+    _READABLE = {"driver_override", "vendor", "device"}
+    _WRITABLE = {"driver_override", "bind", "unbind", "drivers_probe"}
+
+    def sysfs_read(self, parts: list[str]) -> str:
+        kind, obj, attr = self._resolve(parts)
+        if kind == "dir":
+            raise fail(EISDIR)
+        if kind == "link":
+            # A symlink: reading through it is a directory; the model answers
+            # with the link target's name (readlink's last component).
+            return (obj.driver.name if attr == "driver" else str(obj.iommu_group.id)) + "\n"
+        if attr not in self._READABLE:
+            raise fail(EACCES, "write-only attribute")
+        if attr == "driver_override":
+            return f"{obj.driver_override if obj.driver_override is not None else '(null)'}\n"
+        return f"{obj.vendor if attr == 'vendor' else obj.device:#06x}\n"
+
+    def sysfs_write(self, parts: list[str], text: str) -> None:
+        kind, obj, attr = self._resolve(parts)
+        if kind in ("dir", "link"):                     # a link here names a directory
+            raise fail(EISDIR)
+        if attr not in self._WRITABLE:
+            raise fail(EACCES, "read-only attribute")
+        if attr == "driver_override":
+            self._set_override(obj, text)
+        elif attr == "bind":
+            dev = self.find_device(text)
+            if dev is None or not self.match(obj, dev):
+                raise fail(ENODEV, f"{text!r}: no such device for {obj.name}")
+            self.probe(obj, dev)
+        elif attr == "unbind":
+            dev = self.find_device(text)
+            if dev is None or dev.driver is not obj:
+                raise fail(ENODEV, f"{text!r} is not bound to {obj.name}")
+            self.release(dev)
+        else:                                            # drivers_probe
+            dev = self.find_device(text)
+            if dev is None:
+                raise fail(ENODEV, f"{text!r}: no such device")
+            self.attach_any(dev)
+
+    def attach_any(self, dev: PciDev) -> None:
+        """device_attach(): the first registered driver that matches and probes."""
+        if dev.driver is not None:
+            return
+        for drv in list(self.drivers.values()):
+            if self.match(drv, dev):
+                try:
+                    self.probe(drv, dev)
+                    return
+                except KernelError as e:
+                    self.kernel.printk(f"{drv.name} {dev.bdf}: probe failed with error "
+                                       f"-{e.errno}")
+
+    @staticmethod
+    def _set_override(dev: PciDev, text: str) -> None:
+        """driver_set_override(): the text up to the first newline (a NUL ends it
+        first); empty, or a lone newline, clears; PAGE_SIZE - 1 bytes or more is
+        EINVAL."""
+        if len(text.encode()) >= PAGE_SIZE - 1:
+            raise fail(EINVAL, "driver_override too long")
+        text = text.split("\0", 1)[0].split("\n", 1)[0]
+        dev.driver_override = text or None
