@@ -302,6 +302,19 @@ def test_irqfd_errors_change_nothing(k):
     assert errno_of(k.ioctl, vm, K.KVM_IRQFD, irqfd(kvm_file.fd, 1)) == EINVAL
     assert errno_of(k.ioctl, vm, K.KVM_IRQFD, irqfd(efd.fd, 1, flags=4)) == EINVAL
     assert efd.f_op.wqh == [] and efd.f_op.refs == 1
+    # a resample eventfd must be an eventfd too; with one, an MSI irqfd is accepted
+    rfd = k.eventfd()
+    for bad, err in ((999, EBADF), (kvm_file.fd, EINVAL)):
+        assert errno_of(k.ioctl, vm, K.KVM_IRQFD, K.KvmIrqfd(
+            fd=efd.fd, gsi=1, flags=K.KVM_IRQFD_FLAG_RESAMPLE, resamplefd=bad)) == err
+    assert efd.f_op.wqh == [] and efd.f_op.refs == 1 and rfd.f_op.refs == 1
+    assert k.ioctl(vm, K.KVM_IRQFD, K.KvmIrqfd(fd=efd.fd, gsi=1, resamplefd=rfd.fd,
+                                                flags=K.KVM_IRQFD_FLAG_RESAMPLE)) == 0
+    assert errno_of(k.ioctl, vm, K.KVM_IRQFD, K.KvmIrqfd(
+        fd=efd.fd, gsi=1, flags=K.KVM_IRQFD_FLAG_RESAMPLE, resamplefd=rfd.fd)) == EBUSY
+    assert rfd.f_op.refs == 2
+    k.ioctl(vm, K.KVM_IRQFD, irqfd(efd.fd, 1, K.KVM_IRQFD_FLAG_DEASSIGN))
+    assert rfd.f_op.refs == 1 and efd.f_op.refs == 1
     assert k.ioctl(vm, K.KVM_IRQFD, irqfd(efd.fd, 1)) == 0
     assert efd.f_op.refs == 2 and len(efd.f_op.wqh) == 1
     assert errno_of(k.ioctl, vm, K.KVM_IRQFD, irqfd(efd.fd, 2)) == EBUSY

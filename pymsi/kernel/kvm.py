@@ -120,6 +120,9 @@ class Irqfd:
         self.eventfd = ctx
         self.gsi = gsi
         self.wait: Any = None
+        #: the resample eventfd (KVM_IRQFD_FLAG_RESAMPLE): signalled when the guest
+        #: acknowledges a level interrupt, which an MSI never is, so it is only held.
+        self.resamplefd: Any = None
 
     def wakeup(self, ctx: Any, key: int) -> None:
         """irqfd_wakeup(): EPOLLIN takes the count and injects the GSI's route as
@@ -421,21 +424,28 @@ class Kvm(FileOperations):
             raise fail(EINVAL, f"irqfd flags {args.flags:#x}")
         if args.flags & K.KVM_IRQFD_FLAG_DEASSIGN:
             return self.irqfd_deassign(args.fd, args.gsi)
-        return self.irqfd_assign(args.fd, args.gsi, args.flags)
+        return self.irqfd_assign(args.fd, args.gsi, args.flags, args.resamplefd)
 
-    def irqfd_assign(self, fd: int, gsi: int, flags: int = 0) -> int:
+    def irqfd_assign(self, fd: int, gsi: int, flags: int = 0, resamplefd: int = -1) -> int:
         """kvm_irqfd_assign(): EAGAIN before the vGIC is initialised, EBADF /
-        EINVAL for a bad eventfd, EBUSY when this VM already has it; a count
-        already pending injects once."""
+        EINVAL for a bad eventfd (or resample eventfd), EBUSY when this VM
+        already has it; a count already pending injects once."""
         if self.vgic is None or not self.vgic.initialized:
             raise fail(EAGAIN, "the vGIC is not initialised")
-        if flags & K.KVM_IRQFD_FLAG_RESAMPLE:
-            raise fail(EINVAL, "resampling irqfds are not modelled")
         ctx = self.kernel.eventfd_ctx_fdget(fd)
-        if any(i.eventfd is ctx for i in self.irqfds):
+        resample = None
+        try:
+            if flags & K.KVM_IRQFD_FLAG_RESAMPLE:
+                resample = self.kernel.eventfd_ctx_fdget(resamplefd)
+            if any(i.eventfd is ctx for i in self.irqfds):
+                raise fail(EBUSY, f"eventfd {fd} already an irqfd of this VM")
+        except KernelError:
             ctx.put()
-            raise fail(EBUSY, f"eventfd {fd} already an irqfd of this VM")
+            if resample is not None:
+                resample.put()
+            raise
         irqfd = Irqfd(self, ctx, gsi)
+        irqfd.resamplefd = resample
         irqfd.wait = ctx.add_wait_queue(irqfd.wakeup)
         self.irqfds.append(irqfd)
         if ctx.count:                       # vfs_poll() at assignment saw EPOLLIN
@@ -460,6 +470,8 @@ class Kvm(FileOperations):
         self.irqfds.remove(irqfd)
         irqfd.eventfd.remove_wait_queue(irqfd.wait)
         irqfd.eventfd.put()
+        if irqfd.resamplefd is not None:
+            irqfd.resamplefd.put()
 
 
 # -- /dev/kvm -------------------------------------------------------------------------
