@@ -15,7 +15,7 @@ from __future__ import annotations
 import errno
 
 import pytest
-from hypothesis import event
+from hypothesis import event, given
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
@@ -332,6 +332,64 @@ def test_irqfd_errors_change_nothing(k):
     k.ioctl(vm2, K.KVM_SET_GSI_ROUTING, routing(msi_entry(1, devid=2)))
     efd.write(1)
     assert its.delivered == [(1, 0)] and its2.delivered == [(2, 0)]
+
+
+@given(data=st.data())
+def test_routing_mutated_field_by_field_is_all_or_nothing(data):
+    k = _ROUTING_K
+    vm, its = _ROUTING_VM
+    gsis = data.draw(st.lists(st.integers(0, 4095), min_size=1, max_size=6, unique=True))
+    entries = [msi_entry(g, data=i, devid=g) for i, g in enumerate(gsis)]
+    i = data.draw(st.integers(0, len(entries) - 1))
+    field = data.draw(st.sampled_from(["none", "gsi", "type", "flags", "dup", "irqchip",
+                                       "pin", "table_flags"]))
+    event(field)
+    e = entries[i]
+    ok = field == "none"
+    table_flags = 0
+    if field == "gsi":
+        e.gsi = data.draw(st.integers(0, 2**32 - 1))
+        ok = e.gsi < 4096 and e.gsi not in gsis[:i] + gsis[i + 1:]
+    elif field == "type":
+        e.type = data.draw(st.integers(0, 2**32 - 1).filter(lambda t: t not in (1, 2)))
+    elif field == "flags":
+        e.flags = data.draw(st.integers(0, 2**32 - 1))
+        ok = e.flags < 2
+    elif field == "dup":
+        entries.append(msi_entry(e.gsi, data=99))
+    elif field in ("irqchip", "pin"):
+        chip = data.draw(st.integers(0, 3)) if field == "irqchip" else 0
+        pin = data.draw(st.integers(0, 2000)) if field == "pin" else 0
+        entries[i] = K.KvmIrqRoutingEntry(gsi=e.gsi, type=K.KVM_IRQ_ROUTING_IRQCHIP,
+                                          u={"irqchip": {"irqchip": chip, "pin": pin}})
+        ok = chip < 1 and pin < 988                      # one vGIC, 1020 - 32 SPI pins
+    elif field == "table_flags":
+        table_flags = data.draw(st.integers(1, 2**32 - 1))
+    # a known good table first, then the mutated one
+    k.ioctl(vm, K.KVM_SET_GSI_ROUTING, routing(msi_entry(7, data=1, devid=2)))
+    err = errno_of(k.ioctl, vm, K.KVM_SET_GSI_ROUTING, routing(*entries, flags=table_flags))
+    assert err == (None if ok else EINVAL)
+    its.delivered.clear()
+    m = K.KvmMsi(address_lo=DOORBELL, data=5, flags=K.KVM_MSI_VALID_DEVID, devid=5)
+    k.ioctl(vm, K.KVM_SIGNAL_MSI, m)
+    efd = k.eventfd()
+    k.ioctl(vm, K.KVM_IRQFD, irqfd(efd.fd, 7))
+    efd.write(1)
+    k.close(efd.fd)
+    # a refused table leaves the old one (gsi 7 -> devid 2, data 1); an accepted one
+    # replaces it whole
+    want = [(5, 5)]
+    if not ok:
+        want.append((2, 1))
+    else:
+        for x in entries:
+            if x.gsi == 7 and x.type == K.KVM_IRQ_ROUTING_MSI:
+                want.append((x.u.msi.devid, x.u.msi.data))
+    assert its.delivered == want
+
+
+_ROUTING_K = ArmVirt(devices=[]).boot()
+_ROUTING_VM = make_vm(_ROUTING_K)[::3]
 
 
 # -- close --------------------------------------------------------------------------------
