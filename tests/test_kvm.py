@@ -411,8 +411,10 @@ def test_close_vm_releases_irqfds_devices_hold_the_vm(k):
     assert not kvm_vm.destroyed and kvm_vm.devices           # device files hold the VM
     k.close(gic)
     assert not kvm_vm.destroyed
+    assert k.kvm.vms == [kvm_vm]
     k.close(its_fd)
     assert kvm_vm.destroyed and kvm_vm.devices == [] and kvm_vm.routing == {}
+    assert k.kvm.vms == []
 
 
 def test_closing_the_eventfd_tears_down_its_irqfd(k):

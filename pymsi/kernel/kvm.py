@@ -319,6 +319,9 @@ class Kvm(FileOperations):
         self.users -= 1
         if self.users == 0:
             self.destroyed = True
+            kvm_dev = getattr(self.kernel, "kvm", None)
+            if kvm_dev is not None and self in kvm_dev.vms:
+                kvm_dev.vms.remove(self)
             self.devices.clear()
             self.vgic = None
             self.routing = {}
