@@ -8,6 +8,7 @@ from .arm_smmu_v3 import ArmSmmuV3
 from .gic import GicDriver, ItsDriver
 from .irq import GenIrq
 from .kernel import Kernel
+from .kvm import kvm_init
 from .msi import PciMsiLayer
 from .pci import PciHostBridge
 from .x86 import IntelIr, VectorDomain
@@ -34,6 +35,7 @@ def boot_arm(m: Any, default_domain: Any = None) -> Kernel:
         dev.enable_device()
         k.iommu.probe_device(dev)
     k.cpu_irq = k.gic.handle_irq
+    kvm_init(k)
     return k
 
 
