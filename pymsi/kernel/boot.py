@@ -10,6 +10,7 @@ from .irq import GenIrq
 from .kernel import Kernel
 from .msi import PciMsiLayer
 from .pci import PciHostBridge
+from .vfio_pci import vfio_pci_init
 from .x86 import IntelIr, VectorDomain
 
 
@@ -34,6 +35,7 @@ def boot_arm(m: Any, default_domain: Any = None) -> Kernel:
         dev.enable_device()
         k.iommu.probe_device(dev)
     k.cpu_irq = k.gic.handle_irq
+    vfio_pci_init(k)
     return k
 
 
@@ -56,4 +58,5 @@ def boot_x86(m: Any) -> Kernel:
     for dev in k.pci.scan():
         dev.enable_device()
     k.cpu_irq = k.vector.handle_irq
+    vfio_pci_init(k)
     return k
