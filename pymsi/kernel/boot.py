@@ -11,6 +11,7 @@ from .kernel import Kernel
 from .kvm import kvm_init
 from .msi import PciMsiLayer
 from .pci import PciHostBridge
+from .vfio_pci import vfio_pci_init
 from .x86 import IntelIr, VectorDomain
 
 
@@ -36,6 +37,7 @@ def boot_arm(m: Any, default_domain: Any = None) -> Kernel:
         k.iommu.probe_device(dev)
     k.cpu_irq = k.gic.handle_irq
     kvm_init(k)
+    vfio_pci_init(k)
     return k
 
 
@@ -58,4 +60,5 @@ def boot_x86(m: Any) -> Kernel:
     for dev in k.pci.scan():
         dev.enable_device()
     k.cpu_irq = k.vector.handle_irq
+    vfio_pci_init(k)
     return k

@@ -1,0 +1,436 @@
+"""vfio-pci with the device cdev (drivers/vfio/pci/vfio_pci_core.c, vfio_pci_intrs.c,
+drivers/vfio/vfio_main.c, device_cdev.c): a PCI function handed to userspace.
+
+The driver "vfio-pci" has no id table: it binds only through ``driver_override``
+and ``bind``.  Probe creates ``/dev/vfio/devices/vfio<N>`` (the lowest free N);
+remove deletes it.  Opening the node gives a device file that refuses every
+ioctl but ``VFIO_DEVICE_BIND_IOMMUFD`` with EINVAL until it is bound to an
+iommufd (:meth:`VfioDeviceFile._grant_access` is what a successful bind does).
+Then the file answers the device ioctls: GET_INFO, GET_REGION_INFO,
+GET_IRQ_INFO, SET_IRQS for MSI and MSI-X (eventfd triggers, loopback, dynamic
+MSI-X growth) and RESET.
+
+Arguments are the :mod:`pymsi.uapi.vfio` structure objects, filled in place
+as ``copy_to_user`` would.  GET_REGION_INFO returns the capability chain bytes
+Linux copies after the structure (``b""`` when none were copied); SET_IRQS
+returns what Linux returns (0, or the positive vector count when
+pci_alloc_irq_vectors gave fewer than asked).
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+from typing import Any
+
+from ..hw import pci as P
+from ..uapi import vfio as V
+from .base import EINVAL, ENODEV, KernelError, fail
+from .files import EBADF, ENOTTY, File, FileOperations
+from .msi import MsiType
+
+U32_MAX = 0xFFFF_FFFF
+DRIVER_NAME = "vfio-pci"
+DEV_DIR = "/dev/vfio/devices"
+
+
+def _region_offset(index: int) -> int:
+    """VFIO_PCI_INDEX_TO_OFFSET(): each region at its index << 40 in the fd."""
+    return index << 40
+
+
+class VfioPciIrqCtx:
+    """struct vfio_pci_irq_ctx: one MSI/MSI-X vector's trigger eventfd."""
+
+    def __init__(self, irq: int, trigger: Any) -> None:
+        self.irq = irq
+        self.trigger = trigger
+
+    def handler(self, irq: int, dev_id: Any = None) -> Any:
+        """vfio_msihandler(): signal the vector's eventfd."""
+        self.trigger.signal()
+        return 1                                # IRQ_HANDLED
+
+
+class VfioPciCore:
+    """struct vfio_pci_core_device: the bound function, its cdev and interrupt state."""
+
+    def __init__(self, kernel: Any, pdev: Any, minor: int) -> None:
+        self.kernel = kernel
+        self.pdev = pdev
+        self.minor = minor
+        self.path = f"{DEV_DIR}/vfio{minor}"
+        self.irq_type = V.VFIO_PCI_NUM_IRQS     # none
+        self.ctx: dict[int, VfioPciIrqCtx] = {}
+        self.reset_works = True
+        self.removed = False
+        self.files: list[VfioDeviceFile] = []
+
+    @property
+    def has_dyn_msix(self) -> bool:
+        """pci_msix_can_alloc_dyn()."""
+        return self.pdev.msix_cap is not None and bool(self.kernel.msi.msix_alloc_dyn)
+
+    # -- counts -------------------------------------------------------------------------
+
+    def irq_count(self, index: int) -> int:
+        """vfio_pci_get_irq_count()."""
+        pdev = self.pdev
+        if index == V.VFIO_PCI_INTX_IRQ_INDEX:
+            return 1 if pdev.cfg_read(P.INT_PIN, 1) else 0
+        if index == V.VFIO_PCI_MSI_IRQ_INDEX:
+            if pdev.msi_cap is None:
+                return 0
+            flags = pdev.cfg_read(pdev.msi_cap + P.MSI_FLAGS, 2)
+            return 1 << ((flags & P.MSI_FLAGS_QMASK) >> 1)
+        if index == V.VFIO_PCI_MSIX_IRQ_INDEX:
+            return pdev.msix_vectors()
+        if index == V.VFIO_PCI_ERR_IRQ_INDEX:
+            return 1 if self.is_pcie() else 0
+        if index == V.VFIO_PCI_REQ_IRQ_INDEX:
+            return 1
+        return 0
+
+    def is_pcie(self) -> bool:
+        return self.pdev.find_capability(P.CAP_ID_EXP) is not None
+
+    def bar_size(self, index: int) -> int:
+        addr = self.pdev.bars_by_index.get(index)
+        if addr is None:
+            return 0
+        return next((s for a, s in self.pdev.bars if a == addr), 0)
+
+    def msix_bar(self) -> int | None:
+        if self.pdev.msix_cap is None:
+            return None
+        return self.pdev.cfg_read(self.pdev.msix_cap + P.MSIX_TABLE) & 7
+
+    # -- MSI / MSI-X (vfio_pci_intrs.c) -------------------------------------------------
+
+    def msi_enable(self, nvec: int, msix: bool) -> int:
+        """vfio_msi_enable(): 0, an errno raised, or the smaller count obtained
+        (positive, returned to userspace as Linux does, nothing left enabled)."""
+        if self.irq_type != V.VFIO_PCI_NUM_IRQS:
+            raise fail(EINVAL, "interrupts already enabled")
+        flag = MsiType.MSIX if msix else MsiType.MSI
+        got = self.kernel.msi.alloc_irq_vectors(self.pdev, 1, nvec, flag)
+        if got < nvec:
+            self.kernel.msi.free_irq_vectors(self.pdev)
+            return got
+        self.irq_type = V.VFIO_PCI_MSIX_IRQ_INDEX if msix else V.VFIO_PCI_MSI_IRQ_INDEX
+        return 0
+
+    def _alloc_irq(self, vector: int, msix: bool) -> int:
+        """vfio_msi_alloc_irq(): the vector's IRQ, allocated now for dynamic MSI-X."""
+        desc = self.pdev.msi_descs.get(vector)
+        if desc is not None:
+            return desc.irq
+        if not msix or not self.has_dyn_msix:
+            raise fail(EINVAL, f"vector {vector} is not allocated")
+        _, virq = self.kernel.msi.msix_alloc_irq_at(self.pdev, vector)
+        return virq
+
+    def set_vector_signal(self, vector: int, fd: int, msix: bool) -> None:
+        """vfio_msi_set_vector_signal(): drop the vector's trigger, then (fd >= 0)
+        install the eventfd ``fd``.  The IRQ stays allocated until MSI(-X) is off."""
+        k = self.kernel
+        ctx = self.ctx.pop(vector, None)
+        if ctx is not None:
+            k.irq.free_irq(ctx.irq, ctx)
+            ctx.trigger.put()
+        if fd < 0:
+            return
+        irq = self._alloc_irq(vector, msix)
+        trigger = k.eventfd_ctx_fdget(fd)
+        new = VfioPciIrqCtx(irq, trigger)
+        try:
+            k.irq.request_irq(irq, new.handler, f"vfio-msi{'x' if msix else ''}[{vector}]"
+                              f"({self.pdev.bdf})", new)
+        except BaseException:
+            trigger.put()
+            raise
+        self.ctx[vector] = new
+
+    def set_block(self, start: int, fds: list[int], msix: bool) -> None:
+        """vfio_msi_set_block(): on a failure the vectors from ``start`` up to the
+        failing one are torn down (as Linux does), then the error is raised."""
+        j = start
+        try:
+            for fd in fds:
+                self.set_vector_signal(j, fd, msix)
+                j += 1
+        except KernelError:
+            for i in range(start, j):
+                self.set_vector_signal(i, -1, msix)
+            raise
+
+    def msi_disable(self) -> None:
+        """vfio_msi_disable(): every trigger dropped, the vectors freed."""
+        msix = self.irq_type == V.VFIO_PCI_MSIX_IRQ_INDEX
+        for vector in sorted(self.ctx):
+            self.set_vector_signal(vector, -1, msix)
+        self.kernel.msi.free_irq_vectors(self.pdev)
+        self.irq_type = V.VFIO_PCI_NUM_IRQS
+
+    def set_msi_trigger(self, index: int, start: int, count: int, flags: int,
+                        data: list[int]) -> int:
+        """vfio_pci_set_msi_trigger()."""
+        msix = index == V.VFIO_PCI_MSIX_IRQ_INDEX
+        if self.irq_type == index and not count and flags & V.VFIO_IRQ_SET_DATA_NONE:
+            self.msi_disable()
+            return 0
+        if self.irq_type not in (index, V.VFIO_PCI_NUM_IRQS):
+            raise fail(EINVAL, "another interrupt type is enabled")
+        if flags & V.VFIO_IRQ_SET_DATA_EVENTFD:
+            if self.irq_type == index:
+                self.set_block(start, data, msix)
+                return 0
+            got = self.msi_enable(start + count, msix)
+            if got:
+                return got
+            try:
+                self.set_block(start, data, msix)
+            except KernelError:
+                self.msi_disable()
+                raise
+            return 0
+        if self.irq_type != index:
+            raise fail(EINVAL, "interrupt type not enabled")
+        for i in range(start, start + count):
+            ctx = self.ctx.get(i)
+            if ctx is None:
+                continue
+            if flags & V.VFIO_IRQ_SET_DATA_NONE or data[i - start]:
+                ctx.trigger.signal()
+        return 0
+
+    def teardown(self) -> None:
+        """What closing the last file (vfio_pci_core_close_device) undoes."""
+        if self.irq_type in (V.VFIO_PCI_MSI_IRQ_INDEX, V.VFIO_PCI_MSIX_IRQ_INDEX):
+            self.msi_disable()
+
+
+class VfioDeviceFile:
+    """struct vfio_device_file: one open of the cdev."""
+
+    def __init__(self, core: VfioPciCore) -> None:
+        self.core = core
+        self.access_granted = False
+        self.devid: int | None = None
+        self.iommufd: File | None = None
+
+    def _grant_access(self) -> None:
+        """What a successful VFIO_DEVICE_BIND_IOMMUFD does last: the device
+        ioctls work from now on (df->access_granted)."""
+        self.access_granted = True
+
+
+def _arg(arg: Any, cls: type) -> Any:
+    if not isinstance(arg, cls):
+        raise fail(_errno.EFAULT, f"argument is not a {cls.__name__}")
+    return arg
+
+
+def bind_iommufd(k: Any, df: VfioDeviceFile, ictx_file: File) -> int:
+    """The one call into iommufd a bind makes: the device's id in that iommufd."""
+    return k.iommufd.bind_device(ictx_file, df.core.pdev)
+
+
+class VfioDeviceFops(FileOperations):
+    """vfio_device_fops for the cdev."""
+
+    def open(self, file: File) -> None:
+        core: VfioPciCore = file.cdev.data
+        if core.removed:
+            raise fail(ENODEV, "device removed")
+        df = VfioDeviceFile(core)
+        core.files.append(df)
+        file.private_data = df
+
+    def release(self, file: File) -> None:
+        df: VfioDeviceFile = file.private_data
+        core = df.core
+        if df in core.files:
+            core.files.remove(df)
+        if df.access_granted and not any(f.access_granted for f in core.files) \
+                and not core.removed:
+            core.teardown()
+        if df.iommufd is not None:
+            df.iommufd.put()
+            df.iommufd = None
+
+    def unlocked_ioctl(self, file: File, cmd: int, arg: Any) -> Any:
+        df: VfioDeviceFile = file.private_data
+        core = df.core
+        if core.removed:
+            raise fail(ENODEV, "device removed")
+        if cmd == V.VFIO_DEVICE_BIND_IOMMUFD:
+            return self._bind(file, df, _arg(arg, V.VfioDeviceBindIommufd))
+        if not df.access_granted:
+            raise fail(EINVAL, "device file not bound to an iommufd")
+        handlers = {
+            V.VFIO_DEVICE_GET_INFO: self._get_info,
+            V.VFIO_DEVICE_GET_REGION_INFO: self._get_region_info,
+            V.VFIO_DEVICE_GET_IRQ_INFO: self._get_irq_info,
+            V.VFIO_DEVICE_SET_IRQS: self._set_irqs,
+            V.VFIO_DEVICE_RESET: self._reset,
+        }
+        h = handlers.get(cmd)
+        if h is None:
+            raise fail(ENOTTY, f"unknown vfio-pci ioctl {cmd:#x}")
+        return h(core, arg)
+
+    # -- bind -----------------------------------------------------------------------
+
+    def _bind(self, file: File, df: VfioDeviceFile, bind: Any) -> int:
+        k = file.kernel
+        if bind.argsz < V.VfioDeviceBindIommufd.offsetofend("out_devid") or \
+                bind.flags & ~V.VFIO_DEVICE_BIND_FLAG_TOKEN:
+            raise fail(EINVAL, "bad vfio_device_bind_iommufd")
+        if df.access_granted:
+            raise fail(EINVAL, "device file already bound")
+        ictx = k.fget(bind.iommufd)                      # EBADF for a closed number
+        try:
+            if getattr(k, "iommufd", None) is None:
+                raise fail(ENODEV, "iommufd not available in this kernel model")
+            devid = bind_iommufd(k, df, ictx)
+        except BaseException:
+            ictx.put()
+            raise
+        df.iommufd, df.devid = ictx, devid
+        bind.out_devid = devid
+        df._grant_access()
+        return 0
+
+    # -- info ioctls ----------------------------------------------------------------
+
+    def _get_info(self, core: VfioPciCore, arg: Any) -> int:
+        info = _arg(arg, V.VfioDeviceInfo)
+        if info.argsz < V.VfioDeviceInfo.offsetofend("num_irqs"):
+            raise fail(EINVAL, "vfio_device_info too small")
+        info.flags = V.VFIO_DEVICE_FLAGS_PCI | (V.VFIO_DEVICE_FLAGS_RESET
+                                                 if core.reset_works else 0)
+        info.num_regions = V.VFIO_PCI_NUM_REGIONS
+        info.num_irqs = V.VFIO_PCI_NUM_IRQS
+        return 0
+
+    def _get_region_info(self, core: VfioPciCore, arg: Any) -> bytes:
+        info = _arg(arg, V.VfioRegionInfo)
+        if info.argsz < V.VfioRegionInfo.offsetofend("offset"):
+            raise fail(EINVAL, "vfio_region_info too small")
+        index = info.index
+        caps = b""
+        if index == V.VFIO_PCI_CONFIG_REGION_INDEX:
+            flags = V.VFIO_REGION_INFO_FLAG_READ | V.VFIO_REGION_INFO_FLAG_WRITE
+            size = 0x1000 if core.is_pcie() else 0x100
+        elif index <= V.VFIO_PCI_BAR5_REGION_INDEX:
+            size = core.bar_size(index)
+            flags = 0
+            if size:
+                flags = (V.VFIO_REGION_INFO_FLAG_READ | V.VFIO_REGION_INFO_FLAG_WRITE
+                         | (V.VFIO_REGION_INFO_FLAG_MMAP if size % 0x1000 == 0 else 0))
+                if index == core.msix_bar():
+                    caps = V.VfioInfoCapHeader(id=V.VFIO_REGION_INFO_CAP_MSIX_MAPPABLE,
+                                               version=1, next=0).pack()
+        elif index == V.VFIO_PCI_ROM_REGION_INDEX:
+            size, flags = 0, 0                         # the functions have no ROM
+        else:
+            raise fail(EINVAL, f"bad region index {index}")   # VGA: not a VGA device
+        out = b""
+        if caps:
+            flags |= V.VFIO_REGION_INFO_FLAG_CAPS
+            need = V.VfioRegionInfo.sizeof + len(caps)
+            if info.argsz < need:
+                info.argsz = need
+                info.cap_offset = 0
+            else:
+                info.cap_offset = V.VfioRegionInfo.sizeof
+                out = caps
+        info.flags, info.size, info.offset = flags, size, _region_offset(index)
+        return out
+
+    def _get_irq_info(self, core: VfioPciCore, arg: Any) -> int:
+        info = _arg(arg, V.VfioIrqInfo)
+        if info.argsz < V.VfioIrqInfo.offsetofend("count") or \
+                info.index >= V.VFIO_PCI_NUM_IRQS:
+            raise fail(EINVAL, "bad vfio_irq_info")
+        if info.index == V.VFIO_PCI_ERR_IRQ_INDEX and not core.is_pcie():
+            raise fail(EINVAL, "no error interrupt on conventional PCI")
+        flags = V.VFIO_IRQ_INFO_EVENTFD
+        if info.index == V.VFIO_PCI_INTX_IRQ_INDEX:
+            flags |= V.VFIO_IRQ_INFO_MASKABLE | V.VFIO_IRQ_INFO_AUTOMASKED
+        elif info.index != V.VFIO_PCI_MSIX_IRQ_INDEX or not core.has_dyn_msix:
+            flags |= V.VFIO_IRQ_INFO_NORESIZE
+        info.flags, info.count = flags, core.irq_count(info.index)
+        return 0
+
+    # -- SET_IRQS -------------------------------------------------------------------
+
+    def _set_irqs(self, core: VfioPciCore, arg: Any) -> int:
+        hdr = _arg(arg, V.VfioIrqSet)
+        minsz = V.VfioIrqSet.offsetofend("count")
+        if hdr.argsz < minsz or hdr.index >= V.VFIO_PCI_NUM_IRQS or \
+                hdr.count >= U32_MAX - hdr.start or \
+                hdr.flags & ~(V.VFIO_IRQ_SET_DATA_TYPE_MASK | V.VFIO_IRQ_SET_ACTION_TYPE_MASK):
+            raise fail(EINVAL, "bad vfio_irq_set header")
+        num = core.irq_count(hdr.index)
+        if hdr.start >= num or hdr.start + hdr.count > num:
+            raise fail(EINVAL, "vectors beyond the index's count")
+        kind = hdr.flags & V.VFIO_IRQ_SET_DATA_TYPE_MASK
+        size = {V.VFIO_IRQ_SET_DATA_NONE: 0, V.VFIO_IRQ_SET_DATA_BOOL: 1,
+                V.VFIO_IRQ_SET_DATA_EVENTFD: 4}.get(kind)
+        if size is None:
+            raise fail(EINVAL, "not exactly one data type")
+        data: list[int] = []
+        if size:
+            if hdr.argsz - minsz < hdr.count * size or len(hdr.data) < hdr.count:
+                raise fail(EINVAL, "data shorter than count")
+            data = list(hdr.data)[:hdr.count]
+        action = hdr.flags & V.VFIO_IRQ_SET_ACTION_TYPE_MASK
+        if hdr.index in (V.VFIO_PCI_MSI_IRQ_INDEX, V.VFIO_PCI_MSIX_IRQ_INDEX) and \
+                action == V.VFIO_IRQ_SET_ACTION_TRIGGER:
+            return core.set_msi_trigger(hdr.index, hdr.start, hdr.count, hdr.flags, data)
+        # MSI/MSI-X MASK/UNMASK ("Need masking support exported"), INTx/ERR/REQ and
+        # mixed actions: no handler in this model, as vfio_pci_set_irqs_ioctl's NULL func.
+        raise fail(ENOTTY, "no handler for this index/action")
+
+    def _reset(self, core: VfioPciCore, arg: Any) -> int:
+        """pci_try_reset_function(): the function's config state is saved and
+        restored around the reset, so the interrupt setup stays."""
+        if not core.reset_works:
+            raise fail(EINVAL, "reset not supported")
+        return 0
+
+
+class VfioPciDriver:
+    """The vfio-pci driver: probe/remove and the minors in use."""
+
+    def __init__(self, kernel: Any) -> None:
+        self.kernel = kernel
+        self.fops = VfioDeviceFops()
+        self.cores: dict[Any, VfioPciCore] = {}
+
+    def probe(self, pdev: Any) -> VfioPciCore:
+        used = {c.minor for c in self.cores.values()}
+        minor = next(n for n in range(len(used) + 1) if n not in used)
+        core = VfioPciCore(self.kernel, pdev, minor)
+        self.kernel.register_chrdev(core.path, self.fops, core)
+        self.cores[pdev] = core
+        return core
+
+    def remove(self, pdev: Any) -> None:
+        core = self.cores.pop(pdev)
+        core.teardown()
+        core.removed = True
+        self.kernel.unregister_chrdev(core.path)
+
+
+def vfio_pci_init(k: Any) -> VfioPciDriver:
+    """module_init(vfio_pci_init): register "vfio-pci" with no ids."""
+    drv = VfioPciDriver(k)
+    k.vfio_pci = drv
+    k.pci_register_driver(DRIVER_NAME, drv.probe, drv.remove)
+    return drv
+
+
+__all__ = ["VfioPciDriver", "VfioPciCore", "VfioDeviceFile", "VfioDeviceFops",
+           "vfio_pci_init", "bind_iommufd", "EBADF"]
