@@ -6,6 +6,7 @@ from typing import Any
 
 from .arm_smmu_v3 import ArmSmmuV3
 from .gic import GicDriver, ItsDriver
+from .iommufd import iommufd_init
 from .irq import GenIrq
 from .kernel import Kernel
 from .msi import PciMsiLayer
@@ -34,6 +35,7 @@ def boot_arm(m: Any, default_domain: Any = None) -> Kernel:
         dev.enable_device()
         k.iommu.probe_device(dev)
     k.cpu_irq = k.gic.handle_irq
+    iommufd_init(k)
     return k
 
 
@@ -56,4 +58,5 @@ def boot_x86(m: Any) -> Kernel:
     for dev in k.pci.scan():
         dev.enable_device()
     k.cpu_irq = k.vector.handle_irq
+    iommufd_init(k)
     return k
