@@ -700,8 +700,10 @@ class IoasMachine(RuleBasedStateMachine):
         in_allowed = any(s <= (page + n) * PAGE - 1 and page * PAGE <= e
                          for s, e in m["allowed"])
         obj = self.f.private_data.ioas(i)
+        self.next_area += 1
+        owner = ("owner", self.next_area)        # compared by identity, like a pointer
         try:
-            obj.add_reserved(page * PAGE, (page + n) * PAGE - 1, owner=("t", page))
+            obj.add_reserved(page * PAGE, (page + n) * PAGE - 1, owner=owner)
             got = None
         except KernelError as e:
             got = e.errno
@@ -709,7 +711,7 @@ class IoasMachine(RuleBasedStateMachine):
         assert got == (EADDRINUSE if pages & used or in_allowed else None)
         if got is None:
             m["resv"] |= pages
-            m.setdefault("owners", {})[("t", page)] = pages
+            m.setdefault("owners", {})[owner] = pages
 
     @rule(data=st.data())
     def unreserve(self, data):
