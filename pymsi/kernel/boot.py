@@ -6,6 +6,7 @@ from typing import Any
 
 from .arm_smmu_v3 import ArmSmmuV3
 from .gic import GicDriver, ItsDriver
+from .iommufd import iommufd_init
 from .irq import GenIrq
 from .kernel import Kernel
 from .kvm import kvm_init
@@ -36,8 +37,9 @@ def boot_arm(m: Any, default_domain: Any = None) -> Kernel:
         dev.enable_device()
         k.iommu.probe_device(dev)
     k.cpu_irq = k.gic.handle_irq
-    kvm_init(k)
+    iommufd_init(k)
     vfio_pci_init(k)
+    kvm_init(k)
     return k
 
 
@@ -60,5 +62,6 @@ def boot_x86(m: Any) -> Kernel:
     for dev in k.pci.scan():
         dev.enable_device()
     k.cpu_irq = k.vector.handle_irq
+    iommufd_init(k)
     vfio_pci_init(k)
     return k

@@ -1,0 +1,595 @@
+"""iommufd (drivers/iommu/iommufd/): ``/dev/iommu``, its objects and the IOAS.
+
+Each open of ``/dev/iommu`` is an :class:`IommufdCtx` (struct iommufd_ctx)
+with an object table whose ids are allocated lowest-free from 1, as an
+XA_FLAGS_ALLOC1 xarray does.  ``ioctl`` dispatches like
+``iommufd_fops_ioctl``: the ioctl number picks the op, a ``size`` below the
+op's minimum (``offsetofend`` of its last mandatory member) is EINVAL, an
+unknown number ENOTTY.  The argument is the uapi structure object of
+:mod:`pymsi.uapi.iommufd`; ``out_*`` members are filled in place, and a failed
+call raises :class:`~pymsi.kernel.base.KernelError` leaving the structure and
+the context as they were.
+
+An :class:`Ioas` (struct iommufd_ioas + io_pagetable) holds areas (IOVA ->
+pinned user pages), allowed IOVA ranges, reserved ranges keyed by owner (the
+API device attach uses) and the list of attached IOMMU domains: every area is
+``iommu_map``-ed into every domain of the list and unmapped from them when the
+area goes (the extension point for HWPTs).  Areas share pinned pages through
+:class:`PinnedPages` (refcounted, like struct iopt_pages), so
+``IOMMU_IOAS_COPY`` pins nothing new.
+
+Deliberate differences from Linux: user pages are pinned at MAP time (Linux
+pins lazily, when a domain or an access needs them), so an unmapped user VA is
+EFAULT at MAP; the IOVA alignment is always PAGE_SIZE (Linux starts at 1 and
+rises to the domain's page size); a failing UNMAP changes nothing (Linux may
+have unmapped the whole areas before the partial one it stops at).
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..core import Prot
+from ..uapi import iommufd as uapi
+from ..uapi._ioctl import _IOC_NR
+from ..uapi._struct import Struct
+from .base import (
+    EBUSY,
+    EEXIST,
+    EFAULT,
+    EINVAL,
+    ENOENT,
+    ENOSPC,
+    EOPNOTSUPP,
+    EOVERFLOW,
+    EPERM,
+    KernelError,
+    fail,
+)
+from .files import PAGE_SIZE, File, FileOperations
+
+ENOTTY, EADDRINUSE, EMSGSIZE = _errno.ENOTTY, _errno.EADDRINUSE, _errno.EMSGSIZE
+ULONG_MAX = (1 << 64) - 1
+U32_MAX = (1 << 32) - 1
+_MAP_FLAGS = (uapi.IOMMU_IOAS_MAP_FIXED_IOVA | uapi.IOMMU_IOAS_MAP_WRITEABLE
+              | uapi.IOMMU_IOAS_MAP_READABLE)
+
+
+def _overlaps(a0: int, a1: int, b0: int, b1: int) -> bool:
+    """Inclusive intervals [a0, a1] and [b0, b1] intersect."""
+    return a0 <= b1 and b0 <= a1
+
+
+class IommufdObject:
+    """struct iommufd_object: an id in the context's table and a user count
+    (held by other objects and by kernel users; destroy is EBUSY while > 0)."""
+
+    kind = "object"
+
+    def __init__(self, ctx: IommufdCtx) -> None:
+        self.ctx = ctx
+        self.id = 0
+        self.users = 0
+
+    def destroy(self) -> None:
+        """Free what the object holds (called once, when it leaves the table)."""
+
+
+# -- pinned pages and areas ---------------------------------------------------------------
+
+
+class PinnedPages:
+    """struct iopt_pages: the host pages pinned for ``len(pas)`` pages at user VA
+    ``uptr``; each page counts the areas using it and is unpinned when the last
+    one goes (an area copied from part of another keeps only its own pages)."""
+
+    def __init__(self, kernel: Any, uptr: int, pas: list[int], writable: bool) -> None:
+        self.kernel = kernel
+        self.uptr = uptr
+        self.pas = pas
+        self.writable = writable
+        self.users = [0] * len(pas)
+
+    def get(self, first: int, n: int) -> None:
+        for i in range(first, first + n):
+            self.users[i] += 1
+
+    def put(self, first: int, n: int) -> None:
+        done = []
+        for i in range(first, first + n):
+            self.users[i] -= 1
+            if self.users[i] == 0:
+                done.append(self.pas[i])
+        if done:
+            self.kernel.unpin_user_pages(done)
+
+
+@dataclass
+class Area:
+    """struct iopt_area: [iova, iova + length) mapped to pages[first:first + n]."""
+
+    iova: int
+    length: int
+    pages: PinnedPages
+    first: int                      # index of the first page in ``pages``
+    prot: Prot
+
+    @property
+    def last(self) -> int:
+        return self.iova + self.length - 1
+
+    def pas(self) -> list[int]:
+        """The host page behind each page of the area."""
+        return self.pages.pas[self.first:self.first + self.length // PAGE_SIZE]
+
+
+@dataclass
+class Reserved:
+    """struct iopt_reserved: an IOVA range no area may use, and who put it there."""
+
+    start: int
+    last: int
+    owner: Any
+
+
+class Ioas(IommufdObject):
+    """struct iommufd_ioas with its io_pagetable."""
+
+    kind = "ioas"
+
+    def __init__(self, ctx: IommufdCtx) -> None:
+        super().__init__(ctx)
+        self.areas: list[Area] = []                   # sorted by iova
+        self.allowed: list[tuple[int, int]] = []      # inclusive, sorted
+        self.reserved: list[Reserved] = []
+        self.domains: list[Any] = []                  # attached iommu domains
+        self.iova_alignment = PAGE_SIZE
+
+    # -- queries --------------------------------------------------------------------
+
+    def area_at(self, iova: int) -> Area | None:
+        """The area holding ``iova``."""
+        for a in self.areas:
+            if a.iova <= iova <= a.last:
+                return a
+        return None
+
+    def iova_to_phys(self, iova: int) -> int | None:
+        """The host PA ``iova`` reaches through this IOAS's areas."""
+        a = self.area_at(iova)
+        if a is None:
+            return None
+        off = iova - a.iova
+        return a.pas()[off // PAGE_SIZE] + off % PAGE_SIZE
+
+    def _area_hits(self, start: int, last: int) -> list[Area]:
+        return [a for a in self.areas if _overlaps(a.iova, a.last, start, last)]
+
+    def _resv_hit(self, start: int, last: int) -> bool:
+        return any(_overlaps(r.start, r.last, start, last) for r in self.reserved)
+
+    def valid_ranges(self) -> list[tuple[int, int]]:
+        """What IOVA_RANGES reports: the holes between reserved ranges in [0, ULONG_MAX]."""
+        out, cur = [], 0
+        for r in sorted(self.reserved, key=lambda r: r.start):
+            if r.start > cur:
+                out.append((cur, r.start - 1))
+            cur = max(cur, r.last + 1)
+        if cur <= ULONG_MAX:
+            out.append((cur, ULONG_MAX))
+        return out
+
+    # -- reserved ranges (device attach uses these) --------------------------------------
+
+    def add_reserved(self, start: int, last: int, owner: Any) -> None:
+        """iopt_reserve_iova(): EADDRINUSE when an area or an allowed range overlaps."""
+        if not 0 <= start <= last <= ULONG_MAX:
+            raise fail(EINVAL, f"bad reserved range {start:#x}..{last:#x}")
+        if self._area_hits(start, last) or \
+                any(_overlaps(s, e, start, last) for s, e in self.allowed):
+            raise fail(EADDRINUSE, f"IOVA {start:#x}..{last:#x} is in use")
+        self.reserved.append(Reserved(start, last, owner))
+
+    def remove_reserved(self, owner: Any) -> None:
+        """iopt_remove_reserved_iova(): every range ``owner`` added goes."""
+        self.reserved = [r for r in self.reserved if r.owner is not owner]
+
+    # -- attached domains (HWPTs use these) ------------------------------------------------
+
+    def attach_domain(self, domain: Any) -> None:
+        """iopt_table_add_domain(): map every area into ``domain`` (all or nothing)
+        and keep it mapped from now on."""
+        touched: list[Area] = []
+        try:
+            for a in self.areas:
+                touched.append(a)
+                for i, pa in enumerate(a.pas()):
+                    self.ctx.kernel.iommu.map(domain, a.iova + i * PAGE_SIZE, pa, PAGE_SIZE,
+                                              a.prot)
+        except Exception:
+            for t in touched:
+                self.ctx.kernel.iommu.unmap(domain, t.iova, t.length)
+            raise
+        self.domains.append(domain)
+
+    def detach_domain(self, domain: Any) -> None:
+        """iopt_table_remove_domain(): unmap every area from ``domain``."""
+        if domain not in self.domains:
+            raise fail(ENOENT, "domain not attached to this IOAS")
+        for a in self.areas:
+            self.ctx.kernel.iommu.unmap(domain, a.iova, a.length)
+        self.domains.remove(domain)
+
+    # -- IOVA allocation ------------------------------------------------------------------
+
+    def _alloc_iova(self, uptr: int, length: int) -> int:
+        """iopt_alloc_iova(): the lowest hole of the allowed ranges (all of
+        [PAGE_SIZE, ULONG_MAX - PAGE_SIZE] when none) free of reserved ranges
+        and areas, aligned to min(roundup_pow_of_two(length), alignment of uptr)."""
+        if length == 0 or length >= ULONG_MAX // 2:
+            raise fail(EOVERFLOW, "IOVA allocation length")
+        align = 1 << (length - 1).bit_length()
+        if uptr:
+            align = min(align, uptr & -uptr)
+        if align < self.iova_alignment:
+            raise fail(EINVAL, "IOVA alignment below the IOAS's")
+        lo_lim, hi_lim = PAGE_SIZE, ULONG_MAX - PAGE_SIZE
+        spans = sorted(self.allowed) if self.allowed else [(lo_lim, hi_lim)]
+        used = sorted([(r.start, r.last) for r in self.reserved]
+                      + [(a.iova, a.last) for a in self.areas])
+        for s, e in spans:
+            s, e = max(s, lo_lim), min(e, hi_lim)
+            cur = s
+            for us, ue in used + [(e + 1, e + 1)]:
+                if ue < cur:
+                    continue
+                hole_end = min(us - 1, e)
+                start = (cur + align - 1) & -align
+                if start <= hole_end and hole_end - start >= length - 1:
+                    return start
+                cur = max(cur, ue + 1)
+                if cur > e:
+                    break
+        raise fail(ENOSPC, "no free IOVA")
+
+    def _check_iova(self, iova: int, length: int) -> None:
+        """iopt_check_iova() for a FIXED_IOVA map."""
+        if iova & (self.iova_alignment - 1):
+            raise fail(EINVAL, f"IOVA {iova:#x} unaligned")
+        last = iova + length - 1
+        if last > ULONG_MAX:
+            raise fail(EOVERFLOW, "IOVA range wraps")
+        if self._resv_hit(iova, last):
+            raise fail(EINVAL, f"IOVA {iova:#x}..{last:#x} is reserved")
+        if self._area_hits(iova, last):
+            raise fail(EEXIST, f"IOVA {iova:#x}..{last:#x} is already mapped")
+
+    # -- map / unmap ---------------------------------------------------------------------
+
+    def _place(self, uptr: int, length: int, iova: int, fixed: bool) -> int:
+        if length == 0 or length & (self.iova_alignment - 1):
+            raise fail(EINVAL, f"length {length:#x}")
+        if uptr & (self.iova_alignment - 1):
+            raise fail(EINVAL, f"user address {uptr:#x} unaligned")
+        if fixed:
+            self._check_iova(iova, length)
+            return iova
+        return self._alloc_iova(uptr, length)
+
+    def _insert(self, area: Area) -> None:
+        """Map the area into every attached domain (all or nothing), then record it."""
+        touched: list[Any] = []
+        try:
+            for dom in self.domains:
+                touched.append(dom)
+                for i, pa in enumerate(area.pas()):
+                    self.ctx.kernel.iommu.map(dom, area.iova + i * PAGE_SIZE, pa, PAGE_SIZE,
+                                              area.prot)
+        except Exception:
+            for dom in touched:
+                self.ctx.kernel.iommu.unmap(dom, area.iova, area.length)
+            raise
+        area.pages.get(area.first, area.length // PAGE_SIZE)
+        self.areas.append(area)
+        self.areas.sort(key=lambda a: a.iova)
+
+    def _remove(self, area: Area) -> None:
+        for dom in self.domains:
+            self.ctx.kernel.iommu.unmap(dom, area.iova, area.length)
+        self.areas.remove(area)
+        area.pages.put(area.first, area.length // PAGE_SIZE)
+
+    def map_user(self, uptr: int, length: int, iova: int, flags: int) -> int:
+        """iopt_map_user_pages(): pin the user pages and map them; the IOVA used."""
+        at = self._place(uptr, length, iova, bool(flags & uapi.IOMMU_IOAS_MAP_FIXED_IOVA))
+        if uptr + length - 1 > ULONG_MAX:
+            raise fail(EOVERFLOW, "user range wraps")
+        write = bool(flags & uapi.IOMMU_IOAS_MAP_WRITEABLE)
+        pas = self.ctx.kernel.pin_user_pages(uptr, length // PAGE_SIZE, write=write)
+        pages = PinnedPages(self.ctx.kernel, uptr, pas, write)
+        try:
+            self._insert(Area(at, length, pages, 0, _prot(flags)))
+        except Exception:
+            self.ctx.kernel.unpin_user_pages(pas)
+            raise
+        return at
+
+    def get_pages(self, iova: int, length: int) -> list[tuple[PinnedPages, int, int]]:
+        """iopt_get_pages(): (pages, first page, bytes) pieces covering the range
+        contiguously, or ENOENT."""
+        if length == 0:
+            raise fail(EINVAL, "zero length")
+        last = iova + length - 1
+        if last > ULONG_MAX:
+            raise fail(EOVERFLOW, "IOVA range wraps")
+        out, cur = [], iova
+        for a in self.areas:
+            if a.last < cur:
+                continue
+            if a.iova > cur:
+                break
+            end = min(last, a.last)
+            off = cur - a.iova
+            if off % PAGE_SIZE or (end + 1 - cur) % PAGE_SIZE:
+                raise fail(EINVAL, "copy range not page aligned")
+            out.append((a.pages, a.first + off // PAGE_SIZE, end + 1 - cur))
+            cur = end + 1
+            if cur > last:
+                return out
+        raise fail(ENOENT, f"IOVA {iova:#x}..{last:#x} not fully mapped")
+
+    def map_pages(self, pieces: list[tuple[PinnedPages, int, int]], length: int, iova: int,
+                  flags: int) -> int:
+        """iopt_map_pages(): map already pinned pieces consecutively; the IOVA used."""
+        first_pages, first_idx, _ = pieces[0]
+        uptr = first_pages.uptr + first_idx * PAGE_SIZE
+        at = self._place(uptr, length, iova, bool(flags & uapi.IOMMU_IOAS_MAP_FIXED_IOVA))
+        prot = _prot(flags)
+        if prot & Prot.WRITE and not all(p.writable for p, _, _ in pieces):
+            raise fail(EPERM, "writeable copy of pages pinned read-only")
+        added: list[Area] = []
+        try:
+            cur = at
+            for pages, idx, n in pieces:
+                area = Area(cur, n, pages, idx, prot)
+                self._insert(area)
+                added.append(area)
+                cur += n
+        except Exception:
+            for area in added:
+                self._remove(area)
+            raise
+        return at
+
+    def unmap(self, iova: int, last: int, allow_empty: bool = False) -> int:
+        """iopt_unmap_iova_range(): whole areas inside [iova, last]; ENOENT for a
+        partially covered area or nothing mapped; the bytes unmapped."""
+        hits = self._area_hits(iova, last)
+        if any(a.iova < iova or a.last > last for a in hits):
+            raise fail(ENOENT, "range splits a mapping")
+        if not hits and not allow_empty:
+            raise fail(ENOENT, "nothing mapped there")
+        for a in hits:
+            self._remove(a)
+        return sum(a.length for a in hits)
+
+    def destroy(self) -> None:
+        for a in list(self.areas):
+            self._remove(a)
+
+
+def _prot(flags: int) -> Prot:
+    """conv_iommu_prot(): IOMMU_CACHE plus READ / WRITE from the map flags."""
+    prot = Prot.CACHE
+    if flags & uapi.IOMMU_IOAS_MAP_WRITEABLE:
+        prot |= Prot.WRITE
+    if flags & uapi.IOMMU_IOAS_MAP_READABLE:
+        prot |= Prot.READ
+    return prot
+
+
+# -- the context and its ioctls ------------------------------------------------------------
+
+
+class IommufdCtx:
+    """struct iommufd_ctx: one open of /dev/iommu and its object table."""
+
+    def __init__(self, kernel: Any) -> None:
+        self.kernel = kernel
+        self.objects: dict[int, IommufdObject] = {}
+
+    def add(self, obj: IommufdObject) -> int:
+        """iommufd_object_finalize(): the lowest free id from 1."""
+        n = 1
+        while n in self.objects:
+            n += 1
+        if n > U32_MAX >> 1:
+            raise fail(ENOSPC, "object table full")
+        obj.id = n
+        self.objects[n] = obj
+        return n
+
+    def get_object(self, oid: int, kind: str | None = None) -> IommufdObject:
+        """iommufd_get_object(): ENOENT for no such id or another type; the caller
+        holds a user until :meth:`put_object`."""
+        obj = self.objects.get(oid)
+        if obj is None or (kind is not None and obj.kind != kind):
+            raise fail(ENOENT, f"no {kind or 'object'} {oid}")
+        obj.users += 1
+        return obj
+
+    def put_object(self, obj: IommufdObject) -> None:
+        obj.users -= 1
+
+    def ioas(self, oid: int) -> Ioas:
+        """The IOAS with id ``oid`` (ENOENT), without taking a user."""
+        obj = self.objects.get(oid)
+        if not isinstance(obj, Ioas):
+            raise fail(ENOENT, f"no IOAS {oid}")
+        return obj
+
+    def remove(self, oid: int) -> None:
+        """iommufd_object_remove(): ENOENT for an unknown id, EBUSY while in use."""
+        obj = self.objects.get(oid)
+        if obj is None:
+            raise fail(ENOENT, f"no object {oid}")
+        if obj.users:
+            raise fail(EBUSY, f"object {oid} is in use")
+        del self.objects[oid]
+        obj.destroy()
+
+    def release(self) -> None:
+        """iommufd_fops_release(): destroy objects nobody uses, repeatedly, until none
+        is left (dependents go before what they depend on)."""
+        while self.objects:
+            free = [o for o in self.objects.values() if not o.users]
+            if not free:
+                self.kernel.printk("WARNING: iommufd objects still in use at release")
+                free = list(self.objects.values())
+                for o in free:
+                    o.users = 0
+            for o in sorted(free, key=lambda o: -o.id):
+                del self.objects[o.id]
+                o.destroy()
+
+    # -- ioctls ---------------------------------------------------------------------------
+
+    def ioctl_destroy(self, cmd: uapi.IommuDestroy) -> None:
+        self.remove(cmd.id)
+
+    def ioctl_ioas_alloc(self, cmd: uapi.IommuIoasAlloc) -> None:
+        if cmd.flags:
+            raise fail(EOPNOTSUPP, "IOAS alloc flags")
+        cmd.out_ioas_id = self.add(Ioas(self))
+
+    def ioctl_ioas_map(self, cmd: uapi.IommuIoasMap) -> None:
+        if cmd.flags & ~_MAP_FLAGS or getattr(cmd, "__reserved"):
+            raise fail(EOPNOTSUPP, "map flags")
+        if cmd.iova >= ULONG_MAX or cmd.length >= ULONG_MAX:
+            raise fail(EOVERFLOW, "map range")
+        ioas = self.ioas(cmd.ioas_id)
+        cmd.iova = ioas.map_user(cmd.user_va, cmd.length, cmd.iova, cmd.flags)
+
+    def ioctl_ioas_copy(self, cmd: uapi.IommuIoasCopy) -> None:
+        if cmd.flags & ~_MAP_FLAGS:
+            raise fail(EOPNOTSUPP, "copy flags")
+        if cmd.length >= ULONG_MAX or cmd.src_iova >= ULONG_MAX or cmd.dst_iova >= ULONG_MAX:
+            raise fail(EOVERFLOW, "copy range")
+        pieces = self.ioas(cmd.src_ioas_id).get_pages(cmd.src_iova, cmd.length)
+        dst = self.ioas(cmd.dst_ioas_id)
+        cmd.dst_iova = dst.map_pages(pieces, cmd.length, cmd.dst_iova, cmd.flags)
+
+    def ioctl_ioas_unmap(self, cmd: uapi.IommuIoasUnmap) -> None:
+        ioas = self.ioas(cmd.ioas_id)
+        if cmd.iova == 0 and cmd.length == ULONG_MAX:
+            cmd.length = ioas.unmap(0, ULONG_MAX, allow_empty=True)
+            return
+        if cmd.iova >= ULONG_MAX or cmd.length >= ULONG_MAX:
+            raise fail(EOVERFLOW, "unmap range")
+        if cmd.length == 0:
+            raise fail(EINVAL, "zero length")
+        last = cmd.iova + cmd.length - 1
+        if last > ULONG_MAX:
+            raise fail(EOVERFLOW, "unmap range wraps")
+        cmd.length = ioas.unmap(cmd.iova, last)
+
+    def ioctl_ioas_iova_ranges(self, cmd: uapi.IommuIoasIovaRanges) -> None:
+        if getattr(cmd, "__reserved"):
+            raise fail(EOPNOTSUPP, "reserved member set")
+        ioas = self.ioas(cmd.ioas_id)
+        ranges = ioas.valid_ranges()
+        room = cmd.num_iovas
+        data = b"".join(uapi.IommuIovaRange(start=s, last=e).pack() for s, e in ranges[:room])
+        if data:
+            try:
+                self.kernel.user_write(cmd.allowed_iovas, data)
+            except Exception:
+                raise fail(EFAULT, "allowed_iovas not writable") from None
+        cmd.num_iovas = len(ranges)
+        cmd.out_iova_alignment = ioas.iova_alignment
+        if len(ranges) > room:
+            raise fail(EMSGSIZE, f"{len(ranges)} ranges, room for {room}")
+
+    def ioctl_ioas_allow_iovas(self, cmd: uapi.IommuIoasAllowIovas) -> None:
+        if getattr(cmd, "__reserved"):
+            raise fail(EOPNOTSUPP, "reserved member set")
+        ioas = self.ioas(cmd.ioas_id)
+        size = uapi.IommuIovaRange.sizeof
+        try:
+            raw = self.kernel.user_read(cmd.allowed_iovas, size * cmd.num_iovas)
+        except Exception:
+            raise fail(EFAULT, "allowed_iovas not readable") from None
+        new: list[tuple[int, int]] = []
+        for i in range(cmd.num_iovas):
+            r = uapi.IommuIovaRange.unpack(raw[i * size:(i + 1) * size])
+            if r.start > r.last or any(_overlaps(s, e, r.start, r.last) for s, e in new):
+                raise fail(EINVAL, "allowed ranges reversed or overlapping")
+            new.append((r.start, r.last))
+        if any(ioas._resv_hit(s, e) for s, e in new):
+            raise fail(EADDRINUSE, "an allowed range overlaps a reserved one")
+        ioas.allowed = sorted(new)
+
+    OPS: dict[int, tuple[str, str]] = {
+        uapi.IOMMU_DESTROY: ("ioctl_destroy", "id"),
+        uapi.IOMMU_IOAS_ALLOC: ("ioctl_ioas_alloc", "out_ioas_id"),
+        uapi.IOMMU_IOAS_ALLOW_IOVAS: ("ioctl_ioas_allow_iovas", "allowed_iovas"),
+        uapi.IOMMU_IOAS_COPY: ("ioctl_ioas_copy", "src_iova"),
+        uapi.IOMMU_IOAS_IOVA_RANGES: ("ioctl_ioas_iova_ranges", "out_iova_alignment"),
+        uapi.IOMMU_IOAS_MAP: ("ioctl_ioas_map", "iova"),
+        uapi.IOMMU_IOAS_UNMAP: ("ioctl_ioas_unmap", "length"),
+    }
+
+    def ioctl(self, cmd: int, arg: Any) -> int:
+        """iommufd_fops_ioctl(): ENOTTY for an op the model does not have, EINVAL for
+        a size below the op's minimum; the argument is changed only on success."""
+        if not isinstance(cmd, int) or cmd not in self.OPS or \
+                not 0x80 <= _IOC_NR(cmd) <= 0xFF:
+            raise fail(ENOTTY, f"iommufd ioctl {cmd!r}")
+        name, last_member = self.OPS[cmd]
+        st = uapi.IOCTLS[cmd]
+        if not isinstance(arg, st):
+            raise fail(EFAULT, f"argument is not a {st.__name__}")
+        if arg.size < st.offsetofend(last_member):
+            raise fail(EINVAL, f"size {arg.size} below the minimum")
+        work = arg.copy()
+        handler: Callable[[Any], None] = getattr(self, name)
+        try:
+            handler(work)
+        except KernelError as e:
+            if e.errno == EMSGSIZE:          # IOVA_RANGES responds, then fails
+                _copy_back(arg, work)
+            raise
+        _copy_back(arg, work)
+        return 0
+
+
+def _copy_back(dst: Struct, src: Struct) -> None:
+    """iommufd_ucmd_respond(): the kernel's copy of the structure back to the user's."""
+    for name in src.fields():
+        if name == "size":
+            continue
+        setattr(dst, name, getattr(src, name))
+
+
+class IommufdFops(FileOperations):
+    """The file operations of /dev/iommu."""
+
+    def __init__(self, kernel: Any) -> None:
+        self.kernel = kernel
+
+    def open(self, file: File) -> None:
+        file.private_data = IommufdCtx(self.kernel)
+
+    def release(self, file: File) -> None:
+        file.private_data.release()
+
+    def unlocked_ioctl(self, file: File, cmd: int, arg: Any) -> int:   # type: ignore[override]
+        return file.private_data.ioctl(cmd, arg)
+
+
+def iommufd_init(kernel: Any) -> None:
+    """Register /dev/iommu (the misc device iommufd_init() adds)."""
+    kernel.register_chrdev("/dev/iommu", IommufdFops(kernel))
