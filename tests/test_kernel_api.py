@@ -25,6 +25,8 @@ from pymsi.kernel.drivers import MsiCountingDriver
 from pymsi.kernel.msi import MsiType
 from pymsi.machine import ArmVirt, X86Pc
 
+from kernel_util import errno_of
+
 EINVAL, ENOENT, EIO, EBUSY, ENOSPC, ERANGE, EOVERFLOW = (
     errno.EINVAL, errno.ENOENT, errno.EIO, errno.EBUSY, errno.ENOSPC, errno.ERANGE,
     errno.EOVERFLOW)
@@ -32,14 +34,6 @@ ENOTSUPP = 524                      # include/linux/errno.h (kernel-internal)
 DATA = Path(__file__).parent / "data" / "arm64_smmuv3_s1.json"
 
 
-def errno_of(fn, *args, **kw):
-    """None if the call succeeds, else the KernelError's errno (any other
-    exception fails the test)."""
-    try:
-        fn(*args, **kw)
-    except KernelError as e:
-        return e.errno
-    return None
 
 
 # -- bitmap_parse(): a reference written from lib/bitmap.c's rules --------------------------

@@ -26,7 +26,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from pymsi.kernel.base import KernelError, fail
+from pymsi.kernel.base import fail
 from pymsi.kernel.drivers import MsiCountingDriver, msi_counting_pci_driver
 from pymsi.kernel.files import (
     EFD_NONBLOCK,
@@ -46,6 +46,8 @@ from pymsi.kernel.files import (
 )
 from pymsi.machine import ArmVirt, X86Pc
 
+from kernel_util import errno_of
+
 EBADF, ENOTTY, ENOENT, EINVAL, EAGAIN, EFAULT, EMFILE = (
     errno.EBADF, errno.ENOTTY, errno.ENOENT, errno.EINVAL, errno.EAGAIN, errno.EFAULT,
     errno.EMFILE)
@@ -56,13 +58,6 @@ PAGE = 4096
 BDF0, BDF1 = "0000:00:01.0", "0000:00:02.0"
 
 
-def errno_of(fn, *args, **kw):
-    """None if the call succeeds, else the KernelError's errno."""
-    try:
-        fn(*args, **kw)
-    except KernelError as e:
-        return e.errno
-    return None
 
 
 def arm(n=2):

@@ -23,6 +23,8 @@ from pymsi.kernel.base import KernelError
 from pymsi.machine import ArmVirt
 from pymsi.uapi import kvm as K
 
+from kernel_util import errno_of
+
 EBADF, EINVAL, EBUSY, EEXIST, ENODEV, ENXIO, EAGAIN, EFAULT, ENOTTY = (
     errno.EBADF, errno.EINVAL, errno.EBUSY, errno.EEXIST, errno.ENODEV, errno.ENXIO,
     errno.EAGAIN, errno.EFAULT, errno.ENOTTY)
@@ -32,12 +34,6 @@ DOORBELL = ITS_BASE + 0x10040            # GITS_TRANSLATER
 UNDEF = 2**64 - 1
 
 
-def errno_of(fn, *args, **kw):
-    try:
-        fn(*args, **kw)
-    except KernelError as e:
-        return e.errno
-    return None
 
 
 @pytest.fixture

@@ -21,6 +21,8 @@ from pymsi.kernel.base import KernelError
 from pymsi.machine import ArmVirt, X86Pc
 from pymsi.uapi import vfio as V
 
+from kernel_util import errno_of
+
 EINVAL, ENOTTY, EBADF, ENODEV, ENOENT, EBUSY = (
     errno.EINVAL, errno.ENOTTY, errno.EBADF, errno.ENODEV, errno.ENOENT, errno.EBUSY)
 MSI, MSIX = V.VFIO_PCI_MSI_IRQ_INDEX, V.VFIO_PCI_MSIX_IRQ_INDEX
@@ -29,12 +31,6 @@ EFD, NONE, BOOL = V.VFIO_IRQ_SET_DATA_EVENTFD, V.VFIO_IRQ_SET_DATA_NONE, V.VFIO_
 NVEC = 8                          # vectors of each function below (MSI-X and MSI)
 
 
-def errno_of(fn, *args, **kw):
-    try:
-        fn(*args, **kw)
-    except KernelError as e:
-        return e.errno
-    return None
 
 
 def machine(kind="arm", n=2, msi=NVEC):
