@@ -202,17 +202,7 @@ class Ioas(IommufdObject):
     def attach_domain(self, domain: Any) -> None:
         """iopt_table_add_domain(): map every area into ``domain`` (all or nothing)
         and keep it mapped from now on."""
-        touched: list[Area] = []
-        try:
-            for a in self.areas:
-                touched.append(a)
-                for i, pa in enumerate(a.pas()):
-                    self.ctx.kernel.iommu.map(domain, a.iova + i * PAGE_SIZE, pa, PAGE_SIZE,
-                                              a.prot)
-        except Exception:
-            for t in touched:
-                self.ctx.kernel.iommu.unmap(domain, t.iova, t.length)
-            raise
+        self._map_all([(domain, a) for a in self.areas])
         self.domains.append(domain)
 
     def detach_domain(self, domain: Any) -> None:
@@ -279,19 +269,24 @@ class Ioas(IommufdObject):
             return iova
         return self._alloc_iova(uptr, length)
 
+    def _map_all(self, pairs: list[tuple[Any, Area]]) -> None:
+        """Map each (domain, area) page by page; on a failure unmap what was begun
+        (iommu_unmap skips holes) and re-raise: all or nothing."""
+        touched: list[tuple[Any, Area]] = []
+        try:
+            for dom, a in pairs:
+                touched.append((dom, a))
+                for i, pa in enumerate(a.pas()):
+                    self.ctx.kernel.iommu.map(dom, a.iova + i * PAGE_SIZE, pa, PAGE_SIZE,
+                                              a.prot)
+        except Exception:
+            for dom, a in touched:
+                self.ctx.kernel.iommu.unmap(dom, a.iova, a.length)
+            raise
+
     def _insert(self, area: Area) -> None:
         """Map the area into every attached domain (all or nothing), then record it."""
-        touched: list[Any] = []
-        try:
-            for dom in self.domains:
-                touched.append(dom)
-                for i, pa in enumerate(area.pas()):
-                    self.ctx.kernel.iommu.map(dom, area.iova + i * PAGE_SIZE, pa, PAGE_SIZE,
-                                              area.prot)
-        except Exception:
-            for dom in touched:
-                self.ctx.kernel.iommu.unmap(dom, area.iova, area.length)
-            raise
+        self._map_all([(dom, area) for dom in self.domains])
         area.pages.get(area.first, area.length // PAGE_SIZE)
         self.areas.append(area)
         self.areas.sort(key=lambda a: a.iova)
