@@ -198,7 +198,7 @@ class _SizeScalar(_Scalar):
             return self
         if obj._auto:
             return obj.total_size()
-        return self.ct.codec.unpack_from(obj._buf, obj._off + self.offset)[0]
+        return super().__get__(obj, cls)
 
     def __set__(self, obj: Any, value: Any) -> None:
         super().__set__(obj, value)
