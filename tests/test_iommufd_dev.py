@@ -23,7 +23,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from pymsi.kernel.iommu import DomainType
-from pymsi.machine import ArmVirt
+from pymsi.machine import ArmVirt, X86Pc
 from pymsi.uapi import iommufd as u
 from pymsi.uapi import vfio as V
 
@@ -527,3 +527,55 @@ def test_get_hw_info_arm_smmuv3(nrig):
                     u.IOMMU_HW_INFO_TYPE_INTEL_VTD) == EOPNOTSUPP
     assert errno_of(hw_info, rig, devid, 40, 2) == EOPNOTSUPP
     assert errno_of(hw_info, rig, 77, 40) == ENOENT
+
+
+# -- x86: VT-d groups, interrupt-remapping isolation -----------------------------------------
+
+X86_MSI = (0xFEE0_0000, 0xFEEF_FFFF)      # VT-d's IOMMU_RESV_MSI range
+
+
+def test_x86_bind_is_eperm_without_interrupt_remapping_unless_unsafe_allowed():
+    rig = Rig(X86Pc(remapping=False, devices=[{"msix": 4}]))
+    group = rig.k.pci.devices[0].iommu_group
+    objs = dict(rig.ictx.private_data.objects)
+    assert errno_of(rig.bind, 0) == EPERM
+    assert rig.ictx.private_data.objects == objs and group.owner is None
+    assert group.domain.type == DomainType.IDENTITY and rig.ictx.f_count == 1
+    rig.k.iommufd.allow_unsafe_interrupts = True
+    devid = rig.bind(0)
+    assert group.owner is not None and group.domain.type == DomainType.BLOCKED
+    assert any("not secure" in line for line in rig.k.log)
+    assert rig.k.iommufd.device(rig.ictx, devid).dev is rig.k.pci.devices[0]
+
+
+def test_x86_attach_with_remapping():
+    rig = Rig(X86Pc(remapping=True, devices=[{"msix": 4}] * 2), n=2)
+    ioas = rig.ioas()
+    rig.map(ioas, 0x10_0000)
+    devid = rig.bind(0)
+    idev = rig.k.iommufd.device(rig.ictx, devid)
+    assert idev.hw_msi and idev.sw_msi_start == U64_MAX    # no SW_MSI window on x86
+    pt = rig.attach(ioas)
+    assert rig.ranges(ioas) == [(0, X86_MSI[0] - 1), (X86_MSI[1] + 1, U64_MAX)]
+    domain = rig.k.pci.devices[0].iommu_group.domain
+    assert domain.type == DomainType.UNMANAGED and domain.iommufd_hwpt.id == pt
+    pa = rig.ictx.private_data.ioas(ioas).iova_to_phys(0x10_0000)
+    assert domain.iova_to_phys(0x10_0123) == pa + 0x123
+    # The interrupt range cannot be attached over a mapping.
+    other = rig.ioas()
+    rig.map(other, X86_MSI[0])
+    rig.bind(1)
+    assert errno_of(rig.attach, other, 1) == EADDRINUSE
+    rig.detach()
+    assert rig.k.pci.devices[0].iommu_group.domain.type == DomainType.BLOCKED
+    assert rig.ranges(ioas) == [(0, U64_MAX)]
+    # GET_HW_INFO: the VT-d unit's CAP and ECAP registers.
+    h, raw = hw_info(rig, devid, 24)
+    assert h.out_data_type == u.IOMMU_HW_INFO_TYPE_INTEL_VTD and h.data_len == 24
+    vtd = u.IommuHwInfoVtd.unpack(raw[:24])
+    base = rig.m.IR_UNIT
+    assert (vtd.cap_reg, vtd.ecap_reg) == (rig.m.bus.read(base + 0x08, 8),
+                                           rig.m.bus.read(base + 0x10, 8))
+    assert vtd.ecap_reg & 1 << 3                      # ECAP.IR: the unit remaps interrupts
+    # No nesting on this VT-d model.
+    assert errno_of(hwpt_alloc, rig, devid, ioas, u.IOMMU_HWPT_ALLOC_NEST_PARENT) == EOPNOTSUPP
