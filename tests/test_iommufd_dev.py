@@ -579,3 +579,54 @@ def test_x86_attach_with_remapping():
     assert vtd.ecap_reg & 1 << 3                      # ECAP.IR: the unit remaps interrupts
     # No nesting on this VT-d model.
     assert errno_of(hwpt_alloc, rig, devid, ioas, u.IOMMU_HWPT_ALLOC_NEST_PARENT) == EOPNOTSUPP
+
+
+# -- tear-down with nesting, and vfio-pci unbind while bound ---------------------------------
+
+
+@pytest.mark.parametrize("order", ["device-first", "iommufd-first"])
+def test_close_with_nested_hwpts_frees_every_domain_and_id(nrig, order):
+    rig = nrig
+    smmu = rig.k.smmu
+    asids, vmids = set(smmu.asid_ida.used), set(smmu.vmid_ida.used)
+    ioas = rig.ioas()
+    va = rig.map(ioas, 0x10_0000)
+    d0 = rig.bind(0)
+    rig.bind(1)
+    parent = hwpt_alloc(rig, d0, ioas, u.IOMMU_HWPT_ALLOC_NEST_PARENT)
+    nested = hwpt_alloc(rig, d0, parent, 0, vste_bytes(1 | CFG_BYPASS << 1, 0))
+    rig.attach(nested, 0)
+    rig.attach(ioas, 1)                               # device 1 on an auto (stage-1) HWPT
+    assert rig.dma_reaches(0x10_0000, va, 0) and rig.dma_reaches(0x10_0000, va, 1)
+    domains = [o.domain for o in rig.ictx.private_data.objects.values()
+               if hasattr(o, "domain")]
+    assert len(domains) == 3
+    files = [rig.files[0], rig.files[1], rig.ictx]
+    if order == "iommufd-first":
+        files = files[::-1]
+    for f in files:
+        f.close()
+    assert rig.k.user_mm.pinned == {}
+    for d in domains:                                 # paging freed, nested unlinked
+        assert d.freed if hasattr(d, "freed") else d not in d.s2_parent.nested
+    assert smmu.asid_ida.used == asids and smmu.vmid_ida.used == vmids
+    for i in (0, 1):
+        group = rig.k.pci.devices[i].iommu_group
+        assert group.owner is None and group.domain is group.default_domain
+        assert not rig.m.bus.dma_write(rig.rid(i), 0x10_0000, 1, 4).ok
+
+
+def test_vfio_unbind_while_bound_gives_the_device_back(rig):
+    ioas = rig.ioas()
+    va = rig.map(ioas, 0x10_0000)
+    devid = rig.bind(0)
+    rig.attach(ioas)
+    assert rig.dma_reaches(0x10_0000, va)
+    pdev = rig.k.pci.devices[0]
+    rig.k.sysfs_write("/sys/bus/pci/drivers/vfio-pci/unbind", pdev.bdf)
+    assert errno_of(rig.k.iommufd.device, rig.ictx, devid) == ENOENT
+    assert pdev.iommu_group.owner is None
+    assert not rig.m.bus.dma_write(rig.rid(), 0x10_0000, 1, 4).ok
+    rig.files[0].close()
+    rig.ictx.close()
+    assert rig.k.user_mm.pinned == {}
