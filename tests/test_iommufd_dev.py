@@ -21,6 +21,7 @@ import errno
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from pymsi.kernel.iommu import DomainType
 from pymsi.machine import ArmVirt, X86Pc
@@ -438,26 +439,29 @@ OWN0 = 0xF80F_FFFF_FFFF_FFFF
 OWN1 = 0x0800_00FF
 
 
+UNOWNED0 = [b for b in range(64) if not OWN0 >> b & 1]
+UNOWNED1 = [b for b in range(64) if not OWN1 >> b & 1]
+
+
 @settings(max_examples=100, deadline=None)
 @given(cfg=st.sampled_from([CFG_ABORT, CFG_BYPASS, CFG_S1]),
        ctx=st.integers(0, (1 << 46) - 1), cdmax=st.integers(0, 31), fmt=st.integers(0, 3),
        w1=st.integers(0, OWN1), mutation=st.sampled_from(["none", "bit0", "bit1", "config"]),
-       bit=st.integers(0, 63), bad_cfg=st.sampled_from([1, 2, 3, CFG_S2, CFG_NESTED]))
-def test_nested_vste_validation_property(cfg, ctx, cdmax, fmt, w1, mutation, bit, bad_cfg):
+       bit0=st.sampled_from(UNOWNED0), bit1=st.sampled_from(UNOWNED1),
+       bad_cfg=st.sampled_from([1, 2, 3, CFG_S2, CFG_NESTED]))
+def test_nested_vste_validation_property(cfg, ctx, cdmax, fmt, w1, mutation, bit0, bit1,
+                                         bad_cfg):
     rig = _NRIG.get()
     w0 = 1 | cfg << 1 | fmt << 4 | ctx << 6 | cdmax << 59
     w1 &= OWN1
-    expect_ok = True
-    if mutation == "bit0" and not OWN0 >> bit & 1:
-        w0 |= 1 << bit
-        expect_ok = False
-    elif mutation == "bit1" and not OWN1 >> bit & 1:
-        w1 |= 1 << bit
-        expect_ok = False
+    expect_ok = mutation == "none"
+    if mutation == "bit0":
+        w0 |= 1 << bit0
+    elif mutation == "bit1":
+        w1 |= 1 << bit1
     elif mutation == "config":
         w0 = w0 & ~0xE | bad_cfg << 1
-        expect_ok = False
-    event(f"mutation={mutation if not expect_ok else 'none'}")
+    event(f"mutation={mutation}")
     before = dict(rig.ictx.private_data.objects)
     e = errno_of(hwpt_alloc, rig, _NRIG.devid, _NRIG.parent, 0, vste_bytes(w0, w1))
     if expect_ok:
@@ -630,3 +634,111 @@ def test_vfio_unbind_while_bound_gives_the_device_back(rig):
     rig.files[0].close()
     rig.ictx.close()
     assert rig.k.user_mm.pinned == {}
+
+
+# -- attach / replace / detach as a state machine --------------------------------------------
+
+SLOTS = (0x10_0000, 0x20_0000, SW_MSI[0])
+
+
+class AttachMachine(RuleBasedStateMachine):
+    """Two devices, two IOASes, nest-parent and nested HWPTs: after every step the
+    IOVA ranges of each IOAS exclude the SW_MSI window exactly while some device is
+    attached to it (directly or through a nested HWPT), a device's DMA reaches
+    exactly what its IOAS maps, and failed calls change nothing."""
+
+    def __init__(self):
+        super().__init__()
+        self.rig = Rig(ArmVirt(smmu="nested", devices=[{"msix": 4}] * 2), n=2)
+        self.ioases = [self.rig.ioas(), self.rig.ioas()]
+        self.devids = [self.rig.bind(0), self.rig.bind(1)]
+        self.mapped = [{}, {}]            # IOAS index -> {iova: user va}
+        self.on = [None, None]            # device -> IOAS index it translates through
+        self.hwpts = []                   # (hwpt id, IOAS index, nested?)
+
+    def attached(self, a):
+        return any(x == a for x in self.on)
+
+    def snapshot(self):
+        ctx = self.rig.ictx.private_data
+        return (set(ctx.objects), [self.rig.ranges(i) for i in self.ioases],
+                [self.rig.k.iommufd.device(self.rig.ictx, d).hwpt for d in self.devids])
+
+    @rule(a=st.integers(0, 1), slot=st.sampled_from(SLOTS))
+    def map(self, a, slot):
+        if slot in self.mapped[a]:
+            event("map: EEXIST")
+            assert errno_of(self.rig.map, self.ioases[a], slot) == errno.EEXIST
+        elif slot == SW_MSI[0] and self.attached(a):
+            event("map: reserved")
+            assert errno_of(self.rig.map, self.ioases[a], slot) == EINVAL
+        else:
+            self.mapped[a][slot] = self.rig.map(self.ioases[a], slot)
+
+    @rule(a=st.integers(0, 1), slot=st.sampled_from(SLOTS))
+    def unmap(self, a, slot):
+        u_ = u.IommuIoasUnmap(ioas_id=self.ioases[a], iova=slot, length=PAGE)
+        if slot in self.mapped[a]:
+            self.rig.ictx.ioctl(u.IOMMU_IOAS_UNMAP, u_)
+            del self.mapped[a][slot]
+        else:
+            assert errno_of(self.rig.ictx.ioctl, u.IOMMU_IOAS_UNMAP, u_) == ENOENT
+
+    def _attach(self, d, pt_id, a):
+        moving = self.on[d] != a
+        if moving and SW_MSI[0] in self.mapped[a]:
+            event("attach: EADDRINUSE")
+            before = self.snapshot()
+            assert errno_of(self.rig.attach, pt_id, d) == EADDRINUSE
+            assert self.snapshot() == before
+            return
+        event("attach: replace" if self.on[d] is not None else "attach: new")
+        self.rig.attach(pt_id, d)
+        self.on[d] = a
+
+    @rule(d=st.integers(0, 1), a=st.integers(0, 1))
+    def attach_ioas(self, d, a):
+        self._attach(d, self.ioases[a], a)
+
+    @initialize()
+    def alloc_hwpts(self):
+        """A nest parent and a nested (stage-1 bypass) HWPT on each IOAS."""
+        for a, ioas in enumerate(self.ioases):
+            parent = hwpt_alloc(self.rig, self.devids[0], ioas, u.IOMMU_HWPT_ALLOC_NEST_PARENT)
+            n = hwpt_alloc(self.rig, self.devids[0], parent, 0,
+                           vste_bytes(1 | CFG_BYPASS << 1, 0))
+            self.hwpts += [(parent, a, False), (n, a, True)]
+
+    @rule(d=st.integers(0, 1), i=st.integers(0, 3))
+    def attach_hwpt(self, d, i):
+        hwpt, a, nested = self.hwpts[i]
+        event(f"attach hwpt nested={nested}")
+        self._attach(d, hwpt, a)
+
+    @rule(d=st.integers(0, 1))
+    def detach(self, d):
+        self.rig.detach(d)
+        self.on[d] = None
+
+    @invariant()
+    def reserved_and_dma(self):
+        for a, ioas in enumerate(self.ioases):
+            want = [(0, SW_MSI[0] - 1), (SW_MSI[1] + 1, U64_MAX)] if self.attached(a) \
+                else [(0, U64_MAX)]
+            assert self.rig.ranges(ioas) == want
+        for d in (0, 1):
+            for slot in SLOTS[:2]:
+                a = self.on[d]
+                if a is not None and slot in self.mapped[a]:
+                    assert self.rig.dma_reaches(slot, self.mapped[a][slot], d)
+                else:
+                    assert not self.rig.m.bus.dma_write(self.rig.rid(d), slot, 1, 4).ok
+
+    def teardown(self):
+        for f in self.rig.files + [self.rig.ictx]:
+            f.close()
+        assert self.rig.k.user_mm.pinned == {}
+
+
+TestAttachMachine = AttachMachine.TestCase
+TestAttachMachine.settings = settings(max_examples=25, stateful_step_count=15, deadline=None)
