@@ -18,6 +18,23 @@ area goes (the extension point for HWPTs).  Areas share pinned pages through
 :class:`PinnedPages` (refcounted, like struct iopt_pages), so
 ``IOMMU_IOAS_COPY`` pins nothing new.
 
+Devices come in through :meth:`Iommufd.bind_device` (what VFIO's
+``VFIO_DEVICE_BIND_IOMMUFD`` calls): an :class:`IommufdDevice` per bound
+device, attached to a HW page table (:class:`HwptPaging` on an IOAS, or
+:class:`HwptNested` on a nest-parent paging HWPT).  Attaching to an IOAS id
+finds or makes the IOAS's automatic paging HWPT, which dies with its last
+device.  Attach reserves the device's reserved regions in the IOAS; the MSI
+design of the context (:class:`IommufdMsiHooks`, ``ctx.msi``) is told about
+every HWPT and every attach / detach.
+
+Deliberate differences from Linux in the device part: IOMMU groups are single
+devices in both machines, so attach state is kept per device; a nested HWPT
+can be allocated straight from a nest-parent paging HWPT with
+IOMMU_HWPT_DATA_ARM_SMMUV3 (upstream arm-smmu-v3 requires a vIOMMU for that
+since 6.13); there are no fault queues, so IOMMU_HWPT_FAULT_ID_VALID is
+EOPNOTSUPP; no PASID (PASID attach / detach and HWPT flags are EOPNOTSUPP);
+``ctx.msi.detach`` runs on a detach only, a replace calls ``ctx.msi.attach``.
+
 Deliberate differences from Linux: user pages are pinned at MAP time (Linux
 pins lazily, when a domain or an access needs them), so an unmapped user VA is
 EFAULT at MAP; the IOVA alignment is always PAGE_SIZE (Linux starts at 1 and
@@ -41,6 +58,7 @@ from .base import (
     EEXIST,
     EFAULT,
     EINVAL,
+    ENODEV,
     ENOENT,
     ENOSPC,
     EOPNOTSUPP,
@@ -50,9 +68,12 @@ from .base import (
     fail,
 )
 from .files import PAGE_SIZE, File, FileOperations
+from .iommu import ResvType
 
 ENOTTY, EADDRINUSE, EMSGSIZE = _errno.ENOTTY, _errno.EADDRINUSE, _errno.EMSGSIZE
+EBADFD = _errno.EBADFD
 ULONG_MAX = (1 << 64) - 1
+PHYS_ADDR_MAX = ULONG_MAX
 U32_MAX = (1 << 32) - 1
 _MAP_FLAGS = (uapi.IOMMU_IOAS_MAP_FIXED_IOVA | uapi.IOMMU_IOAS_MAP_WRITEABLE
               | uapi.IOMMU_IOAS_MAP_READABLE)
@@ -386,6 +407,122 @@ def _prot(flags: int) -> Prot:
     return prot
 
 
+# -- devices and HW page tables -------------------------------------------------------------
+
+
+class IommufdMsiHooks:
+    """The MSI design of one iommufd context: told about every HWPT and every
+    attach / detach of a device.  This default does nothing (MSIs are composed
+    as the device's domain says, no window is installed)."""
+
+    name = "none"
+    #: attach reserves the device's SW_MSI region in the IOAS (Linux).
+    reserve_sw_msi: bool = True
+
+    def hwpt_init(self, hwpt: Any) -> None:
+        """A new HWPT (paging or nested) and its domain, before any device uses it."""
+
+    def attach(self, idev: IommufdDevice, hwpt: Any) -> None:
+        """Before ``idev``'s group moves to ``hwpt.domain`` (attach or replace); raising
+        a KernelError fails the attach with nothing changed."""
+
+    def detach(self, idev: IommufdDevice) -> None:
+        """After ``idev`` left its HWPT (a detach, not a replace)."""
+
+    def unbind(self, idev: IommufdDevice) -> None:
+        """``idev`` is being destroyed (it is already detached)."""
+
+    def hwpt_destroy(self, hwpt: Any) -> None:
+        """Before the HWPT's domain is freed."""
+
+
+class IommufdDevice(IommufdObject):
+    """struct iommufd_device: a device bound to the context by VFIO, owning its
+    group's DMA; ``hwpt`` is what it is attached to (None: the blocked domain)."""
+
+    kind = "device"
+
+    def __init__(self, ctx: IommufdCtx, dev: Any, group: Any) -> None:
+        super().__init__(ctx)
+        self.dev = dev
+        self.group = group
+        self.hwpt: HwptPaging | HwptNested | None = None
+        self.sw_msi_start = PHYS_ADDR_MAX
+        self.hw_msi = False
+        self.bound = True
+        for r in ctx.kernel.iommu.get_resv_regions(dev):
+            if r.type == ResvType.SW_MSI and self.sw_msi_start == PHYS_ADDR_MAX:
+                self.sw_msi_start = r.start
+            elif r.type == ResvType.MSI:
+                self.hw_msi = True
+
+    def destroy(self) -> None:
+        """iommufd_device_destroy(): detached, DMA ownership given back."""
+        if self.hwpt is not None:
+            self.ctx.device_detach(self)
+        self.ctx.msi.unbind(self)
+        if self.bound:
+            self.bound = False
+            self.ctx.kernel.iommu.release_dma_owner(self.group)
+
+
+class HwptPaging(IommufdObject):
+    """struct iommufd_hwpt_paging: an IOMMU paging domain kept mapped to an IOAS
+    (arm-smmu-v3: stage 2 when ``nest_parent``).  ``auto_domain``: made by
+    attaching a device to the IOAS's id; it goes with its last device."""
+
+    kind = "hwpt_paging"
+
+    def __init__(self, ctx: IommufdCtx, ioas: Ioas, domain: Any, nest_parent: bool,
+                 auto_domain: bool = False) -> None:
+        super().__init__(ctx)
+        self.ioas = ioas
+        self.domain = domain
+        self.nest_parent = nest_parent
+        self.auto_domain = auto_domain
+        self.devices: list[IommufdDevice] = []
+        domain.iommufd_hwpt = self
+        ioas.users += 1
+
+    def destroy(self) -> None:
+        self.ctx.msi.hwpt_destroy(self)
+        if self.domain in self.ioas.domains:
+            self.ioas.detach_domain(self.domain)
+        self.ctx.kernel.iommu.domain_free(self.domain)
+        self.ioas.users -= 1
+
+
+class HwptNested(IommufdObject):
+    """struct iommufd_hwpt_nested: a nested domain (arm-smmu-v3: a guest's vSTE) on
+    a nest-parent paging HWPT; ``viommu`` when allocated through one."""
+
+    kind = "hwpt_nested"
+
+    def __init__(self, ctx: IommufdCtx, parent: HwptPaging, domain: Any,
+                 viommu: Any = None) -> None:
+        super().__init__(ctx)
+        self.parent = parent
+        self.domain = domain
+        self.viommu = viommu
+        self.devices: list[IommufdDevice] = []
+        domain.iommufd_hwpt = self
+        parent.users += 1
+        if viommu is not None:
+            viommu.users += 1
+
+    def destroy(self) -> None:
+        self.ctx.msi.hwpt_destroy(self)
+        self.ctx.kernel.iommu.domain_free(self.domain)
+        self.parent.users -= 1
+        if self.viommu is not None:
+            self.viommu.users -= 1
+
+
+def _paging_of(hwpt: HwptPaging | HwptNested) -> HwptPaging:
+    """find_hwpt_paging(): a nested HWPT's reserved IOVA lives in its parent's IOAS."""
+    return hwpt if isinstance(hwpt, HwptPaging) else hwpt.parent
+
+
 # -- the context and its ioctls ------------------------------------------------------------
 
 
@@ -395,6 +532,8 @@ class IommufdCtx:
     def __init__(self, kernel: Any) -> None:
         self.kernel = kernel
         self.objects: dict[int, IommufdObject] = {}
+        new_hooks = getattr(getattr(kernel, "iommufd", None), "new_msi_hooks", None)
+        self.msi: IommufdMsiHooks = new_hooks(self) if new_hooks else IommufdMsiHooks()
 
     def add(self, obj: IommufdObject) -> int:
         """iommufd_object_finalize(): the lowest free id from 1."""
@@ -449,6 +588,126 @@ class IommufdCtx:
             for o in sorted(free, key=lambda o: -o.id):
                 del self.objects[o.id]
                 o.destroy()
+
+    # -- devices: attach / replace / detach -------------------------------------------------
+
+    def device(self, devid: int) -> IommufdDevice:
+        """The bound device ``devid`` (ENOENT), without taking a user."""
+        obj = self.objects.get(devid)
+        if not isinstance(obj, IommufdDevice):
+            raise fail(ENOENT, f"no device {devid}")
+        return obj
+
+    def _enforce_resv(self, idev: IommufdDevice, ioas: Ioas) -> None:
+        """iopt_table_enforce_dev_resv_regions(): the device's reserved regions become
+        reserved IOVA of ``ioas`` (EADDRINUSE over a mapping, nothing added); the
+        SW_MSI window only when the MSI design wants it."""
+        try:
+            for r in self.kernel.iommu.get_resv_regions(idev.dev):
+                if r.type == ResvType.DIRECT_RELAXABLE:
+                    continue
+                if r.type == ResvType.SW_MSI and not self.msi.reserve_sw_msi:
+                    continue
+                ioas.add_reserved(r.start, r.end, idev)
+        except BaseException:
+            ioas.remove_reserved(idev)
+            raise
+
+    def _do_attach(self, idev: IommufdDevice, hwpt: HwptPaging | HwptNested) -> None:
+        """iommufd_device_do_attach / _do_replace: all or nothing."""
+        old = idev.hwpt
+        if old is hwpt:
+            return
+        new_ioas = _paging_of(hwpt).ioas
+        old_ioas = None if old is None else _paging_of(old).ioas
+        moved = new_ioas is not old_ioas
+        if moved:
+            self._enforce_resv(idev, new_ioas)
+        try:
+            self.msi.attach(idev, hwpt)
+            self.kernel.iommu.replace_group_domain(idev.group, hwpt.domain)
+        except BaseException:
+            if moved:
+                new_ioas.remove_reserved(idev)
+            raise
+        if moved and old_ioas is not None:
+            old_ioas.remove_reserved(idev)
+        idev.hwpt = hwpt
+        hwpt.users += 1
+        hwpt.devices.append(idev)
+        if old is not None:
+            self._put_hwpt(old, idev)
+
+    def _put_hwpt(self, hwpt: HwptPaging | HwptNested, idev: IommufdDevice) -> None:
+        """iommufd_hw_pagetable_put(): an automatic HWPT goes with its last user."""
+        hwpt.devices.remove(idev)
+        hwpt.users -= 1
+        if isinstance(hwpt, HwptPaging) and hwpt.auto_domain and not hwpt.users and \
+                self.objects.get(hwpt.id) is hwpt:
+            self.remove(hwpt.id)
+
+    def _attach_auto(self, idev: IommufdDevice, ioas: Ioas) -> int:
+        """iommufd_device_auto_get_domain(): an automatic HWPT of ``ioas`` the device
+        can use (EINVAL from one: try the next), else a new one."""
+        for obj in sorted(self.objects.values(), key=lambda o: o.id):
+            if isinstance(obj, HwptPaging) and obj.auto_domain and obj.ioas is ioas:
+                try:
+                    self._do_attach(idev, obj)
+                except KernelError as e:
+                    if e.errno == EINVAL:
+                        continue
+                    raise
+                return obj.id
+        hwpt = self.hwpt_paging_alloc(ioas, idev, 0, auto_domain=True)
+        oid = self.add(hwpt)              # the id is taken at allocation, as xa_alloc does
+        try:
+            self._do_attach(idev, hwpt)
+        except BaseException:
+            del self.objects[oid]
+            hwpt.destroy()
+            raise
+        return oid
+
+    def device_attach(self, idev: IommufdDevice, pt_id: int) -> int:
+        """iommufd_device_attach() / iommufd_device_replace(): attach (or move) the
+        device to an IOAS (its automatic HWPT) or a HWPT; the HWPT id used."""
+        obj = self.objects.get(pt_id)
+        if obj is None:
+            raise fail(ENOENT, f"no object {pt_id}")
+        if isinstance(obj, Ioas):
+            return self._attach_auto(idev, obj)
+        if isinstance(obj, (HwptPaging, HwptNested)):
+            self._do_attach(idev, obj)
+            return obj.id
+        raise fail(EINVAL, f"object {pt_id} is a {obj.kind}, not an IOAS or a HWPT")
+
+    def device_detach(self, idev: IommufdDevice) -> None:
+        """iommufd_device_detach(): back to the blocked domain, reserved IOVA released."""
+        old = idev.hwpt
+        if old is None:
+            return
+        self.kernel.iommu.replace_group_domain(idev.group, idev.group.ops.blocked_domain())
+        _paging_of(old).ioas.remove_reserved(idev)
+        idev.hwpt = None
+        self.msi.detach(idev)
+        self._put_hwpt(old, idev)
+
+    # -- HW page tables ------------------------------------------------------------------
+
+    def hwpt_paging_alloc(self, ioas: Ioas, idev: IommufdDevice, flags: int,
+                          auto_domain: bool = False) -> HwptPaging:
+        """iommufd_hwpt_paging_alloc(): a paging domain for ``idev``'s IOMMU, mapped
+        with every area of ``ioas`` (not yet in the object table)."""
+        domain = self.kernel.iommu.domain_alloc_paging(idev.dev, flags)
+        nest_parent = bool(flags & uapi.IOMMU_HWPT_ALLOC_NEST_PARENT)
+        hwpt = HwptPaging(self, ioas, domain, nest_parent, auto_domain)
+        try:
+            self.msi.hwpt_init(hwpt)
+            ioas.attach_domain(domain)
+        except BaseException:
+            hwpt.destroy()
+            raise
+        return hwpt
 
     # -- ioctls ---------------------------------------------------------------------------
 
@@ -527,8 +786,97 @@ class IommufdCtx:
             raise fail(EADDRINUSE, "an allowed range overlaps a reserved one")
         ioas.allowed = sorted(new)
 
-    OPS: dict[int, tuple[str, str]] = {
+    def _user_data(self, uptr: int, length: int) -> bytes:
+        """The driver data of a HWPT_ALLOC (copy_from_user: EFAULT)."""
+        if not length:
+            return b""
+        try:
+            return bytes(self.kernel.user_read(uptr, length))
+        except KernelError:
+            raise fail(EFAULT, "data_uptr not readable") from None
+
+    def ioctl_hwpt_alloc(self, cmd: uapi.IommuHwptAlloc) -> None:
+        """iommufd_hwpt_alloc(): a paging HWPT on an IOAS, a nested one on a
+        nest-parent paging HWPT (IOMMU_HWPT_DATA_ARM_SMMUV3: the guest's vSTE), or
+        one made by a vIOMMU; ``out_hwpt_id``."""
+        if getattr(cmd, "__reserved"):
+            raise fail(EOPNOTSUPP, "reserved member set")
+        if (cmd.data_type == uapi.IOMMU_HWPT_DATA_NONE) != (cmd.data_len == 0):
+            raise fail(EINVAL, "data_type and data_len disagree")
+        idev = self.device(cmd.dev_id)
+        pt = self.objects.get(cmd.pt_id)
+        if pt is None:
+            raise fail(EINVAL, f"no object {cmd.pt_id}")
+        if cmd.flags & uapi.IOMMU_HWPT_FAULT_ID_VALID:
+            raise fail(EOPNOTSUPP, "no fault queues in this model")
+        hwpt: HwptPaging | HwptNested
+        if isinstance(pt, Ioas):
+            if cmd.data_len:
+                raise fail(EOPNOTSUPP, "paging HWPT with driver data")
+            hwpt = self.hwpt_paging_alloc(pt, idev, cmd.flags)
+        elif isinstance(pt, HwptPaging):
+            hwpt = self.hwpt_nested_alloc(pt, idev, cmd.flags, cmd.data_type,
+                                          self._user_data(cmd.data_uptr, cmd.data_len))
+        elif pt.kind == "viommu":
+            hwpt = pt.alloc_hwpt_nested(self, cmd.flags, cmd.data_type,      # type: ignore
+                                        self._user_data(cmd.data_uptr, cmd.data_len))
+            if self.objects.get(hwpt.id) is hwpt:
+                cmd.out_hwpt_id = hwpt.id
+                return
+        else:
+            raise fail(EINVAL, f"object {cmd.pt_id} is a {pt.kind}")
+        cmd.out_hwpt_id = self.add(hwpt)
+
+    def hwpt_nested_alloc(self, parent: HwptPaging, idev: IommufdDevice, flags: int,
+                          data_type: int, data: bytes, viommu: Any = None) -> HwptNested:
+        """iommufd_hwpt_nested_alloc(): EOPNOTSUPP for flags or no data, EINVAL for a
+        parent that is automatic or not a nest parent; the driver checks the data
+        (arm-smmu-v3: the vSTE, EINVAL when invalid).  Not yet in the object table."""
+        if flags or not data:                     # (no PASID support in the model)
+            raise fail(EOPNOTSUPP, "nested HWPT flags / no data")
+        if parent.auto_domain or not parent.nest_parent:
+            raise fail(EINVAL, "the parent is not a nest parent")
+        ste = copy_struct_from_user(uapi.IommuHwptArmSmmuv3, data_type,
+                                    uapi.IOMMU_HWPT_DATA_ARM_SMMUV3, data, "ste")
+        domain = self.kernel.iommu.domain_alloc_nested(idev.dev, parent.domain, list(ste.ste))
+        hwpt = HwptNested(self, parent, domain, viommu)
+        try:
+            self.msi.hwpt_init(hwpt)
+        except BaseException:
+            hwpt.destroy()
+            raise
+        return hwpt
+
+    def ioctl_get_hw_info(self, cmd: uapi.IommuHwInfo) -> None:
+        """iommufd_get_hw_info(): the driver's info structure copied to ``data_uptr``
+        (truncated to ``data_len``, the rest of the buffer zeroed), ``data_len`` set
+        to the kernel's length, ``out_data_type`` and ``out_capabilities``."""
+        if cmd.flags & ~uapi.IOMMU_HW_INFO_FLAG_INPUT_TYPE or any(getattr(cmd, "__reserved")):
+            raise fail(EOPNOTSUPP, "hw_info flags / reserved member")
+        want = cmd.in_data_type if cmd.flags & uapi.IOMMU_HW_INFO_FLAG_INPUT_TYPE \
+            else uapi.IOMMU_HW_INFO_TYPE_DEFAULT
+        idev = self.device(cmd.dev_id)
+        ops = self.kernel.iommu.ops_for(idev.dev)
+        hw_info = getattr(ops, "hw_info", None)
+        if hw_info is not None:
+            data, out_type = hw_info(idev.dev, want)
+        else:
+            data, out_type = b"", uapi.IOMMU_HW_INFO_TYPE_NONE
+        copy = data[:cmd.data_len] + bytes(max(0, cmd.data_len - len(data)))
+        if copy:
+            try:
+                self.kernel.user_write(cmd.data_uptr, copy)
+            except KernelError:
+                raise fail(EFAULT, "data_uptr not writable") from None
+        cmd.data_len = len(data)
+        cmd.out_data_type = out_type
+        cmd.out_capabilities = 0                 # no dirty tracking, no PASID in the model
+        cmd.out_max_pasid_log2 = 0
+
+    OPS: dict[int, tuple[str | Callable[[IommufdCtx, Any], None], str]] = {
         uapi.IOMMU_DESTROY: ("ioctl_destroy", "id"),
+        uapi.IOMMU_GET_HW_INFO: ("ioctl_get_hw_info", "__reserved"),
+        uapi.IOMMU_HWPT_ALLOC: ("ioctl_hwpt_alloc", "__reserved"),
         uapi.IOMMU_IOAS_ALLOC: ("ioctl_ioas_alloc", "out_ioas_id"),
         uapi.IOMMU_IOAS_ALLOW_IOVAS: ("ioctl_ioas_allow_iovas", "allowed_iovas"),
         uapi.IOMMU_IOAS_COPY: ("ioctl_ioas_copy", "src_iova"),
@@ -536,6 +884,13 @@ class IommufdCtx:
         uapi.IOMMU_IOAS_MAP: ("ioctl_ioas_map", "iova"),
         uapi.IOMMU_IOAS_UNMAP: ("ioctl_ioas_unmap", "length"),
     }
+
+    @classmethod
+    def register_op(cls, ioctl: int, last_member: str,
+                    func: Callable[[IommufdCtx, Any], None]) -> None:
+        """Add an ioctl from another module: ``func(ctx, cmd)`` handles it, with the
+        same size check (``last_member``) and copy-back as the built-in ops."""
+        cls.OPS[ioctl] = (func, last_member)
 
     def ioctl(self, cmd: int, arg: Any) -> int:
         """iommufd_fops_ioctl(): ENOTTY for an op the model does not have, EINVAL for
@@ -550,15 +905,31 @@ class IommufdCtx:
         if arg.size < st.offsetofend(last_member):
             raise fail(EINVAL, f"size {arg.size} below the minimum")
         work = arg.copy()
-        handler: Callable[[Any], None] = getattr(self, name)
         try:
-            handler(work)
+            if isinstance(name, str):
+                getattr(self, name)(work)
+            else:
+                name(self, work)
         except KernelError as e:
             if e.errno == EMSGSIZE:          # IOVA_RANGES responds, then fails
                 _copy_back(arg, work)
             raise
         _copy_back(arg, work)
         return 0
+
+
+def copy_struct_from_user(cls: type, data_type: int, want_type: int, data: bytes,
+                          min_last: str) -> Any:
+    """iommu_copy_struct_from_user(): EINVAL for another data type or fewer bytes than
+    up to ``min_last``; a longer buffer must be zero beyond the structure (E2BIG);
+    a shorter one is zero-extended."""
+    if data_type != want_type:
+        raise fail(EINVAL, f"data type {data_type}, expected {want_type}")
+    if len(data) < cls.offsetofend(min_last):
+        raise fail(EINVAL, f"{len(data)} bytes of driver data")
+    if any(data[cls.sizeof:]):
+        raise fail(_errno.E2BIG, "non-zero bytes beyond the structure")
+    return cls.unpack(data[:cls.sizeof] + bytes(max(0, cls.sizeof - len(data))))
 
 
 def _copy_back(dst: Struct, src: Struct) -> None:
@@ -585,6 +956,75 @@ class IommufdFops(FileOperations):
         return file.private_data.ioctl(cmd, arg)
 
 
-def iommufd_init(kernel: Any) -> None:
-    """Register /dev/iommu (the misc device iommufd_init() adds)."""
-    kernel.register_chrdev("/dev/iommu", IommufdFops(kernel))
+class Iommufd:
+    """The iommufd module (``k.iommufd``): its parameters and what VFIO calls."""
+
+    def __init__(self, kernel: Any) -> None:
+        self.kernel = kernel
+        self.fops = IommufdFops(kernel)
+        #: module parameter allow_unsafe_interrupts: bind devices whose MSIs are not isolated
+        self.allow_unsafe_interrupts = False
+
+    def new_msi_hooks(self, ctx: IommufdCtx) -> IommufdMsiHooks:
+        """The MSI design of a new context."""
+        return IommufdMsiHooks()
+
+    def ctx_from_file(self, file: File) -> IommufdCtx:
+        """iommufd_ctx_from_file(): EBADFD for a file that is not /dev/iommu."""
+        if getattr(file, "f_op", None) is not self.fops:
+            raise fail(EBADFD, "not an iommufd file")
+        return file.private_data
+
+    def msi_isolated(self, group: Any) -> bool:
+        """iommu_group_has_isolated_msi(): every device's MSI domain hierarchy has an
+        IRQ_DOMAIN_FLAG_ISOLATED_MSI level (the GICv3 ITS; x86 interrupt remapping)."""
+        msi = getattr(self.kernel, "msi", None)
+        d = getattr(msi, "domain", None)
+        while d is not None:
+            if getattr(d, "isolated_msi", False):
+                return True
+            d = d.parent
+        return False
+
+    def bind_device(self, file: File, pdev: Any) -> int:
+        """iommufd_device_bind(): ENODEV outside an IOMMU group, EPERM for MSIs that
+        are not isolated (unless allow_unsafe_interrupts), EPERM while another owner
+        has the group's DMA; the new device object's id."""
+        ctx = self.ctx_from_file(file)
+        k = self.kernel
+        group = k.iommu.group_for(pdev)
+        if group is None:
+            raise fail(ENODEV, f"{pdev} has no IOMMU group")
+        if not self.msi_isolated(group):
+            if not self.allow_unsafe_interrupts:
+                raise fail(EPERM, "MSIs of the device cannot be isolated")
+            k.printk(f"iommufd: {pdev}: MSI interrupts are not secure, they cannot be "
+                     "isolated by the platform")
+        if group.owner is not None and group.owner is not ctx:
+            raise fail(EPERM, "another owner has the group's DMA")
+        k.iommu.claim_dma_owner(group, ctx)
+        try:
+            idev = IommufdDevice(ctx, pdev, group)
+            idev.users += 1                       # the caller's reference (VFIO)
+            return ctx.add(idev)
+        except BaseException:
+            k.iommu.release_dma_owner(group)
+            raise
+
+    def device(self, file: File, devid: int) -> IommufdDevice:
+        """The device object ``devid`` of the context of ``file``."""
+        return self.ctx_from_file(file).device(devid)
+
+    def unbind_device(self, file: File, devid: int) -> None:
+        """iommufd_device_unbind(): detach, give DMA ownership back, destroy the object."""
+        ctx = self.ctx_from_file(file)
+        idev = ctx.device(devid)
+        idev.users -= 1
+        ctx.remove(devid)
+
+
+def iommufd_init(kernel: Any) -> Iommufd:
+    """Register /dev/iommu (the misc device iommufd_init() adds) and ``k.iommufd``."""
+    kernel.iommufd = Iommufd(kernel)
+    kernel.register_chrdev("/dev/iommu", kernel.iommufd.fops)
+    return kernel.iommufd
