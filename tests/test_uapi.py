@@ -102,6 +102,7 @@ IOCTL_NUMBERS = {
     K.KVM_CHECK_EXTENSION: 0xAE03,
     K.KVM_GET_VCPU_MMAP_SIZE: 0xAE04,
     K.KVM_CREATE_VCPU: 0xAE41,
+    K.KVM_SET_USER_MEMORY_REGION: 0x4020AE46,
     K.KVM_SET_GSI_ROUTING: 0x4008AE6A,
     K.KVM_IRQFD: 0x4020AE76,
     K.KVM_SIGNAL_MSI: 0x4020AEA5,
@@ -234,6 +235,7 @@ SIZES = {
     K.KvmIrqRoutingIrqchip: 8, K.KvmIrqRoutingMsi: 16, K.KvmIrqRoutingS390Adapter: 32,
     K.KvmIrqRoutingHvSint: 8, K.KvmIrqRoutingXenEvtchn: 12, K.KvmIrqRoutingEntryU: 32,
     K.KvmIrqRoutingEntry: 48, K.KvmIrqRouting: 8, K.KvmIrqfd: 32, K.KvmMsi: 32,
+    K.KvmUserspaceMemoryRegion: 32,
     K.KvmVcpuInit: 32, K.KvmCreateDevice: 12, K.KvmDeviceAttr: 24,
 }
 
@@ -281,6 +283,9 @@ OFFSETS = {
     (K.KvmMsi, "flags"): 12, (K.KvmMsi, "devid"): 16, (K.KvmMsi, "pad"): 20,
     (K.KvmDeviceAttr, "attr"): 8, (K.KvmDeviceAttr, "addr"): 16,
     (K.KvmCreateDevice, "flags"): 8,
+    (K.KvmUserspaceMemoryRegion, "guest_phys_addr"): 8,
+    (K.KvmUserspaceMemoryRegion, "memory_size"): 16,
+    (K.KvmUserspaceMemoryRegion, "userspace_addr"): 24,
 }
 
 

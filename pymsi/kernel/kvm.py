@@ -27,9 +27,14 @@ import errno as _errno
 from dataclasses import dataclass
 from typing import Any
 
+from ..hw import gicv3 as G
+from ..hw import its as I
+from ..hw.bits import merge_access
 from ..uapi import kvm as K
+from . import vgic_its as VI
 from .base import EEXIST, EINVAL, KernelError, fail
 from .files import EPOLLHUP, EPOLLIN, O_RDWR, File, FileOperations
+from .irqbypass import IrqBypassConsumer, irqbypass_of
 
 EBUSY, ENODEV, ENXIO, EAGAIN, ENOTTY, E2BIG = (
     _errno.EBUSY, _errno.ENODEV, _errno.ENXIO, _errno.EAGAIN, _errno.ENOTTY, _errno.E2BIG)
@@ -41,6 +46,13 @@ VGIC_ADDR_UNDEF = (1 << 64) - 1
 SZ_64K = 0x10000
 KVM_PHYS_SHIFT = 40                      # the default IPA size of an arm64 VM
 GITS_TRANSLATER = 0x10040                # offset of the doorbell in the ITS frame
+KVM_MAX_VCPUS = 512                      # arm64: VGIC_V3_MAX_CPUS
+KVM_MAX_VCPU_IDS = KVM_MAX_VCPUS
+KVM_MEM_SLOTS_NUM = 32767                # SHRT_MAX
+PAGE_SIZE = 4096
+KVM_VCPU_REDIST_FRAME = 2 * SZ_64K       # RD_base + SGI_base of one vCPU
+GICR_CTLR_ENABLE_LPIS = 1
+PENDBASER_PTZ = 1 << 62
 
 
 def _install_anon(kernel: Any, fops: FileOperations, private: Any) -> File:
@@ -123,6 +135,26 @@ class Irqfd:
         #: the resample eventfd (KVM_IRQFD_FLAG_RESAMPLE): signalled when the guest
         #: acknowledges a level interrupt, which an MSI never is, so it is only held.
         self.resamplefd: Any = None
+        #: irqfd->irq_entry: the GSI's route when it has exactly one, else None.
+        self.irq_entry: Any = None
+        #: the irq-bypass consumer (token: the eventfd).
+        self.consumer = IrqBypassConsumer(ctx, self._add_producer, self._del_producer)
+
+    def update(self) -> None:
+        """irqfd_update(): cache the GSI's route (only a GSI with one route is cached)."""
+        routes = self.kvm.routing.get(self.gsi, [])
+        self.irq_entry = routes[0] if len(routes) == 1 else None
+
+    def _add_producer(self, cons: Any, prod: Any) -> int:
+        """kvm_arch_irq_bypass_add_producer() (arm64): an MSI route is forwarded."""
+        if not isinstance(self.irq_entry, MsiRoute):
+            return 0
+        return VI.set_forwarding(self.kvm, prod.irq, self.irq_entry)
+
+    def _del_producer(self, cons: Any, prod: Any) -> None:
+        """kvm_arch_irq_bypass_del_producer() (arm64)."""
+        if isinstance(self.irq_entry, MsiRoute):
+            VI.unset_forwarding(self.kvm, prod.irq)
 
     def wakeup(self, ctx: Any, key: int) -> None:
         """irqfd_wakeup(): EPOLLIN takes the count and injects the GSI's route as
@@ -239,8 +271,9 @@ class VgicV3(KvmDevice):
         raise fail(ENXIO, "no such vgic attribute")
 
 
-class VgicIts(KvmDevice):
-    """A vITS (KVM_DEV_TYPE_ARM_VGIC_ITS): its 128K MMIO frame and the MSIs it took."""
+class VgicIts(KvmDevice, VI.VgicItsEmul):
+    """A vITS (KVM_DEV_TYPE_ARM_VGIC_ITS): its 128K MMIO frame, the guest's
+    interface to it (:class:`~pymsi.kernel.vgic_its.VgicItsEmul`) and the MSIs it took."""
 
     name = "kvm-arm-vgic-its"
 
@@ -249,6 +282,7 @@ class VgicIts(KvmDevice):
         self.base = VGIC_ADDR_UNDEF
         #: (DeviceID, EventID) of every MSI that reached this vITS, in order.
         self.delivered: list[tuple[int, int]] = []
+        self._its_reset()
 
     def covers(self, address: int) -> bool:
         """Whether ``address`` falls in this vITS's MMIO frame (its KVM_MMIO_BUS device)."""
@@ -256,10 +290,12 @@ class VgicIts(KvmDevice):
             self.base <= address < self.base + K.KVM_VGIC_V3_ITS_SIZE
 
     def trigger_msi(self, devid: int, eventid: int) -> int:
-        """vgic_its_trigger_msi(): the translation the guest's tables will do; for
-        now the MSI is recorded.  Returns 0 (delivered)."""
+        """vgic_its_trigger_msi(): the MSI is recorded in ``delivered`` and translated
+        through the guest's mappings: 0 when an LPI was made pending, a positive
+        E_ITS_* code when (DeviceID, EventID) is not mapped, -EBUSY while the vITS
+        is disabled or the target vCPU has its LPIs off."""
         self.delivered.append((devid, eventid))
-        return 0
+        return self.translate_msi(devid, eventid)
 
     def set_attr(self, attr: Any) -> int:
         if attr.group == K.KVM_DEV_ARM_VGIC_GRP_ADDR:
@@ -291,6 +327,95 @@ class VgicIts(KvmDevice):
         raise fail(ENXIO, "no such its attribute")
 
 
+# -- vCPUs and memory slots -----------------------------------------------------------
+
+VPROP_SIZE = (1 << VI.INTERRUPT_ID_BITS_ITS) - VI.GIC_LPI_OFFSET
+VPT_SIZE = SZ_64K
+
+
+class KvmVcpu(FileOperations):
+    """struct kvm_vcpu with its file (``kvm-vcpu:<id>``) and its vGIC redistributor
+    state (GICR_CTLR.EnableLPIs, GICR_PENDBASER); it holds a VM reference."""
+
+    def __init__(self, kvm: Kvm, vcpu_id: int, idx: int) -> None:
+        self.kvm = kvm
+        self.vcpu_id = vcpu_id
+        self.idx = idx
+        self.lpis_enabled = False
+        self.pendbaser = 0
+        self.file: File | None = None
+
+    def unlocked_ioctl(self, file: File, cmd: int, arg: Any) -> Any:
+        """kvm_vcpu_ioctl(): no vCPU ioctl is modelled (EINVAL as kvm_arch_vcpu_ioctl)."""
+        raise fail(EINVAL, f"kvm-vcpu: ioctl {cmd:#x}")
+
+    def release(self, file: File) -> None:
+        self.kvm.put()
+
+    def rd_read(self, offset: int, size: int) -> int:
+        """This vCPU's RD_base frame (vgic-mmio-v3.c): CTLR, TYPER, PROPBASER, PENDBASER."""
+        nvcpus = len(self.kvm.vcpus)
+        typer = (G.GICR_TYPER_PLPIS(int(bool(self.kvm.its_list())))
+                 | G.GICR_TYPER_LAST(int(self.idx == nvcpus - 1))
+                 | G.GICR_TYPER_PROCESSOR_NUMBER(self.idx)
+                 | G.GICR_TYPER_AFFINITY(self.vcpu_id))
+        regs64 = {G.GICR_TYPER: typer, G.GICR_PROPBASER: self.kvm.propbaser,
+                  G.GICR_PENDBASER: self.pendbaser}
+        reg = offset & ~7
+        if reg in regs64 and size in (4, 8) and not offset % size:
+            v = regs64[reg]
+            return v if size == 8 else v >> 8 * (offset & 4) & 0xFFFF_FFFF
+        if offset == G.GICR_CTLR and size == 4:
+            return GICR_CTLR_ENABLE_LPIS if self.lpis_enabled else 0
+        return 0
+
+    def rd_write(self, offset: int, value: int, size: int) -> None:
+        reg = offset & ~7
+        if reg in (G.GICR_PROPBASER, G.GICR_PENDBASER) and size in (4, 8) and not offset % size:
+            if self.lpis_enabled:                     # fixed while LPIs are enabled
+                return
+            if reg == G.GICR_PROPBASER:
+                self.kvm.propbaser = merge_access(self.kvm.propbaser, offset & 4, value, size)
+            else:
+                self.pendbaser = merge_access(self.pendbaser, offset & 4, value, size)
+        elif offset == G.GICR_CTLR and size == 4:
+            if not self.kvm.its_list():               # EnableLPIs is RES0 without an ITS
+                return
+            enable = bool(value & GICR_CTLR_ENABLE_LPIS)
+            if self.lpis_enabled and not enable:      # vgic_flush_pending_lpis()
+                for irq in self.kvm.lpis.values():
+                    if irq.target_vcpu == self.vcpu_id:
+                        irq.pending_latch = False
+            elif enable and not self.lpis_enabled and not self.pendbaser & PENDBASER_PTZ:
+                self._sync_pending_table()
+            self.lpis_enabled = enable
+
+    def _sync_pending_table(self) -> None:
+        """its_sync_lpi_pending_table(): LPIs targeting this vCPU whose bit is set in
+        its pending table become pending (an unreadable byte is skipped)."""
+        pendbase = VI.GICR_PENDBASER_ADDRESS.get(self.pendbaser) << 16
+        for irq in self.kvm.lpis.values():
+            if irq.target_vcpu != self.vcpu_id or irq.hw:
+                continue
+            try:
+                byte = self.kvm.read_guest(pendbase + irq.intid // 8, 1)[0]
+            except KernelError:
+                continue
+            if byte & 1 << irq.intid % 8:
+                irq.pending_latch = True
+
+
+@dataclass(frozen=True)
+class Memslot:
+    """struct kvm_memory_slot: ``npages`` guest pages from ``base_gfn`` at ``userspace_addr``."""
+
+    id: int
+    base_gfn: int
+    npages: int
+    userspace_addr: int
+    flags: int
+
+
 # -- the VM ----------------------------------------------------------------------------
 
 
@@ -306,6 +431,17 @@ class Kvm(FileOperations):
         self.routing: dict[int, list[Any]] = {}
         self.irqfds: list[Irqfd] = []
         self.file: File | None = None
+        self.vcpus: dict[int, KvmVcpu] = {}
+        self.created_vcpus = 0
+        self.max_vcpus = KVM_MAX_VCPUS
+        self.memslots: dict[int, Memslot] = {}
+        #: the VM's LPIs by INTID (struct vgic_dist's lpi_xa).
+        self.lpis: dict[int, VI.VgicLpi] = {}
+        #: GICR_PROPBASER, one for the whole VM as in KVM.
+        self.propbaser = 0
+        #: its_vm: the vPE of each vCPU and the VM's vLPI property table (GICv4).
+        self.vpes: dict[int, Any] = {}
+        self.vprop: int | None = None
 
     # -- lifetime ----------------------------------------------------------------------
 
@@ -325,6 +461,9 @@ class Kvm(FileOperations):
             self.devices.clear()
             self.vgic = None
             self.routing = {}
+            if self.vprop is not None:
+                self.kernel.mm.free(self.vprop, VPROP_SIZE)
+                self.vprop = None
 
     def release(self, file: File) -> None:
         """kvm_vm_release(): every irqfd goes now, the VM with its last reference."""
@@ -341,9 +480,13 @@ class Kvm(FileOperations):
         handler = {K.KVM_CREATE_DEVICE: self.create_device,
                    K.KVM_SET_GSI_ROUTING: self.set_gsi_routing,
                    K.KVM_IRQFD: self.irqfd,
-                   K.KVM_SIGNAL_MSI: self.signal_msi}.get(cmd)
+                   K.KVM_SIGNAL_MSI: self.signal_msi,
+                   K.KVM_CREATE_VCPU: self.create_vcpu,
+                   K.KVM_SET_USER_MEMORY_REGION: self.set_user_memory_region}.get(cmd)
         if handler is None:
             raise fail(EINVAL, f"kvm-vm: ioctl {cmd:#x}")
+        if K.IOCTLS[cmd] is None:
+            return handler(_arg_int(arg))
         if not isinstance(arg, K.IOCTLS[cmd]):
             raise fail(_errno.EFAULT, f"argument is not a {K.IOCTLS[cmd]}")
         return handler(arg)
@@ -384,6 +527,14 @@ class Kvm(FileOperations):
         if len(items) < routing.nr:
             raise fail(_errno.EFAULT, "fewer entries than nr")
         self.routing = build_routing(items[:routing.nr])
+        for irqfd in self.irqfds:                     # kvm_irq_routing_update()
+            old = irqfd.irq_entry
+            irqfd.update()
+            prod = irqfd.consumer.producer
+            if prod is not None and isinstance(old, MsiRoute) and old != irqfd.irq_entry:
+                # kvm_arch_update_irqfd_routing(): the new translation is not resolved
+                # here; the vLPI is unmapped and injection goes back to software.
+                VI.unset_forwarding(self, prod.irq)
         return 0
 
     # injection (vgic-irqfd.c, vgic-its.c)
@@ -410,6 +561,8 @@ class Kvm(FileOperations):
         if its is None:
             raise fail(EINVAL, f"no vITS at {address:#x}")
         ret = its.trigger_msi(devid, data)
+        if ret < 0:
+            raise fail(-ret, f"vITS refused MSI ({devid:#x}, {data:#x})")
         return 0 if ret else 1
 
     def signal_msi(self, msi: Any) -> int:
@@ -418,6 +571,221 @@ class Kvm(FileOperations):
             raise fail(EINVAL, f"kvm_msi flags {msi.flags:#x}")
         return self.set_msi(msi.address_hi << 32 | msi.address_lo, msi.data, msi.flags,
                             msi.devid)
+
+    # vCPUs (kvm_main.c)
+
+    @property
+    def online_vcpus(self) -> int:
+        return len(self.vcpus)
+
+    def create_vcpu(self, vcpu_id: int) -> int:
+        """KVM_CREATE_VCPU: EINVAL for an id >= KVM_MAX_VCPU_IDS or past max_vcpus,
+        EBUSY once the vGIC is initialised, EEXIST for an id in use; the new fd."""
+        if not 0 <= vcpu_id < KVM_MAX_VCPU_IDS:
+            raise fail(EINVAL, f"vcpu id {vcpu_id}")
+        if self.created_vcpus >= self.max_vcpus:
+            raise fail(EINVAL, "too many vCPUs")
+        if self.vgic is not None and self.vgic.initialized:   # kvm_arch_vcpu_precreate()
+            raise fail(EBUSY, "the vGIC is initialised")
+        if vcpu_id in self.vcpus:
+            raise fail(EEXIST, f"vcpu {vcpu_id} exists")
+        self.kernel.files.alloc_fd()
+        vcpu = KvmVcpu(self, vcpu_id, len(self.vcpus))
+        self.created_vcpus += 1
+        self.vcpus[vcpu_id] = vcpu
+        self.get()
+        vcpu.file = _install_anon(self.kernel, vcpu, vcpu)
+        return vcpu.file.fd
+
+    # memory slots and guest memory (kvm_main.c)
+
+    def set_user_memory_region(self, mem: Any) -> int:
+        """KVM_SET_USER_MEMORY_REGION (__kvm_set_memory_region): EINVAL for unknown
+        flags, unaligned size / guest or user address, a slot out of range, a wrap,
+        deleting an empty slot or resizing / moving the user side of one; EEXIST
+        for an overlap; EFAULT beyond the IPA space; size 0 deletes."""
+        if mem.flags & ~(K.KVM_MEM_LOG_DIRTY_PAGES | K.KVM_MEM_READONLY):
+            raise fail(EINVAL, f"memslot flags {mem.flags:#x}")
+        as_id, sid = mem.slot >> 16, mem.slot & 0xFFFF
+        if mem.memory_size % PAGE_SIZE or mem.guest_phys_addr % PAGE_SIZE or \
+                mem.userspace_addr % PAGE_SIZE or \
+                mem.userspace_addr + mem.memory_size > 1 << 48:
+            raise fail(EINVAL, "memslot not page aligned or outside user space")
+        if as_id >= 1 or sid >= KVM_MEM_SLOTS_NUM:
+            raise fail(EINVAL, f"slot {mem.slot:#x}")
+        if mem.guest_phys_addr + mem.memory_size >= 1 << 64:
+            raise fail(EINVAL, "memslot wraps")
+        old = self.memslots.get(sid)
+        npages = mem.memory_size // PAGE_SIZE
+        base_gfn = mem.guest_phys_addr // PAGE_SIZE
+        if not npages:
+            if old is None:
+                raise fail(EINVAL, f"slot {sid} is empty")
+            del self.memslots[sid]
+            return 0
+        if old is not None:
+            if mem.userspace_addr != old.userspace_addr or npages != old.npages or \
+                    (mem.flags ^ old.flags) & K.KVM_MEM_READONLY:
+                raise fail(EINVAL, "a memslot's size and user address cannot change")
+            if base_gfn == old.base_gfn:
+                self.memslots[sid] = Memslot(sid, base_gfn, npages, old.userspace_addr,
+                                             mem.flags)
+                return 0
+        if any(s.id != sid and s.base_gfn < base_gfn + npages and base_gfn < s.base_gfn + s.npages
+               for s in self.memslots.values()):
+            raise fail(EEXIST, "memslot overlaps another")
+        if base_gfn + npages > (1 << KVM_PHYS_SHIFT) // PAGE_SIZE:
+            raise fail(_errno.EFAULT, "memslot beyond the IPA space")
+        self.memslots[sid] = Memslot(sid, base_gfn, npages, mem.userspace_addr, mem.flags)
+        return 0
+
+    def _gfn_to_hva(self, gpa: int, write: bool) -> int:
+        gfn = gpa // PAGE_SIZE
+        for s in self.memslots.values():
+            if s.base_gfn <= gfn < s.base_gfn + s.npages:
+                if write and s.flags & K.KVM_MEM_READONLY:
+                    break
+                return s.userspace_addr + gpa - s.base_gfn * PAGE_SIZE
+        raise fail(_errno.EFAULT, f"guest address {gpa:#x} not in a memory slot")
+
+    def gpa_visible(self, gpa: int) -> bool:
+        """kvm_is_visible_gfn()."""
+        try:
+            self._gfn_to_hva(gpa, False)
+        except KernelError:
+            return False
+        return True
+
+    def read_guest(self, gpa: int, n: int) -> bytes:
+        """kvm_read_guest(): page by page through the memory slots (EFAULT)."""
+        out = b""
+        while n:
+            chunk = min(n, PAGE_SIZE - gpa % PAGE_SIZE)
+            out += self.kernel.user_read(self._gfn_to_hva(gpa, False), chunk)
+            gpa, n = gpa + chunk, n - chunk
+        return out
+
+    def write_guest(self, gpa: int, data: bytes) -> None:
+        """kvm_write_guest(): EFAULT outside writable slots."""
+        while data:
+            chunk = min(len(data), PAGE_SIZE - gpa % PAGE_SIZE)
+            self.kernel.user_write(self._gfn_to_hva(gpa, True), data[:chunk])
+            gpa, data = gpa + chunk, data[chunk:]
+
+    # MMIO of the in-kernel devices (the KVM_MMIO_BUS)
+
+    def _mmio_target(self, gpa: int) -> tuple[Any, int] | None:
+        for its in self.its_list():
+            if its.covers(gpa):
+                return its, gpa - its.base
+        vgic = self.vgic
+        if vgic is not None and vgic.redist_base != VGIC_ADDR_UNDEF and \
+                gpa >= vgic.redist_base:
+            idx, off = divmod(gpa - vgic.redist_base, KVM_VCPU_REDIST_FRAME)
+            vcpu = next((v for v in self.vcpus.values() if v.idx == idx), None)
+            if vcpu is not None:
+                return vcpu, off
+        return None
+
+    def mmio_read(self, gpa: int, size: int) -> int | None:
+        """A guest read at ``gpa`` handled in the kernel (a vITS frame, a vCPU's
+        redistributor RD_base frame), or None: an exit to the VMM."""
+        t = self._mmio_target(gpa)
+        if t is None:
+            return None
+        dev, off = t
+        if isinstance(dev, VgicIts):
+            return dev.its_mmio_read(off, size)
+        return dev.rd_read(off, size) if off < SZ_64K else 0
+
+    def mmio_write(self, gpa: int, value: int, size: int) -> bool:
+        """A guest write at ``gpa``: True when an in-kernel device took it, False
+        for an exit to the VMM."""
+        t = self._mmio_target(gpa)
+        if t is None:
+            return False
+        dev, off = t
+        if isinstance(dev, VgicIts):
+            dev.its_mmio_write(off, value, size)
+        elif off < SZ_64K:
+            dev.rd_write(off, value, size)
+        return True
+
+    # LPIs and GICv4 (vgic-its.c, vgic-v4.c)
+
+    @property
+    def vlpi_pending(self) -> list[tuple[int, int | None]]:
+        """(vINTID, vCPU id) of every LPI pending in software, by INTID: "vLPI N
+        pending on vCPU M" (a forwarded LPI is pending in its vPE instead)."""
+        return [(i.intid, i.target_vcpu) for i in sorted(self.lpis.values(),
+                                                         key=lambda x: x.intid)
+                if i.pending_latch]
+
+    def put_lpi(self, irq: VI.VgicLpi) -> None:
+        """vgic_put_irq(): the last reference removes the LPI."""
+        irq.refs -= 1
+        if irq.refs == 0 and self.lpis.get(irq.intid) is irq:
+            del self.lpis[irq.intid]
+
+    def its_of_route(self, route: MsiRoute) -> VgicIts | None:
+        """vgic_get_its(): the vITS whose frame holds the route's address (None
+        without a DeviceID or outside every frame)."""
+        if not route.flags & K.KVM_MSI_VALID_DEVID:
+            return None
+        return next((i for i in self.its_list() if i.covers(route.address)), None)
+
+    def vpe_of(self, vcpu_id: int) -> Any:
+        """The vCPU's its_vpe; the VM's vPEs are made on first use, one per vCPU
+        (vgic_v4_init: a 64K virtual pending table each, one property table)."""
+        from .gic import ItsVpe
+        if not self.vpes:
+            kdev = self.kernel.kvm
+            self.vprop = self.kernel.mm.alloc(VPROP_SIZE, PAGE_SIZE)
+            cpus = sorted(self.kernel.online_cpus)
+            for vid in sorted(self.vcpus):
+                vpt = self.kernel.mm.alloc(VPT_SIZE, VPT_SIZE)
+                self.vpes[vid] = ItsVpe(vpe_id=kdev.alloc_vpe_id(), vpt=vpt, vprop=self.vprop,
+                                        col=cpus[self.vcpus[vid].idx % len(cpus)])
+        return self.vpes[vcpu_id]
+
+    def write_vprop(self, irq: VI.VgicLpi) -> None:
+        """its_prop_update_vlpi(): the LPI's priority / enable in the vPE property table."""
+        if self.vprop is None:
+            return
+        prop = (irq.priority & VI.LPI_PROP_PRIORITY_MASK) | VI.LPI_PROP_GROUP1 | \
+            (VI.LPI_PROP_ENABLED if irq.enabled else 0)
+        self.kernel.ram.write(self.vprop + irq.intid - VI.GIC_LPI_OFFSET, bytes([prop]))
+
+    def map_vlpi(self, host_irq: int, irq: VI.VgicLpi) -> None:
+        """its_map_vlpi(): irq_set_vcpu_affinity(MAP_VLPI) on the target vCPU's vPE
+        (VMAPTI the first time, VMOVI after; may raise KernelError)."""
+        from .gic import VcpuCmd, VcpuInfo
+        vpe = self.vpe_of(irq.target_vcpu)
+        self.write_vprop(irq)
+        self.kernel.irq.set_vcpu_affinity(host_irq, VcpuInfo(VcpuCmd.MAP_VLPI, vpe, irq.intid))
+
+    def unmap_vlpi(self, irq: VI.VgicLpi) -> None:
+        """its_unmap_vlpi(): the host IRQ back to its host LPI."""
+        from .gic import VcpuCmd, VcpuInfo
+        host_irq = irq.host_irq
+        irq.hw, irq.host_irq = False, None
+        try:
+            self.kernel.irq.set_vcpu_affinity(host_irq, VcpuInfo(VcpuCmd.UNMAP_VLPI))
+        except KernelError as e:
+            self.kernel.printk(f"kvm: unmapping vLPI {irq.intid} failed: {e}")
+
+    def host_set_pending(self, host_irq: int, pending: bool) -> None:
+        """irq_set_irqchip_state(host_irq, PENDING): INT / CLEAR on the host ITS for
+        the event (which the ITS turns into the vLPI of a forwarded event)."""
+        from .gic import ItsDevice
+        d = self.kernel.irq.desc(host_irq).irq_data
+        while d is not None and not isinstance(d.chip_data, ItsDevice):
+            d = d.parent_data
+        if d is None:
+            return
+        dev = d.chip_data
+        self.kernel.its.send(I.Cmd.INT if pending else I.Cmd.CLEAR,
+                             d0=dev.device_id << 32, d1=d.hwirq - dev.lpi_base)
 
     # irqfd (eventfd.c)
 
@@ -450,9 +818,13 @@ class Kvm(FileOperations):
         irqfd = Irqfd(self, ctx, gsi)
         irqfd.resamplefd = resample
         irqfd.wait = ctx.add_wait_queue(irqfd.wakeup)
+        irqfd.update()
         self.irqfds.append(irqfd)
         if ctx.count:                       # vfs_poll() at assignment saw EPOLLIN
             self.inject_gsi(gsi)
+        ret = irqbypass_of(self.kernel).register_consumer(irqfd.consumer)
+        if ret:
+            self.kernel.printk(f"irq bypass consumer registration fails: {ret}")
         return 0
 
     def irqfd_deassign(self, fd: int, gsi: int) -> int:
@@ -472,6 +844,7 @@ class Kvm(FileOperations):
             return
         self.irqfds.remove(irqfd)
         irqfd.eventfd.remove_wait_queue(irqfd.wait)
+        irqbypass_of(self.kernel).unregister_consumer(irqfd.consumer)
         irqfd.eventfd.put()
         if irqfd.resamplefd is not None:
             irqfd.resamplefd.put()
@@ -500,6 +873,12 @@ class KvmDev(FileOperations):
     def __init__(self, kernel: Any) -> None:
         self.kernel = kernel
         self.vms: list[Kvm] = []
+        self._next_vpe_id = 0
+
+    def alloc_vpe_id(self) -> int:
+        """its_vpe_id_alloc(): vPE ids are never reused in this model."""
+        self._next_vpe_id += 1
+        return self._next_vpe_id - 1
 
     def unlocked_ioctl(self, file: File, cmd: int, arg: Any) -> Any:
         """kvm_dev_ioctl(); an unknown command is EINVAL (kvm_arch_dev_ioctl on arm64)."""
@@ -527,5 +906,6 @@ def kvm_init(kernel: Any) -> KvmDev:
     return kernel.kvm
 
 
-__all__ = ["Irqfd", "IrqchipRoute", "Kvm", "KvmDev", "KvmDevice", "MsiRoute", "VgicIts",
+__all__ = ["Irqfd", "IrqchipRoute", "Kvm", "KvmDev", "KvmDevice", "KvmVcpu", "Memslot",
+           "MsiRoute", "VgicIts",
            "VgicV3", "build_routing", "check_extension", "kvm_init"]

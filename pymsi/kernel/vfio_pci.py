@@ -132,10 +132,15 @@ class VfioPciCore:
 
     def set_vector_signal(self, vector: int, fd: int, msix: bool) -> None:
         """vfio_msi_set_vector_signal(): drop the vector's trigger, then (fd >= 0)
-        install the eventfd ``fd``.  The IRQ stays allocated until MSI(-X) is off."""
+        install the eventfd ``fd``.  The IRQ stays allocated until MSI(-X) is off.
+        Each installed trigger is an irq-bypass producer (token: the eventfd)."""
+        from .irqbypass import IrqBypassProducer, irqbypass_of
         k = self.kernel
         ctx = self.ctx.pop(vector, None)
         if ctx is not None:
+            producer = getattr(ctx, "producer", None)
+            if producer is not None:                     # irq_bypass_unregister_producer()
+                irqbypass_of(k).unregister_producer(producer)
             k.irq.free_irq(ctx.irq, ctx)
             ctx.trigger.put()
         if fd < 0:
@@ -149,6 +154,12 @@ class VfioPciCore:
         except BaseException:
             trigger.put()
             raise
+        # irq_bypass_register_producer(): token = the trigger, a failure only logged.
+        new.producer = IrqBypassProducer(trigger, irq)
+        ret = irqbypass_of(k).register_producer(new.producer)
+        if ret:
+            k.printk(f"vfio-pci {self.pdev.bdf}: irq bypass producer registration fails: {ret}")
+            new.producer = None
         self.ctx[vector] = new
 
     def set_block(self, start: int, fds: list[int], msix: bool) -> None:

@@ -34,6 +34,21 @@ KVM_CAP_MSI_DEVID = 131
 KVM_CREATE_VCPU = _IO(KVMIO, 0x41)
 
 
+class KvmUserspaceMemoryRegion(Struct):
+    """One memory slot: guest physical range -> userspace address (KVM_SET_USER_MEMORY_REGION)."""
+
+    _c_name_ = "kvm_userspace_memory_region"
+    _fields_ = (("slot", u32), ("flags", u32), ("guest_phys_addr", u64), ("memory_size", u64),
+                ("userspace_addr", u64))
+
+
+# flags of kvm_userspace_memory_region
+KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
+KVM_MEM_READONLY = 1 << 1
+
+KVM_SET_USER_MEMORY_REGION = _IOW(KVMIO, 0x46, KvmUserspaceMemoryRegion)
+
+
 class KvmIrqRoutingIrqchip(Struct):
     """A route to a pin of an in-kernel interrupt controller."""
 
@@ -219,6 +234,7 @@ IOCTLS: dict[int, type[Struct] | None] = {
     KVM_CHECK_EXTENSION: None,
     KVM_GET_VCPU_MMAP_SIZE: None,
     KVM_CREATE_VCPU: None,
+    KVM_SET_USER_MEMORY_REGION: KvmUserspaceMemoryRegion,
     KVM_SET_GSI_ROUTING: KvmIrqRouting,
     KVM_IRQFD: KvmIrqfd,
     KVM_SIGNAL_MSI: KvmMsi,
