@@ -638,3 +638,60 @@ def test_mutated_guest_commands_follow_linux_rules(cmds):
         assert err == EIO and inv.entry_num == first_bad
     else:
         assert err is None and inv.entry_num == len(cmds)
+
+
+# -- more paths --------------------------------------------------------------------------------
+
+
+def test_bad_guest_cd_is_a_vevent_and_cd_fetch_fault_is_the_hosts():
+    """C_BAD_CD is one of the events arm_smmu_handle_event() forwards; a CD whose
+    IPA stage 2 does not map is reported as that stage-2 fault, class CD: the
+    host's."""
+    vmm = Vmm()
+    p = vmm.parent()
+    v = vmm.viommu(p)
+    vmm.vdevice(v, VSID)
+    qid, qf = vmm.veventq(v)
+    vmm.guest.write(CD_IPA + 0x40, bytes(64))                    # a CD with V = 0
+    n = vmm.nested(v, vste=ste_words(5, ctxptr=CD_IPA + 0x40)[:2])
+    vmm.attach(n)
+    assert not vmm.m.bus.dma_read(vmm.rid(), IOVA).ok
+    data = qf.read(4096)
+    ev = evt_fields(data[8:40])
+    assert (ev["type"], ev["sid"]) == (0x0A, VSID)
+    n2 = vmm.nested(v, vste=ste_words(5, ctxptr=GPA + GUEST_PAGES * PAGE)[:2])
+    vmm.attach(n2)
+    host = len(vmm.k.smmu.events)
+    assert not vmm.m.bus.dma_read(vmm.rid(), IOVA).ok
+    assert qf.read(4096) == b""
+    (ev,) = vmm.k.smmu.events[host:]
+    assert (ev.type, ev.sid, ev.s2, ev.event_class) == (F_TRANSLATION, vmm.rid(), True, "CD")
+
+
+def test_unbinding_the_device_destroys_its_vdevice():
+    vmm = Vmm().full()
+    viommu = vmm.ctx.objects[vmm.v]
+    vmm.devs[0].close()                                          # VFIO unbinds the device
+    assert vmm.vd not in vmm.ctx.objects and vmm.dev_ids[0] not in vmm.ctx.objects
+    assert viommu.vdevs == {} and vmm.ctx.objects[vmm.n].users == 0
+    assert errno_of(vmm.ioctl, u.IOMMU_DESTROY, u.IommuDestroy(id=vmm.n)) is None
+    assert errno_of(vmm.ioctl, u.IOMMU_DESTROY, u.IommuDestroy(id=vmm.v)) is None
+    assert errno_of(vmm.ioctl, u.IOMMU_DESTROY, u.IommuDestroy(id=vmm.p)) is None
+
+
+def test_invalidate_from_unreadable_memory_is_efault():
+    vmm = Vmm().full()
+    inv = u.IommuHwptInvalidate(hwpt_id=vmm.v, data_uptr=0x10_0000, entry_len=16, entry_num=2,
+                                data_type=u.IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3)
+    seen = spy(vmm.k)
+    assert errno_of(vmm.ioctl, u.IOMMU_HWPT_INVALIDATE, inv) == errno.EFAULT
+    assert inv.entry_num == 0 and seen == []
+
+
+def test_veventq_file_is_read_only_and_released_by_close():
+    vmm = Vmm().full()
+    qid, qf = vmm.veventq(vmm.v)
+    assert errno_of(qf.write, b"x" * 8) == EINVAL
+    assert vmm.ctx.objects[qid].users == 1
+    qf.close()
+    assert vmm.ctx.objects[qid].users == 0
