@@ -19,8 +19,8 @@ specification (command and event layouts, as tests/smmu_driver.py encodes them):
   parent's VMID, TLBI_NSNH_ALL becomes TLBI_NH_ALL of it, CFGI_CD(_ALL) and
   ATC_INV get the physical StreamID; anything else or an unknown vSID is EIO;
   ``entry_num`` comes back as the number handled; EOPNOTSUPP for a reserved
-  member or a nested HWPT id, EINVAL for another data type or entries without
-  a pointer, E2BIG for non-zero bytes past a 16-byte entry.
+  member or a nested HWPT id, EINVAL for another data type, no entries or
+  entries without a pointer, E2BIG for non-zero bytes past a 16-byte entry.
 * vEVENTQ: header {flags, sequence} then the 32-byte record with the vSID;
   sequences count every event, lost ones too; a full queue ends with one
   LOST_EVENTS header; stage-2 faults stay in the host's log.
@@ -422,8 +422,8 @@ def test_invalidate_argument_errors():
     assert (err, inv.entry_num) == (E2BIG, 0)
     inv, err = vmm.invalidate(vmm.v, good, entry_len=8, raw=good[0][0].to_bytes(8, "little"))
     assert (err, inv.entry_num) == (None, 1)
-    inv, err = vmm.invalidate(vmm.v, [])
-    assert (err, inv.entry_num) == (None, 0)
+    inv, err = vmm.invalidate(vmm.v, [])                            # the full-array copy
+    assert (err, inv.entry_num) == (EINVAL, 0)
 
 
 # -- object errors and dependencies ----------------------------------------------------------

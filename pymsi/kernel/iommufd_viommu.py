@@ -28,7 +28,15 @@ drivers/iommu/arm/arm-smmu-v3/arm-smmu-v3-iommufd.c):
 Objects depend on one another through their user counts: a vIOMMU holds its
 HWPT, a vDEVICE and a vEVENTQ their vIOMMU (and a nested HWPT of the vIOMMU
 holds it too), and a vEVENTQ's open file holds the vEVENTQ; ``IOMMU_DESTROY`` of
-an object in use is EBUSY and closing /dev/iommu frees dependents first.
+an object in use is EBUSY and closing /dev/iommu frees dependents first.  The
+vEVENTQ's file holds the context, as iommufd_ctx_get() does; unbinding a device
+destroys its vDEVICE first (iommufd_device_pre_destroy()).
+
+Deliberate differences from Linux: a guest command that fails conversion first
+has the converted commands before it issued, so ``entry_num`` counts commands
+really done (Linux counts them without issuing them); the later bounds on
+``entry_num`` / ``entry_len`` / ``veventq_depth`` and the rejection of a read
+shorter than a header (2026 fixes) are not modelled: such a read returns 0.
 """
 
 from __future__ import annotations
@@ -51,7 +59,6 @@ CMDQ_BATCH_ENTRIES = 64                # BITS_PER_LONG: Linux issues guest comma
 EPOLLIN, EPOLLRDNORM = 0x1, 0x40
 IOMMU_HWPT_FAULT_ID_VALID = uapi.IOMMU_HWPT_FAULT_ID_VALID
 _CMD_SIZE = uapi.IommuViommuArmSmmuv3Invalidate.sizeof
-_EVT_SIZE = uapi.IommuVeventArmSmmuv3.sizeof
 _HDR_SIZE = uapi.IommufdVeventHeader.sizeof
 
 
@@ -409,6 +416,8 @@ def ioctl_hwpt_invalidate(ctx: IommufdCtx, cmd: uapi.IommuHwptInvalidate) -> Non
         # iommu_copy_struct_from_full_user_array()
         if cmd.data_type != uapi.IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3:
             raise _respond(fail(EINVAL, f"data type {cmd.data_type}"))
+        if not want:
+            raise _respond(fail(EINVAL, "no entries"))
         cmds = []
         for i in range(want):
             raw = copy_struct_from_user(ctx.kernel, _CMD_SIZE,
