@@ -695,3 +695,25 @@ def test_veventq_file_is_read_only_and_released_by_close():
     assert vmm.ctx.objects[qid].users == 1
     qf.close()
     assert vmm.ctx.objects[qid].users == 0
+
+
+def test_viommu_on_x86_is_eopnotsupp():
+    """VT-d offers no ARM_SMMUV3 vIOMMU (get_viommu_size() is 0 for it)."""
+    from pymsi.machine import X86Pc
+    k = X86Pc(remapping=True, devices=[{"msix": 2}]).boot()
+    fd = k.open("/dev/iommu")
+    pdev = k.pci.devices[0]
+    k.sysfs_write(f"/sys/bus/pci/devices/{pdev.bdf}/driver_override", "vfio-pci")
+    k.sysfs_write("/sys/bus/pci/drivers/vfio-pci/bind", pdev.bdf)
+    f = k.open("/dev/vfio/devices/vfio0")
+    b = V.VfioDeviceBindIommufd(iommufd=fd.fd)
+    f.ioctl(V.VFIO_DEVICE_BIND_IOMMUFD, b)
+    a = u.IommuIoasAlloc()
+    fd.ioctl(u.IOMMU_IOAS_ALLOC, a)
+    h = u.IommuHwptAlloc(dev_id=b.out_devid, pt_id=a.out_ioas_id)
+    fd.ioctl(u.IOMMU_HWPT_ALLOC, h)
+    v = u.IommuViommuAlloc(dev_id=b.out_devid, hwpt_id=h.out_hwpt_id,
+                           type=u.IOMMU_VIOMMU_TYPE_ARM_SMMUV3)
+    before = dict(fd.private_data.objects)
+    assert errno_of(fd.ioctl, u.IOMMU_VIOMMU_ALLOC, v) == EOPNOTSUPP
+    assert fd.private_data.objects == before and v.out_viommu_id == 0
