@@ -8,7 +8,10 @@ and event queues, resets and enables the SMMU, and registers with the IOMMU
 core.  Domains are io-pgtable-arm tables (stage 1 with an ASID and one CD in
 a per-master linear CD table, or stage 2 with a VMID), the identity (bypass
 STE) and blocked (abort STE) singletons, and nested domains that merge a
-guest's vSTE (stage 1 in guest memory) with a stage-2 parent.
+guest's vSTE (stage 1 in guest memory) with a stage-2 parent.  A nested domain
+made through an iommufd vIOMMU (``domain.vsmmu``) gives its masters a
+"vmaster": their stage-1 fault and bad-config events go, with the virtual
+StreamID, to the vIOMMU's vEVENTQ instead of the log (arm_smmu_handle_event()).
 
 Which Linux: the reset sequence, the command encodings and the attach
 stream are Linux 6.1's, checked against a capture of a real 6.1 kernel on
@@ -106,6 +109,11 @@ STE0_NESTING_ALLOWED = (R.STE0_V.mask | R.STE0_CONFIG.mask | R.STE0_S1FMT.mask
 STE1_NESTING_ALLOWED = (R.STE1_S1DSS.mask | R.STE1_S1CIR.mask | R.STE1_S1COR.mask
                         | R.STE1_S1CSH.mask | R.STE1_S1STALLD.mask)
 
+# Events arm_smmu_handle_event() handles (the others are only logged).
+_VEVENT_TYPES = frozenset({R.EventType.C_BAD_STE, R.EventType.F_STREAM_DISABLED,
+                           R.EventType.C_BAD_SUBSTREAMID, R.EventType.C_BAD_CD,
+                           R.EventType.F_TRANSLATION, R.EventType.F_ADDR_SIZE,
+                           R.EventType.F_ACCESS, R.EventType.F_PERMISSION})
 _GRANULE_PGSIZES = {4096: (1 << 12) | (1 << 21) | (1 << 30), 16384: (1 << 14) | (1 << 25),
                     65536: (1 << 16) | (1 << 29)}
 _CERROR = {R.CERROR_NONE: "No error", R.CERROR_ILL: "Illegal command",
@@ -284,6 +292,7 @@ class ArmSmmuMaster:
     sid: int
     cd_table: int | None = None        # one CD (S1CDMAX 0, linear)
     domain: IommuDomain | None = None
+    vmaster: tuple[Any, int] | None = None   # (vIOMMU, virtual StreamID) of a nested domain
 
 
 class ArmSmmuDomain(IommuDomain):
@@ -436,7 +445,8 @@ class ArmSmmuV3(IommuOps):
         self.events: list[ArmSmmuEvent] = []
         self.l2_strtab: dict[int, int] = {}
         self.stats = {"commands": 0, "syncs": 0, "cmdq_errors": 0, "events": 0,
-                      "events_lost": 0, "gerrors": 0, "cmdq_sync_irqs": 0}
+                      "events_lost": 0, "gerrors": 0, "cmdq_sync_irqs": 0,
+                      "events_forwarded": 0}
         self.probed = False
         self._in_gerror = self._gerror_again = False
         self._identity = IommuDomain(DomainType.IDENTITY, self)
@@ -719,8 +729,9 @@ class ArmSmmuV3(IommuOps):
         self.writel(R.GERRORN, gerror)
 
     def evtq_drain(self) -> list[ArmSmmuEvent]:
-        """arm_smmu_evtq_thread(): consume, decode and log every pending event record;
-        returns the new ones (also appended to :attr:`events`)."""
+        """arm_smmu_evtq_thread(): consume and decode every pending event record; a
+        stage-1 event of a master with a vmaster goes to its vIOMMU's vEVENTQ, the
+        others are logged and returned (also appended to :attr:`events`)."""
         q, ram = self.evtq, self.kernel.ram
         new: list[ArmSmmuEvent] = []
         while True:
@@ -734,13 +745,30 @@ class ArmSmmuV3(IommuOps):
                 break
             while (cons & q.wrap_mask) != (prod & q.wrap_mask):
                 ev = decode_event(ram.read(q.slot(cons), R.EVT_SIZE))
-                new.append(ev)
-                self._log_event(ev)
+                if not self.handle_event(ev):
+                    new.append(ev)
+                    self._log_event(ev)
                 cons = q.inc(cons)
             self.writel(q.cons_reg, cons | (prod & R.Q_OVF))
         self.events += new
         self.stats["events"] += len(new)
         return new
+
+    def handle_event(self, ev: ArmSmmuEvent) -> bool:
+        """arm_smmu_handle_event() without stall: True if a vmaster's vEVENTQ took the
+        event (a stage-1 fault or bad config of a master on a nested domain)."""
+        if (ev.type not in _VEVENT_TYPES or ev.s2 or R.EVT1_STALL.get(ev.raw[1])):
+            return False
+        master = next((m for m in self.masters.values() if m.sid == ev.sid), None)
+        if master is None or master.vmaster is None:
+            return False
+        viommu, vsid = master.vmaster
+        w = list(ev.raw)
+        w[0] = R.EVT0_SID.put(w[0], vsid)              # arm_vmaster_report_event()
+        if viommu.report_event(uapi.IOMMU_VEVENTQ_TYPE_ARM_SMMUV3, pack_dwords(w)):
+            return False
+        self.stats["events_forwarded"] += 1
+        return True
 
     def _log_event(self, ev: ArmSmmuEvent) -> None:
         ssid = "-" if ev.ssid is None else f"{ev.ssid:#x}"
@@ -995,7 +1023,7 @@ class ArmSmmuV3(IommuOps):
         master = self.masters.get(dev)
         if master is None:
             raise fail(ENODEV, f"{dev} was not probed by this SMMU")
-        uses_cd = False
+        uses_cd, vmaster = False, None
         if domain is self._identity:
             ste = self.make_bypass_ste()
         elif domain is self._blocked:
@@ -1007,6 +1035,7 @@ class ArmSmmuV3(IommuOps):
             else:
                 ste = self.make_s2_domain_ste(domain)
         elif isinstance(domain, ArmSmmuNestedDomain) and domain.smmu is self:
+            vmaster = self._prepare_vmaster(domain, dev)
             ste = self.make_nested_ste(domain)
         else:
             raise fail(EINVAL, f"cannot attach {domain!r} to {dev}")
@@ -1014,15 +1043,30 @@ class ArmSmmuV3(IommuOps):
         if not uses_cd and master.cd_table is not None:
             self.write_cd(master, [0] * 8)        # arm_smmu_clear_cd()
         self._detach(master)
-        master.domain = domain
+        master.domain, master.vmaster = domain, vmaster
         if isinstance(domain, (ArmSmmuDomain, ArmSmmuNestedDomain)):
             domain.masters.add(master)
+
+    @staticmethod
+    def _prepare_vmaster(domain: ArmSmmuNestedDomain, dev: Any) -> tuple[Any, int] | None:
+        """arm_smmu_attach_prepare_vmaster(): a nested domain made through a vIOMMU
+        (``domain.vsmmu``) reports the master's events with its vDEVICE's virtual
+        StreamID; a translating vSTE needs one (ENOENT), abort / bypass do not."""
+        viommu = getattr(domain, "vsmmu", None)
+        if viommu is None:
+            return None
+        vsid = viommu.get_vdev_id(dev)
+        if vsid is not None:
+            return viommu, vsid
+        if R.STE0_V.get(domain.ste[0]) and R.STE0_CONFIG.get(domain.ste[0]) == R.SteConfig.S1:
+            raise fail(ENOENT, f"{dev} has no vDEVICE on the nested domain's vIOMMU")
+        return None
 
     def _detach(self, master: ArmSmmuMaster) -> None:
         old = master.domain
         if isinstance(old, (ArmSmmuDomain, ArmSmmuNestedDomain)):
             old.masters.discard(master)
-        master.domain = None
+        master.domain = master.vmaster = None
 
     def hw_info(self, dev: Any, want: int) -> tuple[bytes, int]:
         """arm_smmu_hw_info(): struct iommu_hw_info_arm_smmuv3 with IDR0..IDR5, IIDR and

@@ -458,6 +458,10 @@ class IommufdDevice(IommufdObject):
 
     def destroy(self) -> None:
         """iommufd_device_destroy(): detached, DMA ownership given back."""
+        vdev = getattr(self, "vdev", None)
+        if vdev is not None and self.ctx.objects.get(vdev.id) is vdev:
+            del self.ctx.objects[vdev.id]            # iommufd_device_pre_destroy()
+            vdev.destroy()
         if self.hwpt is not None:
             self.ctx.device_detach(self)
         self.ctx.msi.unbind(self)
@@ -911,7 +915,7 @@ class IommufdCtx:
             else:
                 name(self, work)
         except KernelError as e:
-            if e.errno == EMSGSIZE:          # IOVA_RANGES responds, then fails
+            if e.errno == EMSGSIZE or getattr(e, "respond", False):   # responds, then fails
                 _copy_back(arg, work)
             raise
         _copy_back(arg, work)
@@ -1025,6 +1029,9 @@ class Iommufd:
 
 def iommufd_init(kernel: Any) -> Iommufd:
     """Register /dev/iommu (the misc device iommufd_init() adds) and ``k.iommufd``."""
+    from . import iommufd_viommu
+
     kernel.iommufd = Iommufd(kernel)
     kernel.register_chrdev("/dev/iommu", kernel.iommufd.fops)
+    iommufd_viommu.register(IommufdCtx)
     return kernel.iommufd
