@@ -442,7 +442,8 @@ class IommuCore:
 
 
 __all__ = [
-    "DomainType", "Geometry", "IommuCookieType", "IommuCore", "IommuDomain", "IommuGroup", "IommuOps",
+    "DomainType", "Geometry", "IommuCookieType", "IommuCore", "IommuDomain", "IommuGroup",
+    "IommuOps",
     "MSI_IOVA_BASE", "MSI_IOVA_LENGTH", "ResvRegion", "ResvType", "IOMMU_READ", "IOMMU_WRITE",
     "IOMMU_CACHE", "IOMMU_NOEXEC", "IOMMU_MMIO", "IOMMU_PRIV",
 ]
