@@ -18,6 +18,15 @@ area goes (the extension point for HWPTs).  Areas share pinned pages through
 :class:`PinnedPages` (refcounted, like struct iopt_pages), so
 ``IOMMU_IOAS_COPY`` pins nothing new.
 
+Devices come in through :meth:`Iommufd.bind_device` (what VFIO's
+``VFIO_DEVICE_BIND_IOMMUFD`` calls): an :class:`IommufdDevice` per bound
+device, attached to a HW page table (:class:`HwptPaging` on an IOAS, or
+:class:`HwptNested` on a nest-parent paging HWPT).  Attaching to an IOAS id
+finds or makes the IOAS's automatic paging HWPT, which dies with its last
+device.  Attach reserves the device's reserved regions in the IOAS; the MSI
+design of the context (:class:`IommufdMsiHooks`, ``ctx.msi``) is told about
+every HWPT and every attach / detach.
+
 Deliberate differences from Linux: user pages are pinned at MAP time (Linux
 pins lazily, when a domain or an access needs them), so an unmapped user VA is
 EFAULT at MAP; the IOVA alignment is always PAGE_SIZE (Linux starts at 1 and
@@ -41,6 +50,7 @@ from .base import (
     EEXIST,
     EFAULT,
     EINVAL,
+    ENODEV,
     ENOENT,
     ENOSPC,
     EOPNOTSUPP,
@@ -50,9 +60,12 @@ from .base import (
     fail,
 )
 from .files import PAGE_SIZE, File, FileOperations
+from .iommu import ResvType
 
 ENOTTY, EADDRINUSE, EMSGSIZE = _errno.ENOTTY, _errno.EADDRINUSE, _errno.EMSGSIZE
+EBADFD = _errno.EBADFD
 ULONG_MAX = (1 << 64) - 1
+PHYS_ADDR_MAX = ULONG_MAX
 U32_MAX = (1 << 32) - 1
 _MAP_FLAGS = (uapi.IOMMU_IOAS_MAP_FIXED_IOVA | uapi.IOMMU_IOAS_MAP_WRITEABLE
               | uapi.IOMMU_IOAS_MAP_READABLE)
@@ -386,6 +399,122 @@ def _prot(flags: int) -> Prot:
     return prot
 
 
+# -- devices and HW page tables -------------------------------------------------------------
+
+
+class IommufdMsiHooks:
+    """The MSI design of one iommufd context: told about every HWPT and every
+    attach / detach of a device.  This default does nothing (MSIs are composed
+    as the device's domain says, no window is installed)."""
+
+    name = "none"
+    #: attach reserves the device's SW_MSI region in the IOAS (Linux).
+    reserve_sw_msi: bool = True
+
+    def hwpt_init(self, hwpt: Any) -> None:
+        """A new HWPT (paging or nested) and its domain, before any device uses it."""
+
+    def attach(self, idev: IommufdDevice, hwpt: Any) -> None:
+        """Before ``idev``'s group moves to ``hwpt.domain`` (attach or replace); raising
+        a KernelError fails the attach with nothing changed."""
+
+    def detach(self, idev: IommufdDevice) -> None:
+        """After ``idev`` left its HWPT (a detach, not a replace)."""
+
+    def unbind(self, idev: IommufdDevice) -> None:
+        """``idev`` is being destroyed (it is already detached)."""
+
+    def hwpt_destroy(self, hwpt: Any) -> None:
+        """Before the HWPT's domain is freed."""
+
+
+class IommufdDevice(IommufdObject):
+    """struct iommufd_device: a device bound to the context by VFIO, owning its
+    group's DMA; ``hwpt`` is what it is attached to (None: the blocked domain)."""
+
+    kind = "device"
+
+    def __init__(self, ctx: IommufdCtx, dev: Any, group: Any) -> None:
+        super().__init__(ctx)
+        self.dev = dev
+        self.group = group
+        self.hwpt: HwptPaging | HwptNested | None = None
+        self.sw_msi_start = PHYS_ADDR_MAX
+        self.hw_msi = False
+        self.bound = True
+        for r in ctx.kernel.iommu.get_resv_regions(dev):
+            if r.type == ResvType.SW_MSI and self.sw_msi_start == PHYS_ADDR_MAX:
+                self.sw_msi_start = r.start
+            elif r.type == ResvType.MSI:
+                self.hw_msi = True
+
+    def destroy(self) -> None:
+        """iommufd_device_destroy(): detached, DMA ownership given back."""
+        if self.hwpt is not None:
+            self.ctx.device_detach(self)
+        self.ctx.msi.unbind(self)
+        if self.bound:
+            self.bound = False
+            self.ctx.kernel.iommu.release_dma_owner(self.group)
+
+
+class HwptPaging(IommufdObject):
+    """struct iommufd_hwpt_paging: an IOMMU paging domain kept mapped to an IOAS
+    (arm-smmu-v3: stage 2 when ``nest_parent``).  ``auto_domain``: made by
+    attaching a device to the IOAS's id; it goes with its last device."""
+
+    kind = "hwpt_paging"
+
+    def __init__(self, ctx: IommufdCtx, ioas: Ioas, domain: Any, nest_parent: bool,
+                 auto_domain: bool = False) -> None:
+        super().__init__(ctx)
+        self.ioas = ioas
+        self.domain = domain
+        self.nest_parent = nest_parent
+        self.auto_domain = auto_domain
+        self.devices: list[IommufdDevice] = []
+        domain.iommufd_hwpt = self
+        ioas.users += 1
+
+    def destroy(self) -> None:
+        self.ctx.msi.hwpt_destroy(self)
+        if self.domain in self.ioas.domains:
+            self.ioas.detach_domain(self.domain)
+        self.ctx.kernel.iommu.domain_free(self.domain)
+        self.ioas.users -= 1
+
+
+class HwptNested(IommufdObject):
+    """struct iommufd_hwpt_nested: a nested domain (arm-smmu-v3: a guest's vSTE) on
+    a nest-parent paging HWPT; ``viommu`` when allocated through one."""
+
+    kind = "hwpt_nested"
+
+    def __init__(self, ctx: IommufdCtx, parent: HwptPaging, domain: Any,
+                 viommu: Any = None) -> None:
+        super().__init__(ctx)
+        self.parent = parent
+        self.domain = domain
+        self.viommu = viommu
+        self.devices: list[IommufdDevice] = []
+        domain.iommufd_hwpt = self
+        parent.users += 1
+        if viommu is not None:
+            viommu.users += 1
+
+    def destroy(self) -> None:
+        self.ctx.msi.hwpt_destroy(self)
+        self.ctx.kernel.iommu.domain_free(self.domain)
+        self.parent.users -= 1
+        if self.viommu is not None:
+            self.viommu.users -= 1
+
+
+def _paging_of(hwpt: HwptPaging | HwptNested) -> HwptPaging:
+    """find_hwpt_paging(): a nested HWPT's reserved IOVA lives in its parent's IOAS."""
+    return hwpt if isinstance(hwpt, HwptPaging) else hwpt.parent
+
+
 # -- the context and its ioctls ------------------------------------------------------------
 
 
@@ -395,6 +524,8 @@ class IommufdCtx:
     def __init__(self, kernel: Any) -> None:
         self.kernel = kernel
         self.objects: dict[int, IommufdObject] = {}
+        new_hooks = getattr(getattr(kernel, "iommufd", None), "new_msi_hooks", None)
+        self.msi: IommufdMsiHooks = new_hooks(self) if new_hooks else IommufdMsiHooks()
 
     def add(self, obj: IommufdObject) -> int:
         """iommufd_object_finalize(): the lowest free id from 1."""
@@ -449,6 +580,126 @@ class IommufdCtx:
             for o in sorted(free, key=lambda o: -o.id):
                 del self.objects[o.id]
                 o.destroy()
+
+    # -- devices: attach / replace / detach -------------------------------------------------
+
+    def device(self, devid: int) -> IommufdDevice:
+        """The bound device ``devid`` (ENOENT), without taking a user."""
+        obj = self.objects.get(devid)
+        if not isinstance(obj, IommufdDevice):
+            raise fail(ENOENT, f"no device {devid}")
+        return obj
+
+    def _enforce_resv(self, idev: IommufdDevice, ioas: Ioas) -> None:
+        """iopt_table_enforce_dev_resv_regions(): the device's reserved regions become
+        reserved IOVA of ``ioas`` (EADDRINUSE over a mapping, nothing added); the
+        SW_MSI window only when the MSI design wants it."""
+        try:
+            for r in self.kernel.iommu.get_resv_regions(idev.dev):
+                if r.type == ResvType.DIRECT_RELAXABLE:
+                    continue
+                if r.type == ResvType.SW_MSI and not self.msi.reserve_sw_msi:
+                    continue
+                ioas.add_reserved(r.start, r.end, idev)
+        except BaseException:
+            ioas.remove_reserved(idev)
+            raise
+
+    def _do_attach(self, idev: IommufdDevice, hwpt: HwptPaging | HwptNested) -> None:
+        """iommufd_device_do_attach / _do_replace: all or nothing."""
+        old = idev.hwpt
+        if old is hwpt:
+            return
+        new_ioas = _paging_of(hwpt).ioas
+        old_ioas = None if old is None else _paging_of(old).ioas
+        moved = new_ioas is not old_ioas
+        if moved:
+            self._enforce_resv(idev, new_ioas)
+        try:
+            self.msi.attach(idev, hwpt)
+            self.kernel.iommu.replace_group_domain(idev.group, hwpt.domain)
+        except BaseException:
+            if moved:
+                new_ioas.remove_reserved(idev)
+            raise
+        if moved and old_ioas is not None:
+            old_ioas.remove_reserved(idev)
+        idev.hwpt = hwpt
+        hwpt.users += 1
+        hwpt.devices.append(idev)
+        if old is not None:
+            self._put_hwpt(old, idev)
+
+    def _put_hwpt(self, hwpt: HwptPaging | HwptNested, idev: IommufdDevice) -> None:
+        """iommufd_hw_pagetable_put(): an automatic HWPT goes with its last user."""
+        hwpt.devices.remove(idev)
+        hwpt.users -= 1
+        if isinstance(hwpt, HwptPaging) and hwpt.auto_domain and not hwpt.users and \
+                self.objects.get(hwpt.id) is hwpt:
+            self.remove(hwpt.id)
+
+    def _attach_auto(self, idev: IommufdDevice, ioas: Ioas) -> int:
+        """iommufd_device_auto_get_domain(): an automatic HWPT of ``ioas`` the device
+        can use (EINVAL from one: try the next), else a new one."""
+        for obj in sorted(self.objects.values(), key=lambda o: o.id):
+            if isinstance(obj, HwptPaging) and obj.auto_domain and obj.ioas is ioas:
+                try:
+                    self._do_attach(idev, obj)
+                except KernelError as e:
+                    if e.errno == EINVAL:
+                        continue
+                    raise
+                return obj.id
+        hwpt = self.hwpt_paging_alloc(ioas, idev, 0, auto_domain=True)
+        oid = self.add(hwpt)              # the id is taken at allocation, as xa_alloc does
+        try:
+            self._do_attach(idev, hwpt)
+        except BaseException:
+            del self.objects[oid]
+            hwpt.destroy()
+            raise
+        return oid
+
+    def device_attach(self, idev: IommufdDevice, pt_id: int) -> int:
+        """iommufd_device_attach() / iommufd_device_replace(): attach (or move) the
+        device to an IOAS (its automatic HWPT) or a HWPT; the HWPT id used."""
+        obj = self.objects.get(pt_id)
+        if obj is None:
+            raise fail(ENOENT, f"no object {pt_id}")
+        if isinstance(obj, Ioas):
+            return self._attach_auto(idev, obj)
+        if isinstance(obj, (HwptPaging, HwptNested)):
+            self._do_attach(idev, obj)
+            return obj.id
+        raise fail(EINVAL, f"object {pt_id} is a {obj.kind}, not an IOAS or a HWPT")
+
+    def device_detach(self, idev: IommufdDevice) -> None:
+        """iommufd_device_detach(): back to the blocked domain, reserved IOVA released."""
+        old = idev.hwpt
+        if old is None:
+            return
+        self.kernel.iommu.replace_group_domain(idev.group, idev.group.ops.blocked_domain())
+        _paging_of(old).ioas.remove_reserved(idev)
+        idev.hwpt = None
+        self.msi.detach(idev)
+        self._put_hwpt(old, idev)
+
+    # -- HW page tables ------------------------------------------------------------------
+
+    def hwpt_paging_alloc(self, ioas: Ioas, idev: IommufdDevice, flags: int,
+                          auto_domain: bool = False) -> HwptPaging:
+        """iommufd_hwpt_paging_alloc(): a paging domain for ``idev``'s IOMMU, mapped
+        with every area of ``ioas`` (not yet in the object table)."""
+        domain = self.kernel.iommu.domain_alloc_paging(idev.dev, flags)
+        nest_parent = bool(flags & uapi.IOMMU_HWPT_ALLOC_NEST_PARENT)
+        hwpt = HwptPaging(self, ioas, domain, nest_parent, auto_domain)
+        try:
+            self.msi.hwpt_init(hwpt)
+            ioas.attach_domain(domain)
+        except BaseException:
+            hwpt.destroy()
+            raise
+        return hwpt
 
     # -- ioctls ---------------------------------------------------------------------------
 
@@ -527,7 +778,7 @@ class IommufdCtx:
             raise fail(EADDRINUSE, "an allowed range overlaps a reserved one")
         ioas.allowed = sorted(new)
 
-    OPS: dict[int, tuple[str, str]] = {
+    OPS: dict[int, tuple[str | Callable[[IommufdCtx, Any], None], str]] = {
         uapi.IOMMU_DESTROY: ("ioctl_destroy", "id"),
         uapi.IOMMU_IOAS_ALLOC: ("ioctl_ioas_alloc", "out_ioas_id"),
         uapi.IOMMU_IOAS_ALLOW_IOVAS: ("ioctl_ioas_allow_iovas", "allowed_iovas"),
@@ -536,6 +787,13 @@ class IommufdCtx:
         uapi.IOMMU_IOAS_MAP: ("ioctl_ioas_map", "iova"),
         uapi.IOMMU_IOAS_UNMAP: ("ioctl_ioas_unmap", "length"),
     }
+
+    @classmethod
+    def register_op(cls, ioctl: int, last_member: str,
+                    func: Callable[[IommufdCtx, Any], None]) -> None:
+        """Add an ioctl from another module: ``func(ctx, cmd)`` handles it, with the
+        same size check (``last_member``) and copy-back as the built-in ops."""
+        cls.OPS[ioctl] = (func, last_member)
 
     def ioctl(self, cmd: int, arg: Any) -> int:
         """iommufd_fops_ioctl(): ENOTTY for an op the model does not have, EINVAL for
@@ -550,9 +808,11 @@ class IommufdCtx:
         if arg.size < st.offsetofend(last_member):
             raise fail(EINVAL, f"size {arg.size} below the minimum")
         work = arg.copy()
-        handler: Callable[[Any], None] = getattr(self, name)
         try:
-            handler(work)
+            if isinstance(name, str):
+                getattr(self, name)(work)
+            else:
+                name(self, work)
         except KernelError as e:
             if e.errno == EMSGSIZE:          # IOVA_RANGES responds, then fails
                 _copy_back(arg, work)
@@ -585,6 +845,75 @@ class IommufdFops(FileOperations):
         return file.private_data.ioctl(cmd, arg)
 
 
-def iommufd_init(kernel: Any) -> None:
-    """Register /dev/iommu (the misc device iommufd_init() adds)."""
-    kernel.register_chrdev("/dev/iommu", IommufdFops(kernel))
+class Iommufd:
+    """The iommufd module (``k.iommufd``): its parameters and what VFIO calls."""
+
+    def __init__(self, kernel: Any) -> None:
+        self.kernel = kernel
+        self.fops = IommufdFops(kernel)
+        #: module parameter allow_unsafe_interrupts: bind devices whose MSIs are not isolated
+        self.allow_unsafe_interrupts = False
+
+    def new_msi_hooks(self, ctx: IommufdCtx) -> IommufdMsiHooks:
+        """The MSI design of a new context."""
+        return IommufdMsiHooks()
+
+    def ctx_from_file(self, file: File) -> IommufdCtx:
+        """iommufd_ctx_from_file(): EBADFD for a file that is not /dev/iommu."""
+        if getattr(file, "f_op", None) is not self.fops:
+            raise fail(EBADFD, "not an iommufd file")
+        return file.private_data
+
+    def msi_isolated(self, group: Any) -> bool:
+        """iommu_group_has_isolated_msi(): every device's MSI domain hierarchy has an
+        IRQ_DOMAIN_FLAG_ISOLATED_MSI level (the GICv3 ITS; x86 interrupt remapping)."""
+        msi = getattr(self.kernel, "msi", None)
+        d = getattr(msi, "domain", None)
+        while d is not None:
+            if getattr(d, "isolated_msi", False):
+                return True
+            d = d.parent
+        return False
+
+    def bind_device(self, file: File, pdev: Any) -> int:
+        """iommufd_device_bind(): ENODEV outside an IOMMU group, EPERM for MSIs that
+        are not isolated (unless allow_unsafe_interrupts), EPERM while another owner
+        has the group's DMA; the new device object's id."""
+        ctx = self.ctx_from_file(file)
+        k = self.kernel
+        group = k.iommu.group_for(pdev)
+        if group is None:
+            raise fail(ENODEV, f"{pdev} has no IOMMU group")
+        if not self.msi_isolated(group):
+            if not self.allow_unsafe_interrupts:
+                raise fail(EPERM, "MSIs of the device cannot be isolated")
+            k.printk(f"iommufd: {pdev}: MSI interrupts are not secure, they cannot be "
+                     "isolated by the platform")
+        if group.owner is not None and group.owner is not ctx:
+            raise fail(EPERM, "another owner has the group's DMA")
+        k.iommu.claim_dma_owner(group, ctx)
+        try:
+            idev = IommufdDevice(ctx, pdev, group)
+            idev.users += 1                       # the caller's reference (VFIO)
+            return ctx.add(idev)
+        except BaseException:
+            k.iommu.release_dma_owner(group)
+            raise
+
+    def device(self, file: File, devid: int) -> IommufdDevice:
+        """The device object ``devid`` of the context of ``file``."""
+        return self.ctx_from_file(file).device(devid)
+
+    def unbind_device(self, file: File, devid: int) -> None:
+        """iommufd_device_unbind(): detach, give DMA ownership back, destroy the object."""
+        ctx = self.ctx_from_file(file)
+        idev = ctx.device(devid)
+        idev.users -= 1
+        ctx.remove(devid)
+
+
+def iommufd_init(kernel: Any) -> Iommufd:
+    """Register /dev/iommu (the misc device iommufd_init() adds) and ``k.iommufd``."""
+    kernel.iommufd = Iommufd(kernel)
+    kernel.register_chrdev("/dev/iommu", kernel.iommufd.fops)
+    return kernel.iommufd

@@ -225,6 +225,9 @@ class PciDriver:
         self.remove = remove
         self.id_table = [tuple(i) for i in id_table]
         self.devices: list[PciDev] = []
+        #: struct device_driver.driver_managed_dma: the driver (vfio-pci) manages DMA
+        #: ownership itself and does not use the group's default domain
+        self.driver_managed_dma = False
 
     def __repr__(self) -> str:
         return f"<pci_driver {self.name}>"
@@ -300,7 +303,8 @@ class PciDriverCore:
         """really_probe(): EBUSY if bound; DMA use of the default domain; probe."""
         if dev.driver is not None:
             raise fail(EBUSY, f"{dev.bdf} is bound to {dev.driver.name}")
-        self._use_default_domain(dev)
+        if not drv.driver_managed_dma:
+            self._use_default_domain(dev)
         dev.driver = drv
         try:
             data = drv.probe(dev)
@@ -354,9 +358,13 @@ class PciDriverCore:
         if group.owner is not None:
             raise fail(EBUSY, f"{dev.bdf}: its IOMMU group is owned by userspace")
         group.kernel_users += 1
+        dev.uses_default_domain = True
 
     def _unuse_default_domain(self, dev: PciDev) -> None:
         group = dev.iommu_group
+        if not getattr(dev, "uses_default_domain", False):
+            return
+        dev.uses_default_domain = False
         if group is not None and group.kernel_users:
             group.kernel_users -= 1
 

@@ -27,6 +27,7 @@ from ..uapi import vfio as V
 from .base import EINVAL, ENODEV, ENOENT, KernelError, fail
 from .files import EBADF, ENOTTY, File, FileOperations
 from .msi import MsiType
+from .pci import PciDriver
 
 U32_MAX = 0xFFFF_FFFF
 DRIVER_NAME = "vfio-pci"
@@ -340,6 +341,18 @@ def bind_iommufd(k: Any, df: VfioDeviceFile, ictx_file: File) -> int:
     return k.iommufd.bind_device(ictx_file, df.core.pdev)
 
 
+def unbind_iommufd(k: Any, df: VfioDeviceFile) -> None:
+    """vfio_df_iommufd_unbind() -> vfio_iommufd_physical_unbind(): the device object
+    goes (detached, DMA ownership given back); the file keeps its iommufd reference
+    until it is released."""
+    if df.devid is None or df.iommufd is None:
+        return
+    unbind = getattr(k.iommufd, "unbind_device", None)
+    devid, df.devid = df.devid, None
+    if unbind is not None:
+        unbind(df.iommufd, devid)
+
+
 class VfioDeviceFops(FileOperations):
     """vfio_device_fops for the cdev."""
 
@@ -359,6 +372,7 @@ class VfioDeviceFops(FileOperations):
         if df.access_granted and not any(f.access_granted for f in core.files) \
                 and not core.removed:
             core.teardown()
+        unbind_iommufd(file.kernel, df)         # vfio_df_device_last_close: after close_device
         if df.iommufd is not None:
             df.iommufd.put()
             df.iommufd = None
@@ -372,6 +386,10 @@ class VfioDeviceFops(FileOperations):
             return self._bind(file, df, _arg(arg, V.VfioDeviceBindIommufd))
         if not df.access_granted:
             raise fail(EINVAL, "device file not bound to an iommufd")
+        if cmd == V.VFIO_DEVICE_ATTACH_IOMMUFD_PT:
+            return self._attach_pt(file, df, _arg(arg, V.VfioDeviceAttachIommufdPt))
+        if cmd == V.VFIO_DEVICE_DETACH_IOMMUFD_PT:
+            return self._detach_pt(file, df, _arg(arg, V.VfioDeviceDetachIommufdPt))
         handlers = {
             V.VFIO_DEVICE_GET_INFO: self._get_info,
             V.VFIO_DEVICE_GET_REGION_INFO: self._get_region_info,
@@ -394,6 +412,8 @@ class VfioDeviceFops(FileOperations):
             raise fail(EINVAL, "bad vfio_device_bind_iommufd")
         if df.access_granted:
             raise fail(EINVAL, "device file already bound")
+        if any(f.access_granted for f in df.core.files):
+            raise fail(EINVAL, "the device is bound through another file")   # vfio_df_open
         ictx = k.fget(bind.iommufd)                      # EBADF for a closed number
         try:
             if getattr(k, "iommufd", None) is None:
@@ -405,6 +425,40 @@ class VfioDeviceFops(FileOperations):
         df.iommufd, df.devid = ictx, devid
         bind.out_devid = devid
         df._grant_access()
+        return 0
+
+    # -- attach / detach (vfio_df_ioctl_attach_pt / _detach_pt) ----------------------
+    # The model's vfio-pci has no pasid_attach_ioas / pasid_detach_ioas: a PASID
+    # flag is EOPNOTSUPP, as for a driver without them.
+
+    def _attach_pt(self, file: File, df: VfioDeviceFile, attach: Any) -> int:
+        """vfio_iommufd_physical_attach_ioas(): attach, or replace when attached;
+        ``pt_id`` returns the HWPT used (the automatic one for an IOAS)."""
+        if attach.argsz < V.VfioDeviceAttachIommufdPt.offsetofend("pt_id") or \
+                attach.flags & ~V.VFIO_DEVICE_ATTACH_PASID:
+            raise fail(EINVAL, "bad vfio_device_attach_iommufd_pt")
+        if attach.flags & V.VFIO_DEVICE_ATTACH_PASID:
+            raise fail(_errno.EOPNOTSUPP, "PASID attach not supported")
+        if df.devid is None or df.iommufd is None:
+            raise fail(EINVAL, "device not bound to an iommufd")
+        k = file.kernel
+        ctx = k.iommufd.ctx_from_file(df.iommufd)
+        attach.pt_id = ctx.device_attach(ctx.device(df.devid), attach.pt_id)
+        return 0
+
+    def _detach_pt(self, file: File, df: VfioDeviceFile, detach: Any) -> int:
+        """vfio_iommufd_physical_detach_ioas(): back to blocked DMA (nothing to do
+        when not attached)."""
+        if detach.argsz < V.VfioDeviceDetachIommufdPt.offsetofend("flags") or \
+                detach.flags & ~V.VFIO_DEVICE_DETACH_PASID:
+            raise fail(EINVAL, "bad vfio_device_detach_iommufd_pt")
+        if detach.flags & V.VFIO_DEVICE_DETACH_PASID:
+            raise fail(_errno.EOPNOTSUPP, "PASID detach not supported")
+        if df.devid is None or df.iommufd is None:
+            return 0
+        k = file.kernel
+        ctx = k.iommufd.ctx_from_file(df.iommufd)
+        ctx.device_detach(ctx.device(df.devid))
         return 0
 
     # -- info ioctls ----------------------------------------------------------------
@@ -535,6 +589,8 @@ class VfioPciDriver:
     def remove(self, pdev: Any) -> None:
         core = self.cores.pop(pdev)
         core.teardown()
+        for df in core.files:           # Linux waits for the files to close; the model
+            unbind_iommufd(self.kernel, df)   # gives the device's DMA back at once
         core.removed = True
         self.kernel.unregister_chrdev(core.path)
 
@@ -543,9 +599,11 @@ def vfio_pci_init(k: Any) -> VfioPciDriver:
     """module_init(vfio_pci_init): register "vfio-pci" with no ids."""
     drv = VfioPciDriver(k)
     k.vfio_pci = drv
-    k.pci_register_driver(DRIVER_NAME, drv.probe, drv.remove)
+    pdrv = PciDriver(DRIVER_NAME, drv.probe, drv.remove)
+    pdrv.driver_managed_dma = True      # vfio-pci: DMA ownership goes to its user
+    k.pci_driver_core.register(pdrv)
     return drv
 
 
 __all__ = ["VfioPciDriver", "VfioPciCore", "VfioDeviceFile", "VfioDeviceFops",
-           "vfio_pci_init", "bind_iommufd", "EBADF"]
+           "vfio_pci_init", "bind_iommufd", "unbind_iommufd", "EBADF"]
