@@ -104,7 +104,7 @@ class Rig:
 
 @pytest.fixture
 def rig():
-    return Rig(ArmVirt(devices=[{"msix": 4}] * 2), n=2)
+    return Rig(ArmVirt(devices=[{"msix": 4}] * 2, msi_design="sw-msi"), n=2)  # Linux 6.15
 
 
 # -- bind ---------------------------------------------------------------------------------
