@@ -333,14 +333,18 @@ class PerVectorMsi(MsiDesignBase):
         if idev.hw_msi:
             desc.set_iommu_msi_iova(0, 0)
             return
+        # MSI has one address register for all its vectors (Linux: one msi_desc,
+        # msi_index 0): every MSI vector uses vector 0's entry.
         e = self.table.get(self.key(idev, VFIO_MSIX if desc.is_msix else VFIO_MSI),
-                           desc.msi_index)
+                           desc.msi_index if desc.is_msix else 0)
         if e is None:
             raise fail(ENOENT, f"{desc.dev}: no MSI address for "
                                f"{'MSI-X' if desc.is_msix else 'MSI'} vector {desc.msi_index}")
         desc.set_iommu_msi_iova(e[0], e[1])
 
     def has_entry(self, idev: IommufdDevice, index: int, vector: int) -> bool:
+        """Whether preparing that vector would find an address."""
+        vector = vector if index == VFIO_MSIX else 0
         return self.table.get(self.key(idev, index), vector) is not None
 
     def prepare(self, domain: Any, desc: Any, msi_addr: int) -> None:

@@ -239,7 +239,8 @@ class VfioPciCore:
 
         EINVAL, with nothing changed, for: argsz below the header, not exactly one
         of SET / CLEAR / GET or another flag, ``__reserved`` set, an index other
-        than MSI / MSI-X, an empty range or one past the index's vector count,
+        than MSI / MSI-X, an empty range or one past the index's vector count
+        (MSI: vector 0 only — its one address serves every MSI vector),
         argsz (or the array) not covering ``iova[count]`` for SET / GET, an IOVA
         of 0 or not page aligned for SET.  EOPNOTSUPP when the context's design is
         not per-vector or the device's MSIs are not translated (x86).  A SET or
@@ -270,6 +271,8 @@ class VfioPciCore:
         if arg.index not in (V.VFIO_PCI_MSI_IRQ_INDEX, V.VFIO_PCI_MSIX_IRQ_INDEX):
             raise fail(EINVAL, f"index {arg.index} is not MSI or MSI-X")
         num = self.irq_count(arg.index)
+        if arg.index == V.VFIO_PCI_MSI_IRQ_INDEX:
+            num = min(num, 1)           # one address register for every MSI vector
         if arg.count == 0 or arg.start >= num or arg.count > num - arg.start:
             raise fail(EINVAL, f"vectors {arg.start}+{arg.count} outside 0..{num}")
         if op != V.VFIO_MSI_IOVA_CLEAR:
