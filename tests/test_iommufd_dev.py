@@ -19,6 +19,8 @@ from __future__ import annotations
 import errno
 
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 from pymsi.kernel.iommu import DomainType
 from pymsi.machine import ArmVirt
@@ -288,3 +290,240 @@ def test_close_in_either_order_leaks_nothing(rig, order):
     r2 = rig.k.open("/dev/iommu")
     f2 = rig.k.open("/dev/vfio/devices/vfio0")
     f2.ioctl(V.VFIO_DEVICE_BIND_IOMMUFD, V.VfioDeviceBindIommufd(iommufd=r2.fd))
+
+
+# -- HWPT_ALLOC: paging, nest parent, nested ------------------------------------------------
+
+CFG_ABORT, CFG_BYPASS, CFG_S1, CFG_S2, CFG_NESTED = 0b000, 0b100, 0b101, 0b110, 0b111
+
+
+def ste_of(rig, i=0):
+    """The STE the SMMU uses for the function (StreamID = requester ID)."""
+    addr = rig.k.smmu._ste_addr(rig.rid(i))
+    return [rig.k.ram.read_u64(addr + 8 * j) for j in range(8)]
+
+
+def config(ste):
+    return ste[0] >> 1 & 7
+
+
+def hwpt_alloc(rig, devid, pt_id, flags=0, data=b"", data_type=None):
+    va = 0
+    if data:
+        va = rig.k.mmap(PAGE)
+        rig.k.user_write(va, data)
+    if data_type is None:
+        data_type = u.IOMMU_HWPT_DATA_ARM_SMMUV3 if data else u.IOMMU_HWPT_DATA_NONE
+    a = u.IommuHwptAlloc(flags=flags, dev_id=devid, pt_id=pt_id, data_type=data_type,
+                         data_len=len(data), data_uptr=va)
+    rig.ictx.ioctl(u.IOMMU_HWPT_ALLOC, a)
+    return a.out_hwpt_id
+
+
+def vste_bytes(w0, w1):
+    return w0.to_bytes(8, "little") + w1.to_bytes(8, "little")
+
+
+@pytest.fixture
+def nrig():
+    return Rig(ArmVirt(smmu="nested", devices=[{"msix": 4}] * 2), n=2)
+
+
+def test_hwpt_paging_and_nest_parent_on_an_ioas(nrig):
+    rig = nrig
+    ioas = rig.ioas()
+    va = rig.map(ioas, 0x10_0000)
+    devid = rig.bind(0)
+    s1 = hwpt_alloc(rig, devid, ioas)
+    s2 = hwpt_alloc(rig, devid, ioas, u.IOMMU_HWPT_ALLOC_NEST_PARENT)
+    assert (s1, s2) == (devid + 1, devid + 2)
+    assert rig.attach(s1) == s1
+    assert config(ste_of(rig)) == CFG_S1        # an SMMU with both stages: stage 1 paging
+    assert rig.dma_reaches(0x10_0000, va)
+    assert rig.attach(s2) == s2                 # replace: the STE becomes stage 2
+    assert config(ste_of(rig)) == CFG_S2
+    assert rig.dma_reaches(0x10_0000, va)
+    # Explicitly allocated HWPTs survive their devices; destroyable once unused.
+    assert errno_of(rig.destroy, s2) == EBUSY
+    rig.destroy(s1)
+    rig.detach()
+    rig.destroy(s2)
+    assert config(ste_of(rig)) == CFG_ABORT
+
+
+def test_hwpt_alloc_flags_and_targets(nrig):
+    rig = nrig
+    ioas = rig.ioas()
+    devid = rig.bind(0)
+    objs = dict(rig.ictx.private_data.objects)
+    for flags in (u.IOMMU_HWPT_ALLOC_DIRTY_TRACKING, u.IOMMU_HWPT_ALLOC_PASID,
+                  u.IOMMU_HWPT_FAULT_ID_VALID):
+        assert errno_of(hwpt_alloc, rig, devid, ioas, flags) == EOPNOTSUPP
+    assert errno_of(hwpt_alloc, rig, devid, 99) == EINVAL          # no such pt_id
+    assert errno_of(hwpt_alloc, rig, devid, devid) == EINVAL       # a device is no pt
+    assert errno_of(hwpt_alloc, rig, ioas, ioas) == ENOENT         # dev_id not a device
+    a = u.IommuHwptAlloc(dev_id=devid, pt_id=ioas, data_type=u.IOMMU_HWPT_DATA_ARM_SMMUV3)
+    assert errno_of(rig.ictx.ioctl, u.IOMMU_HWPT_ALLOC, a) == EINVAL   # type without data
+    assert rig.ictx.private_data.objects == objs
+
+
+def test_nest_parent_needs_both_stages():
+    rig = Rig(ArmVirt(smmu="s2", devices=[{"msix": 4}]))
+    ioas = rig.ioas()
+    devid = rig.bind(0)
+    assert errno_of(hwpt_alloc, rig, devid, ioas, u.IOMMU_HWPT_ALLOC_NEST_PARENT) == EOPNOTSUPP
+    pt = hwpt_alloc(rig, devid, ioas)                # plain paging: stage 2 here
+    rig.attach(pt)
+    assert config(ste_of(rig)) == CFG_S2
+
+
+def test_nested_hwpt_from_a_vste(nrig):
+    rig = nrig
+    ioas = rig.ioas()
+    va = rig.map(ioas, 0x10_0000)
+    devid = rig.bind(0)
+    parent = hwpt_alloc(rig, devid, ioas, u.IOMMU_HWPT_ALLOC_NEST_PARENT)
+    auto = rig.attach(ioas)
+    # Only a nest parent may carry a nested HWPT; an IOAS takes no driver data.
+    bypass = vste_bytes(1 | CFG_BYPASS << 1, 0)
+    assert errno_of(hwpt_alloc, rig, devid, auto, 0, bypass) == EINVAL
+    assert errno_of(hwpt_alloc, rig, devid, ioas, 0, bypass) == EOPNOTSUPP
+    nested = hwpt_alloc(rig, devid, parent, 0, bypass)
+    rig.attach(nested)
+    # Stage 1 bypassed by the guest: an S2-only STE, the IOVA is an IPA of the parent.
+    assert config(ste_of(rig)) == CFG_S2
+    assert rig.dma_reaches(0x10_0000, va)
+    # A stage-1 vSTE: a nested STE carrying the guest's CD table pointer.
+    s1 = hwpt_alloc(rig, devid, parent, 0, vste_bytes(1 | CFG_S1 << 1 | 0x20_0000, 0))
+    rig.attach(s1)
+    ste = ste_of(rig)
+    assert config(ste) == CFG_NESTED and ste[0] & 0x000F_FFFF_FFFF_FFC0 == 0x20_0000
+    rig.attach(nested)
+    rig.destroy(s1)
+    assert errno_of(rig.destroy, parent) == EBUSY     # the nested HWPT holds it
+    # A guest that aborts: DMA is terminated.
+    abort = hwpt_alloc(rig, devid, parent, 0, vste_bytes(1 | CFG_ABORT << 1, 0))
+    rig.attach(abort)
+    assert not rig.m.bus.dma_write(rig.rid(), 0x10_0000, 1, 4).ok
+    rig.attach(nested)
+    assert rig.dma_reaches(0x10_0000, va)
+    # Reserved IOVA of a nested attachment lives in the parent's IOAS.
+    assert (0, SW_MSI[0] - 1) in rig.ranges(ioas)
+    rig.detach()
+    assert rig.ranges(ioas) == [(0, U64_MAX)]
+    rig.destroy(nested), rig.destroy(abort), rig.destroy(parent)
+
+
+def test_nested_data_layout_checks(nrig):
+    rig = nrig
+    ioas = rig.ioas()
+    devid = rig.bind(0)
+    parent = hwpt_alloc(rig, devid, ioas, u.IOMMU_HWPT_ALLOC_NEST_PARENT)
+    good = vste_bytes(1 | CFG_BYPASS << 1, 0)
+    objs = dict(rig.ictx.private_data.objects)
+    # Another data type: EINVAL; too short: EINVAL; longer with non-zero tail: E2BIG.
+    assert errno_of(hwpt_alloc, rig, devid, parent, 0, good, u.IOMMU_HWPT_DATA_VTD_S1) == EINVAL
+    assert errno_of(hwpt_alloc, rig, devid, parent, 0, good[:12]) == EINVAL
+    assert errno_of(hwpt_alloc, rig, devid, parent, 0, good + b"\1") == errno.E2BIG
+    assert errno_of(hwpt_alloc, rig, devid, parent, u.IOMMU_HWPT_ALLOC_NEST_PARENT,
+                    good) == EOPNOTSUPP
+    assert rig.ictx.private_data.objects == objs
+    hwpt_alloc(rig, devid, parent, 0, good + bytes(8))  # a zero tail is fine
+
+
+# The bits a guest owns in a vSTE (Linux's arm-smmu-v3 nesting allowlist, field positions
+# from the SMMUv3 STE layout): dword 0 V[0], Config[3:1], S1Fmt[5:4], S1ContextPtr[51:6],
+# S1CDMax[63:59]; dword 1 S1DSS[1:0], S1CIR[3:2], S1COR[5:4], S1CSH[7:6], S1STALLD[27].
+OWN0 = 0xF80F_FFFF_FFFF_FFFF
+OWN1 = 0x0800_00FF
+
+
+@settings(max_examples=100, deadline=None)
+@given(cfg=st.sampled_from([CFG_ABORT, CFG_BYPASS, CFG_S1]),
+       ctx=st.integers(0, (1 << 46) - 1), cdmax=st.integers(0, 31), fmt=st.integers(0, 3),
+       w1=st.integers(0, OWN1), mutation=st.sampled_from(["none", "bit0", "bit1", "config"]),
+       bit=st.integers(0, 63), bad_cfg=st.sampled_from([1, 2, 3, CFG_S2, CFG_NESTED]))
+def test_nested_vste_validation_property(cfg, ctx, cdmax, fmt, w1, mutation, bit, bad_cfg):
+    rig = _NRIG.get()
+    w0 = 1 | cfg << 1 | fmt << 4 | ctx << 6 | cdmax << 59
+    w1 &= OWN1
+    expect_ok = True
+    if mutation == "bit0" and not OWN0 >> bit & 1:
+        w0 |= 1 << bit
+        expect_ok = False
+    elif mutation == "bit1" and not OWN1 >> bit & 1:
+        w1 |= 1 << bit
+        expect_ok = False
+    elif mutation == "config":
+        w0 = w0 & ~0xE | bad_cfg << 1
+        expect_ok = False
+    event(f"mutation={mutation if not expect_ok else 'none'}")
+    before = dict(rig.ictx.private_data.objects)
+    e = errno_of(hwpt_alloc, rig, _NRIG.devid, _NRIG.parent, 0, vste_bytes(w0, w1))
+    if expect_ok:
+        assert e is None
+        new = set(rig.ictx.private_data.objects) - set(before)
+        assert len(new) == 1
+        rig.destroy(new.pop())
+    else:
+        assert e == EINVAL
+        assert rig.ictx.private_data.objects == before
+    # V=0: whatever else is set, the vSTE is an abort and is accepted.
+    e = errno_of(hwpt_alloc, rig, _NRIG.devid, _NRIG.parent, 0, vste_bytes(w0 & ~1, w1))
+    assert e is None
+    rig.destroy(max(rig.ictx.private_data.objects))
+
+
+class _NestedRig:
+    """One nested-SMMU machine shared by the property test's examples."""
+
+    rig = None
+
+    def get(self):
+        if self.rig is None:
+            self.rig = Rig(ArmVirt(smmu="nested", devices=[{"msix": 4}]))
+            ioas = self.rig.ioas()
+            self.devid = self.rig.bind(0)
+            self.parent = hwpt_alloc(self.rig, self.devid, ioas,
+                                     u.IOMMU_HWPT_ALLOC_NEST_PARENT)
+        return self.rig
+
+
+_NRIG = _NestedRig()
+
+
+# -- GET_HW_INFO -----------------------------------------------------------------------------
+
+
+def hw_info(rig, devid, data_len, flags=0, in_type=0):
+    va = rig.k.mmap(PAGE)
+    rig.k.user_write(va, b"\xAA" * 64)
+    h = u.IommuHwInfo(flags=flags, dev_id=devid, data_len=data_len, data_uptr=va)
+    h.in_data_type = in_type
+    rig.ictx.ioctl(u.IOMMU_GET_HW_INFO, h)
+    return h, rig.k.user_read(va, 64)
+
+
+def test_get_hw_info_arm_smmuv3(nrig):
+    rig = nrig
+    devid = rig.bind(0)
+    base = rig.m.SMMU
+    words = [rig.m.bus.read(base + off, 4) for off in (0, 4, 8, 0xC, 0x10, 0x14, 0x18, 0x1C)]
+    h, raw = hw_info(rig, devid, 48)
+    assert h.out_data_type == u.IOMMU_HW_INFO_TYPE_ARM_SMMUV3
+    assert h.data_len == 40                           # sizeof(struct iommu_hw_info_arm_smmuv3)
+    assert h.out_capabilities == 0
+    info = u.IommuHwInfoArmSmmuv3.unpack(raw[:40])
+    assert (info.flags, list(info.idr), info.iidr, info.aidr) == (0, words[:6], *words[6:])
+    assert raw[40:48] == bytes(8) and raw[48:] == b"\xAA" * 16   # zero-filled up to data_len
+    # A short buffer gets a truncated copy and the kernel's length back.
+    h, raw = hw_info(rig, devid, 12)
+    assert h.data_len == 40 and raw[:12] == info.pack()[:12] and raw[12:] == b"\xAA" * 52
+    # Asking for the SMMU's type works, another type is EOPNOTSUPP; unknown flags too.
+    h, _ = hw_info(rig, devid, 40, u.IOMMU_HW_INFO_FLAG_INPUT_TYPE,
+                   u.IOMMU_HW_INFO_TYPE_ARM_SMMUV3)
+    assert h.out_data_type == u.IOMMU_HW_INFO_TYPE_ARM_SMMUV3
+    assert errno_of(hw_info, rig, devid, 40, u.IOMMU_HW_INFO_FLAG_INPUT_TYPE,
+                    u.IOMMU_HW_INFO_TYPE_INTEL_VTD) == EOPNOTSUPP
+    assert errno_of(hw_info, rig, devid, 40, 2) == EOPNOTSUPP
+    assert errno_of(hw_info, rig, 77, 40) == ENOENT

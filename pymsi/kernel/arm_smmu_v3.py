@@ -52,6 +52,7 @@ from ..core import IoPgtable, Prot
 from ..errors import AlreadyExists, InvalidArgument
 from ..hw import smmuv3_regs as R
 from ..hw.bits import Field, dwords, pack_dwords
+from ..uapi import iommufd as uapi
 from .base import (
     EBUSY,
     EEXIST,
@@ -1022,6 +1023,17 @@ class ArmSmmuV3(IommuOps):
         if isinstance(old, (ArmSmmuDomain, ArmSmmuNestedDomain)):
             old.masters.discard(master)
         master.domain = None
+
+    def hw_info(self, dev: Any, want: int) -> tuple[bytes, int]:
+        """arm_smmu_hw_info(): struct iommu_hw_info_arm_smmuv3 with IDR0..IDR5, IIDR and
+        AIDR read from the SMMU as they are (no bit masked); EOPNOTSUPP when another
+        type is asked for (no implementation-specific info here)."""
+        if want not in (uapi.IOMMU_HW_INFO_TYPE_DEFAULT, uapi.IOMMU_HW_INFO_TYPE_ARM_SMMUV3):
+            raise fail(EOPNOTSUPP, f"hw_info type {want}")
+        info = uapi.IommuHwInfoArmSmmuv3(
+            idr=[self.readl(R.IDR0 + 4 * i) for i in range(6)],
+            iidr=self.readl(R.IIDR), aidr=self.readl(R.AIDR))
+        return info.pack(), uapi.IOMMU_HW_INFO_TYPE_ARM_SMMUV3
 
     def get_resv_regions(self, dev: Any) -> list[ResvRegion]:
         """arm_smmu_get_resv_regions(): the software-managed MSI window."""
