@@ -326,7 +326,7 @@ def vste_bytes(w0, w1):
 
 @pytest.fixture
 def nrig():
-    return Rig(ArmVirt(smmu="nested", devices=[{"msix": 4}] * 2), n=2)
+    return Rig(ArmVirt(smmu="nested", devices=[{"msix": 4}] * 2, msi_design="sw-msi"), n=2)
 
 
 def test_hwpt_paging_and_nest_parent_on_an_ioas(nrig):
