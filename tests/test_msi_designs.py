@@ -708,3 +708,124 @@ def test_machine_default_and_iommu_option_msi_design():
     # Another context of the same kernel keeps the machine's default.
     other = vmm.k.open("/dev/iommu")
     assert option(other, u.IOMMU_OPTION_OP_GET) == 3
+
+
+# -- nested: a guest stage 1 over the IOAS (stage 2) -------------------------------------------
+
+
+class GuestMem:
+    """Guest-physical memory as the guest sees it: IPAs through the IOAS's areas."""
+
+    def __init__(self, vmm: Vmm) -> None:
+        self.ioas = vmm.ctx().ioas(vmm.ioas)
+        self.ram = vmm.k.ram
+
+    def _pa(self, ipa: int) -> int:
+        pa = self.ioas.iova_to_phys(ipa)
+        assert pa is not None and self.ram.is_ram(pa, 1), hex(ipa)
+        return pa
+
+    def is_ram(self, ipa: int, size: int = 1) -> bool:
+        return all(self.ioas.iova_to_phys(a) is not None
+                   for a in range(ipa & ~0xFFF, ipa + size, PAGE))
+
+    def read(self, ipa: int, size: int) -> bytes:
+        return b"".join(self.ram.read(self._pa(a), 1) for a in range(ipa, ipa + size))
+
+    def write(self, ipa: int, data: bytes) -> None:
+        for i, b in enumerate(data):
+            self.ram.write(self._pa(ipa + i), bytes([b]))
+
+    def read_u64(self, ipa: int) -> int:
+        return int.from_bytes(self.read(ipa, 8), "little")
+
+    def write_u64(self, ipa: int, value: int) -> None:
+        self.write(ipa, value.to_bytes(8, "little"))
+
+
+GIOVA = 0x5000_0000                 # the guest's MSI IOVAs (stage-1 input)
+VITS_PAGE = 0x0809_0000             # the guest's vITS doorbell page (an IPA)
+
+
+def nested_vmm(design: str, guest_maps: dict[int, int]) -> Vmm:
+    """A nest-parent paging HWPT on the IOAS, and a nested HWPT from a guest vSTE
+    whose stage 1 (built in guest memory) maps ``guest_maps`` (gIOVA -> IPA page)."""
+    from pymsi.core.pgtable import IoPgtable, TableAllocator
+
+    from smmu_driver import cd_words, pack
+
+    vmm = Vmm(design, smmu="nested")
+    devid = vmm.bind()
+
+    def hwpt_alloc(pt_id, flags=0, data=b""):
+        va = 0
+        if data:
+            va = vmm.k.mmap(PAGE)
+            vmm.k.user_write(va, data)
+        a = u.IommuHwptAlloc(flags=flags, dev_id=devid, pt_id=pt_id, data_len=len(data),
+                             data_uptr=va, data_type=u.IOMMU_HWPT_DATA_ARM_SMMUV3 if data
+                             else u.IOMMU_HWPT_DATA_NONE)
+        vmm.ictx.ioctl(u.IOMMU_HWPT_ALLOC, a)
+        return a.out_hwpt_id
+
+    parent = hwpt_alloc(vmm.ioas, u.IOMMU_HWPT_ALLOC_NEST_PARENT)
+    gmem = GuestMem(vmm)
+    alloc = TableAllocator(gmem, RAM_IOVA + 0x8000, 0x8000)
+    s1 = IoPgtable(gmem, alloc, "s1", ias=48, oas=44)
+    for giova, ipa in guest_maps.items():
+        s1.map(giova, ipa, PAGE, Prot.READ | Prot.WRITE)
+    cd = RAM_IOVA + 0x7000
+    gmem.write(cd, pack(cd_words(s1.stage1_config(), asid=1)))
+    vste = (1 | 0b101 << 1 | cd).to_bytes(8, "little") + bytes(8)
+    vmm.nested = hwpt_alloc(parent, 0, vste)
+    vmm.parent = parent
+    vmm.attach(vmm.nested)
+    return vmm
+
+
+def smmu_pa(vmm: Vmm, addr: int, i: int = 0) -> int | None:
+    return vmm.m.smmu.translate(vmm.k.pci.devices[i].rid, addr, write=True).pa
+
+
+def test_per_vector_nested_routes_through_both_stages():
+    vmm = nested_vmm("per-vector", {GIOVA + v * PAGE: VITS_PAGE for v in range(NVEC)})
+    vmm.msi_iova(SET, 0, [GIOVA + v * PAGE for v in range(NVEC)])
+    vmm.map_msi(VITS_PAGE)                  # the ITS page at the vITS doorbell's IPA
+    assert vmm.enable() == 0
+    for v in range(NVEC):
+        addr = vmm.entry(v)[0]
+        assert addr == GIOVA + v * PAGE + 0x40
+        assert smmu_pa(vmm, addr) == DOORBELL
+        vmm.fire(v)
+    assert vmm.counts() == [1] * NVEC
+    # Affinity keeps the guest's address (and rewrites it).
+    writes = count_table_writes(vmm)
+    vmm.k.proc_write(f"/proc/irq/{vmm.irq(2)}/smp_affinity", "8")
+    assert vmm.entry(2)[0] == GIOVA + 2 * PAGE + 0x40 and len(writes) == 3
+
+
+def test_sw_msi_nested_needs_the_guest_to_identity_map_the_window():
+    vmm = nested_vmm("sw-msi", {SW_MSI_BASE: SW_MSI_BASE})     # the IORT RMR
+    assert vmm.enable() == 0
+    assert vmm.entry(0)[0] == SW_MSI_BASE | 0x40
+    # Installed in the nest parent (stage 2), not in the guest's tables.
+    assert vmm.s2_domain().iova_to_phys(SW_MSI_BASE + 0x40) == DOORBELL
+    vmm.fire(0)
+    assert vmm.counts() == [1, 0, 0, 0]
+
+
+def test_sw_msi_nested_without_the_identity_map_faults():
+    vmm = nested_vmm("sw-msi", {})
+    assert vmm.enable() == 0
+    before = vmm.smmu_events()
+    vmm.fire(0)
+    assert vmm.counts() == [0] * NVEC and vmm.smmu_events() == before + 1
+
+
+def test_dma_cookie_nested_sends_the_pa_which_faults_under_the_guest_stage1():
+    vmm = nested_vmm("dma-cookie", {})
+    assert vmm.enable() == 0
+    assert vmm.entry(0)[0] == DOORBELL           # no cookie on a nested domain
+    before = vmm.smmu_events()
+    vmm.fire(0)
+    assert vmm.counts() == [0] * NVEC and vmm.smmu_events() == before + 1
