@@ -164,7 +164,9 @@ class Vmm:
                 bytes(fn.msix_table), sorted(self.k.irq.descs),
                 {v: (d.irq, d.msg) for v, d in pdev.msi_descs.items()},
                 pdev.msix_enabled, pdev.msi_enabled, core.irq_type,
-                {v: (c.irq, c.trigger) for v, c in core.ctx.items()})
+                {v: (c.irq, c.trigger) for v, c in core.ctx.items()},
+                {d: dict(dev.events) for d, dev in self.k.its.devices.items()},
+                self.m.its.stats.get("command_errors"))
 
 
 def count_table_writes(vmm: Vmm, i: int = 0) -> list:
