@@ -652,6 +652,13 @@ def test_rewrite_of_a_cleared_vector_masks_it_and_logs():
     assert any("vector 1" in line and "masked" in line for line in vmm.k.log)
     assert vmm.fire(1) == Delivery.PENDING
     assert vmm.counts() == [0] * NVEC
+    # An address again, then an affinity set: written, unmasked, the pending one delivered.
+    vmm.msi_iova(SET, 1, [piova(3)])
+    vmm.k.proc_write(f"/proc/irq/{vmm.irq(1)}/smp_affinity", "1")
+    vmm.m.bus.drain()
+    vmm.k.handle_interrupts()
+    assert vmm.entry(1)[0] == piova(3) | 0x40 and not vmm.entry(1)[2] & 1
+    assert vmm.counts() == [0, 1, 0, 0]
 
 
 def test_vcpu_affinity_forces_the_rewrite():
@@ -831,3 +838,80 @@ def test_dma_cookie_nested_sends_the_pa_which_faults_under_the_guest_stage1():
     before = vmm.smmu_events()
     vmm.fire(0)
     assert vmm.counts() == [0] * NVEC and vmm.smmu_events() == before + 1
+
+
+# -- property: any sequence of set / clear / affinity / fire keeps the chosen address ----------
+
+POOL = [0x2000_0000 + k * PAGE for k in range(3)]   # mapped with IOMMU_IOAS_MAP_MSI
+UNMAPPED = 0x2F00_0000                              # described, never mapped
+
+OPS = st.one_of(
+    st.tuples(st.just("set"), st.integers(0, NVEC - 1), st.sampled_from(POOL + [UNMAPPED])),
+    st.tuples(st.just("clear"), st.integers(0, NVEC - 1), st.just(0)),
+    st.tuples(st.just("aff"), st.integers(0, NVEC - 1), st.integers(0, 3)),
+    st.tuples(st.just("fire"), st.integers(0, NVEC - 1), st.just(0)),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=st.lists(OPS, max_size=25))
+def test_per_vector_address_stability_property(ops):
+    """Model: the device holds the address of the last successful forced rewrite; a
+    rewrite without an entry masks the vector (a fire leaves it pending) until a
+    later rewrite with an entry unmasks it, delivering the pending message at the
+    new address; a fire reaches the eventfd iff its page is mapped, else the SMMU
+    records a fault."""
+    vmm = Vmm("per-vector")
+    vmm.bind()
+    vmm.attach()
+    for p in POOL:
+        vmm.map_msi(p)
+    table = {v: POOL[v % len(POOL)] for v in range(NVEC)}
+    vmm.msi_iova(SET, 0, [table[v] for v in range(NVEC)])
+    assert vmm.enable() == 0
+    written, masked, pending = dict(table), dict.fromkeys(table, False), set()
+    counts, faults = [0] * NVEC, vmm.smmu_events()
+
+    def deliver(v):
+        nonlocal faults
+        if written[v] in POOL:
+            counts[v] += 1
+        else:
+            faults += 1
+
+    for op, v, arg in ops:
+        event(op)
+        if op == "set":
+            vmm.msi_iova(SET, v, [arg])
+            table[v] = arg
+        elif op == "clear":
+            vmm.msi_iova(CLEAR, v, count=1)
+            table[v] = None
+        elif op == "aff":
+            vmm.k.proc_write(f"/proc/irq/{vmm.irq(v)}/smp_affinity", f"{1 << arg:x}")
+            if table[v] is None:
+                masked[v] = True
+                event("aff without an entry: masked")
+            else:
+                written[v] = table[v]
+                if masked[v]:
+                    masked[v] = False
+                    if v in pending:
+                        pending.discard(v)
+                        deliver(v)
+                        event("pending delivered at the new address")
+        else:
+            d = vmm.fire(v)
+            if masked[v]:
+                assert d == Delivery.PENDING
+                pending.add(v)
+            else:
+                deliver(v)
+        vmm.m.bus.drain()
+        vmm.k.handle_interrupts()
+        for w in range(NVEC):
+            addr, _data, ctrl = vmm.entry(w)
+            assert addr == written[w] | 0x40
+            assert bool(ctrl & 1) == masked[w]
+        assert vmm.counts() == counts
+        assert vmm.smmu_events() == faults

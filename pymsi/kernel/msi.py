@@ -73,6 +73,7 @@ class MsiDesc:
     is_msix: bool = True
     msix_ctrl: int = 1                                # cached vector control (masked)
     iommu_release: Any = None                         # undoes what the IOMMU prepared
+    rewrite_masked: bool = False                      # masked by a failed forced rewrite
 
     def set_iommu_msi_iova(self, iova: int, shift: int) -> None:
         """msi_desc_set_iommu_msi_iova()."""
@@ -320,7 +321,8 @@ class PciMsiLayer:
         The prepare step is the table lookup (no allocation, no page-table
         change); the compose is the parent's (the ITS's) as at activation.  A
         vector whose table entry was cleared cannot be composed: it is masked in
-        the device and the kernel log says why — no fallback to another address.
+        the device and the kernel log says why — no fallback to another address —
+        until a later forced rewrite finds an entry again and unmasks it.
         """
         if desc is None or not desc.irq:
             return False
@@ -334,11 +336,18 @@ class PciMsiLayer:
             hooks.lookup(desc)
         except KernelError as e:
             self.mask_vector(desc, True)
+            desc.rewrite_masked = True
             self.kernel.printk(f"{desc.dev}: MSI vector {desc.msi_index} (IRQ {desc.irq}) "
                                f"masked: no per-vector MSI address ({e})")
             return False
         self.stats["forced_rewrites"] += 1
         self.write_msg(desc, irq_chip_compose_msi_msg(d))
+        if desc.rewrite_masked:
+            # It has an address again: unmask what the failed rewrite masked, unless
+            # the interrupt is disabled (then enable_irq unmasks it).
+            desc.rewrite_masked = False
+            if not self.kernel.irq.desc(desc.irq).depth:
+                self.mask_vector(desc, False)
         return True
 
     # -- allocation ------------------------------------------------------------------
