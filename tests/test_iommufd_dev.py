@@ -21,9 +21,10 @@ import errno
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from pymsi.kernel.iommu import DomainType
-from pymsi.machine import ArmVirt
+from pymsi.machine import ArmVirt, X86Pc
 from pymsi.uapi import iommufd as u
 from pymsi.uapi import vfio as V
 
@@ -438,26 +439,29 @@ OWN0 = 0xF80F_FFFF_FFFF_FFFF
 OWN1 = 0x0800_00FF
 
 
+UNOWNED0 = [b for b in range(64) if not OWN0 >> b & 1]
+UNOWNED1 = [b for b in range(64) if not OWN1 >> b & 1]
+
+
 @settings(max_examples=100, deadline=None)
 @given(cfg=st.sampled_from([CFG_ABORT, CFG_BYPASS, CFG_S1]),
        ctx=st.integers(0, (1 << 46) - 1), cdmax=st.integers(0, 31), fmt=st.integers(0, 3),
        w1=st.integers(0, OWN1), mutation=st.sampled_from(["none", "bit0", "bit1", "config"]),
-       bit=st.integers(0, 63), bad_cfg=st.sampled_from([1, 2, 3, CFG_S2, CFG_NESTED]))
-def test_nested_vste_validation_property(cfg, ctx, cdmax, fmt, w1, mutation, bit, bad_cfg):
+       bit0=st.sampled_from(UNOWNED0), bit1=st.sampled_from(UNOWNED1),
+       bad_cfg=st.sampled_from([1, 2, 3, CFG_S2, CFG_NESTED]))
+def test_nested_vste_validation_property(cfg, ctx, cdmax, fmt, w1, mutation, bit0, bit1,
+                                         bad_cfg):
     rig = _NRIG.get()
     w0 = 1 | cfg << 1 | fmt << 4 | ctx << 6 | cdmax << 59
     w1 &= OWN1
-    expect_ok = True
-    if mutation == "bit0" and not OWN0 >> bit & 1:
-        w0 |= 1 << bit
-        expect_ok = False
-    elif mutation == "bit1" and not OWN1 >> bit & 1:
-        w1 |= 1 << bit
-        expect_ok = False
+    expect_ok = mutation == "none"
+    if mutation == "bit0":
+        w0 |= 1 << bit0
+    elif mutation == "bit1":
+        w1 |= 1 << bit1
     elif mutation == "config":
         w0 = w0 & ~0xE | bad_cfg << 1
-        expect_ok = False
-    event(f"mutation={mutation if not expect_ok else 'none'}")
+    event(f"mutation={mutation}")
     before = dict(rig.ictx.private_data.objects)
     e = errno_of(hwpt_alloc, rig, _NRIG.devid, _NRIG.parent, 0, vste_bytes(w0, w1))
     if expect_ok:
@@ -527,3 +531,214 @@ def test_get_hw_info_arm_smmuv3(nrig):
                     u.IOMMU_HW_INFO_TYPE_INTEL_VTD) == EOPNOTSUPP
     assert errno_of(hw_info, rig, devid, 40, 2) == EOPNOTSUPP
     assert errno_of(hw_info, rig, 77, 40) == ENOENT
+
+
+# -- x86: VT-d groups, interrupt-remapping isolation -----------------------------------------
+
+X86_MSI = (0xFEE0_0000, 0xFEEF_FFFF)      # VT-d's IOMMU_RESV_MSI range
+
+
+def test_x86_bind_is_eperm_without_interrupt_remapping_unless_unsafe_allowed():
+    rig = Rig(X86Pc(remapping=False, devices=[{"msix": 4}]))
+    group = rig.k.pci.devices[0].iommu_group
+    objs = dict(rig.ictx.private_data.objects)
+    assert errno_of(rig.bind, 0) == EPERM
+    assert rig.ictx.private_data.objects == objs and group.owner is None
+    assert group.domain.type == DomainType.IDENTITY and rig.ictx.f_count == 1
+    rig.k.iommufd.allow_unsafe_interrupts = True
+    devid = rig.bind(0)
+    assert group.owner is not None and group.domain.type == DomainType.BLOCKED
+    assert any("not secure" in line for line in rig.k.log)
+    assert rig.k.iommufd.device(rig.ictx, devid).dev is rig.k.pci.devices[0]
+
+
+def test_x86_attach_with_remapping():
+    rig = Rig(X86Pc(remapping=True, devices=[{"msix": 4}] * 2), n=2)
+    ioas = rig.ioas()
+    rig.map(ioas, 0x10_0000)
+    devid = rig.bind(0)
+    idev = rig.k.iommufd.device(rig.ictx, devid)
+    assert idev.hw_msi and idev.sw_msi_start == U64_MAX    # no SW_MSI window on x86
+    pt = rig.attach(ioas)
+    assert rig.ranges(ioas) == [(0, X86_MSI[0] - 1), (X86_MSI[1] + 1, U64_MAX)]
+    domain = rig.k.pci.devices[0].iommu_group.domain
+    assert domain.type == DomainType.UNMANAGED and domain.iommufd_hwpt.id == pt
+    pa = rig.ictx.private_data.ioas(ioas).iova_to_phys(0x10_0000)
+    assert domain.iova_to_phys(0x10_0123) == pa + 0x123
+    # The interrupt range cannot be attached over a mapping.
+    other = rig.ioas()
+    rig.map(other, X86_MSI[0])
+    rig.bind(1)
+    assert errno_of(rig.attach, other, 1) == EADDRINUSE
+    rig.detach()
+    assert rig.k.pci.devices[0].iommu_group.domain.type == DomainType.BLOCKED
+    assert rig.ranges(ioas) == [(0, U64_MAX)]
+    # GET_HW_INFO: the VT-d unit's CAP and ECAP registers.
+    h, raw = hw_info(rig, devid, 24)
+    assert h.out_data_type == u.IOMMU_HW_INFO_TYPE_INTEL_VTD and h.data_len == 24
+    vtd = u.IommuHwInfoVtd.unpack(raw[:24])
+    base = rig.m.IR_UNIT
+    assert (vtd.cap_reg, vtd.ecap_reg) == (rig.m.bus.read(base + 0x08, 8),
+                                           rig.m.bus.read(base + 0x10, 8))
+    assert vtd.ecap_reg & 1 << 3                      # ECAP.IR: the unit remaps interrupts
+    # No nesting on this VT-d model.
+    assert errno_of(hwpt_alloc, rig, devid, ioas, u.IOMMU_HWPT_ALLOC_NEST_PARENT) == EOPNOTSUPP
+
+
+# -- tear-down with nesting, and vfio-pci unbind while bound ---------------------------------
+
+
+@pytest.mark.parametrize("order", ["device-first", "iommufd-first"])
+def test_close_with_nested_hwpts_frees_every_domain_and_id(nrig, order):
+    rig = nrig
+    smmu = rig.k.smmu
+    asids, vmids = set(smmu.asid_ida.used), set(smmu.vmid_ida.used)
+    ioas = rig.ioas()
+    va = rig.map(ioas, 0x10_0000)
+    d0 = rig.bind(0)
+    rig.bind(1)
+    parent = hwpt_alloc(rig, d0, ioas, u.IOMMU_HWPT_ALLOC_NEST_PARENT)
+    nested = hwpt_alloc(rig, d0, parent, 0, vste_bytes(1 | CFG_BYPASS << 1, 0))
+    rig.attach(nested, 0)
+    rig.attach(ioas, 1)                               # device 1 on an auto (stage-1) HWPT
+    assert rig.dma_reaches(0x10_0000, va, 0) and rig.dma_reaches(0x10_0000, va, 1)
+    domains = [o.domain for o in rig.ictx.private_data.objects.values()
+               if hasattr(o, "domain")]
+    assert len(domains) == 3
+    files = [rig.files[0], rig.files[1], rig.ictx]
+    if order == "iommufd-first":
+        files = files[::-1]
+    for f in files:
+        f.close()
+    assert rig.k.user_mm.pinned == {}
+    for d in domains:                                 # paging freed, nested unlinked
+        assert d.freed if hasattr(d, "freed") else d not in d.s2_parent.nested
+    assert smmu.asid_ida.used == asids and smmu.vmid_ida.used == vmids
+    for i in (0, 1):
+        group = rig.k.pci.devices[i].iommu_group
+        assert group.owner is None and group.domain is group.default_domain
+        assert not rig.m.bus.dma_write(rig.rid(i), 0x10_0000, 1, 4).ok
+
+
+def test_vfio_unbind_while_bound_gives_the_device_back(rig):
+    ioas = rig.ioas()
+    va = rig.map(ioas, 0x10_0000)
+    devid = rig.bind(0)
+    rig.attach(ioas)
+    assert rig.dma_reaches(0x10_0000, va)
+    pdev = rig.k.pci.devices[0]
+    rig.k.sysfs_write("/sys/bus/pci/drivers/vfio-pci/unbind", pdev.bdf)
+    assert errno_of(rig.k.iommufd.device, rig.ictx, devid) == ENOENT
+    assert pdev.iommu_group.owner is None
+    assert not rig.m.bus.dma_write(rig.rid(), 0x10_0000, 1, 4).ok
+    rig.files[0].close()
+    rig.ictx.close()
+    assert rig.k.user_mm.pinned == {}
+
+
+# -- attach / replace / detach as a state machine --------------------------------------------
+
+SLOTS = (0x10_0000, 0x20_0000, SW_MSI[0])
+
+
+class AttachMachine(RuleBasedStateMachine):
+    """Two devices, two IOASes, nest-parent and nested HWPTs: after every step the
+    IOVA ranges of each IOAS exclude the SW_MSI window exactly while some device is
+    attached to it (directly or through a nested HWPT), a device's DMA reaches
+    exactly what its IOAS maps, and failed calls change nothing."""
+
+    def __init__(self):
+        super().__init__()
+        self.rig = Rig(ArmVirt(smmu="nested", devices=[{"msix": 4}] * 2), n=2)
+        self.ioases = [self.rig.ioas(), self.rig.ioas()]
+        self.devids = [self.rig.bind(0), self.rig.bind(1)]
+        self.mapped = [{}, {}]            # IOAS index -> {iova: user va}
+        self.on = [None, None]            # device -> IOAS index it translates through
+        self.hwpts = []                   # (hwpt id, IOAS index, nested?)
+
+    def attached(self, a):
+        return any(x == a for x in self.on)
+
+    def snapshot(self):
+        ctx = self.rig.ictx.private_data
+        return (set(ctx.objects), [self.rig.ranges(i) for i in self.ioases],
+                [self.rig.k.iommufd.device(self.rig.ictx, d).hwpt for d in self.devids])
+
+    @rule(a=st.integers(0, 1), slot=st.sampled_from(SLOTS))
+    def map(self, a, slot):
+        if slot in self.mapped[a]:
+            event("map: EEXIST")
+            assert errno_of(self.rig.map, self.ioases[a], slot) == errno.EEXIST
+        elif slot == SW_MSI[0] and self.attached(a):
+            event("map: reserved")
+            assert errno_of(self.rig.map, self.ioases[a], slot) == EINVAL
+        else:
+            self.mapped[a][slot] = self.rig.map(self.ioases[a], slot)
+
+    @rule(a=st.integers(0, 1), slot=st.sampled_from(SLOTS))
+    def unmap(self, a, slot):
+        u_ = u.IommuIoasUnmap(ioas_id=self.ioases[a], iova=slot, length=PAGE)
+        if slot in self.mapped[a]:
+            self.rig.ictx.ioctl(u.IOMMU_IOAS_UNMAP, u_)
+            del self.mapped[a][slot]
+        else:
+            assert errno_of(self.rig.ictx.ioctl, u.IOMMU_IOAS_UNMAP, u_) == ENOENT
+
+    def _attach(self, d, pt_id, a):
+        moving = self.on[d] != a
+        if moving and SW_MSI[0] in self.mapped[a]:
+            event("attach: EADDRINUSE")
+            before = self.snapshot()
+            assert errno_of(self.rig.attach, pt_id, d) == EADDRINUSE
+            assert self.snapshot() == before
+            return
+        event("attach: replace" if self.on[d] is not None else "attach: new")
+        self.rig.attach(pt_id, d)
+        self.on[d] = a
+
+    @rule(d=st.integers(0, 1), a=st.integers(0, 1))
+    def attach_ioas(self, d, a):
+        self._attach(d, self.ioases[a], a)
+
+    @initialize()
+    def alloc_hwpts(self):
+        """A nest parent and a nested (stage-1 bypass) HWPT on each IOAS."""
+        for a, ioas in enumerate(self.ioases):
+            parent = hwpt_alloc(self.rig, self.devids[0], ioas, u.IOMMU_HWPT_ALLOC_NEST_PARENT)
+            n = hwpt_alloc(self.rig, self.devids[0], parent, 0,
+                           vste_bytes(1 | CFG_BYPASS << 1, 0))
+            self.hwpts += [(parent, a, False), (n, a, True)]
+
+    @rule(d=st.integers(0, 1), i=st.integers(0, 3))
+    def attach_hwpt(self, d, i):
+        hwpt, a, nested = self.hwpts[i]
+        event(f"attach hwpt nested={nested}")
+        self._attach(d, hwpt, a)
+
+    @rule(d=st.integers(0, 1))
+    def detach(self, d):
+        self.rig.detach(d)
+        self.on[d] = None
+
+    @invariant()
+    def reserved_and_dma(self):
+        for a, ioas in enumerate(self.ioases):
+            want = [(0, SW_MSI[0] - 1), (SW_MSI[1] + 1, U64_MAX)] if self.attached(a) \
+                else [(0, U64_MAX)]
+            assert self.rig.ranges(ioas) == want
+        for d in (0, 1):
+            for slot in SLOTS[:2]:
+                a = self.on[d]
+                if a is not None and slot in self.mapped[a]:
+                    assert self.rig.dma_reaches(slot, self.mapped[a][slot], d)
+                else:
+                    assert not self.rig.m.bus.dma_write(self.rig.rid(d), slot, 1, 4).ok
+
+    def teardown(self):
+        for f in self.rig.files + [self.rig.ictx]:
+            f.close()
+        assert self.rig.k.user_mm.pinned == {}
+
+
+TestAttachMachine = AttachMachine.TestCase
+TestAttachMachine.settings = settings(max_examples=25, stateful_step_count=15, deadline=None)

@@ -580,9 +580,12 @@ def test_remove_that_leaves_vectors_gets_them_freed(k):
     assert dev.msi_descs == {} and any("WARNING" in s and "leaky" in s for s in k.log)
 
 
-def test_x86_devices_have_no_iommu_group():
-    k = X86Pc(devices=[{"msix": 2}]).boot()
-    assert errno_of(k.sysfs_read, dev_path(BDF0, "iommu_group")) == ENOENT
+def test_x86_devices_have_one_vtd_group_each():
+    k = X86Pc(devices=[{"msix": 2}] * 2).boot()
+    g0 = k.sysfs_read(dev_path(BDF0, "iommu_group"))
+    assert g0 != k.sysfs_read(dev_path(k.pci.devices[1].bdf, "iommu_group"))
+    # The default domain is identity: the kernel's DMA is untranslated.
+    assert k.iommu.group_for(k.pci.devices[0]).domain.type.value == "identity"
     drv = MsiCountingDriver(k, k.pci.devices[0], 2, name="nic")
     k.sysfs_write(dev_path(BDF0, "driver/unbind"), BDF0)
     assert k.pci.devices[0].msi_descs == {} and drv.dev.driver is None

@@ -6,6 +6,7 @@ from typing import Any
 
 from .arm_smmu_v3 import ArmSmmuV3
 from .gic import GicDriver, ItsDriver
+from .intel_iommu import IntelIommu
 from .iommufd import iommufd_init
 from .iommufd_msi import MSI_DESIGNS
 from .irq import GenIrq
@@ -60,9 +61,12 @@ def boot_x86(m: Any) -> Kernel:
     k.msi = PciMsiLayer(k, parent, name,
                         parent_prepare=k.ir.msi_prepare if k.ir is not None else None,
                         multi_msi=bool(m.remapping))   # MSI_FLAG_MULTI_PCI_MSI only with IR
+    k.intel_iommu = IntelIommu(k, m.IR_UNIT)          # DMA remapping: identity by default
+    k.intel_iommu.register()
     k.pci = PciHostBridge(k, m.ECAM, m.ECAM_BUSES, m.PCI_MMIO)
     for dev in k.pci.scan():
         dev.enable_device()
+        k.iommu.probe_device(dev)
     k.cpu_irq = k.vector.handle_irq
     iommufd_init(k)
     _set_msi_design(k, m)
