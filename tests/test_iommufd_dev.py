@@ -649,7 +649,8 @@ class AttachMachine(RuleBasedStateMachine):
 
     def __init__(self):
         super().__init__()
-        self.rig = Rig(ArmVirt(smmu="nested", devices=[{"msix": 4}] * 2), n=2)
+        self.rig = Rig(ArmVirt(smmu="nested", devices=[{"msix": 4}] * 2,
+                               msi_design="sw-msi"), n=2)
         self.ioases = [self.rig.ioas(), self.rig.ioas()]
         self.devids = [self.rig.bind(0), self.rig.bind(1)]
         self.mapped = [{}, {}]            # IOAS index -> {iova: user va}
