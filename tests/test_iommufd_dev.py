@@ -23,7 +23,9 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from pymsi.kernel.base import KernelError
 from pymsi.kernel.iommu import DomainType
+from pymsi.kernel.iommufd import IommufdCtx, IommufdMsiHooks
 from pymsi.machine import ArmVirt, X86Pc
 from pymsi.uapi import iommufd as u
 from pymsi.uapi import vfio as V
@@ -743,3 +745,125 @@ class AttachMachine(RuleBasedStateMachine):
 
 TestAttachMachine = AttachMachine.TestCase
 TestAttachMachine.settings = settings(max_examples=25, stateful_step_count=15, deadline=None)
+
+
+# -- the MSI extension point and op registration -------------------------------------------
+
+
+class RecordingHooks(IommufdMsiHooks):
+    """Records each call with what the contract says holds at that point."""
+
+    name = "recording"
+
+    def __init__(self, reserve_sw_msi=True, refuse_attach=False):
+        self.calls = []
+        self.reserve_sw_msi = reserve_sw_msi
+        self.refuse_attach = refuse_attach
+
+    def hwpt_init(self, hwpt):
+        assert hwpt.domain.iommufd_hwpt is hwpt and not hwpt.devices
+        self.calls.append(("hwpt_init", hwpt.kind))
+
+    def attach(self, idev, hwpt):
+        assert idev.group.domain is not hwpt.domain            # not moved yet
+        if self.refuse_attach:
+            raise KernelError(errno.ENOSPC, "no room")
+        self.calls.append(("attach", hwpt.kind))
+
+    def detach(self, idev):
+        assert idev.hwpt is None and idev.group.domain.type == DomainType.BLOCKED
+        self.calls.append(("detach",))
+
+    def unbind(self, idev):
+        assert idev.hwpt is None
+        self.calls.append(("unbind",))
+
+    def hwpt_destroy(self, hwpt):
+        assert not getattr(hwpt.domain, "freed", False)         # the domain is still there
+        self.calls.append(("hwpt_destroy", hwpt.kind))
+
+
+def hooked_rig(monkeypatch, hooks):
+    m = ArmVirt(smmu="nested", devices=[{"msix": 4}])
+    k = m.boot()
+    monkeypatch.setattr(k.iommufd, "new_msi_hooks", lambda ctx: hooks)
+    r = Rig.__new__(Rig)
+    r.m, r.k = m, k
+    r.ictx = k.open("/dev/iommu")
+    pdev = k.pci.devices[0]
+    k.sysfs_write(f"/sys/bus/pci/devices/{pdev.bdf}/driver_override", "vfio-pci")
+    k.sysfs_write("/sys/bus/pci/drivers/vfio-pci/bind", pdev.bdf)
+    r.files = [k.open("/dev/vfio/devices/vfio0")]
+    return r
+
+
+def test_msi_hooks_are_called_where_the_contract_says(monkeypatch):
+    hooks = RecordingHooks()
+    rig = hooked_rig(monkeypatch, hooks)
+    assert rig.ictx.private_data.msi is hooks
+    ioas = rig.ioas()
+    devid = rig.bind(0)
+    parent = hwpt_alloc(rig, devid, ioas, u.IOMMU_HWPT_ALLOC_NEST_PARENT)
+    nested = hwpt_alloc(rig, devid, parent, 0, vste_bytes(1 | CFG_BYPASS << 1, 0))
+    rig.attach(ioas)
+    rig.attach(nested)                              # replace: attach only, no detach
+    rig.detach()
+    rig.files[0].close()
+    rig.ictx.close()
+    assert hooks.calls == [
+        ("hwpt_init", "hwpt_paging"), ("hwpt_init", "hwpt_nested"),
+        ("hwpt_init", "hwpt_paging"), ("attach", "hwpt_paging"),
+        ("attach", "hwpt_nested"), ("hwpt_destroy", "hwpt_paging"),   # the auto HWPT died
+        ("detach",), ("unbind",),
+        ("hwpt_destroy", "hwpt_nested"), ("hwpt_destroy", "hwpt_paging")]
+
+
+def test_a_refusing_attach_hook_fails_the_attach_and_changes_nothing(monkeypatch):
+    hooks = RecordingHooks(refuse_attach=True)
+    rig = hooked_rig(monkeypatch, hooks)
+    ioas = rig.ioas()
+    devid = rig.bind(0)
+    objs = dict(rig.ictx.private_data.objects)
+    assert errno_of(rig.attach, ioas) == errno.ENOSPC
+    assert rig.ictx.private_data.objects == objs
+    assert rig.ranges(ioas) == [(0, U64_MAX)]
+    assert rig.k.iommufd.device(rig.ictx, devid).hwpt is None
+    assert rig.k.pci.devices[0].iommu_group.domain.type == DomainType.BLOCKED
+    # The auto HWPT made for the attempt was initialised, then destroyed.
+    assert hooks.calls == [("hwpt_init", "hwpt_paging"), ("hwpt_destroy", "hwpt_paging")]
+
+
+def test_a_design_without_the_implicit_window_reserves_no_sw_msi(monkeypatch):
+    rig = hooked_rig(monkeypatch, RecordingHooks(reserve_sw_msi=False))
+    ioas = rig.ioas()
+    va = rig.map(ioas, SW_MSI[0])                   # the window is the user's to map
+    devid = rig.bind(0)
+    rig.attach(ioas)
+    assert rig.ranges(ioas) == [(0, U64_MAX)]
+    assert rig.k.iommufd.device(rig.ictx, devid).sw_msi_start == SW_MSI[0]
+    assert rig.dma_reaches(SW_MSI[0], va)
+
+
+def test_register_op_adds_an_ioctl_with_the_size_check(rig):
+    cmd = u.IOMMU_HWPT_SET_DIRTY_TRACKING
+    saved = IommufdCtx.OPS.get(cmd)
+    seen = []
+
+    def handler(ctx, arg):
+        seen.append((ctx, arg.hwpt_id))
+        arg.flags = 1                                # copied back on success
+
+    try:
+        assert errno_of(rig.ictx.ioctl, cmd, u.IommuHwptSetDirtyTracking()) == errno.ENOTTY
+        IommufdCtx.register_op(cmd, "__reserved", handler)
+        arg = u.IommuHwptSetDirtyTracking(hwpt_id=5)
+        rig.ictx.ioctl(cmd, arg)
+        assert seen == [(rig.ictx.private_data, 5)] and arg.flags == 1
+        small = u.IommuHwptSetDirtyTracking()
+        small.size = 4
+        assert errno_of(rig.ictx.ioctl, cmd, small) == EINVAL and len(seen) == 1
+    finally:
+        if saved is None:
+            IommufdCtx.OPS.pop(cmd, None)
+        else:
+            IommufdCtx.OPS[cmd] = saved

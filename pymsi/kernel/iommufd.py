@@ -27,6 +27,14 @@ device.  Attach reserves the device's reserved regions in the IOAS; the MSI
 design of the context (:class:`IommufdMsiHooks`, ``ctx.msi``) is told about
 every HWPT and every attach / detach.
 
+Deliberate differences from Linux in the device part: IOMMU groups are single
+devices in both machines, so attach state is kept per device; a nested HWPT
+can be allocated straight from a nest-parent paging HWPT with
+IOMMU_HWPT_DATA_ARM_SMMUV3 (upstream arm-smmu-v3 requires a vIOMMU for that
+since 6.13); there are no fault queues, so IOMMU_HWPT_FAULT_ID_VALID is
+EOPNOTSUPP; no PASID (PASID attach / detach and HWPT flags are EOPNOTSUPP);
+``ctx.msi.detach`` runs on a detach only, a replace calls ``ctx.msi.attach``.
+
 Deliberate differences from Linux: user pages are pinned at MAP time (Linux
 pins lazily, when a domain or an access needs them), so an unmapped user VA is
 EFAULT at MAP; the IOVA alignment is always PAGE_SIZE (Linux starts at 1 and
