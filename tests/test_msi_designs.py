@@ -209,7 +209,8 @@ def test_each_design_delivers_every_vector_to_exactly_its_eventfd(design):
     for v in range(NVEC):
         addr = vmm.entry(v)[0]
         assert addr == expected_address(design, v)
-        # The SMMU (through the domain's tables) takes it to the physical doorbell.
+        # The SMMU takes it to the physical doorbell (and the domain agrees).
+        assert smmu_pa(vmm, addr) == DOORBELL
         assert vmm.s2_domain().iova_to_phys(addr) == DOORBELL
         assert vmm.fire(v) == Delivery.SENT
         assert vmm.counts() == [1 if w <= v else 0 for w in range(NVEC)]
@@ -369,6 +370,11 @@ def test_map_msi_checks_like_ioas_map():
     assert dom.iova_to_phys(piova(0) + 0x40) == DOORBELL
     area = vmm.ctx().ioas(vmm.ioas).area_at(piova(0))
     assert area.prot & Prot.MMIO and area.prot & Prot.WRITE and not area.prot & Prot.READ
+    # Not user memory: a writeable IOMMU_IOAS_COPY of it is refused.
+    assert errno_of(vmm.ictx.ioctl, u.IOMMU_IOAS_COPY, u.IommuIoasCopy(
+        flags=u.IOMMU_IOAS_MAP_FIXED_IOVA | u.IOMMU_IOAS_MAP_WRITEABLE,
+        dst_ioas_id=vmm.ioas, src_ioas_id=vmm.ioas, length=PAGE, dst_iova=piova(8),
+        src_iova=piova(0))) == errno.EPERM
 
 
 def test_map_msi_into_the_sw_msi_window_is_refused_where_it_is_reserved():

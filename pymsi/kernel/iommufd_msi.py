@@ -394,10 +394,11 @@ def ioctl_option(ctx: IommufdCtx, cmd: Any) -> None:
 
 
 class MmioPages(PinnedPages):
-    """A doorbell page behind an IOAS area: MMIO, never pinned nor unpinned."""
+    """A doorbell page behind an IOAS area: MMIO, never pinned nor unpinned, and not
+    "writable" user memory, so a writeable IOMMU_IOAS_COPY of it is EPERM."""
 
     def __init__(self, kernel: Any, pa: int) -> None:
-        super().__init__(kernel, 0, [pa], True)
+        super().__init__(kernel, 0, [pa], False)
 
     def put(self, first: int, n: int) -> None:
         for i in range(first, first + n):
