@@ -304,7 +304,7 @@ class PciMsiLayer:
 
     # -- the per-vector design's forced rewrite ------------------------------------------
 
-    def _per_vector_hooks(self, dev: Any) -> Any:
+    def per_vector_hooks(self, dev: Any) -> Any:
         """The iommufd MSI design of ``dev``'s current domain if it is "per-vector"."""
         iommu = getattr(self.kernel, "iommu", None)
         domain = iommu.get_domain_for_dev(dev) if iommu is not None else None
@@ -326,7 +326,7 @@ class PciMsiLayer:
         """
         if desc is None or not desc.irq:
             return False
-        hooks = self._per_vector_hooks(desc.dev)
+        hooks = self.per_vector_hooks(desc.dev)
         if hooks is None:
             return False
         d = self.kernel.irq.desc(desc.irq).irq_data

@@ -213,7 +213,7 @@ class VfioPciCore:
         address (VFIO_DEVICE_MSI_IOVA), else ENOENT before anything changes — the
         allocation path would fail the same way, this only keeps the vectors
         already live untouched (vfio_msi_set_block would tear some down)."""
-        hooks = self.kernel.msi._per_vector_hooks(self.pdev)
+        hooks = self.kernel.msi.per_vector_hooks(self.pdev)
         if hooks is None or not vectors:
             return
         idev = hooks.idevs.get(self.pdev)
