@@ -109,7 +109,7 @@ class Rig:
 
 @pytest.fixture
 def rig():
-    return Rig(ArmVirt(devices=[{"msix": 4}] * 2), n=2)
+    return Rig(ArmVirt(devices=[{"msix": 4}] * 2, msi_design="sw-msi"), n=2)  # Linux 6.15
 
 
 # -- bind ---------------------------------------------------------------------------------
@@ -329,7 +329,7 @@ def vste_bytes(w0, w1):
 
 @pytest.fixture
 def nrig():
-    return Rig(ArmVirt(smmu="nested", devices=[{"msix": 4}] * 2), n=2)
+    return Rig(ArmVirt(smmu="nested", devices=[{"msix": 4}] * 2, msi_design="sw-msi"), n=2)
 
 
 def test_hwpt_paging_and_nest_parent_on_an_ioas(nrig):
@@ -651,7 +651,8 @@ class AttachMachine(RuleBasedStateMachine):
 
     def __init__(self):
         super().__init__()
-        self.rig = Rig(ArmVirt(smmu="nested", devices=[{"msix": 4}] * 2), n=2)
+        self.rig = Rig(ArmVirt(smmu="nested", devices=[{"msix": 4}] * 2,
+                               msi_design="sw-msi"), n=2)
         self.ioases = [self.rig.ioas(), self.rig.ioas()]
         self.devids = [self.rig.bind(0), self.rig.bind(1)]
         self.mapped = [{}, {}]            # IOAS index -> {iova: user va}

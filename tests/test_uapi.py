@@ -198,6 +198,8 @@ def test_not_upstream_names_exist_and_are_marked():
         for n in m.NOT_UPSTREAM:
             assert hasattr(m, n)
     assert "IommuIoasMapMsi" in I.NOT_UPSTREAM and "VFIO_DEVICE_MSI_IOVA" in V.NOT_UPSTREAM
+    assert "IOMMU_OPTION_MSI_DESIGN" in I.NOT_UPSTREAM
+    assert I.IOMMU_OPTION_MSI_DESIGN not in (I.IOMMU_OPTION_RLIMIT_MODE, I.IOMMU_OPTION_HUGE_PAGES)
     src = inspect.getsource(I) + inspect.getsource(V)
     assert src.count("NOT UPSTREAM") >= 3
 

@@ -8,6 +8,7 @@ from .arm_smmu_v3 import ArmSmmuV3
 from .gic import GicDriver, ItsDriver
 from .intel_iommu import IntelIommu
 from .iommufd import iommufd_init
+from .iommufd_msi import MSI_DESIGNS
 from .irq import GenIrq
 from .kernel import Kernel
 from .kvm import kvm_init
@@ -39,6 +40,7 @@ def boot_arm(m: Any, default_domain: Any = None) -> Kernel:
         k.iommu.probe_device(dev)
     k.cpu_irq = k.gic.handle_irq
     iommufd_init(k)
+    _set_msi_design(k, m)
     vfio_pci_init(k)
     kvm_init(k)
     return k
@@ -67,5 +69,13 @@ def boot_x86(m: Any) -> Kernel:
         k.iommu.probe_device(dev)
     k.cpu_irq = k.vector.handle_irq
     iommufd_init(k)
+    _set_msi_design(k, m)
     vfio_pci_init(k)
     return k
+
+
+def _set_msi_design(k: Kernel, m: Any) -> None:
+    """The machine's ``msi_design`` becomes the default of new iommufd contexts."""
+    design = getattr(m, "msi_design", "per-vector")
+    assert design in MSI_DESIGNS, design
+    k.iommufd.msi_design = design

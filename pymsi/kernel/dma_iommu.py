@@ -24,6 +24,7 @@ from .iommu import (
     IOMMU_READ,
     IOMMU_WRITE,
     DomainType,
+    IommuCookieType,
     IommuDomain,
     ResvType,
 )
@@ -145,22 +146,22 @@ class DmaIommu:
             cookie.iovad.reserve(lo >> shift, hi >> shift)
         domain.cookie = cookie
         domain.owner = "dma-iommu"
-        domain.sw_msi = self.sw_msi
+        domain.cookie_type = IommuCookieType.DMA_IOVA
 
     def get_msi_cookie(self, domain: IommuDomain, base: int) -> None:
         """iommu_get_msi_cookie(): MSI pages of an unmanaged domain go linearly from ``base``."""
         if domain.type != DomainType.UNMANAGED:
             raise fail(EINVAL, "MSI cookies are for unmanaged domains")
-        if domain.cookie is not None:
+        if domain.cookie is not None or domain.cookie_type != IommuCookieType.NONE:
             raise fail(EINVAL, "domain already has a cookie")
         domain.cookie = Cookie(CookieType.MSI, self._granule(domain), msi_iova=base)
         domain.owner = "dma-iommu"
-        domain.sw_msi = self.sw_msi
+        domain.cookie_type = IommuCookieType.DMA_MSI
 
     def put_cookie(self, domain: IommuDomain) -> None:
         """iommu_put_dma_cookie(): MSI pages stay mapped in the domain until it is freed."""
         domain.cookie = None
-        domain.sw_msi = None
+        domain.cookie_type = IommuCookieType.NONE
         domain.owner = None
 
     # -- MSIs ------------------------------------------------------------------------------

@@ -6,10 +6,11 @@ default domain (DMA or identity), and may be attached to other domains
 (blocked, identity, unmanaged paging, nested with a paging parent) or have its
 domain replaced.  Reserved regions (the driver's SW_MSI window, ...) are
 reported per device.  Before an MSI is composed, :func:`iommu_dma_prepare_msi`
-asks whoever owns the device's domain where the doorbell is mapped:
-identity domains pass the physical address through; a domain with a
-dma-iommu cookie maps an MSI page on demand; a domain owned by iommufd calls
-its own hook (the design this project implements).
+asks whoever owns the device's domain where the doorbell is mapped, by the
+domain's ``cookie_type`` (as Linux since the sw_msi series): identity domains
+and domains without a cookie pass the physical address through; a domain with
+a dma-iommu cookie maps an MSI page on demand; a domain owned by iommufd asks
+its context's MSI design (:mod:`pymsi.kernel.iommufd_msi`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,15 @@ class DomainType(enum.Enum):
     UNMANAGED = "unmanaged"      # paging, owned by its user (VFIO, iommufd)
     DMA = "dma"                  # paging, owned by dma-iommu for the kernel's DMA API
     NESTED = "nested"            # stage 1 owned by a guest, on a paging parent
+
+
+class IommuCookieType(enum.Enum):
+    """enum iommu_domain_cookie_type: who owns the domain's MSI mappings."""
+
+    NONE = "none"                # nobody: the doorbell PA goes out unchanged
+    DMA_IOVA = "dma-iova"        # dma-iommu, a kernel DMA domain's IOVA cookie
+    DMA_MSI = "dma-msi"          # dma-iommu, an unmanaged domain's MSI cookie (VFIO type1)
+    IOMMUFD = "iommufd"          # iommufd: domain.iommufd_hwpt.ctx.msi decides
 
 
 class ResvType(enum.Enum):
@@ -75,10 +85,10 @@ class IommuDomain:
     """struct iommu_domain: a translation context a group can be attached to.
 
     Drivers subclass it (or provide ``map_pages`` etc. on their own class).
-    ``owner`` says who decides its MSI addresses: "dma-iommu" (a cookie),
-    "iommufd" (its ``sw_msi`` hook) or None.  ``sw_msi`` is the hook
-    :func:`iommu_dma_prepare_msi` calls: ``sw_msi(domain, desc, msi_addr)``
-    sets the descriptor's IOVA and shift, or raises.
+    ``owner`` names who decides its MSI addresses ("dma-iommu", "iommufd" or
+    None) and ``cookie_type`` (:class:`IommuCookieType`) is what
+    :meth:`IommuCore.dma_prepare_msi` switches on; ``iommufd_hwpt`` is the
+    iommufd HWPT owning the domain (IOMMUFD cookies).
     """
 
     def __init__(self, type: DomainType, iommu: Any = None, pgsize_bitmap: int = 0,
@@ -89,7 +99,8 @@ class IommuDomain:
         self.geometry = geometry or Geometry()
         self.owner: str | None = None
         self.cookie: Any = None
-        self.sw_msi: Callable[[IommuDomain, Any, int], None] | None = None
+        self.cookie_type = IommuCookieType.NONE
+        self.iommufd_hwpt: Any = None
         self.parent: IommuDomain | None = None
         self.groups: set[IommuGroup] = set()
 
@@ -410,20 +421,29 @@ class IommuCore:
     def dma_prepare_msi(self, desc: Any, msi_addr: int) -> None:
         """iommu_dma_prepare_msi(): where must ``desc``'s device write to reach ``msi_addr``?
 
-        Dispatches on the owner of the device's current domain and records the
-        answer in the descriptor (IOVA and shift; shift 0 = the PA itself).
+        Switches on the cookie type of the device's current domain and records
+        the answer in the descriptor (IOVA and shift; shift 0 = the PA itself):
+        DMA_IOVA / DMA_MSI -> dma-iommu, IOMMUFD -> the iommufd context's MSI
+        design, NONE (and identity domains, and no IOMMU) -> the PA unchanged.
         """
         dev = desc.dev
         group = self._dev_group.get(dev)
         domain = group.domain if group else None
-        if domain is None or domain.type == DomainType.IDENTITY or domain.sw_msi is None:
+        if domain is None or domain.type == DomainType.IDENTITY:
             desc.set_iommu_msi_iova(0, 0)
             return
-        domain.sw_msi(domain, desc, msi_addr)
+        ct = domain.cookie_type
+        if ct in (IommuCookieType.DMA_IOVA, IommuCookieType.DMA_MSI):
+            self.kernel.dma_iommu.sw_msi(domain, desc, msi_addr)
+        elif ct == IommuCookieType.IOMMUFD:
+            domain.iommufd_hwpt.ctx.msi.prepare(domain, desc, msi_addr)
+        else:
+            desc.set_iommu_msi_iova(0, 0)
 
 
 __all__ = [
-    "DomainType", "Geometry", "IommuCore", "IommuDomain", "IommuGroup", "IommuOps",
+    "DomainType", "Geometry", "IommuCookieType", "IommuCore", "IommuDomain", "IommuGroup",
+    "IommuOps",
     "MSI_IOVA_BASE", "MSI_IOVA_LENGTH", "ResvRegion", "ResvType", "IOMMU_READ", "IOMMU_WRITE",
     "IOMMU_CACHE", "IOMMU_NOEXEC", "IOMMU_MMIO", "IOMMU_PRIV",
 ]

@@ -970,8 +970,10 @@ class Iommufd:
         self.allow_unsafe_interrupts = False
 
     def new_msi_hooks(self, ctx: IommufdCtx) -> IommufdMsiHooks:
-        """The MSI design of a new context."""
-        return IommufdMsiHooks()
+        """The MSI design of a new context: ``self.msi_design`` (pymsi.kernel.iommufd_msi)."""
+        from .iommufd_msi import new_hooks
+
+        return new_hooks(ctx, getattr(self, "msi_design", "per-vector"))
 
     def ctx_from_file(self, file: File) -> IommufdCtx:
         """iommufd_ctx_from_file(): EBADFD for a file that is not /dev/iommu."""

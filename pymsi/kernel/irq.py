@@ -473,6 +473,9 @@ class GenIrq:
         d = self.desc(irq).irq_data
         d.chip.irq_set_vcpu_affinity(d, info)
 
+    irq_set_vcpu_affinity = set_vcpu_affinity      # Linux's names, as other code calls them
+    irq_set_affinity = set_affinity
+
     # -- delivery --------------------------------------------------------------------------------
 
     def handle_domain_irq(self, domain: IrqDomain, hwirq: int, cpu: int) -> bool:

@@ -11,7 +11,11 @@ them early, which composes the message (the topmost level with an
 IOMMU's answer) and writes it into the device (MSI capability or MSI-X
 table, with the vector masked while its entry changes).  Changing affinity
 re-composes and re-writes the message unless the parent answered
-IRQ_SET_MASK_OK_DONE.
+IRQ_SET_MASK_OK_DONE — except under the per-vector MSI design, where
+:meth:`PciMsiLayer.force_rewrite` writes the message again after every
+successful affinity change (from /proc, kernel code or the KVM vCPU path),
+looking the address up in the per-vector table, because the chip's "done"
+says nothing about an address userspace may have changed since.
 
 The driver-facing calls follow Linux: ``pci_alloc_irq_vectors`` and the
 freeing calls as in 6.1 (drivers/pci/msi/msi.c), ``pci_msix_alloc_irq_at`` /
@@ -69,6 +73,7 @@ class MsiDesc:
     is_msix: bool = True
     msix_ctrl: int = 1                                # cached vector control (masked)
     iommu_release: Any = None                         # undoes what the IOMMU prepared
+    rewrite_masked: bool = False                      # masked by a failed forced rewrite
 
     def set_iommu_msi_iova(self, iova: int, shift: int) -> None:
         """msi_desc_set_iommu_msi_iova()."""
@@ -140,12 +145,21 @@ class PciMsiChip(IrqChip):
         self.layer.write_msg(d.common.msi_desc, msg)
 
     def irq_set_affinity(self, d: IrqData, mask: frozenset[int], force: bool) -> int:
-        """msi_domain_set_affinity(): ask the parent; rewrite the message unless DONE."""
+        """msi_domain_set_affinity(): ask the parent; rewrite the message unless DONE
+        (per-vector design: rewritten even then, see :meth:`PciMsiLayer.force_rewrite`)."""
         ret = d.parent_data.chip.irq_set_affinity(d.parent_data, mask, force)
         if ret >= 0 and ret != IRQ_SET_MASK_OK_DONE:
             msg = irq_chip_compose_msi_msg(d)
             self.irq_write_msi_msg(d, msg)
+        elif ret == IRQ_SET_MASK_OK_DONE:
+            self.layer.force_rewrite(d.common.msi_desc)
         return ret
+
+    def irq_set_vcpu_affinity(self, d: IrqData, info: Any) -> None:
+        """irq_chip_set_vcpu_affinity_parent(), then the per-vector forced rewrite
+        (the KVM vLPI map / move path changes the interrupt behind VFIO's back)."""
+        super().irq_set_vcpu_affinity(d, info)
+        self.layer.force_rewrite(d.common.msi_desc)
 
 
 class PciMsiDomainOps(IrqDomainOps):
@@ -233,6 +247,7 @@ class PciMsiLayer:
                                 host_data=self)
         self.parent_prepare = parent_prepare
         self.parent_release = parent_release
+        self.stats = {"forced_rewrites": 0}
 
     def _warn(self, dev: Any, what: str) -> None:
         """A WARN_ON in the Linux path: the splat goes to dmesg."""
@@ -286,6 +301,54 @@ class PciMsiLayer:
             bits = dev.cfg_read(off)
             dev.cfg_write(off, bits | 1 << desc.msi_index if mask
                           else bits & ~(1 << desc.msi_index))
+
+    # -- the per-vector design's forced rewrite ------------------------------------------
+
+    def per_vector_hooks(self, dev: Any) -> Any:
+        """The iommufd MSI design of ``dev``'s current domain if it is "per-vector"."""
+        iommu = getattr(self.kernel, "iommu", None)
+        domain = iommu.get_domain_for_dev(dev) if iommu is not None else None
+        hwpt = getattr(domain, "iommufd_hwpt", None)
+        if hwpt is None:
+            return None
+        hooks = hwpt.ctx.msi
+        return hooks if hooks.name == "per-vector" else None
+
+    def force_rewrite(self, desc: MsiDesc | None) -> bool:
+        """Write ``desc``'s message to the device again, freshly composed (design
+        per-vector only; returns whether a message was written).
+
+        The prepare step is the table lookup (no allocation, no page-table
+        change); the compose is the parent's (the ITS's) as at activation.  A
+        vector whose table entry was cleared cannot be composed: it is masked in
+        the device and the kernel log says why — no fallback to another address —
+        until a later forced rewrite finds an entry again and unmasks it.
+        """
+        if desc is None or not desc.irq:
+            return False
+        hooks = self.per_vector_hooks(desc.dev)
+        if hooks is None:
+            return False
+        d = self.kernel.irq.desc(desc.irq).irq_data
+        if not d.common.activated:
+            return False
+        try:
+            hooks.lookup(desc)
+        except KernelError as e:
+            self.mask_vector(desc, True)
+            desc.rewrite_masked = True
+            self.kernel.printk(f"{desc.dev}: MSI vector {desc.msi_index} (IRQ {desc.irq}) "
+                               f"masked: no per-vector MSI address ({e})")
+            return False
+        self.stats["forced_rewrites"] += 1
+        self.write_msg(desc, irq_chip_compose_msi_msg(d))
+        if desc.rewrite_masked:
+            # It has an address again: unmask what the failed rewrite masked, unless
+            # the interrupt is disabled (then enable_irq unmasks it).
+            desc.rewrite_masked = False
+            if not self.kernel.irq.desc(desc.irq).depth:
+                self.mask_vector(desc, False)
+        return True
 
     # -- allocation ------------------------------------------------------------------
 
@@ -401,24 +464,46 @@ class PciMsiLayer:
             return nvec
 
     def _snapshot_device(self, dev: Any, is_msix: bool) -> tuple[Any, ...]:
-        """What enabling touches in the function, to put back if it fails."""
+        """What enabling touches in the function, to put back if it fails: the
+        command register, the capability's control word and, for MSI, its
+        message registers and mask bits (MSI-X entries: :meth:`_entry_words`)."""
         cmd = dev.cfg_read(P.COMMAND, 2)
         if is_msix:
             ctrl = dev.cfg_read(dev.msix_cap + P.MSIX_FLAGS, 2)
-            return cmd, ctrl, None
+            return cmd, ctrl, None, None
         ctrl = dev.cfg_read(dev.msi_cap + P.MSI_FLAGS, 2)
         off = self._msi_mask_reg(dev)
-        return cmd, ctrl, None if off is None else dev.cfg_read(off)
+        msg = [(o, dev.cfg_read(dev.msi_cap + o)) for o in self._msi_msg_regs(dev)]
+        return cmd, ctrl, None if off is None else dev.cfg_read(off), msg
+
+    @staticmethod
+    def _msi_msg_regs(dev: Any) -> tuple[int, ...]:
+        """Offsets of the MSI capability's message registers (64-bit or not)."""
+        return (4, 8, 0xC) if dev.cfg_read(dev.msi_cap + 2, 2) & (1 << 7) else (4, 8)
+
+    def _entry_words(self, dev: Any, index: int) -> list[int]:
+        """The four words of MSI-X table entry ``index`` (address lo/hi, data, control)."""
+        base = dev.msix_table + 16 * index
+        return [dev.mmio_read(base + o) for o in (0, 4, 8, 12)]
+
+    def _restore_entry(self, dev: Any, index: int, words: list[int]) -> None:
+        base = dev.msix_table + 16 * index
+        dev.mmio_write(base + 12, words[3] | 1)         # masked while the message changes
+        for o, w in zip((0, 4, 8), words[:3], strict=True):
+            dev.mmio_write(base + o, w)
+        dev.mmio_write(base + 12, words[3])
 
     def _restore_device(self, dev: Any, is_msix: bool, snap: tuple[Any, ...],
-                        vector_ctrl: dict[int, int]) -> None:
-        cmd, ctrl, mask_bits = snap
+                        entries: dict[int, list[int]]) -> None:
+        cmd, ctrl, mask_bits, msg = snap
         if is_msix:
-            for index, word in vector_ctrl.items():
-                dev.mmio_write(dev.msix_table + 16 * index + 12, word)
+            for index, words in entries.items():
+                self._restore_entry(dev, index, words)
             dev.cfg_write(dev.msix_cap + P.MSIX_FLAGS, ctrl, 2)
         else:
             dev.cfg_write(dev.msi_cap + P.MSI_FLAGS, ctrl, 2)
+            for o, w in msg:
+                dev.cfg_write(dev.msi_cap + o, w)
             off = self._msi_mask_reg(dev)
             if off is not None and mask_bits is not None:
                 dev.cfg_write(off, mask_bits)
@@ -431,7 +516,7 @@ class PciMsiLayer:
         descs = [MsiDesc(dev, i, affinity=masks[i], managed=managed, is_msix=is_msix)
                  for i in range(nvec)]
         snap = self._snapshot_device(dev, is_msix)
-        vector_ctrl: dict[int, int] = {}
+        vector_ctrl: dict[int, list[int]] = {}
         parent_data = dev.msi_parent_data
         done: list[MsiDesc] = []
         try:
@@ -439,8 +524,7 @@ class PciMsiLayer:
                 # msix_capability_init(): function-masked and enabled while entries are set up.
                 dev.msix_control(enable=True, maskall=True)
                 for desc in descs:
-                    vector_ctrl[desc.msi_index] = dev.mmio_read(
-                        dev.msix_table + 16 * desc.msi_index + 12)
+                    vector_ctrl[desc.msi_index] = self._entry_words(dev, desc.msi_index)
                     self.mask_vector(desc, True)
             else:
                 # msi_capability_init(): the vectors start masked (all the function
@@ -498,8 +582,7 @@ class PciMsiLayer:
         elif idx in dev.msi_descs:
             raise fail(EBUSY, f"{dev}: MSI-X index {idx} is in use")
         desc = MsiDesc(dev, idx, affinity=affinity, managed=affinity is not None)
-        entry = dev.msix_table + 16 * idx + 12
-        ctrl = dev.mmio_read(entry)
+        words = self._entry_words(dev, idx)
         parent_data = dev.msi_parent_data
         try:
             if parent_data is None and self.parent_prepare is not None:
@@ -510,7 +593,7 @@ class PciMsiLayer:
             if parent_data is None and dev.msi_parent_data is not None:
                 self.parent_release(dev)
                 dev.msi_parent_data = None
-            dev.mmio_write(entry, ctrl)
+            self._restore_entry(dev, idx, words)
             raise
         dev.msi_descs[idx] = desc
         return idx, virq

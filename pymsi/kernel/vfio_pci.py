@@ -24,7 +24,7 @@ from typing import Any
 
 from ..hw import pci as P
 from ..uapi import vfio as V
-from .base import EINVAL, ENODEV, KernelError, fail
+from .base import EINVAL, ENODEV, ENOENT, KernelError, fail
 from .files import EBADF, ENOTTY, File, FileOperations
 from .msi import MsiType
 from .pci import PciDriver
@@ -194,8 +194,12 @@ class VfioPciCore:
             raise fail(EINVAL, "another interrupt type is enabled")
         if flags & V.VFIO_IRQ_SET_DATA_EVENTFD:
             if self.irq_type == index:
+                self.check_msi_iovas(index, [start + i for i, fd in enumerate(data)
+                                             if fd >= 0 and start + i not in
+                                             self.pdev.msi_descs])
                 self.set_block(start, data, msix)
                 return 0
+            self.check_msi_iovas(index, list(range(start + count)))
             got = self.msi_enable(start + count, msix)
             if got:
                 return got
@@ -213,6 +217,110 @@ class VfioPciCore:
                 continue
             if flags & V.VFIO_IRQ_SET_DATA_NONE or data[i - start]:
                 ctx.trigger.signal()
+        return 0
+
+    def check_msi_iovas(self, index: int, vectors: list[int]) -> None:
+        """Per-vector MSI design: every vector about to be allocated must have an
+        address (VFIO_DEVICE_MSI_IOVA), else ENOENT before anything changes — the
+        allocation path would fail the same way, this only keeps the vectors
+        already live untouched (vfio_msi_set_block would tear some down)."""
+        hooks = self.kernel.msi.per_vector_hooks(self.pdev)
+        if hooks is None or not vectors:
+            return
+        idev = hooks.idevs.get(self.pdev)
+        if idev is None or idev.hw_msi:
+            return
+        missing = [v for v in vectors if not hooks.has_entry(idev, index, v)]
+        if missing:
+            raise fail(ENOENT, f"{self.pdev}: no MSI address for vectors {missing} "
+                               f"of index {index}")
+
+    def bound_idev(self) -> tuple[Any, Any] | None:
+        """(iommufd context, iommufd device) of the file bound to this device."""
+        df = next((f for f in self.files if f.access_granted and f.devid is not None
+                   and f.iommufd is not None), None)
+        if df is None:
+            return None
+        ctx = self.kernel.iommufd.ctx_from_file(df.iommufd)
+        return ctx, ctx.device(df.devid)
+
+    def msi_iova(self, arg: Any) -> int:
+        """VFIO_DEVICE_MSI_IOVA (not upstream; the per-vector design): SET / CLEAR /
+        GET the MSI IOVAs of vectors [start, start + count) of MSI or MSI-X.
+
+        EINVAL, with nothing changed, for: argsz below the header, not exactly one
+        of SET / CLEAR / GET or another flag, ``__reserved`` set, an index other
+        than MSI / MSI-X, an empty range or one past the index's vector count
+        (MSI: vector 0 only — its one address serves every MSI vector),
+        argsz (or the array) not covering ``iova[count]`` for SET / GET, an IOVA
+        of 0 or not page aligned for SET.  EOPNOTSUPP when the context's design is
+        not per-vector or the device's MSIs are not translated (x86).  A SET or
+        CLEAR of a live vector changes nothing on the device: the next affinity
+        change writes the new address (the two steps of the thread).  GET fills
+        ``iova[]``, 0 for a vector without an entry.
+        """
+        from .iommufd_msi import PAGE_SIZE, PerVectorMsi
+
+        minsz = V.VfioDeviceMsiIova.offsetofend("__reserved")
+        if arg.argsz < minsz:
+            raise fail(EINVAL, "vfio_device_msi_iova too small")
+        op = arg.flags
+        ops = (V.VFIO_MSI_IOVA_SET, V.VFIO_MSI_IOVA_CLEAR, V.VFIO_MSI_IOVA_GET)
+        if op not in ops:
+            raise fail(EINVAL, "flags must be exactly one of SET, CLEAR, GET")
+        if getattr(arg, "__reserved"):
+            raise fail(EINVAL, "__reserved must be 0")
+        bound = self.bound_idev()
+        if bound is None:
+            raise fail(EINVAL, "device not bound to an iommufd")
+        ctx, idev = bound
+        hooks = ctx.msi
+        if not isinstance(hooks, PerVectorMsi):
+            raise fail(_errno.EOPNOTSUPP, f"the context's MSI design is {hooks.name}")
+        if idev.hw_msi:
+            raise fail(_errno.EOPNOTSUPP, "MSIs of this device are not translated")
+        if arg.index not in (V.VFIO_PCI_MSI_IRQ_INDEX, V.VFIO_PCI_MSIX_IRQ_INDEX):
+            raise fail(EINVAL, f"index {arg.index} is not MSI or MSI-X")
+        num = self.irq_count(arg.index)
+        if arg.index == V.VFIO_PCI_MSI_IRQ_INDEX:
+            num = min(num, 1)           # one address register for every MSI vector
+        if arg.count == 0 or arg.start >= num or arg.count > num - arg.start:
+            raise fail(EINVAL, f"vectors {arg.start}+{arg.count} outside 0..{num}")
+        if op != V.VFIO_MSI_IOVA_CLEAR:
+            if arg.argsz - minsz < 8 * arg.count or len(arg.iova) < arg.count:
+                raise fail(EINVAL, "iova[] shorter than count")
+        if op == V.VFIO_MSI_IOVA_SET:
+            iovas = list(arg.iova)[:arg.count]
+            if any(not iova or iova & (PAGE_SIZE - 1) for iova in iovas):
+                raise fail(EINVAL, "an IOVA is 0 or not page aligned")
+            hooks.set_range(idev, arg.index, arg.start, iovas)
+        elif op == V.VFIO_MSI_IOVA_CLEAR:
+            hooks.clear_range(idev, arg.index, arg.start, arg.count)
+        else:
+            out = [hooks.get(idev, arg.index, arg.start + i) for i in range(arg.count)]
+            arg.iova = out + list(arg.iova)[arg.count:]
+        return 0
+
+    def prepare_msi_iovas(self, hdr: Any) -> int:
+        """VFIO_IRQ_SET_ACTION_PREPARE | VFIO_IRQ_SET_DATA_MSI_IOVA (the RFCv2 series,
+        the preset design): one u64 IOVA per vector of [start, start + count) of MSI
+        or MSI-X, stored for the next allocation of those vectors.  EINVAL unless
+        the context's design is preset and the flags are exactly those two (an
+        unknown flag, as for a kernel without the series), for another index, and
+        for data shorter than count."""
+        from .iommufd_msi import PresetMsi
+
+        want = V.VFIO_IRQ_SET_ACTION_PREPARE | V.VFIO_IRQ_SET_DATA_MSI_IOVA
+        bound = self.bound_idev()
+        if hdr.flags != want or bound is None or not isinstance(bound[0].msi, PresetMsi):
+            raise fail(EINVAL, "ACTION_PREPARE needs DATA_MSI_IOVA and the preset design")
+        if hdr.index not in (V.VFIO_PCI_MSI_IRQ_INDEX, V.VFIO_PCI_MSIX_IRQ_INDEX):
+            raise fail(EINVAL, "PREPARE is for MSI and MSI-X")
+        minsz = V.VfioIrqSet.offsetofend("count")
+        if hdr.argsz - minsz < 8 * hdr.count or len(hdr.data) < hdr.count:
+            raise fail(EINVAL, "data shorter than count")
+        ctx, idev = bound
+        ctx.msi.preset(idev, hdr.index, hdr.start, list(hdr.data)[:hdr.count])
         return 0
 
     def teardown(self) -> None:
@@ -302,6 +410,7 @@ class VfioDeviceFops(FileOperations):
             V.VFIO_DEVICE_GET_IRQ_INFO: self._get_irq_info,
             V.VFIO_DEVICE_SET_IRQS: self._set_irqs,
             V.VFIO_DEVICE_RESET: self._reset,
+            V.VFIO_DEVICE_MSI_IOVA: self._msi_iova,
         }
         h = handlers.get(cmd)
         if h is None:
@@ -433,13 +542,19 @@ class VfioDeviceFops(FileOperations):
     def _set_irqs(self, core: VfioPciCore, arg: Any) -> int:
         hdr = _arg(arg, V.VfioIrqSet)
         minsz = V.VfioIrqSet.offsetofend("count")
+        prepare = bool(hdr.flags & V.VFIO_IRQ_SET_ACTION_PREPARE)
         if hdr.argsz < minsz or hdr.index >= V.VFIO_PCI_NUM_IRQS or \
                 hdr.count >= U32_MAX - hdr.start or \
-                hdr.flags & ~(V.VFIO_IRQ_SET_DATA_TYPE_MASK | V.VFIO_IRQ_SET_ACTION_TYPE_MASK):
+                hdr.flags & ~(V.VFIO_IRQ_SET_DATA_TYPE_MASK_RFCV2 if prepare else
+                              V.VFIO_IRQ_SET_DATA_TYPE_MASK) \
+                & ~(V.VFIO_IRQ_SET_ACTION_TYPE_MASK_RFCV2 if prepare else
+                    V.VFIO_IRQ_SET_ACTION_TYPE_MASK):
             raise fail(EINVAL, "bad vfio_irq_set header")
         num = core.irq_count(hdr.index)
         if hdr.start >= num or hdr.start + hdr.count > num:
             raise fail(EINVAL, "vectors beyond the index's count")
+        if prepare:
+            return core.prepare_msi_iovas(hdr)
         kind = hdr.flags & V.VFIO_IRQ_SET_DATA_TYPE_MASK
         size = {V.VFIO_IRQ_SET_DATA_NONE: 0, V.VFIO_IRQ_SET_DATA_BOOL: 1,
                 V.VFIO_IRQ_SET_DATA_EVENTFD: 4}.get(kind)
@@ -457,6 +572,9 @@ class VfioDeviceFops(FileOperations):
         # MSI/MSI-X MASK/UNMASK ("Need masking support exported"), INTx/ERR/REQ and
         # mixed actions: no handler in this model, as vfio_pci_set_irqs_ioctl's NULL func.
         raise fail(ENOTTY, "no handler for this index/action")
+
+    def _msi_iova(self, core: VfioPciCore, arg: Any) -> int:
+        return core.msi_iova(_arg(arg, V.VfioDeviceMsiIova))
 
     def _reset(self, core: VfioPciCore, arg: Any) -> int:
         """pci_try_reset_function(): the function's config state is saved and

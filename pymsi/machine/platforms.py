@@ -13,6 +13,10 @@ from ..hw.pci import Bar, MsiConfig, MsixConfig, PciFunction, PciHost
 from ..hw.smmuv3 import SMMUv3
 from ..hw.x86 import MSI_BASE, MSI_SIZE, X86MsiController
 
+#: The MSI address designs (pymsi.kernel.iommufd_msi.MSI_DESIGNS, named here so that
+#: the machine layer does not import the kernel to check the argument).
+MSI_DESIGNS = ("dma-cookie", "sw-msi", "preset", "per-vector")
+
 
 def make_function(bus: int, dev: int, spec: dict[str, Any]) -> PciFunction:
     """A PCI function from a small spec: {"msix": n} and/or {"msi": n}, ids, BAR size."""
@@ -34,7 +38,12 @@ class _Machine:
     ECAM: int
     ECAM_BUSES: int
 
-    def _init_common(self, ncpus: int, ram_size: int, backend: str | None) -> None:
+    def _init_common(self, ncpus: int, ram_size: int, backend: str | None,
+                     msi_design: str = "per-vector") -> None:
+        if msi_design not in MSI_DESIGNS:
+            raise ValueError(f"msi_design must be one of {MSI_DESIGNS}, not {msi_design!r}")
+        #: the MSI address design a kernel booted here gives new iommufd contexts
+        self.msi_design = msi_design
         impl = core.backend(backend) if backend else core
         self.ncpus = ncpus
         self.ram = impl.Memory()
@@ -69,6 +78,9 @@ class ArmVirt(_Machine):
     2-level CD tables, RIL, HAD, wired interrupts (no MSI), no SEV, all three
     granules.  The one field that differs is IDR3.BBML (QEMU: 2), which the
     model leaves 0: it does not model break-before-make levels.
+
+    ``msi_design`` is the MSI address design of the iommufd contexts of a kernel
+    booted here ("dma-cookie", "sw-msi", "preset", "per-vector").
     """
 
     RAM_BASE = 0x4000_0000
@@ -83,8 +95,9 @@ class ArmVirt(_Machine):
                  ssidsize: int = 0, cmdqs: int = 19, eventqs: int = 19,
                  granules: tuple[int, ...] = (4096, 16384, 65536), ril: bool = True,
                  had: bool = True, msi: bool = False, sev: bool = False,
-                 two_level: bool = True, cd2l: bool = False) -> None:
-        self._init_common(ncpus, ram_size, backend)
+                 two_level: bool = True, cd2l: bool = False,
+                 msi_design: str = "per-vector") -> None:
+        self._init_common(ncpus, ram_size, backend, msi_design)
         self.gic = Gicv3(self.ram, ncpus=ncpus, gicv4=gicv4)
         self.its = GicV3Its(self.gic, self.ram)
         self.bus.map(self.GICD, 0x1_0000, self.gic.gicd, "GICD")
@@ -118,8 +131,9 @@ class X86Pc(_Machine):
     PCI_MMIO = (0xC000_0000, 0x2000_0000)
 
     def __init__(self, ncpus: int = 4, ram_size: int = 0x1000_0000, remapping: bool = False,
-                 devices: list[dict] | None = None, backend: str | None = None) -> None:
-        self._init_common(ncpus, ram_size, backend)
+                 devices: list[dict] | None = None, backend: str | None = None,
+                 msi_design: str = "per-vector") -> None:
+        self._init_common(ncpus, ram_size, backend, msi_design)
         self.remapping = remapping
         self.msi = X86MsiController(self.ram, ncpus=ncpus)
         self.bus.map(MSI_BASE, MSI_SIZE, self.msi, "interrupt messages", attrs=True)

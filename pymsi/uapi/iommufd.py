@@ -506,6 +506,12 @@ class IommuIoasMapMsi(Struct):
 
 IOMMU_IOAS_MAP_MSI = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_MAP_MSI)
 
+# IOMMU_OPTION_MSI_DESIGN (an option id of IOMMU_OPTION, object_id 0): the MSI address
+# design of the context, val64 an index into ("dma-cookie", "sw-msi", "preset",
+# "per-vector"); SET is EBUSY once the context has a bound device.  Far above
+# upstream's option ids (0, 1; the posted SW_MSI_START / SW_MSI_SIZE would be 2, 3).
+IOMMU_OPTION_MSI_DESIGN = 0x100
+
 #: ioctl number -> its argument structure, for dispatch and checks.
 IOCTLS: dict[int, type[Struct]] = {
     IOMMU_DESTROY: IommuDestroy,
@@ -533,4 +539,5 @@ IOCTLS: dict[int, type[Struct]] = {
 }
 
 #: Names of this module that are this project's, not Linux's.
-NOT_UPSTREAM = frozenset({"IOMMUFD_CMD_IOAS_MAP_MSI", "IOMMU_IOAS_MAP_MSI", "IommuIoasMapMsi"})
+NOT_UPSTREAM = frozenset({"IOMMUFD_CMD_IOAS_MAP_MSI", "IOMMU_IOAS_MAP_MSI", "IommuIoasMapMsi",
+                          "IOMMU_OPTION_MSI_DESIGN"})
