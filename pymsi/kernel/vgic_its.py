@@ -304,14 +304,14 @@ class VgicItsEmul:
         return 0
 
     def _add_lpi(self, intid: int, vcpu: int | None) -> VgicLpi:
-        """vgic_add_lpi(): the VM's LPI for ``intid`` (shared if it exists), its
-        configuration and pending state read from guest memory."""
+        """vgic_add_lpi(): the VM's LPI for ``intid``; an existing one is shared as it
+        is, a new one has its configuration and pending state read from guest memory."""
         lpis = self.kvm.lpis
         irq = lpis.get(intid)
         if irq is not None:
             irq.refs += 1
-        else:
-            irq = lpis[intid] = VgicLpi(intid, target_vcpu=vcpu)
+            return irq
+        irq = lpis[intid] = VgicLpi(intid, target_vcpu=vcpu)
         ret = self.update_lpi_config(irq) or self._sync_pending(irq)
         if ret:
             self.kvm.put_lpi(irq)
