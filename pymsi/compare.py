@@ -332,10 +332,12 @@ class Scenario:
             if obj.kind == "ioas":
                 st[f"IOAS {oid} areas"] = tuple((a.iova, a.length, int(a.prot))
                                                 for a in obj.areas)
-        for pdev in vmm.k.pci.devices[:2]:
+        for pdev in vmm.k.pci.devices[:2]:           # the domains iommufd gave them
             group = pdev.iommu_group
             d = group.domain if group is not None else None
-            for dom in (d, getattr(d, "parent", None)):
+            if d is None or d.iommufd_hwpt is None:
+                continue
+            for dom in (d, d.parent):
                 if dom is not None and dom not in self.domains:
                     self.domains.append(dom)
         for n, dom in enumerate(self.domains):
@@ -577,8 +579,7 @@ class Scenario:
             obs.leftovers.append(f"{len(k.user_mm.pinned)} user pages still pinned")
         for n, dom in enumerate(self.domains):
             pg = getattr(dom, "pgtbl", None)
-            if pg is not None and not getattr(dom, "freed", False) and \
-                    dom.owner != "dma-iommu" and pgtable_leaves(pg):
+            if pg is not None and not getattr(dom, "freed", False) and pgtable_leaves(pg):
                 obs.leftovers.append(f"domain {n} still maps {len(pgtable_leaves(pg))} pages")
         for pdev in k.pci.devices[:2]:
             if pdev.msix_enabled:
