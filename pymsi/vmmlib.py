@@ -66,23 +66,26 @@ def errno_of(fn: Any, *args: Any, **kw: Any) -> int:
 class Vmm:
     """A VMM's view: one iommufd context, one IOAS with ``ram_size`` bytes of user
     memory mapped at ``RAM_GPA``, and the first ``n`` PCI functions given to vfio-pci
-    with their cdevs open (not yet bound)."""
+    with their cdevs open (not yet bound).  ``resv`` replaces the reserved regions
+    the SMMU driver reports for every device (to show a platform's other regions)."""
 
     def __init__(self, design: str = "per-vector", smmu: str | None = "s1", n: int = 1,
                  devices: list[dict] | None = None, machine: Any = None,
-                 ram_size: int = 0x1_0000, **machine_kw: Any) -> None:
+                 ram_size: int = 0x1_0000, resv: list | None = None,
+                 **machine_kw: Any) -> None:
         from .machine import ArmVirt
 
         self.m = machine or ArmVirt(smmu=smmu, devices=devices or [{"msix": 4, "msi": 4}] * n,
                                     msi_design=design, **machine_kw)
         self.k = self.m.boot()
+        if resv is not None:                      # what the IOMMU driver reports instead
+            self.k.smmu.get_resv_regions = lambda dev: list(resv)
         self.ictx = self.k.open("/dev/iommu")
         a = u.IommuIoasAlloc()
         self.ictx.ioctl(u.IOMMU_IOAS_ALLOC, a)
         self.ioas = a.out_ioas_id
         self.ram_size = ram_size
         self.va = self.k.mmap(ram_size)
-        self.k.user_write(self.va, bytes(ram_size))          # back every page
         self.ictx.ioctl(u.IOMMU_IOAS_MAP, u.IommuIoasMap(
             flags=u.IOMMU_IOAS_MAP_FIXED_IOVA | u.IOMMU_IOAS_MAP_READABLE
             | u.IOMMU_IOAS_MAP_WRITEABLE, ioas_id=self.ioas, user_va=self.va,
