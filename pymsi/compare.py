@@ -405,9 +405,12 @@ class Scenario:
         for dev, vec in sorted(self.enabled):
             addr, data, ctrl = vmm.entry(vec, dev)
             page = self.ipa_page(addr)
+            reachable = page is None or page not in self.unmapped
+            # The SMMU's own translation (a fault is recorded, as a probe by the
+            # device would be): only where the doorbell should be reachable.
+            pa = vmm.smmu_pa(addr, dev) if reachable else None
             out.append(VectorObs(dev, vec, addr, data, bool(ctrl & 1),
-                                 self.chosen.get((dev, vec)), vmm.smmu_pa(addr, dev),
-                                 reachable=page is None or page not in self.unmapped,
+                                 self.chosen.get((dev, vec)), pa, reachable=reachable,
                                  forwarded=(dev, vec) in self.forwarded))
         return out
 
