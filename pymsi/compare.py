@@ -278,6 +278,7 @@ class Scenario:
         self.unmapped: set[int] = set()                       # doorbell pages (IOAS) unmapped
         self.domains: list[Any] = []
         self.guest: KvmGuest | None = None
+        self.hwpt: int | None = None                          # the HWPT paging (paging)
         self._lpis: list[int] = []
         self._vlpis: list[int] = []
         self._in_vlpi = 0
@@ -449,7 +450,7 @@ class Scenario:
             maps.update({a: a for a in range(RMR[0], RMR[1], PAGE)})   # the IORT RMR
             vmm.nested(maps, VSID[dev], i=dev)
         else:
-            if not hasattr(self, "hwpt"):
+            if self.hwpt is None:
                 self.hwpt = vmm.hwpt_alloc(vmm.ioas, i=dev)
             vmm.attach(self.hwpt, dev)
 

@@ -113,6 +113,22 @@ def test_preset_falls_back_silently(table, smmu):
     assert f"address {SW_MSI_MSG:#x}" in fb["detail"]
 
 
+@pytest.mark.parametrize("smmu", SMMUS)
+def test_per_vector_run_exercises_forwarding_and_the_unmapped_doorbell(smmu):
+    """The passing row is not vacuous: the vector was forwarded (a vLPI, no eventfd
+    signal, before and after the guest's MOVI), the undescribed vector was refused,
+    and the doorbell the VMM unmapped made the fire fault."""
+    obs = {o.step: o for o in Scenario("per-vector", smmu).run()}
+    g = obs["GICv4 forward + guest MOVI"]
+    fwd = [f for f in g.fires if f.expect_vlpi is not None]
+    assert len(fwd) == 2 and all(f.vlpis == [LPI_BASE + 5] and not f.signals for f in fwd)
+    assert not g.notes
+    assert [u.errno for u in obs["enable an undescribed vector"].undescribed] == [errno.ENOENT]
+    (f,) = obs["unmap doorbell + fire"].fires
+    assert f.expect == "fault" and f.smmu_events == 1 and f.delivery == "aborted"
+    assert obs["second device"].dma[0].smmu_events == 1
+
+
 def test_text_table_matches_the_json(table):
     out = io.StringIO()
     render(table, out)
