@@ -26,7 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "compare":
         from .compare import main as compare_main
 
-        return compare_main(sys.stdout, as_json=args.json)
+        try:
+            return compare_main(sys.stdout, as_json=args.json)
+        except BrokenPipeError:           # `pymsi compare | head`
+            sys.stdout = None
+            return 0
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

@@ -88,6 +88,8 @@ class FireObs:
     smmu_events: int = 0
     expect_lpi: int | None = None
     expect_vlpi: int | None = None
+    vlpi_vcpus: list[int | None] = field(default_factory=list)   # the vCPU of each vLPI
+    expect_vcpu: int | None = None     # the vCPU the guest last targeted (forwarded)
     writer_lpis: tuple[int, ...] = ()                   # every LPI of the writing device
 
 
@@ -162,6 +164,9 @@ def check_delivery(obs: StepObs) -> str | None:
             if f.signals or f.vlpis != [f.expect_vlpi]:
                 return (f"dev {f.dev} vector {f.vec} (forwarded) fired: vLPIs {f.vlpis}, "
                         f"eventfd signals {_sig(f.signals)}")
+            if f.expect_vcpu is not None and f.vlpi_vcpus != [f.expect_vcpu]:
+                return (f"dev {f.dev} vector {f.vec} (forwarded): vLPI pending on vCPU "
+                        f"{f.vlpi_vcpus}, the guest targeted vCPU {f.expect_vcpu}")
         elif f.signals != {(f.dev, f.vec): 1} or f.vlpis:
             return (f"dev {f.dev} vector {f.vec} fired ({f.delivery}): eventfd signals "
                     f"{_sig(f.signals)}" + (f", vLPIs {f.vlpis}" if f.vlpis else ""))
@@ -281,6 +286,8 @@ class Scenario:
         self.hwpt: int | None = None                          # the HWPT paging (paging)
         self._lpis: list[int] = []
         self._vlpis: list[int] = []
+        self._vpts: list[int] = []
+        self.vcpu_of: dict[tuple[int, int], int] = {}         # forwarded -> guest's vCPU
         self._in_vlpi = 0
 
     # -- addresses ----------------------------------------------------------------------
@@ -317,6 +324,7 @@ class Scenario:
                     self._in_vlpi -= 1
                 if ok:
                     self._vlpis.append(vintid)
+                    self._vpts.append(vpt)
                 return ok
 
             rd.set_pending, rd.set_vlpi_pending = sp, sv
@@ -378,12 +386,14 @@ class Scenario:
         before, ev = self._counts(), vmm.smmu_events()
         self._lpis.clear()
         self._vlpis.clear()
+        self._vpts.clear()
         f = FireObs(dev, vec, expect)
         if write is None:
             f.delivery = vmm.m.functions[dev].notify(vec).value
             if (dev, vec) in self.enabled:
                 f.expect_lpi = vmm.host_lpi(vec, dev)
             f.expect_vlpi = self.forwarded.get((dev, vec))
+            f.expect_vcpu = self.vcpu_of.get((dev, vec))
         else:
             r = vmm.m.bus.dma_write(vmm.k.pci.devices[dev].rid, write[0], write[1])
             f.delivery = "sent" if r.ok else "aborted"
@@ -393,6 +403,9 @@ class Scenario:
         f.signals = {k: after[k] - before.get(k, 0) for k in after
                      if after[k] != before.get(k, 0)}
         f.lpis, f.vlpis = list(self._lpis), list(self._vlpis)
+        vpes = self.guest.kvm.vpes if self.guest is not None else {}
+        f.vlpi_vcpus = [next((c for c, vpe in vpes.items() if vpe.vpt == vpt), None)
+                        for vpt in self._vpts]
         f.smmu_events = vmm.smmu_events() - ev
         obs.fires.append(f)
         for e in self.efds.values():          # the VMM reads its eventfds
@@ -520,11 +533,14 @@ class Scenario:
         lpi = g.kvm.lpis.get(VINTID)
         if lpi is not None and lpi.hw:
             self.forwarded[(0, 0)] = VINTID
+            self.vcpu_of[(0, 0)] = 0                 # collection 0 -> vCPU 0
         else:
             obs.notes.append("KVM did not forward vector 0")
         self.fire(obs, 0, 0)
         self.compose(obs, "guest MOVI (vLPI move)",
                      lambda: g.cmds(its_cmd("MOVI", VSID[0], 0, icid=1)))
+        if (0, 0) in self.vcpu_of:
+            self.vcpu_of[(0, 0)] = 1                 # collection 1 -> vCPU 1
         self.fire_all(obs)
 
     def step_undescribed(self, obs: StepObs) -> None:

@@ -420,8 +420,9 @@ class KvmGuest:
         self._mmio(ITS_BASE + 0x88, self.cw)
 
     def map_device(self, devid: int, events: dict[int, tuple[int, int]]) -> None:
-        """MAPD ``devid``, MAPC collection n -> vCPU n, MAPTI each event -> (vINTID, icid)."""
-        icids = sorted({icid for _, icid in events.values()})
+        """MAPD ``devid``, MAPC collection n -> vCPU n for every vCPU, MAPTI each event
+        -> (vINTID, icid)."""
+        icids = range(len(self.vcpu_fds))
         self.cmds(its_cmd("MAPD", devid, size=4, itt=RAM_GPA + G_ITT),
                   *(its_cmd("MAPC", icid=c, rd=c) for c in icids),
                   *(its_cmd("MAPTI", devid, ev, icid=icid, intid=vintid)

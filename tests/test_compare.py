@@ -122,6 +122,7 @@ def test_per_vector_run_exercises_forwarding_and_the_unmapped_doorbell(smmu):
     g = obs["GICv4 forward + guest MOVI"]
     fwd = [f for f in g.fires if f.expect_vlpi is not None]
     assert len(fwd) == 2 and all(f.vlpis == [LPI_BASE + 5] and not f.signals for f in fwd)
+    assert [f.vlpi_vcpus for f in fwd] == [[0], [1]]        # MAPTI to collection 0, MOVI to 1
     assert not g.notes
     assert [u.errno for u in obs["enable an undescribed vector"].undescribed] == [errno.ENOENT]
     (f,) = obs["unmap doorbell + fire"].fires
@@ -289,6 +290,16 @@ def _lost(o, pick):
     return True
 
 
+def _wrong_vcpu(o, pick):
+    """A forwarded fire whose vLPI stayed on the vCPU the guest moved it away from."""
+    idx = [i for i, f in enumerate(o.fires) if f.expect_vcpu is not None]
+    if not idx:
+        return False
+    i = idx[pick(len(idx))]
+    o.fires[i] = dataclasses.replace(o.fires[i], vlpi_vcpus=[1 - o.fires[i].expect_vcpu])
+    return True
+
+
 def _reachable_pa(o, pick):
     idx = [i for i, v in enumerate(o.vectors) if v.reachable and not v.masked]
     if not idx:
@@ -317,6 +328,7 @@ MUTATIONS = {
         o, "foreign", "signals", lambda s: {**s, (0, 1): 1}, p)),
     "fault_delivered": ("isolation", lambda o, p: _fires(
         o, "fault", "signals", lambda s: {(0, 1): 1}, p)),
+    "wrong_vcpu": ("delivery", lambda o, p: _wrong_vcpu(o, p)),
     "dma_through": ("isolation", lambda o, p: _put(o.dma, p, "ok", lambda ok: True)),
     "leftover": ("isolation", lambda o, p: o.step == "close all fds" and bool(
         o.leftovers.append("3 user pages still pinned") or True)),
