@@ -361,3 +361,39 @@ def test_observation_types_are_what_the_checkers_read():
     assert CHECKERS["delivery"](o) is not None
     o.undescribed[0].addr_after = 0x1040
     assert "changed" in CHECKERS["no silent fallback"](o)
+
+
+# -- the page-table fingerprint the no-allocation checker compares ------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(pages=st.sets(st.integers(0, (1 << 18) - 1), max_size=12),
+       blocks=st.sets(st.integers(1 << 9, (1 << 10) - 1), max_size=2),
+       fmt=st.sampled_from(["s1", "s2"]))
+def test_pgtable_leaves_are_exactly_what_is_mapped(pages, blocks, fmt):
+    """Every mapped 4K page and 2M block appears once, at its input address, with the
+    output address the walk gives; unmapping one removes exactly it."""
+    from pymsi import core
+    from pymsi.core.pgtable import IoPgtable, TableAllocator
+    from pymsi.vmmlib import pgtable_leaves
+
+    mem = core.Memory()
+    mem.add_ram(0x4000_0000, 8 << 20)
+    pg = IoPgtable(mem, TableAllocator(mem, 0x4000_0000, 8 << 20), fmt=fmt, ias=40)
+    want = {}
+    for p in pages:                                   # 4K pages in the first 1 GiB
+        want[p << 12] = 0x1_0000_0000 + (p << 12)
+    for b in blocks:                                  # 2M blocks in the second 1 GiB
+        want[b << 21] = 0x2_0000_0000 + (b << 21)
+    for va, pa in want.items():
+        size = 1 << 21 if va >= 1 << 30 else 1 << 12
+        pg.map(va, pa, size, Prot.READ | Prot.WRITE)
+    event(f"{fmt} pages={min(len(pages), 3)} blocks={len(blocks)}")
+    leaves = pgtable_leaves(pg)
+    assert sorted(va for va, _ in leaves) == sorted(want)
+    for va, _desc in leaves:
+        assert pg.iova_to_phys(va) == want[va]
+    if want:
+        gone = min(want)
+        pg.unmap(gone, 1 << 21 if gone >= 1 << 30 else 1 << 12)
+        assert sorted(va for va, _ in pgtable_leaves(pg)) == sorted(set(want) - {gone})
