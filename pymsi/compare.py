@@ -270,7 +270,8 @@ def _fmt(items: list) -> str:
 
 class Scenario:
     """One row: a VMM under ``design`` with a ``paging`` or ``nested`` SMMU set-up,
-    driven step by step; each step returns what the machine shows."""
+    driven step by step; each step fills a :class:`StepObs` with what the machine
+    shows.  A VMM call that fails ends its step and is kept as a note of the row."""
 
     def __init__(self, design: str, smmu: str) -> None:
         self.design, self.smmu = design, smmu
