@@ -426,6 +426,9 @@ class IommufdMsiHooks:
         """Before ``idev``'s group moves to ``hwpt.domain`` (attach or replace); raising
         a KernelError fails the attach with nothing changed."""
 
+    def attached(self, idev: IommufdDevice, hwpt: Any) -> None:
+        """After ``idev``'s group moved to ``hwpt.domain`` (attach or replace)."""
+
     def detach(self, idev: IommufdDevice) -> None:
         """After ``idev`` left its HWPT (a detach, not a replace)."""
 
@@ -641,6 +644,7 @@ class IommufdCtx:
         hwpt.devices.append(idev)
         if old is not None:
             self._put_hwpt(old, idev)
+        self.msi.attached(idev, hwpt)
 
     def _put_hwpt(self, hwpt: HwptPaging | HwptNested, idev: IommufdDevice) -> None:
         """iommufd_hw_pagetable_put(): an automatic HWPT goes with its last user."""

@@ -195,8 +195,7 @@ class VfioPciCore:
         if flags & V.VFIO_IRQ_SET_DATA_EVENTFD:
             if self.irq_type == index:
                 self.check_msi_iovas(index, [start + i for i, fd in enumerate(data)
-                                             if fd >= 0 and start + i not in
-                                             self.pdev.msi_descs])
+                                             if fd >= 0])
                 self.set_block(start, data, msix)
                 return 0
             self.check_msi_iovas(index, list(range(start + count)))
@@ -220,14 +219,14 @@ class VfioPciCore:
         return 0
 
     def check_msi_iovas(self, index: int, vectors: list[int]) -> None:
-        """Per-vector MSI design: every vector about to be allocated must have an
+        """Per-vector MSI design: every vector about to get a trigger must have an
         address (VFIO_DEVICE_MSI_IOVA), else ENOENT before anything changes — the
         allocation path would fail the same way, this only keeps the vectors
         already live untouched (vfio_msi_set_block would tear some down)."""
         hooks = self.kernel.msi.per_vector_hooks(self.pdev)
         if hooks is None or not vectors:
             return
-        idev = hooks.idevs.get(self.pdev)
+        idev = hooks.idev_of(self.pdev)
         if idev is None or idev.hw_msi:
             return
         missing = [v for v in vectors if not hooks.has_entry(idev, index, v)]
