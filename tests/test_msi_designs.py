@@ -375,6 +375,14 @@ def test_map_msi_checks_like_ioas_map():
         flags=u.IOMMU_IOAS_MAP_FIXED_IOVA | u.IOMMU_IOAS_MAP_WRITEABLE,
         dst_ioas_id=vmm.ioas, src_ioas_id=vmm.ioas, length=PAGE, dst_iova=piova(8),
         src_iova=piova(0))) == errno.EPERM
+    # Nor a read-only one: the doorbell never becomes readable memory in another IOAS.
+    a = u.IommuIoasAlloc()
+    vmm.ictx.ioctl(u.IOMMU_IOAS_ALLOC, a)
+    assert errno_of(vmm.ictx.ioctl, u.IOMMU_IOAS_COPY, u.IommuIoasCopy(
+        flags=u.IOMMU_IOAS_MAP_FIXED_IOVA | u.IOMMU_IOAS_MAP_READABLE,
+        dst_ioas_id=a.out_ioas_id, src_ioas_id=vmm.ioas, length=PAGE, dst_iova=0x5000_0000,
+        src_iova=piova(0))) == errno.EPERM
+    assert vmm.ctx().ioas(a.out_ioas_id).areas == []
 
 
 def test_map_msi_into_the_sw_msi_window_is_refused_where_it_is_reserved():

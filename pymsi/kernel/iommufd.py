@@ -107,6 +107,8 @@ class PinnedPages:
     ``uptr``; each page counts the areas using it and is unpinned when the last
     one goes (an area copied from part of another keeps only its own pages)."""
 
+    copyable = True           # IOMMU_IOAS_COPY may hand these pages to another area
+
     def __init__(self, kernel: Any, uptr: int, pas: list[int], writable: bool) -> None:
         self.kernel = kernel
         self.uptr = uptr
@@ -741,6 +743,9 @@ class IommufdCtx:
         if cmd.length >= ULONG_MAX or cmd.src_iova >= ULONG_MAX or cmd.dst_iova >= ULONG_MAX:
             raise fail(EOVERFLOW, "copy range")
         pieces = self.ioas(cmd.src_ioas_id).get_pages(cmd.src_iova, cmd.length)
+        if any(not pages.copyable for pages, _, _ in pieces):
+            # An IOMMU_IOAS_MAP_MSI doorbell is granted to its IOAS alone (not upstream).
+            raise fail(EPERM, "an MSI doorbell area cannot be copied")
         dst = self.ioas(cmd.dst_ioas_id)
         cmd.dst_iova = dst.map_pages(pieces, cmd.length, cmd.dst_iova, cmd.flags)
 
@@ -870,12 +875,21 @@ class IommufdCtx:
             data, out_type = hw_info(idev.dev, want)
         else:
             data, out_type = b"", uapi.IOMMU_HW_INFO_TYPE_NONE
-        copy = data[:cmd.data_len] + bytes(max(0, cmd.data_len - len(data)))
-        if copy:
-            try:
-                self.kernel.user_write(cmd.data_uptr, copy)
-            except KernelError:
-                raise fail(EFAULT, "data_uptr not writable") from None
+        # copy_to_user() of the info, then clear_user() of the rest of the buffer a
+        # page at a time: no allocation in proportion to data_len, EFAULT at the first
+        # page that cannot be written.
+        head = data[:cmd.data_len]
+        try:
+            if head:
+                self.kernel.user_write(cmd.data_uptr, head)
+            va, end = cmd.data_uptr + len(head), cmd.data_uptr + cmd.data_len
+            zeros = bytes(PAGE_SIZE)
+            while va < end:
+                n = min(end - va, PAGE_SIZE - (va & (PAGE_SIZE - 1)))
+                self.kernel.user_write(va, zeros[:n])
+                va += n
+        except KernelError:
+            raise fail(EFAULT, "data_uptr not writable") from None
         cmd.data_len = len(data)
         cmd.out_data_type = out_type
         cmd.out_capabilities = 0                 # no dirty tracking, no PASID in the model

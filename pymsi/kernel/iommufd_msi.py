@@ -413,7 +413,9 @@ def ioctl_option(ctx: IommufdCtx, cmd: Any) -> None:
 
 class MmioPages(PinnedPages):
     """A doorbell page behind an IOAS area: MMIO, never pinned nor unpinned, and not
-    "writable" user memory, so a writeable IOMMU_IOAS_COPY of it is EPERM."""
+    "writable" user memory; IOMMU_IOAS_COPY of it is EPERM whatever its flags."""
+
+    copyable = False
 
     def __init__(self, kernel: Any, pa: int) -> None:
         super().__init__(kernel, 0, [pa], False)
