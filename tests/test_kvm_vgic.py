@@ -18,7 +18,7 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from pymsi.kernel.irqbypass import IrqBypass, IrqBypassConsumer, IrqBypassProducer
+from pymsi.kernel.irqbypass import IrqBypass, IrqBypassConsumer, IrqBypassProducer, irqbypass_of
 from pymsi.machine import ArmVirt
 from pymsi.uapi import kvm as K
 from pymsi.uapi import vfio as V
@@ -898,11 +898,14 @@ def test_gicv4_pending_lpi_moves_to_the_vpe_and_unmapped_event_is_not_forwarded(
     g.route(1, GUEST_DEVID, 0)
     g.irqfd(efds[0].fd, 1)
     assert g.pending() == [] and m.gic.pending_bit(g.kvm.vpes[0].vpt, LPI + 5)
-    # an event the guest has not mapped: the connect fails (KVM logs it), no forwarding
+    # an event the guest has not mapped: not forwarded, silently (set_forwarding
+    # answers 0), so the bypass pair stays connected
     g.route(2, GUEST_DEVID, 3)
     since = k.its.cmd_write
     g.irqfd(efds[1].fd, 2)
     assert VMAPTI not in ops(host_commands(k, since))
+    pairs = [p for p in irqbypass_of(k).producers if p.irq == k.pci.devices[0].msi_descs[1].irq]
+    assert pairs and pairs[0].consumer is not None
     fire(m, k, 1)
     assert efds[1].f_op.count == 0                            # taken by the irqfd
 
@@ -920,3 +923,34 @@ def test_gicv3_host_never_forwards(k):
     g.route(1, GUEST_DEVID, 0)
     g.irqfd(efd.fd, 1)
     assert not g.kvm.lpis[LPI + 5].hw and g.kvm.vpes == {}
+
+
+def close_vm(k, g):
+    """Close every file of the guest's VM (VM, vCPUs, devices): the VM is destroyed."""
+    for fd, fl in list(k.files.fds.items()):
+        pd = getattr(fl, "private_data", None) if fl is not None else None
+        if pd is g.kvm or getattr(pd, "kvm", None) is g.kvm:
+            k.close(fd)
+
+
+def test_gicv4_vm_destroy_unmaps_the_vpes_and_frees_their_pending_tables(v4):
+    m, k, f = v4
+    efds = [k.eventfd() for _ in range(2)]
+    set_triggers(f, efds)
+    g = guest_for_device(k)
+    g.route(1, GUEST_DEVID, 0)
+    before = k.mm.in_use
+    g.irqfd(efds[0].fd, 1)
+    vpes = list(g.kvm.vpes.values())
+    mapped = sorted(v.vpe_id for v in vpes if v.mapped)
+    assert len(vpes) == 2 and mapped and all(i in k.its.vpes for i in mapped)
+    assert k.mm.in_use - before >= len(vpes) * 0x10000     # a 64 KiB VPT per vPE
+    since, live = k.its.cmd_write, k.mm.in_use
+    close_vm(k, g)
+    assert g.kvm.destroyed
+    # vgic_v4_teardown: every mapped vPE gets VMAPP with V=0, every VPT is freed.
+    cmds = host_commands(k, since)
+    unmapped = sorted(w[1] >> 32 for o, w in cmds if o == VMAPP and not w[2] >> 63)
+    assert unmapped == mapped and k.its.vpes == {}
+    # freed: both VPTs and the VM's property table (the host ITS's own vPE table stays)
+    assert live - k.mm.in_use >= len(vpes) * 0x10000 + (1 << 16) - 8192

@@ -461,6 +461,15 @@ class Kvm(FileOperations):
             self.devices.clear()
             self.vgic = None
             self.routing = {}
+            # vgic_v4_teardown() -> its_free_vcpu_irqs(): each vPE unmapped from the
+            # ITS (VMAPP V=0) and its virtual pending table freed, then the VM's
+            # property table.
+            its = getattr(self.kernel, "its", None)
+            for vid in sorted(self.vpes):
+                vpe = self.vpes.pop(vid)
+                if its is not None and hasattr(its, "unmap_vpe"):
+                    its.unmap_vpe(vpe)
+                self.kernel.mm.free(vpe.vpt, VPT_SIZE)
             if self.vprop is not None:
                 self.kernel.mm.free(self.vprop, VPROP_SIZE)
                 self.vprop = None

@@ -580,7 +580,8 @@ def supports_direct_msis(kvm: Any) -> bool:
 def set_forwarding(kvm: Any, host_irq: int, route: Any) -> int:
     """kvm_vgic_v4_set_forwarding(): map ``host_irq`` to the vLPI the MSI ``route``
     resolves to.  0 without GICv4 or when the route's address is no vITS (not
-    forwarded, silently); resolve_lpi's code when the guest has not mapped it."""
+    forwarded, silently); 0 as well when the guest has not mapped the event (the
+    bypass pair stays connected, the interrupt goes through the irqfd)."""
     if not supports_direct_msis(kvm):
         return 0
     its = kvm.its_of_route(route)
@@ -588,7 +589,7 @@ def set_forwarding(kvm: Any, host_irq: int, route: Any) -> int:
         return 0
     ret, irq = its.resolve_lpi(route.devid, route.data)
     if ret:
-        return ret
+        return 0
     if irq.hw:                                  # already mapped: the VMM remapped
         return 0
     try:
