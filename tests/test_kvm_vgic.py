@@ -110,12 +110,13 @@ class Guest:
     """A VM with ``nvcpus`` vCPUs, a vGICv3, a vITS and 1 MiB of RAM, and the guest
     side of the ITS driver: it only writes guest memory and MMIO registers."""
 
-    def __init__(self, k, nvcpus=2, boot=True):
+    def __init__(self, k, nvcpus=2, boot=True, vcpu_ids=None):
         self.k = k
         kvm = k.open("/dev/kvm")
         self.vm = kvm.ioctl(K.KVM_CREATE_VM, 0)
         kvm.close()
-        self.vcpu_fds = [k.ioctl(self.vm, K.KVM_CREATE_VCPU, i) for i in range(nvcpus)]
+        ids = range(nvcpus) if vcpu_ids is None else vcpu_ids
+        self.vcpu_fds = [k.ioctl(self.vm, K.KVM_CREATE_VCPU, i) for i in ids]
         gic = create_device(k, self.vm, K.KVM_DEV_TYPE_ARM_VGIC_V3)
         set_addr(k, gic, K.KVM_VGIC_V3_ADDR_TYPE_DIST, GICD_BASE)
         set_addr(k, gic, K.KVM_VGIC_V3_ADDR_TYPE_REDIST, GICR_BASE)
@@ -526,7 +527,7 @@ class Oracle:
                 self.devs[dev] = {"bits": size + 1, "ites": {}}
         elif op == "mapc":
             _, icid, rd, v = c
-            if rd >= self.n:
+            if v and rd >= self.n:              # only a map names a vCPU that must exist
                 return
             if not v:
                 # Unmapping a collection its ITEs still use is UNPREDICTABLE; KVM
@@ -954,3 +955,21 @@ def test_gicv4_vm_destroy_unmaps_the_vpes_and_frees_their_pending_tables(v4):
     assert unmapped == mapped and k.its.vpes == {}
     # freed: both VPTs and the VM's property table (the host ITS's own vPE table stays)
     assert live - k.mm.in_use >= len(vpes) * 0x10000 + (1 << 16) - 8192
+
+
+def test_mapc_and_movall_check_vcpu_ids_not_the_count(k):
+    # vCPUs 0 and 5: KVM looks targets up by vCPU id (kvm_get_vcpu_by_id), so 5 is a
+    # target and 1 (below the count of 2) is not; an unmap checks no target at all.
+    g = Guest(k, vcpu_ids=[0, 5])
+    g.cmds(mapd(1, 1, ITT), mapc(0, 5), mapti(1, 0, LPI, 0))
+    assert g.its.errors == []
+    g.cmds(mapc(1, 1))
+    assert g.its.errors == [("MAPC", 0x010902)]
+    g.cmds(movall(5, 1))
+    assert g.its.errors[-1] == ("MOVALL", 0x010E01)
+    g.cmds(movall(5, 0))
+    assert len(g.its.errors) == 2
+    assert g.signal(1, 0) == 1 and g.pending() == [(LPI, 0)]   # MOVALL moved it to vCPU 0
+    g.cmds(mapc(0, 9, v=0))                                     # V=0, target 9: no error
+    assert len(g.its.errors) == 2
+    assert g.signal(1, 0) != 1                                  # the collection is gone

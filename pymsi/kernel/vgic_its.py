@@ -438,11 +438,11 @@ class VgicItsEmul:
         valid = I.C2_V.get(cmd[2])
         coll_id = I.C2_ICID.get(cmd[2])
         target = I.C2_RDBASE.get(cmd[2]) & 0xFFFF_FFFF
-        if target >= self.kvm.online_vcpus:
-            raise _CmdError(E.MAPC_PROCNUM_OOR)
-        if not valid:
+        if not valid:                           # no target check for an unmap
             self._free_collection(coll_id)
             return
+        if target not in self.kvm.vcpus:        # kvm_get_vcpu_by_id()
+            raise _CmdError(E.MAPC_PROCNUM_OOR)
         coll = self.collections.get(coll_id)
         if coll is None:
             if self._check_id(self.baser_coll_table, coll_id) is None:
@@ -545,8 +545,7 @@ class VgicItsEmul:
     def _cmd_movall(self, cmd: list[int]) -> None:
         t1 = I.C2_RDBASE.get(cmd[2]) & 0xFFFF_FFFF
         t2 = I.C3_RDBASE2.get(cmd[3]) & 0xFFFF_FFFF
-        n = self.kvm.online_vcpus
-        if t1 >= n or t2 >= n:
+        if t1 not in self.kvm.vcpus or t2 not in self.kvm.vcpus:   # kvm_get_vcpu_by_id()
             raise _CmdError(E.MOVALL_PROCNUM_OOR)
         if t1 == t2:
             return
