@@ -64,7 +64,12 @@ def _install_anon(kernel: Any, fops: FileOperations, private: Any) -> File:
 
 
 def _arg_int(arg: Any) -> int:
-    return arg.value if hasattr(arg, "value") else arg
+    """An ioctl's integer argument (an unsigned long in Linux); anything that is
+    not an integer is EINVAL, never a Python exception."""
+    value = arg.value if hasattr(arg, "value") else arg
+    if not isinstance(value, int):
+        raise fail(EINVAL, f"ioctl argument {arg!r} is not an integer")
+    return value
 
 
 # -- routes ---------------------------------------------------------------------------
@@ -575,7 +580,10 @@ class Kvm(FileOperations):
         return 0 if ret else 1
 
     def signal_msi(self, msi: Any) -> int:
-        """KVM_SIGNAL_MSI: flags other than KVM_MSI_VALID_DEVID are EINVAL."""
+        """KVM_SIGNAL_MSI (kvm_send_userspace_msi()): EINVAL without an in-kernel
+        irqchip (no vGIC created) or for flags other than KVM_MSI_VALID_DEVID."""
+        if self.vgic is None:
+            raise fail(EINVAL, "no in-kernel irqchip")
         if msi.flags & ~K.KVM_MSI_VALID_DEVID:
             raise fail(EINVAL, f"kvm_msi flags {msi.flags:#x}")
         return self.set_msi(msi.address_hi << 32 | msi.address_lo, msi.data, msi.flags,
