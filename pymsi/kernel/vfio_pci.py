@@ -24,7 +24,7 @@ from typing import Any
 
 from ..hw import pci as P
 from ..uapi import vfio as V
-from .base import EINVAL, ENODEV, ENOENT, KernelError, fail
+from .base import EFAULT, EINVAL, ENODEV, ENOENT, KernelError, fail
 from .files import EBADF, ENOTTY, File, FileOperations
 from .msi import MsiType
 from .pci import PciDriver
@@ -423,6 +423,13 @@ class VfioDeviceFops(FileOperations):
         if bind.argsz < V.VfioDeviceBindIommufd.offsetofend("out_devid") or \
                 bind.flags & ~V.VFIO_DEVICE_BIND_FLAG_TOKEN:
             raise fail(EINVAL, "bad vfio_device_bind_iommufd")
+        if bind.iommufd < 0:
+            raise fail(EINVAL, "negative iommufd")
+        if bind.flags & V.VFIO_DEVICE_BIND_FLAG_TOKEN:
+            try:
+                k.user_read(bind.token_uuid_ptr, 16)
+            except KernelError:
+                raise fail(EFAULT, "token_uuid_ptr not readable") from None
         if df.access_granted:
             raise fail(EINVAL, "device file already bound")
         if any(f.access_granted for f in df.core.files):
@@ -431,6 +438,10 @@ class VfioDeviceFops(FileOperations):
         try:
             if getattr(k, "iommufd", None) is None:
                 raise fail(ENODEV, "iommufd not available in this kernel model")
+            if bind.flags & V.VFIO_DEVICE_BIND_FLAG_TOKEN:
+                # vfio_pci_core_match_token_uuid(): the model's functions are plain PFs
+                # (no SR-IOV, so no VF token): a token is EINVAL.
+                raise fail(EINVAL, f"{df.core.pdev}: VF token given, not a PF or VF")
             devid = bind_iommufd(k, df, ictx)
         except BaseException:
             ictx.put()
