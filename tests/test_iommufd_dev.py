@@ -606,6 +606,7 @@ def test_x86_attach_with_remapping():
     h, raw = hw_info(rig, devid, 24)
     assert h.out_data_type == u.IOMMU_HW_INFO_TYPE_INTEL_VTD and h.data_len == 24
     vtd = u.IommuHwInfoVtd.unpack(raw[:24])
+    assert vtd.flags == u.IOMMU_HW_INFO_VTD_ERRATA_772415_SPR17   # set on every unit
     base = rig.m.IR_UNIT
     assert (vtd.cap_reg, vtd.ecap_reg) == (rig.m.bus.read(base + 0x08, 8),
                                            rig.m.bus.read(base + 0x10, 8))

@@ -1074,3 +1074,20 @@ def test_per_vector_address_stability_property(ops):
             assert bool(ctrl & 1) == masked[w]
         assert vmm.counts() == counts
         assert vmm.smmu_events() == faults
+
+
+def test_second_msi_cookie_on_a_domain_is_eexist():
+    # iommu_get_msi_cookie(): EINVAL for a domain that is not unmanaged, EEXIST for
+    # one that already has a cookie (of any kind); the first cookie stays.
+    from pymsi.kernel.iommu import MSI_IOVA_BASE, IommuCookieType
+
+    vmm = Vmm("dma-cookie")
+    pdev = vmm.k.pci.devices[0]
+    dom = vmm.k.iommu.domain_alloc_paging(pdev)
+    vmm.k.dma_iommu.get_msi_cookie(dom, MSI_IOVA_BASE)
+    cookie = dom.cookie
+    assert errno_of(vmm.k.dma_iommu.get_msi_cookie, dom, MSI_IOVA_BASE + PAGE) == EEXIST
+    assert dom.cookie is cookie and dom.cookie_type == IommuCookieType.DMA_MSI
+    other = vmm.k.iommu.domain_alloc_paging(pdev)
+    other.cookie_type = IommuCookieType.IOMMUFD
+    assert errno_of(vmm.k.dma_iommu.get_msi_cookie, other, MSI_IOVA_BASE) == EEXIST
