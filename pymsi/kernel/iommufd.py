@@ -465,7 +465,10 @@ class IommufdDevice(IommufdObject):
         """iommufd_device_destroy(): detached, DMA ownership given back."""
         vdev = getattr(self, "vdev", None)
         if vdev is not None and self.ctx.objects.get(vdev.id) is vdev:
-            del self.ctx.objects[vdev.id]            # iommufd_device_pre_destroy()
+            # iommufd_device_pre_destroy() -> iommufd_object_tombstone_user(): the
+            # id stays taken (lookups are ENOENT) until the context is released.
+            del self.ctx.objects[vdev.id]
+            self.ctx.tombstones.add(vdev.id)
             vdev.destroy()
         if self.hwpt is not None:
             self.ctx.device_detach(self)
@@ -541,13 +544,16 @@ class IommufdCtx:
     def __init__(self, kernel: Any) -> None:
         self.kernel = kernel
         self.objects: dict[int, IommufdObject] = {}
+        #: ids of objects destroyed as tombstones (XA_ZERO_ENTRY): not reused before
+        #: release, never found by a lookup.
+        self.tombstones: set[int] = set()
         new_hooks = getattr(getattr(kernel, "iommufd", None), "new_msi_hooks", None)
         self.msi: IommufdMsiHooks = new_hooks(self) if new_hooks else IommufdMsiHooks()
 
     def add(self, obj: IommufdObject) -> int:
         """iommufd_object_finalize(): the lowest free id from 1."""
         n = 1
-        while n in self.objects:
+        while n in self.objects or n in self.tombstones:
             n += 1
         if n > U32_MAX >> 1:
             raise fail(ENOSPC, "object table full")
@@ -597,6 +603,7 @@ class IommufdCtx:
             for o in sorted(free, key=lambda o: -o.id):
                 del self.objects[o.id]
                 o.destroy()
+        self.tombstones.clear()
 
     # -- devices: attach / replace / detach -------------------------------------------------
 
