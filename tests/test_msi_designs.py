@@ -821,6 +821,28 @@ def test_vcpu_affinity_forces_the_rewrite():
     assert vmm.entry(0)[0] == new | 0x40 and {w[0] for w in writes} == {0}
 
 
+def test_vcpu_affinity_of_a_cleared_vector_is_refused_before_the_its():
+    from pymsi.kernel.gic import ItsVpe, VcpuCmd, VcpuInfo
+
+    m = ArmVirt(gicv4=True, devices=[{"msix": NVEC}], msi_design="per-vector")
+    vmm = Vmm(machine=m)
+    vmm.bind()
+    vmm.attach()
+    vmm.per_vector()
+    assert vmm.enable() == 0
+    k = vmm.k
+    vmm.msi_iova(CLEAR, 0, count=1)
+    vpt, vprop = k.mm.alloc(0x10000, 0x10000), k.mm.alloc(0x10000, 0x1000)
+    vpe = ItsVpe(vpe_id=1, vpt=vpt, vprop=vprop, col=1)
+    before = vmm.entry(0)
+    sent = its_cmds(vmm)
+    with pytest.raises(KernelError) as e:
+        k.irq.irq_set_vcpu_affinity(vmm.irq(0), VcpuInfo(VcpuCmd.MAP_VLPI, vpe, vintid=8192))
+    assert e.value.errno == ENOENT
+    assert sent == [] and vmm.entry(0) == before and not vpe.mapped
+    assert not k.irq.desc(vmm.irq(0)).irq_data.common.forwarded_to_vcpu
+
+
 # -- IOMMU_OPTION and the machine default ----------------------------------------------------------
 
 
