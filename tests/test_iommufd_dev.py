@@ -535,6 +535,33 @@ def test_get_hw_info_arm_smmuv3(nrig):
     assert errno_of(hw_info, rig, 77, 40) == ENOENT
 
 
+def test_get_hw_info_zero_fills_page_by_page_and_faults_without_allocating(nrig):
+    import tracemalloc
+
+    rig = nrig
+    devid = rig.bind(0)
+    # Two pages mapped: the info, then zeros up to data_len across the page boundary.
+    va = rig.k.mmap(2 * PAGE)
+    rig.k.user_write(va, b"\xAA" * (2 * PAGE))
+    h = u.IommuHwInfo(dev_id=devid, data_len=2 * PAGE - 8, data_uptr=va)
+    rig.ictx.ioctl(u.IOMMU_GET_HW_INFO, h)
+    raw = rig.k.user_read(va, 2 * PAGE)
+    assert h.data_len == 40
+    assert raw[40:2 * PAGE - 8] == bytes(2 * PAGE - 48) and raw[-8:] == b"\xAA" * 8
+    # A buffer far larger than what is mapped: EFAULT at the first unmapped page, and
+    # the kernel never allocates in proportion to data_len (32 MiB asked).
+    one = rig.k.mmap(PAGE)
+    h = u.IommuHwInfo(dev_id=devid, data_len=32 << 20, data_uptr=one)
+    tracemalloc.start()
+    try:
+        assert errno_of(rig.ictx.ioctl, u.IOMMU_GET_HW_INFO, h) == errno.EFAULT
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+    assert rig.k.user_read(one + 40, 8) == bytes(8)     # the mapped page was written
+
+
 # -- x86: VT-d groups, interrupt-remapping isolation -----------------------------------------
 
 X86_MSI = (0xFEE0_0000, 0xFEEF_FFFF)      # VT-d's IOMMU_RESV_MSI range
@@ -579,6 +606,7 @@ def test_x86_attach_with_remapping():
     h, raw = hw_info(rig, devid, 24)
     assert h.out_data_type == u.IOMMU_HW_INFO_TYPE_INTEL_VTD and h.data_len == 24
     vtd = u.IommuHwInfoVtd.unpack(raw[:24])
+    assert vtd.flags == u.IOMMU_HW_INFO_VTD_ERRATA_772415_SPR17   # set on every unit
     base = rig.m.IR_UNIT
     assert (vtd.cap_reg, vtd.ecap_reg) == (rig.m.bus.read(base + 0x08, 8),
                                            rig.m.bus.read(base + 0x10, 8))

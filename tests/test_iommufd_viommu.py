@@ -679,6 +679,22 @@ def test_unbinding_the_device_destroys_its_vdevice():
     assert errno_of(vmm.ioctl, u.IOMMU_DESTROY, u.IommuDestroy(id=vmm.p)) is None
 
 
+def test_vdevice_id_of_an_unbound_device_is_not_reused_before_release():
+    # Linux 6.17: the unbind leaves a tombstone at the vDEVICE's id
+    # (iommufd_object_tombstone_user): lookups are ENOENT and no new object gets it.
+    vmm = Vmm().full()
+    vd = vmm.vd
+    vmm.devs[0].close()
+    assert errno_of(vmm.ioctl, u.IOMMU_DESTROY, u.IommuDestroy(id=vd)) == ENOENT
+    ids = []
+    for _ in range(vd + 2):
+        a = u.IommuIoasAlloc()
+        vmm.ioctl(u.IOMMU_IOAS_ALLOC, a)
+        ids.append(a.out_ioas_id)
+    assert vd not in ids and vd not in vmm.ctx.objects
+    assert errno_of(vmm.ioctl, u.IOMMU_DESTROY, u.IommuDestroy(id=vd)) == ENOENT
+
+
 def test_invalidate_from_unreadable_memory_is_efault():
     vmm = Vmm().full()
     inv = u.IommuHwptInvalidate(hwpt_id=vmm.v, data_uptr=0x10_0000, entry_len=16, entry_num=2,

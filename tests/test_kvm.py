@@ -230,10 +230,26 @@ def test_signal_msi(k):
                 K.KvmMsi(address_lo=DOORBELL, address_hi=1, flags=K.KVM_MSI_VALID_DEVID)):
         assert errno_of(k.ioctl, vm, K.KVM_SIGNAL_MSI, bad) == EINVAL
     assert its.delivered == [(0x42, 11)]
-    # a VM without a vITS: ENODEV
+    # a VM without an in-kernel irqchip: EINVAL (kvm_send_userspace_msi)
     vm2 = k.open("/dev/kvm").ioctl(K.KVM_CREATE_VM, 0)
+    assert errno_of(k.ioctl, vm2, K.KVM_SIGNAL_MSI, m) == EINVAL
+    # a vGIC without a vITS: ENODEV (vgic_has_its)
     create_device(k, vm2, K.KVM_DEV_TYPE_ARM_VGIC_V3)
     assert errno_of(k.ioctl, vm2, K.KVM_SIGNAL_MSI, m) == ENODEV
+
+
+def test_integer_ioctl_arguments_that_are_not_integers_are_einval(k):
+    kvm = k.open("/dev/kvm")
+    for bad in (None, "x", 1.5, b"\0"):
+        assert errno_of(kvm.ioctl, K.KVM_CREATE_VM, bad) == EINVAL
+        assert errno_of(kvm.ioctl, K.KVM_CHECK_EXTENSION, bad) == EINVAL
+        assert errno_of(kvm.ioctl, K.KVM_GET_API_VERSION, bad) == EINVAL
+    assert len(k.kvm.vms) == 0
+    vm = kvm.ioctl(K.KVM_CREATE_VM, 0)
+    for bad in (None, "x", 1.5):
+        assert errno_of(k.ioctl, vm, K.KVM_CREATE_VCPU, bad) == EINVAL
+        assert errno_of(k.ioctl, vm, K.KVM_CHECK_EXTENSION, bad) == EINVAL
+    assert k.files.fds[vm].private_data.vcpus == {}
 
 
 def test_two_its_each_take_their_own_frame(k):

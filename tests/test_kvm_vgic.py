@@ -18,7 +18,7 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from pymsi.kernel.irqbypass import IrqBypass, IrqBypassConsumer, IrqBypassProducer
+from pymsi.kernel.irqbypass import IrqBypass, IrqBypassConsumer, IrqBypassProducer, irqbypass_of
 from pymsi.machine import ArmVirt
 from pymsi.uapi import kvm as K
 from pymsi.uapi import vfio as V
@@ -110,12 +110,13 @@ class Guest:
     """A VM with ``nvcpus`` vCPUs, a vGICv3, a vITS and 1 MiB of RAM, and the guest
     side of the ITS driver: it only writes guest memory and MMIO registers."""
 
-    def __init__(self, k, nvcpus=2, boot=True):
+    def __init__(self, k, nvcpus=2, boot=True, vcpu_ids=None):
         self.k = k
         kvm = k.open("/dev/kvm")
         self.vm = kvm.ioctl(K.KVM_CREATE_VM, 0)
         kvm.close()
-        self.vcpu_fds = [k.ioctl(self.vm, K.KVM_CREATE_VCPU, i) for i in range(nvcpus)]
+        ids = range(nvcpus) if vcpu_ids is None else vcpu_ids
+        self.vcpu_fds = [k.ioctl(self.vm, K.KVM_CREATE_VCPU, i) for i in ids]
         gic = create_device(k, self.vm, K.KVM_DEV_TYPE_ARM_VGIC_V3)
         set_addr(k, gic, K.KVM_VGIC_V3_ADDR_TYPE_DIST, GICD_BASE)
         set_addr(k, gic, K.KVM_VGIC_V3_ADDR_TYPE_REDIST, GICR_BASE)
@@ -526,7 +527,7 @@ class Oracle:
                 self.devs[dev] = {"bits": size + 1, "ites": {}}
         elif op == "mapc":
             _, icid, rd, v = c
-            if rd >= self.n:
+            if v and rd >= self.n:              # only a map names a vCPU that must exist
                 return
             if not v:
                 # Unmapping a collection its ITEs still use is UNPREDICTABLE; KVM
@@ -898,11 +899,14 @@ def test_gicv4_pending_lpi_moves_to_the_vpe_and_unmapped_event_is_not_forwarded(
     g.route(1, GUEST_DEVID, 0)
     g.irqfd(efds[0].fd, 1)
     assert g.pending() == [] and m.gic.pending_bit(g.kvm.vpes[0].vpt, LPI + 5)
-    # an event the guest has not mapped: the connect fails (KVM logs it), no forwarding
+    # an event the guest has not mapped: not forwarded, silently (set_forwarding
+    # answers 0), so the bypass pair stays connected
     g.route(2, GUEST_DEVID, 3)
     since = k.its.cmd_write
     g.irqfd(efds[1].fd, 2)
     assert VMAPTI not in ops(host_commands(k, since))
+    pairs = [p for p in irqbypass_of(k).producers if p.irq == k.pci.devices[0].msi_descs[1].irq]
+    assert pairs and pairs[0].consumer is not None
     fire(m, k, 1)
     assert efds[1].f_op.count == 0                            # taken by the irqfd
 
@@ -920,3 +924,52 @@ def test_gicv3_host_never_forwards(k):
     g.route(1, GUEST_DEVID, 0)
     g.irqfd(efd.fd, 1)
     assert not g.kvm.lpis[LPI + 5].hw and g.kvm.vpes == {}
+
+
+def close_vm(k, g):
+    """Close every file of the guest's VM (VM, vCPUs, devices): the VM is destroyed."""
+    for fd, fl in list(k.files.fds.items()):
+        pd = getattr(fl, "private_data", None) if fl is not None else None
+        if pd is g.kvm or getattr(pd, "kvm", None) is g.kvm:
+            k.close(fd)
+
+
+def test_gicv4_vm_destroy_unmaps_the_vpes_and_frees_their_pending_tables(v4):
+    m, k, f = v4
+    efds = [k.eventfd() for _ in range(2)]
+    set_triggers(f, efds)
+    g = guest_for_device(k)
+    g.route(1, GUEST_DEVID, 0)
+    before = k.mm.in_use
+    g.irqfd(efds[0].fd, 1)
+    vpes = list(g.kvm.vpes.values())
+    mapped = sorted(v.vpe_id for v in vpes if v.mapped)
+    assert len(vpes) == 2 and mapped and all(i in k.its.vpes for i in mapped)
+    assert k.mm.in_use - before >= len(vpes) * 0x10000     # a 64 KiB VPT per vPE
+    since, live = k.its.cmd_write, k.mm.in_use
+    close_vm(k, g)
+    assert g.kvm.destroyed
+    # vgic_v4_teardown: every mapped vPE gets VMAPP with V=0, every VPT is freed.
+    cmds = host_commands(k, since)
+    unmapped = sorted(w[1] >> 32 for o, w in cmds if o == VMAPP and not w[2] >> 63)
+    assert unmapped == mapped and k.its.vpes == {}
+    # freed: both VPTs and the VM's property table (the host ITS's own vPE table stays)
+    assert live - k.mm.in_use >= len(vpes) * 0x10000 + (1 << 16) - 8192
+
+
+def test_mapc_and_movall_check_vcpu_ids_not_the_count(k):
+    # vCPUs 0 and 5: KVM looks targets up by vCPU id (kvm_get_vcpu_by_id), so 5 is a
+    # target and 1 (below the count of 2) is not; an unmap checks no target at all.
+    g = Guest(k, vcpu_ids=[0, 5])
+    g.cmds(mapd(1, 1, ITT), mapc(0, 5), mapti(1, 0, LPI, 0))
+    assert g.its.errors == []
+    g.cmds(mapc(1, 1))
+    assert g.its.errors == [("MAPC", 0x010902)]
+    g.cmds(movall(5, 1))
+    assert g.its.errors[-1] == ("MOVALL", 0x010E01)
+    g.cmds(movall(5, 0))
+    assert len(g.its.errors) == 2
+    assert g.signal(1, 0) == 1 and g.pending() == [(LPI, 0)]   # MOVALL moved it to vCPU 0
+    g.cmds(mapc(0, 9, v=0))                                     # V=0, target 9: no error
+    assert len(g.its.errors) == 2
+    assert g.signal(1, 0) != 1                                  # the collection is gone

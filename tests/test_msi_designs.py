@@ -292,6 +292,14 @@ def test_map_msi_checks_like_ioas_map():
         flags=u.IOMMU_IOAS_MAP_FIXED_IOVA | u.IOMMU_IOAS_MAP_WRITEABLE,
         dst_ioas_id=vmm.ioas, src_ioas_id=vmm.ioas, length=PAGE, dst_iova=piova(8),
         src_iova=piova(0))) == errno.EPERM
+    # Nor a read-only one: the doorbell never becomes readable memory in another IOAS.
+    a = u.IommuIoasAlloc()
+    vmm.ictx.ioctl(u.IOMMU_IOAS_ALLOC, a)
+    assert errno_of(vmm.ictx.ioctl, u.IOMMU_IOAS_COPY, u.IommuIoasCopy(
+        flags=u.IOMMU_IOAS_MAP_FIXED_IOVA | u.IOMMU_IOAS_MAP_READABLE,
+        dst_ioas_id=a.out_ioas_id, src_ioas_id=vmm.ioas, length=PAGE, dst_iova=0x5000_0000,
+        src_iova=piova(0))) == errno.EPERM
+    assert vmm.ctx().ioas(a.out_ioas_id).areas == []
 
 
 def test_map_msi_into_the_sw_msi_window_is_refused_where_it_is_reserved():
@@ -568,7 +576,21 @@ def test_two_step_update_of_a_live_vector():
     assert vmm.counts() == [0, 0, 1, 0]
 
 
-def test_rewrite_of_a_cleared_vector_masks_it_and_logs():
+def its_cmds(vmm: Vmm) -> list:
+    """Every ITS command the driver sends from now on (opcode names)."""
+    sent: list = []
+    its = vmm.k.its
+    orig = its.send
+
+    def spy(cmd, *a, **kw):
+        sent.append(cmd)
+        return orig(cmd, *a, **kw)
+
+    its.send = spy
+    return sent
+
+
+def test_affinity_change_of_a_cleared_vector_is_refused_with_nothing_moved():
     vmm = Vmm("per-vector")
     vmm.bind()
     vmm.attach()
@@ -576,19 +598,124 @@ def test_rewrite_of_a_cleared_vector_masks_it_and_logs():
     assert vmm.enable() == 0
     vmm.msi_iova(CLEAR, 1, count=1)
     before = vmm.entry(1)
-    vmm.k.proc_write(f"/proc/irq/{vmm.irq(1)}/smp_affinity", "2")
+    irq = vmm.irq(1)
+    aff = vmm.k.irq.read_smp_affinity(irq)
+    eff = vmm.k.irq.read_effective_affinity(irq)
+    sent = its_cmds(vmm)
+    with pytest.raises(KernelError) as e:
+        vmm.k.proc_write(f"/proc/irq/{irq}/smp_affinity", "2")
+    assert e.value.errno == ENOENT
+    assert sent == [] and vmm.entry(1) == before
+    assert vmm.k.irq.read_smp_affinity(irq) == aff
+    assert vmm.k.irq.read_effective_affinity(irq) == eff
+    assert vmm.fire(1) == Delivery.SENT and vmm.counts() == [0, 1, 0, 0]
+    # An address again: the affinity change goes through, composed from the new entry.
+    vmm.msi_iova(SET, 1, [piova(3)])
+    vmm.k.proc_write(f"/proc/irq/{irq}/smp_affinity", "2")
+    assert vmm.entry(1)[0] == piova(3) | 0x40 and not vmm.entry(1)[2] & 1
+
+
+def test_rewrite_of_a_cleared_vector_masks_it_and_logs():
+    # A forced rewrite that finds no entry (here: the re-attach of a device one of
+    # whose live vectors lost its entry) masks the vector instead of aiming it anywhere.
+    vmm = Vmm("per-vector")
+    vmm.bind()
+    vmm.attach()
+    vmm.per_vector()
+    assert vmm.enable() == 0
+    vmm.msi_iova(CLEAR, 1, count=1)
+    before = vmm.entry(1)
+    vmm.files[0].ioctl(V.VFIO_DEVICE_DETACH_IOMMUFD_PT, V.VfioDeviceDetachIommufdPt())
+    vmm.attach()
     assert vmm.entry(1)[:2] == before[:2]          # no other address written
     assert vmm.entry(1)[2] & 1                     # masked in the device
     assert any("vector 1" in line and "masked" in line for line in vmm.k.log)
     assert vmm.fire(1) == Delivery.PENDING
     assert vmm.counts() == [0] * NVEC
-    # An address again, then an affinity set: written, unmasked, the pending one delivered.
+    # An address again, then a forced rewrite: written, unmasked, the pending one delivered.
     vmm.msi_iova(SET, 1, [piova(3)])
-    vmm.k.proc_write(f"/proc/irq/{vmm.irq(1)}/smp_affinity", "1")
+    vmm.k.msi.force_rewrite(vmm.k.pci.devices[0].msi_descs[1])
     vmm.m.bus.drain()
     vmm.k.handle_interrupts()
     assert vmm.entry(1)[0] == piova(3) | 0x40 and not vmm.entry(1)[2] & 1
     assert vmm.counts() == [0, 1, 0, 0]
+
+
+def test_new_trigger_on_a_live_vector_without_entry_is_enoent():
+    vmm = Vmm("per-vector")
+    vmm.bind()
+    vmm.attach()
+    vmm.per_vector()
+    assert vmm.enable() == 0
+    vmm.msi_iova(CLEAR, 1, count=1)
+    before = vmm.entry(1)
+    e = vmm.k.eventfd()
+    with pytest.raises(KernelError) as err:
+        vmm.files[0].ioctl(V.VFIO_DEVICE_SET_IRQS, V.VfioIrqSet(
+            flags=EFD_TRIG, index=MSIX, start=1, count=1, data=[e.fd]))
+    assert err.value.errno == ENOENT
+    assert vmm.entry(1) == before                  # the old trigger still there
+    assert vmm.fire(1) == Delivery.SENT and vmm.counts() == [0, 1, 0, 0]
+
+
+def test_started_vector_without_entry_stays_masked_after_startup():
+    # Freed trigger, entry cleared, then the IRQ requested again behind VFIO's
+    # check: the forced rewrite of startup masks it and the startup unmask keeps it.
+    vmm = Vmm("per-vector")
+    vmm.bind()
+    vmm.attach()
+    vmm.per_vector()
+    assert vmm.enable() == 0
+    vmm.msi_iova(CLEAR, 1, count=1)
+    irq = vmm.irq(1)
+    k = vmm.k
+    k.irq.free_irq(irq, k.irq.desc(irq).actions[0].dev_id)
+    k.irq.request_irq(irq, lambda *a: 1, "test", None)
+    assert vmm.entry(1)[2] & 1
+    assert vmm.fire(1) == Delivery.PENDING
+
+
+def test_msi_without_mask_bits_is_masked_in_the_its_by_a_failed_rewrite():
+    m = ArmVirt(smmu="s1", devices=[{"msi": 1, "msi_mask": False}], msi_design="per-vector")
+    vmm = Vmm(machine=m)
+    vmm.bind()
+    vmm.attach()
+    vmm.msi_iova(SET, 0, [piova(0)], index=MSI)
+    vmm.map_msi(piova(0))
+    assert vmm.enable(1, index=MSI) == 0
+    vmm.msi_iova(CLEAR, 0, count=1, index=MSI)
+    vmm.files[0].ioctl(V.VFIO_DEVICE_DETACH_IOMMUFD_PT, V.VfioDeviceDetachIommufdPt())
+    vmm.attach()
+    assert any("masked" in line for line in vmm.k.log)
+    vmm.fire(0)
+    vmm.m.bus.drain()
+    vmm.k.handle_interrupts()
+    assert vmm.counts() == [0]                     # the LPI is disabled in the ITS
+
+
+def test_bound_unattached_device_uses_the_per_vector_design():
+    vmm = Vmm("per-vector")
+    vmm.bind()
+    with pytest.raises(KernelError) as e:
+        vmm.enable()
+    assert e.value.errno == ENOENT
+    assert vmm.k.pci.devices[0].msi_descs == {}
+    # With entries, enabled while blocked: the table's IOVAs, not the doorbell PA.
+    vmm.per_vector()
+    assert vmm.enable() == 0
+    assert [vmm.entry(v)[0] for v in range(NVEC)] == [piova(v) | 0x40 for v in range(NVEC)]
+    vmm.attach()
+    assert vmm.fire(0) == Delivery.SENT and vmm.counts() == [1, 0, 0, 0]
+
+
+def test_attach_rewrites_live_vectors_from_the_table():
+    vmm = Vmm("per-vector")
+    vmm.bind()
+    vmm.per_vector()
+    assert vmm.enable() == 0
+    vmm.msi_iova(SET, 2, [piova(3)])               # changed while blocked
+    vmm.attach()
+    assert vmm.entry(2)[0] == piova(3) | 0x40
 
 
 def test_vcpu_affinity_forces_the_rewrite():
@@ -609,6 +736,28 @@ def test_vcpu_affinity_forces_the_rewrite():
     writes = count_table_writes(vmm)
     k.irq.irq_set_vcpu_affinity(vmm.irq(0), VcpuInfo(VcpuCmd.MAP_VLPI, vpe, vintid=8192))
     assert vmm.entry(0)[0] == new | 0x40 and {w[0] for w in writes} == {0}
+
+
+def test_vcpu_affinity_of_a_cleared_vector_is_refused_before_the_its():
+    from pymsi.kernel.gic import ItsVpe, VcpuCmd, VcpuInfo
+
+    m = ArmVirt(gicv4=True, devices=[{"msix": NVEC}], msi_design="per-vector")
+    vmm = Vmm(machine=m)
+    vmm.bind()
+    vmm.attach()
+    vmm.per_vector()
+    assert vmm.enable() == 0
+    k = vmm.k
+    vmm.msi_iova(CLEAR, 0, count=1)
+    vpt, vprop = k.mm.alloc(0x10000, 0x10000), k.mm.alloc(0x10000, 0x1000)
+    vpe = ItsVpe(vpe_id=1, vpt=vpt, vprop=vprop, col=1)
+    before = vmm.entry(0)
+    sent = its_cmds(vmm)
+    with pytest.raises(KernelError) as e:
+        k.irq.irq_set_vcpu_affinity(vmm.irq(0), VcpuInfo(VcpuCmd.MAP_VLPI, vpe, vintid=8192))
+    assert e.value.errno == ENOENT
+    assert sent == [] and vmm.entry(0) == before and not vpe.mapped
+    assert not k.irq.desc(vmm.irq(0)).irq_data.common.forwarded_to_vcpu
 
 
 # -- IOMMU_OPTION and the machine default ----------------------------------------------------------
@@ -753,14 +902,16 @@ OPS = st.one_of(
     st.tuples(st.just("clear"), st.integers(0, NVEC - 1), st.just(0)),
     st.tuples(st.just("aff"), st.integers(0, NVEC - 1), st.integers(0, 3)),
     st.tuples(st.just("fire"), st.integers(0, NVEC - 1), st.just(0)),
+    st.tuples(st.just("reattach"), st.just(0), st.just(0)),
 )
 
 
 @settings(max_examples=60, deadline=None)
 @given(ops=st.lists(OPS, max_size=25))
 def test_per_vector_address_stability_property(ops):
-    """Model: the device holds the address of the last successful forced rewrite; a
-    rewrite without an entry masks the vector (a fire leaves it pending) until a
+    """Model: the device holds the address of the last successful forced rewrite; an
+    affinity change without an entry is ENOENT with nothing changed; a forced
+    rewrite (re-attach) without an entry masks the vector (a fire leaves it pending) until a
     later rewrite with an entry unmasks it, delivering the pending message at the
     new address; a fire reaches the eventfd iff its page is mapped, else the SMMU
     records a fault."""
@@ -782,6 +933,15 @@ def test_per_vector_address_stability_property(ops):
         else:
             faults += 1
 
+    def rewrite(v):
+        written[v] = table[v]
+        if masked[v]:
+            masked[v] = False
+            if v in pending:
+                pending.discard(v)
+                deliver(v)
+                event("pending delivered at the new address")
+
     for op, v, arg in ops:
         event(op)
         if op == "set":
@@ -791,18 +951,26 @@ def test_per_vector_address_stability_property(ops):
             vmm.msi_iova(CLEAR, v, count=1)
             table[v] = None
         elif op == "aff":
-            vmm.k.proc_write(f"/proc/irq/{vmm.irq(v)}/smp_affinity", f"{1 << arg:x}")
-            if table[v] is None:
-                masked[v] = True
-                event("aff without an entry: masked")
+            try:
+                vmm.k.proc_write(f"/proc/irq/{vmm.irq(v)}/smp_affinity", f"{1 << arg:x}")
+            except KernelError as e:
+                # No entry: the change is refused and nothing moves.
+                assert table[v] is None and e.errno == ENOENT
+                event("aff without an entry: ENOENT")
             else:
-                written[v] = table[v]
-                if masked[v]:
-                    masked[v] = False
-                    if v in pending:
-                        pending.discard(v)
-                        deliver(v)
-                        event("pending delivered at the new address")
+                assert table[v] is not None
+                rewrite(v)
+        elif op == "reattach":
+            # A detach and attach force a rewrite of every live vector: one without
+            # an entry is masked, one with an entry written (and unmasked).
+            vmm.files[0].ioctl(V.VFIO_DEVICE_DETACH_IOMMUFD_PT, V.VfioDeviceDetachIommufdPt())
+            vmm.attach()
+            for w in range(NVEC):
+                if table[w] is None:
+                    masked[w] = True
+                    event("reattach without an entry: masked")
+                else:
+                    rewrite(w)
         else:
             d = vmm.fire(v)
             if masked[v]:
@@ -818,3 +986,20 @@ def test_per_vector_address_stability_property(ops):
             assert bool(ctrl & 1) == masked[w]
         assert vmm.counts() == counts
         assert vmm.smmu_events() == faults
+
+
+def test_second_msi_cookie_on_a_domain_is_eexist():
+    # iommu_get_msi_cookie(): EINVAL for a domain that is not unmanaged, EEXIST for
+    # one that already has a cookie (of any kind); the first cookie stays.
+    from pymsi.kernel.iommu import MSI_IOVA_BASE, IommuCookieType
+
+    vmm = Vmm("dma-cookie")
+    pdev = vmm.k.pci.devices[0]
+    dom = vmm.k.iommu.domain_alloc_paging(pdev)
+    vmm.k.dma_iommu.get_msi_cookie(dom, MSI_IOVA_BASE)
+    cookie = dom.cookie
+    assert errno_of(vmm.k.dma_iommu.get_msi_cookie, dom, MSI_IOVA_BASE + PAGE) == EEXIST
+    assert dom.cookie is cookie and dom.cookie_type == IommuCookieType.DMA_MSI
+    other = vmm.k.iommu.domain_alloc_paging(pdev)
+    other.cookie_type = IommuCookieType.IOMMUFD
+    assert errno_of(vmm.k.dma_iommu.get_msi_cookie, other, MSI_IOVA_BASE) == EEXIST

@@ -142,6 +142,35 @@ def test_bind_with_an_iommufd_stores_the_devid(mk):
                     V.VfioDeviceBindIommufd(iommufd=other.fd)) == EINVAL
 
 
+def test_bind_negative_iommufd_and_vf_token_on_a_plain_pf_are_einval(mk):
+    m, k = mk
+    seen = []
+
+    class FakeIommufd:
+        def bind_device(self, ictx, pdev):
+            seen.append((ictx, pdev))
+            return 7
+
+    k.iommufd = FakeIommufd()
+    to_vfio(k)
+    f = k.open("/dev/vfio/devices/vfio0")
+    other = k.eventfd()
+    before = other.f_count
+    # iommufd < 0: EINVAL before any fd lookup (not EBADF)
+    assert errno_of(f.ioctl, V.VFIO_DEVICE_BIND_IOMMUFD,
+                    V.VfioDeviceBindIommufd(iommufd=-1)) == EINVAL
+    # a VF token: its UUID must be readable (EFAULT), and a plain PF takes none (EINVAL)
+    tok = V.VFIO_DEVICE_BIND_FLAG_TOKEN
+    assert errno_of(f.ioctl, V.VFIO_DEVICE_BIND_IOMMUFD, V.VfioDeviceBindIommufd(
+        flags=tok, iommufd=other.fd, token_uuid_ptr=0x10)) == errno.EFAULT
+    uuid = k.mmap(0x1000)
+    assert errno_of(f.ioctl, V.VFIO_DEVICE_BIND_IOMMUFD, V.VfioDeviceBindIommufd(
+        flags=tok, iommufd=other.fd, token_uuid_ptr=uuid)) == EINVAL
+    assert seen == [] and other.f_count == before
+    assert errno_of(f.ioctl, V.VFIO_DEVICE_GET_INFO, V.VfioDeviceInfo()) == EINVAL  # unbound
+    assert f.ioctl(V.VFIO_DEVICE_BIND_IOMMUFD, V.VfioDeviceBindIommufd(iommufd=other.fd)) == 0
+
+
 # -- info ioctls ----------------------------------------------------------------------
 
 

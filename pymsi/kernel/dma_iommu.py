@@ -16,7 +16,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from .base import EINVAL, ENOMEM, ENOSPC, fail
+from .base import EEXIST, EINVAL, ENOMEM, ENOSPC, fail
 from .iommu import (
     IOMMU_CACHE,
     IOMMU_MMIO,
@@ -153,7 +153,7 @@ class DmaIommu:
         if domain.type != DomainType.UNMANAGED:
             raise fail(EINVAL, "MSI cookies are for unmanaged domains")
         if domain.cookie is not None or domain.cookie_type != IommuCookieType.NONE:
-            raise fail(EINVAL, "domain already has a cookie")
+            raise fail(EEXIST, "domain already has a cookie")
         domain.cookie = Cookie(CookieType.MSI, self._granule(domain), msi_iova=base)
         domain.owner = "dma-iommu"
         domain.cookie_type = IommuCookieType.DMA_MSI

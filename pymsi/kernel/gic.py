@@ -563,6 +563,16 @@ class ItsDriver:
         vpe.mapped = True
         self.vpes[vpe.vpe_id] = vpe
 
+    def unmap_vpe(self, vpe: ItsVpe) -> None:
+        """its_vpe_irq_domain_deactivate() for one vPE: VMAPP V=0 on this ITS (no
+        VSYNC after: the vPE no longer exists there); forgotten by the driver."""
+        if not vpe.mapped:
+            return
+        self.send(I.Cmd.VMAPP, d1=vpe.vpe_id << 32, d2=0)
+        vpe.mapped = False
+        if self.vpes.get(vpe.vpe_id) is vpe:
+            del self.vpes[vpe.vpe_id]
+
     def move_vpe(self, vpe: ItsVpe, cpu: int) -> None:
         """its_vpe_set_affinity(): VMOVP to another redistributor."""
         self.send(I.Cmd.VMOVP, d1=vpe.vpe_id << 32, d2=cpu << 16)

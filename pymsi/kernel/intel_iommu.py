@@ -133,7 +133,9 @@ class IntelIommu(IommuOps):
         """intel_iommu_hw_info(): struct iommu_hw_info_vtd with CAP and ECAP."""
         if want not in (uapi.IOMMU_HW_INFO_TYPE_DEFAULT, uapi.IOMMU_HW_INFO_TYPE_INTEL_VTD):
             raise fail(EOPNOTSUPP, f"hw_info type {want}")
-        info = uapi.IommuHwInfoVtd(flags=0, cap_reg=self.cap, ecap_reg=self.ecap)
+        # Linux sets the SPR17 erratum flag on every VT-d unit (user space decides).
+        info = uapi.IommuHwInfoVtd(flags=uapi.IOMMU_HW_INFO_VTD_ERRATA_772415_SPR17,
+                                   cap_reg=self.cap, ecap_reg=self.ecap)
         return info.pack(), uapi.IOMMU_HW_INFO_TYPE_INTEL_VTD
 
 

@@ -433,6 +433,13 @@ class IommuCore:
             desc.set_iommu_msi_iova(0, 0)
             return
         ct = domain.cookie_type
+        if domain.type == DomainType.BLOCKED:
+            # A device bound to an iommufd context but not attached: the per-vector
+            # design still decides its address (ENOENT without a table entry).
+            hooks = getattr(getattr(group, "owner", None), "msi", None)
+            if getattr(hooks, "name", None) == "per-vector":
+                hooks.prepare(domain, desc, msi_addr)
+                return
         if ct in (IommuCookieType.DMA_IOVA, IommuCookieType.DMA_MSI):
             self.kernel.dma_iommu.sw_msi(domain, desc, msi_addr)
         elif ct == IommuCookieType.IOMMUFD:

@@ -107,6 +107,8 @@ class PinnedPages:
     ``uptr``; each page counts the areas using it and is unpinned when the last
     one goes (an area copied from part of another keeps only its own pages)."""
 
+    copyable = True           # IOMMU_IOAS_COPY may hand these pages to another area
+
     def __init__(self, kernel: Any, uptr: int, pas: list[int], writable: bool) -> None:
         self.kernel = kernel
         self.uptr = uptr
@@ -426,6 +428,9 @@ class IommufdMsiHooks:
         """Before ``idev``'s group moves to ``hwpt.domain`` (attach or replace); raising
         a KernelError fails the attach with nothing changed."""
 
+    def attached(self, idev: IommufdDevice, hwpt: Any) -> None:
+        """After ``idev``'s group moved to ``hwpt.domain`` (attach or replace)."""
+
     def detach(self, idev: IommufdDevice) -> None:
         """After ``idev`` left its HWPT (a detach, not a replace)."""
 
@@ -460,7 +465,10 @@ class IommufdDevice(IommufdObject):
         """iommufd_device_destroy(): detached, DMA ownership given back."""
         vdev = getattr(self, "vdev", None)
         if vdev is not None and self.ctx.objects.get(vdev.id) is vdev:
-            del self.ctx.objects[vdev.id]            # iommufd_device_pre_destroy()
+            # iommufd_device_pre_destroy() -> iommufd_object_tombstone_user(): the
+            # id stays taken (lookups are ENOENT) until the context is released.
+            del self.ctx.objects[vdev.id]
+            self.ctx.tombstones.add(vdev.id)
             vdev.destroy()
         if self.hwpt is not None:
             self.ctx.device_detach(self)
@@ -536,13 +544,16 @@ class IommufdCtx:
     def __init__(self, kernel: Any) -> None:
         self.kernel = kernel
         self.objects: dict[int, IommufdObject] = {}
+        #: ids of objects destroyed as tombstones (XA_ZERO_ENTRY): not reused before
+        #: release, never found by a lookup.
+        self.tombstones: set[int] = set()
         new_hooks = getattr(getattr(kernel, "iommufd", None), "new_msi_hooks", None)
         self.msi: IommufdMsiHooks = new_hooks(self) if new_hooks else IommufdMsiHooks()
 
     def add(self, obj: IommufdObject) -> int:
         """iommufd_object_finalize(): the lowest free id from 1."""
         n = 1
-        while n in self.objects:
+        while n in self.objects or n in self.tombstones:
             n += 1
         if n > U32_MAX >> 1:
             raise fail(ENOSPC, "object table full")
@@ -592,6 +603,7 @@ class IommufdCtx:
             for o in sorted(free, key=lambda o: -o.id):
                 del self.objects[o.id]
                 o.destroy()
+        self.tombstones.clear()
 
     # -- devices: attach / replace / detach -------------------------------------------------
 
@@ -641,6 +653,7 @@ class IommufdCtx:
         hwpt.devices.append(idev)
         if old is not None:
             self._put_hwpt(old, idev)
+        self.msi.attached(idev, hwpt)
 
     def _put_hwpt(self, hwpt: HwptPaging | HwptNested, idev: IommufdDevice) -> None:
         """iommufd_hw_pagetable_put(): an automatic HWPT goes with its last user."""
@@ -737,6 +750,9 @@ class IommufdCtx:
         if cmd.length >= ULONG_MAX or cmd.src_iova >= ULONG_MAX or cmd.dst_iova >= ULONG_MAX:
             raise fail(EOVERFLOW, "copy range")
         pieces = self.ioas(cmd.src_ioas_id).get_pages(cmd.src_iova, cmd.length)
+        if any(not pages.copyable for pages, _, _ in pieces):
+            # An IOMMU_IOAS_MAP_MSI doorbell is granted to its IOAS alone (not upstream).
+            raise fail(EPERM, "an MSI doorbell area cannot be copied")
         dst = self.ioas(cmd.dst_ioas_id)
         cmd.dst_iova = dst.map_pages(pieces, cmd.length, cmd.dst_iova, cmd.flags)
 
@@ -866,12 +882,21 @@ class IommufdCtx:
             data, out_type = hw_info(idev.dev, want)
         else:
             data, out_type = b"", uapi.IOMMU_HW_INFO_TYPE_NONE
-        copy = data[:cmd.data_len] + bytes(max(0, cmd.data_len - len(data)))
-        if copy:
-            try:
-                self.kernel.user_write(cmd.data_uptr, copy)
-            except KernelError:
-                raise fail(EFAULT, "data_uptr not writable") from None
+        # copy_to_user() of the info, then clear_user() of the rest of the buffer a
+        # page at a time: no allocation in proportion to data_len, EFAULT at the first
+        # page that cannot be written.
+        head = data[:cmd.data_len]
+        try:
+            if head:
+                self.kernel.user_write(cmd.data_uptr, head)
+            va, end = cmd.data_uptr + len(head), cmd.data_uptr + cmd.data_len
+            zeros = bytes(PAGE_SIZE)
+            while va < end:
+                n = min(end - va, PAGE_SIZE - (va & (PAGE_SIZE - 1)))
+                self.kernel.user_write(va, zeros[:n])
+                va += n
+        except KernelError:
+            raise fail(EFAULT, "data_uptr not writable") from None
         cmd.data_len = len(data)
         cmd.out_data_type = out_type
         cmd.out_capabilities = 0                 # no dirty tracking, no PASID in the model

@@ -292,6 +292,16 @@ class PerVectorMsi(MsiDesignBase):
         super().attach(idev, hwpt)
         self.ensure(idev)
 
+    def attached(self, idev: IommufdDevice, hwpt: Any) -> None:
+        """The device's live vectors are written again from their table entries
+        (enabled while blocked, or their entries changed since); one without an
+        entry is masked by the forced rewrite."""
+        msi = getattr(self.kernel, "msi", None)
+        if msi is None or idev.hw_msi:
+            return
+        for desc in list(getattr(idev.dev, "msi_descs", {}).values()):
+            msi.force_rewrite(desc)
+
     def unbind(self, idev: IommufdDevice) -> None:
         super().unbind(idev)
         mine = (self.key(idev, VFIO_MSI), self.key(idev, VFIO_MSIX))
@@ -324,10 +334,18 @@ class PerVectorMsi(MsiDesignBase):
 
     # -- compose -------------------------------------------------------------------------
 
+    def idev_of(self, dev: Any) -> IommufdDevice | None:
+        """The context's bound device object of PCI function ``dev`` (attached or not)."""
+        idev = self.idevs.get(dev)
+        if idev is not None:
+            return idev
+        return next((o for o in self.ctx.objects.values()
+                     if isinstance(o, IommufdDevice) and o.dev is dev and o.bound), None)
+
     def lookup(self, desc: Any) -> None:
         """The prepare step: the vector's table entry into the descriptor (ENOENT
         for none).  No allocation and no page-table change."""
-        idev = self.idevs.get(desc.dev)
+        idev = self.idev_of(desc.dev)
         if idev is None:
             raise fail(ENOENT, f"{desc.dev} is not a device of this iommufd context")
         if idev.hw_msi:
@@ -395,7 +413,9 @@ def ioctl_option(ctx: IommufdCtx, cmd: Any) -> None:
 
 class MmioPages(PinnedPages):
     """A doorbell page behind an IOAS area: MMIO, never pinned nor unpinned, and not
-    "writable" user memory, so a writeable IOMMU_IOAS_COPY of it is EPERM."""
+    "writable" user memory; IOMMU_IOAS_COPY of it is EPERM whatever its flags."""
+
+    copyable = False
 
     def __init__(self, kernel: Any, pa: int) -> None:
         super().__init__(kernel, 0, [pa], False)

@@ -64,7 +64,12 @@ def _install_anon(kernel: Any, fops: FileOperations, private: Any) -> File:
 
 
 def _arg_int(arg: Any) -> int:
-    return arg.value if hasattr(arg, "value") else arg
+    """An ioctl's integer argument (an unsigned long in Linux); anything that is
+    not an integer is EINVAL, never a Python exception."""
+    value = arg.value if hasattr(arg, "value") else arg
+    if not isinstance(value, int):
+        raise fail(EINVAL, f"ioctl argument {arg!r} is not an integer")
+    return value
 
 
 # -- routes ---------------------------------------------------------------------------
@@ -461,6 +466,15 @@ class Kvm(FileOperations):
             self.devices.clear()
             self.vgic = None
             self.routing = {}
+            # vgic_v4_teardown() -> its_free_vcpu_irqs(): each vPE unmapped from the
+            # ITS (VMAPP V=0) and its virtual pending table freed, then the VM's
+            # property table.
+            its = getattr(self.kernel, "its", None)
+            for vid in sorted(self.vpes):
+                vpe = self.vpes.pop(vid)
+                if its is not None and hasattr(its, "unmap_vpe"):
+                    its.unmap_vpe(vpe)
+                self.kernel.mm.free(vpe.vpt, VPT_SIZE)
             if self.vprop is not None:
                 self.kernel.mm.free(self.vprop, VPROP_SIZE)
                 self.vprop = None
@@ -566,7 +580,10 @@ class Kvm(FileOperations):
         return 0 if ret else 1
 
     def signal_msi(self, msi: Any) -> int:
-        """KVM_SIGNAL_MSI: flags other than KVM_MSI_VALID_DEVID are EINVAL."""
+        """KVM_SIGNAL_MSI (kvm_send_userspace_msi()): EINVAL without an in-kernel
+        irqchip (no vGIC created) or for flags other than KVM_MSI_VALID_DEVID."""
+        if self.vgic is None:
+            raise fail(EINVAL, "no in-kernel irqchip")
         if msi.flags & ~K.KVM_MSI_VALID_DEVID:
             raise fail(EINVAL, f"kvm_msi flags {msi.flags:#x}")
         return self.set_msi(msi.address_hi << 32 | msi.address_lo, msi.data, msi.flags,

@@ -138,28 +138,56 @@ class PciMsiChip(IrqChip):
         super().irq_mask(d)
 
     def irq_unmask(self, d: IrqData) -> None:
+        desc = d.common.msi_desc
+        if desc is not None and desc.rewrite_masked:
+            return          # per-vector: no address to aim at; stays masked (device and ITS)
         super().irq_unmask(d)
-        self.layer.mask_vector(d.common.msi_desc, False)
+        self.layer.mask_vector(desc, False)
 
     def irq_write_msi_msg(self, d: IrqData, msg: MsiMsg) -> None:
         self.layer.write_msg(d.common.msi_desc, msg)
 
     def irq_set_affinity(self, d: IrqData, mask: frozenset[int], force: bool) -> int:
         """msi_domain_set_affinity(): ask the parent; rewrite the message unless DONE
-        (per-vector design: rewritten even then, see :meth:`PciMsiLayer.force_rewrite`)."""
-        ret = d.parent_data.chip.irq_set_affinity(d.parent_data, mask, force)
+        (per-vector design: rewritten even then, see :meth:`PciMsiLayer.force_rewrite`).
+
+        Per-vector design: the vector's table entry is looked up first; a started
+        vector without one is refused with ENOENT and nothing changes (no MOVI,
+        affinity unchanged).  The message is then composed from that entry."""
+        desc = d.common.msi_desc
+        saved = self.layer.lookup_first(d)
+        try:
+            ret = d.parent_data.chip.irq_set_affinity(d.parent_data, mask, force)
+        except BaseException:
+            if saved is not None:
+                desc.set_iommu_msi_iova(*saved)
+            raise
         if ret >= 0 and ret != IRQ_SET_MASK_OK_DONE:
-            msg = irq_chip_compose_msi_msg(d)
-            self.irq_write_msi_msg(d, msg)
+            if saved is not None:
+                self.layer.force_rewrite(desc)
+            else:
+                msg = irq_chip_compose_msi_msg(d)
+                self.irq_write_msi_msg(d, msg)
         elif ret == IRQ_SET_MASK_OK_DONE:
-            self.layer.force_rewrite(d.common.msi_desc)
+            self.layer.force_rewrite(desc)
+        elif saved is not None:
+            desc.set_iommu_msi_iova(*saved)
         return ret
 
     def irq_set_vcpu_affinity(self, d: IrqData, info: Any) -> None:
         """irq_chip_set_vcpu_affinity_parent(), then the per-vector forced rewrite
-        (the KVM vLPI map / move path changes the interrupt behind VFIO's back)."""
-        super().irq_set_vcpu_affinity(d, info)
-        self.layer.force_rewrite(d.common.msi_desc)
+        (the KVM vLPI map / move path changes the interrupt behind VFIO's back).
+        Per-vector: a started vector without a table entry is refused with ENOENT
+        before the parent is asked (no VMAPTI / VMOVI sent)."""
+        desc = d.common.msi_desc
+        saved = self.layer.lookup_first(d)
+        try:
+            super().irq_set_vcpu_affinity(d, info)
+        except BaseException:
+            if saved is not None:
+                desc.set_iommu_msi_iova(*saved)
+            raise
+        self.layer.force_rewrite(desc)
 
 
 class PciMsiDomainOps(IrqDomainOps):
@@ -305,14 +333,33 @@ class PciMsiLayer:
     # -- the per-vector design's forced rewrite ------------------------------------------
 
     def per_vector_hooks(self, dev: Any) -> Any:
-        """The iommufd MSI design of ``dev``'s current domain if it is "per-vector"."""
+        """The iommufd MSI design of the context owning ``dev``'s group if it is
+        "per-vector" (attached or not: a bound device in the blocked domain too)."""
         iommu = getattr(self.kernel, "iommu", None)
-        domain = iommu.get_domain_for_dev(dev) if iommu is not None else None
-        hwpt = getattr(domain, "iommufd_hwpt", None)
-        if hwpt is None:
+        group = iommu.group_for(dev) if iommu is not None else None
+        hooks = getattr(getattr(group, "owner", None), "msi", None)
+        return hooks if getattr(hooks, "name", None) == "per-vector" else None
+
+    def lookup_first(self, d: IrqData) -> tuple[int, int] | None:
+        """Per-vector design, before an affinity change reaches the parent: look
+        the vector's entry up (ENOENT for none, raised only once the interrupt
+        is started — at startup :meth:`force_rewrite` masks it instead).
+        Returns the descriptor's previous (IOVA, shift) to restore on a parent
+        failure, None when the design does not apply."""
+        desc = d.common.msi_desc
+        if desc is None or not desc.irq or not d.common.activated:
             return None
-        hooks = hwpt.ctx.msi
-        return hooks if hooks.name == "per-vector" else None
+        hooks = self.per_vector_hooks(desc.dev)
+        if hooks is None:
+            return None
+        saved = (desc.iommu_msi_addr or 0, desc.iommu_msi_shift)
+        try:
+            hooks.lookup(desc)
+        except KernelError:
+            if d.common.started:
+                raise
+            return None
+        return saved
 
     def force_rewrite(self, desc: MsiDesc | None) -> bool:
         """Write ``desc``'s message to the device again, freshly composed (design
@@ -335,7 +382,8 @@ class PciMsiLayer:
         try:
             hooks.lookup(desc)
         except KernelError as e:
-            self.mask_vector(desc, True)
+            if not desc.rewrite_masked:
+                d.chip.irq_mask(d)            # the device's mask bit and the ITS's LPI
             desc.rewrite_masked = True
             self.kernel.printk(f"{desc.dev}: MSI vector {desc.msi_index} (IRQ {desc.irq}) "
                                f"masked: no per-vector MSI address ({e})")
@@ -347,7 +395,7 @@ class PciMsiLayer:
             # the interrupt is disabled (then enable_irq unmasks it).
             desc.rewrite_masked = False
             if not self.kernel.irq.desc(desc.irq).depth:
-                self.mask_vector(desc, False)
+                d.chip.irq_unmask(d)
         return True
 
     # -- allocation ------------------------------------------------------------------

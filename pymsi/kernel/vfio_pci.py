@@ -24,7 +24,7 @@ from typing import Any
 
 from ..hw import pci as P
 from ..uapi import vfio as V
-from .base import EINVAL, ENODEV, ENOENT, KernelError, fail
+from .base import EFAULT, EINVAL, ENODEV, ENOENT, KernelError, fail
 from .files import EBADF, ENOTTY, File, FileOperations
 from .msi import MsiType
 from .pci import PciDriver
@@ -195,8 +195,7 @@ class VfioPciCore:
         if flags & V.VFIO_IRQ_SET_DATA_EVENTFD:
             if self.irq_type == index:
                 self.check_msi_iovas(index, [start + i for i, fd in enumerate(data)
-                                             if fd >= 0 and start + i not in
-                                             self.pdev.msi_descs])
+                                             if fd >= 0])
                 self.set_block(start, data, msix)
                 return 0
             self.check_msi_iovas(index, list(range(start + count)))
@@ -220,14 +219,14 @@ class VfioPciCore:
         return 0
 
     def check_msi_iovas(self, index: int, vectors: list[int]) -> None:
-        """Per-vector MSI design: every vector about to be allocated must have an
+        """Per-vector MSI design: every vector about to get a trigger must have an
         address (VFIO_DEVICE_MSI_IOVA), else ENOENT before anything changes — the
         allocation path would fail the same way, this only keeps the vectors
         already live untouched (vfio_msi_set_block would tear some down)."""
         hooks = self.kernel.msi.per_vector_hooks(self.pdev)
         if hooks is None or not vectors:
             return
-        idev = hooks.idevs.get(self.pdev)
+        idev = hooks.idev_of(self.pdev)
         if idev is None or idev.hw_msi:
             return
         missing = [v for v in vectors if not hooks.has_entry(idev, index, v)]
@@ -424,6 +423,13 @@ class VfioDeviceFops(FileOperations):
         if bind.argsz < V.VfioDeviceBindIommufd.offsetofend("out_devid") or \
                 bind.flags & ~V.VFIO_DEVICE_BIND_FLAG_TOKEN:
             raise fail(EINVAL, "bad vfio_device_bind_iommufd")
+        if bind.iommufd < 0:
+            raise fail(EINVAL, "negative iommufd")
+        if bind.flags & V.VFIO_DEVICE_BIND_FLAG_TOKEN:
+            try:
+                k.user_read(bind.token_uuid_ptr, 16)
+            except KernelError:
+                raise fail(EFAULT, "token_uuid_ptr not readable") from None
         if df.access_granted:
             raise fail(EINVAL, "device file already bound")
         if any(f.access_granted for f in df.core.files):
@@ -432,6 +438,10 @@ class VfioDeviceFops(FileOperations):
         try:
             if getattr(k, "iommufd", None) is None:
                 raise fail(ENODEV, "iommufd not available in this kernel model")
+            if bind.flags & V.VFIO_DEVICE_BIND_FLAG_TOKEN:
+                # vfio_pci_core_match_token_uuid(): the model's functions are plain PFs
+                # (no SR-IOV, so no VF token): a token is EINVAL.
+                raise fail(EINVAL, f"{df.core.pdev}: VF token given, not a PF or VF")
             devid = bind_iommufd(k, df, ictx)
         except BaseException:
             ictx.put()

@@ -438,11 +438,11 @@ class VgicItsEmul:
         valid = I.C2_V.get(cmd[2])
         coll_id = I.C2_ICID.get(cmd[2])
         target = I.C2_RDBASE.get(cmd[2]) & 0xFFFF_FFFF
-        if target >= self.kvm.online_vcpus:
-            raise _CmdError(E.MAPC_PROCNUM_OOR)
-        if not valid:
+        if not valid:                           # no target check for an unmap
             self._free_collection(coll_id)
             return
+        if target not in self.kvm.vcpus:        # kvm_get_vcpu_by_id()
+            raise _CmdError(E.MAPC_PROCNUM_OOR)
         coll = self.collections.get(coll_id)
         if coll is None:
             if self._check_id(self.baser_coll_table, coll_id) is None:
@@ -545,8 +545,7 @@ class VgicItsEmul:
     def _cmd_movall(self, cmd: list[int]) -> None:
         t1 = I.C2_RDBASE.get(cmd[2]) & 0xFFFF_FFFF
         t2 = I.C3_RDBASE2.get(cmd[3]) & 0xFFFF_FFFF
-        n = self.kvm.online_vcpus
-        if t1 >= n or t2 >= n:
+        if t1 not in self.kvm.vcpus or t2 not in self.kvm.vcpus:   # kvm_get_vcpu_by_id()
             raise _CmdError(E.MOVALL_PROCNUM_OOR)
         if t1 == t2:
             return
@@ -580,7 +579,8 @@ def supports_direct_msis(kvm: Any) -> bool:
 def set_forwarding(kvm: Any, host_irq: int, route: Any) -> int:
     """kvm_vgic_v4_set_forwarding(): map ``host_irq`` to the vLPI the MSI ``route``
     resolves to.  0 without GICv4 or when the route's address is no vITS (not
-    forwarded, silently); resolve_lpi's code when the guest has not mapped it."""
+    forwarded, silently); 0 as well when the guest has not mapped the event (the
+    bypass pair stays connected, the interrupt goes through the irqfd)."""
     if not supports_direct_msis(kvm):
         return 0
     its = kvm.its_of_route(route)
@@ -588,7 +588,7 @@ def set_forwarding(kvm: Any, host_irq: int, route: Any) -> int:
         return 0
     ret, irq = its.resolve_lpi(route.devid, route.data)
     if ret:
-        return ret
+        return 0
     if irq.hw:                                  # already mapped: the VMM remapped
         return 0
     try:
