@@ -354,6 +354,15 @@ def its_cmd(op: str, dev: int = 0, ev: int = 0, icid: int = 0, intid: int = 0,
     raise ValueError(op)
 
 
+def msi_route(gsi: int, devid: int, data: int, address: int = VITS_DOORBELL) -> Any:
+    """A ``kvm_irq_routing_entry`` of type MSI carrying the DeviceID (KVM_MSI_VALID_DEVID)."""
+    return K.KvmIrqRoutingEntry(gsi=gsi, type=K.KVM_IRQ_ROUTING_MSI,
+                                flags=K.KVM_MSI_VALID_DEVID,
+                                u={"msi": {"address_lo": address & 0xFFFF_FFFF,
+                                           "address_hi": address >> 32, "data": data,
+                                           "devid": devid}})
+
+
 class KvmGuest:
     """A VM with ``nvcpus`` vCPUs, a vGICv3 and a vITS at the virt board's addresses,
     its RAM the VMM's user memory at ``RAM_GPA``; and the guest's ITS driver, which
@@ -430,12 +439,8 @@ class KvmGuest:
 
     def route(self, gsi: int, devid: int, data: int, address: int = VITS_DOORBELL) -> None:
         """KVM_SET_GSI_ROUTING: one MSI route (with the requester ID as devid)."""
-        e = K.KvmIrqRoutingEntry(gsi=gsi, type=K.KVM_IRQ_ROUTING_MSI,
-                                 flags=K.KVM_MSI_VALID_DEVID,
-                                 u={"msi": {"address_lo": address & 0xFFFF_FFFF,
-                                            "address_hi": address >> 32, "data": data,
-                                            "devid": devid}})
-        self.k.ioctl(self.vm, K.KVM_SET_GSI_ROUTING, K.KvmIrqRouting(nr=1, entries=[e]))
+        self.k.ioctl(self.vm, K.KVM_SET_GSI_ROUTING,
+                     K.KvmIrqRouting(nr=1, entries=[msi_route(gsi, devid, data, address)]))
 
     def irqfd(self, fd: int, gsi: int, flags: int = 0) -> int:
         return self.k.ioctl(self.vm, K.KVM_IRQFD, K.KvmIrqfd(fd=fd, gsi=gsi, flags=flags))

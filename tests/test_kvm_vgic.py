@@ -22,6 +22,7 @@ from pymsi.kernel.irqbypass import IrqBypass, IrqBypassConsumer, IrqBypassProduc
 from pymsi.machine import ArmVirt
 from pymsi.uapi import kvm as K
 from pymsi.uapi import vfio as V
+from pymsi.vmmlib import msi_route
 
 from kernel_util import errno_of
 
@@ -176,12 +177,8 @@ class Guest:
             return -e.errno
 
     def route(self, gsi, devid, data, address=DOORBELL):
-        e = K.KvmIrqRoutingEntry(gsi=gsi, type=K.KVM_IRQ_ROUTING_MSI,
-                                 flags=K.KVM_MSI_VALID_DEVID,
-                                 u={"msi": {"address_lo": address & 0xFFFF_FFFF,
-                                            "address_hi": address >> 32, "data": data,
-                                            "devid": devid}})
-        self.k.ioctl(self.vm, K.KVM_SET_GSI_ROUTING, K.KvmIrqRouting(nr=1, entries=[e]))
+        self.k.ioctl(self.vm, K.KVM_SET_GSI_ROUTING,
+                     K.KvmIrqRouting(nr=1, entries=[msi_route(gsi, devid, data, address)]))
 
     def irqfd(self, fd, gsi, flags=0):
         return self.k.ioctl(self.vm, K.KVM_IRQFD, K.KvmIrqfd(fd=fd, gsi=gsi, flags=flags))

@@ -86,6 +86,16 @@ class Vmm(vmmlib.Vmm):
                 self.m.its.stats.get("command_errors"))
 
 
+def live_per_vector() -> Vmm:
+    """A bound, attached per-vector device with every vector described and MSI-X on."""
+    vmm = Vmm("per-vector")
+    vmm.bind()
+    vmm.attach()
+    vmm.per_vector()
+    assert vmm.enable() == 0
+    return vmm
+
+
 def count_table_writes(vmm: Vmm, i: int = 0) -> list:
     """Record the kernel's writes to the function's MSI-X table (address/data words)."""
     pdev = vmm.k.pci.devices[i]
@@ -251,11 +261,7 @@ def test_unmapped_doorbell_faults_in_the_smmu_and_signals_nothing():
 
 
 def test_ioas_unmap_of_the_msi_area_stops_delivery():
-    vmm = Vmm("per-vector")
-    vmm.bind()
-    vmm.attach()
-    vmm.per_vector()
-    assert vmm.enable() == 0
+    vmm = live_per_vector()
     vmm.ictx.ioctl(u.IOMMU_IOAS_UNMAP, u.IommuIoasUnmap(ioas_id=vmm.ioas, iova=piova(1),
                                                          length=PAGE))
     before = vmm.smmu_events()
@@ -543,11 +549,7 @@ def test_proc_affinity_rewrites_only_under_per_vector(design):
 
 
 def test_kernel_irq_set_affinity_rewrites_under_per_vector():
-    vmm = Vmm("per-vector")
-    vmm.bind()
-    vmm.attach()
-    vmm.per_vector()
-    assert vmm.enable() == 0
+    vmm = live_per_vector()
     writes = count_table_writes(vmm)
     vmm.k.irq.irq_set_affinity(vmm.irq(3), frozenset({2}))
     assert [w[0] for w in writes] == [3, 3, 3]
@@ -555,11 +557,7 @@ def test_kernel_irq_set_affinity_rewrites_under_per_vector():
 
 
 def test_two_step_update_of_a_live_vector():
-    vmm = Vmm("per-vector")
-    vmm.bind()
-    vmm.attach()
-    vmm.per_vector()
-    assert vmm.enable() == 0
+    vmm = live_per_vector()
     new = 0x2800_0000
     vmm.map_msi(new)
     table = bytes(vmm.m.functions[0].msix_table)
@@ -591,11 +589,7 @@ def its_cmds(vmm: Vmm) -> list:
 
 
 def test_affinity_change_of_a_cleared_vector_is_refused_with_nothing_moved():
-    vmm = Vmm("per-vector")
-    vmm.bind()
-    vmm.attach()
-    vmm.per_vector()
-    assert vmm.enable() == 0
+    vmm = live_per_vector()
     vmm.msi_iova(CLEAR, 1, count=1)
     before = vmm.entry(1)
     irq = vmm.irq(1)
@@ -618,11 +612,7 @@ def test_affinity_change_of_a_cleared_vector_is_refused_with_nothing_moved():
 def test_rewrite_of_a_cleared_vector_masks_it_and_logs():
     # A forced rewrite that finds no entry (here: the re-attach of a device one of
     # whose live vectors lost its entry) masks the vector instead of aiming it anywhere.
-    vmm = Vmm("per-vector")
-    vmm.bind()
-    vmm.attach()
-    vmm.per_vector()
-    assert vmm.enable() == 0
+    vmm = live_per_vector()
     vmm.msi_iova(CLEAR, 1, count=1)
     before = vmm.entry(1)
     vmm.files[0].ioctl(V.VFIO_DEVICE_DETACH_IOMMUFD_PT, V.VfioDeviceDetachIommufdPt())
@@ -642,11 +632,7 @@ def test_rewrite_of_a_cleared_vector_masks_it_and_logs():
 
 
 def test_new_trigger_on_a_live_vector_without_entry_is_enoent():
-    vmm = Vmm("per-vector")
-    vmm.bind()
-    vmm.attach()
-    vmm.per_vector()
-    assert vmm.enable() == 0
+    vmm = live_per_vector()
     vmm.msi_iova(CLEAR, 1, count=1)
     before = vmm.entry(1)
     e = vmm.k.eventfd()
@@ -661,11 +647,7 @@ def test_new_trigger_on_a_live_vector_without_entry_is_enoent():
 def test_started_vector_without_entry_stays_masked_after_startup():
     # Freed trigger, entry cleared, then the IRQ requested again behind VFIO's
     # check: the forced rewrite of startup masks it and the startup unmask keeps it.
-    vmm = Vmm("per-vector")
-    vmm.bind()
-    vmm.attach()
-    vmm.per_vector()
-    assert vmm.enable() == 0
+    vmm = live_per_vector()
     vmm.msi_iova(CLEAR, 1, count=1)
     irq = vmm.irq(1)
     k = vmm.k
