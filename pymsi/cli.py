@@ -15,11 +15,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="compose and translate a device's MSI vectors, print the path")
+    cmp = sub.add_parser("compare", help="run one scenario per MSI design x SMMU set-up and "
+                         "print which invariant each design breaks, at which step")
+    cmp.add_argument("--json", action="store_true", help="print the table as JSON")
     args = parser.parse_args(argv)
     if args.command == "demo":
         from .demo import run
 
         return run(sys.stdout)
+    if args.command == "compare":
+        from .compare import main as compare_main
+
+        try:
+            return compare_main(sys.stdout, as_json=args.json)
+        except BrokenPipeError:           # `pymsi compare | head`
+            sys.stdout = None
+            return 0
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

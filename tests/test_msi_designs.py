@@ -27,6 +27,7 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from pymsi import vmmlib
 from pymsi.core import Prot
 from pymsi.hw.pci import Delivery
 from pymsi.kernel.base import KernelError
@@ -57,61 +58,12 @@ def piova(v: int) -> int:
     return 0x2000_0000 + v * PAGE
 
 
-class Vmm:
-    """A VMM's view: one iommufd context, one IOAS with RAM mapped, the cdevs."""
+class Vmm(vmmlib.Vmm):
+    """The shared VMM steps (:class:`pymsi.vmmlib.Vmm`) and this file's own helpers."""
 
     def __init__(self, design: str = "per-vector", smmu: str = "s1", n: int = 1,
                  resv: list | None = None, machine=None) -> None:
-        self.m = machine or ArmVirt(smmu=smmu, devices=[{"msix": NVEC, "msi": NVEC}] * n,
-                                    msi_design=design)
-        self.k = self.m.boot()
-        if resv is not None:                      # what the IOMMU driver reports instead
-            self.k.smmu.get_resv_regions = lambda dev: list(resv)
-        self.ictx = self.k.open("/dev/iommu")
-        a = u.IommuIoasAlloc()
-        self.ictx.ioctl(u.IOMMU_IOAS_ALLOC, a)
-        self.ioas = a.out_ioas_id
-        self.va = self.k.mmap(0x10000)
-        self.ictx.ioctl(u.IOMMU_IOAS_MAP, u.IommuIoasMap(
-            flags=u.IOMMU_IOAS_MAP_FIXED_IOVA | u.IOMMU_IOAS_MAP_READABLE
-            | u.IOMMU_IOAS_MAP_WRITEABLE, ioas_id=self.ioas, user_va=self.va,
-            length=0x10000, iova=RAM_IOVA))
-        self.files, self.devids = [], []
-        for i in range(n):
-            pdev = self.k.pci.devices[i]
-            self.k.sysfs_write(f"/sys/bus/pci/devices/{pdev.bdf}/driver_override", "vfio-pci")
-            self.k.sysfs_write("/sys/bus/pci/drivers/vfio-pci/bind", pdev.bdf)
-            self.files.append(self.k.open(f"/dev/vfio/devices/vfio{i}"))
-        self.efds: list = []
-
-    # -- the VMM's calls ------------------------------------------------------------------
-
-    def bind(self, i: int = 0) -> int:
-        b = V.VfioDeviceBindIommufd(iommufd=self.ictx.fd)
-        self.files[i].ioctl(V.VFIO_DEVICE_BIND_IOMMUFD, b)
-        self.devids.append(b.out_devid)
-        self.k.pci.devices[i].set_master()       # the VMM's config write (not modelled)
-        return b.out_devid
-
-    def attach(self, pt_id: int | None = None, i: int = 0) -> int:
-        a = V.VfioDeviceAttachIommufdPt(pt_id=self.ioas if pt_id is None else pt_id)
-        self.files[i].ioctl(V.VFIO_DEVICE_ATTACH_IOMMUFD_PT, a)
-        return a.pt_id
-
-    def msi_iova(self, flags: int, start: int, iovas=(), count: int | None = None,
-                 index: int = MSIX, i: int = 0) -> V.VfioDeviceMsiIova:
-        arg = V.VfioDeviceMsiIova(flags=flags, index=index, start=start,
-                                  count=len(iovas) if count is None else count,
-                                  iova=list(iovas))
-        self.files[i].ioctl(V.VFIO_DEVICE_MSI_IOVA, arg)
-        return arg
-
-    def get_iovas(self, start: int = 0, count: int = NVEC, index: int = MSIX, i: int = 0):
-        return list(self.msi_iova(GET, start, [0] * count, index=index, i=i).iova)
-
-    def map_msi(self, iova: int, i: int = 0, ioas: int | None = None) -> None:
-        self.ictx.ioctl(u.IOMMU_IOAS_MAP_MSI, u.IommuIoasMapMsi(
-            ioas_id=self.ioas if ioas is None else ioas, dev_id=self.devids[i], iova=iova))
+        super().__init__(design, smmu=smmu, n=n, resv=resv, machine=machine)
 
     def per_vector(self, n: int = NVEC, i: int = 0, index: int = MSIX) -> None:
         """Describe and map every vector (the thread's VMM steps)."""
@@ -119,41 +71,6 @@ class Vmm:
         if i == 0:
             for v in range(n):
                 self.map_msi(piova(v), i)
-
-    def enable(self, n: int = NVEC, index: int = MSIX, i: int = 0, start: int = 0) -> int:
-        self.efds = [self.k.eventfd() for _ in range(n)]
-        return self.files[i].ioctl(V.VFIO_DEVICE_SET_IRQS, V.VfioIrqSet(
-            flags=EFD_TRIG, index=index, start=start, count=n, data=[e.fd for e in self.efds]))
-
-    def fire(self, v: int, i: int = 0) -> Delivery:
-        d = self.m.functions[i].notify(v)
-        self.m.bus.drain()
-        self.k.handle_interrupts()
-        return d
-
-    def counts(self) -> list[int]:
-        return [e.f_op.count for e in self.efds]
-
-    # -- observations -------------------------------------------------------------------
-
-    def entry(self, v: int, i: int = 0) -> tuple[int, int, int]:
-        return self.m.functions[i].msix_entry(v)
-
-    def domain(self, i: int = 0):
-        return self.k.pci.devices[i].iommu_group.domain
-
-    def s2_domain(self, i: int = 0):
-        d = self.domain(i)
-        return d.parent if d.parent is not None else d
-
-    def ctx(self):
-        return self.ictx.private_data
-
-    def irq(self, v: int, i: int = 0) -> int:
-        return self.k.pci.devices[i].msi_descs[v].irq
-
-    def smmu_events(self) -> int:
-        return self.m.smmu.stats["events_recorded"]
 
     def snapshot(self, i: int = 0):
         """Device config space, MSI-X table, and the kernel's vector state."""
@@ -735,34 +652,7 @@ def test_machine_default_and_iommu_option_msi_design():
 # -- nested: a guest stage 1 over the IOAS (stage 2) -------------------------------------------
 
 
-class GuestMem:
-    """Guest-physical memory as the guest sees it: IPAs through the IOAS's areas."""
-
-    def __init__(self, vmm: Vmm) -> None:
-        self.ioas = vmm.ctx().ioas(vmm.ioas)
-        self.ram = vmm.k.ram
-
-    def _pa(self, ipa: int) -> int:
-        pa = self.ioas.iova_to_phys(ipa)
-        assert pa is not None and self.ram.is_ram(pa, 1), hex(ipa)
-        return pa
-
-    def is_ram(self, ipa: int, size: int = 1) -> bool:
-        return all(self.ioas.iova_to_phys(a) is not None
-                   for a in range(ipa & ~0xFFF, ipa + size, PAGE))
-
-    def read(self, ipa: int, size: int) -> bytes:
-        return b"".join(self.ram.read(self._pa(a), 1) for a in range(ipa, ipa + size))
-
-    def write(self, ipa: int, data: bytes) -> None:
-        for i, b in enumerate(data):
-            self.ram.write(self._pa(ipa + i), bytes([b]))
-
-    def read_u64(self, ipa: int) -> int:
-        return int.from_bytes(self.read(ipa, 8), "little")
-
-    def write_u64(self, ipa: int, value: int) -> None:
-        self.write(ipa, value.to_bytes(8, "little"))
+GuestMem = vmmlib.GuestMem
 
 
 GIOVA = 0x5000_0000                 # the guest's MSI IOVAs (stage-1 input)

@@ -1,0 +1,720 @@
+"""``pymsi compare``: the invariant table of the four MSI address designs, from real runs.
+
+For each design and each SMMU set-up (``paging``: a stage-1 SMMU with the device on a
+HWPT paging; ``nested``: a nested SMMU with a nest-parent HWPT, a vIOMMU and a nested
+HWPT from a guest STE whose stage 1 the guest wrote in its RAM) one scripted scenario
+runs -- the same script for every design -- acting as a VMM through the user/kernel
+contract (:mod:`pymsi.vmmlib`).  The only design-specific part is how the VMM hands its
+chosen addresses down: ``VFIO_DEVICE_MSI_IOVA`` + ``IOMMU_IOAS_MAP_MSI`` (per-vector),
+``VFIO_IRQ_SET_ACTION_PREPARE`` (preset), nothing (sw-msi, dma-cookie).
+
+After every step the scenario records a :class:`StepObs` -- what the machine shows: the
+MSI-X table, the SMMU's translation of each address, what each fire raised (eventfd
+signals, host LPIs, vLPIs, SMMU events), the mapping state around each compose -- and
+every checker (pure functions of a :class:`StepObs`) judges it.  The table gives, per
+row, the first step that broke each invariant.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from .kernel.iommufd_msi import MSI_DESIGNS
+from .vmmlib import (
+    DOORBELL,
+    LPI_BASE,
+    PAGE,
+    RAM_SIZE,
+    RMR,
+    SET,
+    VITS_PAGE,
+    KvmGuest,
+    Vmm,
+    errno_of,
+    its_cmd,
+    pgtable_leaves,
+)
+
+SMMUS = ("paging", "nested")
+INVARIANTS = ("routing", "delivery", "address stability", "no allocation on compose",
+              "no silent fallback", "isolation")
+STEPS = ("setup", "enable 4 vectors", "fire all", "/proc affinity x3",
+         "two-step address update", "GICv4 forward + guest MOVI",
+         "enable an undescribed vector", "second device", "unmap doorbell + fire",
+         "close all fds")
+NVEC = 4                       # vectors the VMM describes and enables
+DEV_VECTORS = 8                # MSI-X table size of each function
+GIOVA = 0x5000_0000            # the guest's MSI IOVAs (nested): stage-1 input
+NEW_SLOT = 0x10                # the two-step update moves vector 2 to this slot
+VSID = (0x08, 0x10)            # the guest's StreamIDs / ITS DeviceIDs of the two devices
+VINTID = LPI_BASE + 5          # the guest's vLPI for vector 0 of device 0
+OUTSIDE = 0x7000_0000          # an IOVA no IOAS area covers
+MSG_LOW = DOORBELL & (PAGE - 1)
+
+
+# -- what a step shows ---------------------------------------------------------------------
+
+
+@dataclass
+class VectorObs:
+    """One enabled vector after a step."""
+
+    dev: int
+    vec: int
+    addr: int                  # as the function's MSI-X table holds it
+    data: int
+    masked: bool
+    chosen: int | None         # the address the VMM chose (None: it described none)
+    smmu_pa: int | None        # where the SMMU takes a write to ``addr`` (None: fault)
+    reachable: bool = True     # False once the VMM unmapped the doorbell page it goes through
+    forwarded: bool = False
+
+
+@dataclass
+class FireObs:
+    """One write of a device and everything it raised."""
+
+    dev: int
+    vec: int
+    expect: str                # "deliver", "fault" (doorbell unmapped) or "foreign"
+    delivery: str = ""
+    signals: dict[tuple[int, int], int] = field(default_factory=dict)   # eventfd deltas
+    lpis: list[int] = field(default_factory=list)       # host LPIs made pending
+    vlpis: list[int] = field(default_factory=list)      # vLPIs made pending
+    smmu_events: int = 0
+    expect_lpi: int | None = None
+    expect_vlpi: int | None = None
+    vlpi_vcpus: list[int | None] = field(default_factory=list)   # the vCPU of each vLPI
+    expect_vcpu: int | None = None     # the vCPU the guest last targeted (forwarded)
+    writer_lpis: tuple[int, ...] = ()                   # every LPI of the writing device
+
+
+@dataclass
+class ComposeObs:
+    """The mapping state (IOAS areas, domain page tables, sw_msi maps, MSI cookie
+    pages) before and after something that composes messages."""
+
+    what: str
+    before: Any
+    after: Any
+
+
+@dataclass
+class UndescribedObs:
+    """Enabling a vector the VMM never described."""
+
+    dev: int
+    vec: int
+    errno: int
+    addr_before: int
+    addr_after: int
+
+
+@dataclass
+class DmaObs:
+    """A device DMA to an IOVA outside every area of its IOAS."""
+
+    iova: int
+    ok: bool
+    smmu_events: int
+
+
+@dataclass
+class StepObs:
+    step: str
+    vectors: list[VectorObs] = field(default_factory=list)
+    fires: list[FireObs] = field(default_factory=list)
+    composes: list[ComposeObs] = field(default_factory=list)
+    undescribed: list[UndescribedObs] = field(default_factory=list)
+    dma: list[DmaObs] = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+# -- the checkers ----------------------------------------------------------------------------
+
+
+def check_routing(obs: StepObs) -> str | None:
+    """Every enabled vector's write reaches the physical doorbell, and a fire raises
+    exactly the LPI of its host IRQ (or, forwarded, no host LPI)."""
+    for v in obs.vectors:
+        if v.reachable and not v.masked and v.smmu_pa != DOORBELL:
+            pa = "a fault" if v.smmu_pa is None else f"{v.smmu_pa:#x}"
+            return (f"dev {v.dev} vector {v.vec}: {v.addr:#x} translates to {pa}, "
+                    f"not the doorbell {DOORBELL:#x}")
+    for f in obs.fires:
+        if f.expect != "deliver":
+            continue
+        want = [] if f.expect_vlpi is not None else [f.expect_lpi]
+        if f.lpis != want:
+            return f"dev {f.dev} vector {f.vec} fired: host LPIs {f.lpis}, expected {want}"
+    return None
+
+
+def check_delivery(obs: StepObs) -> str | None:
+    """Exactly one eventfd signal (or, forwarded, one vLPI) per fire, on its vector."""
+    for f in obs.fires:
+        if f.expect != "deliver":
+            continue
+        if f.expect_vlpi is not None:
+            if f.signals or f.vlpis != [f.expect_vlpi]:
+                return (f"dev {f.dev} vector {f.vec} (forwarded) fired: vLPIs {f.vlpis}, "
+                        f"eventfd signals {_sig(f.signals)}")
+            if f.expect_vcpu is not None and f.vlpi_vcpus != [f.expect_vcpu]:
+                return (f"dev {f.dev} vector {f.vec} (forwarded): vLPI pending on vCPU "
+                        f"{f.vlpi_vcpus}, the guest targeted vCPU {f.expect_vcpu}")
+        elif f.signals != {(f.dev, f.vec): 1} or f.vlpis:
+            return (f"dev {f.dev} vector {f.vec} fired ({f.delivery}): eventfd signals "
+                    f"{_sig(f.signals)}" + (f", vLPIs {f.vlpis}" if f.vlpis else ""))
+    return None
+
+
+def check_stability(obs: StepObs) -> str | None:
+    """The MSI-X table address of each vector is the one the VMM chose."""
+    for v in obs.vectors:
+        if v.chosen is not None and v.addr != v.chosen | MSG_LOW:
+            return (f"dev {v.dev} vector {v.vec}: the device writes {v.addr:#x}, "
+                    f"the VMM chose {v.chosen | MSG_LOW:#x}")
+    return None
+
+
+def check_no_alloc(obs: StepObs) -> str | None:
+    """Nothing in the IOAS, a domain's page table, the sw_msi maps or an MSI cookie
+    changed while messages were composed."""
+    for c in obs.composes:
+        if c.before != c.after:
+            return f"{c.what}: {_diff(c.before, c.after)}"
+    return None
+
+
+def check_no_fallback(obs: StepObs) -> str | None:
+    """Enabling a vector the VMM did not describe is ENOENT with the vector untouched."""
+    for u in obs.undescribed:
+        if u.errno != errno.ENOENT:
+            got = "succeeded" if u.errno == 0 else f"failed with {errno.errorcode[u.errno]}"
+            return (f"dev {u.dev} vector {u.vec} (undescribed) {got}, "
+                    f"address {u.addr_after:#x}")
+        if u.addr_after != u.addr_before:
+            return f"dev {u.dev} vector {u.vec}: ENOENT but the address changed"
+    return None
+
+
+def check_isolation(obs: StepObs) -> str | None:
+    """A device raises only its own events; DMA outside the IOAS faults; a write to an
+    unmapped doorbell faults in the SMMU, is recorded and delivers nothing; nothing
+    stays pinned or mapped once every file is closed."""
+    for f in obs.fires:
+        if f.expect == "foreign":
+            other = {k: n for k, n in f.signals.items() if k[0] != f.dev}
+            stray = [i for i in f.lpis if i not in f.writer_lpis]
+            if other or stray or f.vlpis:
+                return (f"dev {f.dev} writing another device's message raised "
+                        f"{_sig(other)} {stray} {f.vlpis}".rstrip())
+        elif f.expect == "fault":
+            if f.signals or f.lpis or f.vlpis or f.smmu_events < 1:
+                return (f"dev {f.dev} vector {f.vec} to an unmapped doorbell: "
+                        f"signals {_sig(f.signals)}, LPIs {f.lpis}, vLPIs {f.vlpis}, "
+                        f"{f.smmu_events} SMMU events")
+    for d in obs.dma:
+        if d.ok or d.smmu_events < 1:
+            return (f"DMA to {d.iova:#x} outside the IOAS: ok={d.ok}, "
+                    f"{d.smmu_events} SMMU events")
+    if obs.leftovers:
+        return "after close: " + "; ".join(obs.leftovers)
+    return None
+
+
+CHECKERS: dict[str, Callable[[StepObs], str | None]] = {
+    "routing": check_routing,
+    "delivery": check_delivery,
+    "address stability": check_stability,
+    "no allocation on compose": check_no_alloc,
+    "no silent fallback": check_no_fallback,
+    "isolation": check_isolation,
+}
+
+
+def _sig(signals: dict[tuple[int, int], int]) -> str:
+    return "{" + ", ".join(f"dev {d} vec {v}: {n}" for (d, v), n in sorted(signals.items())) \
+        + "}"
+
+
+def _diff(before: dict, after: dict) -> str:
+    out = []
+    for key in sorted(set(before) | set(after)):
+        b, a = before.get(key), after.get(key)
+        if b != a:
+            if isinstance(b, (tuple, frozenset)) and isinstance(a, (tuple, frozenset)):
+                added = sorted(set(a) - set(b))
+                gone = sorted(set(b) - set(a))
+                out.append(f"{key}: +{_fmt(added)} -{_fmt(gone)}")
+            else:
+                out.append(f"{key}: {b} -> {a}")
+    return "; ".join(out)
+
+
+def _fmt(items: list) -> str:
+    def one(x: Any) -> str:
+        if isinstance(x, tuple):
+            return "(" + ", ".join(hex(y) if isinstance(y, int) else str(y) for y in x) + ")"
+        return hex(x) if isinstance(x, int) else str(x)
+    return "[" + ", ".join(one(x) for x in items[:3]) + (" ..." if len(items) > 3 else "") + "]"
+
+
+# -- the scenario ----------------------------------------------------------------------------
+
+
+class Scenario:
+    """One row: a VMM under ``design`` with a ``paging`` or ``nested`` SMMU set-up,
+    driven step by step; each step fills a :class:`StepObs` with what the machine
+    shows.  A VMM call that fails ends its step and is kept as a note of the row."""
+
+    def __init__(self, design: str, smmu: str) -> None:
+        self.design, self.smmu = design, smmu
+        self.nested = smmu == "nested"
+        self.vmm: Vmm | None = None
+        self.chosen: dict[tuple[int, int], int] = {}         # (dev, vec) -> VMM's address
+        self.enabled: set[tuple[int, int]] = set()
+        self.efds: dict[tuple[int, int], Any] = {}
+        self.forwarded: dict[tuple[int, int], int] = {}      # -> vINTID
+        self.unmapped: set[int] = set()                       # doorbell pages (IOAS) unmapped
+        self.domains: list[Any] = []
+        self.guest: KvmGuest | None = None
+        self.hwpt: int | None = None                          # the HWPT paging (paging)
+        self._lpis: list[int] = []
+        self._vlpis: list[int] = []
+        self._vpts: list[int] = []
+        self.vcpu_of: dict[tuple[int, int], int] = {}         # forwarded -> guest's vCPU
+        self._in_vlpi = 0
+
+    # -- addresses ----------------------------------------------------------------------
+
+    def slot(self, n: int) -> int:
+        """The VMM's n-th MSI address: a page of its own in the IOAS (paging) or a
+        gIOVA page the guest maps to the vITS doorbell page (nested)."""
+        return (GIOVA if self.nested else 0x2000_0000) + n * PAGE
+
+    def ipa_page(self, addr: int) -> int | None:
+        """The IOAS page a device write to ``addr`` goes through."""
+        if self.nested:
+            ipa = self.vmm.guest_s1.iova_to_phys(addr)
+            return None if ipa is None else ipa & ~(PAGE - 1)
+        return addr & ~(PAGE - 1)
+
+    # -- hooks on the hardware ------------------------------------------------------------
+
+    def _hook_gic(self) -> None:
+        for rd in self.vmm.m.gic.redists:
+            set_pending, set_vlpi = rd.set_pending, rd.set_vlpi_pending
+
+            def sp(intid: int, _f=set_pending) -> bool:
+                ok = _f(intid)
+                if ok and not self._in_vlpi:
+                    self._lpis.append(intid)
+                return ok
+
+            def sv(vpt: int, bits: int, vintid: int, db: int, _f=set_vlpi) -> bool:
+                self._in_vlpi += 1
+                try:
+                    ok = _f(vpt, bits, vintid, db)
+                finally:
+                    self._in_vlpi -= 1
+                if ok:
+                    self._vlpis.append(vintid)
+                    self._vpts.append(vpt)
+                return ok
+
+            rd.set_pending, rd.set_vlpi_pending = sp, sv
+
+    # -- observation helpers ----------------------------------------------------------------
+
+    def mapping_state(self) -> dict[str, Any]:
+        """What composing must not change: IOAS areas, every paging domain's leaves,
+        the design's implicit maps, dma-iommu MSI pages."""
+        vmm = self.vmm
+        ctx = vmm.ctx()
+        st: dict[str, Any] = {}
+        for oid, obj in sorted(ctx.objects.items()):
+            if obj.kind == "ioas":
+                st[f"IOAS {oid} areas"] = tuple((a.iova, a.length, int(a.prot))
+                                                for a in obj.areas)
+        for pdev in vmm.k.pci.devices[:2]:           # the domains iommufd gave them
+            group = pdev.iommu_group
+            d = group.domain if group is not None else None
+            if d is None or d.iommufd_hwpt is None:
+                continue
+            for dom in (d, d.parent):
+                if dom is not None and dom not in self.domains:
+                    self.domains.append(dom)
+        for n, dom in enumerate(self.domains):
+            pg = getattr(dom, "pgtbl", None)
+            if pg is not None and not getattr(dom, "freed", False):
+                st[f"domain {n} page table"] = frozenset(pgtable_leaves(pg))
+            cookie = getattr(dom, "cookie", None)
+            pages = getattr(cookie, "msi_pages", None)
+            if pages is not None:
+                st[f"domain {n} MSI cookie pages"] = frozenset(
+                    (p.phys, p.iova) for p in pages.values())
+        hooks = ctx.msi
+        if hasattr(hooks, "maps"):
+            st["sw_msi maps"] = frozenset((m.iova, m.msi_addr & ~(PAGE - 1)) for m in hooks.maps)
+        if hasattr(hooks, "installed"):
+            st["preset installed"] = frozenset(
+                (iova, page) for per in hooks.installed.values() for iova, page in per.items())
+        return st
+
+    def compose(self, obs: StepObs, what: str, fn: Callable[[], Any]) -> Any:
+        before = self.mapping_state()
+        r = fn()
+        obs.composes.append(ComposeObs(what, before, self.mapping_state()))
+        return r
+
+    def _counts(self) -> dict[tuple[int, int], int]:
+        return {key: e.f_op.count for key, e in self.efds.items()}
+
+    def _pump(self) -> None:
+        self.vmm.m.bus.drain()
+        self.vmm.k.handle_interrupts()
+
+    def fire(self, obs: StepObs, dev: int, vec: int, expect: str = "deliver",
+             write: tuple[int, int] | None = None) -> FireObs:
+        """Device ``dev`` raises ``vec`` (or, with ``write``, DMA-writes that message)."""
+        vmm = self.vmm
+        before, ev = self._counts(), vmm.smmu_events()
+        self._lpis.clear()
+        self._vlpis.clear()
+        self._vpts.clear()
+        f = FireObs(dev, vec, expect)
+        if write is None:
+            f.delivery = vmm.m.functions[dev].notify(vec).value
+            if (dev, vec) in self.enabled:
+                f.expect_lpi = vmm.host_lpi(vec, dev)
+            f.expect_vlpi = self.forwarded.get((dev, vec))
+            f.expect_vcpu = self.vcpu_of.get((dev, vec))
+        else:
+            r = vmm.m.bus.dma_write(vmm.k.pci.devices[dev].rid, write[0], write[1])
+            f.delivery = "sent" if r.ok else "aborted"
+            f.writer_lpis = tuple(vmm.host_lpi(v, dev) for d, v in self.enabled if d == dev)
+        self._pump()
+        after = self._counts()
+        f.signals = {k: after[k] - before.get(k, 0) for k in after
+                     if after[k] != before.get(k, 0)}
+        f.lpis, f.vlpis = list(self._lpis), list(self._vlpis)
+        vpes = self.guest.kvm.vpes if self.guest is not None else {}
+        f.vlpi_vcpus = [next((c for c, vpe in vpes.items() if vpe.vpt == vpt), None)
+                        for vpt in self._vpts]
+        f.smmu_events = vmm.smmu_events() - ev
+        obs.fires.append(f)
+        for e in self.efds.values():          # the VMM reads its eventfds
+            if e.f_op.count:
+                e.read()
+        return f
+
+    def vectors(self) -> list[VectorObs]:
+        vmm = self.vmm
+        out = []
+        for dev, vec in sorted(self.enabled):
+            addr, data, ctrl = vmm.entry(vec, dev)
+            page = self.ipa_page(addr)
+            reachable = page is None or page not in self.unmapped
+            # The SMMU's own translation (a fault is recorded, as a probe by the
+            # device would be): only where the doorbell should be reachable.
+            pa = vmm.smmu_pa(addr, dev) if reachable else None
+            out.append(VectorObs(dev, vec, addr, data, bool(ctrl & 1),
+                                 self.chosen.get((dev, vec)), pa, reachable=reachable,
+                                 forwarded=(dev, vec) in self.forwarded))
+        return out
+
+    # -- the VMM's design-specific hand-down ----------------------------------------------
+
+    def hand_down(self, dev: int, vecs: list[int]) -> None:
+        """Give the kernel the VMM's chosen addresses, if the design has a way."""
+        vmm = self.vmm
+        iovas = [self.chosen[(dev, v)] for v in vecs]
+        if self.design == "per-vector":
+            for v, iova in zip(vecs, iovas, strict=True):
+                vmm.msi_iova(SET, v, [iova], i=dev)
+        elif self.design == "preset":
+            for v, iova in zip(vecs, iovas, strict=True):
+                vmm.prepare(v, [iova], i=dev)
+
+    def map_doorbell(self, iova: int, dev: int = 0) -> None:
+        """Per-vector only: the VMM maps the doorbell page itself (IOMMU_IOAS_MAP_MSI)."""
+        if self.design == "per-vector":
+            target = VITS_PAGE if self.nested else iova & ~(PAGE - 1)
+            if self.vmm.ctx().ioas(self.vmm.ioas).area_at(target) is None:
+                self.vmm.map_msi(target, dev)
+
+    def enable(self, dev: int, vecs: list[int]) -> int:
+        efds = [self.vmm.k.eventfd() for _ in vecs]
+        rc = self.vmm.set_triggers(vecs[0], [e.fd for e in efds], i=dev)
+        for v, e in zip(vecs, efds, strict=True):
+            self.efds[(dev, v)] = e
+            self.enabled.add((dev, v))
+        return rc
+
+    def attach(self, dev: int) -> None:
+        vmm = self.vmm
+        if self.nested:
+            maps = {self.slot(n): VITS_PAGE for n in range(DEV_VECTORS + NEW_SLOT)}
+            maps.update({a: a for a in range(RMR[0], RMR[1], PAGE)})   # the IORT RMR
+            vmm.nested(maps, VSID[dev], i=dev)
+        else:
+            if self.hwpt is None:
+                self.hwpt = vmm.hwpt_alloc(vmm.ioas, i=dev)
+            vmm.attach(self.hwpt, dev)
+
+    # -- the steps ------------------------------------------------------------------------
+
+    def step_setup(self, obs: StepObs) -> None:
+        self.vmm = Vmm(self.design, smmu="nested" if self.nested else "s1", n=2,
+                       devices=[{"msix": DEV_VECTORS}] * 2, ram_size=RAM_SIZE, gicv4=True)
+        self._hook_gic()
+        self.vmm.bind(0)
+        self.attach(0)
+        for v in range(NVEC):
+            self.chosen[(0, v)] = self.slot(v)
+            self.map_doorbell(self.slot(v))
+        self.hand_down(0, list(range(NVEC)))
+
+    def step_enable(self, obs: StepObs) -> None:
+        self.compose(obs, "enable 4 vectors", lambda: self.enable(0, list(range(NVEC))))
+
+    def fire_all(self, obs: StepObs) -> None:
+        for dev, vec in sorted(self.enabled):
+            self.fire(obs, dev, vec)
+
+    def step_fire_all(self, obs: StepObs) -> None:
+        self.fire_all(obs)
+
+    def step_affinity(self, obs: StepObs) -> None:
+        k = self.vmm.k
+        for mask in ("2", "4", "1"):
+            for v in range(NVEC):
+                path = f"/proc/irq/{self.vmm.irq(v)}/smp_affinity"
+                self.compose(obs, f"smp_affinity {mask} of vector {v}",
+                             lambda p=path, m=mask: k.proc_write(p, m))
+        self.fire_all(obs)
+
+    def step_two_step(self, obs: StepObs) -> None:
+        vmm = self.vmm
+        new = self.slot(NEW_SLOT)
+        self.chosen[(0, 2)] = new
+        self.map_doorbell(new)
+        self.hand_down(0, [2])
+        if self.design == "per-vector":
+            path = f"/proc/irq/{vmm.irq(2)}/smp_affinity"
+            self.compose(obs, "smp_affinity after VFIO_DEVICE_MSI_IOVA SET",
+                         lambda: vmm.k.proc_write(path, "8"))
+        else:
+            # What the thread's second step (an affinity set) does here: noted, then the
+            # design's own way (re-enable) is what the step is judged on.
+            vmm.k.proc_write(f"/proc/irq/{vmm.irq(2)}/smp_affinity", "8")
+            addr = vmm.entry(2)[0]
+            if addr != new | MSG_LOW:
+                obs.notes.append(f"after the hand-down and an affinity set vector 2 still "
+                                 f"writes {addr:#x} (chose {new | MSG_LOW:#x}); it takes a "
+                                 "re-enable of MSI-X")
+            vmm.disable()
+            for v in range(NVEC):
+                self.enabled.discard((0, v))
+            self.compose(obs, "re-enable", lambda: self.enable(0, list(range(NVEC))))
+        self.fire_all(obs)
+
+    def step_gicv4(self, obs: StepObs) -> None:
+        vmm = self.vmm
+        g = self.guest = KvmGuest(vmm)
+        g.map_device(VSID[0], {0: (VINTID, 0)})
+        g.route(1, VSID[0], 0)
+        self.compose(obs, "KVM_IRQFD (vLPI map)", lambda: g.irqfd(self.efds[(0, 0)].fd, 1))
+        lpi = g.kvm.lpis.get(VINTID)
+        if lpi is not None and lpi.hw:
+            self.forwarded[(0, 0)] = VINTID
+            self.vcpu_of[(0, 0)] = 0                 # collection 0 -> vCPU 0
+        else:
+            obs.notes.append("KVM did not forward vector 0")
+        self.fire(obs, 0, 0)
+        self.compose(obs, "guest MOVI (vLPI move)",
+                     lambda: g.cmds(its_cmd("MOVI", VSID[0], 0, icid=1)))
+        if (0, 0) in self.vcpu_of:
+            self.vcpu_of[(0, 0)] = 1                 # collection 1 -> vCPU 1
+        self.fire_all(obs)
+
+    def step_undescribed(self, obs: StepObs) -> None:
+        vmm = self.vmm
+        v = NVEC
+        before = vmm.entry(v)[0]
+        e = vmm.k.eventfd()
+        rc = errno_of(vmm.set_triggers, v, [e.fd])
+        if rc == 0:
+            self.efds[(0, v)] = e
+            self.enabled.add((0, v))
+        obs.undescribed.append(UndescribedObs(0, v, rc, before, vmm.entry(v)[0]))
+
+    def step_second_device(self, obs: StepObs) -> None:
+        vmm = self.vmm
+        vmm.bind(1)
+        self.attach(1)
+        for v in range(2):
+            self.chosen[(1, v)] = self.slot(v)
+        self.hand_down(1, [0, 1])
+        self.compose(obs, "enable device 1", lambda: self.enable(1, [0, 1]))
+        self.fire(obs, 1, 0)
+        self.fire(obs, 1, 1)
+        addr, data, _ = vmm.entry(1, 0)
+        self.fire(obs, 1, 1, expect="foreign", write=(addr, data))
+        ev = vmm.smmu_events()
+        r = vmm.m.bus.dma_write(vmm.k.pci.devices[0].rid, OUTSIDE, 0xDEAD)
+        self._pump()
+        obs.dma.append(DmaObs(OUTSIDE, r.ok, vmm.smmu_events() - ev))
+
+    def step_unmap(self, obs: StepObs) -> None:
+        vmm = self.vmm
+        v = 1
+        page = self.ipa_page(vmm.entry(v)[0])
+        rc = errno_of(vmm.unmap, page) if page is not None else errno.ENOENT
+        if rc == 0:
+            self.unmapped.add(page)
+            self.fire(obs, 0, v, expect="fault")
+        else:
+            obs.notes.append(f"IOMMU_IOAS_UNMAP of the doorbell page: "
+                             f"{errno.errorcode[rc]} (the kernel mapped it, not the VMM)")
+            self.fire(obs, 0, v)
+
+    def step_close(self, obs: StepObs) -> None:
+        vmm = self.vmm
+        if self.guest is not None:
+            self.guest.close()
+        for f in vmm.files:
+            f.close()
+        vmm.ictx.close()
+        for e in self.efds.values():
+            e.close()
+        self.enabled.clear()
+        k = vmm.k
+        if k.user_mm.pinned:
+            obs.leftovers.append(f"{len(k.user_mm.pinned)} user pages still pinned")
+        for n, dom in enumerate(self.domains):
+            pg = getattr(dom, "pgtbl", None)
+            if pg is not None and not getattr(dom, "freed", False) and pgtable_leaves(pg):
+                obs.leftovers.append(f"domain {n} still maps {len(pgtable_leaves(pg))} pages")
+        for pdev in k.pci.devices[:2]:
+            if pdev.msix_enabled:
+                obs.leftovers.append(f"{pdev.bdf}: MSI-X still enabled")
+
+    STEP_FNS = ("step_setup", "step_enable", "step_fire_all", "step_affinity",
+                "step_two_step", "step_gicv4", "step_undescribed", "step_second_device",
+                "step_unmap", "step_close")
+
+    def run(self) -> list[StepObs]:
+        """Run every step, observing after each: the list of observations."""
+        out = []
+        for name, fn in zip(STEPS, self.STEP_FNS, strict=True):
+            obs = StepObs(name)
+            try:
+                getattr(self, fn)(obs)
+            except OSError as e:
+                obs.notes.append(f"the VMM's call failed: {errno.errorcode.get(e.errno, e.errno)}"
+                                 f" {e}")
+            obs.vectors = self.vectors() if self.vmm is not None and name != "close all fds" \
+                else []
+            out.append(obs)
+        return out
+
+
+# -- the table ---------------------------------------------------------------------------------
+
+
+def judge(observations: list[StepObs]) -> dict[str, dict[str, Any]]:
+    """The first step that broke each invariant (``step`` None: none did)."""
+    results: dict[str, dict[str, Any]] = {}
+    for inv in INVARIANTS:
+        results[inv] = {"ok": True, "step": None, "detail": ""}
+        for obs in observations:
+            detail = CHECKERS[inv](obs)
+            if detail is not None:
+                results[inv] = {"ok": False, "step": obs.step, "detail": detail}
+                break
+    return results
+
+
+def run_row(design: str, smmu: str) -> dict[str, Any]:
+    """One row of the table: a real run of the scenario, judged."""
+    obs = Scenario(design, smmu).run()
+    notes = [f"{o.step}: {n}" for o in obs for n in o.notes]
+    return {"design": design, "smmu": smmu, "results": judge(obs), "notes": notes}
+
+
+def x86_per_vector_note() -> str:
+    """What VFIO_DEVICE_MSI_IOVA answers on x86 (a real call)."""
+    from .machine import X86Pc
+
+    vmm = Vmm(machine=X86Pc(remapping=True, devices=[{"msix": NVEC}]))
+    vmm.bind()
+    vmm.attach()
+    rc = errno_of(vmm.msi_iova, SET, 0, [0x2000_0000])
+    name = ("EOPNOTSUPP" if rc == errno.EOPNOTSUPP else errno.errorcode.get(rc, str(rc))) \
+        if rc else "success"
+    return (f"x86 (X86Pc(remapping=True)): VFIO_DEVICE_MSI_IOVA -> {name} "
+            "(MSIs are not translated by the IOMMU there)")
+
+
+def compare(designs: tuple[str, ...] = MSI_DESIGNS,
+            smmus: tuple[str, ...] = SMMUS) -> dict[str, Any]:
+    """The whole table as a JSON-ready dict."""
+    return {"designs": list(designs), "smmus": list(smmus), "invariants": list(INVARIANTS),
+            "steps": list(STEPS),
+            "rows": [run_row(d, s) for d in designs for s in smmus],
+            "notes": [x86_per_vector_note()]}
+
+
+def render(table: dict[str, Any], out: TextIO) -> None:
+    """Print the table: one row per design x SMMU, a cell per invariant (ok, or the
+    step that first broke it); the details under it."""
+    short = {"routing": "routing", "delivery": "delivery", "address stability": "stability",
+             "no allocation on compose": "no-alloc", "no silent fallback": "no-fallback",
+             "isolation": "isolation"}
+    head = ["design", "smmu"] + [short[i] for i in table["invariants"]]
+    cells = [[r["design"], r["smmu"]] + [
+        "ok" if r["results"][i]["ok"] else "BROKEN: " + r["results"][i]["step"]
+        for i in table["invariants"]] for r in table["rows"]]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *cells, strict=True)]
+
+    def line(row: list[str]) -> str:
+        return " | ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)).rstrip()
+
+    out.write(line(head) + "\n")
+    out.write("-+-".join("-" * w for w in widths) + "\n")
+    for row in cells:
+        out.write(line(row) + "\n")
+    out.write("\n")
+    for r in table["rows"]:
+        for inv in table["invariants"]:
+            res = r["results"][inv]
+            if not res["ok"]:
+                out.write(f"{r['design']}/{r['smmu']} {inv} at '{res['step']}': "
+                          f"{res['detail']}\n")
+    for r in table["rows"]:
+        for n in r.get("notes", []):
+            out.write(f"{r['design']}/{r['smmu']} note, {n}\n")
+    for n in table.get("notes", []):
+        out.write(n + "\n")
+
+
+def main(out: TextIO, as_json: bool = False) -> int:
+    """``pymsi compare [--json]``."""
+    table = compare()
+    if as_json:
+        json.dump(table, out, indent=2)
+        out.write("\n")
+    else:
+        render(table, out)
+    return 0
+
+
+__all__ = ["CHECKERS", "INVARIANTS", "SMMUS", "STEPS", "Scenario", "StepObs", "compare",
+           "judge", "main", "render", "run_row"]
