@@ -48,7 +48,6 @@ from hypothesis.stateful import (
     rule,
 )
 from test_kvm_vgic import ITT, LPI, Guest, mapc, mapd, mapti, movi
-from test_msi_designs import GuestMem
 
 from pymsi.core import Prot
 from pymsi.core.pgtable import IoPgtable, TableAllocator
@@ -57,6 +56,7 @@ from pymsi.machine import ArmVirt
 from pymsi.uapi import iommufd as u
 from pymsi.uapi import kvm as K
 from pymsi.uapi import vfio as V
+from pymsi.vmmlib import GuestMem
 
 from kernel_util import errno_of
 from smmu_driver import cd_words, pack
