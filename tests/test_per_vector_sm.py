@@ -704,14 +704,30 @@ class VectorMachine(RuleBasedStateMachine):
         w.devids[0] = w.bind(0)
         w.attach(w.nested if self.mode == "nested" else w.parent)
 
-    @rule(go=st.integers(0, 3))
-    def close_everything_and_rebuild(self, go):
+    @rule(go=st.integers(0, 3),
+          order=st.permutations(["iommufd", "devices", "eventfds", "vm"]))
+    def close_everything_and_rebuild(self, go, order):
+        """close(2) of every file, in any order: the references each holds (a bound
+        device holds its iommufd, VFIO and KVM hold eventfd contexts) make the
+        order irrelevant to what is left: nothing."""
         if go:                                       # rarer than the other rules
             return
         w = self.w
+        event(f"closed first: {order[0]}")
         for v in sorted(self.trig):
             self.deactivate(v)
-        for f in list(w.k.files.fds.values()):
+        groups = {"iommufd": [w.ictx], "devices": list(w.files),
+                  "eventfds": [e for e in list(self.exp) + list(self.trig.values())
+                               if e is not None]}
+        for what in order:
+            if what == "vm":
+                if w.guest is not None:
+                    w.close_guest()
+                continue
+            for f in groups[what]:
+                if self.is_open(f):
+                    f.close()
+        for f in list(w.k.files.fds.values()):       # whatever else the VMM had open
             if f is not None:
                 f.close()
         w.guest = None
