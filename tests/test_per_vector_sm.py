@@ -290,6 +290,7 @@ class VectorMachine(RuleBasedStateMachine):
         self.unknown: list[int] = []            # deliveries whose target the model can't say
         self.mapped: set[int] = set()           # doorbell IOVAs the VMM mapped in IOAS 1
         self.kexp: dict[int, int] = {}          # host IRQ -> expected count of interrupts
+        self.col = {v: v % 2 for v in range(NVEC)}   # the guest's collections (vCPUs)
         self.reset_device()
         self.mode = "paging"
         if self.start == "nested":
@@ -306,7 +307,6 @@ class VectorMachine(RuleBasedStateMachine):
         self.alloc: set[int] = set()
         self.trig: dict = {}                    # vector -> eventfd File
         self.irqfd: dict = {}                   # vector -> eventfd File bound by KVM_IRQFD
-        self.col = {v: v % 2 for v in range(NVEC)}
         self.enabled = False
         self.no_producer: set[int] = set()
 
@@ -785,6 +785,7 @@ class VectorMachine(RuleBasedStateMachine):
         self.faults = w.faults()
         self.vlpi.clear()
         self.mapped.clear()
+        self.col = {v: v % 2 for v in range(NVEC)}
         self.reset_device()
         self.mode = "paging"
         self.vmm_setup(redo)
@@ -889,16 +890,16 @@ def _machine(design: str, start: str):
 PerVectorPaging = _machine("per-vector", "paging")
 PerVectorNested = _machine("per-vector", "nested")
 TestPerVectorPaging = PerVectorPaging.TestCase
-TestPerVectorPaging.settings = _settings(40, 40)
+TestPerVectorPaging.settings = _settings(100, 40)
 TestPerVectorNested = PerVectorNested.TestCase
-TestPerVectorNested.settings = _settings(40, 40)
+TestPerVectorNested.settings = _settings(100, 40)
 
 for _design in ("sw-msi", "preset", "dma-cookie"):
     for _start in ("paging", "nested"):
         _cls = _machine(_design, _start)
         _name = f"Test{_design.title().replace('-', '')}{_start.title()}"
         globals()[_name] = _cls.TestCase
-        globals()[_name].settings = _settings(10, 25)
+        globals()[_name].settings = _settings(25, 30)
 
 
 def replay(cls, steps) -> VectorMachine:
