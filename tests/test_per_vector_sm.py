@@ -890,9 +890,9 @@ def _machine(design: str, start: str):
 PerVectorPaging = _machine("per-vector", "paging")
 PerVectorNested = _machine("per-vector", "nested")
 TestPerVectorPaging = PerVectorPaging.TestCase
-TestPerVectorPaging.settings = _settings(100, 40)
+TestPerVectorPaging.settings = _settings(40, 40)
 TestPerVectorNested = PerVectorNested.TestCase
-TestPerVectorNested.settings = _settings(100, 40)
+TestPerVectorNested.settings = _settings(40, 40)
 
 for _design in ("sw-msi", "preset", "dma-cookie"):
     for _start in ("paging", "nested"):
