@@ -194,6 +194,8 @@ class VfioPciCore:
             raise fail(EINVAL, "another interrupt type is enabled")
         if flags & V.VFIO_IRQ_SET_DATA_EVENTFD:
             if self.irq_type == index:
+                # Every vector getting a trigger: a live one is started again
+                # (request_irq), which must not revive an address userspace cleared.
                 self.check_msi_iovas(index, [start + i for i, fd in enumerate(data)
                                              if fd >= 0])
                 self.set_block(start, data, msix)
