@@ -86,9 +86,9 @@ class Vmm(vmmlib.Vmm):
                 self.m.its.stats.get("command_errors"))
 
 
-def live_per_vector() -> Vmm:
+def live_per_vector(machine=None) -> Vmm:
     """A bound, attached per-vector device with every vector described and MSI-X on."""
-    vmm = Vmm("per-vector")
+    vmm = Vmm("per-vector") if machine is None else Vmm(machine=machine)
     vmm.bind()
     vmm.attach()
     vmm.per_vector()
@@ -703,12 +703,8 @@ def test_attach_rewrites_live_vectors_from_the_table():
 def test_vcpu_affinity_forces_the_rewrite():
     from pymsi.kernel.gic import ItsVpe, VcpuCmd, VcpuInfo
 
-    m = ArmVirt(gicv4=True, devices=[{"msix": NVEC}], msi_design="per-vector")
-    vmm = Vmm(machine=m)
-    vmm.bind()
-    vmm.attach()
-    vmm.per_vector()
-    assert vmm.enable() == 0
+    vmm = live_per_vector(
+        ArmVirt(gicv4=True, devices=[{"msix": NVEC}], msi_design="per-vector"))
     k = vmm.k
     new = 0x2900_0000
     vmm.map_msi(new)
@@ -723,12 +719,8 @@ def test_vcpu_affinity_forces_the_rewrite():
 def test_vcpu_affinity_of_a_cleared_vector_is_refused_before_the_its():
     from pymsi.kernel.gic import ItsVpe, VcpuCmd, VcpuInfo
 
-    m = ArmVirt(gicv4=True, devices=[{"msix": NVEC}], msi_design="per-vector")
-    vmm = Vmm(machine=m)
-    vmm.bind()
-    vmm.attach()
-    vmm.per_vector()
-    assert vmm.enable() == 0
+    vmm = live_per_vector(
+        ArmVirt(gicv4=True, devices=[{"msix": NVEC}], msi_design="per-vector"))
     k = vmm.k
     vmm.msi_iova(CLEAR, 0, count=1)
     vpt, vprop = k.mm.alloc(0x10000, 0x10000), k.mm.alloc(0x10000, 0x1000)

@@ -120,8 +120,8 @@ def test_unbound_file_refuses_everything_but_bind(mk):
     assert f.f_count == 1                        # the failed binds kept no reference
 
 
-def test_bind_with_an_iommufd_stores_the_devid(mk):
-    m, k = mk
+def fake_iommufd(k):
+    """Stand in for iommufd: every bind answers device id 7; returns the calls seen."""
     seen = []
 
     class FakeIommufd:
@@ -130,6 +130,12 @@ def test_bind_with_an_iommufd_stores_the_devid(mk):
             return 7
 
     k.iommufd = FakeIommufd()
+    return seen
+
+
+def test_bind_with_an_iommufd_stores_the_devid(mk):
+    m, k = mk
+    seen = fake_iommufd(k)
     to_vfio(k)
     f = k.open("/dev/vfio/devices/vfio0")
     other = k.eventfd()
@@ -144,14 +150,7 @@ def test_bind_with_an_iommufd_stores_the_devid(mk):
 
 def test_bind_negative_iommufd_and_vf_token_on_a_plain_pf_are_einval(mk):
     m, k = mk
-    seen = []
-
-    class FakeIommufd:
-        def bind_device(self, ictx, pdev):
-            seen.append((ictx, pdev))
-            return 7
-
-    k.iommufd = FakeIommufd()
+    seen = fake_iommufd(k)
     to_vfio(k)
     f = k.open("/dev/vfio/devices/vfio0")
     other = k.eventfd()
