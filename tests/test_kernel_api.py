@@ -601,7 +601,8 @@ class KernelApi(RuleBasedStateMachine):
         if n is not None:
             # irq_calc_affinity_vectors() takes unsigned counts: with PCI_IRQ_AFFINITY a
             # max_vecs of -1 is 0xffffffff and the CPU count bounds the answer instead.
-            assert len(dev.msi_descs) == n and n <= (hi & 0xFFFF_FFFF) and n >= min(lo, n)
+            bound = hi if hi >= 0 else self.k.ncpus
+            assert len(dev.msi_descs) == n and n <= bound and n >= min(lo, n)
             assert dev.msi_enabled != dev.msix_enabled
 
     @rule(i=devs)
