@@ -18,6 +18,7 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
+from pymsi.kernel.base import fail
 from pymsi.kernel.irqbypass import IrqBypass, IrqBypassConsumer, IrqBypassProducer, irqbypass_of
 from pymsi.machine import ArmVirt
 from pymsi.uapi import kvm as K
@@ -970,3 +971,28 @@ def test_mapc_and_movall_check_vcpu_ids_not_the_count(k):
     g.cmds(mapc(0, 9, v=0))                                     # V=0, target 9: no error
     assert len(g.its.errors) == 2
     assert g.signal(1, 0) != 1                                  # the collection is gone
+
+
+def test_guest_movi_the_host_refuses_is_done_for_the_guest_and_logged(v4, monkeypatch):
+    """A host that refuses to move a forwarded vLPI (its_map_vlpi fails, e.g. the
+    per-vector design without an entry) does not fail the guest's command: KVM
+    ignores a command handler's error, the queue goes on, the vLPI stays put."""
+    m, k, f = v4
+    efd = k.eventfd()
+    set_triggers(f, [efd])
+    g = guest_for_device(k)
+    g.route(1, GUEST_DEVID, 0)
+    g.irqfd(efd.fd, 1)
+    vpe0 = g.kvm.vpes[0]
+
+    def refuse(host_irq, irq):
+        raise fail(errno.ENOENT, "no MSI address")
+
+    monkeypatch.setattr(g.kvm, "map_vlpi", refuse)
+    since = k.its.cmd_write
+    g.cmds(movi(GUEST_DEVID, 0, 1))
+    assert g.rd(CREADR) == g.rd(CWRITER)
+    assert VMOVI not in ops(host_commands(k, since))
+    assert any("moving vLPI" in line for line in k.log)
+    fire(m, k, 0)
+    assert m.gic.pending_bit(vpe0.vpt, LPI + 5) is True

@@ -977,3 +977,25 @@ def test_second_msi_cookie_on_a_domain_is_eexist():
     other = vmm.k.iommu.domain_alloc_paging(pdev)
     other.cookie_type = IommuCookieType.IOMMUFD
     assert errno_of(vmm.k.dma_iommu.get_msi_cookie, other, MSI_IOVA_BASE) == EEXIST
+
+
+def test_unforwarding_a_cleared_vector_is_never_refused_and_masks_it():
+    """Taking a vLPI back from the vCPU cannot be refused (KVM has already let it go):
+    under per-vector a vector whose entry was cleared meanwhile goes back to its host
+    LPI and is masked by the forced rewrite, never aimed at another address."""
+    from pymsi.hw import its as I
+    from pymsi.kernel.gic import ItsVpe, VcpuCmd, VcpuInfo
+
+    vmm = live_per_vector(
+        ArmVirt(gicv4=True, devices=[{"msix": NVEC}], msi_design="per-vector"))
+    k = vmm.k
+    vpt, vprop = k.mm.alloc(0x10000, 0x10000), k.mm.alloc(0x10000, 0x1000)
+    vpe = ItsVpe(vpe_id=1, vpt=vpt, vprop=vprop, col=1)
+    k.irq.irq_set_vcpu_affinity(vmm.irq(0), VcpuInfo(VcpuCmd.MAP_VLPI, vpe, vintid=8192))
+    vmm.msi_iova(CLEAR, 0, count=1)
+    before = vmm.entry(0)
+    sent = its_cmds(vmm)
+    k.irq.irq_set_vcpu_affinity(vmm.irq(0), VcpuInfo(VcpuCmd.UNMAP_VLPI))
+    assert I.Cmd.MAPTI in sent                     # back on its host LPI
+    assert vmm.entry(0)[:2] == before[:2] and vmm.entry(0)[2] & 1
+    assert any("masked" in line for line in k.log)

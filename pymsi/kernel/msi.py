@@ -177,9 +177,17 @@ class PciMsiChip(IrqChip):
     def irq_set_vcpu_affinity(self, d: IrqData, info: Any) -> None:
         """irq_chip_set_vcpu_affinity_parent(), then the per-vector forced rewrite
         (the KVM vLPI map / move path changes the interrupt behind VFIO's back).
-        Per-vector: a started vector without a table entry is refused with ENOENT
-        before the parent is asked (no VMAPTI / VMOVI sent)."""
+        Per-vector: mapping or moving a started vector without a table entry is
+        refused with ENOENT before the parent is asked (no VMAPTI / VMOVI sent);
+        taking it back from the vCPU (UNMAP_VLPI) is never refused — KVM cannot
+        keep it — and the rewrite after it masks a vector without an entry."""
+        from .gic import VcpuCmd
+
         desc = d.common.msi_desc
+        if getattr(info, "cmd", None) == VcpuCmd.UNMAP_VLPI:
+            super().irq_set_vcpu_affinity(d, info)
+            self.layer.force_rewrite(desc)
+            return
         saved = self.layer.lookup_first(d)
         try:
             super().irq_set_vcpu_affinity(d, info)

@@ -323,7 +323,12 @@ class VgicItsEmul:
         new vCPU's vPE (its_map_vlpi: the ITS driver moves it with VMOVI)."""
         irq.target_vcpu = vcpu
         if irq.hw and vcpu is not None:
-            self.kvm.map_vlpi(irq.host_irq, irq)
+            try:
+                self.kvm.map_vlpi(irq.host_irq, irq)
+            except KernelError as e:
+                # KVM ignores a command handler's error (the guest sees the command
+                # done); the host refused to move the vLPI, which stays where it was.
+                self.kvm.kernel.printk(f"kvm: moving vLPI {irq.intid} failed: {e}")
 
     def _free_ite(self, dev: ItsDev, ite: ItsIte) -> None:
         """its_free_ite(): a forwarded LPI is unmapped from its vPE, the LPI dropped."""
