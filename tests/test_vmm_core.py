@@ -173,3 +173,222 @@ def test_alias_matches_the_oracle(core, seq):
 def test_alias_c_matches_python(backends, seq):
     c, py = backends
     assert run_ops(c, seq) == run_ops(py, seq)
+
+
+# -- Kernel.pagemap and the VMM's guest RAM ---------------------------------------------------
+
+import errno  # noqa: E402
+
+from pymsi.machine import ArmVirt  # noqa: E402
+from pymsi.vmm.memory import GuestRam, guest_memory, host_pfns  # noqa: E402
+
+SMALL_RAM = 0x40_0000          # 4 MiB: enough for the guest kernel's GIC / ITS tables
+
+
+def errno_of(fn, *args):
+    try:
+        fn(*args)
+    except OSError as e:
+        return e.errno
+    return 0
+
+
+@pytest.fixture
+def host():
+    m = ArmVirt(smmu="nested")
+    return m, m.boot()
+
+
+def test_pagemap(host):
+    m, k = host
+    va = k.mmap(3 * PAGE)
+    assert errno_of(k.pagemap, va - PAGE) == errno.EFAULT
+    assert errno_of(k.pagemap, va + 3 * PAGE) == errno.EFAULT
+    assert k.pagemap(va + PAGE) is None                # mapped, never touched
+    k.user_write(va + PAGE + 5, b"x")
+    pfn = k.pagemap(va + PAGE + 0xFFF)
+    assert m.ram.read(pfn * PAGE + 5, 1) == b"x"       # the host page really holds it
+    assert k.pagemap(va) is None
+    assert errno_of(host_pfns, k, va, 2) == errno.EINVAL
+
+
+def test_guest_memory_is_the_vmm_pages(host):
+    m, k = host
+    ram = GuestRam(k, m.ram, 0x4000_0000, SMALL_RAM)
+    assert ram.mem.regions == [(0x4000_0000, SMALL_RAM)]
+    assert ram.mem.backend == m.ram.backend
+    # the guest writes, the VMM reads its user memory, and back
+    ram.mem.write(0x4000_0000 + 0x12345, b"guest")
+    assert k.user_read(ram.va + 0x12345, 5) == b"guest"
+    k.user_write(ram.va + SMALL_RAM - 4, b"vmm!")
+    assert ram.mem.read(0x4000_0000 + SMALL_RAM - 4, 4) == b"vmm!"
+    assert ram.hva(0x4000_0000 + 0x2000) == ram.va + 0x2000
+    # distinct host pages, none of them shared with the host kernel's own allocations
+    assert len(set(ram.pfns)) == SMALL_RAM // PAGE
+    assert not ram.mem.is_ram(0x4000_0000 + SMALL_RAM, 1)
+
+
+def test_guest_ram_registered_with_kvm_and_the_ioas(host):
+    """KVM's memory slot and the IOAS (stage 2) reach the very bytes the guest wrote."""
+    from pymsi.kernel.kvm import Kvm
+    from pymsi.uapi import iommufd as u
+    from pymsi.uapi import kvm as K
+
+    m, k = host
+    ram = GuestRam(k, m.ram, 0x4000_0000, SMALL_RAM)
+    ictx = k.open("/dev/iommu")
+    a = u.IommuIoasAlloc()
+    ictx.ioctl(u.IOMMU_IOAS_ALLOC, a)
+    ram.ioas_map(ictx, a.out_ioas_id)
+    kvm_dev = k.open("/dev/kvm")
+    vm = kvm_dev.ioctl(K.KVM_CREATE_VM, 0)
+    ram.kvm_set_user_memory_region(vm, 0)
+    ram.mem.write(0x4000_0000 + 0x3000, b"\x11\x22\x33\x44")
+    kvm = k.fget(vm).private_data
+    assert isinstance(kvm, Kvm)
+    assert kvm.read_guest(0x4000_0000 + 0x3000, 4) == b"\x11\x22\x33\x44"
+    ioas = ictx.private_data.ioas(a.out_ioas_id)
+    # the IOAS pinned the same host frames the guest view aliases
+    for i in (0, 3, SMALL_RAM // PAGE - 1):
+        assert ioas.iova_to_phys(0x4000_0000 + i * PAGE) == ram.pfns[i] * PAGE
+    assert m.ram.read(ram.pfns[3] * PAGE, 4) == b"\x11\x22\x33\x44"
+
+
+def test_guest_memory_rejects_non_ram_host_frames(host):
+    m, _ = host
+    with pytest.raises(errors.InvalidArgument):
+        guest_memory(m.ram, [(0x4000_0000, [0x1])])     # PFN 1 is not host RAM
+
+
+# -- the guest boots on the VMM's board; MSIs reach its handlers ------------------------------
+
+from pymsi.hw.its import Cmd  # noqa: E402
+from pymsi.kernel.pci_endpoint_test import PciEndpointTestDriver  # noqa: E402
+from pymsi.machine.platforms import make_function  # noqa: E402
+from pymsi.uapi import kvm as K  # noqa: E402
+from pymsi.vmm.vmm import Vmm  # noqa: E402
+from pymsi.vmmlib import msi_route  # noqa: E402
+
+DOORBELL = 0x0809_0040        # the guest's vITS GITS_TRANSLATER (QEMU virt)
+
+
+class Guest:
+    """A host, a VMM with ``ncpus`` vCPUs, one VMM-emulated MSI-X function on the guest's
+    PCI bus (nothing assigned), the guest booted with the endpoint test driver bound."""
+
+    def __init__(self, ncpus: int = 2, nvec: int = 4, gicv4: bool = False) -> None:
+        self.m = ArmVirt(smmu="nested", gicv4=gicv4)
+        self.k = self.m.boot()
+        self.vmm = Vmm(self.k, self.m.ram, ncpus=ncpus, ram_size=SMALL_RAM)
+        self.board = self.vmm.realize()
+        self.fn = self.board.pci.add(make_function(0, 1, {"msix": nvec}))
+        self.g = self.vmm.boot_guest()
+        self.drv = PciEndpointTestDriver(self.g).register()
+        self.t = self.drv.tests[self.g.pci.devices[0]]
+
+    def irq(self, v):
+        return self.t.irqs[v]
+
+    def cpu_of(self, v):
+        """The vCPU the guest says vector ``v`` is on (/proc/irq/N/effective_affinity)."""
+        mask = int(self.g.proc_read(f"/proc/irq/{self.irq(v)}/effective_affinity"), 16)
+        assert mask & (mask - 1) == 0 and mask
+        return mask.bit_length() - 1
+
+    def run(self):
+        self.board.bus.drain()
+        return self.g.handle_interrupts()
+
+
+def test_guest_boots_on_kvm():
+    t = Guest(ncpus=3)
+    log = "\n".join(t.g.log)
+    assert "GICv3: 16 bits of IDs, LPIs on, 3 redistributors" in log
+    assert "ITS@0x8080000: 16-bit DeviceIDs" in log and "GICv3" in log
+    assert t.g.gic.version == 3 and t.g.gic.rd_base == {
+        0: 0x080A_0000, 1: 0x080C_0000, 2: 0x080E_0000}
+    kvm = t.k.fget(t.vmm.vm_fd).private_data
+    vits = kvm.its_list()[0]
+    assert vits.enabled and not vits.errors
+    # its_cpu_init_collections(): collection n on vCPU n, through KVM's MAPC
+    assert {c: col.target_addr for c, col in vits.collections.items()} == {0: 0, 1: 1, 2: 2}
+    assert all(v.lpis_enabled for v in kvm.vcpus.values())
+    # the guest's tables live in guest RAM, i.e. in the VMM's pages
+    assert t.vmm.ram.contains(t.g.its.cmdq, 0x10000)
+
+
+def test_device_msi_reaches_the_guest_handler_on_its_vcpu():
+    t = Guest(ncpus=2, nvec=4)
+    assert t.t.nvec == 4
+    for v in range(4):
+        addr, data, ctrl = t.fn.msix_entry(v)
+        assert (addr, data, ctrl) == (DOORBELL, v, 0)      # no vIOMMU: the raw doorbell
+    for v in range(4):
+        t.fn.notify(v)
+        assert t.run() == 1
+        assert t.t.hits[-1] == (v, t.cpu_of(v))
+    assert sorted(t.t.hits) == [(v, t.cpu_of(v)) for v in range(4)]
+    assert {c for _, c in t.t.hits} == {0, 1}              # spread over both vCPUs
+    assert t.board.its_window.stats == {"msis": 4, "msi_errors": 0}
+    assert t.run() == 0                                    # nothing left
+
+
+def test_signal_msi_and_irqfd_reach_the_guest():
+    t = Guest(ncpus=2, nvec=2)
+    rid = t.fn.rid
+    assert t.vmm.signal_msi(DOORBELL, 1, rid) == 1
+    t.run()
+    assert t.t.hits == [(1, t.cpu_of(1))]
+    # an irqfd on a GSI routed to (doorbell, EventID 0, DeviceID rid)
+    k, vm = t.k, t.vmm.vm_fd
+    k.ioctl(vm, K.KVM_SET_GSI_ROUTING, K.KvmIrqRouting(nr=1, entries=[msi_route(5, rid, 0)]))
+    efd = k.eventfd()
+    k.ioctl(vm, K.KVM_IRQFD, K.KvmIrqfd(fd=efd.fd, gsi=5))
+    efd.write(1)
+    assert t.run() == 1
+    assert t.t.hits[-1] == (0, t.cpu_of(0))
+    # an MSI for an event the guest never mapped is taken by nobody
+    assert t.vmm.signal_msi(DOORBELL, 7, rid) == 0
+    assert t.vmm.signal_msi(DOORBELL, 0, rid + 1) == 0
+    assert t.run() == 0 and len(t.t.hits) == 2
+
+
+def test_guest_movi_moves_the_interrupt_and_keeps_the_message():
+    t = Guest(ncpus=4, nvec=2)
+    before = t.fn.msix_entry(0)
+    kvm = t.k.fget(t.vmm.vm_fd).private_data
+    for cpu in (3, 1, 2, 0, 3):
+        t.g.proc_write(f"/proc/irq/{t.irq(0)}/smp_affinity", f"{1 << cpu:x}")
+        assert t.cpu_of(0) == cpu
+        assert t.fn.msix_entry(0) == before                # MOVI: the message stays
+        t.fn.notify(0)
+        t.run()
+        assert t.t.hits[-1] == (0, cpu)
+    # the vITS followed the guest's MOVIs (KVM's LPI targets)
+    lpi = t.g.irq.desc(t.irq(0)).irq_data.parent_data.hwirq
+    assert kvm.lpis[lpi].target_vcpu == 3
+
+
+def test_vcpu_interface_priorities_and_mask():
+    """Two LPIs pending on one vCPU: the higher priority (lower value) is taken first;
+    ICC_PMR masks what is not above it; a taken LPI is not taken twice."""
+    t = Guest(ncpus=1, nvec=2)
+    g = t.g
+    lpi0 = g.irq.desc(t.irq(0)).irq_data.parent_data.hwirq
+    g.its.write_prop(lpi0, 0x80 | 0b11)                    # priority 0x80, group 1, enabled
+    dev = g.its.devices[t.fn.rid]
+    g.its.send(Cmd.INV,
+               d0=dev.device_id << 32, d1=lpi0 - dev.lpi_base, sync_cpu=0)
+    cpuif = t.board.gic.cpus[0]
+    t.fn.notify(1)
+    t.fn.notify(0)
+    t.board.bus.drain()
+    cpuif.pmr = 0x80                                       # 0x80 and 0xA0 both masked
+    assert not cpuif.irq_pending and g.handle_interrupts() == 0
+    cpuif.pmr = 0x90                                       # only 0x80 passes
+    assert g.handle_interrupts() == 1 and t.t.hits == [(0, 0)]
+    cpuif.pmr = 0xF0
+    assert g.handle_interrupts() == 1 and t.t.hits == [(0, 0), (1, 0)]
+    assert cpuif.stats["acks"] == cpuif.stats["eois"] == 2
+    spurious = cpuif.stats["spurious"]
+    assert cpuif.iar1() == 1023 and cpuif.stats["spurious"] == spurious + 1
