@@ -392,3 +392,38 @@ def test_vcpu_interface_priorities_and_mask():
     assert cpuif.stats["acks"] == cpuif.stats["eois"] == 2
     spurious = cpuif.stats["spurious"]
     assert cpuif.iar1() == 1023 and cpuif.stats["spurious"] == spurious + 1
+
+
+# -- firmware RMRs: the guest's IOMMU core identity-maps them ---------------------------------
+
+RMR = (0x0800_0000, 0x0010_0000)
+
+
+@pytest.mark.parametrize("honour", [True, False])
+def test_iort_rmr_is_identity_mapped_in_the_dma_domain(honour):
+    """A kernel booted on firmware describing an RMR maps it 1:1 in each device's DMA
+    domain (and keeps it out of the IOVA allocator); one without RMR support does not."""
+    m = ArmVirt(smmu="s1", devices=[{"msix": 2}])
+    m.iort_rmrs = [RMR]
+    m.honour_rmr = honour
+    k = m.boot()
+    dev = k.pci.devices[0]
+    domain = dev.iommu_group.default_domain
+    rid = dev.rid
+    for off in (0, 0x40, 0x9_0040, RMR[1] - 4):
+        iova = RMR[0] + off
+        mapped = domain.iova_to_phys(iova)
+        hw = m.smmu.translate(rid, iova, write=True).pa      # what the SMMU does with it
+        if honour:
+            assert mapped == iova and hw == iova
+        else:
+            assert mapped is None and hw is None
+    assert domain.iova_to_phys(RMR[0] + RMR[1]) is None       # only the region
+    from pymsi.kernel.iommu import ResvType
+
+    direct = [(r.start, r.length) for r in k.iommu.get_resv_regions(dev)
+              if r.type == ResvType.DIRECT]
+    assert direct == ([RMR] if honour else [])
+    shift = domain.cookie.iovad.shift                         # never handed out for DMA
+    reserved = (RMR[0] >> shift, (RMR[0] + RMR[1] - 1) >> shift)
+    assert (reserved in domain.cookie.iovad.allocated) == honour
