@@ -427,3 +427,56 @@ def test_iort_rmr_is_identity_mapped_in_the_dma_domain(honour):
     shift = domain.cookie.iovad.shift                         # never handed out for DMA
     reserved = (RMR[0] >> shift, (RMR[0] + RMR[1] - 1) >> shift)
     assert (reserved in domain.cookie.iovad.allocated) == honour
+
+
+# -- GICv4: a physical MSI straight into the guest (no KVM on the path) -----------------------
+
+from pymsi.uapi import vfio as V  # noqa: E402
+
+
+def test_gicv4_direct_injection_reaches_the_guest_vcpu():
+    """A host function assigned through vfio-pci (by hand here: the test plays the VMM's
+    vfio part) whose vectors' irqfds are routed to the guest's (DeviceID, EventID): with
+    GICv4 the host LPI becomes a vLPI of the vCPU's vPE; the guest acknowledges it on its
+    vCPU interface from the vPE's pending table, and a guest MOVI moves it (VMOVI)."""
+    m = ArmVirt(smmu="nested", gicv4=True, devices=[{"msix": 4}], msi_design="sw-msi")
+    k = m.boot()
+    vmm = Vmm(k, m.ram, ncpus=2, ram_size=SMALL_RAM)
+    board = vmm.realize()
+    gfn = board.pci.add(make_function(0, 1, {"msix": 4}))    # what the guest sees
+    g = vmm.boot_guest()
+    t = PciEndpointTestDriver(g).register().tests[g.pci.devices[0]]
+    pdev = k.pci.devices[0]
+    k.sysfs_write(f"/sys/bus/pci/devices/{pdev.bdf}/driver_override", "vfio-pci")
+    k.sysfs_write("/sys/bus/pci/drivers/vfio-pci/bind", pdev.bdf)
+    dev = k.open("/dev/vfio/devices/vfio0")
+    dev.ioctl(V.VFIO_DEVICE_BIND_IOMMUFD, V.VfioDeviceBindIommufd(iommufd=vmm.iommufd.fd))
+    dev.ioctl(V.VFIO_DEVICE_ATTACH_IOMMUFD_PT, V.VfioDeviceAttachIommufdPt(pt_id=vmm.ioas_id))
+    efds = [k.eventfd() for _ in range(4)]
+    k.ioctl(vmm.vm_fd, K.KVM_SET_GSI_ROUTING, K.KvmIrqRouting(
+        nr=4, entries=[msi_route(v, gfn.rid, v) for v in range(4)]))
+    for v, e in enumerate(efds):
+        k.ioctl(vmm.vm_fd, K.KVM_IRQFD, K.KvmIrqfd(fd=e.fd, gsi=v))
+    dev.ioctl(V.VFIO_DEVICE_SET_IRQS, V.VfioIrqSet(
+        flags=V.VFIO_IRQ_SET_DATA_EVENTFD | V.VFIO_IRQ_SET_ACTION_TRIGGER,
+        index=V.VFIO_PCI_MSIX_IRQ_INDEX, start=0, count=4, data=[e.fd for e in efds]))
+    pdev.set_master()
+    hw = m.functions[0]
+
+    def fire(v):
+        hw.notify(v)
+        m.bus.drain()
+        k.handle_interrupts()
+        return g.handle_interrupts()
+
+    cpuifs = board.gic.cpus
+    for v in range(4):
+        assert fire(v) == 1
+        assert t.hits[-1] == (v, int(g.proc_read(
+            f"/proc/irq/{t.irqs[v]}/effective_affinity"), 16).bit_length() - 1)
+    assert sum(c.stats["direct_acks"] for c in cpuifs) == 4       # all through the vPE
+    assert [e.f_op.count for e in efds] == [0] * 4                # never through the eventfd
+    for cpu in (1, 0, 1):
+        g.proc_write(f"/proc/irq/{t.irqs[2]}/smp_affinity", f"{1 << cpu:x}")
+        assert fire(2) == 1 and t.hits[-1] == (2, cpu)
+    assert sum(c.stats["direct_acks"] for c in cpuifs) == 7
