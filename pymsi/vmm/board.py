@@ -106,15 +106,25 @@ class VirtBoard:
         self.bus.map(self.ITS, K.KVM_VGIC_V3_ITS_SIZE, self.its_window, "ITS (KVM)",
                      attrs=True)
         self.gic = SimpleNamespace(cpus=cpuifs)
-        self.smmu = smmu
+        self.smmu: Any = None
+        self.emulated_smmu = False
         if smmu is not None:
-            self.bus.map(self.SMMU, 0x2_0000, smmu, "vSMMUv3")
-            if emulated_smmu:
-                self.bus.attach_iommu(0, 0xFFFF, smmu)
+            self.attach_smmu(smmu, emulated_smmu)
         self.pci = PciHost(self.bus, self.ECAM, self.ECAM_BUSES)
         self.msi_design = msi_design
         self.iort_rmrs = [IORT_RMR] if iort_rmrs is None else list(iort_rmrs)
         self.honour_rmr = honour_rmr
+
+    def attach_smmu(self, smmu: Any, emulated: bool) -> None:
+        """Put the vSMMU's registers at 0x09050000; ``emulated``: the VMM translates the
+        DMA (and MSIs) of the functions on the guest's PCI bus through it."""
+        if self.smmu is not None:
+            raise ValueError("the board already has a vSMMU")
+        self.bus.map(self.SMMU, 0x2_0000, smmu, "vSMMUv3")
+        if emulated:
+            self.bus.attach_iommu(0, 0xFFFF, smmu)
+        self.smmu = smmu
+        self.emulated_smmu = emulated
 
     @property
     def kernel_memory(self) -> tuple[int, int]:
