@@ -33,6 +33,9 @@ from pymsi.machine.virtual import DEFAULTS
     ({"devices": [{"msix": 8}, {"msix": 2049}]}, "devices[1].msix"),
     ({"devices": [{"emulated": "no"}]}, "devices[0].emulated"),
     ({"devices": [3]}, "devices[0]"),
+    ({"vsmmu": "accel", "devices": [{"msix": 2}, {"msix": 2, "emulated": True}]},
+     "devices[1].emulated"),
+    ({"vsmmu": "emulated", "devices": [{"msix": 2}]}, "devices[0]"),
 ])
 def test_bad_description_is_a_value_error_naming_it(desc, named):
     with pytest.raises(ValueError, match=named.replace("[", r"\[").replace("]", r"\]")):

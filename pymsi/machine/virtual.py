@@ -113,6 +113,15 @@ def check_description(desc: dict[str, Any]) -> dict[str, Any]:
     if len(devices) > 31:
         raise ValueError("devices: at most 31 (one PCI slot each on bus 0)")
     out["devices"] = [_check_device(i, d) for i, d in enumerate(devices)]
+    for i, d in enumerate(out["devices"]):
+        emulated = d.get("emulated", False)
+        if out["vsmmu"] == "accel" and emulated:       # QEMU: smmuv3-accel refuses them
+            raise ValueError(f"devices[{i}].emulated: an emulated device cannot sit behind "
+                             "an accelerated vSMMU (vsmmu='accel')")
+        if out["vsmmu"] == "emulated" and not emulated:
+            raise ValueError(f"devices[{i}]: an assigned device cannot sit behind an emulated "
+                             "vSMMU (SMMUv3 does not support notification on MAP); use "
+                             "vsmmu='accel' or emulated = true")
     return out
 
 
@@ -175,8 +184,9 @@ class VirtualMachine:
         self.vmm = Vmm(self.host, self.machine.ram, ncpus=d["guest_ncpus"],
                        ram_size=d["guest_ram"], msi_design=self.variant,
                        honour_rmr=d["honour_rmr"])
-        self.board = self.vmm.realize(smmu=self._make_vsmmu(), emulated_smmu=self.vsmmu ==
-                                      "emulated")
+        self.board = self.vmm.realize()
+        if self.vsmmu == "emulated":
+            self.board.attach_smmu(self._vsmmu("emulated"), emulated=True)
         for s in self.slots:
             slot = s.index + 1
             if s.emulated:
@@ -198,10 +208,16 @@ class VirtualMachine:
             "assigned devices need the VMM's vfio-pci device (pymsi.vmm.vfio_pci); "
             "describe the device with emulated = true meanwhile")
 
-    def _make_vsmmu(self) -> Any:
-        if self.vsmmu is None:
-            return None
-        raise NotImplementedError(f"vsmmu={self.vsmmu!r} needs pymsi.vmm.smmuv3")
+    def _vsmmu(self, mode: str, host: Any = None) -> Any:
+        """The VMM's virtual SMMUv3 over guest RAM (QEMU's -device arm-smmuv3[,accel=on])."""
+        from ..vmm.smmuv3 import VirtualSmmuV3
+
+        return VirtualSmmuV3(self.vmm.ram.mem, mode, host, backend=self.desc["backend"])
+
+    @property
+    def vsmmu_model(self) -> Any:
+        """The vSMMU on the guest's board (None without one)."""
+        return None if self.board is None else self.board.smmu
 
     def _assign(self, slot: DeviceSlot, pci_slot: int) -> Any:
         raise NotImplementedError("assigned devices need pymsi.vmm.vfio_pci")
