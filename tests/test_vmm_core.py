@@ -10,7 +10,7 @@ from __future__ import annotations
 import gc
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pymsi import errors
@@ -434,14 +434,16 @@ def test_iort_rmr_is_identity_mapped_in_the_dma_domain(honour):
 from pymsi.uapi import vfio as V  # noqa: E402
 
 
-def test_gicv4_direct_injection_reaches_the_guest_vcpu():
+@pytest.mark.parametrize("pcpus,vcpus", [(4, 2), (2, 5)])
+def test_gicv4_direct_injection_reaches_the_guest_vcpu(pcpus, vcpus):
     """A host function assigned through vfio-pci (by hand here: the test plays the VMM's
     vfio part) whose vectors' irqfds are routed to the guest's (DeviceID, EventID): with
     GICv4 the host LPI becomes a vLPI of the vCPU's vPE; the guest acknowledges it on its
     vCPU interface from the vPE's pending table, and a guest MOVI moves it (VMOVI)."""
-    m = ArmVirt(smmu="nested", gicv4=True, devices=[{"msix": 4}], msi_design="sw-msi")
+    m = ArmVirt(ncpus=pcpus, smmu="nested", gicv4=True, devices=[{"msix": 4}],
+                msi_design="sw-msi")
     k = m.boot()
-    vmm = Vmm(k, m.ram, ncpus=2, ram_size=SMALL_RAM)
+    vmm = Vmm(k, m.ram, ncpus=vcpus, ram_size=SMALL_RAM)
     board = vmm.realize()
     gfn = board.pci.add(make_function(0, 1, {"msix": 4}))    # what the guest sees
     g = vmm.boot_guest()
@@ -476,7 +478,45 @@ def test_gicv4_direct_injection_reaches_the_guest_vcpu():
             f"/proc/irq/{t.irqs[v]}/effective_affinity"), 16).bit_length() - 1)
     assert sum(c.stats["direct_acks"] for c in cpuifs) == 4       # all through the vPE
     assert [e.f_op.count for e in efds] == [0] * 4                # never through the eventfd
-    for cpu in (1, 0, 1):
+    moves = [1, 0, vcpus - 1, vcpus - 2, 0]
+    for cpu in moves:
         g.proc_write(f"/proc/irq/{t.irqs[2]}/smp_affinity", f"{1 << cpu:x}")
         assert fire(2) == 1 and t.hits[-1] == (2, cpu)
-    assert sum(c.stats["direct_acks"] for c in cpuifs) == 7
+    # vLPIs pending for several vCPUs sharing a physical CPU are all taken, each on its own
+    for v in range(4):
+        hw.notify(v)
+    m.bus.drain()
+    assert g.handle_interrupts() == 4
+    assert sorted(t.hits[-4:]) == [(v, int(g.proc_read(
+        f"/proc/irq/{t.irqs[v]}/effective_affinity"), 16).bit_length() - 1) for v in range(4)]
+    assert sum(c.stats["direct_acks"] for c in cpuifs) == 8 + len(moves)
+
+
+# -- guest accesses to KVM's devices never raise ---------------------------------------------
+
+@settings(max_examples=60)
+@given(st.lists(st.tuples(
+    st.sampled_from([0x0800_0000, 0x0808_0000, 0x080A_0000, 0x080C_0000]),
+    st.integers(0, 0x1_FFFF), st.sampled_from([1, 2, 4, 8]), st.integers(0, 2**64 - 1),
+    st.booleans()), max_size=40))
+def test_random_guest_mmio_to_the_vgic_and_vits_never_raises(ops):
+    t = GUEST_FOR_FUZZ.get("t")
+    if t is None:
+        t = GUEST_FOR_FUZZ["t"] = Guest(ncpus=2, nvec=2)
+    bus = t.board.bus
+    for base, off, size, value, write in ops:
+        limit = 0x1_0000 if base == 0x0800_0000 else 0x2_0000
+        off = (off % limit) & ~(size - 1)
+        if write:
+            bus.write(base + off, value & ((1 << 8 * size) - 1), size)
+        else:
+            bus.read(base + off, size)
+    t.fn.notify(0)
+    t.run()
+    for c in t.board.gic.cpus:             # the vCPU interface is still consistent
+        c.pmr, c.igrpen1 = 0xF0, 1
+        while c.iar1() != 1023:
+            c.eoir1(0)
+
+
+GUEST_FOR_FUZZ: dict = {}
