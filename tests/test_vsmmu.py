@@ -22,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pymsi import core
+from pymsi.errors import BusError
 from pymsi.hw import smmuv3_regs as R
 from pymsi.hw.bus import Bus
 from pymsi.hw.smmuv3 import Event
@@ -29,7 +30,10 @@ from pymsi.kernel.arm_smmu_v3 import ArmSmmuDomain, ArmSmmuV3, Feat
 from pymsi.kernel.dma_iommu import DmaDirection
 from pymsi.kernel.kernel import Kernel
 from pymsi.kernel.msi import MsiDesc
-from pymsi.vmm.smmuv3 import VSMMU_BASE, VSMMU_SIZE, VirtualSmmuV3
+from pymsi.machine import ArmVirt
+from pymsi.uapi import iommufd as u
+from pymsi.uapi import vfio as V
+from pymsi.vmm.smmuv3 import VSMMU_BASE, VSMMU_SIZE, HostIommufd, VirtualSmmuV3
 
 PAGE = 0x1000
 GPA, GRAM_SIZE = 0x4000_0000, 0x40_0000          # guest RAM: 4 MiB at 1 GiB
@@ -241,38 +245,42 @@ _reg_write = st.tuples(st.just("reg"), st.one_of(st.sampled_from(_REGS),
                                                  st.integers(0, VSMMU_SIZE - 1)),
                        st.integers(0, (1 << 64) - 1), st.sampled_from([1, 2, 4, 8]))
 _cmd = st.tuples(st.just("cmd"), st.one_of(st.sampled_from(list(R.Opcode)), st.integers(0, 255)),
-                 st.integers(0, (1 << 56) - 1), st.integers(0, (1 << 64) - 1))
+                 st.tuples(st.integers(0, (1 << 24) - 1),
+                           st.one_of(st.sampled_from([0x0008, 0x0010]), st.integers(0, 0xFFFF),
+                                     st.integers(0, (1 << 32) - 1))),
+                 st.one_of(st.integers(0, 31), st.integers(0, (1 << 64) - 1)))
 _mem = st.tuples(st.just("mem"), st.integers(0, 0x2_0000 // 8 - 1), st.integers(0, (1 << 64) - 1),
                  st.just(0))
 _dma = st.tuples(st.just("dma"), st.integers(0, 0xFFFF), st.integers(0, (1 << 64) - 1),
                  st.booleans())
 
 
-def guest_scribbles(g, ops) -> None:
+def guest_scribbles(vsmmu, drv, gmem, ops) -> None:
     """Apply random guest register writes, queued commands, RAM scribbles over the
     driver's structures and device transactions; the vSMMU must never raise."""
     for op in ops:
         if op[0] == "reg":
             _, off, value, size = op
-            g.vsmmu.mmio_write(off, value & ((1 << (8 * size)) - 1), size)
-            g.vsmmu.mmio_read(off, size)
+            vsmmu.mmio_write(off, value & ((1 << (8 * size)) - 1), size)
+            vsmmu.mmio_read(off, size)
         elif op[0] == "cmd":
-            _, opcode, hi, d1 = op
-            q = g.drv.cmdq
-            d0 = opcode | (hi << 8)
-            g.k.ram.write(q.slot(q.prod), d0.to_bytes(8, "little") + d1.to_bytes(8, "little"))
+            _, opcode, (mid, sid), d1 = op
+            q = drv.cmdq
+            d0 = opcode | mid << 8 | sid << 32
+            gmem.write(q.slot(q.prod), d0.to_bytes(8, "little") + d1.to_bytes(8, "little"))
             q.prod = q.inc(q.prod)
-            g.vsmmu.mmio_write(R.CMDQ_PROD, q.prod)
+            vsmmu.mmio_write(R.CMDQ_PROD, q.prod)
+            drv.gerror_handler()                 # a refused command: skipped, as Linux does
         elif op[0] == "mem":
             _, idx, value, _ = op
-            base = g.drv.strtab if idx % 2 else g.drv.cmdq.base
+            base = drv.strtab if idx % 2 else drv.cmdq.base
             addr = base + (idx * 8) % 0x1000
-            if g.gmem.is_ram(addr, 8):
-                g.gmem.write_u64(addr, value)
+            if gmem.is_ram(addr, 8):
+                gmem.write_u64(addr, value)
         else:
             _, rid, iova, write = op
-            g.vsmmu.translate(rid, iova, write)
-            g.vsmmu.translate_msi(rid, iova)
+            vsmmu.translate(rid, iova, write)
+            vsmmu.translate_msi(rid, iova)
 
 
 @settings(max_examples=60)
@@ -280,4 +288,290 @@ def guest_scribbles(g, ops) -> None:
 def test_random_guest_register_and_command_writes_never_raise_emulated(ops):
     g = EmulatedGuest()
     g.dev(0x0008)
-    guest_scribbles(g, ops)
+    guest_scribbles(g.vsmmu, g.drv, g.gmem, ops)
+
+
+# -- accelerated mode -----------------------------------------------------------------------
+
+VSID = 0x0010                 # the guest's StreamID for the assigned device (not its host RID)
+RW = u.IOMMU_IOAS_MAP_READABLE | u.IOMMU_IOAS_MAP_WRITEABLE | u.IOMMU_IOAS_MAP_FIXED_IOVA
+
+
+class UserRam:
+    """Guest RAM as the VMM's user mapping of it: [GPA, GPA + size) at user VA ``va``.
+    The same bytes KVM and the physical SMMU (through stage 2) see.  (The machine uses
+    pymsi.vmm.memory.guest_memory, a core.Memory aliasing those host pages.)"""
+
+    def __init__(self, k, va: int, size: int) -> None:
+        self.k, self.va, self.size = k, va, size
+
+    def is_ram(self, addr: int, size: int = 1) -> bool:
+        return GPA <= addr and addr + size <= GPA + self.size
+
+    def read(self, addr: int, n: int) -> bytes:
+        if not self.is_ram(addr, n):
+            raise BusError(f"read at {addr:#x}")
+        return self.k.user_read(self.va + addr - GPA, n)
+
+    def write(self, addr: int, data: bytes) -> None:
+        if not self.is_ram(addr, len(data)):
+            raise BusError(f"write at {addr:#x}")
+        self.k.user_write(self.va + addr - GPA, bytes(data))
+
+    def read_u32(self, addr: int) -> int:
+        return int.from_bytes(self.read(addr, 4), "little")
+
+    def write_u32(self, addr: int, v: int) -> None:
+        self.write(addr, v.to_bytes(4, "little"))
+
+    def read_u64(self, addr: int) -> int:
+        return int.from_bytes(self.read(addr, 8), "little")
+
+    def write_u64(self, addr: int, v: int) -> None:
+        self.write(addr, v.to_bytes(8, "little"))
+
+
+class Assigned:
+    """What the vSMMU needs of a VFIO device: its cdev File and iommufd device id."""
+
+    def __init__(self, devfile, devid: int) -> None:
+        self.devfile, self.devid = devfile, devid
+
+
+class AccelRig:
+    """A host with a nested SMMU, its devices on vfio-pci bound to the VMM's iommufd
+    and attached to a nest parent over guest RAM; the accelerated vSMMU on the guest's
+    bus; the guest kernel and its SMMU driver (booted by :meth:`boot_guest`)."""
+
+    def __init__(self, ndev: int = 1, **host_kw) -> None:
+        self.m = ArmVirt(smmu="nested", devices=[{"msix": 2}] * ndev, **host_kw)
+        k = self.k = self.m.boot()
+        self.iommufd = k.open("/dev/iommu")
+        a = u.IommuIoasAlloc()
+        self.iommufd.ioctl(u.IOMMU_IOAS_ALLOC, a)
+        self.ioas = a.out_ioas_id
+        self.va = k.mmap(GRAM_SIZE)
+        k.user_write(self.va, bytes(GRAM_SIZE))                  # -mem-prealloc
+        self.iommufd.ioctl(u.IOMMU_IOAS_MAP, u.IommuIoasMap(
+            ioas_id=self.ioas, user_va=self.va, length=GRAM_SIZE, iova=GPA, flags=RW))
+        self.devs = []
+        for i in range(ndev):
+            pdev = k.pci.devices[i]
+            k.sysfs_write(f"/sys/bus/pci/devices/{pdev.bdf}/driver_override", "vfio-pci")
+            k.sysfs_write("/sys/bus/pci/drivers/vfio-pci/bind", pdev.bdf)
+            f = k.open(f"/dev/vfio/devices/vfio{i}")
+            b = V.VfioDeviceBindIommufd(iommufd=self.iommufd.fd)
+            f.ioctl(V.VFIO_DEVICE_BIND_IOMMUFD, b)
+            pdev.set_master()
+            self.devs.append(Assigned(f, b.out_devid))
+        h = u.IommuHwptAlloc(dev_id=self.devs[0].devid, pt_id=self.ioas,
+                             flags=u.IOMMU_HWPT_ALLOC_NEST_PARENT)
+        self.iommufd.ioctl(u.IOMMU_HWPT_ALLOC, h)
+        self.parent = h.out_hwpt_id
+        for d in self.devs:
+            d.devfile.ioctl(V.VFIO_DEVICE_ATTACH_IOMMUFD_PT,
+                            V.VfioDeviceAttachIommufdPt(pt_id=self.parent))
+        self.gram = UserRam(k, self.va, GRAM_SIZE)
+        self.gbus = Bus(self.gram)
+        self.vsmmu = VirtualSmmuV3(self.gram, "accel",
+                                   HostIommufd(k, self.iommufd, self.ioas, self.parent))
+        self.gbus.map(VSMMU_BASE, VSMMU_SIZE, self.vsmmu, "vSMMUv3")
+
+    def boot_guest(self) -> None:
+        self.gk = Kernel(self.gbus, KMEM, name="guest")
+        self.drv = self.gk.smmu = ArmSmmuV3(self.gk, VSMMU_BASE, **GUEST_QUEUES)
+        self.vsmmu.irq = self.drv.handle_irq
+        self.drv.probe()
+
+    def gdev(self, vsid: int = VSID) -> GDev:
+        d = GDev(vsid)
+        assert self.gk.iommu.probe_device(d) is not None
+        return d
+
+    @property
+    def ctx(self):
+        return self.iommufd.private_data
+
+    def kind(self, oid):
+        obj = self.ctx.objects.get(oid)
+        return None if obj is None else obj.kind
+
+    def rid(self, i: int = 0) -> int:
+        return self.k.pci.devices[i].rid
+
+    def phys_ste(self, i: int = 0) -> list[int]:
+        smmu = self.k.smmu
+        addr = smmu._ste_addr(self.rid(i))
+        return [self.k.ram.read_u64(addr + 8 * n) for n in range(4)]
+
+    def phys_config(self, i: int = 0) -> int:
+        return (self.phys_ste(i)[0] >> 1) & 0b111
+
+    def dma_write(self, addr: int, value: int, i: int = 0):
+        return self.m.bus.dma_write(self.rid(i), addr, value)
+
+
+def host_spy(k):
+    """Every command the host SMMU driver queues from now on (raw doublewords only)."""
+    seen = []
+    issue = k.smmu.cmdq_issue_cmdlist
+
+    def wrapped(cmds, sync=True):
+        cmds = list(cmds)
+        seen.extend(c for c in cmds if isinstance(c, tuple))
+        return issue(cmds, sync)
+
+    k.smmu.cmdq_issue_cmdlist = wrapped
+    return seen
+
+
+def test_accel_device_gets_a_viommu_and_follows_gbpa_then_the_guests_configuration():
+    rig = AccelRig()
+    rig.vsmmu.attach_device(VSID, rig.devs[0])
+    v = rig.vsmmu
+    assert rig.kind(v.viommu_id) == "viommu"
+    assert rig.kind(v.abort_hwpt_id) == rig.kind(v.bypass_hwpt_id) == "hwpt_nested"
+    assert v.veventq_fd is None                      # the guest's event queue is still off
+    # The vSMMU is off and GBPA.ABORT is clear: the bypass HWPT, i.e. stage 2 only.
+    assert v.hwpt_of(VSID) == v.bypass_hwpt_id
+    assert rig.phys_config() == 0b110
+    vdevs = [o for o in rig.ctx.objects.values() if o.kind == "vdevice"]
+    assert [(d.virt_id, d.idev.dev.rid) for d in vdevs] == [(VSID, rig.rid())]
+    rig.boot_guest()
+    assert rig.vsmmu.enabled
+    assert rig.kind(v.veventq_id) == "veventq"
+    assert rig.ctx.objects[v.veventq_id].depth == 1 << GUEST_QUEUES["evtq_shift"]
+    # Enabled, and the guest has no STE for the StreamID yet: aborted.
+    assert v.hwpt_of(VSID) == v.abort_hwpt_id and rig.phys_config() == 0b000
+    assert (rig.vsmmu.mmio_read(R.IDR0), rig.vsmmu.mmio_read(R.IDR5)) == (0x0D40_101A, 0x74)
+
+
+def test_accel_guest_ste_becomes_a_nested_hwpt_that_the_physical_smmu_walks():
+    rig = AccelRig()
+    rig.vsmmu.attach_device(VSID, rig.devs[0])
+    rig.boot_guest()
+    gdev = rig.gdev()
+    hwpt = rig.vsmmu.hwpt_of(VSID)
+    assert rig.kind(hwpt) == "hwpt_nested"
+    master = rig.drv.masters[gdev]
+    ste = rig.phys_ste()
+    assert (ste[0] >> 1) & 0b111 == CFG_NESTED
+    assert ste[0] & R.STE0_S1CTXPTR.mask == master.cd_table       # the guest's CD, a GPA
+    # Guest DMA: the physical device writes where the guest's DMA API mapped.
+    iova = rig.gk.dma_iommu.map_page(gdev, DATA, PAGE, DmaDirection.FROM_DEVICE)
+    assert iova != DATA
+    assert rig.dma_write(iova + 8, 0x5A5A).ok
+    assert rig.gram.read_u32(DATA + 8) == 0x5A5A
+    # The guest maps the vITS doorbell in its stage 1 (dma-iommu's MSI page) ...
+    desc = MsiDesc(gdev, 0)
+    rig.gk.iommu.dma_prepare_msi(desc, DOORBELL)
+    giova = desc.iommu_msi_addr | (DOORBELL & (PAGE - 1))
+    # ... which faults at stage 2 until the VMM maps the doorbell page at its GPA.
+    r = rig.dma_write(giova, 3)
+    assert not r.ok and r.iommu.fault.stage == 2
+    rig.iommufd.ioctl(u.IOMMU_IOAS_MAP_MSI, u.IommuIoasMapMsi(
+        ioas_id=rig.ioas, dev_id=rig.devs[0].devid, iova=DOORBELL & ~(PAGE - 1)))
+    r = rig.dma_write(giova, 3)
+    assert r.ok and r.pa == DOORBELL
+    assert rig.vsmmu.translate_msi(gdev.rid, giova) == DOORBELL == rig.vsmmu.msi_gpa
+
+
+def test_accel_guest_tlbi_reaches_the_host_and_takes_effect():
+    rig = AccelRig()
+    rig.vsmmu.attach_device(VSID, rig.devs[0])
+    rig.boot_guest()
+    gdev = rig.gdev()
+    dom = gdev.iommu_group.domain
+    iova = rig.gk.dma_iommu.map_page(gdev, DATA, PAGE, DmaDirection.BIDIRECTIONAL)
+    assert rig.dma_write(iova, 1).ok                     # the host IOTLB now holds it
+    assert dom.pgtbl.unmap(iova, PAGE) == PAGE           # the guest clears the PTE, no TLBI
+    assert rig.dma_write(iova, 2).ok                     # still cached on the host
+    seen = host_spy(rig.k)
+    vmid = rig.phys_ste()[2] & 0xFFFF
+    rig.drv.tlb_inv_range_domain(dom, iova, PAGE)        # the guest's TLBI_NH_VA + CMD_SYNC
+    tlbis = [(d0 & 0xFF, d0 >> 48, (d0 >> 32) & 0xFFFF, d1 & ~0xFFF) for d0, d1 in seen
+             if d0 & 0xFF == TLBI_NH_VA]
+    assert tlbis == [(TLBI_NH_VA, dom.asid, vmid, iova)]
+    assert vmid and rig.vsmmu.stats["invalidations"] >= 1
+    r = rig.dma_write(iova, 3)
+    assert not r.ok and r.iommu.fault.stage == 1
+    assert rig.gram.read_u32(DATA) == 2
+
+
+def test_accel_physical_stage1_fault_lands_in_the_guest_event_queue_with_the_vsid():
+    rig = AccelRig()
+    rig.vsmmu.attach_device(VSID, rig.devs[0])
+    rig.boot_guest()
+    rig.gdev()
+    host_events = len(rig.k.smmu.events)
+    assert not rig.dma_write(0x7777_7000, 9).ok         # nothing mapped in the guest's stage 1
+    assert len(rig.k.smmu.events) == host_events        # not logged by the host ...
+    assert rig.drv.events == []                         # ... and not in the guest yet
+    assert rig.vsmmu.event_read() == 1                  # the vEVENTQ fd handler
+    (ev,) = rig.drv.events
+    assert (ev.type, ev.sid, ev.iova, ev.read, ev.s2) == (
+        F_TRANSLATION, VSID, 0x7777_7000, False, False)
+    assert rig.vsmmu.event_read() == 0
+
+
+def test_accel_abort_and_bypass_guest_stes_use_the_preallocated_hwpts():
+    rig = AccelRig()
+    rig.vsmmu.attach_device(VSID, rig.devs[0])
+    rig.boot_guest()
+    gdev = rig.gdev()
+    nested = rig.vsmmu.hwpt_of(VSID)
+    assert rig.kind(nested) == "hwpt_nested"
+    rig.gk.iommu.attach_device(rig.drv.identity_domain(), gdev)       # a bypass STE
+    assert rig.vsmmu.hwpt_of(VSID) == rig.vsmmu.bypass_hwpt_id
+    assert rig.phys_config() == 0b110
+    assert rig.kind(nested) is None                                   # the old one is freed
+    assert rig.dma_write(DATA + 0x40, 4).ok and rig.gram.read_u32(DATA + 0x40) == 4
+    rig.gk.iommu.release_device(gdev)                                 # an abort STE
+    assert rig.vsmmu.hwpt_of(VSID) == rig.vsmmu.abort_hwpt_id
+    assert rig.phys_config() == CFG_ABORT
+    assert not rig.dma_write(DATA + 0x40, 5).ok
+
+
+def test_accel_detach_returns_the_device_to_the_nest_parent_and_frees_the_viommu():
+    rig = AccelRig()
+    rig.vsmmu.attach_device(VSID, rig.devs[0])
+    rig.boot_guest()
+    rig.gdev()
+    v = rig.vsmmu
+    ids = [v.viommu_id, v.abort_hwpt_id, v.bypass_hwpt_id, v.veventq_id, v.hwpt_of(VSID)]
+    v.detach_device(VSID)
+    assert all(rig.kind(oid) is None for oid in ids)
+    assert [o.kind for o in rig.ctx.objects.values()].count("vdevice") == 0
+    assert rig.phys_config() == 0b110                                # the parent: stage 2
+    assert v.viommu_id is None and v.devices == {}
+
+
+def test_accel_host_smmu_without_what_the_vsmmu_advertises_is_refused():
+    rig = AccelRig(ril=False)
+    with pytest.raises(ValueError, match="IDR3_RIL"):
+        rig.vsmmu.attach_device(VSID, rig.devs[0])
+    assert rig.vsmmu.viommu_id is None
+    assert not any(o.kind == "viommu" for o in rig.ctx.objects.values())
+
+
+def test_accel_refuses_emulated_endpoints():
+    rig = AccelRig()
+    with pytest.raises(ValueError, match="not allowed"):
+        rig.vsmmu.translate(VSID, 0x1000)
+
+
+_ACCEL: dict = {}
+
+
+@settings(max_examples=40)
+@given(st.lists(st.one_of(_reg_write, _cmd, _mem), max_size=20))
+def test_random_guest_register_and_command_writes_never_raise_accel(ops):
+    if "rig" not in _ACCEL:                 # one host for every example (boots are slow)
+        rig = _ACCEL["rig"] = AccelRig()
+        rig.vsmmu.attach_device(VSID, rig.devs[0])
+        rig.boot_guest()
+        rig.gdev()
+    rig = _ACCEL["rig"]
+    guest_scribbles(rig.vsmmu, rig.drv, rig.gram, ops)
+    rig.dma_write(0x7777_7000, 1)           # a physical fault, for the vEVENTQ
+    rig.vsmmu.event_read()

@@ -48,10 +48,12 @@ Two modes:
   ``msi-gpa``; no walk).  Emulated endpoints are not allowed behind it (QEMU
   refuses them), so :meth:`VirtualSmmuV3.translate` is refused in this mode.
 
-Deliberate differences from QEMU: a guest STE with a configuration the vSMMU
-does not implement (stage 2, nested, reserved) attaches the abort HWPT, as the
-hardware would abort the device's transactions (QEMU fails the install); the
-vDEVICE is allocated when the device is attached, not at the first STE install.
+Deliberate differences from QEMU: with the vSMMU enabled, a StreamID the guest's
+stream table does not cover (C_BAD_STREAMID, F_STE_FETCH) or an STE with a
+configuration the vSMMU does not implement (stage 2, nested, reserved) attaches
+the abort HWPT, as the hardware would abort the device's transactions (QEMU
+leaves the device where it was, or fails the install); the vDEVICE is allocated
+when the device is attached, not at the first STE install.
 """
 
 from __future__ import annotations
@@ -414,10 +416,8 @@ class VirtualSmmuV3:
             hwpt = self._gbpa_hwpt()
         else:
             ste = self.hw.read_ste(vsid)
-            if ste is None:
-                return True                              # no STE to install
-            cfg = R.STE0_CONFIG.get(ste[0])
-            if not R.STE0_V.get(ste[0]) or cfg == R.SteConfig.ABORT:
+            cfg = R.STE0_CONFIG.get(ste[0]) if ste is not None else R.SteConfig.ABORT
+            if ste is None or not R.STE0_V.get(ste[0]) or cfg == R.SteConfig.ABORT:
                 hwpt = self.abort_hwpt_id
             elif cfg == R.SteConfig.BYPASS:
                 hwpt = self.bypass_hwpt_id
