@@ -514,6 +514,53 @@ def test_accel_physical_stage1_fault_lands_in_the_guest_event_queue_with_the_vsi
     assert rig.vsmmu.event_read() == 0
 
 
+def test_accel_full_veventq_is_counted_and_later_events_still_reach_the_guest():
+    rig = AccelRig()
+    rig.vsmmu.attach_device(VSID, rig.devs[0])
+    rig.boot_guest()
+    rig.gdev()
+    depth = 1 << GUEST_QUEUES["evtq_shift"]
+    for n in range(depth + 3):                          # 3 more than the vEVENTQ holds
+        assert not rig.dma_write(0x100_0000 + n * PAGE, n).ok
+    assert rig.vsmmu.event_read() == depth
+    assert rig.vsmmu.stats["veventq_overflows"] == 1    # one LOST_EVENTS header
+    assert [e.iova for e in rig.drv.events] == [0x100_0000 + n * PAGE for n in range(depth)]
+    assert not rig.dma_write(0x200_0000, 0).ok
+    assert rig.vsmmu.event_read() == 1
+    assert (rig.drv.events[-1].sid, rig.drv.events[-1].iova) == (VSID, 0x200_0000)
+
+
+def test_accel_two_devices_keep_their_own_vsid_and_hwpt():
+    rig = AccelRig(ndev=2)
+    rig.vsmmu.attach_device(VSID, rig.devs[0])
+    rig.vsmmu.attach_device(VSID + 8, rig.devs[1])
+    rig.boot_guest()
+    a, b = rig.gdev(VSID), rig.gdev(VSID + 8)
+    ha, hb = rig.vsmmu.hwpt_of(VSID), rig.vsmmu.hwpt_of(VSID + 8)
+    assert ha != hb and rig.kind(ha) == rig.kind(hb) == "hwpt_nested"
+    ia = rig.gk.dma_iommu.map_page(a, DATA, PAGE, DmaDirection.FROM_DEVICE)
+    assert rig.dma_write(ia, 0xA, i=0).ok and rig.gram.read_u32(DATA) == 0xA
+    assert not rig.dma_write(ia, 0xB, i=1).ok           # b's stage 1 does not map it
+    rig.vsmmu.event_read()
+    assert [(e.sid, e.iova) for e in rig.drv.events] == [(VSID + 8, ia)]
+    assert b.iommu_group is not a.iommu_group
+
+
+def test_accel_reset_puts_devices_back_on_bypass_and_the_guest_can_probe_again():
+    rig = AccelRig()
+    rig.vsmmu.attach_device(VSID, rig.devs[0])
+    rig.boot_guest()
+    rig.gdev()
+    nested = rig.vsmmu.hwpt_of(VSID)
+    rig.vsmmu.reset()
+    assert rig.vsmmu.mmio_read(R.CR0) == 0 and not rig.vsmmu.enabled
+    assert rig.vsmmu.hwpt_of(VSID) == rig.vsmmu.bypass_hwpt_id and rig.kind(nested) is None
+    rig.boot_guest()                                    # a new guest kernel probes it
+    rig.gdev()
+    assert rig.kind(rig.vsmmu.hwpt_of(VSID)) == "hwpt_nested"
+    assert rig.phys_config() == CFG_NESTED
+
+
 def test_accel_abort_and_bypass_guest_stes_use_the_preallocated_hwpts():
     rig = AccelRig()
     rig.vsmmu.attach_device(VSID, rig.devs[0])

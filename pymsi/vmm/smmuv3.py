@@ -150,7 +150,8 @@ class VirtualSmmuV3:
                          backend=backend)
         self.msi_gpa: int | None = None
         self.stats = {"ste_installs": 0, "hwpt_allocs": 0, "invalidations": 0,
-                      "host_errors": 0, "events_propagated": 0, "events_lost": 0}
+                      "host_errors": 0, "events_propagated": 0, "veventq_overflows": 0,
+                      "events_lost": 0}
         self.viommu_id: int | None = None
         self.abort_hwpt_id: int | None = None
         self.bypass_hwpt_id: int | None = None
@@ -191,6 +192,24 @@ class VirtualSmmuV3:
         if (cr0 ^ cr0_now) & R.CR0_SMMUEN or (
                 not cr0_now & R.CR0_SMMUEN and (gbpa ^ gbpa_now) & R.GBPA_ABORT):
             self._install_range(0, (1 << self.hw.sidsize) - 1)
+
+    def reset(self) -> None:
+        """System reset (QEMU's smmuv3_reset + smmuv3_accel_reset): registers to their
+        reset values, caches dropped; every assigned device back on the HWPT GBPA's
+        reset value names (bypass), its nested HWPT freed."""
+        self.hw.reset()
+        for d in self._devs.values():
+            hwpt = self._gbpa_hwpt()
+            if hwpt is None or hwpt == d.hwpt_id:
+                continue
+            try:
+                self._attach(d.dev, hwpt)
+            except OSError:
+                self.stats["host_errors"] += 1
+                continue
+            if d.s1_hwpt_id is not None:
+                self._destroy(d.s1_hwpt_id)
+            d.hwpt_id, d.s1_hwpt_id = hwpt, None
 
     @property
     def enabled(self) -> bool:
@@ -283,7 +302,9 @@ class VirtualSmmuV3:
     def event_read(self) -> int:
         """smmuv3_accel_event_read(): the vEVENTQ fd is readable; move each event the
         host queued (it carries the guest StreamID) into the guest's event queue, which
-        raises the guest's interrupt.  Returns how many were propagated."""
+        raises the guest's interrupt.  Returns how many were propagated.  A LOST_EVENTS
+        header counts in ``stats["veventq_overflows"]``; a gap in the sequence numbers
+        otherwise in ``stats["events_lost"]``."""
         fd, files = self.veventq_fd, self.host.k.files if self.host is not None else None
         n = 0
         while fd is not None and files.poll(fd) & EPOLLIN:
@@ -292,7 +313,7 @@ class VirtualSmmuV3:
             if hdr is None:
                 break
             if hdr.flags & u.IOMMU_VEVENTQ_FLAG_LOST_EVENTS:
-                self.stats["events_lost"] += 1            # "overflowed"
+                self.stats["veventq_overflows"] += 1      # "overflowed"
                 self._last_seq = None
                 continue
             if len(data) < _HDR + _EVT:
