@@ -28,6 +28,7 @@ from pymsi.hw.bus import Bus
 from pymsi.hw.smmuv3 import Event
 from pymsi.kernel.arm_smmu_v3 import ArmSmmuDomain, ArmSmmuV3, Feat
 from pymsi.kernel.dma_iommu import DmaDirection
+from pymsi.kernel.iommu import IOMMU_MMIO, IOMMU_WRITE
 from pymsi.kernel.kernel import Kernel
 from pymsi.kernel.msi import MsiDesc
 from pymsi.machine import ArmVirt
@@ -559,6 +560,39 @@ def test_accel_reset_puts_devices_back_on_bypass_and_the_guest_can_probe_again()
     rig.gdev()
     assert rig.kind(rig.vsmmu.hwpt_of(VSID)) == "hwpt_nested"
     assert rig.phys_config() == CFG_NESTED
+
+
+def test_accel_sw_msi_guest_must_identity_map_the_rmr_or_its_vsmmu_records_the_msi_fault():
+    """sw-msi: the host puts the doorbell at IOVA 0x8000000 of stage 2 and programs the
+    device with 0x8000040; nested, that address first meets the guest's stage 1."""
+    rig = AccelRig(msi_design="sw-msi")
+    rig.vsmmu.attach_device(VSID, rig.devs[0])
+    rig.boot_guest()
+    gdev = rig.gdev()
+    efd = rig.k.eventfd()
+    rig.devs[0].devfile.ioctl(V.VFIO_DEVICE_SET_IRQS, V.VfioIrqSet(
+        flags=V.VFIO_IRQ_SET_DATA_EVENTFD | V.VFIO_IRQ_SET_ACTION_TRIGGER,
+        index=V.VFIO_PCI_MSIX_IRQ_INDEX, start=0, count=1, data=[efd.fd]))
+    fn = rig.m.functions[0]
+    assert fn.msix_entry(0)[0] == 0x0800_0040            # the host's SW_MSI window
+
+    def fire() -> int:
+        fn.notify(0)
+        rig.m.bus.drain()
+        rig.k.handle_interrupts()
+        return efd.f_op.count
+
+    # The guest did not identity-map the window (no RMR honoured): its stage 1
+    # faults the MSI, and the fault is the guest's, with its StreamID.
+    assert fire() == 0
+    assert rig.vsmmu.event_read() == 1
+    ev = rig.drv.events[-1]
+    assert (ev.type, ev.sid, ev.iova, ev.read) == (F_TRANSLATION, VSID, 0x0800_0040, False)
+    # The guest identity-maps the RMR [0x8000000, 0x8100000): the MSI is delivered.
+    rig.gk.iommu.map(gdev.iommu_group.domain, 0x0800_0000, 0x0800_0000, 0x10_0000,
+                     IOMMU_WRITE | IOMMU_MMIO)
+    assert fire() == 1
+    assert rig.vsmmu.event_read() == 0
 
 
 def test_accel_abort_and_bypass_guest_stes_use_the_preallocated_hwpts():
