@@ -595,6 +595,44 @@ def test_accel_sw_msi_guest_must_identity_map_the_rmr_or_its_vsmmu_records_the_m
     assert rig.vsmmu.event_read() == 0
 
 
+def test_accel_per_vector_physical_msi_at_the_guests_iova_crosses_both_stages():
+    """per-vector: the VMM hands the guest's MSI IOVA down (VFIO_DEVICE_MSI_IOVA) and maps
+    the doorbell page where the guest's stage 1 points (IOMMU_IOAS_MAP_MSI at its GPA);
+    the physical function then fires at the guest's IOVA."""
+    rig = AccelRig()                                     # per-vector is the host's design
+    rig.vsmmu.attach_device(VSID, rig.devs[0])
+    rig.boot_guest()
+    gdev = rig.gdev()
+    desc = MsiDesc(gdev, 0)
+    rig.gk.iommu.dma_prepare_msi(desc, DOORBELL)         # the guest's MSI page
+    giova = desc.iommu_msi_addr | (DOORBELL & (PAGE - 1))
+    f = rig.devs[0].devfile
+    f.ioctl(V.VFIO_DEVICE_MSI_IOVA, V.VfioDeviceMsiIova(
+        flags=V.VFIO_MSI_IOVA_SET, index=V.VFIO_PCI_MSIX_IRQ_INDEX, start=0, count=1,
+        iova=[giova & ~(PAGE - 1)]))                   # the page; the ITS keeps its offset
+    rig.iommufd.ioctl(u.IOMMU_IOAS_MAP_MSI, u.IommuIoasMapMsi(
+        ioas_id=rig.ioas, dev_id=rig.devs[0].devid, iova=DOORBELL & ~(PAGE - 1)))
+    efd = rig.k.eventfd()
+    f.ioctl(V.VFIO_DEVICE_SET_IRQS, V.VfioIrqSet(
+        flags=V.VFIO_IRQ_SET_DATA_EVENTFD | V.VFIO_IRQ_SET_ACTION_TRIGGER,
+        index=V.VFIO_PCI_MSIX_IRQ_INDEX, start=0, count=1, data=[efd.fd]))
+    fn = rig.m.functions[0]
+    assert fn.msix_entry(0)[0] == giova
+    fn.notify(0)
+    rig.m.bus.drain()
+    rig.k.handle_interrupts()
+    assert efd.f_op.count == 1
+    assert rig.vsmmu.event_read() == 0 and rig.drv.events == []
+    # The guest drops its MSI page (unmap + TLBI, forwarded): the next MSI is the guest's fault.
+    rig.gk.iommu.unmap(gdev.iommu_group.domain, giova & ~(PAGE - 1), PAGE)
+    fn.notify(0)
+    rig.m.bus.drain()
+    rig.k.handle_interrupts()
+    assert efd.f_op.count == 1
+    assert rig.vsmmu.event_read() == 1
+    assert (rig.drv.events[-1].sid, rig.drv.events[-1].iova) == (VSID, giova)
+
+
 def test_accel_abort_and_bypass_guest_stes_use_the_preallocated_hwpts():
     rig = AccelRig()
     rig.vsmmu.attach_device(VSID, rig.devs[0])
