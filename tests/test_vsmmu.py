@@ -499,6 +499,24 @@ def test_accel_guest_tlbi_reaches_the_host_and_takes_effect():
     assert rig.gram.read_u32(DATA) == 2
 
 
+def test_accel_guest_cfgi_cd_reaches_the_host_with_the_physical_streamid():
+    rig = AccelRig()
+    rig.vsmmu.attach_device(VSID, rig.devs[0])
+    rig.boot_guest()
+    gdev = rig.gdev()
+    iova = rig.gk.dma_iommu.map_page(gdev, DATA, PAGE, DmaDirection.FROM_DEVICE)
+    assert rig.dma_write(iova, 1).ok                     # the host caches the guest's CD
+    seen = host_spy(rig.k)
+    dom = rig.drv.domain_alloc_paging(gdev)              # another stage-1 domain, new ASID
+    rig.gk.iommu.attach_device(dom, gdev)                # same CD slot, new contents
+    cfgi_cd = [d0 >> 32 for d0, _ in seen if d0 & 0xFF == 0x05]
+    assert cfgi_cd and set(cfgi_cd) == {rig.rid()}       # the physical StreamID
+    dom.map_pages(0x5000_0000, DATA + PAGE, PAGE, core.Prot.READ | core.Prot.WRITE)
+    assert rig.dma_write(0x5000_0100, 0x77).ok           # the new CD is the one used
+    assert rig.gram.read_u32(DATA + PAGE + 0x100) == 0x77
+    assert not rig.dma_write(iova, 2).ok                 # the old domain's mapping is gone
+
+
 def test_accel_physical_stage1_fault_lands_in_the_guest_event_queue_with_the_vsid():
     rig = AccelRig()
     rig.vsmmu.attach_device(VSID, rig.devs[0])

@@ -31,6 +31,11 @@ more is always allowed); TLBI_S2_IPA also drops nested entries whose IPA it
 covers; a full event queue sets EVENTQ_PROD.OVFLG and drops the record (QEMU
 raises EVTQ_ABT_ERR instead); stall is not supported (STALL_MODEL = 0b01), so
 CD.S / STE.S2S set are illegal; HTTU is not implemented.
+
+Two hooks that hardware does not have let a VMM build its virtual SMMU on this
+model (:mod:`pymsi.vmm.smmuv3`): :attr:`SMMUv3.on_command` sees every command
+the SMMU carried out (and may fail it), :meth:`SMMUv3.read_ste` reads an STE
+without caching it or recording anything.
 """
 
 from __future__ import annotations

@@ -366,18 +366,19 @@ class VirtualSmmuV3:
             raise InvalidArgument(f"wrong data type ({info.out_data_type}) for host SMMUv3 info")
         host = u.IommuHwInfoArmSmmuv3.unpack(self.host.k.user_read(self._buf, size)).idr
         mine = [self.hw.mmio_read(R.IDR0 + 4 * i) for i in range(6)]
-        checks = (  # (field, IDR index, how the host value must compare with ours)
-            (R.IDR0_ST_LEVEL, 0, "=="), (R.IDR0_TTENDIAN, 0, "<="), (R.IDR0_TTF, 0, ">="),
-            (R.IDR1_SIDSIZE, 1, ">="), (R.IDR1_SSIDSIZE, 1, ">="), (R.IDR3_RIL, 3, ">="),
-            (R.IDR5_OAS, 5, ">="), (R.IDR0_ATS, 0, ">="), (R.IDR5_GRAN4K, 5, "=="),
-            (R.IDR5_GRAN16K, 5, "=="), (R.IDR5_GRAN64K, 5, "=="))
-        names = {id(v): k for k, v in vars(R).items() if k.startswith("IDR")}
-        for field, idx, rel in checks:
+        checks = (  # (name, field, IDR index, how the host's value must compare with ours)
+            ("IDR0_ST_LEVEL", R.IDR0_ST_LEVEL, 0, "=="),
+            ("IDR0_TTENDIAN", R.IDR0_TTENDIAN, 0, "<="), ("IDR0_TTF", R.IDR0_TTF, 0, ">="),
+            ("IDR1_SIDSIZE", R.IDR1_SIDSIZE, 1, ">="),
+            ("IDR1_SSIDSIZE", R.IDR1_SSIDSIZE, 1, ">="), ("IDR3_RIL", R.IDR3_RIL, 3, ">="),
+            ("IDR5_OAS", R.IDR5_OAS, 5, ">="), ("IDR0_ATS", R.IDR0_ATS, 0, ">="),
+            ("IDR5_GRAN4K", R.IDR5_GRAN4K, 5, "=="), ("IDR5_GRAN16K", R.IDR5_GRAN16K, 5, "=="),
+            ("IDR5_GRAN64K", R.IDR5_GRAN64K, 5, "=="))
+        for name, field, idx, rel in checks:
             h, m = field.get(host[idx]), field.get(mine[idx])
             ok = h == m if rel == "==" else (h <= m if rel == "<=" else h >= m)
             if not ok:
-                raise InvalidArgument(f"host SMMUv3 not compatible: {names[id(field)]} host={h} "
-                                      f"vSMMU={m}")
+                raise InvalidArgument(f"host SMMUv3 not compatible: {name} host={h} vSMMU={m}")
 
     def _alloc_viommu(self, devid: int) -> None:
         """smmuv3_accel_alloc_viommu(): the vIOMMU, the abort and bypass HWPTs, the
