@@ -526,7 +526,9 @@ def test_accel_physical_stage1_fault_lands_in_the_guest_event_queue_with_the_vsi
     assert not rig.dma_write(0x7777_7000, 9).ok         # nothing mapped in the guest's stage 1
     assert len(rig.k.smmu.events) == host_events        # not logged by the host ...
     assert rig.drv.events == []                         # ... and not in the guest yet
+    assert rig.vsmmu.event_pending
     assert rig.vsmmu.event_read() == 1                  # the vEVENTQ fd handler
+    assert not rig.vsmmu.event_pending
     (ev,) = rig.drv.events
     assert (ev.type, ev.sid, ev.iova, ev.read, ev.s2) == (
         F_TRANSLATION, VSID, 0x7777_7000, False, False)
@@ -681,6 +683,18 @@ def test_accel_detach_returns_the_device_to_the_nest_parent_and_frees_the_viommu
     assert [o.kind for o in rig.ctx.objects.values()].count("vdevice") == 0
     assert rig.phys_config() == 0b110                                # the parent: stage 2
     assert v.viommu_id is None and v.devices == {}
+
+
+def test_accel_device_hotplugged_into_a_running_guest_follows_its_stream_table():
+    rig = AccelRig()
+    rig.boot_guest()                                    # no assigned device yet
+    assert rig.vsmmu.viommu_id is None and rig.vsmmu.enabled
+    rig.vsmmu.attach_device(VSID, rig.devs[0])
+    assert rig.kind(rig.vsmmu.veventq_id) == "veventq"  # the guest's queue is already on
+    assert rig.vsmmu.hwpt_of(VSID) == rig.vsmmu.abort_hwpt_id   # no STE for it yet
+    rig.gdev()                                          # the guest probes the new function
+    assert rig.kind(rig.vsmmu.hwpt_of(VSID)) == "hwpt_nested"
+    assert rig.phys_config() == CFG_NESTED
 
 
 def test_accel_host_smmu_without_what_the_vsmmu_advertises_is_refused():

@@ -299,6 +299,12 @@ class VirtualSmmuV3:
 
     # -- the vEVENTQ ------------------------------------------------------------------------
 
+    @property
+    def event_pending(self) -> bool:
+        """Whether the vEVENTQ fd is readable (the main loop then calls :meth:`event_read`)."""
+        fd = self.veventq_fd
+        return fd is not None and bool(self.host.k.files.poll(fd) & EPOLLIN)
+
     def event_read(self) -> int:
         """smmuv3_accel_event_read(): the vEVENTQ fd is readable; move each event the
         host queued (it carries the guest StreamID) into the guest's event queue, which
