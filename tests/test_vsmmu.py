@@ -28,6 +28,7 @@ from pymsi.hw.bus import Bus
 from pymsi.hw.smmuv3 import Event
 from pymsi.kernel.arm_smmu_v3 import ArmSmmuDomain, ArmSmmuV3, Feat
 from pymsi.kernel.dma_iommu import DmaDirection
+from pymsi.kernel.drivers import MsiCountingDriver
 from pymsi.kernel.iommu import IOMMU_MMIO, IOMMU_WRITE
 from pymsi.kernel.kernel import Kernel
 from pymsi.kernel.msi import MsiDesc
@@ -213,6 +214,30 @@ def test_route_fixup_of_an_unmapped_msi_address_is_none_and_leaves_a_write_fault
     (ev,) = g.drv.events[n:]
     assert (ev.type, ev.sid, ev.iova, ev.read) == (F_TRANSLATION, dev.rid, 0xFFFF_F040, False)
     assert g.its.writes == []
+
+
+def test_whole_guest_kernel_boots_on_the_emulated_vsmmu_and_its_msis_reach_their_handlers():
+    """The guest's boot (boot_arm) on a virt board whose SMMU is the emulated vSMMU: its
+    PCI MSI layer gets dma-iommu's MSI page (0xfffff040, a real Linux 6.1 guest's), and
+    an emulated function's MSIs cross the vSMMU to the ITS and the guest's handlers.
+    (The board's hardware ITS stands in for KVM's vITS here.)"""
+    m = ArmVirt(smmu=None, devices=[{"msix": 4}], ram_size=0x0400_0000)
+    vs = VirtualSmmuV3(m.ram, "emulated")
+    m.bus.map(m.SMMU, VSMMU_SIZE, vs, "vSMMUv3")
+    m.bus.attach_iommu(0, 0xFFFF, vs)
+    m.smmu = vs
+    k = m.boot()
+    assert k.smmu.features & Feat.TRANS_S1 and vs.irq == k.smmu.handle_irq
+    dev = k.pci.devices[0]
+    drv = MsiCountingDriver(k, dev, 4)
+    assert {d.msg.address for d in dev.msi_descs.values()} == {0xFFFF_F040}
+    assert vs.translate_msi(dev.rid, 0xFFFF_F040) == DOORBELL
+    for v in range(4):
+        m.functions[0].notify(v)
+    m.bus.drain()
+    k.handle_interrupts()
+    assert [len(drv.fired[v]) for v in range(4)] == [1, 1, 1, 1]
+    assert k.smmu.events == []
 
 
 def test_assigned_device_behind_an_emulated_vsmmu_is_refused():
