@@ -189,6 +189,33 @@ def test_guest_stage1_fault_is_an_event_record_in_the_guest_queue_and_its_handle
     assert g.vsmmu.hw.irq_counts["eventq"] == 2          # one per record (the first unwired)
 
 
+@settings(max_examples=30)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 15), st.integers(1, 3)), max_size=12))
+def test_emulated_translations_follow_the_guests_dma_maps_and_unmaps(ops):
+    """Random dma_map_page / dma_unmap_page from the guest: after each, every page the
+    guest's DMA API handed out translates to its buffer, every page it took back faults."""
+    g = EmulatedGuest()
+    dev = g.dev(0x0408)
+    live: dict[int, tuple[int, int]] = {}               # iova -> (phys, npages)
+    dead: set[int] = set()
+    for is_map, slot, npages in ops:
+        if is_map or not live:
+            phys = DATA + slot * 4 * PAGE
+            iova = g.k.dma_iommu.map_page(dev, phys, npages * PAGE, DmaDirection.BIDIRECTIONAL)
+            live[iova] = (phys, npages)
+            dead -= {iova + n * PAGE for n in range(npages)}
+        else:
+            iova = sorted(live)[slot % len(live)]
+            _, n = live.pop(iova)
+            g.k.dma_iommu.unmap_page(dev, iova, n * PAGE)
+            dead |= {iova + k * PAGE for k in range(n)}
+        for iova, (phys, n) in live.items():
+            for k in range(n):
+                assert g.vsmmu.translate(dev.rid, iova + k * PAGE, True).pa == phys + k * PAGE
+        for page in dead:
+            assert g.vsmmu.translate(dev.rid, page, True).aborted
+
+
 # -- emulated: the MSI path and the route fix-up ----------------------------------------------
 
 
