@@ -31,6 +31,11 @@ more is always allowed); TLBI_S2_IPA also drops nested entries whose IPA it
 covers; a full event queue sets EVENTQ_PROD.OVFLG and drops the record (QEMU
 raises EVTQ_ABT_ERR instead); stall is not supported (STALL_MODEL = 0b01), so
 CD.S / STE.S2S set are illegal; HTTU is not implemented.
+
+Two hooks that hardware does not have let a VMM build its virtual SMMU on this
+model (:mod:`pymsi.vmm.smmuv3`): :attr:`SMMUv3.on_command` sees every command
+the SMMU carried out (and may fail it), :meth:`SMMUv3.read_ste` reads an STE
+without caching it or recording anything.
 """
 
 from __future__ import annotations
@@ -221,6 +226,11 @@ class SMMUv3:
         self.sev, self.cd2l = sev, cd2l              # only advertised (IDR0.SEV / CD2L)
         self.irq = irq
         self.msi_write = msi_write
+        #: Called with (dword0, dword1) after each command the SMMU carried out; a
+        #: False answer makes that command fail with CERROR_ILL.  Hardware has no such
+        #: thing: it is where a VMM's virtual SMMU built on this model acts on the
+        #: guest's commands (QEMU's smmuv3-accel forwards them from its command loop).
+        self.on_command: Callable[[int, int], bool] | None = None
         impl = core.backend(backend) if backend is not None else core
         self._core = impl
         self.tlb = impl.Iotlb(tlb_capacity)
@@ -492,7 +502,13 @@ class SMMUv3:
         self._gerror(R.GERROR_CMDQ_ERR)
 
     def _execute(self, cmd: list[int]) -> bool:
-        """Carry out one command; False if it is illegal."""
+        """Carry out one command; False if it is illegal (or :attr:`on_command` refused it)."""
+        if not self._execute_builtin(cmd):
+            return False
+        hook = self.on_command
+        return hook is None or hook(cmd[0], cmd[1]) is not False
+
+    def _execute_builtin(self, cmd: list[int]) -> bool:
         d0, d1 = cmd
         try:
             op = R.Opcode(R.CMD_OP.get(d0))
@@ -603,10 +619,28 @@ class SMMUv3:
         except _ERRORS:
             raise _ConfigError(event, fetch_addr=addr) from None
 
+    def read_ste(self, sid: int) -> list[int] | None:
+        """The eight doublewords of ``sid``'s STE as the SMMU would fetch them now
+        (bypassing its configuration cache), or None when there is none to fetch
+        (C_BAD_STREAMID or F_STE_FETCH).  Records nothing.  Hardware has no such
+        thing: a VMM's accelerated virtual SMMU reads the guest's STE this way
+        (QEMU's smmu_find_ste()) to install it on the host."""
+        try:
+            return self._fetch(self._ste_address(sid), R.STE_SIZE, R.EventType.F_STE_FETCH)
+        except _ConfigError:
+            return None
+
     def _fetch_ste(self, sid: int) -> _Ste:
         ste = self._ste_cache.get(sid)
         if ste is not None:
             return ste
+        addr = self._ste_address(sid)
+        ste = self._decode_ste(self._fetch(addr, R.STE_SIZE, R.EventType.F_STE_FETCH))
+        self._ste_cache[sid] = ste
+        return ste
+
+    def _ste_address(self, sid: int) -> int:
+        """Where ``sid``'s STE is (through the level-1 descriptor of a 2-level table)."""
         cfg = self._reg(R.STRTAB_BASE_CFG)
         base = R.STRTAB_BASE_ADDR.get(self._reg64(R.STRTAB_BASE)) << 6
         log2size = min(R.STRTAB_CFG_LOG2SIZE.get(cfg), self.sidsize)
@@ -620,12 +654,8 @@ class SMMUv3:
             index = sid & ((1 << split) - 1)
             if not span or index >> (min(span, split + 1) - 1):
                 raise _ConfigError(R.EventType.C_BAD_STREAMID)
-            addr = (R.L1STD_L2PTR.get(l1) << 6) + index * R.STE_SIZE
-        else:
-            addr = base + sid * R.STE_SIZE
-        ste = self._decode_ste(self._fetch(addr, R.STE_SIZE, R.EventType.F_STE_FETCH))
-        self._ste_cache[sid] = ste
-        return ste
+            return (R.L1STD_L2PTR.get(l1) << 6) + index * R.STE_SIZE
+        return base + sid * R.STE_SIZE
 
     def _decode_ste(self, w: list[int]) -> _Ste:
         bad = _ConfigError(R.EventType.C_BAD_STE)
