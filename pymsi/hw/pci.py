@@ -118,7 +118,9 @@ class PciFunction:
         self._put(COMMAND, 0, 2, wmask=CMD_MEMORY | CMD_MASTER | CMD_INTX_DISABLE | 0x140)
         self._put(INT_PIN, 1, 1)
         reg = BAR0
+        self._bar_bir: list[int] = []                      # BAR Indicator of each BAR
         for i, bar in enumerate(self.bars):
+            self._bar_bir.append((reg - BAR0) // 4)
             if bar.size < 16 or bar.size & (bar.size - 1):
                 raise InvalidArgument(f"BAR size {bar.size:#x}")
             if reg + (8 if bar.is64 else 4) > BAR0 + 24:
@@ -170,8 +172,9 @@ class PciFunction:
         if msix is not None:
             self._put(self.msix_cap + MSIX_FLAGS, msix.vectors - 1, 2,
                       wmask=MSIX_FLAGS_MASKALL | MSIX_FLAGS_ENABLE)
-            self._put(self.msix_cap + MSIX_TABLE, msix.table_offset | msix.bar, 4)
-            self._put(self.msix_cap + MSIX_PBA, msix.pba_offset | msix.bar, 4)
+            bir = self._bar_bir[msix.bar]     # the BAR's register number (64-bit BARs take 2)
+            self._put(self.msix_cap + MSIX_TABLE, msix.table_offset | bir, 4)
+            self._put(self.msix_cap + MSIX_PBA, msix.pba_offset | bir, 4)
             self.msix_table = bytearray(msix.vectors * MSIX_ENTRY_SIZE)
             for v in range(msix.vectors):                      # every vector masked at reset
                 self.msix_table[v * 16 + MSIX_ENTRY_CTRL] = MSIX_CTRL_MASKBIT
@@ -424,6 +427,15 @@ class PciHost:
         fn.host = self
         self.functions[fn.rid] = fn
         return fn
+
+    def remove(self, fn: PciFunction) -> None:
+        """Unplug ``fn``: its BAR windows go and its configuration space reads all ones."""
+        if self.functions.get(fn.rid) is not fn:
+            raise InvalidArgument(f"{fn.bdf} is not plugged here")
+        for key in [k for k in self._windows if k[0] == fn.rid]:
+            self.bus.unmap(self._windows.pop(key))
+        del self.functions[fn.rid]
+        fn.host = None
 
     def function(self, rid: int) -> PciFunction | None:
         return self.functions.get(rid)
