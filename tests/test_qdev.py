@@ -485,3 +485,39 @@ def test_the_same_seed_gives_the_same_run():
     assert all(json.loads(line)["time_ns"] > 0 for line in ta.splitlines())
     tc, lc = packet_storm(8)
     assert tc != ta and lc != la
+
+
+# -- a model as the physical function a VMM is given through VFIO -------------------------------
+
+
+def test_edu_assigned_through_vfio_dmas_into_the_ioas_and_signals_the_eventfd():
+    from pymsi import vmmlib
+
+    # the guest's RAM sits at 1 GiB: beyond edu's default 28-bit DMA mask (a property)
+    vmm = vmmlib.Vmm("sw-msi", smmu="s1", devices=[{"model": "edu", "dma_mask": 2**32 - 1}],
+                     ram_size=0x10_0000)
+    vmm.bind()
+    vmm.attach()
+    assert vmm.enable(1) == 0
+    edu = vmm.m.functions[0]
+    assert edu.msix_enabled
+    bar = vmm.k.pci.devices[0].bars[0][0]
+    gpa = vmmlib.RAM_GPA + 0x3000                          # IOVA = GPA in the IOAS
+    vmm.k.user_write(vmm.va + 0x3000, b"guest data")
+    bus = vmm.m.bus                                        # the VMM's mmap of BAR 0
+    bus.write(bar + DMA_SRC, gpa, 8)
+    bus.write(bar + DMA_DST, DMA_BUF, 8)
+    bus.write(bar + DMA_CNT, 10, 8)
+    bus.write(bar + DMA_CMD, 0x1 | 0x4, 8)                 # RAM -> edu, interrupt
+    vmm.m.bus.drain()
+    vmm.k.handle_interrupts()
+    assert bytes(edu.dma_buf[:10]) == b"guest data"
+    assert vmm.counts() == [1]                             # the vector's eventfd fired
+    bus.write(bar + DMA_SRC, DMA_BUF, 8)
+    bus.write(bar + DMA_DST, gpa + 0x100, 8)
+    bus.write(bar + DMA_CMD, 0x1 | 0x2, 8)                 # edu -> RAM
+    assert vmm.k.user_read(vmm.va + 0x3100, 10) == b"guest data"
+    bus.write(bar + DMA_DST, vmmlib.RAM_GPA + 0x10_0000, 8)   # past the IOAS: a fault
+    before = vmm.smmu_events()
+    bus.write(bar + DMA_CMD, 0x1 | 0x2, 8)
+    assert vmm.smmu_events() > before

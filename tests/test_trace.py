@@ -157,21 +157,23 @@ def test_one_interrupt_on_the_host_step_by_step():
     """SMMU translation -> ITS translation -> LPI pending on a CPU -> the handler on that CPU."""
     m, k, drv = host()
     addr, data, _ = m.functions[0].msix_entry(1)
-    with trace.record("smmuv3_translate_success,gicv3_its_translation_write,"
+    with trace.record("msi_send_message,smmuv3_translate_success,gicv3_its_translation_write,"
                       "gicv3_redist_process_lpi,irq_handler_entry") as rec:
         m.functions[0].notify(1)
         k.handle_interrupts()
     names = [r.name for r in rec]
-    assert names == ["smmuv3_translate_success", "gicv3_its_translation_write",
-                     "gicv3_redist_process_lpi", "irq_handler_entry"]
-    smmu, its, lpi, entry = (r.fields for r in rec)
+    assert names == ["msi_send_message", "smmuv3_translate_success",
+                     "gicv3_its_translation_write", "gicv3_redist_process_lpi",
+                     "irq_handler_entry"]
+    send, smmu, its, lpi, entry = (r.fields for r in rec)
+    assert send == {"rid": RID, "vector": 1, "address": addr, "data": data}
     assert smmu["sid"] == RID and smmu["iova"] == addr and smmu["translated"] == DOORBELL
     assert smmu["stage"] == 1 and smmu["is_write"] is True
     assert its == {"requester_id": RID, "data": data}
     assert lpi["irq"] >= LPI_BASE and lpi["level"] == 1
     assert entry["kernel"] == "host" and entry["cpu"] == lpi["cpu"] == drv.fired[1][0]
     assert entry["irq"] == drv.irqs[1] and entry["name"].endswith("-1")
-    assert [r.seq for r in rec] == [0, 1, 2, 3]
+    assert [r.seq for r in rec] == [0, 1, 2, 3, 4]
 
 
 def test_its_commands_are_traced_with_their_fields():

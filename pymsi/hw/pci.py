@@ -25,6 +25,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
+from .. import trace
 from ..errors import InvalidArgument
 
 # Type-0 header.
@@ -44,6 +45,11 @@ MSIX_FLAGS_QSIZE, MSIX_FLAGS_MASKALL, MSIX_FLAGS_ENABLE = 0x7FF, 1 << 14, 1 << 1
 MSIX_ENTRY_SIZE, MSIX_ENTRY_CTRL, MSIX_CTRL_MASKBIT = 16, 12, 1
 
 CONFIG_SIZE = 4096
+
+# Named after QEMU's msi_send_message(): a function's MSI / MSI-X memory write, as it leaves
+# the function (before the IOMMU); vector is the MSI-X entry or MSI vector.
+trace_msi_send_message = trace.Tracepoint("msi_send_message", "rid", "vector", "address",
+                                          "data")
 
 
 class Delivery(enum.Enum):
@@ -286,7 +292,7 @@ class PciFunction:
             if pending >> v & 1 and not masks >> v & 1 and self.msi_message(v) is not None:
                 self._set_msi_pending(v, False)
                 self.stats.delivered_from_pending += 1
-                self._send(*self.msi_message(v))
+                self._send(*self.msi_message(v), vector=v)
 
     # -- MSI-X --------------------------------------------------------------------
 
@@ -319,7 +325,7 @@ class PciFunction:
             self._set_pba(vector, False)
             addr, data, _ = self.msix_entry(vector)
             self.stats.delivered_from_pending += 1
-            self._send(addr, data)
+            self._send(addr, data, vector=vector)
 
     def _msix_vector_masked(self, vector: int) -> bool:
         return self._msix_masked_all() or bool(self.msix_entry(vector)[2] & MSIX_CTRL_MASKBIT)
@@ -361,7 +367,7 @@ class PciFunction:
                 self.stats.pending += 1
                 return Delivery.PENDING
             addr, data, _ = self.msix_entry(vector)
-            return self._send(addr, data)
+            return self._send(addr, data, vector=vector)
         if self.msi_cap is not None and self._get(self.msi_cap + MSI_FLAGS, 2) & MSI_FLAGS_ENABLE:
             msg = self.msi_message(vector)
             if msg is None:
@@ -370,14 +376,16 @@ class PciFunction:
                 self._set_msi_pending(vector, True)
                 self.stats.pending += 1
                 return Delivery.PENDING
-            return self._send(*msg)
+            return self._send(*msg, vector=vector)
         self.stats.disabled += 1
         return Delivery.DISABLED
 
-    def _send(self, addr: int, data: int) -> Delivery:
+    def _send(self, addr: int, data: int, vector: int | None = None) -> Delivery:
         if not self._get(COMMAND, 2) & CMD_MASTER or self.host is None:
             self.stats.blocked += 1
             return Delivery.BLOCKED
+        if trace_msi_send_message.enabled:
+            trace_msi_send_message(rid=self.rid, vector=vector, address=addr, data=data)
         r = self.host.bus.dma_write(self.rid, addr, data, 4, on_done=self._count)
         if r.posted:
             return Delivery.POSTED
