@@ -363,3 +363,20 @@ def test_the_trace_clock_follows_the_scheduler():
         assert rec.records[0].time_ns == 700
     finally:
         trace.set_clock(old)
+
+
+@given(st.lists(st.tuples(st.integers(0, 50), st.booleans()), max_size=60),
+       st.integers(0, 2**32))
+def test_any_schedule_runs_in_time_then_issue_order(items, seed):
+    s = sched.Scheduler(seed)
+    ran = []
+    events = []
+    for i, (delay, cancel) in enumerate(items):
+        events.append((s.schedule(delay, ran.append, i), cancel))
+    for ev, cancel in events:
+        if cancel:
+            ev.cancel()
+    r = s.run()
+    want = sorted((d, i) for i, (d, c) in enumerate(items) if not c)
+    assert ran == [i for _, i in want] and r.quiescent and r.events == len(want)
+    assert s.now() == (max(d for d, _ in want) if want else 0)
