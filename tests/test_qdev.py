@@ -17,6 +17,7 @@ from importlib import metadata
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from pymsi import sched, trace
 from pymsi.errors import BusError, InvalidArgument
@@ -521,3 +522,110 @@ def test_edu_assigned_through_vfio_dmas_into_the_ioas_and_signals_the_eventfd():
     before = vmm.smmu_events()
     bus.write(bar + DMA_CMD, 0x1 | 0x2, 8)
     assert vmm.smmu_events() > before
+
+
+# -- any bus, any IOMMU: a model sees only its bus ----------------------------------------------
+
+
+class OffsetIommu:
+    """An IOMMU that maps IOVA -> IOVA + 0x4000_0000 for one StreamID and aborts the rest."""
+
+    def __init__(self, sid):
+        self.sid, self.seen = sid, []
+
+    def translate(self, sid, iova, write=False):
+        from pymsi.hw.smmuv3 import Outcome, SmmuResult
+
+        self.seen.append((sid, iova, write))
+        if sid != self.sid:
+            return SmmuResult(Outcome.ABORTED, None)
+        return SmmuResult(Outcome.TRANSLATED, iova + 0x4000_0000)
+
+
+def test_dma_goes_through_the_iommu_of_the_bus_with_the_requester_id(core):
+    from pymsi.hw.bus import Bus
+    from pymsi.hw.pci import PciHost
+
+    ram = core.Memory()
+    ram.add_ram(0x4000_0000, 0x10_0000)
+    bus = Bus(ram)
+    host = PciHost(bus, 0x3F00_0000, 16)
+    rid = 3 << 8 | 4 << 3 | 1                                   # 03:04.1
+    iommu = OffsetIommu(rid)
+    bus.attach_iommu(0, 0xFFFF, iommu)
+    fn = find_device_model("edu")(3, 4, 1).plug(host)
+    fn.cfg_write(COMMAND, 0x6, 2)                               # memory + bus master
+    ram.write(0x4000_1000, b"abcdefgh")
+    assert fn.dma_read_bytes(0x1000, 8) == b"abcdefgh"
+    assert fn.dma_write(0x2000, 0x1122334455667788, 8).ok
+    assert ram.read(0x4000_2000, 8) == (0x1122334455667788).to_bytes(8, "little")
+    assert {s for s, _, _ in iommu.seen} == {rid}
+    assert (rid, 0x2000, True) in iommu.seen and (rid, 0x1000, False) in iommu.seen
+    iommu.sid = 0                                              # now it aborts ours
+    assert fn.dma_read_bytes(0x1000, 8) is None and fn.dma_stats["faults"] == 1
+    assert not fn.dma_write_bytes(0x2000, b"x")
+
+
+# -- the NIC's rings under any sequence of driver and wire actions -----------------------------
+
+
+class NicRings(RuleBasedStateMachine):
+    """After every step: HEAD and DOORBELL as the driver can expect, every descriptor the
+    device wrote in the slot it belongs to, every accepted packet's vector handled once."""
+
+    Q = 3
+
+    def __init__(self):
+        super().__init__()
+        self.m, self.k, self.dev, self.nic = nic_host(self.Q)
+        self.d = NicDriver(self.k, self.dev, self.Q, ring=4)
+        self.size = [4] * self.Q
+        self.head = [0] * self.Q
+        self.tail = [0] * self.Q
+        self.ring: list[dict[int, int]] = [{} for _ in range(self.Q)]   # slot -> packet id
+        self.next_id = 0
+        self.dropped = 0
+        self.handled = [0] * self.Q
+
+    @rule(q=st.integers(0, Q - 1), length=st.integers(0, 9000))
+    def packet(self, q, length):
+        ok = self.nic.receive(q, length)
+        room = self.size[q] and self.head[q] - self.tail[q] < self.size[q]
+        assert ok == bool(room)
+        if ok:
+            self.ring[q][self.head[q] % self.size[q]] = self.next_id
+            self.next_id += 1
+            self.head[q] += 1
+            self.handled[q] += 1
+            assert self.d.desc(q, (self.head[q] - 1) % self.size[q])[1:] == (
+                length & 0xFFFF_FFFF, q, 1)
+        else:
+            self.dropped += 1
+        self.k.handle_interrupts()
+
+    @rule(q=st.integers(0, Q - 1), n=st.integers(-2, 6))
+    def doorbell(self, q, n):
+        value = (self.tail[q] + n) & 0xFFFF_FFFF
+        self.d.wr(Q0 + q * QS + DOORBELL_REG, value)
+        if 0 <= n <= self.head[q] - self.tail[q]:
+            self.tail[q] += n
+
+    @rule(q=st.integers(0, Q - 1), size=st.sampled_from([0, 1, 2, 3, 4, 5]))
+    def resize(self, q, size):
+        self.d.wr(Q0 + q * QS + RING_SIZE, size)
+        if size in (0, 1, 2, 4):                                 # a power of two or 0
+            self.size[q], self.head[q], self.tail[q], self.ring[q] = size, 0, 0, {}
+
+    @invariant()
+    def registers_and_rings(self):
+        for q in range(self.Q):
+            assert self.d.rd(Q0 + q * QS + HEAD) == self.head[q]
+            assert self.d.rd(Q0 + q * QS + DOORBELL_REG) == self.tail[q]
+            for slot, pkt in self.ring[q].items():
+                assert self.d.desc(q, slot)[0] == pkt
+            assert len(self.d.drv.fired[q]) == self.handled[q]
+        assert self.d.rd(NIC_DROPPED) == self.dropped
+
+
+NicRings.TestCase.settings = settings(max_examples=25, stateful_step_count=30)
+test_nic_rings = NicRings.TestCase
