@@ -629,3 +629,18 @@ class NicRings(RuleBasedStateMachine):
 
 NicRings.TestCase.settings = settings(max_examples=25, stateful_step_count=30)
 test_nic_rings = NicRings.TestCase
+
+
+def test_models_on_the_x86_machine_too():
+    from pymsi.machine import X86Pc
+
+    m = X86Pc(devices=[{"model": "edu"}, {"model": "nic", "queues": 16}])
+    k = m.boot()
+    edu = EduDriver(k, k.pci.devices[0])
+    edu.wr(IRQ_RAISE, 0x40)
+    k.handle_interrupts()
+    assert [s for s, _ in edu.seen] == [0x40]
+    drv = MsiCountingDriver(k, k.pci.devices[1], 16)
+    assert m.functions[1].msix_notify(5) is Delivery.SENT
+    k.handle_interrupts()
+    assert len(drv.fired[5]) == 1 and sum(map(len, drv.fired.values())) == 1
