@@ -45,7 +45,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from .. import core
+from .. import core, trace
 from ..core import Fault, FaultKind, Stage1, Stage2, WalkResult, XlateConfig
 from ..core.common import batch_views, int_arg
 from ..errors import InvalidArgument
@@ -54,6 +54,21 @@ from .bits import dwords, pack_dwords
 from .bus import POSTED_BUDGET
 
 _ERRORS = (OSError, ValueError)
+
+# Tracepoints, named and (mostly) with the fields of QEMU's hw/arm/trace-events.  ``stage``
+# is 1, 2 or 3 (nested) as QEMU's SMMUStage; ``ipa`` is the stage-1 output.
+trace_smmuv3_translate_success = trace.Tracepoint(
+    "smmuv3_translate_success", "sid", "iova", "ipa", "translated", "is_write", "stage",
+    "tlb_hit")
+trace_smmuv3_translate_abort = trace.Tracepoint(
+    "smmuv3_translate_abort", "sid", "addr", "is_write", "event")
+trace_smmuv3_translate_bypass = trace.Tracepoint(
+    "smmuv3_translate_bypass", "sid", "addr", "is_write")
+trace_smmuv3_translate_disable = trace.Tracepoint(
+    "smmuv3_translate_disable", "sid", "addr", "is_write", "abort")
+trace_smmuv3_record_event = trace.Tracepoint(
+    "smmuv3_record_event", "type", "sid", "addr", "recorded")
+trace_smmuv3_cmdq_opcode = trace.Tracepoint("smmuv3_cmdq_opcode", "opcode", "sid")
 
 
 class Outcome(enum.Enum):
@@ -432,6 +447,12 @@ class SMMUv3:
         Returns False if it was dropped: queue disabled, full (overflow flag
         set) or not writable (GERROR.EVTQ_ABT_ERR).
         """
+        ok = self._record_event(words)
+        if trace_smmuv3_record_event.enabled:
+            self._trace_event(words, ok)
+        return ok
+
+    def _record_event(self, words: list[int]) -> bool:
         if not self._cr0 & R.CR0_EVENTQEN:
             self.stats["events_dropped"] += 1
             return False
@@ -458,6 +479,16 @@ class SMMUv3:
             self._signal("eventq", R.EVENTQ_IRQ_CFG0, R.EVENTQ_IRQ_CFG1,
                          R.GERROR_MSI_EVTQ_ABT_ERR)
         return True
+
+    def _trace_event(self, words: list[int], recorded: bool) -> None:
+        etype = R.EVT0_TYPE.get(words[0])
+        try:
+            name = R.EventType(etype).name
+        except ValueError:
+            name = f"{etype:#x}"
+        trace_smmuv3_record_event(type=name, sid=R.EVT0_SID.get(words[0]),
+                                  addr=words[2] if len(words) > 2 else 0,
+                                  recorded=recorded)
 
     def _event(self, etype: int, sid: int, ssid: int | None = None, iova: int = 0,
                write: bool = False, s2: bool = False, event_class: int = 0, ipa: int = 0,
@@ -515,6 +546,8 @@ class SMMUv3:
         except ValueError:
             return False
         sid = R.CMD_SID.get(d0)
+        if trace_smmuv3_cmdq_opcode.enabled:
+            trace_smmuv3_cmdq_opcode(opcode=op.name, sid=sid)
         Op = R.Opcode
         if op in (Op.CFGI_STE, Op.CFGI_STE_RANGE, Op.CFGI_CD, Op.CFGI_CD_ALL, Op.PREFETCH_CONFIG,
                   Op.PREFETCH_ADDR):
@@ -812,6 +845,9 @@ class SMMUv3:
             self._check_args(sid, iova, ssid)
         if not self._cr0 & _SMMUEN:
             self._check_args(sid, iova, ssid)
+            if trace_smmuv3_translate_disable.enabled:
+                trace_smmuv3_translate_disable(sid=sid, addr=iova, is_write=write,
+                                               abort=bool(self._gbpa & R.GBPA_ABORT))
             if self._gbpa & R.GBPA_ABORT:
                 return SmmuResult(Outcome.ABORTED, None)
             return SmmuResult(Outcome.BYPASSED, iova)
@@ -829,11 +865,21 @@ class SMMUv3:
             else:
                 w = self._translate(self.memory, iova, write, st.cfg, self.tlb)
                 if w.fault is None:
+                    if trace_smmuv3_translate_success.enabled:
+                        cfg = st.cfg
+                        trace_smmuv3_translate_success(
+                            sid=sid, iova=iova, ipa=w.ipa, translated=w.pa, is_write=write,
+                            stage=(1 if cfg.s1 is not None else 0)
+                            | (2 if cfg.s2 is not None else 0), tlb_hit=w.tlb_hit)
                     return _new(SmmuResult, (_TRANSLATED, w.pa, None, None, False, w))
             return self._fault_event(w, st, sid, ssid, iova, write)
         self._check_args(sid, iova, ssid)
         if st.mode == core.STREAM_BYPASS:
+            if trace_smmuv3_translate_bypass.enabled:
+                trace_smmuv3_translate_bypass(sid=sid, addr=iova, is_write=write)
             return SmmuResult(Outcome.BYPASSED, iova)
+        if trace_smmuv3_translate_abort.enabled:
+            trace_smmuv3_translate_abort(sid=sid, addr=iova, is_write=write, event=None)
         return SmmuResult(Outcome.ABORTED, None)
 
     def _check_args(self, sid: Any, iova: Any, ssid: Any) -> None:
@@ -856,6 +902,8 @@ class SMMUv3:
         recorded = self.record_event(words) if e.record else False
         if not e.record:
             self.stats["events_suppressed"] += 1
+        if trace_smmuv3_translate_abort.enabled:
+            trace_smmuv3_translate_abort(sid=sid, addr=iova, is_write=write, event=e.event.name)
         return SmmuResult(Outcome.ABORTED, None, f, e.event, recorded)
 
     def _fault_event(self, w: WalkResult, st: _Stream, sid: int, ssid: int | None, iova: int,
@@ -872,6 +920,8 @@ class SMMUv3:
             recorded = self.record_event(words)
         else:
             self.stats["events_suppressed"] += 1
+        if trace_smmuv3_translate_abort.enabled:
+            trace_smmuv3_translate_abort(sid=sid, addr=iova, is_write=write, event=etype.name)
         return SmmuResult(Outcome.ABORTED, None, f, etype, recorded, w)
 
     def translate_batch(self, sids: Any, iovas: Any, out_pa: Any, status: Any,
@@ -898,6 +948,8 @@ class SMMUv3:
 
     def _translate_batch(self, n: int, sv: Any, iv: Any, op: Any, st: Any,
                          write: bool) -> int:
+        if trace_smmuv3_translate_success.enabled or trace_smmuv3_translate_abort.enabled:
+            return self._translate_batch_traced(n, sv, iv, op, st, write)
         if self._cr0 & R.CR0_SMMUEN:
             ok = self._core.stream_batch(self.memory, self._streams, sv, iv, op, st,
                                          tlb=self.tlb, write=write)
@@ -923,6 +975,19 @@ class SMMUv3:
                 r = self.translate(sv[k], iv[k], write)
                 op[k] = 0 if r.pa is None else r.pa
                 st[k] = _status_of(r)
+            ok += st[k] in (0, core.STATUS_BYPASS)
+        return ok
+
+    def _translate_batch_traced(self, n: int, sv: Any, iv: Any, op: Any, st: Any,
+                                write: bool) -> int:
+        """The batch one item at a time, so each translation is traced."""
+        if n and max(sv) >> self.sidsize:
+            raise InvalidArgument(f"sid={max(sv):#x} does not fit in {self.sidsize} bits")
+        ok = 0
+        for k in range(n):
+            r = self.translate(sv[k], iv[k], write)
+            op[k] = 0 if r.pa is None else r.pa
+            st[k] = _status_of(r)
             ok += st[k] in (0, core.STATUS_BYPASS)
         return ok
 
