@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import trace
 from .bits import Field, merge_access
 
 LPI_BASE = 8192
@@ -50,6 +51,16 @@ VPROPBASER_IDBITS, VPROPBASER_PA = Field(4, 0), Field(51, 12)
 VPENDBASER_PA, VPENDBASER_VALID = Field(51, 16), Field(63)
 GICV3_FRAME, GICV4_FRAME = 0x20000, 0x40000
 PRIORITY_MASK = 0xFC
+
+
+# Tracepoints named after QEMU's redistributor functions (hw/intc/arm_gicv3_redist.c).
+trace_gicv3_redist_process_lpi = trace.Tracepoint(
+    "gicv3_redist_process_lpi", "cpu", "irq", "level",
+    doc="an LPI made pending (level 1) on the redistributor of cpu; dropped is level -1")
+trace_gicv3_redist_process_vlpi = trace.Tracepoint(
+    "gicv3_redist_process_vlpi", "cpu", "irq", "vptaddr", "doorbell", "level",
+    doc="a vLPI made pending in the vPE pending table at vptaddr (doorbell raised if not "
+        "resident on cpu)")
 
 
 class Redistributor:
@@ -85,8 +96,12 @@ class Redistributor:
         """Make LPI ``intid`` pending here; False if it was dropped."""
         if not self.lpis_enabled or not self.lpi_in_range(intid):
             self.stats["lpis_dropped"] += 1
+            if trace_gicv3_redist_process_lpi.enabled:
+                trace_gicv3_redist_process_lpi(cpu=self.cpu, irq=intid, level=-1)
             return False
         self.stats["lpis_set"] += 1
+        if trace_gicv3_redist_process_lpi.enabled:
+            trace_gicv3_redist_process_lpi(cpu=self.cpu, irq=intid, level=1)
         if intid not in self.pending:
             self.pending.add(intid)
             self._write_pending_bit(intid, True)
@@ -156,6 +171,9 @@ class Redistributor:
         if self.gic.pending_bit(vpt, vintid, True) is None:
             return False
         self.stats["vlpis_set"] += 1
+        if trace_gicv3_redist_process_vlpi.enabled:
+            trace_gicv3_redist_process_vlpi(cpu=self.cpu, irq=vintid, vptaddr=vpt,
+                                            doorbell=doorbell, level=1)
         if self.resident_vpt != vpt and doorbell != SPURIOUS:
             self.stats["doorbells"] += 1
             self.set_pending(doorbell)

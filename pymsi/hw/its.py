@@ -28,6 +28,7 @@ import enum
 from collections import deque
 from typing import Any
 
+from .. import trace
 from .bits import Field, dwords, merge_access
 from .gicv3 import LPI_BASE, SPURIOUS, Gicv3
 
@@ -154,6 +155,74 @@ C2_ICID, C2_RDBASE, C2_V, C2_ITT = Field(15, 0), Field(47, 16), Field(63), Field
 C2_VINTID, C2_DOORBELL, C2_D = Field(31, 0), Field(63, 32), Field(0)
 C3_RDBASE2, C3_VPT_SIZE, C3_VPT_ADDR = Field(47, 16), Field(4, 0), Field(51, 16)
 
+# Tracepoints, named and with the fields of QEMU's hw/intc/trace-events (one per command,
+# traced as the command is taken from the queue, before it runs).
+_TP = trace.Tracepoint
+_CMD_TRACE = {
+    Cmd.MOVI: (_TP("gicv3_its_cmd_movi", "devid", "eventid", "icid"),
+               lambda dev, ev, d1, d2, d3: {"devid": dev, "eventid": ev, "icid": C2_ICID.get(d2)}),
+    Cmd.INT: (_TP("gicv3_its_cmd_int", "devid", "eventid"),
+              lambda dev, ev, d1, d2, d3: {"devid": dev, "eventid": ev}),
+    Cmd.CLEAR: (_TP("gicv3_its_cmd_clear", "devid", "eventid"),
+                lambda dev, ev, d1, d2, d3: {"devid": dev, "eventid": ev}),
+    Cmd.SYNC: (_TP("gicv3_its_cmd_sync", "rdbase"),
+               lambda dev, ev, d1, d2, d3: {"rdbase": C2_RDBASE.get(d2)}),
+    Cmd.MAPD: (_TP("gicv3_its_cmd_mapd", "devid", "size", "ittaddr", "valid"),
+               lambda dev, ev, d1, d2, d3: {"devid": dev, "size": C1_SIZE.get(d1),
+                                            "ittaddr": C2_ITT.get(d2) << 8,
+                                            "valid": C2_V.get(d2)}),
+    Cmd.MAPC: (_TP("gicv3_its_cmd_mapc", "icid", "rdbase", "valid"),
+               lambda dev, ev, d1, d2, d3: {"icid": C2_ICID.get(d2), "rdbase": C2_RDBASE.get(d2),
+                                            "valid": C2_V.get(d2)}),
+    Cmd.MAPTI: (_TP("gicv3_its_cmd_mapti", "devid", "eventid", "icid", "intid"),
+                lambda dev, ev, d1, d2, d3: {"devid": dev, "eventid": ev,
+                                             "icid": C2_ICID.get(d2), "intid": C1_PINTID.get(d1)}),
+    Cmd.MAPI: (_TP("gicv3_its_cmd_mapi", "devid", "eventid", "icid"),
+               lambda dev, ev, d1, d2, d3: {"devid": dev, "eventid": ev, "icid": C2_ICID.get(d2)}),
+    Cmd.INV: (_TP("gicv3_its_cmd_inv", "devid", "eventid"),
+              lambda dev, ev, d1, d2, d3: {"devid": dev, "eventid": ev}),
+    Cmd.INVALL: (_TP("gicv3_its_cmd_invall", "icid"),
+                 lambda dev, ev, d1, d2, d3: {"icid": C2_ICID.get(d2)}),
+    Cmd.MOVALL: (_TP("gicv3_its_cmd_movall", "rd1", "rd2"),
+                 lambda dev, ev, d1, d2, d3: {"rd1": C2_RDBASE.get(d2), "rd2": C3_RDBASE2.get(d3)}),
+    Cmd.DISCARD: (_TP("gicv3_its_cmd_discard", "devid", "eventid"),
+                  lambda dev, ev, d1, d2, d3: {"devid": dev, "eventid": ev}),
+    Cmd.VMOVI: (_TP("gicv3_its_cmd_vmovi", "devid", "eventid", "vpeid", "dbvalid", "doorbell"),
+                lambda dev, ev, d1, d2, d3: {"devid": dev, "eventid": ev,
+                                             "vpeid": C1_VPEID.get(d1), "dbvalid": C2_D.get(d2),
+                                             "doorbell": C2_DOORBELL.get(d2)}),
+    Cmd.VMOVP: (_TP("gicv3_its_cmd_vmovp", "vpeid", "rdbase"),
+                lambda dev, ev, d1, d2, d3: {"vpeid": C1_VPEID.get(d1),
+                                             "rdbase": C2_RDBASE.get(d2)}),
+    Cmd.VSYNC: (_TP("gicv3_its_cmd_vsync", "vpeid"),
+                lambda dev, ev, d1, d2, d3: {"vpeid": C1_VPEID.get(d1)}),
+    Cmd.VMAPP: (_TP("gicv3_its_cmd_vmapp", "vpeid", "rdbase", "valid", "vptaddr", "vptsize"),
+                lambda dev, ev, d1, d2, d3: {"vpeid": C1_VPEID.get(d1),
+                                             "rdbase": C2_RDBASE.get(d2), "valid": C2_V.get(d2),
+                                             "vptaddr": C3_VPT_ADDR.get(d3) << 16,
+                                             "vptsize": C3_VPT_SIZE.get(d3)}),
+    Cmd.VMAPTI: (_TP("gicv3_its_cmd_vmapti", "devid", "eventid", "vpeid", "vintid", "doorbell"),
+                 lambda dev, ev, d1, d2, d3: {"devid": dev, "eventid": ev,
+                                              "vpeid": C1_VPEID.get(d1),
+                                              "vintid": C2_VINTID.get(d2),
+                                              "doorbell": C2_DOORBELL.get(d2)}),
+    Cmd.VMAPI: (_TP("gicv3_its_cmd_vmapi", "devid", "eventid", "vpeid", "doorbell"),
+                lambda dev, ev, d1, d2, d3: {"devid": dev, "eventid": ev,
+                                             "vpeid": C1_VPEID.get(d1),
+                                             "doorbell": C2_DOORBELL.get(d2)}),
+    Cmd.VINVALL: (_TP("gicv3_its_cmd_vinvall", "vpeid"),
+                  lambda dev, ev, d1, d2, d3: {"vpeid": C1_VPEID.get(d1)}),
+}
+trace_gicv3_its_cmd_unknown = _TP("gicv3_its_cmd_unknown", "cmd")
+trace_gicv3_its_cmd_error = _TP("gicv3_its_cmd_error", "cmd", "error",
+                                doc="a command ignored (or stalling) with an error code")
+trace_gicv3_its_translation_write = _TP(
+    "gicv3_its_translation_write", "requester_id", "data",
+    doc="a write of an EventID to GITS_TRANSLATER by DeviceID requester_id")
+trace_gicv3_its_translation_error = _TP(
+    "gicv3_its_translation_error", "requester_id", "data", "error",
+    doc="a translation dropped (no DeviceID, ITS disabled, unmapped, memory error)")
+
 
 class GicV3Its:
     """A GICv3 ITS attached to ``gic``, using ``memory`` for its tables and queue.
@@ -267,6 +336,8 @@ class GicV3Its:
             except _Error as e:
                 self.stats["command_errors"] += 1
                 self._note("command", _opname(cmd[0]), e.code.name)
+                if trace_gicv3_its_cmd_error.enabled:
+                    trace_gicv3_its_cmd_error(cmd=_opname(cmd[0]), error=e.code.name)
                 if self.stall_on_error:
                     self.stalled = True
                     self.stats["stalls"] += 1
@@ -376,9 +447,16 @@ class GicV3Its:
         try:
             c = Cmd(op)
         except ValueError:
+            if trace_gicv3_its_cmd_unknown.enabled:
+                trace_gicv3_its_cmd_unknown(cmd=op)
             raise _Error(ItsError.UNKNOWN_COMMAND) from None
         if c >= 0x20 and not self.gicv4:
+            if trace_gicv3_its_cmd_unknown.enabled:
+                trace_gicv3_its_cmd_unknown(cmd=op)
             raise _Error(ItsError.UNKNOWN_COMMAND)
+        tp, fields = _CMD_TRACE[c]
+        if tp.enabled:
+            tp(**fields(dev, event, d1, d2, d3))
         handler = getattr(self, f"_cmd_{c.name.lower()}")
         handler(dev, event, d1, d2, d3)
 
@@ -589,6 +667,8 @@ class GicV3Its:
     def translate(self, device_id: int | None, event_id: int) -> bool:
         """A write of ``event_id`` to GITS_TRANSLATER by ``device_id``; False if dropped."""
         self.stats["translations"] += 1
+        if trace_gicv3_its_translation_write.enabled:
+            trace_gicv3_its_translation_write(requester_id=device_id, data=event_id)
         try:
             if device_id is None:
                 raise _Error(ItsError.NO_DEVICE_ID)
@@ -603,6 +683,8 @@ class GicV3Its:
             why = "memory error"
         self.stats["translations_dropped"] += 1
         self._note("translate", f"DeviceID {device_id} EventID {event_id:#x}", why)
+        if trace_gicv3_its_translation_error.enabled:
+            trace_gicv3_its_translation_error(requester_id=device_id, data=event_id, error=why)
         return False
 
 

@@ -25,6 +25,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
+from .. import trace
 from ..errors import InvalidArgument
 
 # Type-0 header.
@@ -44,6 +45,11 @@ MSIX_FLAGS_QSIZE, MSIX_FLAGS_MASKALL, MSIX_FLAGS_ENABLE = 0x7FF, 1 << 14, 1 << 1
 MSIX_ENTRY_SIZE, MSIX_ENTRY_CTRL, MSIX_CTRL_MASKBIT = 16, 12, 1
 
 CONFIG_SIZE = 4096
+
+# Named after QEMU's msi_send_message(): a function's MSI / MSI-X memory write, as it leaves
+# the function (before the IOMMU); vector is the MSI-X entry or MSI vector.
+trace_msi_send_message = trace.Tracepoint("msi_send_message", "rid", "vector", "address",
+                                          "data")
 
 
 class Delivery(enum.Enum):
@@ -118,7 +124,9 @@ class PciFunction:
         self._put(COMMAND, 0, 2, wmask=CMD_MEMORY | CMD_MASTER | CMD_INTX_DISABLE | 0x140)
         self._put(INT_PIN, 1, 1)
         reg = BAR0
+        self._bar_bir: list[int] = []                      # BAR Indicator of each BAR
         for i, bar in enumerate(self.bars):
+            self._bar_bir.append((reg - BAR0) // 4)
             if bar.size < 16 or bar.size & (bar.size - 1):
                 raise InvalidArgument(f"BAR size {bar.size:#x}")
             if reg + (8 if bar.is64 else 4) > BAR0 + 24:
@@ -170,8 +178,9 @@ class PciFunction:
         if msix is not None:
             self._put(self.msix_cap + MSIX_FLAGS, msix.vectors - 1, 2,
                       wmask=MSIX_FLAGS_MASKALL | MSIX_FLAGS_ENABLE)
-            self._put(self.msix_cap + MSIX_TABLE, msix.table_offset | msix.bar, 4)
-            self._put(self.msix_cap + MSIX_PBA, msix.pba_offset | msix.bar, 4)
+            bir = self._bar_bir[msix.bar]     # the BAR's register number (64-bit BARs take 2)
+            self._put(self.msix_cap + MSIX_TABLE, msix.table_offset | bir, 4)
+            self._put(self.msix_cap + MSIX_PBA, msix.pba_offset | bir, 4)
             self.msix_table = bytearray(msix.vectors * MSIX_ENTRY_SIZE)
             for v in range(msix.vectors):                      # every vector masked at reset
                 self.msix_table[v * 16 + MSIX_ENTRY_CTRL] = MSIX_CTRL_MASKBIT
@@ -283,7 +292,7 @@ class PciFunction:
             if pending >> v & 1 and not masks >> v & 1 and self.msi_message(v) is not None:
                 self._set_msi_pending(v, False)
                 self.stats.delivered_from_pending += 1
-                self._send(*self.msi_message(v))
+                self._send(*self.msi_message(v), vector=v)
 
     # -- MSI-X --------------------------------------------------------------------
 
@@ -316,7 +325,7 @@ class PciFunction:
             self._set_pba(vector, False)
             addr, data, _ = self.msix_entry(vector)
             self.stats.delivered_from_pending += 1
-            self._send(addr, data)
+            self._send(addr, data, vector=vector)
 
     def _msix_vector_masked(self, vector: int) -> bool:
         return self._msix_masked_all() or bool(self.msix_entry(vector)[2] & MSIX_CTRL_MASKBIT)
@@ -358,7 +367,7 @@ class PciFunction:
                 self.stats.pending += 1
                 return Delivery.PENDING
             addr, data, _ = self.msix_entry(vector)
-            return self._send(addr, data)
+            return self._send(addr, data, vector=vector)
         if self.msi_cap is not None and self._get(self.msi_cap + MSI_FLAGS, 2) & MSI_FLAGS_ENABLE:
             msg = self.msi_message(vector)
             if msg is None:
@@ -367,14 +376,16 @@ class PciFunction:
                 self._set_msi_pending(vector, True)
                 self.stats.pending += 1
                 return Delivery.PENDING
-            return self._send(*msg)
+            return self._send(*msg, vector=vector)
         self.stats.disabled += 1
         return Delivery.DISABLED
 
-    def _send(self, addr: int, data: int) -> Delivery:
+    def _send(self, addr: int, data: int, vector: int | None = None) -> Delivery:
         if not self._get(COMMAND, 2) & CMD_MASTER or self.host is None:
             self.stats.blocked += 1
             return Delivery.BLOCKED
+        if trace_msi_send_message.enabled:
+            trace_msi_send_message(rid=self.rid, vector=vector, address=addr, data=data)
         r = self.host.bus.dma_write(self.rid, addr, data, 4, on_done=self._count)
         if r.posted:
             return Delivery.POSTED
@@ -424,6 +435,15 @@ class PciHost:
         fn.host = self
         self.functions[fn.rid] = fn
         return fn
+
+    def remove(self, fn: PciFunction) -> None:
+        """Unplug ``fn``: its BAR windows go and its configuration space reads all ones."""
+        if self.functions.get(fn.rid) is not fn:
+            raise InvalidArgument(f"{fn.bdf} is not plugged here")
+        for key in [k for k in self._windows if k[0] == fn.rid]:
+            self.bus.unmap(self._windows.pop(key))
+        del self.functions[fn.rid]
+        fn.host = None
 
     def function(self, rid: int) -> PciFunction | None:
         return self.functions.get(rid)

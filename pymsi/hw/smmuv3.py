@@ -31,6 +31,11 @@ more is always allowed); TLBI_S2_IPA also drops nested entries whose IPA it
 covers; a full event queue sets EVENTQ_PROD.OVFLG and drops the record (QEMU
 raises EVTQ_ABT_ERR instead); stall is not supported (STALL_MODEL = 0b01), so
 CD.S / STE.S2S set are illegal; HTTU is not implemented.
+
+Two hooks that hardware does not have let a VMM build its virtual SMMU on this
+model (:mod:`pymsi.vmm.smmuv3`): :attr:`SMMUv3.on_command` sees every command
+the SMMU carried out (and may fail it), :meth:`SMMUv3.read_ste` reads an STE
+without caching it or recording anything.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from .. import core
+from .. import core, trace
 from ..core import Fault, FaultKind, Stage1, Stage2, WalkResult, XlateConfig
 from ..core.common import batch_views, int_arg
 from ..errors import InvalidArgument
@@ -49,6 +54,21 @@ from .bits import dwords, pack_dwords
 from .bus import POSTED_BUDGET
 
 _ERRORS = (OSError, ValueError)
+
+# Tracepoints, named and (mostly) with the fields of QEMU's hw/arm/trace-events.  ``stage``
+# is 1, 2 or 3 (nested) as QEMU's SMMUStage; ``ipa`` is the stage-1 output.
+trace_smmuv3_translate_success = trace.Tracepoint(
+    "smmuv3_translate_success", "sid", "iova", "ipa", "translated", "is_write", "stage",
+    "tlb_hit")
+trace_smmuv3_translate_abort = trace.Tracepoint(
+    "smmuv3_translate_abort", "sid", "addr", "is_write", "event")
+trace_smmuv3_translate_bypass = trace.Tracepoint(
+    "smmuv3_translate_bypass", "sid", "addr", "is_write")
+trace_smmuv3_translate_disable = trace.Tracepoint(
+    "smmuv3_translate_disable", "sid", "addr", "is_write", "abort")
+trace_smmuv3_record_event = trace.Tracepoint(
+    "smmuv3_record_event", "type", "sid", "addr", "recorded")
+trace_smmuv3_cmdq_opcode = trace.Tracepoint("smmuv3_cmdq_opcode", "opcode", "sid")
 
 
 class Outcome(enum.Enum):
@@ -221,6 +241,11 @@ class SMMUv3:
         self.sev, self.cd2l = sev, cd2l              # only advertised (IDR0.SEV / CD2L)
         self.irq = irq
         self.msi_write = msi_write
+        #: Called with (dword0, dword1) after each command the SMMU carried out; a
+        #: False answer makes that command fail with CERROR_ILL.  Hardware has no such
+        #: thing: it is where a VMM's virtual SMMU built on this model acts on the
+        #: guest's commands (QEMU's smmuv3-accel forwards them from its command loop).
+        self.on_command: Callable[[int, int], bool] | None = None
         impl = core.backend(backend) if backend is not None else core
         self._core = impl
         self.tlb = impl.Iotlb(tlb_capacity)
@@ -422,6 +447,12 @@ class SMMUv3:
         Returns False if it was dropped: queue disabled, full (overflow flag
         set) or not writable (GERROR.EVTQ_ABT_ERR).
         """
+        ok = self._record_event(words)
+        if trace_smmuv3_record_event.enabled:
+            self._trace_event(words, ok)
+        return ok
+
+    def _record_event(self, words: list[int]) -> bool:
         if not self._cr0 & R.CR0_EVENTQEN:
             self.stats["events_dropped"] += 1
             return False
@@ -448,6 +479,16 @@ class SMMUv3:
             self._signal("eventq", R.EVENTQ_IRQ_CFG0, R.EVENTQ_IRQ_CFG1,
                          R.GERROR_MSI_EVTQ_ABT_ERR)
         return True
+
+    def _trace_event(self, words: list[int], recorded: bool) -> None:
+        etype = R.EVT0_TYPE.get(words[0])
+        try:
+            name = R.EventType(etype).name
+        except ValueError:
+            name = f"{etype:#x}"
+        trace_smmuv3_record_event(type=name, sid=R.EVT0_SID.get(words[0]),
+                                  addr=words[2] if len(words) > 2 else 0,
+                                  recorded=recorded)
 
     def _event(self, etype: int, sid: int, ssid: int | None = None, iova: int = 0,
                write: bool = False, s2: bool = False, event_class: int = 0, ipa: int = 0,
@@ -492,13 +533,21 @@ class SMMUv3:
         self._gerror(R.GERROR_CMDQ_ERR)
 
     def _execute(self, cmd: list[int]) -> bool:
-        """Carry out one command; False if it is illegal."""
+        """Carry out one command; False if it is illegal (or :attr:`on_command` refused it)."""
+        if not self._execute_builtin(cmd):
+            return False
+        hook = self.on_command
+        return hook is None or hook(cmd[0], cmd[1]) is not False
+
+    def _execute_builtin(self, cmd: list[int]) -> bool:
         d0, d1 = cmd
         try:
             op = R.Opcode(R.CMD_OP.get(d0))
         except ValueError:
             return False
         sid = R.CMD_SID.get(d0)
+        if trace_smmuv3_cmdq_opcode.enabled:
+            trace_smmuv3_cmdq_opcode(opcode=op.name, sid=sid)
         Op = R.Opcode
         if op in (Op.CFGI_STE, Op.CFGI_STE_RANGE, Op.CFGI_CD, Op.CFGI_CD_ALL, Op.PREFETCH_CONFIG,
                   Op.PREFETCH_ADDR):
@@ -603,10 +652,28 @@ class SMMUv3:
         except _ERRORS:
             raise _ConfigError(event, fetch_addr=addr) from None
 
+    def read_ste(self, sid: int) -> list[int] | None:
+        """The eight doublewords of ``sid``'s STE as the SMMU would fetch them now
+        (bypassing its configuration cache), or None when there is none to fetch
+        (C_BAD_STREAMID or F_STE_FETCH).  Records nothing.  Hardware has no such
+        thing: a VMM's accelerated virtual SMMU reads the guest's STE this way
+        (QEMU's smmu_find_ste()) to install it on the host."""
+        try:
+            return self._fetch(self._ste_address(sid), R.STE_SIZE, R.EventType.F_STE_FETCH)
+        except _ConfigError:
+            return None
+
     def _fetch_ste(self, sid: int) -> _Ste:
         ste = self._ste_cache.get(sid)
         if ste is not None:
             return ste
+        addr = self._ste_address(sid)
+        ste = self._decode_ste(self._fetch(addr, R.STE_SIZE, R.EventType.F_STE_FETCH))
+        self._ste_cache[sid] = ste
+        return ste
+
+    def _ste_address(self, sid: int) -> int:
+        """Where ``sid``'s STE is (through the level-1 descriptor of a 2-level table)."""
         cfg = self._reg(R.STRTAB_BASE_CFG)
         base = R.STRTAB_BASE_ADDR.get(self._reg64(R.STRTAB_BASE)) << 6
         log2size = min(R.STRTAB_CFG_LOG2SIZE.get(cfg), self.sidsize)
@@ -620,12 +687,8 @@ class SMMUv3:
             index = sid & ((1 << split) - 1)
             if not span or index >> (min(span, split + 1) - 1):
                 raise _ConfigError(R.EventType.C_BAD_STREAMID)
-            addr = (R.L1STD_L2PTR.get(l1) << 6) + index * R.STE_SIZE
-        else:
-            addr = base + sid * R.STE_SIZE
-        ste = self._decode_ste(self._fetch(addr, R.STE_SIZE, R.EventType.F_STE_FETCH))
-        self._ste_cache[sid] = ste
-        return ste
+            return (R.L1STD_L2PTR.get(l1) << 6) + index * R.STE_SIZE
+        return base + sid * R.STE_SIZE
 
     def _decode_ste(self, w: list[int]) -> _Ste:
         bad = _ConfigError(R.EventType.C_BAD_STE)
@@ -782,6 +845,9 @@ class SMMUv3:
             self._check_args(sid, iova, ssid)
         if not self._cr0 & _SMMUEN:
             self._check_args(sid, iova, ssid)
+            if trace_smmuv3_translate_disable.enabled:
+                trace_smmuv3_translate_disable(sid=sid, addr=iova, is_write=write,
+                                               abort=bool(self._gbpa & R.GBPA_ABORT))
             if self._gbpa & R.GBPA_ABORT:
                 return SmmuResult(Outcome.ABORTED, None)
             return SmmuResult(Outcome.BYPASSED, iova)
@@ -799,11 +865,21 @@ class SMMUv3:
             else:
                 w = self._translate(self.memory, iova, write, st.cfg, self.tlb)
                 if w.fault is None:
+                    if trace_smmuv3_translate_success.enabled:
+                        cfg = st.cfg
+                        trace_smmuv3_translate_success(
+                            sid=sid, iova=iova, ipa=w.ipa, translated=w.pa, is_write=write,
+                            stage=(1 if cfg.s1 is not None else 0)
+                            | (2 if cfg.s2 is not None else 0), tlb_hit=w.tlb_hit)
                     return _new(SmmuResult, (_TRANSLATED, w.pa, None, None, False, w))
             return self._fault_event(w, st, sid, ssid, iova, write)
         self._check_args(sid, iova, ssid)
         if st.mode == core.STREAM_BYPASS:
+            if trace_smmuv3_translate_bypass.enabled:
+                trace_smmuv3_translate_bypass(sid=sid, addr=iova, is_write=write)
             return SmmuResult(Outcome.BYPASSED, iova)
+        if trace_smmuv3_translate_abort.enabled:
+            trace_smmuv3_translate_abort(sid=sid, addr=iova, is_write=write, event=None)
         return SmmuResult(Outcome.ABORTED, None)
 
     def _check_args(self, sid: Any, iova: Any, ssid: Any) -> None:
@@ -826,6 +902,8 @@ class SMMUv3:
         recorded = self.record_event(words) if e.record else False
         if not e.record:
             self.stats["events_suppressed"] += 1
+        if trace_smmuv3_translate_abort.enabled:
+            trace_smmuv3_translate_abort(sid=sid, addr=iova, is_write=write, event=e.event.name)
         return SmmuResult(Outcome.ABORTED, None, f, e.event, recorded)
 
     def _fault_event(self, w: WalkResult, st: _Stream, sid: int, ssid: int | None, iova: int,
@@ -842,6 +920,8 @@ class SMMUv3:
             recorded = self.record_event(words)
         else:
             self.stats["events_suppressed"] += 1
+        if trace_smmuv3_translate_abort.enabled:
+            trace_smmuv3_translate_abort(sid=sid, addr=iova, is_write=write, event=etype.name)
         return SmmuResult(Outcome.ABORTED, None, f, etype, recorded, w)
 
     def translate_batch(self, sids: Any, iovas: Any, out_pa: Any, status: Any,
@@ -868,6 +948,8 @@ class SMMUv3:
 
     def _translate_batch(self, n: int, sv: Any, iv: Any, op: Any, st: Any,
                          write: bool) -> int:
+        if trace_smmuv3_translate_success.enabled or trace_smmuv3_translate_abort.enabled:
+            return self._translate_batch_traced(n, sv, iv, op, st, write)
         if self._cr0 & R.CR0_SMMUEN:
             ok = self._core.stream_batch(self.memory, self._streams, sv, iv, op, st,
                                          tlb=self.tlb, write=write)
@@ -893,6 +975,19 @@ class SMMUv3:
                 r = self.translate(sv[k], iv[k], write)
                 op[k] = 0 if r.pa is None else r.pa
                 st[k] = _status_of(r)
+            ok += st[k] in (0, core.STATUS_BYPASS)
+        return ok
+
+    def _translate_batch_traced(self, n: int, sv: Any, iv: Any, op: Any, st: Any,
+                                write: bool) -> int:
+        """The batch one item at a time, so each translation is traced."""
+        if n and max(sv) >> self.sidsize:
+            raise InvalidArgument(f"sid={max(sv):#x} does not fit in {self.sidsize} bits")
+        ok = 0
+        for k in range(n):
+            r = self.translate(sv[k], iv[k], write)
+            op[k] = 0 if r.pa is None else r.pa
+            st[k] = _status_of(r)
             ok += st[k] in (0, core.STATUS_BYPASS)
         return ok
 

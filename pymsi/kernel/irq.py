@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import trace
 from .base import (
     EBUSY,
     EINVAL,
@@ -33,6 +34,11 @@ from .base import (
     fail,
     parse_cpumask,
 )
+
+# Linux's include/trace/events/irq.h, plus which kernel (host or guest) and CPU ran it
+# (what a trace's header line gives).
+trace_irq_handler_entry = trace.Tracepoint("irq_handler_entry", "kernel", "cpu", "irq", "name")
+trace_irq_handler_exit = trace.Tracepoint("irq_handler_exit", "kernel", "cpu", "irq", "ret")
 
 IRQ_SET_MASK_OK = 0
 IRQ_SET_MASK_OK_NOCOPY = 1
@@ -493,7 +499,14 @@ class GenIrq:
         handled = IRQ_NONE
         try:
             for a in list(desc.actions):
-                handled |= a.handler(desc.irq, a.dev_id)
+                if trace_irq_handler_entry.enabled:
+                    trace_irq_handler_entry(kernel=self.kernel.name, cpu=cpu, irq=desc.irq,
+                                            name=a.name)
+                ret = a.handler(desc.irq, a.dev_id)
+                if trace_irq_handler_exit.enabled:
+                    trace_irq_handler_exit(kernel=self.kernel.name, cpu=cpu, irq=desc.irq,
+                                           ret=ret)
+                handled |= ret
         finally:
             self.kernel.current_cpu = None
         if handled == IRQ_NONE:

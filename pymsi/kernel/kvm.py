@@ -27,6 +27,7 @@ import errno as _errno
 from dataclasses import dataclass
 from typing import Any
 
+from .. import trace
 from ..hw import gicv3 as G
 from ..hw import its as I
 from ..hw.bits import merge_access
@@ -35,6 +36,17 @@ from . import vgic_its as VI
 from .base import EEXIST, EINVAL, KernelError, fail
 from .files import EPOLLHUP, EPOLLIN, O_RDWR, File, FileOperations
 from .irqbypass import IrqBypassConsumer, irqbypass_of
+
+# Tracepoints as Linux's include/trace/events/kvm.h (kvm_set_irq, kvm_msi_set_irq), the
+# irqfd ones named after virt/kvm/eventfd.c's functions, vgic_its_trigger_msi after
+# vgic-its.c's.
+trace_kvm_set_irq = trace.Tracepoint("kvm_set_irq", "gsi", "level", "irq_source_id")
+trace_kvm_msi_set_irq = trace.Tracepoint("kvm_msi_set_irq", "address", "data", "devid")
+trace_kvm_irqfd_assign = trace.Tracepoint("kvm_irqfd_assign", "fd", "gsi", "flags")
+trace_kvm_irqfd_deassign = trace.Tracepoint("kvm_irqfd_deassign", "fd", "gsi")
+trace_kvm_irqfd_wakeup = trace.Tracepoint("kvm_irqfd_wakeup", "gsi", "key")
+trace_vgic_its_trigger_msi = trace.Tracepoint(
+    "vgic_its_trigger_msi", "its", "device_id", "event_id", "ret")
 
 EBUSY, ENODEV, ENXIO, EAGAIN, ENOTTY, E2BIG = (
     _errno.EBUSY, _errno.ENODEV, _errno.ENXIO, _errno.EAGAIN, _errno.ENOTTY, _errno.E2BIG)
@@ -164,6 +176,8 @@ class Irqfd:
     def wakeup(self, ctx: Any, key: int) -> None:
         """irqfd_wakeup(): EPOLLIN takes the count and injects the GSI's route as
         it is now; EPOLLHUP (the eventfd closed) tears the irqfd down."""
+        if trace_kvm_irqfd_wakeup.enabled:
+            trace_kvm_irqfd_wakeup(gsi=self.gsi, key=key)
         if key & EPOLLIN:
             ctx.do_read()
             self.kvm.inject_gsi(self.gsi)
@@ -333,7 +347,10 @@ class VgicIts(KvmDevice, VI.VgicItsEmul):
         E_ITS_* code when (DeviceID, EventID) is not mapped, -EBUSY while the vITS
         is disabled or the target vCPU has its LPIs off."""
         self.delivered.append((devid, eventid))
-        return self.translate_msi(devid, eventid)
+        ret = self.translate_msi(devid, eventid)
+        if trace_vgic_its_trigger_msi.enabled:
+            trace_vgic_its_trigger_msi(its=self.base, device_id=devid, event_id=eventid, ret=ret)
+        return ret
 
     def set_attr(self, attr: Any) -> int:
         if attr.group == K.KVM_DEV_ARM_VGIC_GRP_ADDR:
@@ -751,6 +768,8 @@ class Kvm(FileOperations):
     def inject_gsi(self, gsi: int) -> None:
         """kvm_set_irq(): every route of ``gsi`` as the table is now; errors are
         dropped, as an irqfd has no one to tell."""
+        if trace_kvm_set_irq.enabled:
+            trace_kvm_set_irq(gsi=gsi, level=1, irq_source_id=0)
         for route in self.routing.get(gsi, []):
             if isinstance(route, MsiRoute):
                 try:
@@ -761,6 +780,8 @@ class Kvm(FileOperations):
     def set_msi(self, address: int, data: int, flags: int, devid: int) -> int:
         """kvm_set_msi() -> vgic_its_inject_msi(): 1 when a vITS took the MSI
         (ENODEV without a vITS, EINVAL without a DeviceID or outside every vITS frame)."""
+        if trace_kvm_msi_set_irq.enabled:
+            trace_kvm_msi_set_irq(address=address, data=data, devid=devid)
         its_all = self.its_list()
         if self.vgic is None or not its_all:        # vgic_has_its()
             raise fail(ENODEV, "the VM has no vITS")
@@ -1033,6 +1054,8 @@ class Kvm(FileOperations):
             if resample is not None:
                 resample.put()
             raise
+        if trace_kvm_irqfd_assign.enabled:
+            trace_kvm_irqfd_assign(fd=fd, gsi=gsi, flags=flags)
         irqfd = Irqfd(self, ctx, gsi)
         irqfd.resamplefd = resample
         irqfd.wait = ctx.add_wait_queue(irqfd.wakeup)
@@ -1047,6 +1070,8 @@ class Kvm(FileOperations):
 
     def irqfd_deassign(self, fd: int, gsi: int) -> int:
         """kvm_irqfd_deassign(): the irqfd of (eventfd, gsi) goes; none is not an error."""
+        if trace_kvm_irqfd_deassign.enabled:
+            trace_kvm_irqfd_deassign(fd=fd, gsi=gsi)
         ctx = self.kernel.eventfd_ctx_fdget(fd)
         try:
             for irqfd in list(self.irqfds):

@@ -31,6 +31,7 @@ import errno as _errno
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import trace
 from ..hw import its as I
 from ..hw.bits import Field, merge_access
 from .base import KernelError
@@ -44,6 +45,23 @@ VITS_TYPER_DEVBITS = 16
 VITS_MAX_DEVID = (1 << VITS_TYPER_DEVBITS) - 1
 ITE_ESZ = DTE_ESZ = CTE_ESZ = 8                   # ITS table ABI v0
 ITS_CMD_SIZE = 32
+
+# Tracepoints as Linux's arch/arm64/kvm/vgic/trace.h (traced as a command is taken from the
+# queue), and vgic_update_irq_pending when an MSI makes an LPI pending.
+_TP = trace.Tracepoint
+_DEV_EV = ("device_id", "event_id")
+trace_vgic_its_cmd_mapd = _TP("vgic_its_cmd_mapd", "device_id", "valid", "num_eventid_bits",
+                              "itt_addr")
+trace_vgic_its_cmd_mapc = _TP("vgic_its_cmd_mapc", "collection_id", "valid")
+trace_vgic_its_cmd_mapi = _TP("vgic_its_cmd_mapi", *_DEV_EV)
+trace_vgic_its_cmd_movi = _TP("vgic_its_cmd_movi", "device_id", "event_id", "collection_id")
+trace_vgic_its_cmd_discard = _TP("vgic_its_cmd_discard", *_DEV_EV)
+trace_vgic_its_cmd_clear = _TP("vgic_its_cmd_clear", *_DEV_EV)
+trace_vgic_its_cmd_int = _TP("vgic_its_cmd_int", *_DEV_EV)
+trace_vgic_its_cmd_inv = _TP("vgic_its_cmd_inv", *_DEV_EV)
+trace_vgic_its_cmd_movall = _TP("vgic_its_cmd_movall", "vcpu_source", "vcpu_target")
+trace_vgic_its_cmd_invall = _TP("vgic_its_cmd_invall", "collection_id", "vcpu_id")
+trace_vgic_update_irq_pending = _TP("vgic_update_irq_pending", "vcpu_id", "irq", "level")
 SZ_64K = 0x10000
 # GITS_IIDR: Revision 0 (the ABI), ProductID 0x4B ('K'), Implementer Arm (0x43B).
 GITS_IIDR_KVM = 0x4B << 24 | 0x43B
@@ -387,6 +405,8 @@ class VgicItsEmul:
             self.kvm.host_set_pending(irq.host_irq, True)
             return 0
         irq.pending_latch = True
+        if trace_vgic_update_irq_pending.enabled:
+            trace_vgic_update_irq_pending(vcpu_id=irq.target_vcpu, irq=irq.intid, level=True)
         return 0
 
     # -- the command queue --------------------------------------------------------------
@@ -410,8 +430,35 @@ class VgicItsEmul:
             if self.creadr == size:
                 self.creadr = 0
 
+    def _trace_command(self, op: int, cmd: list[int]) -> None:
+        d0, d1, d2, d3 = cmd
+        dev, ev = I.C0_DEVICEID.get(d0), I.C1_EVENTID.get(d1)
+        C = I.Cmd
+        if op == C.MAPD and trace_vgic_its_cmd_mapd.enabled:
+            trace_vgic_its_cmd_mapd(device_id=dev, valid=I.C2_V.get(d2),
+                                    num_eventid_bits=I.C1_SIZE.get(d1),
+                                    itt_addr=I.C2_ITT.get(d2) << 8)
+        elif op == C.MAPC and trace_vgic_its_cmd_mapc.enabled:
+            trace_vgic_its_cmd_mapc(collection_id=I.C2_ICID.get(d2), valid=I.C2_V.get(d2))
+        elif op in (C.MAPI, C.MAPTI) and trace_vgic_its_cmd_mapi.enabled:
+            trace_vgic_its_cmd_mapi(device_id=dev, event_id=ev)
+        elif op == C.MOVI and trace_vgic_its_cmd_movi.enabled:
+            trace_vgic_its_cmd_movi(device_id=dev, event_id=ev, collection_id=I.C2_ICID.get(d2))
+        elif op == C.MOVALL and trace_vgic_its_cmd_movall.enabled:
+            trace_vgic_its_cmd_movall(vcpu_source=I.C2_RDBASE.get(d2) & 0xFFFF_FFFF,
+                                      vcpu_target=I.C3_RDBASE2.get(d3) & 0xFFFF_FFFF)
+        elif op == C.INVALL and trace_vgic_its_cmd_invall.enabled:
+            vcpu = self._vcpu_of(self.collections.get(I.C2_ICID.get(d2)))
+            trace_vgic_its_cmd_invall(collection_id=I.C2_ICID.get(d2),
+                                      vcpu_id=-1 if vcpu is None else vcpu)
+        else:
+            tp = _DEV_EV_TRACE.get(op)
+            if tp is not None and tp.enabled:
+                tp(device_id=dev, event_id=ev)
+
     def _handle_command(self, cmd: list[int]) -> None:
         op = I.C0_OP.get(cmd[0])
+        self._trace_command(op, cmd)
         handler = _HANDLERS.get(op)
         name = I.Cmd(op).name if handler else f"opcode {op:#x}"
         try:
@@ -619,3 +666,7 @@ def unset_forwarding(kvm: Any, host_irq: int) -> int:
 
 __all__ = ["ItsCollection", "ItsDev", "ItsIte", "VgicItsEmul", "VgicLpi", "set_forwarding",
            "supports_direct_msis", "unset_forwarding"]
+
+_DEV_EV_TRACE = {int(I.Cmd.DISCARD): trace_vgic_its_cmd_discard,
+                 int(I.Cmd.CLEAR): trace_vgic_its_cmd_clear,
+                 int(I.Cmd.INT): trace_vgic_its_cmd_int, int(I.Cmd.INV): trace_vgic_its_cmd_inv}

@@ -10,6 +10,7 @@ from ..hw.bus import Bus
 from ..hw.gicv3 import Gicv3
 from ..hw.its import GicV3Its
 from ..hw.pci import Bar, MsiConfig, MsixConfig, PciFunction, PciHost
+from ..hw.qdev import PciDeviceModel, find_device_model
 from ..hw.smmuv3 import SMMUv3
 from ..hw.x86 import MSI_BASE, MSI_SIZE, X86MsiController
 
@@ -19,7 +20,16 @@ MSI_DESIGNS = ("dma-cookie", "sw-msi", "preset", "per-vector")
 
 
 def make_function(bus: int, dev: int, spec: dict[str, Any]) -> PciFunction:
-    """A PCI function from a small spec: {"msix": n} and/or {"msi": n}, ids, BAR size."""
+    """A PCI function from a small spec: {"msix": n} and/or {"msi": n}, ids, BAR size; or
+    a device model, {"model": "edu"} / {"model": "nic", "queues": n} /
+    {"model": "pkg.mod:Class", ...}: the other keys are the model's properties (an unknown
+    model or property is an error naming it).  A model is realized when it is plugged in
+    (:func:`plug_function`)."""
+    if "model" in spec:
+        props = dict(spec)
+        cls = find_device_model(props.pop("model"))
+        function = props.pop("function", 0)
+        return cls(bus, dev, function, **props)
     msix = spec.get("msix")
     msi = spec.get("msi")
     bars = [Bar(spec.get("bar_size", 0x4000))]
@@ -29,6 +39,13 @@ def make_function(bus: int, dev: int, spec: dict[str, Any]) -> PciFunction:
         msi=MsiConfig(msi, per_vector_mask=spec.get("msi_mask", True)) if msi else None,
         msix=MsixConfig(msix, bar=0, table_offset=0, pba_offset=0x2000) if msix else None,
     )
+
+
+def plug_function(host: PciHost, fn: PciFunction) -> PciFunction:
+    """Put ``fn`` on ``host``; a device model is realized (QEMU's realize on plug)."""
+    if isinstance(fn, PciDeviceModel):
+        return fn.plug(host)
+    return host.add(fn)
 
 
 class _Machine:
@@ -53,7 +70,7 @@ class _Machine:
 
     def _add_pci(self, devices: list[dict] | None) -> None:
         self.pci = PciHost(self.bus, self.ECAM, self.ECAM_BUSES)
-        self.functions = [self.pci.add(make_function(0, slot, spec))
+        self.functions = [plug_function(self.pci, make_function(0, slot, spec))
                           for slot, spec in enumerate(devices or [], start=1)]
 
     @property
