@@ -31,7 +31,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .platforms import MSI_DESIGNS, ArmVirt, make_function
+from ..hw.qdev import PciDeviceModel
+from ..sched import Scheduler
+from .platforms import MSI_DESIGNS, ArmVirt, make_function, plug_function
 
 VSMMU_MODES = ("accel", "emulated", None)
 MAX_MSIX = 2048
@@ -48,6 +50,7 @@ DEFAULTS: dict[str, Any] = {
     "guest_ram": 0x200_0000,
     "honour_rmr": True,            # the guest kernel identity-maps the IORT RMR
     "backend": None,               # core backend ("c" / "python"); None: PYMSI_BACKEND
+    "seed": 0,                     # the scheduler's seed: one seed, one run
 }
 #: Keys of one device description.
 DEVICE_KEYS = ("msix", "msi", "vendor", "device", "bar_size", "model", "queues", "emulated")
@@ -63,8 +66,8 @@ def _check_device(i: int, spec: Any) -> dict[str, Any]:
     where = f"devices[{i}]"
     if not isinstance(spec, dict):
         raise ValueError(f"{where} must be a table of device keys, not {spec!r}")
-    for key in spec:
-        if key not in DEVICE_KEYS:
+    for key in spec:            # a device model's other keys are its properties: it checks them
+        if key not in DEVICE_KEYS and "model" not in spec:
             raise ValueError(f"{where}: unknown key {key!r} (known: {', '.join(DEVICE_KEYS)})")
     spec = dict(spec)
     if "model" not in spec and "msix" not in spec and "msi" not in spec:
@@ -105,6 +108,7 @@ def check_description(desc: dict[str, Any]) -> dict[str, Any]:
     _check_int("guest_ram", out["guest_ram"], 0x40_0000, 0x4000_0000)
     if out["host_ram"] % 0x1000 or out["guest_ram"] % 0x1000:
         raise ValueError("host_ram and guest_ram must be whole 4 KiB pages")
+    _check_int("seed", out["seed"], 0, (1 << 64) - 1)
     if out["backend"] not in (None, "c", "python"):
         raise ValueError(f"backend must be 'c' or 'python', not {out['backend']!r}")
     devices = [{"msix": 8}] if out["devices"] is None else out["devices"]
@@ -123,6 +127,11 @@ def check_description(desc: dict[str, Any]) -> dict[str, Any]:
                              "vSMMU (SMMUv3 does not support notification on MAP); use "
                              "vsmmu='accel' or emulated = true")
     return out
+
+
+def _model_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """A device description without the machine's own keys: what make_function takes."""
+    return {k: v for k, v in spec.items() if k != "emulated"}
 
 
 @dataclass(eq=False)
@@ -161,6 +170,9 @@ class VirtualMachine:
         self.guest: Any = None
         self.driver: Any = None
         self.booted = False
+        self.guest_handled = 0
+        #: the machine's clock and event queue (device models schedule on it)
+        self.sched = Scheduler(self.desc["seed"])
 
     # -- assembly ------------------------------------------------------------------------
 
@@ -176,7 +188,7 @@ class VirtualMachine:
         if assigned:
             self._need_vfio()
         self.machine = ArmVirt(ncpus=d["ncpus"], ram_size=d["host_ram"], gicv4=self.gicv4,
-                               smmu="nested", devices=[s.spec for s in assigned],
+                               smmu="nested", devices=[_model_spec(s.spec) for s in assigned],
                                backend=d["backend"], msi_design=self.variant)
         for s, fn in zip(assigned, self.machine.functions, strict=True):
             s.host_fn = fn
@@ -190,7 +202,8 @@ class VirtualMachine:
         for s in self.slots:
             slot = s.index + 1
             if s.emulated:
-                s.guest_fn = self.board.pci.add(make_function(0, slot, s.spec))
+                s.guest_fn = plug_function(self.board.pci,
+                                           make_function(0, slot, _model_spec(s.spec)))
             else:
                 s.guest_fn = self._assign(s, slot)
         self.guest = self.vmm.boot_guest()
@@ -200,8 +213,38 @@ class VirtualMachine:
         self.driver = PciEndpointTestDriver(self.guest).register()
         for s in self.slots:
             s.test = self.driver.tests.get(s.guest_pdev)
+            for fn in (s.host_fn, s.guest_fn):
+                if isinstance(fn, PciDeviceModel):
+                    fn.scheduler = self.sched
+        for name, hook in self._idle_hooks():
+            self.sched.add_idle_hook(hook, name)
         self.booted = True
         return self
+
+    def _idle_hooks(self) -> list[tuple[str, Any]]:
+        """What runs whenever no timed event is due, in this order: the host's
+        interconnect and interrupts (VFIO's handlers signal eventfds, KVM injects), the
+        VMM's own polling (vEVENTQ, masked vectors' eventfds), the guest's interconnect
+        and interrupts (the guest's handlers)."""
+        hooks: list[tuple[str, Any]] = [
+            ("host bus", self.machine.bus.drain),
+            ("host interrupts", self.host.handle_interrupts),
+        ]
+        smmu = self.board.smmu
+        if smmu is not None and getattr(smmu, "mode", None) == "accel":
+            hooks.append(("vSMMU vEVENTQ", smmu.event_read))
+        for s in self.slots:
+            poll = getattr(s.guest_fn, "poll", None)
+            if not s.emulated and poll is not None:
+                hooks.append((f"vfio-pci {s.index}", poll))
+        hooks += [("guest bus", self.board.bus.drain),
+                  ("guest interrupts", self._guest_interrupts)]
+        return hooks
+
+    def _guest_interrupts(self) -> int:
+        n = self.guest.handle_interrupts()
+        self.guest_handled += n
+        return n
 
     def _need_vfio(self) -> None:
         raise NotImplementedError(
@@ -224,23 +267,18 @@ class VirtualMachine:
 
     # -- running -------------------------------------------------------------------------
 
-    def run(self, max_rounds: int = 10_000) -> int:
-        """Run until quiescent: posted writes performed on the host's and the guest's
-        buses, the host's pending interrupts handled (VFIO's handlers signal eventfds,
-        KVM injects), the guest's taken by its handlers.  Returns how many guest
-        interrupts were handled; RuntimeError if still busy after ``max_rounds``."""
+    def run(self, for_ns: int | None = None, max_events: int = 100_000) -> int:
+        """Run the machine's scheduler until quiescent (or for ``for_ns`` of virtual
+        time): timed device events, posted writes on the host's and the guest's buses,
+        the host's interrupts (VFIO's handlers signal eventfds, KVM injects), the VMM's
+        polling, the guest's interrupts taken by its handlers.  Returns how many guest
+        interrupts were handled; RuntimeError if not quiescent after ``max_events``."""
         self._booted()
-        handled = 0
-        for _ in range(max_rounds):
-            work = self.machine.bus.drain()
-            work += self.host.handle_interrupts()
-            work += self.board.bus.drain()
-            n = self.guest.handle_interrupts()
-            handled += n
-            if not work and not n and not self.machine.bus.pending_writes \
-                    and not self.board.bus.pending_writes:
-                return handled
-        raise RuntimeError(f"the machine is not quiescent after {max_rounds} rounds")
+        before = self.guest_handled
+        r = self.sched.run(for_ns=for_ns, max_events=max_events)
+        if not r.quiescent and for_ns is None:
+            raise RuntimeError(f"the machine is not quiescent after {max_events} events")
+        return self.guest_handled - before
 
     def _booted(self) -> None:
         if not self.booted:

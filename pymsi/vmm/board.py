@@ -88,6 +88,7 @@ class VirtBoard:
     PCI_MMIO = (0x1000_0000, 0x2EFF_0000)
     GICR_FRAME = 0x2_0000                 # RD_base + SGI_base: KVM's vGICv3 redistributor
     KERNEL_IMAGE = 0x10_0000              # the guest kernel's own image: not allocatable
+    kernel_name = "guest"                 # what the kernel booted here calls itself
 
     def __init__(self, k: Any, vm_fd: int, ram: Any, ram_gpa: int, ram_size: int,
                  kvm_view: tuple[Any, list[Any]], smmu: Any = None,
