@@ -126,6 +126,9 @@ def check_description(desc: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"devices[{i}]: an assigned device cannot sit behind an emulated "
                              "vSMMU (SMMUv3 does not support notification on MAP); use "
                              "vsmmu='accel' or emulated = true")
+    if out["vsmmu"] == "accel" and not out["devices"]:
+        raise ValueError("devices: vsmmu='accel' needs an assigned device (its nest parent "
+                         "is allocated with the first)")
     return out
 
 
@@ -185,14 +188,17 @@ class VirtualMachine:
             raise RuntimeError("the machine is already booted")
         d = self.desc
         assigned = [s for s in self.slots if not s.emulated]
-        if assigned:
-            self._need_vfio()
         self.machine = ArmVirt(ncpus=d["ncpus"], ram_size=d["host_ram"], gicv4=self.gicv4,
                                smmu="nested", devices=[_model_spec(s.spec) for s in assigned],
                                backend=d["backend"], msi_design=self.variant)
         for s, fn in zip(assigned, self.machine.functions, strict=True):
             s.host_fn = fn
         self.host = self.machine.boot()
+        for n, s in enumerate(assigned):           # the administrator hands them to vfio-pci
+            bdf = next(p.bdf for p in self.host.pci.devices if p.rid == s.host_fn.rid)
+            self.host.sysfs_write(f"/sys/bus/pci/devices/{bdf}/driver_override", "vfio-pci")
+            self.host.sysfs_write("/sys/bus/pci/drivers/vfio-pci/bind", bdf)
+            s.extra["cdev"] = f"/dev/vfio/devices/vfio{n}"
         self.vmm = Vmm(self.host, self.machine.ram, ncpus=d["guest_ncpus"],
                        ram_size=d["guest_ram"], msi_design=self.variant,
                        honour_rmr=d["honour_rmr"])
@@ -204,8 +210,11 @@ class VirtualMachine:
             if s.emulated:
                 s.guest_fn = plug_function(self.board.pci,
                                            make_function(0, slot, _model_spec(s.spec)))
-            else:
-                s.guest_fn = self._assign(s, slot)
+            else:                                  # -device vfio-pci,host=...
+                s.guest_fn = self.vmm.vfio_realize(
+                    s.extra["cdev"], slot, self.vmm.ioas_id if self.vsmmu is None else None)
+        if self.vsmmu == "accel":
+            self._accel_vsmmu([s.guest_fn for s in assigned])
         self.guest = self.vmm.boot_guest()
         by_rid = {p.rid: p for p in self.guest.pci.devices}
         for s in self.slots:
@@ -246,10 +255,21 @@ class VirtualMachine:
         self.guest_handled += n
         return n
 
-    def _need_vfio(self) -> None:
-        raise NotImplementedError(
-            "assigned devices need the VMM's vfio-pci device (pymsi.vmm.vfio_pci); "
-            "describe the device with emulated = true meanwhile")
+    def _accel_vsmmu(self, devs: list[Any]) -> None:
+        """QEMU's arm-smmuv3,accel=on: a nest parent over the IOAS (with the first
+        device), every device on it, the vSMMU over it, each device behind the vSMMU
+        with its guest requester ID as virtual StreamID; routes use its msi-gpa."""
+        from ..vmm.smmuv3 import HostIommufd
+
+        parent = self.vmm.alloc_nest_parent(devs[0].devid)
+        for dev in devs:
+            dev.attach(parent)
+        smmu = self._vsmmu("accel", HostIommufd(self.host, self.vmm.iommufd,
+                                                self.vmm.ioas_id, parent))
+        self.board.attach_smmu(smmu, emulated=False)
+        for dev in devs:
+            dev.iommu = smmu
+            smmu.attach_device(dev.rid, dev)
 
     def _vsmmu(self, mode: str, host: Any = None) -> Any:
         """The VMM's virtual SMMUv3 over guest RAM (QEMU's -device arm-smmuv3[,accel=on])."""
@@ -261,9 +281,6 @@ class VirtualMachine:
     def vsmmu_model(self) -> Any:
         """The vSMMU on the guest's board (None without one)."""
         return None if self.board is None else self.board.smmu
-
-    def _assign(self, slot: DeviceSlot, pci_slot: int) -> Any:
-        raise NotImplementedError("assigned devices need pymsi.vmm.vfio_pci")
 
     # -- running -------------------------------------------------------------------------
 

@@ -60,6 +60,7 @@ class Vmm:
         self.board: VirtBoard | None = None
         self.guest: Any = None
         self._scratch: int | None = None
+        self._irqchip: Any = None
 
     # -- realize ---------------------------------------------------------------------
 
@@ -127,6 +128,37 @@ class Vmm:
                          kvm_run_view(self.k, self.vm_fd, self.vcpu_fds), smmu=smmu,
                          emulated_smmu=emulated_smmu, msi_design=self.msi_design,
                          iort_rmrs=self.iort_rmrs, honour_rmr=self.honour_rmr)
+
+    # -- assigned devices ------------------------------------------------------------
+
+    @property
+    def irqchip(self) -> Any:
+        """The VMM's KVM routing table (QEMU's kvm_irqchip_*), made on first use."""
+        if self._irqchip is None:
+            from .kvm_irqchip import KvmIrqchip
+
+            self._irqchip = KvmIrqchip(self.k, self.vm_fd)
+        return self._irqchip
+
+    def vfio_realize(self, host_path: str, device: int, pt_id: int | None,
+                     iommu: Any = None) -> Any:
+        """-device vfio-pci: the host function behind ``host_path`` at guest slot
+        ``device`` of bus 0, bound to the VMM's iommufd (attached to ``pt_id`` unless
+        None), on the guest's PCI bus."""
+        from .vfio_pci import VfioPciDevice
+
+        dev = VfioPciDevice(self.k, host_path, self.iommufd, self.irqchip, bus=0,
+                            device=device, pt_id=pt_id, ioas_id=self.ioas_id, iommu=iommu)
+        self.board.pci.add(dev)
+        return dev
+
+    def alloc_nest_parent(self, dev_id: int) -> int:
+        """IOMMU_HWPT_ALLOC(NEST_PARENT) over the IOAS: the stage 2 an accelerated vSMMU's
+        nested HWPTs hang from (allocated with the first assigned device, as QEMU does)."""
+        h = u.IommuHwptAlloc(dev_id=dev_id, pt_id=self.ioas_id,
+                             flags=u.IOMMU_HWPT_ALLOC_NEST_PARENT)
+        self.iommufd.ioctl(u.IOMMU_HWPT_ALLOC, h)
+        return h.out_hwpt_id
 
     # -- the guest -------------------------------------------------------------------
 
