@@ -17,6 +17,10 @@ GITS_TRANSLATER offset 0x10040, the STE Config encodings (abort 0b000, bypass
 
 from __future__ import annotations
 
+import errno
+from collections import Counter
+from contextlib import contextmanager
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -761,6 +765,83 @@ def test_accel_refuses_emulated_endpoints():
     rig = AccelRig()
     with pytest.raises(ValueError, match="not allowed"):
         rig.vsmmu.translate(VSID, 0x1000)
+
+
+# -- accel: the host refuses; every host object stays accounted for -------------------------
+
+
+def kinds(rig) -> Counter:
+    """How many host iommufd objects of each kind the VMM's context holds."""
+    return Counter(o.kind for o in rig.ctx.objects.values())
+
+
+BASE_KINDS = {"ioas": 1, "device": 1, "hwpt_paging": 1}     # the VMM's own set-up (one device)
+
+
+@contextmanager
+def refused(f, cmd: int, err: int):
+    """The host kernel refuses ioctl ``cmd`` on File ``f`` with ``err`` while inside."""
+    real = f.ioctl
+
+    def ioctl(c, arg=0):
+        if c == cmd:
+            raise OSError(err, f"injected {errno.errorcode[err]}")
+        return real(c, arg)
+
+    f.ioctl = ioctl
+    try:
+        yield
+    finally:
+        del f.ioctl
+
+
+def test_accel_detach_refused_by_the_host_changes_nothing_and_a_retry_frees_everything():
+    rig = AccelRig()
+    rig.vsmmu.attach_device(VSID, rig.devs[0])
+    rig.boot_guest()
+    rig.gdev()
+    v = rig.vsmmu
+    nested, before = v.hwpt_of(VSID), kinds(rig)
+    with refused(rig.devs[0].devfile, V.VFIO_DEVICE_ATTACH_IOMMUFD_PT, errno.EBUSY):
+        with pytest.raises(OSError) as e:
+            v.detach_device(VSID)
+    assert e.value.errno == errno.EBUSY
+    assert kinds(rig) == before and v.hwpt_of(VSID) == nested      # still behind the vSMMU
+    assert v.devices == {VSID: rig.devs[0]} and rig.phys_config() == CFG_NESTED
+    v.detach_device(VSID)                                          # the retry
+    assert kinds(rig) == BASE_KINDS and v.devices == {} and v.viommu_id is None
+    assert rig.phys_config() == 0b110                              # the nest parent
+
+
+@pytest.mark.parametrize("where", ["vdevice", "install"])
+def test_accel_failed_first_attach_leaves_no_viommu_behind(where):
+    rig = AccelRig()
+    rig.boot_guest()                                   # the guest's event queue is on: a vEVENTQ
+    fds = len(rig.k.files)
+    if where == "vdevice":
+        with refused(rig.iommufd, u.IOMMU_VDEVICE_ALLOC, errno.EEXIST), pytest.raises(OSError):
+            rig.vsmmu.attach_device(VSID, rig.devs[0])
+    else:
+        with refused(rig.devs[0].devfile, V.VFIO_DEVICE_ATTACH_IOMMUFD_PT, errno.EBUSY), \
+                pytest.raises(OSError):
+            rig.vsmmu.attach_device(VSID, rig.devs[0])
+    assert kinds(rig) == BASE_KINDS and len(rig.k.files) == fds
+    v = rig.vsmmu
+    assert v.devices == {} and v.viommu_id is v.abort_hwpt_id is v.veventq_fd is None
+    rig.vsmmu.attach_device(VSID, rig.devs[0])         # the host agrees now: a normal attach
+    assert rig.kind(v.viommu_id) == "viommu" and rig.kind(v.veventq_id) == "veventq"
+
+
+def test_accel_event_the_guest_queue_drops_is_not_counted_as_propagated():
+    rig = AccelRig()
+    rig.vsmmu.attach_device(VSID, rig.devs[0])
+    rig.boot_guest()
+    rig.gdev()
+    rig.vsmmu.mmio_write(R.CR0, rig.vsmmu.mmio_read(R.CR0) & ~R.CR0_EVENTQEN)   # queue off
+    assert not rig.dma_write(0x7777_7000, 1).ok        # a physical stage-1 fault
+    assert rig.vsmmu.event_read() == 0
+    assert rig.vsmmu.stats["events_propagated"] == 0
+    assert rig.vsmmu.stats["events_dropped"] == 1 and rig.drv.events == []
 
 
 _ACCEL: dict = {}

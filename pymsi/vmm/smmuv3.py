@@ -59,6 +59,7 @@ when the device is attached, not at the first STE install.
 from __future__ import annotations
 
 from collections.abc import Callable
+from errno import EIO
 from typing import Any, NamedTuple
 
 from ..errors import InvalidArgument
@@ -151,7 +152,7 @@ class VirtualSmmuV3:
         self.msi_gpa: int | None = None
         self.stats = {"ste_installs": 0, "hwpt_allocs": 0, "invalidations": 0,
                       "host_errors": 0, "events_propagated": 0, "veventq_overflows": 0,
-                      "events_lost": 0}
+                      "events_lost": 0, "events_dropped": 0}
         self.viommu_id: int | None = None
         self.abort_hwpt_id: int | None = None
         self.bypass_hwpt_id: int | None = None
@@ -266,21 +267,32 @@ class VirtualSmmuV3:
         if self.viommu_id is None:
             self._check_hw_compatible(dev.devid)
             self._alloc_viommu(dev.devid)
-        vd = u.IommuVdeviceAlloc(viommu_id=self.viommu_id, dev_id=dev.devid, virt_id=vsid)
-        self._ioctl(u.IOMMU_VDEVICE_ALLOC, vd)
-        d = self._devs[vsid] = _AccelDev(dev, vd.out_vdevice_id)
-        if not self._install(vsid):
-            del self._devs[vsid]
-            self._destroy(d.vdevice_id)
-            raise OSError(5, f"cannot install the guest's STE {vsid:#x} on the host")
+        try:
+            vd = u.IommuVdeviceAlloc(viommu_id=self.viommu_id, dev_id=dev.devid, virt_id=vsid)
+            self._ioctl(u.IOMMU_VDEVICE_ALLOC, vd)
+            d = self._devs[vsid] = _AccelDev(dev, vd.out_vdevice_id)
+            if not self._install(vsid):
+                del self._devs[vsid]
+                self._destroy(d.vdevice_id)
+                raise OSError(EIO, f"cannot install the guest's STE {vsid:#x} on the host")
+        except BaseException:
+            if not self._devs:                   # a vIOMMU with no device: nothing holds it
+                self._free_viommu()
+            raise
 
     def detach_device(self, vsid: int) -> None:
-        """The device leaves the vSMMU (QEMU's unset_iommu_device): back on the nest
-        parent, its nested HWPT and vDEVICE freed; the vIOMMU goes with the last one."""
-        d = self._devs.pop(vsid, None)
+        """The device leaves the vSMMU (QEMU's smmuv3_accel_unset_iommu_device): back on
+        the nest parent, its nested HWPT and vDEVICE freed; the vIOMMU goes with the last
+        one.  If the host refuses the re-attach to the parent: OSError and nothing
+        changed (the device stays behind the vSMMU on its HWPT, so a retry can free
+        everything).  QEMU instead reports the error and frees what it can, which
+        leaves the host objects the still-attached device pins in the iommufd context
+        with nothing tracking them."""
+        d = self._devs.get(vsid)
         if d is None:
             raise InvalidArgument(f"no device with StreamID {vsid:#x}")
         self._attach(d.dev, self.host.parent_hwpt_id)
+        del self._devs[vsid]
         for oid in (d.s1_hwpt_id, d.vdevice_id):
             if oid is not None:
                 self._destroy(oid)
@@ -308,7 +320,8 @@ class VirtualSmmuV3:
     def event_read(self) -> int:
         """smmuv3_accel_event_read(): the vEVENTQ fd is readable; move each event the
         host queued (it carries the guest StreamID) into the guest's event queue, which
-        raises the guest's interrupt.  Returns how many were propagated.  A LOST_EVENTS
+        raises the guest's interrupt.  Returns how many were propagated; one the guest's
+        queue drops (disabled, full) counts in ``stats["events_dropped"]``.  A LOST_EVENTS
         header counts in ``stats["veventq_overflows"]``; a gap in the sequence numbers
         otherwise in ``stats["events_lost"]``."""
         fd, files = self.veventq_fd, self.host.k.files if self.host is not None else None
@@ -327,9 +340,11 @@ class VirtualSmmuV3:
             if self._last_seq is not None and (hdr.sequence - self._last_seq) & 0x7FFF_FFFF != 1:
                 self.stats["events_lost"] += (hdr.sequence - self._last_seq - 1) & 0x7FFF_FFFF
             self._last_seq = hdr.sequence
-            self.hw.record_event(dwords(data[_HDR:_HDR + _EVT]))
-            self.stats["events_propagated"] += 1
-            n += 1
+            if self.hw.record_event(dwords(data[_HDR:_HDR + _EVT])):
+                self.stats["events_propagated"] += 1
+                n += 1
+            else:                                # the guest's queue is off, full or broken
+                self.stats["events_dropped"] += 1
         return n
 
     # -- accel internals ----------------------------------------------------------------
