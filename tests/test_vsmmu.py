@@ -271,6 +271,18 @@ def test_whole_guest_kernel_boots_on_the_emulated_vsmmu_and_its_msis_reach_their
     assert k.smmu.events == []
 
 
+def test_emulated_transactions_call_the_hardware_model_with_no_vmm_frame_between():
+    """Bus.dma_* calls translate for every DMA and MSI write: in emulated mode it is the
+    hardware model's own method, so the VMM adds no Python frame to the hot path."""
+    g = EmulatedGuest()
+    for name in ("translate", "translate_batch"):
+        m = getattr(g.vsmmu, name)
+        assert m.__self__ is g.vsmmu.hw and m.__func__ is getattr(type(g.vsmmu.hw), name)
+    dev = g.dev(0x0118)
+    iova = g.k.dma_iommu.map_page(dev, DATA, PAGE, DmaDirection.FROM_DEVICE)
+    assert g.bus.dma_write(dev.rid, iova, 6).ok and g.gmem.read_u32(DATA) == 6
+
+
 def test_assigned_device_behind_an_emulated_vsmmu_is_refused():
     g = EmulatedGuest()
 
@@ -765,6 +777,8 @@ def test_accel_refuses_emulated_endpoints():
     rig = AccelRig()
     with pytest.raises(ValueError, match="not allowed"):
         rig.vsmmu.translate(VSID, 0x1000)
+    with pytest.raises(ValueError, match="not allowed"):
+        rig.vsmmu.translate_batch([VSID], [0x1000], None, None)
 
 
 # -- accel: the host refuses; every host object stays accounted for -------------------------

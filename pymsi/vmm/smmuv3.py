@@ -164,6 +164,11 @@ class VirtualSmmuV3:
         if mode == "accel":
             self.msi_gpa = VITS_DOORBELL_GPA if msi_gpa is None else msi_gpa
             self.hw.on_command = self._on_command
+        else:
+            # Every DMA and MSI write of an emulated device calls translate (Bus.dma_*):
+            # the hardware model's own bound methods, so no VMM frame sits on that path.
+            self.translate = self.hw.translate
+            self.translate_batch = self.hw.translate_batch
 
     # -- the guest's side: registers and the interrupt line ---------------------------------
 
@@ -223,8 +228,9 @@ class VirtualSmmuV3:
                   ssid: int | None = None) -> SmmuResult:
         """An emulated device's transaction (what :meth:`Bus.attach_iommu` calls): the
         guest's stage 1 walked over guest memory; a fault is recorded in the guest's
-        event queue.  Refused (InvalidArgument) in accel mode, which takes no
-        emulated endpoints."""
+        event queue.  In emulated mode this is the hardware model's
+        :meth:`SMMUv3.translate` itself (bound on the instance); this method is what
+        accel mode, which takes no emulated endpoints, has: InvalidArgument."""
         if self.mode != "emulated":
             raise InvalidArgument("emulated endpoint devices are not allowed behind an "
                                   "accelerated vSMMU")
@@ -232,7 +238,8 @@ class VirtualSmmuV3:
 
     def translate_batch(self, sids: Any, iovas: Any, out_pa: Any, status: Any,
                         write: bool = False) -> int:
-        """Many emulated transactions at once (see :meth:`SMMUv3.translate_batch`)."""
+        """Many emulated transactions at once (emulated mode: the hardware model's
+        :meth:`SMMUv3.translate_batch` itself; accel mode: InvalidArgument)."""
         if self.mode != "emulated":
             raise InvalidArgument("emulated endpoint devices are not allowed behind an "
                                   "accelerated vSMMU")
