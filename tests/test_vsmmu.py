@@ -545,6 +545,60 @@ def test_accel_guest_ste_becomes_a_nested_hwpt_that_the_physical_smmu_walks():
     assert rig.vsmmu.translate_msi(gdev.rid, giova) == DOORBELL == rig.vsmmu.msi_gpa
 
 
+@contextmanager
+def host_ioctls(rig):
+    """Every ioctl the VMM makes on its iommufd while inside: (cmd, arg, payload), the
+    payload being the user buffer an IOMMU_HWPT_ALLOC / IOMMU_HWPT_INVALIDATE carries."""
+    f, seen = rig.iommufd, []
+    real = f.ioctl
+
+    def ioctl(c, arg=0):
+        data = None
+        if c == u.IOMMU_HWPT_ALLOC and arg.data_len:
+            data = rig.k.user_read(arg.data_uptr, arg.data_len)
+        elif c == u.IOMMU_HWPT_INVALIDATE:
+            data = rig.k.user_read(arg.data_uptr, arg.entry_len * arg.entry_num)
+        seen.append((c, arg, data))
+        return real(c, arg)
+
+    f.ioctl = ioctl
+    try:
+        yield seen
+    finally:
+        del f.ioctl
+
+
+def guest_cmd(rig, opcode: int, sid: int = 0, d1: int = 0, **fields) -> None:
+    """The guest driver queues one raw command (+ CMD_SYNC) and waits for it."""
+    d0 = opcode | sid << 32
+    for name, value in fields.items():
+        d0 |= value << {"asid": 48, "vmid": 32}[name]
+    rig.drv.cmdq_issue_cmdlist([(d0, d1)])
+
+
+def test_nesting_masks_are_the_guest_owned_ste_fields():
+    """Arm STE layout: dword 0 V[0], Config[3:1], S1Fmt[5:4], S1ContextPtr[51:6],
+    S1CDMax[63:59]; dword 1 S1DSS[1:0], S1CIR[3:2], S1COR[5:4], S1CSH[7:6],
+    S1STALLD[27], EATS[29:28] (QEMU's STE1_MASK and Linux's both have EATS)."""
+    assert R.STE0_NESTING_ALLOWED == 0xF80F_FFFF_FFFF_FFFF
+    assert R.STE1_NESTING_ALLOWED == 0x3800_00FF
+
+
+def test_accel_guest_ste_eats_is_passed_to_the_host_which_sets_the_physical_eats():
+    rig = AccelRig()
+    rig.vsmmu.attach_device(VSID, rig.devs[0])
+    rig.boot_guest()
+    rig.gdev()
+    addr = rig.drv._ste_addr(VSID)
+    rig.gram.write_u64(addr + 8, rig.gram.read_u64(addr + 8) | 1 << 28)   # EATS = full ATS
+    with host_ioctls(rig) as seen:
+        guest_cmd(rig, R.Opcode.CFGI_STE, VSID, 1)
+    (vste,) = [data for c, _, data in seen if c == u.IOMMU_HWPT_ALLOC]
+    assert (int.from_bytes(vste[8:16], "little") >> 28) & 0b11 == 1
+    assert rig.kind(rig.vsmmu.hwpt_of(VSID)) == "hwpt_nested"
+    assert rig.phys_config() == CFG_NESTED and (rig.phys_ste()[1] >> 28) & 0b11 == 0
+
+
 def test_accel_guest_tlbi_reaches_the_host_and_takes_effect():
     rig = AccelRig()
     rig.vsmmu.attach_device(VSID, rig.devs[0])

@@ -65,25 +65,20 @@ from typing import Any, NamedTuple
 from ..errors import InvalidArgument
 from ..hw import smmuv3_regs as R
 from ..hw.bits import dwords
+from ..hw.its import GITS_TRANSLATER
 from ..hw.smmuv3 import SmmuResult, SMMUv3
 from ..uapi import iommufd as u
 from ..uapi import vfio as V
 
 #: Where QEMU's virt board puts its SMMUv3, and the size of its two register pages.
 VSMMU_BASE, VSMMU_SIZE = 0x0905_0000, R.MMIO_SIZE
-#: The vITS doorbell GPA (GITS_TRANSLATER of the ITS at 0x08080000): accel's ``msi-gpa``.
-VITS_DOORBELL_GPA = 0x0809_0040
+#: Where QEMU's virt board puts its ITS.
+VITS_BASE = 0x0808_0000
+#: The vITS doorbell GPA (its GITS_TRANSLATER): accel's ``msi-gpa``.
+VITS_DOORBELL_GPA = VITS_BASE + GITS_TRANSLATER
 
 PAGE = 0x1000
 EPOLLIN = 0x1
-
-# The STE fields a guest owns in a nested configuration, as QEMU's smmuv3-accel
-# passes them to IOMMU_HWPT_ALLOC (dword 0: V, Config, S1Fmt, S1ContextPtr,
-# S1CDMax; dword 1: S1DSS, S1CIR, S1COR, S1CSH, S1STALLD).
-STE0_MASK = (R.STE0_V.mask | R.STE0_CONFIG.mask | R.STE0_S1FMT.mask | R.STE0_S1CTXPTR.mask
-             | R.STE0_S1CDMAX.mask)
-STE1_MASK = (R.STE1_S1DSS.mask | R.STE1_S1CIR.mask | R.STE1_S1COR.mask | R.STE1_S1CSH.mask
-             | R.STE1_S1STALLD.mask)
 
 _Op = R.Opcode
 _TLBI_FORWARDED = frozenset({_Op.TLBI_NH_ALL, _Op.TLBI_NH_ASID, _Op.TLBI_NH_VA, _Op.TLBI_NH_VAA,
@@ -473,8 +468,9 @@ class VirtualSmmuV3:
                 hwpt = self.bypass_hwpt_id
             elif cfg == R.SteConfig.S1:
                 try:
-                    s1_hwpt = hwpt = self._alloc_hwpt(d.dev.devid, ste[0] & STE0_MASK,
-                                                      ste[1] & STE1_MASK)
+                    s1_hwpt = hwpt = self._alloc_hwpt(
+                        d.dev.devid, ste[0] & R.STE0_NESTING_ALLOWED,
+                        ste[1] & R.STE1_NESTING_ALLOWED)
                 except OSError:
                     self.stats["host_errors"] += 1
                     return False
