@@ -67,18 +67,17 @@ from ..hw import smmuv3_regs as R
 from ..hw.bits import dwords
 from ..hw.its import GITS_TRANSLATER
 from ..hw.smmuv3 import SmmuResult, SMMUv3
+from ..hw.virt_map import VIRT_GIC_ITS, VIRT_SMMU
 from ..uapi import iommufd as u
 from ..uapi import vfio as V
+from ..uapi.eventpoll import EPOLLIN
 
 #: Where QEMU's virt board puts its SMMUv3, and the size of its two register pages.
-VSMMU_BASE, VSMMU_SIZE = 0x0905_0000, R.MMIO_SIZE
-#: Where QEMU's virt board puts its ITS.
-VITS_BASE = 0x0808_0000
-#: The vITS doorbell GPA (its GITS_TRANSLATER): accel's ``msi-gpa``.
-VITS_DOORBELL_GPA = VITS_BASE + GITS_TRANSLATER
+VSMMU_BASE, VSMMU_SIZE = VIRT_SMMU, R.MMIO_SIZE
+#: The vITS doorbell GPA (GITS_TRANSLATER of the virt board's ITS): accel's ``msi-gpa``.
+VITS_DOORBELL_GPA = VIRT_GIC_ITS + GITS_TRANSLATER
 
 PAGE = 0x1000
-EPOLLIN = 0x1
 
 _Op = R.Opcode
 _TLBI_FORWARDED = frozenset({_Op.TLBI_NH_ALL, _Op.TLBI_NH_ASID, _Op.TLBI_NH_VA, _Op.TLBI_NH_VAA,
