@@ -835,6 +835,124 @@ def test_accel_refuses_emulated_endpoints():
         rig.vsmmu.translate_batch([VSID], [0x1000], None, None)
 
 
+# -- accel: GBPA, each forwarded command, STE ranges, a refused invalidation ----------------
+
+GBPA_UPDATE, GBPA_ABORT = 1 << 31, 1 << 20
+
+
+def test_accel_gbpa_abort_while_disabled_moves_the_device_to_the_abort_hwpt_and_back():
+    rig = AccelRig()
+    rig.vsmmu.attach_device(VSID, rig.devs[0])            # the guest has not enabled it
+    v = rig.vsmmu
+    assert v.hwpt_of(VSID) == v.bypass_hwpt_id and rig.dma_write(DATA, 1).ok
+    v.mmio_write(R.GBPA, GBPA_UPDATE | GBPA_ABORT)
+    assert v.mmio_read(R.GBPA) & (GBPA_UPDATE | GBPA_ABORT) == GBPA_ABORT   # update done
+    assert v.hwpt_of(VSID) == v.abort_hwpt_id and rig.phys_config() == CFG_ABORT
+    assert not rig.dma_write(DATA, 2).ok and rig.gram.read_u32(DATA) == 1
+    v.mmio_write(R.GBPA, GBPA_UPDATE)                     # ABORT clear: bypass again
+    assert v.hwpt_of(VSID) == v.bypass_hwpt_id and rig.phys_config() == 0b110
+    assert rig.dma_write(DATA, 3).ok and rig.gram.read_u32(DATA) == 3
+
+
+# Command opcodes as the Arm SMMUv3 spec numbers them.
+TLBI_NH_ALL, TLBI_NH_ASID, TLBI_NH_VAA, TLBI_NSNH_ALL = 0x10, 0x11, 0x13, 0x30
+CFGI_STE, CFGI_STE_RANGE, CFGI_CD, CFGI_CD_ALL = 0x03, 0x04, 0x05, 0x06
+
+
+@pytest.mark.parametrize("op", [TLBI_NH_ALL, TLBI_NH_ASID, TLBI_NH_VA, TLBI_NH_VAA,
+                                TLBI_NSNH_ALL])
+def test_accel_each_guest_tlbi_reaches_the_host_with_the_vmid_and_takes_effect(op):
+    rig = AccelRig()
+    rig.vsmmu.attach_device(VSID, rig.devs[0])
+    rig.boot_guest()
+    gdev = rig.gdev()
+    dom = gdev.iommu_group.domain
+    iova = rig.gk.dma_iommu.map_page(gdev, DATA, PAGE, DmaDirection.BIDIRECTIONAL)
+    assert rig.dma_write(iova, 1).ok                      # the host IOTLB holds it
+    assert dom.pgtbl.unmap(iova, PAGE) == PAGE            # PTE cleared, no TLBI yet
+    assert rig.dma_write(iova, 2).ok
+    vmid = rig.phys_ste()[2] & 0xFFFF
+    seen = host_spy(rig.k)
+    asid = dom.asid if op in (TLBI_NH_ASID, TLBI_NH_VA) else 0
+    d1 = iova if op in (TLBI_NH_VA, TLBI_NH_VAA) else 0
+    guest_cmd(rig, op, d1=d1, asid=asid)
+    want = TLBI_NH_ALL if op == TLBI_NSNH_ALL else op     # NSNH_ALL: NH_ALL of the VMID
+    host = [(d0 & 0xFF, (d0 >> 32) & 0xFFFF, d0 >> 48, b & ~0xFFF) for d0, b in seen
+            if d0 & 0xFF in (op, want)]
+    assert host == [(want, vmid, asid, d1)] and vmid
+    r = rig.dma_write(iova, 3)
+    assert not r.ok and r.iommu.fault.stage == 1 and rig.gram.read_u32(DATA) == 2
+
+
+def test_accel_guest_cfgi_cd_all_reaches_the_host_with_the_physical_streamid():
+    rig = AccelRig()
+    rig.vsmmu.attach_device(VSID, rig.devs[0])
+    rig.boot_guest()
+    gdev = rig.gdev()
+    iova = rig.gk.dma_iommu.map_page(gdev, DATA, 2 * PAGE, DmaDirection.FROM_DEVICE)
+    assert rig.dma_write(iova, 1).ok                      # the host caches the guest's CD
+    cd = rig.drv.masters[gdev].cd_table
+    rig.gram.write_u64(cd, rig.gram.read_u64(cd) & ~(1 << 31))   # CD 0 V (bit 31) clear
+    seen = host_spy(rig.k)
+    guest_cmd(rig, CFGI_CD_ALL, VSID)
+    assert [d0 >> 32 for d0, _ in seen if d0 & 0xFF == CFGI_CD_ALL] == [rig.rid()]
+    # A walk the IOTLB cannot answer reads the CD again: now invalid, it faults.
+    assert not rig.dma_write(iova + PAGE, 3).ok and rig.gram.read_u32(DATA + PAGE) == 0
+    # A StreamID with no assigned device is not forwarded.
+    seen.clear()
+    guest_cmd(rig, CFGI_CD_ALL, VSID + 1)
+    assert [d0 for d0, _ in seen if d0 & 0xFF == CFGI_CD_ALL] == []
+
+
+@pytest.mark.parametrize("span,covers", [(4, True), (31, True), (0, False), (3, False)])
+def test_accel_guest_cfgi_ste_range_installs_only_the_streamids_it_covers(span, covers):
+    """CFGI_STE_RANGE invalidates 2^(Range+1) StreamIDs aligned on that size (Range 31:
+    all).  VSID 0x10 is in [0x00, 0x20) (Range 4) but not in [0x08, 0x0a) (Range 0 at
+    0x08) nor [0x00, 0x10) (Range 3 at 0x00)."""
+    rig = AccelRig()
+    rig.vsmmu.attach_device(VSID, rig.devs[0])
+    rig.boot_guest()
+    rig.gdev()
+    nested = rig.vsmmu.hwpt_of(VSID)
+    addr = rig.drv._ste_addr(VSID)
+    s0 = rig.gram.read_u64(addr)
+    rig.gram.write_u64(addr, (s0 & ~0b1110) | CFG_BYPASS << 1)   # the guest's new STE: bypass
+    start = {4: 0x1F, 31: 0, 0: 0x08, 3: 0x00}[span]
+    guest_cmd(rig, CFGI_STE_RANGE, start, span)
+    if covers:
+        assert rig.vsmmu.hwpt_of(VSID) == rig.vsmmu.bypass_hwpt_id and rig.kind(nested) is None
+        assert rig.phys_config() == 0b110
+    else:
+        assert rig.vsmmu.hwpt_of(VSID) == nested and rig.phys_config() == CFG_NESTED
+
+
+def test_accel_host_refusing_an_invalidation_fails_the_guests_command():
+    rig = AccelRig()
+    rig.vsmmu.attach_device(VSID, rig.devs[0])
+    rig.boot_guest()
+    rig.gdev()
+    v, q = rig.vsmmu, rig.drv.cmdq
+    v.irq = None                          # the driver's recovery waits for us to look
+    errors = v.stats["host_errors"]
+    assert not (v.mmio_read(R.GERROR) ^ v.mmio_read(R.GERRORN)) & 1
+    at = q.prod                                           # where the guest's TLBI goes
+    with refused(rig.iommufd, u.IOMMU_HWPT_INVALIDATE, errno.EIO):
+        rig.gram.write(q.slot(q.prod), TLBI_NH_ALL.to_bytes(8, "little") + bytes(8))
+        q.prod = q.inc(q.prod)
+        rig.gram.write(q.slot(q.prod), TLBI_NH_ALL.to_bytes(8, "little") + bytes(8))
+        q.prod = q.inc(q.prod)
+        v.mmio_write(R.CMDQ_PROD, q.prod)
+    cons = v.mmio_read(R.CMDQ_CONS)
+    assert (cons >> 24) & 0x7F == 1                       # CMDQ_CONS.ERR = CERROR_ILL
+    assert cons & q.wrap_mask == at                       # stopped at the failing command
+    assert (v.mmio_read(R.GERROR) ^ v.mmio_read(R.GERRORN)) & 1      # GERROR.CMDQ_ERR
+    assert v.stats["host_errors"] == errors + 1           # the second one was not tried
+    # The guest driver skips the command (as Linux does); the queue runs on.
+    rig.drv.gerror_handler()
+    assert v.mmio_read(R.CMDQ_CONS) & q.wrap_mask == q.prod
+    assert not (v.mmio_read(R.GERROR) ^ v.mmio_read(R.GERRORN)) & 1
+
+
 # -- accel: the host refuses; every host object stays accounted for -------------------------
 
 
