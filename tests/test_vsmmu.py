@@ -1030,18 +1030,76 @@ def test_accel_event_the_guest_queue_drops_is_not_counted_as_propagated():
     assert rig.vsmmu.stats["events_dropped"] == 1 and rig.drv.events == []
 
 
-_ACCEL: dict = {}
+# Host ioctls a refusal can be injected into (IOMMU_DESTROY excluded: a refused destroy
+# leaves the object with the host by design, counted in stats["host_errors"]).
+_REFUSABLE = [("dev", V.VFIO_DEVICE_ATTACH_IOMMUFD_PT), ("iommufd", u.IOMMU_HWPT_ALLOC),
+              ("iommufd", u.IOMMU_HWPT_INVALIDATE), ("iommufd", u.IOMMU_VDEVICE_ALLOC),
+              ("iommufd", u.IOMMU_VIOMMU_ALLOC), ("iommufd", u.IOMMU_VEVENTQ_ALLOC)]
+_ste_word = st.one_of(st.integers(0, (1 << 64) - 1), st.builds(
+    lambda v, cfg, ctx: v | cfg << 1 | ctx << 6, st.integers(0, 1),
+    st.sampled_from([CFG_ABORT, 0b001, CFG_BYPASS, CFG_S1, 0b110, CFG_NESTED]),
+    st.integers(0, (1 << 20) - 1)))
+_ste_op = st.tuples(st.just("ste"), st.integers(0, 7), _ste_word, st.just(0))
+_host_op = st.tuples(st.sampled_from(["reset", "replug", "refuse"]),
+                     st.integers(0, len(_REFUSABLE) - 1), st.just(0), st.just(0))
 
 
-@settings(max_examples=40)
-@given(st.lists(st.one_of(_reg_write, _cmd, _mem), max_size=20))
-def test_random_guest_register_and_command_writes_never_raise_accel(ops):
-    if "rig" not in _ACCEL:                 # one host for every example (boots are slow)
-        rig = _ACCEL["rig"] = AccelRig()
-        rig.vsmmu.attach_device(VSID, rig.devs[0])
-        rig.boot_guest()
-        rig.gdev()
-    rig = _ACCEL["rig"]
-    guest_scribbles(rig.vsmmu, rig.drv, rig.gram, ops)
-    rig.dma_write(0x7777_7000, 1)           # a physical fault, for the vEVENTQ
-    rig.vsmmu.event_read()
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.one_of(_reg_write, _cmd, _mem, _ste_op, _host_op), max_size=20))
+def test_random_guest_input_never_raises_and_host_objects_stay_accounted_accel(ops):
+    """A fresh host per example.  Random guest register writes, commands, RAM and STE
+    scribbles (each STE write published with CFGI_STE), resets, device unplug / replug,
+    and one-shot host refusals of the next op's ioctls: the vSMMU never raises (but
+    OSError from attach / detach), holds at most the vIOMMU, its vDEVICE, abort, bypass
+    and one stage-1 nested HWPT and a vEVENTQ while the device is attached, and the
+    host's objects and descriptors are back to the VMM's own set-up when it is not."""
+    rig = AccelRig()
+    base, fds = kinds(rig), len(rig.k.files)
+    v = rig.vsmmu
+    v.attach_device(VSID, rig.devs[0])
+    rig.boot_guest()
+    rig.gdev()
+    armed: list[tuple[str, int]] = []
+    for f in (rig.iommufd, rig.devs[0].devfile):
+        def ioctl(c, arg=0, _real=f.ioctl, _who="dev" if f is not rig.iommufd else "iommufd"):
+            if (_who, c) in armed:
+                raise OSError(errno.EIO, "injected")
+            return _real(c, arg)
+        f.ioctl = ioctl
+    for op in ops:
+        if op[0] == "refuse":
+            armed[:] = [_REFUSABLE[op[1]]]
+            continue
+        if op[0] == "ste":
+            _, w, value, _ = op
+            addr = rig.drv._ste_addr(VSID) + 8 * w
+            if rig.gram.is_ram(addr, 8):
+                rig.gram.write_u64(addr, value)
+            guest_scribbles(v, rig.drv, rig.gram, [("cmd", CFGI_STE, (0, VSID), 0)])
+        elif op[0] == "reset":
+            v.reset()
+        elif op[0] == "replug":
+            try:
+                if VSID in v.devices:
+                    v.detach_device(VSID)
+                else:
+                    v.attach_device(VSID, rig.devs[0])
+            except OSError:
+                pass
+        else:
+            guest_scribbles(v, rig.drv, rig.gram, [op])
+        armed.clear()
+        rig.dma_write(0x7777_7000, 1)                     # a physical fault, for the vEVENTQ
+        v.event_read()
+        k = kinds(rig)
+        if VSID in v.devices:
+            assert k["viommu"] == k["vdevice"] == 1 and k["hwpt_nested"] <= 3, k
+            assert k["veventq"] <= 1 and len(rig.k.files) <= fds + 1, k
+            assert rig.kind(v.hwpt_of(VSID)) == "hwpt_nested"
+        else:
+            assert k == base and len(rig.k.files) == fds, k
+    armed.clear()
+    if VSID in v.devices:
+        v.detach_device(VSID)
+    assert kinds(rig) == base and len(rig.k.files) == fds
+    assert v.viommu_id is None and v.veventq_fd is None
