@@ -53,7 +53,9 @@ stream table does not cover (C_BAD_STREAMID, F_STE_FETCH) or an STE with a
 configuration the vSMMU does not implement (stage 2, nested, reserved) attaches
 the abort HWPT, as the hardware would abort the device's transactions (QEMU
 leaves the device where it was, or fails the install); the vDEVICE is allocated
-when the device is attached, not at the first STE install.
+when the device is attached, not at the first STE install; a detach the host
+refuses (re-attach to the nest parent) raises with nothing changed, so it can
+be retried, where QEMU reports it and frees what it can.
 """
 
 from __future__ import annotations
