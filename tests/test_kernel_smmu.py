@@ -483,7 +483,8 @@ def test_nested_vste_bypass_and_abort(kind):
     [1 | 0b111 << 1, 0],
     [1 | 0b101 << 1 | 1 << 55, 0],               # reserved bits of dword 0
     [1 | 0b101 << 1, 1 << 30],                   # STRW is the host's
-    [1 | 0b101 << 1, R.STE1_EATS(1)],            # no ATS
+    [1 | 0b101 << 1, R.STE1_EATS(2)],            # EATS: only abort or full ATS
+    [1 | 0b101 << 1, R.STE1_EATS(3)],            # EATS 0b11 is reserved
     [1 | 0b101 << 1],
 ])
 def test_nested_vste_validation(vste):
@@ -493,6 +494,23 @@ def test_nested_vste_validation(vste):
     with pytest.raises(KernelError) as e:
         rig.k.iommu.domain_alloc_nested(dev, parent, vste)
     assert errno_of(e) == errno.EINVAL
+
+
+def test_nested_vste_eats_full_ats_is_accepted_and_the_host_decides_the_physical_eats():
+    """Linux's STRTAB_STE_1_NESTING_ALLOWED has EATS (QEMU passes it too): a guest asking
+    for full ATS (EATS 0b01) is accepted; the physical STE's EATS is the host's, 0 here
+    (no ATS on this SMMU)."""
+    rig = Rig()
+    dev = rig.dev(0x4C)
+    parent, view, s1, cd_ipa = nested_setup(rig, dev)
+    s1.map(0x1000, GPA + 0x7000, 0x1000, RW)
+    vste = ste_words(5, ctxptr=cd_ipa)[:2]
+    vste[1] |= 1 << 28                            # EATS (bits 29:28) = 0b01, full ATS
+    nested = rig.k.iommu.domain_alloc_nested(dev, parent, vste)
+    rig.k.iommu.attach_group(nested, dev.iommu_group)
+    ste = rig.ste(0x4C)
+    assert (ste[0] >> 1) & 0b111 == 0b111 and (ste[1] >> 28) & 0b11 == 0
+    assert rig.hw.translate(0x4C, 0x1008).pa == GUEST_HOST + 0x7008
 
 
 def test_nested_parent_must_be_a_stage2_nesting_parent():

@@ -96,6 +96,17 @@ class SteConfig(enum.IntEnum):
 
 
 S1DSS_TERMINATE, S1DSS_BYPASS, S1DSS_SSID0 = 0, 1, 2
+EATS_ABT, EATS_TRANS, EATS_S1CHK = 0, 1, 2           # STE.EATS (0b11 reserved)
+
+# The STE fields a guest owns in a nested (vSTE) configuration: what a VMM passes
+# to IOMMU_HWPT_ALLOC as IOMMU_HWPT_DATA_ARM_SMMUV3 and what the host kernel
+# accepts (Linux STRTAB_STE_{0,1}_NESTING_ALLOWED, QEMU smmuv3-accel STE{0,1}_MASK).
+# Dword 0: V, Config, S1Fmt, S1ContextPtr, S1CDMax; dword 1: S1DSS, S1CIR, S1COR,
+# S1CSH, S1STALLD, EATS (the host decides what EATS becomes in the physical STE).
+STE0_NESTING_ALLOWED = (STE0_V.mask | STE0_CONFIG.mask | STE0_S1FMT.mask | STE0_S1CTXPTR.mask
+                        | STE0_S1CDMAX.mask)
+STE1_NESTING_ALLOWED = (STE1_S1DSS.mask | STE1_S1CIR.mask | STE1_S1COR.mask | STE1_S1CSH.mask
+                        | STE1_S1STALLD.mask | STE1_EATS.mask)
 S1FMT_LINEAR, S1FMT_4K_L2, S1FMT_64K_L2 = 0, 1, 2
 TG_GRANULE = {0: 4096, 1: 65536, 2: 16384}          # TG0 and S2TG
 TG1_GRANULE = {1: 16384, 2: 4096, 3: 65536}         # TG1 encodes differently

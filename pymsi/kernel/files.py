@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..uapi.eventpoll import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT  # noqa: F401 (re-exported)
 from .base import EEXIST, EFAULT, EINVAL, ENOENT, ENOMEM, fail
 
 EBADF, ENOTTY, EAGAIN, EMFILE = _errno.EBADF, _errno.ENOTTY, _errno.EAGAIN, _errno.EMFILE
@@ -45,8 +46,7 @@ EFD_CLOEXEC = O_CLOEXEC
 EFD_NONBLOCK = O_NONBLOCK
 ULLONG_MAX = (1 << 64) - 1
 
-# poll(2) event bits as wake-up keys (include/uapi/linux/eventpoll.h).
-EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP = 0x1, 0x4, 0x8, 0x10
+# poll(2) event bits as wake-up keys: pymsi.uapi.eventpoll (re-exported here).
 
 NR_OPEN_DEFAULT = 1024          # RLIMIT_NOFILE soft limit of a login shell
 

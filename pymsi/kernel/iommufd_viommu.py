@@ -47,6 +47,7 @@ from typing import Any
 from ..hw import smmuv3_regs as R
 from ..hw.bits import dwords
 from ..uapi import iommufd as uapi
+from ..uapi.eventpoll import EPOLLIN, EPOLLRDNORM
 from .arm_smmu_v3 import ArmSmmuNestedDomain, ArmSmmuV3, Feat
 from .base import EEXIST, EFAULT, EINVAL, EIO, ENOENT, EOPNOTSUPP, KernelError, fail
 from .files import O_RDWR, File, FileOperations
@@ -56,7 +57,6 @@ E2BIG = _errno.E2BIG
 ULONG_MAX = (1 << 64) - 1
 INT_MAX = (1 << 31) - 1
 CMDQ_BATCH_ENTRIES = 64                # BITS_PER_LONG: Linux issues guest commands in blocks
-EPOLLIN, EPOLLRDNORM = 0x1, 0x40
 IOMMU_HWPT_FAULT_ID_VALID = uapi.IOMMU_HWPT_FAULT_ID_VALID
 _CMD_SIZE = uapi.IommuViommuArmSmmuv3Invalidate.sizeof
 _HDR_SIZE = uapi.IommufdVeventHeader.sizeof

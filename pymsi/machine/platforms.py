@@ -12,6 +12,15 @@ from ..hw.its import GicV3Its
 from ..hw.pci import Bar, MsiConfig, MsixConfig, PciFunction, PciHost
 from ..hw.qdev import PciDeviceModel, find_device_model
 from ..hw.smmuv3 import SMMUv3
+from ..hw.virt_map import (
+    VIRT_GIC_DIST,
+    VIRT_GIC_ITS,
+    VIRT_GIC_REDIST,
+    VIRT_MEM,
+    VIRT_PCIE_ECAM,
+    VIRT_PCIE_MMIO,
+    VIRT_SMMU,
+)
 from ..hw.x86 import MSI_BASE, MSI_SIZE, X86MsiController
 
 #: The MSI address designs (pymsi.kernel.iommufd_msi.MSI_DESIGNS, named here so that
@@ -100,11 +109,11 @@ class ArmVirt(_Machine):
     booted here ("dma-cookie", "sw-msi", "preset", "per-vector").
     """
 
-    RAM_BASE = 0x4000_0000
-    GICD, ITS, GICR = 0x0800_0000, 0x0808_0000, 0x080A_0000
-    SMMU = 0x0905_0000
-    ECAM, ECAM_BUSES = 0x3F00_0000, 16
-    PCI_MMIO = (0x1000_0000, 0x2EFF_0000)
+    RAM_BASE = VIRT_MEM
+    GICD, ITS, GICR = VIRT_GIC_DIST, VIRT_GIC_ITS, VIRT_GIC_REDIST
+    SMMU = VIRT_SMMU
+    ECAM, ECAM_BUSES = VIRT_PCIE_ECAM, 16
+    PCI_MMIO = VIRT_PCIE_MMIO
 
     def __init__(self, ncpus: int = 4, ram_size: int = 0x2000_0000, gicv4: bool = False,
                  smmu: str | None = "s1", devices: list[dict] | None = None,

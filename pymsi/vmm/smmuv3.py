@@ -53,36 +53,33 @@ stream table does not cover (C_BAD_STREAMID, F_STE_FETCH) or an STE with a
 configuration the vSMMU does not implement (stage 2, nested, reserved) attaches
 the abort HWPT, as the hardware would abort the device's transactions (QEMU
 leaves the device where it was, or fails the install); the vDEVICE is allocated
-when the device is attached, not at the first STE install.
+when the device is attached, not at the first STE install; a detach the host
+refuses (re-attach to the nest parent) raises with nothing changed, so it can
+be retried, where QEMU reports it and frees what it can.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from errno import EIO
 from typing import Any, NamedTuple
 
 from ..errors import InvalidArgument
 from ..hw import smmuv3_regs as R
 from ..hw.bits import dwords
+from ..hw.its import GITS_TRANSLATER
 from ..hw.smmuv3 import SmmuResult, SMMUv3
+from ..hw.virt_map import VIRT_GIC_ITS, VIRT_SMMU
 from ..uapi import iommufd as u
 from ..uapi import vfio as V
+from ..uapi.eventpoll import EPOLLIN
 
 #: Where QEMU's virt board puts its SMMUv3, and the size of its two register pages.
-VSMMU_BASE, VSMMU_SIZE = 0x0905_0000, R.MMIO_SIZE
-#: The vITS doorbell GPA (GITS_TRANSLATER of the ITS at 0x08080000): accel's ``msi-gpa``.
-VITS_DOORBELL_GPA = 0x0809_0040
+VSMMU_BASE, VSMMU_SIZE = VIRT_SMMU, R.MMIO_SIZE
+#: The vITS doorbell GPA (GITS_TRANSLATER of the virt board's ITS): accel's ``msi-gpa``.
+VITS_DOORBELL_GPA = VIRT_GIC_ITS + GITS_TRANSLATER
 
 PAGE = 0x1000
-EPOLLIN = 0x1
-
-# The STE fields a guest owns in a nested configuration, as QEMU's smmuv3-accel
-# passes them to IOMMU_HWPT_ALLOC (dword 0: V, Config, S1Fmt, S1ContextPtr,
-# S1CDMax; dword 1: S1DSS, S1CIR, S1COR, S1CSH, S1STALLD).
-STE0_MASK = (R.STE0_V.mask | R.STE0_CONFIG.mask | R.STE0_S1FMT.mask | R.STE0_S1CTXPTR.mask
-             | R.STE0_S1CDMAX.mask)
-STE1_MASK = (R.STE1_S1DSS.mask | R.STE1_S1CIR.mask | R.STE1_S1COR.mask | R.STE1_S1CSH.mask
-             | R.STE1_S1STALLD.mask)
 
 _Op = R.Opcode
 _TLBI_FORWARDED = frozenset({_Op.TLBI_NH_ALL, _Op.TLBI_NH_ASID, _Op.TLBI_NH_VA, _Op.TLBI_NH_VAA,
@@ -151,7 +148,7 @@ class VirtualSmmuV3:
         self.msi_gpa: int | None = None
         self.stats = {"ste_installs": 0, "hwpt_allocs": 0, "invalidations": 0,
                       "host_errors": 0, "events_propagated": 0, "veventq_overflows": 0,
-                      "events_lost": 0}
+                      "events_lost": 0, "events_dropped": 0}
         self.viommu_id: int | None = None
         self.abort_hwpt_id: int | None = None
         self.bypass_hwpt_id: int | None = None
@@ -163,6 +160,11 @@ class VirtualSmmuV3:
         if mode == "accel":
             self.msi_gpa = VITS_DOORBELL_GPA if msi_gpa is None else msi_gpa
             self.hw.on_command = self._on_command
+        else:
+            # Every DMA and MSI write of an emulated device calls translate (Bus.dma_*):
+            # the hardware model's own bound methods, so no VMM frame sits on that path.
+            self.translate = self.hw.translate
+            self.translate_batch = self.hw.translate_batch
 
     # -- the guest's side: registers and the interrupt line ---------------------------------
 
@@ -222,8 +224,9 @@ class VirtualSmmuV3:
                   ssid: int | None = None) -> SmmuResult:
         """An emulated device's transaction (what :meth:`Bus.attach_iommu` calls): the
         guest's stage 1 walked over guest memory; a fault is recorded in the guest's
-        event queue.  Refused (InvalidArgument) in accel mode, which takes no
-        emulated endpoints."""
+        event queue.  In emulated mode this is the hardware model's
+        :meth:`SMMUv3.translate` itself (bound on the instance); this method is what
+        accel mode, which takes no emulated endpoints, has: InvalidArgument."""
         if self.mode != "emulated":
             raise InvalidArgument("emulated endpoint devices are not allowed behind an "
                                   "accelerated vSMMU")
@@ -231,7 +234,8 @@ class VirtualSmmuV3:
 
     def translate_batch(self, sids: Any, iovas: Any, out_pa: Any, status: Any,
                         write: bool = False) -> int:
-        """Many emulated transactions at once (see :meth:`SMMUv3.translate_batch`)."""
+        """Many emulated transactions at once (emulated mode: the hardware model's
+        :meth:`SMMUv3.translate_batch` itself; accel mode: InvalidArgument)."""
         if self.mode != "emulated":
             raise InvalidArgument("emulated endpoint devices are not allowed behind an "
                                   "accelerated vSMMU")
@@ -266,21 +270,32 @@ class VirtualSmmuV3:
         if self.viommu_id is None:
             self._check_hw_compatible(dev.devid)
             self._alloc_viommu(dev.devid)
-        vd = u.IommuVdeviceAlloc(viommu_id=self.viommu_id, dev_id=dev.devid, virt_id=vsid)
-        self._ioctl(u.IOMMU_VDEVICE_ALLOC, vd)
-        d = self._devs[vsid] = _AccelDev(dev, vd.out_vdevice_id)
-        if not self._install(vsid):
-            del self._devs[vsid]
-            self._destroy(d.vdevice_id)
-            raise OSError(5, f"cannot install the guest's STE {vsid:#x} on the host")
+        try:
+            vd = u.IommuVdeviceAlloc(viommu_id=self.viommu_id, dev_id=dev.devid, virt_id=vsid)
+            self._ioctl(u.IOMMU_VDEVICE_ALLOC, vd)
+            d = self._devs[vsid] = _AccelDev(dev, vd.out_vdevice_id)
+            if not self._install(vsid):
+                del self._devs[vsid]
+                self._destroy(d.vdevice_id)
+                raise OSError(EIO, f"cannot install the guest's STE {vsid:#x} on the host")
+        except BaseException:
+            if not self._devs:                   # a vIOMMU with no device: nothing holds it
+                self._free_viommu()
+            raise
 
     def detach_device(self, vsid: int) -> None:
-        """The device leaves the vSMMU (QEMU's unset_iommu_device): back on the nest
-        parent, its nested HWPT and vDEVICE freed; the vIOMMU goes with the last one."""
-        d = self._devs.pop(vsid, None)
+        """The device leaves the vSMMU (QEMU's smmuv3_accel_unset_iommu_device): back on
+        the nest parent, its nested HWPT and vDEVICE freed; the vIOMMU goes with the last
+        one.  If the host refuses the re-attach to the parent: OSError and nothing
+        changed (the device stays behind the vSMMU on its HWPT, so a retry can free
+        everything).  QEMU instead reports the error and frees what it can, which
+        leaves the host objects the still-attached device pins in the iommufd context
+        with nothing tracking them."""
+        d = self._devs.get(vsid)
         if d is None:
             raise InvalidArgument(f"no device with StreamID {vsid:#x}")
         self._attach(d.dev, self.host.parent_hwpt_id)
+        del self._devs[vsid]
         for oid in (d.s1_hwpt_id, d.vdevice_id):
             if oid is not None:
                 self._destroy(oid)
@@ -308,7 +323,8 @@ class VirtualSmmuV3:
     def event_read(self) -> int:
         """smmuv3_accel_event_read(): the vEVENTQ fd is readable; move each event the
         host queued (it carries the guest StreamID) into the guest's event queue, which
-        raises the guest's interrupt.  Returns how many were propagated.  A LOST_EVENTS
+        raises the guest's interrupt.  Returns how many were propagated; one the guest's
+        queue drops (disabled, full) counts in ``stats["events_dropped"]``.  A LOST_EVENTS
         header counts in ``stats["veventq_overflows"]``; a gap in the sequence numbers
         otherwise in ``stats["events_lost"]``."""
         fd, files = self.veventq_fd, self.host.k.files if self.host is not None else None
@@ -327,9 +343,11 @@ class VirtualSmmuV3:
             if self._last_seq is not None and (hdr.sequence - self._last_seq) & 0x7FFF_FFFF != 1:
                 self.stats["events_lost"] += (hdr.sequence - self._last_seq - 1) & 0x7FFF_FFFF
             self._last_seq = hdr.sequence
-            self.hw.record_event(dwords(data[_HDR:_HDR + _EVT]))
-            self.stats["events_propagated"] += 1
-            n += 1
+            if self.hw.record_event(dwords(data[_HDR:_HDR + _EVT])):
+                self.stats["events_propagated"] += 1
+                n += 1
+            else:                                # the guest's queue is off, full or broken
+                self.stats["events_dropped"] += 1
         return n
 
     # -- accel internals ----------------------------------------------------------------
@@ -451,8 +469,9 @@ class VirtualSmmuV3:
                 hwpt = self.bypass_hwpt_id
             elif cfg == R.SteConfig.S1:
                 try:
-                    s1_hwpt = hwpt = self._alloc_hwpt(d.dev.devid, ste[0] & STE0_MASK,
-                                                      ste[1] & STE1_MASK)
+                    s1_hwpt = hwpt = self._alloc_hwpt(
+                        d.dev.devid, ste[0] & R.STE0_NESTING_ALLOWED,
+                        ste[1] & R.STE1_NESTING_ALLOWED)
                 except OSError:
                     self.stats["host_errors"] += 1
                     return False
