@@ -28,8 +28,18 @@ from types import SimpleNamespace
 from typing import Any
 
 from ..hw import its as I
+from ..hw import smmuv3_regs as R
 from ..hw.bus import Bus
 from ..hw.pci import PciHost
+from ..hw.virt_map import (
+    VIRT_GIC_DIST,
+    VIRT_GIC_ITS,
+    VIRT_GIC_REDIST,
+    VIRT_MEM,
+    VIRT_PCIE_ECAM,
+    VIRT_PCIE_MMIO,
+    VIRT_SMMU,
+)
 from ..kernel.kvm import KvmIoBus
 from ..uapi import kvm as K
 
@@ -81,11 +91,11 @@ class VirtBoard:
     virtual PCI functions goes through it.
     """
 
-    RAM_BASE = 0x4000_0000
-    GICD, ITS, GICR = 0x0800_0000, 0x0808_0000, 0x080A_0000
-    SMMU = 0x0905_0000
-    ECAM, ECAM_BUSES = 0x3F00_0000, 16
-    PCI_MMIO = (0x1000_0000, 0x2EFF_0000)
+    RAM_BASE = VIRT_MEM
+    GICD, ITS, GICR = VIRT_GIC_DIST, VIRT_GIC_ITS, VIRT_GIC_REDIST
+    SMMU = VIRT_SMMU
+    ECAM, ECAM_BUSES = VIRT_PCIE_ECAM, 16
+    PCI_MMIO = VIRT_PCIE_MMIO
     GICR_FRAME = 0x2_0000                 # RD_base + SGI_base: KVM's vGICv3 redistributor
     KERNEL_IMAGE = 0x10_0000              # the guest kernel's own image: not allocatable
     kernel_name = "guest"                 # what the kernel booted here calls itself
@@ -121,7 +131,7 @@ class VirtBoard:
         DMA (and MSIs) of the functions on the guest's PCI bus through it."""
         if self.smmu is not None:
             raise ValueError("the board already has a vSMMU")
-        self.bus.map(self.SMMU, 0x2_0000, smmu, "vSMMUv3")
+        self.bus.map(self.SMMU, R.MMIO_SIZE, smmu, "vSMMUv3")
         if emulated:
             self.bus.attach_iommu(0, 0xFFFF, smmu)
         self.smmu = smmu

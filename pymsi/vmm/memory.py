@@ -26,12 +26,13 @@ from __future__ import annotations
 import errno
 from typing import Any
 
+from ..hw.virt_map import VIRT_MEM
 from ..uapi import iommufd as u
 from ..uapi import kvm as K
 
 PAGE_SIZE = 0x1000
 #: Guest RAM of the Arm virt board: base GPA and the (small: pages are populated) default size.
-RAM_GPA = 0x4000_0000
+RAM_GPA = VIRT_MEM
 RAM_SIZE = 0x200_0000
 
 
