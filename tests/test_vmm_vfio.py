@@ -29,6 +29,7 @@ RID = 0x08                                 # guest 00:01.0
 VINTID = 8192 + 32
 DB_OFF = VITS_DOORBELL & 0xFFF             # GITS_TRANSLATER's offset in its page (0x040)
 SW_MSI = 0x0800_0000
+RMR_SIZE = 0x10_0000
 GIOVA = 0x0900_0000                        # where the guest's stage 1 maps its vITS page
 BAR_GPA = 0x1000_0000
 EXP = 0x40
@@ -52,9 +53,9 @@ class Rig:
     """Host + VMM + a KVM guest with one assigned function as the VMM's VfioPciDevice."""
 
     def __init__(self, design: str = "per-vector", nested: bool = False,
-                 msi_gpa: int | None = None, dyn: bool = True) -> None:
+                 msi_gpa: int | None = None, dyn: bool = True, gicv4: bool = False) -> None:
         self.v = v = Vmm(design=design, smmu="nested", devices=[{"msix": NVEC}],
-                         ram_size=RAM_SIZE)
+                         ram_size=RAM_SIZE, gicv4=gicv4)
         if not dyn:
             v.k.msi.msix_alloc_dyn = False
         self.g = KvmGuest(v, nvcpus=2)
@@ -125,44 +126,60 @@ class Rig:
         return self.g.kvm.vlpi_pending
 
     def take(self) -> list[tuple[int, int]]:
-        """The guest's vCPUs take their pending vLPIs (acknowledged)."""
+        """The guest's vCPUs take their pending vLPIs (acknowledged): software-injected
+        ones and, with GICv4, those the physical ITS made pending in a vPE table."""
         out = list(self.g.kvm.vlpi_pending)
         for irq in self.g.kvm.lpis.values():
             irq.pending_latch = False
-        return out
+        gic = self.v.m.gic
+        for c, vpe in getattr(self.g.kvm, "vpes", {}).items():
+            for e in range(NVEC):
+                if gic.pending_bit(vpe.vpt, VINTID + e):
+                    gic.pending_bit(vpe.vpt, VINTID + e, False)
+                    out.append((VINTID + e, c))
+        return sorted(out)
 
 
-DESIGNS = ["per-vector", "preset", "sw-msi"]
+DESIGNS = ["per-vector", "preset", "sw-msi", "dma-cookie"]
 
 
 def expected_host_addr(design: str, gaddr: int) -> int:
-    if design == "sw-msi":
+    if design in ("sw-msi", "dma-cookie"):
         return SW_MSI | DB_OFF
     return gaddr & ~0xFFF | DB_OFF
 
 
 def rmr(r: Rig) -> None:
-    """The guest honours the IORT RMR: its stage 1 identity-maps the host's MSI window."""
-    r.dev.iommu.maps[SW_MSI] = SW_MSI
-    r.v.guest_s1.map(SW_MSI, SW_MSI, 0x1000, 3)
+    """The guest honours the IORT RMR: its stage 1 identity-maps the host's MSI window
+    [0x8000000, 0x8100000)."""
+    for page in range(SW_MSI, SW_MSI + RMR_SIZE, 0x1000):
+        r.dev.iommu.maps.setdefault(page, page)
+    r.v.guest_s1.map(SW_MSI, SW_MSI, RMR_SIZE, 3)
 
 
 @pytest.mark.parametrize("nested", [False, True], ids=["s2", "nested"])
 @pytest.mark.parametrize("design", DESIGNS)
 def test_every_vector_reaches_its_guest_vlpi_once(design, nested):
     r = Rig(design, nested=nested)
-    if design == "sw-msi" and nested:
+    if design in ("sw-msi", "dma-cookie") and nested:
         rmr(r)
     r.linux_guest_enable()
     for v in range(NVEC):
         addr, data, ctrl = r.fn.msix_entry(v)
-        assert addr == expected_host_addr(design, r.gaddr) and not ctrl & 1
+        if not (design == "dma-cookie" and nested):     # some address in the window
+            assert addr == expected_host_addr(design, r.gaddr)
+        assert SW_MSI <= addr < SW_MSI + RMR_SIZE or design in ("per-vector", "preset")
+        assert not ctrl & 1
         assert r.dev.msix_entry(v)[:2] == (r.gaddr, v)     # the guest's own view
-    if design == "preset" and nested:
+    if design in ("preset", "dma-cookie") and nested:
         # preset cannot work nested: the device holds the gIOVA, the guest's stage 1
         # leads to the vITS page IPA, which lies in the host's reserved MSI window
         # (the fallback's): the VMM cannot map it, the write faults in stage 2.
-        assert ("IOAS_MAP_MSI", errno.EINVAL) in r.dev.errors
+        # dma-cookie nested: the nested domain has no MSI cookie, the device holds the
+        # doorbell PA; the guest's RMR identity-maps it, but stage 2 maps only the
+        # window's first page (the cookie of the nest parent): a stage-2 fault.
+        if design == "preset":
+            assert ("IOAS_MAP_MSI", errno.EINVAL) in r.dev.errors
         events = r.v.smmu_events()
         assert r.fire(0) == P.Delivery.ABORTED and r.take() == []
         assert r.v.smmu_events() == events + 1
@@ -176,12 +193,37 @@ def test_every_vector_reaches_its_guest_vlpi_once(design, nested):
         assert r.take() == [(VINTID + v, v % 2)]
 
 
-def test_sw_msi_nested_needs_the_guest_to_honour_the_rmr():
-    """Without the identity map of 0x8000000 in the guest's stage 1, the host's
+@pytest.mark.parametrize("nested", [False, True], ids=["s2", "nested"])
+def test_gicv4_direct_injection(nested):
+    """With GICv4 the irqfd's eventfd is VFIO's trigger: KVM forwards the vector and
+    the physical ITS makes the vLPI pending in the vPE; no eventfd signal, no software
+    injection.  A masked vector goes back through the VMM (pending at unmask)."""
+    r = Rig("per-vector", nested=nested, gicv4=True)
+    r.linux_guest_enable(4)
+    assert not r.dev.errors
+    for v in range(4):
+        kvm_efd = r.dev.msi_vectors[v].kvm_interrupt
+        signals = kvm_efd.f_op.signals
+        assert r.fire(v) == P.Delivery.SENT
+        assert r.g.kvm.vlpi_pending == []                    # nothing in software
+        assert r.take() == [(VINTID + v, v % 2)]
+        assert kvm_efd.f_op.signals == signals                # the eventfd was bypassed
+    r.mask(1, True)
+    r.fire(1)
+    assert r.take() == []
+    r.mask(1, False)
+    assert r.take() == [(VINTID + 1, 1)]
+    r.fire(1)
+    assert r.take() == [(VINTID + 1, 1)]
+
+
+@pytest.mark.parametrize("design", ["sw-msi", "dma-cookie"])
+def test_host_window_designs_nested_need_the_guest_to_honour_the_rmr(design):
+    """Without the identity map of the host's window in the guest's stage 1, the
     window address the device holds faults in stage 1: nothing reaches the guest."""
-    r = Rig("sw-msi", nested=True)
+    r = Rig(design, nested=True)
     r.linux_guest_enable(2)
-    assert r.fn.msix_entry(0)[0] == SW_MSI | DB_OFF
+    assert SW_MSI <= r.fn.msix_entry(0)[0] < SW_MSI + RMR_SIZE
     events = r.v.smmu_events()
     assert r.fire(0) == P.Delivery.ABORTED and r.take() == []
     assert r.v.smmu_events() == events + 1
