@@ -483,16 +483,22 @@ class VfioPciDevice(P.PciFunction):
                 return
         self.vstats.doorbells.append(ipa_page)
 
-    def _design_steps(self, vectors: list[int]) -> bool:
-        """What the host design needs before SET_IRQS allocates or restarts ``vectors``:
-        per-vector: the guest's address of each (VFIO_DEVICE_MSI_IOVA) and the doorbell
-        mapped where it leads; preset: the addresses with ACTION_PREPARE.  False when a
-        step failed (recorded)."""
+    def _design_steps(self, vectors: list[int], used: int) -> bool:
+        """What the host design needs before SET_IRQS allocates or restarts ``vectors``
+        for the guest's use of vector ``used``: per-vector: the guest's address of each
+        (VFIO_DEVICE_MSI_IOVA) and the doorbell mapped where it leads; preset: the
+        addresses with ACTION_PREPARE.  The host allocates from vector 0: a vector the
+        guest is not using and has given no address gets ``used``'s (it has no trigger,
+        it never fires); ``used`` without an address is left for the host to refuse.
+        False when a step failed (recorded)."""
         ok = True
+        fallback = self.msix_entry(used)[0]
         for nr in vectors:
             addr = self.msix_entry(nr)[0]
-            page = addr & ~(PAGE - 1)
             vec = self.msi_vectors[nr]
+            if not addr & ~(PAGE - 1) and nr != used and not vec.use:
+                addr = fallback
+            page = addr & ~(PAGE - 1)
             if self.design == "per-vector":
                 if not page:
                     continue                       # no address: the host will say ENOENT
@@ -599,12 +605,12 @@ class VfioPciDevice(P.PciFunction):
                                              | V.VFIO_IRQ_SET_ACTION_TRIGGER, index=MSIX))
                 self.host_msix = False
             self.nr_vectors = max(self.nr_vectors, nr + 1)
-            self._design_steps(list(range(self.nr_vectors)))
+            self._design_steps(list(range(self.nr_vectors)), nr)
             self._enable_vectors()
         else:
             if resizing:
                 self.nr_vectors = nr + 1
-            self._design_steps([nr])
+            self._design_steps([nr], nr)
             self._set_irqs(nr, [self._vector_fd(vec)])
         # a message pending in the emulated PBA goes now
         if self.msix_pending(nr) and not self._vector_masked(nr):
