@@ -286,6 +286,28 @@ def test_per_vector_a_later_vector_alone_works():
     assert r.fire(1) == P.Delivery.PENDING and r.take() == []    # no trigger: host-masked
 
 
+def test_a_host_without_dynamic_msix_is_re_enabled_to_grow():
+    """GET_IRQ_INFO says NORESIZE: a vector beyond those enabled makes the VMM disable
+    MSI-X on the host and enable it again with every vector up to it (QEMU's
+    behaviour); the vectors already in use keep working."""
+    r = Rig("per-vector", dyn=False)
+    assert r.dev.msix_noresize
+    r.msix_on(maskall=False)
+    for v in range(NVEC):
+        r.entry(v, r.gaddr, v)
+    r.mask(0, False)
+    r.mask(5, False)
+    assert r.dev.vstats.host_enables == 2 and r.dev.nr_vectors == 6
+    assert not r.dev.errors
+    for v in (0, 5):
+        r.fire(v)
+        assert r.take() == [(VINTID + v, v % 2)]
+    r.mask(2, False)                    # below nr_vectors: no re-enable
+    assert r.dev.vstats.host_enables == 2
+    r.fire(2)
+    assert r.take() == [(VINTID + 2, 0)]
+
+
 def test_mask_keeps_the_route_and_pending_is_sent_at_unmask():
     r = Rig("per-vector")
     r.linux_guest_enable(4)

@@ -31,10 +31,11 @@ VEC = st.integers(0, 2)                   # few vectors, so rules meet on the sa
 class GuestDriver(RuleBasedStateMachine):
     design = "per-vector"
     nested = True
+    dyn = True
 
     def __init__(self) -> None:
         super().__init__()
-        self.r = Rig(self.design, nested=self.nested)
+        self.r = Rig(self.design, nested=self.nested, dyn=self.dyn)
         self.reset_model()
 
     def reset_model(self) -> None:
@@ -168,8 +169,16 @@ class SwMsiNoIommu(GuestDriver):
     nested = False
 
 
+class PerVectorNoResize(GuestDriver):
+    """A host without dynamic MSI-X: vectors grow by disabling and re-enabling."""
+
+    dyn = False
+
+
 SETTINGS = settings(max_examples=100, stateful_step_count=40, deadline=None)
 TestPerVectorNested = GuestDriver.TestCase
 TestPerVectorNested.settings = SETTINGS
 TestSwMsiNoIommu = SwMsiNoIommu.TestCase
 TestSwMsiNoIommu.settings = SETTINGS
+TestPerVectorNoResize = PerVectorNoResize.TestCase
+TestPerVectorNoResize.settings = SETTINGS

@@ -52,6 +52,8 @@ class KvmIrqchip:
         self.first_gsi = first_gsi
         self.max_routes = max_routes
         self.routes: dict[int, MsiRouteEntry] = {}
+        # gsi -> (route, its kvm_irq_routing_entry), each entry built once
+        self._entries: dict[int, tuple[MsiRouteEntry, Any]] = {}
         self.dirty = False
         self.commits = 0
         self.irqfds: set[tuple[int, int]] = set()      # (eventfd fd, gsi) assigned
@@ -105,13 +107,23 @@ class KvmIrqchip:
     def route(self, gsi: int) -> MsiRouteEntry | None:
         return self.routes.get(gsi)
 
+    def _entry(self, gsi: int) -> Any:
+        r = self.routes[gsi]
+        cached = self._entries.get(gsi)
+        if cached is not None and cached[0] is r:
+            return cached[1]
+        e = K.KvmIrqRoutingEntry(
+            gsi=gsi, type=K.KVM_IRQ_ROUTING_MSI, flags=K.KVM_MSI_VALID_DEVID,
+            u={"msi": {"address_lo": r.address & 0xFFFF_FFFF,
+                       "address_hi": r.address >> 32, "data": r.data, "devid": r.devid}})
+        self._entries[gsi] = (r, e)
+        return e
+
     def commit_routes(self) -> None:
         """kvm_irqchip_commit_routes(): one KVM_SET_GSI_ROUTING with the whole table."""
-        entries = [K.KvmIrqRoutingEntry(
-            gsi=gsi, type=K.KVM_IRQ_ROUTING_MSI, flags=K.KVM_MSI_VALID_DEVID,
-            u={"msi": {"address_lo": r.address & 0xFFFF_FFFF, "address_hi": r.address >> 32,
-                       "data": r.data, "devid": r.devid}})
-            for gsi, r in sorted(self.routes.items())]
+        for gsi in [g for g in self._entries if g not in self.routes]:
+            del self._entries[gsi]
+        entries = [self._entry(gsi) for gsi in sorted(self.routes)]
         self.k.ioctl(self.vm_fd, K.KVM_SET_GSI_ROUTING,
                      K.KvmIrqRouting(nr=len(entries), entries=entries))
         self.dirty = False

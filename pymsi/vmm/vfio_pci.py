@@ -172,6 +172,7 @@ class VfioPciDevice(P.PciFunction):
                          bars=bars, msix=msix, flr=self.reset_works)
         self.msi_vectors: list[VFIOMSIVector] = [VFIOMSIVector(i) for i in
                                                  range(msix.vectors if msix else 0)]
+        self._own: list[VFIOMSIVector] = []     # vectors with the VMM's own eventfd
         self.nr_vectors = 0            # vectors enabled on the host (QEMU's nr_vectors)
         self.host_msix = False         # MSI-X enabled through VFIO
         self.realized = True
@@ -251,6 +252,7 @@ class VfioPciDevice(P.PciFunction):
                 if f is not None:
                     f.close()
             vec.interrupt = vec.kvm_interrupt = None
+        self._own.clear()
         self.devfile.close()
         self.realized = False
 
@@ -450,6 +452,8 @@ class VfioPciDevice(P.PciFunction):
         if f is None:
             f = self.k.eventfd()
             setattr(vec, attr, f)
+            if not kvm:
+                self._own.append(vec)
         return f
 
     def route_address(self, addr: int) -> int | None:
@@ -638,7 +642,7 @@ class VfioPciDevice(P.PciFunction):
         vector's own eventfd is a pending bit while the vector is masked, else an MSI
         the VMM sends itself.  Returns the signals taken."""
         taken = 0
-        for vec in self.msi_vectors:
+        for vec in self._own:
             f = vec.interrupt
             if f is None or not f.poll() & EPOLLIN:
                 continue
