@@ -23,8 +23,6 @@ trace_kvm_irqchip_add_msi_route = Tracepoint("kvm_irqchip_add_msi_route", "name"
 trace_kvm_irqchip_update_msi_route = Tracepoint("kvm_irqchip_update_msi_route", "virq")
 trace_kvm_irqchip_release_virq = Tracepoint("kvm_irqchip_release_virq", "virq")
 trace_kvm_irqchip_commit_routes = Tracepoint("kvm_irqchip_commit_routes")
-trace_kvm_irqchip_assign_irqfd = Tracepoint("kvm_irqchip_assign_irqfd", "fd", "virq")
-trace_kvm_irqchip_send_msi = Tracepoint("kvm_irqchip_send_msi", "address", "data", "devid")
 
 KVM_MAX_IRQ_ROUTES = 4096          # what KVM_CAP_IRQ_ROUTING answers on arm64
 
@@ -143,8 +141,6 @@ class KvmIrqchip:
         fd = self._fd(efd)
         self.k.ioctl(self.vm_fd, K.KVM_IRQFD, K.KvmIrqfd(fd=fd, gsi=gsi, flags=0))
         self.irqfds.add((fd, gsi))
-        if trace_kvm_irqchip_assign_irqfd.enabled:
-            trace_kvm_irqchip_assign_irqfd(fd=fd, virq=gsi)
 
     def remove_irqfd(self, efd: Any, gsi: int) -> None:
         """kvm_irqchip_remove_irqfd_notifier_gsi(): KVM_IRQFD with DEASSIGN."""
@@ -157,8 +153,6 @@ class KvmIrqchip:
         """kvm_irqchip_send_msi(): KVM_SIGNAL_MSI; 1 delivered, 0 blocked by the
         guest, an OSError as KVM answers (EINVAL outside every vITS)."""
         entry = self._check(addr, data, devid)
-        if trace_kvm_irqchip_send_msi.enabled:
-            trace_kvm_irqchip_send_msi(address=addr, data=data, devid=devid)
         return self.k.ioctl(self.vm_fd, K.KVM_SIGNAL_MSI, K.KvmMsi(
             address_lo=entry.address & 0xFFFF_FFFF, address_hi=entry.address >> 32,
             data=entry.data, flags=K.KVM_MSI_VALID_DEVID, devid=entry.devid))

@@ -53,10 +53,12 @@ trace_vfio_msix_enable = Tracepoint("vfio_msix_enable", "name")
 trace_vfio_msix_disable = Tracepoint("vfio_msix_disable", "name")
 trace_vfio_msix_vector_do_use = Tracepoint("vfio_msix_vector_do_use", "name", "vector")
 trace_vfio_msix_vector_release = Tracepoint("vfio_msix_vector_release", "name", "vector")
-trace_vfio_msi_interrupt = Tracepoint("vfio_msi_interrupt", "name", "vector", "addr", "data")
+trace_vfio_msi_interrupt = Tracepoint("vfio_msi_interrupt", "name", "index", "addr", "data")
 trace_vfio_pci_reset = Tracepoint("vfio_pci_reset", "name")
-trace_vfio_region_read = Tracepoint("vfio_region_read", "name", "addr", "size", "data")
-trace_vfio_region_write = Tracepoint("vfio_region_write", "name", "addr", "data", "size")
+trace_vfio_region_read = Tracepoint("vfio_region_read", "name", "index", "addr", "size",
+                                    "data")
+trace_vfio_region_write = Tracepoint("vfio_region_write", "name", "index", "addr", "data",
+                                     "size")
 
 
 @runtime_checkable
@@ -272,6 +274,27 @@ class VfioPciDevice(P.PciFunction):
 
     # -- configuration space ---------------------------------------------------------------
 
+    def cfg_read(self, offset: int, size: int = 4) -> int:
+        """vfio_pci_read_config: what the VMM emulates (identity, command, BARs, the
+        capability list with its PCI Express and MSI-X capabilities) from its own
+        space; the status register and the extended space from the host function
+        through VFIO (all ones if VFIO refuses)."""
+        value = super().cfg_read(offset, size)
+        if size not in (1, 2, 4) or offset % size or not 0 <= offset < P.CONFIG_SIZE:
+            return value
+        lo, hi = (offset, offset + size) if offset >= 0x100 else \
+            (max(offset, P.STATUS), min(offset + size, P.STATUS + 2))
+        if lo >= hi:
+            return value
+        try:
+            dev = self.devfile.pread((CFG_REGION << 40) + lo, hi - lo)
+        except OSError as e:
+            self.errors.append(("config read", _errno_of(e)))
+            dev = b"\xff" * (hi - lo)
+        raw = bytearray(value.to_bytes(size, "little"))
+        raw[lo - offset:hi - offset] = dev.ljust(hi - lo, b"\xff")
+        return int.from_bytes(raw, "little")
+
     def cfg_write(self, offset: int, value: int, size: int = 4) -> None:
         """vfio_pci_write_config: the command register goes to the host function too
         (through VFIO, which keeps what it virtualizes); everything is kept in the
@@ -345,7 +368,8 @@ class VfioPciDevice(P.PciFunction):
             return (1 << 8 * size) - 1
         value = int.from_bytes(data.ljust(size, b"\xff"), "little")
         if trace_vfio_region_read.enabled:
-            trace_vfio_region_read(name=self.name, addr=offset, size=size, data=value)
+            trace_vfio_region_read(name=self.name, index=self._bar_region[index], addr=offset,
+                                   size=size, data=value)
         return value
 
     def bar_write(self, index: int, offset: int, value: int, size: int) -> None:
@@ -368,7 +392,8 @@ class VfioPciDevice(P.PciFunction):
             self.vstats.bad_accesses += 1
             return
         if trace_vfio_region_write.enabled:
-            trace_vfio_region_write(name=self.name, addr=offset, data=value, size=size)
+            trace_vfio_region_write(name=self.name, index=self._bar_region[index], addr=offset,
+                                    data=value, size=size)
         data = (value & ((1 << 8 * size) - 1)).to_bytes(size, "little")
         self._host_call("region write", self.devfile.pwrite, self._region_pos(index, offset),
                         data)
@@ -659,11 +684,13 @@ class VfioPciDevice(P.PciFunction):
         """msix_notify(): send the vector's message as the guest wrote it, through the
         route fix-up (KVM_SIGNAL_MSI with the requester ID)."""
         addr, data, _ = self.msix_entry(vector)
+        if trace_vfio_msi_interrupt.enabled:
+            trace_vfio_msi_interrupt(name=self.name, index=vector, addr=addr, data=data)
         return self._send(addr, data)
 
     def _send(self, addr: int, data: int) -> P.Delivery:
-        if trace_vfio_msi_interrupt.enabled:
-            trace_vfio_msi_interrupt(name=self.name, vector=-1, addr=addr, data=data)
+        """msi_send_message() of the emulated function (a message the VMM sends itself,
+        e.g. a pending bit released by the guest's unmask)."""
         gpa = self.route_address(addr)
         if gpa is None:
             self.vstats.dropped += 1
