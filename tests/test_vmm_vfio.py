@@ -221,6 +221,29 @@ def test_gicv4_direct_injection(nested):
     assert r.take() == [(VINTID + 1, 1)]
 
 
+def test_gicv4_reprogramming_moves_the_forwarded_vector():
+    """Per-vector, nested, GICv4: the guest moves vector 1 to another gIOVA page and
+    EventID; the next interrupts reach the new vINTID (the route's change reaches
+    KVM's forwarding), and the physical function holds the new gIOVA."""
+    r = Rig("per-vector", nested=True, gicv4=True)
+    other = GIOVA + 0x10_0000
+    r.dev.iommu.maps[other] = VITS_PAGE
+    r.v.guest_s1.map(other, VITS_PAGE, 0x1000, 3)
+    r.linux_guest_enable(2)
+    r.mask(1, True)
+    r.entry(1, other | DB_OFF, 5)
+    r.mask(1, False)
+    assert r.fn.msix_entry(1)[0] == other | DB_OFF
+    r.fire(1)
+    assert r.take() == [(VINTID + 5, 1)]
+    r.entry(1, other | DB_OFF, 3)
+    r.fire(1)
+    assert r.take() == [(VINTID + 3, 1)]
+    r.fire(0)
+    assert r.take() == [(VINTID, 0)]
+    assert not r.dev.errors
+
+
 @pytest.mark.parametrize("design", ["sw-msi", "dma-cookie"])
 def test_host_window_designs_nested_need_the_guest_to_honour_the_rmr(design):
     """Without the identity map of the host's window in the guest's stage 1, the
