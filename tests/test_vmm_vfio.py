@@ -475,3 +475,32 @@ def _rig() -> Rig:
     if not _RIGS:
         _RIGS.append(Rig("per-vector"))
     return _RIGS[0]
+
+
+def test_on_a_guest_pci_host_through_ecam_and_the_bar_window():
+    """Plugged into a PciHost on a guest bus (as the machine does): the guest reaches the
+    device only through ECAM and its BAR window, and the interrupt arrives."""
+    from pymsi import core
+    from pymsi.hw.bus import Bus
+
+    r = Rig("per-vector")
+    ram = core.Memory()
+    ram.add_ram(0x4000_0000, 0x10_0000)
+    gbus = Bus(ram)
+    ecam = 0x3F00_0000
+    P.PciHost(gbus, ecam_base=ecam, ecam_buses=1).add(r.dev)
+    cfg = ecam + (RID << 12)
+    assert gbus.read(cfg + P.VENDOR_ID, 2) == 0x1AF4
+    assert gbus.read(ecam + (0x10 << 12), 4) == 0xFFFF_FFFF          # no function there
+    bar = 0x1100_0000
+    gbus.write(cfg + P.BAR0, bar)
+    gbus.write(cfg + P.BAR0 + 4, 0)
+    gbus.write(cfg + P.COMMAND, P.CMD_MEMORY | P.CMD_MASTER, 2)
+    cap = r.dev.msix_cap
+    gbus.write(cfg + cap + P.MSIX_FLAGS, P.MSIX_FLAGS_ENABLE, 2)
+    gbus.write(bar + 16 * 2, r.gaddr)
+    gbus.write(bar + 16 * 2 + 8, 6)
+    gbus.write(bar + 16 * 2 + 12, 0)                                   # unmask
+    r.fire(2)
+    assert r.take() == [(VINTID + 6, 0)]
+    assert gbus.read(bar + 16 * 2 + 8, 4) == 6
