@@ -545,3 +545,21 @@ def test_a_guest_kernel_resets_the_function_and_restores_its_vectors():
     assert r.take() == [(VINTID + 5, 1)]
     r.fire(0)
     assert r.take() == [(VINTID + 4, 0)]
+
+
+def test_realize_errors_are_the_hosts_and_keep_nothing_open():
+    v = Vmm(design="per-vector", smmu="nested", devices=[{"msix": NVEC}] * 2, n=2,
+            ram_size=RAM_SIZE)
+    g = KvmGuest(v, nvcpus=1)
+    chip = KvmIrqchip(v.k, g.vm)
+    opened = len(v.k.files)
+    with pytest.raises(OSError) as e:
+        VfioPciDevice(v.k, "/dev/vfio/devices/vfio9", v.ictx, chip)
+    assert e.value.errno == errno.ENOENT
+    d = VfioPciDevice(v.k, "/dev/vfio/devices/vfio1", v.ictx, chip, pt_id=v.ioas)
+    with pytest.raises(OSError) as e:               # the device is bound through d
+        VfioPciDevice(v.k, "/dev/vfio/devices/vfio1", v.ictx, chip)
+    assert e.value.errno == errno.EINVAL
+    assert len(v.k.files) == opened + 1
+    d.unrealize()
+    assert len(v.k.files) == opened

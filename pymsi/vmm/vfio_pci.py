@@ -164,14 +164,14 @@ class VfioPciDevice(P.PciFunction):
             self.devfile.ioctl(V.VFIO_DEVICE_GET_IRQ_INFO, irq)
             self.msix_noresize = bool(irq.flags & V.VFIO_IRQ_INFO_NORESIZE)
             bars, self._bar_region, msix = self._probe_config(irq.count)
+            super().__init__(bus, device, function,
+                             vendor_id=self._host_cfg(P.VENDOR_ID, 2),
+                             device_id=self._host_cfg(P.DEVICE_ID, 2),
+                             class_code=self._host_cfg(P.CLASS_CODE - 1, 4) >> 8,
+                             bars=bars, msix=msix, flr=self.reset_works)
         except BaseException:
-            self.devfile.close()
+            self.devfile.close()               # realize failed: nothing kept open
             raise
-        super().__init__(bus, device, function,
-                         vendor_id=self._host_cfg(P.VENDOR_ID, 2),
-                         device_id=self._host_cfg(P.DEVICE_ID, 2),
-                         class_code=self._host_cfg(P.CLASS_CODE - 1, 4) >> 8,
-                         bars=bars, msix=msix, flr=self.reset_works)
         self.msi_vectors: list[VFIOMSIVector] = [VFIOMSIVector(i) for i in
                                                  range(msix.vectors if msix else 0)]
         self._own: list[VFIOMSIVector] = []     # vectors with the VMM's own eventfd
