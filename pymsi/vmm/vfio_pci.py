@@ -688,7 +688,7 @@ class VfioPciDevice(P.PciFunction):
             trace_vfio_msi_interrupt(name=self.name, index=vector, addr=addr, data=data)
         return self._send(addr, data)
 
-    def _send(self, addr: int, data: int) -> P.Delivery:
+    def _send(self, addr: int, data: int, vector: int | None = None) -> P.Delivery:
         """msi_send_message() of the emulated function (a message the VMM sends itself,
         e.g. a pending bit released by the guest's unmask)."""
         gpa = self.route_address(addr)
