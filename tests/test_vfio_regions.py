@@ -260,3 +260,19 @@ def test_a_function_without_flr_cannot_be_reset_through_vfio():
     v.enable(2)
     cfg_write(f, EXP + P.EXP_DEVCTL, 1 << 15, 2)           # nothing happens
     assert fn.flr_count == 0 and fn.msix_enabled
+
+
+def test_set_irqs_works_with_memory_decode_off_and_leaves_it_off():
+    """The user turned memory decode off (a guest's reset does, on its way): VFIO turns it
+    on while it programs the MSI-X table in the BAR, then back off."""
+    v = vmm()
+    f, fn = v.files[0], v.m.functions[0]
+    cmd = cfg_read(f, P.COMMAND, 2)
+    cfg_write(f, P.COMMAND, cmd & ~P.CMD_MEMORY, 2)
+    assert v.enable(2) == 0
+    assert fn.msix_enabled and fn.msix_entry(1)[0]
+    assert not fn.cfg_read(P.COMMAND, 2) & P.CMD_MEMORY
+    assert v.disable() == 0 and not fn.msix_enabled
+    assert not fn.cfg_read(P.COMMAND, 2) & P.CMD_MEMORY
+    cfg_write(f, P.COMMAND, cmd, 2)
+    assert v.enable(2) == 0 and v.fire(1) == P.Delivery.SENT and v.counts() == [0, 1]

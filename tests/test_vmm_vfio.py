@@ -504,3 +504,62 @@ def test_on_a_guest_pci_host_through_ecam_and_the_bar_window():
     r.fire(2)
     assert r.take() == [(VINTID + 6, 0)]
     assert gbus.read(bar + 16 * 2 + 8, 4) == 6
+
+
+def test_a_guest_kernel_resets_the_function_and_restores_its_vectors():
+    """The guest kernel's pci_reset_function on the VMM's device (save, command down to
+    INTx Disable, Initiate FLR, restore with the MSI-X entries from its descriptors):
+    the VMM resets the host function through VFIO and the restored vectors work."""
+    from pymsi import core
+    from pymsi.hw.bus import Bus
+    from pymsi.kernel.kernel import Kernel
+    from pymsi.kernel.msi import MsiDesc, MsiMsg
+    from pymsi.kernel.pci import PciHostBridge
+
+    r = Rig("per-vector")
+    ram = core.Memory()
+    ram.add_ram(0x4000_0000, 0x10_0000)
+    gbus = Bus(ram)
+    ecam = 0x3F00_0000
+    P.PciHost(gbus, ecam_base=ecam, ecam_buses=1).add(r.dev)
+    gk = Kernel(gbus, (0x4000_0000, 0x10_0000), ncpus=2, name="guest")
+    pdev = PciHostBridge(gk, ecam, 1, (0x1000_0000, 0x100_0000)).scan()[0]
+    pdev.enable_device()
+    pdev.set_master()
+    pdev.msix_control(enable=True, maskall=True)
+    for v in range(2):
+        pdev.msi_descs[v] = MsiDesc(pdev, v, msg=MsiMsg.of(r.gaddr, 4 + v), msix_ctrl=0)
+        base = pdev.msix_table + 16 * v
+        pdev.mmio_write(base, r.gaddr)
+        pdev.mmio_write(base + 8, 4 + v)
+        pdev.mmio_write(base + 12, 0)
+    pdev.msix_control(enable=True, maskall=False)
+    pdev.msix_enabled = True
+    r.fire(1)
+    assert r.take() == [(VINTID + 5, 1)]
+    flrs = r.fn.flr_count
+    pdev.reset_function()
+    assert r.fn.flr_count == flrs + 1 and not r.dev.errors
+    assert r.dev.msix_entry(1) == (r.gaddr, 5, 0)
+    r.fire(1)
+    assert r.take() == [(VINTID + 5, 1)]
+    r.fire(0)
+    assert r.take() == [(VINTID + 4, 0)]
+
+
+def test_realize_errors_are_the_hosts_and_keep_nothing_open():
+    v = Vmm(design="per-vector", smmu="nested", devices=[{"msix": NVEC}] * 2, n=2,
+            ram_size=RAM_SIZE)
+    g = KvmGuest(v, nvcpus=1)
+    chip = KvmIrqchip(v.k, g.vm)
+    opened = len(v.k.files)
+    with pytest.raises(OSError) as e:
+        VfioPciDevice(v.k, "/dev/vfio/devices/vfio9", v.ictx, chip)
+    assert e.value.errno == errno.ENOENT
+    d = VfioPciDevice(v.k, "/dev/vfio/devices/vfio1", v.ictx, chip, pt_id=v.ioas)
+    with pytest.raises(OSError) as e:               # the device is bound through d
+        VfioPciDevice(v.k, "/dev/vfio/devices/vfio1", v.ictx, chip)
+    assert e.value.errno == errno.EINVAL
+    assert len(v.k.files) == opened + 1
+    d.unrealize()
+    assert len(v.k.files) == opened

@@ -493,6 +493,20 @@ class VfioPciCore:
         ctx.msi.preset(idev, hdr.index, hdr.start, list(hdr.data)[:hdr.count])
         return 0
 
+    def memory_lock_and_enable(self) -> int:
+        """vfio_pci_memory_lock_and_enable(): memory decode on while VFIO touches the
+        MSI-X table in a BAR (the user may have turned it off); the command register
+        as it was, for :meth:`memory_unlock_and_restore`."""
+        cmd = self.pdev.cfg_read(P.COMMAND, 2)
+        if not cmd & P.CMD_MEMORY:
+            self.pdev.cfg_write(P.COMMAND, cmd | P.CMD_MEMORY, 2)
+        return cmd
+
+    def memory_unlock_and_restore(self, cmd: int) -> None:
+        """vfio_pci_memory_unlock_and_restore()."""
+        if self.pdev.cfg_read(P.COMMAND, 2) != cmd:
+            self.pdev.cfg_write(P.COMMAND, cmd, 2)
+
     # -- open / close / reset (vfio_pci_core_enable / _disable) ----------------------
 
     def enable(self) -> None:
@@ -524,7 +538,9 @@ class VfioPciCore:
             return
         self.pdev.set_master(False)
         if self.irq_type in (V.VFIO_PCI_MSI_IRQ_INDEX, V.VFIO_PCI_MSIX_IRQ_INDEX):
+            cmd = self.memory_lock_and_enable()
             self.msi_disable()
+            self.memory_unlock_and_restore(cmd)
         saved, self.saved_state = self.saved_state, None
         if self.reset_works:
             try:
@@ -860,7 +876,11 @@ class VfioDeviceFops(FileOperations):
         action = hdr.flags & V.VFIO_IRQ_SET_ACTION_TYPE_MASK
         if hdr.index in (V.VFIO_PCI_MSI_IRQ_INDEX, V.VFIO_PCI_MSIX_IRQ_INDEX) and \
                 action == V.VFIO_IRQ_SET_ACTION_TRIGGER:
-            return core.set_msi_trigger(hdr.index, hdr.start, hdr.count, hdr.flags, data)
+            cmd = core.memory_lock_and_enable()
+            try:
+                return core.set_msi_trigger(hdr.index, hdr.start, hdr.count, hdr.flags, data)
+            finally:
+                core.memory_unlock_and_restore(cmd)
         # MSI/MSI-X MASK/UNMASK ("Need masking support exported"), INTx/ERR/REQ and
         # mixed actions: no handler in this model, as vfio_pci_set_irqs_ioctl's NULL func.
         raise fail(ENOTTY, "no handler for this index/action")

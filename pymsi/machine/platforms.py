@@ -48,7 +48,7 @@ def make_function(bus: int, dev: int, spec: dict[str, Any]) -> PciFunction:
         device_id=spec.get("device", 0x1041), bars=bars,
         msi=MsiConfig(msi, per_vector_mask=spec.get("msi_mask", True)) if msi else None,
         msix=MsixConfig(msix, bar=0, table_offset=0, pba_offset=0x2000) if msix else None,
-        flr=spec.get("flr", True),
+        flr=spec.get("flr", True),          # "flr": False, a function without FLR
     )
 
 

@@ -164,14 +164,14 @@ class VfioPciDevice(P.PciFunction):
             self.devfile.ioctl(V.VFIO_DEVICE_GET_IRQ_INFO, irq)
             self.msix_noresize = bool(irq.flags & V.VFIO_IRQ_INFO_NORESIZE)
             bars, self._bar_region, msix = self._probe_config(irq.count)
+            super().__init__(bus, device, function,
+                             vendor_id=self._host_cfg(P.VENDOR_ID, 2),
+                             device_id=self._host_cfg(P.DEVICE_ID, 2),
+                             class_code=self._host_cfg(P.CLASS_CODE - 1, 4) >> 8,
+                             bars=bars, msix=msix, flr=self.reset_works)
         except BaseException:
-            self.devfile.close()
+            self.devfile.close()               # realize failed: nothing kept open
             raise
-        super().__init__(bus, device, function,
-                         vendor_id=self._host_cfg(P.VENDOR_ID, 2),
-                         device_id=self._host_cfg(P.DEVICE_ID, 2),
-                         class_code=self._host_cfg(P.CLASS_CODE - 1, 4) >> 8,
-                         bars=bars, msix=msix, flr=self.reset_works)
         self.msi_vectors: list[VFIOMSIVector] = [VFIOMSIVector(i) for i in
                                                  range(msix.vectors if msix else 0)]
         self._own: list[VFIOMSIVector] = []     # vectors with the VMM's own eventfd
@@ -688,7 +688,7 @@ class VfioPciDevice(P.PciFunction):
             trace_vfio_msi_interrupt(name=self.name, index=vector, addr=addr, data=data)
         return self._send(addr, data)
 
-    def _send(self, addr: int, data: int) -> P.Delivery:
+    def _send(self, addr: int, data: int, vector: int | None = None) -> P.Delivery:
         """msi_send_message() of the emulated function (a message the VMM sends itself,
         e.g. a pending bit released by the guest's unmask)."""
         gpa = self.route_address(addr)
