@@ -671,12 +671,14 @@ class VectorMachine(RuleBasedStateMachine):
     def replace(self, nested):
         mode = "nested" if nested else "paging"
         self.w.attach(self.w.nested if nested else self.w.parent)
-        if mode != self.mode:
-            # Per-vector: an attach to another HWPT writes every started vector again
-            # from its entry (or masks it); a replace by the same HWPT does nothing.
+        old, self.mode = self.mode, mode
+        if mode != old:
+            # Per-vector: once attached to another HWPT, every started vector is
+            # written again from its entry (or masked); a message that rewrite
+            # releases goes through the new HWPT.  Replacing by the same HWPT does
+            # nothing.
             for v in sorted(self.trig):
                 self.rewrite(v)
-        self.mode = mode
 
     # -- rules: isolation probes --------------------------------------------------------
 
