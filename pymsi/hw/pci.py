@@ -35,6 +35,12 @@ SUBSYS_VENDOR_ID, SUBSYS_ID, CAP_PTR, INT_PIN = 0x2C, 0x2E, 0x34, 0x3D
 CMD_MEMORY, CMD_MASTER, CMD_INTX_DISABLE = 1 << 1, 1 << 2, 1 << 10
 STATUS_CAP_LIST = 1 << 4
 CAP_ID_MSI, CAP_ID_MSIX, CAP_ID_EXP = 0x05, 0x11, 0x10
+INT_LINE, ROM_ADDRESS = 0x3C, 0x30
+# PCI Express capability (offsets from the capability).
+EXP_FLAGS, EXP_DEVCAP, EXP_DEVCTL, EXP_DEVSTA = 0x02, 0x04, 0x08, 0x0A
+EXP_DEVCAP_FLR = 1 << 28                  # Function Level Reset Capability
+EXP_DEVCTL_BCR_FLR = 1 << 15              # Initiate Function Level Reset (reads as 0)
+EXP_DEVSTA_TRPND = 1 << 5                 # Transactions Pending
 # MSI capability (offsets from the capability).
 MSI_FLAGS, MSI_ADDR_LO = 0x02, 0x04
 MSI_FLAGS_ENABLE, MSI_FLAGS_QMASK, MSI_FLAGS_QSIZE = 1 << 0, 0x7 << 1, 0x7 << 4
@@ -108,7 +114,7 @@ class PciFunction:
     def __init__(self, bus: int, device: int, function: int = 0, vendor_id: int = 0x1AF4,
                  device_id: int = 0x1000, class_code: int = 0x020000,
                  bars: list[Bar] | None = None, msi: MsiConfig | None = None,
-                 msix: MsixConfig | None = None) -> None:
+                 msix: MsixConfig | None = None, flr: bool = True) -> None:
         if not (0 <= bus < 256 and 0 <= device < 32 and 0 <= function < 8):
             raise InvalidArgument(f"bad address {bus:02x}:{device:02x}.{function}")
         self.bus, self.device, self.function = bus, device, function
@@ -165,6 +171,7 @@ class PciFunction:
             self._put(off, cap_id, 1)
             self._put(off + 1, caps[i + 1][0] if i + 1 < len(caps) else 0, 1)
         self._put(self.exp_cap + 2, 0x0002, 2)                # PCIe v2, endpoint
+        self._put(self.exp_cap + EXP_DEVCAP, EXP_DEVCAP_FLR if flr else 0, 4)
         if msi is not None:
             flags = ((msi.vectors.bit_length() - 1) << 1 | (MSI_FLAGS_64BIT if msi.is64 else 0)
                      | (MSI_FLAGS_MASKBIT if msi.per_vector_mask else 0))
@@ -185,6 +192,8 @@ class PciFunction:
             for v in range(msix.vectors):                      # every vector masked at reset
                 self.msix_table[v * 16 + MSIX_ENTRY_CTRL] = MSIX_CTRL_MASKBIT
             self.msix_pba = bytearray((msix.vectors + 63) // 64 * 8)
+        self._reset_cfg = bytes(self.cfg)                      # what an FLR goes back to
+        self.flr_count = 0
 
     @property
     def rid(self) -> int:
@@ -226,6 +235,12 @@ class PciFunction:
         """A configuration write: only writable bits change; side effects follow."""
         if size not in (1, 2, 4) or offset % size or not 0 <= offset < CONFIG_SIZE:
             return
+        devctl = self.exp_cap + EXP_DEVCTL
+        if offset <= devctl + 1 < offset + size and \
+                value >> 8 * (devctl + 1 - offset) & (EXP_DEVCTL_BCR_FLR >> 8) and \
+                self._get(self.exp_cap + EXP_DEVCAP, 4) & EXP_DEVCAP_FLR:
+            self.flr()                            # the rest of the write is lost in the reset
+            return
         msix_before = self._msix_masked_all() if self.msix_cap else None
         msi_mask_before = self._msi_masks() if self.msi_cap else None
         old_cmd = self._get(COMMAND, 2)
@@ -246,6 +261,28 @@ class PciFunction:
         if (old_cmd ^ self._get(COMMAND, 2)) & CMD_MEMORY or offset in range(BAR0, BAR0 + 24):
             if self.host is not None:
                 self.host.remap_bars(self)
+
+    # -- Function Level Reset --------------------------------------------------------
+
+    def flr(self) -> None:
+        """A Function Level Reset (PCIe Initiate FLR): configuration space back to
+        its reset values (BARs unassigned, memory decode and Bus Master off, MSI and
+        MSI-X disabled, MSI pending bits clear), every MSI-X entry zeroed and masked,
+        the PBA clear, then :meth:`device_reset` for the function's own state.
+        Statistics are not state of the function and are kept."""
+        self.flr_count += 1
+        self.cfg[:] = self._reset_cfg
+        if self.msix is not None:
+            self.msix_table[:] = bytes(len(self.msix_table))
+            for v in range(self.msix.vectors):
+                self.msix_table[v * 16 + MSIX_ENTRY_CTRL] = MSIX_CTRL_MASKBIT
+            self.msix_pba[:] = bytes(len(self.msix_pba))
+        self.device_reset()
+        if self.host is not None:
+            self.host.remap_bars(self)
+
+    def device_reset(self) -> None:
+        """Hook: the device-specific state a reset clears (subclasses override)."""
 
     def bar_address(self, index: int) -> int | None:
         """Where BAR ``index`` is programmed (None if unassigned)."""

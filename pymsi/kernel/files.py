@@ -30,6 +30,7 @@ from ..uapi.eventpoll import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT  # noqa: F401
 from .base import EEXIST, EFAULT, EINVAL, ENOENT, ENOMEM, fail
 
 EBADF, ENOTTY, EAGAIN, EMFILE = _errno.EBADF, _errno.ENOTTY, _errno.EAGAIN, _errno.EMFILE
+ESPIPE = _errno.ESPIPE
 
 # open(2) flags (include/uapi/asm-generic/fcntl.h; the same on arm64 and x86-64).
 O_RDONLY, O_WRONLY, O_RDWR, O_ACCMODE = 0, 1, 2, 3
@@ -64,6 +65,10 @@ class FileOperations:
     ``release(file)`` runs once, when the last reference goes.  A missing
     ``unlocked_ioctl`` is ENOTTY, a missing ``read`` / ``write`` EINVAL, as
     in Linux; an ioctl handler raises ENOTTY for a command it does not know.
+    ``pread(file, offset, count) -> bytes`` / ``pwrite(file, offset, data) -> int``
+    are the positioned read / write (``read_iter`` / ``write_iter`` with a
+    ``ppos``); a file without them is not seekable: pread(2) / pwrite(2) on it
+    is ESPIPE.
     """
 
     def open(self, file: File) -> None:
@@ -76,6 +81,8 @@ class FileOperations:
     read: Callable[[File, int], Any] | None = None
     write: Callable[[File, Any], Any] | None = None
     poll: Callable[[File], int] | None = None
+    pread: Callable[[File, int, int], bytes] | None = None
+    pwrite: Callable[[File, int, bytes], int] | None = None
 
 
 @dataclass
@@ -152,6 +159,14 @@ class File:
     def poll(self) -> int:
         """poll(2) of this descriptor: the ready mask."""
         return self._files().poll(self._fd())
+
+    def pread(self, offset: int, count: int) -> bytes:
+        """pread(2) on this descriptor: up to ``count`` bytes at ``offset``."""
+        return self._files().pread(self._fd(), count, offset)
+
+    def pwrite(self, offset: int, data: bytes) -> int:
+        """pwrite(2) on this descriptor: the number of bytes written at ``offset``."""
+        return self._files().pwrite(self._fd(), data, offset)
 
     def close(self) -> None:
         """close(2) of this descriptor."""
@@ -275,6 +290,37 @@ class FdTable:
         if f.f_op.write is None:
             raise fail(EINVAL, "file cannot be written")
         return f.f_op.write(f, data)
+
+    def pread(self, fd: Any, count: int, offset: int) -> bytes:
+        """pread(2): EBADF for a file not open for reading, ESPIPE for one that is
+        not seekable, EINVAL for a negative offset or count."""
+        f = self._lookup(fd)
+        if (f.f_flags & O_ACCMODE) not in (O_RDONLY, O_RDWR):
+            raise fail(EBADF, "file not open for reading")
+        if f.f_op.pread is None:
+            raise fail(ESPIPE, "illegal seek")
+        for v in (count, offset):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise fail(EINVAL, f"bad pread count / offset {v!r}")
+        if count == 0:
+            return b""
+        return bytes(f.f_op.pread(f, offset, count))
+
+    def pwrite(self, fd: Any, data: Any, offset: int) -> int:
+        """pwrite(2): EBADF for a file not open for writing, ESPIPE for one that is
+        not seekable, EINVAL for a negative offset, EFAULT for data that is not bytes."""
+        f = self._lookup(fd)
+        if (f.f_flags & O_ACCMODE) not in (O_WRONLY, O_RDWR):
+            raise fail(EBADF, "file not open for writing")
+        if f.f_op.pwrite is None:
+            raise fail(ESPIPE, "illegal seek")
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise fail(EINVAL, f"bad pwrite offset {offset!r}")
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise fail(EFAULT, f"pwrite of {type(data).__name__}, not a buffer")
+        if not len(data):
+            return 0
+        return f.f_op.pwrite(f, offset, bytes(data))
 
     def poll(self, fd: Any) -> int:
         """poll(2) of one descriptor: a file without a poll op is always ready."""

@@ -137,6 +137,14 @@ class Kernel:
         """ioctl(2) by descriptor number."""
         return self.files.ioctl(fd, cmd, arg)
 
+    def pread(self, fd: int | File, count: int, offset: int) -> bytes:
+        """pread(2): up to ``count`` bytes at ``offset`` (ESPIPE: not seekable)."""
+        return self.files.pread(fd, count, offset)
+
+    def pwrite(self, fd: int | File, data: bytes, offset: int) -> int:
+        """pwrite(2): bytes written at ``offset`` (ESPIPE: not seekable)."""
+        return self.files.pwrite(fd, data, offset)
+
     def fget(self, fd: int) -> File:
         """fget(): the file behind a descriptor number, with a reference the
         caller drops with ``fput`` (EBADF when the number is not open)."""

@@ -16,7 +16,7 @@ from typing import Any
 from ..hw import pci as P
 from .base import EBUSY, EINVAL, ENODEV, ENOENT, ENOSPC, KernelError, fail
 
-EISDIR, EACCES = _errno.EISDIR, _errno.EACCES
+EISDIR, EACCES, ENOTTY = _errno.EISDIR, _errno.EACCES, _errno.ENOTTY
 
 
 class PciDev:
@@ -134,6 +134,105 @@ class PciDev:
             flags |= P.MSI_FLAGS_ENABLE | (nvec - 1).bit_length() << 4
             self.cfg_write(P.COMMAND, self.cfg_read(P.COMMAND, 2) | P.CMD_INTX_DISABLE, 2)
         self.cfg_write(self.msi_cap + P.MSI_FLAGS, flags, 2)
+
+
+    # -- reset (drivers/pci/pci.c) -----------------------------------------------------
+
+    def save_state(self) -> PciSavedState:
+        """pci_save_state(): the header's 16 dwords and the PCIe Device Control
+        (MSI / MSI-X are restored from the descriptors, not saved)."""
+        exp = self.find_capability(P.CAP_ID_EXP)
+        return PciSavedState(tuple(self.cfg_read(4 * i) for i in range(16)),
+                             None if exp is None else self.cfg_read(exp + P.EXP_DEVCTL, 2))
+
+    def restore_state(self, saved: PciSavedState) -> None:
+        """pci_restore_state(): the header dwords last to first, each only when it
+        differs (so the command register comes after the BARs), the PCIe Device
+        Control, then the MSI / MSI-X state from the descriptors."""
+        for i in reversed(range(16)):
+            if self.cfg_read(4 * i) != saved.header[i]:
+                self.cfg_write(4 * i, saved.header[i])
+        exp = self.find_capability(P.CAP_ID_EXP)
+        if exp is not None and saved.devctl is not None:
+            self.cfg_write(exp + P.EXP_DEVCTL, saved.devctl & ~P.EXP_DEVCTL_BCR_FLR, 2)
+        self.restore_msi_state()
+
+    def restore_msi_state(self) -> None:
+        """pci_restore_msi_state(): MSI — disabled, message and mask bits written
+        from the descriptor, then enabled with its Multiple Message Enable; MSI-X —
+        enabled function-masked, each entry's message and vector control written
+        from its descriptor, then the function mask cleared."""
+        descs = sorted(self.msi_descs.values(), key=lambda d: d.msi_index)
+        if self.msi_enabled and self.msi_cap is not None and descs:
+            self.intx(False)
+            flags = self.cfg_read(self.msi_cap + P.MSI_FLAGS, 2)
+            self.cfg_write(self.msi_cap + P.MSI_FLAGS, flags & ~P.MSI_FLAGS_ENABLE, 2)
+            is64 = flags & P.MSI_FLAGS_64BIT
+            msg = descs[0].msg
+            self.cfg_write(self.msi_cap + P.MSI_ADDR_LO, msg.address_lo)
+            if is64:
+                self.cfg_write(self.msi_cap + 8, msg.address_hi)
+            self.cfg_write(self.msi_cap + (0xC if is64 else 0x8), msg.data & 0xFFFF, 2)
+            mask_reg = getattr(self, "_saved_msi_mask", None)
+            if flags & P.MSI_FLAGS_MASKBIT and mask_reg is not None:
+                self.cfg_write(self.msi_cap + (0x10 if is64 else 0xC), mask_reg)
+            self.msi_control(True, len(descs))
+        if self.msix_enabled and self.msix_cap is not None:
+            self.intx(False)
+            self.msix_control(enable=True, maskall=True)
+            for d in descs:
+                entry = self.msix_table + 16 * d.msi_index
+                self.mmio_write(entry, d.msg.address_lo)
+                self.mmio_write(entry + 4, d.msg.address_hi)
+                self.mmio_write(entry + 8, d.msg.data)
+                self.mmio_write(entry + 12, d.msix_ctrl)
+            self.msix_control(enable=True, maskall=False)
+
+    def has_flr(self) -> bool:
+        """pcie_reset_flr(dev, PCI_RESET_PROBE): Device Capabilities says FLR."""
+        exp = self.find_capability(P.CAP_ID_EXP)
+        return exp is not None and bool(self.cfg_read(exp + P.EXP_DEVCAP) & P.EXP_DEVCAP_FLR)
+
+    def pcie_flr(self) -> None:
+        """pcie_flr(): wait for Transactions Pending to clear, Initiate FLR, wait
+        for the function to answer configuration reads again (ENOTTY without FLR)."""
+        if not self.has_flr():
+            raise fail(ENOTTY, f"{self.bdf}: no reset method")
+        exp = self.find_capability(P.CAP_ID_EXP)
+        if self.cfg_read(exp + P.EXP_DEVSTA, 2) & P.EXP_DEVSTA_TRPND:
+            self.kernel.printk(f"pci {self.bdf}: timed out waiting for pending transaction; "
+                               "performing function level reset anyway")
+        ctl = self.cfg_read(exp + P.EXP_DEVCTL, 2)
+        self.cfg_write(exp + P.EXP_DEVCTL, ctl | P.EXP_DEVCTL_BCR_FLR, 2)
+        if self.cfg_read(P.VENDOR_ID, 2) == 0xFFFF:          # pci_dev_wait()
+            raise fail(ENOTTY, f"{self.bdf}: not ready after FLR")
+
+    def reset_function(self) -> None:
+        """pci_reset_function() / pci_try_reset_function(): save the state, disable
+        (command register down to INTx Disable), FLR, restore the state.  ENOTTY,
+        with nothing changed, when the function cannot be reset."""
+        if not self.has_flr():
+            raise fail(ENOTTY, f"{self.bdf}: no reset method")
+        saved = self.save_state()
+        if self.msi_cap is not None and self.msi_enabled:
+            flags = self.cfg_read(self.msi_cap + P.MSI_FLAGS, 2)
+            if flags & P.MSI_FLAGS_MASKBIT:
+                self._saved_msi_mask = self.cfg_read(
+                    self.msi_cap + (0x10 if flags & P.MSI_FLAGS_64BIT else 0xC))
+        self.cfg_write(P.COMMAND, P.CMD_INTX_DISABLE, 2)   # pci_dev_save_and_disable()
+        try:
+            self.pcie_flr()
+        finally:
+            self.restore_state(saved)
+            self._saved_msi_mask = None
+
+
+class PciSavedState:
+    """struct pci_saved_state: what pci_save_state() keeps of a function."""
+
+    def __init__(self, header: tuple[int, ...], devctl: int | None) -> None:
+        self.header = header
+        self.devctl = devctl
 
 
 class PciHostBridge:

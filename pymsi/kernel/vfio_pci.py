@@ -34,9 +34,174 @@ DRIVER_NAME = "vfio-pci"
 DEV_DIR = "/dev/vfio/devices"
 
 
+VFIO_PCI_OFFSET_SHIFT = 40
+VFIO_PCI_OFFSET_MASK = (1 << VFIO_PCI_OFFSET_SHIFT) - 1
+
+
 def _region_offset(index: int) -> int:
     """VFIO_PCI_INDEX_TO_OFFSET(): each region at its index << 40 in the fd."""
-    return index << 40
+    return index << VFIO_PCI_OFFSET_SHIFT
+
+
+class VfioPciConfig:
+    """vfio_pci_config.c: the user's view of the function's configuration space.
+
+    Per byte, a *virtual* mask (those bits read from and written to ``vconfig``,
+    never the function) and a *write* mask (bits the user may change at all; the
+    non-virtual ones go to the function).  What is virtualized: vendor / device
+    ID (read-only), the command register's INTx Disable, the BARs and ROM BAR
+    (sizing answered from the BAR's size, nothing reaches the function), the
+    capability pointer, the interrupt line and pin, the whole MSI capability
+    (its Enable never reaches the function: VFIO enables MSI through SET_IRQS),
+    the capability headers; the MSI-X capability is read through and never
+    written (its Enable and Function Mask belong to SET_IRQS); in the PCI Express
+    capability the FLR capability bit is virtual (set when VFIO can reset the
+    function) and writing Initiate FLR makes VFIO reset the function
+    (pci_try_reset_function, state restored).  Everything else reads through
+    and drops writes.
+    """
+
+    def __init__(self, core: VfioPciCore) -> None:
+        self.core = core
+        pdev = core.pdev
+        self.size = 0x1000 if core.is_pcie() else 0x100
+        n = self.size
+        self.vconfig = bytearray(pdev.cfg_read(i, 1) for i in range(0x40))
+        self.vconfig += bytes(n - 0x40)
+        self.virt = bytearray(n)
+        self.write = bytearray(n)
+
+        def perm(off: int, size: int, virt: int, write: int) -> None:
+            self.virt[off:off + size] = (virt & ((1 << 8 * size) - 1)).to_bytes(size, "little")
+            self.write[off:off + size] = (write & ((1 << 8 * size) - 1)).to_bytes(size,
+                                                                                  "little")
+
+        ALL = 0xFFFF_FFFF
+        perm(P.VENDOR_ID, 2, ALL, 0)
+        perm(P.DEVICE_ID, 2, ALL, 0)
+        perm(P.COMMAND, 2, P.CMD_INTX_DISABLE, ALL)
+        for reg in range(P.BAR0, P.BAR0 + 24, 4):
+            perm(reg, 4, ALL, ALL)
+        perm(P.ROM_ADDRESS, 4, ALL, ALL)
+        perm(P.CAP_PTR, 1, ALL, 0)
+        perm(P.INT_LINE, 1, ALL, ALL)
+        perm(P.INT_PIN, 1, ALL, 0)
+        self.bar_sizes = self._bar_sizes()
+        # capabilities: their ID / next bytes are virtual (same values, read-only)
+        ptr, seen = pdev.cfg_read(P.CAP_PTR, 1) & ~3, 0
+        while ptr and seen < 48:
+            cap_id = pdev.cfg_read(ptr, 1)
+            self.vconfig[ptr:ptr + 2] = bytes([cap_id, pdev.cfg_read(ptr + 1, 1)])
+            perm(ptr, 2, ALL, 0)
+            if cap_id == P.CAP_ID_MSI:
+                self._msi_perm(ptr, perm)
+            elif cap_id == P.CAP_ID_EXP:
+                cap = pdev.cfg_read(ptr + P.EXP_DEVCAP)
+                if not core.reset_works:
+                    cap &= ~P.EXP_DEVCAP_FLR
+                self.vconfig[ptr + P.EXP_DEVCAP:ptr + P.EXP_DEVCAP + 4] = cap.to_bytes(4,
+                                                                                     "little")
+                perm(ptr + P.EXP_DEVCAP, 4, P.EXP_DEVCAP_FLR, 0)
+                perm(ptr + P.EXP_DEVCTL, 2, P.EXP_DEVCTL_BCR_FLR, 0xFFFF)
+            ptr = pdev.cfg_read(ptr + 1, 1) & ~3
+            seen += 1
+
+    def _msi_perm(self, cap: int, perm: Any) -> None:
+        """The MSI capability: flags, address and data virtual; mask bits to the
+        function; pending bits read through."""
+        pdev = self.core.pdev
+        flags = pdev.cfg_read(cap + P.MSI_FLAGS, 2)
+        is64 = flags & P.MSI_FLAGS_64BIT
+        for off in range(cap + 2, cap + (0xE if is64 else 0xA)):
+            self.vconfig[off] = pdev.cfg_read(off, 1)
+        self.vconfig[cap + 2:cap + 4] = (flags & ~(P.MSI_FLAGS_ENABLE | P.MSI_FLAGS_QSIZE)
+                                          ).to_bytes(2, "little")
+        perm(cap + P.MSI_FLAGS, 2, 0xFFFF, P.MSI_FLAGS_ENABLE | P.MSI_FLAGS_QSIZE)
+        perm(cap + P.MSI_ADDR_LO, 4, 0xFFFF_FFFF, 0xFFFF_FFFC)
+        if is64:
+            perm(cap + 8, 4, 0xFFFF_FFFF, 0xFFFF_FFFF)
+        data = cap + (0xC if is64 else 0x8)
+        perm(data, 2, 0xFFFF, 0xFFFF)
+        if flags & P.MSI_FLAGS_MASKBIT:
+            perm(data + 4, 4, 0, 0xFFFF_FFFF)
+
+    def _bar_sizes(self) -> dict[int, tuple[int, int, bool]]:
+        """BAR register -> (size, flag bits, 64-bit low half) from the kernel's sizing."""
+        out: dict[int, tuple[int, int, bool]] = {}
+        pdev = self.core.pdev
+        for index, addr in getattr(pdev, "bars_by_index", {}).items():
+            size = next((sz for a, sz in pdev.bars if a == addr), 0)
+            reg = P.BAR0 + 4 * index
+            flags = pdev.cfg_read(reg) & 0xF
+            out[reg] = (size, flags, bool(flags & 0b100))
+        return out
+
+    def _bar_fixup(self) -> None:
+        """vfio_bar_fixup(): each virtual BAR holds only bits its size allows, with
+        the BAR's flags; an unimplemented BAR and the ROM (none) read 0."""
+        raw = {reg: int.from_bytes(self.vconfig[reg:reg + 4], "little")
+               for reg in range(P.BAR0, P.BAR0 + 24, 4)}
+        new = dict.fromkeys(raw, 0)
+        for reg, (size, flags, is64) in self.bar_sizes.items():
+            mask = ~(size - 1) & ((1 << 64) - 1)
+            new[reg] = raw[reg] & mask & 0xFFFF_FFF0 | flags
+            if is64 and reg + 4 in raw:
+                new[reg + 4] = raw[reg + 4] & (mask >> 32)
+        for reg, v in new.items():
+            self.vconfig[reg:reg + 4] = v.to_bytes(4, "little")
+        self.vconfig[P.ROM_ADDRESS:P.ROM_ADDRESS + 4] = bytes(4)
+
+    def rw(self, pos: int, buf: bytes | None, count: int) -> bytes | int:
+        """vfio_pci_config_rw(): naturally aligned 4 / 2 / 1 byte pieces; EFAULT
+        when the range leaves the configuration space.  A read returns the bytes,
+        a write (``buf``) the count."""
+        if pos < 0 or pos >= self.size or pos + count > self.size:
+            raise fail(EFAULT, f"config access {pos:#x}+{count} outside {self.size:#x}")
+        out = bytearray()
+        done = 0
+        while done < count:
+            left = count - done
+            n = 4 if left >= 4 and not pos % 4 else 2 if left >= 2 and not pos % 2 else 1
+            if buf is None:
+                out += self._read(pos, n).to_bytes(n, "little")
+            else:
+                self._write(pos, int.from_bytes(buf[done:done + n], "little"), n)
+            pos, done = pos + n, done + n
+        return bytes(out) if buf is None else done
+
+    def _mask(self, arr: bytearray, pos: int, n: int) -> int:
+        return int.from_bytes(arr[pos:pos + n], "little")
+
+    def _read(self, pos: int, n: int) -> int:
+        if P.BAR0 <= pos < P.BAR0 + 24 or P.ROM_ADDRESS <= pos < P.ROM_ADDRESS + 4:
+            self._bar_fixup()
+        virt = self._mask(self.virt, pos, n)
+        phys = self.core.pdev.cfg_read(pos, n) if virt != (1 << 8 * n) - 1 else 0
+        return (phys & ~virt) | (self._mask(self.vconfig, pos, n) & virt)
+
+    def _write(self, pos: int, val: int, n: int) -> None:
+        virt, wr = self._mask(self.virt, pos, n), self._mask(self.write, pos, n)
+        pdev = self.core.pdev
+        if wr & virt:
+            old = self._mask(self.vconfig, pos, n)
+            new = (old & ~(wr & virt)) | (val & wr & virt)
+            self.vconfig[pos:pos + n] = new.to_bytes(n, "little")
+        if wr & ~virt:
+            phys = pdev.cfg_read(pos, n)
+            pdev.cfg_write(pos, (phys & ~(wr & ~virt)) | (val & wr & ~virt), n)
+        exp = pdev.find_capability(P.CAP_ID_EXP)
+        devctl = None if exp is None else exp + P.EXP_DEVCTL
+        if devctl is not None and pos <= devctl + 1 < pos + n:
+            # vfio_exp_config_write(): Initiate FLR, virtual, resets through the kernel.
+            ctl = self._mask(self.vconfig, devctl, 2)
+            if ctl & P.EXP_DEVCTL_BCR_FLR:
+                self.vconfig[devctl:devctl + 2] = (ctl & ~P.EXP_DEVCTL_BCR_FLR).to_bytes(
+                    2, "little")
+                if self._mask(self.vconfig, exp + P.EXP_DEVCAP, 4) & P.EXP_DEVCAP_FLR:
+                    try:
+                        self.core.reset()
+                    except KernelError:
+                        pass
 
 
 class VfioPciIrqCtx:
@@ -65,6 +230,10 @@ class VfioPciCore:
         self.reset_works = True
         self.removed = False
         self.files: list[VfioDeviceFile] = []
+        self.enabled = False
+        self.config: VfioPciConfig | None = None
+        self.saved_state: Any = None
+        self.resets = 0                             # function resets VFIO did (for tests)
 
     @property
     def has_dyn_msix(self) -> bool:
@@ -324,10 +493,118 @@ class VfioPciCore:
         ctx.msi.preset(idev, hdr.index, hdr.start, list(hdr.data)[:hdr.count])
         return 0
 
+    def memory_lock_and_enable(self) -> int:
+        """vfio_pci_memory_lock_and_enable(): memory decode on while VFIO touches the
+        MSI-X table in a BAR (the user may have turned it off); the command register
+        as it was, for :meth:`memory_unlock_and_restore`."""
+        cmd = self.pdev.cfg_read(P.COMMAND, 2)
+        if not cmd & P.CMD_MEMORY:
+            self.pdev.cfg_write(P.COMMAND, cmd | P.CMD_MEMORY, 2)
+        return cmd
+
+    def memory_unlock_and_restore(self, cmd: int) -> None:
+        """vfio_pci_memory_unlock_and_restore()."""
+        if self.pdev.cfg_read(P.COMMAND, 2) != cmd:
+            self.pdev.cfg_write(P.COMMAND, cmd, 2)
+
+    # -- open / close / reset (vfio_pci_core_enable / _disable) ----------------------
+
+    def enable(self) -> None:
+        """vfio_pci_core_enable() (the first open of the device): reset the function
+        (whether that works decides ``reset_works``), save its state for the last
+        close, and set up the virtual configuration space."""
+        try:
+            self.reset()
+            self.reset_works = True
+        except KernelError:
+            self.reset_works = False
+        self.saved_state = self.pdev.save_state()
+        self.config = VfioPciConfig(self)
+        self.enabled = True
+
+    def reset(self) -> None:
+        """pci_try_reset_function() on the function: its state (interrupts included)
+        saved and restored around a Function Level Reset; ENOTTY when it cannot."""
+        self.pdev.reset_function()
+        self.resets += 1
+
     def teardown(self) -> None:
-        """What closing the last file (vfio_pci_core_close_device) undoes."""
+        """What closing the last file (vfio_pci_core_close_device ->
+        vfio_pci_core_disable) undoes: Bus Master off, interrupts off, then the
+        state saved at open restored around a reset of the function."""
+        if not self.enabled:
+            if self.irq_type in (V.VFIO_PCI_MSI_IRQ_INDEX, V.VFIO_PCI_MSIX_IRQ_INDEX):
+                self.msi_disable()
+            return
+        self.pdev.set_master(False)
         if self.irq_type in (V.VFIO_PCI_MSI_IRQ_INDEX, V.VFIO_PCI_MSIX_IRQ_INDEX):
+            cmd = self.memory_lock_and_enable()
             self.msi_disable()
+            self.memory_unlock_and_restore(cmd)
+        saved, self.saved_state = self.saved_state, None
+        if self.reset_works:
+            try:
+                self.reset()
+            except KernelError:
+                pass
+        if saved is not None:
+            self.pdev.restore_state(saved)
+        self.enabled = False
+        self.config = None
+
+    # -- regions (vfio_pci_rdwr.c) -----------------------------------------------------
+
+    def msix_table_range(self, index: int) -> tuple[int, int] | None:
+        """[start, end) of the MSI-X table in BAR ``index`` (vdev->msix_offset / size)."""
+        pdev = self.pdev
+        if pdev.msix_cap is None or self.msix_bar() != index:
+            return None
+        off = pdev.cfg_read(pdev.msix_cap + P.MSIX_TABLE) & ~7
+        return off, off + pdev.msix_vectors() * P.MSIX_ENTRY_SIZE
+
+    def region_rw(self, pos: int, buf: bytes | None, count: int) -> bytes | int:
+        """vfio_pci_core_read / _write: the region is ``pos >> 40``.  EINVAL for a
+        region that does not exist (ROM: the functions have none; VGA), or an
+        offset at or past a BAR's end (an access crossing the end is cut short);
+        EIO for a BAR while memory decode is off; EFAULT for the configuration
+        space outside its size.  Inside the MSI-X table reads are all ones and
+        writes are dropped: the table belongs to VFIO's SET_IRQS."""
+        index, off = pos >> VFIO_PCI_OFFSET_SHIFT, pos & VFIO_PCI_OFFSET_MASK
+        if index == V.VFIO_PCI_CONFIG_REGION_INDEX:
+            if self.config is None:
+                self.config = VfioPciConfig(self)
+            return self.config.rw(off, buf, count)
+        if index > V.VFIO_PCI_BAR5_REGION_INDEX:
+            raise fail(EINVAL, f"region {index} cannot be read or written")
+        size = self.bar_size(index)
+        if not size or off >= size:
+            raise fail(EINVAL, f"offset {off:#x} outside BAR{index} ({size:#x})")
+        count = min(count, size - off)
+        pdev = self.pdev
+        if not pdev.cfg_read(P.COMMAND, 2) & P.CMD_MEMORY:
+            raise fail(_errno.EIO, f"BAR{index}: memory decode disabled")
+        base = pdev.bars_by_index[index]
+        skip = self.msix_table_range(index) or (0, 0)
+        out = bytearray()
+        done = 0
+        while done < count:
+            a, left = off + done, count - done
+            if skip[0] <= a < skip[1]:
+                n = min(left, skip[1] - a)
+                if buf is None:
+                    out += b"\xff" * n
+                done += n
+                continue
+            n = next(w for w in (8, 4, 2, 1) if left >= w and not a % w)
+            if a < skip[0]:
+                while a + n > skip[0]:
+                    n //= 2
+            if buf is None:
+                out += pdev.mmio_read(base + a, n).to_bytes(n, "little")
+            else:
+                pdev.mmio_write(base + a, int.from_bytes(buf[done:done + n], "little"), n)
+            done += n
+        return bytes(out) if buf is None else done
 
 
 class VfioDeviceFile:
@@ -340,8 +617,11 @@ class VfioDeviceFile:
         self.iommufd: File | None = None
 
     def _grant_access(self) -> None:
-        """What a successful VFIO_DEVICE_BIND_IOMMUFD does last: the device
+        """What a successful VFIO_DEVICE_BIND_IOMMUFD does last: the first open of
+        the device enables it (vfio_pci_core_enable: a reset), and the device
         ioctls work from now on (df->access_granted)."""
+        if not any(f.access_granted for f in self.core.files):
+            self.core.enable()
         self.access_granted = True
 
 
@@ -391,6 +671,22 @@ class VfioDeviceFops(FileOperations):
         if df.iommufd is not None:
             df.iommufd.put()
             df.iommufd = None
+
+    def _region_file(self, file: File) -> VfioPciCore:
+        df: VfioDeviceFile = file.private_data
+        if df.core.removed:
+            raise fail(ENODEV, "device removed")
+        if not df.access_granted:
+            raise fail(EINVAL, "device file not bound to an iommufd")
+        return df.core
+
+    def pread(self, file: File, offset: int, count: int) -> bytes:
+        """read(2) at ``offset`` of a region (vfio_pci_core_read)."""
+        return self._region_file(file).region_rw(offset, None, count)
+
+    def pwrite(self, file: File, offset: int, data: bytes) -> int:
+        """write(2) at ``offset`` of a region (vfio_pci_core_write)."""
+        return self._region_file(file).region_rw(offset, data, len(data))
 
     def unlocked_ioctl(self, file: File, cmd: int, arg: Any) -> Any:
         df: VfioDeviceFile = file.private_data
@@ -580,7 +876,11 @@ class VfioDeviceFops(FileOperations):
         action = hdr.flags & V.VFIO_IRQ_SET_ACTION_TYPE_MASK
         if hdr.index in (V.VFIO_PCI_MSI_IRQ_INDEX, V.VFIO_PCI_MSIX_IRQ_INDEX) and \
                 action == V.VFIO_IRQ_SET_ACTION_TRIGGER:
-            return core.set_msi_trigger(hdr.index, hdr.start, hdr.count, hdr.flags, data)
+            cmd = core.memory_lock_and_enable()
+            try:
+                return core.set_msi_trigger(hdr.index, hdr.start, hdr.count, hdr.flags, data)
+            finally:
+                core.memory_unlock_and_restore(cmd)
         # MSI/MSI-X MASK/UNMASK ("Need masking support exported"), INTx/ERR/REQ and
         # mixed actions: no handler in this model, as vfio_pci_set_irqs_ioctl's NULL func.
         raise fail(ENOTTY, "no handler for this index/action")
@@ -589,10 +889,14 @@ class VfioDeviceFops(FileOperations):
         return core.msi_iova(_arg(arg, V.VfioDeviceMsiIova))
 
     def _reset(self, core: VfioPciCore, arg: Any) -> int:
-        """pci_try_reset_function(): the function's config state is saved and
-        restored around the reset, so the interrupt setup stays."""
+        """VFIO_DEVICE_RESET -> pci_try_reset_function(): the function's state is
+        saved and restored around a Function Level Reset, so its interrupt setup
+        (MSI / MSI-X from the descriptors) stays; what the function held and the
+        kernel does not (pending bits, device-internal state) is gone.  EINVAL
+        when the function cannot be reset."""
         if not core.reset_works:
             raise fail(EINVAL, "reset not supported")
+        core.reset()
         return 0
 
 

@@ -29,7 +29,8 @@ MSI_DESIGNS = ("dma-cookie", "sw-msi", "preset", "per-vector")
 
 
 def make_function(bus: int, dev: int, spec: dict[str, Any]) -> PciFunction:
-    """A PCI function from a small spec: {"msix": n} and/or {"msi": n}, ids, BAR size; or
+    """A PCI function from a small spec: {"msix": n} and/or {"msi": n}, ids, BAR size,
+    "flr": False for a function without Function Level Reset; or
     a device model, {"model": "edu"} / {"model": "nic", "queues": n} /
     {"model": "pkg.mod:Class", ...}: the other keys are the model's properties (an unknown
     model or property is an error naming it).  A model is realized when it is plugged in
@@ -47,6 +48,7 @@ def make_function(bus: int, dev: int, spec: dict[str, Any]) -> PciFunction:
         device_id=spec.get("device", 0x1041), bars=bars,
         msi=MsiConfig(msi, per_vector_mask=spec.get("msi_mask", True)) if msi else None,
         msix=MsixConfig(msix, bar=0, table_offset=0, pba_offset=0x2000) if msix else None,
+        flr=spec.get("flr", True),          # "flr": False, a function without FLR
     )
 
 

@@ -511,6 +511,8 @@ IOMMU_IOAS_MAP_MSI = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_MAP_MSI)
 # "per-vector"); SET is EBUSY once the context has a bound device.  Far above
 # upstream's option ids (0, 1; the posted SW_MSI_START / SW_MSI_SIZE would be 2, 3).
 IOMMU_OPTION_MSI_DESIGN = 0x100
+#: the designs IOMMU_OPTION_MSI_DESIGN's val64 indexes
+IOMMU_MSI_DESIGN_NAMES = ("dma-cookie", "sw-msi", "preset", "per-vector")
 
 #: ioctl number -> its argument structure, for dispatch and checks.
 IOCTLS: dict[int, type[Struct]] = {
@@ -540,4 +542,4 @@ IOCTLS: dict[int, type[Struct]] = {
 
 #: Names of this module that are this project's, not Linux's.
 NOT_UPSTREAM = frozenset({"IOMMUFD_CMD_IOAS_MAP_MSI", "IOMMU_IOAS_MAP_MSI", "IommuIoasMapMsi",
-                          "IOMMU_OPTION_MSI_DESIGN"})
+                          "IOMMU_OPTION_MSI_DESIGN", "IOMMU_MSI_DESIGN_NAMES"})
