@@ -260,3 +260,45 @@ class AssignedGuest(RuleBasedStateMachine):
 
 TestAssignedGuest = AssignedGuest.TestCase
 TestAssignedGuest.settings = settings(max_examples=30, stateful_step_count=15, deadline=None)
+
+
+def test_a_nic_with_2048_vectors():
+    """2048 vectors: an eventfd each in the VMM (two once masked), past the 1024
+    descriptors of a login shell -- the VMM raises its RLIMIT_NOFILE to the hard limit
+    first, as QEMU does."""
+    vm = boot(vsmmu="accel", gicv4=True, variant="per-vector",
+              devices=[{"model": "nic", "queues": 2048}])
+    t = vm.endpoint(0)
+    assert t.nvec == 2048
+    nic = vm.host_function(0)
+    for v in range(2048):
+        nic.notify(v)
+    assert vm.run() == 2048
+    assert sorted(t.hits) == expected(vm, 0)
+    assert len(vm.host.files) > 2048
+
+
+def test_rlimit_nofile():
+    from pymsi.machine import ArmVirt
+
+    k = ArmVirt(smmu=None).boot()
+    soft, hard = k.getrlimit_nofile()
+    assert (soft, hard) == (1024, 524288)
+    for bad in ((hard + 1, hard), (5, 4), (-1, 4), (True, 4)):
+        with pytest.raises(OSError) as e:
+            k.setrlimit_nofile(*bad)
+        assert e.value.errno == (1 if bad[1] > hard else 22)
+    with pytest.raises(OSError) as e:
+        k.setrlimit_nofile(10, hard + 1)
+    assert e.value.errno == 1                                 # EPERM: raising the hard limit
+    k.setrlimit_nofile(5)
+    assert k.getrlimit_nofile() == (5, hard)
+    fds = [k.eventfd() for _ in range(2)]                    # 3 and 4
+    with pytest.raises(OSError) as e:
+        k.eventfd()
+    assert e.value.errno == 24                                # EMFILE
+    k.setrlimit_nofile(6, 6)                                  # lowering the hard limit is fine
+    k.eventfd()
+    with pytest.raises(OSError):
+        k.setrlimit_nofile(7, 7)
+    assert len(fds) == 2

@@ -67,12 +67,19 @@ class Vmm:
     def realize(self, smmu: Any = None, emulated_smmu: bool = False) -> VirtBoard:
         """machvirt_init(): iommufd + IOAS, guest RAM, the KVM VM and its vGIC / vITS,
         the board.  ``smmu`` is the vSMMU model to map (None: no vIOMMU)."""
+        self.os_setup_limits()
         self.iommufd_backend_connect()
         self.ram = GuestRam(self.k, self.host_ram, RAM_GPA, self.ram_size)
         self.ram.ioas_map(self.iommufd, self.ioas_id)
         self.kvm_init()
         self.board = self.machvirt_board(smmu, emulated_smmu)
         return self.board
+
+    def os_setup_limits(self) -> None:
+        """QEMU's os_setup_limits(): the descriptor soft limit raised to the hard one (two
+        eventfds per MSI-X vector of every assigned device add up)."""
+        _, hard = self.k.getrlimit_nofile()
+        self.k.setrlimit_nofile(hard)
 
     def iommufd_backend_connect(self) -> None:
         """iommufd_backend_connect() + an IOAS for the guest's address space."""
