@@ -14,15 +14,19 @@ def main(argv: list[str] | None = None) -> int:
         "(Arm SMMUv3 + GICv3 ITS) with userspace-chosen per-vector MSI addresses.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="compose and translate a device's MSI vectors, print the path")
+    demo = sub.add_parser("demo", help="boot host + VMM + guest, fire every vector of an "
+                          "assigned device and print each interrupt's path from the trace")
+    from .demo import add_arguments
+
+    add_arguments(demo)
     cmp = sub.add_parser("compare", help="run one scenario per MSI design x SMMU set-up and "
                          "print which invariant each design breaks, at which step")
     cmp.add_argument("--json", action="store_true", help="print the table as JSON")
     args = parser.parse_args(argv)
     if args.command == "demo":
-        from .demo import run
+        from .demo import main as demo_main
 
-        return run(sys.stdout)
+        return demo_main(args)
     if args.command == "compare":
         from .compare import main as compare_main
 
