@@ -202,9 +202,13 @@ def describe_path(p: dict[str, Any]) -> list[str]:
                    "  [irq_handler_entry host]")
     k = p["kvm"]
     if k is not None:
-        via = f"eventfd -> KVM irqfd GSI {k['gsi']} -> " if k["irqfd"] else ""
-        out.append(f"{via}MSI route address {h(k['address'])} data {h(k['data'])} devid "
-                   f"{h(k['devid'])}  [kvm_irqfd_wakeup, kvm_msi_set_irq]")
+        if k["irqfd"]:
+            out.append(f"eventfd -> KVM irqfd GSI {k['gsi']} -> MSI route address "
+                       f"{h(k['address'])} data {h(k['data'])} devid {h(k['devid'])}  "
+                       "[kvm_irqfd_wakeup, kvm_msi_set_irq]")
+        else:
+            out.append(f"VMM -> KVM_SIGNAL_MSI address {h(k['address'])} data {h(k['data'])} "
+                       f"devid {h(k['devid'])}  [kvm_msi_set_irq]")
     v = p["vits"]
     if v is not None:
         to = f"LPI {v['lpi']} on vCPU {v['vcpu']}" if v["lpi"] is not None else \
