@@ -12,9 +12,9 @@ Expectations come from the designs and the architecture (DESIGN.md sections 4 an
 * sw-msi: the window 0x8000000 installed into the paging domain / nest parent on the
   first compose; the guest honours QEMU's IORT RMR (identity map of the window in its
   stage 1), so it is delivered, but not at the guest's address;
-* preset: the PREPAREd address (the guest's) installed by the kernel into the host domain;
-  nested, that is the nest parent (stage 2), while the write goes through the guest's
-  stage 1 first to IPA 0x8090040, which nothing maps in stage 2 -> a fault;
+* preset: the PREPAREd address (the guest's IOVA) installed by the kernel into the host
+  domain; nested, that is the nest parent, where only IPAs are looked up, so the IPA the
+  guest's stage 1 leads to is not the doorbell there -> the nested walk faults;
 * a GICv3 ITS affinity move is MOVI (VMOVI with GICv4): the message never changes.
 """
 
