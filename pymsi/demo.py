@@ -28,6 +28,7 @@ import argparse
 import fnmatch
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -55,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a GICv4 host: vLPIs injected directly, no host handler")
     parser.add_argument("--vectors", type=_vectors, default=4, metavar="N",
                         help=f"MSI-X vectors of the device (1..{MAX_VECTORS}, default 4)")
-    parser.add_argument("--trace", metavar="PATTERN", default=None,
+    parser.add_argument("--trace", metavar="PATTERN", default=None, type=_patterns,
                         help="also print the raw trace records matching PATTERN "
                         "(globs, comma separated, e.g. 'smmuv3_*,kvm_*')")
     parser.add_argument("--json", action="store_true", help="the same facts as JSON")
@@ -69,6 +70,18 @@ def _vectors(text: str) -> int:
     if not 1 <= n <= MAX_VECTORS:
         raise argparse.ArgumentTypeError(f"must be in 1..{MAX_VECTORS}, not {n}")
     return n
+
+
+_PATTERN = re.compile(r"-?[a-z0-9_*?\[\]!]+\Z")
+
+
+def _patterns(text: str) -> str:
+    parts = [p.strip() for p in text.split(",")]
+    bad = [p for p in parts if not _PATTERN.match(p)]
+    if bad:
+        raise argparse.ArgumentTypeError(f"bad trace pattern {bad[0]!r} (globs of tracepoint "
+                                         "names, comma separated)")
+    return ",".join(parts)
 
 
 def h(x: int | None) -> str | None:

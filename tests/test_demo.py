@@ -173,7 +173,8 @@ def test_gicv4_injects_vlpis_and_the_move_is_a_vmovi():
 
 @pytest.mark.parametrize("argv", [["--variant", "bogus"], ["--vsmmu", "nested"],
                                   ["--vectors", "0"], ["--vectors", "x"],
-                                  ["--vectors", "65"], ["--gicv4", "yes"]])
+                                  ["--vectors", "65"], ["--gicv4", "yes"],
+                                  ["--trace", "smmuv3_*,"], ["--trace", "Bad Name"]])
 def test_bad_options_are_argparse_errors(argv, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["demo", *argv])
