@@ -738,6 +738,7 @@ class GuestFire:
     want_vcpu: int | None
     recorded_faults: int                   # smmuv3_record_event records, recorded
     lpis: int                              # host LPIs / vLPIs made pending
+    gicv4: bool = False                    # the host GIC forwards (KVM maps vLPIs)
 
 
 @dataclass
@@ -806,11 +807,19 @@ def gcheck_no_alloc(obs: GuestStepObs) -> str | None:
 def gcheck_no_fallback(obs: GuestStepObs) -> str | None:
     """No vector went out with an address the guest did not choose: the host composed
     the guest's address as the VMM handed it down, or the enable failed -- not a
-    substitute of the kernel's own, silently."""
+    substitute of the kernel's own, silently; and with GICv4 no vector quietly stays on
+    the host-handler path (``kvm_vgic_v4_set_forwarding`` ignores a route that is not a
+    vITS doorbell)."""
     for v in obs.vectors:
         if v.guest_addr is not None and v.phys_addr != v.guest_addr:
             return (f"vector {v.vec}: enabled without error, but the device writes "
                     f"{v.phys_addr:#x}, not the guest's {v.guest_addr:#x}")
+    for f in obs.fires:             # GICv4: KVM forwards a route to a vITS doorbell, and
+        p = f.path                  # quietly does not when the route is anything else
+        if (f.gicv4 and f.expect == "deliver" and p["its"] is not None
+                and p["its"]["vlpi"] is None and p["guest_handler"] is not None):
+            return (f"vector {f.vec}: GICv4, but delivered through the host handler and "
+                    "KVM's irqfd, not as a vLPI (forwarding silently not set up)")
     return None
 
 
@@ -933,7 +942,7 @@ class GuestScenario:
             vec, expect, path_from_trace(recs, "host SMMUv3"), list(ep.hits[n:]), want,
             sum(1 for r in recs if r.name == "smmuv3_record_event" and r.fields["recorded"]),
             sum(1 for r in recs if r.name.startswith("gicv3_redist_process_")
-                and r.fields["level"] == 1))
+                and r.fields["level"] == 1), self.gicv4)
 
     def fire(self, obs: GuestStepObs, vec: int, expect: str = "deliver") -> None:
         fn = self.vm.host_function(0)

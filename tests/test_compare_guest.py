@@ -154,6 +154,11 @@ def _good():
 
 def test_a_good_observation_passes_every_checker():
     assert all(GUEST_CHECKERS[i](_good()) is None for i in INVARIANTS)
+    fwd = _good()                                # GICv4, delivered as a vLPI
+    fwd.fires[0].gicv4 = True
+    fwd.fires[0].path["its"].update(lpi=None, vlpi=8192)
+    fwd.fires[0].path["guest_handler"] = {"cpu": 1}
+    assert all(GUEST_CHECKERS[i](fwd) is None for i in INVARIANTS)
     assert all(r["ok"] for r in judge_guest([_good()]).values())
 
 
@@ -167,6 +172,8 @@ def test_a_good_observation_passes_every_checker():
     (lambda o: setattr(o.vectors[0], "phys_addr", 0xFFFFE040), "address stability"),
     (lambda o: setattr(o.vectors[0], "guest_addr", 0x8090040), "no silent fallback"),
     (lambda o: o.composes[0].after.update(x=frozenset({1})), "no allocation on compose"),
+    (lambda o: (setattr(o.fires[0], "gicv4", True),
+                o.fires[0].path.update(guest_handler={"cpu": 1})), "no silent fallback"),
     (lambda o: setattr(o.fires[1], "lpis", 1), "isolation"),
     (lambda o: setattr(o.fires[2], "recorded_faults", 0), "isolation"),
     (lambda o: setattr(o.fires[2], "hits", [(0, 0)]), "isolation"),
