@@ -3,6 +3,11 @@
  * A page exists only once something was written to it; reading RAM that was
  * never written gives zeroes; an access that is not entirely RAM is a bus
  * error (-EFAULT) and changes nothing.
+ *
+ * A page may back several memories at once (pymsi_mem_alias_page: a VMM's
+ * guest RAM is the host's RAM under other addresses), so each backing page
+ * carries a reference count in a header just before its data, and a memory
+ * drops its references when it is freed or re-points a page.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -30,6 +35,35 @@ struct pymsi_mem {
 
 #define MEM_INITIAL_BITS 6
 
+/* The header in front of every backing page; 16 bytes keep the data aligned. */
+struct page_hdr {
+    size_t refs;
+    size_t pad;
+};
+
+static uint8_t *page_alloc(void)
+{
+    struct page_hdr *h = calloc(1, sizeof(*h) + PYMSI_PAGE_SIZE);
+    if (!h)
+        return NULL;
+    h->refs = 1;
+    return (uint8_t *)(h + 1);
+}
+
+static void page_ref(uint8_t *p)
+{
+    ((struct page_hdr *)p - 1)->refs++;
+}
+
+static void page_unref(uint8_t *p)
+{
+    if (!p)
+        return;
+    struct page_hdr *h = (struct page_hdr *)p - 1;
+    if (!--h->refs)
+        free(h);
+}
+
 pymsi_mem *pymsi_mem_new(void)
 {
     pymsi_mem *m = calloc(1, sizeof(*m));
@@ -50,7 +84,7 @@ void pymsi_mem_free(pymsi_mem *m)
         return;
     size_t cap = (size_t)1 << m->bits;
     for (size_t i = 0; i < cap; i++)
-        free(m->slots[i].page);
+        page_unref(m->slots[i].page);
     free(m->slots);
     free(m->regions);
     free(m);
@@ -93,17 +127,34 @@ static int grow(pymsi_mem *m)
     return 0;
 }
 
-/* The page of `pfn`, made (zeroed) if it does not exist yet; NULL on ENOMEM. */
-static uint8_t *page_get_or_make(pymsi_mem *m, uint64_t pfn)
+/* The slot of `pfn`, or NULL if the page does not exist. */
+static struct slot *slot_find(pymsi_mem *m, uint64_t pfn)
 {
-    uint8_t *p = (uint8_t *)pymsi_mem_page(m, pfn);
-    if (p)
-        return p;
-    if ((m->count + 1) * 2 > ((size_t)1 << m->bits) && grow(m))
-        return NULL;
-    p = calloc(1, PYMSI_PAGE_SIZE);
-    if (!p)
-        return NULL;
+    uint64_t key = pfn + 1;
+    size_t mask = ((size_t)1 << m->bits) - 1;
+    size_t i = (size_t)pymsi_hash(key, m->bits);
+    for (;;) {
+        uint64_t k = m->slots[i].key;
+        if (k == key)
+            return &m->slots[i];
+        if (k == 0)
+            return NULL;
+        i = (i + 1) & mask;
+    }
+}
+
+/* Room for one more page (grows the table if needed); -ENOMEM otherwise. */
+static int slot_reserve(pymsi_mem *m)
+{
+    if ((m->count + 1) * 2 > ((size_t)1 << m->bits))
+        return grow(m);
+    return 0;
+}
+
+/* Install `p` (whose reference the caller hands over) as the page of `pfn`,
+ * which has no page; slot_reserve() must have succeeded. */
+static void slot_insert(pymsi_mem *m, uint64_t pfn, uint8_t *p)
+{
     uint64_t key = pfn + 1;
     size_t mask = ((size_t)1 << m->bits) - 1;
     size_t i = (size_t)pymsi_hash(key, m->bits);
@@ -112,7 +163,52 @@ static uint8_t *page_get_or_make(pymsi_mem *m, uint64_t pfn)
     m->slots[i].key = key;
     m->slots[i].page = p;
     m->count++;
+}
+
+/* The page of `pfn`, made (zeroed) if it does not exist yet; NULL on ENOMEM. */
+static uint8_t *page_get_or_make(pymsi_mem *m, uint64_t pfn)
+{
+    uint8_t *p = (uint8_t *)pymsi_mem_page(m, pfn);
+    if (p)
+        return p;
+    if (slot_reserve(m))
+        return NULL;
+    p = page_alloc();
+    if (!p)
+        return NULL;
+    slot_insert(m, pfn, p);
     return p;
+}
+
+int pymsi_mem_alias_page(pymsi_mem *m, uint64_t addr, pymsi_mem *src, uint64_t src_addr)
+{
+    if ((addr & PYMSI_PAGE_MASK) || (src_addr & PYMSI_PAGE_MASK))
+        return -EINVAL;
+    if (!pymsi_mem_is_ram(m, addr, PYMSI_PAGE_SIZE) ||
+        !pymsi_mem_is_ram(src, src_addr, PYMSI_PAGE_SIZE))
+        return -EINVAL;
+    uint64_t pfn = addr >> PYMSI_PAGE_SHIFT;
+    struct slot *s = slot_find(m, pfn);
+    if (!s && slot_reserve(m))
+        return -ENOMEM;
+    /* src's page, made if never written (growing src cannot move m's slots,
+     * unless src is m: look the slot up again afterwards). */
+    uint8_t *p = page_get_or_make(src, src_addr >> PYMSI_PAGE_SHIFT);
+    if (!p)
+        return -ENOMEM;
+    page_ref(p);
+    s = slot_find(m, pfn);
+    if (s) {
+        page_unref(s->page);
+        s->page = p;
+        return 0;
+    }
+    if (slot_reserve(m)) {
+        page_unref(p);
+        return -ENOMEM;
+    }
+    slot_insert(m, pfn, p);
+    return 0;
 }
 
 int pymsi_mem_add_ram(pymsi_mem *m, uint64_t base, uint64_t size)

@@ -113,6 +113,10 @@ int pymsi_mem_read_u64(const pymsi_mem *m, uint64_t addr, uint64_t *out);
 int pymsi_mem_write_u32(pymsi_mem *m, uint64_t addr, uint32_t v);
 int pymsi_mem_write_u64(pymsi_mem *m, uint64_t addr, uint64_t v);
 size_t pymsi_mem_pages(const pymsi_mem *m);
+/* Make the 4 KiB page at `addr` of `m` the same backing page as the page at
+ * `src_addr` of `src` (made in `src` if never written); re-points a page that
+ * existed.  Both aligned and RAM, else -EINVAL. */
+int pymsi_mem_alias_page(pymsi_mem *m, uint64_t addr, pymsi_mem *src, uint64_t src_addr);
 size_t pymsi_mem_regions(const pymsi_mem *m, uint64_t *bases, uint64_t *sizes, size_t max);
 
 /* Table walks: 0 with the outcome (translation or fault) in *r, -EINVAL for a bad cfg. */

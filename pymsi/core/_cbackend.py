@@ -74,7 +74,7 @@ class Memory:
     """
 
     backend = NAME
-    __slots__ = ("_p", "_u64", "_u32", "_res", "_resbuf", "__weakref__")
+    __slots__ = ("_p", "_u64", "_u32", "_res", "_resbuf", "_alias_srcs", "__weakref__")
 
     def __init__(self) -> None:
         p = lib.pymsi_mem_new()
@@ -85,6 +85,7 @@ class Memory:
         self._u32 = ffi.new("uint32_t *")
         self._res = ffi.new("struct pymsi_result *")
         self._resbuf = ffi.buffer(self._res)
+        self._alias_srcs: dict[int, Memory] = {}
 
     def add_ram(self, base: int, size: int) -> None:
         """Declare [base, base + size) as RAM (page aligned, not overlapping)."""
@@ -188,6 +189,24 @@ class Memory:
             _refused(_u32_pair, addr, value)
             raise
         check(rc, f"write of 4 bytes at {addr:#x}")
+
+    def alias_page(self, addr: int, src: Memory, src_addr: int) -> None:
+        """Make the 4 KiB page at ``addr`` the very page of ``src`` at ``src_addr``.
+
+        Models two address spaces over the same RAM (a VMM's guest-physical
+        view of its host pages): afterwards a write through either memory is
+        seen through the other.  The page is made in ``src`` if it was never
+        written; a page of this memory that already existed (or aliased) is
+        re-pointed.  Both addresses must be page aligned and RAM in their
+        memory (:class:`~pymsi.errors.InvalidArgument` otherwise).
+        """
+        addr = int_arg("addr", addr)
+        obj_arg("src", src, Memory)
+        src_addr = int_arg("src_addr", src_addr)
+        check(lib.pymsi_mem_alias_page(self._p, addr, src._p, src_addr),
+              f"alias_page({addr:#x}, src {src_addr:#x})")
+        if src is not self:
+            self._alias_srcs[id(src)] = src
 
 
 def _addr_size(addr: Any, size: Any) -> tuple[int, int]:

@@ -71,6 +71,7 @@ class Memory:
     def __init__(self) -> None:
         self._regions: list[tuple[int, int]] = []  # (base, last), sorted
         self._pages: dict[int, bytearray] = {}
+        self._alias_srcs: dict[int, Memory] = {}
 
     def add_ram(self, base: int, size: int) -> None:
         """Declare [base, base + size) as RAM (page aligned, not overlapping)."""
@@ -177,6 +178,31 @@ class Memory:
         """Store ``value`` as a little-endian u32 at ``addr``."""
         addr = int_arg("addr", addr)
         self._write(addr, int_arg("value", value, 32).to_bytes(4, "little"))
+
+    def alias_page(self, addr: int, src: Memory, src_addr: int) -> None:
+        """Make the 4 KiB page at ``addr`` the very page of ``src`` at ``src_addr``.
+
+        Models two address spaces over the same RAM (a VMM's guest-physical
+        view of its host pages): afterwards a write through either memory is
+        seen through the other.  The page is made in ``src`` if it was never
+        written; a page of this memory that already existed (or aliased) is
+        re-pointed.  Both addresses must be page aligned and RAM in their
+        memory (:class:`~pymsi.errors.InvalidArgument` otherwise).
+        """
+        addr = int_arg("addr", addr)
+        obj_arg("src", src, Memory)
+        src_addr = int_arg("src_addr", src_addr)
+        what = f"alias_page({addr:#x}, src {src_addr:#x})"
+        if addr & PAGE_MASK or src_addr & PAGE_MASK:
+            raise_errno(_EINVAL, what)
+        if not self._is_ram(addr, PAGE_SIZE) or not src._is_ram(src_addr, PAGE_SIZE):
+            raise_errno(_EINVAL, what)
+        page = src._pages.get(src_addr >> PAGE_SHIFT)
+        if page is None:
+            page = src._pages[src_addr >> PAGE_SHIFT] = bytearray(PAGE_SIZE)
+        self._pages[addr >> PAGE_SHIFT] = page
+        if src is not self:
+            self._alias_srcs[id(src)] = src
 
     def desc(self, addr: int) -> int | None:
         """The u64 a table walk reads at ``addr``, or None for a bus error."""

@@ -349,6 +349,12 @@ class CpuInterface:
         self.vactive.append(prio)
         return vintid
 
+    def vcpu_hppir1(self) -> int:
+        """ICV_HPPIR1_EL1 of the resident vPE: the vINTID ``vcpu_iar1`` would return."""
+        rd = self.gic.redists[self.cpu]
+        best = rd.highest_vpending(self.vactive[-1] if self.vactive else 0x100)
+        return SPURIOUS if best is None else best[1]
+
     def vcpu_eoir1(self, vintid: int) -> None:
         """ICV_EOIR1_EL1."""
         if self.vactive:

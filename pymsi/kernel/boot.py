@@ -21,7 +21,10 @@ from .x86 import IntelIr, VectorDomain
 def boot_arm(m: Any, default_domain: Any = None) -> Kernel:
     """GICv3, ITS and its PCI/MSI domain, SMMUv3, then PCI enumeration."""
     kw = {} if default_domain is None else {"default_domain": default_domain}
-    k = Kernel(m.bus, m.kernel_memory, ncpus=m.ncpus, **kw)
+    k = Kernel(m.bus, m.kernel_memory, ncpus=m.ncpus, name=getattr(m, "kernel_name", "host"),
+               **kw)
+    if getattr(m, "honour_rmr", True):           # a kernel with IORT RMR support (6.0+)
+        k.iommu.firmware_rmrs = list(getattr(m, "iort_rmrs", ()))
     k.irq = GenIrq(k)
     k.gic = GicDriver(k, m.GICD, m.GICR, m.gic.cpus)
     k.gic.probe()

@@ -198,6 +198,8 @@ class IommuCore:
         self.groups: dict[Any, IommuGroup] = {}
         self._dev_group: dict[Any, IommuGroup] = {}
         self._dev_ops: dict[Any, IommuOps] = {}
+        #: (base, size) of the firmware's IORT RMR nodes the kernel honours
+        self.firmware_rmrs: list[tuple[int, int]] = []
 
     # -- registration and probing ------------------------------------------------
 
@@ -228,16 +230,26 @@ class IommuCore:
             self._attach_group(group.default_domain, group)
         else:
             ops.attach_dev(group.domain, dev)
-        self._create_device_direct_mappings(group)
+        self._create_device_direct_mappings(group, dev)
         return group
 
-    @staticmethod
-    def _create_device_direct_mappings(group: IommuGroup) -> None:
-        """iommu_create_device_direct_mappings(): no direct-mapped regions here, but, as
-        Linux 6.1 does, a DMA default domain's TLB is flushed once the device is on it."""
+    def _create_device_direct_mappings(self, group: IommuGroup, dev: Any) -> None:
+        """iommu_create_device_direct_mappings(): in a DMA default domain, each direct
+        region of the device (firmware RMRs) mapped 1:1, page by page where not mapped
+        yet; then, as Linux 6.1 does, the domain's TLB is flushed once."""
         domain = group.default_domain
-        if domain is not None and domain.type == DomainType.DMA:
-            domain.flush_iotlb_all()
+        if domain is None or domain.type != DomainType.DMA:
+            return
+        pg = domain.pgsize_bitmap & -domain.pgsize_bitmap
+        for r in self.get_resv_regions(dev):
+            if r.type not in (ResvType.DIRECT, ResvType.DIRECT_RELAXABLE):
+                continue
+            start = r.start & ~(pg - 1)
+            end = (r.end + pg) & ~(pg - 1)
+            for addr in range(start, end, pg):
+                if domain.iova_to_phys(addr) is None:
+                    self.map(domain, addr, addr, pg, r.prot)
+        domain.flush_iotlb_all()
 
     def _alloc_default(self, ops: IommuOps, dev: Any, dtype: DomainType) -> IommuDomain:
         if dtype == DomainType.IDENTITY:
@@ -404,9 +416,15 @@ class IommuCore:
         return domain.iova_to_phys(iova)
 
     def get_resv_regions(self, dev: Any) -> list[ResvRegion]:
-        """iommu_get_resv_regions()."""
+        """iommu_get_resv_regions(): the driver's regions, then the firmware's reserved
+        memory ranges (iommu_dma_get_resv_regions -> iort_iommu_get_resv_regions: an
+        IORT RMR is a direct region, read / write device memory)."""
         ops = self._dev_ops.get(dev)
-        return [] if ops is None else ops.get_resv_regions(dev)
+        if ops is None:
+            return []
+        return ops.get_resv_regions(dev) + [
+            ResvRegion(base, size, IOMMU_READ | IOMMU_WRITE | IOMMU_MMIO, ResvType.DIRECT)
+            for base, size in self.firmware_rmrs]
 
     def group_resv_regions(self, group: IommuGroup) -> list[ResvRegion]:
         out: list[ResvRegion] = []

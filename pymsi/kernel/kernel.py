@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import EINVAL, ENOENT, PageAllocator, fail
+from .base import EFAULT, EINVAL, ENOENT, PageAllocator, fail
 from .dma_iommu import DmaIommu
 from .files import (
     O_RDWR,
+    PAGE_SIZE,
     PROT_READ,
     PROT_WRITE,
     CharDev,
@@ -184,6 +185,20 @@ class Kernel:
     def unpin_user_pages(self, pas: list[int]) -> None:
         """unpin_user_pages()."""
         self.user_mm.unpin_user_pages(pas)
+
+    def pagemap(self, va: int) -> int | None:
+        """A read of /proc/self/pagemap for the page holding ``va``: the PFN of the
+        host page behind it (what a VMM reads to learn where its RAM is), None when
+        the page is mapped but not present (never touched); EFAULT outside every
+        mapping (the model's choice: Linux reports an all-zero entry there)."""
+        if isinstance(va, bool) or not isinstance(va, int) or va < 0:
+            raise fail(EFAULT, f"bad user address {va!r}")
+        page_va = va & ~(PAGE_SIZE - 1)
+        vma = self.user_mm._vma(page_va)
+        if vma is None:
+            raise fail(EFAULT, f"user address {va:#x} is not mapped")
+        page = vma.pages.get(page_va)
+        return None if page is None else page.pa // PAGE_SIZE
 
     def user_write(self, va: int, data: bytes) -> None:
         """copy_to_user(): EFAULT (nothing written) outside writable mappings."""

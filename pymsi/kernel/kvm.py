@@ -254,6 +254,39 @@ class VgicV3(KvmDevice):
         self.dist_base = VGIC_ADDR_UNDEF
         self.redist_base = VGIC_ADDR_UNDEF
         self.initialized = False
+        self.gicd_ctlr = 0
+
+    #: GICD_IIDR of KVM's distributor: ProductID 0x4B ('K'), Implementer Arm, revision 3.
+    IIDR = 0x4B << 24 | 3 << 12 | 0x43B
+    NR_SPIS = 0                                  # the model routes no SPIs
+
+    def dist_read(self, offset: int, size: int) -> int:
+        """A guest read of the distributor (vgic-mmio-v3.c): GICD_CTLR (DS, ARE and
+        the group enables the guest set), GICD_TYPER (IDbits and LPIS from the vITS),
+        GICD_IIDR, GICD_PIDR2 (a GICv3, whatever the host GIC is); RAZ elsewhere."""
+        if size != 4 or offset & 3:
+            return 0
+        if offset == G.GICD_CTLR:
+            return G.GICD_CTLR_DS | G.GICD_CTLR_ARE | self.gicd_ctlr
+        if offset == G.GICD_TYPER:
+            its = bool(self.kvm.its_list())
+            idbits = VI.INTERRUPT_ID_BITS_ITS if its else 10      # INTERRUPT_ID_BITS_SPIS
+            return ((self.NR_SPIS + 32) // 32 - 1) | G.GICD_TYPER_IDBITS(idbits - 1) \
+                | G.GICD_TYPER_LPIS(int(its))
+        if offset == G.GICD_IIDR:
+            return self.IIDR
+        if offset == G.GICD_PIDR2:
+            return 3 << 4 | 0xB                   # ArchRev GICv3, JEP106 Arm
+        return 0
+
+    def dist_write(self, offset: int, value: int, size: int) -> None:
+        """A guest write of the distributor: only GICD_CTLR's group enables stick."""
+        if offset == G.GICD_CTLR and size == 4:
+            self.gicd_ctlr = value & (G.GICD_CTLR_ENABLE_G1 | 1)
+
+    def covers_dist(self, gpa: int) -> bool:
+        return self.dist_base != VGIC_ADDR_UNDEF and \
+            self.dist_base <= gpa < self.dist_base + K.KVM_VGIC_V3_DIST_SIZE
 
     _ADDRS = {K.KVM_VGIC_V3_ADDR_TYPE_DIST: ("dist_base", K.KVM_VGIC_V3_DIST_SIZE),
               K.KVM_VGIC_V3_ADDR_TYPE_REDIST: ("redist_base", K.KVM_VGIC_V3_REDIST_SIZE)}
@@ -366,6 +399,7 @@ class KvmVcpu(FileOperations):
         self.lpis_enabled = False
         self.pendbaser = 0
         self.file: File | None = None
+        self.cpuif = VgicCpuIf(self)
 
     def unlocked_ioctl(self, file: File, cmd: int, arg: Any) -> Any:
         """kvm_vcpu_ioctl(): no vCPU ioctl is modelled (EINVAL as kvm_arch_vcpu_ioctl)."""
@@ -426,6 +460,165 @@ class KvmVcpu(FileOperations):
                 continue
             if byte & 1 << irq.intid % 8:
                 irq.pending_latch = True
+
+
+class VgicCpuIf:
+    """The vCPU's virtual CPU interface: what the guest's ICC_* system register
+    accesses are while it executes on this vCPU.  With HCR_EL2.IMO set the CPU
+    redirects them to the ICV_* registers, which KVM backs with its list
+    registers for the LPIs it made pending in software (an emulated vITS:
+    KVM_SIGNAL_MSI, an irqfd) and, with GICv4, the physical GIC's view of the
+    vPE's virtual pending table (direct injection, no KVM involvement): KVM
+    makes the vPE resident on the physical CPU it runs on (its_vpe_load:
+    GICR_VPROPBASER / GICR_VPENDBASER) and the CPU's ICV_IAR1 reads it there.
+
+    ``pmr`` / ``igrpen1`` are the guest's ICC_PMR_EL1 / ICC_IGRPEN1_EL1; an
+    acknowledge takes the highest priority (lowest value; ties: lowest INTID)
+    pending enabled LPI of either kind below the running priority and the mask.
+    """
+
+    def __init__(self, vcpu: KvmVcpu) -> None:
+        self.vcpu = vcpu
+        self.pmr = 0
+        self.igrpen1 = 0
+        self.active: list[tuple[int, bool]] = []   # (priority, direct), innermost last
+        self.stats = {"acks": 0, "direct_acks": 0, "spurious": 0, "eois": 0, "bad_eois": 0}
+
+    @property
+    def running_priority(self) -> int:
+        return self.active[-1][0] if self.active else 0x100
+
+    def _sw_best(self, below: int) -> tuple[int, int] | None:
+        best = None
+        vid = self.vcpu.vcpu_id
+        for irq in self.vcpu.kvm.lpis.values():
+            if irq.pending_latch and irq.enabled and not irq.hw and irq.target_vcpu == vid:
+                key = (irq.priority, irq.intid)
+                if key[0] < below and (best is None or key < best):
+                    best = key
+        return best
+
+    def _vpe_cpuif(self) -> Any:
+        """vgic_v4_load(): the vPE resident on its physical CPU; that CPU's interface."""
+        kvm = self.vcpu.kvm
+        vpe = kvm.vpes.get(self.vcpu.vcpu_id)
+        kernel = kvm.kernel
+        gic = getattr(kernel, "gic", None)
+        if vpe is None or not vpe.mapped or gic is None:
+            return None
+        resident = kernel.kvm.resident
+        if resident.get(vpe.col) != vpe.vpe_id:
+            kernel.kvm.vpe_deschedule(vpe)
+            rd = gic.rd_base[vpe.col] + G.VLPI_FRAME
+            kernel.bus.write(rd + G.GICR_VPROPBASER,
+                             vpe.vprop | (VI.INTERRUPT_ID_BITS_ITS - 1), 8)
+            kernel.bus.write(rd + G.GICR_VPENDBASER, vpe.vpt | G.VPENDBASER_VALID(1), 8)
+            resident[vpe.col] = vpe.vpe_id
+        return gic.cpuifs[vpe.col]
+
+    def _hw_best(self, below: int) -> tuple[tuple[int, int], Any] | None:
+        cif = self._vpe_cpuif()
+        if cif is None:
+            return None
+        vintid = cif.vcpu_hppir1()
+        if vintid == G.SPURIOUS:
+            return None
+        kvm = self.vcpu.kvm
+        prio = kvm.kernel.ram.read(kvm.vprop + vintid - VI.GIC_LPI_OFFSET, 1)[0] \
+            & VI.LPI_PROP_PRIORITY_MASK
+        return ((prio, vintid), cif) if prio < below else None
+
+    def _candidate(self) -> tuple[tuple[int, int], Any] | None:
+        if not self.igrpen1:
+            return None
+        below = min(self.pmr, self.running_priority)
+        sw = self._sw_best(below)
+        hw = self._hw_best(below)
+        if hw is not None and (sw is None or hw[0] < sw):
+            return hw
+        return None if sw is None else (sw, None)
+
+    @property
+    def irq_pending(self) -> bool:
+        """Whether the vCPU's virtual IRQ line is asserted."""
+        return self._candidate() is not None
+
+    def hppir1(self) -> int:
+        """ICV_HPPIR1_EL1."""
+        c = self._candidate()
+        return G.SPURIOUS if c is None else c[0][1]
+
+    def iar1(self) -> int:
+        """ICV_IAR1_EL1: acknowledge the best pending LPI (1023: none)."""
+        c = self._candidate()
+        if c is None:
+            self.stats["spurious"] += 1
+            return G.SPURIOUS
+        (prio, intid), cif = c
+        if cif is None:
+            self.vcpu.kvm.lpis[intid].pending_latch = False   # LPIs have no active state
+        else:
+            got = cif.vcpu_iar1()
+            assert got == intid, (got, intid)
+            self.stats["direct_acks"] += 1
+        self.active.append((prio, cif is not None))
+        self.stats["acks"] += 1
+        return intid
+
+    def eoir1(self, intid: int) -> None:
+        """ICV_EOIR1_EL1: priority drop of the innermost active interrupt."""
+        if not self.active or intid >= G.SPURIOUS - 3 and intid <= G.SPURIOUS:
+            self.stats["bad_eois"] += 1
+            return
+        _, direct = self.active.pop()
+        if direct:
+            cif = self._vpe_cpuif()
+            if cif is not None:
+                cif.vcpu_eoir1(intid)
+        self.stats["eois"] += 1
+
+
+class KvmIoBus:
+    """The VM's KVM_MMIO_BUS as the guest's loads and stores reach it: inside
+    KVM_RUN a stage-2 fault on an address an in-kernel device (vGIC distributor,
+    redistributors, vITS) claims is handled in the kernel and never exits to the
+    VMM.  Mapped on the guest's physical address space at ``base``."""
+
+    def __init__(self, kvm: Kvm, base: int) -> None:
+        self.kvm = kvm
+        self.base = base
+
+    def mmio_read(self, offset: int, size: int) -> int:
+        v = self.kvm.mmio_read(self.base + offset, size)
+        return 0 if v is None else v
+
+    def mmio_write(self, offset: int, value: int, size: int) -> None:
+        self.kvm.mmio_write(self.base + offset, value, size)
+
+
+def kvm_run_view(kernel: Any, vm_fd: int, vcpu_fds: list[int]) -> tuple[Any, list[VgicCpuIf]]:
+    """What a guest executing on the VM's vCPUs (inside KVM_RUN) reaches without
+    an exit to the VMM: the VM (for :class:`KvmIoBus` windows) and each vCPU's
+    virtual CPU interface, in ``vcpu_fds`` order.  This models the CPU running the
+    guest, not a call the VMM makes: the VMM only hands over its descriptors."""
+    vm = kernel.fget(vm_fd)
+    try:
+        kvm = vm.private_data
+        if not isinstance(kvm, Kvm):
+            raise fail(EINVAL, f"fd {vm_fd} is not a VM")
+        cpuifs = []
+        for fd in vcpu_fds:
+            f = kernel.fget(fd)
+            try:
+                vcpu = f.private_data
+                if not isinstance(vcpu, KvmVcpu) or vcpu.kvm is not kvm:
+                    raise fail(EINVAL, f"fd {fd} is not a vCPU of this VM")
+                cpuifs.append(vcpu.cpuif)
+            finally:
+                kernel.fput(f)
+    finally:
+        kernel.fput(vm)
+    return kvm, cpuifs
 
 
 @dataclass(frozen=True)
@@ -490,6 +683,8 @@ class Kvm(FileOperations):
             its = getattr(self.kernel, "its", None)
             for vid in sorted(self.vpes):
                 vpe = self.vpes.pop(vid)
+                if kvm_dev is not None:
+                    kvm_dev.vpe_deschedule(vpe)
                 if its is not None and hasattr(its, "unmap_vpe"):
                     its.unmap_vpe(vpe)
                 self.kernel.mm.free(vpe.vpt, VPT_SIZE)
@@ -724,6 +919,8 @@ class Kvm(FileOperations):
             if its.covers(gpa):
                 return its, gpa - its.base
         vgic = self.vgic
+        if vgic is not None and vgic.covers_dist(gpa):
+            return vgic, gpa - vgic.dist_base
         if vgic is not None and vgic.redist_base != VGIC_ADDR_UNDEF and \
                 gpa >= vgic.redist_base:
             idx, off = divmod(gpa - vgic.redist_base, KVM_VCPU_REDIST_FRAME)
@@ -741,6 +938,8 @@ class Kvm(FileOperations):
         dev, off = t
         if isinstance(dev, VgicIts):
             return dev.its_mmio_read(off, size)
+        if isinstance(dev, VgicV3):
+            return dev.dist_read(off, size)
         return dev.rd_read(off, size) if off < SZ_64K else 0
 
     def mmio_write(self, gpa: int, value: int, size: int) -> bool:
@@ -752,6 +951,8 @@ class Kvm(FileOperations):
         dev, off = t
         if isinstance(dev, VgicIts):
             dev.its_mmio_write(off, value, size)
+        elif isinstance(dev, VgicV3):
+            dev.dist_write(off, value, size)
         elif off < SZ_64K:
             dev.rd_write(off, value, size)
         return True
@@ -923,6 +1124,18 @@ class KvmDev(FileOperations):
         self.kernel = kernel
         self.vms: list[Kvm] = []
         self._next_vpe_id = 0
+        #: the vPE resident on each physical CPU (its GICR_VPENDBASER), by vPE id
+        self.resident: dict[int, int] = {}
+
+    def vpe_deschedule(self, vpe: Any) -> None:
+        """its_vpe_deschedule(): ``vpe`` no longer resident on any physical CPU."""
+        gic = getattr(self.kernel, "gic", None)
+        for cpu, vid in list(self.resident.items()):
+            if vid == vpe.vpe_id:
+                if gic is not None:
+                    self.kernel.bus.write(gic.rd_base[cpu] + G.VLPI_FRAME + G.GICR_VPENDBASER,
+                                          0, 8)
+                del self.resident[cpu]
 
     def alloc_vpe_id(self) -> int:
         """its_vpe_id_alloc(): vPE ids are never reused in this model."""
@@ -955,6 +1168,6 @@ def kvm_init(kernel: Any) -> KvmDev:
     return kernel.kvm
 
 
-__all__ = ["Irqfd", "IrqchipRoute", "Kvm", "KvmDev", "KvmDevice", "KvmVcpu", "Memslot",
-           "MsiRoute", "VgicIts",
-           "VgicV3", "build_routing", "check_extension", "kvm_init"]
+__all__ = ["Irqfd", "IrqchipRoute", "Kvm", "KvmDev", "KvmDevice", "KvmIoBus", "KvmVcpu",
+           "Memslot", "MsiRoute", "VgicCpuIf", "VgicIts",
+           "VgicV3", "build_routing", "check_extension", "kvm_init", "kvm_run_view"]

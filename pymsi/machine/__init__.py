@@ -1,5 +1,6 @@
 """Machines: hardware models wired together, and kernels booted on them."""
 
 from .platforms import ArmVirt, X86Pc
+from .virtual import VirtualMachine, load
 
-__all__ = ["ArmVirt", "X86Pc"]
+__all__ = ["ArmVirt", "VirtualMachine", "X86Pc", "load"]

@@ -1,0 +1,357 @@
+"""A whole nested machine from a short description: host + VMM + guest.
+
+:class:`VirtualMachine` assembles, in ``boot()``:
+
+1. the host: an Arm virt board (:class:`~pymsi.machine.ArmVirt`, SMMUv3 with
+   nesting, GICv3 or GICv4) with the physical PCI functions to assign, and the
+   host kernel booted on it with ``variant`` as its MSI address design;
+2. the VMM (:class:`~pymsi.vmm.vmm.Vmm`): iommufd + IOAS, guest RAM, the KVM VM
+   with its vGIC and vITS, the vSMMU (``vsmmu``), the guest's virtual PCI
+   functions -- each assigned device through vfio-pci, each ``emulated`` one a
+   VMM device model on the guest's bus;
+3. the guest: the same kernel model booted on the VMM's board, with a test
+   driver (:mod:`pymsi.kernel.pci_endpoint_test`) bound to every device and a
+   handler on every vector recording (vector, vCPU).
+
+``run()`` lets everything settle: posted writes on both buses, the host's
+interrupts (VFIO's handlers signalling eventfds -> KVM), the guest's.
+
+The same description loads from TOML (:func:`load`); an unknown key or a bad
+value is a :class:`ValueError` naming it::
+
+    vsmmu = "accel"          # "accel" | "emulated" | "none"
+    gicv4 = false
+    variant = "per-vector"   # dma-cookie | sw-msi | preset | per-vector
+    [[devices]]
+    msix = 8
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..hw.qdev import PciDeviceModel
+from ..sched import Scheduler
+from .platforms import MSI_DESIGNS, ArmVirt, make_function, plug_function
+
+VSMMU_MODES = ("accel", "emulated", None)
+MAX_MSIX = 2048
+
+#: Top-level keys of a description, with their defaults.
+DEFAULTS: dict[str, Any] = {
+    "vsmmu": None,
+    "gicv4": False,
+    "variant": "per-vector",
+    "devices": None,
+    "ncpus": 4,                    # host CPUs
+    "guest_ncpus": 2,              # vCPUs
+    "host_ram": 0x2000_0000,
+    "guest_ram": 0x200_0000,
+    "honour_rmr": True,            # the guest kernel identity-maps the IORT RMR
+    "backend": None,               # core backend ("c" / "python"); None: PYMSI_BACKEND
+    "seed": 0,                     # the scheduler's seed: one seed, one run
+}
+#: Keys of one device description.
+DEVICE_KEYS = ("msix", "msi", "vendor", "device", "bar_size", "model", "queues", "emulated")
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], not {value!r}")
+    return value
+
+
+def _check_device(i: int, spec: Any) -> dict[str, Any]:
+    where = f"devices[{i}]"
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where} must be a table of device keys, not {spec!r}")
+    for key in spec:            # a device model's other keys are its properties: it checks them
+        if key not in DEVICE_KEYS and "model" not in spec:
+            raise ValueError(f"{where}: unknown key {key!r} (known: {', '.join(DEVICE_KEYS)})")
+    spec = dict(spec)
+    if "model" not in spec and "msix" not in spec and "msi" not in spec:
+        spec["msix"] = 8
+    if "msix" in spec:
+        _check_int(f"{where}.msix", spec["msix"], 1, MAX_MSIX)
+    if "msi" in spec:
+        _check_int(f"{where}.msi", spec["msi"], 1, 32)
+    if "queues" in spec:
+        _check_int(f"{where}.queues", spec["queues"], 1, MAX_MSIX)
+    if not isinstance(spec.get("emulated", False), bool):
+        raise ValueError(f"{where}.emulated must be true or false, not {spec['emulated']!r}")
+    if "model" in spec and not isinstance(spec["model"], str):
+        raise ValueError(f"{where}.model must be a device model name, not {spec['model']!r}")
+    return spec
+
+
+def check_description(desc: dict[str, Any]) -> dict[str, Any]:
+    """``desc`` with defaults filled in and every value checked (ValueError naming
+    the first unknown key or bad value)."""
+    for key in desc:
+        if key not in DEFAULTS:
+            raise ValueError(f"unknown key {key!r} (known: {', '.join(DEFAULTS)})")
+    out = {**DEFAULTS, **desc}
+    if out["vsmmu"] in ("none", ""):
+        out["vsmmu"] = None
+    if out["vsmmu"] not in VSMMU_MODES:
+        raise ValueError(f"vsmmu must be 'accel', 'emulated' or None, not {out['vsmmu']!r}")
+    if out["variant"] not in MSI_DESIGNS:
+        raise ValueError(f"variant must be one of {', '.join(MSI_DESIGNS)}, "
+                         f"not {out['variant']!r}")
+    for key in ("gicv4", "honour_rmr"):
+        if not isinstance(out[key], bool):
+            raise ValueError(f"{key} must be true or false, not {out[key]!r}")
+    _check_int("ncpus", out["ncpus"], 1, 256)
+    _check_int("guest_ncpus", out["guest_ncpus"], 1, 256)
+    _check_int("host_ram", out["host_ram"], 0x200_0000, 1 << 40)
+    _check_int("guest_ram", out["guest_ram"], 0x40_0000, 0x4000_0000)
+    if out["host_ram"] % 0x1000 or out["guest_ram"] % 0x1000:
+        raise ValueError("host_ram and guest_ram must be whole 4 KiB pages")
+    _check_int("seed", out["seed"], 0, (1 << 64) - 1)
+    if out["backend"] not in (None, "c", "python"):
+        raise ValueError(f"backend must be 'c' or 'python', not {out['backend']!r}")
+    devices = [{"msix": 8}] if out["devices"] is None else out["devices"]
+    if not isinstance(devices, list):
+        raise ValueError(f"devices must be a list of device tables, not {devices!r}")
+    if len(devices) > 31:
+        raise ValueError("devices: at most 31 (one PCI slot each on bus 0)")
+    out["devices"] = [_check_device(i, d) for i, d in enumerate(devices)]
+    for i, d in enumerate(out["devices"]):
+        emulated = d.get("emulated", False)
+        if out["vsmmu"] == "accel" and emulated:       # QEMU: smmuv3-accel refuses them
+            raise ValueError(f"devices[{i}].emulated: an emulated device cannot sit behind "
+                             "an accelerated vSMMU (vsmmu='accel')")
+        if out["vsmmu"] == "emulated" and not emulated:
+            raise ValueError(f"devices[{i}]: an assigned device cannot sit behind an emulated "
+                             "vSMMU (SMMUv3 does not support notification on MAP); use "
+                             "vsmmu='accel' or emulated = true")
+    if out["vsmmu"] == "accel" and not out["devices"]:
+        raise ValueError("devices: vsmmu='accel' needs an assigned device (its nest parent "
+                         "is allocated with the first)")
+    return out
+
+
+def _model_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """A device description without the machine's own keys: what make_function takes."""
+    return {k: v for k, v in spec.items() if k != "emulated"}
+
+
+@dataclass(eq=False)
+class DeviceSlot:
+    """One described device, end to end."""
+
+    index: int
+    spec: dict[str, Any]
+    emulated: bool
+    host_fn: Any = None            # the physical function (assigned devices)
+    guest_fn: Any = None           # the function on the guest's bus (VMM model / vfio-pci)
+    guest_pdev: Any = None         # the guest kernel's pci_dev
+    test: Any = None               # the guest driver's record of its interrupts
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class VirtualMachine:
+    """Host + VMM + guest from a short description (keys: :data:`DEFAULTS`).
+
+    After :meth:`boot`: ``host`` (the host kernel), ``machine`` (the host board),
+    ``vmm``, ``guest`` (the guest kernel), ``board`` (the guest's board),
+    ``slots`` (one :class:`DeviceSlot` per described device).
+    """
+
+    def __init__(self, **desc: Any) -> None:
+        self.desc = check_description(desc)
+        self.vsmmu: str | None = self.desc["vsmmu"]
+        self.gicv4: bool = self.desc["gicv4"]
+        self.variant: str = self.desc["variant"]
+        self.slots = [DeviceSlot(i, spec, bool(spec.get("emulated", False)))
+                      for i, spec in enumerate(self.desc["devices"])]
+        self.machine: ArmVirt | None = None
+        self.host: Any = None
+        self.vmm: Any = None
+        self.board: Any = None
+        self.guest: Any = None
+        self.driver: Any = None
+        self.booted = False
+        self.guest_handled = 0
+        #: the machine's clock and event queue (device models schedule on it)
+        self.sched = Scheduler(self.desc["seed"])
+
+    # -- assembly ------------------------------------------------------------------------
+
+    def boot(self) -> VirtualMachine:
+        """Host, VMM, guest (see the module doc); returns self."""
+        from ..kernel.pci_endpoint_test import PciEndpointTestDriver
+        from ..vmm.vmm import Vmm
+
+        if self.booted:
+            raise RuntimeError("the machine is already booted")
+        d = self.desc
+        assigned = [s for s in self.slots if not s.emulated]
+        self.machine = ArmVirt(ncpus=d["ncpus"], ram_size=d["host_ram"], gicv4=self.gicv4,
+                               smmu="nested", devices=[_model_spec(s.spec) for s in assigned],
+                               backend=d["backend"], msi_design=self.variant)
+        for s, fn in zip(assigned, self.machine.functions, strict=True):
+            s.host_fn = fn
+        self.host = self.machine.boot()
+        for n, s in enumerate(assigned):           # the administrator hands them to vfio-pci
+            bdf = next(p.bdf for p in self.host.pci.devices if p.rid == s.host_fn.rid)
+            self.host.sysfs_write(f"/sys/bus/pci/devices/{bdf}/driver_override", "vfio-pci")
+            self.host.sysfs_write("/sys/bus/pci/drivers/vfio-pci/bind", bdf)
+            s.extra["cdev"] = f"/dev/vfio/devices/vfio{n}"
+        self.vmm = Vmm(self.host, self.machine.ram, ncpus=d["guest_ncpus"],
+                       ram_size=d["guest_ram"], msi_design=self.variant,
+                       honour_rmr=d["honour_rmr"])
+        self.board = self.vmm.realize()
+        if self.vsmmu == "emulated":
+            self.board.attach_smmu(self._vsmmu("emulated"), emulated=True)
+        for s in self.slots:
+            slot = s.index + 1
+            if s.emulated:
+                s.guest_fn = plug_function(self.board.pci,
+                                           make_function(0, slot, _model_spec(s.spec)))
+            else:                                  # -device vfio-pci,host=...
+                s.guest_fn = self.vmm.vfio_realize(
+                    s.extra["cdev"], slot, self.vmm.ioas_id if self.vsmmu is None else None)
+        if self.vsmmu == "accel":
+            self._accel_vsmmu([s.guest_fn for s in assigned])
+        self.guest = self.vmm.boot_guest()
+        by_rid = {p.rid: p for p in self.guest.pci.devices}
+        for s in self.slots:
+            s.guest_pdev = by_rid.get(s.guest_fn.rid)
+        self.driver = PciEndpointTestDriver(self.guest).register()
+        for s in self.slots:
+            s.test = self.driver.tests.get(s.guest_pdev)
+            for fn in (s.host_fn, s.guest_fn):
+                if isinstance(fn, PciDeviceModel):
+                    fn.scheduler = self.sched
+        for name, hook in self._idle_hooks():
+            self.sched.add_idle_hook(hook, name)
+        self.booted = True
+        return self
+
+    def _idle_hooks(self) -> list[tuple[str, Any]]:
+        """What runs whenever no timed event is due, in this order: the host's
+        interconnect and interrupts (VFIO's handlers signal eventfds, KVM injects), the
+        VMM's own polling (vEVENTQ, masked vectors' eventfds), the guest's interconnect
+        and interrupts (the guest's handlers)."""
+        hooks: list[tuple[str, Any]] = [
+            ("host bus", self.machine.bus.drain),
+            ("host interrupts", self.host.handle_interrupts),
+        ]
+        smmu = self.board.smmu
+        if smmu is not None and getattr(smmu, "mode", None) == "accel":
+            hooks.append(("vSMMU vEVENTQ", smmu.event_read))
+        for s in self.slots:
+            poll = getattr(s.guest_fn, "poll", None)
+            if not s.emulated and poll is not None:
+                hooks.append((f"vfio-pci {s.index}", poll))
+        hooks += [("guest bus", self.board.bus.drain),
+                  ("guest interrupts", self._guest_interrupts)]
+        return hooks
+
+    def _guest_interrupts(self) -> int:
+        n = self.guest.handle_interrupts()
+        self.guest_handled += n
+        return n
+
+    def _accel_vsmmu(self, devs: list[Any]) -> None:
+        """QEMU's arm-smmuv3,accel=on: a nest parent over the IOAS (with the first
+        device), every device on it, the vSMMU over it, each device behind the vSMMU
+        with its guest requester ID as virtual StreamID; routes use its msi-gpa."""
+        from ..vmm.smmuv3 import HostIommufd
+
+        parent = self.vmm.alloc_nest_parent(devs[0].devid)
+        for dev in devs:
+            dev.attach(parent)
+        smmu = self._vsmmu("accel", HostIommufd(self.host, self.vmm.iommufd,
+                                                self.vmm.ioas_id, parent))
+        self.board.attach_smmu(smmu, emulated=False)
+        for dev in devs:
+            dev.iommu = smmu
+            smmu.attach_device(dev.rid, dev)
+
+    def _vsmmu(self, mode: str, host: Any = None) -> Any:
+        """The VMM's virtual SMMUv3 over guest RAM (QEMU's -device arm-smmuv3[,accel=on])."""
+        from ..vmm.smmuv3 import VirtualSmmuV3
+
+        return VirtualSmmuV3(self.vmm.ram.mem, mode, host, backend=self.desc["backend"])
+
+    @property
+    def vsmmu_model(self) -> Any:
+        """The vSMMU on the guest's board (None without one)."""
+        return None if self.board is None else self.board.smmu
+
+    # -- running -------------------------------------------------------------------------
+
+    def run(self, for_ns: int | None = None, max_events: int = 100_000) -> int:
+        """Run the machine's scheduler until quiescent (or for ``for_ns`` of virtual
+        time): timed device events, posted writes on the host's and the guest's buses,
+        the host's interrupts (VFIO's handlers signal eventfds, KVM injects), the VMM's
+        polling, the guest's interrupts taken by its handlers.  Returns how many guest
+        interrupts were handled; RuntimeError if not quiescent after ``max_events``."""
+        self._booted()
+        before = self.guest_handled
+        r = self.sched.run(for_ns=for_ns, max_events=max_events)
+        if not r.quiescent and for_ns is None:
+            raise RuntimeError(f"the machine is not quiescent after {max_events} events")
+        return self.guest_handled - before
+
+    def _booted(self) -> None:
+        if not self.booted:
+            raise RuntimeError("boot() the machine first")
+
+    # -- access ----------------------------------------------------------------------------
+
+    def host_function(self, i: int) -> Any:
+        """The physical PCI function of described device ``i`` (an assigned device)."""
+        self._booted()
+        s = self.slots[i]
+        if s.host_fn is None:
+            raise ValueError(f"device {i} is emulated by the VMM: it has no host function")
+        return s.host_fn
+
+    def guest_function(self, i: int) -> Any:
+        """The function the guest sees for device ``i`` (on the VMM's virtual PCI bus)."""
+        self._booted()
+        return self.slots[i].guest_fn
+
+    def function(self, i: int) -> Any:
+        """Where device ``i``'s interrupts start: the physical function of an assigned
+        device, the VMM's model of an emulated one."""
+        s = self.slots[i]
+        return s.guest_fn if s.emulated else self.host_function(i)
+
+    def endpoint(self, i: int) -> Any:
+        """The guest driver's record for device ``i`` (``hits``: (vector, vCPU) in order)."""
+        self._booted()
+        return self.slots[i].test
+
+    def guest_irq(self, i: int, vector: int) -> int:
+        """The guest's Linux IRQ number of device ``i``'s ``vector``."""
+        return self.endpoint(i).irqs[vector]
+
+    def guest_cpu_of(self, i: int, vector: int) -> int:
+        """The vCPU the guest says the vector is on (/proc/irq/N/effective_affinity)."""
+        text = self.guest.proc_read(f"/proc/irq/{self.guest_irq(i, vector)}/effective_affinity")
+        mask = int(text, 16)
+        return mask.bit_length() - 1
+
+    def set_guest_affinity(self, i: int, vector: int, cpu: int) -> None:
+        """The guest moves the vector to ``cpu`` through /proc/irq/N/smp_affinity."""
+        self.guest.proc_write(f"/proc/irq/{self.guest_irq(i, vector)}/smp_affinity",
+                              f"{1 << cpu:x}")
+
+
+def load(path: str) -> VirtualMachine:
+    """A :class:`VirtualMachine` from a TOML description (not booted)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:                    # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    with open(path, "rb") as f:
+        try:
+            desc = tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{path}: {e}") from None
+    return VirtualMachine(**desc)

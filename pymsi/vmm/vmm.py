@@ -1,0 +1,180 @@
+"""The VMM process: QEMU's ``-M virt,accel=kvm`` as far as the MSI path goes.
+
+:class:`Vmm` is a user program of the host kernel model.  ``realize()`` does
+what QEMU's ``machvirt_init`` and ``kvm_init`` do, in their order, through the
+user/kernel contract only:
+
+1. ``/dev/iommu``: an iommufd context and an IOAS (QEMU's iommufd backend);
+2. guest RAM: anonymous memory, preallocated, mapped into the IOAS at
+   IOVA = GPA (:class:`~pymsi.vmm.memory.GuestRam`);
+3. ``/dev/kvm``: KVM_CREATE_VM, the RAM as memory slot 0, one
+   KVM_CREATE_VCPU per vCPU, the vGICv3 (KVM_DEV_TYPE_ARM_VGIC_V3: distributor
+   and redistributor bases, CTRL_INIT) and the vITS (KVM_DEV_TYPE_ARM_VGIC_ITS:
+   its base, CTRL_INIT) -- ``kvm_arm_gicv3_realize`` / ``kvm_arm_its_realize``;
+4. the guest's board (:class:`~pymsi.vmm.board.VirtBoard`) with the virtual
+   PCI host the VMM's device models plug into.
+
+``boot_guest()`` then boots the guest kernel on that board.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..kernel.kvm import kvm_run_view
+from ..uapi import iommufd as u
+from ..uapi import kvm as K
+from .board import IORT_RMR, VirtBoard
+from .memory import RAM_GPA, RAM_SIZE, GuestRam
+
+PAGE = 0x1000
+
+
+class Vmm:
+    """One VMM process on host kernel ``k``.
+
+    ``host_ram`` is the host's physical RAM (the host CPU's view of the VMM's
+    pages, see :mod:`pymsi.vmm.memory`); ``ncpus`` vCPUs; ``ram_size`` bytes of
+    guest RAM at 0x40000000; ``iort_rmrs`` the reserved ranges described to the
+    guest (default: QEMU's RMR over the host's MSI window) and ``honour_rmr``
+    whether the guest kernel identity-maps them.
+    """
+
+    def __init__(self, k: Any, host_ram: Any, ncpus: int = 2, ram_size: int = RAM_SIZE,
+                 msi_design: str = "per-vector", iort_rmrs: list[tuple[int, int]] | None = None,
+                 honour_rmr: bool = True) -> None:
+        self.k = k
+        self.host_ram = host_ram
+        self.ncpus = ncpus
+        self.ram_size = ram_size
+        self.msi_design = msi_design
+        self.iort_rmrs = [IORT_RMR] if iort_rmrs is None else list(iort_rmrs)
+        self.honour_rmr = honour_rmr
+        self.iommufd: Any = None
+        self.ioas_id: int | None = None
+        self.ram: GuestRam | None = None
+        self.vm_fd: int | None = None
+        self.vcpu_fds: list[int] = []
+        self.vgic_fd: int | None = None
+        self.its_fd: int | None = None
+        self.board: VirtBoard | None = None
+        self.guest: Any = None
+        self._scratch: int | None = None
+        self._irqchip: Any = None
+
+    # -- realize ---------------------------------------------------------------------
+
+    def realize(self, smmu: Any = None, emulated_smmu: bool = False) -> VirtBoard:
+        """machvirt_init(): iommufd + IOAS, guest RAM, the KVM VM and its vGIC / vITS,
+        the board.  ``smmu`` is the vSMMU model to map (None: no vIOMMU)."""
+        self.iommufd_backend_connect()
+        self.ram = GuestRam(self.k, self.host_ram, RAM_GPA, self.ram_size)
+        self.ram.ioas_map(self.iommufd, self.ioas_id)
+        self.kvm_init()
+        self.board = self.machvirt_board(smmu, emulated_smmu)
+        return self.board
+
+    def iommufd_backend_connect(self) -> None:
+        """iommufd_backend_connect() + an IOAS for the guest's address space."""
+        self.iommufd = self.k.open("/dev/iommu")
+        a = u.IommuIoasAlloc()
+        self.iommufd.ioctl(u.IOMMU_IOAS_ALLOC, a)
+        self.ioas_id = a.out_ioas_id
+
+    def _device_attr(self, fd: int, group: int, attr: int, value: int | None = None) -> None:
+        """kvm_device_access(): a 64-bit attribute value passed through user memory."""
+        if self._scratch is None:
+            self._scratch = self.k.mmap(PAGE)
+        addr = 0
+        if value is not None:
+            self.k.user_write(self._scratch, value.to_bytes(8, "little"))
+            addr = self._scratch
+        self.k.ioctl(fd, K.KVM_SET_DEVICE_ATTR, K.KvmDeviceAttr(group=group, attr=attr,
+                                                                 addr=addr))
+
+    def _create_device(self, type_: int) -> int:
+        cd = K.KvmCreateDevice(type=type_)
+        self.k.ioctl(self.vm_fd, K.KVM_CREATE_DEVICE, cd)
+        return cd.fd
+
+    def kvm_init(self) -> None:
+        """KVM_CREATE_VM, memory slot 0, the vCPUs, then the in-kernel vGICv3 and vITS."""
+        kvm = self.k.open("/dev/kvm")
+        try:
+            self.vm_fd = kvm.ioctl(K.KVM_CREATE_VM, 0)
+        finally:
+            kvm.close()
+        self.ram.kvm_set_user_memory_region(self.vm_fd, 0)
+        self.vcpu_fds = [self.k.ioctl(self.vm_fd, K.KVM_CREATE_VCPU, i)
+                         for i in range(self.ncpus)]
+        # kvm_arm_gicv3_realize()
+        self.vgic_fd = self._create_device(K.KVM_DEV_TYPE_ARM_VGIC_V3)
+        self._device_attr(self.vgic_fd, K.KVM_DEV_ARM_VGIC_GRP_ADDR,
+                          K.KVM_VGIC_V3_ADDR_TYPE_DIST, VirtBoard.GICD)
+        self._device_attr(self.vgic_fd, K.KVM_DEV_ARM_VGIC_GRP_ADDR,
+                          K.KVM_VGIC_V3_ADDR_TYPE_REDIST, VirtBoard.GICR)
+        # kvm_arm_its_realize()
+        self.its_fd = self._create_device(K.KVM_DEV_TYPE_ARM_VGIC_ITS)
+        self._device_attr(self.its_fd, K.KVM_DEV_ARM_VGIC_GRP_ADDR, K.KVM_VGIC_ITS_ADDR_TYPE,
+                          VirtBoard.ITS)
+        self._device_attr(self.its_fd, K.KVM_DEV_ARM_VGIC_GRP_CTRL,
+                          K.KVM_DEV_ARM_VGIC_CTRL_INIT)
+        # kvm_arm_vgic_init: the vGIC is initialised once the machine is done
+        self._device_attr(self.vgic_fd, K.KVM_DEV_ARM_VGIC_GRP_CTRL,
+                          K.KVM_DEV_ARM_VGIC_CTRL_INIT)
+
+    def machvirt_board(self, smmu: Any, emulated_smmu: bool) -> VirtBoard:
+        return VirtBoard(self.k, self.vm_fd, self.ram.mem, self.ram.gpa, self.ram.size,
+                         kvm_run_view(self.k, self.vm_fd, self.vcpu_fds), smmu=smmu,
+                         emulated_smmu=emulated_smmu, msi_design=self.msi_design,
+                         iort_rmrs=self.iort_rmrs, honour_rmr=self.honour_rmr)
+
+    # -- assigned devices ------------------------------------------------------------
+
+    @property
+    def irqchip(self) -> Any:
+        """The VMM's KVM routing table (QEMU's kvm_irqchip_*), made on first use."""
+        if self._irqchip is None:
+            from .kvm_irqchip import KvmIrqchip
+
+            self._irqchip = KvmIrqchip(self.k, self.vm_fd)
+        return self._irqchip
+
+    def vfio_realize(self, host_path: str, device: int, pt_id: int | None,
+                     iommu: Any = None) -> Any:
+        """-device vfio-pci: the host function behind ``host_path`` at guest slot
+        ``device`` of bus 0, bound to the VMM's iommufd (attached to ``pt_id`` unless
+        None), on the guest's PCI bus."""
+        from .vfio_pci import VfioPciDevice
+
+        dev = VfioPciDevice(self.k, host_path, self.iommufd, self.irqchip, bus=0,
+                            device=device, pt_id=pt_id, ioas_id=self.ioas_id, iommu=iommu)
+        self.board.pci.add(dev)
+        return dev
+
+    def alloc_nest_parent(self, dev_id: int) -> int:
+        """IOMMU_HWPT_ALLOC(NEST_PARENT) over the IOAS: the stage 2 an accelerated vSMMU's
+        nested HWPTs hang from (allocated with the first assigned device, as QEMU does)."""
+        h = u.IommuHwptAlloc(dev_id=dev_id, pt_id=self.ioas_id,
+                             flags=u.IOMMU_HWPT_ALLOC_NEST_PARENT)
+        self.iommufd.ioctl(u.IOMMU_HWPT_ALLOC, h)
+        return h.out_hwpt_id
+
+    # -- the guest -------------------------------------------------------------------
+
+    def boot_guest(self) -> Any:
+        """Boot the guest kernel on the board (the same kernel model as the host)."""
+        if self.board is None:
+            raise RuntimeError("realize() the VMM first")
+        self.guest = self.board.boot()
+        return self.guest
+
+    def signal_msi(self, address: int, data: int, devid: int) -> int:
+        """KVM_SIGNAL_MSI (with the DeviceID) -- what QEMU does for an emulated MSI."""
+        return self.k.ioctl(self.vm_fd, K.KVM_SIGNAL_MSI, K.KvmMsi(
+            address_lo=address & 0xFFFF_FFFF, address_hi=address >> 32, data=data,
+            flags=K.KVM_MSI_VALID_DEVID, devid=devid))
+
+    def guest_irq_pending(self) -> bool:
+        """Whether any vCPU has an interrupt to take (its virtual IRQ line is up)."""
+        return self.board is not None and any(c.irq_pending for c in self.board.gic.cpus)
