@@ -436,9 +436,11 @@ def test_nested_data_layout_checks(nrig):
 
 # The bits a guest owns in a vSTE (Linux's arm-smmu-v3 nesting allowlist, field positions
 # from the SMMUv3 STE layout): dword 0 V[0], Config[3:1], S1Fmt[5:4], S1ContextPtr[51:6],
-# S1CDMax[63:59]; dword 1 S1DSS[1:0], S1CIR[3:2], S1COR[5:4], S1CSH[7:6], S1STALLD[27].
+# S1CDMax[63:59]; dword 1 S1DSS[1:0], S1CIR[3:2], S1COR[5:4], S1CSH[7:6], S1STALLD[27],
+# and EATS[29:28] of which only 0b00 (abort) and 0b01 (full ATS) are accepted: bit 28 alone
+# is the guest's, bit 29 (EATS 0b10 / 0b11) is refused.
 OWN0 = 0xF80F_FFFF_FFFF_FFFF
-OWN1 = 0x0800_00FF
+OWN1 = 0x1800_00FF
 
 
 UNOWNED0 = [b for b in range(64) if not OWN0 >> b & 1]
