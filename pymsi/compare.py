@@ -672,13 +672,13 @@ def compare(designs: tuple[str, ...] = MSI_DESIGNS,
             "notes": [x86_per_vector_note()]}
 
 
-def render(table: dict[str, Any], out: TextIO) -> None:
+def render(table: dict[str, Any], out: TextIO, smmu_head: str = "smmu") -> None:
     """Print the table: one row per design x SMMU, a cell per invariant (ok, or the
     step that first broke it); the details under it."""
     short = {"routing": "routing", "delivery": "delivery", "address stability": "stability",
              "no allocation on compose": "no-alloc", "no silent fallback": "no-fallback",
              "isolation": "isolation"}
-    head = ["design", "smmu"] + [short[i] for i in table["invariants"]]
+    head = ["design", smmu_head] + [short[i] for i in table["invariants"]]
     cells = [[r["design"], r["smmu"]] + [
         "ok" if r["results"][i]["ok"] else "BROKEN: " + r["results"][i]["step"]
         for i in table["invariants"]] for r in table["rows"]]
@@ -705,16 +705,406 @@ def render(table: dict[str, Any], out: TextIO) -> None:
         out.write(n + "\n")
 
 
-def main(out: TextIO, as_json: bool = False) -> int:
-    """``pymsi compare [--json]``."""
-    table = compare()
+# -- the guest scenarios: the whole machine (host + VMM + guest) -------------------------------
+
+GUEST_VSMMUS = ("accel", "none")          # nested (guest stage 1 + host stage 2) / paging
+GUEST_STEPS = ("boot: guest enables 4 vectors", "fire all", "guest affinity moves x2",
+               "guest masks + unmasks", "foreign EventID", "DMA outside the IOAS",
+               "guest unmaps its MSI page")
+GUEST_NVEC = 4
+OUTSIDE_IOVA = 0x7000_0000                # no IOAS area, no guest stage-1 mapping
+FOREIGN_EVENT = 0xFFFF                    # an EventID no ITT of a 4-vector device holds
+
+
+@dataclass
+class GuestVector:
+    """One vector after a guest step: the address the guest chose (its msi_desc) and the
+    one the physical function's MSI-X table holds."""
+
+    vec: int
+    guest_addr: int | None
+    phys_addr: int
+    boot_addr: int                         # what the physical table held after boot
+
+
+@dataclass
+class GuestFire:
+    """One write of the physical function, its path from the trace and the guest's hits."""
+
+    vec: int | None
+    expect: str                            # "deliver", "fault" or "foreign"
+    path: dict[str, Any]
+    hits: list[tuple[int, int | None]]     # the guest driver's new (vector, vCPU) records
+    want_vcpu: int | None
+    recorded_faults: int                   # smmuv3_record_event records, recorded
+    lpis: int                              # host LPIs / vLPIs made pending
+    gicv4: bool = False                    # the host GIC forwards (KVM maps vLPIs)
+
+
+@dataclass
+class GuestStepObs:
+    """What one guest-level step showed."""
+
+    step: str
+    vectors: list[GuestVector] = field(default_factory=list)
+    fires: list[GuestFire] = field(default_factory=list)
+    composes: list[ComposeObs] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def gcheck_routing(obs: GuestStepObs) -> str | None:
+    """Every fire meant to deliver reaches the host doorbell through the host SMMU and
+    raises an LPI (or, GICv4, a vLPI) for (the device's StreamID, its EventID)."""
+    for f in obs.fires:
+        if f.expect != "deliver":
+            continue
+        p, t, its = f.path, f.path["translation"], f.path["its"]
+        if t is None or t["pa"] != DOORBELL:
+            got = f"a fault ({p['fault']['event']})" if p["fault"] else \
+                ("nothing" if t is None else f"{t['pa']:#x}")
+            addr = p["write"]["address"] if p["write"] else None
+            return (f"vector {f.vec}: {addr:#x} reaches {got}, not the doorbell "
+                    f"{DOORBELL:#x}" if addr is not None else f"vector {f.vec}: no write")
+        if its is None or (its["lpi"] is None and its["vlpi"] is None):
+            return f"vector {f.vec}: the ITS raised nothing ({(its or {}).get('error')})"
+        if its["devid"] != p["write"]["rid"] or its["eventid"] != p["write"]["data"]:
+            return f"vector {f.vec}: the ITS saw DeviceID {its['devid']:#x}, EventID " \
+                   f"{its['eventid']:#x}"
+    return None
+
+
+def gcheck_delivery(obs: GuestStepObs) -> str | None:
+    """Each fire: exactly one guest interrupt, on its vector, on the vCPU the guest chose."""
+    for f in obs.fires:
+        if f.expect != "deliver":
+            continue
+        if f.hits != [(f.vec, f.want_vcpu)]:
+            return (f"vector {f.vec} fired: the guest's handlers saw {f.hits}, expected "
+                    f"[({f.vec}, {f.want_vcpu})]")
+    return None
+
+
+def gcheck_stability(obs: GuestStepObs) -> str | None:
+    """The device's address stays what it was after boot over the guest's affinity moves
+    and masking (a GICv3 ITS move is a MOVI / VMOVI: the message does not change)."""
+    for v in obs.vectors:
+        if v.phys_addr != v.boot_addr:
+            return (f"vector {v.vec}: the device's address moved {v.boot_addr:#x} -> "
+                    f"{v.phys_addr:#x}")
+    return None
+
+
+def gcheck_no_alloc(obs: GuestStepObs) -> str | None:
+    """Nothing the kernel maps on its own (domain page table leaves outside the IOAS
+    areas userspace mapped, sw_msi maps, preset installs, MSI cookie pages; see
+    :func:`implicit_state`) changed while the guest's vector enables were composed."""
+    for c in obs.composes:
+        if c.before != c.after:
+            return f"{c.what}: {_diff(c.before, c.after)}"
+    return None
+
+
+def gcheck_no_fallback(obs: GuestStepObs) -> str | None:
+    """No vector went out with an address the guest did not choose: the host composed
+    the guest's address as the VMM handed it down, or the enable failed -- not a
+    substitute of the kernel's own, silently; and with GICv4 no vector quietly stays on
+    the host-handler path (``kvm_vgic_v4_set_forwarding`` ignores a route that is not a
+    vITS doorbell)."""
+    for v in obs.vectors:
+        if v.guest_addr is not None and v.phys_addr != v.guest_addr:
+            return (f"vector {v.vec}: enabled without error, but the device writes "
+                    f"{v.phys_addr:#x}, not the guest's {v.guest_addr:#x}")
+    for f in obs.fires:             # GICv4: KVM forwards a route to a vITS doorbell, and
+        p = f.path                  # quietly does not when the route is anything else
+        if (f.gicv4 and f.expect == "deliver" and p["its"] is not None
+                and p["its"]["vlpi"] is None and p["guest_handler"] is not None):
+            return (f"vector {f.vec}: GICv4, but delivered through the host handler and "
+                    "KVM's irqfd, not as a vLPI (forwarding silently not set up)")
+    return None
+
+
+def gcheck_isolation(obs: GuestStepObs) -> str | None:
+    """A foreign EventID raises nothing; a write the SMMU cannot translate faults, is
+    recorded and raises nothing."""
+    for f in obs.fires:
+        if f.expect == "foreign" and (f.hits or f.lpis):
+            return f"the device's write of EventID {FOREIGN_EVENT:#x} raised {f.lpis} LPI(s), " \
+                   f"guest hits {f.hits}"
+        if f.expect == "fault" and (f.hits or f.lpis or f.recorded_faults < 1):
+            what = f"vector {f.vec}" if f.vec is not None else "DMA"
+            return (f"{what} to an unmapped address: {f.recorded_faults} recorded SMMU "
+                    f"events, {f.lpis} LPI(s), guest hits {f.hits}")
+    return None
+
+
+GUEST_CHECKERS: dict[str, Callable[[GuestStepObs], str | None]] = {
+    "routing": gcheck_routing,
+    "delivery": gcheck_delivery,
+    "address stability": gcheck_stability,
+    "no allocation on compose": gcheck_no_alloc,
+    "no silent fallback": gcheck_no_fallback,
+    "isolation": gcheck_isolation,
+}
+
+
+def host_mapping_state(vm: Any) -> dict[str, Any]:
+    """What composing must not change on the host of a booted VirtualMachine: IOAS areas,
+    the page tables of the assigned devices' domains (and nest parents), the design's
+    implicit maps, dma-iommu MSI cookie pages."""
+    ctx = vm.vmm.iommufd.private_data
+    st: dict[str, Any] = {}
+    for oid, obj in sorted(ctx.objects.items()):
+        if obj.kind == "ioas":
+            st[f"IOAS {oid} areas"] = tuple((a.iova, a.length, int(a.prot)) for a in obj.areas)
+    domains: list[Any] = []
+    rids = {sl.host_fn.rid for sl in vm.slots if sl.host_fn is not None}
+    for pdev in vm.host.pci.devices:
+        group = pdev.iommu_group if pdev.rid in rids else None
+        d = group.domain if group is not None else None
+        for dom in (d, getattr(d, "parent", None)):
+            if dom is not None and dom not in domains:
+                domains.append(dom)
+    for n, dom in enumerate(domains):
+        pg = getattr(dom, "pgtbl", None)
+        if pg is not None and not getattr(dom, "freed", False):
+            st[f"domain {n} page table"] = frozenset(pgtable_leaves(pg))
+        pages = getattr(getattr(dom, "cookie", None), "msi_pages", None)
+        if pages is not None:
+            st[f"domain {n} MSI cookie pages"] = frozenset((p.phys, p.iova)
+                                                           for p in pages.values())
+    hooks = ctx.msi
+    if hasattr(hooks, "maps"):
+        st["sw_msi maps"] = frozenset((m.iova, m.msi_addr & ~(PAGE - 1)) for m in hooks.maps)
+    if hasattr(hooks, "installed"):
+        st["preset installed"] = frozenset(
+            (iova, page) for per in hooks.installed.values() for iova, page in per.items())
+    return st
+
+
+def implicit_state(st: dict[str, Any]) -> dict[str, Any]:
+    """What the kernel mapped on its own in a :func:`host_mapping_state`: the IOAS areas
+    are what userspace asked for (IOMMU_IOAS_MAP / the VMM's doorbell page), and a page
+    table leaf inside one of them is that request filled in; everything else -- leaves
+    outside every area, sw_msi maps, preset installs, MSI cookie pages -- is implicit."""
+    areas = [a for k, v in st.items() if k.startswith("IOAS ") for a in v]
+
+    def requested(va: int) -> bool:
+        return any(iova <= va < iova + length for iova, length, _ in areas)
+
+    out: dict[str, Any] = {}
+    for k, v in st.items():
+        if k.startswith("IOAS "):
+            continue
+        if k.endswith("page table"):
+            v = frozenset(leaf for leaf in v if not requested(leaf[0]))
+        out[k] = v
+    return out
+
+
+class GuestScenario:
+    """One guest row: a :class:`~pymsi.machine.VirtualMachine` under ``design`` with an
+    accelerated vSMMU (``accel``: the guest's stage 1 nested over the host's stage 2) or
+    none (``none``: the host's paging domain, IOVA = GPA), GICv4 off or on, driven
+    through guest-level actions only (the guest driver's enables, /proc affinity writes,
+    disable_irq / enable_irq, its IOMMU's unmap) and the physical function's writes.
+    Each step fills a :class:`GuestStepObs`; the paths come from the trace."""
+
+    def __init__(self, design: str, vsmmu: str, gicv4: bool) -> None:
+        self.design, self.vsmmu, self.gicv4 = design, vsmmu, gicv4
+        self.vm: Any = None
+        self.boot_addr: dict[int, int] = {}
+
+    # -- observation ------------------------------------------------------------------------
+
+    def vectors(self) -> list[GuestVector]:
+        s = self.vm.slots[0]
+        out = []
+        for v in range(GUEST_NVEC):
+            desc = s.guest_pdev.msi_descs[v] if v < len(s.guest_pdev.msi_descs) else None
+            phys = s.host_fn.msix_entry(v)[0]
+            out.append(GuestVector(v, None if desc is None else desc.msg.address, phys,
+                                   self.boot_addr.get(v, phys)))
+        return out
+
+    def _write(self, vec: int | None, expect: str, send: Callable[[], Any]) -> GuestFire:
+        from . import trace
+        from .demo import PATH_PATTERNS, path_from_trace
+
+        vm = self.vm
+        ep = vm.endpoint(0)
+        want = vm.guest_cpu_of(0, vec) if vec is not None else None
+        n = len(ep.hits)
+        with trace.record(PATH_PATTERNS, clock=vm.sched.now) as rec:
+            send()
+            vm.run()
+        recs = list(rec)
+        return GuestFire(
+            vec, expect, path_from_trace(recs, "host SMMUv3"), list(ep.hits[n:]), want,
+            sum(1 for r in recs if r.name == "smmuv3_record_event" and r.fields["recorded"]),
+            sum(1 for r in recs if r.name.startswith("gicv3_redist_process_")
+                and r.fields["level"] == 1), self.gicv4)
+
+    def fire(self, obs: GuestStepObs, vec: int, expect: str = "deliver") -> None:
+        fn = self.vm.host_function(0)
+        obs.fires.append(self._write(vec, expect, lambda: fn.notify(vec)))
+
+    def dma(self, obs: GuestStepObs, vec: int | None, addr: int, value: int,
+            expect: str) -> None:
+        rid = self.vm.host_function(0).rid
+        bus = self.vm.machine.bus
+        obs.fires.append(self._write(vec, expect, lambda: bus.dma_write(rid, addr, value, 4)))
+
+    # -- steps ------------------------------------------------------------------------------
+
+    def step_boot(self, obs: GuestStepObs) -> None:
+        from .kernel.pci_endpoint_test import PciEndpointTestDriver
+        from .machine import VirtualMachine
+
+        self.vm = vm = VirtualMachine(vsmmu=None if self.vsmmu == "none" else self.vsmmu,
+                                      gicv4=self.gicv4, variant=self.design,
+                                      devices=[{"msix": GUEST_NVEC}])
+        register = PciEndpointTestDriver.register
+
+        def observed(drv: Any) -> Any:          # the guest's driver enables its vectors
+            before = implicit_state(host_mapping_state(vm))
+            r = register(drv)
+            obs.composes.append(ComposeObs("the guest enables its vectors", before,
+                                           implicit_state(host_mapping_state(vm))))
+            return r
+
+        PciEndpointTestDriver.register = observed  # type: ignore[method-assign]
+        try:
+            vm.boot()
+        finally:
+            PciEndpointTestDriver.register = register  # type: ignore[method-assign]
+        self.boot_addr = {v.vec: v.phys_addr for v in self.vectors()}
+
+    def step_fire_all(self, obs: GuestStepObs) -> None:
+        for v in range(GUEST_NVEC):
+            self.fire(obs, v)
+
+    def step_moves(self, obs: GuestStepObs) -> None:
+        ncpus = self.vm.desc["guest_ncpus"]
+        for _ in range(2):
+            for v in range(GUEST_NVEC):
+                self.vm.set_guest_affinity(0, v, (self.vm.guest_cpu_of(0, v) + 1) % ncpus)
+                self.vm.run()
+                self.fire(obs, v)
+
+    def step_mask_unmask(self, obs: GuestStepObs) -> None:
+        vm = self.vm
+        before = implicit_state(host_mapping_state(vm))
+        for v in range(GUEST_NVEC):
+            vm.guest.irq.disable_irq(vm.guest_irq(0, v))
+            vm.run()
+            vm.guest.irq.enable_irq(vm.guest_irq(0, v))
+            vm.run()
+        obs.composes.append(ComposeObs("guest disable_irq + enable_irq", before,
+                                       implicit_state(host_mapping_state(vm))))
+        for v in range(GUEST_NVEC):
+            self.fire(obs, v)
+
+    def step_foreign(self, obs: GuestStepObs) -> None:
+        self.dma(obs, None, self.vm.host_function(0).msix_entry(0)[0], FOREIGN_EVENT, "foreign")
+
+    def step_outside(self, obs: GuestStepObs) -> None:
+        self.dma(obs, None, OUTSIDE_IOVA, 0xDEAD, "fault")
+
+    def step_guest_unmap(self, obs: GuestStepObs) -> None:
+        if self.vsmmu == "none":
+            obs.notes.append("no vSMMU: the guest has no stage 1 to unmap")
+            return
+        vm, s = self.vm, self.vm.slots[0]
+        domain = s.guest_pdev.iommu_group.default_domain
+        page = s.guest_pdev.msi_descs[0].msg.address & ~(PAGE - 1)
+        vm.guest.iommu.unmap(domain, page, PAGE)
+        domain.flush_iotlb_all()
+        vm.run()
+        phys = s.host_fn.msix_entry(0)[0]
+        if phys & ~(PAGE - 1) != page:
+            obs.notes.append(f"the device writes {phys:#x}, outside the page {page:#x} the "
+                             "guest unmapped: the guest's stage 1 cannot stop it")
+            self.fire(obs, 0)
+        else:
+            self.fire(obs, 0, "fault")
+
+    def run(self) -> list[GuestStepObs]:
+        steps = [self.step_boot, self.step_fire_all, self.step_moves, self.step_mask_unmask,
+                 self.step_foreign, self.step_outside, self.step_guest_unmap]
+        out: list[GuestStepObs] = []
+        for name, step in zip(GUEST_STEPS, steps, strict=True):
+            obs = GuestStepObs(name)
+            try:
+                step(obs)
+            except OSError as e:                  # a call that fails ends its step
+                obs.notes.append(f"{type(e).__name__}: {e}")
+            if self.vm is not None and self.vm.booted:
+                obs.vectors = self.vectors()
+            out.append(obs)
+            if self.vm is None or not self.vm.booted:
+                break
+        return out
+
+
+def judge_guest(observations: list[GuestStepObs]) -> dict[str, dict[str, Any]]:
+    """The first guest step that broke each invariant (``step`` None: none did)."""
+    results: dict[str, dict[str, Any]] = {}
+    for inv in INVARIANTS:
+        results[inv] = {"ok": True, "step": None, "detail": ""}
+        for obs in observations:
+            detail = GUEST_CHECKERS[inv](obs)
+            if detail is not None:
+                results[inv] = {"ok": False, "step": obs.step, "detail": detail}
+                break
+    return results
+
+
+def run_guest_row(design: str, vsmmu: str, gicv4: bool) -> dict[str, Any]:
+    """One guest row: a real run of the whole machine, judged."""
+    obs = GuestScenario(design, vsmmu, gicv4).run()
+    notes = [f"{o.step}: {n}" for o in obs for n in o.notes]
+    return {"design": design, "vsmmu": vsmmu, "gicv4": gicv4, "results": judge_guest(obs),
+            "notes": notes}
+
+
+def compare_guest(designs: tuple[str, ...] = MSI_DESIGNS,
+                  vsmmus: tuple[str, ...] = GUEST_VSMMUS,
+                  gicv4s: tuple[bool, ...] = (False, True)) -> dict[str, Any]:
+    """The guest table as a JSON-ready dict."""
+    return {"designs": list(designs), "vsmmus": list(vsmmus), "gicv4": list(gicv4s),
+            "invariants": list(INVARIANTS), "steps": list(GUEST_STEPS),
+            "rows": [run_guest_row(d, v, g) for d in designs for v in vsmmus for g in gicv4s]}
+
+
+def render_guest(table: dict[str, Any], out: TextIO) -> None:
+    """Print the guest table like the host one: a row per design x vSMMU x GICv4."""
+    label = {"accel": "accel (nested)", "none": "none (paging)"}
+    rows = [{**r, "design": r["design"], "smmu": f"{label.get(r['vsmmu'], r['vsmmu'])}, "
+             f"gicv4 {'on' if r['gicv4'] else 'off'}"} for r in table["rows"]]
+    out.write("guest scenarios (host + VMM + guest; the guest acts, the physical device "
+              "fires):\n")
+    render({"invariants": table["invariants"], "rows": rows}, out, smmu_head="vsmmu, gicv4")
+
+
+def main(out: TextIO, as_json: bool = False, host: bool = True, guest: bool = True) -> int:
+    """``pymsi compare [--json] [--host-only | --guest-only]``."""
+    table = compare() if host else {}
+    if guest:
+        table["guest"] = compare_guest()
     if as_json:
         json.dump(table, out, indent=2)
         out.write("\n")
-    else:
+        return 0
+    if host:
         render(table, out)
+    if guest:
+        if host:
+            out.write("\n")
+        render_guest(table["guest"], out)
     return 0
 
 
-__all__ = ["CHECKERS", "INVARIANTS", "SMMUS", "STEPS", "Scenario", "StepObs", "compare",
-           "judge", "main", "render", "run_row"]
+__all__ = ["CHECKERS", "GUEST_CHECKERS", "GUEST_STEPS", "GUEST_VSMMUS", "INVARIANTS", "SMMUS",
+           "STEPS", "GuestScenario", "GuestStepObs", "Scenario", "StepObs", "compare",
+           "compare_guest", "judge", "judge_guest", "main", "render", "render_guest",
+           "run_guest_row", "run_row"]

@@ -477,23 +477,25 @@ def test_nested_vste_bypass_and_abort(kind):
         assert r.aborted and r.event is None
 
 
-@pytest.mark.parametrize("vste", [
-    [1 | 0b001 << 1, 0],                         # reserved Config
-    [1 | 0b110 << 1, 0],                         # the guest may not ask for stage 2
-    [1 | 0b111 << 1, 0],
-    [1 | 0b101 << 1 | 1 << 55, 0],               # reserved bits of dword 0
-    [1 | 0b101 << 1, 1 << 30],                   # STRW is the host's
-    [1 | 0b101 << 1, R.STE1_EATS(2)],            # EATS: only abort or full ATS
-    [1 | 0b101 << 1, R.STE1_EATS(3)],            # EATS 0b11 is reserved
-    [1 | 0b101 << 1],
+@pytest.mark.parametrize("vste, err", [
+    ([1 | 0b001 << 1, 0], errno.EIO),            # reserved Config
+    ([1 | 0b110 << 1, 0], errno.EIO),            # the guest may not ask for stage 2
+    ([1 | 0b111 << 1, 0], errno.EIO),
+    ([1 | 0b101 << 1 | 1 << 55, 0], errno.EIO),  # reserved bits of dword 0
+    ([1 | 0b101 << 1, 1 << 30], errno.EIO),      # STRW is the host's
+    ([1 | 0b101 << 1, R.STE1_EATS(2)], errno.EIO),   # EATS: only abort or full ATS
+    ([1 | 0b101 << 1, R.STE1_EATS(3)], errno.EIO),   # EATS 0b11 is reserved
+    ([1 | 0b101 << 1], errno.EINVAL),            # not an STE's two doublewords
 ])
-def test_nested_vste_validation(vste):
+def test_nested_vste_validation(vste, err):
+    """Linux keeps EIO for invalid STE data (arm_smmu_validate_vste); a malformed
+    argument is EINVAL."""
     rig = Rig()
     dev = rig.dev(0x50)
     parent = rig.drv.domain_alloc_paging(dev, IOMMU_HWPT_ALLOC_NEST_PARENT)
     with pytest.raises(KernelError) as e:
         rig.k.iommu.domain_alloc_nested(dev, parent, vste)
-    assert errno_of(e) == errno.EINVAL
+    assert errno_of(e) == err
 
 
 def test_nested_vste_eats_full_ats_is_accepted_and_the_host_decides_the_physical_eats():

@@ -996,3 +996,66 @@ def test_guest_movi_the_host_refuses_is_done_for_the_guest_and_logged(v4, monkey
     assert any("moving vLPI" in line for line in k.log)
     fire(m, k, 0)
     assert m.gic.pending_bit(vpe0.vpt, LPI + 5) is True
+
+
+@given(stream=st.lists(st.one_of(
+    _cmd_strategy(),
+    st.tuples(st.just("msi"), st.sampled_from(DEVS), st.sampled_from(EVS))),
+    min_size=1, max_size=40))
+def test_the_translation_cache_never_outlives_a_translation(stream):
+    """MSIs between the commands fill the vITS's translation cache; every command that
+    can change a translation must drop it (KVM's vgic_its_invalidate_cache() callers), or
+    a later MSI goes where the ITE no longer says.  The oracle knows no cache."""
+    k = ArmVirt(devices=[], smmu=None).boot()
+    g = Guest(k)
+    oracle = Oracle(2)
+    for c in VALID_START + stream:
+        if c[0] == "msi":
+            assert g.signal(c[1], c[2]) == oracle.signal(c[1], c[2]), c
+            assert sorted(g.pending()) == sorted(oracle.pending.items()), c
+            continue
+        g.cmds(_encode(c))
+        oracle.apply(c)
+    event(f"cache hits={min(g.its.cache_stats['hits'], 3)}")
+    assert sorted(g.pending()) == sorted(oracle.pending.items())
+
+
+def test_the_translation_cache_hits_and_is_dropped_by_movi_and_disable(k):
+    g = Guest(k)
+    g.cmds(*(_encode(c) for c in VALID_START))
+    stats = g.its.cache_stats
+    assert g.signal(1, 0) == 1 and stats["misses"] == 1 and stats["hits"] == 0
+    assert g.signal(1, 0) == 1 and stats["hits"] == 1            # the same (DeviceID, EventID)
+    assert (1, 0) in g.its.translation_cache
+    g.cmds(movi(1, 0, 1))                                         # LPI moves to vCPU 1
+    assert g.its.translation_cache == {}
+    g.signal(1, 0)
+    assert (LPI, 1) in g.pending() and stats["misses"] == 2
+    g.wr(0, 0, 4)                                                 # GITS_CTLR: disabled
+    assert g.its.translation_cache == {}
+
+
+@pytest.mark.parametrize("undo", [
+    [discard(1, 0)],                                  # the event is unmapped
+    [mapd(1, 1, ITT, v=0)],                           # its device is unmapped
+    [mapd(1, 1, ITT + 0x800)],                        # ... or mapped again, empty
+    [mapc(0, 0, v=0)],                                # its collection is unmapped
+])
+def test_a_cached_translation_is_gone_with_what_it_came_from(k, undo):
+    """After the command, an MSI of the event is not delivered: a cache kept across it
+    would still deliver it (to an LPI no ITE maps any more)."""
+    g = Guest(k)
+    g.cmds(*(_encode(c) for c in VALID_START))
+    assert g.signal(1, 0) == 1 and (1, 0) in g.its.translation_cache
+    g.cmds(clear(1, 0), *undo)
+    assert g.its.translation_cache == {}
+    assert g.signal(1, 0) != 1 and (LPI, 0) not in g.pending()
+
+
+def test_lpis_disabled_on_a_redistributor_drop_every_cached_translation(k):
+    g = Guest(k)
+    g.cmds(*(_encode(c) for c in VALID_START))
+    assert g.signal(1, 0) == 1 and g.its.translation_cache
+    g.gicr(0, 0x0, 0, 4)                                          # GICR_CTLR.EnableLPIs = 0
+    assert g.its.translation_cache == {}
+    assert g.signal(1, 0) == -errno.EBUSY

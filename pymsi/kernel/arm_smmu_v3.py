@@ -996,19 +996,20 @@ class ArmSmmuV3(IommuOps):
     def validate_vste(ste: Sequence[int]) -> tuple[int, int]:
         """arm_smmu_validate_vste(): V=0 is abort; only guest-owned stage-1 fields
         (R.STE{0,1}_NESTING_ALLOWED), Config abort / bypass / S1 and EATS abort / full
-        ATS are accepted (EINVAL otherwise).  EATS is taken out of the vSTE: the host
-        sets the physical STE's (this SMMU model has no ATS, so it stays 0)."""
+        ATS are accepted (EIO otherwise: Linux keeps EIO for invalid STE data).  EATS
+        is taken out of the vSTE: the host sets the physical STE's (this SMMU model has
+        no ATS, so it stays 0)."""
         if len(ste) != 2 or not all(isinstance(w, int) and 0 <= w < 1 << 64 for w in ste):
             raise fail(EINVAL, "a vSTE is two 64-bit doublewords")
         s0, s1 = ste
         if not R.STE0_V.get(s0):
             return 0, 0
         if s0 & ~R.STE0_NESTING_ALLOWED or s1 & ~R.STE1_NESTING_ALLOWED:
-            raise fail(EINVAL, f"vSTE sets bits the guest does not own ({s0:#x}, {s1:#x})")
+            raise fail(EIO, f"vSTE sets bits the guest does not own ({s0:#x}, {s1:#x})")
         if R.STE0_CONFIG.get(s0) not in (R.SteConfig.ABORT, R.SteConfig.BYPASS, R.SteConfig.S1):
-            raise fail(EINVAL, f"vSTE Config {R.STE0_CONFIG.get(s0):#05b} is not allowed")
+            raise fail(EIO, f"vSTE Config {R.STE0_CONFIG.get(s0):#05b} is not allowed")
         if R.STE1_EATS.get(s1) not in (R.EATS_ABT, R.EATS_TRANS):
-            raise fail(EINVAL, f"vSTE EATS {R.STE1_EATS.get(s1):#04b} is not allowed")
+            raise fail(EIO, f"vSTE EATS {R.STE1_EATS.get(s1):#04b} is not allowed")
         return s0, s1 & ~R.STE1_EATS.mask
 
     def identity_domain(self) -> IommuDomain:

@@ -439,6 +439,7 @@ class KvmVcpu(FileOperations):
                 return
             enable = bool(value & GICR_CTLR_ENABLE_LPIS)
             if self.lpis_enabled and not enable:      # vgic_flush_pending_lpis()
+                self.kvm.invalidate_all_its_caches()
                 for irq in self.kvm.lpis.values():
                     if irq.target_vcpu == self.vcpu_id:
                         irq.pending_latch = False
@@ -756,6 +757,12 @@ class Kvm(FileOperations):
 
     def its_list(self) -> list[VgicIts]:
         return [d for d in self.devices if isinstance(d, VgicIts)]
+
+    def invalidate_all_its_caches(self) -> None:
+        """vgic_its_invalidate_all_caches(): every vITS of the VM forgets its
+        cached translations."""
+        for its in self.its_list():
+            its.invalidate_cache()
 
     # routing (irqchip.c)
 

@@ -144,6 +144,11 @@ class VgicItsEmul:
                                  | I.BASER_TYPE(int(I.BaserType.COLLECTIONS))
                                  | I.BASER_ENTRY_SIZE(CTE_ESZ - 1))
         self.its_devices: dict[int, ItsDev] = {}
+        #: the LPI translation cache (its->translation_cache): (DeviceID, EventID) -> LPI
+        #: of MSIs that were injected, dropped whenever a command or register write could
+        #: change a translation, as KVM's vgic_its_invalidate_cache() callers do
+        self.translation_cache: dict[tuple[int, int], VgicLpi] = {}
+        self.cache_stats = {"hits": 0, "misses": 0, "invalidations": 0}
         self.collections: dict[int, ItsCollection] = {}
         #: (command, E_ITS_* or -errno) of every command KVM dropped, in order.
         self.errors: list[tuple[str, int]] = []
@@ -206,6 +211,8 @@ class VgicItsEmul:
                 and I.CBASER_VALID.get(self.cbaser)):
             return
         self.enabled = enable
+        if not enable:
+            self.invalidate_cache()
         self._process_commands()
 
     def _write_cbaser(self, value: int) -> None:
@@ -356,6 +363,7 @@ class VgicItsEmul:
         self.kvm.put_lpi(ite.irq)
 
     def _free_device(self, dev: ItsDev) -> None:
+        self.invalidate_cache()
         for ite in list(dev.ites.values()):
             self._free_ite(dev, ite)
         del self.its_devices[dev.device_id]
@@ -365,6 +373,7 @@ class VgicItsEmul:
         coll = self.collections.pop(coll_id, None)
         if coll is None:
             return
+        self.invalidate_cache()
         for dev in self.its_devices.values():
             for ite in dev.ites.values():
                 if ite.collection is coll:
@@ -395,12 +404,27 @@ class VgicItsEmul:
             return -EBUSY, None
         return 0, ite.irq
 
+    def invalidate_cache(self) -> None:
+        """vgic_its_invalidate_cache(): forget every cached translation."""
+        if self.translation_cache:
+            self.translation_cache.clear()
+        self.cache_stats["invalidations"] += 1
+
     def translate_msi(self, devid: int, eventid: int) -> int:
         """vgic_its_trigger_msi(): 0 when the LPI was made pending (a forwarded one
-        through the host ITS), else resolve_lpi's code."""
-        ret, irq = self.resolve_lpi(devid, eventid)
-        if ret:
-            return ret
+        through the host ITS), else resolve_lpi's code.  A translation that succeeds is
+        cached (vgic_its_cache_translation) and the next MSI with the same (DeviceID,
+        EventID) takes it from the cache without walking the device and ITE lists."""
+        key = (devid, eventid)
+        irq = self.translation_cache.get(key)
+        if irq is None:
+            self.cache_stats["misses"] += 1
+            ret, irq = self.resolve_lpi(devid, eventid)
+            if ret:
+                return ret
+            self.translation_cache[key] = irq
+        else:
+            self.cache_stats["hits"] += 1
         if irq.hw:
             self.kvm.host_set_pending(irq.host_irq, True)
             return 0
@@ -553,6 +577,7 @@ class VgicItsEmul:
         if not _mapped(coll):
             raise _CmdError(E.MOVI_UNMAPPED_COLLECTION)
         ite.collection = coll
+        self.invalidate_cache()
         self._update_affinity(ite.irq, self._vcpu_of(coll))
 
     def _cmd_discard(self, cmd: list[int]) -> None:
@@ -561,6 +586,7 @@ class VgicItsEmul:
         if ite is None or not _mapped(ite.collection):
             raise _CmdError(E.DISCARD_UNMAPPED_INTERRUPT)
         dev = self.its_devices[device_id]
+        self.invalidate_cache()
         self._free_ite(dev, ite)
         self._write_entry(dev.itt_addr + event_id * ITE_ESZ, 0, ITE_ESZ)
 
@@ -601,6 +627,7 @@ class VgicItsEmul:
             raise _CmdError(E.MOVALL_PROCNUM_OOR)
         if t1 == t2:
             return
+        self.kvm.invalidate_all_its_caches()
         for irq in list(self.kvm.lpis.values()):
             if irq.target_vcpu == t1:
                 self._update_affinity(irq, t2)
