@@ -302,3 +302,24 @@ def test_rlimit_nofile():
     with pytest.raises(OSError):
         k.setrlimit_nofile(7, 7)
     assert len(fds) == 2
+
+
+@pytest.mark.parametrize("vsmmu,gicv4", [(None, False), ("accel", True)])
+def test_the_vmm_exits_and_the_host_keeps_nothing_of_the_vm(vsmmu, gicv4):
+    vm = boot(vsmmu=vsmmu, gicv4=gicv4, variant="per-vector")
+    k = vm.host
+    fire_all(vm)
+    assert vm.run() == 17
+    assert k.user_mm.pinned and k.kvm.vms
+    vm.shutdown()
+    assert len(k.files) == 0 and not k.user_mm.pinned and k.user_mm.resident() == 0
+    assert not k.kvm.vms
+    for s in vm.slots:
+        fn = s.host_fn
+        assert not fn.msix_enabled                      # vfio-pci turned it off and reset it
+        assert all(fn.msix_entry(v)[2] & 1 for v in range(s.test.nvec))
+    # the devices' DMA is blocked again: a write to where guest RAM was aborts
+    for p in k.pci.devices:
+        assert vm.machine.smmu.translate(p.rid, 0x4000_0000, write=True).pa is None
+    with pytest.raises(RuntimeError):
+        vm.run()

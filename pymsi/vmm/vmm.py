@@ -176,6 +176,17 @@ class Vmm:
         self.guest = self.board.boot()
         return self.guest
 
+    def exit(self) -> None:
+        """The VMM process exits (QEMU quits): every descriptor it holds closed (the
+        ones /proc/self/fd lists: VM, vCPUs, vGIC / vITS, device cdevs, iommufd,
+        eventfds, vEVENTQ), highest first, then every mapping of /proc/self/maps
+        unmapped; the host kernel releases what they held."""
+        for fd in sorted(self.k.files.open_files(), reverse=True):
+            self.k.close(fd)
+        for vma in list(self.k.user_mm.vmas):
+            self.k.munmap(vma.start, vma.end - vma.start)
+        self.guest = None
+
     def signal_msi(self, address: int, data: int, devid: int) -> int:
         """KVM_SIGNAL_MSI (with the DeviceID) -- what QEMU does for an emulated MSI."""
         return self.k.ioctl(self.vm_fd, K.KVM_SIGNAL_MSI, K.KvmMsi(
