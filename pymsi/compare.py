@@ -629,13 +629,16 @@ class Scenario:
 # -- the table ---------------------------------------------------------------------------------
 
 
-def judge(observations: list[StepObs]) -> dict[str, dict[str, Any]]:
-    """The first step that broke each invariant (``step`` None: none did)."""
+def judge(observations: list[Any], checkers: dict[str, Any] | None = None
+          ) -> dict[str, dict[str, Any]]:
+    """The first step that broke each invariant (``step`` None: none did), by
+    ``checkers`` (the host table's :data:`CHECKERS` unless given)."""
+    checkers = CHECKERS if checkers is None else checkers
     results: dict[str, dict[str, Any]] = {}
     for inv in INVARIANTS:
         results[inv] = {"ok": True, "step": None, "detail": ""}
         for obs in observations:
-            detail = CHECKERS[inv](obs)
+            detail = checkers[inv](obs)
             if detail is not None:
                 results[inv] = {"ok": False, "step": obs.step, "detail": detail}
                 break
@@ -1048,15 +1051,7 @@ class GuestScenario:
 
 def judge_guest(observations: list[GuestStepObs]) -> dict[str, dict[str, Any]]:
     """The first guest step that broke each invariant (``step`` None: none did)."""
-    results: dict[str, dict[str, Any]] = {}
-    for inv in INVARIANTS:
-        results[inv] = {"ok": True, "step": None, "detail": ""}
-        for obs in observations:
-            detail = GUEST_CHECKERS[inv](obs)
-            if detail is not None:
-                results[inv] = {"ok": False, "step": obs.step, "detail": detail}
-                break
-    return results
+    return judge(observations, GUEST_CHECKERS)
 
 
 def run_guest_row(design: str, vsmmu: str, gicv4: bool) -> dict[str, Any]:
