@@ -126,9 +126,11 @@ class GuestActions(RuleBasedStateMachine):
     step each fired, unmasked vector was handled exactly once on the vCPU /proc shows, and a
     masked one exactly once after its unmask."""
 
-    @initialize(nvec=st.integers(1, 6), ncpus=st.integers(1, 4))
-    def boot(self, nvec, ncpus):
-        self.vm = emulated_vm(devices=[{"msix": nvec, "emulated": True}], guest_ncpus=ncpus)
+    @initialize(nvec=st.integers(1, 6), ncpus=st.integers(1, 4),
+                vsmmu=st.sampled_from([None, "emulated"]))
+    def boot(self, nvec, ncpus, vsmmu):
+        self.vm = emulated_vm(devices=[{"msix": nvec, "emulated": True}], guest_ncpus=ncpus,
+                              vsmmu=vsmmu)
         self.ncpus = ncpus
         self.nvec = nvec
         self.expected: list[tuple[int, int]] = []
