@@ -293,6 +293,9 @@ class CpuInterface:
         self.igrpen1 = 0
         self.active: list[int] = []            # active priorities, innermost last
         self.vactive: list[int] = []
+        #: ICH_VMCR_EL2.VPMR: the running vCPU's priority mask, which the hypervisor loads
+        #: (0x100: nothing masked, the model's value until one is loaded)
+        self.vpmr = 0x100
         self.stats = {"acks": 0, "spurious": 0, "eois": 0, "bad_eois": 0}
 
     @property
@@ -337,11 +340,14 @@ class CpuInterface:
 
     # -- the virtual CPU interface (GICv4 direct injection) -----------------------
 
+    def _vbelow(self) -> int:
+        return min(self.vpmr, self.vactive[-1] if self.vactive else 0x100)
+
     def vcpu_iar1(self) -> int:
-        """ICV_IAR1_EL1 of the resident vPE: acknowledge its best pending vLPI."""
+        """ICV_IAR1_EL1 of the resident vPE: acknowledge its best pending vLPI above
+        the virtual priority mask and the running priority."""
         rd = self.gic.redists[self.cpu]
-        below = self.vactive[-1] if self.vactive else 0x100
-        best = rd.highest_vpending(below)
+        best = rd.highest_vpending(self._vbelow())
         if best is None:
             return SPURIOUS
         prio, vintid = best
@@ -352,7 +358,7 @@ class CpuInterface:
     def vcpu_hppir1(self) -> int:
         """ICV_HPPIR1_EL1 of the resident vPE: the vINTID ``vcpu_iar1`` would return."""
         rd = self.gic.redists[self.cpu]
-        best = rd.highest_vpending(self.vactive[-1] if self.vactive else 0x100)
+        best = rd.highest_vpending(self._vbelow())
         return SPURIOUS if best is None else best[1]
 
     def vcpu_eoir1(self, vintid: int) -> None:

@@ -50,6 +50,7 @@ ULLONG_MAX = (1 << 64) - 1
 # poll(2) event bits as wake-up keys: pymsi.uapi.eventpoll (re-exported here).
 
 NR_OPEN_DEFAULT = 1024          # RLIMIT_NOFILE soft limit of a login shell
+NR_OPEN_HARD = 524288           # its hard limit (systemd's default since v240)
 
 # mmap(2) (asm-generic/mman-common.h); anonymous private mappings only.
 PROT_NONE, PROT_READ, PROT_WRITE, PROT_EXEC = 0, 1, 2, 4
@@ -188,6 +189,7 @@ class FdTable:
     def __init__(self, kernel: Any, limit: int = NR_OPEN_DEFAULT) -> None:
         self.kernel = kernel
         self.limit = limit
+        self.hard_limit = max(limit, NR_OPEN_HARD)
         self.fds: dict[int, File | None] = {0: None, 1: None, 2: None}   # stdio, not modelled
         self.cloexec: set[int] = set()
 

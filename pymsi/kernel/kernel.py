@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import EFAULT, EINVAL, ENOENT, PageAllocator, fail
+from .base import EFAULT, EINVAL, ENOENT, EPERM, PageAllocator, fail
 from .dma_iommu import DmaIommu
 from .files import (
     O_RDWR,
@@ -154,6 +154,22 @@ class Kernel:
     def fput(file: File) -> None:
         """fput(): drop a reference taken by ``fget`` / ``File.get``."""
         file.put()
+
+    def setrlimit_nofile(self, soft: int, hard: int | None = None) -> None:
+        """setrlimit(RLIMIT_NOFILE, {soft, hard}) of the process: EINVAL for a soft limit
+        above the hard one, EPERM for raising the hard limit (an unprivileged process);
+        descriptors already open stay."""
+        hard = self.files.hard_limit if hard is None else hard
+        if isinstance(soft, bool) or not isinstance(soft, int) or \
+                isinstance(hard, bool) or not isinstance(hard, int) or not 0 <= soft <= hard:
+            raise fail(EINVAL, f"bad RLIMIT_NOFILE {soft!r}/{hard!r}")
+        if hard > self.files.hard_limit:
+            raise fail(EPERM, "raising the hard RLIMIT_NOFILE needs CAP_SYS_RESOURCE")
+        self.files.limit, self.files.hard_limit = soft, hard
+
+    def getrlimit_nofile(self) -> tuple[int, int]:
+        """getrlimit(RLIMIT_NOFILE): (soft, hard)."""
+        return self.files.limit, self.files.hard_limit
 
     def eventfd(self, initval: int = 0, flags: int = 0) -> File:
         """eventfd2(2)."""

@@ -520,6 +520,7 @@ class VgicCpuIf:
         cif = self._vpe_cpuif()
         if cif is None:
             return None
+        cif.vpmr = below                                  # ICH_VMCR_EL2.VPMR
         vintid = cif.vcpu_hppir1()
         if vintid == G.SPURIOUS:
             return None
@@ -549,7 +550,22 @@ class VgicCpuIf:
         return G.SPURIOUS if c is None else c[0][1]
 
     def iar1(self) -> int:
-        """ICV_IAR1_EL1: acknowledge the best pending LPI (1023: none)."""
+        """ICV_IAR1_EL1: acknowledge the best pending LPI (1023: none).  With nothing
+        pending in software the physical interface decides alone (one look at the vPE's
+        pending table instead of two)."""
+        if self.igrpen1 and self.vcpu.kvm.vpes and \
+                self._sw_best(min(self.pmr, self.running_priority)) is None:
+            cif = self._vpe_cpuif()
+            if cif is not None:
+                cif.vpmr = min(self.pmr, self.running_priority)   # ICH_VMCR_EL2.VPMR
+                intid = cif.vcpu_iar1()
+                if intid != G.SPURIOUS:
+                    self.active.append((cif.vactive[-1], True))
+                    self.stats["acks"] += 1
+                    self.stats["direct_acks"] += 1
+                    return intid
+                self.stats["spurious"] += 1
+                return G.SPURIOUS
         c = self._candidate()
         if c is None:
             self.stats["spurious"] += 1

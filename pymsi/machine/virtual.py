@@ -297,6 +297,14 @@ class VirtualMachine:
             raise RuntimeError(f"the machine is not quiescent after {max_events} events")
         return self.guest_handled - before
 
+    def shutdown(self) -> None:
+        """The VMM exits: its descriptors closed and its memory unmapped (see
+        :meth:`pymsi.vmm.vmm.Vmm.exit`); the host stays up, its devices back with
+        vfio-pci, reset, nothing of the VM left."""
+        self._booted()
+        self.vmm.exit()
+        self.booted = False
+
     def _booted(self) -> None:
         if not self.booted:
             raise RuntimeError("boot() the machine first")

@@ -67,12 +67,19 @@ class Vmm:
     def realize(self, smmu: Any = None, emulated_smmu: bool = False) -> VirtBoard:
         """machvirt_init(): iommufd + IOAS, guest RAM, the KVM VM and its vGIC / vITS,
         the board.  ``smmu`` is the vSMMU model to map (None: no vIOMMU)."""
+        self.os_setup_limits()
         self.iommufd_backend_connect()
         self.ram = GuestRam(self.k, self.host_ram, RAM_GPA, self.ram_size)
         self.ram.ioas_map(self.iommufd, self.ioas_id)
         self.kvm_init()
         self.board = self.machvirt_board(smmu, emulated_smmu)
         return self.board
+
+    def os_setup_limits(self) -> None:
+        """QEMU's os_setup_limits(): the descriptor soft limit raised to the hard one (two
+        eventfds per MSI-X vector of every assigned device add up)."""
+        _, hard = self.k.getrlimit_nofile()
+        self.k.setrlimit_nofile(hard)
 
     def iommufd_backend_connect(self) -> None:
         """iommufd_backend_connect() + an IOAS for the guest's address space."""
@@ -168,6 +175,17 @@ class Vmm:
             raise RuntimeError("realize() the VMM first")
         self.guest = self.board.boot()
         return self.guest
+
+    def exit(self) -> None:
+        """The VMM process exits (QEMU quits): every descriptor it holds closed (the
+        ones /proc/self/fd lists: VM, vCPUs, vGIC / vITS, device cdevs, iommufd,
+        eventfds, vEVENTQ), highest first, then every mapping of /proc/self/maps
+        unmapped; the host kernel releases what they held."""
+        for fd in sorted(self.k.files.open_files(), reverse=True):
+            self.k.close(fd)
+        for vma in list(self.k.user_mm.vmas):
+            self.k.munmap(vma.start, vma.end - vma.start)
+        self.guest = None
 
     def signal_msi(self, address: int, data: int, devid: int) -> int:
         """KVM_SIGNAL_MSI (with the DeviceID) -- what QEMU does for an emulated MSI."""
