@@ -323,6 +323,11 @@ class VfioPciCore:
         except BaseException:
             trigger.put()
             raise
+        # request_irq() unmasked the vector: a message the device held in its PBA goes out
+        # now and its CPU takes the interrupt at once (interrupts are on), long before the
+        # producer below can forward the vector -- whose DISCARD would otherwise drop an
+        # LPI still pending on the host.  The model runs the CPUs here.
+        k.handle_interrupts()
         # irq_bypass_register_producer(): token = the trigger, a failure only logged.
         new.producer = IrqBypassProducer(trigger, irq)
         ret = irqbypass_of(k).register_producer(new.producer)
