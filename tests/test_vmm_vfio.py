@@ -417,6 +417,37 @@ def test_guest_flr_and_machine_reset():
     assert r.fn.flr_count == flrs + 2 and not r.fn.msix_enabled
 
 
+@pytest.mark.parametrize("how", ["guest-flr", "reset"])
+def test_a_reset_stops_the_host_function_as_the_guest_sees_it(how):
+    """QEMU's vfio_pci_pre_reset: Memory and Bus Master go off on the host function
+    before VFIO_DEVICE_RESET (the host restores what it saved around the reset), so
+    after the reset the host function is no bus master, as the guest's COMMAND says;
+    post-reset writes 0 to the BARs."""
+    r = Rig("per-vector")
+    r.linux_guest_enable(2)
+    assert r.fn.cfg_read(P.COMMAND, 2) & (P.CMD_MEMORY | P.CMD_MASTER)
+    if how == "reset":
+        r.dev.reset()
+    else:
+        r.dev.cfg_write(EXP + P.EXP_DEVCTL, P.EXP_DEVCTL_BCR_FLR, 2)
+    assert r.dev.cfg_read(P.COMMAND, 2) & (P.CMD_MEMORY | P.CMD_MASTER) == 0
+    assert r.fn.cfg_read(P.COMMAND, 2) & (P.CMD_MEMORY | P.CMD_MASTER) == 0
+    # the host function can no longer write memory: a message it would send is not sent
+    assert r.fn.notify(0) != P.Delivery.SENT
+    assert r.dev.cfg_read(P.BAR0) & ~0xF == 0 and not r.dev.errors
+
+
+def test_host_refusals_are_counted_not_kept_one_by_one():
+    """QEMU's error_report_once: a guest that makes the host refuse the same access again
+    and again grows a count, not a list (finding: unbounded VMM memory)."""
+    r = Rig("per-vector")
+    r.dev.cfg_write(P.COMMAND, 0, 2)               # decode off: the host refuses BAR reads
+    for _ in range(200):
+        assert r.dev.bar_read(0, 0x3000, 4) == 0xFFFF_FFFF
+    assert r.dev.errors == {("region read", errno.EIO): 200}
+    assert len(r.dev.last_errors) <= 16
+
+
 def test_bars_forward_to_the_host_function_except_the_msix_table():
     r = Rig("per-vector")
     r.linux_guest_enable(2)

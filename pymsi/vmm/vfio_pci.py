@@ -29,12 +29,14 @@ everything.  A guest FLR (PCIe Initiate FLR in the emulated capability) or
 :meth:`~VfioPciDevice.reset` disables MSI-X on the host, issues ``VFIO_DEVICE_RESET``
 and returns the emulated state to reset values.  Bad guest accesses never raise: a
 failed region access reads as all ones and drops a write, a failed host call is logged
-in :attr:`~VfioPciDevice.errors` and leaves the vector without delivery.
+in :attr:`~VfioPciDevice.errors` (a count per call and errno, bounded) and leaves
+the vector without delivery.
 """
 
 from __future__ import annotations
 
 import errno as _errno
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -48,6 +50,7 @@ PAGE = 0x1000
 EPOLLIN = 0x1                             # include/uapi/linux/eventpoll.h
 MSIX = V.VFIO_PCI_MSIX_IRQ_INDEX
 CFG_REGION = V.VFIO_PCI_CONFIG_REGION_INDEX
+ERRORS_KEPT = 16                          # the last failed host calls kept in order
 
 trace_vfio_msix_enable = Tracepoint("vfio_msix_enable", "name")
 trace_vfio_msix_disable = Tracepoint("vfio_msix_disable", "name")
@@ -143,7 +146,10 @@ class VfioPciDevice(P.PciFunction):
         self.iommu: MsiIommu = iommu if iommu is not None else NoIommu()
         self.ioas_id = ioas_id if ioas_id is not None else pt_id
         self.name = name or f"vfio-pci {host_path}"
-        self.errors: list[tuple[str, int]] = []
+        # failed host calls, counted by (what, errno) as QEMU's error_report_once; the
+        # last few in order: bounded whatever the guest makes the host refuse
+        self.errors: Counter[tuple[str, int]] = Counter()
+        self.last_errors: deque[tuple[str, int]] = deque(maxlen=ERRORS_KEPT)
         self.vstats = VfioPciStats()
         self.host_path = host_path
         # -- realize: open, bind, attach (vfio_realize / iommufd_cdev_attach) --
@@ -263,12 +269,17 @@ class VfioPciDevice(P.PciFunction):
 
     # -- errors ----------------------------------------------------------------------------
 
+    def _error(self, what: str, err: int) -> None:
+        """A failed host call (QEMU's error_report_once): counted, the last few kept."""
+        self.errors[(what, err)] += 1
+        self.last_errors.append((what, err))
+
     def _host_call(self, what: str, fn: Any, *args: Any) -> bool:
         """A call to the host; a failure is recorded (as QEMU's error_report) and False."""
         try:
             fn(*args)
         except OSError as e:
-            self.errors.append((what, _errno_of(e)))
+            self._error(what, _errno_of(e))
             return False
         return True
 
@@ -289,7 +300,7 @@ class VfioPciDevice(P.PciFunction):
         try:
             dev = self.devfile.pread((CFG_REGION << 40) + lo, hi - lo)
         except OSError as e:
-            self.errors.append(("config read", _errno_of(e)))
+            self._error("config read", _errno_of(e))
             dev = b"\xff" * (hi - lo)
         raw = bytearray(value.to_bytes(size, "little"))
         raw[lo - offset:hi - offset] = dev.ljust(hi - lo, b"\xff")
@@ -333,11 +344,33 @@ class VfioPciDevice(P.PciFunction):
         """QEMU's vfio_pci_reset (device reset from the machine, or the guest's FLR)."""
         if trace_vfio_pci_reset.enabled:
             trace_vfio_pci_reset(name=self.name)
-        self.vfio_msix_disable()
+        self.vfio_pci_pre_reset()
         if self.reset_works:
             self._host_call("VFIO_DEVICE_RESET", self.devfile.ioctl, V.VFIO_DEVICE_RESET)
+        self.vfio_pci_post_reset()
         self.vstats.resets += 1
         P.PciFunction.flr(self)
+
+    def vfio_pci_pre_reset(self) -> None:
+        """QEMU's vfio_pci_pre_reset: interrupts off, then I/O, Memory and Bus Master
+        cleared in the host function's command register (through VFIO), so the function
+        stops its DMA and the host's save/restore around the reset keeps it stopped."""
+        self.vfio_msix_disable()
+        try:
+            cmd = self._host_cfg(P.COMMAND, 2)
+        except OSError as e:
+            self._error("config read", _errno_of(e))
+            return
+        cmd &= ~(P.CMD_IO | P.CMD_MEMORY | P.CMD_MASTER)
+        self._host_call("config write", self.devfile.pwrite, (CFG_REGION << 40) + P.COMMAND,
+                        cmd.to_bytes(2, "little"))
+
+    def vfio_pci_post_reset(self) -> None:
+        """QEMU's vfio_pci_post_reset: 0 written to every BAR of the host function
+        through VFIO's configuration region."""
+        for index in range(V.VFIO_PCI_BAR5_REGION_INDEX + 1):
+            self._host_call("config write", self.devfile.pwrite,
+                            (CFG_REGION << 40) + P.BAR0 + 4 * index, bytes(4))
 
     # -- BARs --------------------------------------------------------------------------------
 
@@ -364,7 +397,7 @@ class VfioPciDevice(P.PciFunction):
         try:
             data = self.devfile.pread(self._region_pos(index, offset), size)
         except OSError as e:
-            self.errors.append(("region read", _errno_of(e)))
+            self._error("region read", _errno_of(e))
             return (1 << 8 * size) - 1
         value = int.from_bytes(data.ljust(size, b"\xff"), "little")
         if trace_vfio_region_read.enabled:
@@ -507,8 +540,7 @@ class VfioPciDevice(P.PciFunction):
                 ioas_id=self.ioas_id, dev_id=self.devid, iova=ipa_page))
         except OSError as e:
             if e.errno != _errno.EEXIST:              # already mapped (another device)
-                if ("IOAS_MAP_MSI", _errno_of(e)) not in self.errors:
-                    self.errors.append(("IOAS_MAP_MSI", _errno_of(e)))
+                self._error("IOAS_MAP_MSI", _errno_of(e))
                 return
         self.vstats.doorbells.append(ipa_page)
 
@@ -572,10 +604,10 @@ class VfioPciDevice(P.PciFunction):
         try:
             ret = self.devfile.ioctl(V.VFIO_DEVICE_SET_IRQS, arg)
         except OSError as e:
-            self.errors.append(("VFIO_DEVICE_SET_IRQS", _errno_of(e)))
+            self._error("VFIO_DEVICE_SET_IRQS", _errno_of(e))
             return False
         if ret:                                         # fewer vectors than asked
-            self.errors.append(("VFIO_DEVICE_SET_IRQS", _errno.ENOSPC))
+            self._error("VFIO_DEVICE_SET_IRQS", _errno.ENOSPC)
             return False
         return True
 
@@ -613,7 +645,7 @@ class VfioPciDevice(P.PciFunction):
             try:
                 vec.virq = self.irqchip.add_msi_route(gpa, data, self.rid, nr, self.name)
             except OSError as e:
-                self.errors.append(("add_msi_route", _errno_of(e)))
+                self._error("add_msi_route", _errno_of(e))
             else:
                 self._host_call("commit routes", self.irqchip.commit_routes)
                 if self._host_call("irqfd", self.irqchip.add_irqfd,
@@ -698,7 +730,7 @@ class VfioPciDevice(P.PciFunction):
         try:
             self.irqchip.send_msi(gpa, data, self.rid)
         except OSError as e:
-            self.errors.append(("KVM_SIGNAL_MSI", _errno_of(e)))
+            self._error("KVM_SIGNAL_MSI", _errno_of(e))
             self.vstats.dropped += 1
             return P.Delivery.ABORTED
         self.vstats.sent += 1
