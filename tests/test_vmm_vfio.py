@@ -263,11 +263,60 @@ def test_per_vector_steps_happen_before_set_irqs_and_routes_carry_the_rid():
     # VFIO_DEVICE_MSI_IOVA holds the guest's address page for each used vector
     assert r.v.get_iovas(0, 2) == [GIOVA, GIOVA]
     # the doorbell was mapped where the guest's stage 1 points (the vITS page IPA)
-    assert r.dev.vstats.doorbells == [VITS_PAGE]
+    assert r.dev.doorbells == [VITS_PAGE]
     assert r.v.smmu_pa(GIOVA | DB_OFF) == 0x0809_0040       # the physical doorbell
     routes = r.chip.routes
     assert sorted((e.address, e.data, e.devid) for e in routes.values()) == [
         (VITS_DOORBELL, 0, RID), (VITS_DOORBELL, 1, RID)]
+
+
+def _msi_areas(r: Rig) -> list[int]:
+    """The doorbell areas (write-only MMIO, IOMMU_IOAS_MAP_MSI) in the VMM's IOAS."""
+    from pymsi.kernel.iommufd_msi import MmioPages
+    return [a.iova for a in r.v.ctx().ioas(r.v.ioas).areas if isinstance(a.pages, MmioPages)]
+
+
+@pytest.mark.parametrize("how", ["disable", "reset", "unrealize"])
+def test_per_vector_doorbells_follow_the_guest_addresses_and_go_at_reset(how):
+    """Nested per-vector: a doorbell page is mapped where the guest's address leads and
+    unmapped when no vector reaches it any more; a guest reprogramming a live vector
+    again and again leaves one page, not one per address; MSI-X off, a reset or
+    unrealize leave none."""
+    r = Rig("per-vector", nested=True)
+    pages = [GIOVA + 0x10_0000 * (k + 1) for k in range(6)]
+    ipas = [0x4800_0000 + 0x1000 * k for k in range(6)]       # IPAs no area holds
+    for page, ipa in zip(pages, ipas, strict=True):
+        r.dev.iommu.maps[page] = ipa
+    r.linux_guest_enable(2)
+    assert _msi_areas(r) == [VITS_PAGE] == r.dev.doorbells
+    areas = len(r.v.ctx().ioas(r.v.ioas).areas)
+    for k, page in enumerate(pages * 5):
+        r.entry(1, page | DB_OFF, 1)                 # live vector 1 moves
+        assert sorted(_msi_areas(r)) == sorted({VITS_PAGE, ipas[k % 6]})
+    assert len(r.v.ctx().ioas(r.v.ioas).areas) == areas + 1
+    r.entry(1, r.gaddr, 1)                           # back: the other page goes
+    assert _msi_areas(r) == [VITS_PAGE] and not r.dev.errors
+    r.fire(1)
+    assert r.take() == [(VINTID + 1, 1)]
+    {"disable": r.msix_off, "reset": r.dev.reset, "unrealize": r.dev.unrealize}[how]()
+    assert _msi_areas(r) == [] and r.dev.doorbells == []
+    assert len(r.v.ctx().ioas(r.v.ioas).areas) == areas - 1
+
+
+def test_a_doorbell_ipa_over_guest_ram_is_refused_not_counted():
+    """The guest's stage 1 leads a vector's address to guest RAM: the IPA is taken (an
+    ordinary area), IOMMU_IOAS_MAP_MSI says EEXIST and the VMM counts no doorbell."""
+    r = Rig("per-vector", nested=True)
+    ram_page = GIOVA + 0x30_0000
+    r.dev.iommu.maps[ram_page] = 0x4000_0000          # the first page of guest RAM
+    r.linux_guest_enable(2)
+    r.mask(1, True)
+    r.entry(1, ram_page | DB_OFF, 1)
+    r.mask(1, False)
+    assert ("IOAS_MAP_MSI", errno.EEXIST) in r.dev.errors
+    assert r.dev.doorbells == [VITS_PAGE] == _msi_areas(r)
+    r.msix_off()
+    assert _msi_areas(r) == [] and r.v.ctx().ioas(r.v.ioas).iova_to_phys(0x4000_0000)
 
 
 def test_accelerated_msi_gpa_is_the_route_address_without_a_walk():

@@ -36,8 +36,9 @@ the vector without delivery.
 from __future__ import annotations
 
 import errno as _errno
+import weakref
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from ..hw import pci as P
@@ -90,6 +91,49 @@ def _errno_of(e: BaseException) -> int:
     return getattr(e, "errno", None) or _errno.EIO
 
 
+class MsiDoorbells:
+    """The doorbell pages the VMM mapped in one IOAS (per-vector design, and preset
+    nested), shared by its devices there: a page is mapped (IOMMU_IOAS_MAP_MSI) when a
+    first vector's address reaches it and unmapped (IOMMU_IOAS_UNMAP) when the last
+    moves away, is released or reset, so the IOAS holds exactly the pages in use
+    whatever the guest writes.  An IPA already mapped but not by the VMM as a doorbell
+    (guest RAM, say) is refused (EEXIST), not taken for one."""
+
+    _all: weakref.WeakKeyDictionary[Any, dict[int, MsiDoorbells]] = \
+        weakref.WeakKeyDictionary()
+
+    def __init__(self, iommufd: Any, ioas_id: int | None) -> None:
+        self.iommufd = iommufd
+        self.ioas_id = ioas_id
+        self.refs: dict[int, int] = {}           # IPA page -> vectors reaching it
+
+    @classmethod
+    def of(cls, iommufd: Any, ioas_id: int | None) -> MsiDoorbells:
+        """The registry of ``ioas_id`` in the VMM's ``iommufd``."""
+        per_ioas = cls._all.setdefault(iommufd, {})
+        key = -1 if ioas_id is None else ioas_id
+        if key not in per_ioas:
+            per_ioas[key] = cls(iommufd, ioas_id)
+        return per_ioas[key]
+
+    def get(self, ipa_page: int, dev_id: int) -> None:
+        """One more vector reaches ``ipa_page``: mapped to ``dev_id``'s doorbell at the
+        first (OSError from the host, nothing counted)."""
+        if ipa_page not in self.refs:
+            self.iommufd.ioctl(u.IOMMU_IOAS_MAP_MSI, u.IommuIoasMapMsi(
+                ioas_id=self.ioas_id, dev_id=dev_id, iova=ipa_page))
+            self.refs[ipa_page] = 0
+        self.refs[ipa_page] += 1
+
+    def put(self, ipa_page: int) -> None:
+        """One vector less reaches ``ipa_page``: unmapped at the last."""
+        self.refs[ipa_page] -= 1
+        if not self.refs[ipa_page]:
+            del self.refs[ipa_page]
+            self.iommufd.ioctl(u.IOMMU_IOAS_UNMAP, u.IommuIoasUnmap(
+                ioas_id=self.ioas_id, iova=ipa_page, length=PAGE))
+
+
 @dataclass
 class VFIOMSIVector:
     """QEMU's VFIOMSIVector: one MSI-X vector of the assigned function."""
@@ -102,6 +146,7 @@ class VFIOMSIVector:
     msg: tuple[int, int] | None = None       # guest (address, data) the route was made from
     route_addr: int | None = None            # the doorbell GPA the route uses
     host_iova: int | None = None             # per-vector: the page given to VFIO
+    doorbell: int | None = None              # the IOAS doorbell page it holds a reference on
     irqfd: bool = False
     masked_fd: bool = False        # VFIO signals ``interrupt`` (the vector is masked)
 
@@ -119,7 +164,6 @@ class VfioPciStats:
     dropped: int = 0               # MSIs the VMM could not route (translation fault)
     resets: int = 0
     bad_accesses: int = 0
-    doorbells: list[int] = field(default_factory=list)   # IPA pages mapped (per-vector)
 
 
 class VfioPciDevice(P.PciFunction):
@@ -183,7 +227,17 @@ class VfioPciDevice(P.PciFunction):
         self._own: list[VFIOMSIVector] = []     # vectors with the VMM's own eventfd
         self.nr_vectors = 0            # vectors enabled on the host (QEMU's nr_vectors)
         self.host_msix = False         # MSI-X enabled through VFIO
+        # doorbell pages in the IOAS (shared by the VMM's devices in it), and this
+        # device's references on them
+        self._doorbells = MsiDoorbells.of(iommufd, self.ioas_id)
+        self._doorbell_refs: dict[int, int] = {}
         self.realized = True
+
+    @property
+    def doorbells(self) -> list[int]:
+        """The IPA pages where this device's vectors reach a host doorbell mapped in the
+        IOAS (IOMMU_IOAS_MAP_MSI), in order."""
+        return sorted(self._doorbell_refs)
 
     # -- realize helpers ------------------------------------------------------------------
 
@@ -496,6 +550,7 @@ class VfioPciDevice(P.PciFunction):
             if vec.host_iova is not None and self.design == "per-vector":
                 self._host_call("MSI_IOVA clear", self._msi_iova, V.VFIO_MSI_IOVA_CLEAR,
                                 vec.nr, None)
+            self._doorbell(vec, None)
             vec.use, vec.msg, vec.route_addr, vec.host_iova = False, None, None, None
             vec.masked_fd = False
         if changed:
@@ -531,18 +586,33 @@ class VfioPciDevice(P.PciFunction):
                                   iova=[] if iova is None else [iova])
         self.devfile.ioctl(V.VFIO_DEVICE_MSI_IOVA, arg)
 
-    def _map_doorbell(self, ipa_page: int) -> None:
-        """IOMMU_IOAS_MAP_MSI of the host doorbell at ``ipa_page`` (once)."""
-        if ipa_page in self.vstats.doorbells or self.ioas_id is None:
+    def _doorbell(self, vec: VFIOMSIVector, ipa_page: int | None) -> None:
+        """The vector's write now reaches ``ipa_page`` (None: nowhere): a reference on
+        that doorbell page of the IOAS (IOMMU_IOAS_MAP_MSI at the first), the one on
+        the page it reached before dropped (IOMMU_IOAS_UNMAP at the last)."""
+        if vec.doorbell == ipa_page:
+            return
+        if vec.doorbell is not None:
+            self._doorbell_put(vec.doorbell)
+            vec.doorbell = None
+        if ipa_page is None or self.ioas_id is None:
             return
         try:
-            self.iommufd.ioctl(u.IOMMU_IOAS_MAP_MSI, u.IommuIoasMapMsi(
-                ioas_id=self.ioas_id, dev_id=self.devid, iova=ipa_page))
+            self._doorbells.get(ipa_page, self.devid)
         except OSError as e:
-            if e.errno != _errno.EEXIST:              # already mapped (another device)
-                self._error("IOAS_MAP_MSI", _errno_of(e))
-                return
-        self.vstats.doorbells.append(ipa_page)
+            self._error("IOAS_MAP_MSI", _errno_of(e))
+            return
+        vec.doorbell = ipa_page
+        self._doorbell_refs[ipa_page] = self._doorbell_refs.get(ipa_page, 0) + 1
+
+    def _doorbell_put(self, ipa_page: int) -> None:
+        self._doorbell_refs[ipa_page] -= 1
+        if not self._doorbell_refs[ipa_page]:
+            del self._doorbell_refs[ipa_page]
+        try:
+            self._doorbells.put(ipa_page)
+        except OSError as e:
+            self._error("IOAS_UNMAP", _errno_of(e))
 
     def _design_steps(self, vectors: list[int], used: int) -> bool:
         """What the host design needs before SET_IRQS allocates or restarts ``vectors``
@@ -569,9 +639,7 @@ class VfioPciDevice(P.PciFunction):
                         ok = False
                         continue
                     vec.host_iova = page
-                ipa = self._ipa_page(addr)
-                if ipa is not None:
-                    self._map_doorbell(ipa)
+                self._doorbell(vec, self._ipa_page(addr))
             elif self.design == "preset":
                 if not page:
                     continue
@@ -585,8 +653,7 @@ class VfioPciDevice(P.PciFunction):
                 vec.host_iova = page
                 if not isinstance(self.iommu, NoIommu):
                     ipa = self._ipa_page(addr)      # nested: stage 2 needs the IPA page
-                    if ipa is not None and ipa != page:
-                        self._map_doorbell(ipa)
+                    self._doorbell(vec, ipa if ipa != page else None)
         return ok
 
     def _vector_fd(self, vec: VFIOMSIVector) -> int:
@@ -737,4 +804,4 @@ class VfioPciDevice(P.PciFunction):
         return P.Delivery.SENT
 
 
-__all__ = ["MsiIommu", "NoIommu", "VfioPciDevice", "VFIOMSIVector", "VfioPciStats"]
+__all__ = ["MsiDoorbells", "MsiIommu", "NoIommu", "VfioPciDevice", "VFIOMSIVector", "VfioPciStats"]
