@@ -380,6 +380,26 @@ def test_a_host_without_dynamic_msix_is_re_enabled_to_grow():
     assert r.take() == [(VINTID + 2, 0)]
 
 
+@pytest.mark.parametrize("dyn", [True, False], ids=["resizable", "noresize"])
+def test_msix_enable_commits_the_routes_once_for_all_vectors(dyn):
+    """QEMU's vfio_msix_enable defers the KVM routing: MSI-X enabled with every vector
+    already unmasked is one KVM_SET_GSI_ROUTING (with all the routes), the irqfds, and
+    one VFIO_DEVICE_SET_IRQS of the vectors [0, highest used]."""
+    r = Rig("per-vector", dyn=dyn)
+    r.linux_guest_enable(NVEC)
+    r.msix_off()
+    commits, enables = r.chip.commits, r.dev.vstats.host_enables
+    r.unmask_all()                                   # MSI-X on, all NVEC vectors unmasked
+    assert r.chip.commits == commits + 1
+    assert r.dev.vstats.host_enables == enables + 1 and r.dev.nr_vectors == NVEC
+    assert sorted((e.data, e.devid) for e in r.chip.routes.values()) == \
+        [(v, RID) for v in range(NVEC)]
+    assert not r.dev.errors
+    for v in range(NVEC):
+        assert r.fire(v) == P.Delivery.SENT
+        assert r.take() == [(VINTID + v, v % 2)]
+
+
 def test_mask_keeps_the_route_and_pending_is_sent_at_unmask():
     r = Rig("per-vector")
     r.linux_guest_enable(4)

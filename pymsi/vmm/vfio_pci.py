@@ -226,6 +226,8 @@ class VfioPciDevice(P.PciFunction):
                                                  range(msix.vectors if msix else 0)]
         self._own: list[VFIOMSIVector] = []     # vectors with the VMM's own eventfd
         self.nr_vectors = 0            # vectors enabled on the host (QEMU's nr_vectors)
+        self._defer_kvm_irq_routing = False     # MSI-X enable: routes committed once
+        self._routes_changed = False
         self.host_msix = False         # MSI-X enabled through VFIO
         # doorbell pages in the IOAS (shared by the VMM's devices in it), and this
         # device's references on them
@@ -519,13 +521,47 @@ class VfioPciDevice(P.PciFunction):
     # -- MSI-X enable / disable (vfio_msix_enable / vfio_msix_disable) ----------------------
 
     def vfio_msix_enable(self) -> None:
-        """The guest set MSI-X Enable: every vector unmasked now is used (routes
-        committed once, as QEMU's deferred batch)."""
+        """The guest set MSI-X Enable: every vector unmasked now is used, as QEMU's
+        vfio_msix_enable with ``defer_kvm_irq_routing``: the routes of all of them are
+        added and committed once (one KVM_SET_GSI_ROUTING), their irqfds bound after
+        the commit (vfio_commit_kvm_msi_virq_batch), and the host function's vectors
+        [0, highest used] set with one VFIO_DEVICE_SET_IRQS (vfio_enable_vectors)."""
         if trace_vfio_msix_enable.enabled:
             trace_vfio_msix_enable(name=self.name)
-        for v in range(len(self.msi_vectors)):
-            if not self._vector_masked(v):
-                self.vfio_msix_vector_use(v)
+        self._defer_kvm_irq_routing = True
+        self._routes_changed = False
+        try:
+            for v in range(len(self.msi_vectors)):
+                if not self._vector_masked(v):
+                    self.vfio_msix_vector_use(v)
+        finally:
+            self._defer_kvm_irq_routing = False
+        self.vfio_commit_kvm_msi_virq_batch()
+        if self.nr_vectors and not self.host_msix:
+            self._design_steps(list(range(self.nr_vectors)), self.nr_vectors - 1)
+            self._enable_vectors()
+        for v in range(self.nr_vectors):                 # pending bits the guest left
+            if self.msix_pending(v) and not self._vector_masked(v):
+                self._set_pba(v, False)
+                self.msix_notify(v)
+
+    def vfio_commit_kvm_msi_virq_batch(self) -> None:
+        """The routes added while deferred committed at once, then each vector's irqfd."""
+        if self._routes_changed:
+            self._host_call("commit routes", self.irqchip.commit_routes)
+            self._routes_changed = False
+        for vec in self.msi_vectors:
+            if vec.virq >= 0 and not vec.irqfd:
+                if self._host_call("irqfd", self.irqchip.add_irqfd,
+                                   self._eventfd(vec, True), vec.virq):
+                    vec.irqfd = True
+
+    def _commit_routes(self) -> None:
+        """kvm_irqchip_commit_routes, or only noted while MSI-X enable batches them."""
+        if self._defer_kvm_irq_routing:
+            self._routes_changed = True
+        else:
+            self._host_call("commit routes", self.irqchip.commit_routes)
 
     def vfio_msix_disable(self) -> None:
         """The guest cleared MSI-X Enable (or a reset): MSI-X off on the host, every
@@ -707,25 +743,28 @@ class VfioPciDevice(P.PciFunction):
                     vec.irqfd = False
                 self.irqchip.release_virq(vec.virq)
                 vec.virq = -1
-                self._host_call("commit routes", self.irqchip.commit_routes)
+                self._commit_routes()
         elif vec.virq < 0:
             try:
                 vec.virq = self.irqchip.add_msi_route(gpa, data, self.rid, nr, self.name)
             except OSError as e:
                 self._error("add_msi_route", _errno_of(e))
             else:
-                self._host_call("commit routes", self.irqchip.commit_routes)
-                if self._host_call("irqfd", self.irqchip.add_irqfd,
-                                   self._eventfd(vec, True), vec.virq):
+                self._commit_routes()
+                if not self._defer_kvm_irq_routing and self._host_call(
+                        "irqfd", self.irqchip.add_irqfd, self._eventfd(vec, True), vec.virq):
                     vec.irqfd = True
         elif (gpa, data) != (vec.route_addr, (vec.msg or (0, 0))[1]):
             self.irqchip.update_msi_route(vec.virq, gpa, data, self.rid)
-            self._host_call("commit routes", self.irqchip.commit_routes)
+            self._commit_routes()
             self.vstats.route_updates += 1
         vec.msg, vec.route_addr = (addr, data), gpa
         vec.masked_fd = False
-        # VFIO: the host vector's trigger
+        # VFIO: the host vector's trigger (at MSI-X enable: once for the batch)
         resizing = nr >= self.nr_vectors
+        if self._defer_kvm_irq_routing:
+            self.nr_vectors = max(self.nr_vectors, nr + 1)
+            return
         if not self.host_msix or (resizing and self.msix_noresize):
             if self.host_msix:
                 self._host_call("disable MSI-X", self.devfile.ioctl, V.VFIO_DEVICE_SET_IRQS,
