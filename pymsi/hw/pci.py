@@ -114,7 +114,8 @@ class PciFunction:
     def __init__(self, bus: int, device: int, function: int = 0, vendor_id: int = 0x1AF4,
                  device_id: int = 0x1000, class_code: int = 0x020000,
                  bars: list[Bar] | None = None, msi: MsiConfig | None = None,
-                 msix: MsixConfig | None = None, flr: bool = True) -> None:
+                 msix: MsixConfig | None = None, flr: bool = True, revision: int = 0,
+                 subsystem_vendor_id: int = 0, subsystem_id: int = 0) -> None:
         if not (0 <= bus < 256 and 0 <= device < 32 and 0 <= function < 8):
             raise InvalidArgument(f"bad address {bus:02x}:{device:02x}.{function}")
         self.bus, self.device, self.function = bus, device, function
@@ -124,9 +125,13 @@ class PciFunction:
         self._wmask = bytearray(CONFIG_SIZE)
         self._bar_regs: dict[int, tuple[int, Bar]] = {}   # register offset -> (index, bar)
         self.stats = _Stats()
+        self._reset_cfg: bytearray | None = None       # made at the end, then kept by _put
         self._put(VENDOR_ID, vendor_id, 2)
         self._put(DEVICE_ID, device_id, 2)
+        self._put(REVISION, revision, 1)
         self._put(CLASS_CODE, class_code, 3)
+        self._put(SUBSYS_VENDOR_ID, subsystem_vendor_id, 2)
+        self._put(SUBSYS_ID, subsystem_id, 2)
         self._put(COMMAND, 0, 2, wmask=CMD_MEMORY | CMD_MASTER | CMD_INTX_DISABLE | 0x140)
         self._put(INT_PIN, 1, 1)
         reg = BAR0
@@ -192,7 +197,7 @@ class PciFunction:
             for v in range(msix.vectors):                      # every vector masked at reset
                 self.msix_table[v * 16 + MSIX_ENTRY_CTRL] = MSIX_CTRL_MASKBIT
             self.msix_pba = bytearray((msix.vectors + 63) // 64 * 8)
-        self._reset_cfg = bytes(self.cfg)                      # what an FLR goes back to
+        self._reset_cfg = bytearray(self.cfg)                  # what an FLR goes back to
         self.flr_count = 0
 
     @property
@@ -210,8 +215,11 @@ class PciFunction:
     # -- configuration space --------------------------------------------------------
 
     def _put(self, off: int, value: int, size: int, wmask: int = 0) -> None:
-        """Set a register's reset value and which of its bits software may write."""
+        """Set a register's reset value (what an FLR returns it to: HwInit / read-only
+        values survive resets) and which of its bits software may write."""
         self._store(off, value, size)
+        if self._reset_cfg is not None:
+            self._reset_cfg[off:off + size] = self.cfg[off:off + size]
         self._wmask[off : off + size] = (wmask & ((1 << 8 * size) - 1)).to_bytes(size, "little")
 
     def _store(self, off: int, value: int, size: int) -> None:
