@@ -647,6 +647,26 @@ def test_a_guest_kernel_resets_the_function_and_restores_its_vectors():
     assert r.take() == [(VINTID + 4, 0)]
 
 
+def test_the_guest_sees_the_host_functions_revision_and_subsystem():
+    """As QEMU reads them through VFIO: Revision ID and the Subsystem IDs of the host
+    function (HwInit: the host's FLR at bind keeps them), not 0."""
+    v = Vmm(design="per-vector", smmu="nested", devices=[{"model": "edu"}],
+            ram_size=RAM_SIZE)
+    fn = v.m.functions[0]
+    assert fn.cfg_read(P.REVISION, 1) == 0x10                  # edu's revision
+    fn._put(P.SUBSYS_VENDOR_ID, 0x1AF4, 2)                    # a board vendor's IDs
+    fn._put(P.SUBSYS_ID, 0x0042, 2)
+    g = KvmGuest(v, nvcpus=1)
+    v.files[0].close()
+    d = VfioPciDevice(v.k, "/dev/vfio/devices/vfio0", v.ictx, KvmIrqchip(v.k, g.vm),
+                      pt_id=v.ioas)
+    for off in (P.VENDOR_ID, P.REVISION, P.SUBSYS_VENDOR_ID):
+        assert d.cfg_read(off & ~3) == fn.cfg_read(off & ~3)
+    assert d.cfg_read(P.REVISION, 1) == 0x10
+    assert (d.cfg_read(P.SUBSYS_VENDOR_ID, 2), d.cfg_read(P.SUBSYS_ID, 2)) == (0x1AF4, 0x42)
+    d.unrealize()
+
+
 def test_realize_errors_are_the_hosts_and_keep_nothing_open():
     v = Vmm(design="per-vector", smmu="nested", devices=[{"msix": NVEC}] * 2, n=2,
             ram_size=RAM_SIZE)

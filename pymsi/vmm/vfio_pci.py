@@ -22,6 +22,11 @@ never reach the physical function.  When the guest enables MSI-X and unmasks a v
   vectors up to the one used, re-enabled to grow when the host cannot resize, grown one
   vector at a time when it can).
 
+The emulated header carries the host function's vendor, device, revision, class and
+subsystem IDs.  Two differences from QEMU remain: the host's MSI capability is not offered
+(the guest sees PCI Express and MSI-X only, so it uses MSI-X), and the BARs the host
+implements are presented consecutively from BAR 0 (QEMU keeps the host's BAR numbers).
+
 Masking a vector keeps its route and irqfd and points VFIO at the VMM's own eventfd for
 it (``vfio_msix_vector_release``); the VMM's :meth:`~VfioPciDevice.poll` then records a
 signal on it in the emulated PBA, sent when the guest unmasks.  Disabling MSI-X releases
@@ -218,6 +223,9 @@ class VfioPciDevice(P.PciFunction):
                              vendor_id=self._host_cfg(P.VENDOR_ID, 2),
                              device_id=self._host_cfg(P.DEVICE_ID, 2),
                              class_code=self._host_cfg(P.CLASS_CODE - 1, 4) >> 8,
+                             revision=self._host_cfg(P.REVISION, 1),
+                             subsystem_vendor_id=self._host_cfg(P.SUBSYS_VENDOR_ID, 2),
+                             subsystem_id=self._host_cfg(P.SUBSYS_ID, 2),
                              bars=bars, msix=msix, flr=self.reset_works)
         except BaseException:
             self.devfile.close()               # realize failed: nothing kept open
