@@ -40,6 +40,10 @@ INT_LINE, ROM_ADDRESS = 0x3C, 0x30
 EXP_FLAGS, EXP_DEVCAP, EXP_DEVCTL, EXP_DEVSTA = 0x02, 0x04, 0x08, 0x0A
 EXP_DEVCAP_FLR = 1 << 28                  # Function Level Reset Capability
 EXP_DEVCTL_BCR_FLR = 1 << 15              # Initiate Function Level Reset (reads as 0)
+EXP_DEVCTL_PAYLOAD = 0x00E0               # Max_Payload_Size
+EXP_DEVCTL_PHANTOM = 0x0200               # Phantom Functions Enable
+EXP_DEVCTL_READRQ = 0x7000                # Max_Read_Request_Size
+EXP_DEVCTL_RESET = 0x2810                 # reset: relaxed ordering, no snoop, MRRS 512 bytes
 EXP_DEVSTA_TRPND = 1 << 5                 # Transactions Pending
 # MSI capability (offsets from the capability).
 MSI_FLAGS, MSI_ADDR_LO = 0x02, 0x04
@@ -177,6 +181,8 @@ class PciFunction:
             self._put(off + 1, caps[i + 1][0] if i + 1 < len(caps) else 0, 1)
         self._put(self.exp_cap + 2, 0x0002, 2)                # PCIe v2, endpoint
         self._put(self.exp_cap + EXP_DEVCAP, EXP_DEVCAP_FLR if flr else 0, 4)
+        self._put(self.exp_cap + EXP_DEVCTL, EXP_DEVCTL_RESET, 2,
+                  wmask=0xFFFF & ~EXP_DEVCTL_BCR_FLR)
         if msi is not None:
             flags = ((msi.vectors.bit_length() - 1) << 1 | (MSI_FLAGS_64BIT if msi.is64 else 0)
                      | (MSI_FLAGS_MASKBIT if msi.per_vector_mask else 0))
