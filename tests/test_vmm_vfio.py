@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pymsi.hw import pci as P
+from pymsi.hw.qdev import MmioBar, PciDeviceModel
 from pymsi.vmm.kvm_irqchip import KvmIrqchip
 from pymsi.vmm.vfio_pci import MsiIommu, NoIommu, VfioPciDevice
 from pymsi.vmmlib import RAM_SIZE, VITS_DOORBELL, VITS_PAGE, KvmGuest, Vmm
@@ -667,6 +668,42 @@ def test_the_guest_sees_the_host_functions_revision_and_subsystem():
         assert d.cfg_read(off & ~3) == fn.cfg_read(off & ~3)
     assert d.cfg_read(P.REVISION, 1) == 0x10
     assert (d.cfg_read(P.SUBSYS_VENDOR_ID, 2), d.cfg_read(P.SUBSYS_ID, 2)) == (0x1AF4, 0x42)
+    d.unrealize()
+
+
+class Gappy(PciDeviceModel):
+    """A function whose only memory BAR is BAR 2 (BARs 0 and 1 unimplemented); MSI-X
+    in the next one, BAR 3."""
+
+    VENDOR_ID, DEVICE_ID = 0x1234, 0x6A70
+    BARS = (MmioBar(0x1000, read="rd", reg=2),)
+    MSIX_VECTORS = 2
+
+    def rd(self, offset: int, size: int) -> int:
+        return 0xC0DE_0000 | offset
+
+
+def test_the_guest_sees_the_host_bars_at_their_register_numbers():
+    """QEMU's vfio_bars_register keeps the host's BAR numbers: BAR 2 stays BAR 2 (BAR 0
+    reads 0 and sizes to 0), the MSI-X capability names BAR 3 as the host's does."""
+    v = Vmm(design="per-vector", smmu="nested", devices=[{"model": "test_vmm_vfio:Gappy"}],
+            ram_size=RAM_SIZE)
+    fn = v.m.functions[0]
+    g = KvmGuest(v, nvcpus=1)
+    v.files[0].close()
+    d = VfioPciDevice(v.k, "/dev/vfio/devices/vfio0", v.ictx, KvmIrqchip(v.k, g.vm),
+                      pt_id=v.ioas)
+    for reg in (P.BAR0, P.BAR0 + 4):
+        d.cfg_write(reg, 0xFFFF_FFFF)
+        assert d.cfg_read(reg) == 0
+    d.cfg_write(P.BAR0 + 8, 0xFFFF_FFFF)
+    assert d.cfg_read(P.BAR0 + 8) == ~(0x1000 - 1) & 0xFFFF_FFFF     # 32-bit, 4 KiB
+    assert d.cfg_read(d.msix_cap + P.MSIX_TABLE) & 7 == \
+        fn.cfg_read(fn.msix_cap + P.MSIX_TABLE) & 7 == 3
+    d.cfg_write(P.BAR0 + 8, 0x1100_0000)
+    d.cfg_write(P.COMMAND, P.CMD_MEMORY, 2)
+    assert d.bar_address(0) == 0x1100_0000
+    assert d.bar_read(0, 0x24, 4) == 0xC0DE_0024                      # the host's BAR 2
     d.unrealize()
 
 

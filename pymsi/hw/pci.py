@@ -95,11 +95,13 @@ class MsixConfig:
 
 @dataclass
 class Bar:
-    """A 32- or 64-bit memory BAR of ``size`` bytes (a power of two, >= 16)."""
+    """A 32- or 64-bit memory BAR of ``size`` bytes (a power of two, >= 16), in BAR
+    register ``reg`` (0..5) when given, else in the next free one."""
 
     size: int
     is64: bool = True
     prefetchable: bool = False
+    reg: int | None = None
 
 
 @dataclass
@@ -141,6 +143,10 @@ class PciFunction:
         reg = BAR0
         self._bar_bir: list[int] = []                      # BAR Indicator of each BAR
         for i, bar in enumerate(self.bars):
+            if bar.reg is not None:
+                if not isinstance(bar.reg, int) or not BAR0 + 4 * bar.reg >= reg:
+                    raise InvalidArgument(f"BAR register {bar.reg!r} is taken or out of order")
+                reg = BAR0 + 4 * bar.reg
             self._bar_bir.append((reg - BAR0) // 4)
             if bar.size < 16 or bar.size & (bar.size - 1):
                 raise InvalidArgument(f"BAR size {bar.size:#x}")

@@ -94,13 +94,16 @@ class DeviceModelError(PymsiError, LookupError):
 class MmioBar:
     """A memory BAR of ``size`` bytes (a power of two >= 16) whose accesses call the
     model's methods named ``read`` / ``write`` (or the callables given, called with the
-    model first).  A BAR with no ``read`` reads 0; with no ``write`` ignores writes."""
+    model first).  A BAR with no ``read`` reads 0; with no ``write`` ignores writes.
+    ``reg``: the BAR register number (QEMU's ``pci_register_bar`` region number); by
+    default the next free one."""
 
     size: int
     read: str | Callable[..., int] | None = "read"
     write: str | Callable[..., None] | None = "write"
     is64: bool = False
     prefetchable: bool = False
+    reg: int | None = None
 
 
 def _msix_layout(nvec: int) -> tuple[int, int, int]:
@@ -153,7 +156,7 @@ class PciDeviceModel(PciFunction):
         nvec = self.msix_vector_count()
         if not isinstance(nvec, int) or not 0 <= nvec <= 2048:
             raise InvalidArgument(f"{type(self).__name__}: MSI-X vectors {nvec!r} (0..2048)")
-        bars = [Bar(d.size, d.is64, d.prefetchable) for d in decls]
+        bars = [Bar(d.size, d.is64, d.prefetchable, d.reg) for d in decls]
         msix = None
         self.msix_bar_index: int | None = None
         if nvec:

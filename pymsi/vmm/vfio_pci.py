@@ -23,9 +23,9 @@ never reach the physical function.  When the guest enables MSI-X and unmasks a v
   vector at a time when it can).
 
 The emulated header carries the host function's vendor, device, revision, class and
-subsystem IDs.  Two differences from QEMU remain: the host's MSI capability is not offered
-(the guest sees PCI Express and MSI-X only, so it uses MSI-X), and the BARs the host
-implements are presented consecutively from BAR 0 (QEMU keeps the host's BAR numbers).
+subsystem IDs, and each BAR in the host's BAR register (vfio_bars_register).  One
+difference from QEMU remains: the host's MSI capability is not offered (the guest sees
+PCI Express and MSI-X only, so it uses MSI-X).
 
 Masking a vector keeps its route and irqfd and points VFIO at the VMM's own eventfd for
 it (``vfio_msix_vector_release``); the VMM's :meth:`~VfioPciDevice.poll` then records a
@@ -284,7 +284,8 @@ class VfioPciDevice(P.PciFunction):
             flags = self._host_cfg(P.BAR0 + 4 * index, 4)
             is64 = (flags >> 1) & 3 == 2
             if size:
-                bars.append(P.Bar(size, is64=is64, prefetchable=bool(flags & 0b1000)))
+                bars.append(P.Bar(size, is64=is64, prefetchable=bool(flags & 0b1000),
+                                  reg=index))
                 bar_region.append(index)
             index += 2 if size and is64 else 1
         msix = None
