@@ -401,6 +401,27 @@ def test_msix_enable_commits_the_routes_once_for_all_vectors(dyn):
         assert r.take() == [(VINTID + v, v % 2)]
 
 
+def test_a_vector_released_just_before_a_noresize_re_enable_is_not_lost():
+    """Found by the state machine: vector 0 fired while the host had no trigger for it
+    (pending in the physical PBA); the guest clears the function mask with vectors 0 and
+    2 unmasked: VFIO gets vector 0's trigger (the pending message goes), then the host
+    re-enables MSI-X to grow to vector 2.  The interrupt the function raised before the
+    disable is taken by the host then, not dropped with the freed vector."""
+    r = Rig("per-vector", dyn=False)
+    r.msix_on(maskall=True)
+    for v in range(3):
+        r.entry(v, r.gaddr, 0)
+    r.unmask_all()
+    r.mask(1, False)                            # host: vectors 0..1, 0 without a trigger
+    r.fire(0)
+    assert r.take() == []
+    r.msix_on(maskall=True)
+    r.mask(0, False)
+    r.mask(2, False)
+    r.unmask_all()                              # 0 released, then a re-enable for 2
+    assert r.take() == [(VINTID, 0)]
+
+
 def test_mask_keeps_the_route_and_pending_is_sent_at_unmask():
     r = Rig("per-vector")
     r.linux_guest_enable(4)

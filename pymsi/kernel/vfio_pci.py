@@ -363,7 +363,10 @@ class VfioPciCore:
             raise
 
     def msi_disable(self) -> None:
-        """vfio_msi_disable(): every trigger dropped, the vectors freed."""
+        """vfio_msi_disable(): every trigger dropped, the vectors freed.  The ioctl runs
+        with interrupts enabled: an interrupt the function already raised is taken
+        before its vector is freed (free_irq's synchronize_irq), not lost."""
+        self.kernel.handle_interrupts()
         msix = self.irq_type == V.VFIO_PCI_MSIX_IRQ_INDEX
         for vector in sorted(self.ctx):
             self.set_vector_signal(vector, -1, msix)
