@@ -232,3 +232,26 @@ class MsiMachine(RuleBasedStateMachine):
 
 
 TestMsiMachine = MsiMachine.TestCase
+
+
+def test_a_bar_at_its_register_number():
+    """Bar(reg=n) puts the BAR in register n (QEMU's pci_register_bar region number);
+    the registers before it are unimplemented (read 0, size to 0); an MSI-X BIR names
+    the register; an overlapping or out-of-range register is refused."""
+    import pytest
+
+    from pymsi.errors import InvalidArgument
+    from pymsi.hw import pci as P
+
+    fn = P.PciFunction(0, 1, bars=[P.Bar(0x1000, is64=False, reg=1), P.Bar(0x4000, reg=3)],
+                       msix=P.MsixConfig(4, bar=1, table_offset=0, pba_offset=0x800))
+    fn.cfg_write(P.BAR0, 0xFFFF_FFFF)
+    assert fn.cfg_read(P.BAR0) == 0
+    fn.cfg_write(P.BAR0 + 4, 0xFFFF_FFFF)
+    assert fn.cfg_read(P.BAR0 + 4) == 0xFFFF_F000
+    assert fn.cfg_read(P.BAR0 + 12) & 0b110 == 0b100                    # 64-bit at 3
+    assert fn.cfg_read(fn.msix_cap + P.MSIX_TABLE) & 7 == 3
+    for bars in ([P.Bar(0x1000, reg=1), P.Bar(0x1000, reg=2)], [P.Bar(0x1000, reg=5)],
+                 [P.Bar(0x1000, is64=False, reg=-1)]):
+        with pytest.raises(InvalidArgument):
+            P.PciFunction(0, 2, bars=bars)

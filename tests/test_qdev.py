@@ -644,3 +644,101 @@ def test_models_on_the_x86_machine_too():
     assert m.functions[1].msix_notify(5) is Delivery.SENT
     k.handle_interrupts()
     assert len(drv.fired[5]) == 1 and sum(map(len, drv.fired.values())) == 1
+
+
+# -- Function Level Reset of a model (PCIe Base 6.6.2: internal state back to initial) ------
+
+EXP_DEVCTL = 0x40 + 0x08                   # the PCI Express capability this API puts at 0x40
+BCR_FLR = 1 << 15
+
+
+def _plugged(model):
+    from pymsi import core
+    from pymsi.hw.bus import Bus
+    from pymsi.hw.pci import PciHost
+
+    ram = core.Memory()
+    ram.add_ram(0x4000_0000, 0x10_0000)
+    bus = Bus(ram)
+    model.plug(PciHost(bus, ecam_base=0x3F00_0000, ecam_buses=1))
+    s = sched.Scheduler()
+    model.scheduler = s
+    model.cfg_write(BAR0, 0x1000_0000)
+    model.cfg_write(COMMAND, 0x6, 2)                     # memory, bus master
+    return ram, s
+
+
+def _flr(model):
+    model.cfg_write(EXP_DEVCTL, BCR_FLR, 2)
+
+
+class Identified(Counter):
+    REVISION, SUBSYSTEM_VENDOR_ID, SUBSYSTEM_ID = 0x7, 0x1AF4, 0x1100
+
+    def realize(self) -> None:
+        super().realize()
+        self.config_init(0xC4, 0xA5A5_0001, 4, wmask=0xFF)
+
+
+def test_an_flr_keeps_the_identity_and_the_registers_a_model_declared():
+    """Revision, Subsystem IDs (HwInit) and a config_init register's reset value survive
+    an FLR; its writable bits go back to that value."""
+    fn = Identified(0, 1)
+    _plugged(fn)
+    fn.cfg_write(0xC4, 0x33, 1)
+    assert fn.cfg_read(0xC4) == 0xA5A5_0033
+    _flr(fn)
+    assert fn.flr_count == 1
+    assert fn.cfg_read(CLASS_REV) & 0xFF == 0x7
+    assert fn.cfg_read(SUBSYS) == 0x1100 << 16 | 0x1AF4
+    assert fn.cfg_read(0xC4) == 0xA5A5_0001
+    assert fn.cfg_read(COMMAND, 2) == 0 and fn.cfg_read(BAR0) == 0
+    edu = find_device_model("edu")(0, 2)
+    edu.flr()
+    assert edu.cfg_read(CLASS_REV) == 0xFF00_0010                # class other, revision 0x10
+
+
+EDU_REGS = (ID, LIVE, FACT, STATUS, IRQ_STATUS, DMA_SRC, DMA_DST, DMA_CNT, DMA_CMD)
+
+
+def test_an_flr_resets_the_edu_and_cancels_its_work():
+    edu = find_device_model("edu")(0, 1)
+    fresh = find_device_model("edu")(0, 2)
+    ram, s = _plugged(edu)
+    _plugged(fresh)
+    regs = [(LIVE, 0x1234), (STATUS, 0x80), (IRQ_RAISE, 0x40), (DMA_SRC, DMA_BUF),
+            (DMA_DST, 0x4000_0000), (DMA_CNT, 8), (FACT, 5), (DMA_CMD, 0x7)]
+    for off, value in regs:
+        edu.bar_write(0, off, value, 4)
+    assert edu.bar_read(0, STATUS, 4) == 0x81 and edu.dma_busy
+    _flr(edu)
+    assert [edu.bar_read(0, r, 4) for r in EDU_REGS] == \
+        [fresh.bar_read(0, r, 4) for r in EDU_REGS]
+    assert not edu.dma_busy and not edu.intx_level
+    assert s.pending == 0
+    s.run()
+    assert edu.bar_read(0, FACT, 4) == 0 and edu.bar_read(0, STATUS, 4) == 0
+    assert edu.dma_stats["writes"] == 0 and edu.stats.sent == 0
+
+
+def test_an_flr_resets_the_nic_and_drops_its_scheduled_packets():
+    nic = find_device_model("nic")(0, 1, queues=2)
+    ram, s = _plugged(nic)
+    nic.bar_write(0, 0x8, 1, 4)                                 # CTRL.ENABLE
+    nic.bar_write(0, 0x1000, 0x4000_0000, 4)                   # queue 0 ring
+    nic.bar_write(0, 0x1008, 16, 4)
+    assert nic.receive(0)
+    nic.receive_later(1000, 0)
+    writes = nic.dma_stats["writes"]
+    _flr(nic)
+    assert [nic.bar_read(0, off, 4) for off in (0x8, 0xC, 0x1000, 0x1004, 0x1008, 0x100C,
+                                               0x1010)] == [0] * 7
+    assert s.pending == 0
+    s.run()
+    assert nic.dma_stats["writes"] == writes and nic.packets == 0
+    # the driver sets it up again: it works as a fresh one
+    nic.cfg_write(COMMAND, 0x6, 2)
+    nic.bar_write(0, 0x8, 1, 4)
+    nic.bar_write(0, 0x1000, 0x4000_0000, 4)
+    nic.bar_write(0, 0x1008, 16, 4)
+    assert nic.receive(0) and nic.bar_read(0, 0x100C, 4) == 1

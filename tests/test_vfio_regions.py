@@ -262,6 +262,25 @@ def test_a_function_without_flr_cannot_be_reset_through_vfio():
     assert fn.flr_count == 0 and fn.msix_enabled
 
 
+def test_device_control_as_vfio_pci_virtualizes_it():
+    """vfio_pci_config.c init_pci_cap_exp_perm: the user may not set Phantom Functions
+    (the IOMMU would see requester IDs it does not know); Max_Payload_Size is virtual
+    (the function keeps the one the host set for its link); Max_Read_Request_Size is
+    virtual and the function gets it (pcie_set_readrq)."""
+    v = vmm()
+    f, fn = v.files[0], v.m.functions[0]
+    ctl = EXP + P.EXP_DEVCTL
+    phys = fn.cfg_read(ctl, 2)
+    mps, phantom, mrrs = 0x1 << 5, 1 << 9, 0x5 << 12            # 256 B, enable, 4096 B
+    cfg_write(f, ctl, (phys & ~(0xE0 | 0x7000)) | mps | phantom | mrrs, 2)
+    user = cfg_read(f, ctl, 2)
+    assert user & 0xE0 == mps and user & 0x7000 == mrrs and not user & phantom
+    now = fn.cfg_read(ctl, 2)
+    assert now & 0xE0 == phys & 0xE0                           # MPS untouched
+    assert not now & phantom and now & 0x7000 == mrrs
+    assert fn.flr_count == 1                                   # (the bind's), no FLR
+
+
 def test_set_irqs_works_with_memory_decode_off_and_leaves_it_off():
     """The user turned memory decode off (a guest's reset does, on its way): VFIO turns it
     on while it programs the MSI-X table in the BAR, then back off."""

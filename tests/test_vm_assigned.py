@@ -141,6 +141,22 @@ def test_guest_resets_the_device_and_its_vectors_work_again(vsmmu, gicv4):
         assert sorted(vm.endpoint(i).hits) == expected(vm, i)
 
 
+def test_a_vmm_reset_leaves_the_physical_nic_quiet_as_the_guest_sees_it():
+    """The VMM resets the assigned NIC (a machine reset: nobody restores it afterwards):
+    the guest reads COMMAND 0, and the physical function is no bus master either and has
+    no ring, so a packet arriving now is dropped without a DMA write (PCIe 6.6.2, QEMU's
+    vfio_pci_pre_reset)."""
+    vm = boot(vsmmu=None, variant="per-vector")
+    nic = vm.host_function(1)
+    assert nic.cfg_read(0x04, 2) & 0x6 == 0x6         # the guest driver enabled it
+    vm.guest_function(1).reset()
+    assert vm.guest_function(1).cfg_read(0x04, 2) == 0
+    assert nic.cfg_read(0x04, 2) & 0x6 == 0           # Memory, Bus Master off
+    writes = nic.dma_stats["writes"]
+    assert not nic.receive(0)
+    assert nic.dma_stats["writes"] == writes
+
+
 def test_guest_stage1_fault_on_the_msi_path_reaches_the_guests_vsmmu_event_queue():
     """Accelerated vSMMU: the guest takes its MSI page away (unmap + TLBI, forwarded to the
     host); the physical function's MSI faults in the physical SMMU's stage 1, which is the

@@ -73,6 +73,13 @@ class EduDevice(PciDeviceModel):
     PROPERTIES = {"dma_mask": (1 << 28) - 1, "fact_ns": 1000, "dma_ns": 100_000}
 
     def realize(self) -> None:
+        self.dma_errors = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Every register and the DMA buffer at power-on values, no factorial or transfer
+        running (their scheduled completions are cancelled by the FLR).  QEMU's edu has no
+        reset handler (its state survives a reset); a PCIe function's FLR clears it."""
         self.liveness = 0
         self.fact = 0
         self.status = 0
@@ -80,7 +87,6 @@ class EduDevice(PciDeviceModel):
         self.intx_level = False
         self.dma_src = self.dma_dst = self.dma_cnt = self.dma_cmd = 0
         self.dma_buf = bytearray(DMA_BUF_SIZE)
-        self.dma_errors = 0
         self.dma_busy = False
 
     # -- interrupts ---------------------------------------------------------------------------

@@ -25,7 +25,9 @@ offset                    acc. register
                                one written back or beyond HEAD is ignored
 ========================= ==== =========================================================
 
-Writing RING_BASE or RING_SIZE resets the queue's HEAD and DOORBELL to 0.
+Writing RING_BASE or RING_SIZE resets the queue's HEAD and DOORBELL to 0.  A Function Level
+Reset returns every register to 0 and drops the packets :meth:`MultiQueueNic.receive_later`
+scheduled.
 
 Descriptor (16 bytes, little endian): u64 packet id, u32 length, u16 queue, u16 flags
 (bit 0 DD: descriptor done).
@@ -80,6 +82,11 @@ class MultiQueueNic(PciDeviceModel):
         return (MmioBar(size),)
 
     def realize(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """CTRL, RX_DROPPED and every queue (ring base, size, HEAD, DOORBELL) at 0;
+        packets scheduled to arrive (:meth:`receive_later`) are cancelled by the FLR."""
         self.rxq = [RxQueue() for _ in range(self.queues)]
         self.ctrl = 0
         self.rx_dropped = 0

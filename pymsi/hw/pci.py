@@ -32,7 +32,7 @@ from ..errors import InvalidArgument
 VENDOR_ID, DEVICE_ID, COMMAND, STATUS = 0x00, 0x02, 0x04, 0x06
 REVISION, CLASS_CODE, HEADER_TYPE, BAR0 = 0x08, 0x09, 0x0E, 0x10
 SUBSYS_VENDOR_ID, SUBSYS_ID, CAP_PTR, INT_PIN = 0x2C, 0x2E, 0x34, 0x3D
-CMD_MEMORY, CMD_MASTER, CMD_INTX_DISABLE = 1 << 1, 1 << 2, 1 << 10
+CMD_IO, CMD_MEMORY, CMD_MASTER, CMD_INTX_DISABLE = 1 << 0, 1 << 1, 1 << 2, 1 << 10
 STATUS_CAP_LIST = 1 << 4
 CAP_ID_MSI, CAP_ID_MSIX, CAP_ID_EXP = 0x05, 0x11, 0x10
 INT_LINE, ROM_ADDRESS = 0x3C, 0x30
@@ -40,6 +40,10 @@ INT_LINE, ROM_ADDRESS = 0x3C, 0x30
 EXP_FLAGS, EXP_DEVCAP, EXP_DEVCTL, EXP_DEVSTA = 0x02, 0x04, 0x08, 0x0A
 EXP_DEVCAP_FLR = 1 << 28                  # Function Level Reset Capability
 EXP_DEVCTL_BCR_FLR = 1 << 15              # Initiate Function Level Reset (reads as 0)
+EXP_DEVCTL_PAYLOAD = 0x00E0               # Max_Payload_Size
+EXP_DEVCTL_PHANTOM = 0x0200               # Phantom Functions Enable
+EXP_DEVCTL_READRQ = 0x7000                # Max_Read_Request_Size
+EXP_DEVCTL_RESET = 0x2810                 # reset: relaxed ordering, no snoop, MRRS 512 bytes
 EXP_DEVSTA_TRPND = 1 << 5                 # Transactions Pending
 # MSI capability (offsets from the capability).
 MSI_FLAGS, MSI_ADDR_LO = 0x02, 0x04
@@ -91,11 +95,13 @@ class MsixConfig:
 
 @dataclass
 class Bar:
-    """A 32- or 64-bit memory BAR of ``size`` bytes (a power of two, >= 16)."""
+    """A 32- or 64-bit memory BAR of ``size`` bytes (a power of two, >= 16), in BAR
+    register ``reg`` (0..5) when given, else in the next free one."""
 
     size: int
     is64: bool = True
     prefetchable: bool = False
+    reg: int | None = None
 
 
 @dataclass
@@ -114,7 +120,8 @@ class PciFunction:
     def __init__(self, bus: int, device: int, function: int = 0, vendor_id: int = 0x1AF4,
                  device_id: int = 0x1000, class_code: int = 0x020000,
                  bars: list[Bar] | None = None, msi: MsiConfig | None = None,
-                 msix: MsixConfig | None = None, flr: bool = True) -> None:
+                 msix: MsixConfig | None = None, flr: bool = True, revision: int = 0,
+                 subsystem_vendor_id: int = 0, subsystem_id: int = 0) -> None:
         if not (0 <= bus < 256 and 0 <= device < 32 and 0 <= function < 8):
             raise InvalidArgument(f"bad address {bus:02x}:{device:02x}.{function}")
         self.bus, self.device, self.function = bus, device, function
@@ -124,14 +131,22 @@ class PciFunction:
         self._wmask = bytearray(CONFIG_SIZE)
         self._bar_regs: dict[int, tuple[int, Bar]] = {}   # register offset -> (index, bar)
         self.stats = _Stats()
+        self._reset_cfg: bytearray | None = None       # made at the end, then kept by _put
         self._put(VENDOR_ID, vendor_id, 2)
         self._put(DEVICE_ID, device_id, 2)
+        self._put(REVISION, revision, 1)
         self._put(CLASS_CODE, class_code, 3)
+        self._put(SUBSYS_VENDOR_ID, subsystem_vendor_id, 2)
+        self._put(SUBSYS_ID, subsystem_id, 2)
         self._put(COMMAND, 0, 2, wmask=CMD_MEMORY | CMD_MASTER | CMD_INTX_DISABLE | 0x140)
         self._put(INT_PIN, 1, 1)
         reg = BAR0
         self._bar_bir: list[int] = []                      # BAR Indicator of each BAR
         for i, bar in enumerate(self.bars):
+            if bar.reg is not None:
+                if not isinstance(bar.reg, int) or not BAR0 + 4 * bar.reg >= reg:
+                    raise InvalidArgument(f"BAR register {bar.reg!r} is taken or out of order")
+                reg = BAR0 + 4 * bar.reg
             self._bar_bir.append((reg - BAR0) // 4)
             if bar.size < 16 or bar.size & (bar.size - 1):
                 raise InvalidArgument(f"BAR size {bar.size:#x}")
@@ -172,6 +187,8 @@ class PciFunction:
             self._put(off + 1, caps[i + 1][0] if i + 1 < len(caps) else 0, 1)
         self._put(self.exp_cap + 2, 0x0002, 2)                # PCIe v2, endpoint
         self._put(self.exp_cap + EXP_DEVCAP, EXP_DEVCAP_FLR if flr else 0, 4)
+        self._put(self.exp_cap + EXP_DEVCTL, EXP_DEVCTL_RESET, 2,
+                  wmask=0xFFFF & ~EXP_DEVCTL_BCR_FLR)
         if msi is not None:
             flags = ((msi.vectors.bit_length() - 1) << 1 | (MSI_FLAGS_64BIT if msi.is64 else 0)
                      | (MSI_FLAGS_MASKBIT if msi.per_vector_mask else 0))
@@ -192,7 +209,7 @@ class PciFunction:
             for v in range(msix.vectors):                      # every vector masked at reset
                 self.msix_table[v * 16 + MSIX_ENTRY_CTRL] = MSIX_CTRL_MASKBIT
             self.msix_pba = bytearray((msix.vectors + 63) // 64 * 8)
-        self._reset_cfg = bytes(self.cfg)                      # what an FLR goes back to
+        self._reset_cfg = bytearray(self.cfg)                  # what an FLR goes back to
         self.flr_count = 0
 
     @property
@@ -210,8 +227,11 @@ class PciFunction:
     # -- configuration space --------------------------------------------------------
 
     def _put(self, off: int, value: int, size: int, wmask: int = 0) -> None:
-        """Set a register's reset value and which of its bits software may write."""
+        """Set a register's reset value (what an FLR returns it to: HwInit / read-only
+        values survive resets) and which of its bits software may write."""
         self._store(off, value, size)
+        if self._reset_cfg is not None:
+            self._reset_cfg[off:off + size] = self.cfg[off:off + size]
         self._wmask[off : off + size] = (wmask & ((1 << 8 * size) - 1)).to_bytes(size, "little")
 
     def _store(self, off: int, value: int, size: int) -> None:

@@ -19,6 +19,11 @@ become attributes).  At run time it uses the function's side of the bus only:
 * :meth:`~PciDeviceModel.schedule` — run something later on the machine's
   :class:`pymsi.sched.Scheduler` (at once when the function has none).
 
+A Function Level Reset returns the configuration space to its reset values (identity and
+registers given with :meth:`~PciDeviceModel.config_init` keep theirs), cancels what the
+model scheduled and calls :meth:`~PciDeviceModel.reset` (QEMU's ``DeviceClass.reset``),
+where the model puts its own registers and state back to power-on values.
+
 ``realize()`` runs when the model is plugged into a :class:`~pymsi.hw.pci.PciHost`
 (:meth:`PciDeviceModel.plug`), ``unrealize()`` when it is unplugged.  The same model serves
 as a host's physical function (assigned to a VM through VFIO) and as a VMM-emulated function
@@ -89,13 +94,16 @@ class DeviceModelError(PymsiError, LookupError):
 class MmioBar:
     """A memory BAR of ``size`` bytes (a power of two >= 16) whose accesses call the
     model's methods named ``read`` / ``write`` (or the callables given, called with the
-    model first).  A BAR with no ``read`` reads 0; with no ``write`` ignores writes."""
+    model first).  A BAR with no ``read`` reads 0; with no ``write`` ignores writes.
+    ``reg``: the BAR register number (QEMU's ``pci_register_bar`` region number); by
+    default the next free one."""
 
     size: int
     read: str | Callable[..., int] | None = "read"
     write: str | Callable[..., None] | None = "write"
     is64: bool = False
     prefetchable: bool = False
+    reg: int | None = None
 
 
 def _msix_layout(nvec: int) -> tuple[int, int, int]:
@@ -148,7 +156,7 @@ class PciDeviceModel(PciFunction):
         nvec = self.msix_vector_count()
         if not isinstance(nvec, int) or not 0 <= nvec <= 2048:
             raise InvalidArgument(f"{type(self).__name__}: MSI-X vectors {nvec!r} (0..2048)")
-        bars = [Bar(d.size, d.is64, d.prefetchable) for d in decls]
+        bars = [Bar(d.size, d.is64, d.prefetchable, d.reg) for d in decls]
         msix = None
         self.msix_bar_index: int | None = None
         if nvec:
@@ -161,15 +169,15 @@ class PciDeviceModel(PciFunction):
             if self.MSI_VECTORS else None
         super().__init__(bus, device, function, vendor_id=self.VENDOR_ID,
                          device_id=self.DEVICE_ID, class_code=self.CLASS_CODE, bars=bars,
-                         msi=msi, msix=msix)
-        self._store(P.REVISION, self.REVISION, 1)
-        self._store(P.SUBSYS_VENDOR_ID, self.SUBSYSTEM_VENDOR_ID, 2)
-        self._store(P.SUBSYS_ID, self.SUBSYSTEM_ID, 2)
+                         msi=msi, msix=msix, revision=self.REVISION,
+                         subsystem_vendor_id=self.SUBSYSTEM_VENDOR_ID,
+                         subsystem_id=self.SUBSYSTEM_ID)
         self._decls = decls
         self._handlers = [(self._bind(d.read), self._bind(d.write)) for d in decls]
         self.realized = False
         #: the machine's event loop (pymsi.sched.Scheduler), if it has one
         self.scheduler: Any = None
+        self._timers: set[Any] = set()        # events scheduled and not run (cancelled at reset)
         self.dma_stats = {"reads": 0, "writes": 0, "faults": 0, "blocked": 0}
 
     def _bind(self, cb: Any) -> Callable[..., Any] | None:
@@ -205,6 +213,21 @@ class PciDeviceModel(PciFunction):
 
     def unrealize(self) -> None:
         """Tear the device down when it is unplugged."""
+
+    def reset(self) -> None:
+        """Return the device's own state to its power-on values (QEMU's
+        ``DeviceClass.reset``): called on a Function Level Reset of a realized device,
+        after its configuration space, MSI-X table and PBA are reset and the work it
+        scheduled is cancelled (PCIe: an FLR leaves no request the function queued)."""
+
+    def device_reset(self) -> None:
+        """The FLR hook of :class:`~pymsi.hw.pci.PciFunction`: the model's scheduled
+        work cancelled, then :meth:`reset`."""
+        for ev in self._timers:
+            ev.cancel()
+        self._timers.clear()
+        if self.realized:
+            self.reset()
 
     def read(self, offset: int, size: int) -> int:
         """Default BAR read callback: 0."""
@@ -359,11 +382,19 @@ class PciDeviceModel(PciFunction):
 
     def schedule(self, delay_ns: int, callback: Callable[..., Any], *args: Any) -> None:
         """Run ``callback(*args)`` ``delay_ns`` from now on the machine's scheduler; with
-        none, at once."""
+        none, at once.  A reset of the function cancels it (QEMU's ``timer_del`` in a
+        reset handler)."""
         if self.scheduler is None:
             callback(*args)
-        else:
-            self.scheduler.schedule(delay_ns, callback, *args, name=f"{self!r}")
+            return
+        box: list[Any] = []
+
+        def fire() -> None:
+            self._timers.discard(box[0])
+            callback(*args)
+
+        box.append(self.scheduler.schedule(delay_ns, fire, name=f"{self!r}"))
+        self._timers.add(box[0])
 
 
 # -- finding models ------------------------------------------------------------------------------

@@ -56,9 +56,11 @@ class VfioPciConfig:
     the capability headers; the MSI-X capability is read through and never
     written (its Enable and Function Mask belong to SET_IRQS); in the PCI Express
     capability the FLR capability bit is virtual (set when VFIO can reset the
-    function) and writing Initiate FLR makes VFIO reset the function
-    (pci_try_reset_function, state restored).  Everything else reads through
-    and drops writes.
+    function) and writing Initiate FLR makes VFIO reset the function when the
+    function's own DEVCAP has FLR (pci_try_reset_function, state restored);
+    Device Control's Max_Payload_Size is virtual, Max_Read_Request_Size virtual
+    and set on the function, Phantom Functions Enable not writable.  Everything
+    else reads through and drops writes.
     """
 
     def __init__(self, core: VfioPciCore) -> None:
@@ -102,7 +104,15 @@ class VfioPciConfig:
                 self.vconfig[ptr + P.EXP_DEVCAP:ptr + P.EXP_DEVCAP + 4] = cap.to_bytes(4,
                                                                                      "little")
                 perm(ptr + P.EXP_DEVCAP, 4, P.EXP_DEVCAP_FLR, 0)
-                perm(ptr + P.EXP_DEVCTL, 2, P.EXP_DEVCTL_BCR_FLR, 0xFFFF)
+                # init_pci_cap_exp_perm(): Phantom Functions not writable (they would
+                # confuse the IOMMU), Max_Payload_Size virtual (a change would break the
+                # link's other devices), Max_Read_Request_Size virtual (set through
+                # pcie_set_readrq), Initiate FLR virtual
+                ctl = pdev.cfg_read(ptr + P.EXP_DEVCTL, 2) & ~P.EXP_DEVCTL_BCR_FLR
+                self.vconfig[ptr + P.EXP_DEVCTL:ptr + P.EXP_DEVCTL + 2] = ctl.to_bytes(
+                    2, "little")
+                perm(ptr + P.EXP_DEVCTL, 2, P.EXP_DEVCTL_BCR_FLR | P.EXP_DEVCTL_PAYLOAD
+                     | P.EXP_DEVCTL_READRQ, 0xFFFF & ~P.EXP_DEVCTL_PHANTOM)
             ptr = pdev.cfg_read(ptr + 1, 1) & ~3
             seen += 1
 
@@ -182,6 +192,10 @@ class VfioPciConfig:
     def _write(self, pos: int, val: int, n: int) -> None:
         virt, wr = self._mask(self.virt, pos, n), self._mask(self.write, pos, n)
         pdev = self.core.pdev
+        exp = pdev.find_capability(P.CAP_ID_EXP)
+        devctl = None if exp is None else exp + P.EXP_DEVCTL
+        readrq = None if devctl is None else \
+            self._mask(self.vconfig, devctl, 2) & P.EXP_DEVCTL_READRQ
         if wr & virt:
             old = self._mask(self.vconfig, pos, n)
             new = (old & ~(wr & virt)) | (val & wr & virt)
@@ -189,15 +203,19 @@ class VfioPciConfig:
         if wr & ~virt:
             phys = pdev.cfg_read(pos, n)
             pdev.cfg_write(pos, (phys & ~(wr & ~virt)) | (val & wr & ~virt), n)
-        exp = pdev.find_capability(P.CAP_ID_EXP)
-        devctl = None if exp is None else exp + P.EXP_DEVCTL
-        if devctl is not None and pos <= devctl + 1 < pos + n:
-            # vfio_exp_config_write(): Initiate FLR, virtual, resets through the kernel.
+        if devctl is not None and pos <= devctl + 1 and devctl < pos + n:
+            # vfio_exp_config_write(): Initiate FLR, virtual, resets through the kernel
+            # when the *physical* DEVCAP says the function has FLR; a new
+            # Max_Read_Request_Size goes to the function (pcie_set_readrq).
             ctl = self._mask(self.vconfig, devctl, 2)
+            if ctl & P.EXP_DEVCTL_READRQ != readrq:
+                phys = pdev.cfg_read(devctl, 2)
+                pdev.cfg_write(devctl, phys & ~P.EXP_DEVCTL_READRQ
+                               | ctl & P.EXP_DEVCTL_READRQ, 2)
             if ctl & P.EXP_DEVCTL_BCR_FLR:
                 self.vconfig[devctl:devctl + 2] = (ctl & ~P.EXP_DEVCTL_BCR_FLR).to_bytes(
                     2, "little")
-                if self._mask(self.vconfig, exp + P.EXP_DEVCAP, 4) & P.EXP_DEVCAP_FLR:
+                if pdev.cfg_read(exp + P.EXP_DEVCAP, 4) & P.EXP_DEVCAP_FLR:
                     try:
                         self.core.reset()
                     except KernelError:
@@ -350,7 +368,10 @@ class VfioPciCore:
             raise
 
     def msi_disable(self) -> None:
-        """vfio_msi_disable(): every trigger dropped, the vectors freed."""
+        """vfio_msi_disable(): every trigger dropped, the vectors freed.  The ioctl runs
+        with interrupts enabled: an interrupt the function already raised is taken
+        before its vector is freed (free_irq's synchronize_irq), not lost."""
+        self.kernel.handle_interrupts()
         msix = self.irq_type == V.VFIO_PCI_MSIX_IRQ_INDEX
         for vector in sorted(self.ctx):
             self.set_vector_signal(vector, -1, msix)

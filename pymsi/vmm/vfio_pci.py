@@ -22,6 +22,11 @@ never reach the physical function.  When the guest enables MSI-X and unmasks a v
   vectors up to the one used, re-enabled to grow when the host cannot resize, grown one
   vector at a time when it can).
 
+The emulated header carries the host function's vendor, device, revision, class and
+subsystem IDs, and each BAR in the host's BAR register (vfio_bars_register).  One
+difference from QEMU remains: the host's MSI capability is not offered (the guest sees
+PCI Express and MSI-X only, so it uses MSI-X).
+
 Masking a vector keeps its route and irqfd and points VFIO at the VMM's own eventfd for
 it (``vfio_msix_vector_release``); the VMM's :meth:`~VfioPciDevice.poll` then records a
 signal on it in the emulated PBA, sent when the guest unmasks.  Disabling MSI-X releases
@@ -29,13 +34,16 @@ everything.  A guest FLR (PCIe Initiate FLR in the emulated capability) or
 :meth:`~VfioPciDevice.reset` disables MSI-X on the host, issues ``VFIO_DEVICE_RESET``
 and returns the emulated state to reset values.  Bad guest accesses never raise: a
 failed region access reads as all ones and drops a write, a failed host call is logged
-in :attr:`~VfioPciDevice.errors` and leaves the vector without delivery.
+in :attr:`~VfioPciDevice.errors` (a count per call and errno, bounded) and leaves
+the vector without delivery.
 """
 
 from __future__ import annotations
 
 import errno as _errno
-from dataclasses import dataclass, field
+import weakref
+from collections import Counter, deque
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from ..hw import pci as P
@@ -48,6 +56,7 @@ PAGE = 0x1000
 EPOLLIN = 0x1                             # include/uapi/linux/eventpoll.h
 MSIX = V.VFIO_PCI_MSIX_IRQ_INDEX
 CFG_REGION = V.VFIO_PCI_CONFIG_REGION_INDEX
+ERRORS_KEPT = 16                          # the last failed host calls kept in order
 
 trace_vfio_msix_enable = Tracepoint("vfio_msix_enable", "name")
 trace_vfio_msix_disable = Tracepoint("vfio_msix_disable", "name")
@@ -87,6 +96,49 @@ def _errno_of(e: BaseException) -> int:
     return getattr(e, "errno", None) or _errno.EIO
 
 
+class MsiDoorbells:
+    """The doorbell pages the VMM mapped in one IOAS (per-vector design, and preset
+    nested), shared by its devices there: a page is mapped (IOMMU_IOAS_MAP_MSI) when a
+    first vector's address reaches it and unmapped (IOMMU_IOAS_UNMAP) when the last
+    moves away, is released or reset, so the IOAS holds exactly the pages in use
+    whatever the guest writes.  An IPA already mapped but not by the VMM as a doorbell
+    (guest RAM, say) is refused (EEXIST), not taken for one."""
+
+    _all: weakref.WeakKeyDictionary[Any, dict[int, MsiDoorbells]] = \
+        weakref.WeakKeyDictionary()
+
+    def __init__(self, iommufd: Any, ioas_id: int | None) -> None:
+        self.iommufd = iommufd
+        self.ioas_id = ioas_id
+        self.refs: dict[int, int] = {}           # IPA page -> vectors reaching it
+
+    @classmethod
+    def of(cls, iommufd: Any, ioas_id: int | None) -> MsiDoorbells:
+        """The registry of ``ioas_id`` in the VMM's ``iommufd``."""
+        per_ioas = cls._all.setdefault(iommufd, {})
+        key = -1 if ioas_id is None else ioas_id
+        if key not in per_ioas:
+            per_ioas[key] = cls(iommufd, ioas_id)
+        return per_ioas[key]
+
+    def get(self, ipa_page: int, dev_id: int) -> None:
+        """One more vector reaches ``ipa_page``: mapped to ``dev_id``'s doorbell at the
+        first (OSError from the host, nothing counted)."""
+        if ipa_page not in self.refs:
+            self.iommufd.ioctl(u.IOMMU_IOAS_MAP_MSI, u.IommuIoasMapMsi(
+                ioas_id=self.ioas_id, dev_id=dev_id, iova=ipa_page))
+            self.refs[ipa_page] = 0
+        self.refs[ipa_page] += 1
+
+    def put(self, ipa_page: int) -> None:
+        """One vector less reaches ``ipa_page``: unmapped at the last."""
+        self.refs[ipa_page] -= 1
+        if not self.refs[ipa_page]:
+            del self.refs[ipa_page]
+            self.iommufd.ioctl(u.IOMMU_IOAS_UNMAP, u.IommuIoasUnmap(
+                ioas_id=self.ioas_id, iova=ipa_page, length=PAGE))
+
+
 @dataclass
 class VFIOMSIVector:
     """QEMU's VFIOMSIVector: one MSI-X vector of the assigned function."""
@@ -99,6 +151,7 @@ class VFIOMSIVector:
     msg: tuple[int, int] | None = None       # guest (address, data) the route was made from
     route_addr: int | None = None            # the doorbell GPA the route uses
     host_iova: int | None = None             # per-vector: the page given to VFIO
+    doorbell: int | None = None              # the IOAS doorbell page it holds a reference on
     irqfd: bool = False
     masked_fd: bool = False        # VFIO signals ``interrupt`` (the vector is masked)
 
@@ -116,7 +169,6 @@ class VfioPciStats:
     dropped: int = 0               # MSIs the VMM could not route (translation fault)
     resets: int = 0
     bad_accesses: int = 0
-    doorbells: list[int] = field(default_factory=list)   # IPA pages mapped (per-vector)
 
 
 class VfioPciDevice(P.PciFunction):
@@ -143,7 +195,10 @@ class VfioPciDevice(P.PciFunction):
         self.iommu: MsiIommu = iommu if iommu is not None else NoIommu()
         self.ioas_id = ioas_id if ioas_id is not None else pt_id
         self.name = name or f"vfio-pci {host_path}"
-        self.errors: list[tuple[str, int]] = []
+        # failed host calls, counted by (what, errno) as QEMU's error_report_once; the
+        # last few in order: bounded whatever the guest makes the host refuse
+        self.errors: Counter[tuple[str, int]] = Counter()
+        self.last_errors: deque[tuple[str, int]] = deque(maxlen=ERRORS_KEPT)
         self.vstats = VfioPciStats()
         self.host_path = host_path
         # -- realize: open, bind, attach (vfio_realize / iommufd_cdev_attach) --
@@ -168,6 +223,9 @@ class VfioPciDevice(P.PciFunction):
                              vendor_id=self._host_cfg(P.VENDOR_ID, 2),
                              device_id=self._host_cfg(P.DEVICE_ID, 2),
                              class_code=self._host_cfg(P.CLASS_CODE - 1, 4) >> 8,
+                             revision=self._host_cfg(P.REVISION, 1),
+                             subsystem_vendor_id=self._host_cfg(P.SUBSYS_VENDOR_ID, 2),
+                             subsystem_id=self._host_cfg(P.SUBSYS_ID, 2),
                              bars=bars, msix=msix, flr=self.reset_works)
         except BaseException:
             self.devfile.close()               # realize failed: nothing kept open
@@ -176,8 +234,20 @@ class VfioPciDevice(P.PciFunction):
                                                  range(msix.vectors if msix else 0)]
         self._own: list[VFIOMSIVector] = []     # vectors with the VMM's own eventfd
         self.nr_vectors = 0            # vectors enabled on the host (QEMU's nr_vectors)
+        self._defer_kvm_irq_routing = False     # MSI-X enable: routes committed once
+        self._routes_changed = False
         self.host_msix = False         # MSI-X enabled through VFIO
+        # doorbell pages in the IOAS (shared by the VMM's devices in it), and this
+        # device's references on them
+        self._doorbells = MsiDoorbells.of(iommufd, self.ioas_id)
+        self._doorbell_refs: dict[int, int] = {}
         self.realized = True
+
+    @property
+    def doorbells(self) -> list[int]:
+        """The IPA pages where this device's vectors reach a host doorbell mapped in the
+        IOAS (IOMMU_IOAS_MAP_MSI), in order."""
+        return sorted(self._doorbell_refs)
 
     # -- realize helpers ------------------------------------------------------------------
 
@@ -214,7 +284,8 @@ class VfioPciDevice(P.PciFunction):
             flags = self._host_cfg(P.BAR0 + 4 * index, 4)
             is64 = (flags >> 1) & 3 == 2
             if size:
-                bars.append(P.Bar(size, is64=is64, prefetchable=bool(flags & 0b1000)))
+                bars.append(P.Bar(size, is64=is64, prefetchable=bool(flags & 0b1000),
+                                  reg=index))
                 bar_region.append(index)
             index += 2 if size and is64 else 1
         msix = None
@@ -263,12 +334,17 @@ class VfioPciDevice(P.PciFunction):
 
     # -- errors ----------------------------------------------------------------------------
 
+    def _error(self, what: str, err: int) -> None:
+        """A failed host call (QEMU's error_report_once): counted, the last few kept."""
+        self.errors[(what, err)] += 1
+        self.last_errors.append((what, err))
+
     def _host_call(self, what: str, fn: Any, *args: Any) -> bool:
         """A call to the host; a failure is recorded (as QEMU's error_report) and False."""
         try:
             fn(*args)
         except OSError as e:
-            self.errors.append((what, _errno_of(e)))
+            self._error(what, _errno_of(e))
             return False
         return True
 
@@ -289,7 +365,7 @@ class VfioPciDevice(P.PciFunction):
         try:
             dev = self.devfile.pread((CFG_REGION << 40) + lo, hi - lo)
         except OSError as e:
-            self.errors.append(("config read", _errno_of(e)))
+            self._error("config read", _errno_of(e))
             dev = b"\xff" * (hi - lo)
         raw = bytearray(value.to_bytes(size, "little"))
         raw[lo - offset:hi - offset] = dev.ljust(hi - lo, b"\xff")
@@ -333,11 +409,33 @@ class VfioPciDevice(P.PciFunction):
         """QEMU's vfio_pci_reset (device reset from the machine, or the guest's FLR)."""
         if trace_vfio_pci_reset.enabled:
             trace_vfio_pci_reset(name=self.name)
-        self.vfio_msix_disable()
+        self.vfio_pci_pre_reset()
         if self.reset_works:
             self._host_call("VFIO_DEVICE_RESET", self.devfile.ioctl, V.VFIO_DEVICE_RESET)
+        self.vfio_pci_post_reset()
         self.vstats.resets += 1
         P.PciFunction.flr(self)
+
+    def vfio_pci_pre_reset(self) -> None:
+        """QEMU's vfio_pci_pre_reset: interrupts off, then I/O, Memory and Bus Master
+        cleared in the host function's command register (through VFIO), so the function
+        stops its DMA and the host's save/restore around the reset keeps it stopped."""
+        self.vfio_msix_disable()
+        try:
+            cmd = self._host_cfg(P.COMMAND, 2)
+        except OSError as e:
+            self._error("config read", _errno_of(e))
+            return
+        cmd &= ~(P.CMD_IO | P.CMD_MEMORY | P.CMD_MASTER)
+        self._host_call("config write", self.devfile.pwrite, (CFG_REGION << 40) + P.COMMAND,
+                        cmd.to_bytes(2, "little"))
+
+    def vfio_pci_post_reset(self) -> None:
+        """QEMU's vfio_pci_post_reset: 0 written to every BAR of the host function
+        through VFIO's configuration region."""
+        for index in range(V.VFIO_PCI_BAR5_REGION_INDEX + 1):
+            self._host_call("config write", self.devfile.pwrite,
+                            (CFG_REGION << 40) + P.BAR0 + 4 * index, bytes(4))
 
     # -- BARs --------------------------------------------------------------------------------
 
@@ -364,7 +462,7 @@ class VfioPciDevice(P.PciFunction):
         try:
             data = self.devfile.pread(self._region_pos(index, offset), size)
         except OSError as e:
-            self.errors.append(("region read", _errno_of(e)))
+            self._error("region read", _errno_of(e))
             return (1 << 8 * size) - 1
         value = int.from_bytes(data.ljust(size, b"\xff"), "little")
         if trace_vfio_region_read.enabled:
@@ -432,13 +530,47 @@ class VfioPciDevice(P.PciFunction):
     # -- MSI-X enable / disable (vfio_msix_enable / vfio_msix_disable) ----------------------
 
     def vfio_msix_enable(self) -> None:
-        """The guest set MSI-X Enable: every vector unmasked now is used (routes
-        committed once, as QEMU's deferred batch)."""
+        """The guest set MSI-X Enable: every vector unmasked now is used, as QEMU's
+        vfio_msix_enable with ``defer_kvm_irq_routing``: the routes of all of them are
+        added and committed once (one KVM_SET_GSI_ROUTING), their irqfds bound after
+        the commit (vfio_commit_kvm_msi_virq_batch), and the host function's vectors
+        [0, highest used] set with one VFIO_DEVICE_SET_IRQS (vfio_enable_vectors)."""
         if trace_vfio_msix_enable.enabled:
             trace_vfio_msix_enable(name=self.name)
-        for v in range(len(self.msi_vectors)):
-            if not self._vector_masked(v):
-                self.vfio_msix_vector_use(v)
+        self._defer_kvm_irq_routing = True
+        self._routes_changed = False
+        try:
+            for v in range(len(self.msi_vectors)):
+                if not self._vector_masked(v):
+                    self.vfio_msix_vector_use(v)
+        finally:
+            self._defer_kvm_irq_routing = False
+        self.vfio_commit_kvm_msi_virq_batch()
+        if self.nr_vectors and not self.host_msix:
+            self._design_steps(list(range(self.nr_vectors)), self.nr_vectors - 1)
+            self._enable_vectors()
+        for v in range(self.nr_vectors):                 # pending bits the guest left
+            if self.msix_pending(v) and not self._vector_masked(v):
+                self._set_pba(v, False)
+                self.msix_notify(v)
+
+    def vfio_commit_kvm_msi_virq_batch(self) -> None:
+        """The routes added while deferred committed at once, then each vector's irqfd."""
+        if self._routes_changed:
+            self._host_call("commit routes", self.irqchip.commit_routes)
+            self._routes_changed = False
+        for vec in self.msi_vectors:
+            if vec.virq >= 0 and not vec.irqfd:
+                if self._host_call("irqfd", self.irqchip.add_irqfd,
+                                   self._eventfd(vec, True), vec.virq):
+                    vec.irqfd = True
+
+    def _commit_routes(self) -> None:
+        """kvm_irqchip_commit_routes, or only noted while MSI-X enable batches them."""
+        if self._defer_kvm_irq_routing:
+            self._routes_changed = True
+        else:
+            self._host_call("commit routes", self.irqchip.commit_routes)
 
     def vfio_msix_disable(self) -> None:
         """The guest cleared MSI-X Enable (or a reset): MSI-X off on the host, every
@@ -463,6 +595,7 @@ class VfioPciDevice(P.PciFunction):
             if vec.host_iova is not None and self.design == "per-vector":
                 self._host_call("MSI_IOVA clear", self._msi_iova, V.VFIO_MSI_IOVA_CLEAR,
                                 vec.nr, None)
+            self._doorbell(vec, None)
             vec.use, vec.msg, vec.route_addr, vec.host_iova = False, None, None, None
             vec.masked_fd = False
         if changed:
@@ -498,19 +631,33 @@ class VfioPciDevice(P.PciFunction):
                                   iova=[] if iova is None else [iova])
         self.devfile.ioctl(V.VFIO_DEVICE_MSI_IOVA, arg)
 
-    def _map_doorbell(self, ipa_page: int) -> None:
-        """IOMMU_IOAS_MAP_MSI of the host doorbell at ``ipa_page`` (once)."""
-        if ipa_page in self.vstats.doorbells or self.ioas_id is None:
+    def _doorbell(self, vec: VFIOMSIVector, ipa_page: int | None) -> None:
+        """The vector's write now reaches ``ipa_page`` (None: nowhere): a reference on
+        that doorbell page of the IOAS (IOMMU_IOAS_MAP_MSI at the first), the one on
+        the page it reached before dropped (IOMMU_IOAS_UNMAP at the last)."""
+        if vec.doorbell == ipa_page:
+            return
+        if vec.doorbell is not None:
+            self._doorbell_put(vec.doorbell)
+            vec.doorbell = None
+        if ipa_page is None or self.ioas_id is None:
             return
         try:
-            self.iommufd.ioctl(u.IOMMU_IOAS_MAP_MSI, u.IommuIoasMapMsi(
-                ioas_id=self.ioas_id, dev_id=self.devid, iova=ipa_page))
+            self._doorbells.get(ipa_page, self.devid)
         except OSError as e:
-            if e.errno != _errno.EEXIST:              # already mapped (another device)
-                if ("IOAS_MAP_MSI", _errno_of(e)) not in self.errors:
-                    self.errors.append(("IOAS_MAP_MSI", _errno_of(e)))
-                return
-        self.vstats.doorbells.append(ipa_page)
+            self._error("IOAS_MAP_MSI", _errno_of(e))
+            return
+        vec.doorbell = ipa_page
+        self._doorbell_refs[ipa_page] = self._doorbell_refs.get(ipa_page, 0) + 1
+
+    def _doorbell_put(self, ipa_page: int) -> None:
+        self._doorbell_refs[ipa_page] -= 1
+        if not self._doorbell_refs[ipa_page]:
+            del self._doorbell_refs[ipa_page]
+        try:
+            self._doorbells.put(ipa_page)
+        except OSError as e:
+            self._error("IOAS_UNMAP", _errno_of(e))
 
     def _design_steps(self, vectors: list[int], used: int) -> bool:
         """What the host design needs before SET_IRQS allocates or restarts ``vectors``
@@ -537,9 +684,7 @@ class VfioPciDevice(P.PciFunction):
                         ok = False
                         continue
                     vec.host_iova = page
-                ipa = self._ipa_page(addr)
-                if ipa is not None:
-                    self._map_doorbell(ipa)
+                self._doorbell(vec, self._ipa_page(addr))
             elif self.design == "preset":
                 if not page:
                     continue
@@ -553,8 +698,7 @@ class VfioPciDevice(P.PciFunction):
                 vec.host_iova = page
                 if not isinstance(self.iommu, NoIommu):
                     ipa = self._ipa_page(addr)      # nested: stage 2 needs the IPA page
-                    if ipa is not None and ipa != page:
-                        self._map_doorbell(ipa)
+                    self._doorbell(vec, ipa if ipa != page else None)
         return ok
 
     def _vector_fd(self, vec: VFIOMSIVector) -> int:
@@ -572,10 +716,10 @@ class VfioPciDevice(P.PciFunction):
         try:
             ret = self.devfile.ioctl(V.VFIO_DEVICE_SET_IRQS, arg)
         except OSError as e:
-            self.errors.append(("VFIO_DEVICE_SET_IRQS", _errno_of(e)))
+            self._error("VFIO_DEVICE_SET_IRQS", _errno_of(e))
             return False
         if ret:                                         # fewer vectors than asked
-            self.errors.append(("VFIO_DEVICE_SET_IRQS", _errno.ENOSPC))
+            self._error("VFIO_DEVICE_SET_IRQS", _errno.ENOSPC)
             return False
         return True
 
@@ -608,25 +752,28 @@ class VfioPciDevice(P.PciFunction):
                     vec.irqfd = False
                 self.irqchip.release_virq(vec.virq)
                 vec.virq = -1
-                self._host_call("commit routes", self.irqchip.commit_routes)
+                self._commit_routes()
         elif vec.virq < 0:
             try:
                 vec.virq = self.irqchip.add_msi_route(gpa, data, self.rid, nr, self.name)
             except OSError as e:
-                self.errors.append(("add_msi_route", _errno_of(e)))
+                self._error("add_msi_route", _errno_of(e))
             else:
-                self._host_call("commit routes", self.irqchip.commit_routes)
-                if self._host_call("irqfd", self.irqchip.add_irqfd,
-                                   self._eventfd(vec, True), vec.virq):
+                self._commit_routes()
+                if not self._defer_kvm_irq_routing and self._host_call(
+                        "irqfd", self.irqchip.add_irqfd, self._eventfd(vec, True), vec.virq):
                     vec.irqfd = True
         elif (gpa, data) != (vec.route_addr, (vec.msg or (0, 0))[1]):
             self.irqchip.update_msi_route(vec.virq, gpa, data, self.rid)
-            self._host_call("commit routes", self.irqchip.commit_routes)
+            self._commit_routes()
             self.vstats.route_updates += 1
         vec.msg, vec.route_addr = (addr, data), gpa
         vec.masked_fd = False
-        # VFIO: the host vector's trigger
+        # VFIO: the host vector's trigger (at MSI-X enable: once for the batch)
         resizing = nr >= self.nr_vectors
+        if self._defer_kvm_irq_routing:
+            self.nr_vectors = max(self.nr_vectors, nr + 1)
+            return
         if not self.host_msix or (resizing and self.msix_noresize):
             if self.host_msix:
                 self._host_call("disable MSI-X", self.devfile.ioctl, V.VFIO_DEVICE_SET_IRQS,
@@ -698,11 +845,11 @@ class VfioPciDevice(P.PciFunction):
         try:
             self.irqchip.send_msi(gpa, data, self.rid)
         except OSError as e:
-            self.errors.append(("KVM_SIGNAL_MSI", _errno_of(e)))
+            self._error("KVM_SIGNAL_MSI", _errno_of(e))
             self.vstats.dropped += 1
             return P.Delivery.ABORTED
         self.vstats.sent += 1
         return P.Delivery.SENT
 
 
-__all__ = ["MsiIommu", "NoIommu", "VfioPciDevice", "VFIOMSIVector", "VfioPciStats"]
+__all__ = ["MsiDoorbells", "MsiIommu", "NoIommu", "VfioPciDevice", "VFIOMSIVector", "VfioPciStats"]
