@@ -429,6 +429,23 @@ def test_iort_rmr_is_identity_mapped_in_the_dma_domain(honour):
     assert (reserved in domain.cookie.iovad.allocated) == honour
 
 
+def test_the_sw_msi_window_is_defined_once_below_its_users():
+    """The host's SW_MSI window (arm-smmu-v3's reserved region), the IORT RMR the VMM
+    describes over it and vmmlib's (start, end) form are all the one (base, size) of
+    hw.virt_map -- not copies that could drift apart."""
+    from pymsi import vmmlib
+    from pymsi.hw import virt_map
+    from pymsi.kernel import iommu
+    from pymsi.vmm import board
+
+    base, size = virt_map.IORT_RMR_SW_MSI
+    assert (base, size) == RMR                                 # 0x8000000, 1 MiB (QEMU virt)
+    assert board.IORT_RMR is virt_map.IORT_RMR_SW_MSI
+    assert iommu.MSI_IOVA_BASE is virt_map.SW_MSI_BASE
+    assert iommu.MSI_IOVA_LENGTH is virt_map.SW_MSI_SIZE
+    assert vmmlib.RMR == (base, base + size)
+
+
 # -- GICv4: a physical MSI straight into the guest (no KVM on the path) -----------------------
 
 from pymsi.uapi import vfio as V  # noqa: E402

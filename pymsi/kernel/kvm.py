@@ -508,7 +508,10 @@ class VgicCpuIf:
             return None
         resident = kernel.kvm.resident
         if resident.get(vpe.col) != vpe.vpe_id:
+            # vgic_v4_put() of whatever runs there first: GICv4 loads a vPE only over
+            # a VPENDBASER whose Valid is clear (its_vpe_deschedule, then its_vpe_schedule)
             kernel.kvm.vpe_deschedule(vpe)
+            kernel.kvm.cpu_deschedule(vpe.col)
             rd = gic.rd_base[vpe.col] + G.VLPI_FRAME
             kernel.bus.write(rd + G.GICR_VPROPBASER,
                              vpe.vprop | (VI.INTERRUPT_ID_BITS_ITS - 1), 8)
@@ -1145,13 +1148,20 @@ class KvmDev(FileOperations):
 
     def vpe_deschedule(self, vpe: Any) -> None:
         """its_vpe_deschedule(): ``vpe`` no longer resident on any physical CPU."""
-        gic = getattr(self.kernel, "gic", None)
         for cpu, vid in list(self.resident.items()):
             if vid == vpe.vpe_id:
-                if gic is not None:
-                    self.kernel.bus.write(gic.rd_base[cpu] + G.VLPI_FRAME + G.GICR_VPENDBASER,
-                                          0, 8)
-                del self.resident[cpu]
+                self.cpu_deschedule(cpu)
+
+    def cpu_deschedule(self, cpu: int) -> None:
+        """its_vpe_deschedule() of the vPE resident on physical CPU ``cpu`` (if any):
+        GICR_VPENDBASER written with Valid clear (the model's redistributor has no
+        Dirty / PendingLast wait: the table is in memory already)."""
+        if cpu not in self.resident:
+            return
+        gic = getattr(self.kernel, "gic", None)
+        if gic is not None:
+            self.kernel.bus.write(gic.rd_base[cpu] + G.VLPI_FRAME + G.GICR_VPENDBASER, 0, 8)
+        del self.resident[cpu]
 
     def alloc_vpe_id(self) -> int:
         """its_vpe_id_alloc(): vPE ids are never reused in this model."""

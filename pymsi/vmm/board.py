@@ -32,6 +32,7 @@ from ..hw import smmuv3_regs as R
 from ..hw.bus import Bus
 from ..hw.pci import PciHost
 from ..hw.virt_map import (
+    IORT_RMR_SW_MSI,
     VIRT_GIC_DIST,
     VIRT_GIC_ITS,
     VIRT_GIC_REDIST,
@@ -44,7 +45,7 @@ from ..kernel.kvm import KvmIoBus
 from ..uapi import kvm as K
 
 #: QEMU virt's IORT RMR: the host's SW_MSI window the guest must identity-map.
-IORT_RMR = (0x0800_0000, 0x0010_0000)
+IORT_RMR = IORT_RMR_SW_MSI
 
 
 class ItsTranslaterWindow:
