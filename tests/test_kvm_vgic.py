@@ -1093,3 +1093,4 @@ def test_gicv4_a_vpe_is_loaded_only_after_the_resident_one_is_descheduled(v4):
     assert len(valid_loads) == 3
     assert not any(was for _, was in valid_loads)         # never loaded over a Valid one
     assert [v & ~(1 << 63) for v, _ in valid_loads] == [vpes[0].vpt, vpes[1].vpt, vpes[0].vpt]
+    assert all(r.stats["vpe_loads_over_valid"] == 0 for r in m.gic.redists)
