@@ -28,6 +28,7 @@ from .core import Prot
 from .core.pgtable import IoPgtable, TableAllocator
 from .hw import smmuv3_regs as R
 from .hw.pci import Delivery
+from .hw.virt_map import SW_MSI_BASE, SW_MSI_SIZE
 from .uapi import iommufd as u
 from .uapi import kvm as K
 from .uapi import vfio as V
@@ -37,8 +38,8 @@ ITS_BASE = 0x0808_0000                    # the virt board's ITS (and the guest'
 DOORBELL = ITS_BASE + 0x1_0040            # GITS_TRANSLATER
 VITS_DOORBELL = DOORBELL                  # the guest's vITS doorbell GPA (QEMU virt)
 VITS_PAGE = VITS_DOORBELL & ~(PAGE - 1)
-SW_MSI_BASE = 0x0800_0000                 # arm-smmu-v3 MSI_IOVA_BASE
-RMR = (0x0800_0000, 0x0810_0000)          # QEMU virt's IORT RMR: the guest identity-maps it
+# QEMU virt's IORT RMR over arm-smmu-v3's SW_MSI window, as (start, end): the guest identity-maps it
+RMR = (SW_MSI_BASE, SW_MSI_BASE + SW_MSI_SIZE)
 RAM_GPA = 0x4000_0000                     # guest RAM (an IPA / IOVA in the IOAS)
 RAM_SIZE = 0x10_0000
 MSIX, MSI = V.VFIO_PCI_MSIX_IRQ_INDEX, V.VFIO_PCI_MSI_IRQ_INDEX

@@ -539,3 +539,56 @@ class KvmMachine(RuleBasedStateMachine):
 
 
 TestKvmMachine = KvmMachine.TestCase
+
+
+# -- KVM_RUN: what the guest executes on ---------------------------------------------------
+
+
+def test_kvm_run_hands_the_guest_its_cpu_and_checks_its_argument(k):
+    """KVM_RUN on a vCPU fd with the vCPU's struct kvm_run: the run carries the CPU in
+    guest mode (its vCPU interface; KVM's in-kernel MMIO: a vITS register read there is
+    the vITS's, an address no in-kernel device claims is an exit); EFAULT without a run,
+    ENXIO while the vGIC distributor has no address, EINVAL on the VM fd (not a vCPU)."""
+    vm = k.open("/dev/kvm").ioctl(K.KVM_CREATE_VM, 0)
+    vcpu = k.ioctl(vm, K.KVM_CREATE_VCPU, 0)
+    gic = create_device(k, vm, K.KVM_DEV_TYPE_ARM_VGIC_V3)
+    run = K.KvmRun()
+    assert errno_of(k.ioctl, vcpu, K.KVM_RUN, run) == ENXIO and run.guest is None
+    set_addr(k, gic, K.KVM_DEV_ARM_VGIC_GRP_ADDR, K.KVM_VGIC_V3_ADDR_TYPE_DIST, GICD_BASE)
+    set_addr(k, gic, K.KVM_DEV_ARM_VGIC_GRP_ADDR, K.KVM_VGIC_V3_ADDR_TYPE_REDIST, GICR_BASE)
+    its_fd = create_device(k, vm, K.KVM_DEV_TYPE_ARM_VGIC_ITS)
+    set_addr(k, its_fd, K.KVM_DEV_ARM_VGIC_GRP_ADDR, K.KVM_VGIC_ITS_ADDR_TYPE, ITS_BASE)
+    assert errno_of(k.ioctl, vcpu, K.KVM_RUN, 0) == EFAULT
+    assert errno_of(k.ioctl, vm, K.KVM_RUN, run) in (EINVAL, errno.ENOTTY)
+    assert k.ioctl(vcpu, K.KVM_RUN, run) == 0 and run.exit_reason == K.KVM_EXIT_INTR
+    cpu = run.guest
+    vcpu_obj = k.files.fds[vcpu].private_data
+    assert cpu.cpuif is vcpu_obj.cpuif
+    assert cpu.mmio_read(ITS_BASE + 0x8, 8) == k.files.fds[its_fd].private_data.its_mmio_read(
+        0x8, 8)                                                    # GITS_TYPER, from KVM
+    assert cpu.mmio_read(0x0900_0000, 4) is None                   # nobody's: an exit
+    assert cpu.mmio_write(0x0900_0000, 1, 4) is False
+    run2 = K.KvmRun()
+    run2.immediate_exit = 1
+    assert errno_of(k.ioctl, vcpu, K.KVM_RUN, run2) == errno.EINTR and run2.guest is None
+
+
+def test_the_vmm_package_reaches_the_host_kernel_only_through_its_uapi():
+    """No module of pymsi.vmm imports the host kernel model (pymsi.kernel.*): the VMM is a
+    user program of it."""
+    import ast
+    import pathlib
+
+    import pymsi.vmm
+
+    bad = []
+    for path in pathlib.Path(pymsi.vmm.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                mod = ("." * node.level) + (node.module or "")
+                if mod.startswith("..kernel") or mod.startswith("pymsi.kernel"):
+                    bad.append((path.name, mod))
+            elif isinstance(node, ast.Import):
+                bad += [(path.name, a.name) for a in node.names
+                        if a.name.startswith("pymsi.kernel")]
+    assert bad == []

@@ -18,6 +18,8 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
+from pymsi.hw.gicv3 import GICR_VPENDBASER as G_GICR_VPENDBASER
+from pymsi.hw.gicv3 import VLPI_FRAME as G_VLPI_FRAME
 from pymsi.kernel.base import fail
 from pymsi.kernel.irqbypass import IrqBypass, IrqBypassConsumer, IrqBypassProducer, irqbypass_of
 from pymsi.machine import ArmVirt
@@ -1059,3 +1061,36 @@ def test_lpis_disabled_on_a_redistributor_drop_every_cached_translation(k):
     g.gicr(0, 0x0, 0, 4)                                          # GICR_CTLR.EnableLPIs = 0
     assert g.its.translation_cache == {}
     assert g.signal(1, 0) == -errno.EBUSY
+
+
+def test_gicv4_a_vpe_is_loaded_only_after_the_resident_one_is_descheduled(v4):
+    """More vCPUs than host CPUs: vCPUs 0 and 4 share physical CPU 0.  Loading vCPU 4's
+    vPE there must first clear GICR_VPENDBASER.Valid of vCPU 0's (its_vpe_deschedule /
+    vgic_v4_put); a Valid=1 write over a Valid VPENDBASER is UNPREDICTABLE (GICv4)."""
+    m, k, f = v4
+    g = Guest(k, nvcpus=5)
+    vpes = [g.kvm.vpe_of(v) for v in (0, 4)]
+    assert vpes[0].col == vpes[1].col
+    for vpe in vpes:
+        k.its.map_vpe(vpe)
+    rd = m.gic.redists[vpes[0].col]
+    writes = []
+    real = rd.mmio_write
+
+    def spy(offset, value, size):
+        if offset == G_VLPI_FRAME + G_GICR_VPENDBASER:
+            was_valid = bool(rd.vpendbaser >> 63)
+            writes.append((value, was_valid))
+        return real(offset, value, size)
+
+    rd.mmio_write = spy
+    cpuifs = [g.kvm.vcpus[v].cpuif for v in (0, 4)]
+    for turn in (0, 1, 0):
+        cpuifs[turn].igrpen1 = 1
+        cpuifs[turn].hppir1()                              # the vCPU runs: its vPE loaded
+        assert rd.resident_vpt == vpes[turn].vpt
+    valid_loads = [(v, was) for v, was in writes if v >> 63]
+    assert len(valid_loads) == 3
+    assert not any(was for _, was in valid_loads)         # never loaded over a Valid one
+    assert [v & ~(1 << 63) for v, _ in valid_loads] == [vpes[0].vpt, vpes[1].vpt, vpes[0].vpt]
+    assert all(r.stats["vpe_loads_over_valid"] == 0 for r in m.gic.redists)

@@ -331,20 +331,63 @@ def test_rlimit_nofile():
 
 @pytest.mark.parametrize("vsmmu,gicv4", [(None, False), ("accel", True)])
 def test_the_vmm_exits_and_the_host_keeps_nothing_of_the_vm(vsmmu, gicv4):
+    """The VMM gives back what it opened and mapped (and only that); the host state each
+    of those held is checked on the host's side, object by object."""
     vm = boot(vsmmu=vsmmu, gicv4=gicv4, variant="per-vector")
     k = vm.host
     fire_all(vm)
     assert vm.run() == 17
-    assert k.user_mm.pinned and k.kvm.vms
+    nvecs = [s.test.nvec for s in vm.slots]
+    ictx = vm.vmm.iommufd.private_data                   # the host's side of the VMM's iommufd
+    ioas = ictx.ioas(vm.vmm.ioas_id)
+    kvm = k.kvm.vms[0]
+    bystander = k.eventfd()                               # some other descriptor of the process
+    bystander_va = k.mmap(0x1000)                         # and some other mapping
+    k.user_write(bystander_va, b"keep")
+    assert k.user_mm.pinned and ioas.areas and ictx.objects and kvm.irqfds
+    bypass = getattr(k, "irqbypass", None)
+    assert not gicv4 or (bypass is not None and bypass.consumers)
     vm.shutdown()
-    assert len(k.files) == 0 and not k.user_mm.pinned and k.user_mm.resident() == 0
-    assert not k.kvm.vms
-    for s in vm.slots:
+    # what the VMM held is gone on the host's side
+    assert not k.kvm.vms and kvm.destroyed and not kvm.irqfds
+    assert not ictx.objects and not ioas.areas           # HWPTs, vIOMMU, IOAS (its areas)
+    assert not k.user_mm.pinned                          # guest RAM unpinned and unmapped
+    assert bypass is None or not bypass.consumers        # KVM's irqfd consumers unregistered
+    assert not any(isinstance(f.f_op, type(bystander.f_op)) and f is not bystander
+                   for f in k.files.open_files().values())   # the VMM's eventfds closed
+    # ... and nothing else: the process's other descriptor and mapping stay
+    assert bystander.poll() is not None and bystander.write(1) == 8
+    assert k.user_read(bystander_va, 4) == b"keep"
+    assert set(k.files.open_files()) == {bystander.fd}
+    for s, nvec in zip(vm.slots, nvecs, strict=True):
         fn = s.host_fn
         assert not fn.msix_enabled                      # vfio-pci turned it off and reset it
-        assert all(fn.msix_entry(v)[2] & 1 for v in range(s.test.nvec))
+        assert all(fn.msix_entry(v)[2] & 1 for v in range(nvec))
     # the devices' DMA is blocked again: a write to where guest RAM was aborts
     for p in k.pci.devices:
         assert vm.machine.smmu.translate(p.rid, 0x4000_0000, write=True).pa is None
     with pytest.raises(RuntimeError):
         vm.run()
+
+
+def test_after_exit_nothing_the_vm_left_reaches_the_hosts_reused_frames():
+    """Guest RAM's host frames go back to the host at exit; the guest-physical view (which
+    a guest kernel, board or vSMMU may still hold) must not alias them any more: the host
+    reusing a frame is invisible through it, and a write through it does not land there."""
+    vm = boot(vsmmu=None, variant="per-vector")
+    ram = vm.vmm.ram
+    gmem, gpa, pfns = ram.mem, ram.gpa, list(ram.pfns)
+    board, guest = vm.board, vm.guest
+    gmem.write(gpa, b"guest!")
+    assert vm.machine.ram.read(pfns[0] * 0x1000, 6) == b"guest!"      # one copy while it runs
+    vm.shutdown()
+    assert vm.guest is vm.board is vm.driver is None
+    assert all(s.guest_fn is None and s.guest_pdev is None for s in vm.slots)
+    host = vm.machine.ram
+    for i in (0, 1, len(pfns) // 2, len(pfns) - 1):                   # the host reuses them
+        host.write(pfns[i] * 0x1000, b"HOSTDATA")
+        assert gmem.read(gpa + i * 0x1000, 8) != b"HOSTDATA"
+        assert board.bus.read(gpa + i * 0x1000, 8) != int.from_bytes(b"HOSTDATA", "little")
+    gmem.write(gpa + 0x1000, b"stale")                                 # a late write through it
+    assert host.read(pfns[1] * 0x1000, 8) == b"HOSTDATA"
+    assert guest is not None

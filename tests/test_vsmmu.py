@@ -657,6 +657,26 @@ def test_accel_physical_stage1_fault_lands_in_the_guest_event_queue_with_the_vsi
     assert rig.vsmmu.event_read() == 0
 
 
+def test_accel_veventq_is_read_with_poll_and_read_on_its_descriptor(monkeypatch):
+    """The VMM reaches its vEVENTQ as any process reaches a file it holds: poll(2) and
+    read(2) on the descriptor IOMMU_VEVENTQ_ALLOC returned, not the kernel's fd table."""
+    rig = AccelRig()
+    rig.vsmmu.attach_device(VSID, rig.devs[0])
+    rig.boot_guest()
+    rig.gdev()
+    assert not rig.dma_write(0x7777_7000, 9).ok
+    calls = []
+    for name in ("read", "poll"):
+        real = getattr(rig.k, name)
+        monkeypatch.setattr(rig.k, name, lambda fd, *a, _r=real, _n=name: (
+            calls.append((_n, fd)), _r(fd, *a))[1])
+    n = rig.vsmmu.event_read()
+    assert n == 1 and len(rig.drv.events) == 1
+    fd = rig.vsmmu.veventq_fd
+    assert ("read", fd) in calls and ("poll", fd) in calls
+    assert {f for _, f in calls} == {fd}
+
+
 def test_accel_full_veventq_is_counted_and_later_events_still_reach_the_guest():
     rig = AccelRig()
     rig.vsmmu.attach_device(VSID, rig.devs[0])

@@ -76,7 +76,8 @@ class Redistributor:
         self._config: dict[int, int] = {}      # cached property bytes
         self.vpropbaser = 0
         self.vpendbaser = 0
-        self.stats = {"lpis_set": 0, "lpis_dropped": 0, "vlpis_set": 0, "doorbells": 0}
+        self.stats = {"lpis_set": 0, "lpis_dropped": 0, "vlpis_set": 0, "doorbells": 0,
+                      "vpe_loads_over_valid": 0}
 
     @property
     def lpis_enabled(self) -> bool:
@@ -236,6 +237,11 @@ class Redistributor:
             if reg in (GICR_VPROPBASER, GICR_VPENDBASER):
                 old = getattr(self, "vpropbaser" if reg == GICR_VPROPBASER else "vpendbaser")
                 new = merge_access(old, off & 4, value, size)
+                if reg == GICR_VPENDBASER and VPENDBASER_VALID.get(old) and \
+                        VPENDBASER_VALID.get(new):
+                    # GICv4: loading a vPE over a resident one (Valid already set) is
+                    # UNPREDICTABLE; the model takes the new value and counts it
+                    self.stats["vpe_loads_over_valid"] += 1
                 setattr(self, "vpropbaser" if reg == GICR_VPROPBASER else "vpendbaser", new)
             return
         reg = offset & ~7

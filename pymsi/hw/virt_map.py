@@ -16,5 +16,13 @@ VIRT_PCIE_MMIO = (0x1000_0000, 0x2EFF_0000)   # PCIe 32-bit MMIO window: base, s
 VIRT_PCIE_ECAM = 0x3F00_0000         # PCIe ECAM (16 buses, 1 MiB each)
 VIRT_MEM = 0x4000_0000               # RAM
 
-__all__ = ["VIRT_GIC_DIST", "VIRT_GIC_ITS", "VIRT_GIC_REDIST", "VIRT_MEM", "VIRT_PCIE_ECAM",
+#: The host's software MSI window (base, size): where arm-smmu-v3 puts its SW_MSI
+#: reserved region (Linux's ``MSI_IOVA_BASE`` / ``MSI_IOVA_LENGTH``) -- on this map the
+#: GIC frames -- and the IORT RMR QEMU's virt describes to a guest over it so the guest
+#: identity-maps it.  Defined once here (a board fact below kernel and VMM).
+SW_MSI_BASE, SW_MSI_SIZE = 0x0800_0000, 0x0010_0000
+IORT_RMR_SW_MSI = (SW_MSI_BASE, SW_MSI_SIZE)
+
+__all__ = ["IORT_RMR_SW_MSI", "SW_MSI_BASE", "SW_MSI_SIZE",
+           "VIRT_GIC_DIST", "VIRT_GIC_ITS", "VIRT_GIC_REDIST", "VIRT_MEM", "VIRT_PCIE_ECAM",
            "VIRT_PCIE_MMIO", "VIRT_SMMU"]

@@ -21,12 +21,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core import Prot
+from ..hw.virt_map import SW_MSI_BASE, SW_MSI_SIZE
 from .base import EBUSY, EINVAL, ENODEV, EOPNOTSUPP, EPERM, fail
 
 IOMMU_READ, IOMMU_WRITE, IOMMU_CACHE = Prot.READ, Prot.WRITE, Prot.CACHE
 IOMMU_NOEXEC, IOMMU_MMIO, IOMMU_PRIV = Prot.NOEXEC, Prot.MMIO, Prot.PRIV
 
-MSI_IOVA_BASE, MSI_IOVA_LENGTH = 0x0800_0000, 0x0010_0000   # arm-smmu-v3's SW_MSI window
+# arm-smmu-v3's SW_MSI window (the board's, defined once in hw.virt_map)
+MSI_IOVA_BASE, MSI_IOVA_LENGTH = SW_MSI_BASE, SW_MSI_SIZE
 
 
 class DomainType(enum.Enum):

@@ -137,6 +137,18 @@ class Kernel:
         """ioctl(2) by descriptor number."""
         return self.files.ioctl(fd, cmd, arg)
 
+    def read(self, fd: int | File, count: int = 8) -> Any:
+        """read(2) by descriptor number."""
+        return self.files.read(fd, count)
+
+    def write(self, fd: int | File, data: Any) -> Any:
+        """write(2) by descriptor number."""
+        return self.files.write(fd, data)
+
+    def poll(self, fd: int | File) -> int:
+        """poll(2) of one descriptor: its ready mask (EPOLLIN, ...)."""
+        return self.files.poll(fd)
+
     def pread(self, fd: int | File, count: int, offset: int) -> bytes:
         """pread(2): up to ``count`` bytes at ``offset`` (ESPIPE: not seekable)."""
         return self.files.pread(fd, count, offset)

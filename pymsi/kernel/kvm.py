@@ -402,8 +402,28 @@ class KvmVcpu(FileOperations):
         self.cpuif = VgicCpuIf(self)
 
     def unlocked_ioctl(self, file: File, cmd: int, arg: Any) -> Any:
-        """kvm_vcpu_ioctl(): no vCPU ioctl is modelled (EINVAL as kvm_arch_vcpu_ioctl)."""
+        """kvm_vcpu_ioctl(): KVM_RUN (see :class:`pymsi.uapi.kvm.KvmRun`); no other vCPU
+        ioctl is modelled (EINVAL as kvm_arch_vcpu_ioctl)."""
+        if cmd == K.KVM_RUN:
+            return self.kvm_arch_vcpu_ioctl_run(arg)
         raise fail(EINVAL, f"kvm-vcpu: ioctl {cmd:#x}")
+
+    def kvm_arch_vcpu_ioctl_run(self, run: Any) -> int:
+        """KVM_RUN: EFAULT without a ``struct kvm_run``; ENXIO with a vGIC whose
+        distributor has no address (vgic_v3_map_resources); otherwise the vCPU enters the guest: the
+        run's ``guest`` is this CPU in guest mode and, as the model never leaves it,
+        the exit reported is KVM_EXIT_INTR (a signal kicked the thread out)."""
+        if not isinstance(run, K.KvmRun):
+            raise fail(_errno.EFAULT, "KVM_RUN without the vCPU's struct kvm_run")
+        vgic = self.kvm.vgic
+        if vgic is not None and vgic.dist_base == VGIC_ADDR_UNDEF:
+            raise fail(ENXIO, "KVM_RUN: the vGIC distributor has no address")
+        if run.immediate_exit:
+            run.exit_reason = K.KVM_EXIT_INTR
+            raise fail(_errno.EINTR, "immediate_exit")
+        run.guest = GuestCpu(self)
+        run.exit_reason = K.KVM_EXIT_INTR
+        return 0
 
     def release(self, file: File) -> None:
         self.kvm.put()
@@ -508,7 +528,10 @@ class VgicCpuIf:
             return None
         resident = kernel.kvm.resident
         if resident.get(vpe.col) != vpe.vpe_id:
+            # vgic_v4_put() of whatever runs there first: GICv4 loads a vPE only over
+            # a VPENDBASER whose Valid is clear (its_vpe_deschedule, then its_vpe_schedule)
             kernel.kvm.vpe_deschedule(vpe)
+            kernel.kvm.cpu_deschedule(vpe.col)
             rd = gic.rd_base[vpe.col] + G.VLPI_FRAME
             kernel.bus.write(rd + G.GICR_VPROPBASER,
                              vpe.vprop | (VI.INTERRUPT_ID_BITS_ITS - 1), 8)
@@ -594,47 +617,29 @@ class VgicCpuIf:
         self.stats["eois"] += 1
 
 
-class KvmIoBus:
-    """The VM's KVM_MMIO_BUS as the guest's loads and stores reach it: inside
-    KVM_RUN a stage-2 fault on an address an in-kernel device (vGIC distributor,
-    redistributors, vITS) claims is handled in the kernel and never exits to the
-    VMM.  Mapped on the guest's physical address space at ``base``."""
+class GuestCpu:
+    """A physical CPU executing a vCPU in guest mode (inside KVM_RUN), as the guest
+    running there reaches it: with HCR_EL2.IMO its ICC_* accesses are the vCPU's ICV_*
+    (``cpuif``), and a stage-2 fault on an address an in-kernel device claims (vGIC
+    distributor, redistributors, vITS: the VM's KVM_MMIO_BUS) is handled in the kernel
+    without an exit to the VMM (:meth:`mmio_read` / :meth:`mmio_write`).  Handed out by
+    KVM_RUN in ``struct kvm_run`` (see :class:`pymsi.uapi.kvm.KvmRun`)."""
 
-    def __init__(self, kvm: Kvm, base: int) -> None:
-        self.kvm = kvm
-        self.base = base
+    def __init__(self, vcpu: KvmVcpu) -> None:
+        self.vcpu = vcpu
+        self.cpuif = vcpu.cpuif
 
-    def mmio_read(self, offset: int, size: int) -> int:
-        v = self.kvm.mmio_read(self.base + offset, size)
-        return 0 if v is None else v
+    def mmio_read(self, gpa: int, size: int) -> int | None:
+        """A guest load at ``gpa``: the value, or None for an exit (KVM_EXIT_MMIO)."""
+        if self.vcpu.kvm.destroyed:
+            return None
+        return self.vcpu.kvm.mmio_read(gpa, size)
 
-    def mmio_write(self, offset: int, value: int, size: int) -> None:
-        self.kvm.mmio_write(self.base + offset, value, size)
-
-
-def kvm_run_view(kernel: Any, vm_fd: int, vcpu_fds: list[int]) -> tuple[Any, list[VgicCpuIf]]:
-    """What a guest executing on the VM's vCPUs (inside KVM_RUN) reaches without
-    an exit to the VMM: the VM (for :class:`KvmIoBus` windows) and each vCPU's
-    virtual CPU interface, in ``vcpu_fds`` order.  This models the CPU running the
-    guest, not a call the VMM makes: the VMM only hands over its descriptors."""
-    vm = kernel.fget(vm_fd)
-    try:
-        kvm = vm.private_data
-        if not isinstance(kvm, Kvm):
-            raise fail(EINVAL, f"fd {vm_fd} is not a VM")
-        cpuifs = []
-        for fd in vcpu_fds:
-            f = kernel.fget(fd)
-            try:
-                vcpu = f.private_data
-                if not isinstance(vcpu, KvmVcpu) or vcpu.kvm is not kvm:
-                    raise fail(EINVAL, f"fd {fd} is not a vCPU of this VM")
-                cpuifs.append(vcpu.cpuif)
-            finally:
-                kernel.fput(f)
-    finally:
-        kernel.fput(vm)
-    return kvm, cpuifs
+    def mmio_write(self, gpa: int, value: int, size: int) -> bool:
+        """A guest store at ``gpa``: True when KVM took it, False for an exit."""
+        if self.vcpu.kvm.destroyed:
+            return False
+        return self.vcpu.kvm.mmio_write(gpa, value, size)
 
 
 @dataclass(frozen=True)
@@ -1145,13 +1150,20 @@ class KvmDev(FileOperations):
 
     def vpe_deschedule(self, vpe: Any) -> None:
         """its_vpe_deschedule(): ``vpe`` no longer resident on any physical CPU."""
-        gic = getattr(self.kernel, "gic", None)
         for cpu, vid in list(self.resident.items()):
             if vid == vpe.vpe_id:
-                if gic is not None:
-                    self.kernel.bus.write(gic.rd_base[cpu] + G.VLPI_FRAME + G.GICR_VPENDBASER,
-                                          0, 8)
-                del self.resident[cpu]
+                self.cpu_deschedule(cpu)
+
+    def cpu_deschedule(self, cpu: int) -> None:
+        """its_vpe_deschedule() of the vPE resident on physical CPU ``cpu`` (if any):
+        GICR_VPENDBASER written with Valid clear (the model's redistributor has no
+        Dirty / PendingLast wait: the table is in memory already)."""
+        if cpu not in self.resident:
+            return
+        gic = getattr(self.kernel, "gic", None)
+        if gic is not None:
+            self.kernel.bus.write(gic.rd_base[cpu] + G.VLPI_FRAME + G.GICR_VPENDBASER, 0, 8)
+        del self.resident[cpu]
 
     def alloc_vpe_id(self) -> int:
         """its_vpe_id_alloc(): vPE ids are never reused in this model."""
@@ -1184,6 +1196,6 @@ def kvm_init(kernel: Any) -> KvmDev:
     return kernel.kvm
 
 
-__all__ = ["Irqfd", "IrqchipRoute", "Kvm", "KvmDev", "KvmDevice", "KvmIoBus", "KvmVcpu",
+__all__ = ["Irqfd", "IrqchipRoute", "Kvm", "KvmDev", "KvmDevice", "KvmVcpu",
            "Memslot", "MsiRoute", "VgicCpuIf", "VgicIts",
-           "VgicV3", "build_routing", "check_extension", "kvm_init", "kvm_run_view"]
+           "VgicV3", "build_routing", "check_extension", "kvm_init", "GuestCpu"]

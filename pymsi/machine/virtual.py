@@ -172,6 +172,7 @@ class VirtualMachine:
         self.board: Any = None
         self.guest: Any = None
         self.driver: Any = None
+        self._hooks: list[tuple[str, Any]] = []
         self.booted = False
         self.guest_handled = 0
         #: the machine's clock and event queue (device models schedule on it)
@@ -181,6 +182,7 @@ class VirtualMachine:
 
     def boot(self) -> VirtualMachine:
         """Host, VMM, guest (see the module doc); returns self."""
+        from ..kernel.boot import boot_arm
         from ..kernel.pci_endpoint_test import PciEndpointTestDriver
         from ..vmm.vmm import Vmm
 
@@ -201,7 +203,7 @@ class VirtualMachine:
             s.extra["cdev"] = f"/dev/vfio/devices/vfio{n}"
         self.vmm = Vmm(self.host, self.machine.ram, ncpus=d["guest_ncpus"],
                        ram_size=d["guest_ram"], msi_design=self.variant,
-                       honour_rmr=d["honour_rmr"])
+                       honour_rmr=d["honour_rmr"], kernel=boot_arm)
         self.board = self.vmm.realize()
         if self.vsmmu == "emulated":
             self.board.attach_smmu(self._vsmmu("emulated"), emulated=True)
@@ -225,7 +227,8 @@ class VirtualMachine:
             for fn in (s.host_fn, s.guest_fn):
                 if isinstance(fn, PciDeviceModel):
                     fn.scheduler = self.sched
-        for name, hook in self._idle_hooks():
+        self._hooks = self._idle_hooks()
+        for name, hook in self._hooks:
             self.sched.add_idle_hook(hook, name)
         self.booted = True
         return self
@@ -302,7 +305,15 @@ class VirtualMachine:
         :meth:`pymsi.vmm.vmm.Vmm.exit`); the host stays up, its devices back with
         vfio-pci, reset, nothing of the VM left."""
         self._booted()
+        for _, hook in self._hooks:
+            self.sched.remove_idle_hook(hook)
+        self._hooks = []
         self.vmm.exit()
+        # nothing of the guest stays reachable: its kernel, board and devices went with
+        # the VMM (and the guest-physical view no longer aliases any host frame)
+        self.guest = self.board = self.driver = None
+        for s in self.slots:
+            s.guest_fn = s.guest_pdev = s.test = None
         self.booted = False
 
     def _booted(self) -> None:

@@ -227,6 +227,31 @@ KVM_DEV_ARM_ITS_RESTORE_TABLES = 2
 KVM_DEV_ARM_VGIC_SAVE_PENDING_TABLES = 3
 KVM_DEV_ARM_ITS_CTRL_RESET = 4
 
+# --- vCPU ioctls ---------------------------------------------------------------------
+KVM_RUN = _IO(KVMIO, 0x80)
+KVM_EXIT_UNKNOWN, KVM_EXIT_MMIO, KVM_EXIT_INTR = 0, 6, 10
+
+
+class KvmRun:
+    """``struct kvm_run``: the page a VMM maps from its vCPU fd (KVM_GET_VCPU_MMAP_SIZE
+    bytes) and KVM_RUN reports through; the model passes it as KVM_RUN's argument
+    instead of mapping it.  ``exit_reason`` as Linux.
+
+    The model runs no guest thread, so one KVM_RUN stands for the vCPU thread
+    entering the guest for good: ``guest`` is filled with what the guest executes
+    on from then on -- the physical CPU in guest mode (its ICC_* registers are the
+    vCPU's ICV_*, ``guest.cpuif``; its loads / stores to an address KVM's in-kernel
+    devices claim are handled in the kernel, ``guest.mmio_read`` / ``mmio_write``,
+    None / False meaning an exit).  It is not the VMM's to call: the VMM only lends
+    it to the guest it boots (model only, not a field of the C structure).
+    """
+
+    def __init__(self) -> None:
+        self.exit_reason = KVM_EXIT_UNKNOWN
+        self.immediate_exit = 0
+        self.guest: object | None = None
+
+
 #: ioctl number -> its argument structure (None: an int argument or none).
 IOCTLS: dict[int, type[Struct] | None] = {
     KVM_GET_API_VERSION: None,
@@ -234,6 +259,7 @@ IOCTLS: dict[int, type[Struct] | None] = {
     KVM_CHECK_EXTENSION: None,
     KVM_GET_VCPU_MMAP_SIZE: None,
     KVM_CREATE_VCPU: None,
+    KVM_RUN: None,
     KVM_SET_USER_MEMORY_REGION: KvmUserspaceMemoryRegion,
     KVM_SET_GSI_ROUTING: KvmIrqRouting,
     KVM_IRQFD: KvmIrqfd,

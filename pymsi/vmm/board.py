@@ -7,15 +7,20 @@ the very kernel model the host runs:
 * ``bus`` -- the guest-physical address space: guest RAM (a
   :class:`pymsi.core.Memory` aliasing the VMM's host pages), and windows
   - GICD 0x08000000, GICR 0x080A0000, ITS 0x08080000 -> KVM's in-kernel
-    devices (:class:`pymsi.kernel.kvm.KvmIoBus`: the guest's accesses never
-    exit to the VMM);
+    devices: a vCPU's load or store there is handled by KVM inside KVM_RUN and
+    never exits to the VMM (:class:`KvmMmioWindow`, through the CPU each vCPU's
+    KVM_RUN handed over in its ``struct kvm_run``);
   - an MSI write *from a device* reaching the ITS doorbell (GITS_TRANSLATER,
     0x08090040) -> the VMM's translater region: KVM_SIGNAL_MSI with the
-    requester ID as DeviceID (QEMU's ``kvm_its_send_msi``);
+    requester ID as DeviceID (QEMU's ``kvm_its_send_msi``).  Any other device
+    access (DMA) to these frames is a decode error: QEMU registers no memory
+    region there for KVM's in-kernel GIC (only the translater), and for an
+    assigned device the IPA is not in stage 2;
   - the vSMMU's registers at 0x09050000 (when the VMM has one), and the
     virtual PCI host (ECAM 0x3F000000, BARs in the MMIO window 0x10000000);
 * ``gic.cpus`` -- the vCPUs' virtual CPU interfaces: the guest executes on
-  the vCPUs, so its ICC_* accesses are the vCPU's ICV_* which KVM backs;
+  the vCPUs (inside KVM_RUN), so its ICC_* accesses are the vCPU's ICV_* which
+  KVM backs;
 * firmware facts: ``iort_rmrs``, the IORT reserved memory ranges the VMM
   describes (QEMU's ``virt-acpi-build.c``: the host's MSI window 0x8000000,
   1 MiB), which the guest's IOMMU core identity-maps unless
@@ -27,11 +32,13 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+from ..errors import BusError
 from ..hw import its as I
 from ..hw import smmuv3_regs as R
 from ..hw.bus import Bus
 from ..hw.pci import PciHost
 from ..hw.virt_map import (
+    IORT_RMR_SW_MSI,
     VIRT_GIC_DIST,
     VIRT_GIC_ITS,
     VIRT_GIC_REDIST,
@@ -40,34 +47,63 @@ from ..hw.virt_map import (
     VIRT_PCIE_MMIO,
     VIRT_SMMU,
 )
-from ..kernel.kvm import KvmIoBus
 from ..uapi import kvm as K
 
 #: QEMU virt's IORT RMR: the host's SW_MSI window the guest must identity-map.
-IORT_RMR = (0x0800_0000, 0x0010_0000)
+IORT_RMR = IORT_RMR_SW_MSI
 
 
-class ItsTranslaterWindow:
-    """The vITS frame on the guest's bus.  CPU accesses (no requester ID) are
-    KVM's (the in-kernel vITS); a device's write to GITS_TRANSLATER is the VMM's
-    translater region: KVM_SIGNAL_MSI (address, data, devid = requester ID)."""
+class KvmMmioWindow:
+    """A window of KVM's in-kernel devices on the guest's address space (QEMU maps no
+    memory region there: KVM_MMIO_BUS handles it).  A vCPU's access (no requester
+    ID) is done on the CPU in guest mode (``cpu``: a ``KvmRun.guest`` from KVM_RUN),
+    KVM's answer or, for an address no in-kernel device claims, RAZ/WI; a device's
+    access (DMA, with a requester ID) is a decode error (:class:`BusError`, which the
+    bus reports to the device as a failed transaction)."""
 
-    def __init__(self, k: Any, vm_fd: int, io: KvmIoBus, base: int) -> None:
-        self.k = k
-        self.vm_fd = vm_fd
-        self.io = io
+    def __init__(self, runs: list[Any], base: int, name: str) -> None:
+        self.runs = runs
         self.base = base
-        self.stats = {"msis": 0, "msi_errors": 0}
+        self.name = name
+        self.stats = {"dma_decode_errors": 0}
+
+    def _cpu(self, requester_id: int | None, what: str, offset: int) -> Any:
+        if requester_id is not None:
+            self.stats["dma_decode_errors"] += 1
+            raise BusError(f"device {requester_id:#x} {what} {self.name}+{offset:#x}: "
+                           "no memory region (KVM's in-kernel GIC)")
+        cpu = next((r.guest for r in self.runs if r.guest is not None), None)
+        if cpu is None:
+            raise BusError(f"{what} {self.name}+{offset:#x}: no vCPU is running")
+        return cpu
 
     def mmio_read(self, offset: int, size: int, requester_id: int | None = None) -> int:
-        return self.io.mmio_read(offset, size)
+        v = self._cpu(requester_id, "read of", offset).mmio_read(self.base + offset, size)
+        return 0 if v is None else v
 
     def mmio_write(self, offset: int, value: int, size: int,
                    requester_id: int | None = None) -> None:
-        if requester_id is None or offset != I.GITS_TRANSLATER:
-            self.io.mmio_write(offset, value, size)
+        self._cpu(requester_id, "write to", offset).mmio_write(self.base + offset, value, size)
+
+
+class ItsTranslaterWindow(KvmMmioWindow):
+    """The vITS frame on the guest's bus.  CPU accesses (no requester ID) are
+    KVM's (the in-kernel vITS); a device's write to GITS_TRANSLATER is the VMM's
+    translater region (QEMU's ``kvm_arm_its`` exposes only that): KVM_SIGNAL_MSI
+    (address, data, devid = requester ID); any other device access is a decode error."""
+
+    def __init__(self, k: Any, vm_fd: int, runs: list[Any], base: int) -> None:
+        super().__init__(runs, base, "ITS (KVM)")
+        self.k = k
+        self.vm_fd = vm_fd
+        self.stats.update({"msis": 0, "msi_errors": 0})
+
+    def mmio_write(self, offset: int, value: int, size: int,
+                   requester_id: int | None = None) -> None:
+        if requester_id is not None and offset == I.GITS_TRANSLATER and size in (2, 4):
+            self.kvm_its_send_msi(value & 0xFFFF_FFFF, requester_id)
             return
-        self.kvm_its_send_msi(value & 0xFFFF_FFFF, requester_id)
+        super().mmio_write(offset, value, size, requester_id)
 
     def kvm_its_send_msi(self, data: int, devid: int) -> None:
         """KVM_SIGNAL_MSI for a device's write to the doorbell; a refusal is
@@ -85,8 +121,9 @@ class ItsTranslaterWindow:
 class VirtBoard:
     """The guest's "virt" board: what the guest kernel boots on (see module doc).
 
-    ``ram`` is the guest-physical RAM (a :class:`pymsi.core.Memory`), ``kvm_view``
-    what :func:`pymsi.kernel.kvm.kvm_run_view` gave for the VM and its vCPUs,
+    ``ram`` is the guest-physical RAM (a :class:`pymsi.core.Memory`), ``runs`` each
+    vCPU's ``struct kvm_run`` (:class:`pymsi.uapi.kvm.KvmRun`) after KVM_RUN: the CPU
+    the guest executes on,
     ``smmu`` the VMM's vSMMU model (or None), ``emulated_smmu`` whether DMA of the
     virtual PCI functions goes through it.
     """
@@ -101,22 +138,22 @@ class VirtBoard:
     kernel_name = "guest"                 # what the kernel booted here calls itself
 
     def __init__(self, k: Any, vm_fd: int, ram: Any, ram_gpa: int, ram_size: int,
-                 kvm_view: tuple[Any, list[Any]], smmu: Any = None,
+                 runs: list[Any], smmu: Any = None,
                  emulated_smmu: bool = False, msi_design: str = "per-vector",
                  iort_rmrs: list[tuple[int, int]] | None = None,
                  honour_rmr: bool = True) -> None:
-        kvm, cpuifs = kvm_view
-        self.ncpus = len(cpuifs)
+        self.ncpus = len(runs)
         self.ram = ram
         self.ram_gpa, self.ram_size = ram_gpa, ram_size
         self.bus = Bus(ram)
-        self.bus.map(self.GICD, K.KVM_VGIC_V3_DIST_SIZE, KvmIoBus(kvm, self.GICD), "GICD (KVM)")
-        self.bus.map(self.GICR, self.GICR_FRAME * self.ncpus, KvmIoBus(kvm, self.GICR),
-                     "GICR (KVM)")
-        self.its_window = ItsTranslaterWindow(k, vm_fd, KvmIoBus(kvm, self.ITS), self.ITS)
+        self.bus.map(self.GICD, K.KVM_VGIC_V3_DIST_SIZE,
+                     KvmMmioWindow(runs, self.GICD, "GICD (KVM)"), "GICD (KVM)", attrs=True)
+        self.bus.map(self.GICR, self.GICR_FRAME * self.ncpus,
+                     KvmMmioWindow(runs, self.GICR, "GICR (KVM)"), "GICR (KVM)", attrs=True)
+        self.its_window = ItsTranslaterWindow(k, vm_fd, runs, self.ITS)
         self.bus.map(self.ITS, K.KVM_VGIC_V3_ITS_SIZE, self.its_window, "ITS (KVM)",
                      attrs=True)
-        self.gic = SimpleNamespace(cpus=cpuifs)
+        self.gic = SimpleNamespace(cpus=[r.guest.cpuif for r in runs])
         self.smmu: Any = None
         self.emulated_smmu = False
         if smmu is not None:
@@ -141,9 +178,3 @@ class VirtBoard:
     def kernel_memory(self) -> tuple[int, int]:
         """The guest RAM the guest kernel allocates from (all but its image)."""
         return self.ram_gpa + self.KERNEL_IMAGE, self.ram_size - self.KERNEL_IMAGE
-
-    def boot(self, **kw: Any) -> Any:
-        """Boot the guest kernel on this board."""
-        from ..kernel.boot import boot_arm
-
-        return boot_arm(self, **kw)

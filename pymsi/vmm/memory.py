@@ -87,6 +87,20 @@ class GuestRam:
         self.kvm_slot: int | None = None
         self.ioas_id: int | None = None
 
+    def release(self) -> None:
+        """Before the VMM unmaps the block: the guest-physical view stops aliasing the
+        host frames (every page re-pointed, ``Memory.alias_page``, at one scratch page
+        of a private memory no host frame backs), so no object that still holds the
+        view -- a guest kernel, a board, a vSMMU -- reaches a frame the host frees and
+        reuses.  Writes through such a stale view land in the scratch page."""
+        if not self.pfns:
+            return
+        scratch = type(self.mem)()
+        scratch.add_ram(0, PAGE_SIZE)
+        for i in range(len(self.pfns)):
+            self.mem.alias_page(self.gpa + i * PAGE_SIZE, scratch, 0)
+        self.pfns = []
+
     def contains(self, gpa: int, size: int = 1) -> bool:
         """Whether [gpa, gpa + size) is in this block."""
         return self.gpa <= gpa and gpa + size <= self.gpa + self.size

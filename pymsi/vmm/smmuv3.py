@@ -302,6 +302,22 @@ class VirtualSmmuV3:
         if not self._devs:
             self._free_viommu()
 
+    def unrealize(self) -> None:
+        """The VMM process lets go of what this vSMMU holds of the host: the vEVENTQ's
+        descriptor closed and its scratch page unmapped.  The host objects it made
+        (vIOMMU, vDEVICEs, HWPTs) belong to the iommufd and go with its last close.
+        The vSMMU keeps working as an emulated model without a host."""
+        if self.host is None:
+            return
+        if self.veventq_fd is not None:
+            fd, self.veventq_fd = self.veventq_fd, None
+            self.host.k.close(fd)
+        if self._buf is not None:
+            buf, self._buf = self._buf, None
+            self.host.k.munmap(buf, PAGE)
+        self.veventq_id = self.bypass_hwpt_id = self.abort_hwpt_id = self.viommu_id = None
+        self._devs.clear()
+
     def hwpt_of(self, vsid: int) -> int | None:
         """The host HWPT the device with guest StreamID ``vsid`` is attached to."""
         d = self._devs.get(vsid)
@@ -318,7 +334,7 @@ class VirtualSmmuV3:
     def event_pending(self) -> bool:
         """Whether the vEVENTQ fd is readable (the main loop then calls :meth:`event_read`)."""
         fd = self.veventq_fd
-        return fd is not None and bool(self.host.k.files.poll(fd) & EPOLLIN)
+        return fd is not None and bool(self.host.k.poll(fd) & EPOLLIN)
 
     def event_read(self) -> int:
         """smmuv3_accel_event_read(): the vEVENTQ fd is readable; move each event the
@@ -327,10 +343,10 @@ class VirtualSmmuV3:
         queue drops (disabled, full) counts in ``stats["events_dropped"]``.  A LOST_EVENTS
         header counts in ``stats["veventq_overflows"]``; a gap in the sequence numbers
         otherwise in ``stats["events_lost"]``."""
-        fd, files = self.veventq_fd, self.host.k.files if self.host is not None else None
+        fd = self.veventq_fd                     # poll(2) / read(2) on the vEVENTQ's fd
         n = 0
-        while fd is not None and files.poll(fd) & EPOLLIN:
-            data = files.read(fd, _HDR + _EVT)
+        while fd is not None and self.host.k.poll(fd) & EPOLLIN:
+            data = self.host.k.read(fd, _HDR + _EVT)
             hdr = u.IommufdVeventHeader.unpack(data[:_HDR]) if len(data) >= _HDR else None
             if hdr is None:
                 break

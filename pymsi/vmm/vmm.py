@@ -11,17 +11,25 @@ user/kernel contract only:
    KVM_CREATE_VCPU per vCPU, the vGICv3 (KVM_DEV_TYPE_ARM_VGIC_V3: distributor
    and redistributor bases, CTRL_INIT) and the vITS (KVM_DEV_TYPE_ARM_VGIC_ITS:
    its base, CTRL_INIT) -- ``kvm_arm_gicv3_realize`` / ``kvm_arm_its_realize``;
-4. the guest's board (:class:`~pymsi.vmm.board.VirtBoard`) with the virtual
+4. the vCPU threads enter the guest: KVM_RUN on each vCPU fd (``qemu_init_vcpu`` +
+   ``kvm_cpu_exec``); each ``struct kvm_run`` carries the CPU the guest executes
+   on (see :class:`pymsi.uapi.kvm.KvmRun`) -- the only way the VMM's board reaches
+   KVM's in-kernel vGIC / vITS registers and the vCPU interfaces;
+5. the guest's board (:class:`~pymsi.vmm.board.VirtBoard`) with the virtual
    PCI host the VMM's device models plug into.
 
-``boot_guest()`` then boots the guest kernel on that board.
+``boot_guest()`` then boots the guest kernel on that board.  ``exit()`` is the
+process exiting: the VMM closes the descriptors and unmaps the memory it opened
+and mapped itself (it keeps the list, as a process's own bookkeeping; it never
+walks the kernel's tables), after its vfio-pci devices and vSMMU let go of theirs.
+Nothing here imports the host kernel: the VMM reaches it through system calls.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from ..kernel.kvm import kvm_run_view
 from ..uapi import iommufd as u
 from ..uapi import kvm as K
 from .board import IORT_RMR, VirtBoard
@@ -37,13 +45,15 @@ class Vmm:
     pages, see :mod:`pymsi.vmm.memory`); ``ncpus`` vCPUs; ``ram_size`` bytes of
     guest RAM at 0x40000000; ``iort_rmrs`` the reserved ranges described to the
     guest (default: QEMU's RMR over the host's MSI window) and ``honour_rmr``
-    whether the guest kernel identity-maps them.
+    whether the guest kernel identity-maps them.  ``kernel`` is the guest kernel image
+    (QEMU's ``-kernel``): called with the board, it boots and returns the guest kernel.
     """
 
     def __init__(self, k: Any, host_ram: Any, ncpus: int = 2, ram_size: int = RAM_SIZE,
                  msi_design: str = "per-vector", iort_rmrs: list[tuple[int, int]] | None = None,
-                 honour_rmr: bool = True) -> None:
+                 honour_rmr: bool = True, kernel: Callable[..., Any] | None = None) -> None:
         self.k = k
+        self.kernel_image = kernel
         self.host_ram = host_ram
         self.ncpus = ncpus
         self.ram_size = ram_size
@@ -61,6 +71,12 @@ class Vmm:
         self.guest: Any = None
         self._scratch: int | None = None
         self._irqchip: Any = None
+        self.vcpu_runs: list[K.KvmRun] = []
+        self.devices: list[Any] = []           # the vfio-pci devices realized
+        #: what this process opened and mapped itself, in order: files / descriptor
+        #: numbers, and (va, length) mappings -- what exit() gives back
+        self._fds: list[Any] = []
+        self._maps: list[tuple[int, int]] = []
 
     # -- realize ---------------------------------------------------------------------
 
@@ -70,8 +86,10 @@ class Vmm:
         self.os_setup_limits()
         self.iommufd_backend_connect()
         self.ram = GuestRam(self.k, self.host_ram, RAM_GPA, self.ram_size)
+        self._maps.append((self.ram.va, self.ram.size))
         self.ram.ioas_map(self.iommufd, self.ioas_id)
         self.kvm_init()
+        self.kvm_start_vcpus()
         self.board = self.machvirt_board(smmu, emulated_smmu)
         return self.board
 
@@ -84,6 +102,7 @@ class Vmm:
     def iommufd_backend_connect(self) -> None:
         """iommufd_backend_connect() + an IOAS for the guest's address space."""
         self.iommufd = self.k.open("/dev/iommu")
+        self._fds.append(self.iommufd)
         a = u.IommuIoasAlloc()
         self.iommufd.ioctl(u.IOMMU_IOAS_ALLOC, a)
         self.ioas_id = a.out_ioas_id
@@ -92,6 +111,7 @@ class Vmm:
         """kvm_device_access(): a 64-bit attribute value passed through user memory."""
         if self._scratch is None:
             self._scratch = self.k.mmap(PAGE)
+            self._maps.append((self._scratch, PAGE))
         addr = 0
         if value is not None:
             self.k.user_write(self._scratch, value.to_bytes(8, "little"))
@@ -102,6 +122,7 @@ class Vmm:
     def _create_device(self, type_: int) -> int:
         cd = K.KvmCreateDevice(type=type_)
         self.k.ioctl(self.vm_fd, K.KVM_CREATE_DEVICE, cd)
+        self._fds.append(cd.fd)
         return cd.fd
 
     def kvm_init(self) -> None:
@@ -111,9 +132,12 @@ class Vmm:
             self.vm_fd = kvm.ioctl(K.KVM_CREATE_VM, 0)
         finally:
             kvm.close()
+        self._fds.append(self.vm_fd)
         self.ram.kvm_set_user_memory_region(self.vm_fd, 0)
-        self.vcpu_fds = [self.k.ioctl(self.vm_fd, K.KVM_CREATE_VCPU, i)
-                         for i in range(self.ncpus)]
+        self.vcpu_fds = []
+        for i in range(self.ncpus):
+            self.vcpu_fds.append(self.k.ioctl(self.vm_fd, K.KVM_CREATE_VCPU, i))
+            self._fds.append(self.vcpu_fds[-1])
         # kvm_arm_gicv3_realize()
         self.vgic_fd = self._create_device(K.KVM_DEV_TYPE_ARM_VGIC_V3)
         self._device_attr(self.vgic_fd, K.KVM_DEV_ARM_VGIC_GRP_ADDR,
@@ -130,9 +154,18 @@ class Vmm:
         self._device_attr(self.vgic_fd, K.KVM_DEV_ARM_VGIC_GRP_CTRL,
                           K.KVM_DEV_ARM_VGIC_CTRL_INIT)
 
+    def kvm_start_vcpus(self) -> None:
+        """Each vCPU thread's kvm_cpu_exec(): KVM_RUN with the vCPU's ``struct kvm_run``,
+        which from then on carries the CPU the guest executes on."""
+        self.vcpu_runs = []
+        for fd in self.vcpu_fds:
+            run = K.KvmRun()
+            self.k.ioctl(fd, K.KVM_RUN, run)
+            self.vcpu_runs.append(run)
+
     def machvirt_board(self, smmu: Any, emulated_smmu: bool) -> VirtBoard:
         return VirtBoard(self.k, self.vm_fd, self.ram.mem, self.ram.gpa, self.ram.size,
-                         kvm_run_view(self.k, self.vm_fd, self.vcpu_fds), smmu=smmu,
+                         self.vcpu_runs, smmu=smmu,
                          emulated_smmu=emulated_smmu, msi_design=self.msi_design,
                          iort_rmrs=self.iort_rmrs, honour_rmr=self.honour_rmr)
 
@@ -157,6 +190,7 @@ class Vmm:
         dev = VfioPciDevice(self.k, host_path, self.iommufd, self.irqchip, bus=0,
                             device=device, pt_id=pt_id, ioas_id=self.ioas_id, iommu=iommu)
         self.board.pci.add(dev)
+        self.devices.append(dev)
         return dev
 
     def alloc_nest_parent(self, dev_id: int) -> int:
@@ -173,19 +207,42 @@ class Vmm:
         """Boot the guest kernel on the board (the same kernel model as the host)."""
         if self.board is None:
             raise RuntimeError("realize() the VMM first")
-        self.guest = self.board.boot()
+        if self.kernel_image is None:
+            raise RuntimeError("no guest kernel image (-kernel)")
+        self.guest = self.kernel_image(self.board)
         return self.guest
 
     def exit(self) -> None:
-        """The VMM process exits (QEMU quits): every descriptor it holds closed (the
-        ones /proc/self/fd lists: VM, vCPUs, vGIC / vITS, device cdevs, iommufd,
-        eventfds, vEVENTQ), highest first, then every mapping of /proc/self/maps
-        unmapped; the host kernel releases what they held."""
-        for fd in sorted(self.k.files.open_files(), reverse=True):
-            self.k.close(fd)
-        for vma in list(self.k.user_mm.vmas):
-            self.k.munmap(vma.start, vma.end - vma.start)
-        self.guest = None
+        """The VMM process exits (QEMU quits).  Its devices let go first (vfio_exitfn:
+        MSI-X off, eventfds and the device file closed; the vSMMU's vEVENTQ closed and
+        scratch page unmapped), then the descriptors the VMM opened itself (vCPUs, VM,
+        vGIC / vITS, iommufd), last first, then its own mappings (guest RAM, scratch);
+        the host kernel releases what they held.  Before guest RAM goes, the guest-
+        physical view stops aliasing its host frames (:meth:`GuestRam.release`): the
+        host reuses them, and no object left from the VM may reach them."""
+        for dev in reversed(self.devices):
+            dev.unrealize()
+        self.devices.clear()
+        smmu = getattr(self.board, "smmu", None)
+        if smmu is not None and hasattr(smmu, "unrealize"):
+            smmu.unrealize()
+        for f in reversed(self._fds):
+            self.k.close(f)
+        self._fds.clear()
+        if self.ram is not None:
+            self.ram.release()
+        for va, length in reversed(self._maps):
+            self.k.munmap(va, length)
+        self._maps.clear()
+        self._scratch = None
+        for run in self.vcpu_runs:
+            run.guest = None                     # the vCPU threads are gone
+        self.vcpu_runs = []
+        self.vm_fd = self.vgic_fd = self.its_fd = None
+        self.vcpu_fds = []
+        self.iommufd = None
+        self.guest = self.board = self.ram = None
+        self._irqchip = None
 
     def signal_msi(self, address: int, data: int, devid: int) -> int:
         """KVM_SIGNAL_MSI (with the DeviceID) -- what QEMU does for an emulated MSI."""
