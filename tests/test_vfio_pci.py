@@ -492,11 +492,13 @@ class SetIrqsMachine(RuleBasedStateMachine):
                 self.allocated |= set(installed)
             if enabling:
                 self._disabled()
-        for v in installed:                      # request_irq unmasked it
-            if v in self.pending[index]:
+        # request_irq unmasked it: the held message goes out and the CPU takes it at
+        # once, signalling the trigger just installed -- even if a later vector of the
+        # same call fails and tears this one down again.
+        for v, p in zip(range(start, end), picks, strict=False):
+            if p >= 0 and v in self.pending[index]:
                 self.pending[index].discard(v)
-                if v in self.triggers:
-                    self.counts[self.triggers[v]] += 1
+                self.counts[p] += 1
         self._check_counts()
 
     def _disabled(self):
