@@ -13,3 +13,20 @@ def errno_of(fn, *args, **kw):
     except KernelError as e:
         return e.errno
     return None
+
+
+class Dev:
+    """A PCI function as the IOMMU core sees it (requester ID, DMA mask, group)."""
+
+    is_pci = True
+
+    def __init__(self, rid: int) -> None:
+        self.rid = rid
+        self.dma_mask = (1 << 64) - 1
+        self.iommu_group = None
+
+    def __hash__(self) -> int:
+        return hash(("dev", self.rid))
+
+    def __repr__(self) -> str:
+        return f"dev {self.rid:#06x}"

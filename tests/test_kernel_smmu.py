@@ -34,6 +34,7 @@ from pymsi.kernel.iommu import (
 )
 from pymsi.kernel.kernel import Kernel
 
+from kernel_util import Dev
 from linux_fixture import capture
 from smmu_driver import cd_words, ste_words
 
@@ -44,23 +45,6 @@ KMEM = (RAM + 0x0800_0000, 0x0800_0000)      # the kernel's page allocator
 SMMU_BASE = 0x0905_0000
 RW = core.Prot.READ | core.Prot.WRITE
 F_TRANSLATION = 0x10
-
-
-class Dev:
-    """A PCI function as the IOMMU core sees it."""
-
-    is_pci = True
-
-    def __init__(self, rid: int) -> None:
-        self.rid = rid
-        self.dma_mask = (1 << 64) - 1
-        self.iommu_group = None
-
-    def __hash__(self) -> int:
-        return hash(("dev", self.rid))
-
-    def __repr__(self) -> str:
-        return f"dev {self.rid:#06x}"
 
 
 class Rig:

@@ -41,6 +41,8 @@ from pymsi.uapi import iommufd as u
 from pymsi.uapi import vfio as V
 from pymsi.vmm.smmuv3 import VSMMU_BASE, VSMMU_SIZE, HostIommufd, VirtualSmmuV3
 
+from kernel_util import Dev
+
 PAGE = 0x1000
 GPA, GRAM_SIZE = 0x4000_0000, 0x40_0000          # guest RAM: 4 MiB at 1 GiB
 KMEM = (GPA + 0x10_0000, 0x30_0000)              # the guest kernel's page allocator
@@ -66,20 +68,6 @@ class Doorbell:
         self.writes.append((requester_id, off, value))
 
 
-class GDev:
-    """A guest PCI function as the guest's IOMMU core sees it."""
-
-    is_pci = True
-
-    def __init__(self, rid: int) -> None:
-        self.rid = rid
-        self.dma_mask = (1 << 64) - 1
-        self.iommu_group = None
-
-    def __hash__(self) -> int:
-        return hash(("gdev", self.rid))
-
-
 class EmulatedGuest:
     """Guest RAM, the guest bus with the emulated vSMMU, the guest kernel and its driver."""
 
@@ -99,8 +87,8 @@ class EmulatedGuest:
         if probe:
             self.drv.probe()
 
-    def dev(self, rid: int) -> GDev:
-        d = GDev(rid)
+    def dev(self, rid: int) -> Dev:
+        d = Dev(rid)
         assert self.k.iommu.probe_device(d) is not None
         return d
 
@@ -452,8 +440,8 @@ class AccelRig:
         self.vsmmu.irq = self.drv.handle_irq
         self.drv.probe()
 
-    def gdev(self, vsid: int = VSID) -> GDev:
-        d = GDev(vsid)
+    def gdev(self, vsid: int = VSID) -> Dev:
+        d = Dev(vsid)
         assert self.gk.iommu.probe_device(d) is not None
         return d
 
