@@ -269,25 +269,40 @@ def _prepare(cfg: XlateConfig) -> Any:
 
 
 _KINDS = {int(k): k for k in FaultKind}
-# struct pymsi_result read in one go: 4 x u64, then 12 x u8 (csrc/pymsi.h).
-_RESULT = struct.Struct("=4Q12B")
+# struct pymsi_result read in one go: 4 x u64, then 12 x u8 (csrc/pymsi.h); the
+# C core writes its flags as 0 or 1, so they unpack as bools.
+_RESULT = struct.Struct("=4Q3B?4?2B2?")
 if ffi.offsetof("struct pymsi_result", "tlb_hit") != _RESULT.size - 1:
     raise ImportError("pymsi._core_c does not match csrc/pymsi.h: rebuild it")
 
 
 _new = tuple.__new__
+# Results are immutable tuples and a pure function of the C result's bytes:
+# the ones seen recently are reused rather than rebuilt (bounded).
+_RESULTS: dict[bytes, WalkResult] = {}
+_RESULTS_MAX = 4096
+_results_get = _RESULTS.get
+
+
+def _build(raw: bytes) -> WalkResult:
+    """The WalkResult of a struct pymsi_result's bytes (and remember it)."""
+    (pa, ipa, size, fipa, kind, stage, level, s1tw, w, r, s1w, s2w, lvl, s2lvl, glob,
+     hit) = _RESULT.unpack_from(raw)
+    if kind:
+        fault = _new(Fault, (stage, _KINDS[kind], level, fipa if stage == 2 else None, s1tw))
+        res = _new(WalkResult, (fault, None, None, None, False, False, False, False, 0, 0,
+                                False, hit))
+    else:
+        res = _new(WalkResult, (None, pa, ipa, size, w, r, s1w, s2w, lvl, s2lvl, glob, hit))
+    if len(_RESULTS) >= _RESULTS_MAX:
+        _RESULTS.clear()
+    _RESULTS[raw] = res
+    return res
 
 
 def _result(buf: Any) -> WalkResult:
-    (pa, ipa, size, fipa, kind, stage, level, s1tw, w, r, s1w, s2w, lvl, s2lvl, glob,
-     hit) = _RESULT.unpack_from(buf)
-    if kind:
-        fault = _new(Fault, (stage, _KINDS[kind], level, fipa if stage == 2 else None,
-                             s1tw == 1))
-        return _new(WalkResult, (fault, None, None, None, False, False, False, False, 0, 0,
-                                 False, hit == 1))
-    return _new(WalkResult, (None, pa, ipa, size, w == 1, r == 1, s1w == 1, s2w == 1, lvl,
-                             s2lvl, glob == 1, hit == 1))
+    raw = buf[:]
+    return _results_get(raw) or _build(raw)
 
 
 def walk(
@@ -316,7 +331,8 @@ def walk(
         raise
     if rc:
         raise_errno(rc, "walk")
-    return _result(mem._resbuf)
+    raw = mem._resbuf[:]
+    return _results_get(raw) or _build(raw)
 
 
 class Iotlb(IotlbCommands):
@@ -411,7 +427,8 @@ def translate(
         raise
     if rc:
         raise_errno(rc, "translate")
-    return _result(mem._resbuf)
+    raw = mem._resbuf[:]
+    return _results_get(raw) or _build(raw)
 
 
 class MsiTable:
