@@ -366,3 +366,12 @@ size_t pymsi_mem_regions(const pymsi_mem *m, uint64_t *bases, uint64_t *sizes, s
     }
     return m->nregions;
 }
+
+int pymsi_nop4(uint64_t a, uint64_t b, uint64_t c, uint64_t d)
+{
+    (void)a;
+    (void)b;
+    (void)c;
+    (void)d;
+    return 0;
+}

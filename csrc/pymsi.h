@@ -119,6 +119,10 @@ size_t pymsi_mem_pages(const pymsi_mem *m);
 int pymsi_mem_alias_page(pymsi_mem *m, uint64_t addr, pymsi_mem *src, uint64_t src_addr);
 size_t pymsi_mem_regions(const pymsi_mem *m, uint64_t *bases, uint64_t *sizes, size_t max);
 
+/* Does nothing: the floor the benchmarks measure a single call against (an
+ * empty cffi call with four integer arguments). */
+int pymsi_nop4(uint64_t a, uint64_t b, uint64_t c, uint64_t d);
+
 /* Table walks: 0 with the outcome (translation or fault) in *r, -EINVAL for a bad cfg. */
 int pymsi_cfg_check(const struct pymsi_xlate_cfg *cfg);
 int pymsi_walk(const pymsi_mem *m, const struct pymsi_xlate_cfg *cfg,

@@ -34,6 +34,7 @@ from .common import (
     int_arg,
     msi_set_args,
     obj_arg,
+    pair_config,
     read_args,
     reserve_arg,
     streams_set_args,
@@ -128,7 +129,9 @@ class Memory:
         if not ram:
             check(-errno.EFAULT, f"read of {size} bytes at {addr:#x}")
         buf = ffi.new("uint8_t[]", size)
-        check(lib.pymsi_mem_read(self._p, addr, buf, size), f"read at {addr:#x}")
+        rc = lib.pymsi_mem_read(self._p, addr, buf, size)
+        if rc < 0:
+            raise_errno(rc, f"read at {addr:#x}")
         return ffi.buffer(buf, size)[:]
 
     def write(self, addr: int, data: bytes) -> None:
@@ -140,7 +143,8 @@ class Memory:
         except OverflowError:
             _refused(int_arg, "addr", addr)
             raise
-        check(rc, f"write of {len(data)} bytes at {addr:#x}")
+        if rc < 0:
+            raise_errno(rc, f"write of {len(data)} bytes at {addr:#x}")
 
     def read_u64(self, addr: int) -> int:
         """Little-endian u64 at ``addr``."""
@@ -164,7 +168,8 @@ class Memory:
         except OverflowError:
             _refused(int_arg, "addr", addr)
             raise
-        check(rc, f"read of 4 bytes at {addr:#x}")
+        if rc < 0:
+            raise_errno(rc, f"read of 4 bytes at {addr:#x}")
         return self._u32[0]
 
     def write_u64(self, addr: int, value: int) -> None:
@@ -188,7 +193,8 @@ class Memory:
         except OverflowError:
             _refused(_u32_pair, addr, value)
             raise
-        check(rc, f"write of 4 bytes at {addr:#x}")
+        if rc < 0:
+            raise_errno(rc, f"write of 4 bytes at {addr:#x}")
 
     def alias_page(self, addr: int, src: Memory, src_addr: int) -> None:
         """Make the 4 KiB page at ``addr`` the very page of ``src`` at ``src_addr``.
@@ -255,31 +261,48 @@ def _prepare(cfg: XlateConfig) -> Any:
         c.s2.affd = s2.affd
     c.asid = cfg.asid
     c.vmid = cfg.vmid
-    check(lib.pymsi_cfg_check(c), repr(cfg))
+    rc = lib.pymsi_cfg_check(c)
+    if rc < 0:
+        raise_errno(rc, repr(cfg))
     cfg._prepared = c
     return c
 
 
 _KINDS = {int(k): k for k in FaultKind}
-# struct pymsi_result read in one go: 4 x u64, then 12 x u8 (csrc/pymsi.h).
-_RESULT = struct.Struct("=4Q12B")
+# struct pymsi_result read in one go: 4 x u64, then 12 x u8 (csrc/pymsi.h); the
+# C core writes its flags as 0 or 1, so they unpack as bools.
+_RESULT = struct.Struct("=4Q3B?4?2B2?")
 if ffi.offsetof("struct pymsi_result", "tlb_hit") != _RESULT.size - 1:
     raise ImportError("pymsi._core_c does not match csrc/pymsi.h: rebuild it")
 
 
 _new = tuple.__new__
+# Results are immutable tuples and a pure function of the C result's bytes:
+# the ones seen recently are reused rather than rebuilt (bounded).
+_RESULTS: dict[bytes, WalkResult] = {}
+_RESULTS_MAX = 4096
+_results_get = _RESULTS.get
+
+
+def _build(raw: bytes) -> WalkResult:
+    """The WalkResult of a struct pymsi_result's bytes (and remember it)."""
+    (pa, ipa, size, fipa, kind, stage, level, s1tw, w, r, s1w, s2w, lvl, s2lvl, glob,
+     hit) = _RESULT.unpack_from(raw)
+    if kind:
+        fault = _new(Fault, (stage, _KINDS[kind], level, fipa if stage == 2 else None, s1tw))
+        res = _new(WalkResult, (fault, None, None, None, False, False, False, False, 0, 0,
+                                False, hit))
+    else:
+        res = _new(WalkResult, (None, pa, ipa, size, w, r, s1w, s2w, lvl, s2lvl, glob, hit))
+    if len(_RESULTS) >= _RESULTS_MAX:
+        _RESULTS.clear()
+    _RESULTS[raw] = res
+    return res
 
 
 def _result(buf: Any) -> WalkResult:
-    (pa, ipa, size, fipa, kind, stage, level, s1tw, w, r, s1w, s2w, lvl, s2lvl, glob,
-     hit) = _RESULT.unpack_from(buf)
-    if kind:
-        fault = _new(Fault, (stage, _KINDS[kind], level, fipa if stage == 2 else None,
-                             s1tw == 1))
-        return _new(WalkResult, (fault, None, None, None, False, False, False, False, 0, 0,
-                                 False, hit == 1))
-    return _new(WalkResult, (None, pa, ipa, size, w == 1, r == 1, s1w == 1, s2w == 1, lvl,
-                             s2lvl, glob == 1, hit == 1))
+    raw = buf[:]
+    return _results_get(raw) or _build(raw)
 
 
 def walk(
@@ -291,7 +314,14 @@ def walk(
     cfg: XlateConfig | None = None,
 ) -> WalkResult:
     """Translate ``iova`` by walking the tables in ``mem`` (no IOTLB)."""
-    if type(iova) is not int or cfg is None or s1 is not None or s2 is not None:
+    if cfg is None and type(s1) is Stage1 and (s2 is None or type(s2) is Stage2):
+        # walk(mem, iova, s1=, s2=): the pair's configuration is cached on s1.
+        last = s1._cfg
+        cfg = last[1] if last is not None and last[0] is s2 else pair_config(s1, s2)
+        s1 = s2 = None
+        if type(iova) is not int:
+            iova, write, cfg = walk_args(_B, mem, iova, write, None, None, cfg)
+    elif type(iova) is not int or cfg is None or s1 is not None or s2 is not None:
         iova, write, cfg = walk_args(_B, mem, iova, write, s1, s2, cfg)
     try:
         c = cfg._prepared or _prepare(cfg)
@@ -301,7 +331,8 @@ def walk(
         raise
     if rc:
         raise_errno(rc, "walk")
-    return _result(mem._resbuf)
+    raw = mem._resbuf[:]
+    return _results_get(raw) or _build(raw)
 
 
 class Iotlb(IotlbCommands):
@@ -378,7 +409,14 @@ def translate(
     s2: Stage2 | None = None,
 ) -> WalkResult:
     """Translate ``iova`` through ``tlb`` (if given), walking on a miss."""
-    if type(iova) is not int or cfg is None or s1 is not None or s2 is not None:
+    if cfg is None and type(s1) is Stage1 and (s2 is None or type(s2) is Stage2):
+        # translate(..., s1=, s2=): the pair's configuration is cached on s1.
+        last = s1._cfg
+        cfg = last[1] if last is not None and last[0] is s2 else pair_config(s1, s2)
+        s1 = s2 = None
+        if type(iova) is not int:
+            iova, write, cfg = translate_args(_B, mem, iova, write, cfg, tlb, None, None)
+    elif type(iova) is not int or cfg is None or s1 is not None or s2 is not None:
         iova, write, cfg = translate_args(_B, mem, iova, write, cfg, tlb, s1, s2)
     try:
         c = cfg._prepared or _prepare(cfg)
@@ -389,7 +427,8 @@ def translate(
         raise
     if rc:
         raise_errno(rc, "translate")
-    return _result(mem._resbuf)
+    raw = mem._resbuf[:]
+    return _results_get(raw) or _build(raw)
 
 
 class MsiTable:

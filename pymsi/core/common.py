@@ -197,6 +197,13 @@ def s2_sl0_for_level(gshift: int, level: int) -> int:
     return (2 - level) if gshift == 12 else (3 - level)
 
 
+_set = object.__setattr__
+
+
+def _immutable(self: Any, name: str, value: Any = None) -> None:
+    raise AttributeError(f"{type(self).__name__} is immutable: cannot set {name!r}")
+
+
 class Stage1:
     """The stage-1 translation controls of an SMMUv3 context descriptor.
 
@@ -209,7 +216,7 @@ class Stage1:
 
     __slots__ = (
         "ttb0", "tsz0", "granule0", "ttb1", "tsz1", "granule1", "epd0", "epd1",
-        "ips", "affd", "had0", "had1", "tbi0", "tbi1", "gshift", "start_level",
+        "ips", "affd", "had0", "had1", "tbi0", "tbi1", "gshift", "start_level", "_cfg",
     )
 
     def __init__(
@@ -231,27 +238,31 @@ class Stage1:
     ) -> None:
         # Signature order; the TnSZ / granule of a table are only range-checked
         # when the table is enabled (EPDn clear), as the SMMU checks a CD.
-        self.ttb0 = int_arg("ttb0", ttb0)
-        self.tsz0 = integer("tsz0", tsz0)
-        self.granule0 = integer("granule0", granule0)
-        self.ttb1 = int_arg("ttb1", ttb1)
-        self.tsz1 = integer("tsz1", tsz1)
-        self.granule1 = integer("granule1", granule1)
-        self.epd0, self.epd1 = bool(epd0), bool(epd1)
-        self.ips = _address_size("ips", ips)
-        self.affd, self.had0, self.had1 = bool(affd), bool(had0), bool(had1)
-        self.tbi0, self.tbi1 = bool(tbi0), bool(tbi1)
+        ttb0 = int_arg("ttb0", ttb0)
+        tsz0 = integer("tsz0", tsz0)
+        granule0 = integer("granule0", granule0)
+        ttb1 = int_arg("ttb1", ttb1)
+        tsz1 = integer("tsz1", tsz1)
+        granule1 = integer("granule1", granule1)
+        epd0, epd1 = bool(epd0), bool(epd1)
+        ips = _address_size("ips", ips)
         gshift = [0, 0]
         start = [0, 0]
-        for n, (epd, tsz, granule) in enumerate(((self.epd0, self.tsz0, self.granule0),
-                                                 (self.epd1, self.tsz1, self.granule1))):
+        for n, (epd, tsz, granule) in enumerate(((epd0, tsz0, granule0),
+                                                 (epd1, tsz1, granule1))):
             if epd:
                 continue
             range_arg(f"tsz{n}", tsz, 16, 39)
             gshift[n] = _granule_shift(f"granule{n}", granule)
             start[n] = s1_start_level(gshift[n], tsz)
-        self.gshift = tuple(gshift)
-        self.start_level = tuple(start)
+        for name, value in zip(self.__slots__, (
+                ttb0, tsz0, granule0, ttb1, tsz1, granule1, epd0, epd1, ips, bool(affd),
+                bool(had0), bool(had1), bool(tbi0), bool(tbi1), tuple(gshift), tuple(start),
+                None), strict=True):
+            _set(self, name, value)
+
+    __setattr__ = _immutable
+    __delattr__ = _immutable
 
     def _key(self) -> tuple:
         return tuple(getattr(self, f) for f in self.__slots__[:14])
@@ -278,7 +289,7 @@ class Stage2:
     """
 
     __slots__ = ("vttb", "tsz", "sl0", "granule", "ps", "affd", "gshift", "start_level",
-                 "concat")
+                 "concat", "_cfg")
 
     def __init__(
         self,
@@ -289,24 +300,28 @@ class Stage2:
         ps: int = 48,
         affd: bool = False,
     ) -> None:
-        self.vttb = int_arg("vttb", vttb)
-        self.tsz = tsz = range_arg("tsz", tsz, 16, 39)
-        self.sl0 = sl0 = range_arg("sl0", sl0, 0, 3)
-        self.gshift = _granule_shift("granule", granule)
-        self.granule = granule = integer("granule", granule)
-        self.ps = _address_size("ps", ps)
-        self.affd = bool(affd)
-        start = s2_start_level(self.gshift, sl0)
+        vttb = int_arg("vttb", vttb)
+        tsz = range_arg("tsz", tsz, 16, 39)
+        sl0 = range_arg("sl0", sl0, 0, 3)
+        gshift = _granule_shift("granule", granule)
+        granule = integer("granule", granule)
+        ps = _address_size("ps", ps)
+        start = s2_start_level(gshift, sl0)
         if start is None:
             raise InvalidArgument(f"sl0={sl0}: reserved for a {granule}-byte granule")
-        width = 64 - tsz - level_lsb(self.gshift, start)
-        if not 1 <= width <= self.gshift - 3 + 4:
+        width = 64 - tsz - level_lsb(gshift, start)
+        if not 1 <= width <= gshift - 3 + 4:
             raise InvalidArgument(
                 f"sl0={sl0} (level {start}) is inconsistent with tsz={tsz} for a "
                 f"{granule}-byte granule"
             )
-        self.start_level = start
-        self.concat = 1 << max(0, width - (self.gshift - 3))
+        for name, value in zip(self.__slots__, (
+                vttb, tsz, sl0, granule, ps, bool(affd), gshift, start,
+                1 << max(0, width - (gshift - 3)), None), strict=True):
+            _set(self, name, value)
+
+    __setattr__ = _immutable
+    __delattr__ = _immutable
 
     def _key(self) -> tuple:
         return (self.vttb, self.tsz, self.sl0, self.granule, self.ps, self.affd)
@@ -327,8 +342,8 @@ class XlateConfig:
     """How one stream is translated: stage 1, stage 2 or both, and its tags.
 
     ``asid`` (from the CD) and ``vmid`` (from the STE) tag IOTLB entries.
-    Backends may cache a prepared form of the configuration on the object, so
-    treat it as immutable.
+    The configuration is an immutable value; backends cache its prepared form
+    (the C backend: the C struct, built once) on the object.
     """
 
     __slots__ = ("s1", "s2", "asid", "vmid", "_prepared")
@@ -340,13 +355,25 @@ class XlateConfig:
         asid: int = 0,
         vmid: int = 0,
     ) -> None:
-        self.s1 = obj_arg("s1", s1, Stage1, optional=True)
-        self.s2 = obj_arg("s2", s2, Stage2, optional=True)
-        self.asid = range_arg("asid", asid, 0, 0xFFFF)
-        self.vmid = range_arg("vmid", vmid, 0, 0xFFFF)
+        obj_arg("s1", s1, Stage1, optional=True)
+        obj_arg("s2", s2, Stage2, optional=True)
+        asid = range_arg("asid", asid, 0, 0xFFFF)
+        vmid = range_arg("vmid", vmid, 0, 0xFFFF)
         if s1 is None and s2 is None:
             raise InvalidArgument("a translation needs stage 1, stage 2 or both")
-        self._prepared: Any = None
+        _set(self, "s1", s1)
+        _set(self, "s2", s2)
+        _set(self, "asid", asid)
+        _set(self, "vmid", vmid)
+        _set(self, "_prepared", None)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Only the backends' cache of the prepared form may be (re)set.
+        if name != "_prepared":
+            _immutable(self, name)
+        _set(self, name, value)
+
+    __delattr__ = _immutable
 
     @property
     def kind(self) -> TlbKind:
@@ -371,7 +398,28 @@ def config_of(cfg: XlateConfig | None, s1: Stage1 | None, s2: Stage2 | None) -> 
         if s1 is not None or s2 is not None:
             raise InvalidArgument("give either cfg or s1/s2, not both")
         return cfg
-    return XlateConfig(s1, s2)
+    return pair_config(s1, s2)
+
+
+def pair_config(s1: Stage1 | None, s2: Stage2 | None) -> XlateConfig:
+    """The XlateConfig(s1, s2) of a walk or translate given ``s1=``/``s2=``.
+
+    Both stages are immutable, so the configuration (and the prepared form a
+    backend caches on it) is built once and kept on the stage 1 (the last
+    stage 2 it was paired with) or, for stage 2 alone, on the stage 2.
+    """
+    if s1 is not None:
+        last = s1._cfg
+        if last is not None and last[0] is s2:
+            return last[1]
+        cfg = XlateConfig(s1, s2)
+        _set(s1, "_cfg", (s2, cfg))
+        return cfg
+    cfg = s2._cfg if s2 is not None else None
+    if cfg is None:
+        cfg = XlateConfig(s1, s2)
+        _set(s2, "_cfg", cfg)
+    return cfg
 
 
 # -- Argument checks of each entry point, shared by both backends -----------
