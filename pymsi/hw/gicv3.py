@@ -351,7 +351,13 @@ class CpuInterface:
         if not self.igrpen1:
             return None
         rd = self.gic.redists[self.cpu]
-        return rd.highest_pending(min(self.pmr, self.running_priority))
+        if not rd.pending:                     # the common case: nothing to look at
+            return None
+        below = self.pmr if self.pmr < 0x100 else 0x100
+        active = self.active
+        if active and active[-1] < below:
+            below = active[-1]
+        return rd.highest_pending(below)
 
     @property
     def irq_pending(self) -> bool:
