@@ -22,6 +22,7 @@ priorities, and ties go to the lower INTID.
 
 from __future__ import annotations
 
+import heapq
 from typing import Any
 
 from .. import trace
@@ -74,6 +75,16 @@ class Redistributor:
         self.waker = GICR_WAKER_PROCESSOR_SLEEP | GICR_WAKER_CHILDREN_ASLEEP
         self.pending: set[int] = set()
         self._config: dict[int, int] = {}      # cached property bytes
+        # Acknowledge order without scanning: a heap of (priority, INTID) of enabled pending
+        # LPIs with lazy deletion.  _keyed holds the key each INTID was last pushed with (an
+        # entry is live while the INTID is pending and its key is still that one); _fresh the
+        # pending INTIDs not yet keyed (their property byte is read, through the config cache,
+        # at the next highest_pending, as the scan did); _rekey_all forces a rebuild after
+        # INVALL or a table change.
+        self._heap: list[tuple[int, int]] = []
+        self._keyed: dict[int, int] = {}
+        self._fresh: set[int] = set()
+        self._rekey_all = True
         self.vpropbaser = 0
         self.vpendbaser = 0
         self.stats = {"lpis_set": 0, "lpis_dropped": 0, "vlpis_set": 0, "doorbells": 0,
@@ -105,6 +116,7 @@ class Redistributor:
             trace_gicv3_redist_process_lpi(cpu=self.cpu, irq=intid, level=1)
         if intid not in self.pending:
             self.pending.add(intid)
+            self._fresh.add(intid)
             self._write_pending_bit(intid, True)
         return True
 
@@ -136,20 +148,40 @@ class Redistributor:
         """Drop cached configuration: one LPI (INV) or all of them (INVALL)."""
         if intid is None:
             self._config.clear()
+            self._rekey_all = True
         else:
             self._config.pop(intid, None)
+            self._fresh.add(intid)
 
     def highest_pending(self, below: int = 0x100) -> tuple[int, int] | None:
         """(priority, INTID) of the best enabled pending LPI with priority < ``below``."""
-        best = None
-        for intid in self.pending:
-            cfg = self.config(intid)
-            if not cfg & 1:
-                continue
-            key = (cfg & PRIORITY_MASK, intid)
-            if key[0] < below and (best is None or key < best):
-                best = key
-        return best
+        pending, keyed, heap = self.pending, self._keyed, self._heap
+        if self._rekey_all:
+            self._rekey_all = False
+            heap.clear()
+            keyed.clear()
+            self._fresh = set(pending)
+        if self._fresh:
+            for intid in self._fresh:
+                if intid not in pending:
+                    continue
+                cfg = self.config(intid)
+                prio = cfg & PRIORITY_MASK if cfg & 1 else None
+                if keyed.get(intid, -1) != prio:
+                    if prio is None:
+                        keyed.pop(intid, None)
+                    else:
+                        keyed[intid] = prio
+                        heapq.heappush(heap, (prio, intid))
+            self._fresh.clear()
+        while heap:
+            prio, intid = top = heap[0]
+            if intid in pending and keyed.get(intid) == prio:
+                return top if prio < below else None
+            heapq.heappop(heap)
+            if intid not in pending and keyed.get(intid) == prio:
+                del keyed[intid]
+        return None
 
     # -- GICv4: vLPIs ----------------------------------------------------------
 
@@ -258,6 +290,7 @@ class Redistributor:
                 self.ctlr &= ~GICR_CTLR_ENABLE_LPIS
                 self.pending.clear()            # state stays in the table in memory
                 self._config.clear()
+                self._rekey_all = True
         elif offset == GICR_WAKER:
             sleep = value & GICR_WAKER_PROCESSOR_SLEEP
             self.waker = sleep | (GICR_WAKER_CHILDREN_ASLEEP if sleep else 0)
@@ -270,6 +303,7 @@ class Redistributor:
         """Start using the tables: load pending state unless PTZ says it is zero."""
         self._config.clear()
         self.pending.clear()
+        self._rekey_all = True
         if PENDBASER_PTZ.get(self.pendbaser):
             return
         base = PENDBASER_PA.get(self.pendbaser) << 16
@@ -317,7 +351,13 @@ class CpuInterface:
         if not self.igrpen1:
             return None
         rd = self.gic.redists[self.cpu]
-        return rd.highest_pending(min(self.pmr, self.running_priority))
+        if not rd.pending:                     # the common case: nothing to look at
+            return None
+        below = self.pmr if self.pmr < 0x100 else 0x100
+        active = self.active
+        if active and active[-1] < below:
+            below = active[-1]
+        return rd.highest_pending(below)
 
     @property
     def irq_pending(self) -> bool:

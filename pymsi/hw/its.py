@@ -20,6 +20,19 @@ memory error reading a command or a table stalls it (GITS_CREADR.Stalled)
 until software writes GITS_CWRITER with Retry set or rewrites GITS_CBASER.  A
 translation that fails is dropped and recorded.  Nothing a guest writes makes
 the model raise.
+
+Translation cache.  Like a real ITS, this one caches what a translation reads
+from its tables — per (DeviceID, EventID) the interrupt translation entry, per
+collection its target processor, per vPE its table entry — so an MSI does not
+re-read memory.  Only successful reads are cached.  An entry is dropped by the
+command that changes it, as the architecture requires software to issue one:
+MAPD drops the device's events; MAPTI, MAPI, MOVI, DISCARD, VMAPTI, VMAPI and
+VMOVI drop their (DeviceID, EventID); MAPC drops the collection; VMAPP and
+VMOVP drop the vPE; writing GITS_CTLR (enable or disable), GITS_BASER<n> or
+resetting drops everything.  INV / INVALL / VINVALL concern LPI configuration,
+not translation, and drop nothing here.  Software that edits the tables in
+memory without the command sees the stale translation until it issues it.
+Commands (INT, CLEAR, MOVI, ...) always read the tables themselves.
 """
 
 from __future__ import annotations
@@ -240,6 +253,11 @@ class GicV3Its:
         self.gicv4 = gic.gicv4 if gicv4 is None else gicv4
         self.devbits, self.id_bits, self.cidbits = devbits, id_bits, cidbits
         self.stall_on_error = stall_on_error
+        # GITS_TYPER is constant (it depends only on construction parameters): computed once.
+        self.typer = (TYPER_PHYSICAL(1) | TYPER_VIRTUAL(int(self.gicv4))
+                      | TYPER_ITT_ENTRY_SIZE(ITE_SIZE - 1) | TYPER_ID_BITS(id_bits - 1)
+                      | TYPER_DEVBITS(devbits - 1) | TYPER_CIDBITS(cidbits - 1)
+                      | TYPER_CIL(1) | TYPER_VMOVP(int(self.gicv4)))
         self.trace: deque[tuple[str, str, str]] = deque(maxlen=1024)
         self.stats = {"commands": 0, "command_errors": 0, "stalls": 0, "translations": 0,
                       "translations_dropped": 0, "lpis": 0, "vlpis": 0}
@@ -254,19 +272,19 @@ class GicV3Its:
         types = [BaserType.DEVICES, BaserType.COLLECTIONS,
                  BaserType.VPES if self.gicv4 else BaserType.NONE] + [BaserType.NONE] * 5
         self.baser = [self._baser_ro(t) for t in types]
+        self.invalidate_cache()
+
+    def invalidate_cache(self) -> None:
+        """Drop every cached translation (what disabling the ITS does)."""
+        self._ite_cache: dict[int, dict[int, tuple[int, int]]] = {}   # dev -> event -> ITE
+        self._col_cache: dict[int, int] = {}                           # ICID -> processor
+        self._vpe_cache: dict[int, tuple[int, int, int]] = {}          # vPEID -> _vpe()
 
     @staticmethod
     def _baser_ro(t: BaserType) -> int:
         if t == BaserType.NONE:
             return 0
         return BASER_TYPE(int(t)) | BASER_ENTRY_SIZE(ENTRY_SIZE[t] - 1)
-
-    @property
-    def typer(self) -> int:
-        return (TYPER_PHYSICAL(1) | TYPER_VIRTUAL(int(self.gicv4))
-                | TYPER_ITT_ENTRY_SIZE(ITE_SIZE - 1) | TYPER_ID_BITS(self.id_bits - 1)
-                | TYPER_DEVBITS(self.devbits - 1) | TYPER_CIDBITS(self.cidbits - 1)
-                | TYPER_CIL(1) | TYPER_VMOVP(int(self.gicv4)))
 
     # -- registers ------------------------------------------------------------
 
@@ -296,6 +314,7 @@ class GicV3Its:
         enabled = self.ctlr & CTLR_ENABLED
         if offset == GITS_CTLR:
             self.ctlr = value & CTLR_ENABLED
+            self.invalidate_cache()
             if self.ctlr:
                 self._process()
         elif reg == GITS_CBASER and not enabled:
@@ -311,6 +330,7 @@ class GicV3Its:
         elif GITS_BASER <= reg < GITS_BASER + 64 and not enabled:
             n = (reg - GITS_BASER) // 8
             if BASER_TYPE.get(self.baser[n]):
+                self.invalidate_cache()
                 new = merge_access(self.baser[n], high, value, size) & BASER_WRITABLE
                 self.baser[n] = (self.baser[n] & ~BASER_WRITABLE) | new
 
@@ -457,6 +477,16 @@ class GicV3Its:
         tp, fields = _CMD_TRACE[c]
         if tp.enabled:
             tp(**fields(dev, event, d1, d2, d3))
+        if c in _DROPS_EVENT:
+            per = self._ite_cache.get(dev)
+            if per is not None:
+                per.pop(event, None)
+        elif c == Cmd.MAPD:
+            self._ite_cache.pop(dev, None)
+        elif c == Cmd.MAPC:
+            self._col_cache.pop(C2_ICID.get(d2), None)
+        elif c == Cmd.VMAPP or c == Cmd.VMOVP:
+            self._vpe_cache.pop(C1_VPEID.get(d1), None)
         handler = getattr(self, f"_cmd_{c.name.lower()}")
         handler(dev, event, d1, d2, d3)
 
@@ -641,11 +671,19 @@ class GicV3Its:
 
     _cmd_vinvall = _cmd_vsync     # vLPI configuration is read from memory, not cached
 
-    def _set_state(self, ite: list[int], pending: bool, missing: ItsError) -> None:
+    def _set_state(self, ite, pending: bool, missing: ItsError, cached: bool = False) -> None:
         """Set (INT, translation) or clear (CLEAR, DISCARD) an ITE's interrupt."""
         intid = ITE0_INTID.get(ite[0])
         if ITE0_VIRTUAL.get(ite[0]):
-            vpe = self._vpe(ITE1_VPEID.get(ite[1]))
+            if cached:
+                vpeid = ITE1_VPEID.get(ite[1])
+                vpe = self._vpe_cache.get(vpeid)
+                if vpe is None:
+                    vpe = self._vpe(vpeid)
+                    if vpe is not None:
+                        self._vpe_cache[vpeid] = vpe
+            else:
+                vpe = self._vpe(ITE1_VPEID.get(ite[1]))
             if vpe is None:
                 raise _Error(ItsError.UNMAPPED_VPE)
             rd = self._rd(vpe[2], ItsError.PROCNUM_OOR)
@@ -655,7 +693,17 @@ class GicV3Its:
             else:
                 rd.clear_vlpi_pending(vpe[0], intid)
             return
-        rd = self._target(ite, ItsError.UNMAPPED_COLLECTION)
+        if cached:
+            icid = ITE1_ICID.get(ite[1])
+            proc = self._col_cache.get(icid)
+            if proc is None:
+                proc = self._collection_rd(icid)
+                if proc is None:
+                    raise _Error(ItsError.UNMAPPED_COLLECTION)
+                self._col_cache[icid] = proc
+            rd = self._rd(proc, ItsError.PROCNUM_OOR)
+        else:
+            rd = self._target(ite, ItsError.UNMAPPED_COLLECTION)
         if pending:
             if rd.set_pending(intid):
                 self.stats["lpis"] += 1
@@ -674,8 +722,15 @@ class GicV3Its:
                 raise _Error(ItsError.NO_DEVICE_ID)
             if not self.ctlr & CTLR_ENABLED:
                 raise _Error(ItsError.DISABLED)
-            _, ite = self._ite(device_id, event_id, ItsError.INT_UNMAPPED_INTERRUPT)
-            self._set_state(ite, True, ItsError.INT_UNMAPPED_INTERRUPT)
+            per = self._ite_cache.get(device_id)
+            ite = None if per is None else per.get(event_id)
+            if ite is None:
+                _, read = self._ite(device_id, event_id, ItsError.INT_UNMAPPED_INTERRUPT)
+                ite = (read[0], read[1])
+                if per is None:
+                    per = self._ite_cache[device_id] = {}
+                per[event_id] = ite
+            self._set_state(ite, True, ItsError.INT_UNMAPPED_INTERRUPT, cached=True)
             return True
         except _Error as e:
             why = e.code.name
@@ -686,6 +741,11 @@ class GicV3Its:
         if trace_gicv3_its_translation_error.enabled:
             trace_gicv3_its_translation_error(requester_id=device_id, data=event_id, error=why)
         return False
+
+
+# Commands that drop the cached translation of their (DeviceID, EventID).
+_DROPS_EVENT = frozenset({Cmd.MAPTI, Cmd.MAPI, Cmd.MOVI, Cmd.DISCARD, Cmd.VMAPTI, Cmd.VMAPI,
+                          Cmd.VMOVI})
 
 
 def _opname(d0: int) -> str:

@@ -159,6 +159,7 @@ class ItsDevice:
     events: dict[int, int] = field(default_factory=dict)     # event -> CPU (col_map)
     vlpi: dict[int, VcpuInfo] = field(default_factory=dict)  # forwarded events
     users: int = 0
+    free_from: int = 0          # every event below this one is allocated
 
 
 class ItsChip(IrqChip):
@@ -216,7 +217,12 @@ class ItsDomainOps(IrqDomainOps):
     def alloc(self, domain: IrqDomain, virq: int, nr: int, info: MsiAllocInfo) -> None:
         its: ItsDriver = domain.host_data
         dev: ItsDevice = info.parent_data
-        free = [e for e in range(dev.nr_lpis) if e not in dev.events]
+        free, events = [], dev.events
+        for e in range(dev.free_from, dev.nr_lpis):      # the first nr free, lowest first
+            if e not in events:
+                free.append(e)
+                if len(free) == nr:
+                    break
         if len(free) < nr:
             raise fail(ENOSPC, f"ITS device {dev.device_id:#x} has no free events")
         # iommu_dma_prepare_msi(): where must the device write to reach the doorbell?
@@ -227,6 +233,8 @@ class ItsDomainOps(IrqDomainOps):
             domain.set_hwirq_and_chip(virq + i, hwirq, its.chip, dev)
             dev.events[hwirq - dev.lpi_base] = -1          # allocated, not yet routed
             dev.users += 1
+        if free:
+            dev.free_from = free[-1] + 1
 
     def free(self, domain: IrqDomain, virq: int, nr: int) -> None:
         its: ItsDriver = domain.host_data
@@ -235,6 +243,7 @@ class ItsDomainOps(IrqDomainOps):
             dev: ItsDevice = d.chip_data
             its.write_prop(d.hwirq, LPI_PROP_DEFAULT_PRIO | LPI_PROP_GROUP1)
             dev.events.pop(d.hwirq - dev.lpi_base, None)
+            dev.free_from = min(dev.free_from, d.hwirq - dev.lpi_base)
             dev.users -= 1
         domain.free_irqs_parent(virq, nr)
 
