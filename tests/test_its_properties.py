@@ -68,8 +68,12 @@ class Model:
             if self.mapped(*key) and a["icid"] in self.cte and self.ite[key][1] in self.cte:
                 self.ite[key][1] = a["icid"]
         elif kind == "DISCARD":
-            if self.mapped(a["dev"], a["ev"]):
-                del self.ite[(a["dev"], a["ev"])]
+            # Clearing the interrupt's pending state needs its collection's target: with
+            # the collection unmapped the command fails and changes nothing (KVM's vITS
+            # refuses it the same way).
+            key = (a["dev"], a["ev"])
+            if self.mapped(*key) and self.ite[key][1] in self.cte:
+                del self.ite[key]
 
 
 def encode(kind, a, itts):
