@@ -1,5 +1,5 @@
 /*
- * IOTLB: a fixed-capacity cache of completed translations with LRU eviction.
+ * IOTLB: a fixed-capacity cache of completed translations with CLOCK eviction.
  *
  * An entry is tagged by kind (stage 1, stage 2 or nested), ASID (stage-1
  * kinds; global entries match every ASID), VMID, page size and input page.
@@ -7,6 +7,11 @@
  * entry stays valid until an invalidation removes it, whatever happens to
  * the tables it was walked from.  All storage is allocated when the TLB is
  * made; lookups, inserts and invalidations never allocate.
+ *
+ * Eviction is CLOCK in its second-chance form: entries queue in insertion
+ * order, a hit only sets the entry's reference bit, and a full TLB looks at
+ * its oldest entry: referenced, it loses the bit and requeues as newest;
+ * otherwise it is evicted.  A hit never relinks anything.
  *
  * Besides the lookup hash, every entry sits on four secondary indexes, each a
  * hashed array of doubly linked lists: by (VMID, input page), by (VMID,
@@ -35,8 +40,9 @@ struct entry {
     uint16_t vmid;
     uint8_t shift, kind, is_global, granule, level, s2_level;
     uint8_t s1w, s2r, s2w;
+    uint8_t ref;           /* CLOCK reference bit: hit since queued */
     int32_t hnext;         /* hash chain */
-    int32_t prev, next;    /* LRU list (head = most recently used) or free list */
+    int32_t prev, next;    /* CLOCK queue (head = newest) or free list */
     struct link ix[NIDX];  /* secondary indexes */
 };
 
@@ -271,7 +277,12 @@ static void insert(pymsi_tlb *t, const struct pymsi_xlate_cfg *cfg, uint8_t kind
 {
     int32_t i = t->free_head;
     if (i == NIL) {
-        i = t->tail;
+        /* The CLOCK hand: referenced entries get a second chance. */
+        for (i = t->tail; t->e[i].ref; i = t->tail) {
+            t->e[i].ref = 0;
+            lru_unlink(t, i);
+            lru_push_front(t, i);
+        }
         remove_entry(t, i);
         t->evictions++;
     }
@@ -297,6 +308,7 @@ static void insert(pymsi_tlb *t, const struct pymsi_xlate_cfg *cfg, uint8_t kind
     e->s1w = r->s1_writable;
     e->s2r = r->readable;
     e->s2w = r->s2_writable;
+    e->ref = 0;
     size_t b = bucket_of(t, e->kind, e->asid_key, e->vmid, e->shift, e->va);
     e->hnext = t->buckets[b];
     t->buckets[b] = i;
@@ -330,11 +342,9 @@ void pymsi_translate_nocheck(const pymsi_mem *m, pymsi_tlb *t,
     int32_t i = lookup(t, kind, cfg->asid, cfg->vmid, va);
     if (i != NIL) {
         t->hits++;
-        if (i != t->head) {
-            lru_unlink(t, i);
-            lru_push_front(t, i);
-        }
-        const struct entry *e = &t->e[i];
+        struct entry *e = &t->e[i];
+        if (!e->ref)
+            e->ref = 1;
         uint64_t off = va & ((UINT64_C(1) << e->shift) - 1);
         memset(r, 0, sizeof(*r));
         r->tlb_hit = 1;
