@@ -29,7 +29,7 @@ static inline uint64_t pymsi_hash(uint64_t key, unsigned bits)
 
 /*
  * pymsi_hash for keys made of two 32-bit halves, such as index << 32 | dev:
- * each half is multiplied by its own odd constant near 2^64/phi and the sum's
+ * each half is multiplied by its own odd constant (dev by 2^64/phi) and the sum's
  * top bits taken.  A single multiply of the whole key lets the high half
  * reach the top bits only through the constant's low 32 bits, so keys that
  * differ only there cluster; here a run in either half (one device's vectors,
@@ -39,7 +39,7 @@ static inline uint64_t pymsi_hash(uint64_t key, unsigned bits)
 static inline uint64_t pymsi_hash2(uint64_t key, unsigned bits)
 {
     uint64_t lo = key & UINT64_C(0xFFFFFFFF), hi = key >> 32;
-    return (lo * UINT64_C(0x9E3779B97F4A7C15) + hi * UINT64_C(0xC2B2AE3D27D4EB4F)) >>
+    return (lo * UINT64_C(0x9E3779B97F4A7C15) + hi * UINT64_C(0x94D049BB133111EB)) >>
            (64 - bits);
 }
 
