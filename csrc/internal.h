@@ -27,6 +27,22 @@ static inline uint64_t pymsi_hash(uint64_t key, unsigned bits)
     return (key * UINT64_C(0x9E3779B97F4A7C15)) >> (64 - bits);
 }
 
+/*
+ * pymsi_hash for keys made of two 32-bit halves, such as index << 32 | dev:
+ * each half is multiplied by its own odd constant (dev by 2^64/phi) and the sum's
+ * top bits taken.  A single multiply of the whole key lets the high half
+ * reach the top bits only through the constant's low 32 bits, so keys that
+ * differ only there cluster; here a run in either half (one device's vectors,
+ * one vector across devices) is spread as evenly as Fibonacci hashing
+ * spreads a run of integers, and the two multiplies run in parallel.
+ */
+static inline uint64_t pymsi_hash2(uint64_t key, unsigned bits)
+{
+    uint64_t lo = key & UINT64_C(0xFFFFFFFF), hi = key >> 32;
+    return (lo * UINT64_C(0x9E3779B97F4A7C15) + hi * UINT64_C(0x94D049BB133111EB)) >>
+           (64 - bits);
+}
+
 static inline uint64_t pymsi_le64(const uint8_t *p)
 {
     return (uint64_t)p[0] | (uint64_t)p[1] << 8 | (uint64_t)p[2] << 16 |

@@ -1,5 +1,5 @@
 /*
- * IOTLB: a fixed-capacity cache of completed translations with LRU eviction.
+ * IOTLB: a fixed-capacity cache of completed translations with CLOCK eviction.
  *
  * An entry is tagged by kind (stage 1, stage 2 or nested), ASID (stage-1
  * kinds; global entries match every ASID), VMID, page size and input page.
@@ -7,6 +7,17 @@
  * entry stays valid until an invalidation removes it, whatever happens to
  * the tables it was walked from.  All storage is allocated when the TLB is
  * made; lookups, inserts and invalidations never allocate.
+ *
+ * Eviction is CLOCK in its second-chance form: entries queue in insertion
+ * order, a hit only sets the entry's reference bit, and a full TLB looks at
+ * its oldest entry: referenced, it loses the bit and requeues as newest;
+ * otherwise it is evicted.  A hit never relinks anything.
+ *
+ * Besides the lookup hash, every entry sits on four secondary indexes, each a
+ * hashed array of doubly linked lists: by (VMID, input page), by (VMID,
+ * IPA page), by VMID and by (VMID, ASID).  An invalidation walks only the
+ * lists that can hold what it names, so its cost follows what it removes
+ * rather than how much is cached.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -16,6 +27,12 @@
 #define GLOBAL_ASID UINT32_C(0x10000)  /* asid_key of global entries */
 #define NIL (-1)
 
+enum { IX_VA, IX_IPA, IX_VMID, IX_ASID, NIDX };
+
+struct link {
+    int32_t prev, next;
+};
+
 struct entry {
     uint64_t va, ipa, pa;  /* page bases */
     uint32_t asid_key;     /* asid, 0 for stage 2 only, GLOBAL_ASID if global */
@@ -23,13 +40,17 @@ struct entry {
     uint16_t vmid;
     uint8_t shift, kind, is_global, granule, level, s2_level;
     uint8_t s1w, s2r, s2w;
+    uint8_t ref;           /* CLOCK reference bit: hit since queued */
     int32_t hnext;         /* hash chain */
-    int32_t prev, next;    /* LRU list (head = most recently used) or free list */
+    int32_t prev, next;    /* CLOCK queue (head = newest) or free list */
+    struct link ix[NIDX];  /* secondary indexes */
 };
 
 struct pymsi_tlb {
     struct entry *e;
     int32_t *buckets;
+    int32_t *ixhead[NIDX];  /* secondary index heads, 1 << bbits each */
+    uint32_t *vmid_count;   /* entries on each IX_VMID list */
     unsigned bbits;
     uint32_t capacity;
     uint32_t count;
@@ -51,10 +72,19 @@ pymsi_tlb *pymsi_tlb_new(uint32_t capacity)
         bbits++;
     t->e = calloc(capacity, sizeof(*t->e));
     t->buckets = malloc(((size_t)1 << bbits) * sizeof(*t->buckets));
-    if (!t->e || !t->buckets) {
+    int ok = t->e && t->buckets;
+    for (int x = 0; x < NIDX; x++) {
+        t->ixhead[x] = malloc(((size_t)1 << bbits) * sizeof(int32_t));
+        ok = ok && t->ixhead[x];
+    }
+    t->vmid_count = calloc((size_t)1 << bbits, sizeof(uint32_t));
+    if (!ok || !t->vmid_count) {
         pymsi_tlb_free(t);
         return NULL;
     }
+    for (int x = 0; x < NIDX; x++)
+        for (size_t i = 0; i < ((size_t)1 << bbits); i++)
+            t->ixhead[x][i] = NIL;
     t->bbits = bbits;
     t->capacity = capacity;
     for (size_t i = 0; i < ((size_t)1 << bbits); i++)
@@ -72,6 +102,9 @@ void pymsi_tlb_free(pymsi_tlb *t)
         return;
     free(t->e);
     free(t->buckets);
+    for (int x = 0; x < NIDX; x++)
+        free(t->ixhead[x]);
+    free(t->vmid_count);
     free(t);
 }
 
@@ -82,6 +115,63 @@ static inline size_t bucket_of(const pymsi_tlb *t, uint8_t kind, uint32_t asid_k
                    (uint64_t)shift << 36;
     return (size_t)pymsi_hash((va >> shift) ^ (tag * UINT64_C(0xD6E8FEB86659FD93)),
                               t->bbits);
+}
+
+static inline size_t ix_bucket_of(const pymsi_tlb *t, int x, uint16_t vmid,
+                                  uint32_t asid_key, uint8_t shift, uint64_t addr)
+{
+    uint64_t key;
+    switch (x) {
+    case IX_VA:
+    case IX_IPA:
+        key = (addr >> shift) ^ ((uint64_t)vmid << 6 | shift | (uint64_t)x << 22) *
+                                    UINT64_C(0xD6E8FEB86659FD93);
+        break;
+    case IX_VMID:
+        key = vmid;
+        break;
+    default:
+        key = (uint64_t)asid_key << 16 | vmid;
+        break;
+    }
+    return (size_t)pymsi_hash(key ^ (key >> 29), t->bbits);
+}
+
+static inline size_t ix_bucket(const pymsi_tlb *t, int x, const struct entry *e)
+{
+    return ix_bucket_of(t, x, e->vmid, e->asid_key, e->shift, x == IX_IPA ? e->ipa : e->va);
+}
+
+static void ix_link(pymsi_tlb *t, int32_t i)
+{
+    struct entry *e = &t->e[i];
+    for (int x = 0; x < NIDX; x++) {
+        size_t b = ix_bucket(t, x, e);
+        int32_t h = t->ixhead[x][b];
+        e->ix[x].prev = NIL;
+        e->ix[x].next = h;
+        if (h != NIL)
+            t->e[h].ix[x].prev = i;
+        t->ixhead[x][b] = i;
+        if (x == IX_VMID)
+            t->vmid_count[b]++;
+    }
+}
+
+static void ix_unlink(pymsi_tlb *t, int32_t i)
+{
+    struct entry *e = &t->e[i];
+    for (int x = 0; x < NIDX; x++) {
+        size_t b = ix_bucket(t, x, e);
+        if (e->ix[x].prev != NIL)
+            t->e[e->ix[x].prev].ix[x].next = e->ix[x].next;
+        else
+            t->ixhead[x][b] = e->ix[x].next;
+        if (e->ix[x].next != NIL)
+            t->e[e->ix[x].next].ix[x].prev = e->ix[x].prev;
+        if (x == IX_VMID)
+            t->vmid_count[b]--;
+    }
 }
 
 static int32_t find(const pymsi_tlb *t, uint8_t kind, uint32_t asid_key, uint16_t vmid,
@@ -135,6 +225,7 @@ static void hash_unlink(pymsi_tlb *t, int32_t i)
 static void remove_entry(pymsi_tlb *t, int32_t i)
 {
     hash_unlink(t, i);
+    ix_unlink(t, i);
     lru_unlink(t, i);
     if (t->e[i].is_global)
         t->nglobal--;
@@ -186,7 +277,12 @@ static void insert(pymsi_tlb *t, const struct pymsi_xlate_cfg *cfg, uint8_t kind
 {
     int32_t i = t->free_head;
     if (i == NIL) {
-        i = t->tail;
+        /* The CLOCK hand: referenced entries get a second chance. */
+        for (i = t->tail; t->e[i].ref; i = t->tail) {
+            t->e[i].ref = 0;
+            lru_unlink(t, i);
+            lru_push_front(t, i);
+        }
         remove_entry(t, i);
         t->evictions++;
     }
@@ -212,9 +308,11 @@ static void insert(pymsi_tlb *t, const struct pymsi_xlate_cfg *cfg, uint8_t kind
     e->s1w = r->s1_writable;
     e->s2r = r->readable;
     e->s2w = r->s2_writable;
+    e->ref = 0;
     size_t b = bucket_of(t, e->kind, e->asid_key, e->vmid, e->shift, e->va);
     e->hnext = t->buckets[b];
     t->buckets[b] = i;
+    ix_link(t, i);
     lru_push_front(t, i);
     if (e->is_global)
         t->nglobal++;
@@ -244,11 +342,9 @@ void pymsi_translate_nocheck(const pymsi_mem *m, pymsi_tlb *t,
     int32_t i = lookup(t, kind, cfg->asid, cfg->vmid, va);
     if (i != NIL) {
         t->hits++;
-        if (i != t->head) {
-            lru_unlink(t, i);
-            lru_push_front(t, i);
-        }
-        const struct entry *e = &t->e[i];
+        struct entry *e = &t->e[i];
+        if (!e->ref)
+            e->ref = 1;
         uint64_t off = va & ((UINT64_C(1) << e->shift) - 1);
         memset(r, 0, sizeof(*r));
         r->tlb_hit = 1;
@@ -307,13 +403,12 @@ static int tlbi_match(const struct entry *e, const struct pymsi_tlbi *s)
     return 1;
 }
 
-int pymsi_tlb_invalidate(pymsi_tlb *t, const struct pymsi_tlbi *spec)
+/* Remove the matching entries of secondary list `x` from `i` on. */
+static int invalidate_list(pymsi_tlb *t, int x, int32_t i, const struct pymsi_tlbi *spec)
 {
-    if (spec->range > PYMSI_TLBI_RANGE_IPA || spec->start > spec->last)
-        return -EINVAL;
     int n = 0;
-    for (int32_t i = t->head; i != NIL;) {
-        int32_t next = t->e[i].next;
+    while (i != NIL) {
+        int32_t next = t->e[i].ix[x].next;
         if (tlbi_match(&t->e[i], spec)) {
             remove_entry(t, i);
             n++;
@@ -321,6 +416,64 @@ int pymsi_tlb_invalidate(pymsi_tlb *t, const struct pymsi_tlbi *spec)
         i = next;
     }
     return n;
+}
+
+/*
+ * Pages of every size present that a range covers, or UINT64_MAX past
+ * `limit`: probing them costs about as much as walking `limit` entries.
+ */
+static uint64_t range_pages(const pymsi_tlb *t, const struct pymsi_tlbi *s, uint64_t limit)
+{
+    uint64_t total = 0;
+    for (unsigned sh = 0; sh < 64; sh++) {
+        if (!(t->shift_mask & (UINT64_C(1) << sh)))
+            continue;
+        uint64_t pages = (s->last >> sh) - (s->start >> sh);
+        if (pages >= limit || (total += pages + 1) > limit)
+            return UINT64_MAX;
+    }
+    return total;
+}
+
+int pymsi_tlb_invalidate(pymsi_tlb *t, const struct pymsi_tlbi *spec)
+{
+    if (spec->range > PYMSI_TLBI_RANGE_IPA || spec->start > spec->last)
+        return -EINVAL;
+    int n = 0;
+    if (!spec->match_vmid || !t->count) {
+        for (int32_t i = t->head; i != NIL;) {
+            int32_t next = t->e[i].next;
+            if (tlbi_match(&t->e[i], spec)) {
+                remove_entry(t, i);
+                n++;
+            }
+            i = next;
+        }
+        return n;
+    }
+    size_t vb = ix_bucket_of(t, IX_VMID, spec->vmid, 0, 0, 0);
+    if (spec->range != PYMSI_TLBI_RANGE_NONE &&
+        range_pages(t, spec, t->vmid_count[vb]) != UINT64_MAX) {
+        /* Probe each page of each size present that the range covers. */
+        int x = spec->range == PYMSI_TLBI_RANGE_IPA ? IX_IPA : IX_VA;
+        uint64_t mask = t->shift_mask;
+        for (unsigned sh = 0; sh < 64; sh++) {
+            if (!(mask & (UINT64_C(1) << sh)))
+                continue;
+            for (uint64_t p = spec->start >> sh;; p++) {
+                size_t b = ix_bucket_of(t, x, spec->vmid, 0, (uint8_t)sh, p << sh);
+                n += invalidate_list(t, x, t->ixhead[x][b], spec);
+                if (p == spec->last >> sh)
+                    break;
+            }
+        }
+        return n;
+    }
+    if (spec->match_asid && !spec->asid_hits_global && spec->range == PYMSI_TLBI_RANGE_NONE) {
+        size_t b = ix_bucket_of(t, IX_ASID, spec->vmid, spec->asid, 0, 0);
+        return invalidate_list(t, IX_ASID, t->ixhead[IX_ASID][b], spec);
+    }
+    return invalidate_list(t, IX_VMID, t->ixhead[IX_VMID][vb], spec);
 }
 
 void pymsi_tlb_get_stats(const pymsi_tlb *t, struct pymsi_tlb_stats *out)

@@ -69,7 +69,7 @@ static int rehash(pymsi_msi_table *t, unsigned bits)
     for (size_t j = 0; j < old; j++) {
         if (!(t->slots[j].key & SLOT_USED))
             continue;
-        size_t i = (size_t)pymsi_hash(t->slots[j].key & ~SLOT_USED & ~(UINT64_C(0x3F) << SHIFT_POS), bits);
+        size_t i = (size_t)pymsi_hash2(t->slots[j].key & ~SLOT_USED & ~(UINT64_C(0x3F) << SHIFT_POS), bits);
         while (slots[i].key & SLOT_USED)
             i = (i + 1) & mask;
         slots[i] = t->slots[j];
@@ -96,7 +96,7 @@ int pymsi_msi_reserve(pymsi_msi_table *t, size_t n)
 static inline size_t probe(const pymsi_msi_table *t, uint64_t id)
 {
     size_t mask = ((size_t)1 << t->bits) - 1;
-    size_t i = (size_t)pymsi_hash(id, t->bits);
+    size_t i = (size_t)pymsi_hash2(id, t->bits);
     uint64_t want = SLOT_USED | id;
     for (;;) {
         uint64_t k = t->slots[i].key;
@@ -160,7 +160,7 @@ int pymsi_msi_remove(pymsi_msi_table *t, uint32_t dev, uint32_t index)
                 t->count--;
                 return 0;
             }
-            size_t home = (size_t)pymsi_hash(k & (MATCH_MASK & ~SLOT_USED), t->bits);
+            size_t home = (size_t)pymsi_hash2(k & (MATCH_MASK & ~SLOT_USED), t->bits);
             /* Move slot j into the hole at i unless its home lies in (i, j]. */
             if (i <= j ? (home <= i || home > j) : (home <= i && home > j))
                 break;
@@ -222,7 +222,7 @@ long pymsi_compose_batch(const pymsi_msi_table *t, uint64_t doorbell_pa,
     long ok = 0;
     for (size_t k = 0; k < n; k++) {
         if (k + PREFETCH_DISTANCE < n && idx[k + PREFETCH_DISTANCE] <= 0xFFFF)
-            PYMSI_PREFETCH(&t->slots[pymsi_hash(ident(devs[k + PREFETCH_DISTANCE],
+            PYMSI_PREFETCH(&t->slots[pymsi_hash2(ident(devs[k + PREFETCH_DISTANCE],
                                                       idx[k + PREFETCH_DISTANCE]),
                                                 t->bits)]);
         if (pymsi_msi_compose(t, devs[k], idx[k], doorbell_pa, &out_addr[k])) {

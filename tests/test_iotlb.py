@@ -1,4 +1,4 @@
-"""The IOTLB: hits, misses, stale entries until invalidated, scoping, LRU."""
+"""The IOTLB: hits, misses, stale entries until invalidated, scoping, CLOCK eviction."""
 
 from __future__ import annotations
 
@@ -159,7 +159,7 @@ def test_va_range_boundaries(core, env):
         env.tlb.invalidate_va(1, 0, 0)
 
 
-def test_lru_eviction(core, env):
+def test_clock_eviction(core, env):
     tlb = core.Iotlb(2)
     env.s1.map(0x10_0000, RAM, 4 * P, RW)
     cfg = env.cfg_s1()
@@ -169,7 +169,7 @@ def test_lru_eviction(core, env):
 
     tr(0x10_0000)
     tr(0x10_1000)
-    assert tr(0x10_0000).tlb_hit                     # A is now most recent
+    assert tr(0x10_0000).tlb_hit                     # A is referenced: a second chance
     tr(0x10_2000)                                    # evicts B
     assert tlb.evictions == 1 and len(tlb) == 2
     assert [e["iova"] for e in tlb.entries()] == [0x10_2000, 0x10_0000]

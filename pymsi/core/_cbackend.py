@@ -336,7 +336,7 @@ def walk(
 
 
 class Iotlb(IotlbCommands):
-    """An IOTLB: a fixed-capacity cache of translations with LRU eviction.
+    """An IOTLB: a fixed-capacity cache of translations with CLOCK eviction.
 
     Entries are tagged by kind (stage 1, stage 2, nested), ASID (global
     entries match every ASID), VMID, page size and input page.  An entry
@@ -363,7 +363,7 @@ class Iotlb(IotlbCommands):
     hits = property(lambda self: self._stat("hits"), doc="Lookups that found an entry.")
     misses = property(lambda self: self._stat("misses"), doc="Lookups that walked.")
     inserts = property(lambda self: self._stat("inserts"), doc="Entries added.")
-    evictions = property(lambda self: self._stat("evictions"), doc="Entries evicted (LRU).")
+    evictions = property(lambda self: self._stat("evictions"), doc="Entries evicted (CLOCK).")
 
     def __len__(self) -> int:
         return self._stat("count")
@@ -390,7 +390,7 @@ class Iotlb(IotlbCommands):
         return check(lib.pymsi_tlb_invalidate(self._p, s), "IOTLB invalidation")
 
     def entries(self) -> list[dict[str, int]]:
-        """The cached entries, most recently used first."""
+        """The cached entries, newest in the CLOCK queue first."""
         n = len(self)
         buf = ffi.new("struct pymsi_tlb_entry_info[]", max(n, 1))
         lib.pymsi_tlb_entries(self._p, buf, n)

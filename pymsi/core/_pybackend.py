@@ -412,13 +412,16 @@ _GLOBAL = "global"
 
 class _Entry:
     __slots__ = ("va", "ipa", "pa", "shift", "kind", "is_global", "granule", "level",
-                 "s2_level", "s1w", "s2r", "s2w", "asid", "vmid")
+                 "s2_level", "s1w", "s2r", "s2w", "asid", "vmid", "ref")
 
 
 class Iotlb(IotlbCommands):
-    """An IOTLB: a fixed-capacity cache of translations with LRU eviction.
+    """An IOTLB: a fixed-capacity cache of translations with CLOCK eviction.
 
-    Entries are tagged by kind (stage 1, stage 2, nested), ASID (global
+    CLOCK in its second-chance form: entries queue in insertion order, a hit
+    sets the entry's reference bit, and a full IOTLB looks at its oldest
+    entry: referenced, it loses the bit and requeues as newest; otherwise it
+    is evicted.  Entries are tagged by kind (stage 1, stage 2, nested), ASID (global
     entries match every ASID), VMID, page size and input page.  An entry
     stays valid until invalidated, whatever happens to the tables.
     """
@@ -427,7 +430,7 @@ class Iotlb(IotlbCommands):
 
     def __init__(self, capacity: int = 256) -> None:
         self.capacity = capacity_arg(capacity)
-        self._lru: OrderedDict[tuple, _Entry] = OrderedDict()  # last = most recent
+        self._lru: OrderedDict[tuple, _Entry] = OrderedDict()  # CLOCK queue, last = newest
         self._shift_mask = 0
         self._nglobal = 0
         self.hits = self.misses = self.inserts = self.evictions = 0
@@ -459,7 +462,7 @@ class Iotlb(IotlbCommands):
                     key = (kind, _GLOBAL, vmid, shift, vpn)
                     e = self._lru.get(key)
                 if e is not None:
-                    self._lru.move_to_end(key)
+                    e.ref = True
                     return e
             mask >>= 1
             shift += 1
@@ -467,7 +470,14 @@ class Iotlb(IotlbCommands):
 
     def _insert(self, cfg: XlateConfig, kind: int, va: int, r: WalkResult) -> None:
         if len(self._lru) >= self.capacity:
-            self._remove(next(iter(self._lru)))
+            lru = self._lru
+            while True:                          # the CLOCK hand
+                key = next(iter(lru))
+                if not lru[key].ref:
+                    break
+                lru[key].ref = False
+                lru.move_to_end(key)
+            self._remove(key)
             self.evictions += 1
         e = _Entry()
         shift = r.page_size.bit_length() - 1
@@ -486,6 +496,7 @@ class Iotlb(IotlbCommands):
         e.s1w = r.s1_writable
         e.s2r = r.readable
         e.s2w = r.s2_writable
+        e.ref = False
         self._lru[(kind, _GLOBAL if e.is_global else e.asid, e.vmid, shift, va >> shift)] = e
         if e.is_global:
             self._nglobal += 1
@@ -513,7 +524,7 @@ class Iotlb(IotlbCommands):
         return len(doomed)
 
     def entries(self) -> list[dict[str, int]]:
-        """The cached entries, most recently used first."""
+        """The cached entries, newest in the CLOCK queue first."""
         out = []
         for e in reversed(self._lru.values()):
             out.append({
