@@ -90,7 +90,8 @@ void pymsi_mem_free(pymsi_mem *m)
     free(m);
 }
 
-const uint8_t *pymsi_mem_page(const pymsi_mem *m, uint64_t pfn)
+/* The slot of `pfn`, or NULL if the page does not exist. */
+static struct slot *slot_find(const pymsi_mem *m, uint64_t pfn)
 {
     uint64_t key = pfn + 1;
     size_t mask = ((size_t)1 << m->bits) - 1;
@@ -98,11 +99,17 @@ const uint8_t *pymsi_mem_page(const pymsi_mem *m, uint64_t pfn)
     for (;;) {
         uint64_t k = m->slots[i].key;
         if (k == key)
-            return m->slots[i].page;
+            return &m->slots[i];
         if (k == 0)
             return NULL;
         i = (i + 1) & mask;
     }
+}
+
+const uint8_t *pymsi_mem_page(const pymsi_mem *m, uint64_t pfn)
+{
+    const struct slot *s = slot_find(m, pfn);
+    return s ? s->page : NULL;
 }
 
 static int grow(pymsi_mem *m)
@@ -125,22 +132,6 @@ static int grow(pymsi_mem *m)
     m->slots = slots;
     m->bits = bits;
     return 0;
-}
-
-/* The slot of `pfn`, or NULL if the page does not exist. */
-static struct slot *slot_find(pymsi_mem *m, uint64_t pfn)
-{
-    uint64_t key = pfn + 1;
-    size_t mask = ((size_t)1 << m->bits) - 1;
-    size_t i = (size_t)pymsi_hash(key, m->bits);
-    for (;;) {
-        uint64_t k = m->slots[i].key;
-        if (k == key)
-            return &m->slots[i];
-        if (k == 0)
-            return NULL;
-        i = (i + 1) & mask;
-    }
 }
 
 /* Room for one more page (grows the table if needed); -ENOMEM otherwise. */

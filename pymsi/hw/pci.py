@@ -22,6 +22,7 @@ accesses, and a window on the system bus for each enabled memory BAR.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +74,19 @@ class Delivery(enum.Enum):
     ABORTED = "aborted"                # the write was aborted (IOMMU fault, nothing there)
     POSTED = "posted"                  # queued behind the bus access in progress
 
+
+
+def find_capability(read8: Callable[[int], int], cap_id: int) -> int | None:
+    """The offset of capability ``cap_id`` in a configuration space read one byte at a
+    time through ``read8``: the list from CAP_PTR, pointers with their low two bits
+    cleared, at most 48 hops (as pci_find_capability bounds a looping list), or None."""
+    ptr, seen = read8(CAP_PTR) & ~3, 0
+    while ptr and seen < 48:
+        if read8(ptr) == cap_id:
+            return ptr
+        ptr = read8(ptr + 1) & ~3
+        seen += 1
+    return None
 
 @dataclass
 class MsiConfig:

@@ -73,13 +73,7 @@ class PciDev:
         """pci_find_capability()."""
         if not self.cfg_read(P.STATUS, 2) & P.STATUS_CAP_LIST:
             return None
-        ptr, seen = self.cfg_read(P.CAP_PTR, 1) & ~3, 0
-        while ptr and seen < 48:
-            if self.cfg_read(ptr, 1) == cap_id:
-                return ptr
-            ptr = self.cfg_read(ptr + 1, 1) & ~3
-            seen += 1
-        return None
+        return P.find_capability(lambda off: self.cfg_read(off, 1), cap_id)
 
     def set_master(self, on: bool = True) -> None:
         """pci_set_master() / pci_clear_master()."""

@@ -299,13 +299,7 @@ class VfioPciDevice(P.PciFunction):
         return bars, bar_region, msix
 
     def _find_cap(self, cap_id: int) -> int | None:
-        ptr, seen = self._host_cfg(P.CAP_PTR, 1) & ~3, 0
-        while ptr and seen < 48:
-            if self._host_cfg(ptr, 1) == cap_id:
-                return ptr
-            ptr = self._host_cfg(ptr + 1, 1) & ~3
-            seen += 1
-        return None
+        return P.find_capability(lambda off: self._host_cfg(off, 1), cap_id)
 
     def attach(self, pt_id: int) -> int:
         """VFIO_DEVICE_ATTACH_IOMMUFD_PT (attach or replace); the HWPT used."""
