@@ -445,6 +445,13 @@ class AccelRig:
         assert self.gk.iommu.probe_device(d) is not None
         return d
 
+    def booted(self) -> Dev:
+        """The usual start: device 0 attached at guest StreamID VSID, the guest booted
+        on the vSMMU, and the guest's view of the device probed."""
+        self.vsmmu.attach_device(VSID, self.devs[0])
+        self.boot_guest()
+        return self.gdev()
+
     @property
     def ctx(self):
         return self.iommufd.private_data
@@ -505,9 +512,7 @@ def test_accel_device_gets_a_viommu_and_follows_gbpa_then_the_guests_configurati
 
 def test_accel_guest_ste_becomes_a_nested_hwpt_that_the_physical_smmu_walks():
     rig = AccelRig()
-    rig.vsmmu.attach_device(VSID, rig.devs[0])
-    rig.boot_guest()
-    gdev = rig.gdev()
+    gdev = rig.booted()
     hwpt = rig.vsmmu.hwpt_of(VSID)
     assert rig.kind(hwpt) == "hwpt_nested"
     master = rig.drv.masters[gdev]
@@ -589,9 +594,7 @@ def test_accel_guest_ste_eats_is_passed_to_the_host_which_sets_the_physical_eats
 
 def test_accel_guest_tlbi_reaches_the_host_and_takes_effect():
     rig = AccelRig()
-    rig.vsmmu.attach_device(VSID, rig.devs[0])
-    rig.boot_guest()
-    gdev = rig.gdev()
+    gdev = rig.booted()
     dom = gdev.iommu_group.domain
     iova = rig.gk.dma_iommu.map_page(gdev, DATA, PAGE, DmaDirection.BIDIRECTIONAL)
     assert rig.dma_write(iova, 1).ok                     # the host IOTLB now holds it
@@ -611,9 +614,7 @@ def test_accel_guest_tlbi_reaches_the_host_and_takes_effect():
 
 def test_accel_guest_cfgi_cd_reaches_the_host_with_the_physical_streamid():
     rig = AccelRig()
-    rig.vsmmu.attach_device(VSID, rig.devs[0])
-    rig.boot_guest()
-    gdev = rig.gdev()
+    gdev = rig.booted()
     iova = rig.gk.dma_iommu.map_page(gdev, DATA, PAGE, DmaDirection.FROM_DEVICE)
     assert rig.dma_write(iova, 1).ok                     # the host caches the guest's CD
     seen = host_spy(rig.k)
@@ -716,9 +717,7 @@ def test_accel_sw_msi_guest_must_identity_map_the_rmr_or_its_vsmmu_records_the_m
     """sw-msi: the host puts the doorbell at IOVA 0x8000000 of stage 2 and programs the
     device with 0x8000040; nested, that address first meets the guest's stage 1."""
     rig = AccelRig(msi_design="sw-msi")
-    rig.vsmmu.attach_device(VSID, rig.devs[0])
-    rig.boot_guest()
-    gdev = rig.gdev()
+    gdev = rig.booted()
     efd = rig.k.eventfd()
     rig.devs[0].devfile.ioctl(V.VFIO_DEVICE_SET_IRQS, V.VfioIrqSet(
         flags=V.VFIO_IRQ_SET_DATA_EVENTFD | V.VFIO_IRQ_SET_ACTION_TRIGGER,
@@ -750,9 +749,7 @@ def test_accel_per_vector_physical_msi_at_the_guests_iova_crosses_both_stages():
     the doorbell page where the guest's stage 1 points (IOMMU_IOAS_MAP_MSI at its GPA);
     the physical function then fires at the guest's IOVA."""
     rig = AccelRig()                                     # per-vector is the host's design
-    rig.vsmmu.attach_device(VSID, rig.devs[0])
-    rig.boot_guest()
-    gdev = rig.gdev()
+    gdev = rig.booted()
     desc = MsiDesc(gdev, 0)
     rig.gk.iommu.dma_prepare_msi(desc, DOORBELL)         # the guest's MSI page
     giova = desc.iommu_msi_addr | (DOORBELL & (PAGE - 1))
@@ -785,9 +782,7 @@ def test_accel_per_vector_physical_msi_at_the_guests_iova_crosses_both_stages():
 
 def test_accel_abort_and_bypass_guest_stes_use_the_preallocated_hwpts():
     rig = AccelRig()
-    rig.vsmmu.attach_device(VSID, rig.devs[0])
-    rig.boot_guest()
-    gdev = rig.gdev()
+    gdev = rig.booted()
     nested = rig.vsmmu.hwpt_of(VSID)
     assert rig.kind(nested) == "hwpt_nested"
     rig.gk.iommu.attach_device(rig.drv.identity_domain(), gdev)       # a bypass STE
@@ -871,9 +866,7 @@ CFGI_STE, CFGI_STE_RANGE, CFGI_CD, CFGI_CD_ALL = 0x03, 0x04, 0x05, 0x06
                                 TLBI_NSNH_ALL])
 def test_accel_each_guest_tlbi_reaches_the_host_with_the_vmid_and_takes_effect(op):
     rig = AccelRig()
-    rig.vsmmu.attach_device(VSID, rig.devs[0])
-    rig.boot_guest()
-    gdev = rig.gdev()
+    gdev = rig.booted()
     dom = gdev.iommu_group.domain
     iova = rig.gk.dma_iommu.map_page(gdev, DATA, PAGE, DmaDirection.BIDIRECTIONAL)
     assert rig.dma_write(iova, 1).ok                      # the host IOTLB holds it
@@ -894,9 +887,7 @@ def test_accel_each_guest_tlbi_reaches_the_host_with_the_vmid_and_takes_effect(o
 
 def test_accel_guest_cfgi_cd_all_reaches_the_host_with_the_physical_streamid():
     rig = AccelRig()
-    rig.vsmmu.attach_device(VSID, rig.devs[0])
-    rig.boot_guest()
-    gdev = rig.gdev()
+    gdev = rig.booted()
     iova = rig.gk.dma_iommu.map_page(gdev, DATA, 2 * PAGE, DmaDirection.FROM_DEVICE)
     assert rig.dma_write(iova, 1).ok                      # the host caches the guest's CD
     cd = rig.drv.masters[gdev].cd_table
