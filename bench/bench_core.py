@@ -4,8 +4,10 @@
                                [--compare previous.json]
 
 Every loop (C and Python alike, and the two floors) is timed in the same interleaved
-rounds, so a slow moment of the shared machine hits them alike; each row is ns per item,
-median and min..max / stdev over the rounds, and its "x floor": the median over rounds of
+rounds, so a slow moment of the shared machine hits them alike (a round's sample of a loop
+is the better of two back-to-back runs, so that it is not charged for the cache another
+loop just emptied); each row is ns per item, median and min..max / stdev over the rounds,
+and its "x floor": the median over rounds of
 row / floor, against an empty cffi call with four integer arguments (``nop4_floor``) for
 one-call-per-item rows and against a bare hash probe in batch (``probe_floor``) for batch
 rows.  The Python/C ratios are value rows.  Targets are reported (1 = met), never

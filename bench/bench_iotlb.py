@@ -16,8 +16,11 @@
    random working sets of 1/2, 5/4 and 2x the capacity (misses walk), against the probe.
 4. Batch compose per item with 10, 1000 and 10^6 vectors, against the probe.
 
-Every figure is ns per item, median and min..max / stdev over interleaved rounds; "x floor"
-is the median over rounds of row / floor.  Reported, never asserted.
+Every figure is ns per item, median and min..max / stdev over interleaved rounds (in 2-4,
+a round's sample is the better of two back-to-back runs, so that it is not charged for the
+cache another loop just emptied; in 1, the removed entries are put back, untimed, before
+each timed run); "x floor" is the median over rounds of row / floor.  Reported, never
+asserted.
 """
 
 from __future__ import annotations
