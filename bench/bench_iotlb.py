@@ -18,8 +18,8 @@
 
 Every figure is ns per item, median and min..max / stdev over interleaved rounds (in 2-4,
 a round's sample is the better of two back-to-back runs, so that it is not charged for the
-cache another loop just emptied; in 1, the removed entries are put back, untimed, before
-each timed run); "x floor" is the median over rounds of row / floor.  Reported, never
+cache another loop just emptied; in 1, of two runs, the removed entries put back, untimed,
+before each); "x floor" is the median over rounds of row / floor.  Reported, never
 asserted.
 """
 
@@ -182,9 +182,9 @@ def invalidation(rep: Report, space: Space, rounds: int) -> None:
         refill()
         assert drop() == calls * removed, name         # each call removes what it should
     for _ in range(rounds):
-        got[NOP4].append(timed(floor, 1000))
+        got[NOP4].append(timed(floor, 1000, repeat=2))
         for name, (drop, calls, refill, _removed) in cases.items():
-            got[name].append(timed(drop, calls, setup=refill))
+            got[name].append(timed(drop, calls, setup=refill, repeat=2))
     rep.add(NOP4, got[NOP4], note="empty cffi call, 4 int args")
     for name, (_d, _c, _r, removed) in cases.items():
         rep.add(name, got[name], floor=NOP4,
@@ -244,7 +244,7 @@ def working_sets(rep: Report, space: Space, rounds: int, rnd: random.Random) -> 
 
 def compose_scaling(rep: Report, rounds: int, rnd: random.Random) -> None:
     m = 1 << 16
-    loops: dict[str, tuple[Loop, int]] = {PROBE: (probe_floor(4096), 4096)}
+    loops: dict[str, tuple[Loop, int]] = {PROBE: (probe_floor(m), m)}   # as many items
     checks = []
     for size in (10, 1000, 10**6):
         t = C.MsiTable()
@@ -262,7 +262,8 @@ def compose_scaling(rep: Report, rounds: int, rnd: random.Random) -> None:
         checks.append(st)
     got = interleaved(loops, rounds, repeat=2)
     assert all(not any(st) for st in checks)
-    rep.add(f"{PROBE}, compose rounds", got.pop(PROBE), note="the probe floor again")
+    rep.add(f"{PROBE}, compose rounds", got.pop(PROBE),
+            note="the probe floor again, 65536 items a call")
     for name, xs in got.items():
         rep.add(name, xs, floor=f"{PROBE}, compose rounds", note="ns per item, random keys")
     per = {size: got[f"compose, batch, {size} vectors"] for size in (10, 1000, 10**6)}
