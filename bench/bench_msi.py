@@ -85,6 +85,7 @@ def paging_vmm(design: str, nvec: int) -> Vmm:
 
 
 NOP4 = "floor: empty cffi call (nop4_floor)"
+REPEAT = 3                     # a design round's sample: the best of 3 runs
 PROBE = "floor: bare hash probe, batch (probe_floor)"
 
 
@@ -172,7 +173,8 @@ def bench(quick: bool) -> Report:
 
     # -- 3. the four designs ----------------------------------------------------------------
     # Built first, then measured round-robin (one round of each design in turn, with the
-    # floor), so that a noisy neighbour slows every design alike.
+    # floor), so that a noisy neighbour slows every design alike; a round's sample is the
+    # best of REPEAT runs (enable: each on fresh eventfds, the index disabled before).
     vmms = {d: paging_vmm(d, NDESIGN) for d in MSI_DESIGNS}
     masks = ["2", "4"] * (loops // 20)
     fires = loops // 10
@@ -187,20 +189,27 @@ def bench(quick: bool) -> Report:
         for op in ops:
             samples[name(d, op)] = []
     for _ in range(rounds):
-        samples[NOP4].append(timed(floor, loops))
+        samples[NOP4].append(timed(floor, loops, repeat=REPEAT))
         for d, v in vmms.items():
-            fds = [v.k.eventfd().fd for _ in range(NDESIGN)]
+            fds: list[int] = []
+
+            def fresh(v: Vmm = v, fds: list[int] = fds) -> None:
+                if fds:
+                    v.disable()
+                fds[:] = [v.k.eventfd().fd for _ in range(NDESIGN)]
+
             samples[name(d, ops[0])].append(
-                timed(lambda v=v, fds=fds: v.set_triggers(0, fds), NDESIGN))
+                timed(lambda v=v, fds=fds: v.set_triggers(0, fds), NDESIGN, setup=fresh,
+                      repeat=REPEAT))
             v.efds = [v.k.files.fds[fd] for fd in fds]
             path = f"/proc/irq/{v.irq(3)}/smp_affinity"
             samples[name(d, ops[1])].append(
                 timed(lambda v=v, path=path: [v.k.proc_write(path, m) for m in masks],
-                      len(masks)))
+                      len(masks), repeat=REPEAT))
             base = v.efds[3].f_op.count
             samples[name(d, ops[2])].append(
-                timed(lambda v=v: [v.fire(3) for _ in range(fires)], fires))
-            assert v.efds[3].f_op.count == base + fires, d      # each fire: one signal
+                timed(lambda v=v: [v.fire(3) for _ in range(fires)], fires, repeat=REPEAT))
+            assert v.efds[3].f_op.count == base + REPEAT * fires, d   # each fire: one signal
             v.disable()
     rep.add(f"{NOP4}, design rounds", samples.pop(NOP4), note="empty cffi call, 4 int args")
     for row, xs in samples.items():
