@@ -1,12 +1,19 @@
 """Benchmarks of the translation core: C against its Python twin, in one run.
 
-    python bench/bench_core.py [--json bench/results-core.json] [--quick]
+    python bench/bench_core.py [--quick] [--json bench/results-core.json]
+                               [--compare previous.json]
 
-Prints a table of ns per item and writes the same numbers as JSON.  Every
-figure is the best of several repetitions of a timed loop (so it is the cost
-without interference, not an average including it); ratios are computed
-from numbers taken in the same run.  Targets (one core) are checked and
-reported, never asserted: this is a benchmark, not a test.
+Every loop (C and Python alike, and the two floors) is timed in the same interleaved
+rounds, so a slow moment of the shared machine hits them alike (a round's sample of a loop
+is the better of two back-to-back runs, so that it is not charged for the cache another
+loop just emptied); each row is ns per item, median and min..max / stdev over the rounds,
+and its "x floor": the median over rounds of
+row / floor, against an empty cffi call with four integer arguments (``nop4_floor``) for
+one-call-per-item rows and against a bare hash probe in batch (``probe_floor``) for batch
+rows.  The Python/C ratios are value rows.  Targets are reported (1 = met), never
+asserted: this is a benchmark, not a test.
+
+``run_command``, ``best_ns`` and ``zeros`` are shared with the other benchmarks here.
 """
 
 from __future__ import annotations
@@ -14,32 +21,34 @@ from __future__ import annotations
 import argparse
 import array
 import json
-import os
-import platform
 import random
+import statistics
 import sys
-import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from pymsi import core
-from pymsi.core import IoPgtable, IpaView, Prot, TableAllocator, XlateConfig
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import benchlib  # noqa: E402
+from benchlib import Loop, Report, interleaved, nop4_floor, probe_floor  # noqa: E402
+
+from pymsi import core  # noqa: E402
+from pymsi.core import IoPgtable, IpaView, Prot, TableAllocator, XlateConfig  # noqa: E402
 
 C = core.backend("c")
 PY = core.backend("python")
 DOORBELL = 0x0809_0040
 HOST_RAM, GUEST_RAM = 0x8000_0000, 0x4000_0000
 RW = Prot.READ | Prot.WRITE
+NOP4 = "floor: empty cffi call (nop4_floor)"
+PROBE = "floor: bare hash probe, batch (probe_floor)"
+PROBE_LOOKUP = "floor: bare hash probe, batch (probe_floor), lookup rounds"
 
 
 def best_ns(fn: Callable[[], Any], items: int, repeat: int) -> float:
     """Best per-item time of ``fn`` (which handles ``items`` items) over ``repeat`` runs."""
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter_ns()
-        fn()
-        best = min(best, (time.perf_counter_ns() - t0) / items)
-    return best
+    return benchlib.timed(fn, items, repeat=repeat)
 
 
 def zeros(code: str, n: int) -> array.array:
@@ -90,22 +99,14 @@ class Machine:
         self.tlb = b.Iotlb(2 * n)
 
 
-def bench(quick: bool) -> dict[str, Any]:
+def bench(quick: bool) -> Report:
+    """C and its Python twin on the same work, every loop interleaved with the floors."""
     n_c = 4096
     n_py = 256 if quick else 512
-    rep_c = 5 if quick else 20
-    rep_py = 2 if quick else 3
+    rounds = 5 if quick else 20
     mc, mp = Machine(C, n_c), Machine(PY, n_py)
-    rows: list[dict[str, Any]] = []
-
-    def row(name: str, c_ns: float, py_ns: float | None, note: str = "") -> None:
-        rows.append({"name": name, "c_ns": c_ns, "python_ns": py_ns,
-                     "ratio": (py_ns / c_ns) if py_ns else None, "note": note})
-
-    def both(name, make, note=""):
-        c_fn, c_items = make(mc)
-        p_fn, p_items = make(mp)
-        row(name, best_ns(c_fn, c_items, rep_c), best_ns(p_fn, p_items, rep_py), note)
+    rep = Report("bench_core: the translation core, C against its Python twin",
+                 vectors_c=n_c, vectors_python=n_py, rounds=rounds)
 
     # compose: one call per vector through the Python API, and batched.
     def compose_calls(m):
@@ -116,119 +117,139 @@ def bench(quick: bool) -> dict[str, Any]:
         return (lambda: m.b.compose_batch(m.table, DOORBELL, m.devs, m.idx, m.out_addr,
                                           m.status)), len(m.iovas)
 
-    both("compose, one call per vector", compose_calls)
-    both("compose, batch", compose_batch)
-
-    # translate with IOTLB hits.
-    def warm(m):
-        m.b.translate_batch(m.mem, m.nested, m.iova_buf, m.out_pa, m.status, tlb=m.tlb,
-                            write=True)
-
+    # translate with IOTLB hits (every IOTLB warmed once below; nothing evicts).
     def tr_hit_calls(m):
-        warm(m)
         tr, mem, cfg, tlb = m.b.translate, m.mem, m.nested, m.tlb
         return (lambda: [tr(mem, i, True, cfg=cfg, tlb=tlb) for i in m.iova_buf]), len(m.iovas)
 
     def tr_hit_batch(m):
-        warm(m)
         return (lambda: m.b.translate_batch(m.mem, m.nested, m.iova_buf, m.out_pa, m.status,
                                             tlb=m.tlb, write=True)), len(m.iovas)
 
-    both("nested translate, IOTLB hit, one call per vector", tr_hit_calls)
-    both("nested translate, IOTLB hit, batch", tr_hit_batch)
-
-    # Walk misses: no IOTLB, every translation walks the tables.
-    for label, attr in (("stage 1", "s1"), ("stage 2", "s2"), ("nested 4+4", "nested")):
-        def walk_batch(m, attr=attr):
+    def walk_batch(attr):
+        def make(m):
             return (lambda: m.b.translate_batch(m.mem, getattr(m, attr), m.iova_buf, m.out_pa,
                                                 m.status, write=True)), len(m.iovas)
-        both(f"walk miss, {label} levels (4K), batch", walk_batch)
-    assert all(s == 0 for s in mc.status), "benchmark walks must succeed"
+        return make
 
     # The hot path of the design: compose + nested translate, IOTLB hits.
     def msi_hits(m):
-        warm(m)
         return (lambda: m.b.msi_batch(m.table, m.mem, m.nested, DOORBELL, m.devs, m.idx,
                                       m.out_addr, m.out_pa, m.status, tlb=m.tlb)), len(m.iovas)
 
     def msi_calls(m):
-        warm(m)
         t, tr, mem, cfg, tlb = m.table, m.b.translate, m.mem, m.nested, m.tlb
         n = len(m.iovas)
         return (lambda: [tr(mem, t.compose(1, k, DOORBELL), True, cfg=cfg, tlb=tlb)
                          for k in range(n)]), n
 
-    both("MSI: compose + nested translate, IOTLB hit, batch", msi_hits)
-    both("MSI: compose + nested translate, IOTLB hit, one call each", msi_calls)
+    # (name, make, per call?): per-call rows stand against nop4_floor, batch rows against
+    # probe_floor.
+    cases = [
+        ("compose, one call per vector", compose_calls, True),
+        ("compose, batch", compose_batch, False),
+        ("nested translate, IOTLB hit, one call per vector", tr_hit_calls, True),
+        ("nested translate, IOTLB hit, batch", tr_hit_batch, False),
+        ("walk miss, stage 1 levels (4K), batch", walk_batch("s1"), False),
+        ("walk miss, stage 2 levels (4K), batch", walk_batch("s2"), False),
+        ("walk miss, nested 4+4 levels (4K), batch", walk_batch("nested"), False),
+        ("MSI: compose + nested translate, IOTLB hit, batch", msi_hits, False),
+        ("MSI: compose + nested translate, IOTLB hit, one call each", msi_calls, True),
+    ]
+    for m in (mc, mp):
+        m.b.translate_batch(m.mem, m.nested, m.iova_buf, m.out_pa, m.status, tlb=m.tlb,
+                            write=True)
+    loops: dict[str, tuple[Loop, int]] = {
+        NOP4: (nop4_floor(n_c), n_c), PROBE: (probe_floor(n_c), n_c)}
+    for name, make, _ in cases:
+        loops[f"C: {name}"] = make(mc)
+        loops[f"Python: {name}"] = make(mp)
+    got = interleaved(loops, rounds, repeat=2)
+    assert all(s == 0 for s in mc.status), "benchmark walks must succeed"
     assert all(pa == DOORBELL for pa in mc.out_pa)
+    rep.add(NOP4, got[NOP4], note="empty cffi call, 4 int args")
+    rep.add(PROBE, got[PROBE], note="compose_batch over 1024 entries, per item")
+    for name, _, per_call in cases:
+        floor = NOP4 if per_call else PROBE
+        rep.add(f"C: {name}", got[f"C: {name}"], floor=floor)
+        rep.add(f"Python: {name}", got[f"Python: {name}"], floor=floor)
+    for name, _, _ in cases:
+        rep.value(f"Python/C: {name}", ratio(got[f"Python: {name}"], got[f"C: {name}"]),
+                  "median over rounds")
 
     # MSI table lookup cost as the table grows (C, batch compose of random keys).
-    lookup = {}
     rnd = random.Random(1)
-    for size in (10**3, 10**6):
+    n = 1 << 16
+    lookup_loops: dict[str, tuple[Loop, int]] = {PROBE: (probe_floor(n), n)}  # as many items
+    for size, label in ((10**3, "10^3"), (10**6, "10^6")):
         t = C.MsiTable()
         t.reserve(size)
         devs_all = [k // 2048 for k in range(size)]
         idx_all = [k % 2048 for k in range(size)]
         for d, i in zip(devs_all, idx_all, strict=True):
             t.set(d, i, 0xFFFF_F000, 12)
-        n = 1 << 16
         picks = [rnd.randrange(size) for _ in range(n)]
         devs = array.array("I", [devs_all[p] for p in picks])
         idx = array.array("I", [idx_all[p] for p in picks])
         oa, st = zeros("Q", n), zeros("i", n)
-        lookup[size] = best_ns(
-            lambda t=t, devs=devs, idx=idx, oa=oa, st=st: C.compose_batch(t, DOORBELL, devs, idx,
-                                                                         oa, st), n, rep_c)
+        lookup_loops[f"C: MSI table lookup+compose, {label} entries, random, batch"] = (
+            lambda t=t, devs=devs, idx=idx, oa=oa, st=st:
+            C.compose_batch(t, DOORBELL, devs, idx, oa, st), n)
+        C.compose_batch(t, DOORBELL, devs, idx, oa, st)
         assert all(s == 0 for s in st)
-    row("MSI table lookup+compose, 10^3 entries, random, batch", lookup[10**3], None)
-    row("MSI table lookup+compose, 10^6 entries, random, batch", lookup[10**6], None)
+    lk = interleaved(lookup_loops, rounds, repeat=2)
+    rep.add(PROBE_LOOKUP, lk.pop(PROBE),
+            note="the probe floor again, 65536 items a call, in the lookup rounds")
+    for name, xs in lk.items():
+        rep.add(name, xs, floor=PROBE_LOOKUP)
+    small, large = lk.values()
+    lookup_ratio = ratio(large, small)
+    rep.value("MSI table 10^6 / 10^3 entries, per lookup", lookup_ratio, "target <= 1.5")
 
-    by = {r["name"]: r for r in rows}
-    batch_rows = [r for r in rows if "batch" in r["name"] and r["ratio"]]
+    # Targets, reported (1 = met), never asserted.
+    med = {r["name"]: r["median_ns"] for r in rep.rows if "median_ns" in r}
+    min_batch = min(ratio(got[f"Python: {n}"], got[f"C: {n}"])
+                    for n, _, per_call in cases if not per_call)
     targets = {
-        "msi_batch_nested_hit_ns<=100":
-            by["MSI: compose + nested translate, IOTLB hit, batch"]["c_ns"] <= 100,
-        "nested_walk_miss_ns<=1000":
-            by["walk miss, nested 4+4 levels (4K), batch"]["c_ns"] <= 1000,
-        "c_vs_python_on_batch>=50x": min(r["ratio"] for r in batch_rows) >= 50,
-        "lookup_1e6_within_1.5x_of_1e3": lookup[10**6] <= 1.5 * lookup[10**3],
+        "MSI batch, nested, IOTLB hit <= 100 ns":
+            med["C: MSI: compose + nested translate, IOTLB hit, batch"] <= 100,
+        "nested 4+4 walk miss <= 1000 ns": med["C: walk miss, nested 4+4 levels (4K), batch"]
+            <= 1000,
+        f"C >= 50x Python on batch work (smallest {min_batch:.0f}x)": min_batch >= 50,
+        "10^6-entry lookup within 1.5x of 10^3": lookup_ratio <= 1.5,
     }
-    return {
-        "machine": {"python": sys.version.split()[0], "platform": platform.platform(),
-                    "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count()},
-        "rows": rows,
-        "lookup_ratio_1e6_vs_1e3": lookup[10**6] / lookup[10**3],
-        "min_batch_ratio": min(r["ratio"] for r in batch_rows),
-        "targets": targets,
-    }
+    for name, ok in targets.items():
+        rep.value(f"target: {name}", float(ok), "met" if ok else "NOT met")
+    return rep
 
 
-def render(result: dict[str, Any]) -> str:
-    lines = ["| benchmark | C ns/item | Python ns/item | Python/C |", "|---|---:|---:|---:|"]
-    for r in result["rows"]:
-        py = f"{r['python_ns']:.0f}" if r["python_ns"] else "-"
-        ratio = f"{r['ratio']:.0f}x" if r["ratio"] else "-"
-        lines.append(f"| {r['name']} | {r['c_ns']:.1f} | {py} | {ratio} |")
-    lines.append("")
-    lines.append(f"MSI table with 10^6 entries vs 10^3: "
-                 f"{result['lookup_ratio_1e6_vs_1e3']:.2f}x per lookup")
-    lines.append(f"smallest C/Python speed-up on batch work: {result['min_batch_ratio']:.0f}x")
-    for name, ok in result["targets"].items():
-        lines.append(f"target {name}: {'met' if ok else 'NOT met'}")
-    return "\n".join(lines)
+def ratio(a: list[float], b: list[float]) -> float:
+    """The median over rounds of a / b (rows measured in the same rounds)."""
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
 
 
-def run_command(doc: str, default_json: str, bench_fn: Callable[[bool], dict[str, Any]],
-                render_fn: Callable[[dict[str, Any]], str], argv: list[str] | None) -> int:
-    """The command line every benchmark here shares: run, print the table, write JSON."""
-    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+def run_command(doc: str, default_json: str, bench_fn: Callable[[bool], Any],
+                render_fn: Callable[[dict[str, Any]], str] | None = None,
+                argv: list[str] | None = None) -> int:
+    """The command line every benchmark here shares: ``--quick``, ``--json``, ``--compare``.
+
+    ``bench_fn(quick)`` returns a :class:`benchlib.Report` (rendered by benchlib, with the
+    comparison) or, for the benchmarks not converted yet, a dict that ``render_fn`` prints.
+    """
+    if render_fn is None:
+        return benchlib.main(doc, default_json, bench_fn, argv)
+    ap = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
     ap.add_argument("--json", default=default_json, help="where to write JSON")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    ap.add_argument("--compare", default=None, help="a previous --json record to compare with")
     args = ap.parse_args(argv)
     result = bench_fn(args.quick)
-    print(render_fn(result))
+    if isinstance(result, Report):
+        old = json.loads(Path(args.compare).read_text()) if args.compare else None
+        print(result.render(old))
+        result = result.to_json()
+    else:
+        print(render_fn(result))
     with open(args.json, "w") as f:
         json.dump(result, f, indent=1)
     print(f"\n(written to {args.json})")
@@ -236,7 +257,7 @@ def run_command(doc: str, default_json: str, bench_fn: Callable[[bool], dict[str
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(__doc__, "bench/results-core.json", bench, render, argv)
+    return benchlib.main(__doc__, "bench/results-core.json", bench, argv)
 
 
 if __name__ == "__main__":

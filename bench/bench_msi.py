@@ -1,6 +1,7 @@
 """Benchmarks of the MSI designs through the real objects (kernel model, SMMU, ITS).
 
-    python bench/bench_msi.py [--json bench/results-msi.json] [--quick]
+    python bench/bench_msi.py [--quick] [--json bench/results-msi.json]
+                              [--compare previous.json]
 
 1. The per-vector path on a nested HWPT (a guest stage 1 over the nest parent),
    one vector at a time: the compose hook (the iommufd design's table lookup
@@ -18,21 +19,26 @@
    write through the SMMU and the ITS to the host handler and the eventfd);
    ratios are against sw-msi (what Linux merged) measured in the same run.
 
-Best of several repetitions; ns per item; targets reported, never asserted.
+Every row is ns per item, median and min..max / stdev over rounds in which the rows that
+are compared take turns, with an empty cffi call (``nop4_floor``, for per-call rows) or a
+bare hash probe in batch (``probe_floor``, for batch rows) measured in the same rounds;
+"x floor" is the median over rounds of row / floor.  The ratios against each row's own
+reference (the bare ``MsiTable.compose``, sw-msi's same operation, ``compose_batch``
+alone) are value rows: medians over rounds of the per-round ratio.  Targets are reported
+(1 = met), never asserted.
 """
 
 from __future__ import annotations
 
 import array
-import os
-import platform
+import statistics
 import sys
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_core import best_ns, run_command, zeros  # noqa: E402
+from bench_core import zeros  # noqa: E402
+from benchlib import Report, interleaved, main, nop4_floor, probe_floor, timed  # noqa: E402
 
 from pymsi import core, vmmlib  # noqa: E402
 from pymsi.core import XlateConfig  # noqa: E402
@@ -78,14 +84,21 @@ def paging_vmm(design: str, nvec: int) -> Vmm:
     return vmm
 
 
-def bench(quick: bool) -> dict[str, Any]:
-    rep = 3 if quick else 20
-    loops = 200 if quick else 1000
-    rows: list[dict[str, Any]] = []
+NOP4 = "floor: empty cffi call (nop4_floor)"
+REPEAT = 3                     # a design round's sample: the best of 3 runs
+PROBE = "floor: bare hash probe, batch (probe_floor)"
 
-    def row(name: str, ns: float, floor: float | None = None, floor_name: str = "") -> None:
-        rows.append({"name": name, "ns": ns, "floor_ns": floor, "floor": floor_name,
-                     "ratio": ns / floor if floor else None})
+
+def ratio(a: list[float], b: list[float]) -> float:
+    """The median over rounds of a / b (rows measured in the same rounds)."""
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+
+def bench(quick: bool) -> Report:
+    rounds = 5 if quick else 15
+    loops = 200 if quick else 1000
+    rep = Report(f"bench_msi: the MSI designs through the real objects ({core.BACKEND} backend)",
+                 rounds=rounds, backend=core.BACKEND)
 
     # -- 1. one vector, nested HWPT --------------------------------------------------------
     vmm = nested_per_vector(4)
@@ -96,34 +109,37 @@ def bench(quick: bool) -> dict[str, Any]:
     key = hooks.key(idev, vmmlib.MSIX)
     table = hooks.table
     irq = desc.irq
-    bare = best_ns(lambda: [table.compose(key, 1, DOORBELL) for _ in range(loops)], loops, rep)
-    hook = best_ns(lambda: [hooks.lookup(desc) for _ in range(loops)], loops, rep)
-    row("compose hook (per-vector lookup into the msi_desc)", hook, bare,
-        "MsiTable.compose, bare C core")
-    before = k.msi.stats["forced_rewrites"]
-    rewrite = best_ns(lambda: [k.msi.force_rewrite(desc) for _ in range(loops)], loops, rep)
-    assert k.msi.stats["forced_rewrites"] > before
-    row("forced rewrite (lookup + compose + MSI-X write)", rewrite, bare,
-        "MsiTable.compose, bare C core")
     cpus = [frozenset({c}) for c in (1, 2)] * (loops // 2)
     ref = nested_per_vector(4, "sw-msi")
     irq_ref = ref.k.pci.devices[0].msi_descs[1].irq
-    aff = aff_ref = float("inf")
-    for _ in range(rep):                         # alternated: noise hits both alike
-        aff = min(aff, best_ns(lambda: [k.irq.irq_set_affinity(irq, m) for m in cpus],
-                               len(cpus), 1))
-        aff_ref = min(aff_ref, best_ns(
-            lambda: [ref.k.irq.irq_set_affinity(irq_ref, m) for m in cpus], len(cpus), 1))
-    row("irq_set_affinity with the forced rewrite (per-vector)", aff, aff_ref,
-        "the same under sw-msi (OK_DONE, nothing written)")
     addr = vmm.entry(1)[0]
     assert addr == GIOVA + PAGE + (DOORBELL & (PAGE - 1))
     rid = k.pci.devices[0].rid
     smmu = vmm.m.smmu
     assert smmu.translate(rid, addr, write=True).pa == DOORBELL
-    tr = best_ns(lambda: [smmu.translate(rid, addr, write=True) for _ in range(loops)],
-                 loops, rep)
-    row("SMMU translate of the vector's address (nested, cached)", tr)
+    bare = "MsiTable.compose, bare C core"
+    hook = "compose hook (per-vector lookup into the msi_desc)"
+    rewrite = "forced rewrite (lookup + compose + MSI-X write)"
+    aff = "irq_set_affinity with the forced rewrite (per-vector)"
+    aff_ref = "irq_set_affinity under sw-msi (OK_DONE, nothing written)"
+    tr = "SMMU translate of the vector's address (nested, cached)"
+    before = k.msi.stats["forced_rewrites"]
+    got = interleaved({
+        NOP4: (nop4_floor(loops), loops),
+        bare: (lambda: [table.compose(key, 1, DOORBELL) for _ in range(loops)], loops),
+        hook: (lambda: [hooks.lookup(desc) for _ in range(loops)], loops),
+        rewrite: (lambda: [k.msi.force_rewrite(desc) for _ in range(loops)], loops),
+        aff: (lambda: [k.irq.irq_set_affinity(irq, m) for m in cpus], len(cpus)),
+        aff_ref: (lambda: [ref.k.irq.irq_set_affinity(irq_ref, m) for m in cpus], len(cpus)),
+        tr: (lambda: [smmu.translate(rid, addr, write=True) for _ in range(loops)], loops),
+    }, rounds)
+    assert k.msi.stats["forced_rewrites"] > before
+    rep.add(NOP4, got.pop(NOP4), note="empty cffi call, 4 int args")
+    for name, xs in got.items():
+        rep.add(name, xs, floor=NOP4, note="ns per call")
+    rep.value("compose hook / bare MsiTable.compose", ratio(got[hook], got[bare]))
+    rep.value("forced rewrite / bare MsiTable.compose", ratio(got[rewrite], got[bare]))
+    rep.value("irq_set_affinity: per-vector / sw-msi", ratio(got[aff], got[aff_ref]))
 
     # -- 2. batch ---------------------------------------------------------------------------
     vb = nested_per_vector(NBATCH)
@@ -141,91 +157,82 @@ def bench(quick: bool) -> dict[str, Any]:
     assert list(oa) == [vb.entry(v % NBATCH)[0] for v in range(n)], \
         "the batch composes what the table holds and the device was given"
     assert all(p == DOORBELL for p in opa) and not any(st)
-    reps = max(1, loops // 100)
-    mb = best_ns(lambda: [core.msi_batch(hb.table, mem, cfg, DOORBELL, devs, idx, oa, opa, st,
-                                         tlb=tlb) for _ in range(reps)], n * reps, rep)
-    cb = best_ns(lambda: [core.compose_batch(hb.table, DOORBELL, devs, idx, oa, st)
-                          for _ in range(reps)], n * reps, rep)
-    tb = best_ns(lambda: [core.translate_batch(mem, cfg, oa, opa, st, tlb=tlb, write=True)
-                          for _ in range(reps)], n * reps, rep)
-    row(MSI_BATCH, mb, cb, "compose_batch alone")
-    row(f"compose_batch over the context's MsiTable ({NBATCH} vectors, {n} items)", cb)
-    row(f"translate_batch of the composed addresses ({n} items), IOTLB hit", tb)
+    cb = f"compose_batch over the context's MsiTable ({NBATCH} vectors, {n} items)"
+    tb = f"translate_batch of the composed addresses ({n} items), IOTLB hit"
+    got = interleaved({
+        PROBE: (probe_floor(n), n),
+        MSI_BATCH: (lambda: core.msi_batch(hb.table, mem, cfg, DOORBELL, devs, idx, oa, opa,
+                                           st, tlb=tlb), n),
+        cb: (lambda: core.compose_batch(hb.table, DOORBELL, devs, idx, oa, st), n),
+        tb: (lambda: core.translate_batch(mem, cfg, oa, opa, st, tlb=tlb, write=True), n),
+    }, rounds, repeat=2)
+    rep.add(PROBE, got.pop(PROBE), note="compose_batch over 1024 entries, per item")
+    for name, xs in got.items():
+        rep.add(name, xs, floor=PROBE, note="ns per item")
+    rep.value("msi_batch / compose_batch alone", ratio(got[MSI_BATCH], got[cb]))
 
     # -- 3. the four designs ----------------------------------------------------------------
-    # Built first, then measured round-robin (one repetition of each design in turn),
-    # so that a noisy neighbour slows every design alike.
+    # Built first, then measured round-robin (one round of each design in turn, with the
+    # floor), so that a noisy neighbour slows every design alike; a round's sample is the
+    # best of REPEAT runs (enable: each on fresh eventfds, the index disabled before).
     vmms = {d: paging_vmm(d, NDESIGN) for d in MSI_DESIGNS}
-    best: dict[str, dict[str, float]] = {d: {} for d in MSI_DESIGNS}
     masks = ["2", "4"] * (loops // 20)
     fires = loops // 10
+    ops = ("enable, per vector", "affinity write", "one fire end to end")
+    samples: dict[str, list[float]] = {NOP4: []}
+    floor = nop4_floor(loops)
 
-    def keep(d: str, key: str, ns: float) -> None:
-        best[d][key] = min(best[d].get(key, float("inf")), ns)
+    def name(d: str, op: str) -> str:
+        return f"{d}: {op}"
 
-    for _ in range(rep):
+    for d in vmms:
+        for op in ops:
+            samples[name(d, op)] = []
+    for _ in range(rounds):
+        samples[NOP4].append(timed(floor, loops, repeat=REPEAT))
         for d, v in vmms.items():
-            fds = [v.k.eventfd().fd for _ in range(NDESIGN)]
-            keep(d, "enable_ns_per_vector",
-                 best_ns(lambda v=v, fds=fds: v.set_triggers(0, fds), NDESIGN, 1))
+            fds: list[int] = []
+
+            def fresh(v: Vmm = v, fds: list[int] = fds) -> None:
+                if fds:
+                    v.disable()
+                fds[:] = [v.k.eventfd().fd for _ in range(NDESIGN)]
+
+            samples[name(d, ops[0])].append(
+                timed(lambda v=v, fds=fds: v.set_triggers(0, fds), NDESIGN, setup=fresh,
+                      repeat=REPEAT))
             v.efds = [v.k.files.fds[fd] for fd in fds]
             path = f"/proc/irq/{v.irq(3)}/smp_affinity"
-            keep(d, "affinity_ns", best_ns(
-                lambda v=v, path=path: [v.k.proc_write(path, m) for m in masks], len(masks), 1))
+            samples[name(d, ops[1])].append(
+                timed(lambda v=v, path=path: [v.k.proc_write(path, m) for m in masks],
+                      len(masks), repeat=REPEAT))
             base = v.efds[3].f_op.count
-            keep(d, "fire_ns", best_ns(lambda v=v: [v.fire(3) for _ in range(fires)], fires, 1))
-            assert v.efds[3].f_op.count == base + fires, d      # each fire: one signal
+            samples[name(d, ops[2])].append(
+                timed(lambda v=v: [v.fire(3) for _ in range(fires)], fires, repeat=REPEAT))
+            assert v.efds[3].f_op.count == base + REPEAT * fires, d   # each fire: one signal
             v.disable()
-    designs = best
-    ref_d = designs["sw-msi"]
-    for vals in designs.values():
-        vals.update({f"{key}_vs_sw_msi": vals[key] / ref_d[key]
-                     for key in ("enable_ns_per_vector", "affinity_ns", "fire_ns")})
+    rep.add(f"{NOP4}, design rounds", samples.pop(NOP4), note="empty cffi call, 4 int args")
+    for row, xs in samples.items():
+        rep.add(row, xs, floor=f"{NOP4}, design rounds",
+                note=f"paging HWPT, {NDESIGN} vectors" if "enable" in row else "")
+    vs = {}
+    for d in vmms:
+        for op in ops:
+            vs[d, op] = ratio(samples[name(d, op)], samples[name("sw-msi", op)])
+            if d != "sw-msi":
+                rep.value(f"{d} / sw-msi: {op}", vs[d, op])
 
-    by = {r["name"]: r for r in rows}
-    pv = designs["per-vector"]
+    # Targets, reported (1 = met), never asserted.
     targets = {
-        "batch_msi_nested_hit_ns<=100":
-            by[MSI_BATCH]["ns"] <= 100,
-        "per_vector_enable<=sw_msi_enable": pv["enable_ns_per_vector_vs_sw_msi"] <= 1.0,
-        "per_vector_affinity<=2x_sw_msi": pv["affinity_ns_vs_sw_msi"] <= 2.0,
-        "per_vector_fire_within_1.2x_sw_msi": pv["fire_ns_vs_sw_msi"] <= 1.2,
+        "batch msi, nested, IOTLB hit <= 100 ns": rep[MSI_BATCH]["median_ns"] <= 100,
+        "per-vector enable <= sw-msi's": vs["per-vector", ops[0]] <= 1.0,
+        "per-vector affinity write <= 2x sw-msi's": vs["per-vector", ops[1]] <= 2.0,
+        "per-vector fire within 1.2x sw-msi's": vs["per-vector", ops[2]] <= 1.2,
     }
-    return {
-        "machine": {"python": sys.version.split()[0], "platform": platform.platform(),
-                    "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "backend": core.BACKEND},
-        "rows": rows,
-        "designs": designs,
-        "targets": targets,
-    }
-
-
-def render(result: dict[str, Any]) -> str:
-    lines = [f"backend: {result['machine']['backend']}", "",
-             "| per-vector path | ns/item | floor ns | ratio | floor |",
-             "|---|---:|---:|---:|---|"]
-    for r in result["rows"]:
-        floor = f"{r['floor_ns']:.1f}" if r["floor_ns"] else "-"
-        ratio = f"{r['ratio']:.1f}x" if r["ratio"] else "-"
-        lines.append(f"| {r['name']} | {r['ns']:.1f} | {floor} | {ratio} | {r['floor'] or '-'} |")
-    lines += ["", f"| design | enable, ns/vector ({NDESIGN}) | vs sw-msi | affinity write, ns "
-                  "| vs sw-msi | fire end to end, ns | vs sw-msi |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
-    for d, v in result["designs"].items():
-        lines.append(f"| {d} | {v['enable_ns_per_vector']:.0f} | "
-                     f"{v['enable_ns_per_vector_vs_sw_msi']:.2f}x | {v['affinity_ns']:.0f} | "
-                     f"{v['affinity_ns_vs_sw_msi']:.2f}x | {v['fire_ns']:.0f} | "
-                     f"{v['fire_ns_vs_sw_msi']:.2f}x |")
-    lines.append("")
-    for name, ok in result["targets"].items():
-        lines.append(f"target {name}: {'met' if ok else 'NOT met'}")
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run_command(__doc__, "bench/results-msi.json", bench, render, argv)
+    for t, ok in targets.items():
+        rep.value(f"target: {t}", float(ok), "met" if ok else "NOT met")
+    return rep
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(__doc__, "bench/results-msi.json", bench))

@@ -1,6 +1,7 @@
 """What tracepoints cost: off (the default), against no tracepoint at all, and on.
 
-    python bench/bench_trace.py [--json bench/results-trace.json] [--quick]
+    python bench/bench_trace.py [--quick] [--json bench/results-trace.json]
+                                [--compare previous.json]
 
 1. A call site in isolation: a small function (the shape of a model's hot path: a dict
    lookup and a tuple built) with no tracepoint, with a disabled one (``if tp.enabled:
@@ -13,22 +14,29 @@
    records one fire makes (each is one ``enabled`` test when off), so the share of a fire
    spent on disabled tracepoints is (records x (off - none)) / fire.
 
-Best of several repetitions; ns per item; reported, never asserted.
+Every row is ns per call, median and min..max / stdev over rounds in which the rows and an
+empty cffi call (``nop4_floor``) take turns; "x floor" is the median over rounds of
+row / floor; the off/none and on/off ratios are value rows (medians of per-round
+ratios).  Reported, never asserted.
 """
 
 from __future__ import annotations
 
+import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_core import best_ns, run_command  # noqa: E402
+from benchlib import Report, interleaved, main, nop4_floor  # noqa: E402
 
 from pymsi import trace  # noqa: E402
 from pymsi.kernel.drivers import MsiCountingDriver  # noqa: E402
 from pymsi.machine import ArmVirt  # noqa: E402
+
+NOP4 = "floor: empty cffi call (nop4_floor)"
 
 tp_bench = trace.Tracepoint("bench_trace_point", "sid", "iova", "pa")
 _TABLE = {i: i * 0x1000 for i in range(64)}
@@ -53,19 +61,28 @@ def _loop(fn: Any, n: int) -> Any:
     return run
 
 
-def bench(quick: bool) -> dict[str, Any]:
-    rep = 3 if quick else 7
+def traced(run: Callable[[], Any], patterns: str) -> Callable[[], None]:
+    """``run`` with the tracepoints ``patterns`` on, recording (records not kept)."""
+    def loop() -> None:
+        trace.enable(patterns)
+        try:
+            with trace.Recorder(keep=False):
+                run()
+        finally:
+            trace.reset()
+    return loop
+
+
+def ratio(a: list[float], b: list[float]) -> float:
+    """The median over rounds of a / b (rows measured in the same rounds)."""
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+
+def bench(quick: bool) -> Report:
+    rounds = 5 if quick else 15
     n = 20_000 if quick else 200_000
-    out: dict[str, Any] = {}
+    rep = Report("bench_trace: what tracepoints cost, off and on", rounds=rounds)
     trace.reset()
-    none = best_ns(_loop(site_none, n), n, rep)
-    off = best_ns(_loop(site_traced, n), n, rep)
-    trace.enable("bench_trace_point")
-    with trace.Recorder(keep=False):
-        on = best_ns(_loop(site_traced, n), n, rep)
-    trace.reset()
-    out["call_site"] = {"none_ns": none, "off_ns": off, "on_ns": on,
-                        "off_over_none": off / none, "on_over_none": on / none}
 
     m = ArmVirt(devices=[{"msix": 4}], smmu="s1")
     k = m.boot()
@@ -79,13 +96,6 @@ def bench(quick: bool) -> dict[str, Any]:
         for _ in range(nt):
             smmu.translate(fn.rid, addr, True)
 
-    t_off = best_ns(translate, nt, rep)
-    trace.enable("smmuv3_translate_success")
-    with trace.Recorder(keep=False):
-        t_on = best_ns(translate, nt, rep)
-    trace.reset()
-    out["smmu_translate"] = {"off_ns": t_off, "on_ns": t_on, "on_over_off": t_on / t_off}
-
     nf = max(200, n // 200)
 
     def fire() -> None:
@@ -93,35 +103,42 @@ def bench(quick: bool) -> dict[str, Any]:
             fn.notify(i & 3)
             k.handle_interrupts()
 
-    f_off = best_ns(fire, nf, rep)
+    rows = {
+        NOP4: (nop4_floor(n), n),
+        "call site, no tracepoint": (_loop(site_none, n), n),
+        "call site, tracepoint off": (_loop(site_traced, n), n),
+        "call site, tracepoint on (recording)": (traced(_loop(site_traced, n),
+                                                        "bench_trace_point"), n),
+        "SMMU translate (IOTLB hit), tracepoint off": (translate, nt),
+        "SMMU translate (IOTLB hit), tracepoint on": (traced(translate,
+                                                             "smmuv3_translate_success"), nt),
+        "one vector end to end, tracepoints off": (fire, nf),
+        "one vector end to end, every tracepoint on": (traced(fire, "*"), nf),
+    }
+    got = interleaved(rows, rounds)
+    assert sum(map(len, drv.fired.values())) > 0
     with trace.record("*") as rec:
         fn.notify(0)
         k.handle_interrupts()
     per_fire = len(rec)
-    trace.enable("*")
-    with trace.Recorder(keep=False):
-        f_on = best_ns(fire, nf, rep)
-    trace.reset()
-    assert sum(map(len, drv.fired.values())) > 0
-    out["fire_end_to_end"] = {
-        "off_ns": f_off, "all_on_ns": f_on, "records_per_fire": per_fire,
-        "disabled_share_estimate": per_fire * max(off - none, 0.0) / f_off}
-    return out
-
-
-def render(r: dict[str, Any]) -> str:
-    c, s, f = r["call_site"], r["smmu_translate"], r["fire_end_to_end"]
-    return "\n".join([
-        "tracepoint cost (ns per call, best of runs)",
-        f"  call site: none {c['none_ns']:.1f}  off {c['off_ns']:.1f}  on {c['on_ns']:.1f}"
-        f"   off/none = {c['off_over_none']:.3f}   on/none = {c['on_over_none']:.2f}",
-        f"  SMMU translate (IOTLB hit): off {s['off_ns']:.0f}  on {s['on_ns']:.0f}"
-        f"   on/off = {s['on_over_off']:.2f}",
-        f"  one vector end to end: off {f['off_ns']:.0f}  all on {f['all_on_ns']:.0f}"
-        f"   ({f['records_per_fire']} records per fire; disabled tracepoints ~"
-        f"{100 * f['disabled_share_estimate']:.2f}% of a fire)",
-    ])
+    for name, xs in got.items():
+        rep.add(name, xs, floor=None if name == NOP4 else NOP4,
+                note="empty cffi call, 4 int args" if name == NOP4 else "ns per call")
+    none, off = got["call site, no tracepoint"], got["call site, tracepoint off"]
+    rep.value("call site: off / none", ratio(off, none), "the price of a disabled tracepoint")
+    rep.value("call site: on / none", ratio(got["call site, tracepoint on (recording)"], none))
+    rep.value("SMMU translate: on / off",
+              ratio(got["SMMU translate (IOTLB hit), tracepoint on"],
+                    got["SMMU translate (IOTLB hit), tracepoint off"]))
+    f_off = got["one vector end to end, tracepoints off"]
+    rep.value("one vector end to end: all on / off",
+              ratio(got["one vector end to end, every tracepoint on"], f_off))
+    rep.value("records per fire", per_fire, "each one `enabled` test when off")
+    rep.value("share of a fire spent on disabled tracepoints",
+              per_fire * max(statistics.median(off) - statistics.median(none), 0.0)
+              / statistics.median(f_off), "records x (off - none) / fire")
+    return rep
 
 
 if __name__ == "__main__":
-    sys.exit(run_command(__doc__, "bench/results-trace.json", bench, render, sys.argv[1:]))
+    sys.exit(main(__doc__, "bench/results-trace.json", bench))
