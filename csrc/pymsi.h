@@ -202,6 +202,12 @@ long pymsi_msi_batch(const pymsi_msi_table *t, const pymsi_mem *m, pymsi_tlb *tl
                      const uint32_t *devs, const uint32_t *idx, size_t n,
                      uint64_t *out_addr, uint64_t *out_pa, int32_t *status);
 /*
+ * The items a batch left unresolved: writes to idx (up to max of them, in order)
+ * the index of every status[k] that is neither 0 nor PYMSI_STATUS_BYPASS, and
+ * returns how many there are in all (which may exceed max).
+ */
+size_t pymsi_status_pick(const int32_t *status, size_t n, uint32_t *idx, size_t max);
+/*
  * Stream configurations of an SMMU, for translating many (StreamID, address)
  * pairs in one call: each known StreamID aborts, bypasses, or translates with
  * its configuration (copied in).  `ias` (0: none) is the input size checked
@@ -224,6 +230,15 @@ int pymsi_streams_set(pymsi_streams *s, uint32_t sid, int mode, const struct pym
 int pymsi_streams_remove(pymsi_streams *s, uint32_t sid);
 void pymsi_streams_clear(pymsi_streams *s);
 size_t pymsi_streams_count(const pymsi_streams *s);
+/*
+ * One transaction through a known StreamID translated with a configuration: the
+ * stream's probe and the IOTLB translate (a walk on a miss) in one call.  Returns 0
+ * when `r` holds the result (a fault included); 1 when the stream is not known,
+ * aborts, bypasses or the address fails its `ias` check (the caller's full path
+ * handles those; `r` is left alone).
+ */
+int pymsi_stream_translate(const pymsi_mem *m, pymsi_tlb *tlb, const pymsi_streams *s,
+                           uint32_t sid, uint64_t iova, int write, struct pymsi_result *r);
 /* Returns how many items were translated or bypassed. */
 long pymsi_stream_batch(const pymsi_mem *m, pymsi_tlb *tlb, const pymsi_streams *s, int write,
                         const uint32_t *sids, const uint64_t *iovas, size_t n,

@@ -181,3 +181,15 @@ long pymsi_stream_batch(const pymsi_mem *m, pymsi_tlb *tlb, const pymsi_streams 
     }
     return ok;
 }
+
+int pymsi_stream_translate(const pymsi_mem *m, pymsi_tlb *tlb, const pymsi_streams *s,
+                           uint32_t sid, uint64_t iova, int write, struct pymsi_result *r)
+{
+    const struct stream *e = &s->slots[probe(s, sid)];
+    if (!e->used || e->mode != PYMSI_STREAM_TRANSLATE)
+        return 1;
+    if (e->ias && e->ias < 64 && (iova >> e->ias))
+        return 1;
+    pymsi_translate_nocheck(m, tlb, &e->cfg, iova, write, r);
+    return 0;
+}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import sys
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import raise_errno
@@ -31,6 +32,7 @@ from .common import (
     WalkResult,
     XlateConfig,
     batch_views,
+    buffer_view,
     bytes_arg,
     capacity_arg,
     config_of,
@@ -802,3 +804,56 @@ def stream_batch(mem: Memory, streams: Streams, sids: Any, iovas: Any, out_pa: A
 
 
 _B = sys.modules[__name__]
+
+
+def stream_translator(mem: Memory, streams: Streams, tlb: Iotlb | None = None,
+                      wrap: Callable[[WalkResult], Any] | None = None
+                      ) -> Callable[[int, int, bool], Any]:
+    """A function ``(sid, iova, write)`` translating one transaction through ``streams``.
+
+    It returns the :class:`WalkResult` (a fault included) when ``sid`` is a known StreamID
+    translated with a configuration and ``iova`` passes its ``ias`` check, and None for
+    everything else (unknown, aborting or bypassing StreamID, ``ias`` exceeded), which the
+    caller handles on its full path.  With ``wrap`` (a pure function), a successful
+    result is returned as ``wrap(result)``.  ``sid`` must be an int of 32 bits, ``iova`` of
+    64 and ``write`` a bool or int: otherwise TypeError (not an int) or OverflowError (out
+    of range).  (csrc/streams.c: pymsi_stream_translate.)
+    """
+    obj_arg("mem", mem, Memory)
+    obj_arg("streams", streams, Streams)
+    obj_arg("tlb", tlb, Iotlb, optional=True)
+    d = streams._d
+
+    def translate(sid: int, iova: int, write: bool) -> Any:
+        for v, lo, hi in ((sid, 0, 1 << 32), (iova, 0, 1 << 64), (write, -(1 << 31), 1 << 31)):
+            if not isinstance(v, int):                  # as cffi converts the C arguments
+                raise TypeError(f"an integer is required, not {type(v).__name__}")
+            if not lo <= v < hi:
+                raise OverflowError(f"{v} does not fit the C argument")
+        e = d.get(sid)
+        if e is None or e[0] != STREAM_TRANSLATE:
+            return None
+        mode, cfg, ias = e
+        if ias and ias < 64 and iova >> ias:
+            return None
+        r = _translate(mem, tlb, cfg, iova, bool(write))
+        return r if wrap is None or r.fault is not None else wrap(r)
+    return translate
+
+
+def status_pick(status: Any, out_idx: Any) -> int:
+    """The items a batch left unresolved: writes to ``out_idx`` (u32, as many as fit, in
+    order) the index of every ``status[k]`` that is neither 0 (translated) nor
+    STATUS_BYPASS, and returns how many there are in all.  (csrc/batch.c.)"""
+    n, (sv,) = batch_views([(status, "i32", "status")], [])
+    ov = buffer_view(out_idx, "u32", "out_idx", writable=True)
+    found = 0
+    cap = len(ov)
+    for k in range(n):
+        s = sv[k]
+        if s == 0 or s == STATUS_BYPASS:
+            continue
+        if found < cap:
+            ov[found] = k
+        found += 1
+    return found
