@@ -50,17 +50,3 @@ long pymsi_msi_batch(const pymsi_msi_table *t, const pymsi_mem *m, pymsi_tlb *tl
     }
     return ok;
 }
-
-size_t pymsi_status_pick(const int32_t *status, size_t n, uint32_t *idx, size_t max)
-{
-    size_t found = 0;
-    for (size_t k = 0; k < n; k++) {
-        int32_t s = status[k];
-        if (s == 0 || s == PYMSI_STATUS_BYPASS)
-            continue;
-        if (found < max)
-            idx[found] = (uint32_t)k;
-        found++;
-    }
-    return found;
-}

@@ -202,12 +202,6 @@ long pymsi_msi_batch(const pymsi_msi_table *t, const pymsi_mem *m, pymsi_tlb *tl
                      const uint32_t *devs, const uint32_t *idx, size_t n,
                      uint64_t *out_addr, uint64_t *out_pa, int32_t *status);
 /*
- * The items a batch left unresolved: writes to idx (up to max of them, in order)
- * the index of every status[k] that is neither 0 nor PYMSI_STATUS_BYPASS, and
- * returns how many there are in all (which may exceed max).
- */
-size_t pymsi_status_pick(const int32_t *status, size_t n, uint32_t *idx, size_t max);
-/*
  * Stream configurations of an SMMU, for translating many (StreamID, address)
  * pairs in one call: each known StreamID aborts, bypasses, or translates with
  * its configuration (copied in).  `ias` (0: none) is the input size checked
@@ -239,10 +233,14 @@ size_t pymsi_streams_count(const pymsi_streams *s);
  */
 int pymsi_stream_translate(const pymsi_mem *m, pymsi_tlb *tlb, const pymsi_streams *s,
                            uint32_t sid, uint64_t iova, int write, struct pymsi_result *r);
-/* Returns how many items were translated or bypassed. */
+/*
+ * Returns how many items were translated or bypassed.  `unresolved` (NULL, or room
+ * for n items) gets the index of every other item, in order: the n - result items
+ * the caller has to look at.
+ */
 long pymsi_stream_batch(const pymsi_mem *m, pymsi_tlb *tlb, const pymsi_streams *s, int write,
                         const uint32_t *sids, const uint64_t *iovas, size_t n,
-                        uint64_t *out_pa, int32_t *status);
+                        uint64_t *out_pa, int32_t *status, uint32_t *unresolved);
 /* cdef-end */
 
 #endif

@@ -322,8 +322,10 @@ def test_walks_agree_on_corrupted_nested_tables(backends, granules, maps, pokes,
                                   st.sampled_from([0, 0, 32, 40, 48, 64])), max_size=8),
        removals=st.lists(st.integers(0, 6), max_size=3),
        items=st.lists(st.tuples(st.integers(0, 7), addresses), max_size=24),
-       write=st.booleans(), cap=st.integers(1, 8))
-def test_stream_batches_agree(backends, seed, cfgs, streams, removals, items, write, cap):
+       write=st.booleans(), cap=st.integers(1, 8), with_left=st.booleans(),
+       extra=st.integers(0, 2))
+def test_stream_batches_agree(backends, seed, cfgs, streams, removals, items, write, cap,
+                              with_left, extra):
     mems = memories(backends, seed)
     results = []
     for b, m in zip(backends, mems, strict=True):
@@ -336,8 +338,12 @@ def test_stream_batches_agree(backends, seed, cfgs, streams, removals, items, wr
         sids = array.array("I", [i[0] for i in items])
         iovas = array.array("Q", [i[1] for i in items])
         pas, sts = array.array("Q", [7] * n), array.array("i", [7] * n)
-        ok = b.stream_batch(m, s, sids, iovas, pas, sts, tlb=tlb, write=write)
-        results.append((removed, len(s), ok, list(pas), list(sts), tlb.entries()))
+        left = array.array("I", [7] * (n + extra))
+        ok = b.stream_batch(m, s, sids, iovas, pas, sts, tlb=tlb, write=write,
+                            unresolved=left if with_left else None)
+        if with_left:
+            assert list(left[:n - ok]) == [k for k in range(n) if sts[k] not in (0, 1)]
+        results.append((removed, len(s), ok, list(pas), list(sts), tlb.entries(), list(left)))
     assert results[0] == results[1]
 
 
@@ -407,18 +413,3 @@ def test_stream_translator_leaves_the_full_path_to_the_caller(backends):
         assert fn(3, 0x1000, True).fault is not None          # no RAM: a walk fault
         with pytest.raises(TypeError):
             b.stream_translator(m, s, tlb=object())
-
-
-@given(statuses=st.lists(st.one_of(st.sampled_from([0, 0, 0, 1, 2, -11, -2, 1 << 16]),
-                                   st.integers(-2**31, 2**31 - 1)), max_size=64),
-       cap=st.integers(0, 70))
-def test_status_picks_agree(backends, statuses, cap):
-    want = [k for k, s in enumerate(statuses) if s not in (0, 1)]
-    for b in backends:
-        idx = array.array("I", [0xFFFF_FFFF] * cap)
-        found = b.status_pick(array.array("i", statuses), idx)
-        assert found == len(want)
-        assert list(idx[:min(found, cap)]) == want[:cap]
-        assert list(idx[min(found, cap):]) == [0xFFFF_FFFF] * (cap - min(found, cap))
-    with pytest.raises(errors.InvalidArgument):
-        backends[0].status_pick(array.array("Q", [0]), array.array("I", [0]))

@@ -29,7 +29,6 @@ from .common import (
     WalkResult,
     XlateConfig,
     batch_views,
-    buffer_view,
     bytes_arg,
     capacity_arg,
     config_of,
@@ -626,22 +625,26 @@ class Streams:
 
 
 def stream_batch(mem: Memory, streams: Streams, sids: Any, iovas: Any, out_pa: Any,
-                 status: Any, tlb: Iotlb | None = None, write: bool = False) -> int:
+                 status: Any, tlb: Iotlb | None = None, write: bool = False,
+                 unresolved: Any = None) -> int:
     """Translate every (sids[k], iovas[k]) through its stream's configuration.
 
     Returns how many items were translated or bypassed; the others were
     aborted, faulted (out_pa = the IPA of a stage-2 fault) or are
-    STATUS_NO_CONFIG (StreamID not known).
+    STATUS_NO_CONFIG (StreamID not known).  ``unresolved`` (u32, room for every
+    item) gets the indexes of those others, in order: the first n - result items.
     """
     obj_arg("mem", mem, Memory)
     obj_arg("streams", streams, Streams)
-    n, views = batch_views([(sids, "u32", "sids"), (iovas, "u64", "iovas")],
-                           [(out_pa, "u64", "out_pa"), (status, "i32", "status")])
+    outs = [(out_pa, "u64", "out_pa"), (status, "i32", "status")]
+    if unresolved is not None:
+        outs.append((unresolved, "u32", "unresolved"))
+    n, views = batch_views([(sids, "u32", "sids"), (iovas, "u64", "iovas")], outs)
     t = _tlb(tlb)
     write = bool(write)
-    sc, ic, oc, stc = _c(views)
+    sc, ic, oc, stc, *uc = _c(views)
     return check(lib.pymsi_stream_batch(mem._p, t, streams._p, write, sc, ic, n,
-                                        oc, stc), "stream_batch")
+                                        oc, stc, uc[0] if uc else _NULL), "stream_batch")
 
 
 def stream_translator(mem: Memory, streams: Streams, tlb: Iotlb | None = None,
@@ -681,16 +684,6 @@ def stream_translator(mem: Memory, streams: Streams, tlb: Iotlb | None = None,
         raw = buf[:]
         return seen_get(raw) or result(raw)
     return translate
-
-
-def status_pick(status: Any, out_idx: Any) -> int:
-    """The items a batch left unresolved: writes to ``out_idx`` (u32, as many as fit, in
-    order) the index of every ``status[k]`` that is neither 0 (translated) nor
-    STATUS_BYPASS, and returns how many there are in all."""
-    n, (sv,) = batch_views([(status, "i32", "status")], [])
-    ov = buffer_view(out_idx, "u32", "out_idx", writable=True)
-    sc, oc = _c([sv, ov])
-    return lib.pymsi_status_pick(sc, n, oc, len(ov))
 
 
 _B = sys.modules[__name__]

@@ -32,7 +32,6 @@ from .common import (
     WalkResult,
     XlateConfig,
     batch_views,
-    buffer_view,
     bytes_arg,
     capacity_arg,
     config_of,
@@ -761,17 +760,22 @@ class Streams:
 
 
 def stream_batch(mem: Memory, streams: Streams, sids: Any, iovas: Any, out_pa: Any,
-                 status: Any, tlb: Iotlb | None = None, write: bool = False) -> int:
+                 status: Any, tlb: Iotlb | None = None, write: bool = False,
+                 unresolved: Any = None) -> int:
     """Translate every (sids[k], iovas[k]) through its stream's configuration.
 
     Returns how many items were translated or bypassed; the others were
     aborted, faulted (out_pa = the IPA of a stage-2 fault) or are
-    STATUS_NO_CONFIG (StreamID not known).
+    STATUS_NO_CONFIG (StreamID not known).  ``unresolved`` (u32, room for every
+    item) gets the indexes of those others, in order: the first n - result items.
     """
     obj_arg("mem", mem, Memory)
     obj_arg("streams", streams, Streams)
-    n, (sv, iv, op, st) = batch_views([(sids, "u32", "sids"), (iovas, "u64", "iovas")],
-                                      [(out_pa, "u64", "out_pa"), (status, "i32", "status")])
+    outs = [(out_pa, "u64", "out_pa"), (status, "i32", "status")]
+    if unresolved is not None:
+        outs.append((unresolved, "u32", "unresolved"))
+    n, (sv, iv, op, st, *uv) = batch_views([(sids, "u32", "sids"), (iovas, "u64", "iovas")],
+                                           outs)
     obj_arg("tlb", tlb, Iotlb, optional=True)
     write = bool(write)
     ok = 0
@@ -800,6 +804,12 @@ def stream_batch(mem: Memory, streams: Streams, sids: Any, iovas: Any, out_pa: A
                 continue
             op[k] = r.pa
         ok += 1
+    if uv:
+        left = 0
+        for k in range(n):
+            if st[k] != 0 and st[k] != STATUS_BYPASS:
+                uv[0][left] = k
+                left += 1
     return ok
 
 
@@ -840,20 +850,3 @@ def stream_translator(mem: Memory, streams: Streams, tlb: Iotlb | None = None,
         return r if wrap is None or r.fault is not None else wrap(r)
     return translate
 
-
-def status_pick(status: Any, out_idx: Any) -> int:
-    """The items a batch left unresolved: writes to ``out_idx`` (u32, as many as fit, in
-    order) the index of every ``status[k]`` that is neither 0 (translated) nor
-    STATUS_BYPASS, and returns how many there are in all.  (csrc/batch.c.)"""
-    n, (sv,) = batch_views([(status, "i32", "status")], [])
-    ov = buffer_view(out_idx, "u32", "out_idx", writable=True)
-    found = 0
-    cap = len(ov)
-    for k in range(n):
-        s = sv[k]
-        if s == 0 or s == STATUS_BYPASS:
-            continue
-        if found < cap:
-            ov[found] = k
-        found += 1
-    return found

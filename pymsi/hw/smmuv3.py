@@ -260,6 +260,7 @@ class SMMUv3:
         except TypeError:                   # a memory of another kind: full path only
             self._hit = _no_hit
         self._xl = _no_hit                  # self._hit while SMMUEN is set
+        self._scratch = array.array("I")    # the batch's unresolved items
         self.irq_counts = {"eventq": 0, "gerror": 0, "cmdq_sync": 0}
         self.stats = {"events_recorded": 0, "events_dropped": 0, "events_suppressed": 0,
                       "commands": 0, "sev": 0}
@@ -981,13 +982,15 @@ class SMMUv3:
         if trace_smmuv3_translate_success.enabled or trace_smmuv3_translate_abort.enabled:
             return self._translate_batch_traced(n, sv, iv, op, st, write)
         if self._cr0 & R.CR0_SMMUEN:
+            scratch = self._scratch
+            if len(scratch) < n:
+                scratch = self._scratch = array.array("I", bytes(4 * n))
             ok = self._core.stream_batch(self.memory, self._streams, sv, iv, op, st,
-                                         tlb=self.tlb, write=write)
+                                         tlb=self.tlb, write=write, unresolved=scratch)
             if ok == n:
                 return ok
             # Only the items C left unresolved come back to Python (n - ok of them).
-            todo: Any = array.array("I", bytes(4 * (n - ok)))
-            self._core.status_pick(st, todo)
+            todo: Any = scratch[:n - ok]
         else:
             for k in range(n):
                 st[k] = core.STATUS_NO_CONFIG           # the slow path handles them
