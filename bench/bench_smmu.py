@@ -158,7 +158,7 @@ def bench(quick: bool) -> Report:
         rep.add(name, ns, floor=fl, floor_ns=times[fl] if fl else None)
     lp, fp = loops("python", n_py)
     lp.update({k: v for k, v in lc.items() if k.startswith("floor")})
-    times_py = interleaved(lp, max(3, rounds // 3))
+    times_py = interleaved(lp, 3 if quick else 7, repeat=3)
     for name, ns in times_py.items():
         if not name.startswith("floor"):
             fl = fp[name]

@@ -140,6 +140,9 @@ _new = tuple.__new__
 _TRANSLATED = Outcome.TRANSLATED
 _TRANSLATE = core.STREAM_TRANSLATE
 _SMMUEN = R.CR0_SMMUEN
+_EVT_TYPE, _EVT_SID, _EVT_SSID = R.EVT0_TYPE.lo, R.EVT0_SID.lo, R.EVT0_SSID.lo
+_EVT_SSV, _EVT_PNU, _EVT_RNW = R.EVT0_SSV(1), R.EVT1_PNU(1), R.EVT1_RNW(1)
+_EVT_S2, _EVT_TTRNW, _EVT_CLASS = R.EVT1_S2(1), R.EVT1_TTRNW(1), R.EVT1_CLASS.lo
 
 _FAULT_EVENT = {
     FaultKind.TRANSLATION: R.EventType.F_TRANSLATION,
@@ -507,13 +510,15 @@ class SMMUv3:
     def _event(self, etype: int, sid: int, ssid: int | None = None, iova: int = 0,
                write: bool = False, s2: bool = False, event_class: int = 0, ipa: int = 0,
                fetch_addr: int = 0) -> list[int]:
-        w0 = R.EVT0_TYPE(etype) | R.EVT0_SID(sid)
+        # (Every value here was checked to fit its field: the StreamID and SubstreamID
+        # against SIDSIZE / SSIDSIZE, the rest are the model's own constants.)
+        w0 = etype << _EVT_TYPE | sid << _EVT_SID
         if ssid is not None:
-            w0 |= R.EVT0_SSV(1) | R.EVT0_SSID(ssid)
-        w1 = (R.EVT1_PNU(1) | R.EVT1_RNW(int(not write)) | R.EVT1_S2(int(s2))
-              | R.EVT1_CLASS(event_class))
+            w0 |= _EVT_SSV | ssid << _EVT_SSID
+        w1 = _EVT_PNU | (0 if write else _EVT_RNW) | (_EVT_S2 if s2 else 0) \
+            | event_class << _EVT_CLASS
         if event_class == R.EventClass.TT:
-            w1 |= R.EVT1_TTRNW(1)               # table walks read
+            w1 |= _EVT_TTRNW                     # table walks read
         w3 = (ipa & R.EVT3_IPA.mask) if ipa else (fetch_addr & R.EVT3_FETCH_ADDR.mask)
         return [w0, w1, iova, w3]
 
