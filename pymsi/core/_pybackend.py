@@ -835,11 +835,9 @@ def stream_translator(mem: Memory, streams: Streams, tlb: Iotlb | None = None,
     d = streams._d
 
     def translate(sid: int, iova: int, write: bool) -> Any:
-        for v, lo, hi in ((sid, 0, 1 << 32), (iova, 0, 1 << 64), (write, -(1 << 31), 1 << 31)):
-            if not isinstance(v, int):                  # as cffi converts the C arguments
-                raise TypeError(f"an integer is required, not {type(v).__name__}")
-            if not lo <= v < hi:
-                raise OverflowError(f"{v} does not fit the C argument")
+        if not (type(sid) is int and 0 <= sid <= 0xFFFF_FFFF and type(iova) is int
+                and 0 <= iova <= 0xFFFF_FFFF_FFFF_FFFF and type(write) is bool):
+            _stream_args(sid, iova, write)
         e = d.get(sid)
         if e is None or e[0] != STREAM_TRANSLATE:
             return None
@@ -849,4 +847,13 @@ def stream_translator(mem: Memory, streams: Streams, tlb: Iotlb | None = None,
         r = _translate(mem, tlb, cfg, iova, bool(write))
         return r if wrap is None or r.fault is not None else wrap(r)
     return translate
+
+
+def _stream_args(sid: Any, iova: Any, write: Any) -> None:
+    """What cffi refuses in pymsi_stream_translate's arguments, refused alike."""
+    for v, lo, hi in ((sid, 0, 1 << 32), (iova, 0, 1 << 64), (write, -(1 << 31), 1 << 31)):
+        if not isinstance(v, int):                  # as cffi converts the C arguments
+            raise TypeError(f"an integer is required, not {type(v).__name__}")
+        if not lo <= v < hi:
+            raise OverflowError(f"{v} does not fit the C argument")
 
