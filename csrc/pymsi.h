@@ -224,10 +224,23 @@ int pymsi_streams_set(pymsi_streams *s, uint32_t sid, int mode, const struct pym
 int pymsi_streams_remove(pymsi_streams *s, uint32_t sid);
 void pymsi_streams_clear(pymsi_streams *s);
 size_t pymsi_streams_count(const pymsi_streams *s);
-/* Returns how many items were translated or bypassed. */
+/*
+ * One transaction through a known StreamID translated with a configuration: the
+ * stream's probe and the IOTLB translate (a walk on a miss) in one call.  Returns 0
+ * when `r` holds the result (a fault included); 1 when the stream is not known,
+ * aborts, bypasses or the address fails its `ias` check (the caller's full path
+ * handles those; `r` is left alone).
+ */
+int pymsi_stream_translate(const pymsi_mem *m, pymsi_tlb *tlb, const pymsi_streams *s,
+                           uint32_t sid, uint64_t iova, int write, struct pymsi_result *r);
+/*
+ * Returns how many items were translated or bypassed.  `unresolved` (NULL, or room
+ * for n items) gets the index of every other item, in order: the n - result items
+ * the caller has to look at.
+ */
 long pymsi_stream_batch(const pymsi_mem *m, pymsi_tlb *tlb, const pymsi_streams *s, int write,
                         const uint32_t *sids, const uint64_t *iovas, size_t n,
-                        uint64_t *out_pa, int32_t *status);
+                        uint64_t *out_pa, int32_t *status, uint32_t *unresolved);
 /* cdef-end */
 
 #endif

@@ -143,20 +143,21 @@ size_t pymsi_streams_count(const pymsi_streams *s)
 
 long pymsi_stream_batch(const pymsi_mem *m, pymsi_tlb *tlb, const pymsi_streams *s, int write,
                         const uint32_t *sids, const uint64_t *iovas, size_t n,
-                        uint64_t *out_pa, int32_t *status)
+                        uint64_t *out_pa, int32_t *status, uint32_t *unresolved)
 {
     long ok = 0;
+    size_t left = 0;
     struct pymsi_result r;
     for (size_t k = 0; k < n; k++) {
         const struct stream *e = &s->slots[probe(s, sids[k])];
         out_pa[k] = 0;
         if (!e->used) {
             status[k] = -EAGAIN;
-            continue;
+            goto unresolved;
         }
         if (e->mode == PYMSI_STREAM_ABORT) {
             status[k] = PYMSI_STATUS_ABORT;
-            continue;
+            goto unresolved;
         }
         if (e->mode == PYMSI_STREAM_BYPASS) {
             out_pa[k] = iovas[k];
@@ -172,12 +173,27 @@ long pymsi_stream_batch(const pymsi_mem *m, pymsi_tlb *tlb, const pymsi_streams 
             pymsi_translate_nocheck(m, tlb, &e->cfg, iovas[k], write, &r);
         }
         status[k] = pymsi_status_of(&r);
-        if (status[k]) {
-            out_pa[k] = r.fault_stage == 2 ? r.fault_ipa : 0;
-        } else {
+        if (!status[k]) {
             out_pa[k] = r.pa;
             ok++;
+            continue;
         }
+        out_pa[k] = r.fault_stage == 2 ? r.fault_ipa : 0;
+unresolved:
+        if (unresolved)
+            unresolved[left++] = (uint32_t)k;
     }
     return ok;
+}
+
+int pymsi_stream_translate(const pymsi_mem *m, pymsi_tlb *tlb, const pymsi_streams *s,
+                           uint32_t sid, uint64_t iova, int write, struct pymsi_result *r)
+{
+    const struct stream *e = &s->slots[probe(s, sid)];
+    if (!e->used || e->mode != PYMSI_STREAM_TRANSLATE)
+        return 1;
+    if (e->ias && e->ias < 64 && (iova >> e->ias))
+        return 1;
+    pymsi_translate_nocheck(m, tlb, &e->cfg, iova, write, r);
+    return 0;
 }

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pymsi import errors
-from pymsi.core import Stage1, Stage2, XlateConfig
+from pymsi.core import Stage1, Stage2, XlateConfig, encode_status
 
 RAM = 0x0001_0000           # 64 KiB aligned
 RAM_SIZE = 0x1_0000         # one 64 KiB table's worth of descriptors: most reads hit one
@@ -322,8 +322,10 @@ def test_walks_agree_on_corrupted_nested_tables(backends, granules, maps, pokes,
                                   st.sampled_from([0, 0, 32, 40, 48, 64])), max_size=8),
        removals=st.lists(st.integers(0, 6), max_size=3),
        items=st.lists(st.tuples(st.integers(0, 7), addresses), max_size=24),
-       write=st.booleans(), cap=st.integers(1, 8))
-def test_stream_batches_agree(backends, seed, cfgs, streams, removals, items, write, cap):
+       write=st.booleans(), cap=st.integers(1, 8), with_left=st.booleans(),
+       extra=st.integers(0, 2))
+def test_stream_batches_agree(backends, seed, cfgs, streams, removals, items, write, cap,
+                              with_left, extra):
     mems = memories(backends, seed)
     results = []
     for b, m in zip(backends, mems, strict=True):
@@ -336,6 +338,78 @@ def test_stream_batches_agree(backends, seed, cfgs, streams, removals, items, wr
         sids = array.array("I", [i[0] for i in items])
         iovas = array.array("Q", [i[1] for i in items])
         pas, sts = array.array("Q", [7] * n), array.array("i", [7] * n)
-        ok = b.stream_batch(m, s, sids, iovas, pas, sts, tlb=tlb, write=write)
-        results.append((removed, len(s), ok, list(pas), list(sts), tlb.entries()))
+        left = array.array("I", [7] * (n + extra))
+        ok = b.stream_batch(m, s, sids, iovas, pas, sts, tlb=tlb, write=write,
+                            unresolved=left if with_left else None)
+        if with_left:
+            assert list(left[:n - ok]) == [k for k in range(n) if sts[k] not in (0, 1)]
+        results.append((removed, len(s), ok, list(pas), list(sts), tlb.entries(), list(left)))
     assert results[0] == results[1]
+
+
+_BAD_ARGS = st.sampled_from([-1, 2**32, 2**64, 1.5, None, "1", True])
+
+
+@given(seed=st.integers(0, 2**32), cfgs=st.lists(configs(), min_size=1, max_size=3),
+       streams=st.lists(st.tuples(st.integers(0, 6), st.integers(1, 3), st.integers(0, 2),
+                                  st.sampled_from([0, 0, 32, 40, 48, 64])), max_size=8),
+       removals=st.lists(st.integers(0, 6), max_size=3),
+       items=st.lists(st.tuples(st.one_of(st.integers(0, 7), _BAD_ARGS),
+                                st.one_of(addresses, addresses, _BAD_ARGS),
+                                st.one_of(st.booleans(), st.booleans(),
+                                          st.sampled_from([2, -1, 2**31, None]))),
+                      max_size=24),
+       cap=st.one_of(st.none(), st.integers(1, 8)), wrapped=st.booleans())
+def test_stream_translators_agree(backends, seed, cfgs, streams, removals, items, cap,
+                                  wrapped):
+    """stream_translator: the same result (or None, or exception class) item by item, the
+    same IOTLB afterwards; and on the valid items, what stream_batch says of them."""
+    mems = memories(backends, seed)
+    results = []
+    for b, m in zip(backends, mems, strict=True):
+        s = b.Streams()
+        for sid, mode, which, ias in streams:
+            s.set(sid, mode, cfgs[which % len(cfgs)], ias)
+        for sid in removals:
+            s.remove(sid)
+        tlb = None if cap is None else b.Iotlb(cap)
+        fn = b.stream_translator(m, s, tlb, wrap=(lambda w: ("ok", w)) if wrapped else None)
+        out = []
+        for sid, iova, write in items:
+            try:
+                out.append(fn(sid, iova, write))
+            except Exception as e:
+                out.append(type(e))
+        results.append((out, None if tlb is None else (tlb.entries(), tlb.hits, tlb.misses)))
+        # A translated item is what the batch gives it (status and output).
+        for (sid, iova, write), r in zip(items, out, strict=True):
+            if r is None or isinstance(r, type) or type(sid) is not int:
+                continue
+            if wrapped and r[0] == "ok":
+                r = r[1]
+            pas, sts = array.array("Q", [7]), array.array("i", [7])
+            b.stream_batch(m, s, array.array("I", [sid]), array.array("Q", [iova]), pas, sts,
+                           write=bool(write))
+            assert sts[0] == encode_status(r.fault)
+            assert pas[0] == (r.pa if r.fault is None else
+                              (r.fault.ipa if r.fault.stage == 2 else 0))
+    assert results[0] == results[1]
+
+
+def test_stream_translator_leaves_the_full_path_to_the_caller(backends):
+    """None for an unknown, aborting or bypassing StreamID and past ``ias``."""
+    from pymsi.core import STREAM_ABORT, STREAM_BYPASS, STREAM_TRANSLATE
+
+    cfg = XlateConfig(s2=Stage2(vttb=RAM, tsz=24, sl0=1, granule=4096, ps=40))
+    for b in backends:
+        m = b.Memory()
+        s = b.Streams()
+        s.set(1, STREAM_ABORT)
+        s.set(2, STREAM_BYPASS)
+        s.set(3, STREAM_TRANSLATE, cfg, 32)
+        fn = b.stream_translator(m, s)
+        assert [fn(sid, 0x1000, False) for sid in (0, 1, 2)] == [None] * 3
+        assert fn(3, 1 << 32, True) is None
+        assert fn(3, 0x1000, True).fault is not None          # no RAM: a walk fault
+        with pytest.raises(TypeError):
+            b.stream_translator(m, s, tlb=object())

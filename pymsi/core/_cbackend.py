@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import struct
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from .._core_c import ffi, lib
@@ -624,22 +625,65 @@ class Streams:
 
 
 def stream_batch(mem: Memory, streams: Streams, sids: Any, iovas: Any, out_pa: Any,
-                 status: Any, tlb: Iotlb | None = None, write: bool = False) -> int:
+                 status: Any, tlb: Iotlb | None = None, write: bool = False,
+                 unresolved: Any = None) -> int:
     """Translate every (sids[k], iovas[k]) through its stream's configuration.
 
     Returns how many items were translated or bypassed; the others were
     aborted, faulted (out_pa = the IPA of a stage-2 fault) or are
-    STATUS_NO_CONFIG (StreamID not known).
+    STATUS_NO_CONFIG (StreamID not known).  ``unresolved`` (u32, room for every
+    item) gets the indexes of those others, in order: the first n - result items.
     """
     obj_arg("mem", mem, Memory)
     obj_arg("streams", streams, Streams)
-    n, views = batch_views([(sids, "u32", "sids"), (iovas, "u64", "iovas")],
-                           [(out_pa, "u64", "out_pa"), (status, "i32", "status")])
+    outs = [(out_pa, "u64", "out_pa"), (status, "i32", "status")]
+    if unresolved is not None:
+        outs.append((unresolved, "u32", "unresolved"))
+    n, views = batch_views([(sids, "u32", "sids"), (iovas, "u64", "iovas")], outs)
     t = _tlb(tlb)
     write = bool(write)
-    sc, ic, oc, stc = _c(views)
+    sc, ic, oc, stc, *uc = _c(views)
     return check(lib.pymsi_stream_batch(mem._p, t, streams._p, write, sc, ic, n,
-                                        oc, stc), "stream_batch")
+                                        oc, stc, uc[0] if uc else _NULL), "stream_batch")
+
+
+def stream_translator(mem: Memory, streams: Streams, tlb: Iotlb | None = None,
+                      wrap: Callable[[WalkResult], Any] | None = None
+                      ) -> Callable[[int, int, bool], Any]:
+    """A function ``(sid, iova, write)`` translating one transaction through ``streams``.
+
+    It returns the :class:`WalkResult` (a fault included) when ``sid`` is a known StreamID
+    translated with a configuration and ``iova`` passes its ``ias`` check, and None for
+    everything else (unknown, aborting or bypassing StreamID, ``ias`` exceeded), which the
+    caller handles on its full path.  With ``wrap`` (a pure function), a successful
+    result is returned as ``wrap(result)``; results may be reused between calls (they are
+    immutable and a pure function of the C result).  ``sid`` must be an int of 32 bits,
+    ``iova`` of 64 and ``write`` a bool or int: otherwise TypeError (not an int) or
+    OverflowError (out of range).  It is the SMMU model's per-call hit path: the stream
+    probe and the IOTLB translate in one C call, no argument parsing beyond the C types'.
+    """
+    obj_arg("mem", mem, Memory)
+    obj_arg("streams", streams, Streams)
+    fn, mp, tp, sp = lib.pymsi_stream_translate, mem._p, _tlb(tlb), streams._p
+    res, buf = mem._res, mem._resbuf
+    seen: dict[bytes, Any] = {}
+    seen_get = seen.get
+
+    def result(raw: bytes) -> Any:
+        r = _results_get(raw) or _build(raw)
+        if wrap is not None and r.fault is None:
+            r = wrap(r)
+        if len(seen) >= _RESULTS_MAX:
+            seen.clear()
+        seen[raw] = r
+        return r
+
+    def translate(sid: int, iova: int, write: bool) -> Any:
+        if fn(mp, tp, sp, sid, iova, write, res):
+            return None
+        raw = buf[:]
+        return seen_get(raw) or result(raw)
+    return translate
 
 
 _B = sys.modules[__name__]

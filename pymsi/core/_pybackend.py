@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import sys
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import raise_errno
@@ -759,17 +760,22 @@ class Streams:
 
 
 def stream_batch(mem: Memory, streams: Streams, sids: Any, iovas: Any, out_pa: Any,
-                 status: Any, tlb: Iotlb | None = None, write: bool = False) -> int:
+                 status: Any, tlb: Iotlb | None = None, write: bool = False,
+                 unresolved: Any = None) -> int:
     """Translate every (sids[k], iovas[k]) through its stream's configuration.
 
     Returns how many items were translated or bypassed; the others were
     aborted, faulted (out_pa = the IPA of a stage-2 fault) or are
-    STATUS_NO_CONFIG (StreamID not known).
+    STATUS_NO_CONFIG (StreamID not known).  ``unresolved`` (u32, room for every
+    item) gets the indexes of those others, in order: the first n - result items.
     """
     obj_arg("mem", mem, Memory)
     obj_arg("streams", streams, Streams)
-    n, (sv, iv, op, st) = batch_views([(sids, "u32", "sids"), (iovas, "u64", "iovas")],
-                                      [(out_pa, "u64", "out_pa"), (status, "i32", "status")])
+    outs = [(out_pa, "u64", "out_pa"), (status, "i32", "status")]
+    if unresolved is not None:
+        outs.append((unresolved, "u32", "unresolved"))
+    n, (sv, iv, op, st, *uv) = batch_views([(sids, "u32", "sids"), (iovas, "u64", "iovas")],
+                                           outs)
     obj_arg("tlb", tlb, Iotlb, optional=True)
     write = bool(write)
     ok = 0
@@ -798,7 +804,56 @@ def stream_batch(mem: Memory, streams: Streams, sids: Any, iovas: Any, out_pa: A
                 continue
             op[k] = r.pa
         ok += 1
+    if uv:
+        left = 0
+        for k in range(n):
+            if st[k] != 0 and st[k] != STATUS_BYPASS:
+                uv[0][left] = k
+                left += 1
     return ok
 
 
 _B = sys.modules[__name__]
+
+
+def stream_translator(mem: Memory, streams: Streams, tlb: Iotlb | None = None,
+                      wrap: Callable[[WalkResult], Any] | None = None
+                      ) -> Callable[[int, int, bool], Any]:
+    """A function ``(sid, iova, write)`` translating one transaction through ``streams``.
+
+    It returns the :class:`WalkResult` (a fault included) when ``sid`` is a known StreamID
+    translated with a configuration and ``iova`` passes its ``ias`` check, and None for
+    everything else (unknown, aborting or bypassing StreamID, ``ias`` exceeded), which the
+    caller handles on its full path.  With ``wrap`` (a pure function), a successful
+    result is returned as ``wrap(result)``.  ``sid`` must be an int of 32 bits, ``iova`` of
+    64 and ``write`` a bool or int: otherwise TypeError (not an int) or OverflowError (out
+    of range).  (csrc/streams.c: pymsi_stream_translate.)
+    """
+    obj_arg("mem", mem, Memory)
+    obj_arg("streams", streams, Streams)
+    obj_arg("tlb", tlb, Iotlb, optional=True)
+    d = streams._d
+
+    def translate(sid: int, iova: int, write: bool) -> Any:
+        if not (type(sid) is int and 0 <= sid <= 0xFFFF_FFFF and type(iova) is int
+                and 0 <= iova <= 0xFFFF_FFFF_FFFF_FFFF and type(write) is bool):
+            _stream_args(sid, iova, write)
+        e = d.get(sid)
+        if e is None or e[0] != STREAM_TRANSLATE:
+            return None
+        mode, cfg, ias = e
+        if ias and ias < 64 and iova >> ias:
+            return None
+        r = _translate(mem, tlb, cfg, iova, bool(write))
+        return r if wrap is None or r.fault is not None else wrap(r)
+    return translate
+
+
+def _stream_args(sid: Any, iova: Any, write: Any) -> None:
+    """What cffi refuses in pymsi_stream_translate's arguments, refused alike."""
+    for v, lo, hi in ((sid, 0, 1 << 32), (iova, 0, 1 << 64), (write, -(1 << 31), 1 << 31)):
+        if not isinstance(v, int):                  # as cffi converts the C arguments
+            raise TypeError(f"an integer is required, not {type(v).__name__}")
+        if not lo <= v < hi:
+            raise OverflowError(f"{v} does not fit the C argument")
+

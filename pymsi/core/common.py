@@ -503,20 +503,29 @@ def status_fault(status: int) -> Fault | None:
     InvalidArgument.  The IPA is not carried by a status, so ``Fault.ipa`` is
     None.
     """
+    if type(status) is int:
+        f = _STATUS_FAULTS.get(status)
+        if f is not None:
+            return f
     status = range_arg("status", status, -(1 << 31), (1 << 31) - 1)
     if status < STATUS_FAULT:
         return None
     if status & 0xF not in _KINDS:
         raise InvalidArgument(f"status {status:#x}: no fault kind {status & 0xF}")
-    return Fault(
+    f = Fault(
         stage=(status >> 4) & 0xF,
         kind=FaultKind(status & 0xF),
         level=(status >> 8) & 0xF,
         s1_table_walk=bool((status >> 12) & 1),
     )
+    if len(_STATUS_FAULTS) >= 4096:
+        _STATUS_FAULTS.clear()
+    _STATUS_FAULTS[status] = f           # (a Fault is an immutable value)
+    return f
 
 
 _KINDS = frozenset(int(k) for k in FaultKind)
+_STATUS_FAULTS: dict[int, Fault] = {}
 
 
 def encode_status(fault: Fault | None) -> int:

@@ -40,6 +40,7 @@ without caching it or recording anything.
 
 from __future__ import annotations
 
+import array
 import enum
 from collections import deque
 from collections.abc import Callable
@@ -139,6 +140,9 @@ _new = tuple.__new__
 _TRANSLATED = Outcome.TRANSLATED
 _TRANSLATE = core.STREAM_TRANSLATE
 _SMMUEN = R.CR0_SMMUEN
+_EVT_TYPE, _EVT_SID, _EVT_SSID = R.EVT0_TYPE.lo, R.EVT0_SID.lo, R.EVT0_SSID.lo
+_EVT_SSV, _EVT_PNU, _EVT_RNW = R.EVT0_SSV(1), R.EVT1_PNU(1), R.EVT1_RNW(1)
+_EVT_S2, _EVT_TTRNW, _EVT_CLASS = R.EVT1_S2(1), R.EVT1_TTRNW(1), R.EVT1_CLASS.lo
 
 _FAULT_EVENT = {
     FaultKind.TRANSLATION: R.EventType.F_TRANSLATION,
@@ -251,6 +255,15 @@ class SMMUv3:
         self.tlb = impl.Iotlb(tlb_capacity)
         self._streams = impl.Streams()
         self._translate = impl.translate
+        try:
+            # The per-call hit path: the stream's probe in the C copy of the config
+            # cache and the IOTLB translate in one call (None: take the full path).
+            self._hit = impl.stream_translator(memory, self._streams, self.tlb,
+                                               wrap=_translated)
+        except TypeError:                   # a memory of another kind: full path only
+            self._hit = _no_hit
+        self._xl = _no_hit                  # self._hit while SMMUEN is set
+        self._scratch = array.array("I")    # the batch's unresolved items
         self.irq_counts = {"eventq": 0, "gerror": 0, "cmdq_sync": 0}
         self.stats = {"events_recorded": 0, "events_dropped": 0, "events_suppressed": 0,
                       "commands": 0, "sev": 0}
@@ -282,7 +295,7 @@ class SMMUv3:
         """Put every register in its reset state and drop all cached state."""
         self._regs: dict[int, int] = {}
         self._gbpa = 0
-        self._cr0 = 0
+        self._set_cr0(0)
         self._outbox.clear()
         self._flush_config()
         self.tlb.invalidate_all()
@@ -330,10 +343,14 @@ class SMMUv3:
         if self._outbox and not self._busy:
             self._send_outbox()
 
+    def _set_cr0(self, v: int) -> None:
+        self._cr0 = v
+        self._xl = self._hit if v & _SMMUEN else _no_hit
+
     def _write32(self, off: int, v: int) -> None:
         regs = self._regs
         if off == R.CR0:
-            self._cr0 = v & R.CR0_MASK
+            self._set_cr0(v & R.CR0_MASK)
             if self._cr0 & R.CR0_CMDQEN:
                 self._process_commands()
         elif off == R.CR1 or off == R.CR2:
@@ -493,13 +510,15 @@ class SMMUv3:
     def _event(self, etype: int, sid: int, ssid: int | None = None, iova: int = 0,
                write: bool = False, s2: bool = False, event_class: int = 0, ipa: int = 0,
                fetch_addr: int = 0) -> list[int]:
-        w0 = R.EVT0_TYPE(etype) | R.EVT0_SID(sid)
+        # (Every value here was checked to fit its field: the StreamID and SubstreamID
+        # against SIDSIZE / SSIDSIZE, the rest are the model's own constants.)
+        w0 = etype << _EVT_TYPE | sid << _EVT_SID
         if ssid is not None:
-            w0 |= R.EVT0_SSV(1) | R.EVT0_SSID(ssid)
-        w1 = (R.EVT1_PNU(1) | R.EVT1_RNW(int(not write)) | R.EVT1_S2(int(s2))
-              | R.EVT1_CLASS(event_class))
+            w0 |= _EVT_SSV | ssid << _EVT_SSID
+        w1 = _EVT_PNU | (0 if write else _EVT_RNW) | (_EVT_S2 if s2 else 0) \
+            | event_class << _EVT_CLASS
         if event_class == R.EventClass.TT:
-            w1 |= R.EVT1_TTRNW(1)               # table walks read
+            w1 |= _EVT_TTRNW                     # table walks read
         w3 = (ipa & R.EVT3_IPA.mask) if ipa else (fetch_addr & R.EVT3_FETCH_ADDR.mask)
         return [w0, w1, iova, w3]
 
@@ -840,6 +859,18 @@ class SMMUv3:
         StreamID beyond the programmed stream table is the guest's business: it
         gives C_BAD_STREAMID.
         """
+        if ssid is None and type(sid) is int and type(iova) is int:
+            # The hit path: a StreamID whose translating configuration is cached.
+            try:
+                r = self._xl(sid, iova, write)      # an SmmuResult, or a faulting WalkResult
+            except (TypeError, OverflowError):      # bad arguments: the full path says
+                r = None
+            if r is not None:
+                if r[0] is _TRANSLATED:
+                    if trace_smmuv3_translate_success.enabled:
+                        self._trace_success(sid, iova, write, r.walk)
+                    return r
+                return self._fault_event(r, self._by_sid[sid], sid, None, iova, write)
         if type(sid) is not int or type(iova) is not int or (
                 ssid is not None and type(ssid) is not int):
             self._check_args(sid, iova, ssid)
@@ -866,11 +897,7 @@ class SMMUv3:
                 w = self._translate(self.memory, iova, write, st.cfg, self.tlb)
                 if w.fault is None:
                     if trace_smmuv3_translate_success.enabled:
-                        cfg = st.cfg
-                        trace_smmuv3_translate_success(
-                            sid=sid, iova=iova, ipa=w.ipa, translated=w.pa, is_write=write,
-                            stage=(1 if cfg.s1 is not None else 0)
-                            | (2 if cfg.s2 is not None else 0), tlb_hit=w.tlb_hit)
+                        self._trace_success(sid, iova, write, w, st.cfg)
                     return _new(SmmuResult, (_TRANSLATED, w.pa, None, None, False, w))
             return self._fault_event(w, st, sid, ssid, iova, write)
         self._check_args(sid, iova, ssid)
@@ -881,6 +908,15 @@ class SMMUv3:
         if trace_smmuv3_translate_abort.enabled:
             trace_smmuv3_translate_abort(sid=sid, addr=iova, is_write=write, event=None)
         return SmmuResult(Outcome.ABORTED, None)
+
+    def _trace_success(self, sid: int, iova: int, write: bool, w: WalkResult,
+                       cfg: XlateConfig | None = None) -> None:
+        if cfg is None:
+            cfg = self._by_sid[sid].cfg
+        trace_smmuv3_translate_success(
+            sid=sid, iova=iova, ipa=w.ipa, translated=w.pa, is_write=write,
+            stage=(1 if cfg.s1 is not None else 0) | (2 if cfg.s2 is not None else 0),
+            tlb_hit=w.tlb_hit)
 
     def _check_args(self, sid: Any, iova: Any, ssid: Any) -> None:
         """The host arguments of a transaction, checked (see :meth:`translate`)."""
@@ -951,18 +987,24 @@ class SMMUv3:
         if trace_smmuv3_translate_success.enabled or trace_smmuv3_translate_abort.enabled:
             return self._translate_batch_traced(n, sv, iv, op, st, write)
         if self._cr0 & R.CR0_SMMUEN:
+            scratch = self._scratch
+            if len(scratch) < n:
+                scratch = self._scratch = array.array("I", bytes(4 * n))
             ok = self._core.stream_batch(self.memory, self._streams, sv, iv, op, st,
-                                         tlb=self.tlb, write=write)
+                                         tlb=self.tlb, write=write, unresolved=scratch)
             if ok == n:
                 return ok
+            # Only the items C left unresolved come back to Python (n - ok of them).
+            todo: Any = scratch[:n - ok]
         else:
             for k in range(n):
                 st[k] = core.STATUS_NO_CONFIG           # the slow path handles them
-        if n and max(sv) >> self.sidsize:           # (valid StreamIDs are all in C's cache)
-            bad = max(sv)
+            ok, todo = 0, range(n)
+        # An invalid StreamID is never in C's cache, so it is among the unresolved.
+        if todo and max(sv[k] for k in todo) >> self.sidsize:
+            bad = max(sv[k] for k in todo)
             raise InvalidArgument(f"sid={bad:#x} does not fit in {self.sidsize} bits")
-        ok = 0
-        for k in range(n):
+        for k in todo:
             s = st[k]
             if s >= core.STATUS_FAULT:             # translated in C, faulted: record it
                 fault = core.status_fault(s)
@@ -990,6 +1032,15 @@ class SMMUv3:
             st[k] = _status_of(r)
             ok += st[k] in (0, core.STATUS_BYPASS)
         return ok
+
+
+def _translated(w: WalkResult) -> SmmuResult:
+    return _new(SmmuResult, (_TRANSLATED, w.pa, None, None, False, w))
+
+
+def _no_hit(sid: int, iova: int, write: bool) -> None:
+    """The hit path while the SMMU is disabled (or has no C copy of its config cache)."""
+    return None
 
 
 def _status_of(r: SmmuResult) -> int:
