@@ -509,10 +509,15 @@ class VgicCpuIf:
         return self.active[-1][0] if self.active else 0x100
 
     def _sw_best(self, below: int) -> tuple[int, int] | None:
+        kvm = self.vcpu.kvm
+        if not kvm.lpi_pending:                 # the common case: nothing pending in software
+            return None
         best = None
         vid = self.vcpu.vcpu_id
-        for irq in self.vcpu.kvm.lpis.values():
-            if irq.pending_latch and irq.enabled and not irq.hw and irq.target_vcpu == vid:
+        lpis = kvm.lpis
+        for irq in kvm.lpi_pending:             # every VgicLpi of kvm.lpis with pending_latch
+            if irq.enabled and not irq.hw and irq.target_vcpu == vid and \
+                    lpis.get(irq.intid) is irq:
                 key = (irq.priority, irq.intid)
                 if key[0] < below and (best is None or key < best):
                     best = key
@@ -674,6 +679,8 @@ class Kvm(FileOperations):
         self.memslots: dict[int, Memslot] = {}
         #: the VM's LPIs by INTID (struct vgic_dist's lpi_xa).
         self.lpis: dict[int, VI.VgicLpi] = {}
+        #: those of them whose pending_latch is set (VgicLpi keeps it exact)
+        self.lpi_pending: set[VI.VgicLpi] = set()
         #: GICR_PROPBASER, one for the whole VM as in KVM.
         self.propbaser = 0
         #: its_vm: the vPE of each vCPU and the VM's vLPI property table (GICv4).
@@ -993,6 +1000,8 @@ class Kvm(FileOperations):
         irq.refs -= 1
         if irq.refs == 0 and self.lpis.get(irq.intid) is irq:
             del self.lpis[irq.intid]
+            self.lpi_pending.discard(irq)
+            irq._pset = None
 
     def its_of_route(self, route: MsiRoute) -> VgicIts | None:
         """vgic_get_its(): the vITS whose frame holds the route's address (None
