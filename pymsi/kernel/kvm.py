@@ -581,19 +581,36 @@ class VgicCpuIf:
         """ICV_IAR1_EL1: acknowledge the best pending LPI (1023: none).  With nothing
         pending in software the physical interface decides alone (one look at the vPE's
         pending table instead of two)."""
-        if self.igrpen1 and self.vcpu.kvm.vpes and \
-                self._sw_best(min(self.pmr, self.running_priority)) is None:
+        stats = self.stats
+        if not self.igrpen1:
+            stats["spurious"] += 1
+            return G.SPURIOUS
+        kvm = self.vcpu.kvm
+        active = self.active
+        rp = active[-1][0] if active else 0x100
+        below = self.pmr if self.pmr < rp else rp
+        sw = self._sw_best(below)
+        if not kvm.vpes:                       # software only: no vPE to look at
+            if sw is None:
+                stats["spurious"] += 1
+                return G.SPURIOUS
+            prio, intid = sw
+            kvm.lpis[intid].pending_latch = False             # LPIs have no active state
+            active.append((prio, False))
+            stats["acks"] += 1
+            return intid
+        if sw is None:
             cif = self._vpe_cpuif()
             if cif is not None:
-                cif.vpmr = min(self.pmr, self.running_priority)   # ICH_VMCR_EL2.VPMR
+                cif.vpmr = below                                  # ICH_VMCR_EL2.VPMR
                 intid = cif.vcpu_iar1()
                 if intid != G.SPURIOUS:
-                    self.active.append((cif.vactive[-1], True))
-                    self.stats["acks"] += 1
-                    self.stats["direct_acks"] += 1
+                    active.append((cif.vactive[-1], True))
+                    stats["acks"] += 1
+                    stats["direct_acks"] += 1
                     return intid
-                self.stats["spurious"] += 1
-                return G.SPURIOUS
+            stats["spurious"] += 1
+            return G.SPURIOUS
         c = self._candidate()
         if c is None:
             self.stats["spurious"] += 1
