@@ -64,6 +64,10 @@ trace_gicv3_redist_process_vlpi = trace.Tracepoint(
         "resident on cpu)")
 
 
+_VPENDBASER_VALID_MASK = VPENDBASER_VALID.mask
+_VPENDBASER_PA_MASK, _VPENDBASER_PA_LO = VPENDBASER_PA.mask, VPENDBASER_PA.lo
+
+
 class Redistributor:
     """One CPU's redistributor: LPI tables in memory, pending state, config cache."""
 
@@ -188,9 +192,10 @@ class Redistributor:
     @property
     def resident_vpt(self) -> int | None:
         """The virtual pending table of the vPE resident here, if any."""
-        if not VPENDBASER_VALID.get(self.vpendbaser):
+        v = self.vpendbaser
+        if not v & _VPENDBASER_VALID_MASK:
             return None
-        return VPENDBASER_PA.get(self.vpendbaser) << 16
+        return (v & _VPENDBASER_PA_MASK) >> _VPENDBASER_PA_LO << 16
 
     def set_vlpi_pending(self, vpt: int, vpt_bits: int, vintid: int, doorbell: int) -> bool:
         """Make vLPI ``vintid`` of the vPE whose pending table is ``vpt`` pending.
@@ -225,8 +230,10 @@ class Redistributor:
         vpt = self.resident_vpt
         if vpt is None:
             return None
-        bits = min(VPROPBASER_IDBITS.get(self.vpropbaser) + 1, self.gic.id_bits)
-        pend = self.gic.vpending(vpt, bits)
+        gic = self.gic
+        bits = min(VPROPBASER_IDBITS.get(self.vpropbaser) + 1, gic.id_bits)
+        got = gic._vpend.get(vpt)
+        pend = got[1] if got is not None and got[0] >= bits else gic.vpending(vpt, bits)
         if not pend:
             return None
         vprop = VPROPBASER_PA.get(self.vpropbaser) << 12

@@ -323,6 +323,9 @@ class VgicV3(KvmDevice):
         raise fail(ENXIO, "no such vgic attribute")
 
 
+_ITS_SIZE = K.KVM_VGIC_V3_ITS_SIZE
+
+
 class VgicIts(KvmDevice, VI.VgicItsEmul):
     """A vITS (KVM_DEV_TYPE_ARM_VGIC_ITS): its 128K MMIO frame, the guest's
     interface to it (:class:`~pymsi.kernel.vgic_its.VgicItsEmul`) and the MSIs it took."""
@@ -339,7 +342,7 @@ class VgicIts(KvmDevice, VI.VgicItsEmul):
     def covers(self, address: int) -> bool:
         """Whether ``address`` falls in this vITS's MMIO frame (its KVM_MMIO_BUS device)."""
         return self.base != VGIC_ADDR_UNDEF and \
-            self.base <= address < self.base + K.KVM_VGIC_V3_ITS_SIZE
+            self.base <= address < self.base + _ITS_SIZE
 
     def trigger_msi(self, devid: int, eventid: int) -> int:
         """vgic_its_trigger_msi(): the MSI is recorded in ``delivered`` and translated
@@ -822,24 +825,33 @@ class Kvm(FileOperations):
         dropped, as an irqfd has no one to tell."""
         if trace_kvm_set_irq.enabled:
             trace_kvm_set_irq(gsi=gsi, level=1, irq_source_id=0)
-        for route in self.routing.get(gsi, []):
-            if isinstance(route, MsiRoute):
-                try:
-                    self.set_msi(route.address, route.data, route.flags, route.devid)
-                except KernelError:
-                    pass
+        routes = self.routing.get(gsi)
+        if routes:
+            for route in routes:
+                if isinstance(route, MsiRoute):
+                    try:
+                        self.set_msi(route.address, route.data, route.flags, route.devid)
+                    except KernelError:
+                        pass
 
     def set_msi(self, address: int, data: int, flags: int, devid: int) -> int:
         """kvm_set_msi() -> vgic_its_inject_msi(): 1 when a vITS took the MSI
         (ENODEV without a vITS, EINVAL without a DeviceID or outside every vITS frame)."""
         if trace_kvm_msi_set_irq.enabled:
             trace_kvm_msi_set_irq(address=address, data=data, devid=devid)
-        its_all = self.its_list()
-        if self.vgic is None or not its_all:        # vgic_has_its()
+        its = None
+        has_its = False
+        for dev in self.devices:                   # the first vITS whose frame covers it
+            if isinstance(dev, VgicIts):
+                has_its = True
+                base = dev.base
+                if base != VGIC_ADDR_UNDEF and base <= address < base + _ITS_SIZE:
+                    its = dev
+                    break
+        if self.vgic is None or not has_its:       # vgic_has_its()
             raise fail(ENODEV, "the VM has no vITS")
         if not flags & K.KVM_MSI_VALID_DEVID:
             raise fail(EINVAL, "an ITS MSI needs a DeviceID")
-        its = next((i for i in its_all if i.covers(address)), None)
         if its is None:
             raise fail(EINVAL, f"no vITS at {address:#x}")
         ret = its.trigger_msi(devid, data)
