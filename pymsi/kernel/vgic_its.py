@@ -90,9 +90,10 @@ class VgicLpi:
     host_irq: int | None = None
     refs: int = 1
 
-    #: the set of pending LPIs of the VM this one belongs to (Kvm.lpi_pending), kept up to
-    #: date by the ``pending_latch`` setter below; None outside a VM's table
-    _pset: set[VgicLpi] | None = None
+    # Not a dataclass field (no annotation): the set of pending LPIs of the VM this one
+    # belongs to (Kvm.lpi_pending), kept up to date by the ``pending_latch`` setter below;
+    # None outside a VM's table.
+    _pset = None
 
 
 def _get_latch(self: VgicLpi) -> bool:
