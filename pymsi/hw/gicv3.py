@@ -91,6 +91,7 @@ class Redistributor:
         self._rekey_all = True
         self.vpropbaser = 0
         self.vpendbaser = 0
+        self._vdecoded: tuple[int, int, int | None, int, int] = (-1, -1, None, 0, 0)
         self.stats = {"lpis_set": 0, "lpis_dropped": 0, "vlpis_set": 0, "doorbells": 0,
                       "vpe_loads_over_valid": 0}
 
@@ -221,23 +222,34 @@ class Redistributor:
         """Clear vLPI ``vintid`` in the vPE's pending table; True if it was pending."""
         return bool(self.gic.pending_bit(vpt, vintid, False))
 
+    def _vdecode(self) -> tuple[int, int, int | None, int, int]:
+        """(VPENDBASER, VPROPBASER, the resident table, its INTID bits, the property
+        table) as last decoded: highest_vpending decodes again when a register changed."""
+        self._vdecoded = (self.vpendbaser, self.vpropbaser, self.resident_vpt,
+                          min(VPROPBASER_IDBITS.get(self.vpropbaser) + 1, self.gic.id_bits),
+                          VPROPBASER_PA.get(self.vpropbaser) << 12)
+        return self._vdecoded
+
     def highest_vpending(self, below: int = 0x100) -> tuple[int, int] | None:
         """(priority, vINTID) of the resident vPE's best enabled pending vLPI.
 
         The pending vINTIDs come from the GIC's copy of the resident table
         (:meth:`Gicv3.vpending`: read from memory once per residency, then kept up to date
         where the table is written); each one's property byte is read from memory."""
-        vpt = self.resident_vpt
+        vc = self._vdecoded
+        if vc[0] != self.vpendbaser or vc[1] != self.vpropbaser:
+            vc = self._vdecode()
+        vpt = vc[2]
         if vpt is None:
             return None
         gic = self.gic
-        bits = min(VPROPBASER_IDBITS.get(self.vpropbaser) + 1, gic.id_bits)
+        bits = vc[3]
         got = gic._vpend.get(vpt)
         pend = got[1] if got is not None and got[0] >= bits else gic.vpending(vpt, bits)
         if not pend:
             return None
-        vprop = VPROPBASER_PA.get(self.vpropbaser) << 12
-        mem = self.gic.memory
+        vprop = vc[4]
+        mem = gic.memory
         top = 1 << bits
         best = None
         for vintid in pend:
@@ -406,7 +418,9 @@ class CpuInterface:
         """ICV_IAR1_EL1 of the resident vPE: acknowledge its best pending vLPI above
         the virtual priority mask and the running priority."""
         rd = self.gic.redists[self.cpu]
-        best = rd.highest_vpending(self._vbelow())
+        va = self.vactive
+        top = va[-1] if va else 0x100
+        best = rd.highest_vpending(self.vpmr if self.vpmr < top else top)    # _vbelow()
         if best is None:
             return SPURIOUS
         prio, vintid = best

@@ -592,7 +592,7 @@ class VgicCpuIf:
         active = self.active
         rp = active[-1][0] if active else 0x100
         below = self.pmr if self.pmr < rp else rp
-        sw = self._sw_best(below)
+        sw = self._sw_best(below) if kvm.lpi_pending else None
         if not kvm.vpes:                       # software only: no vPE to look at
             if sw is None:
                 stats["spurious"] += 1
