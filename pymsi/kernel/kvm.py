@@ -699,7 +699,8 @@ class Kvm(FileOperations):
         self.memslots: dict[int, Memslot] = {}
         #: the VM's LPIs by INTID (struct vgic_dist's lpi_xa).
         self.lpis: dict[int, VI.VgicLpi] = {}
-        #: those of them whose pending_latch is set (VgicLpi keeps it exact)
+        #: those of them whose pending_latch is set (VgicLpi keeps it exact for the LPIs the
+        #: vITS adds, vgic_add_lpi; an LPI put in ``lpis`` some other way needs its _pset)
         self.lpi_pending: set[VI.VgicLpi] = set()
         #: GICR_PROPBASER, one for the whole VM as in KVM.
         self.propbaser = 0
