@@ -1,39 +1,43 @@
 """Benchmarks of the whole stack: host + VMM + guest (``pymsi.machine.VirtualMachine``).
 
-    python bench/bench_vm.py [--json bench/results-vm.json] [--quick]
+    python bench/bench_vm.py [--quick] [--json bench/results-vm.json] [--compare old.json]
 
 1. Boot time of the demo machine (``pymsi demo``'s: accelerated vSMMU, per-vector, one
    assigned device with 4 MSI-X vectors): host kernel, VMM, guest kernel and its driver.
-2. Interrupts delivered end to end per second: the physical function fires a vector and
-   the machine runs until the guest's handler has taken it (SMMU nested walk / IOTLB,
-   ITS, host handler -> eventfd -> KVM irqfd -> vITS -> guest handler; with GICv4 the
-   physical ITS makes the vLPI pending and the guest takes it directly), GICv4 off and on.
-   Every fire is checked to have reached the guest (a count, after the timed loop).
+2. One interrupt end to end, per interrupt, beside its floors measured in the same run:
+   - "host-only e2e": the loop of ``bench_irq.e2e`` -- a sw-msi host VMM (``vmmlib.Vmm``),
+     the function's notify, the host bus drained, the host kernel's handler (VFIO's,
+     signalling an eventfd nobody waits on) and EOI;
+   - "guest stack e2e GICv3 / GICv4": the physical function fires a vector and the
+     machine runs until the guest's handler has taken it (SMMU, ITS, host handler ->
+     eventfd -> KVM irqfd -> vITS -> vCPU's ICV acknowledge -> guest handler -> EOI; with
+     GICv4 the physical ITS makes the vLPI pending and the guest takes it directly).
+     Every fire is checked to have reached the guest (after the timed loops).
+   Each row: median over rounds, min..max and stdev, x an empty cffi call (nop4_floor);
+   the guest rows also x host-only (the median over rounds of guest / host-only) and
+   guest - host-only (what only the guest path adds: irqfd, vITS, idle polls, guest handler).
 3. Where the time of (2) goes: one cProfile'd loop, self time by layer -- the C core
    (cffi calls made from ``pymsi.core``), ``pymsi.core``'s Python face, ``pymsi.hw``,
    ``pymsi.kernel``, ``pymsi.vmm``, the rest (machine, scheduler, trace) -- as shares.
    cProfile slows Python more than C, so the C share is a lower bound.
 
-Each figure is measured on both core backends (``backend="c"`` / ``"python"``) in the
-same run; times are the median of several rounds with their spread (min..max); ratios
-are between numbers of the same run.  Reported, never asserted.
+The loops take turns round by round (benchlib.interleaved).  Reported, never asserted.
 """
 
 from __future__ import annotations
 
 import cProfile
 import os
-import platform
 import pstats
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_core import run_command  # noqa: E402
+from benchlib import Report, interleaved, nop4_floor, samples  # noqa: E402
+from benchlib import main as bench_main
 
 from pymsi.machine import VirtualMachine  # noqa: E402
 
@@ -49,40 +53,37 @@ def demo_machine(backend: str, gicv4: bool = False) -> VirtualMachine:
                           devices=[{"msix": NVEC}], backend=backend)
 
 
-def stats(samples: list[float]) -> dict[str, float]:
-    """Median and spread of a list of samples."""
-    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples),
-            "rounds": len(samples)}
-
-
-def fire_loop(vm: VirtualMachine, n: int) -> None:
+def guest_loop(vm: VirtualMachine, n: int):
     fn = vm.host_function(0)
     run = vm.run
-    for i in range(n):
-        fn.notify(i % NVEC)
-        run()
+
+    def loop() -> None:
+        for i in range(n):
+            fn.notify(i % NVEC)
+            run()
+    return loop
 
 
-def bench_boot(backend: str, rounds: int) -> dict[str, float]:
-    samples = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        demo_machine(backend).boot()
-        samples.append((time.perf_counter() - t0) * 1e3)
-    return stats(samples)
+def host_only(backend: str, n: int):
+    """bench_irq.e2e's loop (a sw-msi host VMM) and a check that it delivered."""
+    from pymsi.vmmlib import Vmm
+    vmm = Vmm("sw-msi", smmu="s1", devices=[{"msix": 8}], backend=backend)
+    vmm.bind()
+    paging = vmm.hwpt_alloc(vmm.ioas)
+    vmm.attach(paging, 0)
+    efds = [vmm.k.eventfd() for _ in range(8)]
+    assert vmm.set_triggers(0, [e.fd for e in efds]) == 0
+    fn, bus, k = vmm.m.functions[0], vmm.m.bus, vmm.k
 
+    def loop() -> None:
+        for i in range(n):
+            fn.notify(i & 7)
+            bus.drain()
+            k.handle_interrupts()
 
-def bench_rate(backend: str, gicv4: bool, rounds: int, n: int) -> dict[str, Any]:
-    vm = demo_machine(backend, gicv4).boot()
-    fire_loop(vm, NVEC)                          # warm: IOTLB, caches
-    before = vm.guest_handled
-    samples = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fire_loop(vm, n)
-        samples.append(n / (time.perf_counter() - t0))
-    delivered = vm.guest_handled - before
-    return {**stats(samples), "delivered": delivered, "fired": rounds * n}
+    def delivered() -> int:
+        return sum(e.f_op.count for e in efds)
+    return loop, delivered
 
 
 def _layer(filename: str) -> str:
@@ -93,13 +94,14 @@ def _layer(filename: str) -> str:
     return "other Python"
 
 
-def bench_profile(backend: str, gicv4: bool, n: int) -> dict[str, float]:
+def profile_shares(backend: str, gicv4: bool, n: int) -> dict[str, float]:
     """Self time by layer of a profiled fire loop, as shares of the total."""
     vm = demo_machine(backend, gicv4).boot()
-    fire_loop(vm, NVEC)
+    guest_loop(vm, NVEC)()
+    loop = guest_loop(vm, n)
     prof = cProfile.Profile()
     prof.enable()
-    fire_loop(vm, n)
+    loop()
     prof.disable()
     st = pstats.Stats(prof).stats  # type: ignore[attr-defined]
     by: dict[str, float] = dict.fromkeys(LAYERS, 0.0)
@@ -117,50 +119,59 @@ def bench_profile(backend: str, gicv4: bool, n: int) -> dict[str, float]:
     return {k: v / total for k, v in by.items()}
 
 
-def bench(quick: bool) -> dict[str, Any]:
-    rounds = 3 if quick else 7
-    n = 200 if quick else 2000
-    out: dict[str, Any] = {"machine": "VirtualMachine(vsmmu='accel', variant='per-vector', "
-                           f"devices=[{{'msix': {NVEC}}}])",
-                           "python": platform.python_version(), "cpu": platform.machine(),
-                           "boot_ms": {}, "rate": {}, "profile": {}}
+def bench(quick: bool) -> Report:
+    rounds = 5 if quick else 11
+    n = 200 if quick else 1000
+    rep = Report("bench_vm: the whole guest stack (VirtualMachine) vs the host-only path",
+                 machine_desc="VirtualMachine(vsmmu='accel', variant='per-vector', "
+                 f"devices=[{{'msix': {NVEC}}}])")
     for be in BACKENDS:
-        out["boot_ms"][be] = bench_boot(be, rounds)
+        rep.add(f"boot ({be}), per machine",
+                samples(lambda be=be: demo_machine(be).boot(), 1, max(3, rounds // 2)))
+    loops: dict[str, tuple[Any, int]] = {"floor: empty cffi call (nop4)": (nop4_floor(n * 10),
+                                                                            n * 10)}
+    checks: list[tuple[str, Any, int]] = []
+    for be in BACKENDS:
+        hl, delivered = host_only(be, n)
+        loops[f"host-only e2e ({be})"] = (hl, n)
+        checks.append((f"host-only e2e ({be})", delivered, delivered()))
         for g in (False, True):
-            key = f"{be}, gicv4 {'on' if g else 'off'}"
-            out["rate"][key] = bench_rate(be, g, rounds, n)
-            out["profile"][key] = bench_profile(be, g, max(n // 4, 50))
-    c, py = out["rate"]["c, gicv4 off"]["median"], out["rate"]["python, gicv4 off"]["median"]
-    out["ratios"] = {
-        "rate c / python (gicv4 off)": c / py,
-        "rate gicv4 on / off (c)": out["rate"]["c, gicv4 on"]["median"] / c,
-        "boot python / c": out["boot_ms"]["python"]["median"] / out["boot_ms"]["c"]["median"],
-    }
-    return out
-
-
-def render(r: dict[str, Any]) -> str:
-    lines = [f"whole stack: {r['machine']}  (Python {r['python']}, {r['cpu']})", ""]
-    lines.append(f"{'boot':28} {'median ms':>10} {'spread ms':>17}")
-    for be, s in r["boot_ms"].items():
-        lines.append(f"{'  backend ' + be:28} {s['median']:10.1f} "
-                     f"{s['min']:8.1f}..{s['max']:<8.1f}")
-    lines += ["", f"{'end to end (fire -> guest)':28} {'median /s':>10} {'spread /s':>17} "
-              f"{'delivered':>12}"]
-    for key, s in r["rate"].items():
-        lines.append(f"{'  ' + key:28} {s['median']:10.0f} {s['min']:8.0f}..{s['max']:<8.0f} "
-                     f"{s['delivered']:>6}/{s['fired']:<6}")
-    lines += ["", "self time by layer (cProfile, share of the fire loop):"]
-    lines.append(f"{'':28} " + " ".join(f"{k[:14]:>14}" for k in LAYERS))
-    for key, shares in r["profile"].items():
-        lines.append(f"{'  ' + key:28} " + " ".join(f"{shares[k]:14.1%}" for k in LAYERS))
-    lines += ["", "ratios (same run):"]
-    lines += [f"  {k}: {v:.2f}" for k, v in r["ratios"].items()]
-    return "\n".join(lines)
+            vm = demo_machine(be, g).boot()
+            loops[f"guest stack e2e GICv{4 if g else 3} ({be})"] = (guest_loop(vm, n), n)
+            checks.append((f"guest stack e2e GICv{4 if g else 3} ({be})",
+                           lambda vm=vm: vm.guest_handled, vm.guest_handled))
+    res = interleaved(loops, rounds)
+    floor = "floor: empty cffi call (nop4)"
+    rep.add(floor, res[floor])
+    for name, _f, _b in checks:
+        if name.startswith("host-only"):
+            rep.add(name, res[name], floor=floor)
+    for name, fn, before in checks:
+        got = fn() - before
+        want = (rounds + 1) * n                  # the warm-up round and the timed rounds
+        assert got >= want, f"{name}: {got} delivered of {want}"
+    for be in BACKENDS:
+        host = res[f"host-only e2e ({be})"]
+        for g in (3, 4):
+            name = f"guest stack e2e GICv{g} ({be})"
+            rep.add(name, res[name], floor=floor)
+            rep.value(f"  {name} x host-only",
+                      statistics.median(a / b for a, b in zip(res[name], host, strict=True)),
+                      "median over rounds of guest / host-only (target: <= 3)")
+            rep.value(f"  {name} - host-only, ns",
+                      statistics.median(a - b for a, b in zip(res[name], host, strict=True)),
+                      "what only the guest path adds (median over rounds)")
+    for be in BACKENDS:
+        for g in (False, True):
+            shares = profile_shares(be, g, max(n // 4, 50))
+            for layer, share in shares.items():
+                rep.value(f"self time GICv{4 if g else 3} ({be}): {layer}", share,
+                          "share of a cProfile'd guest loop")
+    return rep
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(__doc__, "bench/results-vm.json", bench, render, argv)
+    return bench_main(__doc__, "bench/results-vm.json", bench, argv)
 
 
 if __name__ == "__main__":

@@ -184,13 +184,18 @@ class Scheduler:
         if until_ns is not None and until_ns < self._now:
             raise InvalidArgument(f"until {until_ns} ns is before now ({self._now} ns)")
         events = polls = 0
+        q = self._queue                          # (never rebound: events are pushed on it)
         while events + polls < max_events:
-            self._drop_cancelled()
-            if self._queue and self._queue[0].time_ns == self._now:
+            while q and q[0].cancelled:          # _drop_cancelled()
+                heapq.heappop(q)
+            if q and q[0].time_ns == self._now:
                 self.step()
                 events += 1
                 continue
-            worked = self._poll()
+            worked = 0                           # _poll(), inline: the idle hooks in order
+            for _, hook in list(self._hooks):
+                if hook():
+                    worked += 1
             if worked:
                 polls += 1
                 continue

@@ -64,6 +64,10 @@ trace_gicv3_redist_process_vlpi = trace.Tracepoint(
         "resident on cpu)")
 
 
+_VPENDBASER_VALID_MASK = VPENDBASER_VALID.mask
+_VPENDBASER_PA_MASK, _VPENDBASER_PA_LO = VPENDBASER_PA.mask, VPENDBASER_PA.lo
+
+
 class Redistributor:
     """One CPU's redistributor: LPI tables in memory, pending state, config cache."""
 
@@ -87,6 +91,7 @@ class Redistributor:
         self._rekey_all = True
         self.vpropbaser = 0
         self.vpendbaser = 0
+        self._vdecoded: tuple[int, int, int | None, int, int] = (-1, -1, None, 0, 0)
         self.stats = {"lpis_set": 0, "lpis_dropped": 0, "vlpis_set": 0, "doorbells": 0,
                       "vpe_loads_over_valid": 0}
 
@@ -188,9 +193,10 @@ class Redistributor:
     @property
     def resident_vpt(self) -> int | None:
         """The virtual pending table of the vPE resident here, if any."""
-        if not VPENDBASER_VALID.get(self.vpendbaser):
+        v = self.vpendbaser
+        if not v & _VPENDBASER_VALID_MASK:
             return None
-        return VPENDBASER_PA.get(self.vpendbaser) << 16
+        return (v & _VPENDBASER_PA_MASK) >> _VPENDBASER_PA_LO << 16
 
     def set_vlpi_pending(self, vpt: int, vpt_bits: int, vintid: int, doorbell: int) -> bool:
         """Make vLPI ``vintid`` of the vPE whose pending table is ``vpt`` pending.
@@ -216,24 +222,39 @@ class Redistributor:
         """Clear vLPI ``vintid`` in the vPE's pending table; True if it was pending."""
         return bool(self.gic.pending_bit(vpt, vintid, False))
 
+    def _vdecode(self) -> tuple[int, int, int | None, int, int]:
+        """(VPENDBASER, VPROPBASER, the resident table, its INTID bits, the property
+        table) as last decoded: highest_vpending decodes again when a register changed."""
+        self._vdecoded = (self.vpendbaser, self.vpropbaser, self.resident_vpt,
+                          min(VPROPBASER_IDBITS.get(self.vpropbaser) + 1, self.gic.id_bits),
+                          VPROPBASER_PA.get(self.vpropbaser) << 12)
+        return self._vdecoded
+
     def highest_vpending(self, below: int = 0x100) -> tuple[int, int] | None:
-        """(priority, vINTID) of the resident vPE's best enabled pending vLPI."""
-        vpt = self.resident_vpt
+        """(priority, vINTID) of the resident vPE's best enabled pending vLPI.
+
+        The pending vINTIDs come from the GIC's copy of the resident table
+        (:meth:`Gicv3.vpending`: read from memory once per residency, then kept up to date
+        where the table is written); each one's property byte is read from memory."""
+        vc = self._vdecoded
+        if vc[0] != self.vpendbaser or vc[1] != self.vpropbaser:
+            vc = self._vdecode()
+        vpt = vc[2]
         if vpt is None:
             return None
-        bits = min(VPROPBASER_IDBITS.get(self.vpropbaser) + 1, self.gic.id_bits)
-        vprop = VPROPBASER_PA.get(self.vpropbaser) << 12
-        mem = self.gic.memory
-        try:
-            table = int.from_bytes(mem.read(vpt + LPI_BASE // 8, (1 << bits) // 8 - LPI_BASE // 8),
-                                   "little")
-        except (OSError, ValueError):
+        gic = self.gic
+        bits = vc[3]
+        got = gic._vpend.get(vpt)
+        pend = got[1] if got is not None and got[0] >= bits else gic.vpending(vpt, bits)
+        if not pend:
             return None
+        vprop = vc[4]
+        mem = gic.memory
+        top = 1 << bits
         best = None
-        while table:
-            low = table & -table
-            vintid = LPI_BASE + low.bit_length() - 1
-            table ^= low
+        for vintid in pend:
+            if not LPI_BASE <= vintid < top:
+                continue
             try:
                 cfg = mem.read(vprop + vintid - LPI_BASE, 1)[0]
             except (OSError, ValueError):
@@ -275,6 +296,10 @@ class Redistributor:
                     # UNPREDICTABLE; the model takes the new value and counts it
                     self.stats["vpe_loads_over_valid"] += 1
                 setattr(self, "vpropbaser" if reg == GICR_VPROPBASER else "vpendbaser", new)
+                if reg == GICR_VPENDBASER:     # a residency starts or ends: the table is
+                    vp = self.gic._vpend       # read afresh at the next look
+                    vp.pop(VPENDBASER_PA.get(old) << 16, None)
+                    vp.pop(VPENDBASER_PA.get(new) << 16, None)
             return
         reg = offset & ~7
         if reg in (GICR_PROPBASER, GICR_PENDBASER):
@@ -393,7 +418,9 @@ class CpuInterface:
         """ICV_IAR1_EL1 of the resident vPE: acknowledge its best pending vLPI above
         the virtual priority mask and the running priority."""
         rd = self.gic.redists[self.cpu]
-        best = rd.highest_vpending(self._vbelow())
+        va = self.vactive
+        top = va[-1] if va else 0x100
+        best = rd.highest_vpending(self.vpmr if self.vpmr < top else top)    # _vbelow()
         if best is None:
             return SPURIOUS
         prio, vintid = best
@@ -432,6 +459,32 @@ class Gicv3:
         self.gicd = _Distributor(self)
         self.gicr = _RedistributorRegion(self)
         self.stats = {"table_errors": 0}
+        #: The pending vINTIDs of resident virtual pending tables, by table address: read
+        #: from memory at the first look after the table became resident (a GICR_VPENDBASER
+        #: write drops the copy), then updated by every write through :meth:`pending_bit`.
+        #: Software may not write a resident vPE's table (GICv4: UNPREDICTABLE), so a
+        #: direct memory write to one is not seen until the vPE is loaded again.
+        self._vpend: dict[int, tuple[int, set[int]]] = {}   # vpt -> (INTID bits read, set)
+
+    def vpending(self, vpt: int, bits: int) -> set[int] | None:
+        """The pending vINTIDs (>= 8192) of the virtual pending table at ``vpt`` covering
+        ``bits`` INTID bits (None if unreadable); the set is the GIC's copy, not to be
+        modified (it may hold vINTIDs beyond ``bits``: callers filter)."""
+        got = self._vpend.get(vpt)
+        if got is not None and got[0] >= bits:
+            return got[1]
+        try:
+            table = int.from_bytes(self.memory.read(vpt + LPI_BASE // 8,
+                                                    (1 << bits) // 8 - LPI_BASE // 8), "little")
+        except (OSError, ValueError):
+            return None
+        pend = set()
+        while table:
+            low = table & -table
+            pend.add(LPI_BASE + low.bit_length() - 1)
+            table ^= low
+        self._vpend[vpt] = (bits, pend)
+        return pend
 
     def pending_bit(self, table: int, intid: int, value: bool | None = None) -> bool | None:
         """Read (and with ``value``, set or clear) ``intid``'s bit in a pending table
@@ -442,6 +495,14 @@ class Gicv3:
             byte = self.memory.read(addr, 1)[0]
             if value is not None:
                 self.memory.write(addr, bytes([byte | bit if value else byte & ~bit]))
+                if self._vpend:
+                    got = self._vpend.get(table)
+                    if got is not None:
+                        pend = got[1]
+                        if value:
+                            pend.add(intid)
+                        else:
+                            pend.discard(intid)
         except (OSError, ValueError):
             self.stats["table_errors"] += 1
             return None

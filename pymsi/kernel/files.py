@@ -204,6 +204,10 @@ class FdTable:
         return {n: f for n, f in self.fds.items() if f is not None}
 
     def _lookup(self, fd: Any) -> File:
+        if type(fd) is int:                    # the common case: an open descriptor number
+            f = self.fds.get(fd)
+            if f is not None:
+                return f
         if isinstance(fd, File):
             fd = fd._fd()
         if isinstance(fd, bool) or not isinstance(fd, int):

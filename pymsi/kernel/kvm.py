@@ -323,6 +323,9 @@ class VgicV3(KvmDevice):
         raise fail(ENXIO, "no such vgic attribute")
 
 
+_ITS_SIZE = K.KVM_VGIC_V3_ITS_SIZE
+
+
 class VgicIts(KvmDevice, VI.VgicItsEmul):
     """A vITS (KVM_DEV_TYPE_ARM_VGIC_ITS): its 128K MMIO frame, the guest's
     interface to it (:class:`~pymsi.kernel.vgic_its.VgicItsEmul`) and the MSIs it took."""
@@ -339,7 +342,7 @@ class VgicIts(KvmDevice, VI.VgicItsEmul):
     def covers(self, address: int) -> bool:
         """Whether ``address`` falls in this vITS's MMIO frame (its KVM_MMIO_BUS device)."""
         return self.base != VGIC_ADDR_UNDEF and \
-            self.base <= address < self.base + K.KVM_VGIC_V3_ITS_SIZE
+            self.base <= address < self.base + _ITS_SIZE
 
     def trigger_msi(self, devid: int, eventid: int) -> int:
         """vgic_its_trigger_msi(): the MSI is recorded in ``delivered`` and translated
@@ -509,10 +512,15 @@ class VgicCpuIf:
         return self.active[-1][0] if self.active else 0x100
 
     def _sw_best(self, below: int) -> tuple[int, int] | None:
+        kvm = self.vcpu.kvm
+        if not kvm.lpi_pending:                 # the common case: nothing pending in software
+            return None
         best = None
         vid = self.vcpu.vcpu_id
-        for irq in self.vcpu.kvm.lpis.values():
-            if irq.pending_latch and irq.enabled and not irq.hw and irq.target_vcpu == vid:
+        lpis = kvm.lpis
+        for irq in kvm.lpi_pending:             # every VgicLpi of kvm.lpis with pending_latch
+            if irq.enabled and not irq.hw and irq.target_vcpu == vid and \
+                    lpis.get(irq.intid) is irq:
                 key = (irq.priority, irq.intid)
                 if key[0] < below and (best is None or key < best):
                     best = key
@@ -576,19 +584,36 @@ class VgicCpuIf:
         """ICV_IAR1_EL1: acknowledge the best pending LPI (1023: none).  With nothing
         pending in software the physical interface decides alone (one look at the vPE's
         pending table instead of two)."""
-        if self.igrpen1 and self.vcpu.kvm.vpes and \
-                self._sw_best(min(self.pmr, self.running_priority)) is None:
+        stats = self.stats
+        if not self.igrpen1:
+            stats["spurious"] += 1
+            return G.SPURIOUS
+        kvm = self.vcpu.kvm
+        active = self.active
+        rp = active[-1][0] if active else 0x100
+        below = self.pmr if self.pmr < rp else rp
+        sw = self._sw_best(below) if kvm.lpi_pending else None
+        if not kvm.vpes:                       # software only: no vPE to look at
+            if sw is None:
+                stats["spurious"] += 1
+                return G.SPURIOUS
+            prio, intid = sw
+            kvm.lpis[intid].pending_latch = False             # LPIs have no active state
+            active.append((prio, False))
+            stats["acks"] += 1
+            return intid
+        if sw is None:
             cif = self._vpe_cpuif()
             if cif is not None:
-                cif.vpmr = min(self.pmr, self.running_priority)   # ICH_VMCR_EL2.VPMR
+                cif.vpmr = below                                  # ICH_VMCR_EL2.VPMR
                 intid = cif.vcpu_iar1()
                 if intid != G.SPURIOUS:
-                    self.active.append((cif.vactive[-1], True))
-                    self.stats["acks"] += 1
-                    self.stats["direct_acks"] += 1
+                    active.append((cif.vactive[-1], True))
+                    stats["acks"] += 1
+                    stats["direct_acks"] += 1
                     return intid
-                self.stats["spurious"] += 1
-                return G.SPURIOUS
+            stats["spurious"] += 1
+            return G.SPURIOUS
         c = self._candidate()
         if c is None:
             self.stats["spurious"] += 1
@@ -674,6 +699,9 @@ class Kvm(FileOperations):
         self.memslots: dict[int, Memslot] = {}
         #: the VM's LPIs by INTID (struct vgic_dist's lpi_xa).
         self.lpis: dict[int, VI.VgicLpi] = {}
+        #: those of them whose pending_latch is set (VgicLpi keeps it exact for the LPIs the
+        #: vITS adds, vgic_add_lpi; an LPI put in ``lpis`` some other way needs its _pset)
+        self.lpi_pending: set[VI.VgicLpi] = set()
         #: GICR_PROPBASER, one for the whole VM as in KVM.
         self.propbaser = 0
         #: its_vm: the vPE of each vCPU and the VM's vLPI property table (GICv4).
@@ -798,24 +826,33 @@ class Kvm(FileOperations):
         dropped, as an irqfd has no one to tell."""
         if trace_kvm_set_irq.enabled:
             trace_kvm_set_irq(gsi=gsi, level=1, irq_source_id=0)
-        for route in self.routing.get(gsi, []):
-            if isinstance(route, MsiRoute):
-                try:
-                    self.set_msi(route.address, route.data, route.flags, route.devid)
-                except KernelError:
-                    pass
+        routes = self.routing.get(gsi)
+        if routes:
+            for route in routes:
+                if isinstance(route, MsiRoute):
+                    try:
+                        self.set_msi(route.address, route.data, route.flags, route.devid)
+                    except KernelError:
+                        pass
 
     def set_msi(self, address: int, data: int, flags: int, devid: int) -> int:
         """kvm_set_msi() -> vgic_its_inject_msi(): 1 when a vITS took the MSI
         (ENODEV without a vITS, EINVAL without a DeviceID or outside every vITS frame)."""
         if trace_kvm_msi_set_irq.enabled:
             trace_kvm_msi_set_irq(address=address, data=data, devid=devid)
-        its_all = self.its_list()
-        if self.vgic is None or not its_all:        # vgic_has_its()
+        its = None
+        has_its = False
+        for dev in self.devices:                   # the first vITS whose frame covers it
+            if isinstance(dev, VgicIts):
+                has_its = True
+                base = dev.base
+                if base != VGIC_ADDR_UNDEF and base <= address < base + _ITS_SIZE:
+                    its = dev
+                    break
+        if self.vgic is None or not has_its:       # vgic_has_its()
             raise fail(ENODEV, "the VM has no vITS")
         if not flags & K.KVM_MSI_VALID_DEVID:
             raise fail(EINVAL, "an ITS MSI needs a DeviceID")
-        its = next((i for i in its_all if i.covers(address)), None)
         if its is None:
             raise fail(EINVAL, f"no vITS at {address:#x}")
         ret = its.trigger_msi(devid, data)
@@ -993,6 +1030,8 @@ class Kvm(FileOperations):
         irq.refs -= 1
         if irq.refs == 0 and self.lpis.get(irq.intid) is irq:
             del self.lpis[irq.intid]
+            self.lpi_pending.discard(irq)
+            irq._pset = None
 
     def its_of_route(self, route: MsiRoute) -> VgicIts | None:
         """vgic_get_its(): the vITS whose frame holds the route's address (None

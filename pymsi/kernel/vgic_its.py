@@ -90,6 +90,30 @@ class VgicLpi:
     host_irq: int | None = None
     refs: int = 1
 
+    # Not a dataclass field (no annotation): the set of pending LPIs of the VM this one
+    # belongs to (Kvm.lpi_pending), kept up to date by the ``pending_latch`` setter below;
+    # None outside a VM's table.
+    _pset = None
+
+
+def _get_latch(self: VgicLpi) -> bool:
+    return self._latch
+
+
+def _set_latch(self: VgicLpi, value: bool) -> None:
+    self._latch = value
+    ps = self._pset
+    if ps is not None:
+        if value:
+            ps.add(self)
+        else:
+            ps.discard(self)
+
+
+# pending_latch is a dataclass field (its default, constructor argument and repr are as
+# declared) read and written through a property that keeps the VM's pending set exact.
+VgicLpi.pending_latch = property(_get_latch, _set_latch)  # type: ignore[assignment]
+
 
 @dataclass(eq=False)
 class ItsCollection:
@@ -337,6 +361,7 @@ class VgicItsEmul:
             irq.refs += 1
             return irq
         irq = lpis[intid] = VgicLpi(intid, target_vcpu=vcpu)
+        irq._pset = getattr(self.kvm, "lpi_pending", None)
         ret = self.update_lpi_config(irq) or self._sync_pending(irq)
         if ret:
             self.kvm.put_lpi(irq)
