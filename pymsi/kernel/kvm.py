@@ -714,6 +714,9 @@ class Kvm(FileOperations):
         #: the bytes of the last table KVM_SET_GSI_ROUTING accepted, and that table
         self._routing_last: tuple[bytes, dict[int, list[Any]] | None] = (b"", None)
         self.irqfds: list[Irqfd] = []
+        # the irqfds by the identity of their eventfd, and by GSI (in self.irqfds order)
+        self._irqfd_of_ctx: dict[int, Irqfd] = {}
+        self._irqfds_of_gsi: dict[int, list[Irqfd]] = {}
         self.file: File | None = None
         self.vcpus: dict[int, KvmVcpu] = {}
         self.created_vcpus = 0
@@ -849,7 +852,10 @@ class Kvm(FileOperations):
         if changed is not None and not changed:
             return 0
         want = None if changed is None else set(changed)
-        for irqfd in self.irqfds:                     # kvm_irq_routing_update()
+        irqfds = self.irqfds
+        if want is not None and len(want) == 1:
+            irqfds = self._irqfds_of_gsi.get(changed[0], [])
+        for irqfd in irqfds:                          # kvm_irq_routing_update()
             if want is not None and irqfd.gsi not in want:
                 continue
             old = irqfd.irq_entry
@@ -1145,7 +1151,7 @@ class Kvm(FileOperations):
         try:
             if flags & K.KVM_IRQFD_FLAG_RESAMPLE:
                 resample = self.kernel.eventfd_ctx_fdget(resamplefd)
-            if any(i.eventfd is ctx for i in self.irqfds):
+            if id(ctx) in self._irqfd_of_ctx:
                 raise fail(EBUSY, f"eventfd {fd} already an irqfd of this VM")
         except KernelError:
             ctx.put()
@@ -1159,6 +1165,8 @@ class Kvm(FileOperations):
         irqfd.wait = ctx.add_wait_queue(irqfd.wakeup)
         irqfd.update()
         self.irqfds.append(irqfd)
+        self._irqfd_of_ctx[id(ctx)] = irqfd
+        self._irqfds_of_gsi.setdefault(gsi, []).append(irqfd)
         if ctx.count:                       # vfs_poll() at assignment saw EPOLLIN
             self.inject_gsi(gsi)
         ret = irqbypass_of(self.kernel).register_consumer(irqfd.consumer)
@@ -1184,6 +1192,11 @@ class Kvm(FileOperations):
         if irqfd not in self.irqfds:
             return
         self.irqfds.remove(irqfd)
+        del self._irqfd_of_ctx[id(irqfd.eventfd)]
+        same = self._irqfds_of_gsi[irqfd.gsi]
+        same.remove(irqfd)
+        if not same:
+            del self._irqfds_of_gsi[irqfd.gsi]
         irqfd.eventfd.remove_wait_queue(irqfd.wait)
         irqbypass_of(self.kernel).unregister_consumer(irqfd.consumer)
         irqfd.eventfd.put()

@@ -58,6 +58,7 @@ class KvmIrqchip:
         self._table = bytearray()
         self._added: set[int] = set()
         self._relayout = False
+        self._gsi_hint = 0             # every GSI from first_gsi below this one is in use
         self.dirty = False
         self.commits = 0
         self.irqfds: set[tuple[int, int]] = set()      # (eventfd fd, gsi) assigned
@@ -66,9 +67,12 @@ class KvmIrqchip:
 
     def _get_virq(self) -> int:
         """kvm_irqchip_get_virq(): the lowest free GSI, ENOSPC when none is left."""
-        for gsi in range(self.first_gsi, self.max_routes):
+        gsi = max(self._gsi_hint, self.first_gsi)
+        while gsi < self.max_routes:
             if gsi not in self.routes:
+                self._gsi_hint = gsi
                 return gsi
+            gsi += 1
         raise OSError(_errno.ENOSPC, "no free GSI for an MSI route")
 
     @staticmethod
@@ -107,6 +111,7 @@ class KvmIrqchip:
         """kvm_irqchip_release_virq(): the GSI's route goes (at the next commit)."""
         if self.routes.pop(gsi, None) is not None:
             self._relayout = True
+            self._gsi_hint = min(self._gsi_hint, gsi)
             self.dirty = True
         if trace_kvm_irqchip_release_virq.enabled:
             trace_kvm_irqchip_release_virq(virq=gsi)
