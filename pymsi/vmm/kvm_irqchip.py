@@ -141,7 +141,7 @@ class KvmIrqchip:
         table out again."""
         last = self._table_gsis
         added = self._added
-        if (self._relayout or not added.issubset(self.routes) or len(last) + len(added)
+        if (self._relayout or not all(g in self.routes for g in added) or len(last) + len(added)
                 != len(self.routes) or (last and added and min(added) <= last[-1])):
             for gsi in [g for g in self._entries if g not in self.routes]:
                 del self._entries[gsi]
