@@ -190,12 +190,12 @@ def iotlb_rows(rep: Report, rounds: int, quick: bool) -> None:
     pt.map(base, 0x8000_1000, pages * 0x1000, Prot.READ | Prot.WRITE)
     cfg = XlateConfig(s2=pt.stage2_config(), vmid=1)
     rnd = random.Random(11)
-    items = 1 << 16
-    loops: dict[str, tuple[Any, int]] = {"probe floor": (probe_floor(items), items)}
+    loops: dict[str, tuple[Any, int]] = {"probe floor": (probe_floor(1 << 16), 1 << 16)}
     rates: dict[str, float] = {}
     for cap in caps:
         for frac in (0.5, 1.0, 2.0):
             ws = int(cap * frac)
+            items = max(1 << 16, 4 * ws)         # every page of the working set, 4 times
             for pattern in ("cyclic", "random"):
                 seq = ([base + (k % ws) * 0x1000 for k in range(items)] if pattern == "cyclic"
                        else [base + rnd.randrange(ws) * 0x1000 for _ in range(items)])
