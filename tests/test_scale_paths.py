@@ -19,6 +19,7 @@ import errno
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_kvm import DOORBELL, make_vm, msi_entry
 
 from pymsi.kernel import kvm as KV
 from pymsi.kernel.base import KernelError
@@ -26,8 +27,6 @@ from pymsi.kernel.irqbypass import IrqBypass, IrqBypassConsumer, IrqBypassProduc
 from pymsi.machine import ArmVirt
 from pymsi.uapi import kvm as K
 from pymsi.vmm.kvm_irqchip import KvmIrqchip
-
-from test_kvm import DOORBELL, make_vm, msi_entry
 
 EINVAL = errno.EINVAL
 
