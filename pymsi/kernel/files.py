@@ -191,6 +191,7 @@ class FdTable:
         self.limit = limit
         self.hard_limit = max(limit, NR_OPEN_HARD)
         self.fds: dict[int, File | None] = {0: None, 1: None, 2: None}   # stdio, not modelled
+        self._fd_hint = 0          # every descriptor below this one is in use
         self.cloexec: set[int] = set()
 
     def __contains__(self, fd: object) -> bool:
@@ -219,9 +220,10 @@ class FdTable:
 
     def alloc_fd(self) -> int:
         """get_unused_fd_flags(): the lowest free number."""
-        n = 0
+        n = self._fd_hint
         while n in self.fds:
             n += 1
+        self._fd_hint = n
         if n >= self.limit:
             raise fail(EMFILE, "too many open files")
         return n
@@ -253,6 +255,7 @@ class FdTable:
         f = self._lookup(fd)
         n = fd._fd() if isinstance(fd, File) else fd
         del self.fds[n]
+        self._fd_hint = min(self._fd_hint, n)
         self.cloexec.discard(n)
         f.put()
 

@@ -54,6 +54,12 @@ class IrqBypass:
     def __init__(self) -> None:
         self.producers: list[IrqBypassProducer] = []
         self.consumers: list[IrqBypassConsumer] = []
+        # the same, by the identity of their token and by their own identity (each
+        # registered token is unique on its side), so that a look-up does not scan
+        self._prod_by_token: dict[int, IrqBypassProducer] = {}
+        self._cons_by_token: dict[int, IrqBypassConsumer] = {}
+        self._prod_token: dict[int, int] = {}          # id(producer) -> id(its token)
+        self._cons_token: dict[int, int] = {}
 
     @staticmethod
     def _connect(prod: IrqBypassProducer, cons: IrqBypassConsumer) -> int:
@@ -80,45 +86,55 @@ class IrqBypass:
         (or producer) already registered; connected to the consumer of its token."""
         if prod.token is None:
             return -EINVAL
-        if any(p is prod or p.token is prod.token for p in self.producers):
+        tok = id(prod.token)
+        if id(prod) in self._prod_token or tok in self._prod_by_token:
             return -EBUSY
-        cons = next((c for c in self.consumers if c.token is prod.token), None)
+        cons = self._cons_by_token.get(tok)
         if cons is not None:
             ret = self._connect(prod, cons)
             if ret:
                 return ret
         self.producers.append(prod)
+        self._prod_by_token[tok] = prod
+        self._prod_token[id(prod)] = tok
         return 0
 
     def unregister_producer(self, prod: IrqBypassProducer) -> None:
         """irq_bypass_unregister_producer(): disconnect, then forget it."""
-        if prod not in self.producers:
+        tok = self._prod_token.get(id(prod))
+        if tok is None:
             return
         if prod.consumer is not None:
             self._disconnect(prod, prod.consumer)
         self.producers.remove(prod)
+        del self._prod_token[id(prod)], self._prod_by_token[tok]
 
     def register_consumer(self, cons: IrqBypassConsumer) -> int:
         """irq_bypass_register_consumer(): as register_producer, from the other side."""
         if cons.token is None or cons.add_producer is None or cons.del_producer is None:
             return -EINVAL
-        if any(c is cons or c.token is cons.token for c in self.consumers):
+        tok = id(cons.token)
+        if id(cons) in self._cons_token or tok in self._cons_by_token:
             return -EBUSY
-        prod = next((p for p in self.producers if p.token is cons.token), None)
+        prod = self._prod_by_token.get(tok)
         if prod is not None:
             ret = self._connect(prod, cons)
             if ret:
                 return ret
         self.consumers.append(cons)
+        self._cons_by_token[tok] = cons
+        self._cons_token[id(cons)] = tok
         return 0
 
     def unregister_consumer(self, cons: IrqBypassConsumer) -> None:
         """irq_bypass_unregister_consumer()."""
-        if cons not in self.consumers:
+        tok = self._cons_token.get(id(cons))
+        if tok is None:
             return
         if cons.producer is not None:
             self._disconnect(cons.producer, cons)
         self.consumers.remove(cons)
+        del self._cons_token[id(cons)], self._cons_by_token[tok]
 
 
 def irqbypass_of(kernel: Any) -> IrqBypass:

@@ -24,6 +24,7 @@ with the last reference.
 from __future__ import annotations
 
 import errno as _errno
+import struct as _struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,34 +108,78 @@ class IrqchipRoute:
     pin: int
 
 
+#: one ``struct kvm_irq_routing_entry``: gsi, type, flags, pad, then the union (its
+#: first four words: an MSI's address_lo, address_hi, data, devid / a pin's irqchip, pin)
+_ROUTE_ENTRY = _struct.Struct("<8I")
+_ROUTE_ENTRY_SIZE = K.KvmIrqRoutingEntry.sizeof
+#: validated routes by the bytes of their entry (a route is an immutable value)
+_route_memo: dict[bytes, Any] = {}
+
+
+def _route_of(raw: bytes) -> Any:
+    """The route one entry's bytes describe, or EINVAL (the per-entry checks of
+    setup_routing_entry / kvm_set_routing_entry)."""
+    route = _route_memo.get(raw)
+    if route is not None:
+        return route
+    gsi, typ, flags, _pad, w0, w1, w2, w3 = _ROUTE_ENTRY.unpack_from(raw)
+    if typ == K.KVM_IRQ_ROUTING_MSI:
+        if flags & ~K.KVM_MSI_VALID_DEVID:
+            raise fail(EINVAL, f"bad MSI route flags {flags:#x}")
+        route = MsiRoute(gsi, w1 << 32 | w0, w2, flags, w3)
+    elif typ == K.KVM_IRQ_ROUTING_IRQCHIP:
+        if flags:
+            raise fail(EINVAL, f"bad route flags {flags:#x}")
+        if w0 >= KVM_NR_IRQCHIPS or w1 >= KVM_IRQCHIP_NUM_PINS:
+            raise fail(EINVAL, f"bad irqchip route {w0}/{w1}")
+        route = IrqchipRoute(gsi, w0, w1)
+    else:
+        raise fail(EINVAL, f"route type {typ} not supported on arm64")
+    if len(_route_memo) >= 1 << 16:
+        _route_memo.clear()
+    _route_memo[raw] = route
+    return route
+
+
+def _add_routes(raw: bytes, start: int, table: dict[int, list[Any]]) -> list[int]:
+    """Check the entries of ``raw`` from byte ``start`` on and add them to ``table``
+    (whose lists are never changed in place: a table may share them with the one it
+    was copied from); the GSIs added.  EINVAL and ``table`` half-filled on error."""
+    size = _ROUTE_ENTRY_SIZE
+    unpack_gsi = _GSI.unpack_from
+    for off in range(start, len(raw), size):
+        if unpack_gsi(raw, off)[0] >= KVM_MAX_IRQ_ROUTES:
+            raise fail(EINVAL, f"gsi {unpack_gsi(raw, off)[0]} beyond KVM_MAX_IRQ_ROUTES")
+    gsis = []
+    for off in range(start, len(raw), size):
+        route = _route_of(raw[off:off + size])
+        gsi = route.gsi
+        old = table.get(gsi)
+        if old is None:
+            table[gsi] = [route]
+        else:
+            # one route per GSI unless every route of it is to a different irqchip
+            for o in old:
+                if not (isinstance(o, IrqchipRoute) and isinstance(route, IrqchipRoute)
+                        and o.irqchip != route.irqchip):
+                    raise fail(EINVAL, f"gsi {gsi} routed twice")
+            table[gsi] = [*old, route]
+        gsis.append(gsi)
+    return gsis
+
+
+_GSI = _struct.Struct("<I")
+
+
+def _routing_bytes(ue: list[Any]) -> bytes:
+    """The bytes of a list of ``KvmIrqRoutingEntry``, as userspace lays them out."""
+    return b"".join(e.pack() for e in ue)
+
+
 def build_routing(ue: list[Any]) -> dict[int, list[Any]]:
     """kvm_set_irq_routing()'s checks and table: gsi -> its routes, or EINVAL."""
     table: dict[int, list[Any]] = {}
-    for e in ue:
-        if e.gsi >= KVM_MAX_IRQ_ROUTES:
-            raise fail(EINVAL, f"gsi {e.gsi} beyond KVM_MAX_IRQ_ROUTES")
-    for e in ue:
-        if e.type == K.KVM_IRQ_ROUTING_MSI:
-            if e.flags & ~K.KVM_MSI_VALID_DEVID:
-                raise fail(EINVAL, f"bad MSI route flags {e.flags:#x}")
-            m = e.u.msi
-            route: Any = MsiRoute(e.gsi, m.address_hi << 32 | m.address_lo, m.data, e.flags,
-                                  m.devid)
-        elif e.type == K.KVM_IRQ_ROUTING_IRQCHIP:
-            if e.flags:
-                raise fail(EINVAL, f"bad route flags {e.flags:#x}")
-            c = e.u.irqchip
-            if c.irqchip >= KVM_NR_IRQCHIPS or c.pin >= KVM_IRQCHIP_NUM_PINS:
-                raise fail(EINVAL, f"bad irqchip route {c.irqchip}/{c.pin}")
-            route = IrqchipRoute(e.gsi, c.irqchip, c.pin)
-        else:
-            raise fail(EINVAL, f"route type {e.type} not supported on arm64")
-        # one route per GSI unless every route of it is to a different irqchip
-        for old in table.get(e.gsi, []):
-            if not (isinstance(old, IrqchipRoute) and isinstance(route, IrqchipRoute)
-                    and old.irqchip != route.irqchip):
-                raise fail(EINVAL, f"gsi {e.gsi} routed twice")
-        table.setdefault(e.gsi, []).append(route)
+    _add_routes(_routing_bytes(ue), 0, table)
     return table
 
 
@@ -691,7 +736,12 @@ class Kvm(FileOperations):
         self.devices: list[KvmDevice] = []
         self.vgic: VgicV3 | None = None
         self.routing: dict[int, list[Any]] = {}
+        #: the bytes of the last table KVM_SET_GSI_ROUTING accepted, and that table
+        self._routing_last: tuple[bytes, dict[int, list[Any]] | None] = (b"", None)
         self.irqfds: list[Irqfd] = []
+        # the irqfds by the identity of their eventfd, and by GSI (in self.irqfds order)
+        self._irqfd_of_ctx: dict[int, Irqfd] = {}
+        self._irqfds_of_gsi: dict[int, list[Irqfd]] = {}
         self.file: File | None = None
         self.vcpus: dict[int, KvmVcpu] = {}
         self.created_vcpus = 0
@@ -800,16 +850,42 @@ class Kvm(FileOperations):
     # routing (irqchip.c)
 
     def set_gsi_routing(self, routing: Any) -> int:
-        """KVM_SET_GSI_ROUTING: the whole table at once, or EINVAL and no change."""
+        """KVM_SET_GSI_ROUTING: the whole table at once, or EINVAL and no change.
+
+        The table is replaced on every call, as in Linux; what is kept from the last
+        call is its bytes and its table, so a table that extends the last one (a VMM
+        adding one route per vector and committing each time) checks and builds only
+        the new entries, and only the irqfds of GSIs whose routes changed are looked
+        at again (the others' cached route would come out the same)."""
         if routing.nr > KVM_MAX_IRQ_ROUTES:
             raise fail(EINVAL, f"{routing.nr} routes")
         if routing.flags:
             raise fail(EINVAL, f"routing flags {routing.flags:#x}")
-        items = routing.flex_items()
-        if len(items) < routing.nr:
+        flex = routing._flex
+        raw = flex if isinstance(flex, bytes) else _routing_bytes(flex or [])
+        size = _ROUTE_ENTRY_SIZE
+        if len(raw) // size < routing.nr:
             raise fail(_errno.EFAULT, "fewer entries than nr")
-        self.routing = build_routing(items[:routing.nr])
-        for irqfd in self.irqfds:                     # kvm_irq_routing_update()
+        raw = raw[:routing.nr * size]
+        prev_raw, prev_table = self._routing_last
+        changed: list[int] | None = None
+        if prev_table is self.routing and raw.startswith(prev_raw):
+            table = dict(prev_table)
+            changed = _add_routes(raw, len(prev_raw), table)
+        else:
+            table = {}
+            _add_routes(raw, 0, table)
+        self.routing = table
+        self._routing_last = (raw, table)
+        if changed is not None and not changed:
+            return 0
+        want = None if changed is None else set(changed)
+        irqfds = self.irqfds
+        if want is not None and len(want) == 1:
+            irqfds = self._irqfds_of_gsi.get(changed[0], [])
+        for irqfd in irqfds:                          # kvm_irq_routing_update()
+            if want is not None and irqfd.gsi not in want:
+                continue
             old = irqfd.irq_entry
             irqfd.update()
             prod = irqfd.consumer.producer
@@ -1114,7 +1190,7 @@ class Kvm(FileOperations):
         try:
             if flags & K.KVM_IRQFD_FLAG_RESAMPLE:
                 resample = self.kernel.eventfd_ctx_fdget(resamplefd)
-            if any(i.eventfd is ctx for i in self.irqfds):
+            if id(ctx) in self._irqfd_of_ctx:
                 raise fail(EBUSY, f"eventfd {fd} already an irqfd of this VM")
         except KernelError:
             ctx.put()
@@ -1128,6 +1204,8 @@ class Kvm(FileOperations):
         irqfd.wait = ctx.add_wait_queue(irqfd.wakeup)
         irqfd.update()
         self.irqfds.append(irqfd)
+        self._irqfd_of_ctx[id(ctx)] = irqfd
+        self._irqfds_of_gsi.setdefault(gsi, []).append(irqfd)
         if ctx.count:                       # vfs_poll() at assignment saw EPOLLIN
             self.inject_gsi(gsi)
         ret = irqbypass_of(self.kernel).register_consumer(irqfd.consumer)
@@ -1153,6 +1231,11 @@ class Kvm(FileOperations):
         if irqfd not in self.irqfds:
             return
         self.irqfds.remove(irqfd)
+        del self._irqfd_of_ctx[id(irqfd.eventfd)]
+        same = self._irqfds_of_gsi[irqfd.gsi]
+        same.remove(irqfd)
+        if not same:
+            del self._irqfds_of_gsi[irqfd.gsi]
         irqfd.eventfd.remove_wait_queue(irqfd.wait)
         irqbypass_of(self.kernel).unregister_consumer(irqfd.consumer)
         irqfd.eventfd.put()

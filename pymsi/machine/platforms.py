@@ -42,12 +42,18 @@ def make_function(bus: int, dev: int, spec: dict[str, Any]) -> PciFunction:
         return cls(bus, dev, function, **props)
     msix = spec.get("msix")
     msi = spec.get("msi")
-    bars = [Bar(spec.get("bar_size", 0x4000))]
+    # The table at 0 and the PBA at 0x2000 in a 16 KiB BAR, as far as 512 vectors fit;
+    # a larger table pushes the PBA to the page after it and grows the BAR to fit both.
+    pba = max(0x2000, ((msix or 0) * 16 + 0xFFF) & ~0xFFF)
+    bar_size = 0x4000
+    while bar_size < pba + 0x1000:
+        bar_size <<= 1
+    bars = [Bar(spec.get("bar_size", bar_size))]
     return PciFunction(
         bus, dev, spec.get("function", 0), vendor_id=spec.get("vendor", 0x1AF4),
         device_id=spec.get("device", 0x1041), bars=bars,
         msi=MsiConfig(msi, per_vector_mask=spec.get("msi_mask", True)) if msi else None,
-        msix=MsixConfig(msix, bar=0, table_offset=0, pba_offset=0x2000) if msix else None,
+        msix=MsixConfig(msix, bar=0, table_offset=0, pba_offset=pba) if msix else None,
         flr=spec.get("flr", True),          # "flr": False, a function without FLR
     )
 

@@ -50,8 +50,15 @@ class KvmIrqchip:
         self.first_gsi = first_gsi
         self.max_routes = max_routes
         self.routes: dict[int, MsiRouteEntry] = {}
-        # gsi -> (route, its kvm_irq_routing_entry), each entry built once
-        self._entries: dict[int, tuple[MsiRouteEntry, Any]] = {}
+        # gsi -> (route, the bytes of its kvm_irq_routing_entry), each packed once
+        self._entries: dict[int, tuple[MsiRouteEntry, bytes]] = {}
+        # the table last sent: its GSIs in order and its bytes; GSIs added since, and
+        # whether a route was changed or released since (the table is laid out again)
+        self._table_gsis: list[int] = []
+        self._table = bytearray()
+        self._added: set[int] = set()
+        self._relayout = False
+        self._gsi_hint = 0             # every GSI from first_gsi below this one is in use
         self.dirty = False
         self.commits = 0
         self.irqfds: set[tuple[int, int]] = set()      # (eventfd fd, gsi) assigned
@@ -60,9 +67,12 @@ class KvmIrqchip:
 
     def _get_virq(self) -> int:
         """kvm_irqchip_get_virq(): the lowest free GSI, ENOSPC when none is left."""
-        for gsi in range(self.first_gsi, self.max_routes):
+        gsi = max(self._gsi_hint, self.first_gsi)
+        while gsi < self.max_routes:
             if gsi not in self.routes:
+                self._gsi_hint = gsi
                 return gsi
+            gsi += 1
         raise OSError(_errno.ENOSPC, "no free GSI for an MSI route")
 
     @staticmethod
@@ -79,6 +89,7 @@ class KvmIrqchip:
         entry = self._check(addr, data, devid)
         gsi = self._get_virq()
         self.routes[gsi] = entry
+        self._added.add(gsi)
         self.dirty = True
         if trace_kvm_irqchip_add_msi_route.enabled:
             trace_kvm_irqchip_add_msi_route(name=name, vector=vector, virq=gsi)
@@ -91,6 +102,7 @@ class KvmIrqchip:
         entry = self._check(addr, data, devid)
         if self.routes[gsi] != entry:
             self.routes[gsi] = entry
+            self._relayout = True
             self.dirty = True
         if trace_kvm_irqchip_update_msi_route.enabled:
             trace_kvm_irqchip_update_msi_route(virq=gsi)
@@ -98,6 +110,8 @@ class KvmIrqchip:
     def release_virq(self, gsi: int) -> None:
         """kvm_irqchip_release_virq(): the GSI's route goes (at the next commit)."""
         if self.routes.pop(gsi, None) is not None:
+            self._relayout = True
+            self._gsi_hint = min(self._gsi_hint, gsi)
             self.dirty = True
         if trace_kvm_irqchip_release_virq.enabled:
             trace_kvm_irqchip_release_virq(virq=gsi)
@@ -105,7 +119,9 @@ class KvmIrqchip:
     def route(self, gsi: int) -> MsiRouteEntry | None:
         return self.routes.get(gsi)
 
-    def _entry(self, gsi: int) -> Any:
+    def _packed(self, gsi: int) -> bytes:
+        """The route of ``gsi`` as the bytes of its ``kvm_irq_routing_entry`` (each
+        route packed once)."""
         r = self.routes[gsi]
         cached = self._entries.get(gsi)
         if cached is not None and cached[0] is r:
@@ -114,16 +130,31 @@ class KvmIrqchip:
             gsi=gsi, type=K.KVM_IRQ_ROUTING_MSI, flags=K.KVM_MSI_VALID_DEVID,
             u={"msi": {"address_lo": r.address & 0xFFFF_FFFF,
                        "address_hi": r.address >> 32, "data": r.data, "devid": r.devid}})
-        self._entries[gsi] = (r, e)
-        return e
+        b = e.pack()
+        self._entries[gsi] = (r, b)
+        return b
 
     def commit_routes(self) -> None:
-        """kvm_irqchip_commit_routes(): one KVM_SET_GSI_ROUTING with the whole table."""
-        for gsi in [g for g in self._entries if g not in self.routes]:
-            del self._entries[gsi]
-        entries = [self._entry(gsi) for gsi in sorted(self.routes)]
+        """kvm_irqchip_commit_routes(): one KVM_SET_GSI_ROUTING with the whole table
+        (entries in GSI order).  The VMM keeps the bytes of the table it last sent:
+        routes added above every GSI in it are appended, any other change lays the
+        table out again."""
+        last = self._table_gsis
+        added = self._added
+        if (self._relayout or not all(g in self.routes for g in added) or len(last) + len(added)
+                != len(self.routes) or (last and added and min(added) <= last[-1])):
+            for gsi in [g for g in self._entries if g not in self.routes]:
+                del self._entries[gsi]
+            last = self._table_gsis = sorted(self.routes)
+            self._table = bytearray(b"".join(self._packed(g) for g in last))
+        elif added:
+            new = sorted(added)
+            self._table += b"".join(self._packed(g) for g in new)
+            last.extend(new)
+        self._added = set()
+        self._relayout = False
         self.k.ioctl(self.vm_fd, K.KVM_SET_GSI_ROUTING,
-                     K.KvmIrqRouting(nr=len(entries), entries=entries))
+                     K.KvmIrqRouting(nr=len(last), entries=bytes(self._table)))
         self.dirty = False
         self.commits += 1
         if trace_kvm_irqchip_commit_routes.enabled:

@@ -473,8 +473,9 @@ class VfioPciDevice(P.PciFunction):
             tab = offset - m.table_offset
             if not 0 <= tab < len(self.msix_table):
                 return                                        # the PBA: read-only
-            vectors = {tab // P.MSIX_ENTRY_SIZE, (tab + size - 1) // P.MSIX_ENTRY_SIZE}
-            vectors &= set(range(len(self.msi_vectors)))
+            nvec = len(self.msi_vectors)
+            vectors = {v for v in (tab // P.MSIX_ENTRY_SIZE, (tab + size - 1) // P.MSIX_ENTRY_SIZE)
+                       if v < nvec}
             before = {v: (self._vector_masked(v), self.msix_entry(v)[:2]) for v in vectors}
             super().bar_write(index, offset, value, size)
             for v in sorted(vectors):
