@@ -228,6 +228,19 @@ size_t pymsi_streams_count(const pymsi_streams *s);
 long pymsi_stream_batch(const pymsi_mem *m, pymsi_tlb *tlb, const pymsi_streams *s, int write,
                         const uint32_t *sids, const uint64_t *iovas, size_t n,
                         uint64_t *out_pa, int32_t *status);
+/*
+ * Interrupt delivery (its.c).  pymsi_mem_bit reads (PYMSI_BIT_READ), sets or
+ * clears bit `bit` (0..7) of the byte at `addr`: returns the bit as it was (0
+ * or 1), -EFAULT if the byte is not RAM, -EINVAL for a bad bit or op.
+ * pymsi_pending_batch sets bit intids[i] of the pending table at tables[i]
+ * for every i (old[i]: the bit as it was, or -EFAULT); returns how many were set.
+ */
+#define PYMSI_BIT_READ 0
+#define PYMSI_BIT_SET 1
+#define PYMSI_BIT_CLEAR 2
+int pymsi_mem_bit(pymsi_mem *m, uint64_t addr, unsigned bit, int op);
+long pymsi_pending_batch(pymsi_mem *m, const uint64_t *tables, const uint32_t *intids,
+                         size_t n, int32_t *old);
 /* cdef-end */
 
 #endif

@@ -75,6 +75,7 @@ translate_batch = _impl.translate_batch
 msi_batch = _impl.msi_batch
 Streams = _impl.Streams
 stream_batch = _impl.stream_batch
+pending_batch = _impl.pending_batch
 
 from .pgtable import IoPgtable, IpaView, Prot, TableAllocator  # noqa: E402
 
@@ -85,5 +86,6 @@ __all__ = [
     "STATUS_FAULT", "STATUS_NO_CONFIG", "STATUS_NO_ENTRY", "STATUS_OK", "STREAM_ABORT",
     "STREAM_BYPASS", "STREAM_TRANSLATE", "Stage1", "Stage2", "Streams", "TableAllocator",
     "TlbKind", "WalkResult", "XlateConfig", "backend", "compose_batch", "encode_status",
-    "msi_batch", "status_fault", "stream_batch", "translate", "translate_batch", "walk",
+    "msi_batch", "pending_batch", "status_fault", "stream_batch", "translate",
+    "translate_batch", "walk",
 ]

@@ -28,6 +28,7 @@ from .common import (
     WalkResult,
     XlateConfig,
     batch_views,
+    bit_args,
     bytes_arg,
     capacity_arg,
     config_of,
@@ -55,6 +56,7 @@ _mem_read_u32 = lib.pymsi_mem_read_u32
 _mem_write_u64 = lib.pymsi_mem_write_u64
 _mem_write_u32 = lib.pymsi_mem_write_u32
 _mem_is_ram = lib.pymsi_mem_is_ram
+_mem_bit = lib.pymsi_mem_bit
 
 
 def _refused(check_args: Any, *args: Any) -> None:
@@ -145,6 +147,21 @@ class Memory:
             raise
         if rc < 0:
             raise_errno(rc, f"write of {len(data)} bytes at {addr:#x}")
+
+    def update_bit(self, addr: int, bit: int, value: bool | None = None) -> bool:
+        """Bit ``bit`` (0..7) of the byte at ``addr`` as it was; with ``value``, then set
+        (true) or cleared (false) by one read-modify-write of that byte."""
+        op = 0 if value is None else 1 if value else 2
+        if type(addr) is not int or type(bit) is not int or not 0 <= bit <= 7:
+            addr, bit = bit_args(addr, bit)
+        try:
+            rc = _mem_bit(self._p, addr, bit, op)
+        except OverflowError:
+            _refused(bit_args, addr, bit)
+            raise
+        if rc < 0:
+            raise_errno(rc, f"bit {bit} of the byte at {addr:#x}")
+        return rc == 1
 
     def read_u64(self, addr: int) -> int:
         """Little-endian u64 at ``addr``."""
@@ -643,3 +660,13 @@ def stream_batch(mem: Memory, streams: Streams, sids: Any, iovas: Any, out_pa: A
 
 
 _B = sys.modules[__name__]
+
+
+def pending_batch(mem: Memory, tables: Any, intids: Any, old: Any) -> int:
+    """Set bit intids[k] of the pending table at tables[k] for every k (old[k]: the bit
+    as it was, 0 or 1, or -EFAULT when its byte is not RAM); returns how many were set."""
+    obj_arg("mem", mem, Memory)
+    n, views = batch_views([(tables, "u64", "tables"), (intids, "u32", "intids")],
+                           [(old, "i32", "old")])
+    tc, ic, oc = _c(views)
+    return check(lib.pymsi_pending_batch(mem._p, tc, ic, n, oc), "pending_batch")

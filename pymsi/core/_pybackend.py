@@ -31,6 +31,7 @@ from .common import (
     WalkResult,
     XlateConfig,
     batch_views,
+    bit_args,
     bytes_arg,
     capacity_arg,
     config_of,
@@ -154,6 +155,18 @@ class Memory:
             page[off : off + chunk] = data[pos : pos + chunk]
             addr += chunk
             pos += chunk
+
+    def update_bit(self, addr: int, bit: int, value: bool | None = None) -> bool:
+        """Bit ``bit`` (0..7) of the byte at ``addr`` as it was; with ``value``, then set
+        (true) or cleared (false) by one read-modify-write of that byte."""
+        addr, bit = bit_args(addr, bit)
+        data = self._read(addr, 1)
+        if data is None:
+            raise_errno(_EFAULT, f"bit {bit} of the byte at {addr:#x}")
+        byte = data[0]
+        if value is not None:
+            self._write(addr, bytes([byte | 1 << bit if value else byte & ~(1 << bit)]))
+        return bool(byte >> bit & 1)
 
     def read_u64(self, addr: int) -> int:
         """Little-endian u64 at ``addr``."""
@@ -802,3 +815,25 @@ def stream_batch(mem: Memory, streams: Streams, sids: Any, iovas: Any, out_pa: A
 
 
 _B = sys.modules[__name__]
+
+
+def pending_batch(mem: Memory, tables: Any, intids: Any, old: Any) -> int:
+    """Set bit intids[k] of the pending table at tables[k] for every k (old[k]: the bit
+    as it was, 0 or 1, or -EFAULT when its byte is not RAM); returns how many were set."""
+    obj_arg("mem", mem, Memory)
+    n, (tv, iv, ov) = batch_views([(tables, "u64", "tables"), (intids, "u32", "intids")],
+                                  [(old, "i32", "old")])
+    ok = 0
+    for k in range(n):
+        addr = tv[k] + (iv[k] >> 3)
+        if addr > U64_MAX:
+            ov[k] = _EFAULT
+            continue
+        data = mem._read(addr, 1)
+        if data is None:
+            ov[k] = _EFAULT
+            continue
+        ov[k] = data[0] >> (iv[k] & 7) & 1
+        mem._write(addr, bytes([data[0] | 1 << (iv[k] & 7)]))
+        ok += 1
+    return ok

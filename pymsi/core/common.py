@@ -646,3 +646,8 @@ class IotlbCommands:
 def capacity_arg(capacity: Any) -> int:
     """Checks of ``Iotlb(capacity)``: 1 .. 2**24 entries."""
     return range_arg("capacity", capacity, 1, 1 << 24)
+
+
+def bit_args(addr: Any, bit: Any) -> tuple[int, int]:
+    """The checked arguments of ``Memory.update_bit``: a 64-bit address, a bit 0..7."""
+    return int_arg("addr", addr), range_arg("bit", bit, 0, 7)
