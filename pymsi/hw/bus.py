@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 from ..errors import AlreadyExists, BusError, InvalidArgument
 
 _SIZES = (1, 2, 4, 8)
+_new = tuple.__new__                    # a NamedTuple from a full tuple, without its __new__
 
 POSTED_BUDGET = 4096
 """At most this many posted writes are performed per outermost access (or drain)."""
@@ -253,7 +254,8 @@ class Bus:
         if self.ram.is_ram(addr, size):
             self.ram.write(addr, value.to_bytes(size, "little"))
             return
-        w = self.window(addr)
+        i = bisect.bisect(self._bases, addr) - 1            # window(), inline
+        w = self._windows[i] if i >= 0 else None
         if w is None or addr + size > w.base + w.size:
             raise BusError(f"write of {size} bytes at {addr:#x}: nothing there")
         if w.attrs:
@@ -282,13 +284,15 @@ class Bus:
             self.stats["posted"] += 1
             self._posted.append(("dma", rid, addr, value, size, on_done))
             return DmaResult(True, None, posted=True)
-        self._enter()
+        self._depth = 1                         # _enter / _leave, inline
         try:
             r = self._dma_now(rid, addr, size, value)
             if on_done is not None:
                 on_done(r)
         finally:
-            self._leave()
+            self._depth -= 1
+            if not self._depth and self._posted:
+                self.drain()
         return r
 
     def dma_read(self, rid: int, addr: int, size: int = 4) -> DmaResult:
@@ -302,22 +306,23 @@ class Bus:
             self._leave()
 
     def _dma_now(self, rid: int, addr: int, size: int, value: int | None) -> DmaResult:
-        self.stats["dma"] += 1
+        stats = self.stats
+        stats["dma"] += 1
         pa = addr
-        route = self.iommu_for(rid)
         r = None
-        if route is not None:
-            iommu, sid = route
-            r = iommu.translate(sid, addr, write=value is not None)
-            if r.pa is None:
-                self.stats["dma_aborted"] += 1
-                return DmaResult(False, None, None, r)
-            pa = r.pa
+        for first, last, iommu, sid_of in self._iommus:      # iommu_for, inline
+            if first <= rid <= last:
+                r = iommu.translate(sid_of(rid), addr, write=value is not None)
+                if r.pa is None:
+                    stats["dma_aborted"] += 1
+                    return _new(DmaResult, (False, None, None, r, False, False))
+                pa = r.pa
+                break
         try:
             if value is None:
                 return DmaResult(True, pa, self.read(pa, size, requester_id=rid), r)
             self._write_now(pa, value, size, rid)
         except BusError:
-            self.stats["dma_bus_errors"] += 1
+            stats["dma_bus_errors"] += 1
             return DmaResult(False, pa, None, r, bus_error=True)
-        return DmaResult(True, pa, None, r)
+        return _new(DmaResult, (True, pa, None, r, False, False))

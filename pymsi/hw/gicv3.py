@@ -52,6 +52,8 @@ VPROPBASER_IDBITS, VPROPBASER_PA = Field(4, 0), Field(51, 12)
 VPENDBASER_PA, VPENDBASER_VALID = Field(51, 16), Field(63)
 GICV3_FRAME, GICV4_FRAME = 0x20000, 0x40000
 PRIORITY_MASK = 0xFC
+_PENDBASER_PA_MASK = PENDBASER_PA.mask          # the table address, already shifted into place
+_PROPBASER_IDBITS_MASK = PROPBASER_IDBITS.mask  # bits [4:0]: IDbits - 1
 
 
 # Tracepoints named after QEMU's redistributor functions (hw/intc/arm_gicv3_redist.c).
@@ -106,7 +108,12 @@ class Redistributor:
 
     def set_pending(self, intid: int) -> bool:
         """Make LPI ``intid`` pending here; False if it was dropped."""
-        if not self.lpis_enabled or not self.lpi_in_range(intid):
+        # (the hot path of every MSI: lpis_enabled, lpi_in_range and the pending table
+        # address computed inline)
+        gic = self.gic
+        bits = (self.propbaser & _PROPBASER_IDBITS_MASK) + 1
+        if not self.ctlr & GICR_CTLR_ENABLE_LPIS or not (
+                LPI_BASE <= intid < 1 << (bits if bits < gic.id_bits else gic.id_bits)):
             self.stats["lpis_dropped"] += 1
             if trace_gicv3_redist_process_lpi.enabled:
                 trace_gicv3_redist_process_lpi(cpu=self.cpu, irq=intid, level=-1)
@@ -114,22 +121,24 @@ class Redistributor:
         self.stats["lpis_set"] += 1
         if trace_gicv3_redist_process_lpi.enabled:
             trace_gicv3_redist_process_lpi(cpu=self.cpu, irq=intid, level=1)
-        if intid not in self.pending:
-            self.pending.add(intid)
+        pending = self.pending
+        if intid not in pending:
+            pending.add(intid)
             self._fresh.add(intid)
-            self._write_pending_bit(intid, True)
+            gic.pending_bit(self.pendbaser & _PENDBASER_PA_MASK, intid, True)
         return True
 
     def clear_pending(self, intid: int) -> bool:
         """Make LPI ``intid`` not pending; True if it was pending."""
-        if intid not in self.pending:
+        pending = self.pending
+        if intid not in pending:
             return False
-        self.pending.discard(intid)
-        self._write_pending_bit(intid, False)
+        pending.discard(intid)
+        self.gic.pending_bit(self.pendbaser & _PENDBASER_PA_MASK, intid, False)
         return True
 
     def _write_pending_bit(self, intid: int, value: bool) -> None:
-        self.gic.pending_bit(PENDBASER_PA.get(self.pendbaser) << 16, intid, value)
+        self.gic.pending_bit(self.pendbaser & _PENDBASER_PA_MASK, intid, value)
 
     def config(self, intid: int) -> int:
         """The (cached) property byte of ``intid``; 0 (disabled) if unreadable."""
@@ -366,15 +375,22 @@ class CpuInterface:
 
     def iar1(self) -> int:
         """ICC_IAR1_EL1: acknowledge the highest-priority pending LPI (1023: none)."""
-        best = self._candidate()
-        if best is None:
-            self.stats["spurious"] += 1
-            return SPURIOUS
-        prio, intid = best
-        self.gic.redists[self.cpu].clear_pending(intid)   # LPIs have no active state
-        self.active.append(prio)
-        self.stats["acks"] += 1
-        return intid
+        # _candidate and the redistributor's clear_pending, inline (once per interrupt)
+        rd = self.gic.redists[self.cpu]
+        if self.igrpen1 and rd.pending:
+            below = self.pmr if self.pmr < 0x100 else 0x100
+            active = self.active
+            if active and active[-1] < below:
+                below = active[-1]
+            best = rd.highest_pending(below)
+            if best is not None:
+                prio, intid = best
+                rd.clear_pending(intid)                   # LPIs have no active state
+                active.append(prio)
+                self.stats["acks"] += 1
+                return intid
+        self.stats["spurious"] += 1
+        return SPURIOUS
 
     def eoir1(self, intid: int) -> None:
         """ICC_EOIR1_EL1: priority drop (and deactivation) for ``intid``."""
@@ -425,6 +441,8 @@ class Gicv3:
         if not 1 <= ncpus <= 256 or not 14 <= id_bits <= 24:
             raise ValueError("ncpus must be 1..256 and id_bits 14..24")
         self.memory = memory
+        #: the memory's one-call bit update (pymsi.core.Memory.update_bit), if it has one
+        self._update_bit = getattr(memory, "update_bit", None)
         self.gicv4 = gicv4
         self.id_bits = id_bits
         self.redists = [Redistributor(self, cpu) for cpu in range(ncpus)]
@@ -436,6 +454,13 @@ class Gicv3:
     def pending_bit(self, table: int, intid: int, value: bool | None = None) -> bool | None:
         """Read (and with ``value``, set or clear) ``intid``'s bit in a pending table
         in memory; returns the bit as it was, None if the table is not readable."""
+        update = self._update_bit
+        if update is not None:              # one call into the core: read-modify-write
+            try:
+                return update(table + (intid >> 3), intid & 7, value)
+            except (OSError, ValueError):
+                self.stats["table_errors"] += 1
+                return None
         addr = table + intid // 8
         bit = 1 << intid % 8
         try:

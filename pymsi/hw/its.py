@@ -157,6 +157,7 @@ CTE_V, CTE_RDBASE = Field(0), Field(16, 1)
 VPE0_V, VPE0_VPT_SIZE, VPE0_RDBASE = Field(0), Field(5, 1), Field(21, 6)
 ITE0_V, ITE0_VIRTUAL, ITE0_INTID = Field(0), Field(1), Field(63, 32)
 ITE1_ICID, ITE1_VPEID, ITE1_DOORBELL = Field(15, 0), Field(31, 16), Field(63, 32)
+_ITE0_VIRTUAL, _ITE1_ICID = ITE0_VIRTUAL.mask, ITE1_ICID.mask
 ENTRY_SIZE = {BaserType.DEVICES: 8, BaserType.COLLECTIONS: 8, BaserType.VPES: 16}
 ITE_SIZE = 16
 
@@ -714,9 +715,23 @@ class GicV3Its:
 
     def translate(self, device_id: int | None, event_id: int) -> bool:
         """A write of ``event_id`` to GITS_TRANSLATER by ``device_id``; False if dropped."""
-        self.stats["translations"] += 1
+        stats = self.stats
+        stats["translations"] += 1
         if trace_gicv3_its_translation_write.enabled:
             trace_gicv3_its_translation_write(requester_id=device_id, data=event_id)
+        elif self.ctlr & CTLR_ENABLED:
+            # The hit path of the translation cache, inline: a cached physical ITE whose
+            # collection is cached too (what _set_state(cached=True) does for it).
+            per = self._ite_cache.get(device_id)
+            if per is not None:
+                ite = per.get(event_id)
+                if ite is not None and not ite[0] & _ITE0_VIRTUAL:
+                    proc = self._col_cache.get(ite[1] & _ITE1_ICID)
+                    redists = self.gic.redists
+                    if proc is not None and 0 <= proc < len(redists):
+                        if redists[proc].set_pending(ite[0] >> 32):
+                            stats["lpis"] += 1
+                        return True
         try:
             if device_id is None:
                 raise _Error(ItsError.NO_DEVICE_ID)

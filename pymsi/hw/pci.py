@@ -54,6 +54,8 @@ MSI_FLAGS_64BIT, MSI_FLAGS_MASKBIT = 1 << 7, 1 << 8
 MSIX_FLAGS, MSIX_TABLE, MSIX_PBA = 0x02, 0x04, 0x08
 MSIX_FLAGS_QSIZE, MSIX_FLAGS_MASKALL, MSIX_FLAGS_ENABLE = 0x7FF, 1 << 14, 1 << 15
 MSIX_ENTRY_SIZE, MSIX_ENTRY_CTRL, MSIX_CTRL_MASKBIT = 16, 12, 1
+_MSIX_ENABLE_HI, _MSIX_MASKALL_HI = MSIX_FLAGS_ENABLE >> 8, MSIX_FLAGS_MASKALL >> 8
+_from_bytes = int.from_bytes
 
 CONFIG_SIZE = 4096
 
@@ -430,15 +432,22 @@ class PciFunction:
 
     def notify(self, vector: int) -> Delivery:
         """Raise ``vector`` the way the function's hardware would."""
-        if self.msix_enabled:
-            if not 0 <= vector < self.msix.vectors:
-                return Delivery.NO_VECTOR
-            if self._msix_vector_masked(vector):
-                self._set_pba(vector, True)
-                self.stats.pending += 1
-                return Delivery.PENDING
-            addr, data, _ = self.msix_entry(vector)
-            return self._send(addr, data, vector=vector)
+        cap = self.msix_cap
+        if cap is not None:
+            # msix_enabled, _msix_vector_masked and msix_entry, inline: Message Control's
+            # high byte holds Enable (bit 7) and Function Mask (bit 6)
+            flags = self.cfg[cap + 3]
+            if flags & _MSIX_ENABLE_HI:
+                if not 0 <= vector < self.msix.vectors:
+                    return Delivery.NO_VECTOR
+                table = self.msix_table
+                o = vector * MSIX_ENTRY_SIZE
+                if flags & _MSIX_MASKALL_HI or table[o + MSIX_ENTRY_CTRL] & MSIX_CTRL_MASKBIT:
+                    self._set_pba(vector, True)
+                    self.stats.pending += 1
+                    return Delivery.PENDING
+                return self._send(_from_bytes(table[o:o + 8], "little"),
+                                  _from_bytes(table[o + 8:o + 12], "little"), vector)
         if self.msi_cap is not None and self._get(self.msi_cap + MSI_FLAGS, 2) & MSI_FLAGS_ENABLE:
             msg = self.msi_message(vector)
             if msg is None:
@@ -452,12 +461,14 @@ class PciFunction:
         return Delivery.DISABLED
 
     def _send(self, addr: int, data: int, vector: int | None = None) -> Delivery:
-        if not self._get(COMMAND, 2) & CMD_MASTER or self.host is None:
+        host = self.host
+        if not self.cfg[COMMAND] & CMD_MASTER or host is None:
             self.stats.blocked += 1
             return Delivery.BLOCKED
+        rid = self.bus << 8 | self.device << 3 | self.function
         if trace_msi_send_message.enabled:
-            trace_msi_send_message(rid=self.rid, vector=vector, address=addr, data=data)
-        r = self.host.bus.dma_write(self.rid, addr, data, 4, on_done=self._count)
+            trace_msi_send_message(rid=rid, vector=vector, address=addr, data=data)
+        r = host.bus.dma_write(rid, addr, data, 4, on_done=self._count)
         if r.posted:
             return Delivery.POSTED
         return Delivery.SENT if r.ok else Delivery.ABORTED
