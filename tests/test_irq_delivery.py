@@ -72,3 +72,20 @@ def test_pending_batch_bad_arguments_alike(backends, data):
             args = (m, array.array("I", [RAM]), i, o)
         outs.append(outcome(b.pending_batch, *args))
     assert outs[0] == outs[1] and outs[0][0] == "raise"
+
+
+@given(ops=st.lists(st.tuples(
+    st.one_of(st.integers(RAM - 2, RAM + RAM_SIZE + 1), st.just(2**64 - 1), st.just(2**64),
+              st.just(-1)),
+    st.one_of(st.integers(0, 9), st.just(-1), st.just(2**32)),
+    st.one_of(st.integers(-1, 3), st.just(2**31))), max_size=30))
+def test_bit_updater_agrees(backends, ops):
+    mems = [b.Memory() for b in backends]
+    for m in mems:
+        m.add_ram(RAM, RAM_SIZE)
+    fns = [m.bit_updater() for m in mems]
+    for op in ops:
+        outs = [outcome(f, *op) for f in fns]
+        assert outs[0] == outs[1], op
+    assert mems[0].read(RAM, RAM_SIZE) == mems[1].read(RAM, RAM_SIZE)
+    assert mems[0].pages_allocated == mems[1].pages_allocated

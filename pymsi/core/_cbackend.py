@@ -12,6 +12,7 @@ through :func:`pymsi.errors.check`.
 from __future__ import annotations
 
 import errno
+import functools
 import struct
 import sys
 from typing import Any
@@ -162,6 +163,13 @@ class Memory:
         if rc < 0:
             raise_errno(rc, f"bit {bit} of the byte at {addr:#x}")
         return rc == 1
+
+    def bit_updater(self) -> Any:
+        """``f(addr, bit, op)``: :meth:`update_bit` for callers on a hot path that pass
+        exact ints (addr < 2**64, op 0 read / 1 set / 2 clear): no argument checks beyond
+        the C conversion's (TypeError, OverflowError), the old bit (0 or 1) or a negative
+        errno returned rather than raised.  One C call, no Python frame."""
+        return functools.partial(_mem_bit, self._p)
 
     def read_u64(self, addr: int) -> int:
         """Little-endian u64 at ``addr``."""

@@ -168,6 +168,29 @@ class Memory:
             self._write(addr, bytes([byte | 1 << bit if value else byte & ~(1 << bit)]))
         return bool(byte >> bit & 1)
 
+    def bit_updater(self) -> Any:
+        """``f(addr, bit, op)``: :meth:`update_bit` for callers on a hot path that pass
+        exact ints (addr < 2**64, op 0 read / 1 set / 2 clear): no argument checks beyond
+        the C conversion's (TypeError, OverflowError), the old bit (0 or 1) or a negative
+        errno returned rather than raised."""
+        return self._bit_raw
+
+    def _bit_raw(self, addr: int, bit: int, op: int) -> int:
+        for v, hi in ((addr, U64_MAX), (bit, 0xFFFF_FFFF), (op, 0x7FFF_FFFF)):
+            if not isinstance(v, int):
+                raise TypeError(f"an integer is required, not {type(v).__name__}")
+            if not (-0x8000_0000 if hi == 0x7FFF_FFFF else 0) <= v <= hi:
+                raise OverflowError(f"integer {v} does not fit")
+        if bit > 7 or not 0 <= op <= 2:
+            return -errno.EINVAL
+        data = self._read(addr, 1)
+        if data is None:
+            return _EFAULT
+        byte = data[0]
+        if op:
+            self._write(addr, bytes([byte | 1 << bit if op == 1 else byte & ~(1 << bit)]))
+        return byte >> bit & 1
+
     def read_u64(self, addr: int) -> int:
         """Little-endian u64 at ``addr``."""
         return int.from_bytes(self._read_n(int_arg("addr", addr), 8), "little")

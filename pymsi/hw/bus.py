@@ -34,6 +34,11 @@ from typing import Any, NamedTuple
 from ..errors import AlreadyExists, BusError, InvalidArgument
 
 _SIZES = (1, 2, 4, 8)
+def _same_id(rid: int) -> int:
+    """The default StreamID of a requester ID: itself."""
+    return rid
+
+
 _new = tuple.__new__                    # a NamedTuple from a full tuple, without its __new__
 
 POSTED_BUDGET = 4096
@@ -104,7 +109,7 @@ class Bus:
         writes (and the writes they post, in order); returns how many were performed.
         Does nothing while an access is in progress: the outermost access drains when
         it returns."""
-        if self._depth:
+        if self._depth or not self._posted:
             return 0
         if budget is None:
             budget = self.posted_budget
@@ -205,13 +210,13 @@ class Bus:
         return list(self._windows)
 
     def attach_iommu(self, first_rid: int, last_rid: int, iommu: Any,
-                     sid_of: Callable[[int], int] = lambda rid: rid) -> None:
+                     sid_of: Callable[[int], int] | None = None) -> None:
         """Route DMA from requester IDs [first_rid, last_rid] through ``iommu``.
 
         ``sid_of`` maps a requester ID to the IOMMU's StreamID (identity on
         QEMU's virt board and most ACPI IORT tables).
         """
-        self._iommus.append((first_rid, last_rid, iommu, sid_of))
+        self._iommus.append((first_rid, last_rid, iommu, _same_id if sid_of is None else sid_of))
 
     def iommu_for(self, rid: int) -> tuple[Any, int] | None:
         """(iommu, StreamID) that DMA from ``rid`` goes through, if any."""
@@ -286,7 +291,26 @@ class Bus:
             return DmaResult(True, None, posted=True)
         self._depth = 1                         # _enter / _leave, inline
         try:
-            r = self._dma_now(rid, addr, size, value)
+            stats = self.stats                  # _dma_now (a write), inline
+            stats["dma"] += 1
+            r = None
+            for first, last, iommu, sid_of in self._iommus:
+                if first <= rid <= last:
+                    r = iommu.translate(rid if sid_of is _same_id else sid_of(rid), addr,
+                                        write=True)
+                    if r.pa is None:
+                        stats["dma_aborted"] += 1
+                        r = _new(DmaResult, (False, None, None, r, False, False))
+                    else:
+                        addr = r.pa
+                    break
+            if r is None or r.pa is not None:
+                try:
+                    self._write_now(addr, value, size, rid)
+                    r = _new(DmaResult, (True, addr, None, r, False, False))
+                except BusError:
+                    stats["dma_bus_errors"] += 1
+                    r = DmaResult(False, addr, None, r, bus_error=True)
             if on_done is not None:
                 on_done(r)
         finally:
@@ -312,7 +336,8 @@ class Bus:
         r = None
         for first, last, iommu, sid_of in self._iommus:      # iommu_for, inline
             if first <= rid <= last:
-                r = iommu.translate(sid_of(rid), addr, write=value is not None)
+                r = iommu.translate(rid if sid_of is _same_id else sid_of(rid), addr,
+                                    write=value is not None)
                 if r.pa is None:
                     stats["dma_aborted"] += 1
                     return _new(DmaResult, (False, None, None, r, False, False))

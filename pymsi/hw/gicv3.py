@@ -53,7 +53,7 @@ VPENDBASER_PA, VPENDBASER_VALID = Field(51, 16), Field(63)
 GICV3_FRAME, GICV4_FRAME = 0x20000, 0x40000
 PRIORITY_MASK = 0xFC
 _PENDBASER_PA_MASK = PENDBASER_PA.mask          # the table address, already shifted into place
-_PROPBASER_IDBITS_MASK = PROPBASER_IDBITS.mask  # bits [4:0]: IDbits - 1
+_BIT_READ, _BIT_SET, _BIT_CLEAR = 0, 1, 2        # the ops of Memory.bit_updater
 
 
 # Tracepoints named after QEMU's redistributor functions (hw/intc/arm_gicv3_redist.c).
@@ -87,6 +87,9 @@ class Redistributor:
         self._keyed: dict[int, int] = {}
         self._fresh: set[int] = set()
         self._rekey_all = True
+        #: 1 << id_bits while LPIs are enabled, else 0: an INTID below it (and >= 8192)
+        #: can be made pending (PROPBASER is fixed while LPIs are enabled)
+        self._lpi_limit = 0
         self.vpropbaser = 0
         self.vpendbaser = 0
         self.stats = {"lpis_set": 0, "lpis_dropped": 0, "vlpis_set": 0, "doorbells": 0,
@@ -110,10 +113,7 @@ class Redistributor:
         """Make LPI ``intid`` pending here; False if it was dropped."""
         # (the hot path of every MSI: lpis_enabled, lpi_in_range and the pending table
         # address computed inline)
-        gic = self.gic
-        bits = (self.propbaser & _PROPBASER_IDBITS_MASK) + 1
-        if not self.ctlr & GICR_CTLR_ENABLE_LPIS or not (
-                LPI_BASE <= intid < 1 << (bits if bits < gic.id_bits else gic.id_bits)):
+        if not LPI_BASE <= intid < self._lpi_limit:
             self.stats["lpis_dropped"] += 1
             if trace_gicv3_redist_process_lpi.enabled:
                 trace_gicv3_redist_process_lpi(cpu=self.cpu, irq=intid, level=-1)
@@ -123,9 +123,13 @@ class Redistributor:
             trace_gicv3_redist_process_lpi(cpu=self.cpu, irq=intid, level=1)
         pending = self.pending
         if intid not in pending:
+            gic = self.gic
             pending.add(intid)
             self._fresh.add(intid)
-            gic.pending_bit(self.pendbaser & _PENDBASER_PA_MASK, intid, True)
+            bit = gic._bit
+            if bit is None or bit((self.pendbaser & _PENDBASER_PA_MASK) + (intid >> 3),
+                                  intid & 7, _BIT_SET) < 0:
+                gic.pending_bit(self.pendbaser & _PENDBASER_PA_MASK, intid, True)
         return True
 
     def clear_pending(self, intid: int) -> bool:
@@ -134,7 +138,11 @@ class Redistributor:
         if intid not in pending:
             return False
         pending.discard(intid)
-        self.gic.pending_bit(self.pendbaser & _PENDBASER_PA_MASK, intid, False)
+        gic = self.gic
+        bit = gic._bit
+        if bit is None or bit((self.pendbaser & _PENDBASER_PA_MASK) + (intid >> 3),
+                              intid & 7, _BIT_CLEAR) < 0:
+            gic.pending_bit(self.pendbaser & _PENDBASER_PA_MASK, intid, False)
         return True
 
     def _write_pending_bit(self, intid: int, value: bool) -> None:
@@ -171,10 +179,13 @@ class Redistributor:
             keyed.clear()
             self._fresh = set(pending)
         if self._fresh:
+            config = self._config
             for intid in self._fresh:
                 if intid not in pending:
                     continue
-                cfg = self.config(intid)
+                cfg = config.get(intid)
+                if cfg is None:
+                    cfg = self.config(intid)
                 prio = cfg & PRIORITY_MASK if cfg & 1 else None
                 if keyed.get(intid, -1) != prio:
                     if prio is None:
@@ -297,6 +308,7 @@ class Redistributor:
                 self._enable_lpis()
             elif not value & GICR_CTLR_ENABLE_LPIS and self.lpis_enabled:
                 self.ctlr &= ~GICR_CTLR_ENABLE_LPIS
+                self._lpi_limit = 0
                 self.pending.clear()            # state stays in the table in memory
                 self._config.clear()
                 self._rekey_all = True
@@ -313,6 +325,7 @@ class Redistributor:
         self._config.clear()
         self.pending.clear()
         self._rekey_all = True
+        self._lpi_limit = 1 << self.id_bits
         if PENDBASER_PTZ.get(self.pendbaser):
             return
         base = PENDBASER_PA.get(self.pendbaser) << 16
@@ -338,6 +351,7 @@ class CpuInterface:
 
     def __init__(self, gic: Gicv3, cpu: int) -> None:
         self.gic, self.cpu = gic, cpu
+        self._rd = gic.redists[cpu]            # this CPU's redistributor
         self.pmr = 0
         self.igrpen1 = 0
         self.active: list[int] = []            # active priorities, innermost last
@@ -376,13 +390,25 @@ class CpuInterface:
     def iar1(self) -> int:
         """ICC_IAR1_EL1: acknowledge the highest-priority pending LPI (1023: none)."""
         # _candidate and the redistributor's clear_pending, inline (once per interrupt)
-        rd = self.gic.redists[self.cpu]
-        if self.igrpen1 and rd.pending:
+        rd = self._rd
+        pending = rd.pending
+        if self.igrpen1 and pending:
             below = self.pmr if self.pmr < 0x100 else 0x100
             active = self.active
             if active and active[-1] < below:
                 below = active[-1]
-            best = rd.highest_pending(below)
+            if len(pending) == 1 and not rd._rekey_all:
+                # One LPI pending: it is the candidate if enabled and above the mask (what
+                # highest_pending would answer, without keying it into the heap; a heap
+                # entry it may have is dropped lazily once it is no longer pending)
+                (intid,) = pending
+                cfg = rd._config.get(intid)
+                if cfg is None:
+                    cfg = rd.config(intid)
+                best = (cfg & PRIORITY_MASK, intid) if cfg & 1 and \
+                    cfg & PRIORITY_MASK < below else None
+            else:
+                best = rd.highest_pending(below)
             if best is not None:
                 prio, intid = best
                 rd.clear_pending(intid)                   # LPIs have no active state
@@ -441,8 +467,9 @@ class Gicv3:
         if not 1 <= ncpus <= 256 or not 14 <= id_bits <= 24:
             raise ValueError("ncpus must be 1..256 and id_bits 14..24")
         self.memory = memory
-        #: the memory's one-call bit update (pymsi.core.Memory.update_bit), if it has one
-        self._update_bit = getattr(memory, "update_bit", None)
+        #: the memory's one-call bit update (pymsi.core.Memory.bit_updater), if it has one:
+        #: f(addr, bit, op) -> old bit, or a negative errno
+        self._bit = memory.bit_updater() if hasattr(memory, "bit_updater") else None
         self.gicv4 = gicv4
         self.id_bits = id_bits
         self.redists = [Redistributor(self, cpu) for cpu in range(ncpus)]
@@ -454,13 +481,17 @@ class Gicv3:
     def pending_bit(self, table: int, intid: int, value: bool | None = None) -> bool | None:
         """Read (and with ``value``, set or clear) ``intid``'s bit in a pending table
         in memory; returns the bit as it was, None if the table is not readable."""
-        update = self._update_bit
-        if update is not None:              # one call into the core: read-modify-write
+        bit = self._bit
+        if bit is not None:                 # one call into the core: read-modify-write
             try:
-                return update(table + (intid >> 3), intid & 7, value)
-            except (OSError, ValueError):
+                rc = bit(table + (intid >> 3), intid & 7,
+                         _BIT_READ if value is None else _BIT_SET if value else _BIT_CLEAR)
+            except (OverflowError, TypeError):
+                rc = -1
+            if rc < 0:
                 self.stats["table_errors"] += 1
                 return None
+            return bool(rc)
         addr = table + intid // 8
         bit = 1 << intid % 8
         try:

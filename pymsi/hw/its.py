@@ -309,7 +309,22 @@ class GicV3Its:
     def mmio_write(self, offset: int, value: int, size: int = 4,
                    requester_id: int | None = None) -> None:
         if offset == GITS_TRANSLATER and size in (2, 4):
-            self.translate(requester_id, value & 0xFFFF_FFFF)
+            event_id = value & 0xFFFF_FFFF
+            if self.ctlr & CTLR_ENABLED and not trace_gicv3_its_translation_write.enabled:
+                # translate()'s cache hit path, inline (the write of every MSI)
+                per = self._ite_cache.get(requester_id)
+                if per is not None:
+                    ite = per.get(event_id)
+                    if ite is not None and not ite[0] & _ITE0_VIRTUAL:
+                        proc = self._col_cache.get(ite[1] & _ITE1_ICID)
+                        redists = self.gic.redists
+                        if proc is not None and 0 <= proc < len(redists):
+                            stats = self.stats
+                            stats["translations"] += 1
+                            if redists[proc].set_pending(ite[0] >> 32):
+                                stats["lpis"] += 1
+                            return
+            self.translate(requester_id, event_id)
             return
         reg, high = offset & ~7, offset & 4
         enabled = self.ctlr & CTLR_ENABLED

@@ -133,6 +133,13 @@ class _Stats:
 class PciFunction:
     """A PCI Express function (type-0 header) at bus:device.function."""
 
+    #: whether the class sends messages with PciFunction._send (notify inlines it then)
+    _own_send = True
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        cls._own_send = cls._send is PciFunction._send
+
     def __init__(self, bus: int, device: int, function: int = 0, vendor_id: int = 0x1AF4,
                  device_id: int = 0x1000, class_code: int = 0x020000,
                  bars: list[Bar] | None = None, msi: MsiConfig | None = None,
@@ -446,8 +453,21 @@ class PciFunction:
                     self._set_pba(vector, True)
                     self.stats.pending += 1
                     return Delivery.PENDING
-                return self._send(_from_bytes(table[o:o + 8], "little"),
-                                  _from_bytes(table[o + 8:o + 12], "little"), vector)
+                addr = _from_bytes(table[o:o + 8], "little")
+                data = _from_bytes(table[o + 8:o + 12], "little")
+                if not self._own_send:
+                    return self._send(addr, data, vector)
+                host = self.host                              # _send, inline
+                if not self.cfg[COMMAND] & CMD_MASTER or host is None:
+                    self.stats.blocked += 1
+                    return Delivery.BLOCKED
+                rid = self.bus << 8 | self.device << 3 | self.function
+                if trace_msi_send_message.enabled:
+                    trace_msi_send_message(rid=rid, vector=vector, address=addr, data=data)
+                r = host.bus.dma_write(rid, addr, data, 4, self._count)
+                if r.posted:
+                    return Delivery.POSTED
+                return Delivery.SENT if r.ok else Delivery.ABORTED
         if self.msi_cap is not None and self._get(self.msi_cap + MSI_FLAGS, 2) & MSI_FLAGS_ENABLE:
             msg = self.msi_message(vector)
             if msg is None:

@@ -134,8 +134,21 @@ class GicDriver:
         cpuifs, spurious = self.cpuifs, G.SPURIOUS
         for cpu in cpus:
             intid = cpuifs[cpu].iar1()
-            if intid != spurious:
-                n += self._handle_from(cpu, intid)
+            if intid == spurious:
+                continue
+            kernel, cpuif = self.kernel, cpuifs[cpu]
+            iar1, eoir1 = cpuif.iar1, cpuif.eoir1
+            genirq = kernel.irq
+            revmap, descs, run = self.domain.revmap, genirq.descs, genirq.run_handlers
+            while intid != spurious:   # _handle_from with handle_domain_irq, inline
+                virq = revmap.get(intid)
+                if virq is None:
+                    kernel.printk(f"GICv3: spurious interrupt {intid} on CPU{cpu}")
+                else:
+                    run(descs[virq], cpu)
+                eoir1(intid)
+                n += 1
+                intid = iar1()
         return n
 
 

@@ -486,7 +486,7 @@ class GenIrq:
 
     def handle_domain_irq(self, domain: IrqDomain, hwirq: int, cpu: int) -> bool:
         """generic_handle_domain_irq(): run the handlers of ``hwirq`` on ``cpu``."""
-        virq = domain.find_mapping(hwirq)
+        virq = domain.revmap.get(hwirq)          # find_mapping, inline
         if virq is None:
             return False
         self.run_handlers(self.descs[virq], cpu)
