@@ -89,3 +89,102 @@ def test_bit_updater_agrees(backends, ops):
         assert outs[0] == outs[1], op
     assert mems[0].read(RAM, RAM_SIZE) == mems[1].read(RAM, RAM_SIZE)
     assert mems[0].pages_allocated == mems[1].pages_allocated
+
+
+# -- batch delivery: PciFunction.notify_batch against notify one vector at a time ----------
+
+NVEC = 16
+
+
+def _rig(backend):
+    from pymsi.vmmlib import Vmm
+    vmm = Vmm("sw-msi", smmu="s1", devices=[{"msix": NVEC}], backend=backend)
+    vmm.bind()
+    vmm.attach(vmm.hwpt_alloc(vmm.ioas), 0)
+    efds = [vmm.k.eventfd() for _ in range(NVEC)]
+    assert vmm.set_triggers(0, [e.fd for e in efds]) == 0
+    return vmm, efds
+
+
+def _snapshot(vmm, efds):
+    m = vmm.m
+    fn = m.functions[0]
+    rds = []
+    for rd in m.gic.redists:
+        base = rd.pendbaser & ((1 << 52) - (1 << 16))
+        table = m.ram.read(base + 1024, (1 << rd.id_bits) // 8 - 1024) if rd.lpis_enabled else b""
+        rds.append((sorted(rd.pending), dict(rd.stats), table))
+    return {"fn": (fn.stats, bytes(fn.msix_pba)), "bus": dict(m.bus.stats),
+            "smmu": dict(m.smmu.stats), "its": (dict(m.its.stats), list(m.its.trace)),
+            "gic": dict(m.gic.stats), "rds": rds, "log": list(vmm.k.log),
+            "efds": [e.f_op.count for e in efds],
+            "cpus": [dict(c.stats) for c in m.gic.cpus]}
+
+
+vectors_st = st.lists(st.one_of(st.integers(0, NVEC - 1), st.integers(0, NVEC - 1),
+                                st.integers(-1, NVEC + 2)), max_size=40)
+mutations = st.lists(st.one_of(
+    st.tuples(st.just("mask"), st.integers(0, NVEC - 1), st.booleans()),
+    st.tuples(st.just("maskall"), st.booleans()),
+    st.tuples(st.just("addr"), st.integers(0, NVEC - 1),
+              st.sampled_from([0x0, 0x4000_0000, 0x8090040, 0x7000_0000, 0x1234_5000])),
+    st.tuples(st.just("data"), st.integers(0, NVEC - 1), st.integers(0, 40)),
+    st.tuples(st.just("drop_its_cache")),
+    st.tuples(st.just("master"), st.booleans()),
+    st.tuples(st.just("handle")),
+), max_size=4)
+
+
+def _mutate(vmm, op):
+    from pymsi.hw import pci
+    fn = vmm.m.functions[0]
+    if op[0] == "mask":
+        fn.bar_write(0, op[1] * 16 + 12, int(op[2]), 4)
+    elif op[0] == "maskall":
+        flags = fn.cfg_read(fn.msix_cap + 2, 2)
+        flags = flags | pci.MSIX_FLAGS_MASKALL if op[1] else flags & ~pci.MSIX_FLAGS_MASKALL
+        fn.cfg_write(fn.msix_cap + 2, flags, 2)
+    elif op[0] == "addr":
+        fn.bar_write(0, op[1] * 16, op[2], 8)
+    elif op[0] == "data":
+        fn.bar_write(0, op[1] * 16 + 8, op[2], 4)
+    elif op[0] == "drop_its_cache":
+        vmm.m.its.invalidate_cache()
+    elif op[0] == "master":
+        cmd = fn.cfg_read(pci.COMMAND, 2)
+        fn.cfg_write(pci.COMMAND, cmd | pci.CMD_MASTER if op[1] else cmd & ~pci.CMD_MASTER, 2)
+    else:
+        vmm.k.handle_interrupts()
+
+
+@settings(max_examples=12, deadline=None)
+@given(rounds=st.lists(st.tuples(mutations, vectors_st), min_size=1, max_size=3),
+       backend=st.sampled_from(["c", "python"]))
+def test_notify_batch_is_notify_of_each(rounds, backend):
+    (one, efd1), (batch, efd2) = _rig(backend), _rig(backend)
+    f1, f2 = one.m.functions[0], batch.m.functions[0]
+    for muts, vectors in rounds:
+        for op in muts:
+            _mutate(one, op)
+            _mutate(batch, op)
+        d1 = [f1.notify(v) for v in vectors]
+        d2 = f2.notify_batch(vectors)
+        assert d1 == d2
+        assert _snapshot(one, efd1) == _snapshot(batch, efd2)
+        assert one.k.handle_interrupts() == batch.k.handle_interrupts()
+        assert _snapshot(one, efd1) == _snapshot(batch, efd2)
+        assert one.k.proc_read("/proc/interrupts") == batch.k.proc_read("/proc/interrupts")
+
+
+def test_notify_batch_traced_is_notify_of_each():
+    from pymsi import trace
+    (one, efd1), (batch, efd2) = _rig("c"), _rig("c")
+    vectors = [0, 1, 2, 1, 5, 0, 15, 3]
+    with trace.record("*") as t1:
+        d1 = [one.m.functions[0].notify(v) for v in vectors]
+    with trace.record("*") as t2:
+        d2 = batch.m.functions[0].notify_batch(vectors)
+    trace.reset()
+    assert d1 == d2 and t1.records and [(r.name, r.fields) for r in t1] == \
+        [(r.name, r.fields) for r in t2]
+    assert _snapshot(one, efd1) == _snapshot(batch, efd2)

@@ -26,11 +26,13 @@ when they return.
 
 from __future__ import annotations
 
+import array
 import bisect
 from collections import deque
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from ..core.common import STATUS_BYPASS
 from ..errors import AlreadyExists, BusError, InvalidArgument
 
 _SIZES = (1, 2, 4, 8)
@@ -318,6 +320,76 @@ class Bus:
             if not self._depth and self._posted:
                 self.drain()
         return r
+
+    def dma_write_batch(self, rid: int, addrs: Any, values: Any, size: int = 4) -> list[bool]:
+        """Many writes of one device, as :meth:`dma_write` of each (``addrs[k]``,
+        ``values[k]``) in order would do them; returns whether each was performed (not
+        aborted by the IOMMU, something there).
+
+        The IOMMU translates all of them first, in one batch when it has
+        ``translate_batch`` (its faults and events are the same, in item order); then the
+        writes are performed in order, and a run of consecutive writes to the same
+        address of a model that has ``mmio_write_batch`` (the ITS's GITS_TRANSLATER) is
+        handed to it at once.  While another access is in progress, or when no batch
+        applies, it is :meth:`dma_write` of each.  (Translating first differs from one
+        at a time only if one of these writes changed the translation of a later one
+        — a write into the page tables or the IOMMU's own registers — which the model
+        does not look for.)
+        """
+        n = len(addrs)
+        if len(values) != n:
+            raise InvalidArgument("addrs and values differ in length")
+        if size not in _SIZES:
+            raise InvalidArgument(f"access size {size}")
+        route = self.iommu_for(rid)
+        batch = getattr(route[0], "translate_batch", None) if route is not None else None
+        if self._depth or (route is not None and batch is None) or n < 2:
+            return [self.dma_write(rid, a, v, size).ok for a, v in zip(addrs, values, strict=True)]
+        stats = self.stats
+        self._depth = 1
+        try:
+            stats["dma"] += n
+            if route is None:
+                pas = list(addrs)
+            else:
+                out = array.array("Q", bytes(8 * n))
+                status = array.array("i", bytes(4 * n))
+                batch(array.array("I", [route[1]]) * n, array.array("Q", addrs), out, status,
+                      write=True)
+                pas = [pa if 0 <= st <= STATUS_BYPASS else None
+                       for pa, st in zip(out, status, strict=True)]
+            ok = [True] * n
+            mask = (1 << (8 * size)) - 1
+            k = 0
+            while k < n:
+                pa = pas[k]
+                if pa is None:
+                    stats["dma_aborted"] += 1
+                    ok[k] = False
+                    k += 1
+                    continue
+                end = k + 1
+                while end < n and pas[end] == pa:
+                    end += 1
+                w = None if end == k + 1 or self.ram.is_ram(pa, size) else self.window(pa)
+                if w is not None and w.attrs and pa + size <= w.base + w.size and \
+                        hasattr(w.model, "mmio_write_batch"):
+                    w.model.mmio_write_batch(pa - w.base, [v & mask for v in values[k:end]],
+                                             size, requester_id=rid)
+                    k = end
+                    continue
+                for j in range(k, end):
+                    try:
+                        self._write_now(pa, values[j], size, rid)
+                    except BusError:
+                        stats["dma_bus_errors"] += 1
+                        ok[j] = False
+                k = end
+        finally:
+            self._depth -= 1
+            if not self._depth and self._posted:
+                self.drain()
+        return ok
 
     def dma_read(self, rid: int, addr: int, size: int = 4) -> DmaResult:
         """A device's memory read (never queued: it returns a value)."""

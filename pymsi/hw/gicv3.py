@@ -22,6 +22,7 @@ priorities, and ties go to the lower INTID.
 
 from __future__ import annotations
 
+import array
 import heapq
 from typing import Any
 
@@ -131,6 +132,25 @@ class Redistributor:
                                   intid & 7, _BIT_SET) < 0:
                 gic.pending_bit(self.pendbaser & _PENDBASER_PA_MASK, intid, True)
         return True
+
+    def set_pending_batch(self, intids: list[int]) -> None:
+        """:meth:`set_pending` of each of ``intids`` (all in range, LPIs enabled, no
+        tracing: the caller checked), their new pending bits set by one core call."""
+        self.stats["lpis_set"] += len(intids)
+        new = set(intids)
+        new -= self.pending
+        if not new:
+            return
+        self.pending |= new
+        self._fresh |= new
+        gic = self.gic
+        n = len(new)
+        old = array.array("i", bytes(4 * n))
+        table = self.pendbaser & _PENDBASER_PA_MASK
+        ok = gic._pending_batch(gic.memory, array.array("Q", [table]) * n,
+                                array.array("I", new), old)
+        if ok < n:
+            gic.stats["table_errors"] += n - ok
 
     def clear_pending(self, intid: int) -> bool:
         """Make LPI ``intid`` not pending; True if it was pending."""
@@ -470,6 +490,11 @@ class Gicv3:
         #: the memory's one-call bit update (pymsi.core.Memory.bit_updater), if it has one:
         #: f(addr, bit, op) -> old bit, or a negative errno
         self._bit = memory.bit_updater() if hasattr(memory, "bit_updater") else None
+        #: pymsi.core.pending_batch of the memory's backend, if it is a core Memory
+        self._pending_batch = None
+        if self._bit is not None:
+            from .. import core
+            self._pending_batch = core.backend(memory.backend).pending_batch
         self.gicv4 = gicv4
         self.id_bits = id_bits
         self.redists = [Redistributor(self, cpu) for cpu in range(ncpus)]

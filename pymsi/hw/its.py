@@ -43,7 +43,7 @@ from typing import Any
 
 from .. import trace
 from .bits import Field, dwords, merge_access
-from .gicv3 import LPI_BASE, SPURIOUS, Gicv3
+from .gicv3 import LPI_BASE, SPURIOUS, Gicv3, trace_gicv3_redist_process_lpi
 
 GITS_CTLR, GITS_IIDR, GITS_TYPER = 0x0000, 0x0004, 0x0008
 GITS_CBASER, GITS_CWRITER, GITS_CREADR = 0x0080, 0x0088, 0x0090
@@ -349,6 +349,58 @@ class GicV3Its:
                 self.invalidate_cache()
                 new = merge_access(self.baser[n], high, value, size) & BASER_WRITABLE
                 self.baser[n] = (self.baser[n] & ~BASER_WRITABLE) | new
+
+    def mmio_write_batch(self, offset: int, values: list[int], size: int = 4,
+                         requester_id: int | None = None) -> None:
+        """:meth:`mmio_write` of each of ``values`` at ``offset``, in order; writes of
+        EventIDs to GITS_TRANSLATER go through :meth:`translate_batch`."""
+        if offset == GITS_TRANSLATER and size in (2, 4):
+            self.translate_batch(requester_id, [v & 0xFFFF_FFFF for v in values])
+            return
+        for v in values:
+            self.mmio_write(offset, v, size, requester_id=requester_id)
+
+    def translate_batch(self, device_id: int | None, event_ids: list[int]) -> int:
+        """:meth:`translate` of each of ``event_ids`` from ``device_id``, in order, with
+        the same outcome (pending LPIs, pending tables, statistics, trace records);
+        returns how many were not dropped.  Events whose translation is cached (a
+        physical ITE and its collection) are made pending together: their new pending
+        bits are set in the redistributors' pending tables by one core call
+        (:func:`pymsi.core.pending_batch`); any other event is one :meth:`translate`.
+        With tracing on it is :meth:`translate` of each."""
+        gic = self.gic
+        batch = gic._pending_batch
+        if (batch is None or device_id is None or not self.ctlr & CTLR_ENABLED
+                or trace_gicv3_its_translation_write.enabled
+                or trace_gicv3_redist_process_lpi.enabled):
+            return sum(self.translate(device_id, e) for e in event_ids)
+        per = self._ite_cache.get(device_id)
+        cols, redists, translate = self._col_cache, gic.redists, self.translate
+        nred = len(redists)
+        groups: dict[int, list[int]] = {}            # processor -> INTIDs made pending
+        done = fast = 0
+        for e in event_ids:
+            ite = None if per is None else per.get(e)
+            if ite is not None and not ite[0] & _ITE0_VIRTUAL:
+                proc = cols.get(ite[1] & _ITE1_ICID)
+                if proc is not None and 0 <= proc < nred:
+                    intid = ite[0] >> 32
+                    if LPI_BASE <= intid < redists[proc]._lpi_limit:
+                        lst = groups.get(proc)
+                        if lst is None:
+                            lst = groups[proc] = []
+                        lst.append(intid)
+                        fast += 1
+                        continue
+            done += translate(device_id, e)
+            if per is None:
+                per = self._ite_cache.get(device_id)
+        stats = self.stats
+        stats["translations"] += fast
+        stats["lpis"] += fast
+        for proc, intids in groups.items():
+            redists[proc].set_pending_batch(intids)
+        return done + fast
 
     # -- command queue ------------------------------------------------------------
 
