@@ -34,7 +34,10 @@ from .common import (
     capacity_arg,
     config_of,
     int_arg,
+    itc_args,
+    itc_batch_views,
     msi_set_args,
+    msix_gather_views,
     obj_arg,
     pair_config,
     read_args,
@@ -540,7 +543,8 @@ def _compose_args(dev: Any, index: Any, doorbell_pa: Any) -> tuple[int, int, int
                                                                           doorbell_pa)
 
 
-_CTYPES = {"I": "uint32_t[]", "i": "int32_t[]", "Q": "uint64_t[]", "L": "uint64_t[]"}
+_CTYPES = {"I": "uint32_t[]", "i": "int32_t[]", "Q": "uint64_t[]", "L": "uint64_t[]",
+           "B": "uint8_t[]"}
 
 
 def _c(views: list[memoryview]) -> list[Any]:
@@ -678,3 +682,71 @@ def pending_batch(mem: Memory, tables: Any, intids: Any, old: Any) -> int:
                            [(old, "i32", "old")])
     tc, ic, oc = _c(views)
     return check(lib.pymsi_pending_batch(mem._p, tc, ic, n, oc), "pending_batch")
+
+
+class ItsCache:
+    """An ITS translation cache for batches: (DeviceID, EventID) -> (INTID, processor).
+
+    What :class:`pymsi.hw.its.GicV3Its` keeps of its cached physical translations so
+    that :func:`its_lookup_batch` resolves a batch of EventIDs in C.
+    """
+
+    backend = NAME
+    __slots__ = ("_p", "_u32a", "_u32b")
+
+    def __init__(self) -> None:
+        p = lib.pymsi_itc_new()
+        if p == ffi.NULL:
+            raise OutOfMemory("pymsi_itc_new")
+        self._p = ffi.gc(p, lib.pymsi_itc_free)
+        self._u32a = ffi.new("uint32_t *")
+        self._u32b = ffi.new("uint32_t *")
+
+    def __len__(self) -> int:
+        return lib.pymsi_itc_count(self._p)
+
+    def set(self, dev: int, event: int, intid: int, proc: int) -> None:
+        """Cache (intid, proc) for (dev, event)."""
+        dev, event = itc_args(dev, event)
+        intid, proc = int_arg("intid", intid, 32), int_arg("proc", proc, 32)
+        check(lib.pymsi_itc_set(self._p, dev, event, intid, proc), "ItsCache.set")
+
+    def get(self, dev: int, event: int) -> tuple[int, int] | None:
+        """(intid, proc) cached for (dev, event), or None."""
+        dev, event = itc_args(dev, event)
+        if lib.pymsi_itc_get(self._p, dev, event, self._u32a, self._u32b) < 0:
+            return None
+        return self._u32a[0], self._u32b[0]
+
+    def remove(self, dev: int, event: int) -> bool:
+        """Drop (dev, event); whether it was there."""
+        dev, event = itc_args(dev, event)
+        return lib.pymsi_itc_remove(self._p, dev, event) == 0
+
+    def clear(self) -> None:
+        """Drop everything."""
+        lib.pymsi_itc_clear(self._p)
+
+
+def its_lookup_batch(cache: ItsCache, dev: int, events: Any, limits: Any, intids: Any,
+                     status: Any, grouped: Any, counts: Any) -> int:
+    """Look up every (dev, events[k]): status[k] is the processor of a hit whose INTID
+    is in [8192, limits[processor]) (the others: -ENOENT), intids[k] its INTID (0 if
+    none); the hits' INTIDs go to ``grouped`` by processor, in item order within each,
+    counts[p] of them for processor p.  Returns the number of hits."""
+    obj_arg("cache", cache, ItsCache)
+    dev, n, nproc, views = itc_batch_views(dev, events, limits, intids, status, grouped,
+                                           counts)
+    ec, ic, sc, gc, lc, cc = _c(views)
+    return lib.pymsi_itc_lookup_batch(cache._p, dev, ec, n, lc, nproc, ic, sc, gc, cc)
+
+
+def msix_gather(table: Any, nvec: int, masked_all: bool, vectors: Any, addrs: Any,
+                datas: Any, status: Any) -> int:
+    """Read the MSI-X entries of vectors[k] from ``table`` (``nvec`` 16-byte entries):
+    addrs[k], datas[k] and status[k] 0 (to send), 1 (masked, by its vector control or
+    ``masked_all``) or -EINVAL (no such vector: address and data 0).  Returns how many
+    are to send."""
+    nvec, n, views = msix_gather_views(table, nvec, vectors, addrs, datas, status)
+    tc, vc, ac, dc, sc = _c(views)
+    return lib.pymsi_msix_gather(tc, nvec, bool(masked_all), vc, n, ac, dc, sc)

@@ -351,13 +351,31 @@ class Bus:
             stats["dma"] += n
             if route is None:
                 pas = list(addrs)
+                out = None
             else:
                 out = array.array("Q", bytes(8 * n))
                 status = array.array("i", bytes(4 * n))
                 batch(array.array("I", [route[1]]) * n, array.array("Q", addrs), out, status,
                       write=True)
-                pas = [pa if 0 <= st <= STATUS_BYPASS else None
-                       for pa, st in zip(out, status, strict=True)]
+                if status.count(0) + status.count(STATUS_BYPASS) == n and \
+                        out.count(out[0]) == n:
+                    pas = None                          # all performed, to the same place
+                else:
+                    pas = [pa if 0 <= st <= STATUS_BYPASS else None
+                           for pa, st in zip(out, status, strict=True)]
+            if pas is None or pas.count(pas[0]) == n:   # one run: the common batch
+                pa = out[0] if pas is None else pas[0]
+                if pa is not None and not self.ram.is_ram(pa, size):
+                    w = self.window(pa)
+                    if w is not None and w.attrs and pa + size <= w.base + w.size and \
+                            hasattr(w.model, "mmio_write_batch"):
+                        if not (isinstance(values, array.array) and values.typecode in "BHI"
+                                and values.itemsize <= size):     # else: to size, as one by one
+                            values = [v & ((1 << (8 * size)) - 1) for v in values]
+                        w.model.mmio_write_batch(pa - w.base, values, size, requester_id=rid)
+                        return [True] * n
+                if pas is None:
+                    pas = list(out)
             ok = [True] * n
             mask = (1 << (8 * size)) - 1
             k = 0

@@ -37,6 +37,7 @@ Commands (INT, CLEAR, MOVI, ...) always read the tables themselves.
 
 from __future__ import annotations
 
+import array
 import enum
 from collections import deque
 from typing import Any
@@ -254,6 +255,13 @@ class GicV3Its:
         self.gicv4 = gic.gicv4 if gicv4 is None else gicv4
         self.devbits, self.id_bits, self.cidbits = devbits, id_bits, cidbits
         self.stall_on_error = stall_on_error
+        # The batch view of the translation cache (see translate_batch): a core ItsCache
+        # of the GIC memory's backend, when the GIC can set pending bits in batch.
+        self._core = self._itc = None
+        if gic._pending_batch is not None:
+            from .. import core
+            self._core = core.backend(gic.memory.backend)
+            self._itc = self._core.ItsCache()
         # GITS_TYPER is constant (it depends only on construction parameters): computed once.
         self.typer = (TYPER_PHYSICAL(1) | TYPER_VIRTUAL(int(self.gicv4))
                       | TYPER_ITT_ENTRY_SIZE(ITE_SIZE - 1) | TYPER_ID_BITS(id_bits - 1)
@@ -280,6 +288,8 @@ class GicV3Its:
         self._ite_cache: dict[int, dict[int, tuple[int, int]]] = {}   # dev -> event -> ITE
         self._col_cache: dict[int, int] = {}                           # ICID -> processor
         self._vpe_cache: dict[int, tuple[int, int, int]] = {}          # vPEID -> _vpe()
+        if self._itc is not None:
+            self._itc.clear()
 
     @staticmethod
     def _baser_ro(t: BaserType) -> int:
@@ -350,57 +360,84 @@ class GicV3Its:
                 new = merge_access(self.baser[n], high, value, size) & BASER_WRITABLE
                 self.baser[n] = (self.baser[n] & ~BASER_WRITABLE) | new
 
-    def mmio_write_batch(self, offset: int, values: list[int], size: int = 4,
+    def mmio_write_batch(self, offset: int, values: Any, size: int = 4,
                          requester_id: int | None = None) -> None:
         """:meth:`mmio_write` of each of ``values`` at ``offset``, in order; writes of
         EventIDs to GITS_TRANSLATER go through :meth:`translate_batch`."""
         if offset == GITS_TRANSLATER and size in (2, 4):
-            self.translate_batch(requester_id, [v & 0xFFFF_FFFF for v in values])
+            if not (isinstance(values, array.array) and values.typecode == "I"):
+                values = array.array("I", [v & 0xFFFF_FFFF for v in values])
+            self.translate_batch(requester_id, values)
             return
         for v in values:
             self.mmio_write(offset, v, size, requester_id=requester_id)
 
-    def translate_batch(self, device_id: int | None, event_ids: list[int]) -> int:
-        """:meth:`translate` of each of ``event_ids`` from ``device_id``, in order, with
-        the same outcome (pending LPIs, pending tables, statistics, trace records);
-        returns how many were not dropped.  Events whose translation is cached (a
-        physical ITE and its collection) are made pending together: their new pending
-        bits are set in the redistributors' pending tables by one core call
-        (:func:`pymsi.core.pending_batch`); any other event is one :meth:`translate`.
-        With tracing on it is :meth:`translate` of each."""
+    def translate_batch(self, device_id: int | None, event_ids: Any) -> int:
+        """:meth:`translate` of each of ``event_ids`` (u32) from ``device_id``, in order,
+        with the same outcome (pending LPIs, pending tables, statistics, trace
+        records); returns how many were not dropped.
+
+        The cached physical translations are looked up in C
+        (:func:`pymsi.core.its_lookup_batch` over :attr:`_itc`, the part of the
+        translation cache that batches see: it holds only what the cache holds and is
+        dropped with it), and their LPIs made pending per redistributor by
+        :meth:`Redistributor.set_pending_batch`, whose new pending bits are set by one
+        core call.  An event the batch cache misses is looked up in the translation
+        cache (and copied to the batch cache) or is one :meth:`translate`.  With
+        tracing on it is :meth:`translate` of each."""
         gic = self.gic
-        batch = gic._pending_batch
-        if (batch is None or device_id is None or not self.ctlr & CTLR_ENABLED
+        itc = self._itc
+        if (itc is None or device_id is None or not self.ctlr & CTLR_ENABLED
                 or trace_gicv3_its_translation_write.enabled
                 or trace_gicv3_redist_process_lpi.enabled):
             return sum(self.translate(device_id, e) for e in event_ids)
-        per = self._ite_cache.get(device_id)
-        cols, redists, translate = self._col_cache, gic.redists, self.translate
+        c = self._core
+        ev = event_ids if isinstance(event_ids, array.array) and event_ids.typecode == "I" \
+            else array.array("I", event_ids)
+        n = len(ev)
+        redists = gic.redists
         nred = len(redists)
-        groups: dict[int, list[int]] = {}            # processor -> INTIDs made pending
-        done = fast = 0
-        for e in event_ids:
-            ite = None if per is None else per.get(e)
-            if ite is not None and not ite[0] & _ITE0_VIRTUAL:
-                proc = cols.get(ite[1] & _ITE1_ICID)
-                if proc is not None and 0 <= proc < nred:
-                    intid = ite[0] >> 32
-                    if LPI_BASE <= intid < redists[proc]._lpi_limit:
-                        lst = groups.get(proc)
-                        if lst is None:
-                            lst = groups[proc] = []
-                        lst.append(intid)
-                        fast += 1
-                        continue
-            done += translate(device_id, e)
-            if per is None:
-                per = self._ite_cache.get(device_id)
+        zeros = bytes(4 * n)
+        intids, status = array.array("I", zeros), array.array("i", zeros)
+        grouped, counts = array.array("I", zeros), array.array("I", bytes(4 * nred))
+        limits = array.array("I", [rd._lpi_limit for rd in redists])
+        placed = c.its_lookup_batch(itc, device_id, ev, limits, intids, status, grouped, counts)
+        extra: dict[int, list[int]] = {}
+        done = more = 0
+        if placed < n:
+            per = self._ite_cache.get(device_id)
+            cols, translate = self._col_cache, self.translate
+            for k in range(n):
+                if status[k] >= 0:
+                    continue
+                e = ev[k]
+                ite = None if per is None else per.get(e)
+                if ite is not None and not ite[0] & _ITE0_VIRTUAL:
+                    proc = cols.get(ite[1] & _ITE1_ICID)
+                    if proc is not None and 0 <= proc < nred:
+                        intid = ite[0] >> 32
+                        if LPI_BASE <= intid < limits[proc]:
+                            itc.set(device_id, e, intid, proc)
+                            extra.setdefault(proc, []).append(intid)
+                            more += 1
+                            continue
+                done += translate(device_id, e)
+                if per is None:
+                    per = self._ite_cache.get(device_id)
         stats = self.stats
-        stats["translations"] += fast
-        stats["lpis"] += fast
-        for proc, intids in groups.items():
-            redists[proc].set_pending_batch(intids)
-        return done + fast
+        stats["translations"] += placed + more
+        stats["lpis"] += placed + more
+        off = 0
+        for p in range(nred):
+            cnt = counts[p]
+            add = extra.get(p)
+            if cnt or add:
+                lst = grouped[off:off + cnt]
+                if add:
+                    lst.extend(add)
+                redists[p].set_pending_batch(lst)
+            off += cnt
+        return done + placed + more
 
     # -- command queue ------------------------------------------------------------
 
@@ -545,14 +582,21 @@ class GicV3Its:
         tp, fields = _CMD_TRACE[c]
         if tp.enabled:
             tp(**fields(dev, event, d1, d2, d3))
+        itc = self._itc
         if c in _DROPS_EVENT:
             per = self._ite_cache.get(dev)
             if per is not None:
                 per.pop(event, None)
+            if itc is not None:
+                itc.remove(dev, event)
         elif c == Cmd.MAPD:
             self._ite_cache.pop(dev, None)
+            if itc is not None:
+                itc.clear()             # (more than the device's events: allowed)
         elif c == Cmd.MAPC:
             self._col_cache.pop(C2_ICID.get(d2), None)
+            if itc is not None:
+                itc.clear()             # (every event of every collection: allowed)
         elif c == Cmd.VMAPP or c == Cmd.VMOVP:
             self._vpe_cache.pop(C1_VPEID.get(d1), None)
         handler = getattr(self, f"_cmd_{c.name.lower()}")

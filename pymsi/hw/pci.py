@@ -21,12 +21,13 @@ accesses, and a window on the system bus for each enabled memory BAR.
 
 from __future__ import annotations
 
+import array
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .. import trace
+from .. import core, trace
 from ..errors import InvalidArgument
 
 # Type-0 header.
@@ -493,43 +494,51 @@ class PciFunction:
         MSI-X, a bus busy with another access, message tracing on, or a class with its
         own ``_send``, it is :meth:`notify` of each.
         """
-        vectors = list(vectors)
         cap, host = self.msix_cap, self.host
         cfg = self.cfg
         if (cap is None or not cfg[cap + 3] & _MSIX_ENABLE_HI or host is None
                 or not cfg[COMMAND] & CMD_MASTER or not self._own_send or host.bus.busy
-                or trace_msi_send_message.enabled or len(vectors) < 2):
+                or trace_msi_send_message.enabled):
             return [self.notify(v) for v in vectors]
-        masked_all = cfg[cap + 3] & _MSIX_MASKALL_HI
-        nvec, table, stats = self.msix.vectors, self.msix_table, self.stats
-        out: list[Delivery] = [Delivery.SENT] * len(vectors)
-        addrs: list[int] = []
-        datas: list[int] = []
-        where: list[int] = []
-        for k, v in enumerate(vectors):
-            if type(v) is not int or not 0 <= v < nvec:
-                out[k] = self.notify(v)                   # NO_VECTOR (or what notify says)
-                continue
-            o = v * MSIX_ENTRY_SIZE
-            if masked_all or table[o + MSIX_ENTRY_CTRL] & MSIX_CTRL_MASKBIT:
-                self._set_pba(v, True)
-                stats.pending += 1
-                out[k] = Delivery.PENDING
-                continue
-            addrs.append(_from_bytes(table[o:o + 8], "little"))
-            datas.append(_from_bytes(table[o + 8:o + 12], "little"))
-            where.append(k)
-        if not where:
-            return out
+        try:
+            va = array.array("I", vectors)
+        except (TypeError, OverflowError):          # not all u32: notify says what each is
+            return [self.notify(v) for v in vectors]
+        n = len(va)
+        if n < 2:
+            return [self.notify(v) for v in va]
+        addrs = array.array("Q", bytes(8 * n))
+        datas, status = array.array("I", bytes(4 * n)), array.array("i", bytes(4 * n))
+        ok = core.msix_gather(self.msix_table, self.msix.vectors,
+                              cfg[cap + 3] & _MSIX_MASKALL_HI, va, addrs, datas, status)
+        stats = self.stats
+        out = [Delivery.SENT] * n
+        where = None
+        if ok < n:                                   # masked or no such vector: say so
+            where = []
+            for k in range(n):
+                s = status[k]
+                if s == 0:
+                    where.append(k)
+                elif s == 1:
+                    self._set_pba(va[k], True)
+                    stats.pending += 1
+                    out[k] = Delivery.PENDING
+                else:
+                    out[k] = Delivery.NO_VECTOR
+            if not where:
+                return out
+            addrs = array.array("Q", [addrs[k] for k in where])
+            datas = array.array("I", [datas[k] for k in where])
         rid = self.bus << 8 | self.device << 3 | self.function
-        ok = host.bus.dma_write_batch(rid, addrs, datas, 4)
-        sent = sum(ok)
+        done = host.bus.dma_write_batch(rid, addrs, datas, 4)
+        sent = sum(done)
         stats.sent += sent
-        if sent < len(ok):
-            stats.aborted += len(ok) - sent
-            for k, good in zip(where, ok, strict=True):
+        if sent < len(done):
+            stats.aborted += len(done) - sent
+            for j, good in enumerate(done):
                 if not good:
-                    out[k] = Delivery.ABORTED
+                    out[j if where is None else where[j]] = Delivery.ABORTED
         return out
 
     def _send(self, addr: int, data: int, vector: int | None = None) -> Delivery:
