@@ -465,10 +465,15 @@ class PciFunction:
                 rid = self.bus << 8 | self.device << 3 | self.function
                 if trace_msi_send_message.enabled:
                     trace_msi_send_message(rid=rid, vector=vector, address=addr, data=data)
-                r = host.bus.dma_write(rid, addr, data, 4, self._count)
-                if r.posted:
+                bus = host.bus
+                if bus._depth:                  # posted: counted when it is performed
+                    bus.dma_write(rid, addr, data, 4, self._count)
                     return Delivery.POSTED
-                return Delivery.SENT if r.ok else Delivery.ABORTED
+                if bus.dma_write(rid, addr, data, 4).ok:      # performed now: _count, inline
+                    self.stats.sent += 1
+                    return Delivery.SENT
+                self.stats.aborted += 1
+                return Delivery.ABORTED
         if self.msi_cap is not None and self._get(self.msi_cap + MSI_FLAGS, 2) & MSI_FLAGS_ENABLE:
             msg = self.msi_message(vector)
             if msg is None:
