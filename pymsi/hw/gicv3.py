@@ -133,24 +133,30 @@ class Redistributor:
                 gic.pending_bit(self.pendbaser & _PENDBASER_PA_MASK, intid, True)
         return True
 
-    def set_pending_batch(self, intids: list[int]) -> None:
+    def set_pending_batch(self, intids: Any) -> None:
         """:meth:`set_pending` of each of ``intids`` (all in range, LPIs enabled, no
         tracing: the caller checked), their new pending bits set by one core call."""
+        new = self._take_pending(intids)
+        if new:
+            gic = self.gic
+            n = len(new)
+            old = array.array("i", bytes(4 * n))
+            table = self.pendbaser & _PENDBASER_PA_MASK
+            ok = gic._pending_batch(gic.memory, array.array("Q", [table]) * n,
+                                    array.array("I", new), old)
+            if ok < n:
+                gic.stats["table_errors"] += n - ok
+
+    def _take_pending(self, intids: Any) -> set[int]:
+        """The state side of :meth:`set_pending_batch`: counted, made pending; returns the
+        INTIDs that were not pending (whose bits the caller sets)."""
         self.stats["lpis_set"] += len(intids)
         new = set(intids)
         new -= self.pending
-        if not new:
-            return
-        self.pending |= new
-        self._fresh |= new
-        gic = self.gic
-        n = len(new)
-        old = array.array("i", bytes(4 * n))
-        table = self.pendbaser & _PENDBASER_PA_MASK
-        ok = gic._pending_batch(gic.memory, array.array("Q", [table]) * n,
-                                array.array("I", new), old)
-        if ok < n:
-            gic.stats["table_errors"] += n - ok
+        if new:
+            self.pending |= new
+            self._fresh |= new
+        return new
 
     def clear_pending(self, intid: int) -> bool:
         """Make LPI ``intid`` not pending; True if it was pending."""

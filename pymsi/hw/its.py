@@ -44,7 +44,13 @@ from typing import Any
 
 from .. import trace
 from .bits import Field, dwords, merge_access
-from .gicv3 import LPI_BASE, SPURIOUS, Gicv3, trace_gicv3_redist_process_lpi
+from .gicv3 import (
+    LPI_BASE,
+    PENDBASER_PA,
+    SPURIOUS,
+    Gicv3,
+    trace_gicv3_redist_process_lpi,
+)
 
 GITS_CTLR, GITS_IIDR, GITS_TYPER = 0x0000, 0x0004, 0x0008
 GITS_CBASER, GITS_CWRITER, GITS_CREADR = 0x0080, 0x0088, 0x0090
@@ -159,6 +165,7 @@ VPE0_V, VPE0_VPT_SIZE, VPE0_RDBASE = Field(0), Field(5, 1), Field(21, 6)
 ITE0_V, ITE0_VIRTUAL, ITE0_INTID = Field(0), Field(1), Field(63, 32)
 ITE1_ICID, ITE1_VPEID, ITE1_DOORBELL = Field(15, 0), Field(31, 16), Field(63, 32)
 _ITE0_VIRTUAL, _ITE1_ICID = ITE0_VIRTUAL.mask, ITE1_ICID.mask
+_PENDBASER_PA = PENDBASER_PA.mask
 ENTRY_SIZE = {BaserType.DEVICES: 8, BaserType.COLLECTIONS: 8, BaserType.VPES: 16}
 ITE_SIZE = 16
 
@@ -427,16 +434,26 @@ class GicV3Its:
         stats = self.stats
         stats["translations"] += placed + more
         stats["lpis"] += placed + more
+        tables, new = array.array("Q"), array.array("I")
         off = 0
-        for p in range(nred):
+        for p in range(nred):                   # per redistributor: its state, then ...
             cnt = counts[p]
             add = extra.get(p)
             if cnt or add:
                 lst = grouped[off:off + cnt]
                 if add:
                     lst.extend(add)
-                redists[p].set_pending_batch(lst)
+                rd = redists[p]
+                fresh = rd._take_pending(lst)
+                if fresh:
+                    new.extend(fresh)
+                    tables.extend(array.array("Q", [rd.pendbaser & _PENDBASER_PA]) * len(fresh))
             off += cnt
+        if new:                                 # ... every new pending bit in one core call
+            n = len(new)
+            ok = gic._pending_batch(gic.memory, tables, new, array.array("i", bytes(4 * n)))
+            if ok < n:
+                gic.stats["table_errors"] += n - ok
         return done + placed + more
 
     # -- command queue ------------------------------------------------------------
