@@ -394,8 +394,8 @@ class GicV3Its:
         tracing on it is :meth:`translate` of each."""
         gic = self.gic
         itc = self._itc
-        if (itc is None or device_id is None or not self.ctlr & CTLR_ENABLED
-                or trace_gicv3_its_translation_write.enabled
+        if (itc is None or device_id is None or not 0 <= device_id <= 0xFFFF_FFFF
+                or not self.ctlr & CTLR_ENABLED or trace_gicv3_its_translation_write.enabled
                 or trace_gicv3_redist_process_lpi.enabled):
             return sum(self.translate(device_id, e) for e in event_ids)
         c = self._core
