@@ -241,6 +241,47 @@ int pymsi_stream_translate(const pymsi_mem *m, pymsi_tlb *tlb, const pymsi_strea
 long pymsi_stream_batch(const pymsi_mem *m, pymsi_tlb *tlb, const pymsi_streams *s, int write,
                         const uint32_t *sids, const uint64_t *iovas, size_t n,
                         uint64_t *out_pa, int32_t *status, uint32_t *unresolved);
+/*
+ * Interrupt delivery (its.c).  pymsi_mem_bit reads (PYMSI_BIT_READ), sets or
+ * clears bit `bit` (0..7) of the byte at `addr`: returns the bit as it was (0
+ * or 1), -EFAULT if the byte is not RAM, -EINVAL for a bad bit or op.
+ * pymsi_pending_batch sets bit intids[i] of the pending table at tables[i]
+ * for every i (old[i]: the bit as it was, or -EFAULT); returns how many were set.
+ */
+#define PYMSI_BIT_READ 0
+#define PYMSI_BIT_SET 1
+#define PYMSI_BIT_CLEAR 2
+int pymsi_mem_bit(pymsi_mem *m, uint64_t addr, unsigned bit, int op);
+long pymsi_pending_batch(pymsi_mem *m, const uint64_t *tables, const uint32_t *intids,
+                         size_t n, int32_t *old);
+/*
+ * The ITS translation cache batches use (its.c): (DeviceID, EventID) -> (INTID,
+ * processor).  set may allocate (-ENOMEM); get / remove give -ENOENT for a key
+ * not there.  pymsi_itc_lookup_batch looks up every events[k] of `dev`: a hit
+ * whose processor is below nproc and whose INTID is in [8192, limits[proc])
+ * gets status[k] = the processor, the others -ENOENT; intids[k] is the cached
+ * INTID (0 if none); the hits' INTIDs are written to grouped[] by processor
+ * (item order within each), counts[p] of them for processor p.  Returns the
+ * number of hits.  pymsi_msix_gather reads the MSI-X table entries of vectors[k]
+ * (a table of nvec 16-byte entries): status 0 (to send), 1 (masked: by its
+ * vector control or masked_all) or -EINVAL (no such vector); returns how many
+ * are to send.
+ */
+typedef struct pymsi_itc pymsi_itc;
+pymsi_itc *pymsi_itc_new(void);
+void pymsi_itc_free(pymsi_itc *t);
+int pymsi_itc_set(pymsi_itc *t, uint32_t dev, uint32_t event, uint32_t intid, uint32_t proc);
+int pymsi_itc_get(const pymsi_itc *t, uint32_t dev, uint32_t event, uint32_t *intid,
+                  uint32_t *proc);
+int pymsi_itc_remove(pymsi_itc *t, uint32_t dev, uint32_t event);
+void pymsi_itc_clear(pymsi_itc *t);
+size_t pymsi_itc_count(const pymsi_itc *t);
+long pymsi_itc_lookup_batch(const pymsi_itc *t, uint32_t dev, const uint32_t *events, size_t n,
+                            const uint32_t *limits, size_t nproc, uint32_t *intids,
+                            int32_t *status, uint32_t *grouped, uint32_t *counts);
+long pymsi_msix_gather(const uint8_t *table, size_t nvec, int masked_all,
+                       const uint32_t *vectors, size_t n, uint64_t *addr, uint32_t *data,
+                       int32_t *status);
 /* cdef-end */
 
 #endif

@@ -76,16 +76,20 @@ msi_batch = _impl.msi_batch
 Streams = _impl.Streams
 stream_batch = _impl.stream_batch
 stream_translator = _impl.stream_translator
+pending_batch = _impl.pending_batch
+ItsCache = _impl.ItsCache
+its_lookup_batch = _impl.its_lookup_batch
+msix_gather = _impl.msix_gather
 
 from .pgtable import IoPgtable, IpaView, Prot, TableAllocator  # noqa: E402
 
 __all__ = [
     "ADDRESS_SIZES", "BACKEND", "BACKENDS", "Fault", "FaultKind", "GRANULES", "IoPgtable",
-    "Iotlb", "IpaView", "MAX_ACCESS", "MSI_RESERVE_MAX", "Memory", "MsiTable", "Prot",
+    "Iotlb", "IpaView", "ItsCache", "MAX_ACCESS", "MSI_RESERVE_MAX", "Memory", "MsiTable", "Prot",
     "STATUS_ABORT", "STATUS_BYPASS",
     "STATUS_FAULT", "STATUS_NO_CONFIG", "STATUS_NO_ENTRY", "STATUS_OK", "STREAM_ABORT",
     "STREAM_BYPASS", "STREAM_TRANSLATE", "Stage1", "Stage2", "Streams", "TableAllocator",
     "TlbKind", "WalkResult", "XlateConfig", "backend", "compose_batch", "encode_status",
-    "msi_batch", "status_fault", "stream_batch", "stream_translator",
-    "translate", "translate_batch", "walk",
+    "its_lookup_batch", "msi_batch", "msix_gather", "pending_batch", "status_fault",
+    "stream_batch", "stream_translator", "translate", "translate_batch", "walk",
 ]

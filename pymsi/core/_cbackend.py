@@ -12,6 +12,7 @@ through :func:`pymsi.errors.check`.
 from __future__ import annotations
 
 import errno
+import functools
 import struct
 import sys
 from collections.abc import Callable
@@ -29,11 +30,15 @@ from .common import (
     WalkResult,
     XlateConfig,
     batch_views,
+    bit_args,
     bytes_arg,
     capacity_arg,
     config_of,
     int_arg,
+    itc_args,
+    itc_batch_views,
     msi_set_args,
+    msix_gather_views,
     obj_arg,
     pair_config,
     read_args,
@@ -56,6 +61,7 @@ _mem_read_u32 = lib.pymsi_mem_read_u32
 _mem_write_u64 = lib.pymsi_mem_write_u64
 _mem_write_u32 = lib.pymsi_mem_write_u32
 _mem_is_ram = lib.pymsi_mem_is_ram
+_mem_bit = lib.pymsi_mem_bit
 
 
 def _refused(check_args: Any, *args: Any) -> None:
@@ -146,6 +152,28 @@ class Memory:
             raise
         if rc < 0:
             raise_errno(rc, f"write of {len(data)} bytes at {addr:#x}")
+
+    def update_bit(self, addr: int, bit: int, value: bool | None = None) -> bool:
+        """Bit ``bit`` (0..7) of the byte at ``addr`` as it was; with ``value``, then set
+        (true) or cleared (false) by one read-modify-write of that byte."""
+        op = 0 if value is None else 1 if value else 2
+        if type(addr) is not int or type(bit) is not int or not 0 <= bit <= 7:
+            addr, bit = bit_args(addr, bit)
+        try:
+            rc = _mem_bit(self._p, addr, bit, op)
+        except OverflowError:
+            _refused(bit_args, addr, bit)
+            raise
+        if rc < 0:
+            raise_errno(rc, f"bit {bit} of the byte at {addr:#x}")
+        return rc == 1
+
+    def bit_updater(self) -> Any:
+        """``f(addr, bit, op)``: :meth:`update_bit` for callers on a hot path that pass
+        exact ints (addr < 2**64, op 0 read / 1 set / 2 clear): no argument checks beyond
+        the C conversion's (TypeError, OverflowError), the old bit (0 or 1) or a negative
+        errno returned rather than raised.  One C call, no Python frame."""
+        return functools.partial(_mem_bit, self._p)
 
     def read_u64(self, addr: int) -> int:
         """Little-endian u64 at ``addr``."""
@@ -516,7 +544,8 @@ def _compose_args(dev: Any, index: Any, doorbell_pa: Any) -> tuple[int, int, int
                                                                           doorbell_pa)
 
 
-_CTYPES = {"I": "uint32_t[]", "i": "int32_t[]", "Q": "uint64_t[]", "L": "uint64_t[]"}
+_CTYPES = {"I": "uint32_t[]", "i": "int32_t[]", "Q": "uint64_t[]", "L": "uint64_t[]",
+           "B": "uint8_t[]"}
 
 
 def _c(views: list[memoryview]) -> list[Any]:
@@ -687,3 +716,81 @@ def stream_translator(mem: Memory, streams: Streams, tlb: Iotlb | None = None,
 
 
 _B = sys.modules[__name__]
+
+
+def pending_batch(mem: Memory, tables: Any, intids: Any, old: Any) -> int:
+    """Set bit intids[k] of the pending table at tables[k] for every k (old[k]: the bit
+    as it was, 0 or 1, or -EFAULT when its byte is not RAM); returns how many were set."""
+    obj_arg("mem", mem, Memory)
+    n, views = batch_views([(tables, "u64", "tables"), (intids, "u32", "intids")],
+                           [(old, "i32", "old")])
+    tc, ic, oc = _c(views)
+    return check(lib.pymsi_pending_batch(mem._p, tc, ic, n, oc), "pending_batch")
+
+
+class ItsCache:
+    """An ITS translation cache for batches: (DeviceID, EventID) -> (INTID, processor).
+
+    What :class:`pymsi.hw.its.GicV3Its` keeps of its cached physical translations so
+    that :func:`its_lookup_batch` resolves a batch of EventIDs in C.
+    """
+
+    backend = NAME
+    __slots__ = ("_p", "_u32a", "_u32b")
+
+    def __init__(self) -> None:
+        p = lib.pymsi_itc_new()
+        if p == ffi.NULL:
+            raise OutOfMemory("pymsi_itc_new")
+        self._p = ffi.gc(p, lib.pymsi_itc_free)
+        self._u32a = ffi.new("uint32_t *")
+        self._u32b = ffi.new("uint32_t *")
+
+    def __len__(self) -> int:
+        return lib.pymsi_itc_count(self._p)
+
+    def set(self, dev: int, event: int, intid: int, proc: int) -> None:
+        """Cache (intid, proc) for (dev, event)."""
+        dev, event = itc_args(dev, event)
+        intid, proc = int_arg("intid", intid, 32), int_arg("proc", proc, 32)
+        check(lib.pymsi_itc_set(self._p, dev, event, intid, proc), "ItsCache.set")
+
+    def get(self, dev: int, event: int) -> tuple[int, int] | None:
+        """(intid, proc) cached for (dev, event), or None."""
+        dev, event = itc_args(dev, event)
+        if lib.pymsi_itc_get(self._p, dev, event, self._u32a, self._u32b) < 0:
+            return None
+        return self._u32a[0], self._u32b[0]
+
+    def remove(self, dev: int, event: int) -> bool:
+        """Drop (dev, event); whether it was there."""
+        dev, event = itc_args(dev, event)
+        return lib.pymsi_itc_remove(self._p, dev, event) == 0
+
+    def clear(self) -> None:
+        """Drop everything."""
+        lib.pymsi_itc_clear(self._p)
+
+
+def its_lookup_batch(cache: ItsCache, dev: int, events: Any, limits: Any, intids: Any,
+                     status: Any, grouped: Any, counts: Any) -> int:
+    """Look up every (dev, events[k]): status[k] is the processor of a hit whose INTID
+    is in [8192, limits[processor]) (the others: -ENOENT), intids[k] its INTID (0 if
+    none); the hits' INTIDs go to ``grouped`` by processor, in item order within each,
+    counts[p] of them for processor p.  Returns the number of hits."""
+    obj_arg("cache", cache, ItsCache)
+    dev, n, nproc, views = itc_batch_views(dev, events, limits, intids, status, grouped,
+                                           counts)
+    ec, ic, sc, gc, lc, cc = _c(views)
+    return lib.pymsi_itc_lookup_batch(cache._p, dev, ec, n, lc, nproc, ic, sc, gc, cc)
+
+
+def msix_gather(table: Any, nvec: int, masked_all: bool, vectors: Any, addrs: Any,
+                datas: Any, status: Any) -> int:
+    """Read the MSI-X entries of vectors[k] from ``table`` (``nvec`` 16-byte entries):
+    addrs[k], datas[k] and status[k] 0 (to send), 1 (masked, by its vector control or
+    ``masked_all``) or -EINVAL (no such vector: address and data 0).  Returns how many
+    are to send."""
+    nvec, n, views = msix_gather_views(table, nvec, vectors, addrs, datas, status)
+    tc, vc, ac, dc, sc = _c(views)
+    return lib.pymsi_msix_gather(tc, nvec, bool(masked_all), vc, n, ac, dc, sc)

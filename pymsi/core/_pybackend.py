@@ -32,13 +32,17 @@ from .common import (
     WalkResult,
     XlateConfig,
     batch_views,
+    bit_args,
     bytes_arg,
     capacity_arg,
     config_of,
     encode_status,
     int_arg,
+    itc_args,
+    itc_batch_views,
     level_lsb,
     msi_set_args,
+    msix_gather_views,
     obj_arg,
     read_args,
     reserve_arg,
@@ -155,6 +159,41 @@ class Memory:
             page[off : off + chunk] = data[pos : pos + chunk]
             addr += chunk
             pos += chunk
+
+    def update_bit(self, addr: int, bit: int, value: bool | None = None) -> bool:
+        """Bit ``bit`` (0..7) of the byte at ``addr`` as it was; with ``value``, then set
+        (true) or cleared (false) by one read-modify-write of that byte."""
+        addr, bit = bit_args(addr, bit)
+        data = self._read(addr, 1)
+        if data is None:
+            raise_errno(_EFAULT, f"bit {bit} of the byte at {addr:#x}")
+        byte = data[0]
+        if value is not None:
+            self._write(addr, bytes([byte | 1 << bit if value else byte & ~(1 << bit)]))
+        return bool(byte >> bit & 1)
+
+    def bit_updater(self) -> Any:
+        """``f(addr, bit, op)``: :meth:`update_bit` for callers on a hot path that pass
+        exact ints (addr < 2**64, op 0 read / 1 set / 2 clear): no argument checks beyond
+        the C conversion's (TypeError, OverflowError), the old bit (0 or 1) or a negative
+        errno returned rather than raised."""
+        return self._bit_raw
+
+    def _bit_raw(self, addr: int, bit: int, op: int) -> int:
+        for v, hi in ((addr, U64_MAX), (bit, 0xFFFF_FFFF), (op, 0x7FFF_FFFF)):
+            if not isinstance(v, int):
+                raise TypeError(f"an integer is required, not {type(v).__name__}")
+            if not (-0x8000_0000 if hi == 0x7FFF_FFFF else 0) <= v <= hi:
+                raise OverflowError(f"integer {v} does not fit")
+        if bit > 7 or not 0 <= op <= 2:
+            return -errno.EINVAL
+        data = self._read(addr, 1)
+        if data is None:
+            return _EFAULT
+        byte = data[0]
+        if op:
+            self._write(addr, bytes([byte | 1 << bit if op == 1 else byte & ~(1 << bit)]))
+        return byte >> bit & 1
 
     def read_u64(self, addr: int) -> int:
         """Little-endian u64 at ``addr``."""
@@ -857,3 +896,115 @@ def _stream_args(sid: Any, iova: Any, write: Any) -> None:
         if not lo <= v < hi:
             raise OverflowError(f"{v} does not fit the C argument")
 
+
+def pending_batch(mem: Memory, tables: Any, intids: Any, old: Any) -> int:
+    """Set bit intids[k] of the pending table at tables[k] for every k (old[k]: the bit
+    as it was, 0 or 1, or -EFAULT when its byte is not RAM); returns how many were set."""
+    obj_arg("mem", mem, Memory)
+    n, (tv, iv, ov) = batch_views([(tables, "u64", "tables"), (intids, "u32", "intids")],
+                                  [(old, "i32", "old")])
+    ok = 0
+    for k in range(n):
+        addr = tv[k] + (iv[k] >> 3)
+        if addr > U64_MAX:
+            ov[k] = _EFAULT
+            continue
+        data = mem._read(addr, 1)
+        if data is None:
+            ov[k] = _EFAULT
+            continue
+        ov[k] = data[0] >> (iv[k] & 7) & 1
+        mem._write(addr, bytes([data[0] | 1 << (iv[k] & 7)]))
+        ok += 1
+    return ok
+
+
+class ItsCache:
+    """An ITS translation cache for batches: (DeviceID, EventID) -> (INTID, processor).
+
+    What :class:`pymsi.hw.its.GicV3Its` keeps of its cached physical translations so
+    that :func:`its_lookup_batch` resolves a batch of EventIDs at once.
+    """
+
+    backend = NAME
+
+    def __init__(self) -> None:
+        self._d: dict[tuple[int, int], tuple[int, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def set(self, dev: int, event: int, intid: int, proc: int) -> None:
+        """Cache (intid, proc) for (dev, event)."""
+        dev, event = itc_args(dev, event)
+        intid, proc = int_arg("intid", intid, 32), int_arg("proc", proc, 32)
+        self._d[(dev, event)] = (intid, proc)
+
+    def get(self, dev: int, event: int) -> tuple[int, int] | None:
+        """(intid, proc) cached for (dev, event), or None."""
+        return self._d.get(itc_args(dev, event))
+
+    def remove(self, dev: int, event: int) -> bool:
+        """Drop (dev, event); whether it was there."""
+        return self._d.pop(itc_args(dev, event), None) is not None
+
+    def clear(self) -> None:
+        """Drop everything."""
+        self._d.clear()
+
+
+_LPI_BASE = 8192
+
+
+def its_lookup_batch(cache: ItsCache, dev: int, events: Any, limits: Any, intids: Any,
+                     status: Any, grouped: Any, counts: Any) -> int:
+    """Look up every (dev, events[k]): status[k] is the processor of a hit whose INTID
+    is in [8192, limits[processor]) (the others: -ENOENT), intids[k] its INTID (0 if
+    none); the hits' INTIDs go to ``grouped`` by processor, in item order within each,
+    counts[p] of them for processor p.  Returns the number of hits."""
+    obj_arg("cache", cache, ItsCache)
+    dev, n, nproc, (ev, iv, sv, gv, lv, cv) = itc_batch_views(dev, events, limits, intids,
+                                                              status, grouped, counts)
+    d = cache._d
+    runs: list[list[int]] = [[] for _ in range(nproc)]
+    for k in range(n):
+        e = d.get((dev, ev[k]))
+        if e is None or e[1] >= nproc or not _LPI_BASE <= e[0] < lv[e[1]]:
+            iv[k] = 0 if e is None else e[0]
+            sv[k] = -errno.ENOENT
+            continue
+        iv[k], sv[k] = e
+        runs[e[1]].append(e[0])
+    pos = 0
+    for p in range(nproc):
+        cv[p] = len(runs[p])
+        for x in runs[p]:
+            gv[pos] = x
+            pos += 1
+    return pos
+
+
+def msix_gather(table: Any, nvec: int, masked_all: bool, vectors: Any, addrs: Any,
+                datas: Any, status: Any) -> int:
+    """Read the MSI-X entries of vectors[k] from ``table`` (``nvec`` 16-byte entries):
+    addrs[k], datas[k] and status[k] 0 (to send), 1 (masked, by its vector control or
+    ``masked_all``) or -EINVAL (no such vector: address and data 0).  Returns how many
+    are to send."""
+    nvec, n, (tv, vv, av, dv, sv) = msix_gather_views(table, nvec, vectors, addrs, datas,
+                                                      status)
+    ok = 0
+    for k in range(n):
+        v = vv[k]
+        if v >= nvec:
+            av[k] = dv[k] = 0
+            sv[k] = -errno.EINVAL
+            continue
+        o = v * 16
+        av[k] = int.from_bytes(tv[o:o + 8], "little")
+        dv[k] = int.from_bytes(tv[o + 8:o + 12], "little")
+        if masked_all or tv[o + 12] & 1:
+            sv[k] = 1
+            continue
+        sv[k] = 0
+        ok += 1
+    return ok

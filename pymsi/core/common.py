@@ -546,6 +546,7 @@ _FORMATS = {
     "u32": ({"I", "=I", "<I", "@I"}, 4),
     "u64": ({"Q", "=Q", "<Q", "@Q", "L", "=L", "<L", "@L"}, 8),
     "i32": ({"i", "=i", "<i", "@i"}, 4),
+    "u8": ({"B", "=B", "<B", "@B"}, 1),
 }
 
 
@@ -655,3 +656,39 @@ class IotlbCommands:
 def capacity_arg(capacity: Any) -> int:
     """Checks of ``Iotlb(capacity)``: 1 .. 2**24 entries."""
     return range_arg("capacity", capacity, 1, 1 << 24)
+
+
+def bit_args(addr: Any, bit: Any) -> tuple[int, int]:
+    """The checked arguments of ``Memory.update_bit``: a 64-bit address, a bit 0..7."""
+    return int_arg("addr", addr), range_arg("bit", bit, 0, 7)
+
+
+def itc_args(dev: Any, event: Any) -> tuple[int, int]:
+    """(DeviceID, EventID) of an ITS translation cache call: u32 each."""
+    return int_arg("dev", dev, 32), int_arg("event", event, 32)
+
+
+def itc_batch_views(dev: Any, events: Any, limits: Any, intids: Any, status: Any,
+                    grouped: Any, counts: Any) -> tuple[int, int, int, list[memoryview]]:
+    """The checked arguments of ``its_lookup_batch``: dev, n, nproc and the views
+    (events, intids, status, grouped, limits, counts)."""
+    dev = int_arg("dev", dev, 32)
+    n, views = batch_views([(events, "u32", "events")],
+                           [(intids, "u32", "intids"), (status, "i32", "status"),
+                            (grouped, "u32", "grouped")])
+    nproc, more = batch_views([(limits, "u32", "limits")], [(counts, "u32", "counts")])
+    return dev, n, nproc, views + more
+
+
+def msix_gather_views(table: Any, nvec: Any, vectors: Any, addrs: Any, datas: Any,
+                      status: Any) -> tuple[int, int, list[memoryview]]:
+    """The checked arguments of ``msix_gather``: nvec, n and the views (table, vectors,
+    addrs, datas, status); the table must hold ``nvec`` 16-byte entries."""
+    nvec = int_arg("nvec", nvec, 32)
+    tv = buffer_view(table, "u8", "table")
+    if len(tv) < 16 * nvec:
+        raise InvalidArgument(f"table: holds {len(tv)} bytes, needs {16 * nvec}")
+    n, views = batch_views([(vectors, "u32", "vectors")],
+                           [(addrs, "u64", "addrs"), (datas, "u32", "datas"),
+                            (status, "i32", "status")])
+    return nvec, n, [tv] + views

@@ -26,14 +26,22 @@ when they return.
 
 from __future__ import annotations
 
+import array
 import bisect
 from collections import deque
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from ..core.common import STATUS_BYPASS
 from ..errors import AlreadyExists, BusError, InvalidArgument
 
 _SIZES = (1, 2, 4, 8)
+def _same_id(rid: int) -> int:
+    """The default StreamID of a requester ID: itself."""
+    return rid
+
+
+_new = tuple.__new__                    # a NamedTuple from a full tuple, without its __new__
 
 POSTED_BUDGET = 4096
 """At most this many posted writes are performed per outermost access (or drain)."""
@@ -103,7 +111,7 @@ class Bus:
         writes (and the writes they post, in order); returns how many were performed.
         Does nothing while an access is in progress: the outermost access drains when
         it returns."""
-        if self._depth:
+        if self._depth or not self._posted:
             return 0
         if budget is None:
             budget = self.posted_budget
@@ -204,13 +212,13 @@ class Bus:
         return list(self._windows)
 
     def attach_iommu(self, first_rid: int, last_rid: int, iommu: Any,
-                     sid_of: Callable[[int], int] = lambda rid: rid) -> None:
+                     sid_of: Callable[[int], int] | None = None) -> None:
         """Route DMA from requester IDs [first_rid, last_rid] through ``iommu``.
 
         ``sid_of`` maps a requester ID to the IOMMU's StreamID (identity on
         QEMU's virt board and most ACPI IORT tables).
         """
-        self._iommus.append((first_rid, last_rid, iommu, sid_of))
+        self._iommus.append((first_rid, last_rid, iommu, _same_id if sid_of is None else sid_of))
 
     def iommu_for(self, rid: int) -> tuple[Any, int] | None:
         """(iommu, StreamID) that DMA from ``rid`` goes through, if any."""
@@ -253,7 +261,8 @@ class Bus:
         if self.ram.is_ram(addr, size):
             self.ram.write(addr, value.to_bytes(size, "little"))
             return
-        w = self.window(addr)
+        i = bisect.bisect(self._bases, addr) - 1            # window(), inline
+        w = self._windows[i] if i >= 0 else None
         if w is None or addr + size > w.base + w.size:
             raise BusError(f"write of {size} bytes at {addr:#x}: nothing there")
         if w.attrs:
@@ -282,14 +291,123 @@ class Bus:
             self.stats["posted"] += 1
             self._posted.append(("dma", rid, addr, value, size, on_done))
             return DmaResult(True, None, posted=True)
-        self._enter()
+        self._depth = 1                         # _enter / _leave, inline
         try:
-            r = self._dma_now(rid, addr, size, value)
+            stats = self.stats                  # _dma_now (a write), inline
+            stats["dma"] += 1
+            r = None
+            for first, last, iommu, sid_of in self._iommus:
+                if first <= rid <= last:
+                    r = iommu.translate(rid if sid_of is _same_id else sid_of(rid), addr,
+                                        write=True)
+                    if r.pa is None:
+                        stats["dma_aborted"] += 1
+                        r = _new(DmaResult, (False, None, None, r, False, False))
+                    else:
+                        addr = r.pa
+                    break
+            if r is None or r.pa is not None:
+                try:
+                    self._write_now(addr, value, size, rid)
+                    r = _new(DmaResult, (True, addr, None, r, False, False))
+                except BusError:
+                    stats["dma_bus_errors"] += 1
+                    r = DmaResult(False, addr, None, r, bus_error=True)
             if on_done is not None:
                 on_done(r)
         finally:
-            self._leave()
+            self._depth -= 1
+            if not self._depth and self._posted:
+                self.drain()
         return r
+
+    def dma_write_batch(self, rid: int, addrs: Any, values: Any, size: int = 4) -> list[bool]:
+        """Many writes of one device, as :meth:`dma_write` of each (``addrs[k]``,
+        ``values[k]``) in order would do them; returns whether each was performed (not
+        aborted by the IOMMU, something there).
+
+        The IOMMU translates all of them first, in one batch when it has
+        ``translate_batch`` (its faults and events are the same, in item order); then the
+        writes are performed in order, and a run of consecutive writes to the same
+        address of a model that has ``mmio_write_batch`` (the ITS's GITS_TRANSLATER) is
+        handed to it at once.  While another access is in progress, or when no batch
+        applies, it is :meth:`dma_write` of each.  (Translating first differs from one
+        at a time only if one of these writes changed the translation of a later one
+        — a write into the page tables or the IOMMU's own registers — which the model
+        does not look for.)
+        """
+        n = len(addrs)
+        if len(values) != n:
+            raise InvalidArgument("addrs and values differ in length")
+        if size not in _SIZES:
+            raise InvalidArgument(f"access size {size}")
+        route = self.iommu_for(rid)
+        batch = getattr(route[0], "translate_batch", None) if route is not None else None
+        if self._depth or (route is not None and batch is None) or n < 2:
+            return [self.dma_write(rid, a, v, size).ok for a, v in zip(addrs, values, strict=True)]
+        stats = self.stats
+        self._depth = 1
+        try:
+            stats["dma"] += n
+            if route is None:
+                pas = list(addrs)
+                out = None
+            else:
+                out = array.array("Q", bytes(8 * n))
+                status = array.array("i", bytes(4 * n))
+                batch(array.array("I", [route[1]]) * n, array.array("Q", addrs), out, status,
+                      write=True)
+                if status.count(0) + status.count(STATUS_BYPASS) == n and \
+                        out.count(out[0]) == n:
+                    pas = None                          # all performed, to the same place
+                else:
+                    pas = [pa if 0 <= st <= STATUS_BYPASS else None
+                           for pa, st in zip(out, status, strict=True)]
+            if pas is None or pas.count(pas[0]) == n:   # one run: the common batch
+                pa = out[0] if pas is None else pas[0]
+                if pa is not None and not self.ram.is_ram(pa, size):
+                    w = self.window(pa)
+                    if w is not None and w.attrs and pa + size <= w.base + w.size and \
+                            hasattr(w.model, "mmio_write_batch"):
+                        if not (isinstance(values, array.array) and values.typecode in "BHI"
+                                and values.itemsize <= size):     # else: to size, as one by one
+                            values = [v & ((1 << (8 * size)) - 1) for v in values]
+                        w.model.mmio_write_batch(pa - w.base, values, size, requester_id=rid)
+                        return [True] * n
+                if pas is None:
+                    pas = list(out)
+            ok = [True] * n
+            mask = (1 << (8 * size)) - 1
+            k = 0
+            while k < n:
+                pa = pas[k]
+                if pa is None:
+                    stats["dma_aborted"] += 1
+                    ok[k] = False
+                    k += 1
+                    continue
+                end = k + 1
+                while end < n and pas[end] == pa:
+                    end += 1
+                w = None if end == k + 1 or self.ram.is_ram(pa, size) else self.window(pa)
+                if w is not None and w.attrs and pa + size <= w.base + w.size and \
+                        hasattr(w.model, "mmio_write_batch"):
+                    w.model.mmio_write_batch(pa - w.base, [v & mask for v in values[k:end]],
+                                             size, requester_id=rid)
+                    k = end
+                    continue
+                for j in range(k, end):
+                    try:
+                        self._write_now(pa, values[j], size, rid)
+                    except BusError:
+                        stats["dma_bus_errors"] += 1
+                        ok[j] = False
+                k = end
+        finally:
+            self._depth -= 1
+            if not self._depth and self._posted:
+                self.drain()
+        return ok
 
     def dma_read(self, rid: int, addr: int, size: int = 4) -> DmaResult:
         """A device's memory read (never queued: it returns a value)."""
@@ -302,22 +420,24 @@ class Bus:
             self._leave()
 
     def _dma_now(self, rid: int, addr: int, size: int, value: int | None) -> DmaResult:
-        self.stats["dma"] += 1
+        stats = self.stats
+        stats["dma"] += 1
         pa = addr
-        route = self.iommu_for(rid)
         r = None
-        if route is not None:
-            iommu, sid = route
-            r = iommu.translate(sid, addr, write=value is not None)
-            if r.pa is None:
-                self.stats["dma_aborted"] += 1
-                return DmaResult(False, None, None, r)
-            pa = r.pa
+        for first, last, iommu, sid_of in self._iommus:      # iommu_for, inline
+            if first <= rid <= last:
+                r = iommu.translate(rid if sid_of is _same_id else sid_of(rid), addr,
+                                    write=value is not None)
+                if r.pa is None:
+                    stats["dma_aborted"] += 1
+                    return _new(DmaResult, (False, None, None, r, False, False))
+                pa = r.pa
+                break
         try:
             if value is None:
                 return DmaResult(True, pa, self.read(pa, size, requester_id=rid), r)
             self._write_now(pa, value, size, rid)
         except BusError:
-            self.stats["dma_bus_errors"] += 1
+            stats["dma_bus_errors"] += 1
             return DmaResult(False, pa, None, r, bus_error=True)
-        return DmaResult(True, pa, None, r)
+        return _new(DmaResult, (True, pa, None, r, False, False))

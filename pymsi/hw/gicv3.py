@@ -22,6 +22,7 @@ priorities, and ties go to the lower INTID.
 
 from __future__ import annotations
 
+import array
 import heapq
 from typing import Any
 
@@ -52,6 +53,8 @@ VPROPBASER_IDBITS, VPROPBASER_PA = Field(4, 0), Field(51, 12)
 VPENDBASER_PA, VPENDBASER_VALID = Field(51, 16), Field(63)
 GICV3_FRAME, GICV4_FRAME = 0x20000, 0x40000
 PRIORITY_MASK = 0xFC
+_PENDBASER_PA_MASK = PENDBASER_PA.mask          # the table address, already shifted into place
+_BIT_READ, _BIT_SET, _BIT_CLEAR = 0, 1, 2        # the ops of Memory.bit_updater
 
 
 # Tracepoints named after QEMU's redistributor functions (hw/intc/arm_gicv3_redist.c).
@@ -89,6 +92,9 @@ class Redistributor:
         self._keyed: dict[int, int] = {}
         self._fresh: set[int] = set()
         self._rekey_all = True
+        #: 1 << id_bits while LPIs are enabled, else 0: an INTID below it (and >= 8192)
+        #: can be made pending (PROPBASER is fixed while LPIs are enabled)
+        self._lpi_limit = 0
         self.vpropbaser = 0
         self.vpendbaser = 0
         self._vdecoded: tuple[int, int, int | None, int, int] = (-1, -1, None, 0, 0)
@@ -111,7 +117,9 @@ class Redistributor:
 
     def set_pending(self, intid: int) -> bool:
         """Make LPI ``intid`` pending here; False if it was dropped."""
-        if not self.lpis_enabled or not self.lpi_in_range(intid):
+        # (the hot path of every MSI: lpis_enabled, lpi_in_range and the pending table
+        # address computed inline)
+        if not LPI_BASE <= intid < self._lpi_limit:
             self.stats["lpis_dropped"] += 1
             if trace_gicv3_redist_process_lpi.enabled:
                 trace_gicv3_redist_process_lpi(cpu=self.cpu, irq=intid, level=-1)
@@ -119,22 +127,57 @@ class Redistributor:
         self.stats["lpis_set"] += 1
         if trace_gicv3_redist_process_lpi.enabled:
             trace_gicv3_redist_process_lpi(cpu=self.cpu, irq=intid, level=1)
-        if intid not in self.pending:
-            self.pending.add(intid)
+        pending = self.pending
+        if intid not in pending:
+            gic = self.gic
+            pending.add(intid)
             self._fresh.add(intid)
-            self._write_pending_bit(intid, True)
+            bit = gic._bit
+            if bit is None or bit((self.pendbaser & _PENDBASER_PA_MASK) + (intid >> 3),
+                                  intid & 7, _BIT_SET) < 0:
+                gic.pending_bit(self.pendbaser & _PENDBASER_PA_MASK, intid, True)
         return True
+
+    def set_pending_batch(self, intids: Any) -> None:
+        """:meth:`set_pending` of each of ``intids`` (all in range, LPIs enabled, no
+        tracing: the caller checked), their new pending bits set by one core call."""
+        new = self._take_pending(intids)
+        if new:
+            gic = self.gic
+            n = len(new)
+            old = array.array("i", bytes(4 * n))
+            table = self.pendbaser & _PENDBASER_PA_MASK
+            ok = gic._pending_batch(gic.memory, array.array("Q", [table]) * n,
+                                    array.array("I", new), old)
+            if ok < n:
+                gic.stats["table_errors"] += n - ok
+
+    def _take_pending(self, intids: Any) -> set[int]:
+        """The state side of :meth:`set_pending_batch`: counted, made pending; returns the
+        INTIDs that were not pending (whose bits the caller sets)."""
+        self.stats["lpis_set"] += len(intids)
+        new = set(intids)
+        new -= self.pending
+        if new:
+            self.pending |= new
+            self._fresh |= new
+        return new
 
     def clear_pending(self, intid: int) -> bool:
         """Make LPI ``intid`` not pending; True if it was pending."""
-        if intid not in self.pending:
+        pending = self.pending
+        if intid not in pending:
             return False
-        self.pending.discard(intid)
-        self._write_pending_bit(intid, False)
+        pending.discard(intid)
+        gic = self.gic
+        bit = gic._bit
+        if bit is None or bit((self.pendbaser & _PENDBASER_PA_MASK) + (intid >> 3),
+                              intid & 7, _BIT_CLEAR) < 0:
+            gic.pending_bit(self.pendbaser & _PENDBASER_PA_MASK, intid, False)
         return True
 
     def _write_pending_bit(self, intid: int, value: bool) -> None:
-        self.gic.pending_bit(PENDBASER_PA.get(self.pendbaser) << 16, intid, value)
+        self.gic.pending_bit(self.pendbaser & _PENDBASER_PA_MASK, intid, value)
 
     def config(self, intid: int) -> int:
         """The (cached) property byte of ``intid``; 0 (disabled) if unreadable."""
@@ -167,10 +210,13 @@ class Redistributor:
             keyed.clear()
             self._fresh = set(pending)
         if self._fresh:
+            config = self._config
             for intid in self._fresh:
                 if intid not in pending:
                     continue
-                cfg = self.config(intid)
+                cfg = config.get(intid)
+                if cfg is None:
+                    cfg = self.config(intid)
                 prio = cfg & PRIORITY_MASK if cfg & 1 else None
                 if keyed.get(intid, -1) != prio:
                     if prio is None:
@@ -313,6 +359,7 @@ class Redistributor:
                 self._enable_lpis()
             elif not value & GICR_CTLR_ENABLE_LPIS and self.lpis_enabled:
                 self.ctlr &= ~GICR_CTLR_ENABLE_LPIS
+                self._lpi_limit = 0
                 self.pending.clear()            # state stays in the table in memory
                 self._config.clear()
                 self._rekey_all = True
@@ -329,6 +376,7 @@ class Redistributor:
         self._config.clear()
         self.pending.clear()
         self._rekey_all = True
+        self._lpi_limit = 1 << self.id_bits
         if PENDBASER_PTZ.get(self.pendbaser):
             return
         base = PENDBASER_PA.get(self.pendbaser) << 16
@@ -354,6 +402,7 @@ class CpuInterface:
 
     def __init__(self, gic: Gicv3, cpu: int) -> None:
         self.gic, self.cpu = gic, cpu
+        self._rd = gic.redists[cpu]            # this CPU's redistributor
         self.pmr = 0
         self.igrpen1 = 0
         self.active: list[int] = []            # active priorities, innermost last
@@ -391,15 +440,34 @@ class CpuInterface:
 
     def iar1(self) -> int:
         """ICC_IAR1_EL1: acknowledge the highest-priority pending LPI (1023: none)."""
-        best = self._candidate()
-        if best is None:
-            self.stats["spurious"] += 1
-            return SPURIOUS
-        prio, intid = best
-        self.gic.redists[self.cpu].clear_pending(intid)   # LPIs have no active state
-        self.active.append(prio)
-        self.stats["acks"] += 1
-        return intid
+        # _candidate and the redistributor's clear_pending, inline (once per interrupt)
+        rd = self._rd
+        pending = rd.pending
+        if self.igrpen1 and pending:
+            below = self.pmr if self.pmr < 0x100 else 0x100
+            active = self.active
+            if active and active[-1] < below:
+                below = active[-1]
+            if len(pending) == 1 and not rd._rekey_all:
+                # One LPI pending: it is the candidate if enabled and above the mask (what
+                # highest_pending would answer, without keying it into the heap; a heap
+                # entry it may have is dropped lazily once it is no longer pending)
+                (intid,) = pending
+                cfg = rd._config.get(intid)
+                if cfg is None:
+                    cfg = rd.config(intid)
+                best = (cfg & PRIORITY_MASK, intid) if cfg & 1 and \
+                    cfg & PRIORITY_MASK < below else None
+            else:
+                best = rd.highest_pending(below)
+            if best is not None:
+                prio, intid = best
+                rd.clear_pending(intid)                   # LPIs have no active state
+                active.append(prio)
+                self.stats["acks"] += 1
+                return intid
+        self.stats["spurious"] += 1
+        return SPURIOUS
 
     def eoir1(self, intid: int) -> None:
         """ICC_EOIR1_EL1: priority drop (and deactivation) for ``intid``."""
@@ -452,6 +520,14 @@ class Gicv3:
         if not 1 <= ncpus <= 256 or not 14 <= id_bits <= 24:
             raise ValueError("ncpus must be 1..256 and id_bits 14..24")
         self.memory = memory
+        #: the memory's one-call bit update (pymsi.core.Memory.bit_updater), if it has one:
+        #: f(addr, bit, op) -> old bit, or a negative errno
+        self._bit = memory.bit_updater() if hasattr(memory, "bit_updater") else None
+        #: pymsi.core.pending_batch of the memory's backend, if it is a core Memory
+        self._pending_batch = None
+        if self._bit is not None:
+            from .. import core
+            self._pending_batch = core.backend(memory.backend).pending_batch
         self.gicv4 = gicv4
         self.id_bits = id_bits
         self.redists = [Redistributor(self, cpu) for cpu in range(ncpus)]
@@ -489,6 +565,17 @@ class Gicv3:
     def pending_bit(self, table: int, intid: int, value: bool | None = None) -> bool | None:
         """Read (and with ``value``, set or clear) ``intid``'s bit in a pending table
         in memory; returns the bit as it was, None if the table is not readable."""
+        bit = self._bit
+        if bit is not None:                 # one call into the core: read-modify-write
+            try:
+                rc = bit(table + (intid >> 3), intid & 7,
+                         _BIT_READ if value is None else _BIT_SET if value else _BIT_CLEAR)
+            except (OverflowError, TypeError):
+                rc = -1
+            if rc < 0:
+                self.stats["table_errors"] += 1
+                return None
+            return bool(rc)
         addr = table + intid // 8
         bit = 1 << intid % 8
         try:

@@ -37,13 +37,20 @@ Commands (INT, CLEAR, MOVI, ...) always read the tables themselves.
 
 from __future__ import annotations
 
+import array
 import enum
 from collections import deque
 from typing import Any
 
 from .. import trace
 from .bits import Field, dwords, merge_access
-from .gicv3 import LPI_BASE, SPURIOUS, Gicv3
+from .gicv3 import (
+    LPI_BASE,
+    PENDBASER_PA,
+    SPURIOUS,
+    Gicv3,
+    trace_gicv3_redist_process_lpi,
+)
 
 GITS_CTLR, GITS_IIDR, GITS_TYPER = 0x0000, 0x0004, 0x0008
 GITS_CBASER, GITS_CWRITER, GITS_CREADR = 0x0080, 0x0088, 0x0090
@@ -157,6 +164,8 @@ CTE_V, CTE_RDBASE = Field(0), Field(16, 1)
 VPE0_V, VPE0_VPT_SIZE, VPE0_RDBASE = Field(0), Field(5, 1), Field(21, 6)
 ITE0_V, ITE0_VIRTUAL, ITE0_INTID = Field(0), Field(1), Field(63, 32)
 ITE1_ICID, ITE1_VPEID, ITE1_DOORBELL = Field(15, 0), Field(31, 16), Field(63, 32)
+_ITE0_VIRTUAL, _ITE1_ICID = ITE0_VIRTUAL.mask, ITE1_ICID.mask
+_PENDBASER_PA = PENDBASER_PA.mask
 ENTRY_SIZE = {BaserType.DEVICES: 8, BaserType.COLLECTIONS: 8, BaserType.VPES: 16}
 ITE_SIZE = 16
 
@@ -253,6 +262,13 @@ class GicV3Its:
         self.gicv4 = gic.gicv4 if gicv4 is None else gicv4
         self.devbits, self.id_bits, self.cidbits = devbits, id_bits, cidbits
         self.stall_on_error = stall_on_error
+        # The batch view of the translation cache (see translate_batch): a core ItsCache
+        # of the GIC memory's backend, when the GIC can set pending bits in batch.
+        self._core = self._itc = None
+        if gic._pending_batch is not None:
+            from .. import core
+            self._core = core.backend(gic.memory.backend)
+            self._itc = self._core.ItsCache()
         # GITS_TYPER is constant (it depends only on construction parameters): computed once.
         self.typer = (TYPER_PHYSICAL(1) | TYPER_VIRTUAL(int(self.gicv4))
                       | TYPER_ITT_ENTRY_SIZE(ITE_SIZE - 1) | TYPER_ID_BITS(id_bits - 1)
@@ -279,6 +295,8 @@ class GicV3Its:
         self._ite_cache: dict[int, dict[int, tuple[int, int]]] = {}   # dev -> event -> ITE
         self._col_cache: dict[int, int] = {}                           # ICID -> processor
         self._vpe_cache: dict[int, tuple[int, int, int]] = {}          # vPEID -> _vpe()
+        if self._itc is not None:
+            self._itc.clear()
 
     @staticmethod
     def _baser_ro(t: BaserType) -> int:
@@ -308,7 +326,22 @@ class GicV3Its:
     def mmio_write(self, offset: int, value: int, size: int = 4,
                    requester_id: int | None = None) -> None:
         if offset == GITS_TRANSLATER and size in (2, 4):
-            self.translate(requester_id, value & 0xFFFF_FFFF)
+            event_id = value & 0xFFFF_FFFF
+            if self.ctlr & CTLR_ENABLED and not trace_gicv3_its_translation_write.enabled:
+                # translate()'s cache hit path, inline (the write of every MSI)
+                per = self._ite_cache.get(requester_id)
+                if per is not None:
+                    ite = per.get(event_id)
+                    if ite is not None and not ite[0] & _ITE0_VIRTUAL:
+                        proc = self._col_cache.get(ite[1] & _ITE1_ICID)
+                        redists = self.gic.redists
+                        if proc is not None and 0 <= proc < len(redists):
+                            stats = self.stats
+                            stats["translations"] += 1
+                            if redists[proc].set_pending(ite[0] >> 32):
+                                stats["lpis"] += 1
+                            return
+            self.translate(requester_id, event_id)
             return
         reg, high = offset & ~7, offset & 4
         enabled = self.ctlr & CTLR_ENABLED
@@ -333,6 +366,95 @@ class GicV3Its:
                 self.invalidate_cache()
                 new = merge_access(self.baser[n], high, value, size) & BASER_WRITABLE
                 self.baser[n] = (self.baser[n] & ~BASER_WRITABLE) | new
+
+    def mmio_write_batch(self, offset: int, values: Any, size: int = 4,
+                         requester_id: int | None = None) -> None:
+        """:meth:`mmio_write` of each of ``values`` at ``offset``, in order; writes of
+        EventIDs to GITS_TRANSLATER go through :meth:`translate_batch`."""
+        if offset == GITS_TRANSLATER and size in (2, 4):
+            if not (isinstance(values, array.array) and values.typecode == "I"):
+                values = array.array("I", [v & 0xFFFF_FFFF for v in values])
+            self.translate_batch(requester_id, values)
+            return
+        for v in values:
+            self.mmio_write(offset, v, size, requester_id=requester_id)
+
+    def translate_batch(self, device_id: int | None, event_ids: Any) -> int:
+        """:meth:`translate` of each of ``event_ids`` (u32) from ``device_id``, in order,
+        with the same outcome (pending LPIs, pending tables, statistics, trace
+        records); returns how many were not dropped.
+
+        The cached physical translations are looked up in C
+        (:func:`pymsi.core.its_lookup_batch` over :attr:`_itc`, the part of the
+        translation cache that batches see: it holds only what the cache holds and is
+        dropped with it), and their LPIs made pending per redistributor by
+        :meth:`Redistributor.set_pending_batch`, whose new pending bits are set by one
+        core call.  An event the batch cache misses is looked up in the translation
+        cache (and copied to the batch cache) or is one :meth:`translate`.  With
+        tracing on it is :meth:`translate` of each."""
+        gic = self.gic
+        itc = self._itc
+        if (itc is None or device_id is None or not 0 <= device_id <= 0xFFFF_FFFF
+                or not self.ctlr & CTLR_ENABLED or trace_gicv3_its_translation_write.enabled
+                or trace_gicv3_redist_process_lpi.enabled):
+            return sum(self.translate(device_id, e) for e in event_ids)
+        c = self._core
+        ev = event_ids if isinstance(event_ids, array.array) and event_ids.typecode == "I" \
+            else array.array("I", event_ids)
+        n = len(ev)
+        redists = gic.redists
+        nred = len(redists)
+        zeros = bytes(4 * n)
+        intids, status = array.array("I", zeros), array.array("i", zeros)
+        grouped, counts = array.array("I", zeros), array.array("I", bytes(4 * nred))
+        limits = array.array("I", [rd._lpi_limit for rd in redists])
+        placed = c.its_lookup_batch(itc, device_id, ev, limits, intids, status, grouped, counts)
+        extra: dict[int, list[int]] = {}
+        done = more = 0
+        if placed < n:
+            per = self._ite_cache.get(device_id)
+            cols, translate = self._col_cache, self.translate
+            for k in range(n):
+                if status[k] >= 0:
+                    continue
+                e = ev[k]
+                ite = None if per is None else per.get(e)
+                if ite is not None and not ite[0] & _ITE0_VIRTUAL:
+                    proc = cols.get(ite[1] & _ITE1_ICID)
+                    if proc is not None and 0 <= proc < nred:
+                        intid = ite[0] >> 32
+                        if LPI_BASE <= intid < limits[proc]:
+                            itc.set(device_id, e, intid, proc)
+                            extra.setdefault(proc, []).append(intid)
+                            more += 1
+                            continue
+                done += translate(device_id, e)
+                if per is None:
+                    per = self._ite_cache.get(device_id)
+        stats = self.stats
+        stats["translations"] += placed + more
+        stats["lpis"] += placed + more
+        tables, new = array.array("Q"), array.array("I")
+        off = 0
+        for p in range(nred):                   # per redistributor: its state, then ...
+            cnt = counts[p]
+            add = extra.get(p)
+            if cnt or add:
+                lst = grouped[off:off + cnt]
+                if add:
+                    lst.extend(add)
+                rd = redists[p]
+                fresh = rd._take_pending(lst)
+                if fresh:
+                    new.extend(fresh)
+                    tables.extend(array.array("Q", [rd.pendbaser & _PENDBASER_PA]) * len(fresh))
+            off += cnt
+        if new:                                 # ... every new pending bit in one core call
+            n = len(new)
+            ok = gic._pending_batch(gic.memory, tables, new, array.array("i", bytes(4 * n)))
+            if ok < n:
+                gic.stats["table_errors"] += n - ok
+        return done + placed + more
 
     # -- command queue ------------------------------------------------------------
 
@@ -477,14 +599,21 @@ class GicV3Its:
         tp, fields = _CMD_TRACE[c]
         if tp.enabled:
             tp(**fields(dev, event, d1, d2, d3))
+        itc = self._itc
         if c in _DROPS_EVENT:
             per = self._ite_cache.get(dev)
             if per is not None:
                 per.pop(event, None)
+            if itc is not None:
+                itc.remove(dev, event)
         elif c == Cmd.MAPD:
             self._ite_cache.pop(dev, None)
+            if itc is not None:
+                itc.clear()             # (more than the device's events: allowed)
         elif c == Cmd.MAPC:
             self._col_cache.pop(C2_ICID.get(d2), None)
+            if itc is not None:
+                itc.clear()             # (every event of every collection: allowed)
         elif c == Cmd.VMAPP or c == Cmd.VMOVP:
             self._vpe_cache.pop(C1_VPEID.get(d1), None)
         handler = getattr(self, f"_cmd_{c.name.lower()}")
@@ -714,9 +843,23 @@ class GicV3Its:
 
     def translate(self, device_id: int | None, event_id: int) -> bool:
         """A write of ``event_id`` to GITS_TRANSLATER by ``device_id``; False if dropped."""
-        self.stats["translations"] += 1
+        stats = self.stats
+        stats["translations"] += 1
         if trace_gicv3_its_translation_write.enabled:
             trace_gicv3_its_translation_write(requester_id=device_id, data=event_id)
+        elif self.ctlr & CTLR_ENABLED:
+            # The hit path of the translation cache, inline: a cached physical ITE whose
+            # collection is cached too (what _set_state(cached=True) does for it).
+            per = self._ite_cache.get(device_id)
+            if per is not None:
+                ite = per.get(event_id)
+                if ite is not None and not ite[0] & _ITE0_VIRTUAL:
+                    proc = self._col_cache.get(ite[1] & _ITE1_ICID)
+                    redists = self.gic.redists
+                    if proc is not None and 0 <= proc < len(redists):
+                        if redists[proc].set_pending(ite[0] >> 32):
+                            stats["lpis"] += 1
+                        return True
         try:
             if device_id is None:
                 raise _Error(ItsError.NO_DEVICE_ID)

@@ -21,12 +21,13 @@ accesses, and a window on the system bus for each enabled memory BAR.
 
 from __future__ import annotations
 
+import array
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .. import trace
+from .. import core, trace
 from ..errors import InvalidArgument
 
 # Type-0 header.
@@ -54,6 +55,8 @@ MSI_FLAGS_64BIT, MSI_FLAGS_MASKBIT = 1 << 7, 1 << 8
 MSIX_FLAGS, MSIX_TABLE, MSIX_PBA = 0x02, 0x04, 0x08
 MSIX_FLAGS_QSIZE, MSIX_FLAGS_MASKALL, MSIX_FLAGS_ENABLE = 0x7FF, 1 << 14, 1 << 15
 MSIX_ENTRY_SIZE, MSIX_ENTRY_CTRL, MSIX_CTRL_MASKBIT = 16, 12, 1
+_MSIX_ENABLE_HI, _MSIX_MASKALL_HI = MSIX_FLAGS_ENABLE >> 8, MSIX_FLAGS_MASKALL >> 8
+_from_bytes = int.from_bytes
 
 CONFIG_SIZE = 4096
 
@@ -130,6 +133,13 @@ class _Stats:
 
 class PciFunction:
     """A PCI Express function (type-0 header) at bus:device.function."""
+
+    #: whether the class sends messages with PciFunction._send (notify inlines it then)
+    _own_send = True
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        cls._own_send = cls._send is PciFunction._send
 
     def __init__(self, bus: int, device: int, function: int = 0, vendor_id: int = 0x1AF4,
                  device_id: int = 0x1000, class_code: int = 0x020000,
@@ -430,15 +440,40 @@ class PciFunction:
 
     def notify(self, vector: int) -> Delivery:
         """Raise ``vector`` the way the function's hardware would."""
-        if self.msix_enabled:
-            if not 0 <= vector < self.msix.vectors:
-                return Delivery.NO_VECTOR
-            if self._msix_vector_masked(vector):
-                self._set_pba(vector, True)
-                self.stats.pending += 1
-                return Delivery.PENDING
-            addr, data, _ = self.msix_entry(vector)
-            return self._send(addr, data, vector=vector)
+        cap = self.msix_cap
+        if cap is not None:
+            # msix_enabled, _msix_vector_masked and msix_entry, inline: Message Control's
+            # high byte holds Enable (bit 7) and Function Mask (bit 6)
+            flags = self.cfg[cap + 3]
+            if flags & _MSIX_ENABLE_HI:
+                if not 0 <= vector < self.msix.vectors:
+                    return Delivery.NO_VECTOR
+                table = self.msix_table
+                o = vector * MSIX_ENTRY_SIZE
+                if flags & _MSIX_MASKALL_HI or table[o + MSIX_ENTRY_CTRL] & MSIX_CTRL_MASKBIT:
+                    self._set_pba(vector, True)
+                    self.stats.pending += 1
+                    return Delivery.PENDING
+                addr = _from_bytes(table[o:o + 8], "little")
+                data = _from_bytes(table[o + 8:o + 12], "little")
+                if not self._own_send:
+                    return self._send(addr, data, vector)
+                host = self.host                              # _send, inline
+                if not self.cfg[COMMAND] & CMD_MASTER or host is None:
+                    self.stats.blocked += 1
+                    return Delivery.BLOCKED
+                rid = self.bus << 8 | self.device << 3 | self.function
+                if trace_msi_send_message.enabled:
+                    trace_msi_send_message(rid=rid, vector=vector, address=addr, data=data)
+                bus = host.bus
+                if bus._depth:                  # posted: counted when it is performed
+                    bus.dma_write(rid, addr, data, 4, self._count)
+                    return Delivery.POSTED
+                if bus.dma_write(rid, addr, data, 4).ok:      # performed now: _count, inline
+                    self.stats.sent += 1
+                    return Delivery.SENT
+                self.stats.aborted += 1
+                return Delivery.ABORTED
         if self.msi_cap is not None and self._get(self.msi_cap + MSI_FLAGS, 2) & MSI_FLAGS_ENABLE:
             msg = self.msi_message(vector)
             if msg is None:
@@ -451,13 +486,75 @@ class PciFunction:
         self.stats.disabled += 1
         return Delivery.DISABLED
 
+    def notify_batch(self, vectors: Any) -> list[Delivery]:
+        """Raise each of ``vectors``, in order, with the outcome of :meth:`notify` of each
+        one at a time (the same messages, PBA bits, statistics, IOMMU events and
+        interrupts): returns what became of each.
+
+        The batch entry point of interrupt delivery: the enabled, unmasked MSI-X
+        vectors' messages are read from the table and handed to the bus as one
+        :meth:`Bus.dma_write_batch <pymsi.hw.bus.Bus.dma_write_batch>` (one IOMMU
+        batch translation; the writes that reach the ITS's GITS_TRANSLATER translated
+        through its cache and set pending by one core call).  With MSI rather than
+        MSI-X, a bus busy with another access, message tracing on, or a class with its
+        own ``_send``, it is :meth:`notify` of each.
+        """
+        cap, host = self.msix_cap, self.host
+        cfg = self.cfg
+        if (cap is None or not cfg[cap + 3] & _MSIX_ENABLE_HI or host is None
+                or not cfg[COMMAND] & CMD_MASTER or not self._own_send or host.bus.busy
+                or trace_msi_send_message.enabled):
+            return [self.notify(v) for v in vectors]
+        try:
+            va = array.array("I", vectors)
+        except (TypeError, OverflowError):          # not all u32: notify says what each is
+            return [self.notify(v) for v in vectors]
+        n = len(va)
+        if n < 2:
+            return [self.notify(v) for v in va]
+        addrs = array.array("Q", bytes(8 * n))
+        datas, status = array.array("I", bytes(4 * n)), array.array("i", bytes(4 * n))
+        ok = core.msix_gather(self.msix_table, self.msix.vectors,
+                              cfg[cap + 3] & _MSIX_MASKALL_HI, va, addrs, datas, status)
+        stats = self.stats
+        out = [Delivery.SENT] * n
+        where = None
+        if ok < n:                                   # masked or no such vector: say so
+            where = []
+            for k in range(n):
+                s = status[k]
+                if s == 0:
+                    where.append(k)
+                elif s == 1:
+                    self._set_pba(va[k], True)
+                    stats.pending += 1
+                    out[k] = Delivery.PENDING
+                else:
+                    out[k] = Delivery.NO_VECTOR
+            if not where:
+                return out
+            addrs = array.array("Q", [addrs[k] for k in where])
+            datas = array.array("I", [datas[k] for k in where])
+        rid = self.bus << 8 | self.device << 3 | self.function
+        done = host.bus.dma_write_batch(rid, addrs, datas, 4)
+        sent = sum(done)
+        stats.sent += sent
+        if sent < len(done):
+            stats.aborted += len(done) - sent
+            for j, good in enumerate(done):
+                if not good:
+                    out[j if where is None else where[j]] = Delivery.ABORTED
+        return out
+
     def _send(self, addr: int, data: int, vector: int | None = None) -> Delivery:
-        if not self._get(COMMAND, 2) & CMD_MASTER or self.host is None:
+        host = self.host
+        if not self.cfg[COMMAND] & CMD_MASTER or host is None:
             self.stats.blocked += 1
             return Delivery.BLOCKED
+        rid = self.bus << 8 | self.device << 3 | self.function
         if trace_msi_send_message.enabled:
-            trace_msi_send_message(rid=self.rid, vector=vector, address=addr, data=data)
-        r = self.host.bus.dma_write(self.rid, addr, data, 4, on_done=self._count)
+            trace_msi_send_message(rid=rid, vector=vector, address=addr, data=data)
+        r = host.bus.dma_write(rid, addr, data, 4, on_done=self._count)
         if r.posted:
             return Delivery.POSTED
         return Delivery.SENT if r.ok else Delivery.ABORTED

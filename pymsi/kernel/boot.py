@@ -42,6 +42,7 @@ def boot_arm(m: Any, default_domain: Any = None) -> Kernel:
         dev.enable_device()
         k.iommu.probe_device(dev)
     k.cpu_irq = k.gic.handle_irq
+    k.cpu_irqs = k.gic.handle_irqs
     iommufd_init(k)
     _set_msi_design(k, m)
     vfio_pci_init(k)

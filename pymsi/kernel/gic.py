@@ -107,13 +107,48 @@ class GicDriver:
 
     def handle_irq(self, cpu: int) -> int:
         """gic_handle_irq() on ``cpu``: acknowledge, dispatch and EOI until nothing is left."""
+        intid = self.cpuifs[cpu].iar1()
+        if intid == G.SPURIOUS:                 # the usual answer of an idle CPU
+            return 0
+        return self._handle_from(cpu, intid)
+
+    def _handle_from(self, cpu: int, intid: int) -> int:
+        """The rest of handle_irq once ``intid`` was acknowledged."""
         cpuif = self.cpuifs[cpu]
+        kernel = self.kernel
+        iar1, eoir1 = cpuif.iar1, cpuif.eoir1
+        handle, domain = kernel.irq.handle_domain_irq, self.domain
         n = 0
-        while (intid := cpuif.iar1()) != G.SPURIOUS:
-            if not self.kernel.irq.handle_domain_irq(self.domain, intid, cpu):
-                self.kernel.printk(f"GICv3: spurious interrupt {intid} on CPU{cpu}")
-            cpuif.eoir1(intid)
+        while intid != G.SPURIOUS:
+            if not handle(domain, intid, cpu):
+                kernel.printk(f"GICv3: spurious interrupt {intid} on CPU{cpu}")
+            eoir1(intid)
             n += 1
+            intid = iar1()
+        return n
+
+    def handle_irqs(self, cpus: Any) -> int:
+        """:meth:`handle_irq` on each of ``cpus`` in turn (the kernel's IRQ entry on all
+        of them); returns how many interrupts ran."""
+        n = 0
+        cpuifs, spurious = self.cpuifs, G.SPURIOUS
+        for cpu in cpus:
+            intid = cpuifs[cpu].iar1()
+            if intid == spurious:
+                continue
+            kernel, cpuif = self.kernel, cpuifs[cpu]
+            iar1, eoir1 = cpuif.iar1, cpuif.eoir1
+            genirq = kernel.irq
+            revmap, descs, run = self.domain.revmap, genirq.descs, genirq.run_handlers
+            while intid != spurious:   # _handle_from with handle_domain_irq, inline
+                virq = revmap.get(intid)
+                if virq is None:
+                    kernel.printk(f"GICv3: spurious interrupt {intid} on CPU{cpu}")
+                else:
+                    run(descs[virq], cpu)
+                eoir1(intid)
+                n += 1
+                intid = iar1()
         return n
 
 

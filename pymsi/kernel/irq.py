@@ -486,7 +486,7 @@ class GenIrq:
 
     def handle_domain_irq(self, domain: IrqDomain, hwirq: int, cpu: int) -> bool:
         """generic_handle_domain_irq(): run the handlers of ``hwirq`` on ``cpu``."""
-        virq = domain.find_mapping(hwirq)
+        virq = domain.revmap.get(hwirq)          # find_mapping, inline
         if virq is None:
             return False
         self.run_handlers(self.descs[virq], cpu)
@@ -494,21 +494,29 @@ class GenIrq:
 
     def run_handlers(self, desc: IrqDesc, cpu: int) -> None:
         """handle_irq_event() on ``cpu`` (kernel.current_cpu is smp_processor_id())."""
-        desc.kstat[cpu] = desc.kstat.get(cpu, 0) + 1
-        self.kernel.current_cpu = cpu
+        kstat = desc.kstat
+        kstat[cpu] = kstat.get(cpu, 0) + 1
+        kernel = self.kernel
+        kernel.current_cpu = cpu
         handled = IRQ_NONE
+        actions = desc.actions
         try:
-            for a in list(desc.actions):
-                if trace_irq_handler_entry.enabled:
-                    trace_irq_handler_entry(kernel=self.kernel.name, cpu=cpu, irq=desc.irq,
-                                            name=a.name)
-                ret = a.handler(desc.irq, a.dev_id)
-                if trace_irq_handler_exit.enabled:
-                    trace_irq_handler_exit(kernel=self.kernel.name, cpu=cpu, irq=desc.irq,
-                                           ret=ret)
-                handled |= ret
+            if len(actions) == 1 and not (trace_irq_handler_entry.enabled
+                                          or trace_irq_handler_exit.enabled):
+                a = actions[0]                  # the usual case: one handler, no tracing
+                handled |= a.handler(desc.irq, a.dev_id)
+            else:
+                for a in list(actions):
+                    if trace_irq_handler_entry.enabled:
+                        trace_irq_handler_entry(kernel=kernel.name, cpu=cpu, irq=desc.irq,
+                                                name=a.name)
+                    ret = a.handler(desc.irq, a.dev_id)
+                    if trace_irq_handler_exit.enabled:
+                        trace_irq_handler_exit(kernel=kernel.name, cpu=cpu, irq=desc.irq,
+                                               ret=ret)
+                    handled |= ret
         finally:
-            self.kernel.current_cpu = None
+            kernel.current_cpu = None
         if handled == IRQ_NONE:
             desc.spurious += 1
 

@@ -46,6 +46,11 @@ class Kernel:
         self.mm = PageAllocator(self.ram, *mem)
         self.ncpus = ncpus
         self.online_cpus = frozenset(range(ncpus))
+        self._cpu_order: tuple[int, ...] = ()
+        self._cpu_order_of: frozenset[int] | None = None
+        #: the interrupt controller driver's entry for many CPUs at once (cpu_irq on each
+        #: of them, in order), when it has one
+        self.cpu_irqs: Any = None
         self.nr_cpumask_bits = 512               # NR_CPUS of an arm64/x86 defconfig
         self.log: list[str] = []
         self.iommu = IommuCore(self, default_domain)
@@ -64,7 +69,17 @@ class Kernel:
     def handle_interrupts(self) -> int:
         """Let every CPU take the interrupts pending for it (the IRQ exception
         entry: gic_handle_irq / common_interrupt); returns how many ran."""
-        return sum(self.cpu_irq(cpu) for cpu in sorted(self.online_cpus))
+        online = self.online_cpus
+        if online is not self._cpu_order_of:            # sorted once per CPU set
+            self._cpu_order, self._cpu_order_of = tuple(sorted(online)), online
+        many = self.cpu_irqs
+        if many is not None:
+            return many(self._cpu_order)
+        cpu_irq = self.cpu_irq
+        n = 0
+        for cpu in self._cpu_order:
+            n += cpu_irq(cpu)
+        return n
 
     @staticmethod
     def _proc_irq(path: str) -> tuple[int, str] | None:
