@@ -28,6 +28,7 @@ consumed.
 from __future__ import annotations
 
 import enum
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,8 @@ from ..hw import its as I
 from .base import EBUSY, EINVAL, EIO, ENODEV, ENOSPC, ENXIO, fail
 from .irq import IRQ_SET_MASK_OK_DONE, IrqChip, IrqData, IrqDomain, IrqDomainOps
 from .msi import MsiAllocInfo, MsiMsg, msi_msg_set_addr
+
+_pack_cmd = struct.Struct("<4Q").pack          # one 32-byte ITS command
 
 LPI_BASE = 8192
 LPI_PROP_DEFAULT_PRIO = 0xA0
@@ -436,8 +439,7 @@ class ItsDriver:
         if nxt == self._reg(I.GITS_CREADR) & I.CWRITER_OFFSET.mask:
             self.kernel.printk(f"ITS@{self.base:#x}: ITS queue not draining")
             raise fail(EIO, "ITS command queue full")
-        self.kernel.ram.write(self.cmdq + self.cmd_write,
-                              b"".join(x.to_bytes(8, "little") for x in words))
+        self.kernel.ram.write(self.cmdq + self.cmd_write, _pack_cmd(*words))
         self.cmd_write = nxt
 
     def send(self, op: I.Cmd, d0: int = 0, d1: int = 0, d2: int = 0, d3: int = 0,
