@@ -484,29 +484,29 @@ class GicV3Its:
         d0, d1, d2, d3 = cmd
         op = d0 & 0xFF                                  # C0_OP
         dev, event = d0 >> 32, d1 & 0xFFFF_FFFF         # C0_DEVICEID, C1_EVENTID
-        known = _CMD_HANDLER.get(op)
+        known = _CMD_TABLE.get(op)
         if known is None:
             if trace_gicv3_its_cmd_unknown.enabled:
                 trace_gicv3_its_cmd_unknown(cmd=op)
             raise _Error(ItsError.UNKNOWN_COMMAND)
-        c, name = known
-        if c >= 0x20 and not self.gicv4:
+        name, tp, fields, drop = known
+        if op >= 0x20 and not self.gicv4:
             if trace_gicv3_its_cmd_unknown.enabled:
                 trace_gicv3_its_cmd_unknown(cmd=op)
             raise _Error(ItsError.UNKNOWN_COMMAND)
-        tp, fields = _CMD_TRACE[c]
         if tp.enabled:
             tp(**fields(dev, event, d1, d2, d3))
-        if c in _DROPS_EVENT:
-            per = self._ite_cache.get(dev)
-            if per is not None:
-                per.pop(event, None)
-        elif c == Cmd.MAPD:
-            self._ite_cache.pop(dev, None)
-        elif c == Cmd.MAPC:
-            self._col_cache.pop(C2_ICID.get(d2), None)
-        elif c == Cmd.VMAPP or c == Cmd.VMOVP:
-            self._vpe_cache.pop(C1_VPEID.get(d1), None)
+        if drop:                                        # what the command invalidates
+            if drop == _DROP_EVENT:
+                per = self._ite_cache.get(dev)
+                if per is not None:
+                    per.pop(event, None)
+            elif drop == _DROP_DEVICE:
+                self._ite_cache.pop(dev, None)
+            elif drop == _DROP_COLLECTION:
+                self._col_cache.pop(C2_ICID.get(d2), None)
+            else:
+                self._vpe_cache.pop(C1_VPEID.get(d1), None)
         getattr(self, name)(dev, event, d1, d2, d3)
 
     # physical commands
@@ -767,8 +767,13 @@ _DROPS_EVENT = frozenset({Cmd.MAPTI, Cmd.MAPI, Cmd.MOVI, Cmd.DISCARD, Cmd.VMAPTI
                           Cmd.VMOVI})
 
 
-# opcode -> (Cmd, name of its handler method)
-_CMD_HANDLER = {int(c): (c, f"_cmd_{c.name.lower()}") for c in Cmd}
+# What a command drops from the translation caches (see _execute).
+_DROP_EVENT, _DROP_DEVICE, _DROP_COLLECTION, _DROP_VPE = 1, 2, 3, 4
+_DROPS = {**dict.fromkeys(_DROPS_EVENT, _DROP_EVENT), Cmd.MAPD: _DROP_DEVICE,
+          Cmd.MAPC: _DROP_COLLECTION, Cmd.VMAPP: _DROP_VPE, Cmd.VMOVP: _DROP_VPE}
+# opcode (a plain int: no enum hashing per command) -> (handler method's name,
+# tracepoint, its fields, what it drops from the caches)
+_CMD_TABLE = {int(c): (f"_cmd_{c.name.lower()}", *_CMD_TRACE[c], _DROPS.get(c, 0)) for c in Cmd}
 # BaserType -> GITS_BASER<n> that describes it
 _TABLE_BASER = {BaserType.DEVICES: 0, BaserType.COLLECTIONS: 1, BaserType.VPES: 2}
 _unpack4 = struct.Struct("<4Q").unpack

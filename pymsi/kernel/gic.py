@@ -39,6 +39,8 @@ from .irq import IRQ_SET_MASK_OK_DONE, IrqChip, IrqData, IrqDomain, IrqDomainOps
 from .msi import MsiAllocInfo, MsiMsg, msi_msg_set_addr
 
 _pack_cmd = struct.Struct("<4Q").pack          # one 32-byte ITS command
+_SYNC = int(I.Cmd.SYNC)
+_CWRITER_OFFSET = I.CWRITER_OFFSET.mask
 
 LPI_BASE = 8192
 LPI_PROP_DEFAULT_PRIO = 0xA0
@@ -436,7 +438,7 @@ class ItsDriver:
     def _queue(self, words: tuple[int, int, int, int]) -> None:
         """its_allocate_entry() + build: one command into the queue (CWRITER not yet moved)."""
         nxt = (self.cmd_write + 32) % ITS_CMD_QUEUE_SZ
-        if nxt == self._reg(I.GITS_CREADR) & I.CWRITER_OFFSET.mask:
+        if nxt == self.kernel.bus.read(self.base + I.GITS_CREADR, 8) & _CWRITER_OFFSET:
             self.kernel.printk(f"ITS@{self.base:#x}: ITS queue not draining")
             raise fail(EIO, "ITS command queue full")
         self.kernel.ram.write(self.cmdq + self.cmd_write, _pack_cmd(*words))
@@ -451,12 +453,13 @@ class ItsDriver:
         Like Linux, the driver checks its own parameters; it can only see the
         queue progress (a stalled queue times out as EIO).
         """
-        self._queue((d0 | int(op), d1, d2, d3))
+        self._queue((d0 | op, d1, d2, d3))
         if sync_cpu is not None:
-            self._queue((int(I.Cmd.SYNC), 0, sync_cpu << 16, 0))
+            self._queue((_SYNC, 0, sync_cpu << 16, 0))
         w = self.cmd_write
-        self._wreg(I.GITS_CWRITER, w, 4)
-        r = self._reg(I.GITS_CREADR)
+        bus = self.kernel.bus
+        bus.write(self.base + I.GITS_CWRITER, w, 4)
+        r = bus.read(self.base + I.GITS_CREADR, 8)
         if r != w:                                        # its_wait_for_range_completion()
             self.kernel.printk(f"ITS@{self.base:#x}: queue stuck at {r:#x} (CWRITER {w:#x})")
             raise fail(EIO, "ITS command queue timeout")
