@@ -241,9 +241,11 @@ class GenIrq:
 
     def irq_data_at(self, virq: int, domain: IrqDomain) -> IrqData:
         """The IrqData of ``virq`` at ``domain``'s level (irq_domain_get_irq_data)."""
-        for d in self.desc(virq).irq_data.levels():
+        d = self.desc(virq).irq_data
+        while d is not None:                     # down the levels, top first
             if d.domain is domain:
                 return d
+            d = d.parent_data
         raise fail(EINVAL, f"interrupt {virq} has no level in {domain.name}")
 
     # -- hierarchical allocation --------------------------------------------------------
