@@ -774,8 +774,8 @@ _DROPS = {**dict.fromkeys(_DROPS_EVENT, _DROP_EVENT), Cmd.MAPD: _DROP_DEVICE,
 # opcode (a plain int: no enum hashing per command) -> (handler method's name,
 # tracepoint, its fields, what it drops from the caches)
 _CMD_TABLE = {int(c): (f"_cmd_{c.name.lower()}", *_CMD_TRACE[c], _DROPS.get(c, 0)) for c in Cmd}
-# BaserType -> GITS_BASER<n> that describes it
-_TABLE_BASER = {BaserType.DEVICES: 0, BaserType.COLLECTIONS: 1, BaserType.VPES: 2}
+# BaserType (its value as an index: no enum hashing) -> GITS_BASER<n> that describes it
+_TABLE_BASER = (None, 0, 2, None, 1)
 _unpack4 = struct.Struct("<4Q").unpack
 
 

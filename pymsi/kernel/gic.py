@@ -514,11 +514,16 @@ class ItsDriver:
     def select_cpu(self, mask: frozenset[int], load: dict[int, int] | None = None) -> int:
         """its_select_cpu() / cpumask_pick_least_loaded(): the online CPU in ``mask``
         with the fewest LPIs in ``load`` (default: the unmanaged count), lowest first."""
-        cpus = sorted(mask & self.kernel.online_cpus)
+        cpus = mask & self.kernel.online_cpus
         if not cpus:
             raise fail(EINVAL, "no online CPU in the affinity mask")
         load = self.load[False] if load is None else load
-        return min(cpus, key=lambda c: (load.get(c, 0), c))
+        best, best_load = -1, 0
+        for c in cpus:                          # the key (load, CPU) is unique: no sort
+            n = load.get(c, 0)
+            if best < 0 or n < best_load or (n == best_load and c < best):
+                best, best_load = c, n
+        return best
 
     def _alloc_table_entry(self, btype: I.BaserType, index: int) -> None:
         """its_alloc_table_entry(): with a two-level table, the level-2 page that holds

@@ -220,9 +220,13 @@ class GenIrq:
         """irq_alloc_descs(): ``nr`` consecutive free interrupt numbers."""
         if nr <= 0:
             raise fail(EINVAL, "nr_irqs must be positive")
-        base = self._next_irq
-        while any(base + i in self.descs for i in range(nr)):
-            base += 1
+        base, descs = self._next_irq, self.descs
+        if nr == 1:
+            while base in descs:
+                base += 1
+        else:
+            while any(base + i in descs for i in range(nr)):
+                base += 1
         if base + nr > 1 << 20:
             raise fail(ENOSPC, "no interrupt numbers left")
         for i in range(nr):
