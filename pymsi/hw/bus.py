@@ -93,6 +93,7 @@ class Bus:
                       "posted_dropped": 0, "drain_budget_exhausted": 0}
         self._depth = 0                         # accesses in progress (nesting)
         self._posted: deque[tuple] = deque()    # writes waiting for the current access
+        self._last: MmioWindow | None = None    # the window the last lookup found
 
     # -- posted writes -------------------------------------------------------------
 
@@ -196,13 +197,18 @@ class Bus:
             raise InvalidArgument(f"no MMIO window at {base:#x}")
         del self._bases[i]
         del self._windows[i]
+        self._last = None
 
     def window(self, addr: int) -> MmioWindow | None:
         """The MMIO window containing ``addr``, if any."""
+        w = self._last                  # windows never overlap: the last one found, if it fits
+        if w is not None and w.base <= addr < w.base + w.size:
+            return w
         i = bisect.bisect(self._bases, addr) - 1
         if i >= 0:
             w = self._windows[i]
             if addr < w.base + w.size:
+                self._last = w
                 return w
         return None
 
@@ -238,23 +244,27 @@ class Bus:
         w = self.window(addr)
         if w is None or addr + size > w.base + w.size:
             raise BusError(f"read of {size} bytes at {addr:#x}: nothing there")
-        self._enter()
+        self._depth += 1                        # _enter() / _leave(), inline
         try:
             if w.attrs:
                 return w.model.mmio_read(addr - w.base, size, requester_id=requester_id)
             return w.model.mmio_read(addr - w.base, size)
         finally:
-            self._leave()
+            self._depth -= 1
+            if not self._depth and self._posted:
+                self.drain()
 
     def write(self, addr: int, value: int, size: int = 4, requester_id: int | None = None) -> None:
         """A ``size``-byte little-endian write at a physical address."""
         if size not in _SIZES:
             raise InvalidArgument(f"access size {size}")
-        self._enter()
+        self._depth += 1                        # _enter() / _leave(), inline
         try:
             self._write_now(addr, value, size, requester_id)
         finally:
-            self._leave()
+            self._depth -= 1
+            if not self._depth and self._posted:
+                self.drain()
 
     def _write_now(self, addr: int, value: int, size: int, requester_id: int | None) -> None:
         value &= (1 << (8 * size)) - 1

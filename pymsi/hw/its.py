@@ -39,11 +39,12 @@ from __future__ import annotations
 
 import array
 import enum
+import struct
 from collections import deque
 from typing import Any
 
 from .. import trace
-from .bits import Field, dwords, merge_access
+from .bits import Field, merge_access
 from .gicv3 import (
     LPI_BASE,
     PENDBASER_PA,
@@ -288,6 +289,8 @@ class GicV3Its:
         types = [BaserType.DEVICES, BaserType.COLLECTIONS,
                  BaserType.VPES if self.gicv4 else BaserType.NONE] + [BaserType.NONE] * 5
         self.baser = [self._baser_ro(t) for t in types]
+        self._baser_dec: list[tuple | None] = [None] * 3   # _entry_addr's decoded BASERs
+        self._cq = (None, 0, 0)                            # (CBASER, queue base, size)
         self.invalidate_cache()
 
     def invalidate_cache(self) -> None:
@@ -308,20 +311,25 @@ class GicV3Its:
 
     def mmio_read(self, offset: int, size: int = 4, requester_id: int | None = None) -> int:
         reg = offset & ~7
-        regs64 = {GITS_TYPER: self.typer, GITS_CBASER: self.cbaser, GITS_CWRITER: self.cwriter,
-                  GITS_CREADR: self.creadr | int(self.stalled)}
-        if GITS_BASER <= reg < GITS_BASER + 64:
-            regs64[reg] = self.baser[(reg - GITS_BASER) // 8]
-        if reg in regs64:
-            v = regs64[reg]
-            return v if size == 8 else (v >> (8 * (offset & 4))) & 0xFFFF_FFFF
-        if offset == GITS_CTLR:
-            return self.ctlr | (0 if self.ctlr & CTLR_ENABLED else CTLR_QUIESCENT)
-        if offset == GITS_IIDR:
-            return 0x43B
-        if offset == GITS_PIDR2:
-            return PIDR2_ARCHREV(4 if self.gicv4 else 3) | PIDR2_ARM_JEP106
-        return 0
+        if reg == GITS_CREADR:
+            v = self.creadr | int(self.stalled)
+        elif reg == GITS_CWRITER:
+            v = self.cwriter
+        elif reg == GITS_TYPER:
+            v = self.typer
+        elif reg == GITS_CBASER:
+            v = self.cbaser
+        elif GITS_BASER <= reg < GITS_BASER + 64:
+            v = self.baser[(reg - GITS_BASER) // 8]
+        else:
+            if offset == GITS_CTLR:
+                return self.ctlr | (0 if self.ctlr & CTLR_ENABLED else CTLR_QUIESCENT)
+            if offset == GITS_IIDR:
+                return 0x43B
+            if offset == GITS_PIDR2:
+                return PIDR2_ARCHREV(4 if self.gicv4 else 3) | PIDR2_ARM_JEP106
+            return 0
+        return v if size == 8 else (v >> (8 * (offset & 4))) & 0xFFFF_FFFF
 
     def mmio_write(self, offset: int, value: int, size: int = 4,
                    requester_id: int | None = None) -> None:
@@ -461,15 +469,19 @@ class GicV3Its:
     def _process(self) -> None:
         if not self.ctlr & CTLR_ENABLED or self.stalled or not CBASER_VALID.get(self.cbaser):
             return
-        qsize = (CBASER_SIZE.get(self.cbaser) + 1) * 4096
-        base = CBASER_PA.get(self.cbaser) << 12
+        cq = self._cq
+        if cq[0] != self.cbaser:                # decoded once per CBASER value
+            cq = self._cq = (self.cbaser, CBASER_PA.get(self.cbaser) << 12,
+                             (CBASER_SIZE.get(self.cbaser) + 1) * 4096)
+        base, qsize = cq[1], cq[2]
         if self.cwriter >= qsize or self.creadr >= qsize:
             self._note("queue", "CWRITER", "offset beyond the command queue")
             return
+        read_command, execute = self._read_command, self._execute
         while self.creadr != self.cwriter:
             try:
-                cmd = self._read_command(base + self.creadr)
-                self._execute(cmd)
+                cmd = read_command(base + self.creadr)
+                execute(cmd)
             except _Stall:
                 self.stalled = True
                 self.stats["stalls"] += 1
@@ -489,7 +501,7 @@ class GicV3Its:
 
     def _read_command(self, addr: int) -> list[int]:
         try:
-            return dwords(self.memory.read(addr, 32))
+            return _unpack4(self.memory.read(addr, 32))
         except (OSError, ValueError):
             raise _Stall() from None           # a command queue outside RAM: stall
 
@@ -498,27 +510,27 @@ class GicV3Its:
 
     def _read64(self, addr: int) -> int:
         try:
-            return int.from_bytes(self.memory.read(addr, 8), "little")
+            return self.memory.read_u64(addr)
         except (OSError, ValueError):
             raise _Stall() from None
 
     def _write64(self, addr: int, value: int) -> None:
         try:
-            self.memory.write(addr, value.to_bytes(8, "little"))
+            self.memory.write_u64(addr, value)
         except (OSError, ValueError):
             raise _Stall() from None
 
     def _entry_addr(self, t: BaserType, index: int) -> int | None:
         """Where table ``t`` keeps entry ``index`` (None: not provided)."""
-        n = {BaserType.DEVICES: 0, BaserType.COLLECTIONS: 1, BaserType.VPES: 2}[t]
+        n = _TABLE_BASER[t]
         baser = self.baser[n]
-        if not BASER_VALID.get(baser) or BASER_TYPE.get(baser) != t:
+        dec = self._baser_dec[n]
+        if dec is None or dec[0] != baser:      # decoded once per GITS_BASER<n> value
+            dec = self._baser_dec[n] = self._decode_baser(t, baser)
+        _, valid, indirect, base, span, esize, page = dec
+        if not valid:
             return None
-        page = PAGE_SIZES[BASER_PAGE_SIZE.get(baser)]
-        esize = ENTRY_SIZE[t]
-        span = (BASER_SIZE.get(baser) + 1) * page
-        base = BASER_PA.get(baser) << 12
-        if not BASER_INDIRECT.get(baser):
+        if not indirect:
             return base + index * esize if index * esize < span else None
         per_page = page // esize
         l1 = index // per_page
@@ -528,6 +540,14 @@ class GicV3Its:
         if not entry >> 63:
             return None
         return (entry & ((1 << 52) - 1) & ~(page - 1)) + (index % per_page) * esize
+
+    @staticmethod
+    def _decode_baser(t: BaserType, baser: int) -> tuple:
+        """(baser, valid, indirect, base, span, entry size, page size) of table ``t``."""
+        page = PAGE_SIZES[BASER_PAGE_SIZE.get(baser)]
+        return (baser, bool(BASER_VALID.get(baser)) and BASER_TYPE.get(baser) == t,
+                bool(BASER_INDIRECT.get(baser)), BASER_PA.get(baser) << 12,
+                (BASER_SIZE.get(baser) + 1) * page, ENTRY_SIZE[t], page)
 
     def _dte(self, device_id: int) -> tuple[int, int] | None:
         """(ITT address, EventID bits) of a mapped device."""
@@ -584,40 +604,39 @@ class GicV3Its:
 
     def _execute(self, cmd: list[int]) -> None:
         d0, d1, d2, d3 = cmd
-        op = C0_OP.get(d0)
-        dev, event = C0_DEVICEID.get(d0), C1_EVENTID.get(d1)
-        try:
-            c = Cmd(op)
-        except ValueError:
-            if trace_gicv3_its_cmd_unknown.enabled:
-                trace_gicv3_its_cmd_unknown(cmd=op)
-            raise _Error(ItsError.UNKNOWN_COMMAND) from None
-        if c >= 0x20 and not self.gicv4:
+        op = d0 & 0xFF                                  # C0_OP
+        dev, event = d0 >> 32, d1 & 0xFFFF_FFFF         # C0_DEVICEID, C1_EVENTID
+        known = _CMD_TABLE.get(op)
+        if known is None:
             if trace_gicv3_its_cmd_unknown.enabled:
                 trace_gicv3_its_cmd_unknown(cmd=op)
             raise _Error(ItsError.UNKNOWN_COMMAND)
-        tp, fields = _CMD_TRACE[c]
+        name, tp, fields, drop = known
+        if op >= 0x20 and not self.gicv4:
+            if trace_gicv3_its_cmd_unknown.enabled:
+                trace_gicv3_its_cmd_unknown(cmd=op)
+            raise _Error(ItsError.UNKNOWN_COMMAND)
         if tp.enabled:
             tp(**fields(dev, event, d1, d2, d3))
-        itc = self._itc
-        if c in _DROPS_EVENT:
-            per = self._ite_cache.get(dev)
-            if per is not None:
-                per.pop(event, None)
-            if itc is not None:
-                itc.remove(dev, event)
-        elif c == Cmd.MAPD:
-            self._ite_cache.pop(dev, None)
-            if itc is not None:
-                itc.clear()             # (more than the device's events: allowed)
-        elif c == Cmd.MAPC:
-            self._col_cache.pop(C2_ICID.get(d2), None)
-            if itc is not None:
-                itc.clear()             # (every event of every collection: allowed)
-        elif c == Cmd.VMAPP or c == Cmd.VMOVP:
-            self._vpe_cache.pop(C1_VPEID.get(d1), None)
-        handler = getattr(self, f"_cmd_{c.name.lower()}")
-        handler(dev, event, d1, d2, d3)
+        if drop:                                        # what the command invalidates
+            itc = self._itc
+            if drop == _DROP_EVENT:
+                per = self._ite_cache.get(dev)
+                if per is not None:
+                    per.pop(event, None)
+                if itc is not None:
+                    itc.remove(dev, event)
+            elif drop == _DROP_DEVICE:
+                self._ite_cache.pop(dev, None)
+                if itc is not None:
+                    itc.clear()         # (more than the device's events: allowed)
+            elif drop == _DROP_COLLECTION:
+                self._col_cache.pop(C2_ICID.get(d2), None)
+                if itc is not None:
+                    itc.clear()         # (every event of every collection: allowed)
+            else:
+                self._vpe_cache.pop(C1_VPEID.get(d1), None)
+        getattr(self, name)(dev, event, d1, d2, d3)
 
     # physical commands
     def _cmd_mapd(self, dev, event, d1, d2, d3) -> None:
@@ -889,6 +908,18 @@ class GicV3Its:
 # Commands that drop the cached translation of their (DeviceID, EventID).
 _DROPS_EVENT = frozenset({Cmd.MAPTI, Cmd.MAPI, Cmd.MOVI, Cmd.DISCARD, Cmd.VMAPTI, Cmd.VMAPI,
                           Cmd.VMOVI})
+
+
+# What a command drops from the translation caches (see _execute).
+_DROP_EVENT, _DROP_DEVICE, _DROP_COLLECTION, _DROP_VPE = 1, 2, 3, 4
+_DROPS = {**dict.fromkeys(_DROPS_EVENT, _DROP_EVENT), Cmd.MAPD: _DROP_DEVICE,
+          Cmd.MAPC: _DROP_COLLECTION, Cmd.VMAPP: _DROP_VPE, Cmd.VMOVP: _DROP_VPE}
+# opcode (a plain int: no enum hashing per command) -> (handler method's name,
+# tracepoint, its fields, what it drops from the caches)
+_CMD_TABLE = {int(c): (f"_cmd_{c.name.lower()}", *_CMD_TRACE[c], _DROPS.get(c, 0)) for c in Cmd}
+# BaserType (its value as an index: no enum hashing) -> GITS_BASER<n> that describes it
+_TABLE_BASER = (None, 0, 2, None, 1)
+_unpack4 = struct.Struct("<4Q").unpack
 
 
 def _opname(d0: int) -> str:

@@ -432,7 +432,9 @@ class PciFunction:
         if 0 <= tab < len(self.msix_table) and tab % size == 0:
             self.msix_table[tab : tab + size] = value.to_bytes(size, "little")
             vector = tab // MSIX_ENTRY_SIZE
-            self._deliver_if_unmasked(vector)
+            pba = self.msix_pba
+            if pba[vector >> 3] >> (vector & 7) & 1:         # pending: deliver if unmasked
+                self._deliver_if_unmasked(vector)
             if size == 8 and (tab + 4) // MSIX_ENTRY_SIZE != vector:
                 self._deliver_if_unmasked(vector + 1)
 

@@ -28,6 +28,7 @@ consumed.
 from __future__ import annotations
 
 import enum
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,10 @@ from ..hw import its as I
 from .base import EBUSY, EINVAL, EIO, ENODEV, ENOSPC, ENXIO, fail
 from .irq import IRQ_SET_MASK_OK_DONE, IrqChip, IrqData, IrqDomain, IrqDomainOps
 from .msi import MsiAllocInfo, MsiMsg, msi_msg_set_addr
+
+_pack_cmd = struct.Struct("<4Q").pack          # one 32-byte ITS command
+_SYNC = int(I.Cmd.SYNC)
+_CWRITER_OFFSET = I.CWRITER_OFFSET.mask
 
 LPI_BASE = 8192
 LPI_PROP_DEFAULT_PRIO = 0xA0
@@ -468,11 +473,10 @@ class ItsDriver:
     def _queue(self, words: tuple[int, int, int, int]) -> None:
         """its_allocate_entry() + build: one command into the queue (CWRITER not yet moved)."""
         nxt = (self.cmd_write + 32) % ITS_CMD_QUEUE_SZ
-        if nxt == self._reg(I.GITS_CREADR) & I.CWRITER_OFFSET.mask:
+        if nxt == self.kernel.bus.read(self.base + I.GITS_CREADR, 8) & _CWRITER_OFFSET:
             self.kernel.printk(f"ITS@{self.base:#x}: ITS queue not draining")
             raise fail(EIO, "ITS command queue full")
-        self.kernel.ram.write(self.cmdq + self.cmd_write,
-                              b"".join(x.to_bytes(8, "little") for x in words))
+        self.kernel.ram.write(self.cmdq + self.cmd_write, _pack_cmd(*words))
         self.cmd_write = nxt
 
     def send(self, op: I.Cmd, d0: int = 0, d1: int = 0, d2: int = 0, d3: int = 0,
@@ -484,12 +488,13 @@ class ItsDriver:
         Like Linux, the driver checks its own parameters; it can only see the
         queue progress (a stalled queue times out as EIO).
         """
-        self._queue((d0 | int(op), d1, d2, d3))
+        self._queue((d0 | op, d1, d2, d3))
         if sync_cpu is not None:
-            self._queue((int(I.Cmd.SYNC), 0, sync_cpu << 16, 0))
+            self._queue((_SYNC, 0, sync_cpu << 16, 0))
         w = self.cmd_write
-        self._wreg(I.GITS_CWRITER, w, 4)
-        r = self._reg(I.GITS_CREADR)
+        bus = self.kernel.bus
+        bus.write(self.base + I.GITS_CWRITER, w, 4)
+        r = bus.read(self.base + I.GITS_CREADR, 8)
         if r != w:                                        # its_wait_for_range_completion()
             self.kernel.printk(f"ITS@{self.base:#x}: queue stuck at {r:#x} (CWRITER {w:#x})")
             raise fail(EIO, "ITS command queue timeout")
@@ -544,11 +549,16 @@ class ItsDriver:
     def select_cpu(self, mask: frozenset[int], load: dict[int, int] | None = None) -> int:
         """its_select_cpu() / cpumask_pick_least_loaded(): the online CPU in ``mask``
         with the fewest LPIs in ``load`` (default: the unmanaged count), lowest first."""
-        cpus = sorted(mask & self.kernel.online_cpus)
+        cpus = mask & self.kernel.online_cpus
         if not cpus:
             raise fail(EINVAL, "no online CPU in the affinity mask")
         load = self.load[False] if load is None else load
-        return min(cpus, key=lambda c: (load.get(c, 0), c))
+        best, best_load = -1, 0
+        for c in cpus:                          # the key (load, CPU) is unique: no sort
+            n = load.get(c, 0)
+            if best < 0 or n < best_load or (n == best_load and c < best):
+                best, best_load = c, n
+        return best
 
     def _alloc_table_entry(self, btype: I.BaserType, index: int) -> None:
         """its_alloc_table_entry(): with a two-level table, the level-2 page that holds

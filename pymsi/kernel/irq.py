@@ -220,9 +220,13 @@ class GenIrq:
         """irq_alloc_descs(): ``nr`` consecutive free interrupt numbers."""
         if nr <= 0:
             raise fail(EINVAL, "nr_irqs must be positive")
-        base = self._next_irq
-        while any(base + i in self.descs for i in range(nr)):
-            base += 1
+        base, descs = self._next_irq, self.descs
+        if nr == 1:
+            while base in descs:
+                base += 1
+        else:
+            while any(base + i in descs for i in range(nr)):
+                base += 1
         if base + nr > 1 << 20:
             raise fail(ENOSPC, "no interrupt numbers left")
         for i in range(nr):
@@ -241,9 +245,11 @@ class GenIrq:
 
     def irq_data_at(self, virq: int, domain: IrqDomain) -> IrqData:
         """The IrqData of ``virq`` at ``domain``'s level (irq_domain_get_irq_data)."""
-        for d in self.desc(virq).irq_data.levels():
+        d = self.desc(virq).irq_data
+        while d is not None:                     # down the levels, top first
             if d.domain is domain:
                 return d
+            d = d.parent_data
         raise fail(EINVAL, f"interrupt {virq} has no level in {domain.name}")
 
     # -- hierarchical allocation --------------------------------------------------------
