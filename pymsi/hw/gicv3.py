@@ -575,6 +575,8 @@ class Gicv3:
             if rc < 0:
                 self.stats["table_errors"] += 1
                 return None
+            if value is not None and self._vpend:
+                self._vpend_update(table, intid, value)
             return bool(rc)
         addr = table + intid // 8
         bit = 1 << intid % 8
@@ -583,17 +585,20 @@ class Gicv3:
             if value is not None:
                 self.memory.write(addr, bytes([byte | bit if value else byte & ~bit]))
                 if self._vpend:
-                    got = self._vpend.get(table)
-                    if got is not None:
-                        pend = got[1]
-                        if value:
-                            pend.add(intid)
-                        else:
-                            pend.discard(intid)
+                    self._vpend_update(table, intid, value)
         except (OSError, ValueError):
             self.stats["table_errors"] += 1
             return None
         return bool(byte & bit)
+
+    def _vpend_update(self, table: int, intid: int, value: bool) -> None:
+        """Keep the copy of a resident virtual pending table in step with a write to it."""
+        got = self._vpend.get(table)
+        if got is not None:
+            if value:
+                got[1].add(intid)
+            else:
+                got[1].discard(intid)
 
     @property
     def frame_size(self) -> int:
