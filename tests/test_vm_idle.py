@@ -35,6 +35,8 @@ def _snapshot(vm):
     host_gic, guest_gic = vm.host.gic, vm.guest.gic
     return {
         "host_cpuifs": [dict(c.stats) for c in host_gic.cpuifs],
+        "host_vcpuifs": [(c.vpmr, list(c.vactive)) for c in host_gic.cpuifs],
+        "guest_active": [list(c.active) for c in guest_gic.cpuifs],
         "guest_cpuifs": [dict(c.stats) for c in guest_gic.cpuifs],
         "host_bus": dict(vm.machine.bus.stats),
         "guest_bus": dict(vm.board.bus.stats),

@@ -295,8 +295,9 @@ class VirtualMachine:
         (how many did work).  A hook that cannot have work is not called when
         :attr:`fast_idle` is on: a bus with no posted write (its drain does nothing), the
         host's CPUs with nothing pending at their redistributors and the guest's vCPUs
-        with no LPI pending in KVM and no vPE (each acknowledge would read 1023 and
-        count one spurious read, which is what is done instead), a vEVENTQ with no event
+        with no LPI pending in KVM and none in their resident vPE's table (each
+        acknowledge would read 1023 and count one spurious read, loading VPMR with a
+        vPE, which is what is done instead: ``VgicCpuIf.idle_ack``), a vEVENTQ with no event
         queued, a VFIO device with no eventfd of the VMM's own; every other hook is
         called.  None of the calls skipped fires a tracepoint."""
         worked = 0
@@ -320,10 +321,24 @@ class VirtualMachine:
                     continue
             elif kind == _GUEST_IRQ:
                 guest, cpuifs, kvm = obj
-                if not kvm.lpi_pending and not kvm.vpes:
-                    for cpu in guest.online_cpus:
-                        cpuifs[cpu].stats["spurious"] += 1
-                    continue
+                if not kvm.lpi_pending:
+                    if not kvm.vpes:
+                        for cpu in guest.online_cpus:
+                            cpuifs[cpu].stats["spurious"] += 1
+                        continue
+                    acks = []
+                    for cpu in sorted(guest.online_cpus):
+                        c = cpuifs[cpu]
+                        a = c.idle_ack()
+                        if a is False:
+                            break
+                        acks.append((c, a))
+                    else:
+                        for c, a in acks:
+                            if a is not None:
+                                a[0].vpmr = a[1]             # ICH_VMCR_EL2.VPMR
+                            c.stats["spurious"] += 1
+                        continue
             elif kind == _VEVENTQ:
                 fd = obj.veventq_fd
                 if fd is None:
