@@ -263,7 +263,7 @@ class VirtualMachine:
             kvms = {id(c.vcpu.kvm) for c in ggic.cpuifs}
             if len(kvms) == 1:
                 self._guest_cpus = (guest, ggic.cpuifs, ggic.cpuifs[0].vcpu.kvm)
-        self._idle_cache: tuple[Any, ...] = (None, ())
+        self._idle_cache: tuple[Any, ...] = (None, (), ())
         plan: list[tuple[int, Any, Any]] = []
         for name, hook in self._hooks:
             kind, obj = _OTHER, None
@@ -274,21 +274,18 @@ class VirtualMachine:
             elif name == "guest interrupts" and self._guest_cpus is not None:
                 kind, obj = _GUEST_IRQ, self._guest_cpus
             elif name == "vSMMU vEVENTQ" and type(hook.__self__) is VirtualSmmuV3:
-                kind, obj = _VEVENTQ, hook.__self__
+                kind, obj = _VEVENTQ, (hook.__self__, hook.__self__.host.k.files.fds)
             elif name.startswith("vfio-pci ") and type(hook.__self__) is VfioPciDevice:
                 kind, obj = _VFIO, hook.__self__
             plan.append((kind, hook, obj))
         self._idle_plan = plan
 
-    def _host_cpu_pairs(self, online: frozenset[int]) -> Any:
-        """(CPU interface, its redistributor's pending set) of each online host CPU."""
-        cache = self._idle_cache
-        if cache[0] is online:
-            return cache[1]
+    def _host_cpu_cache(self, online: frozenset[int]) -> tuple[Any, ...]:
+        """(``online``, the CPU interfaces of the online host CPUs, their redistributors)."""
         _, cpuifs = self._host_cpus  # type: ignore[misc]
-        pairs = tuple((c, c.gic.redists[c.cpu]) for c in (cpuifs[i] for i in sorted(online)))
-        self._idle_cache = (online, pairs)
-        return pairs
+        cifs = tuple(cpuifs[i] for i in sorted(online))
+        self._idle_cache = (online, cifs, tuple(c.gic.redists[c.cpu] for c in cifs))
+        return self._idle_cache
 
     def _idle_pass(self) -> int:
         """The idle hooks of :meth:`_idle_hooks`, in their order, as one scheduler hook
@@ -311,12 +308,14 @@ class VirtualMachine:
                 if not obj._posted:
                     continue
             elif kind == _HOST_IRQ:
-                pairs = self._host_cpu_pairs(obj.online_cpus)
-                for _c, rd in pairs:
+                cache = self._idle_cache
+                if cache[0] is not obj.online_cpus:
+                    cache = self._host_cpu_cache(obj.online_cpus)
+                for rd in cache[2]:
                     if rd.pending:
                         break
                 else:
-                    for c, _rd in pairs:
+                    for c in cache[1]:
                         c.stats["spurious"] += 1
                     continue
             elif kind == _GUEST_IRQ:
@@ -340,10 +339,10 @@ class VirtualMachine:
                             c.stats["spurious"] += 1
                         continue
             elif kind == _VEVENTQ:
-                fd = obj.veventq_fd
+                fd = obj[0].veventq_fd
                 if fd is None:
                     continue
-                f = obj.host.k.files.fds.get(fd)
+                f = obj[1].get(fd)                   # the VMM's descriptor table
                 if f is not None and type(f.f_op) is Veventq and not f.f_op.deliver:
                     continue
             elif kind == _VFIO:
@@ -413,7 +412,8 @@ class VirtualMachine:
         the host's interrupts (VFIO's handlers signal eventfds, KVM injects), the VMM's
         polling, the guest's interrupts taken by its handlers.  Returns how many guest
         interrupts were handled; RuntimeError if not quiescent after ``max_events``."""
-        self._booted()
+        if not self.booted:
+            self._booted()
         before = self.guest_handled
         r = self.sched.run(for_ns=for_ns, max_events=max_events)
         if not r.quiescent and for_ns is None:
