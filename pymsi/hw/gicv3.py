@@ -496,6 +496,19 @@ class CpuInterface:
         self.vactive.append(prio)
         return vintid
 
+    def vlpi_idle(self) -> bool:
+        """True when :meth:`vcpu_iar1` would read 1023 whatever the masks: no vPE
+        resident, or the GIC's copy of the resident table is loaded and empty (False:
+        it may not, or the copy is not loaded yet).  Reads only."""
+        rd = self.gic.redists[self.cpu]
+        vc = rd._vdecoded
+        if vc[0] != rd.vpendbaser or vc[1] != rd.vpropbaser:
+            return False
+        if vc[2] is None:
+            return True
+        got = self.gic._vpend.get(vc[2])
+        return got is not None and got[0] >= vc[3] and not got[1]
+
     def vcpu_hppir1(self) -> int:
         """ICV_HPPIR1_EL1 of the resident vPE: the vINTID ``vcpu_iar1`` would return."""
         rd = self.gic.redists[self.cpu]

@@ -674,6 +674,32 @@ class VgicCpuIf:
         self.stats["acks"] += 1
         return intid
 
+    def idle_ack(self) -> Any:
+        """What :meth:`iar1` would do now if it can only read 1023, for an idle poll that
+        skips it: None (it would only count a spurious read), (physical CPU interface,
+        VPMR) (it would also load VPMR into the interface of its resident vPE), or False
+        (it might take an interrupt or load a vPE: acknowledge for real).  Reads only."""
+        if not self.igrpen1:
+            return None
+        kvm = self.vcpu.kvm
+        if kvm.lpi_pending:
+            return False
+        if not kvm.vpes:
+            return None
+        vpe = kvm.vpes.get(self.vcpu.vcpu_id)
+        kernel = kvm.kernel
+        gic = getattr(kernel, "gic", None)
+        if vpe is None or not vpe.mapped or gic is None:
+            return None
+        if kernel.kvm.resident.get(vpe.col) != vpe.vpe_id:
+            return False
+        cif = gic.cpuifs[vpe.col]
+        if type(cif) is not G.CpuInterface:
+            return False
+        active = self.active
+        rp = active[-1][0] if active else 0x100
+        return (cif, self.pmr if self.pmr < rp else rp) if cif.vlpi_idle() else False
+
     def eoir1(self, intid: int) -> None:
         """ICV_EOIR1_EL1: priority drop of the innermost active interrupt."""
         if not self.active or intid >= G.SPURIOUS - 3 and intid <= G.SPURIOUS:

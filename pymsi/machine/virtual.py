@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..hw.qdev import PciDeviceModel
+from ..kernel.iommufd_viommu import Veventq
 from ..sched import Scheduler
 from .platforms import MSI_DESIGNS, ArmVirt, make_function, plug_function
 
@@ -54,6 +55,10 @@ DEFAULTS: dict[str, Any] = {
 }
 #: Keys of one device description.
 DEVICE_KEYS = ("msix", "msi", "vendor", "device", "bar_size", "model", "queues", "emulated")
+
+
+# what the idle pass knows of a hook (VirtualMachine._idle_pass)
+_OTHER, _BUS, _HOST_IRQ, _GUEST_IRQ, _VEVENTQ, _VFIO = range(6)
 
 
 def _check_int(name: str, value: Any, lo: int, hi: int) -> int:
@@ -228,10 +233,124 @@ class VirtualMachine:
                 if isinstance(fn, PciDeviceModel):
                     fn.scheduler = self.sched
         self._hooks = self._idle_hooks()
-        for name, hook in self._hooks:
-            self.sched.add_idle_hook(hook, name)
+        self._prepare_idle()
+        self.sched.add_idle_hook(self._idle_pass, "machine")
         self.booted = True
         return self
+
+    #: skip an idle hook that cannot have work (doing what its call would have done: the
+    #: spurious acknowledges it counts); False: call every hook every pass
+    fast_idle = True
+
+    def _prepare_idle(self) -> None:
+        """What :meth:`_idle_pass` needs to tell an idle hook from one with work."""
+        from ..hw.gicv3 import CpuInterface
+        from ..kernel.kvm import VgicCpuIf
+        from ..vmm.smmuv3 import VirtualSmmuV3
+        from ..vmm.vfio_pci import VfioPciDevice
+
+        host, guest = self.host, self.guest
+        hgic, ggic = getattr(host, "gic", None), getattr(guest, "gic", None)
+        # the host's CPUs: gic_handle_irq over the physical CPU interfaces
+        self._host_cpus = None
+        if hgic is not None and host.cpu_irq == hgic.handle_irq and all(
+                type(c) is CpuInterface for c in hgic.cpuifs):
+            self._host_cpus = (host, hgic.cpuifs)
+        # the guest's vCPUs: gic_handle_irq over KVM's vCPU interfaces of one VM
+        self._guest_cpus = None
+        if ggic is not None and guest.cpu_irq == ggic.handle_irq and ggic.cpuifs and all(
+                type(c) is VgicCpuIf for c in ggic.cpuifs):
+            kvms = {id(c.vcpu.kvm) for c in ggic.cpuifs}
+            if len(kvms) == 1:
+                self._guest_cpus = (guest, ggic.cpuifs, ggic.cpuifs[0].vcpu.kvm)
+        self._idle_cache: tuple[Any, ...] = (None, (), ())
+        plan: list[tuple[int, Any, Any]] = []
+        for name, hook in self._hooks:
+            kind, obj = _OTHER, None
+            if name in ("host bus", "guest bus"):
+                kind, obj = _BUS, hook.__self__
+            elif name == "host interrupts" and self._host_cpus is not None:
+                kind, obj = _HOST_IRQ, host
+            elif name == "guest interrupts" and self._guest_cpus is not None:
+                kind, obj = _GUEST_IRQ, self._guest_cpus
+            elif name == "vSMMU vEVENTQ" and type(hook.__self__) is VirtualSmmuV3:
+                kind, obj = _VEVENTQ, (hook.__self__, hook.__self__.host.k.files.fds)
+            elif name.startswith("vfio-pci ") and type(hook.__self__) is VfioPciDevice:
+                kind, obj = _VFIO, hook.__self__
+            plan.append((kind, hook, obj))
+        self._idle_plan = plan
+
+    def _host_cpu_cache(self, online: frozenset[int]) -> tuple[Any, ...]:
+        """(``online``, the CPU interfaces of the online host CPUs, their redistributors)."""
+        _, cpuifs = self._host_cpus  # type: ignore[misc]
+        cifs = tuple(cpuifs[i] for i in sorted(online))
+        self._idle_cache = (online, cifs, tuple(c.gic.redists[c.cpu] for c in cifs))
+        return self._idle_cache
+
+    def _idle_pass(self) -> int:
+        """The idle hooks of :meth:`_idle_hooks`, in their order, as one scheduler hook
+        (how many did work).  A hook that cannot have work is not called when
+        :attr:`fast_idle` is on: a bus with no posted write (its drain does nothing), the
+        host's CPUs with nothing pending at their redistributors and the guest's vCPUs
+        with no LPI pending in KVM and none in their resident vPE's table (each
+        acknowledge would read 1023 and count one spurious read, loading VPMR with a
+        vPE, which is what is done instead: ``VgicCpuIf.idle_ack``), a vEVENTQ with no event
+        queued, a VFIO device with no eventfd of the VMM's own; every other hook is
+        called.  None of the calls skipped fires a tracepoint."""
+        worked = 0
+        if not self.fast_idle:
+            for _, hook in self._hooks:
+                if hook():
+                    worked += 1
+            return worked
+        for kind, hook, obj in self._idle_plan:
+            if kind == _BUS:
+                if not obj._posted:
+                    continue
+            elif kind == _HOST_IRQ:
+                cache = self._idle_cache
+                if cache[0] is not obj.online_cpus:
+                    cache = self._host_cpu_cache(obj.online_cpus)
+                for rd in cache[2]:
+                    if rd.pending:
+                        break
+                else:
+                    for c in cache[1]:
+                        c.stats["spurious"] += 1
+                    continue
+            elif kind == _GUEST_IRQ:
+                guest, cpuifs, kvm = obj
+                if not kvm.lpi_pending:
+                    if not kvm.vpes:
+                        for cpu in guest.online_cpus:
+                            cpuifs[cpu].stats["spurious"] += 1
+                        continue
+                    acks = []
+                    for cpu in sorted(guest.online_cpus):
+                        c = cpuifs[cpu]
+                        a = c.idle_ack()
+                        if a is False:
+                            break
+                        acks.append((c, a))
+                    else:
+                        for c, a in acks:
+                            if a is not None:
+                                a[0].vpmr = a[1]             # ICH_VMCR_EL2.VPMR
+                            c.stats["spurious"] += 1
+                        continue
+            elif kind == _VEVENTQ:
+                fd = obj[0].veventq_fd
+                if fd is None:
+                    continue
+                f = obj[1].get(fd)                   # the VMM's descriptor table
+                if f is not None and type(f.f_op) is Veventq and not f.f_op.deliver:
+                    continue
+            elif kind == _VFIO:
+                if not obj._own:
+                    continue
+            if hook():
+                worked += 1
+        return worked
 
     def _idle_hooks(self) -> list[tuple[str, Any]]:
         """What runs whenever no timed event is due, in this order: the host's
@@ -293,7 +412,8 @@ class VirtualMachine:
         the host's interrupts (VFIO's handlers signal eventfds, KVM injects), the VMM's
         polling, the guest's interrupts taken by its handlers.  Returns how many guest
         interrupts were handled; RuntimeError if not quiescent after ``max_events``."""
-        self._booted()
+        if not self.booted:
+            self._booted()
         before = self.guest_handled
         r = self.sched.run(for_ns=for_ns, max_events=max_events)
         if not r.quiescent and for_ns is None:
@@ -305,8 +425,7 @@ class VirtualMachine:
         :meth:`pymsi.vmm.vmm.Vmm.exit`); the host stays up, its devices back with
         vfio-pci, reset, nothing of the VM left."""
         self._booted()
-        for _, hook in self._hooks:
-            self.sched.remove_idle_hook(hook)
+        self.sched.remove_idle_hook(self._idle_pass)
         self._hooks = []
         self.vmm.exit()
         # nothing of the guest stays reachable: its kernel, board and devices went with
