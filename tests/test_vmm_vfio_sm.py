@@ -358,8 +358,7 @@ def test_vector_given_another_ones_address_takes_its_trigger(machine):
     assert m.hv == {0, 2} and not m.ppend
 
 
-# max_examples from the profile (tests/conftest.py: 100, HYPOTHESIS_PROFILE=deep 5000)
-SETTINGS = settings(stateful_step_count=40, deadline=None)
+SETTINGS = settings(max_examples=100, stateful_step_count=40, deadline=None)
 TestPerVectorNested = GuestDriver.TestCase
 TestPerVectorNested.settings = SETTINGS
 TestSwMsiNoIommu = SwMsiNoIommu.TestCase
