@@ -91,6 +91,24 @@ def test_bit_updater_agrees(backends, ops):
     assert mems[0].pages_allocated == mems[1].pages_allocated
 
 
+@given(ops=st.lists(st.tuples(
+    st.one_of(st.integers(RAM - 9, RAM + RAM_SIZE + 1), st.integers(0, 2**64 - 1),
+              st.just(2**64 - 1), st.just(2**64), st.just(-1), st.just(1.0), st.just(True)),
+    st.one_of(st.integers(0, 9), st.sampled_from([0, RAM_SIZE, 2**63, 2**64 - 1, 2**64, -1,
+                                                  None]))), max_size=30))
+def test_ram_checker_agrees(backends, ops):
+    mems = [b.Memory() for b in backends]
+    for m in mems:
+        m.add_ram(RAM, RAM_SIZE)
+        m.add_ram(RAM + RAM_SIZE, 4096)                 # adjacent: one range
+    fns = [m.ram_checker() for m in mems]
+    for op in ops:
+        outs = [outcome(f, *op) for f in fns]
+        assert outs[0] == outs[1], op
+        if outs[0][0] != "raise" and type(op[0]) is int and type(op[1]) is int:
+            assert bool(outs[0][1]) == mems[0].is_ram(*op), op     # what it stands for
+
+
 # -- batch delivery: PciFunction.notify_batch against notify one vector at a time ----------
 
 NVEC = 16

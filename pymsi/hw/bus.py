@@ -41,6 +41,7 @@ def _same_id(rid: int) -> int:
     return rid
 
 
+_MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF, 8: 0xFFFF_FFFF_FFFF_FFFF}
 _new = tuple.__new__                    # a NamedTuple from a full tuple, without its __new__
 
 POSTED_BUDGET = 4096
@@ -85,6 +86,10 @@ class Bus:
         if posted_budget < 1:
             raise InvalidArgument(f"posted_budget={posted_budget}")
         self.ram = ram
+        #: ``f(addr, size)`` answering ram.is_ram for exact ints without a Python frame
+        #: (pymsi.core.Memory.ram_checker), or ram.is_ram itself
+        self._is_ram = ram.ram_checker() if hasattr(ram, "ram_checker") else ram.is_ram
+        self._ram_of = ram                      # the ram _is_ram answers for
         self.posted_budget = posted_budget
         self._windows: list[MmioWindow] = []
         self._bases: list[int] = []
@@ -308,7 +313,27 @@ class Bus:
                     break
             if r is None or r.pa is not None:
                 try:
-                    self._write_now(addr, value, size, rid)
+                    # _write_now, inline (ram.is_ram through the frameless checker)
+                    value &= _MASK[size]
+                    ram = self.ram
+                    if type(addr) is int and addr >= 0 and ram is self._ram_of:
+                        try:
+                            here = self._is_ram(addr, size)
+                        except OverflowError:
+                            here = ram.is_ram(addr, size)
+                    else:
+                        here = ram.is_ram(addr, size)
+                    if here:
+                        ram.write(addr, value.to_bytes(size, "little"))
+                    else:
+                        i = bisect.bisect(self._bases, addr) - 1          # window(), inline
+                        w = self._windows[i] if i >= 0 else None
+                        if w is None or addr + size > w.base + w.size:
+                            raise BusError(f"write of {size} bytes at {addr:#x}: nothing there")
+                        if w.attrs:
+                            w.model.mmio_write(addr - w.base, value, size, requester_id=rid)
+                        else:
+                            w.model.mmio_write(addr - w.base, value, size)
                     r = _new(DmaResult, (True, addr, None, r, False, False))
                 except BusError:
                     stats["dma_bus_errors"] += 1
