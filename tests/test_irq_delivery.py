@@ -307,3 +307,22 @@ def test_msix_gather_agrees(backends, table, nvec, masked_all, vectors):
                     array.array("I", vectors), *arrs)
         outs.append((r, [a.tolist() for a in arrs]))
     assert outs[0] == outs[1]
+
+
+def test_irq_entry_is_the_kernels():
+    """Boot makes the GIC driver's handle_irqs the kernel's handle_interrupts; it defers to
+    Kernel.handle_interrupts (per-CPU cpu_irq) as soon as cpu_irqs is something else."""
+    from pymsi.kernel.kernel import Kernel
+    (vmm, efds), (ref, efd2) = _rig("c"), _rig("c")
+    k, fn = vmm.k, vmm.m.functions[0]
+    assert k.handle_interrupts == k.gic.handle_irqs
+    for use_many in (True, False, True):
+        if not use_many:
+            k.cpu_irqs = ref.k.cpu_irqs = None
+        for v in (0, 3, 3, 7):
+            fn.notify(v)
+            ref.m.functions[0].notify(v)
+        assert k.handle_interrupts() == Kernel.handle_interrupts(ref.k) == 3
+        assert _snapshot(vmm, efds) == _snapshot(ref, efd2)
+        k.cpu_irqs = k.gic.handle_irqs if use_many else k.gic._entry
+        ref.k.cpu_irqs = ref.k.gic._entry

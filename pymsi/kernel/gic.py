@@ -83,6 +83,8 @@ class GicDriver:
         self.kernel = kernel
         self.gicd_base, self.gicr_base = gicd_base, gicr_base
         self.cpuifs = cpu_interfaces          # ICC_* system registers of each CPU
+        #: the kernel's cpu_irqs while it is this driver's handle_irqs (boot sets both)
+        self._entry: Any = None
         self.chip = GicChip()
         self.domain = IrqDomain(kernel.irq, "GICv3", GicDomainOps(), host_data=self)
         self.rd_base: dict[int, int] = {}
@@ -135,9 +137,21 @@ class GicDriver:
             intid = iar1()
         return n
 
-    def handle_irqs(self, cpus: Any) -> int:
+    def handle_irqs(self, cpus: Any = None) -> int:
         """:meth:`handle_irq` on each of ``cpus`` in turn (the kernel's IRQ entry on all
-        of them); returns how many interrupts ran."""
+        of them); returns how many interrupts ran.
+
+        With ``cpus`` None it is ``Kernel.handle_interrupts`` (boot makes it the
+        kernel's, one frame instead of two): the online CPUs in order, while this is the
+        kernel's ``cpu_irqs``; otherwise the kernel's own method."""
+        if cpus is None:                        # Kernel.handle_interrupts, inline
+            kernel = self.kernel
+            if kernel.cpu_irqs is not self._entry:
+                return type(kernel).handle_interrupts(kernel)
+            online = kernel.online_cpus
+            if online is not kernel._cpu_order_of:        # sorted once per CPU set
+                kernel._cpu_order, kernel._cpu_order_of = tuple(sorted(online)), online
+            cpus = kernel._cpu_order
         # The hot path of every interrupt.  Inline, each with the same effects: the
         # IAR of a CPU interface with nothing pending (the spurious answer and its
         # count, without a frame), handle_domain_irq, run_handlers' case of one handler
