@@ -42,8 +42,10 @@ def _same_id(rid: int) -> int:
 
 
 _MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF, 8: 0xFFFF_FFFF_FFFF_FFFF}
-#: (SMMUv3, its TRANSLATED outcome, its translate-success tracepoint), once one is attached
-_SMMU: list[Any] = [None, None, None]
+#: SMMUv3, its TRANSLATED outcome and its translate-success tracepoint, once one is attached
+_SMMU_CLS: Any = None
+_SMMU_OK_OUTCOME: Any = None
+_SMMU_OK: Any = None
 _new = tuple.__new__                    # a NamedTuple from a full tuple, without its __new__
 
 POSTED_BUDGET = 4096
@@ -225,9 +227,11 @@ class Bus:
         ``sid_of`` maps a requester ID to the IOMMU's StreamID (identity on
         QEMU's virt board and most ACPI IORT tables).
         """
-        if not _SMMU[0]:                        # dma_write inlines this one's hit path
+        global _SMMU_CLS, _SMMU_OK_OUTCOME, _SMMU_OK
+        if _SMMU_CLS is None:                   # dma_write inlines this one's hit path
             from .smmuv3 import _TRANSLATED, SMMUv3, trace_smmuv3_translate_success
-            _SMMU[:] = [SMMUv3, _TRANSLATED, trace_smmuv3_translate_success]
+            _SMMU_CLS, _SMMU_OK_OUTCOME, _SMMU_OK = (SMMUv3, _TRANSLATED,
+                                                     trace_smmuv3_translate_success)
         self._iommus.append((first_rid, last_rid, iommu, _same_id if sid_of is None else sid_of))
 
     def iommu_for(self, rid: int) -> tuple[Any, int] | None:
@@ -309,7 +313,7 @@ class Bus:
             for first, last, iommu, sid_of in self._iommus:
                 if first <= rid <= last:
                     sid = rid if sid_of is _same_id else sid_of(rid)
-                    if type(iommu) is _SMMU[0] and not _SMMU[2].enabled:
+                    if type(iommu) is _SMMU_CLS and not _SMMU_OK.enabled:
                         # SMMUv3.translate's head, inline: its C stream translator
                         # (``_xl``) answers a cached stream's translation or fault in
                         # one call and None, without side effects, for the rest
@@ -317,7 +321,7 @@ class Bus:
                             r = iommu._xl(sid, addr, True)
                         except (TypeError, OverflowError):      # the full path says
                             r = None
-                        if r is not None and r[0] is not _SMMU[1]:
+                        if r is not None and r[0] is not _SMMU_OK_OUTCOME:
                             r = iommu._fault_event(r, iommu._by_sid[sid], sid, None, addr,
                                                    True)
                     if r is None:

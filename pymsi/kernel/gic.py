@@ -160,17 +160,19 @@ class GicDriver:
         cpuifs, spurious = self.cpuifs, G.SPURIOUS
         for cpu in cpus:
             cpuif = cpuifs[cpu]
-            plain = type(cpuif) is _CPUIF
-            if plain and not cpuif._rd.pending:
-                cpuif.stats["spurious"] += 1             # iar1() of an idle CPU
-                continue
+            if type(cpuif) is _CPUIF:
+                if not cpuif._rd.pending:
+                    cpuif.stats["spurious"] += 1         # iar1() of an idle CPU
+                    continue
+                plain = True
+            else:
+                plain = False
             intid = cpuif.iar1()
             if intid == spurious:
                 continue
             kernel = self.kernel
-            iar1, eoir1 = cpuif.iar1, cpuif.eoir1
             genirq = kernel.irq
-            revmap, descs, run = self.domain.revmap, genirq.descs, genirq.run_handlers
+            revmap, descs = self.domain.revmap, genirq.descs
             rd, cstats, active = cpuif._rd, cpuif.stats, cpuif.active
             fast = plain and type(genirq).run_handlers is _RUN_HANDLERS
             while intid != spurious:   # _handle_from with handle_domain_irq, inline
@@ -193,7 +195,7 @@ class GicDriver:
                         if handled == _IRQ_NONE:
                             desc.spurious += 1
                     else:
-                        run(desc, cpu)
+                        genirq.run_handlers(desc, cpu)
                 if plain:                                   # eoir1, inline
                     if not active or intid in _NOT_EOI:
                         cstats["bad_eois"] += 1
@@ -205,9 +207,9 @@ class GicDriver:
                         cstats["spurious"] += 1             # the final iar1(), inline
                         break
                 else:
-                    eoir1(intid)
+                    cpuif.eoir1(intid)
                     n += 1
-                intid = iar1()
+                intid = cpuif.iar1()
         return n
 
 
