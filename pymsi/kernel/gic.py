@@ -173,7 +173,8 @@ class GicDriver:
             kernel = self.kernel
             genirq = kernel.irq
             revmap, descs = self.domain.revmap, genirq.descs
-            rd, cstats, active = cpuif._rd, cpuif.stats, cpuif.active
+            if plain:                   # a CpuInterface (the guest's vGIC one is not)
+                rd, cstats, active = cpuif._rd, cpuif.stats, cpuif.active
             fast = plain and type(genirq).run_handlers is _RUN_HANDLERS
             while intid != spurious:   # _handle_from with handle_domain_irq, inline
                 virq = revmap.get(intid)
