@@ -91,6 +91,24 @@ def test_bit_updater_agrees(backends, ops):
     assert mems[0].pages_allocated == mems[1].pages_allocated
 
 
+@given(ops=st.lists(st.tuples(
+    st.one_of(st.integers(RAM - 9, RAM + RAM_SIZE + 1), st.integers(0, 2**64 - 1),
+              st.just(2**64 - 1), st.just(2**64), st.just(-1), st.just(1.0), st.just(True)),
+    st.one_of(st.integers(0, 9), st.sampled_from([0, RAM_SIZE, 2**63, 2**64 - 1, 2**64, -1,
+                                                  None]))), max_size=30))
+def test_ram_checker_agrees(backends, ops):
+    mems = [b.Memory() for b in backends]
+    for m in mems:
+        m.add_ram(RAM, RAM_SIZE)
+        m.add_ram(RAM + RAM_SIZE, 4096)                 # adjacent: one range
+    fns = [m.ram_checker() for m in mems]
+    for op in ops:
+        outs = [outcome(f, *op) for f in fns]
+        assert outs[0] == outs[1], op
+        if outs[0][0] != "raise" and type(op[0]) is int and type(op[1]) is int:
+            assert bool(outs[0][1]) == mems[0].is_ram(*op), op     # what it stands for
+
+
 # -- batch delivery: PciFunction.notify_batch against notify one vector at a time ----------
 
 NVEC = 16
@@ -176,6 +194,49 @@ def test_notify_batch_is_notify_of_each(rounds, backend):
         assert one.k.proc_read("/proc/interrupts") == batch.k.proc_read("/proc/interrupts")
 
 
+def _events(vmm):
+    """The SMMU's registers and its event queue's bytes."""
+    from pymsi.hw import smmuv3_regs as R
+    smmu = vmm.m.smmu
+    base, log2 = smmu._queue(R.EVENTQ_BASE, smmu.eventqs)
+    return repr(smmu._regs), smmu.memory.read(base, R.EVT_SIZE << log2)
+
+
+def _full_paths(vmm):
+    """Make ``vmm`` take the full path everywhere the interrupt path has an inline one
+    (each inlines only for the exact classes it knows): the SMMU's translate, the CPU
+    interfaces' IAR/EOIR, the redistributors' set/clear pending, the bus's RAM check."""
+    from pymsi.hw import gicv3
+    m = vmm.m
+    m.smmu.__class__ = type("FullSmmu", (type(m.smmu),), {})
+    for c in m.gic.cpus:
+        c.__class__ = type("FullCpuIf", (gicv3.CpuInterface,), {})
+    for rd in m.gic.redists:
+        rd.__class__ = type("FullRedist", (gicv3.Redistributor,), {})
+    m.bus._ram_of = None
+
+
+@settings(max_examples=40, deadline=None)
+@given(rounds=st.lists(st.tuples(mutations, vectors_st), min_size=1, max_size=4),
+       backend=st.sampled_from(["c", "python"]))
+def test_inline_paths_are_the_full_paths(rounds, backend):
+    (fast, efd1), (full, efd2) = _rig(backend), _rig(backend)
+    _full_paths(full)
+    f1, f2 = fast.m.functions[0], full.m.functions[0]
+    for muts, vectors in rounds:
+        for op in muts:
+            _mutate(fast, op)
+            _mutate(full, op)
+        for v in vectors:
+            assert f1.notify(v) == f2.notify(v)
+            fast.m.bus.drain()
+            full.m.bus.drain()
+            assert fast.k.handle_interrupts() == full.k.handle_interrupts()
+        assert _snapshot(fast, efd1) == _snapshot(full, efd2)
+        assert fast.k.proc_read("/proc/interrupts") == full.k.proc_read("/proc/interrupts")
+        assert _events(fast) == _events(full)
+
+
 def test_notify_batch_traced_is_notify_of_each():
     from pymsi import trace
     (one, efd1), (batch, efd2) = _rig("c"), _rig("c")
@@ -246,3 +307,22 @@ def test_msix_gather_agrees(backends, table, nvec, masked_all, vectors):
                     array.array("I", vectors), *arrs)
         outs.append((r, [a.tolist() for a in arrs]))
     assert outs[0] == outs[1]
+
+
+def test_irq_entry_is_the_kernels():
+    """Boot makes the GIC driver's handle_irqs the kernel's handle_interrupts; it defers to
+    Kernel.handle_interrupts (per-CPU cpu_irq) as soon as cpu_irqs is something else."""
+    from pymsi.kernel.kernel import Kernel
+    (vmm, efds), (ref, efd2) = _rig("c"), _rig("c")
+    k, fn = vmm.k, vmm.m.functions[0]
+    assert k.handle_interrupts == k.gic.handle_irqs
+    for use_many in (True, False, True):
+        if not use_many:
+            k.cpu_irqs = ref.k.cpu_irqs = None
+        for v in (0, 3, 3, 7):
+            fn.notify(v)
+            ref.m.functions[0].notify(v)
+        assert k.handle_interrupts() == Kernel.handle_interrupts(ref.k) == 3
+        assert _snapshot(vmm, efds) == _snapshot(ref, efd2)
+        k.cpu_irqs = k.gic.handle_irqs if use_many else k.gic._entry
+        ref.k.cpu_irqs = ref.k.gic._entry

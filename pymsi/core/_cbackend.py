@@ -168,6 +168,12 @@ class Memory:
             raise_errno(rc, f"bit {bit} of the byte at {addr:#x}")
         return rc == 1
 
+    def ram_checker(self) -> Any:
+        """``f(addr, size)``: :meth:`is_ram` for callers on a hot path that pass exact ints
+        (both < 2**64): no argument checks beyond the C conversion's (TypeError,
+        OverflowError); returns 1 or 0.  One C call, no Python frame."""
+        return functools.partial(_mem_is_ram, self._p)
+
     def bit_updater(self) -> Any:
         """``f(addr, bit, op)``: :meth:`update_bit` for callers on a hot path that pass
         exact ints (addr < 2**64, op 0 read / 1 set / 2 clear): no argument checks beyond

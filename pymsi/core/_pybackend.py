@@ -172,6 +172,20 @@ class Memory:
             self._write(addr, bytes([byte | 1 << bit if value else byte & ~(1 << bit)]))
         return bool(byte >> bit & 1)
 
+    def ram_checker(self) -> Any:
+        """``f(addr, size)``: :meth:`is_ram` for callers on a hot path that pass exact ints
+        (both < 2**64): no argument checks beyond the C conversion's (TypeError,
+        OverflowError); returns 1 or 0."""
+        return self._is_ram_raw
+
+    def _is_ram_raw(self, addr: int, size: int) -> int:
+        for v in (addr, size):
+            if not isinstance(v, int):
+                raise TypeError(f"an integer is required, not {type(v).__name__}")
+            if not 0 <= v <= U64_MAX:
+                raise OverflowError(f"integer {v} does not fit")
+        return int(self._is_ram(addr, size))
+
     def bit_updater(self) -> Any:
         """``f(addr, bit, op)``: :meth:`update_bit` for callers on a hot path that pass
         exact ints (addr < 2**64, op 0 read / 1 set / 2 clear): no argument checks beyond

@@ -41,6 +41,11 @@ def _same_id(rid: int) -> int:
     return rid
 
 
+_MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF, 8: 0xFFFF_FFFF_FFFF_FFFF}
+#: SMMUv3, its TRANSLATED outcome and its translate-success tracepoint, once one is attached
+_SMMU_CLS: Any = None
+_SMMU_OK_OUTCOME: Any = None
+_SMMU_OK: Any = None
 _new = tuple.__new__                    # a NamedTuple from a full tuple, without its __new__
 
 POSTED_BUDGET = 4096
@@ -85,6 +90,10 @@ class Bus:
         if posted_budget < 1:
             raise InvalidArgument(f"posted_budget={posted_budget}")
         self.ram = ram
+        #: ``f(addr, size)`` answering ram.is_ram for exact ints without a Python frame
+        #: (pymsi.core.Memory.ram_checker), or ram.is_ram itself
+        self._is_ram = ram.ram_checker() if hasattr(ram, "ram_checker") else ram.is_ram
+        self._ram_of = ram                      # the ram _is_ram answers for
         self.posted_budget = posted_budget
         self._windows: list[MmioWindow] = []
         self._bases: list[int] = []
@@ -224,6 +233,11 @@ class Bus:
         ``sid_of`` maps a requester ID to the IOMMU's StreamID (identity on
         QEMU's virt board and most ACPI IORT tables).
         """
+        global _SMMU_CLS, _SMMU_OK_OUTCOME, _SMMU_OK
+        if _SMMU_CLS is None:                   # dma_write inlines this one's hit path
+            from .smmuv3 import _TRANSLATED, SMMUv3, trace_smmuv3_translate_success
+            _SMMU_CLS, _SMMU_OK_OUTCOME, _SMMU_OK = (SMMUv3, _TRANSLATED,
+                                                     trace_smmuv3_translate_success)
         self._iommus.append((first_rid, last_rid, iommu, _same_id if sid_of is None else sid_of))
 
     def iommu_for(self, rid: int) -> tuple[Any, int] | None:
@@ -308,8 +322,20 @@ class Bus:
             r = None
             for first, last, iommu, sid_of in self._iommus:
                 if first <= rid <= last:
-                    r = iommu.translate(rid if sid_of is _same_id else sid_of(rid), addr,
-                                        write=True)
+                    sid = rid if sid_of is _same_id else sid_of(rid)
+                    if type(iommu) is _SMMU_CLS and not _SMMU_OK.enabled:
+                        # SMMUv3.translate's head, inline: its C stream translator
+                        # (``_xl``) answers a cached stream's translation or fault in
+                        # one call and None, without side effects, for the rest
+                        try:
+                            r = iommu._xl(sid, addr, True)
+                        except (TypeError, OverflowError):      # the full path says
+                            r = None
+                        if r is not None and r[0] is not _SMMU_OK_OUTCOME:
+                            r = iommu._fault_event(r, iommu._by_sid[sid], sid, None, addr,
+                                                   True)
+                    if r is None:
+                        r = iommu.translate(sid, addr, write=True)
                     if r.pa is None:
                         stats["dma_aborted"] += 1
                         r = _new(DmaResult, (False, None, None, r, False, False))
@@ -318,7 +344,27 @@ class Bus:
                     break
             if r is None or r.pa is not None:
                 try:
-                    self._write_now(addr, value, size, rid)
+                    # _write_now, inline (ram.is_ram through the frameless checker)
+                    value &= _MASK[size]
+                    ram = self.ram
+                    if type(addr) is int and addr >= 0 and ram is self._ram_of:
+                        try:
+                            here = self._is_ram(addr, size)
+                        except OverflowError:
+                            here = ram.is_ram(addr, size)
+                    else:
+                        here = ram.is_ram(addr, size)
+                    if here:
+                        ram.write(addr, value.to_bytes(size, "little"))
+                    else:
+                        i = bisect.bisect(self._bases, addr) - 1          # window(), inline
+                        w = self._windows[i] if i >= 0 else None
+                        if w is None or addr + size > w.base + w.size:
+                            raise BusError(f"write of {size} bytes at {addr:#x}: nothing there")
+                        if w.attrs:
+                            w.model.mmio_write(addr - w.base, value, size, requester_id=rid)
+                        else:
+                            w.model.mmio_write(addr - w.base, value, size)
                     r = _new(DmaResult, (True, addr, None, r, False, False))
                 except BusError:
                     stats["dma_bus_errors"] += 1

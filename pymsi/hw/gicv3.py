@@ -462,7 +462,15 @@ class CpuInterface:
                 best = rd.highest_pending(below)
             if best is not None:
                 prio, intid = best
-                rd.clear_pending(intid)                   # LPIs have no active state
+                if type(rd) is Redistributor:             # clear_pending, inline
+                    pending.discard(intid)                # (LPIs have no active state)
+                    gic = rd.gic
+                    bit = gic._bit
+                    if bit is None or bit((rd.pendbaser & _PENDBASER_PA_MASK) + (intid >> 3),
+                                          intid & 7, _BIT_CLEAR) < 0:
+                        gic.pending_bit(rd.pendbaser & _PENDBASER_PA_MASK, intid, False)
+                else:
+                    rd.clear_pending(intid)
                 active.append(prio)
                 self.stats["acks"] += 1
                 return intid

@@ -46,12 +46,15 @@ from typing import Any
 from .. import trace
 from .bits import Field, merge_access
 from .gicv3 import (
+    _BIT_SET,
+    _PENDBASER_PA_MASK,
     LPI_BASE,
     PENDBASER_PA,
     SPURIOUS,
     Gicv3,
     trace_gicv3_redist_process_lpi,
 )
+from .gicv3 import Redistributor as _Redistributor
 
 GITS_CTLR, GITS_IIDR, GITS_TYPER = 0x0000, 0x0004, 0x0008
 GITS_CBASER, GITS_CWRITER, GITS_CREADR = 0x0080, 0x0088, 0x0090
@@ -346,8 +349,27 @@ class GicV3Its:
                         if proc is not None and 0 <= proc < len(redists):
                             stats = self.stats
                             stats["translations"] += 1
-                            if redists[proc].set_pending(ite[0] >> 32):
-                                stats["lpis"] += 1
+                            rd = redists[proc]
+                            intid = ite[0] >> 32
+                            if (type(rd) is not _Redistributor
+                                    or not LPI_BASE <= intid < rd._lpi_limit
+                                    or trace_gicv3_redist_process_lpi.enabled):
+                                if rd.set_pending(intid):
+                                    stats["lpis"] += 1
+                                return
+                            # set_pending's case of an LPI in range, no tracing, inline
+                            rd.stats["lpis_set"] += 1
+                            pending = rd.pending
+                            if intid not in pending:
+                                pending.add(intid)
+                                rd._fresh.add(intid)
+                                gic = rd.gic
+                                bit = gic._bit
+                                table = rd.pendbaser & _PENDBASER_PA_MASK
+                                if bit is None or bit(table + (intid >> 3), intid & 7,
+                                                      _BIT_SET) < 0:
+                                    gic.pending_bit(table, intid, True)
+                            stats["lpis"] += 1
                             return
             self.translate(requester_id, event_id)
             return

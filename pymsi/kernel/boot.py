@@ -42,7 +42,8 @@ def boot_arm(m: Any, default_domain: Any = None) -> Kernel:
         dev.enable_device()
         k.iommu.probe_device(dev)
     k.cpu_irq = k.gic.handle_irq
-    k.cpu_irqs = k.gic.handle_irqs
+    k.cpu_irqs = k.gic._entry = k.gic.handle_irqs
+    k.handle_interrupts = k.gic.handle_irqs     # the IRQ entry in one frame (same effects)
     iommufd_init(k)
     _set_msi_design(k, m)
     vfio_pci_init(k)

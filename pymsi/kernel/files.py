@@ -491,7 +491,8 @@ class EventfdCtx(FileOperations):
         if self.count < ULLONG_MAX:
             self.count += 1
         self.signals += 1
-        self._wake(EPOLLIN | mask)
+        if self.wqh:                            # no waiters: _wake would do nothing
+            self._wake(EPOLLIN | mask)
         return True
 
     # -- file operations ----------------------------------------------------------

@@ -35,12 +35,19 @@ from typing import Any
 from ..hw import gicv3 as G
 from ..hw import its as I
 from .base import EBUSY, EINVAL, EIO, ENODEV, ENOSPC, ENXIO, fail
-from .irq import IRQ_SET_MASK_OK_DONE, IrqChip, IrqData, IrqDomain, IrqDomainOps
+from .irq import IRQ_NONE as _IRQ_NONE
+from .irq import IRQ_SET_MASK_OK_DONE, GenIrq, IrqChip, IrqData, IrqDomain, IrqDomainOps
+from .irq import trace_irq_handler_entry as _TRACE_ENTRY
+from .irq import trace_irq_handler_exit as _TRACE_EXIT
 from .msi import MsiAllocInfo, MsiMsg, msi_msg_set_addr
 
 _pack_cmd = struct.Struct("<4Q").pack          # one 32-byte ITS command
 _SYNC = int(I.Cmd.SYNC)
 _CWRITER_OFFSET = I.CWRITER_OFFSET.mask
+# handle_irqs inlines these only for the classes it knows (a subclass keeps its override)
+_CPUIF = G.CpuInterface
+_RUN_HANDLERS = GenIrq.run_handlers
+_NOT_EOI = (G.SPURIOUS, 1022, 1021, 1020)       # what eoir1 counts as a bad EOI
 
 LPI_BASE = 8192
 LPI_PROP_DEFAULT_PRIO = 0xA0
@@ -80,6 +87,8 @@ class GicDriver:
         self.kernel = kernel
         self.gicd_base, self.gicr_base = gicd_base, gicr_base
         self.cpuifs = cpu_interfaces          # ICC_* system registers of each CPU
+        #: the kernel's cpu_irqs while it is this driver's handle_irqs (boot sets both)
+        self._entry: Any = None
         self.chip = GicChip()
         self.domain = IrqDomain(kernel.irq, "GICv3", GicDomainOps(), host_data=self)
         self.rd_base: dict[int, int] = {}
@@ -132,28 +141,80 @@ class GicDriver:
             intid = iar1()
         return n
 
-    def handle_irqs(self, cpus: Any) -> int:
+    def handle_irqs(self, cpus: Any = None) -> int:
         """:meth:`handle_irq` on each of ``cpus`` in turn (the kernel's IRQ entry on all
-        of them); returns how many interrupts ran."""
+        of them); returns how many interrupts ran.
+
+        With ``cpus`` None it is ``Kernel.handle_interrupts`` (boot makes it the
+        kernel's, one frame instead of two): the online CPUs in order, while this is the
+        kernel's ``cpu_irqs``; otherwise the kernel's own method."""
+        if cpus is None:                        # Kernel.handle_interrupts, inline
+            kernel = self.kernel
+            if kernel.cpu_irqs is not self._entry:
+                return type(kernel).handle_interrupts(kernel)
+            online = kernel.online_cpus
+            if online is not kernel._cpu_order_of:        # sorted once per CPU set
+                kernel._cpu_order, kernel._cpu_order_of = tuple(sorted(online)), online
+            cpus = kernel._cpu_order
+        # The hot path of every interrupt.  Inline, each with the same effects: the
+        # IAR of a CPU interface with nothing pending (the spurious answer and its
+        # count, without a frame), handle_domain_irq, run_handlers' case of one handler
+        # without tracing, and EOIR.
         n = 0
         cpuifs, spurious = self.cpuifs, G.SPURIOUS
         for cpu in cpus:
-            intid = cpuifs[cpu].iar1()
+            cpuif = cpuifs[cpu]
+            if type(cpuif) is _CPUIF:
+                if not cpuif._rd.pending:
+                    cpuif.stats["spurious"] += 1         # iar1() of an idle CPU
+                    continue
+                plain = True
+            else:
+                plain = False
+            intid = cpuif.iar1()
             if intid == spurious:
                 continue
-            kernel, cpuif = self.kernel, cpuifs[cpu]
-            iar1, eoir1 = cpuif.iar1, cpuif.eoir1
+            kernel = self.kernel
             genirq = kernel.irq
-            revmap, descs, run = self.domain.revmap, genirq.descs, genirq.run_handlers
+            revmap, descs = self.domain.revmap, genirq.descs
+            if plain:                   # a CpuInterface (the guest's vGIC one is not)
+                rd, cstats, active = cpuif._rd, cpuif.stats, cpuif.active
+            fast = plain and type(genirq).run_handlers is _RUN_HANDLERS
             while intid != spurious:   # _handle_from with handle_domain_irq, inline
                 virq = revmap.get(intid)
                 if virq is None:
                     kernel.printk(f"GICv3: spurious interrupt {intid} on CPU{cpu}")
                 else:
-                    run(descs[virq], cpu)
-                eoir1(intid)
-                n += 1
-                intid = iar1()
+                    desc = descs[virq]
+                    actions = desc.actions
+                    if fast and len(actions) == 1 and not (_TRACE_ENTRY.enabled
+                                                           or _TRACE_EXIT.enabled):
+                        kstat = desc.kstat                  # run_handlers, inline
+                        kstat[cpu] = kstat.get(cpu, 0) + 1
+                        kernel.current_cpu = cpu
+                        a = actions[0]
+                        try:
+                            handled = _IRQ_NONE | a.handler(desc.irq, a.dev_id)
+                        finally:
+                            kernel.current_cpu = None
+                        if handled == _IRQ_NONE:
+                            desc.spurious += 1
+                    else:
+                        genirq.run_handlers(desc, cpu)
+                if plain:                                   # eoir1, inline
+                    if not active or intid in _NOT_EOI:
+                        cstats["bad_eois"] += 1
+                    else:
+                        active.pop()
+                        cstats["eois"] += 1
+                    n += 1
+                    if not rd.pending:
+                        cstats["spurious"] += 1             # the final iar1(), inline
+                        break
+                else:
+                    cpuif.eoir1(intid)
+                    n += 1
+                intid = cpuif.iar1()
         return n
 
 
