@@ -308,27 +308,32 @@ class Scenario:
     # -- hooks on the hardware ------------------------------------------------------------
 
     def _hook_gic(self) -> None:
-        for rd in self.vmm.m.gic.redists:
-            set_pending, set_vlpi = rd.set_pending, rd.set_vlpi_pending
+        """Observe every LPI and vLPI a redistributor makes pending.  The redistributors
+        become instances of a subclass whose ``set_pending`` / ``set_vlpi_pending`` record
+        what they do: the ITS's inline hit path is taken only for the exact
+        ``Redistributor`` class, so a subclass sees every MSI."""
+        scenario = self
 
-            def sp(intid: int, _f=set_pending) -> bool:
-                ok = _f(intid)
-                if ok and not self._in_vlpi:
-                    self._lpis.append(intid)
+        class Observed(type(self.vmm.m.gic.redists[0])):
+            def set_pending(self, intid: int) -> bool:
+                ok = super().set_pending(intid)
+                if ok and not scenario._in_vlpi:
+                    scenario._lpis.append(intid)
                 return ok
 
-            def sv(vpt: int, bits: int, vintid: int, db: int, _f=set_vlpi) -> bool:
-                self._in_vlpi += 1
+            def set_vlpi_pending(self, vpt: int, bits: int, vintid: int, db: int) -> bool:
+                scenario._in_vlpi += 1
                 try:
-                    ok = _f(vpt, bits, vintid, db)
+                    ok = super().set_vlpi_pending(vpt, bits, vintid, db)
                 finally:
-                    self._in_vlpi -= 1
+                    scenario._in_vlpi -= 1
                 if ok:
-                    self._vlpis.append(vintid)
-                    self._vpts.append(vpt)
+                    scenario._vlpis.append(vintid)
+                    scenario._vpts.append(vpt)
                 return ok
 
-            rd.set_pending, rd.set_vlpi_pending = sp, sv
+        for rd in self.vmm.m.gic.redists:
+            rd.__class__ = Observed
 
     # -- observation helpers ----------------------------------------------------------------
 
