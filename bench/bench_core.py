@@ -13,18 +13,15 @@ one-call-per-item rows and against a bare hash probe in batch (``probe_floor``) 
 rows.  The Python/C ratios are value rows.  Targets are reported (1 = met), never
 asserted: this is a benchmark, not a test.
 
-``run_command``, ``best_ns`` and ``zeros`` are shared with the other benchmarks here.
+``zeros`` is shared with the other benchmarks here.
 """
 
 from __future__ import annotations
 
-import argparse
 import array
-import json
 import random
 import statistics
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +41,6 @@ RW = Prot.READ | Prot.WRITE
 NOP4 = "floor: empty cffi call (nop4_floor)"
 PROBE = "floor: bare hash probe, batch (probe_floor)"
 PROBE_LOOKUP = "floor: bare hash probe, batch (probe_floor), lookup rounds"
-
-
-def best_ns(fn: Callable[[], Any], items: int, repeat: int) -> float:
-    """Best per-item time of ``fn`` (which handles ``items`` items) over ``repeat`` runs."""
-    return benchlib.timed(fn, items, repeat=repeat)
 
 
 def zeros(code: str, n: int) -> array.array:
@@ -226,34 +218,6 @@ def bench(quick: bool) -> Report:
 def ratio(a: list[float], b: list[float]) -> float:
     """The median over rounds of a / b (rows measured in the same rounds)."""
     return statistics.median(x / y for x, y in zip(a, b, strict=True))
-
-
-def run_command(doc: str, default_json: str, bench_fn: Callable[[bool], Any],
-                render_fn: Callable[[dict[str, Any]], str] | None = None,
-                argv: list[str] | None = None) -> int:
-    """The command line every benchmark here shares: ``--quick``, ``--json``, ``--compare``.
-
-    ``bench_fn(quick)`` returns a :class:`benchlib.Report` (rendered by benchlib, with the
-    comparison) or, for the benchmarks not converted yet, a dict that ``render_fn`` prints.
-    """
-    if render_fn is None:
-        return benchlib.main(doc, default_json, bench_fn, argv)
-    ap = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
-    ap.add_argument("--json", default=default_json, help="where to write JSON")
-    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
-    ap.add_argument("--compare", default=None, help="a previous --json record to compare with")
-    args = ap.parse_args(argv)
-    result = bench_fn(args.quick)
-    if isinstance(result, Report):
-        old = json.loads(Path(args.compare).read_text()) if args.compare else None
-        print(result.render(old))
-        result = result.to_json()
-    else:
-        print(render_fn(result))
-    with open(args.json, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"\n(written to {args.json})")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
