@@ -317,6 +317,15 @@ def test_walks_agree_on_corrupted_nested_tables(backends, granules, maps, pokes,
     assert results[0] == results[1]
 
 
+def _streams(b, cfgs, streams, removals):
+    """A backend's Streams built from drawn (sid, mode, config index, ias) entries, then
+    the drawn StreamIDs removed; with what each removal returned."""
+    s = b.Streams()
+    for sid, mode, which, ias in streams:
+        s.set(sid, mode, cfgs[which % len(cfgs)], ias)
+    return s, [s.remove(sid) for sid in removals]
+
+
 @given(seed=st.integers(0, 2**32), cfgs=st.lists(configs(), min_size=1, max_size=3),
        streams=st.lists(st.tuples(st.integers(0, 6), st.integers(1, 3), st.integers(0, 2),
                                   st.sampled_from([0, 0, 32, 40, 48, 64])), max_size=8),
@@ -329,10 +338,7 @@ def test_stream_batches_agree(backends, seed, cfgs, streams, removals, items, wr
     mems = memories(backends, seed)
     results = []
     for b, m in zip(backends, mems, strict=True):
-        s = b.Streams()
-        for sid, mode, which, ias in streams:
-            s.set(sid, mode, cfgs[which % len(cfgs)], ias)
-        removed = [s.remove(sid) for sid in removals]
+        s, removed = _streams(b, cfgs, streams, removals)
         tlb = b.Iotlb(cap)
         n = len(items)
         sids = array.array("I", [i[0] for i in items])
@@ -367,11 +373,7 @@ def test_stream_translators_agree(backends, seed, cfgs, streams, removals, items
     mems = memories(backends, seed)
     results = []
     for b, m in zip(backends, mems, strict=True):
-        s = b.Streams()
-        for sid, mode, which, ias in streams:
-            s.set(sid, mode, cfgs[which % len(cfgs)], ias)
-        for sid in removals:
-            s.remove(sid)
+        s, _ = _streams(b, cfgs, streams, removals)
         tlb = None if cap is None else b.Iotlb(cap)
         fn = b.stream_translator(m, s, tlb, wrap=(lambda w: ("ok", w)) if wrapped else None)
         out = []
