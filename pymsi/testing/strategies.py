@@ -202,18 +202,19 @@ def _mutate_words(draw: Any, words: list[int]) -> list[int]:
 
 
 def ste_words(*, valid: bool = True, config: int | None = None, ctxptr: Any = None,
-              s2ttb: Any = None, vmid: Any = None) -> SearchStrategy[list[int]]:
+              s2ttb: Any = None, vmid: Any = None, oas: int = 44) -> SearchStrategy[list[int]]:
     """The 8 doublewords of a stream table entry (:mod:`pymsi.hw.smmuv3_regs` layout).
 
-    ``valid=True``: a well-formed STE -- V set, Config abort / bypass / S1 / S2 / nested
-    (``config`` fixes it), S1ContextPtr ``ctxptr`` (a strategy or value; default any
-    64-byte aligned 48-bit address), S1CDMax 0, a stage 2 with a consistent S2T0SZ /
-    S2SL0 / S2TG / S2PS at ``s2ttb``.  ``valid=False``: one of those, mutated (bit flips,
-    random fields), or now and then pure random words."""
+    ``valid=True``: a well-formed STE for an SMMU with an ``oas``-bit output size -- V set,
+    Config abort / bypass / S1 / S2 / nested (``config`` fixes it), S1ContextPtr
+    ``ctxptr`` (a strategy or value; default any 64-byte aligned address below
+    2**oas), S1CDMax 0, a stage 2 with S2T0SZ / S2SL0 / S2TG / S2PS consistent with each
+    other and with ``oas``, at ``s2ttb``.  ``valid=False``: one of those mutated (bit
+    flips, random fields), or now and then pure random words."""
     configs = _opt(config, st.sampled_from([int(c) for c in R.SteConfig]))
-    ctx = _opt(ctxptr, st.integers(0, (1 << 42) - 1).map(lambda a: a << 6))
-    s2base = _opt(s2ttb, st.integers(0, (1 << 36) - 1).map(lambda a: a << 12))
+    ctx = _opt(ctxptr, st.integers(0, (1 << (oas - 6)) - 1).map(lambda a: a << 6))
     vmids = _opt(vmid, st.integers(0, 7))
+    ps_choices = [b for b in ADDRESS_SIZES if b <= oas]
 
     @st.composite
     def build(draw: Any) -> list[int]:
@@ -225,7 +226,16 @@ def ste_words(*, valid: bool = True, config: int | None = None, ctxptr: Any = No
             (1 << 46) - 1))
         w[1] = R.STE1_S1DSS(R.S1DSS_SSID0) | R.STE1_S1CIR(1) | R.STE1_S1COR(1) | R.STE1_S1CSH(3)
         if cfg & 0b110 == 0b110:                   # S2 or nested: a stage 2
-            s2 = draw(stage2_configs(vttb=s2base, ps=draw(st.sampled_from((40, 44, 48)))))
+            ps = draw(st.sampled_from(ps_choices))
+            base = _opt(s2ttb, st.integers(0, (1 << (ps - 16)) - 1).map(lambda a: a << 16))
+            while True:
+                try:
+                    s2 = Stage2(vttb=draw(base), tsz=draw(st.integers(64 - ps, 39)),
+                                sl0=draw(st.integers(0, 2)), granule=draw(st.sampled_from(
+                                    GRANULES)), ps=ps, affd=draw(st.booleans()))
+                    break
+                except InvalidArgument:
+                    continue
             w[2] = (R.STE2_S2VMID(draw(vmids)) | R.STE2_S2T0SZ(s2.tsz) | R.STE2_S2SL0(s2.sl0)
                     | R.STE2_S2TG(R.GRANULE_TG[s2.granule])
                     | R.STE2_S2PS(R.OAS_BITS.index(s2.ps)) | R.STE2_S2AA64(1)
@@ -237,14 +247,15 @@ def ste_words(*, valid: bool = True, config: int | None = None, ctxptr: Any = No
 
 
 def cd_words(*, valid: bool = True, ttb0: Any = None, asid: Any = None,
-             granule: int | None = None) -> SearchStrategy[list[int]]:
+             granule: int | None = None, oas: int = 44) -> SearchStrategy[list[int]]:
     """The 8 doublewords of a stage-1 context descriptor (:mod:`pymsi.hw.smmuv3_regs`).
 
-    ``valid=True``: V, AA64, R, A set, TTB0 ``ttb0`` (default any granule-aligned 48-bit
-    address) with T0SZ 16..39 and TG0 ``granule``, TTB1 walks disabled (EPD1), IPS 48,
-    ASID ``asid``.  ``valid=False``: that CD mutated, or now and then random words."""
+    ``valid=True``: V, AA64, R, A set, TTB0 ``ttb0`` (default any 64 KiB-aligned address
+    below 2**oas) with T0SZ 16..39 and TG0 ``granule``, TTB1 walks disabled (EPD1), IPS
+    ``oas``, ASID ``asid``.  ``valid=False``: that CD mutated, or now and then random
+    words."""
     grans = _opt(granule, st.sampled_from(GRANULES))
-    ttbs = _opt(ttb0, st.integers(0, (1 << 32) - 1).map(lambda a: a << 16))
+    ttbs = _opt(ttb0, st.integers(0, (1 << (oas - 16)) - 1).map(lambda a: a << 16))
     asids = _opt(asid, st.integers(0, 0xFFFF))
 
     @st.composite
@@ -255,7 +266,7 @@ def cd_words(*, valid: bool = True, ttb0: Any = None, asid: Any = None,
         w = [0] * 8
         w[0] = (R.CD0_T0SZ(draw(st.integers(16, 39))) | R.CD0_TG0(R.GRANULE_TG[g])
                 | R.CD0_IR0(1) | R.CD0_OR0(1) | R.CD0_SH0(3) | R.CD0_EPD1(1) | R.CD0_V(1)
-                | R.CD0_IPS(R.OAS_BITS.index(48)) | R.CD0_AA64(1) | R.CD0_R(1) | R.CD0_A(1)
+                | R.CD0_IPS(R.OAS_BITS.index(oas)) | R.CD0_AA64(1) | R.CD0_R(1) | R.CD0_A(1)
                 | R.CD0_ASET(1) | R.CD0_ASID(draw(asids)))
         w[1] = R.CD1_TTB0(draw(ttbs) >> 4 & ((1 << 48) - 1))
         return w if valid else _mutate_words(draw, w)
@@ -412,12 +423,14 @@ def machine_descriptions(*, max_devices: int = 3, max_vectors: int = 16,
 @dataclass
 class UapiCall:
     """One ioctl a VMM makes: ``file`` ("iommufd" or "vfio"), the request number and
-    the argument struct; ``valid`` says whether it was built well-formed or mutated."""
+    the argument struct; ``valid`` says whether it was built well-formed or mutated, and
+    ``mutation`` which scalar field was changed, from what to what."""
 
     file: str
     request: int
     arg: Any
     valid: bool
+    mutation: tuple[str, int, int] | None = None
 
 
 def _iovas(draw: Any, n: int) -> list[int]:
@@ -492,8 +505,12 @@ def _mutate_call(draw: Any, call: UapiCall) -> None:
     try:
         setattr(arg, name, new)
     except ValueError:                               # wider than the field: its largest value
-        setattr(arg, name, (1 << (8 * _field_size(arg, name))) - 1)
+        new = (1 << (8 * _field_size(arg, name))) - 1
+        if new == old:
+            new = old - 1
+        setattr(arg, name, new)
     call.valid = False
+    call.mutation = (name, old, new)
 
 
 def _field_size(arg: Any, name: str) -> int:
