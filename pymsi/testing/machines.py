@@ -98,6 +98,7 @@ class HostMachine(RuleBasedStateMachine):
 
     @rule(i=devs, n=st.integers(1, NVEC))
     def allocate(self, i: int, n: int) -> None:
+        self.obs.step = f"allocate(i={i}, n={n})"
         if self.drivers[i] is not None:
             return
         self.drivers[i] = self.make_driver(i, n)
@@ -130,6 +131,7 @@ class HostMachine(RuleBasedStateMachine):
             return
         irq = drv.irqs[v]
         text = f"{sum(1 << c for c in cpus):x}"
+        self.obs.step = f"affinity(i={i}, v={v}, cpus={sorted(cpus)})"
         inv.composed(self.obs, f"smp_affinity {text} of dev {i} vector {v}",
                      lambda: self.mapping_state(i),
                      lambda: self.k.proc_write(f"/proc/irq/{irq}/smp_affinity", text))
@@ -138,6 +140,7 @@ class HostMachine(RuleBasedStateMachine):
 
     @rule(i=devs, v=vecs)
     def fire(self, i: int, v: int) -> None:
+        self.obs.step = f"fire(i={i}, v={v})"
         drv = self.drivers[i]
         before = len(drv.fired[v]) if drv is not None and v < drv.nvec else 0
         self.m.functions[i].notify(v)
@@ -286,6 +289,7 @@ class VfioUserspace(RuleBasedStateMachine):
     @rule(v=vecs)
     def fire(self, v: int) -> None:
         """Function 0 raises vector ``v`` (a fault if its doorbell page is unmapped)."""
+        self.obs.step = f"fire(v={v})"
         page = self.sc.ipa_page(self.vmm.entry(v)[0])
         expect = "fault" if page is not None and page in self.sc.unmapped else "deliver"
         self.sc.fire(self.obs, 0, v, expect=expect)
@@ -293,6 +297,7 @@ class VfioUserspace(RuleBasedStateMachine):
     @rule(v=vecs, cpus=cpu_masks(ncpus=4, min_size=1))
     def affinity(self, v: int, cpus: frozenset[int]) -> None:
         """``/proc/irq/N/smp_affinity`` of vector ``v`` (composes its message again)."""
+        self.obs.step = f"affinity(v={v}, cpus={sorted(cpus)})"
         path = f"/proc/irq/{self.vmm.irq(v)}/smp_affinity"
         text = f"{sum(1 << c for c in cpus):x}"
         self.sc.compose(self.obs, f"smp_affinity {text} of vector {v}",
@@ -304,6 +309,7 @@ class VfioUserspace(RuleBasedStateMachine):
         """Two-step address update: the VMM picks ``slot`` for ``v``, hands it down, then
         (per-vector) an affinity write composes the message, or (other designs) it
         disables and re-enables MSI-X."""
+        self.obs.step = f"move(v={v}, slot={slot})"
         sc, vmm = self.sc, self.vmm
         new = sc.slot(slot)
         sc.chosen[(0, v)] = new
@@ -327,6 +333,7 @@ class VfioUserspace(RuleBasedStateMachine):
     @rule()
     def enable_undescribed(self) -> None:
         """Enable a vector the VMM gave no address (must be ENOENT, nothing changed)."""
+        self.obs.step = "enable_undescribed()"
         self.undescribed_done = True
         self.sc.step_undescribed(self.obs)
 
@@ -334,6 +341,7 @@ class VfioUserspace(RuleBasedStateMachine):
     def unmap_doorbell(self, v: int) -> None:
         """IOMMU_IOAS_UNMAP of the page vector ``v``'s message goes through (refused when
         the kernel mapped it itself); then ``v`` fires."""
+        self.obs.step = f"unmap_doorbell(v={v})"
         sc = self.sc
         page = sc.ipa_page(self.vmm.entry(v)[0])
         if page is None or page in sc.unmapped:
@@ -400,11 +408,13 @@ class GuestMachine(RuleBasedStateMachine):
     @rule(v=vecs)
     def fire(self, v: int) -> None:
         """The physical function raises vector ``v``."""
+        self.obs.step = f"fire(v={v})"
         self.sc.fire(self.obs, v)
 
     @rule(v=vecs, cpu=st.integers(0, 7))
     def move(self, v: int, cpu: int) -> None:
         """The guest moves ``v`` to vCPU ``cpu`` (modulo its vCPUs), then ``v`` fires."""
+        self.obs.step = f"move(v={v}, cpu={cpu})"
         vm = self.vm
         vm.set_guest_affinity(0, v, cpu % vm.desc["guest_ncpus"])
         vm.run()
@@ -413,6 +423,7 @@ class GuestMachine(RuleBasedStateMachine):
     @rule(v=vecs)
     def mask_unmask(self, v: int) -> None:
         """The guest's disable_irq + enable_irq of ``v`` (composed), then ``v`` fires."""
+        self.obs.step = f"mask_unmask(v={v})"
         vm = self.vm
 
         def toggle() -> None:
@@ -428,11 +439,13 @@ class GuestMachine(RuleBasedStateMachine):
     @rule()
     def foreign_event(self) -> None:
         """The device writes an EventID no ITT holds to its own MSI address."""
+        self.obs.step = "foreign_event()"
         self.sc.step_foreign(self.obs)
 
     @rule()
     def dma_outside(self) -> None:
         """The device DMAs to an address no IOAS area (nor guest mapping) covers."""
+        self.obs.step = "dma_outside()"
         self.sc.step_outside(self.obs)
 
     def observe(self) -> GuestStepObs:
