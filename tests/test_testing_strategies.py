@@ -22,10 +22,11 @@ from pymsi.testing import GuestMachine, InvariantViolation, VfioUserspace, invar
 from pymsi.testing import strategies as pst
 from pymsi.vmmlib import SET, Vmm
 
+from kernel_util import examples
 from test_smmuv3 import PT_POOL, RAM, Env
 
 CD_AT = RAM + 0x0140_0000          # where the STEs under test point their CD
-FEW = settings(max_examples=25, deadline=None,
+FEW = settings(max_examples=examples(25), deadline=None,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.large_base_example])
 
 
@@ -145,7 +146,7 @@ def test_proc_inputs_parse_or_fail_like_linux(text):
 # -- device and machine descriptions --------------------------------------------------------------
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=examples(8), deadline=None)
 @given(desc=pst.machine_descriptions(max_devices=2, max_vectors=8))
 def test_machine_descriptions_build_and_boot(desc):
     m = ArmVirt(**desc)
@@ -174,7 +175,7 @@ def _state(vmm):
     return areas, sorted(ctx.msi.table.items()), sorted(ctx.objects)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(calls=st.lists(pst.uapi_calls(dev_id=1), min_size=1, max_size=6))
 def test_uapi_calls_succeed_or_fail_with_an_errno_changing_nothing(calls):
     vmm = _vmm()
@@ -200,7 +201,7 @@ def test_uapi_calls_valid_false_change_one_field(call):
 
 # -- the state machines -------------------------------------------------------------------------
 
-MACHINE_RUN = settings(max_examples=15, stateful_step_count=10, deadline=None)
+MACHINE_RUN = settings(max_examples=examples(15), stateful_step_count=10, deadline=None)
 
 
 class PerVectorNested(VfioUserspace):
@@ -212,7 +213,7 @@ TestVfioUserspacePaging.settings = MACHINE_RUN
 TestVfioUserspaceNested = PerVectorNested.TestCase
 TestVfioUserspaceNested.settings = MACHINE_RUN
 TestGuestMachine = GuestMachine.TestCase
-TestGuestMachine.settings = settings(max_examples=4, stateful_step_count=6, deadline=None)
+TestGuestMachine.settings = settings(max_examples=examples(4), stateful_step_count=6, deadline=None)
 
 
 @pytest.mark.parametrize("design", ["sw-msi", "preset", "dma-cookie"])
@@ -222,7 +223,7 @@ def test_vfio_userspace_catches_what_the_compare_table_shows(design):
     machine = type(f"Vfio_{design}", (VfioUserspace,), {"DESIGN": design})
     with pytest.raises(InvariantViolation) as info:
         run_state_machine_as_test(machine, settings=settings(
-            max_examples=30, stateful_step_count=6, deadline=None, database=None,
+            max_examples=examples(30), stateful_step_count=6, deadline=None, database=None,
             derandomize=True, phases=(Phase.generate, Phase.shrink)))
     assert info.value.invariant in invariants.INVARIANTS
 
