@@ -228,6 +228,17 @@ def test_vfio_userspace_catches_what_the_compare_table_shows(design):
     assert info.value.invariant in invariants.INVARIANTS
 
 
+def test_guest_machine_catches_sw_msi_mapping_while_the_guest_enables():
+    """The guest rows of ``pymsi compare``: under sw-msi the host maps its SW_MSI page while
+    the guest's driver enables its vectors; GuestMachine stops at the first step."""
+    machine = type("GuestSwMsi", (GuestMachine,), {"DESIGN": "sw-msi"})
+    with pytest.raises(InvariantViolation) as info:
+        run_state_machine_as_test(machine, settings=settings(
+            max_examples=1, deadline=None, database=None, phases=(Phase.generate,)))
+    assert info.value.invariant == "no allocation on compose" and info.value.step == "boot"
+    assert "sw_msi maps" in info.value.detail
+
+
 def test_invariant_checks_name_what_broke():
     obs = invariants.StepObs("enable")
     obs.vectors.append(invariants.VectorObs(0, 1, 0x2000_1040, 0, False, 0x2000_5000,
