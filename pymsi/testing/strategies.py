@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
@@ -45,6 +46,30 @@ def _flip(draw: Any, word: int, bits: int = 64) -> int:
     for _ in range(draw(st.integers(1, 3))):
         word ^= 1 << draw(st.integers(0, bits - 1))
     return word
+
+
+def mutated(value: int, *, bits: int = 64) -> SearchStrategy[int]:
+    """``value`` (a register or a descriptor word of ``bits`` bits) unchanged, with one bit
+    flipped, with one field of up to 12 bits replaced by random bits, or replaced whole
+    by a random value -- a quarter each; the kind drawn is reported as a hypothesis
+    ``event`` ("mutation: keep/bit/field/random")."""
+
+    @st.composite
+    def build(draw: Any) -> int:
+        how = draw(st.sampled_from(["keep", "bit", "field", "random"]))
+        event(f"mutation: {how}")
+        if how == "bit":
+            return value ^ 1 << draw(st.integers(0, bits - 1))
+        if how == "field":
+            lo = draw(st.integers(0, bits - 1))
+            hi = draw(st.integers(lo, min(bits - 1, lo + 11)))
+            mask = ((1 << (hi - lo + 1)) - 1) << lo
+            return (value & ~mask) | (draw(st.integers(0, U64)) << lo & mask)
+        if how == "random":
+            return draw(st.integers(0, (1 << bits) - 1))
+        return value
+
+    return build()
 
 
 # -- stage configurations and page tables -----------------------------------------------------
@@ -523,5 +548,5 @@ def _field_size(arg: Any, name: str) -> int:
 
 __all__ = ["ITS_COMMAND_NAMES", "Mapping", "UapiCall", "cd_words", "cpu_masks",
            "device_descriptions", "its_commands", "machine_descriptions", "msi_tables",
-           "page_tables", "proc_inputs", "stage1_configs", "stage2_configs", "ste_words",
-           "table_bases", "uapi_calls", "xlate_configs"]
+           "mutated", "page_tables", "proc_inputs", "stage1_configs", "stage2_configs",
+           "ste_words", "table_bases", "uapi_calls", "xlate_configs"]
