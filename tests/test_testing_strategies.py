@@ -116,6 +116,31 @@ def test_msi_tables_load_into_the_core_table(table):
         assert t.get(dev, vec) == entry
 
 
+@given(cmd=pst.its_commands(valid=True, devices=2, events=3, collections=2, cpus=2))
+def test_valid_its_commands_are_named_commands_in_their_universe(cmd):
+    name, f = cmd
+    assert name in pst.ITS_COMMAND_NAMES
+    assert f["dev"] <= 2 and f["ev"] <= 5 and f["icid"] <= 2 and f["cpu"] <= 3
+
+
+@given(cmd=pst.its_commands(valid=False))
+def test_garbage_its_commands_never_carry_a_mapping_opcode(cmd):
+    name, words = cmd
+    assert name == "garbage" and len(words) == 4
+    assert words[0] & 0xFF not in (0x01, 0x08, 0x09, 0x0A, 0x0B, 0x0F)
+
+
+@given(value=st.integers(0, 0xFFFF), new=st.data())
+def test_mutated_stays_within_its_width(value, new):
+    out = new.draw(pst.mutated(value, bits=16))
+    assert 0 <= out < 1 << 16
+
+
+@given(d=pst.device_descriptions(max_vectors=4, msix=True, msi=False))
+def test_device_descriptions_honour_forced_capabilities(d):
+    assert 1 <= d["msix"] <= 4 and "msi" not in d
+
+
 # -- CPU masks and /proc inputs ------------------------------------------------------------------
 
 
