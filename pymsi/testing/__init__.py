@@ -10,7 +10,9 @@ tests of interrupt-remapping designs built on pymsi.
   compare`` judges its table with.
 * :mod:`pymsi.testing.machines` -- :class:`HostMachine` (the host kernel's own drivers),
   :class:`VfioUserspace` (a VMM through iommufd and VFIO), :class:`GuestMachine` (a
-  guest behind an assigned device): ``RuleBasedStateMachine`` classes to subclass.
+  guest behind an assigned device, judged with the DESIGN.md invariants) and
+  :class:`AssignedGuest` (a guest's own delivery model of an assigned NIC):
+  ``RuleBasedStateMachine`` classes to subclass.
 
 Needs hypothesis (``pip install 'pymsi[test]'``); ``import pymsi`` itself does not.
 """
@@ -26,7 +28,7 @@ except ImportError as e:                       # pragma: no cover - depends on t
 
 from . import invariants, strategies  # noqa: E402
 from .invariants import InvariantViolation  # noqa: E402
-from .machines import GuestMachine, HostMachine, VfioUserspace  # noqa: E402
+from .machines import AssignedGuest, GuestMachine, HostMachine, VfioUserspace  # noqa: E402
 
-__all__ = ["GuestMachine", "HostMachine", "InvariantViolation", "VfioUserspace", "invariants",
-           "strategies"]
+__all__ = ["AssignedGuest", "GuestMachine", "HostMachine", "InvariantViolation",
+           "VfioUserspace", "invariants", "strategies"]
