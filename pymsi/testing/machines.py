@@ -391,7 +391,9 @@ class GuestMachine(RuleBasedStateMachine):
     device writes: a vector fires; the guest moves a vector to another vCPU
     (``/proc``); it masks and unmasks a vector (composed); the device writes an EventID
     no ITT holds; it DMAs outside the IOAS.  After every step the observation is judged
-    with ``CHECKED`` (by default all six invariants)."""
+    with ``CHECKED`` (by default all six invariants).  ``DESIGN`` is one of the four
+    design names (a new kernel-side design class is tested with
+    :attr:`VfioUserspace.HOOKS`)."""
 
     DESIGN: ClassVar[str] = "per-vector"
     VSMMU: ClassVar[str] = "accel"
