@@ -109,6 +109,10 @@ class MsixConfig:
     table_offset: int = 0
     pba_offset: int = 0x800
 
+    def __repr__(self) -> str:
+        return (f"MsixConfig(vectors={self.vectors}, bar={self.bar}, "
+                f"table_offset={self.table_offset:#x}, pba_offset={self.pba_offset:#x})")
+
 
 @dataclass
 class Bar:
@@ -119,6 +123,10 @@ class Bar:
     is64: bool = True
     prefetchable: bool = False
     reg: int | None = None
+
+    def __repr__(self) -> str:
+        return (f"Bar(size={self.size:#x}, is64={self.is64}, prefetchable={self.prefetchable}, "
+                f"reg={self.reg})")
 
 
 @dataclass
@@ -246,7 +254,10 @@ class PciFunction:
         return f"{self.bus:02x}:{self.device:02x}.{self.function}"
 
     def __repr__(self) -> str:
-        return f"PciFunction({self.bdf})"
+        ids = f"{self._get(VENDOR_ID, 2):04x}:{self._get(DEVICE_ID, 2):04x}"
+        vec = f" msix={self.msix.vectors}" if self.msix is not None else ""
+        vec += f" msi={self.msi.vectors}" if self.msi is not None else ""
+        return f"{type(self).__name__}({self.bdf} {ids}{vec})"
 
     # -- configuration space --------------------------------------------------------
 

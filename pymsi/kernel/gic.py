@@ -262,6 +262,11 @@ class ItsDevice:
     users: int = 0
     free_from: int = 0          # every event below this one is allocated
 
+    def __repr__(self) -> str:
+        return (f"ItsDevice(device_id={self.device_id:#x}, itt={self.itt:#x}, "
+                f"lpi_base={self.lpi_base}, nr_lpis={self.nr_lpis}, events={len(self.events)}, "
+                f"vlpi={len(self.vlpi)})")
+
 
 class ItsChip(IrqChip):
     """its_irq_chip."""

@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._repr import bounded, short
 from ..hw.qdev import PciDeviceModel
 from ..kernel.iommufd_viommu import Veventq
 from ..sched import Scheduler
@@ -154,6 +155,10 @@ class DeviceSlot:
     guest_pdev: Any = None         # the guest kernel's pci_dev
     test: Any = None               # the guest driver's record of its interrupts
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return bounded(f"DeviceSlot({self.index}, emulated={self.emulated}, "
+                       f"host={short(self.host_fn)}, guest={short(self.guest_fn)})")
 
 
 class VirtualMachine:
