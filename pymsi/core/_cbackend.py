@@ -98,7 +98,14 @@ class Memory:
     def add_ram(self, base: int, size: int) -> None:
         """Declare [base, base + size) as RAM (page aligned, not overlapping)."""
         base, size = int_arg("base", base), int_arg("size", size)
-        check(lib.pymsi_mem_add_ram(self._p, base, size), f"add_ram({base:#x}, {size:#x})")
+        rc = lib.pymsi_mem_add_ram(self._p, base, size)
+        what = f"add_ram({base:#x}, {size:#x})"
+        if rc == -errno.EEXIST:                 # the twin's text: the region it overlaps
+            at = next((b for b, n in self.regions if b <= base + size - 1 and base < b + n),
+                      None)
+            if at is not None:
+                what += f" overlaps RAM at {at:#x}"
+        check(rc, what)
 
     def is_ram(self, addr: int, size: int = 1) -> bool:
         """True if [addr, addr + size) is RAM throughout."""
