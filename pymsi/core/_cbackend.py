@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._core_c import ffi, lib
+from .._csrc import csrc_hash, tree_csrc
 from ..errors import OutOfMemory, check, raise_errno
 from .common import (
     MAX_ACCESS,
@@ -47,6 +48,25 @@ from .common import (
     translate_args,
     walk_args,
 )
+
+
+def _check_fresh() -> None:
+    """Refuse an in-tree build made from other sources than the csrc/ beside it."""
+    csrc = tree_csrc()
+    if csrc is None:                        # installed: no sources to compare with
+        return
+    built = ffi.string(lib.pymsi_csrc_hash()).decode() if hasattr(
+        lib, "pymsi_csrc_hash") else "(no fingerprint)"
+    now = csrc_hash(csrc)
+    if built != now:
+        from .. import _core_c
+
+        raise ImportError(f"stale build: {_core_c.__file__} was built from other C sources "
+                          f"({built[:12]}) than {csrc} has now ({now[:12]})")
+
+
+_check_fresh()
+
 
 NAME = "c"
 _NULL = ffi.NULL
