@@ -533,13 +533,106 @@ def _label(r: Row, side: str) -> Row:
     return r
 
 
+_MAX_RUNS = 64          # mapped ranges shown per address space
+
+
+def _mapped_ranges(mem: Any, ttb: int, tsz: int, gshift: int, start: int, stage: int,
+                   table_pa: Any = None) -> tuple[list[tuple[int, int, int, str]], int]:
+    """The leaf mappings of a VMSAv8-64 translation table, read from ``mem``: runs of
+    (input address, size, output address, "rw"/"r-"/"-w"/"--") merged where contiguous,
+    at most :data:`_MAX_RUNS`, and how many runs there are in all.  ``table_pa`` turns a
+    table address into a PA (stage 1 tables of a nested stream are IPAs)."""
+    runs: list[list[Any]] = []
+    total = 0
+    out_mask = ((1 << 48) - 1) & ~((1 << gshift) - 1)
+    bits = gshift - 3
+
+    def lsb(level: int) -> int:
+        return gshift + (3 - level) * bits
+
+    def perm(d: int) -> str:
+        if stage == 1:
+            return "r-" if d >> 7 & 1 else "rw"
+        s2ap = d >> 6 & 3
+        return ("r" if s2ap & 1 else "-") + ("w" if s2ap & 2 else "-")
+
+    def add(va: int, size: int, pa: int, p: str) -> None:
+        nonlocal total
+        if runs and runs[-1][0] + runs[-1][1] == va and runs[-1][2] + runs[-1][1] == pa \
+                and runs[-1][3] == p:
+            runs[-1][1] += size
+            return
+        total += 1
+        if len(runs) < _MAX_RUNS + 1:
+            runs.append([va, size, pa, p])
+
+    def walk(table: int, level: int, base: int, n: int) -> None:
+        addr = table if table_pa is None else table_pa(table)
+        if addr is None:
+            return
+        for i in range(n):
+            d = _read64(mem, addr + 8 * i)
+            if d is None or not d & 1:
+                continue
+            va = base + (i << lsb(level))
+            if level < 3 and d & 2:
+                walk(d & out_mask, level + 1, va, 1 << bits)
+            elif level == 3 and d & 2 or level < 3 and not d & 2:
+                out = d & ((1 << 48) - 1) & ~((1 << lsb(level)) - 1)
+                add(va, 1 << lsb(level), out, perm(d))
+
+    width = 64 - tsz - lsb(start)
+    walk(ttb, start, 0, 1 << max(width, 0))
+    return [tuple(r) for r in runs[:_MAX_RUNS]], total
+
+
+def _space_rows(smmu: SMMUv3, sid: int, depth: int) -> list[Row]:
+    """The address spaces of ``sid``'s STE: stage 1 (IOVA -> IPA or PA) from its CD, and
+    stage 2 (IPA -> PA), as mapped ranges."""
+    try:
+        ste = smmu._decode_ste(smmu.read_ste(sid) or [0] * 8)
+    except _ConfigError:
+        return []
+    rows: list[Row] = []
+    spaces = []
+    if ste.config in (R.SteConfig.S1, R.SteConfig.NESTED):
+        try:
+            cd = smmu._decode_cd(smmu._fetch(smmu._cd_address(ste, 0), R.CD_SIZE,
+                                             R.EventType.F_CD_FETCH))
+        except _ConfigError:
+            cd = None
+        if cd is not None and not cd.s1.epd0:
+            s2 = ste.s2
+
+            def ipa(a: int, s2: Any = s2) -> int | None:
+                if s2 is None:
+                    return a
+                w = smmu._core.walk(smmu.memory, a, False, s2=s2)
+                return None if w.fault is not None else w.pa
+
+            spaces.append((f"stage 1 asid={cd.asid}", cd.s1.ttb0, cd.s1.tsz0,
+                           cd.s1.gshift[0], cd.s1.start_level[0], 1, ipa))
+    if ste.s2 is not None:
+        spaces.append((f"stage 2 vmid={ste.vmid}", ste.s2.vttb, ste.s2.tsz, ste.s2.gshift,
+                       ste.s2.start_level, 2, None))
+    for name, ttb, tsz, g, start, stage, table_pa in spaces:
+        ranges, total = _mapped_ranges(smmu.memory, ttb, tsz, g, start, stage, table_pa)
+        rows.append(Row(name, ttb, {"ranges": total}, depth=depth,
+                        note=f"first {len(ranges)} shown" if total > len(ranges) else ""))
+        for va, size, pa, p in ranges:
+            rows.append(Row(f"{va:016x}-{va + size - 1:016x} -> {pa:#x} {p}", None,
+                            depth=depth + 1))
+    return rows
+
+
 # -- mtree ---------------------------------------------------------------------------------
 
 
 def info_mtree(target: Any) -> View:
     """The address spaces (QEMU's ``info mtree``): each bus's RAM and MMIO windows with
-    their ranges and names, overlaps flagged; the PCI functions' BARs; each IOMMU's
-    StreamID range and, per function, the doorbell IOVA window its domain maps."""
+    their ranges and names, overlaps flagged (the PCI functions' BARs among them); each
+    IOMMU's StreamID range and, per function, its STE and the ranges its stage 1 (IOVA ->
+    IPA or PA) and stage 2 (IPA -> PA) tables map, read from the tables in memory."""
     view = View("mtree")
     for side in _sides(target):
         regions = [(b, b + s - 1, "ram", "RAM") for b, s in side.bus.ram.regions]
@@ -563,10 +656,11 @@ def info_mtree(target: Any) -> View:
                 view.rows.append(Row(f"{fn.bdf} sid={side.bus.iommu_for(rid)[1]:#x}", None,
                                      depth=1))
                 if isinstance(iommu, SMMUv3):
-                    rows, _ = _ste_rows(iommu, side.bus.iommu_for(rid)[1])
+                    sid = side.bus.iommu_for(rid)[1]
+                    rows, _ = _ste_rows(iommu, sid)
                     for r in rows:
                         r.depth = 2
-                    view.rows += rows
+                    view.rows += rows + _space_rows(iommu, sid, 2)
     return view
 
 

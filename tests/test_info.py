@@ -138,6 +138,8 @@ def test_its_iotlb_pci_mtree(host):
         assert needle in names
     assert f"{VIRT_GIC_ITS:016x}-{VIRT_GIC_ITS + 0x1ffff:016x}" in names
     assert not any(r.note for r in mtree.rows)             # no overlaps
+    msi_page = entries[0].fields["address"] & ~0xFFF      # the DMA domain maps the doorbell
+    assert f"{msi_page:016x}-{msi_page + 0xfff:016x} -> {DOORBELL & ~0xFFF:#x} rw" in names
     fn.notify(0)                                           # fills the IOTLB
     k.handle_interrupts()
     tlb = info.info_iotlb(k)
@@ -215,6 +217,23 @@ def test_views_change_nothing(vsmmu, gicv4):
     assert views[1].find("host: doorbell").address == DOORBELL
     if gicv4:
         assert views[1].find("host: ITS ITTE").fields["virtual"]
+
+
+def test_mtree_shows_the_nested_stages():
+    vm = VirtualMachine(vsmmu="accel", devices=[{"msix": 2}], host_ram=0x800_0000,
+                        guest_ram=0x100_0000).boot()
+    rows = info.info_mtree(vm).rows
+    s2 = next(i for i, r in enumerate(rows) if r.name.startswith("stage 2 vmid="))
+    covered = 0
+    for r in rows[s2 + 1:]:
+        if r.depth != rows[s2].depth + 1:
+            break
+        lo, hi = (int(x, 16) for x in r.name.split(" ")[0].split("-"))
+        if lo >= vm.board.ram_gpa and hi < vm.board.ram_gpa + 0x100_0000:
+            covered += hi - lo + 1
+            assert r.name.endswith(" rw")
+    assert covered == 0x100_0000                   # the IOAS maps all of guest RAM
+    assert rows[s2].address == vm.machine.smmu.read_ste(8)[3] & ~0xF  # S2TTB (requester 8)
 
 
 def test_state_digest_sees_a_change():
