@@ -743,7 +743,7 @@ def info_its(target: Any) -> View:
                     "device_id": Hex(dev.device_id), "nr_ites": dev.nr_ites,
                     "lpi_base": dev.lpi_base, "events": dict(sorted(dev.events.items())),
                     "vlpis": sorted(dev.vlpi)}, depth=1))
-        if is_vm(target) and side.label == "host":
+        if _is_vm(target) and side.label == "host":
             _, vits = _vm_files(target)
             if vits is not None:
                 view.rows.append(Row("vITS (KVM)", None, {"enabled": bool(vits.enabled),
@@ -760,7 +760,8 @@ def info_its(target: Any) -> View:
     return view
 
 
-def is_vm(target: Any) -> bool:
+def _is_vm(target: Any) -> bool:
+    """Whether ``target`` is a VirtualMachine (host and guest sides)."""
     return hasattr(target, "slots") and hasattr(target, "guest")
 
 
