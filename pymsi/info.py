@@ -17,7 +17,7 @@ never filled), and calls nothing that counts, records or traces.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 from .hw import its as I
 from .hw import pci as P
@@ -27,7 +27,14 @@ from .hw.its import GicV3Its
 from .hw.pci import PciFunction, PciHost
 from .hw.smmuv3 import SMMUv3, _ConfigError
 
-__all__ = ["Hex", "Row", "View", "info_iotlb", "info_irq", "info_its", "info_mtree",
+if TYPE_CHECKING:
+    from .kernel.kernel import Kernel
+    from .machine import ArmVirt, VirtualMachine, X86Pc
+
+#: what a view inspects: a booted VirtualMachine, a kernel, or a bare machine
+Target = Union["VirtualMachine", "Kernel", "ArmVirt", "X86Pc"]
+
+__all__ = ["Hex", "Row", "Target", "View", "info_iotlb", "info_irq", "info_its", "info_mtree",
            "info_pci", "VIEWS"]
 
 
@@ -133,7 +140,7 @@ class _Side:
         return None if host is None else host.functions.get(rid)
 
 
-def _sides(target: Any) -> list[_Side]:
+def _sides(target: Target) -> list[_Side]:
     """The address spaces of ``target`` (see the module doc), host first."""
     if hasattr(target, "slots") and hasattr(target, "guest"):          # VirtualMachine
         if not getattr(target, "booted", False):
@@ -215,8 +222,7 @@ def _function_rows(fn: PciFunction, vector: int) -> tuple[list[Row], int | None,
     if msg is None:
         rows.append(Row("MSI", None, {"vector": vector}, note="MSI / MSI-X not enabled"))
         return rows, None, None
-    cfg_addr = None
-    rows.append(Row("MSI capability", cfg_addr, {
+    rows.append(Row("MSI capability", None, {
         "cap": Hex(fn.msi_cap), "vector": vector, "address": Hex(msg[0]),
         "data": Hex(msg[1]),
         "masked": bool(fn._msi_masks() >> vector & 1) if fn.msi.per_vector_mask else False}))
@@ -421,7 +427,7 @@ def _vm_files(vm: Any) -> tuple[Any, Any]:
     return (None if kvm is None else kvm.f_op), (None if vits is None else vits.f_op)
 
 
-def _kvm_rows(vm: Any, host_irq: int | None, guest_fn: Any, vector: int) -> list[Row]:
+def _kvm_rows(vm: Any, host_irq: int | None) -> list[Row]:
     """The host handler's eventfd, its irqfd and route, the vITS's translation."""
     rows: list[Row] = []
     kvm, vits = _vm_files(vm)
@@ -461,7 +467,7 @@ def _vits_rows(vits: Any, devid: int, event: int) -> list[Row]:
         "pending": lpi.pending_latch})]
 
 
-def info_irq(target: Any, which: Any) -> View:
+def info_irq(target: Target, which: int | tuple[Any, int]) -> View:
     """One interrupt's whole path, each hop with its address and table entry.
 
     ``which`` is a Linux IRQ number (of the guest in a VirtualMachine, else of the
@@ -511,7 +517,7 @@ def info_irq(target: Any, which: Any) -> View:
             host_irq = _find_irq(host.kernel, host_fn.rid, vector)
             hrows = _host_path(host, host_fn, vector, host_irq)
             view.rows += [_label(r, "host") for r in hrows]
-            view.rows += [_label(r, "kvm") for r in _kvm_rows(target, host_irq, fn, vector)]
+            view.rows += [_label(r, "kvm") for r in _kvm_rows(target, host_irq)]
         if fn is not None and host_fn is None:       # emulated by the VMM: the guest's bus
             grows = _host_path(front, fn, vector, irq, vits=_vm_files(target)[1])
             view.rows += [_label(r, "guest") for r in grows]
@@ -628,7 +634,7 @@ def _space_rows(smmu: SMMUv3, sid: int, depth: int) -> list[Row]:
 # -- mtree ---------------------------------------------------------------------------------
 
 
-def info_mtree(target: Any) -> View:
+def info_mtree(target: Target) -> View:
     """The address spaces (QEMU's ``info mtree``): each bus's RAM and MMIO windows with
     their ranges and names, overlaps flagged (the PCI functions' BARs among them); each
     IOMMU's StreamID range and, per function, its STE and the ranges its stage 1 (IOVA ->
@@ -667,7 +673,7 @@ def info_mtree(target: Any) -> View:
 # -- iotlb ---------------------------------------------------------------------------------
 
 
-def info_iotlb(target: Any) -> View:
+def info_iotlb(target: Target) -> View:
     """The SMMUs' IOTLB entries (ASID, VMID, IOVA, size, permissions, output), newest
     first, read without touching the CLOCK reference bits."""
     view = View("iotlb")
@@ -690,7 +696,7 @@ def info_iotlb(target: Any) -> View:
 # -- its -----------------------------------------------------------------------------------
 
 
-def info_its(target: Any) -> View:
+def info_its(target: Target) -> View:
     """The ITSs' devices (DTE: ITT, EventID bits), their ITTEs (EventID -> LPI,
     collection, or vLPI) and the collections (ICID -> redistributor), read from the
     tables in memory, and each kernel's view (its ITS driver's devices and events)."""
@@ -768,7 +774,7 @@ def _is_vm(target: Any) -> bool:
 # -- pci -----------------------------------------------------------------------------------
 
 
-def info_pci(target: Any) -> View:
+def info_pci(target: Target) -> View:
     """The PCI functions as ``lspci -vv`` shows their MSI / MSI-X capabilities: enable
     and mask bits, the table and PBA, every entry's address, data and mask."""
     view = View("pci")
