@@ -348,14 +348,20 @@ def _its_rows(side: _Side, its: GicV3Its, devid: int, eventid: int) -> tuple[lis
     pend_addr = (PENDBASER_PA.get(rd.pendbaser) << 16) + intid // 8
     prop = mem.read(prop_addr, 1)[0] if mem.is_ram(prop_addr, 1) else None
     pend = mem.read(pend_addr, 1)[0] >> intid % 8 & 1 if mem.is_ram(pend_addr, 1) else None
-    fields: dict[str, Any] = {"cpu": rd.cpu, "lpis_enabled": rd.lpis_enabled, "intid": intid}
+    lpi: dict[str, Any] = {"intid": intid}
     if prop is not None:
-        fields.update({"priority": Hex(prop & 0xFC), "enabled": bool(prop & 1)})
-    fields["pending"] = intid in rd.pending if pend is None else bool(pend) or \
-        intid in rd.pending
+        lpi.update({"priority": Hex(prop & 0xFC), "enabled": bool(prop & 1),
+                    "cached": rd._config.get(intid)})
+    lpi.update({"pending_bit": None if pend is None else bool(pend),
+                "pending_at": Hex(pend_addr)})
+    rows.append(Row("LPI", prop_addr if prop is not None else None, lpi,
+                    note="" if prop is not None else "property table not readable"))
     gicr = side.window_of(its.gic.gicr)
     frame = None if gicr is None else gicr.base + rd.cpu * its.gic.frame_size
-    rows.append(Row("redistributor", frame, fields))
+    rows.append(Row("redistributor", frame, {
+        "cpu": rd.cpu, "lpis_enabled": rd.lpis_enabled,
+        "pending": intid in rd.pending or bool(pend),
+        "propbaser": Hex(rd.propbaser), "pendbaser": Hex(rd.pendbaser)}))
     return rows, (intid, rd.cpu)
 
 

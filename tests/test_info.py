@@ -50,9 +50,10 @@ def test_irq_host_path(host):
         by_fn = info.info_irq(k, (fn, v))
         by_irq = info.info_irq(k, t.irqs[v])
         assert by_fn.rows == by_irq.rows
-        assert _hops(by_fn)[:11] == ["PCI function", "MSI-X entry", "SMMU STE", "SMMU CD",
+        assert _hops(by_fn)[:12] == ["PCI function", "MSI-X entry", "SMMU STE", "SMMU CD",
                                      "SMMU translation", "doorbell", "ITS DTE", "ITS ITTE",
-                                     "ITS collection", "redistributor", "irq_domain ITS-PCI-MSI"]
+                                     "ITS collection", "LPI", "redistributor",
+                                     "irq_domain ITS-PCI-MSI"]
         entry = by_fn.find("MSI-X entry")
         assert entry.address == fn.bar_address(0) + 16 * v      # table at BAR0 + 0
         assert entry.fields["data"] == v                         # EventID = vector here
@@ -68,8 +69,14 @@ def test_irq_host_path(host):
         assert ite.fields["intid"] == gic_level.hwirq
         cpu = next(iter(desc.irq_data.common.effective_affinity))
         assert by_fn.find("ITS collection").fields["rdbase"] == cpu
+        hw_rd = m.gic.redists[cpu]
+        lpi = by_fn.find("LPI")                  # GICR_PROPBASER + (INTID - 8192)
+        assert lpi.address == (hw_rd.propbaser & ((1 << 52) - 1) & ~0xFFF) + \
+            ite.fields["intid"] - 8192
+        assert lpi.fields["enabled"] and lpi.fields["priority"] == \
+            m.ram.read(lpi.address, 1)[0] & 0xFC
         rd = by_fn.find("redistributor")
-        assert rd.fields["cpu"] == cpu and rd.fields["enabled"]
+        assert rd.fields["cpu"] == cpu and rd.fields["lpis_enabled"]
         assert rd.address == m.GICR + cpu * m.gic.frame_size
         assert by_fn.find("Linux IRQ").fields["irq"] == t.irqs[v]
 
