@@ -108,7 +108,8 @@ BY_NAME: dict[str, st.SearchStrategy] = {
     "write": st.booleans(), "masked_all": st.booleans(), "stage1_only": st.booleans(),
     "value": st.one_of(st.none(), st.booleans(), ints), "data": st.binary(max_size=9),
     "wrap": st.none(), "unresolved": st.none(),
-    "size": st.one_of(st.integers(0, 16), st.sampled_from([0x1000, 2**30, 2**40])),
+    "size": st.one_of(st.integers(0, 16), st.sampled_from([0x1000, 0x2000, 2**30, 2**40])),
+    "base": st.one_of(st.sampled_from([RAM, RAM + 0x1000, RAM + RAM_SIZE, 0x4000_0000]), ints),
     "bit": st.integers(0, 9), "shift": st.integers(0, 65), "mode": st.integers(0, 4),
     "capacity": st.one_of(st.integers(0, 8), st.just(2**40)), "n": st.integers(0, 300),
     "nvec": st.integers(0, 4),
@@ -170,9 +171,8 @@ def resolve(v: Any, objs: dict[str, Any]) -> Any:
     return v
 
 
-def outcome(b: Any, name: str, method: str | None, args: list[Any],
+def outcome(b: Any, objs: dict[str, Any], name: str, method: str | None, args: list[Any],
             kw: dict[str, Any]) -> tuple:
-    objs = objects(b)
     a = [resolve(v, objs) for v in args]
     k = {key: resolve(v, objs) for key, v in kw.items()}
     f = getattr(b, name) if method is None else getattr(objs[name], method)
@@ -191,13 +191,17 @@ RAW = {("Memory", "ram_checker"), ("Memory", "bit_updater"), ("stream_translator
 
 
 @settings(max_examples=4 * settings().max_examples)
-@given(call=calls())
-def test_same_exception_class_and_text(call):
-    name, method, args, kw = call
-    c, p = outcome(C, name, method, args, kw), outcome(P, name, method, args, kw)
-    assert c == p, (name, method, args, kw)
-    if c[0] == "raise":
-        assert "cdata" not in c[2] and "ctype" not in c[2] and "initializer for" not in c[2]
+@given(steps=st.lists(calls(), min_size=1, max_size=5))
+def test_same_exception_class_and_text(steps):
+    """A few calls on the same objects (errors that depend on state count too)."""
+    objs = {C: objects(C), P: objects(P)}
+    for name, method, args, kw in steps:
+        c = outcome(C, objs[C], name, method, args, kw)
+        p = outcome(P, objs[P], name, method, args, kw)
+        assert c == p, (name, method, args, kw)
+        if c[0] == "raise":
+            assert "cdata" not in c[2] and "ctype" not in c[2] and \
+                "initializer for" not in c[2]
 
 
 RAW_CALLS = [
