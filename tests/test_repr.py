@@ -15,6 +15,8 @@ from pymsi.machine import VirtualMachine
 
 #: the objects issue 12 names: their reprs say what they are, not "<... object at 0x...>"
 MAIN = ("PciFunction", "Bar", "MsixConfig", "SMMUv3", "GicV3Its", "Gicv3", "Redistributor",
+        "CpuInterface", "PciHost", "ArmVirt", "VirtualMachine", "GenIrq", "GicDriver", "ItsDriver",
+        "Memory", "Iotlb", "MsiTable", "Streams", "ItsCache",
         "Bus", "Kernel", "IrqDesc", "IrqData", "Stage1", "Stage2", "MsiDesc", "ItsDevice")
 
 

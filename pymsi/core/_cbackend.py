@@ -20,6 +20,7 @@ from typing import Any
 
 from .._core_c import ffi, lib
 from .._csrc import csrc_hash, tree_csrc
+from .._repr import bounded
 from ..errors import OutOfMemory, check, raise_errno
 from .common import (
     MAX_ACCESS,
@@ -276,6 +277,10 @@ class Memory:
         if src is not self:
             self._alias_srcs[id(src)] = src
 
+    def __repr__(self) -> str:
+        ram = ",".join(f"{b:#x}+{s:#x}" for b, s in self.regions[:4])
+        return bounded(f"<Memory {self.backend} ram=[{ram}] pages={self.pages_allocated}>")
+
 
 def _addr_size(addr: Any, size: Any) -> tuple[int, int]:
     return int_arg("addr", addr), int_arg("size", size)
@@ -460,6 +465,9 @@ class Iotlb(IotlbCommands):
                  "s2_level", "s1_writable", "s2_readable", "s2_writable", "asid", "vmid")
         return [{k: getattr(buf[i], k) for k in names} for i in range(n)]
 
+    def __repr__(self) -> str:
+        return f"<Iotlb {NAME} entries={len(self)}/{self.capacity}>"
+
 
 def translate(
     mem: Memory,
@@ -566,6 +574,9 @@ class MsiTable:
         iova, shift = ffi.new("uint64_t[]", m), ffi.new("uint8_t[]", m)
         lib.pymsi_msi_items(self._p, devs, idx, iova, shift, n)
         return sorted((devs[i], idx[i], iova[i], shift[i]) for i in range(n))
+
+    def __repr__(self) -> str:
+        return f"<MsiTable {NAME} entries={len(self)}>"
 
 
 def _vector(dev: Any, index: Any) -> tuple[int, int]:
@@ -685,6 +696,9 @@ class Streams:
         lib.pymsi_streams_clear(self._p)
         self._d.clear()
 
+    def __repr__(self) -> str:
+        return f"<Streams {NAME} streams={len(self)}>"
+
 
 def stream_batch(mem: Memory, streams: Streams, sids: Any, iovas: Any, out_pa: Any,
                  status: Any, tlb: Iotlb | None = None, write: bool = False,
@@ -803,6 +817,9 @@ class ItsCache:
     def clear(self) -> None:
         """Drop everything."""
         lib.pymsi_itc_clear(self._p)
+
+    def __repr__(self) -> str:
+        return f"<ItsCache {NAME} entries={len(self)}>"
 
 
 def its_lookup_batch(cache: ItsCache, dev: int, events: Any, limits: Any, intids: Any,

@@ -533,6 +533,9 @@ class CpuInterface:
         if self.vactive:
             self.vactive.pop()
 
+    def __repr__(self) -> str:
+        return f"<CpuInterface cpu={self.cpu} pmr={self.pmr:#x} igrpen1={self.igrpen1}>"
+
 
 class Gicv3:
     """A GICv3 (``gicv4=True``: GICv4) with ``ncpus`` redistributors and CPU interfaces.

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import core, trace
+from .._repr import bounded
 from ..errors import InvalidArgument
 
 # Type-0 header.
@@ -655,3 +656,6 @@ class PciHost:
             except (ValueError, OSError):
                 continue                      # a BAR over RAM or another BAR does not decode
             self._windows[(fn.rid, index)] = addr
+
+    def __repr__(self) -> str:
+        return bounded(f"<PciHost functions=[{','.join(f.bdf for f in self.functions.values())}]>")

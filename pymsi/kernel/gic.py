@@ -217,6 +217,10 @@ class GicDriver:
                 intid = cpuif.iar1()
         return n
 
+    def __repr__(self) -> str:
+        return (f"<GicDriver {self.kernel.name} gicd={self.gicd_base:#x} "
+                f"gicr={self.gicr_base:#x} cpus={len(self.cpuifs)}>")
+
 
 class VcpuCmd(enum.Enum):
     """The ITS's its_vcpu_info commands."""
@@ -731,3 +735,7 @@ class ItsDriver:
             self.lpi_update_config(d, enable=True)
         else:
             raise fail(EINVAL, f"unknown vCPU command {info.cmd}")
+
+    def __repr__(self) -> str:
+        return (f"<ItsDriver {self.kernel.name} base={self.base:#x} devices={len(self.devices)} "
+                f"vpes={len(self.vpes)}>")

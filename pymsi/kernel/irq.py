@@ -584,3 +584,6 @@ class GenIrq:
                 line += "  " + ", ".join(a.name for a in desc.actions)
             lines.append(line)
         return lines
+
+    def __repr__(self) -> str:
+        return f"<GenIrq {self.kernel.name} irqs={len(self.descs)} nr_irqs={self.nr_irqs}>"

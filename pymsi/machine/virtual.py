@@ -485,6 +485,10 @@ class VirtualMachine:
         self.guest.proc_write(f"/proc/irq/{self.guest_irq(i, vector)}/smp_affinity",
                               f"{1 << cpu:x}")
 
+    def __repr__(self) -> str:
+        return (f"<VirtualMachine vsmmu={self.vsmmu} gicv4={self.gicv4} variant={self.variant} "
+                f"devices={len(self.slots)} {'booted' if self.booted else 'not booted'}>")
+
 
 def load(path: str) -> VirtualMachine:
     """A :class:`VirtualMachine` from a TOML description (not booted)."""
