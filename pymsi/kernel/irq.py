@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import trace
+from .._repr import bounded, cpus
 from .base import (
     EBUSY,
     EINVAL,
@@ -98,6 +99,12 @@ class IrqCommonData:
     started: bool = False
     forwarded_to_vcpu: bool = False
 
+    def __repr__(self) -> str:
+        return (f"IrqCommonData(affinity={cpus(self.affinity)}, "
+                f"effective={cpus(self.effective_affinity)}, managed={self.managed}, "
+                f"activated={self.activated}, started={self.started}, "
+                f"forwarded={self.forwarded_to_vcpu})")
+
 
 @dataclass(eq=False)
 class IrqData:
@@ -118,6 +125,10 @@ class IrqData:
             d = d.parent_data
         return out
 
+    def __repr__(self) -> str:
+        dom = self.domain.name if self.domain is not None else "-"
+        return bounded(f"<irq_data {self.irq} {dom} hwirq={self.hwirq:#x}>")
+
 
 @dataclass(eq=False)
 class IrqAction:
@@ -126,6 +137,10 @@ class IrqAction:
     handler: IrqHandler
     name: str
     dev_id: Any
+
+    def __repr__(self) -> str:
+        return bounded(f"<irqaction {self.name} "
+                       f"{getattr(self.handler, '__name__', '?')}>")
 
 
 @dataclass(eq=False)
@@ -149,6 +164,12 @@ class IrqDesc:
     @property
     def count(self) -> int:
         return sum(self.kstat.values())
+
+    def __repr__(self) -> str:
+        d = self.irq_data
+        dom = d.domain.name if d.domain is not None else "-"
+        return bounded(f"<irq_desc {self.irq} {dom} hwirq={d.hwirq:#x} "
+                       f"actions={self.name or '-'} count={self.count}>")
 
 
 class IrqDomainOps:
@@ -563,3 +584,6 @@ class GenIrq:
                 line += "  " + ", ".join(a.name for a in desc.actions)
             lines.append(line)
         return lines
+
+    def __repr__(self) -> str:
+        return f"<GenIrq {self.kernel.name} irqs={len(self.descs)} nr_irqs={self.nr_irqs}>"

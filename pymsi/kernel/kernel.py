@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._repr import cpus
 from .base import EFAULT, EINVAL, ENOENT, EPERM, PageAllocator, fail
 from .dma_iommu import DmaIommu
 from .files import (
@@ -282,3 +283,8 @@ class Kernel:
         if not isinstance(text, str):
             raise fail(EINVAL, f"sysfs takes text, not {type(text).__name__}")
         self.pci_driver_core.sysfs_write(self._sys_parts(path), text)
+
+    def __repr__(self) -> str:
+        irqs = len(self.irq.descs) if hasattr(self, "irq") else 0
+        return (f"<Kernel {self.name} {self.arch} cpus={cpus(self.online_cpus)} "
+                f"irqs={irqs}>")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._repr import bounded, short
 from .irq import IRQ_HANDLED
 from .msi import MsiType
 from .pci import PCI_ANY_ID
@@ -32,6 +33,11 @@ class EndpointTest:
     def count(self, vector: int) -> int:
         """How many times ``vector`` was handled."""
         return sum(1 for v, _ in self.hits if v == vector)
+
+    def __repr__(self) -> str:
+        irqs = f"{self.irqs[0]}..{self.irqs[-1]}" if self.irqs else "-"
+        return bounded(f"EndpointTest({short(self.pdev)}, nvec={self.nvec}, irqs={irqs}, "
+                       f"hits={len(self.hits)})")
 
 
 class PciEndpointTestDriver:

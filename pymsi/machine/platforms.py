@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import core
+from .._repr import bounded
 from ..hw.bus import Bus
 from ..hw.gicv3 import Gicv3
 from ..hw.its import GicV3Its
@@ -94,6 +95,11 @@ class _Machine:
     def kernel_memory(self) -> tuple[int, int]:
         """The RAM a kernel booted here allocates from (all but the first 16 MiB)."""
         return self.RAM_BASE + 0x0100_0000, self.ram_size - 0x0100_0000
+
+    def __repr__(self) -> str:
+        fns = ",".join(f.bdf for f in getattr(self, "functions", [])[:8])
+        return bounded(f"<{type(self).__name__} ncpus={self.ncpus} ram={self.RAM_BASE:#x}"
+                       f"+{self.ram_size:#x} functions=[{fns}] msi_design={self.msi_design}>")
 
 
 class ArmVirt(_Machine):

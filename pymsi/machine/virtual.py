@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._repr import bounded, short
 from ..hw.qdev import PciDeviceModel
 from ..kernel.iommufd_viommu import Veventq
 from ..sched import Scheduler
@@ -154,6 +155,10 @@ class DeviceSlot:
     guest_pdev: Any = None         # the guest kernel's pci_dev
     test: Any = None               # the guest driver's record of its interrupts
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return bounded(f"DeviceSlot({self.index}, emulated={self.emulated}, "
+                       f"host={short(self.host_fn)}, guest={short(self.guest_fn)})")
 
 
 class VirtualMachine:
@@ -479,6 +484,10 @@ class VirtualMachine:
         """The guest moves the vector to ``cpu`` through /proc/irq/N/smp_affinity."""
         self.guest.proc_write(f"/proc/irq/{self.guest_irq(i, vector)}/smp_affinity",
                               f"{1 << cpu:x}")
+
+    def __repr__(self) -> str:
+        return (f"<VirtualMachine vsmmu={self.vsmmu} gicv4={self.gicv4} variant={self.variant} "
+                f"devices={len(self.slots)} {'booted' if self.booted else 'not booted'}>")
 
 
 def load(path: str) -> VirtualMachine:
