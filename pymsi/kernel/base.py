@@ -6,15 +6,7 @@ from __future__ import annotations
 import errno as _errno
 from typing import Any
 
-from ..errors import PymsiError
-
-
-class KernelError(PymsiError, OSError):
-    """A kernel call failed the way Linux fails it: ``.errno`` is Linux's errno."""
-
-    def __init__(self, err: int, what: str = "") -> None:
-        name = _errno.errorcode.get(err, "ENOTSUPP" if err == 524 else str(err))
-        super().__init__(err, f"{what} [{name}]" if what else name)
+from ..errors import KernelError  # noqa: F401  (defined in pymsi.errors, used from here)
 
 
 def fail(err: int, what: str = "") -> KernelError:
