@@ -34,6 +34,19 @@ class MsiCountingDriver:
     just the probe code run by hand, as before the driver core existed.
     """
 
+    #: the kernel it runs in
+    kernel: Any
+    #: the pci_dev it drives
+    dev: Any
+    #: its driver name (``drv-<bdf>`` by default)
+    name: str
+    #: how many vectors pci_alloc_irq_vectors() gave
+    nvec: int
+    #: the Linux IRQ number of each vector (pci_irq_vector()), by vector index
+    irqs: list[int]
+    #: vector index -> the CPUs its handler ran on, in order
+    fired: dict[int, list[int]]
+
     def __init__(self, kernel: Any, dev: Any, nvec: int,
                  flags: MsiType = MsiType.MSIX | MsiType.MSI, min_vecs: int = 1,
                  name: str | None = None, bind: bool = True) -> None:
