@@ -136,15 +136,17 @@ class _Desc:
             if not where:
                 raise
             head = str(e).split(" ", 1)[0].split(".", 1)[0].split("[", 1)[0].rstrip(":")
-            raise type(e)(f"{where}.{e}" if head in cls.keys() else f"{where}: {e}"
-                          ) from None
+            named = head in cls.keys() or head in d
+            raise type(e)(f"{where}.{e}" if named else f"{where}: {e}") from None
 
     @classmethod
     def _from_mapping(cls: type[_D], d: dict[str, Any]) -> _D:
         known = cls.keys()
-        for key in d:
-            if key not in known:
-                raise InvalidArgument(f"unknown key {key!r} (accepted: {', '.join(known)})")
+        unknown = [key for key in d if key not in known]
+        if unknown:
+            raise InvalidArgument(f"unknown key{'s' if len(unknown) > 1 else ''} "
+                                  f"{', '.join(map(repr, unknown))} "
+                                  f"(accepted: {', '.join(known)})")
         return cls(**d)
 
     @classmethod
@@ -204,8 +206,8 @@ class PciFunctionDesc(_Desc):
 
     #: MSI-X vectors, 1..2048 (None: no MSI-X capability)
     msix: int | None = None
-    #: MSI vectors, 1..32 (None: no MSI capability); a count that is not a power of two
-    #: is advertised as the next one (Multiple Message Capable)
+    #: MSI vectors (Multiple Message Capable): 1, 2, 4, 8, 16 or 32 (None: no MSI
+    #: capability)
     msi: int | None = None
     #: the MSI capability has per-vector masking
     msi_mask: bool = True
@@ -238,7 +240,7 @@ class PciFunctionDesc(_Desc):
         if self.msix is not None:
             _check_int("msix", self.msix, 1, MAX_MSIX)
         if self.msi is not None:
-            _check_int("msi", self.msi, 1, 32)
+            _check_choice("msi", self.msi, (1, 2, 4, 8, 16, 32))
         _check_bool("msi_mask", self.msi_mask)
         _check_bool("flr", self.flr)
         _check_int("vendor", self.vendor, 0, 0xFFFE)
@@ -267,12 +269,22 @@ class PciFunctionDesc(_Desc):
             if name not in known:
                 raise InvalidArgument(f"unknown key {name!r}: model {self.model!r} has no such "
                                       f"property (properties: {', '.join(known) or 'none'})")
-        probe = cls.__new__(cls)            # check_properties() sees only the properties
-        for name, default in known.items():
-            setattr(probe, name, self.properties.get(name, default))
         try:
-            probe.check_properties()
+            _check_properties(cls, dict(self.properties))
         except InvalidArgument as e:
+            # which property is at fault: the one whose default makes the model content
+            bad = []
+            for name in self.properties:
+                try:
+                    _check_properties(cls, {k: v for k, v in self.properties.items()
+                                            if k != name})
+                    bad.append(name)
+                except InvalidArgument:
+                    pass
+            if len(bad) == 1:
+                raise InvalidArgument(f"{bad[0]} must be a value model {self.model!r} "
+                                      f"accepts, not {self.properties[bad[0]]!r} ({e})"
+                                      ) from None
             raise InvalidArgument(f"model {self.model!r}: {e}") from None
 
     @classmethod
@@ -314,6 +326,15 @@ class PciFunctionDesc(_Desc):
     def bar0_size(self) -> int:
         """A plain function's BAR 0 size (``bar_size`` or the default for its table)."""
         return self.bar_size if self.bar_size is not None else _msix_layout(self.msix)[1]
+
+
+def _check_properties(cls: Any, props: dict[str, Any]) -> None:
+    """The model's check_properties() on these values (the others at their defaults),
+    without building the model."""
+    probe = cls.__new__(cls)
+    for name, default in cls.PROPERTIES.items():
+        setattr(probe, name, props.get(name, default))
+    probe.check_properties()
 
 
 #: the plain function's own fields (a device model declares these itself)
