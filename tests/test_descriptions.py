@@ -339,6 +339,9 @@ def test_toml_round_trip_builds_the_same_machine(tmp_path_factory, data):
     d = data.draw(arm_virts(2) if kind == "arm-virt" else x86_pcs(2))
     for key in ("sidsize", "cmdqs", "eventqs", "two_level"):
         d.pop(key, None)          # an SMMU the kernel can boot on with these devices
+    for dev in d["devices"]:
+        if dev.get("bar_size", 0) > 1 << 24:
+            del dev["bar_size"]     # BARs that fit the PCI windows (else ENOSPC at boot)
     desc = cls.from_dict(d)
     text = to_toml(desc)
     p = tmp_path_factory.mktemp("toml") / "m.toml"
