@@ -410,3 +410,19 @@ def test_bad_toml_is_an_error_naming_the_file_the_key_and_the_value(tmp_path, te
         load(str(p))
     for part in named:
         assert part in str(e.value), (part, str(e.value))
+
+
+def test_boot_options_from_the_description_and_the_call(tmp_path):
+    from pymsi.kernel.iommu import DomainType
+
+    p = tmp_path / "m.toml"
+    p.write_text('machine = "arm-virt"\n[boot]\ndefault_domain = "identity"\n'
+                 "[[devices]]\nmsix = 2\n")
+    m = load(str(p))
+    assert m.description.boot == BootOptions(default_domain="identity")
+    k = m.boot()
+    assert k.iommu.default_domain_type is DomainType.IDENTITY
+    assert k.pci.devices[0].iommu_group.default_domain.type is DomainType.IDENTITY
+    k2 = load(str(p)).boot(default_domain="dma")          # the call's option wins
+    assert k2.pci.devices[0].iommu_group.default_domain.type is DomainType.DMA
+    assert ArmVirt(devices=[{"msix": 2}]).boot().iommu.default_domain_type is DomainType.DMA
