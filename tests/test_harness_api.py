@@ -289,3 +289,24 @@ def test_kernel_errors_keep_their_errno_and_are_the_same_class_everywhere():
         k.proc_read("/proc/nope")
     assert e.value.errno == errno.ENOENT and isinstance(e.value, OSError)
     assert "[ENOENT]" in str(e.value)
+
+
+def test_help_shows_every_declared_attribute_with_its_doc():
+    import pydoc
+
+    from pymsi._doc import attribute_docs
+    from pymsi.machine import ArmVirtDesc, PciFunctionDesc, VirtualMachineDesc, VmDeviceDesc
+
+    for cls in (Kernel, MsiCountingDriver, ArmVirt, X86Pc, PciFunctionDesc, VmDeviceDesc,
+                ArmVirtDesc, VirtualMachineDesc):
+        text = pydoc.render_doc(cls, renderer=pydoc.plaintext)
+        names = [name for name, _, _ in attribute_docs(cls)]
+        assert names, cls
+        for name, ann, doc in attribute_docs(cls):
+            assert f"{name} ({ann}):" in text, (cls, name)
+            assert doc.split()[0] in text, (cls, name)
+    # a subclass lists its bases' attributes too, and the dataclass fields are all there
+    assert [n for n, _, _ in attribute_docs(VmDeviceDesc)] == \
+        [f for f in VmDeviceDesc.keys()]
+    assert {n for n, _, _ in attribute_docs(Kernel)} >= {"irq", "pci", "gic", "its",
+                                                         "files", "iommu", "kvm"}

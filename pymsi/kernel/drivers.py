@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._doc import document_attributes
 from .msi import MsiType
 from .pci import PciDriver
 
@@ -22,6 +23,7 @@ def msi_counting_pci_driver(kernel: Any, name: str, nvec: int,
         _remove, id_table)
 
 
+@document_attributes
 class MsiCountingDriver:
     """Binds to a PciDev: enables it, allocates vectors, installs handlers that count.
 

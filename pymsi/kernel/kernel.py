@@ -6,6 +6,7 @@ from collections.abc import Callable
 from errno import EACCES, EISDIR
 from typing import TYPE_CHECKING, Any
 
+from .._doc import document_attributes
 from .base import (
     EFAULT,
     EINVAL,
@@ -55,6 +56,7 @@ _PROC_IRQ_FILES = ("smp_affinity", "smp_affinity_list", "effective_affinity",
                    "effective_affinity_list")
 
 
+@document_attributes
 class Kernel:
     """One Linux-like kernel instance (a host, or a guest inside a VMM).
 

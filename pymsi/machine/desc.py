@@ -39,8 +39,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from types import MappingProxyType
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
+from .._doc import document_attributes
 from ..errors import DeviceModelError, InvalidArgument
 
 __all__ = [
@@ -115,9 +116,6 @@ def _msix_layout(msix: int | None) -> tuple[int, int]:
 class _Desc:
     """What every description shares: ``from_dict`` / ``to_dict`` / ``coerce``."""
 
-    #: dict keys that are not fields (none but for a device model's properties)
-    _EXTRA_KEYS: ClassVar[bool] = False
-
     @classmethod
     def keys(cls) -> tuple[str, ...]:
         """The keys of the dict form (the fields, in order)."""
@@ -190,6 +188,7 @@ def _plain(value: Any) -> Any:
 
 # -- one PCI function -----------------------------------------------------------------------
 
+@document_attributes
 @dataclass(frozen=True)
 class PciFunctionDesc(_Desc):
     """One PCI function on a machine's PCIe bus (one slot of bus 0, from slot 1 on).
@@ -357,6 +356,7 @@ def _devices(value: Any, cls: type[PciFunctionDesc], limit: int = 31
 
 # -- host machines ------------------------------------------------------------------------
 
+@document_attributes
 @dataclass(frozen=True)
 class BootOptions(_Desc):
     """How a host kernel boots on an :class:`~pymsi.machine.ArmVirt`
@@ -373,6 +373,7 @@ class BootOptions(_Desc):
             _check_choice("default_domain", dd, ("dma", "identity"))
 
 
+@document_attributes
 @dataclass(frozen=True)
 class ArmVirtDesc(_Desc):
     """QEMU's arm64 "virt" board (:class:`~pymsi.machine.ArmVirt`): GICv3 (or v4) + ITS,
@@ -447,6 +448,7 @@ class ArmVirtDesc(_Desc):
         object.__setattr__(self, "boot", BootOptions.coerce(self.boot, "boot"))
 
 
+@document_attributes
 @dataclass(frozen=True)
 class X86PcDesc(_Desc):
     """A PC (:class:`~pymsi.machine.X86Pc`): RAM, the 0xFEE00000 interrupt message window
@@ -480,6 +482,7 @@ def _check_machine_common(d: ArmVirtDesc | X86PcDesc, maxcpus: int) -> None:
 
 # -- the nested machine ----------------------------------------------------------------------
 
+@document_attributes
 @dataclass(frozen=True)
 class VmDeviceDesc(PciFunctionDesc):
     """A device of a :class:`VirtualMachineDesc`: a PCI function (assigned to the VM from
@@ -497,6 +500,7 @@ class VmDeviceDesc(PciFunctionDesc):
         _check_bool("emulated", self.emulated)
 
 
+@document_attributes
 @dataclass(frozen=True)
 class VirtualMachineDesc(_Desc):
     """Host + VMM + guest (:class:`~pymsi.machine.VirtualMachine`)."""

@@ -8,6 +8,7 @@ from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
 from .. import core
+from .._doc import document_attributes
 from ..hw.bus import Bus
 from ..hw.gicv3 import Gicv3
 from ..hw.its import GicV3Its
@@ -71,6 +72,10 @@ class _Machine:
 
     #: the description the machine was built from (its constructor's arguments, checked)
     description: ArmVirtDesc | X86PcDesc
+    #: the physical memory (pymsi.core.Memory): RAM from RAM_BASE
+    ram: Any
+    #: the CPUs
+    ncpus: int
     #: the physical address space: RAM and the devices' register frames
     bus: Bus
     #: the PCIe host bridge (ECAM, the functions on bus 0)
@@ -104,6 +109,7 @@ class _Machine:
         return self.RAM_BASE + 0x0100_0000, self.ram_size - 0x0100_0000
 
 
+@document_attributes
 class ArmVirt(_Machine):
     """QEMU's arm64 "virt" board, as far as MSIs go.
 
@@ -128,10 +134,6 @@ class ArmVirt(_Machine):
     The arguments are the fields of :class:`~pymsi.machine.desc.ArmVirtDesc` (documented
     there); a bad value is :class:`~pymsi.errors.InvalidArgument` naming it.  A
     description (or its dict / TOML form) builds a machine with :meth:`from_description`.
-
-    Attributes: ``ram`` (physical memory), ``bus`` (the system bus), ``gic`` (GICv3
-    model), ``its`` (its ITS), ``smmu`` (the SMMUv3 model or None), ``pci`` (the PCIe
-    host), ``functions`` (the PCI functions of ``devices``), ``description``.
     """
 
     RAM_BASE = VIRT_MEM
@@ -203,6 +205,7 @@ class ArmVirt(_Machine):
         return boot_arm(self, default_domain=None if dd is None else DomainType(dd))
 
 
+@document_attributes
 class X86Pc(_Machine):
     """A PC: RAM, the 0xFEE00000 interrupt message window with local APICs, an
     Intel-style interrupt remapping unit at 0xFED90000 (IRTEs, interrupt entry
@@ -210,9 +213,6 @@ class X86Pc(_Machine):
 
     The arguments are the fields of :class:`~pymsi.machine.desc.X86PcDesc` (documented
     there); a bad value is :class:`~pymsi.errors.InvalidArgument` naming it.
-
-    Attributes: ``ram``, ``bus``, ``msi`` (the interrupt message window: local APICs and
-    the remapping unit), ``pci``, ``functions``, ``description``.
     """
 
     #: the 0xFEE00000 window: local APICs, the interrupt remapping unit's tables

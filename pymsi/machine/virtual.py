@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .._doc import document_attributes
 from ..hw.qdev import PciDeviceModel
 from ..kernel.iommufd_viommu import Veventq
 from ..sched import Scheduler
@@ -66,6 +67,7 @@ def _as_dict(d: VirtualMachineDesc) -> dict[str, Any]:
     return out
 
 
+@document_attributes
 @dataclass(eq=False)
 class DeviceSlot:
     """One described device, end to end."""
@@ -85,6 +87,7 @@ class DeviceSlot:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@document_attributes
 class VirtualMachine:
     """Host + VMM + guest from a short description: a
     :class:`~pymsi.machine.desc.VirtualMachineDesc` (whose fields document the keys) or
