@@ -8,6 +8,7 @@ comments to it as an "Attributes" list.
 from __future__ import annotations
 
 import inspect
+import linecache
 import re
 import textwrap
 from typing import TypeVar
@@ -28,14 +29,33 @@ def attribute_docs(cls: type) -> list[tuple[str, str, str]]:
     return out
 
 
-def _own_attribute_docs(cls: type) -> list[tuple[str, str, str]]:
+def _class_body(cls: type) -> str:
+    """The source of ``cls``'s body, dedented ("" when not available).  Found by a
+    line scan of its module's file (inspect.getsource parses the whole module)."""
     try:
-        src = textwrap.dedent(inspect.getsource(cls))
-    except (OSError, TypeError):
-        return []
+        lines = linecache.getlines(inspect.getsourcefile(cls) or "")
+    except TypeError:
+        return ""
+    head = re.compile(rf"^(\s*)class {re.escape(cls.__name__)}\b")
+    for i, line in enumerate(lines):
+        m = head.match(line)
+        if m is None:
+            continue
+        indent = len(m.group(1))
+        body = []
+        for line in lines[i + 1:]:
+            if line.strip() and len(line) - len(line.lstrip()) <= indent:
+                break
+            body.append(line)
+        return textwrap.dedent("".join(body))
+    return ""
+
+
+def _own_attribute_docs(cls: type) -> list[tuple[str, str, str]]:
+    src = _class_body(cls)
     out = []
-    own = set(getattr(cls, "__annotations__", {}))
-    for m in re.finditer(r"((?:^[ ]{4}#:[^\n]*\n)+)^[ ]{4}(\w+): ([^\n=]+?)(?: = [^\n]*)?$",
+    own = set(cls.__dict__.get("__annotations__", {}))
+    for m in re.finditer(r"((?:^#:[^\n]*\n)+)^(\w+): ([^\n=]+?)(?: = [^\n]*)?$",
                          src, re.MULTILINE):
         comment, name, ann = m.group(1), m.group(2), m.group(3)
         if name not in own:
