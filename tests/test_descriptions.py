@@ -426,3 +426,17 @@ def test_boot_options_from_the_description_and_the_call(tmp_path):
     k2 = load(str(p)).boot(default_domain="dma")          # the call's option wins
     assert k2.pci.devices[0].iommu_group.default_domain.type is DomainType.DMA
     assert ArmVirt(devices=[{"msix": 2}]).boot().iommu.default_domain_type is DomainType.DMA
+
+
+def test_a_virtual_machine_from_a_description_a_dict_or_keywords():
+    desc = VirtualMachineDesc(devices=({"msix": 3, "emulated": True},), guest_ncpus=3)
+    for vm in (VirtualMachine(desc), VirtualMachine(desc.to_dict()),
+               VirtualMachine(devices=[{"msix": 3, "emulated": True}], guest_ncpus=3)):
+        assert vm.description == desc
+        assert vm.desc["guest_ncpus"] == 3 and vm.slots[0].spec == {"msix": 3, "emulated": True}
+    with pytest.raises(TypeError):
+        VirtualMachine(desc, guest_ncpus=2)
+    with pytest.raises(InvalidArgument, match="guest_ncpus"):
+        VirtualMachine({"guest_ncpus": 0})
+    with pytest.raises(InvalidArgument, match="emulated"):
+        VirtualMachine(desc).boot().host_function(0)

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .._doc import document_attributes
+from ..errors import InvalidArgument
 from ..hw.qdev import PciDeviceModel
 from ..kernel.iommufd_viommu import Veventq
 from ..sched import Scheduler
@@ -393,7 +394,8 @@ class VirtualMachine:
         self._booted()
         s = self.slots[i]
         if s.host_fn is None:
-            raise ValueError(f"device {i} is emulated by the VMM: it has no host function")
+            raise InvalidArgument(f"device {i} is emulated by the VMM: it has no host "
+                                  "function")
         return s.host_fn
 
     def guest_function(self, i: int) -> Any:
