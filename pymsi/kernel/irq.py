@@ -33,6 +33,7 @@ from .base import (
     cpumask_arg,
     cpumask_str,
     fail,
+    parse_cpulist,
     parse_cpumask,
 )
 
@@ -473,33 +474,51 @@ class GenIrq:
             raise fail(ENOENT, f"/proc/irq/{irq} does not exist")
         return desc
 
-    def write_smp_affinity(self, irq: int, text: str | bytes) -> None:
-        """A write to /proc/irq/<irq>/smp_affinity (write_irq_affinity()).
+    def write_smp_affinity(self, irq: int, text: str | bytes, list_format: bool = False
+                           ) -> None:
+        """A write to /proc/irq/<irq>/smp_affinity (write_irq_affinity()), or to
+        smp_affinity_list with ``list_format``.
 
         In Linux's order: no such directory (ENOENT), an interrupt user space
         may not move (managed, or no chip able to: EIO), the mask as
-        bitmap_parse() reads it (EINVAL / EOVERFLOW), no online CPU in it
-        (EINVAL), then irq_set_affinity()'s own errors.
+        bitmap_parse() reads it (EINVAL / EOVERFLOW; the list as bitmap_parselist()
+        does: EINVAL / EOVERFLOW / ERANGE), no online CPU in it (EINVAL), then
+        irq_set_affinity()'s own errors.
         """
         desc = self.proc_desc(irq)
         d = desc.irq_data
         if d.common.managed or d.chip is None:
             raise fail(EIO, f"IRQ {irq}: affinity cannot be set from user space")
-        mask = parse_cpumask(text, self.kernel.nr_cpumask_bits)
+        mask = (parse_cpulist if list_format else parse_cpumask)(
+            text, self.kernel.nr_cpumask_bits)
         if not mask & self.kernel.online_cpus:
             raise fail(EINVAL, f"IRQ {irq}: no online CPU in the mask")
         self._set_affinity(desc, mask, False)
 
-    def read_smp_affinity(self, irq: int) -> str:
-        """/proc/irq/<irq>/smp_affinity's text, without the newline (nr_cpu_ids wide)."""
+    def smp_affinity(self, irq: int) -> frozenset[int]:
+        """The CPUs /proc/irq/<irq>/smp_affinity shows (show_irq_affinity()): the
+        affinity, or the mask of a move still pending; EINVAL for no such interrupt."""
         desc = self.desc(irq)
         mask = desc.pending_mask if desc.pending_mask is not None else desc.irq_data.common.affinity
-        return cpumask_str(mask, self.kernel.ncpus)
+        return mask
+
+    def irq_get_affinity_mask(self, irq: int) -> frozenset[int]:
+        """irq_get_affinity_mask(): the affinity (irq_common_data.affinity; a pending
+        move not yet carried out is not in it); EINVAL for no such interrupt."""
+        return self.desc(irq).irq_data.common.affinity
+
+    def irq_get_effective_affinity_mask(self, irq: int) -> frozenset[int]:
+        """irq_data_get_effective_affinity_mask(): the CPUs the interrupt is routed to
+        now (one CPU for an ITS LPI or an x86 vector); EINVAL for no such interrupt."""
+        return self.desc(irq).irq_data.common.effective_affinity
+
+    def read_smp_affinity(self, irq: int) -> str:
+        """/proc/irq/<irq>/smp_affinity's text, without the newline (nr_cpu_ids wide)."""
+        return cpumask_str(self.smp_affinity(irq), self.kernel.ncpus)
 
     def read_effective_affinity(self, irq: int) -> str:
         """/proc/irq/<irq>/effective_affinity's text, without the newline."""
-        return cpumask_str(self.desc(irq).irq_data.common.effective_affinity,
-                           self.kernel.ncpus)
+        return cpumask_str(self.irq_get_effective_affinity_mask(irq), self.kernel.ncpus)
 
     def set_vcpu_affinity(self, irq: int, info: Any) -> None:
         """irq_set_vcpu_affinity(): forward to (or take back from) a vCPU."""

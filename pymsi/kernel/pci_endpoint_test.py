@@ -24,8 +24,11 @@ DRV_NAME = "pci-endpoint-test"
 class EndpointTest:
     """struct pci_endpoint_test of one bound device."""
 
+    #: the pci_dev it is bound to
     pdev: Any
+    #: how many vectors it got
     nvec: int = 0
+    #: the Linux IRQ number of each vector, by vector index
     irqs: list[int] = field(default_factory=list)
     #: every interrupt taken, in order: (vector, cpu)
     hits: list[tuple[int, int | None]] = field(default_factory=list)
