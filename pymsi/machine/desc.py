@@ -42,6 +42,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from .._doc import document_attributes
+from .._repr import bounded
 from ..errors import DeviceModelError, InvalidArgument
 
 __all__ = [
@@ -166,6 +167,22 @@ class _Desc:
         return out
 
 
+    def __repr__(self) -> str:
+        """The fields that differ from their defaults, sizes and ids in hex, bounded."""
+        items = ", ".join(f"{k}={_short(v)}" for k, v in self.to_dict().items())
+        return bounded(f"{type(self).__name__}({items})")
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, dict, list)):
+        return repr(value)
+    if isinstance(value, int):
+        return f"{value:#x}" if value >= 0x1000 else str(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}={_short(v)}" for k, v in value.items()) + "}"
+    return "[" + ", ".join(_short(v) for v in value) + "]"
+
+
 def _default(f: Any) -> Any:
     if f.default is not MISSING:
         return f.default
@@ -189,7 +206,7 @@ def _plain(value: Any) -> Any:
 # -- one PCI function -----------------------------------------------------------------------
 
 @document_attributes
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class PciFunctionDesc(_Desc):
     """One PCI function on a machine's PCIe bus (one slot of bus 0, from slot 1 on).
 
@@ -357,7 +374,7 @@ def _devices(value: Any, cls: type[PciFunctionDesc], limit: int = 31
 # -- host machines ------------------------------------------------------------------------
 
 @document_attributes
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class BootOptions(_Desc):
     """How a host kernel boots on an :class:`~pymsi.machine.ArmVirt`
     (:meth:`~pymsi.machine.ArmVirt.boot` takes the same as keyword arguments)."""
@@ -374,7 +391,7 @@ class BootOptions(_Desc):
 
 
 @document_attributes
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class ArmVirtDesc(_Desc):
     """QEMU's arm64 "virt" board (:class:`~pymsi.machine.ArmVirt`): GICv3 (or v4) + ITS,
     an SMMUv3 whose ID-register choices default to what QEMU's virt SMMUv3 advertises,
@@ -449,7 +466,7 @@ class ArmVirtDesc(_Desc):
 
 
 @document_attributes
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class X86PcDesc(_Desc):
     """A PC (:class:`~pymsi.machine.X86Pc`): RAM, the 0xFEE00000 interrupt message window
     with local APICs, an Intel-style interrupt remapping unit, PCIe with ``devices``."""
@@ -483,7 +500,7 @@ def _check_machine_common(d: ArmVirtDesc | X86PcDesc, maxcpus: int) -> None:
 # -- the nested machine ----------------------------------------------------------------------
 
 @document_attributes
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class VmDeviceDesc(PciFunctionDesc):
     """A device of a :class:`VirtualMachineDesc`: a PCI function (assigned to the VM from
     the host through vfio-pci, or emulated by the VMM).  With neither ``msix``, ``msi``
@@ -501,7 +518,7 @@ class VmDeviceDesc(PciFunctionDesc):
 
 
 @document_attributes
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class VirtualMachineDesc(_Desc):
     """Host + VMM + guest (:class:`~pymsi.machine.VirtualMachine`)."""
 
