@@ -482,10 +482,12 @@ class AssignedGuest(RuleBasedStateMachine):
 
     The model is the guest's: MSI-X pending bits (a vector masked in the device is held
     and sent at unmask), a disabled LPI staying pending in the (v)ITS, a reprogrammed
-    entry raising the other vector's interrupt.  After every step each interrupt the
-    guest should have taken was taken exactly once, by the right handler, on the vCPU
-    ``/proc`` shows (``delivered_exactly_as_expected``) -- the delivery invariant as the
-    guest sees it.  Hooks: :meth:`make_vm`, ``QUEUES``."""
+    entry raising the other vector's interrupt, and with GICv4 which host vector forwards
+    which vLPI (a vLPI pending in the vPE's table is lost when its forwarding is unset,
+    as on Linux).  After every step each interrupt the guest should have taken was taken
+    exactly once, by the right handler, on the vCPU ``/proc`` shows
+    (``delivered_exactly_as_expected``) -- the delivery invariant as the guest sees it.
+    Hooks: :meth:`make_vm`, ``QUEUES``."""
 
     QUEUES: ClassVar[int] = 6
 
@@ -502,6 +504,7 @@ class AssignedGuest(RuleBasedStateMachine):
         from ..kernel.msi import MsiMsg
 
         self.vm = self.make_vm(vsmmu, gicv4, design, ncpus)
+        self.gicv4 = gicv4
         self.ncpus = ncpus
         self.n = self.QUEUES
         self.expected: list[tuple[int, int]] = []
@@ -509,6 +512,10 @@ class AssignedGuest(RuleBasedStateMachine):
         self.held: set[int] = set()           # pending in the device (PBA)
         self.lpi_pending: set[int] = set()    # pending in the guest's (v)ITS, LPI disabled
         self.alias: dict[int, int] = {}       # vector -> the vector whose message it carries
+        # GICv4: the LPI each host vector forwards (LPI -> vector), and the pending LPIs
+        # whose state is in the vPE's pending table rather than KVM's pending_latch.
+        self.fwd: dict[int, int] = {v: v for v in range(self.n)} if gicv4 else {}
+        self.vpt: set[int] = set()
         descs = self.vm.slots[0].guest_pdev.msi_descs
         self.msgs = [MsiMsg.of(descs[v].msg.address, descs[v].msg.data)
                      for v in range(self.n)]
@@ -516,13 +523,40 @@ class AssignedGuest(RuleBasedStateMachine):
     def _cpu(self, v: int) -> int:
         return int(self.vm.guest_cpu_of(0, v))
 
+    def _unforward(self, v: int) -> None:
+        """The host vector ``v`` stops feeding KVM's irqfd (the guest masked it, the VMM
+        turned MSI-X off, or its route changed): kvm_vgic_v4_unset_forwarding() unmaps
+        the vLPI it forwarded with a DISCARD (its_vlpi_unmap), which clears the vLPI's
+        bit in the vPE's pending table; Linux carries nothing back to the vgic, so a
+        vLPI pending there while disabled is lost."""
+        for lpi in [t for t, u in self.fwd.items() if u == v]:
+            del self.fwd[lpi]
+            if lpi in self.vpt:
+                self.vpt.discard(lpi)
+                self.lpi_pending.discard(lpi)
+
+    def _forward(self, v: int) -> None:
+        """The host vector ``v`` feeds KVM's irqfd again: with GICv4 it forwards its
+        route's LPI unless another vector already does (kvm_vgic_v4_set_forwarding skips
+        a mapped vLPI); a pending_latch goes to the vPE's pending table."""
+        if not self.gicv4:
+            return
+        lpi = self.alias.get(v, v)
+        if lpi not in self.fwd:
+            self.fwd[lpi] = v
+            if lpi in self.lpi_pending:
+                self.vpt.add(lpi)
+
     def _send(self, v: int) -> None:
         """Vector ``v``'s message reaches the guest's ITS: the LPI of the vector whose
         message it carries, which stays pending while that interrupt is disabled (the
-        guest's disable_irq masks the LPI too)."""
+        guest's disable_irq masks the LPI too) -- in the vPE's pending table if a host
+        vector forwards that LPI, else in KVM's pending_latch."""
         target = self.alias.get(v, v)
         if self.depth[target]:
             self.lpi_pending.add(target)
+            if target in self.fwd:
+                self.vpt.add(target)
         else:
             self.expected.append((target, self._cpu(target)))
 
@@ -552,6 +586,8 @@ class AssignedGuest(RuleBasedStateMachine):
         v %= self.n
         self.vm.guest.irq.disable_irq(self.vm.guest_irq(0, v))
         self.depth[v] += 1
+        if self.depth[v] == 1:                # masked in the device: the VMM's own eventfd
+            self._unforward(v)
 
     @precondition(lambda self: any(self.depth))
     @rule(data=st.data())
@@ -562,8 +598,10 @@ class AssignedGuest(RuleBasedStateMachine):
         self.vm.run()
         if self.depth[v]:
             return
+        self._forward(v)                      # unmasked in the device: KVM's irqfd again
         if v in self.lpi_pending:             # the LPI enabled again: taken now
             self.lpi_pending.discard(v)
+            self.vpt.discard(v)
             self.expected.append((v, self._cpu(v)))
         if v in self.held:                    # the device sends what its PBA held
             self.held.discard(v)
@@ -575,16 +613,27 @@ class AssignedGuest(RuleBasedStateMachine):
         v, w = v % self.n, w % self.n
         descs = self.vm.slots[0].guest_pdev.msi_descs
         self.vm.guest.msi.write_msg(descs[v], self.msgs[w])
+        changed = self.alias.get(v, v) != w
         self.alias[v] = w
         self.vm.run()
+        if changed and not self.depth[v]:     # a live vector's new route
+            self._unforward(v)
+            self._forward(v)
 
     @rule()
     def reset(self) -> None:
         """The guest's FLR: the messages come back from the guest's descriptors (a
-        reprogrammed one as reprogrammed); what was pending in the device is gone."""
+        reprogrammed one as reprogrammed); what was pending in the device is gone.  The
+        VMM turns the host's vectors off around the reset (every forwarding unset, see
+        :meth:`_unforward`) and on again in vector order (:meth:`_forward`)."""
         self.vm.slots[0].guest_pdev.reset_function()
         self.vm.run()
         self.held.clear()
+        for v in range(self.n):
+            self._unforward(v)
+        for v in range(self.n):
+            if not self.depth[v]:
+                self._forward(v)
 
     @invariant()
     def delivered_exactly_as_expected(self) -> None:
@@ -592,6 +641,5 @@ class AssignedGuest(RuleBasedStateMachine):
         one run on different vCPUs is the guest's CPU order, not an invariant)."""
         if hasattr(self, "vm"):
             assert sorted(self.vm.endpoint(0).hits) == sorted(self.expected)
-
 
 __all__ = ["AssignedGuest", "GuestMachine", "HostMachine", "VfioUserspace"]
