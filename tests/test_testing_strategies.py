@@ -18,6 +18,7 @@ from pymsi.core import Prot
 from pymsi.hw.smmuv3_regs import EventType, SteConfig
 from pymsi.kernel.base import KernelError, parse_cpumask
 from pymsi.machine import ArmVirt
+from pymsi.machine.desc import ArmVirtDesc
 from pymsi.testing import GuestMachine, InvariantViolation, VfioUserspace, invariants
 from pymsi.testing import strategies as pst
 from pymsi.vmmlib import SET, Vmm
@@ -180,6 +181,19 @@ def test_machine_descriptions_build_and_boot(desc):
     for fn, d in zip(m.functions, desc["devices"], strict=True):
         assert (fn.msix.vectors if fn.msix_cap is not None else None) == d.get("msix")
         assert (fn.msi_cap is not None) == ("msi" in d)
+
+
+@settings(max_examples=examples(6), deadline=None)
+@given(desc=pst.machine_descriptions(max_devices=2, max_vectors=8, typed=True))
+def test_typed_machine_descriptions_build_the_same_machine(desc):
+    """The typed form (DESC's checked ArmVirtDesc) builds and boots, and its dict form
+    round-trips through the checked description unchanged."""
+    m = ArmVirt.from_description(desc)
+    m.boot()
+    assert m.description == desc
+    assert ArmVirtDesc.from_dict(desc.to_dict()) == desc
+    assert [f.msix for f in desc.devices] == [
+        fn.msix.vectors if fn.msix_cap is not None else None for fn in m.functions]
 
 
 # -- UAPI calls ---------------------------------------------------------------------------------

@@ -401,11 +401,17 @@ def proc_inputs(*, valid: bool | None = None, max_groups: int = 18) -> SearchStr
 
 
 def device_descriptions(*, max_vectors: int = 32, msi: bool | None = None,
-                        msix: bool | None = None) -> SearchStrategy[dict[str, Any]]:
+                        msix: bool | None = None, typed: bool = False) -> SearchStrategy[Any]:
     """A PCI function description as ``ArmVirt(devices=[...])`` takes it: ``{"msix": n}``
     and/or ``{"msi": n}`` (MSI: a power of two up to 32), sometimes ``"flr": False`` or
     ``"msi_mask": False``.  ``msi`` / ``msix`` force a capability on or off; at least one
-    is present."""
+    is present.  ``typed``: the :class:`pymsi.machine.desc.PciFunctionDesc` instead of
+    its dict form."""
+    if typed:
+        from ..machine.desc import PciFunctionDesc
+
+        return device_descriptions(max_vectors=max_vectors, msi=msi, msix=msix).map(
+            PciFunctionDesc.from_dict)
 
     @st.composite
     def build(draw: Any) -> dict[str, Any]:
@@ -427,11 +433,19 @@ def device_descriptions(*, max_vectors: int = 32, msi: bool | None = None,
 
 
 def machine_descriptions(*, max_devices: int = 3, max_vectors: int = 16,
-                         smmu: Any = None, msi_design: Any = None
-                         ) -> SearchStrategy[dict[str, Any]]:
+                         smmu: Any = None, msi_design: Any = None, typed: bool = False
+                         ) -> SearchStrategy[Any]:
     """Keyword arguments of :class:`pymsi.machine.ArmVirt`: ``ncpus`` 1..8, ``smmu``
     ("s1", "s2", "nested" or None), ``gicv4``, ``msi_design`` (one of the four) and 1..
-    ``max_devices`` :func:`device_descriptions` -- ``ArmVirt(**d).boot()`` boots it."""
+    ``max_devices`` :func:`device_descriptions` -- ``ArmVirt(**d).boot()`` boots it.
+    ``typed``: the :class:`pymsi.machine.desc.ArmVirtDesc` instead
+    (``ArmVirt.from_description(d)``)."""
+    if typed:
+        from ..machine.desc import ArmVirtDesc
+
+        return machine_descriptions(max_devices=max_devices, max_vectors=max_vectors,
+                                    smmu=smmu, msi_design=msi_design).map(
+            ArmVirtDesc.from_dict)
     return st.fixed_dictionaries({
         "ncpus": st.integers(1, 8),
         "smmu": _opt(smmu, st.sampled_from(["s1", "s2", "nested", None])),
