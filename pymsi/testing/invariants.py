@@ -50,15 +50,7 @@ from ..compare import (
     UndescribedObs,
     VectorObs,
 )
-
-
-class InvariantViolation(AssertionError):
-    """An invariant of DESIGN.md broken by a step: ``invariant`` (one of
-    :data:`INVARIANTS`), ``step`` (the observation's step name) and ``detail``."""
-
-    def __init__(self, invariant: str, step: str, detail: str) -> None:
-        super().__init__(f"{invariant} broken at {step!r}: {detail}")
-        self.invariant, self.step, self.detail = invariant, step, detail
+from ..errors import InvariantViolation
 
 
 def _checker(name: str, obs: StepObs | GuestStepObs) -> Callable[[Any], str | None]:
