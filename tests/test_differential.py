@@ -16,7 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pymsi import errors
-from pymsi.core import Stage1, Stage2, XlateConfig, encode_status
+from pymsi.core import Stage2, XlateConfig, encode_status
+from pymsi.testing.strategies import table_bases, xlate_configs
 
 RAM = 0x0001_0000           # 64 KiB aligned
 RAM_SIZE = 0x1_0000         # one 64 KiB table's worth of descriptors: most reads hit one
@@ -54,10 +55,6 @@ addresses = st.one_of(
     st.integers(0, 2**40 - 1).map(lambda a: a | (0xFFFF << 48)),
     st.integers(0, 0xFF).map(lambda t: (t << 56) | 0x1234_5000),
 )
-table_bases = st.one_of(st.integers(RAM, RAM + RAM_SIZE - 1), st.integers(RAM, RAM + RAM_SIZE - 1),
-                        st.integers(RAM, RAM + RAM_SIZE - 1), st.integers(0, 2**64 - 1))
-
-
 def iovas_for(cfg):
     """Input addresses, most of them inside what ``cfg`` can translate."""
     choices = [addresses]
@@ -73,40 +70,9 @@ def iovas_for(cfg):
     return st.one_of(*choices)
 
 
-@st.composite
-def stage1s(draw):
-    kw = {}
-    for n in (0, 1):
-        kw[f"epd{n}"] = draw(st.integers(0, 3)) == 0
-        kw[f"ttb{n}"] = draw(table_bases)
-        kw[f"tsz{n}"] = draw(st.integers(16, 39))
-        kw[f"granule{n}"] = draw(st.sampled_from(GRANULES))
-        kw[f"had{n}"] = draw(st.booleans())
-        kw[f"tbi{n}"] = draw(st.booleans())
-    kw["ips"] = draw(st.sampled_from((32, 36, 40, 42, 44, 48)))
-    kw["affd"] = draw(st.booleans())
-    return Stage1(**kw)
-
-
-@st.composite
-def stage2s(draw):
-    while True:
-        granule = draw(st.sampled_from(GRANULES))
-        try:
-            return Stage2(vttb=draw(table_bases), tsz=draw(st.integers(16, 39)),
-                          sl0=draw(st.integers(0, 2)), granule=granule,
-                          ps=draw(st.sampled_from((32, 36, 40, 42, 44, 48))),
-                          affd=draw(st.booleans()))
-        except errors.InvalidArgument:
-            continue
-
-
-@st.composite
-def configs(draw):
-    which = draw(st.sampled_from(("s1", "s2", "nested")))
-    s1 = draw(stage1s()) if which != "s2" else None
-    s2 = draw(stage2s()) if which != "s1" else None
-    return XlateConfig(s1, s2, asid=draw(st.integers(0, 3)), vmid=draw(st.integers(0, 3)))
+def configs():
+    """Stage 1, stage 2 or nested, tables mostly in RAM (pymsi.testing's)."""
+    return xlate_configs(ttb=table_bases(ram=(RAM, RAM_SIZE)))
 
 
 def memories(backends, seed):
