@@ -410,7 +410,7 @@ def test_route_not_taken_when_dma_write_is_watched():
         (vmm, efds), (ref, efd2) = _fast_and_full(backend)
         bus, real, seen = vmm.m.bus, vmm.m.bus.dma_write, []
 
-        def dma_write(rid, addr, value, size=4, on_done=None):
+        def dma_write(rid, addr, value, size=4, on_done=None, seen=seen, real=real):
             seen.append((rid, value))
             return real(rid, addr, value, size, on_done)
         bus.dma_write = dma_write
