@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import array
 import enum
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -58,7 +59,7 @@ MSIX_FLAGS, MSIX_TABLE, MSIX_PBA = 0x02, 0x04, 0x08
 MSIX_FLAGS_QSIZE, MSIX_FLAGS_MASKALL, MSIX_FLAGS_ENABLE = 0x7FF, 1 << 14, 1 << 15
 MSIX_ENTRY_SIZE, MSIX_ENTRY_CTRL, MSIX_CTRL_MASKBIT = 16, 12, 1
 _MSIX_ENABLE_HI, _MSIX_MASKALL_HI = MSIX_FLAGS_ENABLE >> 8, MSIX_FLAGS_MASKALL >> 8
-_from_bytes = int.from_bytes
+_entry_msg = struct.Struct("<QI").unpack_from       # an MSI-X entry's address and data
 _FIRE_NONE = core.FIRE_NONE
 
 CONFIG_SIZE = 4096
@@ -459,8 +460,7 @@ class PciFunction:
                     self._set_pba(vector, True)
                     self.stats.pending += 1
                     return Delivery.PENDING
-                addr = _from_bytes(table[o:o + 8], "little")
-                data = _from_bytes(table[o + 8:o + 12], "little")
+                addr, data = _entry_msg(table, o)           # Message Address, Data
                 if not self._own_send:
                     return self._send(addr, data, vector)
                 host = self.host                              # _send, inline
