@@ -954,7 +954,7 @@ def msi_router(translator: Any, ram: Memory, itc: ItsCache, gicmem: Memory, limi
     """
     parts = getattr(translator, "_parts", None)
     if parts is None or not isinstance(parts[0], Memory):
-        raise TypeError("translator: a stream_translator of the python core is required")
+        raise TypeError("translator: a stream_translator of this core is required")
     obj_arg("ram", ram, Memory)
     obj_arg("itc", itc, ItsCache)
     obj_arg("gicmem", gicmem, Memory)
