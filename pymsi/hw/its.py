@@ -170,6 +170,7 @@ VPE0_V, VPE0_VPT_SIZE, VPE0_RDBASE = Field(0), Field(5, 1), Field(21, 6)
 ITE0_V, ITE0_VIRTUAL, ITE0_INTID = Field(0), Field(1), Field(63, 32)
 ITE1_ICID, ITE1_VPEID, ITE1_DOORBELL = Field(15, 0), Field(31, 16), Field(63, 32)
 _ITE0_VIRTUAL, _ITE1_ICID = ITE0_VIRTUAL.mask, ITE1_ICID.mask
+_CWRITER_OFFSET = CWRITER_OFFSET.mask
 _PENDBASER_PA = PENDBASER_PA.mask
 ENTRY_SIZE = {BaserType.DEVICES: 8, BaserType.COLLECTIONS: 8, BaserType.VPES: 16}
 ITE_SIZE = 16
@@ -381,6 +382,14 @@ class GicV3Its:
                             stats["lpis"] += 1
                             return
             self.translate(requester_id, event_id)
+            return
+        if offset == GITS_CWRITER and size in (4, 8):  # the driver's write: merge_access inline
+            new = value & 0xFFFF_FFFF_FFFF_FFFF if size == 8 else \
+                self.cwriter & ~0xFFFF_FFFF | value & 0xFFFF_FFFF
+            self.cwriter = new & _CWRITER_OFFSET
+            if self.stalled and new & 1:                # CWRITER.Retry
+                self.stalled = False
+            self._process()
             return
         reg, high = offset & ~7, offset & 4
         enabled = self.ctlr & CTLR_ENABLED
