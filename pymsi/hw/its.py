@@ -507,7 +507,7 @@ class GicV3Its:
     # -- command queue ------------------------------------------------------------
 
     def _process(self) -> None:
-        if not self.ctlr & CTLR_ENABLED or self.stalled or not CBASER_VALID.get(self.cbaser):
+        if not self.ctlr & CTLR_ENABLED or self.stalled or not self.cbaser >> 63:  # Valid
             return
         cq = self._cq
         if cq[0] != self.cbaser:                # decoded once per CBASER value

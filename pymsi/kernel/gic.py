@@ -353,11 +353,12 @@ class ItsDomainOps(IrqDomainOps):
         its: ItsDriver = domain.host_data
         dev: ItsDevice = d.chip_data
         event = d.hwirq - dev.lpi_base
-        cpu = its.select_cpu(d.common.affinity or its.kernel.online_cpus, its.lpi_count(d))
+        load = its.load[bool(d.common.managed)]           # lpi_count(d), inline
+        cpu = its.select_cpu(d.common.affinity or its.kernel.online_cpus, load)
         its.send(I.Cmd.MAPTI, d0=dev.device_id << 32, d1=d.hwirq << 32 | event, d2=cpu,
                  sync_cpu=cpu)
         dev.events[event] = cpu
-        its.lpi_count(d)[cpu] += 1
+        load[cpu] += 1
         d.common.effective_affinity = frozenset({cpu})
 
     def deactivate(self, domain: IrqDomain, d: IrqData) -> None:
