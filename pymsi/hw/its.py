@@ -573,10 +573,12 @@ class GicV3Its:
             cmdq.configure(base, qsize, len(redists), self.devbits, self.id_bits,
                            self.cidbits, dt[1:], ct[1:])
             self._cmdq_key = key
-        ops = _CORE_OPS
-        for bit, tp in _CORE_TRACED:            # a traced command runs in _step
-            if tp.enabled:
-                ops &= ~bit
+        ops = _CORE_OPS                         # a traced command runs in _step
+        if (_TP_MAPD.enabled or _TP_MAPC.enabled or _TP_MAPTI.enabled or _TP_MAPI.enabled
+                or _TP_SYNC.enabled or _TP_INV.enabled or _TP_INVALL.enabled):
+            for bit, tp in _CORE_TRACED:
+                if tp.enabled:
+                    ops &= ~bit
         stats, memory, itc = self.stats, self.memory, self._itc
         while self.creadr != self.cwriter:
             status, self.creadr, n, op, code, recs = cmdq.run(memory, itc, self.creadr,
@@ -1040,6 +1042,8 @@ _unpack4 = struct.Struct("<4Q").unpack
 _CORE_CMDS = (Cmd.MAPD, Cmd.MAPC, Cmd.MAPTI, Cmd.MAPI, Cmd.SYNC, Cmd.INV, Cmd.INVALL)
 _CORE_OPS = sum(1 << int(c) for c in _CORE_CMDS)
 _CORE_TRACED = tuple((1 << int(c), _CMD_TRACE[c][0]) for c in _CORE_CMDS)
+_TP_MAPD, _TP_MAPC, _TP_MAPTI, _TP_MAPI, _TP_SYNC, _TP_INV, _TP_INVALL = (
+    tp for _, tp in _CORE_TRACED)
 _ITSQ_DONE, _ITSQ_HANDOFF, _ITSQ_ERROR, _ITSQ_STALL = (_cc.ITSQ_DONE, _cc.ITSQ_HANDOFF,
                                                        _cc.ITSQ_ERROR, _cc.ITSQ_STALL)
 _REC_DROP_EVENT, _REC_DROP_DEVICE, _REC_DROP_COLLECTION, _REC_INV = (
