@@ -185,6 +185,44 @@ def test_sw_msi_nested_needs_the_guest_to_honour_the_rmr():
         (vm.guest_function(1).rid, SW_MSI)]
 
 
+@pytest.mark.parametrize("gicv4", [False, True])
+@pytest.mark.parametrize("first_flr", [False, True])
+def test_an_lpi_pending_while_disabled_across_an_flr(gicv4, first_flr):
+    """The guest writes vector 1's message into vector 0's entry and disables vector 1's
+    interrupt (which masks vector 1 in the device, not vector 0); vector 0 fires, so
+    vector 1's LPI becomes pending while disabled.  The guest then resets the function
+    (FLR) and enables the interrupt again.
+
+    GICv3: the pending state is KVM's (pending_latch) and the interrupt is taken.  GICv4
+    without ``first_flr``: the reprogramming found the LPI forwarded from host vector 1
+    (kvm_vgic_v4_set_forwarding skips a mapped vLPI), and masking vector 1 unset that, so
+    the MSI went through the irqfd into pending_latch, which the FLR's set_forwarding
+    carries to the vPE: taken.  GICv4 with an FLR after the reprogramming: the VMM turns
+    the vectors on again in order, so host vector 0 now forwards vector 1's LPI, the MSI
+    lands in the vPE's pending table, and the second FLR unsets the forwarding with
+    its_vlpi_unmap's DISCARD, clearing that bit with nothing carried back: lost, as on
+    Linux."""
+    vm = boot(vsmmu=None, gicv4=gicv4, variant="per-vector",
+              devices=[{"model": "nic", "queues": 2}])
+    descs = vm.slots[0].guest_pdev.msi_descs
+    vm.guest.msi.write_msg(descs[0], MsiMsg.of(descs[1].msg.address, descs[1].msg.data))
+    vm.run()
+    if first_flr:
+        vm.slots[0].guest_pdev.reset_function()
+        vm.run()
+    irq = vm.guest_irq(0, 1)
+    vm.guest.irq.disable_irq(irq)
+    vm.host_function(0).notify(0)
+    vm.run()
+    assert vm.endpoint(0).hits == []
+    vm.slots[0].guest_pdev.reset_function()
+    vm.run()
+    vm.guest.irq.enable_irq(irq)
+    vm.run()
+    lost = gicv4 and first_flr
+    assert vm.endpoint(0).hits == ([] if lost else [(1, vm.guest_cpu_of(0, 1))])
+
+
 # -- a state machine of guest-level actions on assigned devices ---------------------------------
 
 class AssignedGuest(RuleBasedStateMachine):
@@ -197,6 +235,7 @@ class AssignedGuest(RuleBasedStateMachine):
     def boot(self, vsmmu, gicv4, design, ncpus):
         self.vm = boot(vsmmu=vsmmu, gicv4=gicv4, variant=design, guest_ncpus=ncpus,
                        devices=[{"model": "nic", "queues": 6}])
+        self.gicv4 = gicv4
         self.ncpus = ncpus
         self.n = 6
         self.expected: list[tuple[int, int]] = []
@@ -204,19 +243,50 @@ class AssignedGuest(RuleBasedStateMachine):
         self.held: set[int] = set()           # pending in the device (PBA)
         self.lpi_pending: set[int] = set()    # pending in the guest's (v)ITS, LPI disabled
         self.alias: dict[int, int] = {}       # vector -> the vector whose message it carries
+        # GICv4: the LPI each host vector forwards (LPI -> vector), and the pending LPIs
+        # whose state is in the vPE's pending table rather than KVM's pending_latch.
+        self.fwd: dict[int, int] = {v: v for v in range(self.n)} if gicv4 else {}
+        self.vpt: set[int] = set()
         descs = self.vm.slots[0].guest_pdev.msi_descs
         self.msgs = [MsiMsg.of(descs[v].msg.address, descs[v].msg.data) for v in range(6)]
 
     def _cpu(self, v):
         return self.vm.guest_cpu_of(0, v)
 
+    def _unforward(self, v):
+        """The host vector ``v`` stops feeding KVM's irqfd (the guest masked it, the VMM
+        turned MSI-X off, or its route changed): kvm_vgic_v4_unset_forwarding() unmaps
+        the vLPI it forwarded with a DISCARD (its_vlpi_unmap), which clears the vLPI's
+        bit in the vPE's pending table; Linux carries nothing back to the vgic, so a
+        vLPI pending there while disabled is lost."""
+        for lpi in [t for t, u in self.fwd.items() if u == v]:
+            del self.fwd[lpi]
+            if lpi in self.vpt:
+                self.vpt.discard(lpi)
+                self.lpi_pending.discard(lpi)
+
+    def _forward(self, v):
+        """The host vector ``v`` feeds KVM's irqfd again: with GICv4 it forwards its
+        route's LPI unless another vector already does (kvm_vgic_v4_set_forwarding skips
+        a mapped vLPI); a pending_latch goes to the vPE's pending table."""
+        if not self.gicv4:
+            return
+        lpi = self.alias.get(v, v)
+        if lpi not in self.fwd:
+            self.fwd[lpi] = v
+            if lpi in self.lpi_pending:
+                self.vpt.add(lpi)
+
     def _send(self, v):
         """Vector ``v``'s message reaches the guest's ITS: the LPI of the vector whose
         message it carries, which stays pending while that interrupt is disabled (the
-        guest's disable_irq masks the LPI too)."""
+        guest's disable_irq masks the LPI too) -- in the vPE's pending table if a host
+        vector forwards that LPI, else in KVM's pending_latch."""
         target = self.alias.get(v, v)
         if self.depth[target]:
             self.lpi_pending.add(target)
+            if target in self.fwd:
+                self.vpt.add(target)
         else:
             self.expected.append((target, self._cpu(target)))
 
@@ -242,6 +312,8 @@ class AssignedGuest(RuleBasedStateMachine):
     def mask(self, v):
         self.vm.guest.irq.disable_irq(self.vm.guest_irq(0, v))
         self.depth[v] += 1
+        if self.depth[v] == 1:                # masked in the device: the VMM's own eventfd
+            self._unforward(v)
 
     @precondition(lambda self: any(self.depth))
     @rule(data=st.data())
@@ -252,8 +324,10 @@ class AssignedGuest(RuleBasedStateMachine):
         self.vm.run()
         if self.depth[v]:
             return
+        self._forward(v)                      # unmasked in the device: KVM's irqfd again
         if v in self.lpi_pending:             # the LPI enabled again: taken now
             self.lpi_pending.discard(v)
+            self.vpt.discard(v)
             self.expected.append((v, self._cpu(v)))
         if v in self.held:                    # the device sends what its PBA held
             self.held.discard(v)
@@ -264,16 +338,27 @@ class AssignedGuest(RuleBasedStateMachine):
         """The guest writes vector ``w``'s message into vector ``v``'s entry."""
         descs = self.vm.slots[0].guest_pdev.msi_descs
         self.vm.guest.msi.write_msg(descs[v], self.msgs[w])
+        changed = self.alias.get(v, v) != w
         self.alias[v] = w
         self.vm.run()
+        if changed and not self.depth[v]:     # a live vector's new route
+            self._unforward(v)
+            self._forward(v)
 
     @rule()
     def reset(self):
         """The guest's FLR: the messages come back from the guest's descriptors (a
-        reprogrammed one as reprogrammed); what was pending in the device is gone."""
+        reprogrammed one as reprogrammed); what was pending in the device is gone.  The
+        VMM turns the host's vectors off around the reset (every forwarding unset, see
+        :meth:`_unforward`) and on again in vector order (:meth:`_forward`)."""
         self.vm.slots[0].guest_pdev.reset_function()
         self.vm.run()
         self.held.clear()
+        for v in range(self.n):
+            self._unforward(v)
+        for v in range(self.n):
+            if not self.depth[v]:
+                self._forward(v)
 
     @invariant()
     def delivered_exactly_as_expected(self):

@@ -13,7 +13,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import raise_errno
+from .._repr import bounded
+from ..errors import BusError, raise_errno
 from .common import (
     ITSQ_DONE,
     ITSQ_DROP_COLLECTION,
@@ -279,6 +280,10 @@ class Memory:
                 return int.from_bytes(page[off : off + 8], "little")
         data = self._read(addr, 8)
         return None if data is None else int.from_bytes(data, "little")
+
+    def __repr__(self) -> str:
+        ram = ",".join(f"{b:#x}+{s:#x}" for b, s in self.regions[:4])
+        return bounded(f"<Memory {self.backend} ram=[{ram}] pages={self.pages_allocated}>")
 
 
 # ---------------------------------------------------------------------------
@@ -601,6 +606,9 @@ class Iotlb(IotlbCommands):
             })
         return out
 
+    def __repr__(self) -> str:
+        return f"<Iotlb {NAME} entries={len(self)}/{self.capacity}>"
+
 
 def _tlb_va(cfg: XlateConfig, iova: int) -> int:
     s1 = cfg.s1
@@ -706,6 +714,9 @@ class MsiTable:
     def items(self) -> list[tuple[int, int, int, int]]:
         """All entries as (dev, index, iova, shift), sorted."""
         return sorted((d, i, v, s) for (d, i), (v, s) in self._d.items())
+
+    def __repr__(self) -> str:
+        return f"<MsiTable {NAME} entries={len(self)}>"
 
 
 def _compose(entry: tuple[int, int], doorbell_pa: int) -> int:
@@ -822,6 +833,9 @@ class Streams:
     def clear(self) -> None:
         """Forget every StreamID."""
         self._d.clear()
+
+    def __repr__(self) -> str:
+        return f"<Streams {NAME} streams={len(self)}>"
 
 
 def stream_batch(mem: Memory, streams: Streams, sids: Any, iovas: Any, out_pa: Any,
@@ -978,6 +992,9 @@ class ItsCache:
         """Drop everything."""
         self._d.clear()
 
+    def __repr__(self) -> str:
+        return f"<ItsCache {NAME} entries={len(self)}>"
+
 
 _LPI_BASE = 8192
 
@@ -1052,10 +1069,6 @@ _E_COLLECTION_OOR, _E_PROCNUM_OOR = 0x01FF01, 0x01FF07
 _PA52 = (1 << 52) - 1
 
 
-class _ItsStall(Exception):
-    """A memory error: the run stops (the queue stalls)."""
-
-
 class ItsCmdq:
     """The ITS command queue's non-Python-callback part (twin of csrc/itscmd.c): what
     :class:`pymsi.hw.its.GicV3Its` runs of its commands (MAPD, MAPC, MAPTI, MAPI, SYNC,
@@ -1094,15 +1107,12 @@ class ItsCmdq:
                 or not table_ok(ct)):
             raise_errno(_EINVAL, "ItsCmdq.run: bad configuration or pointers")
 
+        # A table access outside RAM raises the memory's BusError (EFAULT), which stops
+        # the run as a stall.
         def read64(addr: int) -> int:
-            data = mem._read(addr, 8)
-            if data is None:
-                raise _ItsStall
-            return int.from_bytes(data, "little")
+            return int.from_bytes(mem._read_n(addr, 8), "little")
 
         def write64(addr: int, value: int) -> None:
-            if not mem._is_ram(addr, 8):
-                raise _ItsStall
             mem._write(addr, value.to_bytes(8, "little"))
 
         def entry_addr(t: tuple[int, ...], index: int) -> int | None:
@@ -1235,7 +1245,7 @@ class ItsCmdq:
                 break
             try:
                 err = execute(op, d0, d1, d2)
-            except _ItsStall:
+            except BusError:
                 status = ITSQ_STALL
                 break
             if err:

@@ -104,13 +104,20 @@ class MsiDoorbells:
     whatever the guest writes.  An IPA already mapped but not by the VMM as a doorbell
     (guest RAM, say) is refused (EEXIST), not taken for one."""
 
+    #: the registries by iommufd file; each holds its file through a weak reference, so
+    #: that a registry (a value here) does not keep its own key alive
     _all: weakref.WeakKeyDictionary[Any, dict[int, MsiDoorbells]] = \
         weakref.WeakKeyDictionary()
 
     def __init__(self, iommufd: Any, ioas_id: int | None) -> None:
-        self.iommufd = iommufd
+        self._iommufd = weakref.ref(iommufd)
         self.ioas_id = ioas_id
         self.refs: dict[int, int] = {}           # IPA page -> vectors reaching it
+
+    @property
+    def iommufd(self) -> Any:
+        """The VMM's iommufd file this registry maps through."""
+        return self._iommufd()
 
     @classmethod
     def of(cls, iommufd: Any, ioas_id: int | None) -> MsiDoorbells:
@@ -154,6 +161,11 @@ class VFIOMSIVector:
     doorbell: int | None = None              # the IOAS doorbell page it holds a reference on
     irqfd: bool = False
     masked_fd: bool = False        # VFIO signals ``interrupt`` (the vector is masked)
+
+    def __repr__(self) -> str:
+        msg = "-" if self.msg is None else f"{self.msg[0]:#x}/{self.msg[1]:#x}"
+        return (f"VFIOMSIVector({self.nr}, virq={self.virq}, use={self.use}, msg={msg}, "
+                f"irqfd={self.irqfd}, masked_fd={self.masked_fd})")
 
 
 @dataclass
