@@ -283,6 +283,77 @@ long pymsi_msix_gather(const uint8_t *table, size_t nvec, int masked_all,
                        const uint32_t *vectors, size_t n, uint64_t *addr, uint32_t *data,
                        int32_t *status);
 /*
+ * The ITS command queue (itscmd.c): the commands whose effects are table
+ * writes and checks -- MAPD, MAPC, MAPTI, MAPI, SYNC, INV, INVALL -- executed
+ * in C from GITS_CREADR (run->creadr) up to `cwriter`, in the ITS model's own
+ * table formats (pymsi.hw.its: 8-byte device / collection entries, 16-byte
+ * ITEs), every table address range-checked through the memory.  `ops` has bit
+ * `opcode` set for each of those commands C may run; any other command at the
+ * read pointer is handed back (PYMSI_ITSQ_HANDOFF, not executed).  What only the
+ * caller can do is returned as records of three u64 (kind, a, b), in command
+ * order: a translation-cache drop (also done on `itc`, which may be NULL) and a
+ * redistributor invalidation.  A command with bad parameters stops the run with
+ * PYMSI_ITSQ_ERROR and its error code (its drop recorded, the read pointer on
+ * it); a memory error reading the command or a table stops it with
+ * PYMSI_ITSQ_STALL; PYMSI_ITSQ_FULL when fewer than two records fit.  Returns
+ * the status, or -EINVAL for a bad configuration or pointer.
+ */
+#define PYMSI_ITSQ_DONE 0
+#define PYMSI_ITSQ_HANDOFF 1
+#define PYMSI_ITSQ_ERROR 2
+#define PYMSI_ITSQ_STALL 3
+#define PYMSI_ITSQ_FULL 4
+#define PYMSI_ITSQ_DROP_EVENT 1
+#define PYMSI_ITSQ_DROP_DEVICE 2
+#define PYMSI_ITSQ_DROP_COLLECTION 3
+#define PYMSI_ITSQ_INV 5
+#define PYMSI_ITSQ_INVALL 6
+/* The command errors it reports (pymsi.hw.its.ItsError has the same values). */
+#define PYMSI_ITS_E_MAPD_DEVICE_OOR 0x010801
+#define PYMSI_ITS_E_MAPD_ITTSIZE_OOR 0x010802
+#define PYMSI_ITS_E_MAPC_PROCNUM_OOR 0x010902
+#define PYMSI_ITS_E_MAPC_COLLECTION_OOR 0x010903
+#define PYMSI_ITS_E_MAPTI_UNMAPPED_DEVICE 0x010A04
+#define PYMSI_ITS_E_MAPTI_ID_OOR 0x010A05
+#define PYMSI_ITS_E_MAPTI_PHYSICALID_OOR 0x010A06
+#define PYMSI_ITS_E_INV_UNMAPPED_INTERRUPT 0x010C07
+#define PYMSI_ITS_E_INVALL_UNMAPPED_COLLECTION 0x010D09
+#define PYMSI_ITS_E_COLLECTION_OOR 0x01FF01
+#define PYMSI_ITS_E_PROCNUM_OOR 0x01FF07
+
+/* A decoded GITS_BASER<n>: flat or two-level (indirect) table of esize-byte entries. */
+struct pymsi_its_table {
+    uint64_t base;
+    uint64_t span;        /* bytes of the (level-1) table */
+    uint32_t esize;       /* 1..page */
+    uint32_t page;        /* 4096, 16384 or 65536 */
+    uint8_t valid;
+    uint8_t indirect;
+};
+
+struct pymsi_its_cfg {
+    uint64_t cq_base;     /* the command queue (GITS_CBASER) */
+    uint32_t cq_size;     /* bytes, a non-zero multiple of 32 */
+    uint32_t nproc;       /* redistributors: RDbase (processor number) < nproc */
+    uint8_t devbits;      /* DeviceID, EventID/INTID and collection ID widths, 1..32 */
+    uint8_t id_bits;
+    uint8_t cidbits;
+    struct pymsi_its_table devices;
+    struct pymsi_its_table collections;
+};
+
+struct pymsi_its_run {
+    uint32_t creadr;      /* in: the read pointer; out: where the run stopped */
+    uint32_t ncmds;       /* out: commands completed */
+    uint32_t nrec;        /* out: records written */
+    uint32_t op;          /* out: opcode at the read pointer (ERROR, HANDOFF) */
+    uint32_t code;        /* out: the error (ERROR) */
+};
+
+int pymsi_its_cmdq_run(pymsi_mem *m, const struct pymsi_its_cfg *cfg, pymsi_itc *itc,
+                       uint64_t ops, uint32_t cwriter, struct pymsi_its_run *run,
+                       uint64_t *rec, size_t rec_max);
+/*
  * One MSI write along a cached route (its.c), the C parts of the single path in
  * one call: the SMMU's stream translate of (sid, iova) for a write, as
  * pymsi_stream_translate does it (into *r); then, when that is a translation to

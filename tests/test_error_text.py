@@ -28,7 +28,7 @@ RAM, RAM_SIZE = 0x1_0000, 0x1_0000
 U64 = 2**64
 
 #: the objects a backend makes, and its functions
-CLASSES = ("Memory", "Iotlb", "MsiTable", "Streams", "ItsCache")
+CLASSES = ("Memory", "Iotlb", "MsiTable", "Streams", "ItsCache", "ItsCmdq")
 FUNCTIONS = ("walk", "translate", "compose_batch", "translate_batch", "msi_batch",
              "stream_batch", "stream_translator", "pending_batch", "its_lookup_batch",
              "msix_gather", "msi_router")
@@ -101,6 +101,7 @@ BY_NAME: dict[str, st.SearchStrategy] = {
     "mem": st.just(Ref("Memory")), "src": st.just(Ref("Memory")),
     "tlb": st.sampled_from([Ref("Iotlb"), None]), "table": st.just(Ref("MsiTable")),
     "streams": st.just(Ref("Streams")), "cache": st.just(Ref("ItsCache")),
+    "itc": st.sampled_from([Ref("ItsCache"), None]),
     "cfg": st.sampled_from([XlateConfig(Stage1(ttb0=RAM, tsz0=32, ips=40), asid=1),
                             XlateConfig(None, Stage2(RAM, 32, 1, ps=40), vmid=2), None]),
     "s1": st.sampled_from([None, Stage1(epd0=True)]),
@@ -160,7 +161,7 @@ def objects(b: Any) -> dict[str, Any]:
     t = b.MsiTable()
     t.set(1, 0, 0x1000, 12)
     return {"Memory": m, "Iotlb": b.Iotlb(4), "MsiTable": t, "Streams": b.Streams(),
-            "ItsCache": b.ItsCache()}
+            "ItsCache": b.ItsCache(), "ItsCmdq": b.ItsCmdq()}
 
 
 def resolve(v: Any, objs: dict[str, Any]) -> Any:

@@ -94,6 +94,7 @@ stream_batch = _impl.stream_batch
 stream_translator = _impl.stream_translator
 pending_batch = _impl.pending_batch
 ItsCache = _impl.ItsCache
+ItsCmdq = _impl.ItsCmdq
 its_lookup_batch = _impl.its_lookup_batch
 msix_gather = _impl.msix_gather
 msi_router = _impl.msi_router
@@ -103,7 +104,8 @@ from .pgtable import IoPgtable, IpaView, Prot, TableAllocator  # noqa: E402
 
 __all__ = [
     "ADDRESS_SIZES", "BACKEND", "BACKENDS", "Fault", "FaultKind", "GRANULES", "IoPgtable",
-    "Iotlb", "IpaView", "ItsCache", "MAX_ACCESS", "MSI_RESERVE_MAX", "Memory", "MsiTable", "Prot",
+    "Iotlb", "IpaView", "ItsCache", "ItsCmdq", "MAX_ACCESS", "MSI_RESERVE_MAX", "Memory",
+    "MsiTable", "Prot",
     "STATUS_ABORT", "STATUS_BYPASS",
     "STATUS_FAULT", "STATUS_NO_CONFIG", "STATUS_NO_ENTRY", "STATUS_OK", "STREAM_ABORT",
     "STREAM_BYPASS", "STREAM_TRANSLATE", "Stage1", "Stage2", "Streams", "TableAllocator",

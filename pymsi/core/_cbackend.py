@@ -23,6 +23,7 @@ from .._csrc import csrc_hash, tree_csrc
 from .._repr import bounded
 from ..errors import OutOfMemory, check, raise_errno
 from .common import (
+    ITSQ_REC_MAX,
     MAX_ACCESS,
     Fault,
     FaultKind,
@@ -39,6 +40,7 @@ from .common import (
     int_arg,
     itc_args,
     itc_batch_views,
+    its_cmdq_cfg_args,
     msi_set_args,
     msix_gather_views,
     obj_arg,
@@ -84,6 +86,7 @@ _mem_write_u64 = lib.pymsi_mem_write_u64
 _mem_write_u32 = lib.pymsi_mem_write_u32
 _mem_is_ram = lib.pymsi_mem_is_ram
 _mem_bit = lib.pymsi_mem_bit
+_its_cmdq_run = lib.pymsi_its_cmdq_run
 
 
 def _refused(check_args: Any, *args: Any) -> None:
@@ -875,3 +878,58 @@ def msix_gather(table: Any, nvec: int, masked_all: bool, vectors: Any, addrs: An
     nvec, n, views = msix_gather_views(table, nvec, vectors, addrs, datas, status)
     tc, vc, ac, dc, sc = _c(views)
     return lib.pymsi_msix_gather(tc, nvec, bool(masked_all), vc, n, ac, dc, sc)
+
+
+class ItsCmdq:
+    """The ITS command queue's C part (csrc/itscmd.c): what
+    :class:`pymsi.hw.its.GicV3Its` runs of its commands (MAPD, MAPC, MAPTI, MAPI, SYNC,
+    INV, INVALL) without Python, over a configuration set by :meth:`configure`."""
+
+    backend = NAME
+    __slots__ = ("_cfg", "_run", "_rec")
+
+    def __init__(self) -> None:
+        self._cfg = ffi.new("struct pymsi_its_cfg *")
+        self._run = ffi.new("struct pymsi_its_run *")
+        self._rec = ffi.new("uint64_t[]", 3 * ITSQ_REC_MAX)
+
+    def configure(self, cq_base: int, cq_size: int, nproc: int, devbits: int, id_bits: int,
+                  cidbits: int, devices: Any, collections: Any) -> None:
+        """The queue (base, bytes), the number of redistributors, the ID widths and the
+        decoded device and collection tables ((valid, indirect, base, span, entry
+        size, page size) each)."""
+        (cq_base, cq_size, nproc, devbits, id_bits, cidbits, dt, ct) = its_cmdq_cfg_args(
+            cq_base, cq_size, nproc, devbits, id_bits, cidbits, devices, collections)
+        c = self._cfg
+        c.cq_base, c.cq_size, c.nproc = cq_base, cq_size, nproc
+        c.devbits, c.id_bits, c.cidbits = devbits, id_bits, cidbits
+        for t, (valid, indirect, base, span, esize, page) in ((c.devices, dt),
+                                                                (c.collections, ct)):
+            t.valid, t.indirect, t.base, t.span, t.esize, t.page = (valid, indirect, base,
+                                                                    span, esize, page)
+
+    def run(self, mem: Memory, itc: ItsCache | None, creadr: int, cwriter: int,
+            ops: int) -> tuple[int, int, int, int, int, list[int]]:
+        """Run the commands from ``creadr`` to ``cwriter`` whose opcode bit is set in
+        ``ops`` (and C runs): (status, creadr where it stopped, commands completed,
+        opcode there, error code, records as a flat list of (kind, a, b))."""
+        if type(mem) is not Memory:
+            obj_arg("mem", mem, Memory)
+        if itc is not None and type(itc) is not ItsCache:
+            obj_arg("itc", itc, ItsCache, optional=True)
+        if type(creadr) is not int or type(cwriter) is not int or type(ops) is not int:
+            creadr, cwriter = int_arg("creadr", creadr, 32), int_arg("cwriter", cwriter, 32)
+            ops = int_arg("ops", ops)
+        r = self._run
+        try:
+            r.creadr = creadr
+            st = _its_cmdq_run(mem._p, self._cfg, _NULL if itc is None else itc._p, ops,
+                               cwriter, r, self._rec, ITSQ_REC_MAX)
+        except OverflowError:
+            int_arg("creadr", creadr, 32), int_arg("cwriter", cwriter, 32)
+            int_arg("ops", ops)
+            raise
+        if st < 0:
+            raise_errno(st, "ItsCmdq.run: bad configuration or pointers")
+        n = r.nrec
+        return st, r.creadr, r.ncmds, r.op, r.code, ffi.unpack(self._rec, 3 * n) if n else []

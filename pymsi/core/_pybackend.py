@@ -14,8 +14,19 @@ from collections.abc import Callable
 from typing import Any
 
 from .._repr import bounded
-from ..errors import raise_errno
+from ..errors import BusError, raise_errno
 from .common import (
+    ITSQ_DONE,
+    ITSQ_DROP_COLLECTION,
+    ITSQ_DROP_DEVICE,
+    ITSQ_DROP_EVENT,
+    ITSQ_ERROR,
+    ITSQ_FULL,
+    ITSQ_HANDOFF,
+    ITSQ_INV,
+    ITSQ_INVALL,
+    ITSQ_REC_MAX,
+    ITSQ_STALL,
     STATUS_ABORT,
     STATUS_BYPASS,
     STATUS_NO_CONFIG,
@@ -41,6 +52,7 @@ from .common import (
     int_arg,
     itc_args,
     itc_batch_views,
+    its_cmdq_cfg_args,
     level_lsb,
     msi_set_args,
     msix_gather_views,
@@ -1111,3 +1123,208 @@ def msix_gather(table: Any, nvec: int, masked_all: bool, vectors: Any, addrs: An
         sv[k] = 0
         ok += 1
     return ok
+
+
+# -- the ITS command queue (twin of csrc/itscmd.c) ----------------------------------------
+
+_OP_SYNC, _OP_MAPD, _OP_MAPC, _OP_MAPTI, _OP_MAPI, _OP_INV, _OP_INVALL = \
+    0x05, 0x08, 0x09, 0x0A, 0x0B, 0x0C, 0x0D
+_C_OPS = sum(1 << op for op in (_OP_SYNC, _OP_MAPD, _OP_MAPC, _OP_MAPTI, _OP_MAPI, _OP_INV,
+                                _OP_INVALL))
+# the command errors (pymsi.hw.its.ItsError's values)
+_E_MAPD_DEVICE_OOR, _E_MAPD_ITTSIZE_OOR = 0x010801, 0x010802
+_E_MAPC_PROCNUM_OOR, _E_MAPC_COLLECTION_OOR = 0x010902, 0x010903
+_E_MAPTI_UNMAPPED_DEVICE, _E_MAPTI_ID_OOR, _E_MAPTI_PHYSICALID_OOR = 0x010A04, 0x010A05, \
+    0x010A06
+_E_INV_UNMAPPED_INTERRUPT, _E_INVALL_UNMAPPED_COLLECTION = 0x010C07, 0x010D09
+_E_COLLECTION_OOR, _E_PROCNUM_OOR = 0x01FF01, 0x01FF07
+_PA52 = (1 << 52) - 1
+
+
+class ItsCmdq:
+    """The ITS command queue's non-Python-callback part (twin of csrc/itscmd.c): what
+    :class:`pymsi.hw.its.GicV3Its` runs of its commands (MAPD, MAPC, MAPTI, MAPI, SYNC,
+    INV, INVALL) in one call, over a configuration set by :meth:`configure`."""
+
+    backend = NAME
+
+    def __init__(self) -> None:
+        self._cfg: tuple[Any, ...] = (0, 0, 0, 0, 0, 0, (0, 0, 0, 0, 0, 0), (0, 0, 0, 0, 0, 0))
+
+    def configure(self, cq_base: int, cq_size: int, nproc: int, devbits: int, id_bits: int,
+                  cidbits: int, devices: Any, collections: Any) -> None:
+        """The queue (base, bytes), the number of redistributors, the ID widths and the
+        decoded device and collection tables ((valid, indirect, base, span, entry
+        size, page size) each)."""
+        self._cfg = its_cmdq_cfg_args(cq_base, cq_size, nproc, devbits, id_bits, cidbits,
+                                      devices, collections)
+
+    def run(self, mem: Memory, itc: ItsCache | None, creadr: int, cwriter: int,
+            ops: int) -> tuple[int, int, int, int, int, list[int]]:
+        """Run the commands from ``creadr`` to ``cwriter`` whose opcode bit is set in
+        ``ops`` (and this part runs): (status, creadr where it stopped, commands
+        completed, opcode there, error code, records as a flat list of (kind, a, b))."""
+        obj_arg("mem", mem, Memory)
+        obj_arg("itc", itc, ItsCache, optional=True)
+        creadr, cwriter = int_arg("creadr", creadr, 32), int_arg("cwriter", cwriter, 32)
+        ops = int_arg("ops", ops)
+        cq_base, cq_size, nproc, devbits, id_bits, cidbits, dt, ct = self._cfg
+
+        def table_ok(t: tuple[int, ...]) -> bool:
+            return t[5] in (4096, 16384, 65536) and 0 < t[4] <= t[5]
+
+        if (not cq_size or cq_size % 32 or cwriter >= cq_size or cwriter % 32
+                or creadr >= cq_size or creadr % 32 or not 1 <= devbits <= 32
+                or not 1 <= id_bits <= 32 or not 1 <= cidbits <= 32 or not table_ok(dt)
+                or not table_ok(ct)):
+            raise_errno(_EINVAL, "ItsCmdq.run: bad configuration or pointers")
+
+        # A table access outside RAM raises the memory's BusError (EFAULT), which stops
+        # the run as a stall.
+        def read64(addr: int) -> int:
+            return int.from_bytes(mem._read_n(addr, 8), "little")
+
+        def write64(addr: int, value: int) -> None:
+            mem._write(addr, value.to_bytes(8, "little"))
+
+        def entry_addr(t: tuple[int, ...], index: int) -> int | None:
+            valid, indirect, base, span, esize, page = t
+            if not valid:
+                return None
+            if not indirect:
+                return (base + index * esize) & U64_MAX if index * esize < span else None
+            per_page = page // esize
+            l1 = index // per_page
+            if l1 * 8 >= span:
+                return None
+            e = read64((base + l1 * 8) & U64_MAX)
+            if not e >> 63:
+                return None
+            return ((e & _PA52 & ~(page - 1)) + (index % per_page) * esize) & U64_MAX
+
+        def dte(dev: int) -> tuple[int, int] | None:
+            if dev >> devbits:
+                return None
+            addr = entry_addr(dt, dev)
+            if addr is None:
+                return None
+            d = read64(addr)
+            if not d & 1:
+                return None
+            return (d >> 6 & ((1 << 44) - 1)) << 8, (d >> 1 & 0x1F) + 1
+
+        def collection_rd(icid: int) -> int | None:
+            if icid >> cidbits:
+                return None
+            addr = entry_addr(ct, icid)
+            if addr is None:
+                return None
+            e = read64(addr)
+            return e >> 1 & 0xFFFF if e & 1 else None
+
+        recs: list[int] = []
+
+        def execute(op: int, d0: int, d1: int, d2: int) -> int:
+            dev, event = d0 >> 32, d1 & 0xFFFF_FFFF
+            if op == _OP_MAPD:
+                recs.extend((ITSQ_DROP_DEVICE, dev, 0))
+                if itc is not None:
+                    itc.clear()
+                if dev >> devbits:
+                    return _E_MAPD_DEVICE_OOR
+                addr = entry_addr(dt, dev)
+                if addr is None:
+                    return _E_MAPD_DEVICE_OOR
+                size = d1 & 0x1F
+                if size + 1 > id_bits:
+                    return _E_MAPD_ITTSIZE_OOR
+                itt = d2 >> 8 & ((1 << 44) - 1)
+                write64(addr, 1 | size << 1 | itt << 6 if d2 >> 63 else 0)
+                return 0
+            if op == _OP_MAPC:
+                icid = d2 & 0xFFFF
+                recs.extend((ITSQ_DROP_COLLECTION, icid, 0))
+                if itc is not None:
+                    itc.clear()
+                if icid >> cidbits:
+                    return _E_MAPC_COLLECTION_OOR
+                addr = entry_addr(ct, icid)
+                if addr is None:
+                    return _E_MAPC_COLLECTION_OOR
+                rdbase, valid = d2 >> 16 & 0xFFFF_FFFF, d2 >> 63
+                if valid and rdbase >= nproc:
+                    return _E_MAPC_PROCNUM_OOR
+                write64(addr, 1 | (rdbase & 0xFFFF) << 1 if valid else 0)
+                return 0
+            if op in (_OP_MAPTI, _OP_MAPI):
+                recs.extend((ITSQ_DROP_EVENT, dev, event))
+                if itc is not None:
+                    itc._d.pop((dev, event), None)
+                intid, icid = d1 >> 32 if op == _OP_MAPTI else event, d2 & 0xFFFF
+                m = dte(dev)
+                if m is None:
+                    return _E_MAPTI_UNMAPPED_DEVICE
+                if event >> m[1]:
+                    return _E_MAPTI_ID_OOR
+                if intid < 8192 or intid >> id_bits:
+                    return _E_MAPTI_PHYSICALID_OOR
+                if icid >> cidbits:
+                    return _E_COLLECTION_OOR
+                addr = m[0] + event * 16
+                write64(addr, 1 | intid << 32)
+                write64(addr + 8, icid | 1023 << 32)
+                return 0
+            if op == _OP_SYNC:
+                return 0 if d2 >> 16 & 0xFFFF_FFFF < nproc else _E_PROCNUM_OOR
+            if op == _OP_INV:
+                m = dte(dev)
+                if m is None or event >> m[1]:
+                    return _E_INV_UNMAPPED_INTERRUPT
+                addr = m[0] + event * 16
+                ite0, ite1 = read64(addr), read64(addr + 8)
+                if not ite0 & 1:
+                    return _E_INV_UNMAPPED_INTERRUPT
+                if ite0 >> 1 & 1:
+                    return 0
+                proc = collection_rd(ite1 & 0xFFFF)
+                if proc is None:
+                    return _E_INV_UNMAPPED_INTERRUPT
+                if proc >= nproc:
+                    return _E_PROCNUM_OOR
+                recs.extend((ITSQ_INV, proc, ite0 >> 32))
+                return 0
+            proc = collection_rd(d2 & 0xFFFF)                   # INVALL
+            if proc is None:
+                return _E_INVALL_UNMAPPED_COLLECTION
+            if proc >= nproc:
+                return _E_PROCNUM_OOR
+            recs.extend((ITSQ_INVALL, proc, 0))
+            return 0
+
+        status, ncmds, op, code = ITSQ_DONE, 0, 0, 0
+        while creadr != cwriter:
+            if len(recs) // 3 + 2 > ITSQ_REC_MAX:
+                status = ITSQ_FULL
+                break
+            raw = mem._read((cq_base + creadr) & U64_MAX, 32)
+            if raw is None:
+                status = ITSQ_STALL
+                break
+            d0, d1, d2 = (int.from_bytes(raw[i:i + 8], "little") for i in (0, 8, 16))
+            op = d0 & 0xFF
+            if op >= 64 or not ops & _C_OPS & 1 << op:
+                status = ITSQ_HANDOFF
+                break
+            try:
+                err = execute(op, d0, d1, d2)
+            except BusError:
+                status = ITSQ_STALL
+                break
+            if err:
+                status, code = ITSQ_ERROR, err
+                break
+            ncmds += 1
+            creadr = (creadr + 32) % cq_size
+        if status in (ITSQ_DONE, ITSQ_FULL):
+            op = 0
+        return status, creadr, ncmds, op, code, recs

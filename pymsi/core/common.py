@@ -715,3 +715,33 @@ def msix_gather_views(table: Any, nvec: Any, vectors: Any, addrs: Any, datas: An
                            [(addrs, "u64", "addrs"), (datas, "u32", "datas"),
                             (status, "i32", "status")])
     return nvec, n, [tv] + views
+
+
+# -- the ITS command queue (csrc/itscmd.c) ------------------------------------------------
+
+ITSQ_DONE, ITSQ_HANDOFF, ITSQ_ERROR, ITSQ_STALL, ITSQ_FULL = 0, 1, 2, 3, 4
+ITSQ_DROP_EVENT, ITSQ_DROP_DEVICE, ITSQ_DROP_COLLECTION = 1, 2, 3
+ITSQ_INV, ITSQ_INVALL = 5, 6
+ITSQ_REC_MAX = 64           # records one ItsCmdq.run returns at most (then ITSQ_FULL)
+
+
+def its_table_args(name: str, t: Any) -> tuple[int, int, int, int, int, int]:
+    """A decoded GITS_BASER<n> (valid, indirect, base, span, entry size, page size),
+    each checked to fit its C field."""
+    try:
+        valid, indirect, base, span, esize, page = t
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be (valid, indirect, base, span, esize, page)") from None
+    return (int(bool(valid)), int(bool(indirect)), int_arg(f"{name}.base", base),
+            int_arg(f"{name}.span", span), int_arg(f"{name}.esize", esize, 32),
+            int_arg(f"{name}.page", page, 32))
+
+
+def its_cmdq_cfg_args(cq_base: Any, cq_size: Any, nproc: Any, devbits: Any, id_bits: Any,
+                      cidbits: Any, devices: Any, collections: Any) -> tuple[Any, ...]:
+    """The checked arguments of ``ItsCmdq.configure`` (each fits its C field; what the
+    values mean is checked by ``run``, which refuses a bad configuration with EINVAL)."""
+    return (int_arg("cq_base", cq_base), int_arg("cq_size", cq_size, 32),
+            int_arg("nproc", nproc, 32), int_arg("devbits", devbits, 8),
+            int_arg("id_bits", id_bits, 8), int_arg("cidbits", cidbits, 8),
+            its_table_args("devices", devices), its_table_args("collections", collections))

@@ -37,6 +37,7 @@ from ..core.common import STATUS_BYPASS
 from ..errors import AlreadyExists, BusError, InvalidArgument
 
 _SIZES = (1, 2, 4, 8)
+_U64_END = 1 << 64
 def _same_id(rid: int) -> int:
     """The default StreamID of a requester ID: itself."""
     return rid
@@ -306,9 +307,16 @@ class Bus:
         """A ``size``-byte little-endian read at a physical address."""
         if size not in _SIZES:
             raise InvalidArgument(f"access size {size}")
-        if self.ram.is_ram(addr, size):
-            return int.from_bytes(self.ram.read(addr, size), "little")
-        w = self.window(addr)
+        ram = self.ram
+        if type(addr) is int and 0 <= addr < _U64_END and ram is self._ram_of:
+            here = self._is_ram(addr, size)             # frameless ram.is_ram
+        else:
+            here = ram.is_ram(addr, size)
+        if here:
+            return int.from_bytes(ram.read(addr, size), "little")
+        w = self._last                          # window(), its first guess inline
+        if w is None or not w.base <= addr < w.base + w.size:
+            w = self.window(addr)
         if w is None or addr + size > w.base + w.size:
             raise BusError(f"read of {size} bytes at {addr:#x}: nothing there")
         self._depth += 1                        # _enter() / _leave(), inline
@@ -327,7 +335,24 @@ class Bus:
             raise InvalidArgument(f"access size {size}")
         self._depth += 1                        # _enter() / _leave(), inline
         try:
-            self._write_now(addr, value, size, requester_id)
+            value &= _MASK[size]                # _write_now(), inline
+            ram = self.ram
+            if type(addr) is int and 0 <= addr < _U64_END and ram is self._ram_of:
+                here = self._is_ram(addr, size)             # frameless ram.is_ram
+            else:
+                here = ram.is_ram(addr, size)
+            if here:
+                ram.write(addr, value.to_bytes(size, "little"))
+                return
+            w = self._last                      # window(), its first guess inline
+            if w is None or not w.base <= addr < w.base + w.size:
+                w = self.window(addr)
+            if w is None or addr + size > w.base + w.size:
+                raise BusError(f"write of {size} bytes at {addr:#x}: nothing there")
+            if w.attrs:
+                w.model.mmio_write(addr - w.base, value, size, requester_id=requester_id)
+            else:
+                w.model.mmio_write(addr - w.base, value, size)
         finally:
             self._depth -= 1
             if not self._depth and self._posted:
@@ -335,8 +360,13 @@ class Bus:
 
     def _write_now(self, addr: int, value: int, size: int, requester_id: int | None) -> None:
         value &= (1 << (8 * size)) - 1
-        if self.ram.is_ram(addr, size):
-            self.ram.write(addr, value.to_bytes(size, "little"))
+        ram = self.ram
+        if type(addr) is int and 0 <= addr < _U64_END and ram is self._ram_of:
+            here = self._is_ram(addr, size)             # frameless ram.is_ram
+        else:
+            here = ram.is_ram(addr, size)
+        if here:
+            ram.write(addr, value.to_bytes(size, "little"))
             return
         i = bisect.bisect(self._bases, addr) - 1            # window(), inline
         w = self._windows[i] if i >= 0 else None

@@ -44,6 +44,7 @@ from collections import deque
 from typing import Any
 
 from .. import trace
+from ..core import common as _cc
 from .bits import Field, merge_access
 from .gicv3 import (
     _BIT_SET,
@@ -169,6 +170,7 @@ VPE0_V, VPE0_VPT_SIZE, VPE0_RDBASE = Field(0), Field(5, 1), Field(21, 6)
 ITE0_V, ITE0_VIRTUAL, ITE0_INTID = Field(0), Field(1), Field(63, 32)
 ITE1_ICID, ITE1_VPEID, ITE1_DOORBELL = Field(15, 0), Field(31, 16), Field(63, 32)
 _ITE0_VIRTUAL, _ITE1_ICID = ITE0_VIRTUAL.mask, ITE1_ICID.mask
+_CWRITER_OFFSET = CWRITER_OFFSET.mask
 _PENDBASER_PA = PENDBASER_PA.mask
 ENTRY_SIZE = {BaserType.DEVICES: 8, BaserType.COLLECTIONS: 8, BaserType.VPES: 16}
 ITE_SIZE = 16
@@ -278,6 +280,14 @@ class GicV3Its:
                       | TYPER_ITT_ENTRY_SIZE(ITE_SIZE - 1) | TYPER_ID_BITS(id_bits - 1)
                       | TYPER_DEVBITS(devbits - 1) | TYPER_CIDBITS(cidbits - 1)
                       | TYPER_CIL(1) | TYPER_VMOVP(int(self.gicv4)))
+        # The command queue's table commands in the core (csrc/itscmd.c), when the
+        # memory is a core Memory (and the batch cache, if any, of the same core).
+        self._cmdq = None
+        self._cmdq_key: tuple | None = None
+        mcore = _core_of(memory)
+        if (mcore is not None and (self._itc is None or self._core is mcore)
+                and all(1 <= b <= 32 for b in (devbits, id_bits, cidbits))):
+            self._cmdq = mcore.ItsCmdq()
         self.trace: deque[tuple[str, str, str]] = deque(maxlen=1024)
         self.stats = {"commands": 0, "command_errors": 0, "stalls": 0, "translations": 0,
                       "translations_dropped": 0, "lpis": 0, "vlpis": 0}
@@ -372,6 +382,14 @@ class GicV3Its:
                             stats["lpis"] += 1
                             return
             self.translate(requester_id, event_id)
+            return
+        if offset == GITS_CWRITER and size in (4, 8):  # the driver's write: merge_access inline
+            new = value & 0xFFFF_FFFF_FFFF_FFFF if size == 8 else \
+                self.cwriter & ~0xFFFF_FFFF | value & 0xFFFF_FFFF
+            self.cwriter = new & _CWRITER_OFFSET
+            if self.stalled and new & 1:                # CWRITER.Retry
+                self.stalled = False
+            self._process()
             return
         reg, high = offset & ~7, offset & 4
         enabled = self.ctlr & CTLR_ENABLED
@@ -503,7 +521,7 @@ class GicV3Its:
     # -- command queue ------------------------------------------------------------
 
     def _process(self) -> None:
-        if not self.ctlr & CTLR_ENABLED or self.stalled or not CBASER_VALID.get(self.cbaser):
+        if not self.ctlr & CTLR_ENABLED or self.stalled or not self.cbaser >> 63:  # Valid
             return
         cq = self._cq
         if cq[0] != self.cbaser:                # decoded once per CBASER value
@@ -513,27 +531,102 @@ class GicV3Its:
         if self.cwriter >= qsize or self.creadr >= qsize:
             self._note("queue", "CWRITER", "offset beyond the command queue")
             return
-        read_command, execute = self._read_command, self._execute
+        if self._cmdq is not None:
+            self._process_core(base, qsize)
+            return
+        step = self._step
         while self.creadr != self.cwriter:
-            try:
-                cmd = read_command(base + self.creadr)
-                execute(cmd)
-            except _Stall:
-                self.stalled = True
-                self.stats["stalls"] += 1
-                self._note("command", f"at {self.creadr:#x}", "memory error: stalled")
+            if not step(base, qsize):
                 return
-            except _Error as e:
-                self.stats["command_errors"] += 1
-                self._note("command", _opname(cmd[0]), e.code.name)
-                if trace_gicv3_its_cmd_error.enabled:
-                    trace_gicv3_its_cmd_error(cmd=_opname(cmd[0]), error=e.code.name)
-                if self.stall_on_error:
-                    self.stalled = True
-                    self.stats["stalls"] += 1
+
+    def _step(self, base: int, qsize: int) -> bool:
+        """Take the command at GITS_CREADR and run it here; False if the queue stalled."""
+        try:
+            cmd = self._read_command(base + self.creadr)
+            self._execute(cmd)
+        except _Stall:
+            self._stall_memory()
+            return False
+        except _Error as e:
+            if self._command_error(cmd[0] & 0xFF, e.code):
+                return False
+        self.stats["commands"] += 1
+        self.creadr = (self.creadr + 32) % qsize
+        return True
+
+    def _stall_memory(self) -> None:
+        """A memory error reading the command at GITS_CREADR or a table: stalled."""
+        self.stalled = True
+        self.stats["stalls"] += 1
+        self._note("command", f"at {self.creadr:#x}", "memory error: stalled")
+
+    def _command_error(self, op: int, code: ItsError) -> bool:
+        """Record a command ignored with ``code`` (or stall on it); True if stalled."""
+        self.stats["command_errors"] += 1
+        name = _opname(op)
+        self._note("command", name, code.name)
+        if trace_gicv3_its_cmd_error.enabled:
+            trace_gicv3_its_cmd_error(cmd=name, error=code.name)
+        if self.stall_on_error:
+            self.stalled = True
+            self.stats["stalls"] += 1
+            return True
+        return False
+
+    def _process_core(self, base: int, qsize: int) -> None:
+        """The queue through the core's :class:`~pymsi.core.ItsCmdq`: it runs the table
+        commands (MAPD, MAPC, MAPTI, MAPI, SYNC, INV, INVALL) in one call and hands back
+        their cache drops and redistributor invalidations, applied here in command
+        order; any other command, or one whose tracepoint is on, runs in
+        :meth:`_step`.  Errors and stalls are recorded as :meth:`_step` records them."""
+        cmdq, redists = self._cmdq, self.gic.redists
+        key = (self.cbaser, self.baser[0], self.baser[1], len(redists))
+        if key != self._cmdq_key:               # configured once per register values
+            dt = self._decode_baser(BaserType.DEVICES, self.baser[0])
+            ct = self._decode_baser(BaserType.COLLECTIONS, self.baser[1])
+            cmdq.configure(base, qsize, len(redists), self.devbits, self.id_bits,
+                           self.cidbits, dt[1:], ct[1:])
+            self._cmdq_key = key
+        ops = _CORE_OPS                         # a traced command runs in _step
+        if (_TP_MAPD.enabled or _TP_MAPC.enabled or _TP_MAPTI.enabled or _TP_MAPI.enabled
+                or _TP_SYNC.enabled or _TP_INV.enabled or _TP_INVALL.enabled):
+            for bit, tp in _CORE_TRACED:
+                if tp.enabled:
+                    ops &= ~bit
+        stats, memory, itc = self.stats, self.memory, self._itc
+        while self.creadr != self.cwriter:
+            status, self.creadr, n, op, code, recs = cmdq.run(memory, itc, self.creadr,
+                                                              self.cwriter, ops)
+            stats["commands"] += n
+            if recs:
+                ite_cache = self._ite_cache
+                for i in range(0, len(recs), 3):
+                    kind, a, b = recs[i], recs[i + 1], recs[i + 2]
+                    if kind == _REC_DROP_EVENT:
+                        per = ite_cache.get(a)
+                        if per is not None:
+                            per.pop(b, None)
+                    elif kind == _REC_INV:
+                        redists[a].invalidate(b)
+                    elif kind == _REC_DROP_DEVICE:
+                        ite_cache.pop(a, None)
+                    elif kind == _REC_DROP_COLLECTION:
+                        self._col_cache.pop(a, None)
+                    else:                       # INVALL
+                        redists[a].invalidate()
+            if status == _ITSQ_DONE:
+                return
+            if status == _ITSQ_HANDOFF:
+                if not self._step(base, qsize):
                     return
-            self.stats["commands"] += 1
-            self.creadr = (self.creadr + 32) % qsize
+            elif status == _ITSQ_ERROR:
+                if self._command_error(op, ItsError(code)):
+                    return
+                stats["commands"] += 1
+                self.creadr = (self.creadr + 32) % qsize
+            elif status == _ITSQ_STALL:
+                self._stall_memory()
+                return
 
     def _read_command(self, addr: int) -> list[int]:
         try:
@@ -960,6 +1053,32 @@ _CMD_TABLE = {int(c): (f"_cmd_{c.name.lower()}", *_CMD_TRACE[c], _DROPS.get(c, 0
 # BaserType (its value as an index: no enum hashing) -> GITS_BASER<n> that describes it
 _TABLE_BASER = (None, 0, 2, None, 1)
 _unpack4 = struct.Struct("<4Q").unpack
+
+
+# The commands the core's ItsCmdq runs (opcode bits) and their tracepoints: a command
+# whose tracepoint is on runs in Python, where the tracepoint fires.
+_CORE_CMDS = (Cmd.MAPD, Cmd.MAPC, Cmd.MAPTI, Cmd.MAPI, Cmd.SYNC, Cmd.INV, Cmd.INVALL)
+_CORE_OPS = sum(1 << int(c) for c in _CORE_CMDS)
+_CORE_TRACED = tuple((1 << int(c), _CMD_TRACE[c][0]) for c in _CORE_CMDS)
+_TP_MAPD, _TP_MAPC, _TP_MAPTI, _TP_MAPI, _TP_SYNC, _TP_INV, _TP_INVALL = (
+    tp for _, tp in _CORE_TRACED)
+_ITSQ_DONE, _ITSQ_HANDOFF, _ITSQ_ERROR, _ITSQ_STALL = (_cc.ITSQ_DONE, _cc.ITSQ_HANDOFF,
+                                                       _cc.ITSQ_ERROR, _cc.ITSQ_STALL)
+_REC_DROP_EVENT, _REC_DROP_DEVICE, _REC_DROP_COLLECTION, _REC_INV = (
+    _cc.ITSQ_DROP_EVENT, _cc.ITSQ_DROP_DEVICE, _cc.ITSQ_DROP_COLLECTION, _cc.ITSQ_INV)
+
+
+def _core_of(memory: Any) -> Any:
+    """The core backend module whose Memory ``memory`` is (None: not a core Memory)."""
+    name = getattr(memory, "backend", None)
+    if name not in ("c", "python"):
+        return None
+    from .. import core
+    try:
+        mod = core.backend(name)
+    except ImportError:
+        return None
+    return mod if type(memory) is mod.Memory else None
 
 
 def _opname(d0: int) -> str:

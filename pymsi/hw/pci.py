@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import array
 import enum
+import functools
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -643,12 +644,11 @@ class _BarWindow:
 
     def __init__(self, fn: PciFunction, index: int) -> None:
         self.fn, self.index = fn, index
-
-    def mmio_read(self, offset: int, size: int) -> int:
-        return self.fn.bar_read(self.index, offset, size)
-
-    def mmio_write(self, offset: int, value: int, size: int) -> None:
-        self.fn.bar_write(self.index, offset, value, size)
+        #: ``mmio_read(offset, size)`` / ``mmio_write(offset, value, size)``: the
+        #: function's bar_read / bar_write with the BAR index bound (no frame of their own)
+        self.mmio_read: Callable[[int, int], int] = functools.partial(fn.bar_read, index)
+        self.mmio_write: Callable[[int, int, int], None] = functools.partial(fn.bar_write,
+                                                                             index)
 
 
 class PciHost:

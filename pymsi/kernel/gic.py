@@ -393,11 +393,12 @@ class ItsDomainOps(IrqDomainOps):
         its: ItsDriver = domain.host_data
         dev: ItsDevice = d.chip_data
         event = d.hwirq - dev.lpi_base
-        cpu = its.select_cpu(d.common.affinity or its.kernel.online_cpus, its.lpi_count(d))
+        load = its.load[bool(d.common.managed)]           # lpi_count(d), inline
+        cpu = its.select_cpu(d.common.affinity or its.kernel.online_cpus, load)
         its.send(I.Cmd.MAPTI, d0=dev.device_id << 32, d1=d.hwirq << 32 | event, d2=cpu,
                  sync_cpu=cpu)
         dev.events[event] = cpu
-        its.lpi_count(d)[cpu] += 1
+        load[cpu] += 1
         d.common.effective_affinity = frozenset({cpu})
 
     def deactivate(self, domain: IrqDomain, d: IrqData) -> None:
@@ -571,14 +572,10 @@ class ItsDriver:
 
     # -- commands -----------------------------------------------------------------------
 
-    def _queue(self, words: tuple[int, int, int, int]) -> None:
-        """its_allocate_entry() + build: one command into the queue (CWRITER not yet moved)."""
-        nxt = (self.cmd_write + 32) % ITS_CMD_QUEUE_SZ
-        if nxt == self.kernel.bus.read(self.base + I.GITS_CREADR, 8) & _CWRITER_OFFSET:
-            self.kernel.printk(f"ITS@{self.base:#x}: ITS queue not draining")
-            raise fail(EIO, "ITS command queue full")
-        self.kernel.ram.write(self.cmdq + self.cmd_write, _pack_cmd(*words))
-        self.cmd_write = nxt
+    def _queue_full(self) -> None:
+        """its_allocate_entry() giving up: the queue does not drain."""
+        self.kernel.printk(f"ITS@{self.base:#x}: ITS queue not draining")
+        raise fail(EIO, "ITS command queue full")
 
     def send(self, op: I.Cmd, d0: int = 0, d1: int = 0, d2: int = 0, d3: int = 0,
              sync_cpu: int | None = None) -> None:
@@ -589,13 +586,35 @@ class ItsDriver:
         Like Linux, the driver checks its own parameters; it can only see the
         queue progress (a stalled queue times out as EIO).
         """
-        self._queue((d0 | op, d1, d2, d3))
-        if sync_cpu is not None:
-            self._queue((_SYNC, 0, sync_cpu << 16, 0))
+        # its_allocate_entry() + build for the command and its SYNC: per command a
+        # GITS_CREADR read (queue full?) and its 32 bytes written to the queue
+        # (the ITS reads the queue only once GITS_CWRITER moves, so a command and its
+        # SYNC are written with one 64-byte store unless the command ends the queue)
+        k = self.kernel
+        bus, ram, creadr = k.bus, k.ram, self.base + I.GITS_CREADR
         w = self.cmd_write
-        bus = self.kernel.bus
+        nxt = (w + 32) % ITS_CMD_QUEUE_SZ
+        if nxt == bus.read(creadr, 8) & _CWRITER_OFFSET:
+            self._queue_full()
+        cmd = _pack_cmd(d0 | op, d1, d2, d3)
+        if sync_cpu is not None:
+            sync = _pack_cmd(_SYNC, 0, sync_cpu << 16, 0)
+            after = (nxt + 32) % ITS_CMD_QUEUE_SZ
+            if after == bus.read(creadr, 8) & _CWRITER_OFFSET:
+                ram.write(self.cmdq + w, cmd)
+                self.cmd_write = nxt
+                self._queue_full()
+            if nxt:
+                ram.write(self.cmdq + w, cmd + sync)
+            else:                                         # the command ends the queue
+                ram.write(self.cmdq + w, cmd)
+                ram.write(self.cmdq, sync)
+            nxt = after
+        else:
+            ram.write(self.cmdq + w, cmd)
+        w = self.cmd_write = nxt
         bus.write(self.base + I.GITS_CWRITER, w, 4)
-        r = bus.read(self.base + I.GITS_CREADR, 8)
+        r = bus.read(creadr, 8)
         if r != w:                                        # its_wait_for_range_completion()
             self.kernel.printk(f"ITS@{self.base:#x}: queue stuck at {r:#x} (CWRITER {w:#x})")
             raise fail(EIO, "ITS command queue timeout")

@@ -107,11 +107,13 @@ def msi_msg_set_addr(desc: MsiDesc | None, msi_addr: int) -> int:
 def irq_chip_compose_msi_msg(d: IrqData) -> MsiMsg:
     """irq_chip_compose_msi_msg(): the topmost level able to compose does it
     (the ITS; with interrupt remapping the IR level, not the vector below it)."""
-    pos = next((level for level in d.levels()
-                if level.chip is not None and level.chip.irq_compose_msi_msg is not None), None)
-    if pos is None:
-        raise fail(EINVAL, f"IRQ {d.irq}: no level composes MSI messages")
-    return pos.chip.irq_compose_msi_msg(pos)
+    pos: IrqData | None = d
+    while pos is not None:                      # down the levels, top first
+        chip = pos.chip
+        if chip is not None and chip.irq_compose_msi_msg is not None:
+            return chip.irq_compose_msi_msg(pos)
+        pos = pos.parent_data
+    raise fail(EINVAL, f"IRQ {d.irq}: no level composes MSI messages")
 
 
 class MsiType(enum.Flag):

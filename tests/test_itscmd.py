@@ -1,0 +1,360 @@
+"""The ITS command queue's core part (csrc/itscmd.c, ``ItsCmdq``).
+
+1. Differential: the C ``ItsCmdq.run`` against its pure-Python twin on command
+   streams built valid (MAPC, MAPD, MAPTI / MAPI, INV, INVALL, SYNC over small
+   flat or two-level tables) and then mutated (DeviceIDs and collections out of
+   range, ITT sizes too large, ITT / table / queue addresses outside RAM,
+   unknown opcodes, flipped bits): same statuses, read pointers, counts, error
+   codes, records, tables in memory and batch translation cache.
+2. The ITS model with the core part against the same model running every
+   command in Python (``_cmdq = None``): same tables, statistics, error trace,
+   caches, redistributor state, translations and trace records.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pymsi import trace
+from pymsi.core import common as cc
+from pymsi.hw.its import ItsError
+
+from hw_rig import ITS_BASE, TRANSLATER, ItsDriver, Platform
+
+RAM, RAM_SIZE = 0x4000_0000, 0x40_0000
+CQ, DT, CT, ITT0 = RAM, RAM + 0x10_0000, RAM + 0x20_0000, RAM + 0x30_0000
+OUTSIDE = 0x9000_0000                       # not RAM
+OPS = {"MOVI": 0x01, "INT": 0x03, "CLEAR": 0x04, "SYNC": 0x05, "MAPD": 0x08, "MAPC": 0x09,
+       "MAPTI": 0x0A, "MAPI": 0x0B, "INV": 0x0C, "INVALL": 0x0D, "MOVALL": 0x0E,
+       "DISCARD": 0x0F}
+CORE_OPS = sum(1 << OPS[k] for k in ("SYNC", "MAPD", "MAPC", "MAPTI", "MAPI", "INV", "INVALL"))
+
+
+def test_error_codes_are_the_models():
+    """pymsi.h's error codes and the twin's are ItsError's values."""
+    from pymsi._core_c import lib
+
+    from pymsi.core import _pybackend as py
+
+    for name in ("MAPD_DEVICE_OOR", "MAPD_ITTSIZE_OOR", "MAPC_PROCNUM_OOR",
+                 "MAPC_COLLECTION_OOR", "MAPTI_UNMAPPED_DEVICE", "MAPTI_ID_OOR",
+                 "MAPTI_PHYSICALID_OOR", "INV_UNMAPPED_INTERRUPT",
+                 "INVALL_UNMAPPED_COLLECTION", "COLLECTION_OOR", "PROCNUM_OOR"):
+        assert getattr(lib, f"PYMSI_ITS_E_{name}") == ItsError[name].value, name
+        assert getattr(py, f"_E_{name}") == ItsError[name].value, name
+    for name in ("DONE", "HANDOFF", "ERROR", "STALL", "FULL", "DROP_EVENT", "DROP_DEVICE",
+                 "DROP_COLLECTION", "INV", "INVALL"):
+        assert getattr(lib, f"PYMSI_ITSQ_{name}") == getattr(cc, f"ITSQ_{name}"), name
+
+
+# -- 1. C against the twin ---------------------------------------------------------------
+
+@st.composite
+def setups(draw, mutate=True):
+    """A configuration and a valid command stream over it ([opcode, d0, d1, d2, d3]
+    each), then (``mutate``) mutations."""
+    page = draw(st.sampled_from([4096, 16384, 65536]))
+    indirect = draw(st.booleans())
+    devbits = draw(st.integers(1, 20))
+    id_bits = draw(st.integers(14, 20))
+    cidbits = draw(st.integers(1, 16))
+    nproc = draw(st.integers(1, 4))
+    qpages = draw(st.integers(1, 4))
+    ndev = min(1 << devbits, 6)
+    fits = min(1 << devbits, 2 * page // 8)          # DeviceIDs a flat table holds
+    devs = draw(st.lists(st.one_of(st.integers(0, fits - 1), st.integers(0, (1 << devbits) - 1)),
+                         min_size=1, max_size=ndev, unique=True))
+    if indirect:                    # devices spread over level-2 pages, some never given one
+        devs = [d * draw(st.sampled_from([1, page // 8, page // 8 + 1])) % (1 << devbits)
+                for d in devs]
+        devs = list(dict.fromkeys(devs))
+    cmds = []
+    ncol = min(1 << cidbits, 4)
+    for icid in range(ncol):
+        cmds.append([OPS["MAPC"], 0, 0, 1 << 63 | draw(st.integers(0, nproc - 1)) << 16 | icid,
+                     0])
+    sizes = {}
+    for k, dev in enumerate(devs):
+        sizes[dev] = draw(st.integers(0, 4))
+        cmds.append([OPS["MAPD"], dev << 32, sizes[dev], 1 << 63 | ITT0 + 0x1000 * k, 0])
+    mapped = []
+    for _ in range(draw(st.integers(0, 30))):
+        dev = draw(st.sampled_from(devs))
+        ev = draw(st.integers(0, (2 << sizes[dev]) - 1))
+        kind = draw(st.sampled_from(["MAPTI", "MAPI", "INV", "INV", "INVALL", "SYNC", "MOVI",
+                                     "INT", "DISCARD"]))
+        if kind in ("MAPTI", "MAPI"):
+            mapped.append((dev, ev))
+        elif mapped and draw(st.booleans()):        # mostly an event mapped before
+            dev, ev = draw(st.sampled_from(mapped))
+        icid = draw(st.integers(0, ncol - 1))
+        if kind == "MAPTI":
+            cmds.append([OPS[kind], dev << 32, draw(st.integers(8192, (1 << id_bits) - 1)) << 32
+                         | ev, icid, 0])
+        elif kind in ("INVALL", "SYNC"):
+            cmds.append([OPS[kind], 0, 0, draw(st.integers(0, nproc - 1)) << 16 | icid, 0])
+        else:
+            cmds.append([OPS[kind], dev << 32, ev, icid, 0])
+    cfg = dict(page=page, indirect=indirect, devbits=devbits, id_bits=id_bits,
+               cidbits=cidbits, nproc=nproc, qsize=4096 * qpages, dt=DT, ct=CT, cq=CQ,
+               l2=[])
+    if indirect:                    # level-2 pages for some devices (not necessarily all)
+        for dev in devs:
+            if draw(st.booleans()):
+                cfg["l2"].append((dev // (page // 8), RAM + 0x38_0000 + len(cfg["l2"]) * page))
+    # mutations
+    for _ in range(draw(st.integers(0, 4)) if mutate else 0):
+        m = draw(st.sampled_from(["dev", "size", "itt", "op", "flip", "icid", "rdbase",
+                                  "intid", "dt", "ct", "cq", "l2"]))
+        i = draw(st.integers(0, len(cmds) - 1))
+        c = cmds[i]
+        if m == "dev":
+            c[1] = draw(st.integers(0, 2**32 - 1)) << 32
+        elif m == "size":
+            c[2] = c[2] & ~0x1F | draw(st.integers(0, 31))
+        elif m == "itt":
+            c[3] = c[3] & ~(((1 << 44) - 1) << 8) | draw(st.sampled_from(
+                [OUTSIDE, RAM + RAM_SIZE - 0x100, 0])) & ~0xFF
+        elif m == "op":
+            c[0] = draw(st.integers(0, 255))
+        elif m == "flip":
+            w = draw(st.integers(0, 3))
+            c[w] ^= 1 << draw(st.integers(0, 63))
+        elif m == "icid":
+            c[3] = c[3] & ~0xFFFF | draw(st.integers(0, 0xFFFF))
+        elif m == "rdbase":
+            c[3] = c[3] & ~(0xFFFF_FFFF << 16) | draw(st.integers(0, 2**32 - 1)) << 16
+        elif m == "intid":
+            c[2] = c[2] & 0xFFFF_FFFF | draw(st.integers(0, 2**32 - 1)) << 32
+        elif m in ("dt", "ct", "cq"):
+            cfg[m] = draw(st.sampled_from([OUTSIDE, RAM + RAM_SIZE - 64, 2**64 - 4096]))
+        elif cfg["l2"]:
+            j = draw(st.integers(0, len(cfg["l2"]) - 1))
+            cfg["l2"][j] = (cfg["l2"][j][0], OUTSIDE)
+    cfg["start"] = draw(st.integers(0, cfg["qsize"] // 32 - 1)) * 32
+    cmds = cmds[:cfg["qsize"] // 32 - 1]
+    cfg["ops"] = CORE_OPS if draw(st.booleans()) else draw(st.integers(0, 2**64 - 1))
+    cfg["valid"] = draw(st.sampled_from([(True, True)] * 6 + [(False, True), (True, False)]))
+    cfg["itc"] = draw(st.lists(st.tuples(st.integers(0, 8), st.integers(0, 8)), max_size=6))
+    return cfg, cmds
+
+
+def _memory(b, cfg, cmds):
+    mem = b.Memory()
+    mem.add_ram(RAM, RAM_SIZE)
+    for l1, l2 in cfg["l2"]:
+        if DT + 8 * l1 + 8 <= RAM + RAM_SIZE and DT < RAM + RAM_SIZE:
+            mem.write_u64(DT + 8 * l1, 1 << 63 | l2)
+    q, at = cfg["qsize"], cfg["start"]
+    for c in cmds:
+        if RAM <= CQ + at and cfg["cq"] == CQ:
+            words = (c[0] | c[1], c[2], c[3], c[4])
+            mem.write(CQ + at, b"".join(w.to_bytes(8, "little") for w in words))
+        at = (at + 32) % q
+    return mem, at
+
+
+def _table(cfg, which):
+    """(valid, indirect, base, span, entry size, page size) of the device (0) or
+    collection (1) table: flat tables span two pages, a level-1 table one."""
+    page = cfg["page"]
+    if which == 0:
+        indirect = cfg["indirect"]
+        return (cfg["valid"][0], indirect, cfg["dt"], page if indirect else 2 * page, 8, page)
+    return (cfg["valid"][1], False, cfg["ct"], page, 8, page)
+
+
+def _run_all(b, cfg, cmds):
+    mem, cwriter = _memory(b, cfg, cmds)
+    itc = b.ItsCache()
+    for dev, ev in cfg["itc"]:
+        itc.set(dev, ev, 8192 + ev, 0)
+    q = b.ItsCmdq()
+    q.configure(cfg["cq"], cfg["qsize"], cfg["nproc"], cfg["devbits"], cfg["id_bits"],
+                cfg["cidbits"], _table(cfg, 0), _table(cfg, 1))
+    creadr, outs = cfg["start"], []
+    for _ in range(3 * len(cmds) + 4):
+        r = q.run(mem, itc, creadr, cwriter, cfg["ops"])
+        outs.append(r)
+        status, creadr = r[0], r[1]
+        if status in (cc.ITSQ_DONE, cc.ITSQ_STALL):
+            break
+        if status in (cc.ITSQ_ERROR, cc.ITSQ_HANDOFF):
+            creadr = (creadr + 32) % cfg["qsize"]
+    tables = [mem.read(a, 0x10000) for a in (DT, CT)]
+    itts = [mem.read(ITT0 + 0x1000 * k, 0x200) for k in range(8)]
+    l2 = [mem.read(RAM + 0x38_0000 + k * cfg["page"], 0x1000) for k in range(len(cfg["l2"]))]
+    return outs, tables, itts, l2, len(itc), [itc.get(d, e) for d, e in cfg["itc"]]
+
+
+@given(setup=setups())
+def test_cmdq_run_agrees(backends, setup):
+    cfg, cmds = setup
+    c, py = (_run_all(b, cfg, cmds) for b in backends)
+    assert c == py
+
+
+@given(setup=setups(mutate=False))
+def test_cmdq_runs_valid_streams_to_the_end(backends, setup):
+    """Unmutated streams of core commands only: one run, every command done, and the
+    ITEs they write are the model's format (a check the twin could not fake alone)."""
+    cfg, cmds = setup
+    cmds = [c for c in cmds if c[0] in (OPS["MAPC"], OPS["MAPD"], OPS["MAPTI"])]
+    cfg = dict(cfg, cq=CQ, dt=DT, ct=CT, l2=[], indirect=False, ops=CORE_OPS,
+               valid=(True, True))
+    for b in backends:
+        mem, cwriter = _memory(b, cfg, cmds)
+        q = b.ItsCmdq()
+        q.configure(CQ, cfg["qsize"], cfg["nproc"], cfg["devbits"], cfg["id_bits"],
+                    cfg["cidbits"], _table(cfg, 0), _table(cfg, 1))
+        status, creadr, n, op, code, recs = q.run(mem, None, cfg["start"], cwriter, CORE_OPS)
+        bad = [c for c in cmds if c[0] == OPS["MAPD"] and (c[1] >> 32) * 8 >= 2 * cfg["page"]]
+        if bad:
+            continue                    # a device beyond the flat table: MAPD_DEVICE_OOR
+        assert (status, creadr, n, code) == (cc.ITSQ_DONE, cwriter, len(cmds), 0)
+        assert len(recs) == 3 * len(cmds)
+        devs = {c[1] >> 32: c for c in cmds if c[0] == OPS["MAPD"]}
+        for c in cmds:
+            if c[0] == OPS["MAPTI"]:
+                dev, ev, intid = c[1] >> 32, c[2] & 0xFFFF_FFFF, c[2] >> 32
+                itt = devs[dev][3] & ((1 << 52) - 1) & ~0xFF
+                later = [x for x in cmds[cmds.index(c) + 1:] if x[0] == OPS["MAPTI"]
+                         and x[1] == c[1] and x[2] & 0xFFFF_FFFF == ev]
+                if not later:
+                    assert mem.read_u64(itt + 16 * ev) == 1 | intid << 32
+                    assert mem.read_u64(itt + 16 * ev + 8) == (c[3] & 0xFFFF) | 1023 << 32
+
+
+ints = st.one_of(st.integers(0, 40), st.integers(-2, 2**64 + 2))
+
+
+@given(args=st.lists(ints, min_size=8, max_size=8), tables=st.lists(
+    st.tuples(st.booleans(), st.booleans(), ints, ints, ints, ints), min_size=2, max_size=2),
+    run=st.lists(ints, min_size=3, max_size=3))
+def test_cmdq_refuses_bad_configurations_alike(backends, args, tables, run):
+    outs = []
+    for b in backends:
+        mem = b.Memory()
+        mem.add_ram(RAM, RAM_SIZE)
+        q = b.ItsCmdq()
+        try:
+            q.configure(*args[:6], *tables)
+            got = ("ok", q.run(mem, None, *run))
+        except Exception as e:  # the exception class is part of the behaviour compared
+            got = ("raise", type(e))
+        outs.append(got)
+    assert outs[0] == outs[1]
+
+
+def test_cmdq_rejects_other_objects(backends):
+    for b in backends:
+        q = b.ItsCmdq()
+        with pytest.raises(TypeError):
+            q.run(object(), None, 0, 0, 0)
+        mem = b.Memory()
+        with pytest.raises(TypeError):
+            q.run(mem, object(), 0, 0, 0)
+
+
+# -- 2. the ITS model with and without the core part -------------------------------------
+
+NCPUS = 4
+
+
+@st.composite
+def model_streams(draw):
+    """Chunks of commands (each posted with one CWRITER write) with MSIs between them,
+    after one that maps collections 0..3, devices 0..4 and some of their events."""
+    setup = [[OPS["MAPC"], 0, 1 << 63 | icid << 16 | icid, 0] for icid in range(NCPUS)]
+    setup += [[OPS["MAPD"] | dev << 32, 3, 1 << 63 | (1 << 63) - 1, 0] for dev in range(5)]
+    setup += [[OPS["MAPTI"] | dev << 32, (8192 + 8 * dev + ev) << 32 | ev, ev % NCPUS, 0]
+              for dev in range(5) for ev in draw(st.sets(st.integers(0, 9), max_size=6))]
+    chunks = [(setup, [])]
+    for _ in range(draw(st.integers(1, 6))):
+        cmds = []
+        for _ in range(draw(st.integers(1, 8))):
+            kind = draw(st.sampled_from(list(OPS) + ["garbage"]))
+            dev, ev = draw(st.integers(0, 4)), draw(st.integers(0, 9))
+            icid, cpu = draw(st.integers(0, NCPUS + 1)), draw(st.integers(0, NCPUS + 1))
+            if kind == "garbage":
+                cmds.append([draw(st.integers(0, 2**64 - 1)) for _ in range(4)])
+            elif kind == "MAPD":
+                itt = draw(st.sampled_from(["ok"] * 5 + [OUTSIDE]))
+                cmds.append([OPS[kind] | dev << 32, draw(st.integers(0, 20)),
+                             int(draw(st.booleans()) or True) << 63 | (itt if itt != "ok"
+                                                                       else -1), 0])
+            elif kind == "MAPC":
+                cmds.append([OPS[kind], 0, int(draw(st.booleans())) << 63 | cpu << 16 | icid, 0])
+            elif kind == "MAPTI":
+                cmds.append([OPS[kind] | dev << 32, draw(st.sampled_from(
+                    [8192 + draw(st.integers(0, 63)), 100, 1 << 17])) << 32 | ev, icid, 0])
+            else:
+                cmds.append([OPS[kind] | dev << 32, ev, cpu << 16 | icid,
+                             draw(st.integers(0, NCPUS)) << 16])
+        msis = draw(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 9)), max_size=6))
+        chunks.append((cmds, msis))
+    return chunks
+
+
+def _model_run(backend, core, chunks, stall_on_error, traced, indirect):
+    p = Platform(ncpus=NCPUS, backend=backend, stall_on_error=stall_on_error)
+    if not core:
+        p.its._cmdq = None
+    else:
+        assert p.its._cmdq is not None
+    drv = ItsDriver(p)
+    drv.init(indirect=indirect)
+    if indirect:
+        for dev in (0, 2):
+            drv.ensure_l2(dev)
+    p.ram.write(drv.prop, bytes([0xA3]) * 64)
+    itts = {dev: p.alloc(0x1000, 256) for dev in range(6)}
+    rec = trace.Recorder()
+    trace.reset()
+    if traced:
+        trace.enable(traced)
+    rec.start()
+    b, w = p.bus, p.bus.read(ITS_BASE + 0x88, 8)
+    try:
+        for cmds, msis in chunks:
+            for c in cmds:
+                c = list(c)
+                if c[0] & 0xFF == OPS["MAPD"] and c[2] & ((1 << 63) - 1) == (1 << 63) - 1:
+                    c[2] = c[2] & 1 << 63 | itts[c[0] >> 32 & 0xFF]
+                p.ram.write(drv.cmdq + w, b"".join((x & (2**64 - 1)).to_bytes(8, "little")
+                                                   for x in c))
+                w = (w + 32) % 0x10000
+            b.write(ITS_BASE + 0x88, w, 8)
+            if p.its.stalled:
+                b.write(ITS_BASE + 0x88, w | 1, 8)          # retry once
+            for dev, ev in msis:
+                b.write(TRANSLATER, ev, 4, requester_id=dev)
+    finally:
+        rec.stop()
+        trace.reset()
+    its = p.its
+    rds = [(sorted(rd.pending), sorted(rd._fresh), sorted(rd._config.items()))
+           for rd in p.gic.redists]
+    mem = [p.ram.read(a, 0x1000) for a in itts.values()]
+    tables = [p.ram.read(its._decode_baser(t, its.baser[n])[3], 0x2000)
+              for t, n in ((1, 0), (4, 1))]
+    itc = None if its._itc is None else sorted(
+        (k, its._itc.get(*k)) for k in [(d, e) for d in range(6) for e in range(10)]
+        if its._itc.get(*k) is not None)
+    return (its.stats, list(its.trace), its.creadr, its.stalled, its._ite_cache,
+            its._col_cache, itc, rds, mem, tables,
+            [(r.name, r.fields) for r in rec.records])
+
+
+@pytest.mark.parametrize("backend", ["c", "python"])
+@given(chunks=model_streams(), stall_on_error=st.booleans(),
+       traced=st.sampled_from([None, "gicv3_its_cmd_sync", "gicv3_its_cmd_*",
+                               "gicv3_its_cmd_mapti,gicv3_its_cmd_inv,gicv3_its_*error"]),
+       indirect=st.booleans())
+def test_model_with_core_queue_is_the_python_queue(backend, chunks, stall_on_error, traced,
+                                                   indirect):
+    got = [_model_run(backend, core, chunks, stall_on_error, traced, indirect)
+           for core in (True, False)]
+    assert got[0] == got[1]
