@@ -10,6 +10,7 @@ ones carry the errno Linux would return.
 from __future__ import annotations
 
 import errno as _errno
+from typing import NoReturn
 
 
 class PymsiError(Exception):
@@ -54,7 +55,7 @@ _BY_ERRNO: dict[int, type[PymsiError]] = {
 }
 
 
-def raise_errno(rc: int, what: str) -> None:
+def raise_errno(rc: int, what: str) -> NoReturn:
     """Raise the exception for a negative errno-style return code ``rc``.
 
     ``what`` says what was attempted; it becomes the message.
