@@ -43,7 +43,7 @@ of new contexts (set by the machine's ``msi_design=``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from .. import core
 from ..core import Prot
@@ -237,7 +237,8 @@ class PresetMsi(SwMsi):
         iova &= ~(PAGE_SIZE - 1)
         page = msi_addr & ~(PAGE_SIZE - 1)
         self._install_at(_paging(domain.iommufd_hwpt), iova, page)
-        self.needs.setdefault(idev, {})[iova] = page
+        # an iova was found, so there is a device
+        self.needs.setdefault(cast(IommufdDevice, idev), {})[iova] = page
         desc.set_iommu_msi_iova(iova, PAGE_SHIFT)
 
     def attach(self, idev: IommufdDevice, hwpt: Any) -> None:
