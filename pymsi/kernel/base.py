@@ -12,6 +12,8 @@ from ..errors import PymsiError
 class KernelError(PymsiError, OSError):
     """A kernel call failed the way Linux fails it: ``.errno`` is Linux's errno."""
 
+    errno: int
+
     def __init__(self, err: int, what: str = "") -> None:
         name = _errno.errorcode.get(err, "ENOTSUPP" if err == 524 else str(err))
         super().__init__(err, f"{what} [{name}]" if what else name)
@@ -78,7 +80,8 @@ def cpumask_str(cpus: frozenset[int] | set[int], nbits: int | None = None) -> st
     value = sum(1 << c for c in cpus)
     if nbits is None:
         nbits = max(32, (value.bit_length() + 31) // 32 * 32)
-    groups, first = [], nbits % 32 or 32
+    groups: list[str] = []
+    first = nbits % 32 or 32
     for i in range((nbits + 31) // 32 * 32 - 32, -1, -32):
         width = (first + 3) // 4 if not groups else 8
         groups.append(f"{value >> i & ((1 << (first if not groups else 32)) - 1):0{width}x}")
