@@ -49,7 +49,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from ..core import IoPgtable, Prot
 from ..errors import AlreadyExists, InvalidArgument
@@ -450,7 +450,7 @@ class ArmSmmuV3(IommuOps):
     # -- registers --------------------------------------------------------------------
 
     def readl(self, off: int) -> int:
-        return self.kernel.bus.read(self.base + off, 4)
+        return cast(int, self.kernel.bus.read(self.base + off, 4))
 
     def writel(self, off: int, value: int) -> None:
         self.kernel.bus.write(self.base + off, value, 4)
@@ -832,7 +832,7 @@ class ArmSmmuV3(IommuOps):
 
     def _ste_addr(self, sid: int) -> int:
         if not self.features & Feat.TWO_LVL_STRTAB:
-            return self.strtab + sid * R.STE_SIZE
+            return cast(int, self.strtab + sid * R.STE_SIZE)
         l2 = self._init_l2_strtab(sid)
         return l2 + (sid & ((1 << STRTAB_SPLIT) - 1)) * R.STE_SIZE
 

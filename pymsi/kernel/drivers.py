@@ -3,7 +3,7 @@ does with MSI-X (enable, bus master, DMA mask, vectors, handlers)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from .msi import MsiType
 from .pci import PciDriver
@@ -17,9 +17,9 @@ def msi_counting_pci_driver(kernel: Any, name: str, nvec: int,
                             flags: MsiType = MsiType.MSIX | MsiType.MSI,
                             id_table: Any = ()) -> PciDriver:
     """Register a PCI driver whose probe is a :class:`MsiCountingDriver`."""
-    return kernel.pci_register_driver(
+    return cast(PciDriver, kernel.pci_register_driver(
         name, lambda d: MsiCountingDriver(kernel, d, nvec, flags, name=name, bind=False),
-        _remove, id_table)
+        _remove, id_table))
 
 
 class MsiCountingDriver:

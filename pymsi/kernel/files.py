@@ -143,7 +143,8 @@ class File:
     # -- the system calls on self.fd ----------------------------------------------------
 
     def _files(self) -> FdTable:
-        return self.kernel.files
+        files: FdTable = self.kernel.files
+        return files
 
     def ioctl(self, cmd: int, arg: Any = 0) -> Any:
         """ioctl(2) on this descriptor."""
@@ -357,9 +358,10 @@ class CharDevRegistry:
     def register(self, path: str, fops: FileOperations, data: Any = None) -> CharDev:
         """Make ``path`` open ``fops``; EEXIST when the node exists, EINVAL for a
         path that is not absolute."""
-        path = _normpath(path)
-        if path is None:
+        norm = _normpath(path)
+        if norm is None:
             raise fail(EINVAL, "a device node path is absolute")
+        path = norm
         if path in self.nodes:
             raise fail(EEXIST, f"{path} exists")
         node = self.nodes[path] = CharDev(path, fops, data)

@@ -17,7 +17,7 @@ the bus is not translated by it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from ..core import Prot
 from ..hw import x86 as HW
@@ -76,11 +76,11 @@ class IntelIommu(IommuOps):
 
     @property
     def cap(self) -> int:
-        return self.kernel.bus.read(self.base + HW.CAP, 8)
+        return cast(int, self.kernel.bus.read(self.base + HW.CAP, 8))
 
     @property
     def ecap(self) -> int:
-        return self.kernel.bus.read(self.base + HW.ECAP, 8)
+        return cast(int, self.kernel.bus.read(self.base + HW.ECAP, 8))
 
     # -- IommuOps ------------------------------------------------------------------------
 

@@ -458,7 +458,7 @@ class Struct(metaclass=_StructMeta):
         return cls._order_ + ((cls._flex_[0],) if cls._flex_ is not None else ())
 
     # --- the flexible array member --------------------------------------------------
-    def _flex_elem_(self) -> Any:
+    def _flex_elem_(self) -> CType | type[Struct]:
         """The element type of the flexible array member (a subclass may look at flags)."""
         return type(self)._flex_[2].elem  # type: ignore[index]
 

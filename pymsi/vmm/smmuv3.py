@@ -62,7 +62,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from errno import EIO
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from ..errors import InvalidArgument
 from ..hw import smmuv3_regs as R
@@ -394,7 +394,7 @@ class VirtualSmmuV3:
                              data_uptr=self._user_buf(data))
         self._ioctl(u.IOMMU_HWPT_ALLOC, h)
         self.stats["hwpt_allocs"] += 1
-        return h.out_hwpt_id
+        return cast(int, h.out_hwpt_id)
 
     def _check_hw_compatible(self, devid: int) -> None:
         """smmuv3_accel_check_hw_compatible(): the host SMMU behind ``devid`` must offer

@@ -44,7 +44,7 @@ import errno as _errno
 import weakref
 from collections import Counter, deque
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 from ..hw import pci as P
 from ..uapi import iommufd as u
@@ -313,7 +313,7 @@ class VfioPciDevice(P.PciFunction):
         a = V.VfioDeviceAttachIommufdPt(pt_id=pt_id)
         self.devfile.ioctl(V.VFIO_DEVICE_ATTACH_IOMMUFD_PT, a)
         self.pt_id = a.pt_id
-        return a.pt_id
+        return cast(int, a.pt_id)
 
     def unrealize(self) -> None:
         """vfio_exitfn: MSI-X off, the VMM's eventfds closed, the device file closed
@@ -709,8 +709,8 @@ class VfioPciDevice(P.PciFunction):
         if not vec.use:
             return -1
         if vec.virq >= 0 and not vec.masked_fd:
-            return vec.kvm_interrupt.fd
-        return self._eventfd(vec, False).fd
+            return cast(int, vec.kvm_interrupt.fd)
+        return cast(int, self._eventfd(vec, False).fd)
 
     def _set_irqs(self, start: int, fds: list[int]) -> bool:
         arg = V.VfioIrqSet(flags=V.VFIO_IRQ_SET_DATA_EVENTFD | V.VFIO_IRQ_SET_ACTION_TRIGGER,

@@ -28,7 +28,7 @@ Nothing here imports the host kernel: the VMM reaches it through system calls.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from ..uapi import iommufd as u
 from ..uapi import kvm as K
@@ -123,7 +123,7 @@ class Vmm:
         cd = K.KvmCreateDevice(type=type_)
         self.k.ioctl(self.vm_fd, K.KVM_CREATE_DEVICE, cd)
         self._fds.append(cd.fd)
-        return cd.fd
+        return cast(int, cd.fd)
 
     def kvm_init(self) -> None:
         """KVM_CREATE_VM, memory slot 0, the vCPUs, then the in-kernel vGICv3 and vITS."""
@@ -199,7 +199,7 @@ class Vmm:
         h = u.IommuHwptAlloc(dev_id=dev_id, pt_id=self.ioas_id,
                              flags=u.IOMMU_HWPT_ALLOC_NEST_PARENT)
         self.iommufd.ioctl(u.IOMMU_HWPT_ALLOC, h)
-        return h.out_hwpt_id
+        return cast(int, h.out_hwpt_id)
 
     # -- the guest -------------------------------------------------------------------
 
@@ -246,9 +246,9 @@ class Vmm:
 
     def signal_msi(self, address: int, data: int, devid: int) -> int:
         """KVM_SIGNAL_MSI (with the DeviceID) -- what QEMU does for an emulated MSI."""
-        return self.k.ioctl(self.vm_fd, K.KVM_SIGNAL_MSI, K.KvmMsi(
+        return cast(int, self.k.ioctl(self.vm_fd, K.KVM_SIGNAL_MSI, K.KvmMsi(
             address_lo=address & 0xFFFF_FFFF, address_hi=address >> 32, data=data,
-            flags=K.KVM_MSI_VALID_DEVID, devid=devid))
+            flags=K.KVM_MSI_VALID_DEVID, devid=devid)))
 
     def guest_irq_pending(self) -> bool:
         """Whether any vCPU has an interrupt to take (its virtual IRQ line is up)."""
