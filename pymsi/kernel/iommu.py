@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from ..core import Prot
 from ..hw.virt_map import SW_MSI_BASE, SW_MSI_SIZE
@@ -133,6 +133,8 @@ class IommuDomain:
 class IommuOps:
     """struct iommu_ops: what an IOMMU driver provides to the core."""
 
+    _claims: Callable[[Any], bool]          # set by IommuCore.device_register
+
     def probe_device(self, dev: Any) -> Any:
         """Take the device on (return per-device driver state), or raise ENODEV."""
         raise fail(ENODEV)
@@ -231,7 +233,7 @@ class IommuCore:
             group.default_domain = self._alloc_default(ops, dev, dtype)
             self._attach_group(group.default_domain, group)
         else:
-            ops.attach_dev(group.domain, dev)
+            ops.attach_dev(cast(IommuDomain, group.domain), dev)   # the group's, set up
         self._create_device_direct_mappings(group, dev)
         return group
 
@@ -362,7 +364,7 @@ class IommuCore:
         """iommu_detach_group(): back to the default domain."""
         if group.domain is not domain:
             raise fail(EINVAL, "group is not attached to that domain")
-        self._attach_group(group.default_domain, group)
+        self._attach_group(cast(IommuDomain, group.default_domain), group)   # made at probe
 
     def attach_device(self, domain: IommuDomain, dev: Any) -> None:
         """iommu_attach_device(): a singleton group only."""
@@ -392,7 +394,7 @@ class IommuCore:
         group.owner_cnt -= 1
         if group.owner_cnt == 0:
             group.owner = None
-            self._attach_group(group.default_domain, group)
+            self._attach_group(cast(IommuDomain, group.default_domain), group)  # made at probe
 
     # -- mappings ----------------------------------------------------------------------
 
@@ -456,7 +458,7 @@ class IommuCore:
         if domain.type == DomainType.BLOCKED:
             # A device bound to an iommufd context but not attached: the per-vector
             # design still decides its address (ENOENT without a table entry).
-            hooks = getattr(getattr(group, "owner", None), "msi", None)
+            hooks: Any = getattr(getattr(group, "owner", None), "msi", None)
             if getattr(hooks, "name", None) == "per-vector":
                 hooks.prepare(domain, desc, msi_addr)
                 return

@@ -25,17 +25,19 @@ from __future__ import annotations
 
 import errno as _errno
 import struct as _struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from .. import trace
 from ..hw import gicv3 as G
 from ..hw import its as I
 from ..hw.bits import merge_access
 from ..uapi import kvm as K
+from ..uapi.eventpoll import EPOLLHUP, EPOLLIN
 from . import vgic_its as VI
 from .base import EEXIST, EINVAL, KernelError, fail
-from .files import EPOLLHUP, EPOLLIN, O_RDWR, File, FileOperations
+from .files import O_RDWR, File, FileOperations
 from .irqbypass import IrqBypassConsumer, irqbypass_of
 
 # Tracepoints as Linux's include/trace/events/kvm.h (kvm_set_irq, kvm_msi_set_irq), the
@@ -651,12 +653,12 @@ class VgicCpuIf:
             cif = self._vpe_cpuif()
             if cif is not None:
                 cif.vpmr = below                                  # ICH_VMCR_EL2.VPMR
-                intid = cif.vcpu_iar1()
-                if intid != G.SPURIOUS:
+                vintid: int = cif.vcpu_iar1()
+                if vintid != G.SPURIOUS:
                     active.append((cif.vactive[-1], True))
                     stats["acks"] += 1
                     stats["direct_acks"] += 1
-                    return intid
+                    return vintid
             stats["spurious"] += 1
             return G.SPURIOUS
         c = self._candidate()
@@ -829,18 +831,21 @@ class Kvm(FileOperations):
         """kvm_vm_ioctl(); an unknown command is EINVAL (kvm_arch_vm_ioctl on arm64)."""
         if cmd == K.KVM_CHECK_EXTENSION:
             return check_extension(_arg_int(arg), self)
-        handler = {K.KVM_CREATE_DEVICE: self.create_device,
-                   K.KVM_SET_GSI_ROUTING: self.set_gsi_routing,
-                   K.KVM_IRQFD: self.irqfd,
-                   K.KVM_SIGNAL_MSI: self.signal_msi,
-                   K.KVM_CREATE_VCPU: self.create_vcpu,
-                   K.KVM_SET_USER_MEMORY_REGION: self.set_user_memory_region}.get(cmd)
+        # (each handler takes the argument its command's IOCTLS entry names)
+        handler: Callable[[Any], Any] | None = {
+            K.KVM_CREATE_DEVICE: self.create_device,
+            K.KVM_SET_GSI_ROUTING: self.set_gsi_routing,
+            K.KVM_IRQFD: self.irqfd,
+            K.KVM_SIGNAL_MSI: self.signal_msi,
+            K.KVM_CREATE_VCPU: self.create_vcpu,
+            K.KVM_SET_USER_MEMORY_REGION: self.set_user_memory_region}.get(cmd)
         if handler is None:
             raise fail(EINVAL, f"kvm-vm: ioctl {cmd:#x}")
-        if K.IOCTLS[cmd] is None:
+        argtype = K.IOCTLS[cmd]
+        if argtype is None:
             return handler(_arg_int(arg))
-        if not isinstance(arg, K.IOCTLS[cmd]):
-            raise fail(_errno.EFAULT, f"argument is not a {K.IOCTLS[cmd]}")
+        if not isinstance(arg, argtype):
+            raise fail(_errno.EFAULT, f"argument is not a {argtype}")
         return handler(arg)
 
     def create_device(self, cd: Any) -> int:
@@ -908,7 +913,7 @@ class Kvm(FileOperations):
         want = None if changed is None else set(changed)
         irqfds = self.irqfds
         if want is not None and len(want) == 1:
-            irqfds = self._irqfds_of_gsi.get(changed[0], [])
+            irqfds = self._irqfds_of_gsi.get(cast("list[int]", changed)[0], [])
         for irqfd in irqfds:                          # kvm_irq_routing_update()
             if want is not None and irqfd.gsi not in want:
                 continue
@@ -995,7 +1000,7 @@ class Kvm(FileOperations):
         self.vcpus[vcpu_id] = vcpu
         self.get()
         vcpu.file = _install_anon(self.kernel, vcpu, vcpu)
-        return vcpu.file.fd
+        return cast(int, vcpu.file.fd)           # installed: it has a descriptor
 
     # memory slots and guest memory (kvm_main.c)
 
@@ -1168,7 +1173,7 @@ class Kvm(FileOperations):
         """its_map_vlpi(): irq_set_vcpu_affinity(MAP_VLPI) on the target vCPU's vPE
         (VMAPTI the first time, VMOVI after; may raise KernelError)."""
         from .gic import VcpuCmd, VcpuInfo
-        vpe = self.vpe_of(irq.target_vcpu)
+        vpe = self.vpe_of(cast(int, irq.target_vcpu))   # a mapped LPI has a target
         self.write_vprop(irq)
         self.kernel.irq.set_vcpu_affinity(host_irq, VcpuInfo(VcpuCmd.MAP_VLPI, vpe, irq.intid))
 
@@ -1339,9 +1344,9 @@ class KvmDev(FileOperations):
 
 def kvm_init(kernel: Any) -> KvmDev:
     """kvm_init(): register ``/dev/kvm``; ``kernel.kvm`` is the device."""
-    kernel.kvm = KvmDev(kernel)
-    kernel.register_chrdev("/dev/kvm", kernel.kvm, kernel.kvm)
-    return kernel.kvm
+    dev = kernel.kvm = KvmDev(kernel)
+    kernel.register_chrdev("/dev/kvm", dev, dev)
+    return dev
 
 
 __all__ = ["Irqfd", "IrqchipRoute", "Kvm", "KvmDev", "KvmDevice", "KvmVcpu",

@@ -476,7 +476,7 @@ class VfioPciDevice(P.PciFunction):
         a new message of a live vector reaches VFIO / KVM), the PBA is read-only, the
         rest goes to the host function through VFIO."""
         if self._in_msix(index, offset):
-            m = self.msix
+            m = cast(P.MsixConfig, self.msix)                    # _in_msix: there is one
             tab = offset - m.table_offset
             if not 0 <= tab < len(self.msix_table):
                 return                                        # the PBA: read-only

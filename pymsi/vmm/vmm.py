@@ -85,9 +85,9 @@ class Vmm:
         the board.  ``smmu`` is the vSMMU model to map (None: no vIOMMU)."""
         self.os_setup_limits()
         self.iommufd_backend_connect()
-        self.ram = GuestRam(self.k, self.host_ram, RAM_GPA, self.ram_size)
-        self._maps.append((self.ram.va, self.ram.size))
-        self.ram.ioas_map(self.iommufd, self.ioas_id)
+        ram = self.ram = GuestRam(self.k, self.host_ram, RAM_GPA, self.ram_size)
+        self._maps.append((ram.va, ram.size))
+        ram.ioas_map(self.iommufd, cast(int, self.ioas_id))    # connected just above
         self.kvm_init()
         self.kvm_start_vcpus()
         self.board = self.machvirt_board(smmu, emulated_smmu)
@@ -133,7 +133,7 @@ class Vmm:
         finally:
             kvm.close()
         self._fds.append(self.vm_fd)
-        self.ram.kvm_set_user_memory_region(self.vm_fd, 0)
+        cast(GuestRam, self.ram).kvm_set_user_memory_region(self.vm_fd, 0)   # realize made it
         self.vcpu_fds = []
         for i in range(self.ncpus):
             self.vcpu_fds.append(self.k.ioctl(self.vm_fd, K.KVM_CREATE_VCPU, i))
@@ -164,7 +164,8 @@ class Vmm:
             self.vcpu_runs.append(run)
 
     def machvirt_board(self, smmu: Any, emulated_smmu: bool) -> VirtBoard:
-        return VirtBoard(self.k, self.vm_fd, self.ram.mem, self.ram.gpa, self.ram.size,
+        ram = cast(GuestRam, self.ram)                  # realize made RAM and the VM first
+        return VirtBoard(self.k, cast(int, self.vm_fd), ram.mem, ram.gpa, ram.size,
                          self.vcpu_runs, smmu=smmu,
                          emulated_smmu=emulated_smmu, msi_design=self.msi_design,
                          iort_rmrs=self.iort_rmrs, honour_rmr=self.honour_rmr)
@@ -189,7 +190,7 @@ class Vmm:
 
         dev = VfioPciDevice(self.k, host_path, self.iommufd, self.irqchip, bus=0,
                             device=device, pt_id=pt_id, ioas_id=self.ioas_id, iommu=iommu)
-        self.board.pci.add(dev)
+        cast(VirtBoard, self.board).pci.add(dev)           # a realized machine
         self.devices.append(dev)
         return dev
 
