@@ -786,7 +786,7 @@ class ArmSmmuV3(IommuOps):
         """arm_smmu_make_cdtable_ste(): stage 1 through the master's linear CD table."""
         ste = [0] * 8
         ste[0] = (R.STE0_V(1) | R.STE0_CONFIG(R.SteConfig.S1) | R.STE0_S1FMT(R.S1FMT_LINEAR)
-                  | R.STE0_S1CTXPTR(master.cd_table >> 6) | R.STE0_S1CDMAX(0))
+                  | R.STE0_S1CTXPTR(cast(int, master.cd_table) >> 6) | R.STE0_S1CDMAX(0))
         ste[1] = (R.STE1_S1DSS(R.S1DSS_SSID0) | R.STE1_S1CIR(CACHE_WBRA)
                   | R.STE1_S1COR(CACHE_WBRA) | R.STE1_S1CSH(SH_ISH))
         return ste
