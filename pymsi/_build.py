@@ -7,10 +7,14 @@ single description of the C API.
 
 Extra compiler flags come from ``PYMSI_CFLAGS`` (CI adds ``-Werror``; the
 sanitizer job adds ``-fsanitize=address,undefined``).
+
+The extension also gets ``pymsi_csrc_hash()``: the fingerprint of the sources it was
+built from (:mod:`pymsi._csrc`), so that a stale in-tree build is never used.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shlex
 from pathlib import Path
@@ -28,15 +32,27 @@ def cdef_text() -> str:
     return text[start : text.index("/* cdef-end */")]
 
 
+def _csrc_module():
+    """pymsi/_csrc.py, loaded by path (this script runs outside the package)."""
+    spec = importlib.util.spec_from_file_location("_pymsi_csrc", Path(__file__).with_name(
+        "_csrc.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def _sources() -> list[str]:
     return sorted(os.path.relpath(p, ROOT) for p in CSRC.glob("*.c"))
 
 
 ffibuilder = FFI()
 ffibuilder.cdef(cdef_text())
+ffibuilder.cdef("const char *pymsi_csrc_hash(void);")
+_HASH = _csrc_module().csrc_hash(CSRC)
 ffibuilder.set_source(
     "pymsi._core_c",
-    '#include "pymsi.h"\n',
+    '#include "pymsi.h"\n'
+    f'const char *pymsi_csrc_hash(void) {{ return "{_HASH}"; }}\n',
     sources=_sources(),
     include_dirs=[os.path.relpath(CSRC, ROOT)],
     extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra"]

@@ -464,7 +464,7 @@ class Scenario:
 
     def enable(self, dev: int, vecs: list[int]) -> int:
         efds = [self._vmm.k.eventfd() for _ in vecs]
-        rc = self._vmm.set_triggers(vecs[0], [e.fd for e in efds], i=dev)
+        rc = self._vmm.set_triggers(vecs[0], [cast(int, e.fd) for e in efds], i=dev)
         for v, e in zip(vecs, efds, strict=True):
             self.efds[(dev, v)] = e
             self.enabled.add((dev, v))

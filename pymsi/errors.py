@@ -14,7 +14,9 @@ from typing import NoReturn
 
 
 class PymsiError(Exception):
-    """Base class of every pymsi error."""
+    """Base class of every error pymsi defines (catch it to catch them all); the
+    library otherwise raises only built-in exceptions (``TypeError`` for a call with the
+    wrong arguments, ``RuntimeError`` for a machine used out of order)."""
 
 
 class BusError(PymsiError, OSError):
@@ -29,7 +31,10 @@ class MsiNotMapped(PymsiError, LookupError):
 
 
 class InvalidArgument(PymsiError, ValueError):
-    """An argument or configuration the model (or Linux) rejects (EINVAL)."""
+    """An argument or configuration the model rejects (EINVAL): a bad value in a machine,
+    device or boot description (the message names the key, the value and what was
+    expected), a hardware model given an impossible configuration.  Kernel calls fail
+    with :class:`KernelError` instead, as Linux does."""
 
     errno = _errno.EINVAL
 
@@ -44,6 +49,41 @@ class OutOfMemory(PymsiError, MemoryError):
     """The model could not allocate host memory (ENOMEM)."""
 
     errno = _errno.ENOMEM
+
+
+class KernelError(PymsiError, OSError):
+    """A call into the kernel model failed the way Linux fails it: ``.errno`` is the
+    errno Linux returns (negated) for the same call, e.g. ENOENT for a /proc path that
+    names no file, EINVAL for a bad argument, EBUSY, ENOSPC, ...  ``.strerror`` says what
+    was attempted, ending with the errno's name (``... [EINVAL]``).  Raised by every
+    kernel call (``pymsi.kernel``), the UAPI (``pymsi.uapi``) and the VMM built on them."""
+
+    errno: int                          # always given (OSError's may be None)
+
+    def __init__(self, err: int, what: str = "") -> None:
+        name = _errno.errorcode.get(err, "ENOTSUPP" if err == 524 else str(err))
+        super().__init__(err, f"{what} [{name}]" if what else name)
+
+
+class DeviceModelError(InvalidArgument, LookupError):
+    """A device model that cannot be found or made: no model of that name in the
+    ``pymsi.devices`` entry points, an import path that names no
+    :class:`~pymsi.hw.qdev.PciDeviceModel` (the message names it).  In a device
+    description it is the bad value of ``model``, hence also an :class:`InvalidArgument`."""
+
+
+__all__ = [
+    "AlreadyExists",
+    "BusError",
+    "DeviceModelError",
+    "InvalidArgument",
+    "KernelError",
+    "MsiNotMapped",
+    "OutOfMemory",
+    "PymsiError",
+    "check",
+    "raise_errno",
+]
 
 
 _BY_ERRNO: dict[int, type[PymsiError]] = {

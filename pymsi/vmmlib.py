@@ -83,7 +83,10 @@ class Vmm:
                                     msi_design=design, **machine_kw)
         self.k = self.m.boot()
         if resv is not None:                      # what the IOMMU driver reports instead
-            self.k.smmu.get_resv_regions = lambda dev: list(resv)
+            drv = self.k.smmu
+            assert drv is not None                # resv= is for a machine with an SMMU
+            # (the driver's method replaced for this machine: another platform's regions)
+            drv.get_resv_regions = lambda dev: list(resv)  # type: ignore[method-assign]
         self.ictx = self.k.open("/dev/iommu")
         a = u.IommuIoasAlloc()
         self.ictx.ioctl(u.IOMMU_IOAS_ALLOC, a)
@@ -219,7 +222,9 @@ class Vmm:
         return self.m.functions[i].msix_entry(v)
 
     def domain(self, i: int = 0) -> Any:
-        return self.k.pci.devices[i].iommu_group.domain
+        group = self.k.pci.devices[i].iommu_group
+        assert group is not None                  # a function behind the SMMU
+        return group.domain
 
     def s2_domain(self, i: int = 0) -> Any:
         d = self.domain(i)
@@ -233,7 +238,9 @@ class Vmm:
 
     def host_lpi(self, v: int, i: int = 0) -> int:
         """The LPI INTID the host ITS driver gave vector ``v`` of device ``i``."""
-        return cast(int, self.k.irq.desc(self.irq(v, i)).irq_data.parent_data.hwirq)
+        its_level = self.k.irq.desc(self.irq(v, i)).irq_data.parent_data
+        assert its_level is not None              # an MSI's parent: the ITS domain's level
+        return its_level.hwirq
 
     def smmu_events(self) -> int:
         smmu = self.m.smmu
@@ -390,7 +397,7 @@ class KvmGuest:
         k.ioctl(gic, K.KVM_SET_DEVICE_ATTR, K.KvmDeviceAttr(
             group=K.KVM_DEV_ARM_VGIC_GRP_CTRL, attr=K.KVM_DEV_ARM_VGIC_CTRL_INIT))
         self.fds = [gic, its]
-        self.kvm = k.files.fds[self.vm].private_data
+        self.kvm = cast("File", k.files.fds[self.vm]).private_data     # the VM's file
         self.uva = vmm.va
         k.ioctl(self.vm, K.KVM_SET_USER_MEMORY_REGION, K.KvmUserspaceMemoryRegion(
             slot=0, guest_phys_addr=RAM_GPA, memory_size=vmm.ram_size, userspace_addr=self.uva))

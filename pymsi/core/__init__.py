@@ -4,12 +4,18 @@ Two backends implement it with identical behaviour: ``c`` (the cffi extension
 built from csrc/, the default) and ``python`` (the pure-Python twin).  The
 environment variable ``PYMSI_BACKEND`` picks the one this module exports;
 :func:`backend` returns either explicitly, e.g. to compare them.
+
+With ``PYMSI_BACKEND`` unset, a missing or stale C extension (installed where no
+C compiler was found, or built from other sources than the checkout's csrc/) is
+not an error: the pure-Python twin is used and a :class:`RuntimeWarning` says so
+once.  ``PYMSI_BACKEND=c`` makes it an ImportError saying how to build it.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from types import ModuleType
 
 from .common import (
@@ -62,7 +68,17 @@ def backend(name: str) -> ModuleType:
     raise ImportError(f"unknown PYMSI_BACKEND {name!r}: choose one of {BACKENDS}")
 
 
-_impl = backend(os.environ.get("PYMSI_BACKEND", "c").strip().lower() or "c")
+def _default() -> ModuleType:
+    """The C backend, or the twin (with one warning) when C cannot be used."""
+    try:
+        return backend("c")
+    except ImportError as e:
+        warnings.warn(f"pymsi: using the pure-Python core: {e}", RuntimeWarning, stacklevel=3)
+        return backend("python")
+
+
+_choice = os.environ.get("PYMSI_BACKEND", "").strip().lower()
+_impl = backend(_choice) if _choice else _default()
 
 BACKEND: str = _impl.NAME
 Memory = _impl.Memory

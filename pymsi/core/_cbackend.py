@@ -19,6 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .._core_c import ffi, lib
+from .._csrc import csrc_hash, tree_csrc
+from .._repr import bounded
 from ..errors import OutOfMemory, check, raise_errno
 from .common import (
     MAX_ACCESS,
@@ -47,6 +49,25 @@ from .common import (
     translate_args,
     walk_args,
 )
+
+
+def _check_fresh() -> None:
+    """Refuse an in-tree build made from other sources than the csrc/ beside it."""
+    csrc = tree_csrc()
+    if csrc is None:                        # installed: no sources to compare with
+        return
+    built = ffi.string(lib.pymsi_csrc_hash()).decode() if hasattr(
+        lib, "pymsi_csrc_hash") else "(no fingerprint)"
+    now = csrc_hash(csrc)
+    if built != now:
+        from .. import _core_c
+
+        raise ImportError(f"stale build: {_core_c.__file__} was built from other C sources "
+                          f"({built[:12]}) than {csrc} has now ({now[:12]})")
+
+
+_check_fresh()
+
 
 NAME = "c"
 _NULL = ffi.NULL
@@ -98,7 +119,14 @@ class Memory:
     def add_ram(self, base: int, size: int) -> None:
         """Declare [base, base + size) as RAM (page aligned, not overlapping)."""
         base, size = int_arg("base", base), int_arg("size", size)
-        check(lib.pymsi_mem_add_ram(self._p, base, size), f"add_ram({base:#x}, {size:#x})")
+        rc = lib.pymsi_mem_add_ram(self._p, base, size)
+        what = f"add_ram({base:#x}, {size:#x})"
+        if rc == -errno.EEXIST:                 # the twin's text: the region it overlaps
+            at = next((b for b, n in self.regions if b <= base + size - 1 and base < b + n),
+                      None)
+            if at is not None:
+                what += f" overlaps RAM at {at:#x}"
+        check(rc, what)
 
     def is_ram(self, addr: int, size: int = 1) -> bool:
         """True if [addr, addr + size) is RAM throughout."""
@@ -248,6 +276,10 @@ class Memory:
               f"alias_page({addr:#x}, src {src_addr:#x})")
         if src is not self:
             self._alias_srcs[id(src)] = src
+
+    def __repr__(self) -> str:
+        ram = ",".join(f"{b:#x}+{s:#x}" for b, s in self.regions[:4])
+        return bounded(f"<Memory {self.backend} ram=[{ram}] pages={self.pages_allocated}>")
 
 
 def _addr_size(addr: Any, size: Any) -> tuple[int, int]:
@@ -433,6 +465,9 @@ class Iotlb(IotlbCommands):
                  "s2_level", "s1_writable", "s2_readable", "s2_writable", "asid", "vmid")
         return [{k: getattr(buf[i], k) for k in names} for i in range(n)]
 
+    def __repr__(self) -> str:
+        return f"<Iotlb {NAME} entries={len(self)}/{self.capacity}>"
+
 
 def translate(
     mem: Memory,
@@ -539,6 +574,9 @@ class MsiTable:
         iova, shift = ffi.new("uint64_t[]", m), ffi.new("uint8_t[]", m)
         lib.pymsi_msi_items(self._p, devs, idx, iova, shift, n)
         return sorted((devs[i], idx[i], iova[i], shift[i]) for i in range(n))
+
+    def __repr__(self) -> str:
+        return f"<MsiTable {NAME} entries={len(self)}>"
 
 
 def _vector(dev: Any, index: Any) -> tuple[int, int]:
@@ -658,6 +696,9 @@ class Streams:
         lib.pymsi_streams_clear(self._p)
         self._d.clear()
 
+    def __repr__(self) -> str:
+        return f"<Streams {NAME} streams={len(self)}>"
+
 
 def stream_batch(mem: Memory, streams: Streams, sids: Any, iovas: Any, out_pa: Any,
                  status: Any, tlb: Iotlb | None = None, write: bool = False,
@@ -776,6 +817,9 @@ class ItsCache:
     def clear(self) -> None:
         """Drop everything."""
         lib.pymsi_itc_clear(self._p)
+
+    def __repr__(self) -> str:
+        return f"<ItsCache {NAME} entries={len(self)}>"
 
 
 def its_lookup_batch(cache: ItsCache, dev: int, events: Any, limits: Any, intids: Any,

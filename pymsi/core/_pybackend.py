@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, cast
 
+from .._repr import bounded
 from ..errors import raise_errno
 from .common import (
     STATUS_ABORT,
@@ -267,6 +268,10 @@ class Memory:
                 return int.from_bytes(page[off : off + 8], "little")
         data = self._read(addr, 8)
         return None if data is None else int.from_bytes(data, "little")
+
+    def __repr__(self) -> str:
+        ram = ",".join(f"{b:#x}+{s:#x}" for b, s in self.regions[:4])
+        return bounded(f"<Memory {self.backend} ram=[{ram}] pages={self.pages_allocated}>")
 
 
 # ---------------------------------------------------------------------------
@@ -611,6 +616,9 @@ class Iotlb(IotlbCommands):
             })
         return out
 
+    def __repr__(self) -> str:
+        return f"<Iotlb {NAME} entries={len(self)}/{self.capacity}>"
+
 
 def _tlb_va(cfg: XlateConfig, iova: int) -> int:
     s1 = cfg.s1
@@ -716,6 +724,9 @@ class MsiTable:
     def items(self) -> list[tuple[int, int, int, int]]:
         """All entries as (dev, index, iova, shift), sorted."""
         return sorted((d, i, v, s) for (d, i), (v, s) in self._d.items())
+
+    def __repr__(self) -> str:
+        return f"<MsiTable {NAME} entries={len(self)}>"
 
 
 def _compose(entry: tuple[int, int], doorbell_pa: int) -> int:
@@ -832,6 +843,9 @@ class Streams:
     def clear(self) -> None:
         """Forget every StreamID."""
         self._d.clear()
+
+    def __repr__(self) -> str:
+        return f"<Streams {NAME} streams={len(self)}>"
 
 
 def stream_batch(mem: Memory, streams: Streams, sids: Any, iovas: Any, out_pa: Any,
@@ -988,6 +1002,9 @@ class ItsCache:
     def clear(self) -> None:
         """Drop everything."""
         self._d.clear()
+
+    def __repr__(self) -> str:
+        return f"<ItsCache {NAME} entries={len(self)}>"
 
 
 _LPI_BASE = 8192

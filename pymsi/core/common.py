@@ -291,8 +291,15 @@ class Stage1:
         return hash(self._key())
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__slots__[:14])
+        # the fields that differ from the constructor's defaults, table bases in hex
+        fields = ", ".join(f"{f}={v:#x}" if f.startswith("ttb") else f"{f}={v!r}"
+                           for f, v, d in zip(self.__slots__[:14],
+                                              (getattr(self, f) for f in self.__slots__[:14]),
+                                              _STAGE1_DEFAULTS, strict=True) if v != d)
         return f"Stage1({fields})"
+
+
+_STAGE1_DEFAULTS = (0, 16, 4096, 0, 0, 4096, False, True, 48, False, False, False, False, False)
 
 
 class Stage2:
@@ -415,7 +422,9 @@ class XlateConfig:
         return TlbKind.S2
 
     def __repr__(self) -> str:
-        return f"XlateConfig(s1={self.s1!r}, s2={self.s2!r}, asid={self.asid}, vmid={self.vmid})"
+        s1 = "None" if self.s1 is None else f"Stage1(ttb0={self.s1.ttb0:#x}, ...)"
+        s2 = "None" if self.s2 is None else f"Stage2(vttb={self.s2.vttb:#x}, ...)"
+        return f"XlateConfig(s1={s1}, s2={s2}, asid={self.asid}, vmid={self.vmid})"
 
 
 def config_of(cfg: XlateConfig | None, s1: Stage1 | None, s2: Stage2 | None) -> XlateConfig:

@@ -32,6 +32,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from .._repr import bounded
 from ..core.common import STATUS_BYPASS
 from ..errors import AlreadyExists, BusError, InvalidArgument
 
@@ -497,3 +498,8 @@ class Bus:
             stats["dma_bus_errors"] += 1
             return DmaResult(False, pa, None, r, bus_error=True)
         return _new(DmaResult, (True, pa, None, r, False, False))
+
+    def __repr__(self) -> str:
+        ram = ",".join(f"{b:#x}+{s:#x}" for b, s in self.ram.regions[:4])
+        return bounded(f"<Bus ram=[{ram}] windows={len(self._windows)} "
+                       f"iommus={len(self._iommus)} posted={len(self._posted)}>")

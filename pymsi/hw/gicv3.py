@@ -391,6 +391,11 @@ class Redistributor:
             self.pending.add(LPI_BASE + low.bit_length() - 1)
             table ^= low
 
+    def __repr__(self) -> str:
+        return (f"<Redistributor cpu={self.cpu} lpis={int(self.lpis_enabled)} "
+                f"propbaser={self.propbaser:#x} pendbaser={self.pendbaser:#x} "
+                f"pending={len(self.pending)}>")
+
 
 class CpuInterface:
     """One CPU's GIC CPU interface (the ICC_* system registers) for Group 1.
@@ -528,6 +533,9 @@ class CpuInterface:
         if self.vactive:
             self.vactive.pop()
 
+    def __repr__(self) -> str:
+        return f"<CpuInterface cpu={self.cpu} pmr={self.pmr:#x} igrpen1={self.igrpen1}>"
+
 
 class Gicv3:
     """A GICv3 (``gicv4=True``: GICv4) with ``ncpus`` redistributors and CPU interfaces.
@@ -630,6 +638,10 @@ class Gicv3:
         if 0 <= processor_number < len(self.redists):
             return self.redists[processor_number]
         return None
+
+    def __repr__(self) -> str:
+        return (f"<Gicv3{'/v4' if self.gicv4 else ''} ncpus={len(self.redists)} "
+                f"id_bits={self.id_bits}>")
 
 
 class _Distributor:

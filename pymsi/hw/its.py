@@ -926,6 +926,10 @@ class GicV3Its:
             trace_gicv3_its_translation_error(requester_id=device_id, data=event_id, error=why)
         return False
 
+    def __repr__(self) -> str:
+        return (f"<GicV3Its enabled={self.ctlr & 1} devbits={self.devbits} "
+                f"id_bits={self.id_bits} gicv4={int(self.gicv4)} cbaser={self.cbaser:#x}>")
+
 
 # Commands that drop the cached translation of their (DeviceID, EventID).
 _DROPS_EVENT = frozenset({Cmd.MAPTI, Cmd.MAPI, Cmd.MOVI, Cmd.DISCARD, Cmd.VMAPTI, Cmd.VMAPI,

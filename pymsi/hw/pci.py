@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import core, trace
+from .._repr import bounded
 from ..errors import InvalidArgument
 
 # Type-0 header.
@@ -109,6 +110,10 @@ class MsixConfig:
     table_offset: int = 0
     pba_offset: int = 0x800
 
+    def __repr__(self) -> str:
+        return (f"MsixConfig(vectors={self.vectors}, bar={self.bar}, "
+                f"table_offset={self.table_offset:#x}, pba_offset={self.pba_offset:#x})")
+
 
 @dataclass
 class Bar:
@@ -119,6 +124,10 @@ class Bar:
     is64: bool = True
     prefetchable: bool = False
     reg: int | None = None
+
+    def __repr__(self) -> str:
+        return (f"Bar(size={self.size:#x}, is64={self.is64}, prefetchable={self.prefetchable}, "
+                f"reg={self.reg})")
 
 
 @dataclass
@@ -246,7 +255,10 @@ class PciFunction:
         return f"{self.bus:02x}:{self.device:02x}.{self.function}"
 
     def __repr__(self) -> str:
-        return f"PciFunction({self.bdf})"
+        ids = f"{self._get(VENDOR_ID, 2):04x}:{self._get(DEVICE_ID, 2):04x}"
+        vec = f" msix={self.msix.vectors}" if self.msix is not None else ""
+        vec += f" msi={self.msi.vectors}" if self.msi is not None else ""
+        return f"{type(self).__name__}({self.bdf} {ids}{vec})"
 
     # -- configuration space --------------------------------------------------------
 
@@ -644,3 +656,6 @@ class PciHost:
             except (ValueError, OSError):
                 continue                      # a BAR over RAM or another BAR does not decode
             self._windows[(fn.rid, index)] = addr
+
+    def __repr__(self) -> str:
+        return bounded(f"<PciHost functions=[{','.join(f.bdf for f in self.functions.values())}]>")

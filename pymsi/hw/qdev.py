@@ -65,7 +65,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, ClassVar, cast
 
-from ..errors import InvalidArgument, PymsiError
+from ..errors import DeviceModelError, InvalidArgument
 from . import pci as P
 from .bus import DmaResult
 from .pci import Bar, Delivery, MsiConfig, MsixConfig, PciFunction, PciHost
@@ -84,10 +84,6 @@ ENTRY_POINT_GROUP = "pymsi.devices"
 #: The models shipped with pymsi, found even when the package metadata (its entry points)
 #: is not installed, e.g. running from a source tree.
 _BUILTIN = {"edu": "pymsi.devices.edu:EduDevice", "nic": "pymsi.devices.nic:MultiQueueNic"}
-
-
-class DeviceModelError(PymsiError, LookupError):
-    """A device model that cannot be found or made (the message names it)."""
 
 
 @dataclass(frozen=True)

@@ -1036,6 +1036,11 @@ class SMMUv3:
             ok += st[k] in (0, core.STATUS_BYPASS)
         return ok
 
+    def __repr__(self) -> str:
+        stages = "nested" if self.s1p and self.s2p else "s1" if self.s1p else "s2"
+        return (f"<SMMUv3 {stages} oas={self.oas} sidsize={self.sidsize} "
+                f"smmuen={int(bool(self._cr0 & 1))} tlb={len(self.tlb)}>")
+
 
 def _translated(w: WalkResult) -> SmmuResult:
     return _new(SmmuResult, (_TRANSLATED, w.pa, None, None, False, w))

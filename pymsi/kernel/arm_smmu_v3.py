@@ -51,6 +51,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
+from .._repr import bounded, short
 from ..core import IoPgtable, Prot
 from ..errors import AlreadyExists, InvalidArgument
 from ..hw import smmuv3_regs as R
@@ -288,6 +289,11 @@ class ArmSmmuMaster:
     cd_table: int | None = None        # one CD (S1CDMAX 0, linear)
     domain: IommuDomain | None = None
     vmaster: tuple[Any, int] | None = None   # (vIOMMU, virtual StreamID) of a nested domain
+
+    def __repr__(self) -> str:
+        cd = "-" if self.cd_table is None else f"{self.cd_table:#x}"
+        return bounded(f"ArmSmmuMaster({short(self.dev)}, sid={self.sid:#x}, cd_table={cd}, "
+                       f"domain={short(self.domain)})")
 
 
 class ArmSmmuDomain(IommuDomain):

@@ -6,17 +6,7 @@ from __future__ import annotations
 import errno as _errno
 from typing import Any
 
-from ..errors import PymsiError
-
-
-class KernelError(PymsiError, OSError):
-    """A kernel call failed the way Linux fails it: ``.errno`` is Linux's errno."""
-
-    errno: int
-
-    def __init__(self, err: int, what: str = "") -> None:
-        name = _errno.errorcode.get(err, "ENOTSUPP" if err == 524 else str(err))
-        super().__init__(err, f"{what} [{name}]" if what else name)
+from ..errors import KernelError as KernelError  # (defined in pymsi.errors; re-exported)
 
 
 def fail(err: int, what: str = "") -> KernelError:
@@ -86,6 +76,92 @@ def cpumask_str(cpus: frozenset[int] | set[int], nbits: int | None = None) -> st
         width = (first + 3) // 4 if not groups else 8
         groups.append(f"{value >> i & ((1 << (first if not groups else 32)) - 1):0{width}x}")
     return ",".join(groups)
+
+
+def cpulist_str(cpus: frozenset[int] | set[int]) -> str:
+    """A CPU set as /proc prints a ``*_list`` file ("%*pbl"): ascending ranges,
+    ``"0-3,6"``; a lone CPU alone, ``"5"``; the empty set as ``""``."""
+    out: list[str] = []
+    run: list[int] = []
+    for c in sorted(cpus):
+        if run and c == run[-1] + 1:
+            run.append(c)
+            continue
+        if run:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [c]
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(out)
+
+
+def _cpulist_num(buf: bytes, i: int, lastbit: int, text: Any) -> tuple[int, int]:
+    """bitmap_getnum(): ``N`` is the last bit; else decimal digits (EINVAL for none,
+    EOVERFLOW beyond an unsigned int)."""
+    if i < len(buf) and buf[i] == 0x4E:                  # 'N'
+        return lastbit, i + 1
+    j = i
+    while j < len(buf) and 0x30 <= buf[j] <= 0x39:
+        j += 1
+    if j == i:
+        raise fail(EINVAL, f"CPU list {text!r}: a number expected")
+    n = int(buf[i:j])
+    if n >> 32:
+        raise fail(EOVERFLOW, f"CPU list {text!r}: {n} does not fit an unsigned int")
+    return n, j
+
+
+def parse_cpulist(text: str | bytes, nmaskbits: int) -> frozenset[int]:
+    """A CPU list as cpumask_parselist_user() / bitmap_parselist() read it.
+
+    The input ends at the first newline or NUL.  Regions are separated by any run of
+    commas and whitespace; a region is ``a``, ``a-b`` or ``all``, optionally followed by
+    a pattern ``:used/group`` (the first ``used`` CPUs of every ``group`` from ``a``);
+    ``N`` stands for the last CPU (``nmaskbits - 1``).  A number that is not one is
+    EINVAL, one beyond an unsigned int EOVERFLOW; a range backwards, a group of 0 or
+    more used than the group is EINVAL; a CPU at or beyond ``nmaskbits`` is ERANGE.
+    """
+    if isinstance(text, str):
+        buf = text.encode()
+    elif isinstance(text, (bytes, bytearray, memoryview)):
+        buf = bytes(text)
+    else:
+        raise fail(EINVAL, f"a CPU list is text, not {type(text).__name__}")
+    for stop in (0x0A, 0x00):
+        cut = buf.find(stop)
+        if cut >= 0:
+            buf = buf[:cut]
+    lastbit = nmaskbits - 1
+    cpus: set[int] = set()
+    i, n = 0, len(buf)
+    while True:
+        while i < n and _region_end(buf[i]):
+            i += 1
+        if i >= n:
+            return frozenset(cpus)
+        if buf[i:i + 3].lower() == b"all":
+            start, end, i = 0, lastbit, i + 3
+        else:
+            start, i = _cpulist_num(buf, i, lastbit, text)
+            end = start
+            if i < n and not _region_end(buf[i]):
+                if buf[i] != 0x2D:                        # '-'
+                    raise fail(EINVAL, f"CPU list {text!r}: '-' expected")
+                end, i = _cpulist_num(buf, i + 1, lastbit, text)
+        off = group = end + 1
+        if i < n and not _region_end(buf[i]):
+            if buf[i] != 0x3A:                            # ':'
+                raise fail(EINVAL, f"CPU list {text!r}: ':' expected")
+            off, i = _cpulist_num(buf, i + 1, lastbit, text)
+            if i >= n or buf[i] != 0x2F:                  # '/'
+                raise fail(EINVAL, f"CPU list {text!r}: '/' expected")
+            group, i = _cpulist_num(buf, i + 1, lastbit, text)
+        if start > end or group == 0 or off > group:
+            raise fail(EINVAL, f"CPU list {text!r}: bad region")
+        if end >= nmaskbits:
+            raise fail(ERANGE, f"CPU list {text!r} names CPUs beyond {lastbit}")
+        for base in range(start, end + 1, group):
+            cpus.update(range(base, min(end + 1, base + off)))
 
 
 # lib/ctype.c: the bytes isspace() is true for (Latin-1 NBSP included).

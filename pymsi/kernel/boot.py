@@ -7,6 +7,7 @@ from typing import Any
 from .arm_smmu_v3 import ArmSmmuV3
 from .gic import GicDriver, ItsDriver
 from .intel_iommu import IntelIommu
+from .iommu import DomainType
 from .iommufd import iommufd_init
 from .iommufd_msi import MSI_DESIGNS
 from .irq import GenIrq
@@ -18,8 +19,11 @@ from .vfio_pci import vfio_pci_init
 from .x86 import IntelIr, VectorDomain
 
 
-def boot_arm(m: Any, default_domain: Any = None) -> Kernel:
-    """GICv3, ITS and its PCI/MSI domain, SMMUv3, then PCI enumeration."""
+def boot_arm(m: Any, default_domain: DomainType | None = None) -> Kernel:
+    """GICv3, ITS and its PCI/MSI domain, SMMUv3, then PCI enumeration, iommufd,
+    vfio-pci, KVM: a kernel on machine ``m`` (an :class:`~pymsi.machine.ArmVirt`, or a
+    VMM's board with the same attributes).  ``default_domain``: the default domain type
+    of IOMMU groups (None: DMA)."""
     kw = {} if default_domain is None else {"default_domain": default_domain}
     k = Kernel(m.bus, m.kernel_memory, ncpus=m.ncpus, name=getattr(m, "kernel_name", "host"),
                **kw)
@@ -52,7 +56,8 @@ def boot_arm(m: Any, default_domain: Any = None) -> Kernel:
 
 
 def boot_x86(m: Any) -> Kernel:
-    """The vector domain, interrupt remapping if the machine has it on, PCI."""
+    """The vector domain, interrupt remapping if the machine has it on, PCI: a kernel on
+    machine ``m`` (an :class:`~pymsi.machine.X86Pc`)."""
     k = Kernel(m.bus, m.kernel_memory, ncpus=m.ncpus, arch="x86_64")
     k.irq = GenIrq(k)
     k.vector = VectorDomain(k, m.msi.lapics)

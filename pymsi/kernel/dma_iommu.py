@@ -120,6 +120,11 @@ class Cookie:
     msi_pages: dict[int, MsiPage] = field(default_factory=dict)
     reserved_iovas: list[tuple[int, int]] = field(default_factory=list)
 
+    def __repr__(self) -> str:
+        return (f"Cookie({self.type.name}, granule={self.granule:#x}, "
+                f"msi_iova={self.msi_iova:#x}, msi_pages={len(self.msi_pages)}, "
+                f"reserved={len(self.reserved_iovas)})")
+
 
 def _iovad(cookie: Cookie) -> IovaDomain:
     """The IOVA allocator of a DMA_IOVA cookie (which always has one)."""

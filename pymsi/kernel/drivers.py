@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+from .._doc import document_attributes
 from .msi import MsiType
 from .pci import PciDriver
 
@@ -22,6 +23,7 @@ def msi_counting_pci_driver(kernel: Any, name: str, nvec: int,
         _remove, id_table))
 
 
+@document_attributes
 class MsiCountingDriver:
     """Binds to a PciDev: enables it, allocates vectors, installs handlers that count.
 
@@ -33,6 +35,19 @@ class MsiCountingDriver:
     by a registered driver's probe (:func:`msi_counting_pci_driver`), it is
     just the probe code run by hand, as before the driver core existed.
     """
+
+    #: the kernel it runs in
+    kernel: Any
+    #: the pci_dev it drives
+    dev: Any
+    #: its driver name (``drv-<bdf>`` by default)
+    name: str
+    #: how many vectors pci_alloc_irq_vectors() gave
+    nvec: int
+    #: the Linux IRQ number of each vector (pci_irq_vector()), by vector index
+    irqs: list[int]
+    #: vector index -> the CPUs its handler ran on, in order
+    fired: dict[int, list[int]]
 
     def __init__(self, kernel: Any, dev: Any, nvec: int,
                  flags: MsiType = MsiType.MSIX | MsiType.MSI, min_vecs: int = 1,

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._repr import bounded
 from ..uapi.eventpoll import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT  # noqa: F401 (re-exported)
 from .base import EEXIST, EFAULT, EINVAL, ENOENT, ENOMEM, fail
 
@@ -94,6 +95,9 @@ class CharDev:
     path: str
     fops: FileOperations
     data: Any = None
+
+    def __repr__(self) -> str:
+        return bounded(f"CharDev({self.path!r}, {type(self.fops).__name__})")
 
 
 class File:
@@ -600,6 +604,10 @@ class Vma:
     end: int
     prot: int
     pages: dict[int, UserPage] = field(default_factory=dict)     # VA of page -> page
+
+    def __repr__(self) -> str:
+        return (f"Vma(start={self.start:#x}, end={self.end:#x}, prot={self.prot}, "
+                f"pages={len(self.pages)})")
 
 
 class UserMm:

@@ -217,6 +217,10 @@ class GicDriver:
                 intid = cpuif.iar1()
         return n
 
+    def __repr__(self) -> str:
+        return (f"<GicDriver {self.kernel.name} gicd={self.gicd_base:#x} "
+                f"gicr={self.gicr_base:#x} cpus={len(self.cpuifs)}>")
+
 
 class VcpuCmd(enum.Enum):
     """The ITS's its_vcpu_info commands."""
@@ -261,6 +265,11 @@ class ItsDevice:
     vlpi: dict[int, VcpuInfo] = field(default_factory=dict)  # forwarded events
     users: int = 0
     free_from: int = 0          # every event below this one is allocated
+
+    def __repr__(self) -> str:
+        return (f"ItsDevice(device_id={self.device_id:#x}, itt={self.itt:#x}, "
+                f"lpi_base={self.lpi_base}, nr_lpis={self.nr_lpis}, events={len(self.events)}, "
+                f"vlpi={len(self.vlpi)})")
 
 
 class ItsChip(IrqChip):
@@ -726,3 +735,7 @@ class ItsDriver:
             self.lpi_update_config(d, enable=True)
         else:
             raise fail(EINVAL, f"unknown vCPU command {info.cmd}")
+
+    def __repr__(self) -> str:
+        return (f"<ItsDriver {self.kernel.name} base={self.base:#x} devices={len(self.devices)} "
+                f"vpes={len(self.vpes)}>")

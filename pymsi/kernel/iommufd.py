@@ -150,6 +150,10 @@ class Area:
         """The host page behind each page of the area."""
         return self.pages.pas[self.first:self.first + self.length // PAGE_SIZE]
 
+    def __repr__(self) -> str:
+        return (f"Area(iova={self.iova:#x}, length={self.length:#x}, first={self.first}, "
+                f"prot={self.prot!r})")
+
 
 @dataclass
 class Reserved:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import trace
+from .._repr import bounded, cpus
 from .base import (
     EBUSY,
     EINVAL,
@@ -32,6 +33,7 @@ from .base import (
     cpumask_arg,
     cpumask_str,
     fail,
+    parse_cpulist,
     parse_cpumask,
 )
 
@@ -98,6 +100,12 @@ class IrqCommonData:
     started: bool = False
     forwarded_to_vcpu: bool = False
 
+    def __repr__(self) -> str:
+        return (f"IrqCommonData(affinity={cpus(self.affinity)}, "
+                f"effective={cpus(self.effective_affinity)}, managed={self.managed}, "
+                f"activated={self.activated}, started={self.started}, "
+                f"forwarded={self.forwarded_to_vcpu})")
+
 
 @dataclass(eq=False)
 class IrqData:
@@ -118,6 +126,10 @@ class IrqData:
             d = d.parent_data
         return out
 
+    def __repr__(self) -> str:
+        dom = self.domain.name if self.domain is not None else "-"
+        return bounded(f"<irq_data {self.irq} {dom} hwirq={self.hwirq:#x}>")
+
 
 @dataclass(eq=False)
 class IrqAction:
@@ -126,6 +138,10 @@ class IrqAction:
     handler: IrqHandler
     name: str
     dev_id: Any
+
+    def __repr__(self) -> str:
+        return bounded(f"<irqaction {self.name} "
+                       f"{getattr(self.handler, '__name__', '?')}>")
 
 
 @dataclass(eq=False)
@@ -149,6 +165,12 @@ class IrqDesc:
     @property
     def count(self) -> int:
         return sum(self.kstat.values())
+
+    def __repr__(self) -> str:
+        d = self.irq_data
+        dom = d.domain.name if d.domain is not None else "-"
+        return bounded(f"<irq_desc {self.irq} {dom} hwirq={d.hwirq:#x} "
+                       f"actions={self.name or '-'} count={self.count}>")
 
 
 class IrqDomainOps:
@@ -452,33 +474,51 @@ class GenIrq:
             raise fail(ENOENT, f"/proc/irq/{irq} does not exist")
         return desc
 
-    def write_smp_affinity(self, irq: int, text: str | bytes) -> None:
-        """A write to /proc/irq/<irq>/smp_affinity (write_irq_affinity()).
+    def write_smp_affinity(self, irq: int, text: str | bytes, list_format: bool = False
+                           ) -> None:
+        """A write to /proc/irq/<irq>/smp_affinity (write_irq_affinity()), or to
+        smp_affinity_list with ``list_format``.
 
         In Linux's order: no such directory (ENOENT), an interrupt user space
         may not move (managed, or no chip able to: EIO), the mask as
-        bitmap_parse() reads it (EINVAL / EOVERFLOW), no online CPU in it
-        (EINVAL), then irq_set_affinity()'s own errors.
+        bitmap_parse() reads it (EINVAL / EOVERFLOW; the list as bitmap_parselist()
+        does: EINVAL / EOVERFLOW / ERANGE), no online CPU in it (EINVAL), then
+        irq_set_affinity()'s own errors.
         """
         desc = self.proc_desc(irq)
         d = desc.irq_data
         if d.common.managed or d.chip is None:
             raise fail(EIO, f"IRQ {irq}: affinity cannot be set from user space")
-        mask = parse_cpumask(text, self.kernel.nr_cpumask_bits)
+        mask = (parse_cpulist if list_format else parse_cpumask)(
+            text, self.kernel.nr_cpumask_bits)
         if not mask & self.kernel.online_cpus:
             raise fail(EINVAL, f"IRQ {irq}: no online CPU in the mask")
         self._set_affinity(desc, mask, False)
 
-    def read_smp_affinity(self, irq: int) -> str:
-        """/proc/irq/<irq>/smp_affinity's text, without the newline (nr_cpu_ids wide)."""
+    def smp_affinity(self, irq: int) -> frozenset[int]:
+        """The CPUs /proc/irq/<irq>/smp_affinity shows (show_irq_affinity()): the
+        affinity, or the mask of a move still pending; EINVAL for no such interrupt."""
         desc = self.desc(irq)
         mask = desc.pending_mask if desc.pending_mask is not None else desc.irq_data.common.affinity
-        return cpumask_str(mask, self.kernel.ncpus)
+        return mask
+
+    def irq_get_affinity_mask(self, irq: int) -> frozenset[int]:
+        """irq_get_affinity_mask(): the affinity (irq_common_data.affinity; a pending
+        move not yet carried out is not in it); EINVAL for no such interrupt."""
+        return self.desc(irq).irq_data.common.affinity
+
+    def irq_get_effective_affinity_mask(self, irq: int) -> frozenset[int]:
+        """irq_data_get_effective_affinity_mask(): the CPUs the interrupt is routed to
+        now (one CPU for an ITS LPI or an x86 vector); EINVAL for no such interrupt."""
+        return self.desc(irq).irq_data.common.effective_affinity
+
+    def read_smp_affinity(self, irq: int) -> str:
+        """/proc/irq/<irq>/smp_affinity's text, without the newline (nr_cpu_ids wide)."""
+        return cpumask_str(self.smp_affinity(irq), self.kernel.ncpus)
 
     def read_effective_affinity(self, irq: int) -> str:
         """/proc/irq/<irq>/effective_affinity's text, without the newline."""
-        return cpumask_str(self.desc(irq).irq_data.common.effective_affinity,
-                           self.kernel.ncpus)
+        return cpumask_str(self.irq_get_effective_affinity_mask(irq), self.kernel.ncpus)
 
     def set_vcpu_affinity(self, irq: int, info: Any) -> None:
         """irq_set_vcpu_affinity(): forward to (or take back from) a vCPU."""
@@ -563,3 +603,6 @@ class GenIrq:
                 line += "  " + ", ".join(a.name for a in desc.actions)
             lines.append(line)
         return lines
+
+    def __repr__(self) -> str:
+        return f"<GenIrq {self.kernel.name} irqs={len(self.descs)} nr_irqs={self.nr_irqs}>"

@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from errno import EACCES, EISDIR
+from typing import TYPE_CHECKING, Any
 
-from .base import EFAULT, EINVAL, ENOENT, EPERM, PageAllocator, fail
+from .._doc import document_attributes
+from .._repr import cpus
+from .base import (
+    EFAULT,
+    EINVAL,
+    EIO,
+    ENOENT,
+    EPERM,
+    PageAllocator,
+    cpulist_str,
+    cpumask_str,
+    fail,
+    parse_cpumask,
+)
 from .dma_iommu import DmaIommu
 from .files import (
     O_RDWR,
@@ -23,16 +38,111 @@ from .files import (
     eventfd_ctx_fdget,
 )
 from .iommu import DomainType, IommuCore
-from .pci import PciDriver, PciDriverCore
+from .irq import GenIrq
+from .pci import PciDriver, PciDriverCore, PciHostBridge
+
+if TYPE_CHECKING:
+    from .arm_smmu_v3 import ArmSmmuV3
+    from .gic import GicDriver, ItsDriver
+    from .intel_iommu import IntelIommu
+    from .iommufd import Iommufd
+    from .irqbypass import IrqBypass
+    from .kvm import KvmDev
+    from .msi import PciMsiLayer
+    from .vfio_pci import VfioPciDriver
+    from .x86 import IntelIr, VectorDomain
+
+#: the /proc/irq/<irq>/ files the model serves; the first two are writable
+_PROC_IRQ_FILES = ("smp_affinity", "smp_affinity_list", "effective_affinity",
+                   "effective_affinity_list")
 
 
+@document_attributes
 class Kernel:
     """One Linux-like kernel instance (a host, or a guest inside a VMM).
 
     ``bus`` is the physical address space it runs on; ``mem`` the RAM range
     it may allocate from; ``ncpus`` its online CPUs; ``arch`` "arm64" or
     "x86_64" (what /proc/interrupts shows depends on it).
+
+    A kernel is made by booting a machine (``ArmVirt(...).boot()``,
+    ``X86Pc(...).boot()``, :mod:`pymsi.kernel.boot`), which fills in the subsystems
+    declared below; one the machine has not got is None (``k.gic`` on x86, ``k.smmu``
+    without an SMMU).  What a harness uses:
+
+    * the files: :meth:`proc_read` / :meth:`proc_write` (/proc/interrupts,
+      /proc/irq/default_smp_affinity, /proc/irq/N/smp_affinity[_list],
+      effective_affinity[_list]), :meth:`sysfs_read` / :meth:`sysfs_write`
+      (/sys/bus/pci: driver_override, bind, unbind, drivers_probe, vendor, device,
+      driver, iommu_group, msi_irqs/N), the system calls (:meth:`open`, :meth:`ioctl`,
+      :meth:`eventfd`, :meth:`mmap`, ...);
+    * affinity as CPU sets: :meth:`irq_get_affinity`, :meth:`irq_get_effective_affinity`
+      (what /proc shows, as ``frozenset[int]``), ``k.irq.set_affinity(irq, {cpus})``;
+    * the subsystems' own Linux-named calls (``k.msi.alloc_irq_vectors``,
+      ``k.irq.request_irq``, ...).
+
+    Every call fails as Linux does, with :class:`~pymsi.errors.KernelError` carrying
+    Linux's errno, and changes nothing when it fails.
     """
+
+    #: "host", or the name a VMM gives its guest kernel
+    name: str
+    #: "arm64" or "x86_64"
+    arch: str
+    #: the physical address space the kernel runs on (pymsi.hw.bus.Bus)
+    bus: Any
+    #: the physical memory (pymsi.core.Memory) behind ``bus``
+    ram: Any
+    #: the kernel's page allocator over its RAM range
+    mm: PageAllocator
+    #: nr_cpu_ids
+    ncpus: int
+    #: the online CPUs (cpu_online_mask)
+    online_cpus: frozenset[int]
+    #: the kernel log (dmesg), one string per printk
+    log: list[str]
+    #: the IOMMU core (groups, domains, default domains, reserved regions)
+    iommu: IommuCore
+    #: dma-iommu: the DMA API on IOMMU domains (IOVA allocation, MSI cookies)
+    dma_iommu: DmaIommu
+    #: the one user process's descriptor table
+    files: FdTable
+    #: ... and its address space (anonymous mmap, pinning)
+    user_mm: UserMm
+    #: the character device nodes (/dev/...)
+    chrdevs: CharDevRegistry
+    #: the PCI driver core: drivers, binding, /sys/bus/pci
+    pci_driver_core: PciDriverCore
+    #: the generic interrupt layer: irq_desc per Linux IRQ number, domains, request_irq,
+    #: affinity, /proc/interrupts
+    irq: GenIrq
+    #: the PCI host bridge: ``k.pci.devices`` are the enumerated pci_devs
+    pci: PciHostBridge
+    #: the PCI/MSI layer: pci_alloc_irq_vectors, pci_irq_vector, msi_desc
+    msi: PciMsiLayer
+    #: arm64: the GICv3 driver (distributor, redistributors, CPU interfaces)
+    gic: GicDriver | None = None
+    #: arm64: the GICv3 ITS driver (devices, LPIs, collections; its MSI domain)
+    its: ItsDriver | None = None
+    #: arm64: the arm-smmu-v3 driver (None: the machine has no SMMU)
+    smmu: ArmSmmuV3 | None = None
+    #: x86: the vector domain (local APIC vectors per CPU)
+    vector: VectorDomain | None = None
+    #: x86: the interrupt remapping driver (None: remapping off)
+    ir: IntelIr | None = None
+    #: x86: the DMA remapping driver (identity by default)
+    intel_iommu: IntelIommu | None = None
+    #: /dev/iommu: IOAS, devices, HWPTs, the vIOMMU
+    iommufd: Iommufd | None = None
+    #: the vfio-pci driver (its device cdevs under /dev/vfio/devices)
+    vfio_pci: VfioPciDriver | None = None
+    #: arm64: /dev/kvm (VMs, vCPUs, vGIC, vITS, irqfd, routing)
+    kvm: KvmDev | None = None
+    #: the irqbypass manager (VFIO's producers, KVM's consumers), once either registers
+    irqbypass: IrqBypass | None = None
+    #: the IRQ exception entry of one CPU (the interrupt controller driver's): takes
+    #: what is pending for ``cpu``, returns how many interrupts ran
+    cpu_irq: Callable[[int], int]
 
     def __init__(self, bus: Any, mem: tuple[int, int], ncpus: int = 4, name: str = "host",
                  default_domain: DomainType = DomainType.DMA, arch: str = "arm64") -> None:
@@ -100,27 +210,81 @@ class Kernel:
             return None
         return int(name), parts[3]
 
+    @staticmethod
+    def _proc_parts(path: Any) -> list[str] | None:
+        if not isinstance(path, str) or not path.startswith("/"):
+            return None
+        return [p for p in path.split("/") if p not in ("", ".")]
+
     def proc_write(self, path: str, text: str | bytes) -> None:
-        """A write to a /proc file the model implements (ENOENT for any other path)."""
-        target = self._proc_irq(path)
-        if target is not None and target[1] == "smp_affinity":
-            self.irq.write_smp_affinity(target[0], text)
+        """A write to a /proc file (as root), as Linux answers it:
+
+        * /proc/irq/<irq>/smp_affinity -- a hex mask (bitmap_parse());
+          /proc/irq/<irq>/smp_affinity_list -- a CPU list (bitmap_parselist(): ``0-3,6``),
+          with write_irq_affinity()'s errors (:meth:`GenIrq.write_smp_affinity
+          <pymsi.kernel.irq.GenIrq.write_smp_affinity>`);
+        * /proc/irq/default_smp_affinity -- a hex mask: the affinity interrupts get when
+          first requested (EINVAL for a mask with no online CPU);
+        * a file that exists and is read-only (/proc/interrupts, effective_affinity[_list])
+          is EIO (procfs has no write for it); any other path ENOENT.
+        """
+        parts = self._proc_parts(path)
+        if parts == ["proc", "irq", "default_smp_affinity"]:
+            mask = parse_cpumask(text, self.nr_cpumask_bits)
+            if not mask & self.online_cpus:
+                raise fail(EINVAL, "default_smp_affinity: no online CPU in the mask")
+            self.irq.default_affinity = mask
             return
+        target = self._proc_irq(path)
+        if target is not None and target[1] in ("smp_affinity", "smp_affinity_list"):
+            self.irq.write_smp_affinity(target[0], text,
+                                        list_format=target[1] == "smp_affinity_list")
+            return
+        if parts == ["proc", "interrupts"]:
+            raise fail(EIO, f"{path} is read-only")
+        if target is not None and target[1] in _PROC_IRQ_FILES:
+            self.irq.proc_desc(target[0])                # ENOENT before EIO
+            raise fail(EIO, f"{path} is read-only")
         raise fail(ENOENT, f"{path}: no such file")
 
     def proc_read(self, path: str) -> str:
-        """A read of a /proc file the model implements: /proc/interrupts and
-        /proc/irq/<irq>/{smp_affinity,effective_affinity} (ENOENT otherwise)."""
-        if isinstance(path, str) and [p for p in path.split("/") if p not in ("", ".")] == [
-                "proc", "interrupts"] and path.startswith("/"):
+        """A read of a /proc file, with the newline Linux ends it with:
+
+        * /proc/interrupts (show_interrupts());
+        * /proc/irq/default_smp_affinity (hex, nr_cpu_ids wide);
+        * /proc/irq/<irq>/smp_affinity, effective_affinity -- hex masks ("%*pb",
+          ``"4"`` for CPU 2 of 4); smp_affinity_list, effective_affinity_list -- CPU
+          lists ("%*pbl", ``"0-2"``); the directory exists once the IRQ was first
+          requested (ENOENT before, and for any other path).
+
+        :meth:`irq_get_affinity` / :meth:`irq_get_effective_affinity` give the same as
+        CPU sets.
+        """
+        parts = self._proc_parts(path)
+        if parts == ["proc", "interrupts"]:
             return "".join(line + "\n" for line in self.irq.proc_interrupts())
+        if parts == ["proc", "irq", "default_smp_affinity"]:
+            return cpumask_str(self.irq.default_affinity, self.ncpus) + "\n"
         target = self._proc_irq(path)
-        if target is not None and target[1] in ("smp_affinity", "effective_affinity"):
+        if target is not None and target[1] in _PROC_IRQ_FILES:
             irq = self.irq.proc_desc(target[0]).irq
-            if target[1] == "smp_affinity":
-                return self.irq.read_smp_affinity(irq) + "\n"
-            return self.irq.read_effective_affinity(irq) + "\n"
+            kind = target[1]
+            cpus = (self.irq.smp_affinity(irq) if kind.startswith("smp")
+                    else self.irq.irq_get_effective_affinity_mask(irq))
+            text = cpulist_str(cpus) if kind.endswith("_list") else \
+                cpumask_str(cpus, self.ncpus)
+            return text + "\n"
         raise fail(ENOENT, f"{path}: no such file")
+
+    def irq_get_affinity(self, irq: int) -> frozenset[int]:
+        """The CPUs interrupt ``irq`` may go to, as /proc/irq/<irq>/smp_affinity shows
+        them (a move still pending included); EINVAL for no such interrupt."""
+        return self.irq.smp_affinity(irq)
+
+    def irq_get_effective_affinity(self, irq: int) -> frozenset[int]:
+        """The CPUs interrupt ``irq`` is routed to now, as
+        /proc/irq/<irq>/effective_affinity shows them; EINVAL for no such interrupt."""
+        return self.irq.irq_get_effective_affinity_mask(irq)
 
     def pci_windows(self) -> list[tuple[int, int]]:
         """Host bridge memory windows (bus addresses) that DMA must not use."""
@@ -269,16 +433,57 @@ class Kernel:
             raise fail(ENOENT, f"{path!r}: no such file")
         return [p for p in path.split("/") if p not in ("", ".")]
 
+    def _msi_irqs(self, parts: list[str]) -> str | None:
+        """/sys/bus/pci/devices/<bdf>/msi_irqs[/<irq>]: None for another path; "" for
+        the directory; "msi" / "msix" for a file; ENOENT for no such entry."""
+        if len(parts) < 6 or parts[:4] != ["sys", "bus", "pci", "devices"] or \
+                parts[5] != "msi_irqs":
+            return None
+        dev = next((d for d in self.pci_driver_core.devices() if d.bdf == parts[4]), None)
+        if dev is None or not dev.msi_descs or len(parts) > 7:
+            raise fail(ENOENT, f"/{'/'.join(parts)}: no such file")
+        if len(parts) == 6:
+            return ""
+        for desc in dev.msi_descs.values():
+            if str(desc.irq) == parts[6]:
+                return "msix" if desc.is_msix else "msi"
+        raise fail(ENOENT, f"/{'/'.join(parts)}: no such file")
+
     def sysfs_read(self, path: str) -> str:
-        """A read of a sysfs file under /sys/bus/pci (ENOENT for any other path)."""
-        return self.pci_driver_core.sysfs_read(self._sys_parts(path))
+        """A read of a sysfs file under /sys/bus/pci, with its newline (ENOENT for any
+        other path, EISDIR for a directory, EACCES for a write-only file):
+
+        * devices/<bdf>/vendor, device (``0x1af4``), driver_override (``(null)`` when
+          unset), driver and iommu_group (the link's target name);
+        * devices/<bdf>/msi_irqs/<irq> -- ``msix`` or ``msi``, one file per Linux IRQ
+          number of the device's vectors while it has them.
+        """
+        parts = self._sys_parts(path)
+        kind = self._msi_irqs(parts)
+        if kind is not None:
+            if not kind:
+                raise fail(EISDIR, f"{path}: a directory")
+            return kind + "\n"
+        return self.pci_driver_core.sysfs_read(parts)
 
     def sysfs_write(self, path: str, text: str | bytes) -> None:
-        """A write to a sysfs file under /sys/bus/pci (ENOENT for any other path).
+        """A write to a sysfs file under /sys/bus/pci (ENOENT for any other path):
+        devices/<bdf>/driver_override, drivers/<name>/bind and unbind, drivers_probe.
+        EACCES for a read-only file (vendor, device, msi_irqs/<irq>), EISDIR for a
+        directory.
 
         A failed write changes nothing."""
         if isinstance(text, (bytes, bytearray)):
             text = bytes(text).decode("utf-8", "surrogateescape")
         if not isinstance(text, str):
             raise fail(EINVAL, f"sysfs takes text, not {type(text).__name__}")
-        self.pci_driver_core.sysfs_write(self._sys_parts(path), text)
+        parts = self._sys_parts(path)
+        kind = self._msi_irqs(parts)
+        if kind is not None:
+            raise fail(EISDIR if not kind else EACCES, f"{path}: read-only")
+        self.pci_driver_core.sysfs_write(parts, text)
+
+    def __repr__(self) -> str:
+        irqs = len(self.irq.descs) if hasattr(self, "irq") else 0
+        return (f"<Kernel {self.name} {self.arch} cpus={cpus(self.online_cpus)} "
+                f"irqs={irqs}>")

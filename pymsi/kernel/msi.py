@@ -30,6 +30,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._repr import bounded, short
 from ..hw import pci as P
 from .base import EBUSY, EINVAL, ENOSPC, ENOTSUPP, ERANGE, KernelError, cpumask_arg, fail
 from .irq import (
@@ -84,6 +85,11 @@ class MsiDesc:
     def iommu_msi_addr(self) -> int | None:
         """The IOVA the IOMMU layer chose (None: no translation, the PA is used)."""
         return self.iommu_msi_iova << self.iommu_msi_shift if self.iommu_msi_shift else None
+
+    def __repr__(self) -> str:
+        dev = getattr(self.dev, "bdf", None) or short(self.dev)
+        return bounded(f"<msi_desc {dev} #{self.msi_index} irq={self.irq} "
+                       f"msg={self.msg.address:#x}/{self.msg.data:#x}>")
 
 
 def msi_msg_set_addr(desc: MsiDesc | None, msi_addr: int) -> int:

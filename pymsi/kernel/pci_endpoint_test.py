@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._repr import bounded, short
 from .irq import IRQ_HANDLED
 from .msi import MsiType
 from .pci import PCI_ANY_ID
@@ -23,8 +24,11 @@ DRV_NAME = "pci-endpoint-test"
 class EndpointTest:
     """struct pci_endpoint_test of one bound device."""
 
+    #: the pci_dev it is bound to
     pdev: Any
+    #: how many vectors it got
     nvec: int = 0
+    #: the Linux IRQ number of each vector, by vector index
     irqs: list[int] = field(default_factory=list)
     #: every interrupt taken, in order: (vector, cpu)
     hits: list[tuple[int, int | None]] = field(default_factory=list)
@@ -32,6 +36,11 @@ class EndpointTest:
     def count(self, vector: int) -> int:
         """How many times ``vector`` was handled."""
         return sum(1 for v, _ in self.hits if v == vector)
+
+    def __repr__(self) -> str:
+        irqs = f"{self.irqs[0]}..{self.irqs[-1]}" if self.irqs else "-"
+        return bounded(f"EndpointTest({short(self.pdev)}, nvec={self.nvec}, irqs={irqs}, "
+                       f"hits={len(self.hits)})")
 
 
 class PciEndpointTestDriver:

@@ -142,6 +142,10 @@ class ItsIte:
     irq: VgicLpi
     collection: ItsCollection | None
 
+    def __repr__(self) -> str:
+        coll = None if self.collection is None else self.collection.coll_id
+        return f"ItsIte(event_id={self.event_id}, intid={self.irq.intid}, collection={coll})"
+
 
 @dataclass(eq=False)
 class ItsDev:
@@ -151,6 +155,10 @@ class ItsDev:
     itt_addr: int
     num_eventid_bits: int
     ites: dict[int, ItsIte] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return (f"ItsDev(device_id={self.device_id:#x}, itt_addr={self.itt_addr:#x}, "
+                f"num_eventid_bits={self.num_eventid_bits}, ites={len(self.ites)})")
 
 
 def _mapped(c: ItsCollection | None) -> TypeGuard[ItsCollection]:

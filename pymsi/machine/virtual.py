@@ -16,8 +16,9 @@
 ``run()`` lets everything settle: posted writes on both buses, the host's
 interrupts (VFIO's handlers signalling eventfds -> KVM), the guest's.
 
-The same description loads from TOML (:func:`load`); an unknown key or a bad
-value is a :class:`ValueError` naming it::
+The description is a :class:`~pymsi.machine.desc.VirtualMachineDesc`; the same loads
+from TOML (:func:`pymsi.machine.load`); an unknown key or a bad value is
+:class:`~pymsi.errors.InvalidArgument` (a ValueError) naming it::
 
     vsmmu = "accel"          # "accel" | "emulated" | "none"
     gicv4 = false
@@ -28,149 +29,100 @@ value is a :class:`ValueError` naming it::
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .._doc import document_attributes
+from .._repr import bounded, short
+from ..errors import InvalidArgument
 from ..hw.qdev import PciDeviceModel
 from ..kernel.iommufd_viommu import Veventq
 from ..sched import Scheduler
-from .platforms import MSI_DESIGNS, ArmVirt, make_function, plug_function
+from .desc import VirtualMachineDesc, VmDeviceDesc
+from .desc import load as load
+from .platforms import ArmVirt, make_function, plug_function
 
 VSMMU_MODES = ("accel", "emulated", None)
-MAX_MSIX = 2048
 
-#: Top-level keys of a description, with their defaults.
-DEFAULTS: dict[str, Any] = {
-    "vsmmu": None,
-    "gicv4": False,
-    "variant": "per-vector",
-    "devices": None,
-    "ncpus": 4,                    # host CPUs
-    "guest_ncpus": 2,              # vCPUs
-    "host_ram": 0x2000_0000,
-    "guest_ram": 0x200_0000,
-    "honour_rmr": True,            # the guest kernel identity-maps the IORT RMR
-    "backend": None,               # core backend ("c" / "python"); None: PYMSI_BACKEND
-    "seed": 0,                     # the scheduler's seed: one seed, one run
-}
-#: Keys of one device description.
-DEVICE_KEYS = ("msix", "msi", "vendor", "device", "bar_size", "model", "queues", "emulated")
+#: Top-level keys of a description, with their defaults (:class:`VirtualMachineDesc`).
+DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(VirtualMachineDesc)}
+#: Keys of one device description (:class:`VmDeviceDesc`; a device model's other keys
+#: are its properties).
+DEVICE_KEYS = VmDeviceDesc.keys()
 
 
 # what the idle pass knows of a hook (VirtualMachine._idle_pass)
 _OTHER, _BUS, _HOST_IRQ, _GUEST_IRQ, _VEVENTQ, _VFIO = range(6)
 
 
-def _check_int(name: str, value: Any, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], not {value!r}")
-    return value
+def check_description(desc: Mapping[str, Any]) -> dict[str, Any]:
+    """``desc`` with defaults filled in and every value checked
+    (:class:`~pymsi.errors.InvalidArgument`, a ValueError, naming the first unknown key or
+    bad value): :meth:`VirtualMachineDesc.from_dict` as a dict."""
+    return _as_dict(VirtualMachineDesc.from_dict(desc))
 
 
-def _check_device(i: int, spec: Any) -> dict[str, Any]:
-    where = f"devices[{i}]"
-    if not isinstance(spec, dict):
-        raise ValueError(f"{where} must be a table of device keys, not {spec!r}")
-    for key in spec:            # a device model's other keys are its properties: it checks them
-        if key not in DEVICE_KEYS and "model" not in spec:
-            raise ValueError(f"{where}: unknown key {key!r} (known: {', '.join(DEVICE_KEYS)})")
-    spec = dict(spec)
-    if "model" not in spec and "msix" not in spec and "msi" not in spec:
-        spec["msix"] = 8
-    if "msix" in spec:
-        _check_int(f"{where}.msix", spec["msix"], 1, MAX_MSIX)
-    if "msi" in spec:
-        _check_int(f"{where}.msi", spec["msi"], 1, 32)
-    if "queues" in spec:
-        _check_int(f"{where}.queues", spec["queues"], 1, MAX_MSIX)
-    if not isinstance(spec.get("emulated", False), bool):
-        raise ValueError(f"{where}.emulated must be true or false, not {spec['emulated']!r}")
-    if "model" in spec and not isinstance(spec["model"], str):
-        raise ValueError(f"{where}.model must be a device model name, not {spec['model']!r}")
-    return spec
-
-
-def check_description(desc: dict[str, Any]) -> dict[str, Any]:
-    """``desc`` with defaults filled in and every value checked (ValueError naming
-    the first unknown key or bad value)."""
-    for key in desc:
-        if key not in DEFAULTS:
-            raise ValueError(f"unknown key {key!r} (known: {', '.join(DEFAULTS)})")
-    out = {**DEFAULTS, **desc}
-    if out["vsmmu"] in ("none", ""):
-        out["vsmmu"] = None
-    if out["vsmmu"] not in VSMMU_MODES:
-        raise ValueError(f"vsmmu must be 'accel', 'emulated' or None, not {out['vsmmu']!r}")
-    if out["variant"] not in MSI_DESIGNS:
-        raise ValueError(f"variant must be one of {', '.join(MSI_DESIGNS)}, "
-                         f"not {out['variant']!r}")
-    for key in ("gicv4", "honour_rmr"):
-        if not isinstance(out[key], bool):
-            raise ValueError(f"{key} must be true or false, not {out[key]!r}")
-    _check_int("ncpus", out["ncpus"], 1, 256)
-    _check_int("guest_ncpus", out["guest_ncpus"], 1, 256)
-    _check_int("host_ram", out["host_ram"], 0x200_0000, 1 << 40)
-    _check_int("guest_ram", out["guest_ram"], 0x40_0000, 0x4000_0000)
-    if out["host_ram"] % 0x1000 or out["guest_ram"] % 0x1000:
-        raise ValueError("host_ram and guest_ram must be whole 4 KiB pages")
-    _check_int("seed", out["seed"], 0, (1 << 64) - 1)
-    if out["backend"] not in (None, "c", "python"):
-        raise ValueError(f"backend must be 'c' or 'python', not {out['backend']!r}")
-    devices = [{"msix": 8}] if out["devices"] is None else out["devices"]
-    if not isinstance(devices, list):
-        raise ValueError(f"devices must be a list of device tables, not {devices!r}")
-    if len(devices) > 31:
-        raise ValueError("devices: at most 31 (one PCI slot each on bus 0)")
-    out["devices"] = [_check_device(i, d) for i, d in enumerate(devices)]
-    for i, d in enumerate(out["devices"]):
-        emulated = d.get("emulated", False)
-        if out["vsmmu"] == "accel" and emulated:       # QEMU: smmuv3-accel refuses them
-            raise ValueError(f"devices[{i}].emulated: an emulated device cannot sit behind "
-                             "an accelerated vSMMU (vsmmu='accel')")
-        if out["vsmmu"] == "emulated" and not emulated:
-            raise ValueError(f"devices[{i}]: an assigned device cannot sit behind an emulated "
-                             "vSMMU (SMMUv3 does not support notification on MAP); use "
-                             "vsmmu='accel' or emulated = true")
-    if out["vsmmu"] == "accel" and not out["devices"]:
-        raise ValueError("devices: vsmmu='accel' needs an assigned device (its nest parent "
-                         "is allocated with the first)")
+def _as_dict(d: VirtualMachineDesc) -> dict[str, Any]:
+    out = d.to_dict(full=True)
+    out["devices"] = [dev.to_dict() for dev in d.devices or ()]
     return out
 
 
-def _model_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """A device description without the machine's own keys: what make_function takes."""
-    return {k: v for k, v in spec.items() if k != "emulated"}
-
-
+@document_attributes
 @dataclass(eq=False)
 class DeviceSlot:
     """One described device, end to end."""
 
+    #: its index in the description's ``devices``
     index: int
+    #: its description in dict form (the keys that differ from the defaults)
     spec: dict[str, Any]
+    #: the VMM emulates it (else the host's physical function is assigned)
     emulated: bool
+    #: its description
+    description: VmDeviceDesc | None = None
     host_fn: Any = None            # the physical function (assigned devices)
     guest_fn: Any = None           # the function on the guest's bus (VMM model / vfio-pci)
     guest_pdev: Any = None         # the guest kernel's pci_dev
     test: Any = None               # the guest driver's record of its interrupts
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        return bounded(f"DeviceSlot({self.index}, emulated={self.emulated}, "
+                       f"host={short(self.host_fn)}, guest={short(self.guest_fn)})")
 
+
+@document_attributes
 class VirtualMachine:
-    """Host + VMM + guest from a short description (keys: :data:`DEFAULTS`).
+    """Host + VMM + guest from a short description: a
+    :class:`~pymsi.machine.desc.VirtualMachineDesc` (whose fields document the keys) or
+    its keys as keyword arguments, ``VirtualMachine(vsmmu="accel", devices=[{"msix":
+    8}])``; an unknown key or bad value is :class:`~pymsi.errors.InvalidArgument` naming it.
 
     After :meth:`boot`: ``host`` (the host kernel), ``machine`` (the host board),
     ``vmm``, ``guest`` (the guest kernel), ``board`` (the guest's board),
     ``slots`` (one :class:`DeviceSlot` per described device).
     """
 
-    def __init__(self, **desc: Any) -> None:
-        self.desc = check_description(desc)
-        self.vsmmu: str | None = self.desc["vsmmu"]
-        self.gicv4: bool = self.desc["gicv4"]
-        self.variant: str = self.desc["variant"]
-        self.slots = [DeviceSlot(i, spec, bool(spec.get("emulated", False)))
-                      for i, spec in enumerate(self.desc["devices"])]
+    #: the description, checked
+    description: VirtualMachineDesc
+    #: the description as a dict (every key, defaults filled in)
+    desc: dict[str, Any]
+
+    def __init__(self, description: VirtualMachineDesc | Mapping[str, Any] | None = None,
+                 /, **desc: Any) -> None:
+        if description is not None and desc:
+            raise TypeError("VirtualMachine() takes a description or keyword arguments, "
+                            "not both")
+        d = VirtualMachineDesc.coerce(desc if description is None else description)
+        self.description = d
+        self.desc = _as_dict(d)
+        self.vsmmu: str | None = d.vsmmu
+        self.gicv4: bool = d.gicv4
+        self.variant: str = d.variant
+        self.slots = [DeviceSlot(i, dev.to_dict(), dev.emulated, dev)
+                      for i, dev in enumerate(d.devices or ())]
         self.machine: ArmVirt | None = None
         self.host: Any = None
         self.vmm: Any = None
@@ -196,7 +148,8 @@ class VirtualMachine:
         d = self.desc
         assigned = [s for s in self.slots if not s.emulated]
         self.machine = ArmVirt(ncpus=d["ncpus"], ram_size=d["host_ram"], gicv4=self.gicv4,
-                               smmu="nested", devices=[_model_spec(s.spec) for s in assigned],
+                               smmu="nested", devices=[s.description.as_function()
+                                                          for s in assigned],
                                backend=d["backend"], msi_design=self.variant)
         for s, fn in zip(assigned, self.machine.functions, strict=True):
             s.host_fn = fn
@@ -216,7 +169,7 @@ class VirtualMachine:
             slot = s.index + 1
             if s.emulated:
                 s.guest_fn = plug_function(self.board.pci,
-                                           make_function(0, slot, _model_spec(s.spec)))
+                                           make_function(0, slot, s.description.as_function()))
             else:                                  # -device vfio-pci,host=...
                 s.guest_fn = self.vmm.vfio_realize(
                     s.extra["cdev"], slot, self.vmm.ioas_id if self.vsmmu is None else None)
@@ -446,7 +399,8 @@ class VirtualMachine:
         self._booted()
         s = self.slots[i]
         if s.host_fn is None:
-            raise ValueError(f"device {i} is emulated by the VMM: it has no host function")
+            raise InvalidArgument(f"device {i} is emulated by the VMM: it has no host "
+                                  "function")
         return s.host_fn
 
     def guest_function(self, i: int) -> Any:
@@ -480,16 +434,6 @@ class VirtualMachine:
         self.guest.proc_write(f"/proc/irq/{self.guest_irq(i, vector)}/smp_affinity",
                               f"{1 << cpu:x}")
 
-
-def load(path: str) -> VirtualMachine:
-    """A :class:`VirtualMachine` from a TOML description (not booted)."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:                    # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
-    with open(path, "rb") as f:
-        try:
-            desc = tomllib.load(f)
-        except tomllib.TOMLDecodeError as e:
-            raise ValueError(f"{path}: {e}") from None
-    return VirtualMachine(**desc)
+    def __repr__(self) -> str:
+        return (f"<VirtualMachine vsmmu={self.vsmmu} gicv4={self.gicv4} variant={self.variant} "
+                f"devices={len(self.slots)} {'booted' if self.booted else 'not booted'}>")

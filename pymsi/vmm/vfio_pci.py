@@ -162,6 +162,11 @@ class VFIOMSIVector:
     irqfd: bool = False
     masked_fd: bool = False        # VFIO signals ``interrupt`` (the vector is masked)
 
+    def __repr__(self) -> str:
+        msg = "-" if self.msg is None else f"{self.msg[0]:#x}/{self.msg[1]:#x}"
+        return (f"VFIOMSIVector({self.nr}, virq={self.virq}, use={self.use}, msg={msg}, "
+                f"irqfd={self.irqfd}, masked_fd={self.masked_fd})")
+
 
 @dataclass
 class VfioPciStats:
