@@ -67,6 +67,14 @@ class TableMemory(Protocol):
     def write_u64(self, addr: int, value: int) -> None: ...
 
 
+class TablePool(Protocol):
+    """Where the builder gets table pages: a :class:`TableAllocator`, or any allocator
+    with the same two calls (the kernel model's page allocator)."""
+
+    def alloc(self, size: int) -> int: ...
+    def free(self, addr: int, size: int) -> None: ...
+
+
 def _memory(name: str, mem: TableMemory) -> TableMemory:
     """``mem`` checked to offer the memory methods the builder uses (TypeError)."""
     if not all(callable(getattr(mem, m, None)) for m in _MEMORY_METHODS):
@@ -125,7 +133,7 @@ class IoPgtable:
     def __init__(
         self,
         mem: TableMemory,
-        alloc: TableAllocator,
+        alloc: TablePool,
         fmt: str = "s1",
         granule: int = 4096,
         ias: int = 48,

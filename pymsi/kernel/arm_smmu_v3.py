@@ -49,7 +49,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from .._repr import bounded, short
 from ..core import IoPgtable, Prot
@@ -84,6 +84,9 @@ from .iommu import (
     ResvRegion,
     ResvType,
 )
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
 
 STRTAB_SPLIT = 8
 STRTAB_L1_MAX_LOG2SIZE = 25            # a 256 KiB L1 table, as Linux caps it
@@ -436,7 +439,7 @@ class ArmSmmuV3(IommuOps):
     :meth:`handle_irq`.
     """
 
-    def __init__(self, kernel: Any, base: int, first_rid: int = 0, last_rid: int = 0xFFFF,
+    def __init__(self, kernel: Kernel, base: int, first_rid: int = 0, last_rid: int = 0xFFFF,
                  *, cmdq_shift: int = CMDQ_MAX_SHIFT, evtq_shift: int = EVTQ_MAX_SHIFT) -> None:
         self.kernel, self.base = kernel, base
         self.first_rid, self.last_rid = first_rid, last_rid
@@ -838,7 +841,7 @@ class ArmSmmuV3(IommuOps):
 
     def _ste_addr(self, sid: int) -> int:
         if not self.features & Feat.TWO_LVL_STRTAB:
-            return cast(int, self.strtab + sid * R.STE_SIZE)
+            return self.strtab + sid * R.STE_SIZE
         l2 = self._init_l2_strtab(sid)
         return l2 + (sid & ((1 << STRTAB_SPLIT) - 1)) * R.STE_SIZE
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from .base import EEXIST, EINVAL, ENOMEM, ENOSPC, fail
 from .iommu import (
@@ -28,6 +28,9 @@ from .iommu import (
     IommuDomain,
     ResvType,
 )
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
 
 DMA_BIT_MASK_32 = (1 << 32) - 1
 
@@ -140,7 +143,7 @@ def _free_iova(cookie: Cookie, iova: int) -> None:
 class DmaIommu:
     """The dma-iommu layer of one kernel."""
 
-    def __init__(self, kernel: Any) -> None:
+    def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
         self.stats = {"msi_pages_mapped": 0, "msi_page_reuses": 0}
 

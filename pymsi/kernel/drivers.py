@@ -3,24 +3,27 @@ does with MSI-X (enable, bus master, DMA mask, vectors, handlers)."""
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any
 
 from .._doc import document_attributes
 from .msi import MsiType
 from .pci import PciDriver
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
 
 
 def _remove(dev: Any) -> None:
     dev.driver_data._teardown()
 
 
-def msi_counting_pci_driver(kernel: Any, name: str, nvec: int,
+def msi_counting_pci_driver(kernel: Kernel, name: str, nvec: int,
                             flags: MsiType = MsiType.MSIX | MsiType.MSI,
                             id_table: Any = ()) -> PciDriver:
     """Register a PCI driver whose probe is a :class:`MsiCountingDriver`."""
-    return cast(PciDriver, kernel.pci_register_driver(
+    return kernel.pci_register_driver(
         name, lambda d: MsiCountingDriver(kernel, d, nvec, flags, name=name, bind=False),
-        _remove, id_table))
+        _remove, id_table)
 
 
 @document_attributes
@@ -37,7 +40,7 @@ class MsiCountingDriver:
     """
 
     #: the kernel it runs in
-    kernel: Any
+    kernel: Kernel
     #: the pci_dev it drives
     dev: Any
     #: its driver name (``drv-<bdf>`` by default)
@@ -47,9 +50,9 @@ class MsiCountingDriver:
     #: the Linux IRQ number of each vector (pci_irq_vector()), by vector index
     irqs: list[int]
     #: vector index -> the CPUs its handler ran on, in order
-    fired: dict[int, list[int]]
+    fired: dict[int, list[int | None]]
 
-    def __init__(self, kernel: Any, dev: Any, nvec: int,
+    def __init__(self, kernel: Kernel, dev: Any, nvec: int,
                  flags: MsiType = MsiType.MSIX | MsiType.MSI, min_vecs: int = 1,
                  name: str | None = None, bind: bool = True) -> None:
         self.kernel, self.dev = kernel, dev
@@ -76,7 +79,7 @@ class MsiCountingDriver:
         dev.set_master()
         dev.set_dma_mask((1 << 64) - 1)
         self.nvec = kernel.msi.alloc_irq_vectors(dev, min_vecs, nvec, flags)
-        self.fired: dict[int, list[int]] = {v: [] for v in range(self.nvec)}
+        self.fired: dict[int, list[int | None]] = {v: [] for v in range(self.nvec)}
         self.irqs = [kernel.msi.irq_vector(dev, v) for v in range(self.nvec)]
         done = []
         try:

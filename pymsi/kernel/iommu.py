@@ -18,11 +18,14 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from ..core import Prot
 from ..hw.virt_map import SW_MSI_BASE, SW_MSI_SIZE
 from .base import EBUSY, EINVAL, ENODEV, EOPNOTSUPP, EPERM, fail
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
 
 IOMMU_READ, IOMMU_WRITE, IOMMU_CACHE = Prot.READ, Prot.WRITE, Prot.CACHE
 IOMMU_NOEXEC, IOMMU_MMIO, IOMMU_PRIV = Prot.NOEXEC, Prot.MMIO, Prot.PRIV
@@ -195,7 +198,7 @@ class IommuGroup:
 class IommuCore:
     """The IOMMU subsystem of one kernel."""
 
-    def __init__(self, kernel: Any, default_domain_type: DomainType = DomainType.DMA) -> None:
+    def __init__(self, kernel: Kernel, default_domain_type: DomainType = DomainType.DMA) -> None:
         self.kernel = kernel
         self.default_domain_type = default_domain_type
         self.iommus: list[IommuOps] = []

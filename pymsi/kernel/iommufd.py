@@ -47,7 +47,7 @@ from __future__ import annotations
 import errno as _errno
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..core import Prot
 from ..uapi import iommufd as uapi
@@ -69,6 +69,9 @@ from .base import (
 )
 from .files import PAGE_SIZE, File, FileOperations
 from .iommu import ResvType
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
 
 _S = TypeVar("_S", bound=Struct)
 
@@ -111,7 +114,7 @@ class PinnedPages:
 
     copyable = True           # IOMMU_IOAS_COPY may hand these pages to another area
 
-    def __init__(self, kernel: Any, uptr: int, pas: list[int], writable: bool) -> None:
+    def __init__(self, kernel: Kernel, uptr: int, pas: list[int], writable: bool) -> None:
         self.kernel = kernel
         self.uptr = uptr
         self.pas = pas
@@ -547,7 +550,7 @@ def _paging_of(hwpt: HwptPaging | HwptNested) -> HwptPaging:
 class IommufdCtx:
     """struct iommufd_ctx: one open of /dev/iommu and its object table."""
 
-    def __init__(self, kernel: Any) -> None:
+    def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
         self.objects: dict[int, IommufdObject] = {}
         #: ids of objects destroyed as tombstones (XA_ZERO_ENTRY): not reused before
@@ -978,7 +981,7 @@ def _copy_back(dst: Struct, src: Struct) -> None:
 class IommufdFops(FileOperations):
     """The file operations of /dev/iommu."""
 
-    def __init__(self, kernel: Any) -> None:
+    def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
 
     def open(self, file: File) -> None:
@@ -995,7 +998,7 @@ class IommufdFops(FileOperations):
 class Iommufd:
     """The iommufd module (``k.iommufd``): its parameters and what VFIO calls."""
 
-    def __init__(self, kernel: Any) -> None:
+    def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
         self.fops = IommufdFops(kernel)
         #: module parameter allow_unsafe_interrupts: bind devices whose MSIs are not isolated
@@ -1062,7 +1065,7 @@ class Iommufd:
         ctx.remove(devid)
 
 
-def iommufd_init(kernel: Any) -> Iommufd:
+def iommufd_init(kernel: Kernel) -> Iommufd:
     """Register /dev/iommu (the misc device iommufd_init() adds) and ``k.iommufd``."""
     from . import iommufd_viommu
 

@@ -43,7 +43,7 @@ of new contexts (set by the machine's ``msi_design=``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from .. import core
 from ..core import Prot
@@ -62,6 +62,9 @@ from .iommufd import (
     PinnedPages,
 )
 
+if TYPE_CHECKING:
+    from .kernel import Kernel
+
 MSI_DESIGNS = ("dma-cookie", "sw-msi", "preset", "per-vector")
 PHYS_ADDR_MAX = (1 << 64) - 1
 PAGE_SHIFT = PAGE_SIZE.bit_length() - 1
@@ -76,7 +79,7 @@ def _paging(hwpt: Any) -> HwptPaging:
     return hwpt if isinstance(hwpt, HwptPaging) else hwpt.parent
 
 
-def msi_doorbell(kernel: Any, idev: IommufdDevice) -> int | None:
+def msi_doorbell(kernel: Kernel, idev: IommufdDevice) -> int | None:
     """The physical doorbell a device's MSIs are aimed at (the ITS's GITS_TRANSLATER),
     or None when its MSIs are not translated by the IOMMU (x86: IOMMU_RESV_MSI)."""
     if idev.hw_msi:
@@ -418,7 +421,7 @@ class MmioPages(PinnedPages):
 
     copyable = False
 
-    def __init__(self, kernel: Any, pa: int) -> None:
+    def __init__(self, kernel: Kernel, pa: int) -> None:
         super().__init__(kernel, 0, [pa], False)
 
     def put(self, first: int, n: int) -> None:

@@ -42,7 +42,7 @@ shorter than a header (2026 fixes) are not modelled: such a read returns 0.
 from __future__ import annotations
 
 import errno as _errno
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from ..hw import smmuv3_regs as R
 from ..hw.bits import dwords
@@ -53,6 +53,9 @@ from .base import EEXIST, EFAULT, EINVAL, EIO, ENOENT, EOPNOTSUPP, KernelError, 
 from .files import O_RDWR, File, FileOperations
 from .iommufd import HwptNested, IommufdCtx, IommufdObject
 
+if TYPE_CHECKING:
+    from .kernel import Kernel
+
 E2BIG = _errno.E2BIG
 ULONG_MAX = (1 << 64) - 1
 INT_MAX = (1 << 31) - 1
@@ -62,7 +65,7 @@ _CMD_SIZE = uapi.IommuViommuArmSmmuv3Invalidate.sizeof
 _HDR_SIZE = uapi.IommufdVeventHeader.sizeof
 
 
-def copy_struct_from_user(kernel: Any, ksize: int, uptr: int, usize: int) -> bytes:
+def copy_struct_from_user(kernel: Kernel, ksize: int, uptr: int, usize: int) -> bytes:
     """copy_struct_from_user(): ``usize`` bytes at ``uptr`` as a ``ksize``-byte
     structure: a shorter one is zero-extended, a longer one must be zero beyond
     ``ksize`` (E2BIG); EFAULT if user memory cannot be read."""

@@ -27,7 +27,7 @@ import errno as _errno
 import struct as _struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from .. import trace
 from ..hw import gicv3 as G
@@ -39,6 +39,10 @@ from . import vgic_its as VI
 from .base import EEXIST, EINVAL, KernelError, fail
 from .files import O_RDWR, File, FileOperations
 from .irqbypass import IrqBypassConsumer, irqbypass_of
+
+if TYPE_CHECKING:
+    from .irq import IrqData
+    from .kernel import Kernel
 
 # Tracepoints as Linux's include/trace/events/kvm.h (kvm_set_irq, kvm_msi_set_irq), the
 # irqfd ones named after virt/kvm/eventfd.c's functions, vgic_its_trigger_msi after
@@ -70,7 +74,7 @@ GICR_CTLR_ENABLE_LPIS = 1
 PENDBASER_PTZ = 1 << 62
 
 
-def _install_anon(kernel: Any, fops: FileOperations, private: Any) -> File:
+def _install_anon(kernel: Kernel, fops: FileOperations, private: Any) -> File:
     """anon_inode_getfd(O_RDWR | O_CLOEXEC): a new file at the lowest free fd."""
     kernel.files.alloc_fd()
     file = File(kernel, fops, O_RDWR, private_data=private)
@@ -581,12 +585,13 @@ class VgicCpuIf:
         gic = getattr(kernel, "gic", None)
         if vpe is None or not vpe.mapped or gic is None:
             return None
-        resident = kernel.kvm.resident
+        kdev: KvmDev = kernel.kvm  # type: ignore[assignment]  # (a VM: /dev/kvm is there)
+        resident = kdev.resident
         if resident.get(vpe.col) != vpe.vpe_id:
             # vgic_v4_put() of whatever runs there first: GICv4 loads a vPE only over
             # a VPENDBASER whose Valid is clear (its_vpe_deschedule, then its_vpe_schedule)
-            kernel.kvm.vpe_deschedule(vpe)
-            kernel.kvm.cpu_deschedule(vpe.col)
+            kdev.vpe_deschedule(vpe)
+            kdev.cpu_deschedule(vpe.col)
             rd = gic.rd_base[vpe.col] + G.VLPI_FRAME
             kernel.bus.write(rd + G.GICR_VPROPBASER,
                              vpe.vprop | (VI.INTERRUPT_ID_BITS_ITS - 1), 8)
@@ -693,7 +698,8 @@ class VgicCpuIf:
         gic = getattr(kernel, "gic", None)
         if vpe is None or not vpe.mapped or gic is None:
             return None
-        if kernel.kvm.resident.get(vpe.col) != vpe.vpe_id:
+        # (a VM: /dev/kvm is there; no check added on the guest's acknowledge path)
+        if kernel.kvm.resident.get(vpe.col) != vpe.vpe_id:  # type: ignore[union-attr]
             return False
         cif = gic.cpuifs[vpe.col]
         if type(cif) is not G.CpuInterface:
@@ -757,7 +763,7 @@ class Memslot:
 class Kvm(FileOperations):
     """struct kvm: one VM, with its anonymous file (``kvm-vm``)."""
 
-    def __init__(self, kernel: Any) -> None:
+    def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
         self.users = 1                         # the VM file
         self.destroyed = False
@@ -1152,7 +1158,7 @@ class Kvm(FileOperations):
         (vgic_v4_init: a 64K virtual pending table each, one property table)."""
         from .gic import ItsVpe
         if not self.vpes:
-            kdev = self.kernel.kvm
+            kdev = cast(KvmDev, self.kernel.kvm)            # a VM: /dev/kvm is there
             self.vprop = self.kernel.mm.alloc(VPROP_SIZE, PAGE_SIZE)
             cpus = sorted(self.kernel.online_cpus)
             for vid in sorted(self.vcpus):
@@ -1183,7 +1189,8 @@ class Kvm(FileOperations):
         host_irq = irq.host_irq
         irq.hw, irq.host_irq = False, None
         try:
-            self.kernel.irq.set_vcpu_affinity(host_irq, VcpuInfo(VcpuCmd.UNMAP_VLPI))
+            # (a forwarded LPI had its host IRQ)
+            self.kernel.irq.set_vcpu_affinity(cast(int, host_irq), VcpuInfo(VcpuCmd.UNMAP_VLPI))
         except KernelError as e:
             self.kernel.printk(f"kvm: unmapping vLPI {irq.intid} failed: {e}")
 
@@ -1191,13 +1198,14 @@ class Kvm(FileOperations):
         """irq_set_irqchip_state(host_irq, PENDING): INT / CLEAR on the host ITS for
         the event (which the ITS turns into the vLPI of a forwarded event)."""
         from .gic import ItsDevice
-        d = self.kernel.irq.desc(host_irq).irq_data
+        d: IrqData | None = self.kernel.irq.desc(host_irq).irq_data
         while d is not None and not isinstance(d.chip_data, ItsDevice):
             d = d.parent_data
         if d is None:
             return
         dev = d.chip_data
-        self.kernel.its.send(I.Cmd.INT if pending else I.Cmd.CLEAR,
+        # (a host with an ITS forwarded it; no check added on the forwarded-MSI path)
+        self.kernel.its.send(I.Cmd.INT if pending else I.Cmd.CLEAR,  # type: ignore[union-attr]
                              d0=dev.device_id << 32, d1=d.hwirq - dev.lpi_base)
 
     # irqfd (eventfd.c)
@@ -1294,7 +1302,7 @@ def check_extension(cap: int, kvm: Kvm | None = None) -> int:
 class KvmDev(FileOperations):
     """The ``/dev/kvm`` misc device."""
 
-    def __init__(self, kernel: Any) -> None:
+    def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
         self.vms: list[Kvm] = []
         self._next_vpe_id = 0
@@ -1342,7 +1350,7 @@ class KvmDev(FileOperations):
         raise fail(EINVAL, f"/dev/kvm: ioctl {cmd:#x}")
 
 
-def kvm_init(kernel: Any) -> KvmDev:
+def kvm_init(kernel: Kernel) -> KvmDev:
     """kvm_init(): register ``/dev/kvm``; ``kernel.kvm`` is the device."""
     dev = kernel.kvm = KvmDev(kernel)
     kernel.register_chrdev("/dev/kvm", dev, dev)

@@ -31,7 +31,9 @@ from .pci import PciDriver
 
 if TYPE_CHECKING:
     from .files import CharDev
+    from .iommufd import Iommufd
     from .irqbypass import IrqBypassProducer
+    from .kernel import Kernel
 
 U32_MAX = 0xFFFF_FFFF
 DRIVER_NAME = "vfio-pci"
@@ -244,7 +246,7 @@ class VfioPciIrqCtx:
 class VfioPciCore:
     """struct vfio_pci_core_device: the bound function, its cdev and interrupt state."""
 
-    def __init__(self, kernel: Any, pdev: Any, minor: int) -> None:
+    def __init__(self, kernel: Kernel, pdev: Any, minor: int) -> None:
         self.kernel = kernel
         self.pdev = pdev
         self.minor = minor
@@ -447,8 +449,9 @@ class VfioPciCore:
                    and f.iommufd is not None), None)
         if df is None:
             return None
-        ctx = self.kernel.iommufd.ctx_from_file(df.iommufd)
-        return ctx, ctx.device(df.devid)
+        # (the search above took a file bound to an iommufd: both are set)
+        ctx = _iommufd(self.kernel).ctx_from_file(cast(File, df.iommufd))
+        return ctx, ctx.device(cast(int, df.devid))
 
     def msi_iova(self, arg: Any) -> int:
         """VFIO_DEVICE_MSI_IOVA (not upstream; the per-vector design): SET / CLEAR /
@@ -673,13 +676,18 @@ def _arg(arg: Any, cls: type) -> Any:
     return arg
 
 
-def bind_iommufd(k: Any, df: VfioDeviceFile, ictx_file: File) -> int:
+def _iommufd(k: Kernel) -> Iommufd:
+    """``k.iommufd``: VFIO's cdev binds only where the iommufd module is loaded."""
+    return cast("Iommufd", k.iommufd)
+
+
+def bind_iommufd(k: Kernel, df: VfioDeviceFile, ictx_file: File) -> int:
     """The one call into iommufd a bind makes: the device's id in that iommufd."""
-    devid: int = k.iommufd.bind_device(ictx_file, df.core.pdev)
+    devid: int = _iommufd(k).bind_device(ictx_file, df.core.pdev)
     return devid
 
 
-def unbind_iommufd(k: Any, df: VfioDeviceFile) -> None:
+def unbind_iommufd(k: Kernel, df: VfioDeviceFile) -> None:
     """vfio_df_iommufd_unbind() -> vfio_iommufd_physical_unbind(): the device object
     goes (detached, DMA ownership given back); the file keeps its iommufd reference
     until it is released."""
@@ -807,7 +815,7 @@ class VfioDeviceFops(FileOperations):
         if df.devid is None or df.iommufd is None:
             raise fail(EINVAL, "device not bound to an iommufd")
         k = file.kernel
-        ctx = k.iommufd.ctx_from_file(df.iommufd)
+        ctx = _iommufd(k).ctx_from_file(df.iommufd)
         attach.pt_id = ctx.device_attach(ctx.device(df.devid), attach.pt_id)
         return 0
 
@@ -822,7 +830,7 @@ class VfioDeviceFops(FileOperations):
         if df.devid is None or df.iommufd is None:
             return 0
         k = file.kernel
-        ctx = k.iommufd.ctx_from_file(df.iommufd)
+        ctx = _iommufd(k).ctx_from_file(df.iommufd)
         ctx.device_detach(ctx.device(df.devid))
         return 0
 
@@ -946,7 +954,7 @@ class VfioDeviceFops(FileOperations):
 class VfioPciDriver:
     """The vfio-pci driver: probe/remove and the minors in use."""
 
-    def __init__(self, kernel: Any) -> None:
+    def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
         self.fops = VfioDeviceFops()
         self.cores: dict[Any, VfioPciCore] = {}
@@ -968,7 +976,7 @@ class VfioPciDriver:
         self.kernel.unregister_chrdev(core.path)
 
 
-def vfio_pci_init(k: Any) -> VfioPciDriver:
+def vfio_pci_init(k: Kernel) -> VfioPciDriver:
     """module_init(vfio_pci_init): register "vfio-pci" with no ids."""
     drv = VfioPciDriver(k)
     k.vfio_pci = drv

@@ -33,7 +33,7 @@ subhandle 0) whose low data bits, ORed in by the device, select the entry.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from ..hw import pci as P
 from ..hw import x86 as X
@@ -47,6 +47,9 @@ from .irq import (
     IrqDomainOps,
 )
 from .msi import MsiMsg
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
 
 FIRST_EXTERNAL_VECTOR = 0x20
 IRQ_MOVE_CLEANUP_VECTOR = FIRST_EXTERNAL_VECTOR       # 6.1: the lowest external vector
@@ -117,7 +120,7 @@ class VectorDomainOps(IrqDomainOps):
 class VectorDomain:
     """The x86 vector domain: per-CPU vector tables (vector_irq), moves and cleanup."""
 
-    def __init__(self, kernel: Any, lapics: list[Any]) -> None:
+    def __init__(self, kernel: Kernel, lapics: list[Any]) -> None:
         self.kernel = kernel
         self.lapics = lapics                    # the CPUs' local APICs
         self.chip = ApicChip(self)
@@ -346,7 +349,7 @@ class IntelIr:
     QI_IN_USE, QI_DONE = 0, 1
     QI_ENTRIES = 256                         # one page of 128-bit descriptors (QS = 0)
 
-    def __init__(self, kernel: Any, vector: VectorDomain, regs_base: int,
+    def __init__(self, kernel: Kernel, vector: VectorDomain, regs_base: int,
                  entries: int = 65536) -> None:
         self.kernel, self.vector, self.regs = kernel, vector, regs_base
         self.entries = entries                           # INTR_REMAP_TABLE_ENTRIES
