@@ -3,14 +3,12 @@ does with MSI-X (enable, bus master, DMA mask, vectors, handlers)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .._doc import document_attributes
+from .kernel import Kernel  # (at run time: help() and get_type_hints read the attributes)
 from .msi import MsiType
 from .pci import PciDriver
-
-if TYPE_CHECKING:
-    from .kernel import Kernel
 
 
 def _remove(dev: Any) -> None:
