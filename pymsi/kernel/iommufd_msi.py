@@ -389,7 +389,7 @@ def new_hooks(ctx: IommufdCtx, design: str) -> MsiDesignBase:
 # -- IOMMU_OPTION (IOMMU_OPTION_MSI_DESIGN) ------------------------------------------------
 
 
-def ioctl_option(ctx: IommufdCtx, cmd: Any) -> None:
+def ioctl_option(ctx: IommufdCtx, cmd: uapi.IommuOption) -> None:
     """IOMMU_OPTION: only the non-upstream IOMMU_OPTION_MSI_DESIGN is modelled
     (global to the context: object_id 0); GET answers the index of the design in
     MSI_DESIGNS, SET switches it (EINVAL beyond the list, EBUSY once the context
@@ -429,7 +429,7 @@ class MmioPages(PinnedPages):
             self.users[i] -= 1
 
 
-def ioctl_ioas_map_msi(ctx: IommufdCtx, cmd: Any) -> None:
+def ioctl_ioas_map_msi(ctx: IommufdCtx, cmd: uapi.IommuIoasMapMsi) -> None:
     """IOMMU_IOAS_MAP_MSI (not upstream): map device ``dev_id``'s MSI doorbell page at
     ``iova`` of IOAS ``ioas_id``, write-only MMIO, as an ordinary area (mapped into
     every domain of the IOAS, removed by IOMMU_IOAS_UNMAP).  EOPNOTSUPP for flags,

@@ -265,19 +265,19 @@ class KvmDevice(FileOperations):
         """kvm_device_release(): the device stays with the VM; its reference goes."""
         self.kvm.put()
 
-    def _read_u64(self, attr: Any) -> int:
+    def _read_u64(self, attr: K.KvmDeviceAttr) -> int:
         return int.from_bytes(self.kvm.kernel.user_read(attr.addr, 8), "little")
 
-    def _write_u64(self, attr: Any, value: int) -> None:
+    def _write_u64(self, attr: K.KvmDeviceAttr, value: int) -> None:
         self.kvm.kernel.user_write(attr.addr, value.to_bytes(8, "little"))
 
-    def set_attr(self, attr: Any) -> int:
+    def set_attr(self, attr: K.KvmDeviceAttr) -> int:
         raise fail(ENXIO, "no such attribute")
 
-    def get_attr(self, attr: Any) -> int:
+    def get_attr(self, attr: K.KvmDeviceAttr) -> int:
         raise fail(ENXIO, "no such attribute")
 
-    def has_attr(self, attr: Any) -> int:
+    def has_attr(self, attr: K.KvmDeviceAttr) -> int:
         raise fail(ENXIO, "no such attribute")
 
 
@@ -342,7 +342,7 @@ class VgicV3(KvmDevice):
     _ADDRS = {K.KVM_VGIC_V3_ADDR_TYPE_DIST: ("dist_base", K.KVM_VGIC_V3_DIST_SIZE),
               K.KVM_VGIC_V3_ADDR_TYPE_REDIST: ("redist_base", K.KVM_VGIC_V3_REDIST_SIZE)}
 
-    def set_attr(self, attr: Any) -> int:
+    def set_attr(self, attr: K.KvmDeviceAttr) -> int:
         if attr.group == K.KVM_DEV_ARM_VGIC_GRP_ADDR:
             if attr.attr not in self._ADDRS:
                 raise fail(ENODEV, f"vgic address type {attr.attr}")
@@ -358,7 +358,7 @@ class VgicV3(KvmDevice):
             return 0
         raise fail(ENXIO, f"vgic group {attr.group}")
 
-    def get_attr(self, attr: Any) -> int:
+    def get_attr(self, attr: K.KvmDeviceAttr) -> int:
         if attr.group == K.KVM_DEV_ARM_VGIC_GRP_ADDR:
             if attr.attr not in self._ADDRS:
                 raise fail(ENODEV, f"vgic address type {attr.attr}")
@@ -366,7 +366,7 @@ class VgicV3(KvmDevice):
             return 0
         raise fail(ENXIO, f"vgic group {attr.group}")
 
-    def has_attr(self, attr: Any) -> int:
+    def has_attr(self, attr: K.KvmDeviceAttr) -> int:
         if attr.group == K.KVM_DEV_ARM_VGIC_GRP_ADDR and attr.attr in self._ADDRS or \
                 attr.group == K.KVM_DEV_ARM_VGIC_GRP_CTRL and \
                 attr.attr == K.KVM_DEV_ARM_VGIC_CTRL_INIT:
@@ -406,7 +406,7 @@ class VgicIts(KvmDevice, VI.VgicItsEmul):
             trace_vgic_its_trigger_msi(its=self.base, device_id=devid, event_id=eventid, ret=ret)
         return ret
 
-    def set_attr(self, attr: Any) -> int:
+    def set_attr(self, attr: K.KvmDeviceAttr) -> int:
         if attr.group == K.KVM_DEV_ARM_VGIC_GRP_ADDR:
             if attr.attr != K.KVM_VGIC_ITS_ADDR_TYPE:
                 raise fail(ENODEV, f"its address type {attr.attr}")
@@ -420,7 +420,7 @@ class VgicIts(KvmDevice, VI.VgicItsEmul):
             raise fail(ENXIO, f"its control {attr.attr}")
         raise fail(ENXIO, f"its group {attr.group}")
 
-    def get_attr(self, attr: Any) -> int:
+    def get_attr(self, attr: K.KvmDeviceAttr) -> int:
         if attr.group == K.KVM_DEV_ARM_VGIC_GRP_ADDR:
             if attr.attr != K.KVM_VGIC_ITS_ADDR_TYPE:
                 raise fail(ENODEV, f"its address type {attr.attr}")
@@ -428,7 +428,7 @@ class VgicIts(KvmDevice, VI.VgicItsEmul):
             return 0
         raise fail(ENXIO, f"its group {attr.group}")
 
-    def has_attr(self, attr: Any) -> int:
+    def has_attr(self, attr: K.KvmDeviceAttr) -> int:
         if attr.group == K.KVM_DEV_ARM_VGIC_GRP_ADDR and attr.attr == K.KVM_VGIC_ITS_ADDR_TYPE \
                 or attr.group == K.KVM_DEV_ARM_VGIC_GRP_CTRL and \
                 attr.attr == K.KVM_DEV_ARM_VGIC_CTRL_INIT:
@@ -462,7 +462,7 @@ class KvmVcpu(FileOperations):
             return self.kvm_arch_vcpu_ioctl_run(arg)
         raise fail(EINVAL, f"kvm-vcpu: ioctl {cmd:#x}")
 
-    def kvm_arch_vcpu_ioctl_run(self, run: Any) -> int:
+    def kvm_arch_vcpu_ioctl_run(self, run: K.KvmRun) -> int:
         """KVM_RUN: EFAULT without a ``struct kvm_run``; ENXIO with a vGIC whose
         distributor has no address (vgic_v3_map_resources); otherwise the vCPU enters the guest: the
         run's ``guest`` is this CPU in guest mode and, as the model never leaves it,
@@ -838,13 +838,14 @@ class Kvm(FileOperations):
         if cmd == K.KVM_CHECK_EXTENSION:
             return check_extension(_arg_int(arg), self)
         # (each handler takes the argument its command's IOCTLS entry names)
-        handler: Callable[[Any], Any] | None = {
+        handlers: dict[int, Callable[[Any], Any]] = {
             K.KVM_CREATE_DEVICE: self.create_device,
             K.KVM_SET_GSI_ROUTING: self.set_gsi_routing,
             K.KVM_IRQFD: self.irqfd,
             K.KVM_SIGNAL_MSI: self.signal_msi,
             K.KVM_CREATE_VCPU: self.create_vcpu,
-            K.KVM_SET_USER_MEMORY_REGION: self.set_user_memory_region}.get(cmd)
+            K.KVM_SET_USER_MEMORY_REGION: self.set_user_memory_region}
+        handler = handlers.get(cmd)
         if handler is None:
             raise fail(EINVAL, f"kvm-vm: ioctl {cmd:#x}")
         argtype = K.IOCTLS[cmd]
@@ -854,7 +855,7 @@ class Kvm(FileOperations):
             raise fail(_errno.EFAULT, f"argument is not a {argtype}")
         return handler(arg)
 
-    def create_device(self, cd: Any) -> int:
+    def create_device(self, cd: K.KvmCreateDevice) -> int:
         """kvm_ioctl_create_device(): ENODEV for a type this VM has no ops for,
         0 at once with KVM_CREATE_DEVICE_TEST, EEXIST for a second vGIC."""
         cls = {K.KVM_DEV_TYPE_ARM_VGIC_V3: VgicV3,
@@ -886,7 +887,7 @@ class Kvm(FileOperations):
 
     # routing (irqchip.c)
 
-    def set_gsi_routing(self, routing: Any) -> int:
+    def set_gsi_routing(self, routing: K.KvmIrqRouting) -> int:
         """KVM_SET_GSI_ROUTING: the whole table at once, or EINVAL and no change.
 
         The table is replaced on every call, as in Linux; what is kept from the last
@@ -973,7 +974,7 @@ class Kvm(FileOperations):
             raise fail(-ret, f"vITS refused MSI ({devid:#x}, {data:#x})")
         return 0 if ret else 1
 
-    def signal_msi(self, msi: Any) -> int:
+    def signal_msi(self, msi: K.KvmMsi) -> int:
         """KVM_SIGNAL_MSI (kvm_send_userspace_msi()): EINVAL without an in-kernel
         irqchip (no vGIC created) or for flags other than KVM_MSI_VALID_DEVID."""
         if self.vgic is None:
@@ -1010,7 +1011,7 @@ class Kvm(FileOperations):
 
     # memory slots and guest memory (kvm_main.c)
 
-    def set_user_memory_region(self, mem: Any) -> int:
+    def set_user_memory_region(self, mem: K.KvmUserspaceMemoryRegion) -> int:
         """KVM_SET_USER_MEMORY_REGION (__kvm_set_memory_region): EINVAL for unknown
         flags, unaligned size / guest or user address, a slot out of range, a wrap,
         deleting an empty slot or resizing / moving the user side of one; EEXIST
@@ -1210,7 +1211,7 @@ class Kvm(FileOperations):
 
     # irqfd (eventfd.c)
 
-    def irqfd(self, args: Any) -> int:
+    def irqfd(self, args: K.KvmIrqfd) -> int:
         """KVM_IRQFD: assign, or with KVM_IRQFD_FLAG_DEASSIGN deassign."""
         if args.flags & ~(K.KVM_IRQFD_FLAG_DEASSIGN | K.KVM_IRQFD_FLAG_RESAMPLE):
             raise fail(EINVAL, f"irqfd flags {args.flags:#x}")
