@@ -31,6 +31,7 @@ from .iommu import (
 
 if TYPE_CHECKING:
     from .kernel import Kernel
+    from .msi import MsiDesc
 
 DMA_BIT_MASK_32 = (1 << 32) - 1
 
@@ -186,7 +187,7 @@ class DmaIommu:
 
     # -- MSIs ------------------------------------------------------------------------------
 
-    def sw_msi(self, domain: IommuDomain, desc: Any, msi_addr: int) -> None:
+    def sw_msi(self, domain: IommuDomain, desc: MsiDesc, msi_addr: int) -> None:
         """iommu_dma_sw_msi(): map the doorbell page on demand; reuse it after."""
         cookie: Cookie = domain.cookie
         granule = cookie.granule
