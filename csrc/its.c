@@ -269,3 +269,21 @@ long pymsi_msix_gather(const uint8_t *table, size_t nvec, int masked_all,
     }
     return ok;
 }
+
+int64_t pymsi_msi_fire(const pymsi_mem *m, pymsi_tlb *tlb, const pymsi_streams *s,
+                       const pymsi_mem *ram, const pymsi_itc *itc, pymsi_mem *gicmem,
+                       const uint32_t *limits, const uint64_t *tables, size_t nproc,
+                       struct pymsi_result *r, uint32_t sid, uint64_t iova, uint32_t dev,
+                       uint32_t event, uint64_t doorbell)
+{
+    if (pymsi_stream_translate(m, tlb, s, sid, iova, 1, r))
+        return PYMSI_FIRE_NONE;
+    if (r->fault_kind || r->pa != doorbell || pymsi_mem_is_ram(ram, doorbell, 4))
+        return PYMSI_FIRE_TRANSLATED;
+    const struct itc_slot *e = itc_find(itc, itc_key(dev, event));
+    if (!e || e->proc >= nproc || e->intid < PYMSI_LPI_BASE || e->intid >= limits[e->proc])
+        return PYMSI_FIRE_TRANSLATED;
+    uint64_t table = tables[e->proc], addr = table + (e->intid >> 3);
+    int old = addr < table ? -EFAULT : pymsi_mem_bit(gicmem, addr, e->intid & 7, PYMSI_BIT_SET);
+    return (int64_t)e->proc << 34 | (int64_t)e->intid << 2 | (old < 0 ? 2 : old);
+}

@@ -282,6 +282,27 @@ long pymsi_itc_lookup_batch(const pymsi_itc *t, uint32_t dev, const uint32_t *ev
 long pymsi_msix_gather(const uint8_t *table, size_t nvec, int masked_all,
                        const uint32_t *vectors, size_t n, uint64_t *addr, uint32_t *data,
                        int32_t *status);
+/*
+ * One MSI write along a cached route (its.c), the C parts of the single path in
+ * one call: the SMMU's stream translate of (sid, iova) for a write, as
+ * pymsi_stream_translate does it (into *r); then, when that is a translation to
+ * `doorbell` (an ITS's GITS_TRANSLATER, not RAM in `ram`), the ITS translation
+ * cache's entry for (dev, event), if its processor is below nproc and its INTID
+ * in [8192, limits[proc]): bit INTID of the pending table at tables[proc] in
+ * `gicmem` is set.  Returns PYMSI_FIRE_NONE when the stream translator does not
+ * answer (nothing done, *r left alone); PYMSI_FIRE_TRANSLATED when it did (*r
+ * holds the result: a fault, another address, RAM, or no usable cache entry) and
+ * nothing else was done; otherwise proc << 34 | intid << 2 | the pending bit as
+ * it was (0 or 1), or 2 when its byte is not RAM (nothing written).  Never
+ * allocates.
+ */
+#define PYMSI_FIRE_NONE -1
+#define PYMSI_FIRE_TRANSLATED -2
+int64_t pymsi_msi_fire(const pymsi_mem *m, pymsi_tlb *tlb, const pymsi_streams *s,
+                       const pymsi_mem *ram, const pymsi_itc *itc, pymsi_mem *gicmem,
+                       const uint32_t *limits, const uint64_t *tables, size_t nproc,
+                       struct pymsi_result *r, uint32_t sid, uint64_t iova, uint32_t dev,
+                       uint32_t event, uint64_t doorbell);
 /* cdef-end */
 
 #endif

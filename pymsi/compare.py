@@ -272,10 +272,12 @@ def _fmt(items: list[Any]) -> str:
 class Scenario:
     """One row: a VMM under ``design`` with a ``paging`` or ``nested`` SMMU set-up,
     driven step by step; each step fills a :class:`StepObs` with what the machine
-    shows.  A VMM call that fails ends its step and is kept as a note of the row."""
+    shows.  A VMM call that fails ends its step and is kept as a note of the row.
+    ``hooks`` (a :class:`~pymsi.kernel.iommufd_msi.MsiDesignBase` subclass) replaces the
+    kernel's design object of the VMM's iommufd context: a variant under test."""
 
-    def __init__(self, design: str, smmu: str) -> None:
-        self.design, self.smmu = design, smmu
+    def __init__(self, design: str, smmu: str, hooks: type | None = None) -> None:
+        self.design, self.smmu, self.hooks = design, smmu, hooks
         self.nested = smmu == "nested"
         self.vmm: Vmm | None = None
         self.chosen: dict[tuple[int, int], int] = {}         # (dev, vec) -> VMM's address
@@ -486,6 +488,9 @@ class Scenario:
     def step_setup(self, obs: StepObs) -> None:
         self.vmm = Vmm(self.design, smmu="nested" if self.nested else "s1", n=2,
                        devices=[{"msix": DEV_VECTORS}] * 2, ram_size=RAM_SIZE, gicv4=True)
+        if self.hooks is not None:
+            ctx = self.vmm.ctx()
+            ctx.msi = self.hooks(ctx)
         self._hook_gic()
         self._vmm.bind(0)
         self.attach(0)

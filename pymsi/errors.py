@@ -72,11 +72,22 @@ class DeviceModelError(InvalidArgument, LookupError):
     description it is the bad value of ``model``, hence also an :class:`InvalidArgument`."""
 
 
+class InvariantViolation(PymsiError, AssertionError):
+    """A property test found an invariant of DESIGN.md broken (raised by
+    :mod:`pymsi.testing.invariants`): ``invariant`` (its name), ``step`` (the step of
+    the run that broke it) and ``detail`` (what the machine showed)."""
+
+    def __init__(self, invariant: str, step: str, detail: str) -> None:
+        super().__init__(f"{invariant} broken at {step!r}: {detail}")
+        self.invariant, self.step, self.detail = invariant, step, detail
+
+
 __all__ = [
     "AlreadyExists",
     "BusError",
     "DeviceModelError",
     "InvalidArgument",
+    "InvariantViolation",
     "KernelError",
     "MsiNotMapped",
     "OutOfMemory",

@@ -30,3 +30,11 @@ class Dev:
 
     def __repr__(self) -> str:
         return f"dev {self.rid:#06x}"
+
+
+def examples(n: int) -> int:
+    """``n`` examples under the default hypothesis profile, proportionally more under
+    ``HYPOTHESIS_PROFILE=deep`` (for tests that fix a small max_examples of their own)."""
+    from hypothesis import settings
+
+    return max(1, n * settings.default.max_examples // 100)

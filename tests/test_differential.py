@@ -12,11 +12,13 @@ import array
 import random
 
 import pytest
-from hypothesis import given
+from hypothesis import event as note_event
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pymsi import errors
-from pymsi.core import Stage1, Stage2, XlateConfig, encode_status
+from pymsi.core import Stage2, XlateConfig, encode_status
+from pymsi.testing.strategies import table_bases, xlate_configs
 
 RAM = 0x0001_0000           # 64 KiB aligned
 RAM_SIZE = 0x1_0000         # one 64 KiB table's worth of descriptors: most reads hit one
@@ -54,10 +56,6 @@ addresses = st.one_of(
     st.integers(0, 2**40 - 1).map(lambda a: a | (0xFFFF << 48)),
     st.integers(0, 0xFF).map(lambda t: (t << 56) | 0x1234_5000),
 )
-table_bases = st.one_of(st.integers(RAM, RAM + RAM_SIZE - 1), st.integers(RAM, RAM + RAM_SIZE - 1),
-                        st.integers(RAM, RAM + RAM_SIZE - 1), st.integers(0, 2**64 - 1))
-
-
 def iovas_for(cfg):
     """Input addresses, most of them inside what ``cfg`` can translate."""
     choices = [addresses]
@@ -73,40 +71,9 @@ def iovas_for(cfg):
     return st.one_of(*choices)
 
 
-@st.composite
-def stage1s(draw):
-    kw = {}
-    for n in (0, 1):
-        kw[f"epd{n}"] = draw(st.integers(0, 3)) == 0
-        kw[f"ttb{n}"] = draw(table_bases)
-        kw[f"tsz{n}"] = draw(st.integers(16, 39))
-        kw[f"granule{n}"] = draw(st.sampled_from(GRANULES))
-        kw[f"had{n}"] = draw(st.booleans())
-        kw[f"tbi{n}"] = draw(st.booleans())
-    kw["ips"] = draw(st.sampled_from((32, 36, 40, 42, 44, 48)))
-    kw["affd"] = draw(st.booleans())
-    return Stage1(**kw)
-
-
-@st.composite
-def stage2s(draw):
-    while True:
-        granule = draw(st.sampled_from(GRANULES))
-        try:
-            return Stage2(vttb=draw(table_bases), tsz=draw(st.integers(16, 39)),
-                          sl0=draw(st.integers(0, 2)), granule=granule,
-                          ps=draw(st.sampled_from((32, 36, 40, 42, 44, 48))),
-                          affd=draw(st.booleans()))
-        except errors.InvalidArgument:
-            continue
-
-
-@st.composite
-def configs(draw):
-    which = draw(st.sampled_from(("s1", "s2", "nested")))
-    s1 = draw(stage1s()) if which != "s2" else None
-    s2 = draw(stage2s()) if which != "s1" else None
-    return XlateConfig(s1, s2, asid=draw(st.integers(0, 3)), vmid=draw(st.integers(0, 3)))
+def configs():
+    """Stage 1, stage 2 or nested, tables mostly in RAM (pymsi.testing's)."""
+    return xlate_configs(ttb=table_bases(ram=(RAM, RAM_SIZE)))
 
 
 def memories(backends, seed):
@@ -415,3 +382,120 @@ def test_stream_translator_leaves_the_full_path_to_the_caller(backends):
         assert fn(3, 0x1000, True).fault is not None          # no RAM: a walk fault
         with pytest.raises(TypeError):
             b.stream_translator(m, s, tlb=object())
+
+
+# -- msi_router: one MSI write along a cached route (csrc/its.c pymsi_msi_fire) ------------
+
+_U32_BAD = st.sampled_from([-1, 2**32, 1.5, None, "1"])
+_U64_BAD = st.sampled_from([-1, 2**64, 1.5, None])
+_PT, _PT_SIZE = 0x10_0000, 0x1_0000          # page tables (and a RAM page at its end)
+_PEND, _PEND_SIZE = 0x20_0000, 0x2000        # pending tables
+_DOORBELL = 0x0809_0000                      # not RAM: an ITS's page
+
+
+def _route_memory(b, pages):
+    """A memory with page tables mapping IOVA page k to pages[k] = (pa, writable)."""
+    from pymsi.core import Prot
+    from pymsi.core.pgtable import IoPgtable, TableAllocator
+    m = b.Memory()
+    m.add_ram(_PT, _PT_SIZE)
+    m.add_ram(_PEND, _PEND_SIZE)
+    pt = IoPgtable(m, TableAllocator(m, _PT, _PT_SIZE - 0x1000), "s1", 4096, 32, 40)
+    for k, (pa, writable) in enumerate(pages):
+        if pa is not None:
+            pt.map(k << 12, pa, 4096, Prot.READ | (Prot.WRITE if writable else 0))
+    return m, XlateConfig(pt.stage1_config())
+
+
+@settings(max_examples=300)
+@given(pages=st.lists(st.tuples(
+           st.sampled_from([None, _DOORBELL, _DOORBELL, _DOORBELL, _DOORBELL + 0x1000,
+                            _PT + _PT_SIZE - 0x1000]),
+           st.sampled_from([True, True, True, False])), min_size=1, max_size=4),
+       cached=st.lists(st.one_of(st.none(), *[st.tuples(
+           st.one_of(st.integers(8190, 8300), st.integers(8192, 8300), st.integers(8192, 70000),
+                     st.just(2**32 - 1)), st.sampled_from([0, 0, 1, 4]))] * 3),
+           min_size=4, max_size=4),
+       limits=st.lists(st.sampled_from([0, 8192, 8200, 1 << 16, 1 << 16, 1 << 16, 2**32 - 1]),
+                       min_size=1, max_size=4),
+       tables=st.lists(st.one_of(st.integers(_PEND, _PEND + _PEND_SIZE - 1),
+                                 st.just(_PEND), st.integers(0, 2**64 - 1), st.just(2**64 - 1)),
+                       min_size=4, max_size=4),
+       items=st.lists(st.one_of(*[
+           st.tuples(st.sampled_from([0, 0, 0, 1, 2, 3, 4, 5]),
+                     st.sampled_from([0, 0, 0, 1, 2, 5]).map(lambda k: k << 12 | 0x40),
+                     st.integers(0, 1), st.integers(0, 1),
+                     st.sampled_from(["its page", "its page", "its page", _DOORBELL + 0x40, 0]))
+       ] * 3,
+           st.tuples(st.one_of(st.integers(0, 5), _U32_BAD), st.one_of(addresses, _U64_BAD),
+                     st.one_of(st.integers(0, 2), _U32_BAD), st.one_of(st.integers(0, 3), _U32_BAD),
+                     st.one_of(addresses, _U64_BAD))), min_size=1, max_size=24),
+       cap=st.one_of(st.none(), st.integers(1, 8)), wrapped=st.booleans())
+def test_msi_routers_agree(backends, pages, cached, limits, tables, items, cap, wrapped):
+    """msi_router's fire: the same answer (or exception class) item by item, the same
+    translation handed back by last(), the same memory (pending bits) and IOTLB
+    afterwards.  StreamIDs 0-2 translate through a page table mapping IOVA pages to the
+    doorbell (writable or not), another page, RAM or nothing; 3 bypasses, 4 aborts, 5 is
+    not known."""
+    from pymsi.core import STREAM_ABORT, STREAM_BYPASS, STREAM_TRANSLATE
+    results = []
+    for b in backends:
+        m, cfg = _route_memory(b, pages)
+        s = b.Streams()
+        for sid in (0, 1, 2):
+            s.set(sid, STREAM_TRANSLATE, cfg, 0)
+        s.set(3, STREAM_BYPASS)
+        s.set(4, STREAM_ABORT)
+        tlb = None if cap is None else b.Iotlb(cap)
+        xl = b.stream_translator(m, s, tlb, wrap=(lambda w: ("ok", w)) if wrapped else None)
+        itc = b.ItsCache()
+        for k, entry in enumerate(cached):      # (DeviceID, EventID) = (k // 2, k % 2)
+            if entry is not None:
+                itc.set(k // 2, k % 2, *entry)
+        lim = array.array("I", limits)
+        tab = array.array("Q", (tables * 2)[:len(limits)])
+        fire, last = b.msi_router(xl, m, itc, m, lim, tab)
+        out = []
+        for sid, iova, dev, event, doorbell in items:
+            if doorbell == "its page":          # where the page of iova is mapped, if it is
+                page = pages[iova >> 12][0] if iova >> 12 < len(pages) else None
+                doorbell = 0 if page is None else page + 0x40
+            try:
+                rc = fire(sid, iova, dev, event, doorbell)
+            except Exception as e:  # the exception class is part of the behaviour compared
+                out.append(type(e))
+                continue
+            note_event(f"fire: {rc if rc < 0 else ('set', 'no RAM')[rc & 3 == 2]}")
+            out.append((rc, last() if rc == b.FIRE_TRANSLATED else None))
+        results.append((out, m.read(_PT, _PT_SIZE), m.read(_PEND, _PEND_SIZE),
+                        None if tlb is None else (tlb.entries(), tlb.hits, tlb.misses)))
+    assert results[0] == results[1]
+
+
+def test_msi_router_bad_arguments_alike(backends):
+    """msi_router refuses what is not its backend's, or arrays not as it reads them, with
+    the same exception class on both cores."""
+    outs = []
+    for b in backends:
+        other = backends[1] if b is backends[0] else backends[0]
+        m, itc, s = b.Memory(), b.ItsCache(), b.Streams()
+        xl = b.stream_translator(m, s)
+        lim, tab = array.array("I", [0]), array.array("Q", [0])
+        cases = [(xl, m, itc, m, lim, tab),
+                 (other.stream_translator(other.Memory(), other.Streams()), m, itc, m, lim, tab),
+                 (lambda *a: None, m, itc, m, lim, tab),
+                 (xl, object(), itc, m, lim, tab), (xl, m, other.ItsCache(), m, lim, tab),
+                 (xl, m, itc, other.Memory(), lim, tab),
+                 (xl, m, itc, m, array.array("Q", [0]), tab), (xl, m, itc, m, [0], tab),
+                 (xl, m, itc, m, lim, array.array("Q", [0, 0])),
+                 (xl, m, itc, m, array.array("I"), array.array("Q"))]
+        row = []
+        for args in cases:
+            try:
+                b.msi_router(*args)
+                row.append("ok")
+            except Exception as e:  # the exception class is part of the behaviour compared
+                row.append(type(e))
+        outs.append(row)
+    assert outs[0] == outs[1]
+    assert outs[0][0] == "ok" and "ok" not in outs[0][1:]

@@ -31,7 +31,7 @@ U64 = 2**64
 CLASSES = ("Memory", "Iotlb", "MsiTable", "Streams", "ItsCache")
 FUNCTIONS = ("walk", "translate", "compose_batch", "translate_batch", "msi_batch",
              "stream_batch", "stream_translator", "pending_batch", "its_lookup_batch",
-             "msix_gather")
+             "msix_gather", "msi_router")
 
 
 def entry_points() -> list[tuple[str, str | None]]:

@@ -23,6 +23,7 @@ from pymsi.hw.gicv3 import SPURIOUS
 from pymsi.hw.pci import Bar, MsiConfig, MsixConfig, PciFunction
 from pymsi.hw.smmuv3 import Outcome, SMMUv3
 from pymsi.hw.smmuv3_regs import EventType
+from pymsi.testing.strategies import mutated
 
 from hw_rig import (
     DOORBELL,
@@ -52,19 +53,9 @@ POINTER_REGS = {0x90, 0x9C, 0xA0, 0x100A8, 0x100AC}   # queue bases and pointers
 
 
 def flip(draw, value: int, bits: int = 64) -> int:
-    """``value`` unchanged, with one field replaced, or with one bit flipped."""
-    how = draw(st.sampled_from(["keep", "bit", "field", "random"]))
-    event(f"mutation: {how}")
-    if how == "bit":
-        return value ^ 1 << draw(st.integers(0, bits - 1))
-    if how == "field":
-        lo = draw(st.integers(0, bits - 1))
-        hi = draw(st.integers(lo, min(bits - 1, lo + 11)))
-        mask = ((1 << (hi - lo + 1)) - 1) << lo
-        return (value & ~mask) | (draw(st.integers(0, 2**64 - 1)) << lo & mask)
-    if how == "random":
-        return draw(st.integers(0, (1 << bits) - 1))
-    return value
+    """``value`` unchanged, with one field replaced, or with one bit flipped
+    (pymsi.testing's ``mutated``)."""
+    return draw(mutated(value, bits=bits))
 
 
 # --- a whole Arm platform: GIC + ITS, SMMU (MSIs on the bus), an MSI-X function -----

@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pymsi.hw.gicv3 import SPURIOUS
+from pymsi.testing.strategies import its_commands
 
 from hw_rig import ITS_BASE, TRANSLATER, ItsDriver, Platform
 
@@ -15,25 +16,10 @@ NCPUS, DEVS, EVENTS = 4, 4, 8
 LPI0 = 8192
 
 
-@st.composite
-def its_command(draw):
-    """A command over a small universe, or garbage."""
-    dev = draw(st.integers(0, DEVS))                 # DEVS itself: never mapped
-    ev = draw(st.integers(0, EVENTS + 2))
-    icid = draw(st.integers(0, NCPUS + 1))
-    kind = draw(st.sampled_from(["MAPD", "MAPC", "MAPTI", "MAPI", "MOVI", "DISCARD", "INT",
-                                 "CLEAR", "INV", "INVALL", "SYNC", "MOVALL", "garbage"]))
-    if kind == "garbage":
-        # Random words, but not with an opcode that changes mappings (MOVI, MAPD, MAPC,
-        # MAPTI, MAPI, DISCARD): those the model would have to decode to follow.
-        words = [draw(st.integers(0, 2**64 - 1)) for _ in range(4)]
-        if words[0] & 0xFF in (0x01, 0x08, 0x09, 0x0A, 0x0B, 0x0F):
-            words[0] ^= 0x80
-        return kind, words
-    return kind, dict(dev=dev, ev=ev, icid=icid, v=draw(st.booleans()),
-                      size=draw(st.integers(0, 3)),
-                      lpi=draw(st.sampled_from([LPI0 + draw(st.integers(0, 63)), 100, 1 << 17])),
-                      cpu=draw(st.integers(0, NCPUS + 1)), cpu2=draw(st.integers(0, NCPUS)))
+def its_command():
+    """A command over this file's small universe, or garbage (pymsi.testing's)."""
+    return its_commands(devices=DEVS, events=EVENTS, collections=NCPUS + 1, cpus=NCPUS,
+                        lpi_base=LPI0)
 
 
 class Model:

@@ -24,6 +24,7 @@ from pymsi.kernel.base import KernelError, parse_cpumask
 from pymsi.kernel.drivers import MsiCountingDriver
 from pymsi.kernel.msi import MsiType
 from pymsi.machine import ArmVirt, X86Pc
+from pymsi.testing.strategies import proc_inputs
 
 from kernel_util import errno_of
 
@@ -146,42 +147,11 @@ def test_parse_cpumask_matches_bitmap_parse_cases(text, nbits, linux):
     assert ref_bitmap_parse(data, nbits) == want          # the reference agrees too
 
 
-_pieces = st.sampled_from([b",", b" ", b",,", b"\t", b"\xa0", b", ", b"\n", b"\x00"])
-
-
-@st.composite
-def cpumask_texts(draw):
-    """Valid masks (groups of 1-8 digits, mixed case and separators), then
-    mutated byte by byte: inserted, deleted and replaced bytes, long groups,
-    prefixes and junk after a newline."""
-    groups = draw(st.lists(st.integers(0, 0xFFFF_FFFF), min_size=0, max_size=18))
-    out = b""
-    for i, g in enumerate(groups):
-        digits = f"{g:x}"
-        pad = draw(st.integers(0, 9))                      # up to 9+ digits: overflow
-        digits = "0" * pad + digits
-        if draw(st.booleans()):
-            digits = digits.upper()
-        out += digits.encode()
-        if i != len(groups) - 1:
-            out += draw(st.sampled_from([b",", b",,", b" ", b", ", b"\t", b"\xa0"]))
-    if draw(st.booleans()):
-        out = draw(st.sampled_from([b"", b" ", b",", b"0x", b"x", b"\n"])) + out
-    if draw(st.booleans()):
-        out += draw(st.sampled_from([b"", b" ", b",", b"\n", b"\nzz", b"\x00"]))
-    for _ in range(draw(st.integers(0, 3))):
-        op = draw(st.sampled_from(["insert", "delete", "replace"]))
-        at = draw(st.integers(0, len(out)))
-        byte = draw(st.one_of(st.integers(0, 255).map(lambda b: bytes([b])), _pieces,
-                              st.sampled_from([b"0", b"f", b"F", b"g", b"x", b"-"])))
-        if op == "insert":
-            out = out[:at] + byte + out[at:]
-        elif op == "delete" and at < len(out):
-            out = out[:at] + out[at + 1:]
-        elif at < len(out):
-            out = out[:at] + byte[:1] + out[at + 1:]
-        event(f"mutation: {op}")
-    return out
+def cpumask_texts():
+    """Valid masks (groups of 1-8 digits, mixed case and separators), then mutated byte
+    by byte: inserted, deleted and replaced bytes, long groups, prefixes and junk after
+    a newline (pymsi.testing's /proc inputs)."""
+    return proc_inputs()
 
 
 @given(data=cpumask_texts(), nbits=st.sampled_from([1, 4, 31, 32, 40, 64, 100, 512]))

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from pymsi import core
 from pymsi.hw.smmuv3 import Outcome
 from pymsi.hw.smmuv3_regs import EventType
+from pymsi.testing import strategies as pst
 
 from smmu_driver import CMDQ_CONS, CMDQ_PROD, GERROR, GERRORN, pack, ste_words
 from test_smmuv3 import PT_POOL, RAM, RW, TARGET, Env
@@ -19,25 +20,15 @@ CD_AT = RAM + 0x0140_0000
 KNOWN_EVENTS = {int(e) for e in EventType}
 
 
-@st.composite
-def ste_like(draw):
-    """STE words: random, or random with a plausible Config / context pointer / S2TTB."""
-    words = draw(st.lists(u64, min_size=8, max_size=8))
-    if draw(st.booleans()):
-        config = draw(st.sampled_from([0, 4, 5, 6, 7, 1]))
-        words[0] = (words[0] & ~0x000F_FFFF_FFFF_FFCF) | 1 | config << 1 | CD_AT
-        words[0] &= ~(0x1F << 59) if draw(st.booleans()) else ~0
-        words[3] = PT_POOL if draw(st.booleans()) else words[3]
-    return words
+def ste_like():
+    """STE words: well-formed ones (Config abort/bypass/S1/S2/nested, the CD at CD_AT, the
+    stage 2 at PT_POOL) mutated, or random words (pymsi.testing's)."""
+    return pst.ste_words(valid=False, ctxptr=CD_AT, s2ttb=PT_POOL)
 
 
-@st.composite
-def cd_like(draw):
-    words = draw(st.lists(u64, min_size=8, max_size=8))
-    if draw(st.booleans()):
-        words[0] = (words[0] | 1 << 31 | 1 << 41 | 1 << 46) & ~(1 << 44 | 3 << 42 | 1 << 15)
-        words[1] = PT_POOL | (words[1] & 2)
-    return words
+def cd_like():
+    """CD words: a well-formed CD with TTB0 at PT_POOL, mutated, or random words."""
+    return pst.cd_words(valid=False, ttb0=PT_POOL)
 
 
 def garbage_env(ste, cd, leaf, backend=None):

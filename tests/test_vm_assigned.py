@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import pytest
 from hypothesis import settings
-from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from pymsi import trace
 from pymsi.kernel.msi import MsiMsg
 from pymsi.machine import VirtualMachine
 from pymsi.machine.platforms import MSI_DESIGNS
+from pymsi.testing.machines import AssignedGuest
 
 DOORBELL_GPA = 0x0809_0040
 SW_MSI = 0x0800_0040                # the host's SW_MSI window, first page + GITS_TRANSLATER
@@ -225,150 +224,13 @@ def test_an_lpi_pending_while_disabled_across_an_flr(gicv4, first_flr):
 
 # -- a state machine of guest-level actions on assigned devices ---------------------------------
 
-class AssignedGuest(RuleBasedStateMachine):
-    """Fire, move, mask / unmask, reprogram and reset from the guest, on a machine drawn
-    from the configurations that deliver; after every step each interrupt the guest should
-    have taken was taken exactly once, by the right handler, on the vCPU /proc shows."""
-
-    @initialize(vsmmu=st.sampled_from([None, "accel"]), gicv4=st.booleans(),
-                design=st.sampled_from(["per-vector", "sw-msi"]), ncpus=st.integers(1, 4))
-    def boot(self, vsmmu, gicv4, design, ncpus):
-        self.vm = boot(vsmmu=vsmmu, gicv4=gicv4, variant=design, guest_ncpus=ncpus,
-                       devices=[{"model": "nic", "queues": 6}])
-        self.gicv4 = gicv4
-        self.ncpus = ncpus
-        self.n = 6
-        self.expected: list[tuple[int, int]] = []
-        self.depth = [0] * self.n
-        self.held: set[int] = set()           # pending in the device (PBA)
-        self.lpi_pending: set[int] = set()    # pending in the guest's (v)ITS, LPI disabled
-        self.alias: dict[int, int] = {}       # vector -> the vector whose message it carries
-        # GICv4: the LPI each host vector forwards (LPI -> vector), and the pending LPIs
-        # whose state is in the vPE's pending table rather than KVM's pending_latch.
-        self.fwd: dict[int, int] = {v: v for v in range(self.n)} if gicv4 else {}
-        self.vpt: set[int] = set()
-        descs = self.vm.slots[0].guest_pdev.msi_descs
-        self.msgs = [MsiMsg.of(descs[v].msg.address, descs[v].msg.data) for v in range(6)]
-
-    def _cpu(self, v):
-        return self.vm.guest_cpu_of(0, v)
-
-    def _unforward(self, v):
-        """The host vector ``v`` stops feeding KVM's irqfd (the guest masked it, the VMM
-        turned MSI-X off, or its route changed): kvm_vgic_v4_unset_forwarding() unmaps
-        the vLPI it forwarded with a DISCARD (its_vlpi_unmap), which clears the vLPI's
-        bit in the vPE's pending table; Linux carries nothing back to the vgic, so a
-        vLPI pending there while disabled is lost."""
-        for lpi in [t for t, u in self.fwd.items() if u == v]:
-            del self.fwd[lpi]
-            if lpi in self.vpt:
-                self.vpt.discard(lpi)
-                self.lpi_pending.discard(lpi)
-
-    def _forward(self, v):
-        """The host vector ``v`` feeds KVM's irqfd again: with GICv4 it forwards its
-        route's LPI unless another vector already does (kvm_vgic_v4_set_forwarding skips
-        a mapped vLPI); a pending_latch goes to the vPE's pending table."""
-        if not self.gicv4:
-            return
-        lpi = self.alias.get(v, v)
-        if lpi not in self.fwd:
-            self.fwd[lpi] = v
-            if lpi in self.lpi_pending:
-                self.vpt.add(lpi)
-
-    def _send(self, v):
-        """Vector ``v``'s message reaches the guest's ITS: the LPI of the vector whose
-        message it carries, which stays pending while that interrupt is disabled (the
-        guest's disable_irq masks the LPI too) -- in the vPE's pending table if a host
-        vector forwards that LPI, else in KVM's pending_latch."""
-        target = self.alias.get(v, v)
-        if self.depth[target]:
-            self.lpi_pending.add(target)
-            if target in self.fwd:
-                self.vpt.add(target)
-        else:
-            self.expected.append((target, self._cpu(target)))
-
-    def _deliver(self, v):
-        if self.depth[v]:                     # masked in the device: held in the PBA
-            self.held.add(v)
-        else:
-            self._send(v)
-
-    @rule(v=st.integers(0, 5))
-    def fire(self, v):
-        self.vm.host_function(0).notify(v)
-        self.vm.run()
-        self._deliver(v)
-
-    @rule(v=st.integers(0, 5), cpu=st.integers(0, 3))
-    def move(self, v, cpu):
-        cpu %= self.ncpus
-        self.vm.set_guest_affinity(0, v, cpu)
-        assert self._cpu(v) == cpu
-
-    @rule(v=st.integers(0, 5))
-    def mask(self, v):
-        self.vm.guest.irq.disable_irq(self.vm.guest_irq(0, v))
-        self.depth[v] += 1
-        if self.depth[v] == 1:                # masked in the device: the VMM's own eventfd
-            self._unforward(v)
-
-    @precondition(lambda self: any(self.depth))
-    @rule(data=st.data())
-    def unmask(self, data):
-        v = data.draw(st.sampled_from([i for i in range(self.n) if self.depth[i]]))
-        self.vm.guest.irq.enable_irq(self.vm.guest_irq(0, v))
-        self.depth[v] -= 1
-        self.vm.run()
-        if self.depth[v]:
-            return
-        self._forward(v)                      # unmasked in the device: KVM's irqfd again
-        if v in self.lpi_pending:             # the LPI enabled again: taken now
-            self.lpi_pending.discard(v)
-            self.vpt.discard(v)
-            self.expected.append((v, self._cpu(v)))
-        if v in self.held:                    # the device sends what its PBA held
-            self.held.discard(v)
-            self._send(v)
-
-    @rule(v=st.integers(0, 5), w=st.integers(0, 5))
-    def reprogram(self, v, w):
-        """The guest writes vector ``w``'s message into vector ``v``'s entry."""
-        descs = self.vm.slots[0].guest_pdev.msi_descs
-        self.vm.guest.msi.write_msg(descs[v], self.msgs[w])
-        changed = self.alias.get(v, v) != w
-        self.alias[v] = w
-        self.vm.run()
-        if changed and not self.depth[v]:     # a live vector's new route
-            self._unforward(v)
-            self._forward(v)
-
-    @rule()
-    def reset(self):
-        """The guest's FLR: the messages come back from the guest's descriptors (a
-        reprogrammed one as reprogrammed); what was pending in the device is gone.  The
-        VMM turns the host's vectors off around the reset (every forwarding unset, see
-        :meth:`_unforward`) and on again in vector order (:meth:`_forward`)."""
-        self.vm.slots[0].guest_pdev.reset_function()
-        self.vm.run()
-        self.held.clear()
-        for v in range(self.n):
-            self._unforward(v)
-        for v in range(self.n):
-            if not self.depth[v]:
-                self._forward(v)
-
-    @invariant()
-    def delivered_exactly_as_expected(self):
-        """Exactly the expected interrupts, each on its vCPU (the order of two taken in
-        one run on different vCPUs is the guest's CPU order, not an invariant)."""
-        if hasattr(self, "vm"):
-            assert sorted(self.vm.endpoint(0).hits) == sorted(self.expected)
+class NicGuest(AssignedGuest):
+    """pymsi.testing's assigned-device guest machine: fire, move, mask / unmask,
+    reprogram and reset from the guest, each interrupt taken once on its vCPU (GICv4
+    forwarding and what an FLR does to a pending vLPI included)."""
 
 
-TestAssignedGuest = AssignedGuest.TestCase
+TestAssignedGuest = NicGuest.TestCase
 TestAssignedGuest.settings = settings(max_examples=30, stateful_step_count=15, deadline=None)
 
 

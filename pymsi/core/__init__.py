@@ -96,6 +96,8 @@ pending_batch = _impl.pending_batch
 ItsCache = _impl.ItsCache
 its_lookup_batch = _impl.its_lookup_batch
 msix_gather = _impl.msix_gather
+msi_router = _impl.msi_router
+FIRE_NONE, FIRE_TRANSLATED = _impl.FIRE_NONE, _impl.FIRE_TRANSLATED
 
 from .pgtable import IoPgtable, IpaView, Prot, TableAllocator  # noqa: E402
 
@@ -106,6 +108,6 @@ __all__ = [
     "STATUS_FAULT", "STATUS_NO_CONFIG", "STATUS_NO_ENTRY", "STATUS_OK", "STREAM_ABORT",
     "STREAM_BYPASS", "STREAM_TRANSLATE", "Stage1", "Stage2", "Streams", "TableAllocator",
     "TlbKind", "WalkResult", "XlateConfig", "backend", "compose_batch", "encode_status",
-    "its_lookup_batch", "msi_batch", "msix_gather", "pending_batch", "status_fault",
+    "its_lookup_batch", "msi_batch", "msi_router", "msix_gather", "pending_batch", "status_fault",
     "stream_batch", "stream_translator", "translate", "translate_batch", "walk",
 ]

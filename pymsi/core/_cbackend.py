@@ -45,6 +45,7 @@ from .common import (
     pair_config,
     read_args,
     reserve_arg,
+    router_arrays,
     streams_set_args,
     translate_args,
     walk_args,
@@ -759,7 +760,37 @@ def stream_translator(mem: Memory, streams: Streams, tlb: Iotlb | None = None,
             return None
         raw = buf[:]
         return seen_get(raw) or result(raw)
+
+    def last() -> Any:
+        """What translate() would have returned for the result in ``res`` now."""
+        raw = buf[:]
+        return seen_get(raw) or result(raw)
+    translate._parts = (mem, tp, sp, res, last)     # type: ignore[attr-defined]  # msi_router's
     return translate
+
+
+FIRE_NONE, FIRE_TRANSLATED = lib.PYMSI_FIRE_NONE, lib.PYMSI_FIRE_TRANSLATED
+
+
+def msi_router(translator: Any, ram: Memory, itc: ItsCache, gicmem: Memory, limits: Any,
+               tables: Any) -> tuple[Callable[[int, int, int, int, int], int],
+                                     Callable[[], Any]]:
+    """``(fire, last)``: one MSI write along a cached route in one C call
+    (pymsi_msi_fire): see the Python core's ``msi_router``.  ``fire`` is the C function
+    bound to its objects (no Python frame); ``limits`` and ``tables`` are read in place
+    at every call."""
+    parts = getattr(translator, "_parts", None)
+    if parts is None or not isinstance(parts[0], Memory):
+        raise TypeError("translator: a stream_translator of this core is required")
+    obj_arg("ram", ram, Memory)
+    obj_arg("itc", itc, ItsCache)
+    obj_arg("gicmem", gicmem, Memory)
+    n = router_arrays(limits, tables)
+    mem, tp, sp, res, last = parts
+    fire = functools.partial(lib.pymsi_msi_fire, mem._p, tp, sp, ram._p, itc._p, gicmem._p,
+                             ffi.from_buffer("uint32_t[]", limits),
+                             ffi.from_buffer("uint64_t[]", tables), n, res)
+    return fire, last
 
 
 _B = sys.modules[__name__]

@@ -47,6 +47,7 @@ from .common import (
     obj_arg,
     read_args,
     reserve_arg,
+    router_arrays,
     streams_set_args,
     translate_args,
     walk_args,
@@ -936,6 +937,7 @@ def stream_translator(mem: Memory, streams: Streams, tlb: Iotlb | None = None,
         # STREAM_TRANSLATE entries always hold a configuration; no cast() call on this path
         r = _translate(mem, tlb, cfg, iova, bool(write))  # type: ignore[arg-type]
         return r if wrap is None or r.fault is not None else wrap(r)
+    translate._parts = (mem, tlb, d, wrap)       # type: ignore[attr-defined]  # msi_router's
     return translate
 
 
@@ -946,6 +948,76 @@ def _stream_args(sid: Any, iova: Any, write: Any) -> None:
             raise TypeError(f"an integer is required, not {type(v).__name__}")
         if not lo <= v < hi:
             raise OverflowError(f"{v} does not fit the C argument")
+
+
+FIRE_NONE, FIRE_TRANSLATED = -1, -2
+
+
+def msi_router(translator: Any, ram: Memory, itc: ItsCache, gicmem: Memory, limits: Any,
+               tables: Any) -> tuple[Callable[[int, int, int, int, int], int],
+                                     Callable[[], Any]]:
+    """``(fire, last)``: one MSI write along a cached route in one call (csrc/its.c:
+    pymsi_msi_fire).
+
+    ``translator`` is a :func:`stream_translator` of this backend (an SMMU's hit path);
+    ``ram`` the memory that says what is RAM on the bus; ``itc`` an ITS's :class:`ItsCache`;
+    ``gicmem`` the memory of the LPI pending tables; ``limits`` (array of u32) and
+    ``tables`` (array of u64), one item per processor, each processor's LPI limit (0:
+    nothing goes this way) and pending table address, read at every call.
+
+    ``fire(sid, iova, dev, event, doorbell)`` is ``translator(sid, iova, True)``; when that
+    is a translation to ``doorbell``, not RAM, and ``itc`` has (``dev``, ``event``) with a
+    processor below ``len(limits)`` and an INTID in [8192, limits[proc]), it sets the
+    INTID's bit in the pending table at tables[proc] and returns ``proc << 34 | intid << 2
+    | old`` (old: the bit as it was, or 2 when its byte is not RAM).  Otherwise it returns
+    :data:`FIRE_NONE` (-1: the translator did not answer, nothing done) or
+    :data:`FIRE_TRANSLATED` (-2: translated, nothing else done; ``last()`` is what the
+    translator returned).  Arguments as cffi takes them: TypeError (not an int),
+    OverflowError (sid, dev, event beyond 32 bits; iova, doorbell beyond 64).
+    """
+    parts = getattr(translator, "_parts", None)
+    if parts is None or not isinstance(parts[0], Memory):
+        raise TypeError("translator: a stream_translator of this core is required")
+    obj_arg("ram", ram, Memory)
+    obj_arg("itc", itc, ItsCache)
+    obj_arg("gicmem", gicmem, Memory)
+    router_arrays(limits, tables)
+    mem, tlb, d, wrap = parts
+    got: list[Any] = [None]
+    itcd = itc._d
+
+    def fire(sid: int, iova: int, dev: int, event: int, doorbell: int) -> int:
+        for v, hi in ((sid, 32), (iova, 64), (dev, 32), (event, 32), (doorbell, 64)):
+            if not isinstance(v, int):              # as cffi converts the C arguments
+                raise TypeError(f"an integer is required, not {type(v).__name__}")
+            if not 0 <= v < 1 << hi:
+                raise OverflowError(f"{v} does not fit the C argument")
+        e = d.get(sid)
+        if e is None or e[0] != STREAM_TRANSLATE:
+            return FIRE_NONE
+        cfg, ias = e[1], e[2]
+        if ias and ias < 64 and iova >> ias:
+            return FIRE_NONE
+        r = got[0] = _translate(mem, tlb, cfg, iova, True)
+        if r.fault is not None or r.pa != doorbell or ram._is_ram(doorbell, 4):
+            return FIRE_TRANSLATED
+        hit = itcd.get((dev, event))
+        if hit is None or hit[1] >= len(limits) or not _LPI_BASE <= hit[0] < limits[hit[1]]:
+            return FIRE_TRANSLATED
+        intid, proc = hit
+        addr = tables[proc] + (intid >> 3)
+        data = gicmem._read(addr, 1) if addr <= U64_MAX else None
+        if data is None:
+            old = 2
+        else:
+            old = data[0] >> (intid & 7) & 1
+            gicmem._write(addr, bytes([data[0] | 1 << (intid & 7)]))
+        return proc << 34 | intid << 2 | old
+
+    def last() -> Any:
+        r = got[0]
+        return r if wrap is None or r.fault is not None else wrap(r)
+    return fire, last
 
 
 def pending_batch(mem: Memory, tables: Any, intids: Any, old: Any) -> int:

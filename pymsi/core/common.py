@@ -705,6 +705,20 @@ def bit_args(addr: Any, bit: Any) -> tuple[int, int]:
     return int_arg("addr", addr), range_arg("bit", bit, 0, 7)
 
 
+def router_arrays(limits: Any, tables: Any) -> int:
+    """The per-processor arrays of ``msi_router`` (read by it at every call, so kept
+    as they are): an ``array('I')`` of limits and an ``array('Q')`` of pending table
+    addresses of one length, at least 1 (TypeError / InvalidArgument); the length."""
+    import array
+    if not (isinstance(limits, array.array) and limits.typecode == "I"
+            and isinstance(tables, array.array) and tables.typecode == "Q"):
+        raise TypeError("msi_router: limits must be an array('I') and tables an array('Q')")
+    if len(limits) != len(tables) or not limits:
+        raise InvalidArgument(f"msi_router: limits ({len(limits)}) and tables "
+                              f"({len(tables)}) need one item per processor, at least one")
+    return len(limits)
+
+
 def itc_args(dev: Any, event: Any) -> tuple[int, int]:
     """(DeviceID, EventID) of an ITS translation cache call: u32 each."""
     return int_arg("dev", dev, 32), int_arg("event", event, 32)

@@ -104,6 +104,9 @@ class Bus:
         self._depth = 0                         # accesses in progress (nesting)
         self._posted: deque[tuple] = deque()    # writes waiting for the current access
         self._last: MmioWindow | None = None    # the window the last lookup found
+        #: requester ID -> its MSI route (see _msi_route), or False: none; dropped when
+        #: a window or an IOMMU is added or removed
+        self._routes: dict[int, tuple | bool] = {}
 
     # -- posted writes -------------------------------------------------------------
 
@@ -195,6 +198,7 @@ class Bus:
         for w in self._windows:
             if base < w.base + w.size and w.base < base + size:
                 raise AlreadyExists(f"MMIO window {name} overlaps {w.name}")
+        self._routes.clear()
         i = bisect.bisect(self._bases, base)
         self._bases.insert(i, base)
         self._windows.insert(i, MmioWindow(base, size, model, name or type(model).__name__,
@@ -208,6 +212,7 @@ class Bus:
         del self._bases[i]
         del self._windows[i]
         self._last = None
+        self._routes.clear()
 
     def window(self, addr: int) -> MmioWindow | None:
         """The MMIO window containing ``addr``, if any."""
@@ -240,6 +245,53 @@ class Bus:
             _SMMU_CLS, _SMMU_OK_OUTCOME, _SMMU_OK = (SMMUv3, _TRANSLATED,
                                                      trace_smmuv3_translate_success)
         self._iommus.append((first_rid, last_rid, iommu, _same_id if sid_of is None else sid_of))
+        self._routes.clear()
+
+    def _msi_route(self, rid: int) -> tuple | bool:
+        """The one-call route of MSIs from ``rid`` (learnt once per topology; False when
+        there is none): ``(smmu, its hit path, StreamID, fire, last, doorbell, its, gic,
+        tracepoints)``.
+
+        There is one when ``rid``'s DMA goes through an :class:`~pymsi.hw.smmuv3.SMMUv3`
+        (exactly that class) whose hit path is a core stream translator, and an exact
+        :class:`~pymsi.hw.its.GicV3Its` with a batch cache is mapped (the first one, by
+        address).  ``fire`` (:func:`pymsi.core.msi_router`) does the C parts of
+        :meth:`dma_write` to that ITS's GITS_TRANSLATER in one call — the SMMU's
+        translate, the RAM check, the ITS cache hit, the LPI range check and the pending
+        bit — and :meth:`pymsi.hw.pci.PciFunction.notify` does the rest (the
+        statistics, the redistributor's pending set), unless ``dma_write`` is replaced
+        on the instance (a harness watching the device's writes) or by a subclass.
+        Anything else fire meets
+        (a fault, another address, an event the cache does not hold) it hands back
+        after the translation, which :meth:`dma_write` continues; the caller checks
+        per write that the SMMU is enabled, the bus idle and the tracepoints of the
+        path off."""
+        route: tuple | bool = False
+        for first, last, iommu, sid_of in self._iommus:
+            if type(self).dma_write is not Bus.dma_write:   # a subclass's own: not here
+                break
+            if first <= rid <= last:
+                if type(iommu) is _SMMU_CLS:
+                    route = self._msi_route_via(iommu, sid_of(rid))
+                break
+        self._routes[rid] = route
+        return route
+
+    def _msi_route_via(self, smmu: Any, sid: int) -> tuple | bool:
+        from .gicv3 import trace_gicv3_redist_process_lpi
+        from .its import GITS_TRANSLATER, GicV3Its, trace_gicv3_its_translation_write
+        its = next((w for w in self._windows if type(w.model) is GicV3Its and w.attrs), None)
+        if its is None or its.model._itc is None or not 0 <= sid <= 0xFFFF_FFFF:
+            return False
+        gic = its.model.gic
+        try:
+            fire, last = its.model._core.msi_router(
+                smmu._hit, self.ram, its.model._itc, gic.memory, gic._fire_limits,
+                gic._fire_tables)
+        except (TypeError, AttributeError):     # memories or caches of other kinds
+            return False
+        return (smmu, smmu._hit, sid, fire, last, its.base + GITS_TRANSLATER, its.model, gic,
+                (_SMMU_OK, trace_gicv3_its_translation_write, trace_gicv3_redist_process_lpi))
 
     def iommu_for(self, rid: int) -> tuple[Any, int] | None:
         """(iommu, StreamID) that DMA from ``rid`` goes through, if any."""
@@ -303,12 +355,15 @@ class Bus:
     # -- device DMA -----------------------------------------------------------
 
     def dma_write(self, rid: int, addr: int, value: int, size: int = 4,
-                  on_done: Callable[[DmaResult], None] | None = None) -> DmaResult:
+                  on_done: Callable[[DmaResult], None] | None = None, *,
+                  _xlated: Any = None) -> DmaResult:
         """A device's memory write: through its IOMMU (if any), then the bus.
 
         Posted: while another access is in progress it is queued (translation
         included) and the result says ``posted``; ``on_done`` (if given) is called
         with the real result when the write is performed, now or later.
+        (``_xlated``: what the SMMU's hit path already answered for this write, from an
+        MSI route's fire: used instead of asking it again.)
         """
         if size not in _SIZES:
             raise InvalidArgument(f"access size {size}")
@@ -328,10 +383,13 @@ class Bus:
                         # SMMUv3.translate's head, inline: its C stream translator
                         # (``_xl``) answers a cached stream's translation or fault in
                         # one call and None, without side effects, for the rest
-                        try:
-                            r = iommu._xl(sid, addr, True)
-                        except (TypeError, OverflowError):      # the full path says
-                            r = None
+                        if _xlated is not None:
+                            r = _xlated
+                        else:
+                            try:
+                                r = iommu._xl(sid, addr, True)
+                            except (TypeError, OverflowError):      # the full path says
+                                r = None
                         if r is not None and r[0] is not _SMMU_OK_OUTCOME:
                             r = iommu._fault_event(r, iommu._by_sid[sid], sid, None, addr,
                                                    True)

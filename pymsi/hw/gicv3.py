@@ -360,6 +360,7 @@ class Redistributor:
             elif not value & GICR_CTLR_ENABLE_LPIS and self.lpis_enabled:
                 self.ctlr &= ~GICR_CTLR_ENABLE_LPIS
                 self._lpi_limit = 0
+                self._routed()
                 self.pending.clear()            # state stays in the table in memory
                 self._config.clear()
                 self._rekey_all = True
@@ -371,12 +372,22 @@ class Redistributor:
         elif reg == GICR_INVALLR:
             self.invalidate()
 
+    def _routed(self) -> None:
+        """Tell the GIC's per-processor arrays that MSI routes read (see Gicv3) this
+        redistributor's LPI limit (an exact Redistributor's only: a subclass takes the
+        full path) and pending table; called wherever the limit changes (PENDBASER is
+        fixed while LPIs are enabled)."""
+        gic = self.gic
+        gic._fire_limits[self.cpu] = self._lpi_limit if type(self) is Redistributor else 0
+        gic._fire_tables[self.cpu] = self.pendbaser & _PENDBASER_PA_MASK
+
     def _enable_lpis(self) -> None:
         """Start using the tables: load pending state unless PTZ says it is zero."""
         self._config.clear()
         self.pending.clear()
         self._rekey_all = True
         self._lpi_limit = 1 << self.id_bits
+        self._routed()
         if PENDBASER_PTZ.get(self.pendbaser):
             return
         base = PENDBASER_PA.get(self.pendbaser) << 16
@@ -559,6 +570,11 @@ class Gicv3:
             self._pending_batch = core.backend(memory.backend).pending_batch
         self.gicv4 = gicv4
         self.id_bits = id_bits
+        #: Per processor, what an MSI's one-call route (pymsi.core.msi_router, set up by
+        #: the bus) reads: the LPI limit of an exact Redistributor while its LPIs are
+        #: enabled (0 otherwise: the full path), and its pending table's address
+        self._fire_limits = array.array("I", bytes(4 * ncpus))
+        self._fire_tables = array.array("Q", bytes(8 * ncpus))
         self.redists = [Redistributor(self, cpu) for cpu in range(ncpus)]
         self.cpus = [CpuInterface(self, cpu) for cpu in range(ncpus)]
         self.gicd = _Distributor(self)

@@ -486,6 +486,20 @@ class GicV3Its:
                 gic.stats["table_errors"] += n - ok
         return done + placed + more
 
+    def _itc_fill(self, device_id: int, event_id: int) -> None:
+        """Copy the translation cache's physical entry for (``device_id``, ``event_id``)
+        and its collection's target, when both are cached, to :attr:`_itc` (the part of
+        the cache that batches and the bus's one-call MSI routes see; dropped with it)."""
+        itc = self._itc
+        per = self._ite_cache.get(device_id)
+        ite = None if per is None else per.get(event_id)
+        if itc is None or ite is None or ite[0] & _ITE0_VIRTUAL:
+            return
+        proc = self._col_cache.get(ite[1] & _ITE1_ICID)
+        if proc is not None and 0 <= proc < len(self.gic.redists) and \
+                0 <= device_id <= 0xFFFF_FFFF and 0 <= event_id <= 0xFFFF_FFFF:
+            itc.set(device_id, event_id, ite[0] >> 32, proc)
+
     # -- command queue ------------------------------------------------------------
 
     def _process(self) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import array
 import enum
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,8 @@ from typing import Any
 from .. import core, trace
 from .._repr import bounded
 from ..errors import InvalidArgument
+from .gicv3 import _BIT_CLEAR, _PENDBASER_PA_MASK
+from .gicv3 import Redistributor as _Redistributor
 
 # Type-0 header.
 VENDOR_ID, DEVICE_ID, COMMAND, STATUS = 0x00, 0x02, 0x04, 0x06
@@ -57,7 +60,8 @@ MSIX_FLAGS, MSIX_TABLE, MSIX_PBA = 0x02, 0x04, 0x08
 MSIX_FLAGS_QSIZE, MSIX_FLAGS_MASKALL, MSIX_FLAGS_ENABLE = 0x7FF, 1 << 14, 1 << 15
 MSIX_ENTRY_SIZE, MSIX_ENTRY_CTRL, MSIX_CTRL_MASKBIT = 16, 12, 1
 _MSIX_ENABLE_HI, _MSIX_MASKALL_HI = MSIX_FLAGS_ENABLE >> 8, MSIX_FLAGS_MASKALL >> 8
-_from_bytes = int.from_bytes
+_entry_msg = struct.Struct("<QI").unpack_from       # an MSI-X entry's address and data
+_FIRE_NONE = core.FIRE_NONE
 
 CONFIG_SIZE = 4096
 
@@ -468,8 +472,7 @@ class PciFunction:
                     self._set_pba(vector, True)
                     self.stats.pending += 1
                     return Delivery.PENDING
-                addr = _from_bytes(table[o:o + 8], "little")
-                data = _from_bytes(table[o + 8:o + 12], "little")
+                addr, data = _entry_msg(table, o)           # Message Address, Data
                 if not self._own_send:
                     return self._send(addr, data, vector)
                 host = self.host                              # _send, inline
@@ -483,7 +486,61 @@ class PciFunction:
                 if bus._depth:                  # posted: counted when it is performed
                     bus.dma_write(rid, addr, data, 4, self._count)
                     return Delivery.POSTED
-                if bus.dma_write(rid, addr, data, 4).ok:      # performed now: _count, inline
+                route = bus._routes.get(rid)
+                if route is None:
+                    route = bus._msi_route(rid)
+                xlated = None
+                if route and "dma_write" not in bus.__dict__:      # (not watched)
+                    # The one-call route (Bus._msi_route): the SMMU's translate, the RAM
+                    # check, the ITS cache hit and the pending bit in C; here, what
+                    # dma_write, the ITS's GITS_TRANSLATER write and the redistributor's
+                    # set_pending do around them, with the same effects
+                    smmu, xl, sid, fire, last, doorbell, its, gic, tps = route
+                    if smmu._xl is xl and not (tps[0].enabled or tps[1].enabled
+                                               or tps[2].enabled):
+                        rc = fire(sid, addr, rid, data, doorbell)
+                        if rc >= 0:
+                            intid = rc >> 2 & 0xFFFF_FFFF
+                            rd = gic.redists[rc >> 34]
+                            self.stats.sent += 1
+                            bus.stats["dma"] += 1
+                            istats = its.stats
+                            istats["translations"] += 1
+                            if type(rd) is not _Redistributor:
+                                # made a subclass since its LPIs were enabled: the bit
+                                # put back as it was, then its own set_pending (as the
+                                # ITS does for a subclass)
+                                if not rc & 3:
+                                    gic._bit((rd.pendbaser & _PENDBASER_PA_MASK)
+                                             + (intid >> 3), intid & 7, _BIT_CLEAR)
+                                if rd.set_pending(intid):
+                                    istats["lpis"] += 1
+                                if bus._posted:
+                                    bus.drain()
+                                return Delivery.SENT
+                            rd.stats["lpis_set"] += 1
+                            pending = rd.pending
+                            if intid not in pending:
+                                pending.add(intid)
+                                rd._fresh.add(intid)
+                                if rc & 2:      # its byte is not RAM: as the full path
+                                    gic.pending_bit(rd.pendbaser & _PENDBASER_PA_MASK, intid,
+                                                    True)
+                            elif not rc & 3:    # pending, its bit clear: left clear
+                                gic._bit((rd.pendbaser & _PENDBASER_PA_MASK) + (intid >> 3),
+                                         intid & 7, _BIT_CLEAR)
+                            istats["lpis"] += 1
+                            if bus._posted:
+                                bus.drain()
+                            return Delivery.SENT
+                        if rc != _FIRE_NONE:    # translated: the rest of the full path
+                            xlated = last()
+                if xlated is None:
+                    ok = bus.dma_write(rid, addr, data, 4).ok
+                else:
+                    ok = bus.dma_write(rid, addr, data, 4, _xlated=xlated).ok
+                    its._itc_fill(rid, data)    # (the ITS cached it: the route's next time)
+                if ok:                          # performed now: _count, inline
                     self.stats.sent += 1
                     return Delivery.SENT
                 self.stats.aborted += 1

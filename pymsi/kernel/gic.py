@@ -46,6 +46,8 @@ _SYNC = int(I.Cmd.SYNC)
 _CWRITER_OFFSET = I.CWRITER_OFFSET.mask
 # handle_irqs inlines these only for the classes it knows (a subclass keeps its override)
 _CPUIF = G.CpuInterface
+_RD = G.Redistributor
+_PRIO, _PENDBASER_PA, _CLEAR = G.PRIORITY_MASK, G._PENDBASER_PA_MASK, G._BIT_CLEAR
 _RUN_HANDLERS = GenIrq.run_handlers
 _NOT_EOI = (G.SPURIOUS, 1022, 1021, 1020)       # what eoir1 counts as a bad EOI
 
@@ -169,9 +171,38 @@ class GicDriver:
                     cpuif.stats["spurious"] += 1         # iar1() of an idle CPU
                     continue
                 plain = True
+                rd = cpuif._rd
+                pending = rd.pending
+                if len(pending) == 1 and type(rd) is _RD and cpuif.igrpen1 and \
+                        not rd._rekey_all:
+                    # iar1()'s case of one LPI pending on a Redistributor, inline: it is
+                    # the candidate if enabled and above the masks; acknowledged, its
+                    # pending bit cleared in the table
+                    below = cpuif.pmr if cpuif.pmr < 0x100 else 0x100
+                    active = cpuif.active
+                    if active and active[-1] < below:
+                        below = active[-1]
+                    (intid,) = pending
+                    cfg = rd._config.get(intid)
+                    if cfg is None:
+                        cfg = rd.config(intid)
+                    if cfg & 1 and cfg & _PRIO < below:
+                        pending.discard(intid)
+                        gic = rd.gic
+                        bit = gic._bit
+                        table = rd.pendbaser & _PENDBASER_PA
+                        if bit is None or bit(table + (intid >> 3), intid & 7, _CLEAR) < 0:
+                            gic.pending_bit(table, intid, False)
+                        active.append(cfg & _PRIO)
+                        cpuif.stats["acks"] += 1
+                    else:
+                        cpuif.stats["spurious"] += 1
+                        continue
+                else:
+                    intid = cpuif.iar1()
             else:
                 plain = False
-            intid = cpuif.iar1()
+                intid = cpuif.iar1()
             if intid == spurious:
                 continue
             kernel = self.kernel
