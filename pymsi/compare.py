@@ -18,10 +18,11 @@ row, the first step that broke each invariant.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from .kernel.iommufd_msi import MSI_DESIGNS
 from .vmmlib import (
@@ -243,7 +244,7 @@ def _sig(signals: dict[tuple[int, int], int]) -> str:
         + "}"
 
 
-def _diff(before: dict, after: dict) -> str:
+def _diff(before: dict[str, Any], after: dict[str, Any]) -> str:
     out = []
     for key in sorted(set(before) | set(after)):
         b, a = before.get(key), after.get(key)
@@ -257,7 +258,7 @@ def _diff(before: dict, after: dict) -> str:
     return "; ".join(out)
 
 
-def _fmt(items: list) -> str:
+def _fmt(items: list[Any]) -> str:
     def one(x: Any) -> str:
         if isinstance(x, tuple):
             return "(" + ", ".join(hex(y) if isinstance(y, int) else str(y) for y in x) + ")"
@@ -293,6 +294,12 @@ class Scenario:
         self.vcpu_of: dict[tuple[int, int], int] = {}         # forwarded -> guest's vCPU
         self._in_vlpi = 0
 
+    @property
+    def _vmm(self) -> Vmm:
+        """The VMM, once the set-up step made it (every other step runs after it)."""
+        assert self.vmm is not None
+        return self.vmm
+
     # -- addresses ----------------------------------------------------------------------
 
     def slot(self, n: int) -> int:
@@ -303,7 +310,7 @@ class Scenario:
     def ipa_page(self, addr: int) -> int | None:
         """The IOAS page a device write to ``addr`` goes through."""
         if self.nested:
-            ipa = self.vmm.guest_s1.iova_to_phys(addr)
+            ipa = self._vmm.guest_s1.iova_to_phys(addr)
             return None if ipa is None else ipa & ~(PAGE - 1)
         return addr & ~(PAGE - 1)
 
@@ -316,9 +323,10 @@ class Scenario:
         ``Redistributor`` class, so a subclass sees every MSI."""
         scenario = self
 
-        class Observed(type(self.vmm.m.gic.redists[0])):
+        # (a base class known only at run time: the redistributor class of this machine)
+        class Observed(type(self._vmm.m.gic.redists[0])):  # type: ignore[misc]
             def set_pending(self, intid: int) -> bool:
-                ok = super().set_pending(intid)
+                ok: bool = super().set_pending(intid)
                 if ok and not scenario._in_vlpi:
                     scenario._lpis.append(intid)
                 return ok
@@ -326,7 +334,7 @@ class Scenario:
             def set_vlpi_pending(self, vpt: int, bits: int, vintid: int, db: int) -> bool:
                 scenario._in_vlpi += 1
                 try:
-                    ok = super().set_vlpi_pending(vpt, bits, vintid, db)
+                    ok: bool = super().set_vlpi_pending(vpt, bits, vintid, db)
                 finally:
                     scenario._in_vlpi -= 1
                 if ok:
@@ -334,7 +342,7 @@ class Scenario:
                     scenario._vpts.append(vpt)
                 return ok
 
-        for rd in self.vmm.m.gic.redists:
+        for rd in self._vmm.m.gic.redists:
             rd.__class__ = Observed
 
     # -- observation helpers ----------------------------------------------------------------
@@ -342,7 +350,7 @@ class Scenario:
     def mapping_state(self) -> dict[str, Any]:
         """What composing must not change: IOAS areas, every paging domain's leaves,
         the design's implicit maps, dma-iommu MSI pages."""
-        vmm = self.vmm
+        vmm = self._vmm
         ctx = vmm.ctx()
         st: dict[str, Any] = {}
         for oid, obj in sorted(ctx.objects.items()):
@@ -384,13 +392,13 @@ class Scenario:
         return {key: e.f_op.count for key, e in self.efds.items()}
 
     def _pump(self) -> None:
-        self.vmm.m.bus.drain()
-        self.vmm.k.handle_interrupts()
+        self._vmm.m.bus.drain()
+        self._vmm.k.handle_interrupts()
 
     def fire(self, obs: StepObs, dev: int, vec: int, expect: str = "deliver",
              write: tuple[int, int] | None = None) -> FireObs:
         """Device ``dev`` raises ``vec`` (or, with ``write``, DMA-writes that message)."""
-        vmm = self.vmm
+        vmm = self._vmm
         before, ev = self._counts(), vmm.smmu_events()
         self._lpis.clear()
         self._vlpis.clear()
@@ -422,7 +430,7 @@ class Scenario:
         return f
 
     def vectors(self) -> list[VectorObs]:
-        vmm = self.vmm
+        vmm = self._vmm
         out = []
         for dev, vec in sorted(self.enabled):
             addr, data, ctrl = vmm.entry(vec, dev)
@@ -440,7 +448,7 @@ class Scenario:
 
     def hand_down(self, dev: int, vecs: list[int]) -> None:
         """Give the kernel the VMM's chosen addresses, if the design has a way."""
-        vmm = self.vmm
+        vmm = self._vmm
         iovas = [self.chosen[(dev, v)] for v in vecs]
         if self.design == "per-vector":
             for v, iova in zip(vecs, iovas, strict=True):
@@ -453,19 +461,19 @@ class Scenario:
         """Per-vector only: the VMM maps the doorbell page itself (IOMMU_IOAS_MAP_MSI)."""
         if self.design == "per-vector":
             target = VITS_PAGE if self.nested else iova & ~(PAGE - 1)
-            if self.vmm.ctx().ioas(self.vmm.ioas).area_at(target) is None:
-                self.vmm.map_msi(target, dev)
+            if self._vmm.ctx().ioas(self._vmm.ioas).area_at(target) is None:
+                self._vmm.map_msi(target, dev)
 
     def enable(self, dev: int, vecs: list[int]) -> int:
-        efds = [self.vmm.k.eventfd() for _ in vecs]
-        rc = self.vmm.set_triggers(vecs[0], [e.fd for e in efds], i=dev)
+        efds = [self._vmm.k.eventfd() for _ in vecs]
+        rc = self._vmm.set_triggers(vecs[0], [cast(int, e.fd) for e in efds], i=dev)
         for v, e in zip(vecs, efds, strict=True):
             self.efds[(dev, v)] = e
             self.enabled.add((dev, v))
         return rc
 
     def attach(self, dev: int) -> None:
-        vmm = self.vmm
+        vmm = self._vmm
         if self.nested:
             maps = {self.slot(n): VITS_PAGE for n in range(DEV_VECTORS + NEW_SLOT)}
             maps.update({a: a for a in range(RMR[0], RMR[1], PAGE)})   # the IORT RMR
@@ -484,7 +492,7 @@ class Scenario:
             ctx = self.vmm.ctx()
             ctx.msi = self.hooks(ctx)
         self._hook_gic()
-        self.vmm.bind(0)
+        self._vmm.bind(0)
         self.attach(0)
         for v in range(NVEC):
             self.chosen[(0, v)] = self.slot(v)
@@ -502,16 +510,16 @@ class Scenario:
         self.fire_all(obs)
 
     def step_affinity(self, obs: StepObs) -> None:
-        k = self.vmm.k
+        k = self._vmm.k
         for mask in ("2", "4", "1"):
             for v in range(NVEC):
-                path = f"/proc/irq/{self.vmm.irq(v)}/smp_affinity"
+                path = f"/proc/irq/{self._vmm.irq(v)}/smp_affinity"
                 self.compose(obs, f"smp_affinity {mask} of vector {v}",
-                             lambda p=path, m=mask: k.proc_write(p, m))
+                             functools.partial(k.proc_write, path, mask))
         self.fire_all(obs)
 
     def step_two_step(self, obs: StepObs) -> None:
-        vmm = self.vmm
+        vmm = self._vmm
         new = self.slot(NEW_SLOT)
         self.chosen[(0, 2)] = new
         self.map_doorbell(new)
@@ -536,7 +544,7 @@ class Scenario:
         self.fire_all(obs)
 
     def step_gicv4(self, obs: StepObs) -> None:
-        vmm = self.vmm
+        vmm = self._vmm
         g = self.guest = KvmGuest(vmm)
         g.map_device(VSID[0], {0: (VINTID, 0)})
         g.route(1, VSID[0], 0)
@@ -555,7 +563,7 @@ class Scenario:
         self.fire_all(obs)
 
     def step_undescribed(self, obs: StepObs) -> None:
-        vmm = self.vmm
+        vmm = self._vmm
         v = NVEC
         before = vmm.entry(v)[0]
         e = vmm.k.eventfd()
@@ -566,7 +574,7 @@ class Scenario:
         obs.undescribed.append(UndescribedObs(0, v, rc, before, vmm.entry(v)[0]))
 
     def step_second_device(self, obs: StepObs) -> None:
-        vmm = self.vmm
+        vmm = self._vmm
         vmm.bind(1)
         self.attach(1)
         for v in range(2):
@@ -583,12 +591,12 @@ class Scenario:
         obs.dma.append(DmaObs(OUTSIDE, r.ok, vmm.smmu_events() - ev))
 
     def step_unmap(self, obs: StepObs) -> None:
-        vmm = self.vmm
+        vmm = self._vmm
         v = 1
         page = self.ipa_page(vmm.entry(v)[0])
         rc = errno_of(vmm.unmap, page) if page is not None else errno.ENOENT
         if rc == 0:
-            self.unmapped.add(page)
+            self.unmapped.add(cast(int, page))          # rc is 0 only for a page
             self.fire(obs, 0, v, expect="fault")
         else:
             obs.notes.append(f"IOMMU_IOAS_UNMAP of the doorbell page: "
@@ -596,7 +604,7 @@ class Scenario:
             self.fire(obs, 0, v)
 
     def step_close(self, obs: StepObs) -> None:
-        vmm = self.vmm
+        vmm = self._vmm
         if self.guest is not None:
             self.guest.close()
         for f in vmm.files:
@@ -628,7 +636,8 @@ class Scenario:
             try:
                 getattr(self, fn)(obs)
             except OSError as e:
-                obs.notes.append(f"the VMM's call failed: {errno.errorcode.get(e.errno, e.errno)}"
+                code = cast(int, e.errno)                  # the VMM's OSErrors carry one
+                obs.notes.append(f"the VMM's call failed: {errno.errorcode.get(code, code)}"
                                  f" {e}")
             obs.vectors = self.vectors() if self.vmm is not None and name != "close all fds" \
                 else []
@@ -985,7 +994,8 @@ class GuestScenario:
                                            implicit_state(host_mapping_state(vm))))
             return r
 
-        PciEndpointTestDriver.register = observed  # type: ignore[method-assign]
+        # (the guest driver's method, wrapped for this one boot)
+        PciEndpointTestDriver.register = observed  # type: ignore[method-assign, assignment]
         try:
             vm.boot()
         finally:

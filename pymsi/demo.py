@@ -31,7 +31,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from . import core, trace
 from .trace import TraceRecord
@@ -298,7 +298,7 @@ def collect(variant: str = "per-vector", vsmmu: str = "accel", gicv4: bool = Fal
         return None if desc is None else {"address": desc.msg.address, "data": desc.msg.data}
 
     ncpus = vm.desc["guest_ncpus"]
-    per_vector = []
+    per_vector: list[dict[str, Any]] = []
     for v in range(vectors):
         irq = ep.irqs[v] if ep is not None else None
         before = vm.guest_cpu_of(0, v) if ep is not None else None
@@ -332,7 +332,7 @@ def _host_doorbell(vm: Any) -> int:
     offset in the ITS frame."""
     from .hw.its import GITS_TRANSLATER
 
-    return vm.machine.ITS + GITS_TRANSLATER
+    return cast(int, vm.machine.ITS + GITS_TRANSLATER)
 
 
 def judge(facts: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ ones carry the errno Linux would return.
 from __future__ import annotations
 
 import errno as _errno
+from typing import NoReturn
 
 
 class PymsiError(Exception):
@@ -57,6 +58,8 @@ class KernelError(PymsiError, OSError):
     was attempted, ending with the errno's name (``... [EINVAL]``).  Raised by every
     kernel call (``pymsi.kernel``), the UAPI (``pymsi.uapi``) and the VMM built on them."""
 
+    errno: int                          # always given (OSError's may be None)
+
     def __init__(self, err: int, what: str = "") -> None:
         name = _errno.errorcode.get(err, "ENOTSUPP" if err == 524 else str(err))
         super().__init__(err, f"{what} [{name}]" if what else name)
@@ -103,7 +106,7 @@ _BY_ERRNO: dict[int, type[PymsiError]] = {
 }
 
 
-def raise_errno(rc: int, what: str) -> None:
+def raise_errno(rc: int, what: str) -> NoReturn:
     """Raise the exception for a negative errno-style return code ``rc``.
 
     ``what`` says what was attempted; it becomes the message.

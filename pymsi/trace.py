@@ -104,6 +104,10 @@ class Tracepoint:
     """
 
     __slots__ = ("name", "fields", "doc", "enabled")
+    name: str
+    fields: tuple[str, ...]
+    doc: str
+    enabled: bool
 
     def __new__(cls, name: str, *fields: str, doc: str = "") -> Tracepoint:
         old = _registry.get(name)

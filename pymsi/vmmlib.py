@@ -22,7 +22,7 @@ translation, the GIC's pending state) that a test needs to judge the result.
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .core import Prot
 from .core.pgtable import IoPgtable, TableAllocator
@@ -32,6 +32,9 @@ from .hw.virt_map import SW_MSI_BASE, SW_MSI_SIZE
 from .uapi import iommufd as u
 from .uapi import kvm as K
 from .uapi import vfio as V
+
+if TYPE_CHECKING:
+    from .kernel.files import File
 
 PAGE = 0x1000
 ITS_BASE = 0x0808_0000                    # the virt board's ITS (and the guest's vITS)
@@ -60,7 +63,7 @@ def errno_of(fn: Any, *args: Any, **kw: Any) -> int:
     try:
         fn(*args, **kw)
     except OSError as e:
-        return e.errno
+        return cast(int, e.errno)           # the kernel model's errors carry one
     return 0
 
 
@@ -71,8 +74,8 @@ class Vmm:
     the SMMU driver reports for every device (to show a platform's other regions)."""
 
     def __init__(self, design: str = "per-vector", smmu: str | None = "s1", n: int = 1,
-                 devices: list[dict] | None = None, machine: Any = None,
-                 ram_size: int = 0x1_0000, resv: list | None = None,
+                 devices: list[dict[str, Any]] | None = None, machine: Any = None,
+                 ram_size: int = 0x1_0000, resv: list[Any] | None = None,
                  **machine_kw: Any) -> None:
         from .machine import ArmVirt
 
@@ -80,7 +83,10 @@ class Vmm:
                                     msi_design=design, **machine_kw)
         self.k = self.m.boot()
         if resv is not None:                      # what the IOMMU driver reports instead
-            self.k.smmu.get_resv_regions = lambda dev: list(resv)
+            drv = self.k.smmu
+            assert drv is not None                # resv= is for a machine with an SMMU
+            # (the driver's method replaced for this machine: another platform's regions)
+            drv.get_resv_regions = lambda dev: list(resv)  # type: ignore[method-assign]
         self.ictx = self.k.open("/dev/iommu")
         a = u.IommuIoasAlloc()
         self.ictx.ioctl(u.IOMMU_IOAS_ALLOC, a)
@@ -91,14 +97,14 @@ class Vmm:
             flags=u.IOMMU_IOAS_MAP_FIXED_IOVA | u.IOMMU_IOAS_MAP_READABLE
             | u.IOMMU_IOAS_MAP_WRITEABLE, ioas_id=self.ioas, user_va=self.va,
             length=ram_size, iova=RAM_GPA))
-        self.files: list = []
+        self.files: list[File] = []
         self.devids: list[int] = []
         for i in range(n):
             pdev = self.k.pci.devices[i]
             self.k.sysfs_write(f"/sys/bus/pci/devices/{pdev.bdf}/driver_override", "vfio-pci")
             self.k.sysfs_write("/sys/bus/pci/drivers/vfio-pci/bind", pdev.bdf)
             self.files.append(self.k.open(f"/dev/vfio/devices/vfio{i}"))
-        self.efds: list = []
+        self.efds: list[Any] = []               # eventfd files
         self.parent: int | None = None
         self.viommu: int | None = None
         self.nested_ids: dict[int, int] = {}
@@ -111,12 +117,12 @@ class Vmm:
         self.files[i].ioctl(V.VFIO_DEVICE_BIND_IOMMUFD, b)
         self.devids.append(b.out_devid)
         self.k.pci.devices[i].set_master()
-        return b.out_devid
+        return cast(int, b.out_devid)
 
     def attach(self, pt_id: int | None = None, i: int = 0) -> int:
         a = V.VfioDeviceAttachIommufdPt(pt_id=self.ioas if pt_id is None else pt_id)
         self.files[i].ioctl(V.VFIO_DEVICE_ATTACH_IOMMUFD_PT, a)
-        return a.pt_id
+        return cast(int, a.pt_id)
 
     def hwpt_alloc(self, pt_id: int, flags: int = 0, data: bytes = b"", i: int = 0) -> int:
         """IOMMU_HWPT_ALLOC; ``data`` (a guest STE) makes it an arm-smmuv3 nested HWPT."""
@@ -129,7 +135,7 @@ class Vmm:
                              data_type=u.IOMMU_HWPT_DATA_ARM_SMMUV3 if data
                              else u.IOMMU_HWPT_DATA_NONE)
         self.ictx.ioctl(u.IOMMU_HWPT_ALLOC, a)
-        return a.out_hwpt_id
+        return cast(int, a.out_hwpt_id)
 
     def msi_iova(self, flags: int, start: int, iovas: Any = (), count: int | None = None,
                  index: int = MSIX, i: int = 0) -> V.VfioDeviceMsiIova:
@@ -155,19 +161,19 @@ class Vmm:
 
     def prepare(self, start: int, iovas: list[int], index: int = MSIX, i: int = 0) -> int:
         """VFIO_IRQ_SET_ACTION_PREPARE with VFIO_IRQ_SET_DATA_MSI_IOVA (the preset design)."""
-        return self.files[i].ioctl(V.VFIO_DEVICE_SET_IRQS, V.VfioIrqSet(
+        return cast(int, self.files[i].ioctl(V.VFIO_DEVICE_SET_IRQS, V.VfioIrqSet(
             flags=V.VFIO_IRQ_SET_ACTION_PREPARE | V.VFIO_IRQ_SET_DATA_MSI_IOVA, index=index,
-            start=start, count=len(iovas), data=list(iovas)))
+            start=start, count=len(iovas), data=list(iovas))))
 
     def set_triggers(self, start: int, fds: list[int], index: int = MSIX, i: int = 0) -> int:
         """SET_IRQS DATA_EVENTFD | ACTION_TRIGGER for vectors ``start..``; -1 tears one down."""
-        return self.files[i].ioctl(V.VFIO_DEVICE_SET_IRQS, V.VfioIrqSet(
-            flags=EFD_TRIG, index=index, start=start, count=len(fds), data=list(fds)))
+        return cast(int, self.files[i].ioctl(V.VFIO_DEVICE_SET_IRQS, V.VfioIrqSet(
+            flags=EFD_TRIG, index=index, start=start, count=len(fds), data=list(fds))))
 
     def disable(self, index: int = MSIX, i: int = 0) -> int:
         """SET_IRQS DATA_NONE | ACTION_TRIGGER with count 0: the whole index off."""
-        return self.files[i].ioctl(V.VFIO_DEVICE_SET_IRQS, V.VfioIrqSet(
-            flags=V.VFIO_IRQ_SET_DATA_NONE | V.VFIO_IRQ_SET_ACTION_TRIGGER, index=index))
+        return cast(int, self.files[i].ioctl(V.VFIO_DEVICE_SET_IRQS, V.VfioIrqSet(
+            flags=V.VFIO_IRQ_SET_DATA_NONE | V.VFIO_IRQ_SET_ACTION_TRIGGER, index=index)))
 
     def enable(self, n: int = 4, index: int = MSIX, i: int = 0, start: int = 0) -> int:
         """Fresh eventfds for ``n`` vectors (kept in ``efds``) and SET_IRQS with them."""
@@ -216,7 +222,9 @@ class Vmm:
         return self.m.functions[i].msix_entry(v)
 
     def domain(self, i: int = 0) -> Any:
-        return self.k.pci.devices[i].iommu_group.domain
+        group = self.k.pci.devices[i].iommu_group
+        assert group is not None                  # a function behind the SMMU
+        return group.domain
 
     def s2_domain(self, i: int = 0) -> Any:
         d = self.domain(i)
@@ -226,18 +234,24 @@ class Vmm:
         return self.ictx.private_data
 
     def irq(self, v: int, i: int = 0) -> int:
-        return self.k.pci.devices[i].msi_descs[v].irq
+        return cast(int, self.k.pci.devices[i].msi_descs[v].irq)
 
     def host_lpi(self, v: int, i: int = 0) -> int:
         """The LPI INTID the host ITS driver gave vector ``v`` of device ``i``."""
-        return self.k.irq.desc(self.irq(v, i)).irq_data.parent_data.hwirq
+        its_level = self.k.irq.desc(self.irq(v, i)).irq_data.parent_data
+        assert its_level is not None              # an MSI's parent: the ITS domain's level
+        return its_level.hwirq
 
     def smmu_events(self) -> int:
-        return self.m.smmu.stats["events_recorded"]
+        smmu = self.m.smmu
+        assert smmu is not None                 # a machine with an SMMU
+        return smmu.stats["events_recorded"]
 
     def smmu_pa(self, addr: int, i: int = 0) -> int | None:
         """Where the SMMU takes a write of device ``i`` to ``addr`` (None: a fault)."""
-        return self.m.smmu.translate(self.k.pci.devices[i].rid, addr, write=True).pa
+        smmu = self.m.smmu
+        assert smmu is not None                 # a machine with an SMMU
+        return smmu.translate(self.k.pci.devices[i].rid, addr, write=True).pa
 
 
 class GuestMem:
@@ -252,7 +266,7 @@ class GuestMem:
         pa = self.ioas.iova_to_phys(ipa)
         if pa is None or not self.ram.is_ram(pa, 1):
             raise ValueError(f"IPA {ipa:#x} is not guest RAM")
-        return pa
+        return cast(int, pa)
 
     def is_ram(self, ipa: int, size: int = 1) -> bool:
         return all(self.ioas.iova_to_phys(a) is not None
@@ -383,7 +397,7 @@ class KvmGuest:
         k.ioctl(gic, K.KVM_SET_DEVICE_ATTR, K.KvmDeviceAttr(
             group=K.KVM_DEV_ARM_VGIC_GRP_CTRL, attr=K.KVM_DEV_ARM_VGIC_CTRL_INIT))
         self.fds = [gic, its]
-        self.kvm = k.files.fds[self.vm].private_data
+        self.kvm = cast("File", k.files.fds[self.vm]).private_data     # the VM's file
         self.uva = vmm.va
         k.ioctl(self.vm, K.KVM_SET_USER_MEMORY_REGION, K.KvmUserspaceMemoryRegion(
             slot=0, guest_phys_addr=RAM_GPA, memory_size=vmm.ram_size, userspace_addr=self.uva))
@@ -393,7 +407,7 @@ class KvmGuest:
     def _device(self, type_: int) -> int:
         cd = K.KvmCreateDevice(type=type_)
         self.k.ioctl(self.vm, K.KVM_CREATE_DEVICE, cd)
-        return cd.fd
+        return cast(int, cd.fd)
 
     def _addr(self, fd: int, attr: int, value: int) -> None:
         va = self.k.mmap(PAGE)
@@ -444,7 +458,8 @@ class KvmGuest:
                      K.KvmIrqRouting(nr=1, entries=[msi_route(gsi, devid, data, address)]))
 
     def irqfd(self, fd: int, gsi: int, flags: int = 0) -> int:
-        return self.k.ioctl(self.vm, K.KVM_IRQFD, K.KvmIrqfd(fd=fd, gsi=gsi, flags=flags))
+        return cast(int, self.k.ioctl(self.vm, K.KVM_IRQFD,
+                                      K.KvmIrqfd(fd=fd, gsi=gsi, flags=flags)))
 
     def close(self) -> None:
         for fd in self.fds + self.vcpu_fds + [self.vm]:

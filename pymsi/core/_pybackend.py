@@ -11,7 +11,7 @@ import errno
 import sys
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from .._repr import bounded
 from ..errors import BusError, raise_errno
@@ -319,7 +319,7 @@ def _block_allowed(gshift: int, level: int) -> bool:
 
 
 # A leaf: (output address, shift, level, readable, writable, global)
-_Leaf = tuple
+_Leaf = tuple[int, int, int, bool, bool, bool]
 _IS_TABLE = 16
 _IS_LEAF = 17
 
@@ -379,7 +379,7 @@ def _s2_walk(mem: Memory, c: Stage2, ipa: int, write: bool) -> _Leaf:
 
 
 def _s1_walk(mem: Memory, cfg: XlateConfig, va: int, write: bool) -> _Leaf:
-    c = cfg.s1
+    c = cast(Stage1, cfg.s1)                  # the caller walks stage 1 only when there is one
     n = (va >> 55) & 1
     if c.epd1 if n else c.epd0:
         raise _WalkFault(FaultKind.TRANSLATION, 1, 0, None)
@@ -455,7 +455,7 @@ def _walk(mem: Memory, cfg: XlateConfig, iova: int, write: bool) -> WalkResult:
             return WalkResult(None, pa=ipa, ipa=ipa, page_size=1 << l1[1], writable=l1[4],
                               readable=True, s1_writable=l1[4], s2_writable=True,
                               level=l1[2], is_global=l1[5])
-        l2 = _s2_walk(mem, cfg.s2, iova, write)
+        l2 = _s2_walk(mem, cast(Stage2, cfg.s2), iova, write)   # no stage 1: stage 2
         return WalkResult(None, pa=l2[0] | (iova & ((1 << l2[1]) - 1)), ipa=iova,
                           page_size=1 << l2[1], writable=l2[4], readable=l2[3],
                           s1_writable=True, s2_writable=l2[4], level=l2[2], s2_level=l2[2])
@@ -485,6 +485,25 @@ _GLOBAL = "global"
 class _Entry:
     __slots__ = ("va", "ipa", "pa", "shift", "kind", "is_global", "granule", "level",
                  "s2_level", "s1w", "s2r", "s2w", "asid", "vmid", "ref")
+    va: int
+    ipa: int
+    pa: int
+    shift: int
+    kind: int
+    is_global: bool
+    granule: int
+    level: int
+    s2_level: int
+    s1w: bool
+    s2r: bool
+    s2w: bool
+    asid: int
+    vmid: int
+    ref: bool
+
+
+# (kind, ASID or _GLOBAL, VMID, page shift, input page number)
+_TlbKey = tuple[int, "int | str", int, int, int]
 
 
 class Iotlb(IotlbCommands):
@@ -502,7 +521,7 @@ class Iotlb(IotlbCommands):
 
     def __init__(self, capacity: int = 256) -> None:
         self.capacity = capacity_arg(capacity)
-        self._lru: OrderedDict[tuple, _Entry] = OrderedDict()  # CLOCK queue, last = newest
+        self._lru: OrderedDict[_TlbKey, _Entry] = OrderedDict()  # CLOCK queue, last = newest
         self._shift_mask = 0
         self._nglobal = 0
         self.hits = self.misses = self.inserts = self.evictions = 0
@@ -514,7 +533,7 @@ class Iotlb(IotlbCommands):
         """Zero the hit, miss, insert and eviction counters."""
         self.hits = self.misses = self.inserts = self.evictions = 0
 
-    def _remove(self, key: tuple) -> None:
+    def _remove(self, key: _TlbKey) -> None:
         e = self._lru.pop(key)
         if e.is_global:
             self._nglobal -= 1
@@ -528,7 +547,7 @@ class Iotlb(IotlbCommands):
         while mask:
             if mask & 1:
                 vpn = va >> shift
-                key = (kind, asid_key, vmid, shift, vpn)
+                key: _TlbKey = (kind, asid_key, vmid, shift, vpn)
                 e = self._lru.get(key)
                 if e is None and self._nglobal and kind != TlbKind.S2:
                     key = (kind, _GLOBAL, vmid, shift, vpn)
@@ -552,17 +571,20 @@ class Iotlb(IotlbCommands):
             self._remove(key)
             self.evictions += 1
         e = _Entry()
-        shift = r.page_size.bit_length() - 1
-        mask = r.page_size - 1
+        # a result without a fault has its page size and addresses
+        page_size, ipa, pa = cast(int, r.page_size), cast(int, r.ipa), cast(int, r.pa)
+        shift = page_size.bit_length() - 1
+        mask = page_size - 1
         e.va = va & ~mask
-        e.ipa = r.ipa & ~mask
-        e.pa = r.pa & ~mask
+        e.ipa = ipa & ~mask
+        e.pa = pa & ~mask
         e.shift = shift
         e.kind = kind
         e.is_global = kind != TlbKind.S2 and r.is_global
         e.asid = 0 if kind == TlbKind.S2 else cfg.asid
         e.vmid = cfg.vmid
-        e.granule = cfg.s1.gshift[(va >> 55) & 1] if cfg.s1 is not None else cfg.s2.gshift
+        e.granule = (cfg.s1.gshift[(va >> 55) & 1] if cfg.s1 is not None
+                     else cast(Stage2, cfg.s2).gshift)
         e.level = r.level
         e.s2_level = r.s2_level
         e.s1w = r.s1_writable
@@ -764,7 +786,7 @@ def translate_batch(mem: Memory, cfg: XlateConfig, iovas: Any, out_pa: Any, stat
     ok = 0
     for k in range(n):
         r = _translate(mem, tlb, cfg, iv[k], bool(write))
-        op[k] = r.pa if r.fault is None else 0
+        op[k] = cast(int, r.pa) if r.fault is None else 0
         st[k] = encode_status(r.fault)
         ok += r.fault is None
     return ok
@@ -791,7 +813,7 @@ def msi_batch(table: MsiTable, mem: Memory, cfg: XlateConfig, doorbell_pa: int, 
             op[k] = 0
             continue
         r = _translate(mem, tlb, cfg, oa[k], True)
-        op[k] = r.pa if r.fault is None else 0
+        op[k] = cast(int, r.pa) if r.fault is None else 0
         st[k] = encode_status(r.fault)
         ok -= r.fault is not None
     return ok
@@ -877,12 +899,12 @@ def stream_batch(mem: Memory, streams: Streams, sids: Any, iovas: Any, out_pa: A
                 fault = Fault(1, FaultKind.ADDRESS_SIZE, 0)
                 r = WalkResult(fault)
             else:
-                r = _translate(mem, tlb, cfg, iv[k], write)
+                r = _translate(mem, tlb, cast(XlateConfig, cfg), iv[k], write)
             st[k] = encode_status(r.fault)
-            if r.fault is not None:
-                op[k] = r.fault.ipa if r.fault.stage == 2 else 0
+            if r.fault is not None:       # a stage-2 fault has its IPA, a result its PA
+                op[k] = cast(int, r.fault.ipa) if r.fault.stage == 2 else 0
                 continue
-            op[k] = r.pa
+            op[k] = cast(int, r.pa)
         ok += 1
     if uv:
         left = 0
@@ -924,7 +946,8 @@ def stream_translator(mem: Memory, streams: Streams, tlb: Iotlb | None = None,
         mode, cfg, ias = e
         if ias and ias < 64 and iova >> ias:
             return None
-        r = _translate(mem, tlb, cfg, iova, bool(write))
+        # STREAM_TRANSLATE entries always hold a configuration; no cast() call on this path
+        r = _translate(mem, tlb, cfg, iova, bool(write))  # type: ignore[arg-type]
         return r if wrap is None or r.fault is not None else wrap(r)
     translate._parts = (mem, tlb, d, wrap)       # type: ignore[attr-defined]  # msi_router's
     return translate

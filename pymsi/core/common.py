@@ -129,10 +129,10 @@ def integer(name: str, value: Any) -> int:
 
 def range_arg(name: str, value: Any, lo: int, hi: int) -> int:
     """``value`` as an int in [lo, hi]: TypeError / InvalidArgument otherwise."""
-    value = integer(name, value)
-    if not lo <= value <= hi:
-        raise InvalidArgument(f"{name}={value:#x}: must be in [{lo:#x}, {hi:#x}]")
-    return value
+    v = integer(name, value)
+    if not lo <= v <= hi:
+        raise InvalidArgument(f"{name}={v:#x}: must be in [{lo:#x}, {hi:#x}]")
+    return v
 
 
 def int_arg(name: str, value: Any, bits: int = 64) -> int:
@@ -169,10 +169,10 @@ def _granule_shift(name: str, granule: Any) -> int:
 
 
 def _address_size(name: str, bits: Any) -> int:
-    bits = integer(name, bits)
-    if bits not in ADDRESS_SIZES:
-        raise InvalidArgument(f"{name}={bits!r}: must be one of {ADDRESS_SIZES}")
-    return bits
+    n = integer(name, bits)
+    if n not in ADDRESS_SIZES:
+        raise InvalidArgument(f"{name}={n!r}: must be one of {ADDRESS_SIZES}")
+    return n
 
 
 def level_lsb(gshift: int, level: int) -> int:
@@ -218,6 +218,23 @@ class Stage1:
         "ttb0", "tsz0", "granule0", "ttb1", "tsz1", "granule1", "epd0", "epd1",
         "ips", "affd", "had0", "had1", "tbi0", "tbi1", "gshift", "start_level", "_cfg",
     )
+    ttb0: int
+    tsz0: int
+    granule0: int
+    ttb1: int
+    tsz1: int
+    granule1: int
+    epd0: bool
+    epd1: bool
+    ips: int
+    affd: bool
+    had0: bool
+    had1: bool
+    tbi0: bool
+    tbi1: bool
+    gshift: tuple[int, int]
+    start_level: tuple[int, int]
+    _cfg: tuple[Stage2 | None, XlateConfig] | None   # the last pairing, see pair_config
 
     def __init__(
         self,
@@ -264,7 +281,7 @@ class Stage1:
     __setattr__ = _immutable
     __delattr__ = _immutable
 
-    def _key(self) -> tuple:
+    def _key(self) -> tuple[Any, ...]:
         return tuple(getattr(self, f) for f in self.__slots__[:14])
 
     def __eq__(self, other: object) -> bool:
@@ -297,6 +314,16 @@ class Stage2:
 
     __slots__ = ("vttb", "tsz", "sl0", "granule", "ps", "affd", "gshift", "start_level",
                  "concat", "_cfg")
+    vttb: int
+    tsz: int
+    sl0: int
+    granule: int
+    ps: int
+    affd: bool
+    gshift: int
+    start_level: int
+    concat: int
+    _cfg: XlateConfig | None
 
     def __init__(
         self,
@@ -330,7 +357,7 @@ class Stage2:
     __setattr__ = _immutable
     __delattr__ = _immutable
 
-    def _key(self) -> tuple:
+    def _key(self) -> tuple[int, int, int, int, int, bool]:
         return (self.vttb, self.tsz, self.sl0, self.granule, self.ps, self.affd)
 
     def __eq__(self, other: object) -> bool:
@@ -354,6 +381,11 @@ class XlateConfig:
     """
 
     __slots__ = ("s1", "s2", "asid", "vmid", "_prepared")
+    s1: Stage1 | None
+    s2: Stage2 | None
+    asid: int
+    vmid: int
+    _prepared: Any
 
     def __init__(
         self,
@@ -424,11 +456,11 @@ def pair_config(s1: Stage1 | None, s2: Stage2 | None) -> XlateConfig:
         cfg = XlateConfig(s1, s2)
         _set(s1, "_cfg", (s2, cfg))
         return cfg
-    cfg = s2._cfg if s2 is not None else None
-    if cfg is None:
-        cfg = XlateConfig(s1, s2)
-        _set(s2, "_cfg", cfg)
-    return cfg
+    cfg2 = s2._cfg if s2 is not None else None
+    if cfg2 is None:
+        cfg2 = XlateConfig(s1, s2)
+        _set(s2, "_cfg", cfg2)
+    return cfg2
 
 
 # -- Argument checks of each entry point, shared by both backends -----------
@@ -480,10 +512,10 @@ def read_args(addr: Any, size: Any) -> tuple[int, int]:
 
 def reserve_arg(n: Any) -> int:
     """Checks of ``MsiTable.reserve(n)``: more than MSI_RESERVE_MAX is ENOMEM."""
-    n = int_arg("n", n)
-    if n > MSI_RESERVE_MAX:
-        raise OutOfMemory(f"reserve({n:#x}): at most {MSI_RESERVE_MAX:#x} entries")
-    return n
+    count = int_arg("n", n)
+    if count > MSI_RESERVE_MAX:
+        raise OutOfMemory(f"reserve({count:#x}): at most {MSI_RESERVE_MAX:#x} entries")
+    return count
 
 
 def msi_set_args(dev: Any, index: Any, iova: Any, shift: Any) -> tuple[int, int, int, int]:
@@ -578,7 +610,8 @@ def buffer_view(obj: Any, kind: str, name: str, writable: bool = False) -> memor
     if writable and mv.readonly:
         raise InvalidArgument(f"{name}: needs a writable buffer")
     if mv.ndim != 1:
-        mv = mv.cast("B").cast(mv.format.lstrip("=<@"))
+        mv = mv.cast("B").cast(mv.format.lstrip("=<@"))  # type: ignore[call-overload]
+        # (typeshed knows cast() only for literal formats; this one is checked above)
     return mv
 
 

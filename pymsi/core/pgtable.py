@@ -18,7 +18,7 @@ of stopping at the first one.
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import AlreadyExists, BusError, InvalidArgument, OutOfMemory
 from .common import (
@@ -56,7 +56,26 @@ _XN = 3 << 53
 _MEMORY_METHODS = ("is_ram", "read", "write", "read_u64", "write_u64")
 
 
-def _memory(name: str, mem: Any) -> Any:
+class TableMemory(Protocol):
+    """What the builder needs of the memory holding its tables: a core
+    :class:`~pymsi.core.Memory` or an IpaView."""
+
+    def is_ram(self, addr: int, size: int = 1) -> bool: ...
+    def read(self, addr: int, size: int) -> bytes: ...
+    def write(self, addr: int, data: bytes) -> None: ...
+    def read_u64(self, addr: int) -> int: ...
+    def write_u64(self, addr: int, value: int) -> None: ...
+
+
+class TablePool(Protocol):
+    """Where the builder gets table pages: a :class:`TableAllocator`, or any allocator
+    with the same two calls (the kernel model's page allocator)."""
+
+    def alloc(self, size: int) -> int: ...
+    def free(self, addr: int, size: int) -> None: ...
+
+
+def _memory(name: str, mem: TableMemory) -> TableMemory:
     """``mem`` checked to offer the memory methods the builder uses (TypeError)."""
     if not all(callable(getattr(mem, m, None)) for m in _MEMORY_METHODS):
         raise TypeError(f"{name} must be a core Memory or IpaView, not {type(mem).__name__}")
@@ -66,7 +85,7 @@ def _memory(name: str, mem: Any) -> Any:
 class TableAllocator:
     """Hands out zeroed, naturally aligned table memory from a RAM range."""
 
-    def __init__(self, mem: Any, base: int, size: int) -> None:
+    def __init__(self, mem: TableMemory, base: int, size: int) -> None:
         _memory("mem", mem)
         base, size = int_arg("base", base), int_arg("size", size)
         if not mem.is_ram(base, size):
@@ -113,8 +132,8 @@ class IoPgtable:
 
     def __init__(
         self,
-        mem: Any,
-        alloc: TableAllocator,
+        mem: TableMemory,
+        alloc: TablePool,
         fmt: str = "s1",
         granule: int = 4096,
         ias: int = 48,
@@ -201,6 +220,7 @@ class IoPgtable:
         """A :class:`Stage1` that walks these tables (extra fields via ``kw``)."""
         if self.fmt != "s1":
             raise InvalidArgument("stage1_config() of a stage-2 table")
+        base: dict[str, Any]
         if self.ttbr1:
             base = dict(ttb1=self.pgd, tsz1=64 - self.ias, granule1=self.granule, epd0=True,
                         epd1=False, ips=self.oas)
@@ -213,7 +233,7 @@ class IoPgtable:
         """A :class:`Stage2` that walks these tables (extra fields via ``kw``)."""
         if self.fmt != "s2":
             raise InvalidArgument("stage2_config() of a stage-1 table")
-        base = dict(vttb=self.pgd, tsz=64 - self.ias,
+        base: dict[str, Any] = dict(vttb=self.pgd, tsz=64 - self.ias,
                     sl0=s2_sl0_for_level(self.gshift, self.start_level),
                     granule=self.granule, ps=self.oas)
         base.update(kw)

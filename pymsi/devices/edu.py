@@ -71,6 +71,9 @@ class EduDevice(PciDeviceModel):
     MSIX_VECTORS = 1
     MSI_VECTORS = 1
     PROPERTIES = {"dma_mask": (1 << 28) - 1, "fact_ns": 1000, "dma_ns": 100_000}
+    dma_mask: int                          # the properties, set from PROPERTIES at creation
+    fact_ns: int
+    dma_ns: int
 
     def realize(self) -> None:
         self.dma_errors = 0

@@ -65,6 +65,7 @@ class MultiQueueNic(PciDeviceModel):
     NAME = "nic"
     VENDOR_ID, DEVICE_ID, CLASS_CODE = 0x1234, 0x4E49, 0x020000      # Ethernet controller
     PROPERTIES = {"queues": 4}
+    queues: int                            # the properties, set from PROPERTIES at creation
 
     def check_properties(self) -> None:
         q = self.queues

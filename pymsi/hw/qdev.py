@@ -60,10 +60,10 @@ path ``"mypkg.counter:Counter"``: :func:`find_device_model`.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from ..errors import DeviceModelError, InvalidArgument
 from . import pci as P
@@ -180,11 +180,12 @@ class PciDeviceModel(PciFunction):
         if cb is None:
             return None
         if isinstance(cb, str):
-            fn = getattr(self, cb, None)
+            fn: Callable[..., Any] | None = getattr(self, cb, None)
             if not callable(fn):
                 raise InvalidArgument(f"{type(self).__name__} has no method {cb!r} for a BAR")
             return fn
-        return cb.__get__(self, type(self)) if hasattr(cb, "__get__") else cb
+        bound: Callable[..., Any] = cb.__get__(self, type(self)) if hasattr(cb, "__get__") else cb
+        return bound
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.bdf})"
@@ -312,7 +313,9 @@ class PciDeviceModel(PciFunction):
         if not self._dma_ok():
             return DmaResult(False, None)
         self.dma_stats["reads"] += 1
-        r = self.host.bus.dma_read(self.rid, addr & ((1 << 64) - 1), size)
+        # _dma_ok() saw the host (no cast() call on the DMA path)
+        r: DmaResult = self.host.bus.dma_read(  # type: ignore[union-attr]
+            self.rid, addr & ((1 << 64) - 1), size)
         if not r.ok:
             self.dma_stats["faults"] += 1
         return r
@@ -324,8 +327,9 @@ class PciDeviceModel(PciFunction):
         if not self._dma_ok():
             return DmaResult(False, None)
         self.dma_stats["writes"] += 1
-        r = self.host.bus.dma_write(self.rid, addr & ((1 << 64) - 1), value, size,
-                                    on_done=self._dma_done)
+        # _dma_ok() saw the host (no cast() call on the DMA path)
+        r: DmaResult = self.host.bus.dma_write(  # type: ignore[union-attr]
+            self.rid, addr & ((1 << 64) - 1), value, size, on_done=self._dma_done)
         return r
 
     def _dma_done(self, r: DmaResult) -> None:
@@ -333,7 +337,7 @@ class PciDeviceModel(PciFunction):
             self.dma_stats["faults"] += 1
 
     @staticmethod
-    def _chunks(addr: int, n: int):
+    def _chunks(addr: int, n: int) -> Iterator[tuple[int, int]]:
         off = 0
         while off < n:
             a = addr + off
@@ -349,7 +353,7 @@ class PciDeviceModel(PciFunction):
             r = self.dma_read(addr + off, size)
             if not r.ok:
                 return None
-            out[off:off + size] = r.value.to_bytes(size, "little")
+            out[off:off + size] = cast(int, r.value).to_bytes(size, "little")   # r.ok
         return bytes(out)
 
     def dma_write_bytes(self, addr: int, data: bytes) -> bool:
@@ -399,7 +403,7 @@ class PciDeviceModel(PciFunction):
 def _entry_points() -> dict[str, metadata.EntryPoint]:
     eps = metadata.entry_points()
     group = eps.select(group=ENTRY_POINT_GROUP) if hasattr(eps, "select") \
-        else eps.get(ENTRY_POINT_GROUP, [])
+        else eps.get(ENTRY_POINT_GROUP, [])  # type: ignore[arg-type]  # (before 3.10's select)
     found: dict[str, metadata.EntryPoint] = {}
     for ep in sorted(group, key=lambda e: (e.name, e.value)):
         found.setdefault(ep.name, ep)

@@ -44,7 +44,7 @@ import array
 import enum
 from collections import deque
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from .. import core, trace
 from ..core import Fault, FaultKind, Stage1, Stage2, WalkResult, XlateConfig
@@ -714,7 +714,8 @@ class SMMUv3:
         if not R.STE0_V.get(w[0]):
             raise bad
         config = R.STE0_CONFIG.get(w[0])
-        if config not in iter(R.SteConfig):
+        # (iter(): before Python 3.12 `in` on the enum class refuses a non-member int)
+        if config not in iter(R.SteConfig):  # type: ignore[operator]
             raise bad
         s1 = config in (R.SteConfig.S1, R.SteConfig.NESTED)
         s2 = config in (R.SteConfig.S2, R.SteConfig.NESTED)
@@ -767,7 +768,8 @@ class SMMUv3:
             kind = _FAULT_EVENT[r.fault.kind]
             raise _ConfigError(kind, fault=r.fault, record=ste.s2r
                                or kind == R.EventType.F_WALK_EABT, event_class=R.EventClass.CD)
-        return r.pa
+        pa: int = r.pa
+        return pa
 
     def _fetch_cd(self, sid: int, ste: _Ste, ssid: int) -> _Cd:
         cd = self._cd_cache.get((sid, ssid))
@@ -832,7 +834,7 @@ class SMMUv3:
                 cd_index = 0
             elif ssid >> ste.s1cdmax:
                 raise _ConfigError(R.EventType.C_BAD_SUBSTREAMID)
-            cd = self._fetch_cd(sid, ste, cd_index)
+            cd = self._fetch_cd(sid, ste, cast(int, cd_index))     # 0 when ssid is None
             st = _Stream(core.STREAM_TRANSLATE,
                          XlateConfig(cd.s1, ste.s2, asid=cd.asid, vmid=ste.vmid),
                          cd.record, ste.s2r, 0)
@@ -912,7 +914,7 @@ class SMMUv3:
     def _trace_success(self, sid: int, iova: int, write: bool, w: WalkResult,
                        cfg: XlateConfig | None = None) -> None:
         if cfg is None:
-            cfg = self._by_sid[sid].cfg
+            cfg = cast(XlateConfig, self._by_sid[sid].cfg)   # the stream translated
         trace_smmuv3_translate_success(
             sid=sid, iova=iova, ipa=w.ipa, translated=w.pa, is_write=write,
             stage=(1 if cfg.s1 is not None else 0) | (2 if cfg.s2 is not None else 0),
@@ -931,7 +933,8 @@ class SMMUv3:
         if f is not None:                  # a stage-2 fault while fetching a CD
             words = self._event(e.event, sid, ssid, iova, write, s2=True,
                                 event_class=e.event_class,
-                                ipa=f.ipa if e.event != R.EventType.F_WALK_EABT else 0,
+                                ipa=cast(int, f.ipa) if e.event != R.EventType.F_WALK_EABT
+                                else 0,
                                 fetch_addr=f.ipa or 0)
         else:
             words = self._event(e.event, sid, ssid, iova, write, fetch_addr=e.fetch_addr)
@@ -944,7 +947,7 @@ class SMMUv3:
 
     def _fault_event(self, w: WalkResult, st: _Stream, sid: int, ssid: int | None, iova: int,
                      write: bool) -> SmmuResult:
-        f = w.fault
+        f = cast(Fault, w.fault)                    # called for a faulted walk only
         etype = _FAULT_EVENT[f.kind]
         eabt = etype == R.EventType.F_WALK_EABT
         record = eabt or (st.record_s2 if f.stage == 2 else st.record_s1)
@@ -990,7 +993,7 @@ class SMMUv3:
             scratch = self._scratch
             if len(scratch) < n:
                 scratch = self._scratch = array.array("I", bytes(4 * n))
-            ok = self._core.stream_batch(self.memory, self._streams, sv, iv, op, st,
+            ok: int = self._core.stream_batch(self.memory, self._streams, sv, iv, op, st,
                                          tlb=self.tlb, write=write, unresolved=scratch)
             if ok == n:
                 return ok
@@ -1007,7 +1010,7 @@ class SMMUv3:
         for k in todo:
             s = st[k]
             if s >= core.STATUS_FAULT:             # translated in C, faulted: record it
-                fault = core.status_fault(s)
+                fault = cast(Fault, core.status_fault(s))   # a fault status has a fault
                 if fault.stage == 2:
                     fault = fault._replace(ipa=op[k])
                 self._fault_event(WalkResult(fault), self._by_sid[sv[k]], sv[k],

@@ -49,7 +49,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from .._repr import bounded, short
 from ..core import IoPgtable, Prot
@@ -84,6 +84,9 @@ from .iommu import (
     ResvRegion,
     ResvType,
 )
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
 
 STRTAB_SPLIT = 8
 STRTAB_L1_MAX_LOG2SIZE = 25            # a 256 KiB L1 table, as Linux caps it
@@ -436,7 +439,7 @@ class ArmSmmuV3(IommuOps):
     :meth:`handle_irq`.
     """
 
-    def __init__(self, kernel: Any, base: int, first_rid: int = 0, last_rid: int = 0xFFFF,
+    def __init__(self, kernel: Kernel, base: int, first_rid: int = 0, last_rid: int = 0xFFFF,
                  *, cmdq_shift: int = CMDQ_MAX_SHIFT, evtq_shift: int = EVTQ_MAX_SHIFT) -> None:
         self.kernel, self.base = kernel, base
         self.first_rid, self.last_rid = first_rid, last_rid
@@ -456,7 +459,7 @@ class ArmSmmuV3(IommuOps):
     # -- registers --------------------------------------------------------------------
 
     def readl(self, off: int) -> int:
-        return self.kernel.bus.read(self.base + off, 4)
+        return cast(int, self.kernel.bus.read(self.base + off, 4))
 
     def writel(self, off: int, value: int) -> None:
         self.kernel.bus.write(self.base + off, value, 4)
@@ -792,7 +795,7 @@ class ArmSmmuV3(IommuOps):
         """arm_smmu_make_cdtable_ste(): stage 1 through the master's linear CD table."""
         ste = [0] * 8
         ste[0] = (R.STE0_V(1) | R.STE0_CONFIG(R.SteConfig.S1) | R.STE0_S1FMT(R.S1FMT_LINEAR)
-                  | R.STE0_S1CTXPTR(master.cd_table >> 6) | R.STE0_S1CDMAX(0))
+                  | R.STE0_S1CTXPTR(cast(int, master.cd_table) >> 6) | R.STE0_S1CDMAX(0))
         ste[1] = (R.STE1_S1DSS(R.S1DSS_SSID0) | R.STE1_S1CIR(CACHE_WBRA)
                   | R.STE1_S1COR(CACHE_WBRA) | R.STE1_S1CSH(SH_ISH))
         return ste

@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno as _errno
 from typing import Any
 
-from ..errors import KernelError  # noqa: F401  (defined in pymsi.errors, used from here)
+from ..errors import KernelError as KernelError  # (defined in pymsi.errors; re-exported)
 
 
 def fail(err: int, what: str = "") -> KernelError:
@@ -70,7 +70,8 @@ def cpumask_str(cpus: frozenset[int] | set[int], nbits: int | None = None) -> st
     value = sum(1 << c for c in cpus)
     if nbits is None:
         nbits = max(32, (value.bit_length() + 31) // 32 * 32)
-    groups, first = [], nbits % 32 or 32
+    groups: list[str] = []
+    first = nbits % 32 or 32
     for i in range((nbits + 31) // 32 * 32 - 32, -1, -32):
         width = (first + 3) // 4 if not groups else 8
         groups.append(f"{value >> i & ((1 << (first if not groups else 32)) - 1):0{width}x}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .base import EEXIST, EINVAL, ENOMEM, ENOSPC, fail
 from .iommu import (
@@ -28,6 +28,10 @@ from .iommu import (
     IommuDomain,
     ResvType,
 )
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
+    from .msi import MsiDesc
 
 DMA_BIT_MASK_32 = (1 << 32) - 1
 
@@ -126,10 +130,21 @@ class Cookie:
                 f"reserved={len(self.reserved_iovas)})")
 
 
+def _iovad(cookie: Cookie) -> IovaDomain:
+    """The IOVA allocator of a DMA_IOVA cookie (which always has one)."""
+    return cast(IovaDomain, cookie.iovad)
+
+
+def _free_iova(cookie: Cookie, iova: int) -> None:
+    """free_iova() of the pages at ``iova`` in the cookie's allocator."""
+    iovad = _iovad(cookie)
+    iovad.free(iova >> iovad.shift)
+
+
 class DmaIommu:
     """The dma-iommu layer of one kernel."""
 
-    def __init__(self, kernel: Any) -> None:
+    def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
         self.stats = {"msi_pages_mapped": 0, "msi_page_reuses": 0}
 
@@ -141,14 +156,15 @@ class DmaIommu:
     def init_domain(self, domain: IommuDomain, dev: Any) -> None:
         """iommu_get_dma_cookie() + iommu_dma_init_domain() for a kernel DMA domain."""
         granule = self._granule(domain)
-        cookie = Cookie(CookieType.IOVA, granule, IovaDomain(granule))
-        shift = cookie.iovad.shift
+        iovad = IovaDomain(granule)
+        cookie = Cookie(CookieType.IOVA, granule, iovad)
+        shift = iovad.shift
         for r in self.kernel.iommu.get_resv_regions(dev):
             if r.type == ResvType.SW_MSI:        # MSI pages come from the allocator here
                 continue
-            cookie.iovad.reserve(r.start >> shift, r.end >> shift)
+            iovad.reserve(r.start >> shift, r.end >> shift)
         for lo, hi in self.kernel.pci_windows():  # peer-to-peer windows of the host bridge
-            cookie.iovad.reserve(lo >> shift, hi >> shift)
+            iovad.reserve(lo >> shift, hi >> shift)
         domain.cookie = cookie
         domain.owner = "dma-iommu"
         domain.cookie_type = IommuCookieType.DMA_IOVA
@@ -171,7 +187,7 @@ class DmaIommu:
 
     # -- MSIs ------------------------------------------------------------------------------
 
-    def sw_msi(self, domain: IommuDomain, desc: Any, msi_addr: int) -> None:
+    def sw_msi(self, domain: IommuDomain, desc: MsiDesc, msi_addr: int) -> None:
         """iommu_dma_sw_msi(): map the doorbell page on demand; reuse it after."""
         cookie: Cookie = domain.cookie
         granule = cookie.granule
@@ -188,7 +204,7 @@ class DmaIommu:
                                       IOMMU_WRITE | IOMMU_NOEXEC | IOMMU_MMIO)
             except Exception:
                 if cookie.type == CookieType.IOVA:
-                    cookie.iovad.free(iova >> cookie.iovad.shift)
+                    _free_iova(cookie, iova)
                 else:
                     cookie.msi_iova -= granule
                 raise
@@ -211,13 +227,13 @@ class DmaIommu:
         del cookie.msi_pages[msi.phys]
         self.kernel.iommu.unmap(domain, msi.iova, cookie.granule)
         if cookie.type == CookieType.IOVA:
-            cookie.iovad.free(msi.iova >> cookie.iovad.shift)
+            _free_iova(cookie, msi.iova)
 
     # -- the DMA API ------------------------------------------------------------------------
 
     def _alloc_iova(self, domain: IommuDomain, cookie: Cookie, size: int, dev: Any) -> int:
         """iommu_dma_alloc_iova(): below the DMA mask, below 4 GiB first for PCI."""
-        iovad = cookie.iovad
+        iovad = _iovad(cookie)
         npages = (size + cookie.granule - 1) >> iovad.shift
         limit = min(dev.dma_mask, domain.geometry.aperture_end)
         if limit > DMA_BIT_MASK_32 and getattr(dev, "is_pci", False):
@@ -249,7 +265,7 @@ class DmaIommu:
         try:
             self.kernel.iommu.map(domain, iova, phys - off, length, prot)
         except Exception:
-            cookie.iovad.free(iova >> cookie.iovad.shift)
+            _free_iova(cookie, iova)
             raise
         return iova + off
 
@@ -264,4 +280,4 @@ class DmaIommu:
         iova = dma_addr - off
         if self.kernel.iommu.unmap(domain, iova, length) != length:
             raise fail(EINVAL, f"dma_unmap_page({dma_addr:#x}) of something not mapped")
-        cookie.iovad.free(iova >> cookie.iovad.shift)
+        _free_iova(cookie, iova)

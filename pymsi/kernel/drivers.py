@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._doc import document_attributes
+from .kernel import Kernel  # (at run time: help() and get_type_hints read the attributes)
 from .msi import MsiType
 from .pci import PciDriver
 
@@ -14,7 +15,7 @@ def _remove(dev: Any) -> None:
     dev.driver_data._teardown()
 
 
-def msi_counting_pci_driver(kernel: Any, name: str, nvec: int,
+def msi_counting_pci_driver(kernel: Kernel, name: str, nvec: int,
                             flags: MsiType = MsiType.MSIX | MsiType.MSI,
                             id_table: Any = ()) -> PciDriver:
     """Register a PCI driver whose probe is a :class:`MsiCountingDriver`."""
@@ -37,7 +38,7 @@ class MsiCountingDriver:
     """
 
     #: the kernel it runs in
-    kernel: Any
+    kernel: Kernel
     #: the pci_dev it drives
     dev: Any
     #: its driver name (``drv-<bdf>`` by default)
@@ -47,9 +48,9 @@ class MsiCountingDriver:
     #: the Linux IRQ number of each vector (pci_irq_vector()), by vector index
     irqs: list[int]
     #: vector index -> the CPUs its handler ran on, in order
-    fired: dict[int, list[int]]
+    fired: dict[int, list[int | None]]
 
-    def __init__(self, kernel: Any, dev: Any, nvec: int,
+    def __init__(self, kernel: Kernel, dev: Any, nvec: int,
                  flags: MsiType = MsiType.MSIX | MsiType.MSI, min_vecs: int = 1,
                  name: str | None = None, bind: bool = True) -> None:
         self.kernel, self.dev = kernel, dev
@@ -76,7 +77,7 @@ class MsiCountingDriver:
         dev.set_master()
         dev.set_dma_mask((1 << 64) - 1)
         self.nvec = kernel.msi.alloc_irq_vectors(dev, min_vecs, nvec, flags)
-        self.fired: dict[int, list[int]] = {v: [] for v in range(self.nvec)}
+        self.fired: dict[int, list[int | None]] = {v: [] for v in range(self.nvec)}
         self.irqs = [kernel.msi.irq_vector(dev, v) for v in range(self.nvec)]
         done = []
         try:

@@ -24,11 +24,14 @@ from __future__ import annotations
 import errno as _errno
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._repr import bounded
 from ..uapi.eventpoll import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT  # noqa: F401 (re-exported)
 from .base import EEXIST, EFAULT, EINVAL, ENOENT, ENOMEM, fail
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
 
 EBADF, ENOTTY, EAGAIN, EMFILE = _errno.EBADF, _errno.ENOTTY, _errno.EAGAIN, _errno.EMFILE
 ESPIPE = _errno.ESPIPE
@@ -110,7 +113,7 @@ class File:
     if a ``dup`` of it or a kernel reference keeps the file alive.
     """
 
-    def __init__(self, kernel: Any, fops: FileOperations, flags: int,
+    def __init__(self, kernel: Kernel, fops: FileOperations, flags: int,
                  cdev: CharDev | None = None, private_data: Any = None) -> None:
         self.kernel = kernel
         self.f_op = fops
@@ -147,7 +150,8 @@ class File:
     # -- the system calls on self.fd ----------------------------------------------------
 
     def _files(self) -> FdTable:
-        return self.kernel.files
+        files: FdTable = self.kernel.files
+        return files
 
     def ioctl(self, cmd: int, arg: Any = 0) -> Any:
         """ioctl(2) on this descriptor."""
@@ -190,7 +194,7 @@ class FdTable:
     descriptors is EMFILE.
     """
 
-    def __init__(self, kernel: Any, limit: int = NR_OPEN_DEFAULT) -> None:
+    def __init__(self, kernel: Kernel, limit: int = NR_OPEN_DEFAULT) -> None:
         self.kernel = kernel
         self.limit = limit
         self.hard_limit = max(limit, NR_OPEN_HARD)
@@ -361,9 +365,10 @@ class CharDevRegistry:
     def register(self, path: str, fops: FileOperations, data: Any = None) -> CharDev:
         """Make ``path`` open ``fops``; EEXIST when the node exists, EINVAL for a
         path that is not absolute."""
-        path = _normpath(path)
-        if path is None:
+        norm = _normpath(path)
+        if norm is None:
             raise fail(EINVAL, "a device node path is absolute")
+        path = norm
         if path in self.nodes:
             raise fail(EEXIST, f"{path} exists")
         node = self.nodes[path] = CharDev(path, fops, data)
@@ -391,7 +396,7 @@ def _normpath(path: Any) -> str | None:
     return "/" + "/".join(p for p in path.split("/") if p not in ("", "."))
 
 
-def do_open(kernel: Any, path: str, flags: int = O_RDWR) -> File:
+def do_open(kernel: Kernel, path: str, flags: int = O_RDWR) -> File:
     """open(2) of a device node: the file, installed at the lowest free descriptor.
 
     ENOENT for no node; EINVAL for flags the model does not know; the device's
@@ -426,7 +431,7 @@ class EventfdCtx(FileOperations):
     the eventfd still counts, unseen.
     """
 
-    def __init__(self, kernel: Any, count: int, flags: int) -> None:
+    def __init__(self, kernel: Kernel, count: int, flags: int) -> None:
         self.kernel = kernel
         self.count = count
         self.flags = flags
@@ -555,7 +560,7 @@ class EventfdCtx(FileOperations):
 _SIGNAL_DEPTH = [0]       # eventfd_signal() nesting, across every context (per CPU in Linux)
 
 
-def do_eventfd(kernel: Any, initval: int = 0, flags: int = 0) -> File:
+def do_eventfd(kernel: Kernel, initval: int = 0, flags: int = 0) -> File:
     """eventfd2(2): a new eventfd file at the lowest free descriptor.
 
     ``initval`` is the C ``unsigned int``: a value that is not one is EINVAL
@@ -573,7 +578,7 @@ def do_eventfd(kernel: Any, initval: int = 0, flags: int = 0) -> File:
     return file
 
 
-def eventfd_ctx_fdget(kernel: Any, fd: int) -> EventfdCtx:
+def eventfd_ctx_fdget(kernel: Kernel, fd: int) -> EventfdCtx:
     """eventfd_ctx_fdget(): the context of eventfd ``fd`` with a reference
     (EBADF for no file, EINVAL for a file that is not an eventfd)."""
     file = kernel.files._lookup(fd)
@@ -613,7 +618,7 @@ class UserMm:
     placed top-down below ``MMAP_BASE``, each page allocated from the kernel's
     page allocator on first touch and freed when neither mapped nor pinned."""
 
-    def __init__(self, kernel: Any) -> None:
+    def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
         self.vmas: list[Vma] = []             # sorted by start, disjoint
         self.pinned: dict[int, UserPage] = {}     # PA -> page with pins > 0

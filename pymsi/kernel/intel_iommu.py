@@ -17,13 +17,16 @@ the bus is not translated by it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..core import Prot
 from ..hw import x86 as HW
 from ..uapi import iommufd as uapi
 from .base import EEXIST, EINVAL, ENODEV, EOPNOTSUPP, fail
 from .iommu import DomainType, Geometry, IommuDomain, IommuOps, ResvRegion, ResvType
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
 
 PAGE_SIZE = 4096
 IOAPIC_RANGE_START, IOAPIC_RANGE_END = 0xFEE0_0000, 0xFEEF_FFFF
@@ -62,7 +65,7 @@ class VtdDomain(IommuDomain):
 class IntelIommu(IommuOps):
     """The VT-d unit of X86Pc at MMIO ``base`` (DMAR), for every PCI function."""
 
-    def __init__(self, kernel: Any, base: int) -> None:
+    def __init__(self, kernel: Kernel, base: int) -> None:
         self.kernel = kernel
         self.base = base
         self.domains: dict[Any, IommuDomain] = {}       # device -> attached domain
@@ -76,11 +79,11 @@ class IntelIommu(IommuOps):
 
     @property
     def cap(self) -> int:
-        return self.kernel.bus.read(self.base + HW.CAP, 8)
+        return cast(int, self.kernel.bus.read(self.base + HW.CAP, 8))
 
     @property
     def ecap(self) -> int:
-        return self.kernel.bus.read(self.base + HW.ECAP, 8)
+        return cast(int, self.kernel.bus.read(self.base + HW.ECAP, 8))
 
     # -- IommuOps ------------------------------------------------------------------------
 

@@ -18,11 +18,14 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..core import Prot
 from ..hw.virt_map import SW_MSI_BASE, SW_MSI_SIZE
 from .base import EBUSY, EINVAL, ENODEV, EOPNOTSUPP, EPERM, fail
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
 
 IOMMU_READ, IOMMU_WRITE, IOMMU_CACHE = Prot.READ, Prot.WRITE, Prot.CACHE
 IOMMU_NOEXEC, IOMMU_MMIO, IOMMU_PRIV = Prot.NOEXEC, Prot.MMIO, Prot.PRIV
@@ -133,6 +136,8 @@ class IommuDomain:
 class IommuOps:
     """struct iommu_ops: what an IOMMU driver provides to the core."""
 
+    _claims: Callable[[Any], bool]          # set by IommuCore.device_register
+
     def probe_device(self, dev: Any) -> Any:
         """Take the device on (return per-device driver state), or raise ENODEV."""
         raise fail(ENODEV)
@@ -193,7 +198,7 @@ class IommuGroup:
 class IommuCore:
     """The IOMMU subsystem of one kernel."""
 
-    def __init__(self, kernel: Any, default_domain_type: DomainType = DomainType.DMA) -> None:
+    def __init__(self, kernel: Kernel, default_domain_type: DomainType = DomainType.DMA) -> None:
         self.kernel = kernel
         self.default_domain_type = default_domain_type
         self.iommus: list[IommuOps] = []
@@ -231,7 +236,7 @@ class IommuCore:
             group.default_domain = self._alloc_default(ops, dev, dtype)
             self._attach_group(group.default_domain, group)
         else:
-            ops.attach_dev(group.domain, dev)
+            ops.attach_dev(cast(IommuDomain, group.domain), dev)   # the group's, set up
         self._create_device_direct_mappings(group, dev)
         return group
 
@@ -362,7 +367,7 @@ class IommuCore:
         """iommu_detach_group(): back to the default domain."""
         if group.domain is not domain:
             raise fail(EINVAL, "group is not attached to that domain")
-        self._attach_group(group.default_domain, group)
+        self._attach_group(cast(IommuDomain, group.default_domain), group)   # made at probe
 
     def attach_device(self, domain: IommuDomain, dev: Any) -> None:
         """iommu_attach_device(): a singleton group only."""
@@ -392,7 +397,7 @@ class IommuCore:
         group.owner_cnt -= 1
         if group.owner_cnt == 0:
             group.owner = None
-            self._attach_group(group.default_domain, group)
+            self._attach_group(cast(IommuDomain, group.default_domain), group)  # made at probe
 
     # -- mappings ----------------------------------------------------------------------
 
@@ -456,7 +461,7 @@ class IommuCore:
         if domain.type == DomainType.BLOCKED:
             # A device bound to an iommufd context but not attached: the per-vector
             # design still decides its address (ENOENT without a table entry).
-            hooks = getattr(getattr(group, "owner", None), "msi", None)
+            hooks: Any = getattr(getattr(group, "owner", None), "msi", None)
             if getattr(hooks, "name", None) == "per-vector":
                 hooks.prepare(domain, desc, msi_addr)
                 return

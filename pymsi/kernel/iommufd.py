@@ -47,7 +47,7 @@ from __future__ import annotations
 import errno as _errno
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..core import Prot
 from ..uapi import iommufd as uapi
@@ -69,6 +69,11 @@ from .base import (
 )
 from .files import PAGE_SIZE, File, FileOperations
 from .iommu import ResvType
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
+
+_S = TypeVar("_S", bound=Struct)
 
 ENOTTY, EADDRINUSE, EMSGSIZE = _errno.ENOTTY, _errno.EADDRINUSE, _errno.EMSGSIZE
 EBADFD = _errno.EBADFD
@@ -109,7 +114,7 @@ class PinnedPages:
 
     copyable = True           # IOMMU_IOAS_COPY may hand these pages to another area
 
-    def __init__(self, kernel: Any, uptr: int, pas: list[int], writable: bool) -> None:
+    def __init__(self, kernel: Kernel, uptr: int, pas: list[int], writable: bool) -> None:
         self.kernel = kernel
         self.uptr = uptr
         self.pas = pas
@@ -467,8 +472,8 @@ class IommufdDevice(IommufdObject):
 
     def destroy(self) -> None:
         """iommufd_device_destroy(): detached, DMA ownership given back."""
-        vdev = getattr(self, "vdev", None)
-        if vdev is not None and self.ctx.objects.get(vdev.id) is vdev:
+        vdev: IommufdObject | None = getattr(self, "vdev", None)   # set by a vDEVICE
+        if vdev is not None and vdev is self.ctx.objects.get(vdev.id):
             # iommufd_device_pre_destroy() -> iommufd_object_tombstone_user(): the
             # id stays taken (lookups are ENOENT) until the context is released.
             del self.ctx.objects[vdev.id]
@@ -545,7 +550,7 @@ def _paging_of(hwpt: HwptPaging | HwptNested) -> HwptPaging:
 class IommufdCtx:
     """struct iommufd_ctx: one open of /dev/iommu and its object table."""
 
-    def __init__(self, kernel: Any) -> None:
+    def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
         self.objects: dict[int, IommufdObject] = {}
         #: ids of objects destroyed as tombstones (XA_ZERO_ENTRY): not reused before
@@ -951,8 +956,8 @@ class IommufdCtx:
         return 0
 
 
-def copy_struct_from_user(cls: type, data_type: int, want_type: int, data: bytes,
-                          min_last: str) -> Any:
+def copy_struct_from_user(cls: type[_S], data_type: int, want_type: int, data: bytes,
+                          min_last: str) -> _S:
     """iommu_copy_struct_from_user(): EINVAL for another data type or fewer bytes than
     up to ``min_last``; a longer buffer must be zero beyond the structure (E2BIG);
     a shorter one is zero-extended."""
@@ -976,7 +981,7 @@ def _copy_back(dst: Struct, src: Struct) -> None:
 class IommufdFops(FileOperations):
     """The file operations of /dev/iommu."""
 
-    def __init__(self, kernel: Any) -> None:
+    def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
 
     def open(self, file: File) -> None:
@@ -985,14 +990,15 @@ class IommufdFops(FileOperations):
     def release(self, file: File) -> None:
         file.private_data.release()
 
-    def unlocked_ioctl(self, file: File, cmd: int, arg: Any) -> int:   # type: ignore[override]
-        return file.private_data.ioctl(cmd, arg)
+    def unlocked_ioctl(self, file: File, cmd: int, arg: Any) -> int:
+        ctx: IommufdCtx = file.private_data
+        return ctx.ioctl(cmd, arg)
 
 
 class Iommufd:
     """The iommufd module (``k.iommufd``): its parameters and what VFIO calls."""
 
-    def __init__(self, kernel: Any) -> None:
+    def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
         self.fops = IommufdFops(kernel)
         #: module parameter allow_unsafe_interrupts: bind devices whose MSIs are not isolated
@@ -1008,7 +1014,8 @@ class Iommufd:
         """iommufd_ctx_from_file(): EBADFD for a file that is not /dev/iommu."""
         if getattr(file, "f_op", None) is not self.fops:
             raise fail(EBADFD, "not an iommufd file")
-        return file.private_data
+        ctx: IommufdCtx = file.private_data
+        return ctx
 
     def msi_isolated(self, group: Any) -> bool:
         """iommu_group_has_isolated_msi(): every device's MSI domain hierarchy has an
@@ -1058,11 +1065,11 @@ class Iommufd:
         ctx.remove(devid)
 
 
-def iommufd_init(kernel: Any) -> Iommufd:
+def iommufd_init(kernel: Kernel) -> Iommufd:
     """Register /dev/iommu (the misc device iommufd_init() adds) and ``k.iommufd``."""
     from . import iommufd_viommu
 
-    kernel.iommufd = Iommufd(kernel)
-    kernel.register_chrdev("/dev/iommu", kernel.iommufd.fops)
+    mod = kernel.iommufd = Iommufd(kernel)
+    kernel.register_chrdev("/dev/iommu", mod.fops)
     iommufd_viommu.register(IommufdCtx)
-    return kernel.iommufd
+    return mod

@@ -43,7 +43,7 @@ of new contexts (set by the machine's ``msi_design=``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .. import core
 from ..core import Prot
@@ -62,6 +62,12 @@ from .iommufd import (
     PinnedPages,
 )
 
+if TYPE_CHECKING:
+    from .iommu import IommuDomain
+    from .iommufd import HwptNested, HwptPaging
+    from .kernel import Kernel
+    from .msi import MsiDesc
+
 MSI_DESIGNS = ("dma-cookie", "sw-msi", "preset", "per-vector")
 PHYS_ADDR_MAX = (1 << 64) - 1
 PAGE_SHIFT = PAGE_SIZE.bit_length() - 1
@@ -71,12 +77,12 @@ MSI_MAP_PROT = Prot.WRITE | Prot.NOEXEC | Prot.MMIO        # IOMMU_IOAS_MAP_MSI:
 VFIO_MSI, VFIO_MSIX = 1, 2                                 # VFIO_PCI_MSI/MSIX_IRQ_INDEX
 
 
-def _paging(hwpt: Any) -> HwptPaging:
+def _paging(hwpt: HwptPaging | HwptNested) -> HwptPaging:
     """find_hwpt_paging(): the paging HWPT that holds a HWPT's stage-2 mappings."""
     return hwpt if isinstance(hwpt, HwptPaging) else hwpt.parent
 
 
-def msi_doorbell(kernel: Any, idev: IommufdDevice) -> int | None:
+def msi_doorbell(kernel: Kernel, idev: IommufdDevice) -> int | None:
     """The physical doorbell a device's MSIs are aimed at (the ITS's GITS_TRANSLATER),
     or None when its MSIs are not translated by the IOMMU (x86: IOMMU_RESV_MSI)."""
     if idev.hw_msi:
@@ -96,18 +102,18 @@ class MsiDesignBase(IommufdMsiHooks):
         self.kernel = ctx.kernel
         self.idevs: dict[Any, IommufdDevice] = {}     # PCI function -> its iommufd device
 
-    def hwpt_init(self, hwpt: Any) -> None:
+    def hwpt_init(self, hwpt: HwptPaging | HwptNested) -> None:
         hwpt.domain.cookie_type = IommuCookieType.IOMMUFD
         hwpt.domain.owner = "iommufd"
 
-    def attach(self, idev: IommufdDevice, hwpt: Any) -> None:
+    def attach(self, idev: IommufdDevice, hwpt: HwptPaging | HwptNested) -> None:
         self.idevs[idev.dev] = idev
 
     def unbind(self, idev: IommufdDevice) -> None:
         if self.idevs.get(idev.dev) is idev:
             del self.idevs[idev.dev]
 
-    def prepare(self, domain: Any, desc: Any, msi_addr: int) -> None:
+    def prepare(self, domain: IommuDomain, desc: MsiDesc, msi_addr: int) -> None:
         """iommufd_sw_msi(): set ``desc``'s IOVA and shift for a doorbell at
         ``msi_addr`` (the default: the PA unchanged)."""
         desc.set_iommu_msi_iova(0, 0)
@@ -118,7 +124,7 @@ class DmaCookieMsi(MsiDesignBase):
 
     name = "dma-cookie"
 
-    def hwpt_init(self, hwpt: Any) -> None:
+    def hwpt_init(self, hwpt: HwptPaging | HwptNested) -> None:
         if isinstance(hwpt, HwptNested):
             hwpt.domain.owner = "iommufd"             # no cookie: the PA goes out unchanged
             return
@@ -147,7 +153,7 @@ class SwMsi(MsiDesignBase):
     def __init__(self, ctx: IommufdCtx) -> None:
         super().__init__(ctx)
         self.maps: list[SwMsiMap] = []            # ictx->sw_msi_list
-        self.present: dict[HwptPaging, int] = {}  # hwpt_paging->present_sw_msi
+        self.present: dict[HwptPaging | HwptNested, int] = {}  # hwpt_paging->present_sw_msi
         self.required: dict[IommufdDevice, int] = {}   # igroup->required_sw_msi
 
     def get_map(self, msi_addr: int, sw_msi_start: int) -> SwMsiMap:
@@ -174,7 +180,7 @@ class SwMsi(MsiDesignBase):
         self.kernel.iommu.map(hwpt.domain, m.iova, m.msi_addr, PAGE_SIZE, MSI_SW_PROT)
         self.present[hwpt] = bits | 1 << m.id
 
-    def prepare(self, domain: Any, desc: Any, msi_addr: int) -> None:
+    def prepare(self, domain: IommuDomain, desc: MsiDesc, msi_addr: int) -> None:
         idev = self.idevs.get(desc.dev)
         if idev is None or idev.sw_msi_start == PHYS_ADDR_MAX:
             desc.set_iommu_msi_iova(0, 0)           # no SW_MSI region: message unchanged
@@ -184,7 +190,7 @@ class SwMsi(MsiDesignBase):
         self.required[idev] = self.required.get(idev, 0) | 1 << m.id
         desc.set_iommu_msi_iova(m.iova, PAGE_SHIFT)
 
-    def attach(self, idev: IommufdDevice, hwpt: Any) -> None:
+    def attach(self, idev: IommufdDevice, hwpt: HwptPaging | HwptNested) -> None:
         """iommufd_group_setup_msi(): install every page the device needs in the
         paging domain it moves to."""
         super().attach(idev, hwpt)
@@ -198,7 +204,7 @@ class SwMsi(MsiDesignBase):
         super().unbind(idev)
         self.required.pop(idev, None)
 
-    def hwpt_destroy(self, hwpt: Any) -> None:
+    def hwpt_destroy(self, hwpt: HwptPaging | HwptNested) -> None:
         self.present.pop(hwpt, None)
 
 
@@ -211,7 +217,7 @@ class PresetMsi(SwMsi):
     def __init__(self, ctx: IommufdCtx) -> None:
         super().__init__(ctx)
         self.iovas: dict[tuple[IommufdDevice, int, int], int] = {}   # msi_iovas[]
-        self.installed: dict[HwptPaging, dict[int, int]] = {}        # iova -> page
+        self.installed: dict[HwptPaging | HwptNested, dict[int, int]] = {}        # iova -> page
         self.needs: dict[IommufdDevice, dict[int, int]] = {}         # iova -> page
 
     def preset(self, idev: IommufdDevice, index: int, start: int, iovas: list[int]) -> None:
@@ -227,7 +233,7 @@ class PresetMsi(SwMsi):
         self.kernel.iommu.map(hwpt.domain, iova, page, PAGE_SIZE, MSI_SW_PROT)
         done[iova] = page
 
-    def prepare(self, domain: Any, desc: Any, msi_addr: int) -> None:
+    def prepare(self, domain: IommuDomain, desc: MsiDesc, msi_addr: int) -> None:
         idev = self.idevs.get(desc.dev)
         index = VFIO_MSIX if desc.is_msix else VFIO_MSI
         iova = None if idev is None else self.iovas.get((idev, index, desc.msi_index))
@@ -237,10 +243,11 @@ class PresetMsi(SwMsi):
         iova &= ~(PAGE_SIZE - 1)
         page = msi_addr & ~(PAGE_SIZE - 1)
         self._install_at(_paging(domain.iommufd_hwpt), iova, page)
-        self.needs.setdefault(idev, {})[iova] = page
+        # an iova was found, so there is a device
+        self.needs.setdefault(cast(IommufdDevice, idev), {})[iova] = page
         desc.set_iommu_msi_iova(iova, PAGE_SHIFT)
 
-    def attach(self, idev: IommufdDevice, hwpt: Any) -> None:
+    def attach(self, idev: IommufdDevice, hwpt: HwptPaging | HwptNested) -> None:
         super().attach(idev, hwpt)
         paging = _paging(hwpt)
         for iova, page in self.needs.get(idev, {}).items():
@@ -252,7 +259,7 @@ class PresetMsi(SwMsi):
         for key in [k for k in self.iovas if k[0] is idev]:
             del self.iovas[key]
 
-    def hwpt_destroy(self, hwpt: Any) -> None:
+    def hwpt_destroy(self, hwpt: HwptPaging | HwptNested) -> None:
         super().hwpt_destroy(hwpt)
         self.installed.pop(hwpt, None)
 
@@ -288,11 +295,11 @@ class PerVectorMsi(MsiDesignBase):
         self.table.reserve(self.TABLE_MIN + sum(self.sized.values()))
         self.idevs.setdefault(pdev, idev)
 
-    def attach(self, idev: IommufdDevice, hwpt: Any) -> None:
+    def attach(self, idev: IommufdDevice, hwpt: HwptPaging | HwptNested) -> None:
         super().attach(idev, hwpt)
         self.ensure(idev)
 
-    def attached(self, idev: IommufdDevice, hwpt: Any) -> None:
+    def attached(self, idev: IommufdDevice, hwpt: HwptPaging | HwptNested) -> None:
         """The device's live vectors are written again from their table entries
         (enabled while blocked, or their entries changed since); one without an
         entry is masked by the forced rewrite."""
@@ -342,7 +349,7 @@ class PerVectorMsi(MsiDesignBase):
         return next((o for o in self.ctx.objects.values()
                      if isinstance(o, IommufdDevice) and o.dev is dev and o.bound), None)
 
-    def lookup(self, desc: Any) -> None:
+    def lookup(self, desc: MsiDesc) -> None:
         """The prepare step: the vector's table entry into the descriptor (ENOENT
         for none).  No allocation and no page-table change."""
         idev = self.idev_of(desc.dev)
@@ -365,7 +372,7 @@ class PerVectorMsi(MsiDesignBase):
         vector = vector if index == VFIO_MSIX else 0
         return self.table.get(self.key(idev, index), vector) is not None
 
-    def prepare(self, domain: Any, desc: Any, msi_addr: int) -> None:
+    def prepare(self, domain: IommuDomain, desc: MsiDesc, msi_addr: int) -> None:
         self.lookup(desc)
 
 
@@ -385,7 +392,7 @@ def new_hooks(ctx: IommufdCtx, design: str) -> MsiDesignBase:
 # -- IOMMU_OPTION (IOMMU_OPTION_MSI_DESIGN) ------------------------------------------------
 
 
-def ioctl_option(ctx: IommufdCtx, cmd: Any) -> None:
+def ioctl_option(ctx: IommufdCtx, cmd: uapi.IommuOption) -> None:
     """IOMMU_OPTION: only the non-upstream IOMMU_OPTION_MSI_DESIGN is modelled
     (global to the context: object_id 0); GET answers the index of the design in
     MSI_DESIGNS, SET switches it (EINVAL beyond the list, EBUSY once the context
@@ -417,7 +424,7 @@ class MmioPages(PinnedPages):
 
     copyable = False
 
-    def __init__(self, kernel: Any, pa: int) -> None:
+    def __init__(self, kernel: Kernel, pa: int) -> None:
         super().__init__(kernel, 0, [pa], False)
 
     def put(self, first: int, n: int) -> None:
@@ -425,7 +432,7 @@ class MmioPages(PinnedPages):
             self.users[i] -= 1
 
 
-def ioctl_ioas_map_msi(ctx: IommufdCtx, cmd: Any) -> None:
+def ioctl_ioas_map_msi(ctx: IommufdCtx, cmd: uapi.IommuIoasMapMsi) -> None:
     """IOMMU_IOAS_MAP_MSI (not upstream): map device ``dev_id``'s MSI doorbell page at
     ``iova`` of IOAS ``ioas_id``, write-only MMIO, as an ordinary area (mapped into
     every domain of the IOAS, removed by IOMMU_IOAS_UNMAP).  EOPNOTSUPP for flags,

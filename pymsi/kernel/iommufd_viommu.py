@@ -42,7 +42,7 @@ shorter than a header (2026 fixes) are not modelled: such a read returns 0.
 from __future__ import annotations
 
 import errno as _errno
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..hw import smmuv3_regs as R
 from ..hw.bits import dwords
@@ -53,6 +53,9 @@ from .base import EEXIST, EFAULT, EINVAL, EIO, ENOENT, EOPNOTSUPP, KernelError, 
 from .files import O_RDWR, File, FileOperations
 from .iommufd import HwptNested, IommufdCtx, IommufdObject
 
+if TYPE_CHECKING:
+    from .kernel import Kernel
+
 E2BIG = _errno.E2BIG
 ULONG_MAX = (1 << 64) - 1
 INT_MAX = (1 << 31) - 1
@@ -62,7 +65,7 @@ _CMD_SIZE = uapi.IommuViommuArmSmmuv3Invalidate.sizeof
 _HDR_SIZE = uapi.IommufdVeventHeader.sizeof
 
 
-def copy_struct_from_user(kernel: Any, ksize: int, uptr: int, usize: int) -> bytes:
+def copy_struct_from_user(kernel: Kernel, ksize: int, uptr: int, usize: int) -> bytes:
     """copy_struct_from_user(): ``usize`` bytes at ``uptr`` as a ``ksize``-byte
     structure: a shorter one is zero-extended, a longer one must be zero beyond
     ``ksize`` (E2BIG); EFAULT if user memory cannot be read."""
@@ -296,7 +299,7 @@ class Veventq(IommufdObject, FileOperations):
 
     # -- file operations ------------------------------------------------------------------
 
-    def read(self, file: File, count: int = 4096) -> bytes:   # type: ignore[override]
+    def read(self, file: File, count: int = 4096) -> bytes:
         """iommufd_veventq_fops_read(): whole events (header, then data) while they
         fit in ``count``; a trailing LOST_EVENTS header alone."""
         out = bytearray()
@@ -312,7 +315,7 @@ class Veventq(IommufdObject, FileOperations):
                 self.num_events -= 1
         return bytes(out)
 
-    def poll(self, file: File) -> int:   # type: ignore[override]
+    def poll(self, file: File) -> int:
         """iommufd_eventq_fops_poll(): readable while events are queued."""
         return EPOLLIN | EPOLLRDNORM if self.deliver else 0
 
@@ -351,7 +354,7 @@ def ioctl_viommu_alloc(ctx: IommufdCtx, cmd: uapi.IommuViommuAlloc) -> None:
         raise fail(EOPNOTSUPP, "vIOMMU flags or default type")
     idev = _get(ctx, cmd.dev_id, "device")
     try:
-        smmu = _smmu_of(ctx, idev.dev)
+        smmu: ArmSmmuV3 = _smmu_of(ctx, idev.dev)     # checked just below
         if not arm_smmu_get_viommu_size(smmu, cmd.type):
             raise fail(EOPNOTSUPP, f"no vIOMMU of type {cmd.type} for {idev.dev}")
         hwpt = _get(ctx, cmd.hwpt_id, "hwpt_paging")
@@ -424,7 +427,7 @@ def ioctl_hwpt_invalidate(ctx: IommufdCtx, cmd: uapi.IommuHwptInvalidate) -> Non
                                         cmd.data_uptr + i * cmd.entry_len, cmd.entry_len)
             d = dwords(raw)
             cmds.append((d[0], d[1]))
-        done, err = obj.cache_invalidate(cmds)
+        done, err = cast(Viommu, obj).cache_invalidate(cmds)    # its kind is "viommu"
         cmd.entry_num = done
         if err is not None:
             raise _respond(err)
@@ -473,7 +476,7 @@ def ioctl_veventq_alloc(ctx: IommufdCtx, cmd: uapi.IommuVeventqAlloc) -> None:
 
 def _ctx_file(ctx: IommufdCtx) -> File | None:
     """The /dev/iommu file of the context (the process's descriptor for it)."""
-    f = getattr(ctx, "file", None)
+    f: File | None = getattr(ctx, "file", None)
     if f is not None:
         return f
     for f in ctx.kernel.files.open_files().values():

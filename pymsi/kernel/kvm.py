@@ -25,18 +25,24 @@ from __future__ import annotations
 
 import errno as _errno
 import struct as _struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .. import trace
 from ..hw import gicv3 as G
 from ..hw import its as I
 from ..hw.bits import merge_access
 from ..uapi import kvm as K
+from ..uapi.eventpoll import EPOLLHUP, EPOLLIN
 from . import vgic_its as VI
 from .base import EEXIST, EINVAL, KernelError, fail
-from .files import EPOLLHUP, EPOLLIN, O_RDWR, File, FileOperations
+from .files import O_RDWR, File, FileOperations
 from .irqbypass import IrqBypassConsumer, irqbypass_of
+
+if TYPE_CHECKING:
+    from .irq import IrqData
+    from .kernel import Kernel
 
 # Tracepoints as Linux's include/trace/events/kvm.h (kvm_set_irq, kvm_msi_set_irq), the
 # irqfd ones named after virt/kvm/eventfd.c's functions, vgic_its_trigger_msi after
@@ -68,7 +74,7 @@ GICR_CTLR_ENABLE_LPIS = 1
 PENDBASER_PTZ = 1 << 62
 
 
-def _install_anon(kernel: Any, fops: FileOperations, private: Any) -> File:
+def _install_anon(kernel: Kernel, fops: FileOperations, private: Any) -> File:
     """anon_inode_getfd(O_RDWR | O_CLOEXEC): a new file at the lowest free fd."""
     kernel.files.alloc_fd()
     file = File(kernel, fops, O_RDWR, private_data=private)
@@ -259,19 +265,19 @@ class KvmDevice(FileOperations):
         """kvm_device_release(): the device stays with the VM; its reference goes."""
         self.kvm.put()
 
-    def _read_u64(self, attr: Any) -> int:
+    def _read_u64(self, attr: K.KvmDeviceAttr) -> int:
         return int.from_bytes(self.kvm.kernel.user_read(attr.addr, 8), "little")
 
-    def _write_u64(self, attr: Any, value: int) -> None:
+    def _write_u64(self, attr: K.KvmDeviceAttr, value: int) -> None:
         self.kvm.kernel.user_write(attr.addr, value.to_bytes(8, "little"))
 
-    def set_attr(self, attr: Any) -> int:
+    def set_attr(self, attr: K.KvmDeviceAttr) -> int:
         raise fail(ENXIO, "no such attribute")
 
-    def get_attr(self, attr: Any) -> int:
+    def get_attr(self, attr: K.KvmDeviceAttr) -> int:
         raise fail(ENXIO, "no such attribute")
 
-    def has_attr(self, attr: Any) -> int:
+    def has_attr(self, attr: K.KvmDeviceAttr) -> int:
         raise fail(ENXIO, "no such attribute")
 
 
@@ -336,7 +342,7 @@ class VgicV3(KvmDevice):
     _ADDRS = {K.KVM_VGIC_V3_ADDR_TYPE_DIST: ("dist_base", K.KVM_VGIC_V3_DIST_SIZE),
               K.KVM_VGIC_V3_ADDR_TYPE_REDIST: ("redist_base", K.KVM_VGIC_V3_REDIST_SIZE)}
 
-    def set_attr(self, attr: Any) -> int:
+    def set_attr(self, attr: K.KvmDeviceAttr) -> int:
         if attr.group == K.KVM_DEV_ARM_VGIC_GRP_ADDR:
             if attr.attr not in self._ADDRS:
                 raise fail(ENODEV, f"vgic address type {attr.attr}")
@@ -352,7 +358,7 @@ class VgicV3(KvmDevice):
             return 0
         raise fail(ENXIO, f"vgic group {attr.group}")
 
-    def get_attr(self, attr: Any) -> int:
+    def get_attr(self, attr: K.KvmDeviceAttr) -> int:
         if attr.group == K.KVM_DEV_ARM_VGIC_GRP_ADDR:
             if attr.attr not in self._ADDRS:
                 raise fail(ENODEV, f"vgic address type {attr.attr}")
@@ -360,7 +366,7 @@ class VgicV3(KvmDevice):
             return 0
         raise fail(ENXIO, f"vgic group {attr.group}")
 
-    def has_attr(self, attr: Any) -> int:
+    def has_attr(self, attr: K.KvmDeviceAttr) -> int:
         if attr.group == K.KVM_DEV_ARM_VGIC_GRP_ADDR and attr.attr in self._ADDRS or \
                 attr.group == K.KVM_DEV_ARM_VGIC_GRP_CTRL and \
                 attr.attr == K.KVM_DEV_ARM_VGIC_CTRL_INIT:
@@ -400,7 +406,7 @@ class VgicIts(KvmDevice, VI.VgicItsEmul):
             trace_vgic_its_trigger_msi(its=self.base, device_id=devid, event_id=eventid, ret=ret)
         return ret
 
-    def set_attr(self, attr: Any) -> int:
+    def set_attr(self, attr: K.KvmDeviceAttr) -> int:
         if attr.group == K.KVM_DEV_ARM_VGIC_GRP_ADDR:
             if attr.attr != K.KVM_VGIC_ITS_ADDR_TYPE:
                 raise fail(ENODEV, f"its address type {attr.attr}")
@@ -414,7 +420,7 @@ class VgicIts(KvmDevice, VI.VgicItsEmul):
             raise fail(ENXIO, f"its control {attr.attr}")
         raise fail(ENXIO, f"its group {attr.group}")
 
-    def get_attr(self, attr: Any) -> int:
+    def get_attr(self, attr: K.KvmDeviceAttr) -> int:
         if attr.group == K.KVM_DEV_ARM_VGIC_GRP_ADDR:
             if attr.attr != K.KVM_VGIC_ITS_ADDR_TYPE:
                 raise fail(ENODEV, f"its address type {attr.attr}")
@@ -422,7 +428,7 @@ class VgicIts(KvmDevice, VI.VgicItsEmul):
             return 0
         raise fail(ENXIO, f"its group {attr.group}")
 
-    def has_attr(self, attr: Any) -> int:
+    def has_attr(self, attr: K.KvmDeviceAttr) -> int:
         if attr.group == K.KVM_DEV_ARM_VGIC_GRP_ADDR and attr.attr == K.KVM_VGIC_ITS_ADDR_TYPE \
                 or attr.group == K.KVM_DEV_ARM_VGIC_GRP_CTRL and \
                 attr.attr == K.KVM_DEV_ARM_VGIC_CTRL_INIT:
@@ -456,7 +462,7 @@ class KvmVcpu(FileOperations):
             return self.kvm_arch_vcpu_ioctl_run(arg)
         raise fail(EINVAL, f"kvm-vcpu: ioctl {cmd:#x}")
 
-    def kvm_arch_vcpu_ioctl_run(self, run: Any) -> int:
+    def kvm_arch_vcpu_ioctl_run(self, run: K.KvmRun) -> int:
         """KVM_RUN: EFAULT without a ``struct kvm_run``; ENXIO with a vGIC whose
         distributor has no address (vgic_v3_map_resources); otherwise the vCPU enters the guest: the
         run's ``guest`` is this CPU in guest mode and, as the model never leaves it,
@@ -579,12 +585,13 @@ class VgicCpuIf:
         gic = getattr(kernel, "gic", None)
         if vpe is None or not vpe.mapped or gic is None:
             return None
-        resident = kernel.kvm.resident
+        kdev: KvmDev = kernel.kvm  # type: ignore[assignment]  # (a VM: /dev/kvm is there)
+        resident = kdev.resident
         if resident.get(vpe.col) != vpe.vpe_id:
             # vgic_v4_put() of whatever runs there first: GICv4 loads a vPE only over
             # a VPENDBASER whose Valid is clear (its_vpe_deschedule, then its_vpe_schedule)
-            kernel.kvm.vpe_deschedule(vpe)
-            kernel.kvm.cpu_deschedule(vpe.col)
+            kdev.vpe_deschedule(vpe)
+            kdev.cpu_deschedule(vpe.col)
             rd = gic.rd_base[vpe.col] + G.VLPI_FRAME
             kernel.bus.write(rd + G.GICR_VPROPBASER,
                              vpe.vprop | (VI.INTERRUPT_ID_BITS_ITS - 1), 8)
@@ -651,12 +658,12 @@ class VgicCpuIf:
             cif = self._vpe_cpuif()
             if cif is not None:
                 cif.vpmr = below                                  # ICH_VMCR_EL2.VPMR
-                intid = cif.vcpu_iar1()
-                if intid != G.SPURIOUS:
+                vintid: int = cif.vcpu_iar1()
+                if vintid != G.SPURIOUS:
                     active.append((cif.vactive[-1], True))
                     stats["acks"] += 1
                     stats["direct_acks"] += 1
-                    return intid
+                    return vintid
             stats["spurious"] += 1
             return G.SPURIOUS
         c = self._candidate()
@@ -691,7 +698,8 @@ class VgicCpuIf:
         gic = getattr(kernel, "gic", None)
         if vpe is None or not vpe.mapped or gic is None:
             return None
-        if kernel.kvm.resident.get(vpe.col) != vpe.vpe_id:
+        # (a VM: /dev/kvm is there; no check added on the guest's acknowledge path)
+        if kernel.kvm.resident.get(vpe.col) != vpe.vpe_id:  # type: ignore[union-attr]
             return False
         cif = gic.cpuifs[vpe.col]
         if type(cif) is not G.CpuInterface:
@@ -755,7 +763,7 @@ class Memslot:
 class Kvm(FileOperations):
     """struct kvm: one VM, with its anonymous file (``kvm-vm``)."""
 
-    def __init__(self, kernel: Any) -> None:
+    def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
         self.users = 1                         # the VM file
         self.destroyed = False
@@ -829,21 +837,25 @@ class Kvm(FileOperations):
         """kvm_vm_ioctl(); an unknown command is EINVAL (kvm_arch_vm_ioctl on arm64)."""
         if cmd == K.KVM_CHECK_EXTENSION:
             return check_extension(_arg_int(arg), self)
-        handler = {K.KVM_CREATE_DEVICE: self.create_device,
-                   K.KVM_SET_GSI_ROUTING: self.set_gsi_routing,
-                   K.KVM_IRQFD: self.irqfd,
-                   K.KVM_SIGNAL_MSI: self.signal_msi,
-                   K.KVM_CREATE_VCPU: self.create_vcpu,
-                   K.KVM_SET_USER_MEMORY_REGION: self.set_user_memory_region}.get(cmd)
+        # (each handler takes the argument its command's IOCTLS entry names)
+        handlers: dict[int, Callable[[Any], Any]] = {
+            K.KVM_CREATE_DEVICE: self.create_device,
+            K.KVM_SET_GSI_ROUTING: self.set_gsi_routing,
+            K.KVM_IRQFD: self.irqfd,
+            K.KVM_SIGNAL_MSI: self.signal_msi,
+            K.KVM_CREATE_VCPU: self.create_vcpu,
+            K.KVM_SET_USER_MEMORY_REGION: self.set_user_memory_region}
+        handler = handlers.get(cmd)
         if handler is None:
             raise fail(EINVAL, f"kvm-vm: ioctl {cmd:#x}")
-        if K.IOCTLS[cmd] is None:
+        argtype = K.IOCTLS[cmd]
+        if argtype is None:
             return handler(_arg_int(arg))
-        if not isinstance(arg, K.IOCTLS[cmd]):
-            raise fail(_errno.EFAULT, f"argument is not a {K.IOCTLS[cmd]}")
+        if not isinstance(arg, argtype):
+            raise fail(_errno.EFAULT, f"argument is not a {argtype}")
         return handler(arg)
 
-    def create_device(self, cd: Any) -> int:
+    def create_device(self, cd: K.KvmCreateDevice) -> int:
         """kvm_ioctl_create_device(): ENODEV for a type this VM has no ops for,
         0 at once with KVM_CREATE_DEVICE_TEST, EEXIST for a second vGIC."""
         cls = {K.KVM_DEV_TYPE_ARM_VGIC_V3: VgicV3,
@@ -875,7 +887,7 @@ class Kvm(FileOperations):
 
     # routing (irqchip.c)
 
-    def set_gsi_routing(self, routing: Any) -> int:
+    def set_gsi_routing(self, routing: K.KvmIrqRouting) -> int:
         """KVM_SET_GSI_ROUTING: the whole table at once, or EINVAL and no change.
 
         The table is replaced on every call, as in Linux; what is kept from the last
@@ -908,7 +920,7 @@ class Kvm(FileOperations):
         want = None if changed is None else set(changed)
         irqfds = self.irqfds
         if want is not None and len(want) == 1:
-            irqfds = self._irqfds_of_gsi.get(changed[0], [])
+            irqfds = self._irqfds_of_gsi.get(cast("list[int]", changed)[0], [])
         for irqfd in irqfds:                          # kvm_irq_routing_update()
             if want is not None and irqfd.gsi not in want:
                 continue
@@ -962,7 +974,7 @@ class Kvm(FileOperations):
             raise fail(-ret, f"vITS refused MSI ({devid:#x}, {data:#x})")
         return 0 if ret else 1
 
-    def signal_msi(self, msi: Any) -> int:
+    def signal_msi(self, msi: K.KvmMsi) -> int:
         """KVM_SIGNAL_MSI (kvm_send_userspace_msi()): EINVAL without an in-kernel
         irqchip (no vGIC created) or for flags other than KVM_MSI_VALID_DEVID."""
         if self.vgic is None:
@@ -995,11 +1007,11 @@ class Kvm(FileOperations):
         self.vcpus[vcpu_id] = vcpu
         self.get()
         vcpu.file = _install_anon(self.kernel, vcpu, vcpu)
-        return vcpu.file.fd
+        return cast(int, vcpu.file.fd)           # installed: it has a descriptor
 
     # memory slots and guest memory (kvm_main.c)
 
-    def set_user_memory_region(self, mem: Any) -> int:
+    def set_user_memory_region(self, mem: K.KvmUserspaceMemoryRegion) -> int:
         """KVM_SET_USER_MEMORY_REGION (__kvm_set_memory_region): EINVAL for unknown
         flags, unaligned size / guest or user address, a slot out of range, a wrap,
         deleting an empty slot or resizing / moving the user side of one; EEXIST
@@ -1147,7 +1159,7 @@ class Kvm(FileOperations):
         (vgic_v4_init: a 64K virtual pending table each, one property table)."""
         from .gic import ItsVpe
         if not self.vpes:
-            kdev = self.kernel.kvm
+            kdev = cast(KvmDev, self.kernel.kvm)            # a VM: /dev/kvm is there
             self.vprop = self.kernel.mm.alloc(VPROP_SIZE, PAGE_SIZE)
             cpus = sorted(self.kernel.online_cpus)
             for vid in sorted(self.vcpus):
@@ -1168,7 +1180,7 @@ class Kvm(FileOperations):
         """its_map_vlpi(): irq_set_vcpu_affinity(MAP_VLPI) on the target vCPU's vPE
         (VMAPTI the first time, VMOVI after; may raise KernelError)."""
         from .gic import VcpuCmd, VcpuInfo
-        vpe = self.vpe_of(irq.target_vcpu)
+        vpe = self.vpe_of(cast(int, irq.target_vcpu))   # a mapped LPI has a target
         self.write_vprop(irq)
         self.kernel.irq.set_vcpu_affinity(host_irq, VcpuInfo(VcpuCmd.MAP_VLPI, vpe, irq.intid))
 
@@ -1178,7 +1190,8 @@ class Kvm(FileOperations):
         host_irq = irq.host_irq
         irq.hw, irq.host_irq = False, None
         try:
-            self.kernel.irq.set_vcpu_affinity(host_irq, VcpuInfo(VcpuCmd.UNMAP_VLPI))
+            # (a forwarded LPI had its host IRQ)
+            self.kernel.irq.set_vcpu_affinity(cast(int, host_irq), VcpuInfo(VcpuCmd.UNMAP_VLPI))
         except KernelError as e:
             self.kernel.printk(f"kvm: unmapping vLPI {irq.intid} failed: {e}")
 
@@ -1186,18 +1199,19 @@ class Kvm(FileOperations):
         """irq_set_irqchip_state(host_irq, PENDING): INT / CLEAR on the host ITS for
         the event (which the ITS turns into the vLPI of a forwarded event)."""
         from .gic import ItsDevice
-        d = self.kernel.irq.desc(host_irq).irq_data
+        d: IrqData | None = self.kernel.irq.desc(host_irq).irq_data
         while d is not None and not isinstance(d.chip_data, ItsDevice):
             d = d.parent_data
         if d is None:
             return
         dev = d.chip_data
-        self.kernel.its.send(I.Cmd.INT if pending else I.Cmd.CLEAR,
+        # (a host with an ITS forwarded it; no check added on the forwarded-MSI path)
+        self.kernel.its.send(I.Cmd.INT if pending else I.Cmd.CLEAR,  # type: ignore[union-attr]
                              d0=dev.device_id << 32, d1=d.hwirq - dev.lpi_base)
 
     # irqfd (eventfd.c)
 
-    def irqfd(self, args: Any) -> int:
+    def irqfd(self, args: K.KvmIrqfd) -> int:
         """KVM_IRQFD: assign, or with KVM_IRQFD_FLAG_DEASSIGN deassign."""
         if args.flags & ~(K.KVM_IRQFD_FLAG_DEASSIGN | K.KVM_IRQFD_FLAG_RESAMPLE):
             raise fail(EINVAL, f"irqfd flags {args.flags:#x}")
@@ -1289,7 +1303,7 @@ def check_extension(cap: int, kvm: Kvm | None = None) -> int:
 class KvmDev(FileOperations):
     """The ``/dev/kvm`` misc device."""
 
-    def __init__(self, kernel: Any) -> None:
+    def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
         self.vms: list[Kvm] = []
         self._next_vpe_id = 0
@@ -1337,11 +1351,11 @@ class KvmDev(FileOperations):
         raise fail(EINVAL, f"/dev/kvm: ioctl {cmd:#x}")
 
 
-def kvm_init(kernel: Any) -> KvmDev:
+def kvm_init(kernel: Kernel) -> KvmDev:
     """kvm_init(): register ``/dev/kvm``; ``kernel.kvm`` is the device."""
-    kernel.kvm = KvmDev(kernel)
-    kernel.register_chrdev("/dev/kvm", kernel.kvm, kernel.kvm)
-    return kernel.kvm
+    dev = kernel.kvm = KvmDev(kernel)
+    kernel.register_chrdev("/dev/kvm", dev, dev)
+    return dev
 
 
 __all__ = ["Irqfd", "IrqchipRoute", "Kvm", "KvmDev", "KvmDevice", "KvmVcpu",

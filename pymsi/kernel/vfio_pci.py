@@ -20,7 +20,7 @@ pci_alloc_irq_vectors gave fewer than asked).
 from __future__ import annotations
 
 import errno as _errno
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast, overload
 
 from ..hw import pci as P
 from ..uapi import vfio as V
@@ -28,6 +28,12 @@ from .base import EFAULT, EINVAL, ENODEV, ENOENT, KernelError, fail
 from .files import EBADF, ENOTTY, File, FileOperations
 from .msi import MsiType
 from .pci import PciDriver
+
+if TYPE_CHECKING:
+    from .files import CharDev
+    from .iommufd import Iommufd
+    from .irqbypass import IrqBypassProducer
+    from .kernel import Kernel
 
 U32_MAX = 0xFFFF_FFFF
 DRIVER_NAME = "vfio-pci"
@@ -225,6 +231,8 @@ class VfioPciConfig:
 class VfioPciIrqCtx:
     """struct vfio_pci_irq_ctx: one MSI/MSI-X vector's trigger eventfd."""
 
+    producer: IrqBypassProducer | None      # set once the trigger is installed
+
     def __init__(self, irq: int, trigger: Any) -> None:
         self.irq = irq
         self.trigger = trigger
@@ -238,7 +246,7 @@ class VfioPciIrqCtx:
 class VfioPciCore:
     """struct vfio_pci_core_device: the bound function, its cdev and interrupt state."""
 
-    def __init__(self, kernel: Any, pdev: Any, minor: int) -> None:
+    def __init__(self, kernel: Kernel, pdev: Any, minor: int) -> None:
         self.kernel = kernel
         self.pdev = pdev
         self.minor = minor
@@ -268,10 +276,11 @@ class VfioPciCore:
         if index == V.VFIO_PCI_MSI_IRQ_INDEX:
             if pdev.msi_cap is None:
                 return 0
-            flags = pdev.cfg_read(pdev.msi_cap + P.MSI_FLAGS, 2)
+            flags: int = pdev.cfg_read(pdev.msi_cap + P.MSI_FLAGS, 2)
             return 1 << ((flags & P.MSI_FLAGS_QMASK) >> 1)
         if index == V.VFIO_PCI_MSIX_IRQ_INDEX:
-            return pdev.msix_vectors()
+            n: int = pdev.msix_vectors()
+            return n
         if index == V.VFIO_PCI_ERR_IRQ_INDEX:
             return 1 if self.is_pcie() else 0
         if index == V.VFIO_PCI_REQ_IRQ_INDEX:
@@ -290,7 +299,8 @@ class VfioPciCore:
     def msix_bar(self) -> int | None:
         if self.pdev.msix_cap is None:
             return None
-        return self.pdev.cfg_read(self.pdev.msix_cap + P.MSIX_TABLE) & 7
+        table: int = self.pdev.cfg_read(self.pdev.msix_cap + P.MSIX_TABLE)
+        return table & 7
 
     # -- MSI / MSI-X (vfio_pci_intrs.c) -------------------------------------------------
 
@@ -300,7 +310,7 @@ class VfioPciCore:
         if self.irq_type != V.VFIO_PCI_NUM_IRQS:
             raise fail(EINVAL, "interrupts already enabled")
         flag = MsiType.MSIX if msix else MsiType.MSI
-        got = self.kernel.msi.alloc_irq_vectors(self.pdev, 1, nvec, flag)
+        got: int = self.kernel.msi.alloc_irq_vectors(self.pdev, 1, nvec, flag)
         if got < nvec:
             self.kernel.msi.free_irq_vectors(self.pdev)
             return got
@@ -311,9 +321,11 @@ class VfioPciCore:
         """vfio_msi_alloc_irq(): the vector's IRQ, allocated now for dynamic MSI-X."""
         desc = self.pdev.msi_descs.get(vector)
         if desc is not None:
-            return desc.irq
+            irq: int = desc.irq
+            return irq
         if not msix or not self.has_dyn_msix:
             raise fail(EINVAL, f"vector {vector} is not allocated")
+        virq: int
         _, virq = self.kernel.msi.msix_alloc_irq_at(self.pdev, vector)
         return virq
 
@@ -437,8 +449,9 @@ class VfioPciCore:
                    and f.iommufd is not None), None)
         if df is None:
             return None
-        ctx = self.kernel.iommufd.ctx_from_file(df.iommufd)
-        return ctx, ctx.device(df.devid)
+        # (the search above took a file bound to an iommufd: both are set)
+        ctx = _iommufd(self.kernel).ctx_from_file(cast(File, df.iommufd))
+        return ctx, ctx.device(cast(int, df.devid))
 
     def msi_iova(self, arg: Any) -> int:
         """VFIO_DEVICE_MSI_IOVA (not upstream; the per-vector design): SET / CLEAR /
@@ -455,7 +468,8 @@ class VfioPciCore:
         change writes the new address (the two steps of the thread).  GET fills
         ``iova[]``, 0 for a vector without an entry.
         """
-        from .iommufd_msi import PAGE_SIZE, PerVectorMsi
+        from .files import PAGE_SIZE
+        from .iommufd_msi import PerVectorMsi
 
         minsz = V.VfioDeviceMsiIova.offsetofend("__reserved")
         if arg.argsz < minsz:
@@ -523,7 +537,7 @@ class VfioPciCore:
         """vfio_pci_memory_lock_and_enable(): memory decode on while VFIO touches the
         MSI-X table in a BAR (the user may have turned it off); the command register
         as it was, for :meth:`memory_unlock_and_restore`."""
-        cmd = self.pdev.cfg_read(P.COMMAND, 2)
+        cmd: int = self.pdev.cfg_read(P.COMMAND, 2)
         if not cmd & P.CMD_MEMORY:
             self.pdev.cfg_write(P.COMMAND, cmd | P.CMD_MEMORY, 2)
         return cmd
@@ -587,6 +601,11 @@ class VfioPciCore:
             return None
         off = pdev.cfg_read(pdev.msix_cap + P.MSIX_TABLE) & ~7
         return off, off + pdev.msix_vectors() * P.MSIX_ENTRY_SIZE
+
+    @overload
+    def region_rw(self, pos: int, buf: None, count: int) -> bytes: ...
+    @overload
+    def region_rw(self, pos: int, buf: bytes, count: int) -> int: ...
 
     def region_rw(self, pos: int, buf: bytes | None, count: int) -> bytes | int:
         """vfio_pci_core_read / _write: the region is ``pos >> 40``.  EINVAL for a
@@ -657,12 +676,18 @@ def _arg(arg: Any, cls: type) -> Any:
     return arg
 
 
-def bind_iommufd(k: Any, df: VfioDeviceFile, ictx_file: File) -> int:
+def _iommufd(k: Kernel) -> Iommufd:
+    """``k.iommufd``: VFIO's cdev binds only where the iommufd module is loaded."""
+    return cast("Iommufd", k.iommufd)
+
+
+def bind_iommufd(k: Kernel, df: VfioDeviceFile, ictx_file: File) -> int:
     """The one call into iommufd a bind makes: the device's id in that iommufd."""
-    return k.iommufd.bind_device(ictx_file, df.core.pdev)
+    devid: int = _iommufd(k).bind_device(ictx_file, df.core.pdev)
+    return devid
 
 
-def unbind_iommufd(k: Any, df: VfioDeviceFile) -> None:
+def unbind_iommufd(k: Kernel, df: VfioDeviceFile) -> None:
     """vfio_df_iommufd_unbind() -> vfio_iommufd_physical_unbind(): the device object
     goes (detached, DMA ownership given back); the file keeps its iommufd reference
     until it is released."""
@@ -678,7 +703,7 @@ class VfioDeviceFops(FileOperations):
     """vfio_device_fops for the cdev."""
 
     def open(self, file: File) -> None:
-        core: VfioPciCore = file.cdev.data
+        core: VfioPciCore = cast("CharDev", file.cdev).data     # opened through the cdev
         if core.removed:
             raise fail(ENODEV, "device removed")
         df = VfioDeviceFile(core)
@@ -790,7 +815,7 @@ class VfioDeviceFops(FileOperations):
         if df.devid is None or df.iommufd is None:
             raise fail(EINVAL, "device not bound to an iommufd")
         k = file.kernel
-        ctx = k.iommufd.ctx_from_file(df.iommufd)
+        ctx = _iommufd(k).ctx_from_file(df.iommufd)
         attach.pt_id = ctx.device_attach(ctx.device(df.devid), attach.pt_id)
         return 0
 
@@ -805,7 +830,7 @@ class VfioDeviceFops(FileOperations):
         if df.devid is None or df.iommufd is None:
             return 0
         k = file.kernel
-        ctx = k.iommufd.ctx_from_file(df.iommufd)
+        ctx = _iommufd(k).ctx_from_file(df.iommufd)
         ctx.device_detach(ctx.device(df.devid))
         return 0
 
@@ -929,7 +954,7 @@ class VfioDeviceFops(FileOperations):
 class VfioPciDriver:
     """The vfio-pci driver: probe/remove and the minors in use."""
 
-    def __init__(self, kernel: Any) -> None:
+    def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
         self.fops = VfioDeviceFops()
         self.cores: dict[Any, VfioPciCore] = {}
@@ -951,7 +976,7 @@ class VfioPciDriver:
         self.kernel.unregister_chrdev(core.path)
 
 
-def vfio_pci_init(k: Any) -> VfioPciDriver:
+def vfio_pci_init(k: Kernel) -> VfioPciDriver:
     """module_init(vfio_pci_init): register "vfio-pci" with no ids."""
     drv = VfioPciDriver(k)
     k.vfio_pci = drv

@@ -29,12 +29,15 @@ from __future__ import annotations
 
 import errno as _errno
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, cast
 
 from .. import trace
 from ..hw import its as I
 from ..hw.bits import Field, merge_access
 from .base import KernelError
+
+if TYPE_CHECKING:
+    from .kvm import Kvm
 
 EBUSY, ENODEV, EFAULT = _errno.EBUSY, _errno.ENODEV, _errno.EFAULT
 
@@ -96,11 +99,19 @@ class VgicLpi:
     _pset = None
 
 
-def _get_latch(self: VgicLpi) -> bool:
+class _Latched(Protocol):
+    """What the ``pending_latch`` property of VgicLpi keeps (instance attributes outside
+    the dataclass fields)."""
+
+    _latch: bool
+    _pset: set[Any] | None
+
+
+def _get_latch(self: _Latched) -> bool:
     return self._latch
 
 
-def _set_latch(self: VgicLpi, value: bool) -> None:
+def _set_latch(self: _Latched, value: bool) -> None:
     self._latch = value
     ps = self._pset
     if ps is not None:
@@ -150,7 +161,7 @@ class ItsDev:
                 f"num_eventid_bits={self.num_eventid_bits}, ites={len(self.ites)})")
 
 
-def _mapped(c: ItsCollection | None) -> bool:
+def _mapped(c: ItsCollection | None) -> TypeGuard[ItsCollection]:
     """its_is_collection_mapped()."""
     return c is not None and c.target_addr is not None
 
@@ -163,7 +174,7 @@ class _CmdError(Exception):
 class VgicItsEmul:
     """The vITS state and its guest interface; mixed into the KVM device (``self.kvm``)."""
 
-    kvm: Any
+    kvm: Kvm
 
     def _its_reset(self) -> None:
         self.enabled = False
@@ -382,7 +393,7 @@ class VgicItsEmul:
         irq.target_vcpu = vcpu
         if irq.hw and vcpu is not None:
             try:
-                self.kvm.map_vlpi(irq.host_irq, irq)
+                self.kvm.map_vlpi(cast(int, irq.host_irq), irq)       # hw: it has one
             except KernelError as e:
                 # KVM ignores a command handler's error (the guest sees the command
                 # done); the host refused to move the vLPI, which stays where it was.
@@ -452,14 +463,15 @@ class VgicItsEmul:
         irq = self.translation_cache.get(key)
         if irq is None:
             self.cache_stats["misses"] += 1
-            ret, irq = self.resolve_lpi(devid, eventid)
+            ret, found = self.resolve_lpi(devid, eventid)
             if ret:
                 return ret
-            self.translation_cache[key] = irq
+            irq = self.translation_cache[key] = cast(VgicLpi, found)    # ret 0: an LPI
         else:
             self.cache_stats["hits"] += 1
         if irq.hw:
-            self.kvm.host_set_pending(irq.host_irq, True)
+            # a forwarded LPI has its host IRQ (no cast() call on the hit path)
+            self.kvm.host_set_pending(irq.host_irq, True)  # type: ignore[arg-type]
             return 0
         irq.pending_latch = True
         if trace_vgic_update_irq_pending.enabled:
@@ -629,7 +641,7 @@ class VgicItsEmul:
             raise _CmdError(E.CLEAR_UNMAPPED_INTERRUPT)
         ite.irq.pending_latch = False
         if ite.irq.hw:
-            self.kvm.host_set_pending(ite.irq.host_irq, False)
+            self.kvm.host_set_pending(cast(int, ite.irq.host_irq), False)   # hw: it has one
 
     def _cmd_int(self, cmd: list[int]) -> None:
         ret = self.translate_msi(I.C0_DEVICEID.get(cmd[0]), I.C1_EVENTID.get(cmd[1]))

@@ -33,7 +33,7 @@ subhandle 0) whose low data bits, ORed in by the device, select the entry.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..hw import pci as P
 from ..hw import x86 as X
@@ -47,6 +47,9 @@ from .irq import (
     IrqDomainOps,
 )
 from .msi import MsiMsg
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
 
 FIRST_EXTERNAL_VECTOR = 0x20
 IRQ_MOVE_CLEANUP_VECTOR = FIRST_EXTERNAL_VECTOR       # 6.1: the lowest external vector
@@ -117,7 +120,7 @@ class VectorDomainOps(IrqDomainOps):
 class VectorDomain:
     """The x86 vector domain: per-CPU vector tables (vector_irq), moves and cleanup."""
 
-    def __init__(self, kernel: Any, lapics: list) -> None:
+    def __init__(self, kernel: Kernel, lapics: list[Any]) -> None:
         self.kernel = kernel
         self.lapics = lapics                    # the CPUs' local APICs
         self.chip = ApicChip(self)
@@ -290,13 +293,14 @@ class IrChip(IrqChip):
     def irq_set_affinity(self, d: IrqData, mask: frozenset[int], force: bool) -> int:
         """intel_ir_set_affinity(): new vector via the parent, the IRTE rewritten and
         flushed, then the old vector's cleanup sent at once."""
-        ret = d.parent_data.chip.irq_set_affinity(d.parent_data, mask, force)
+        parent = cast(IrqData, d.parent_data)            # the vector domain's level
+        ret = cast(IrqChip, parent.chip).irq_set_affinity(parent, mask, force)
         if ret < 0 or ret != IRQ_SET_MASK_OK:
             return ret
         self.ir.write_irte(d)
         cpu = self.ir.kernel.current_cpu
-        self.ir.vector.send_cleanup(d.parent_data.chip_data, 0 if cpu is None else cpu)
-        d.common.effective_affinity = d.parent_data.common.effective_affinity
+        self.ir.vector.send_cleanup(parent.chip_data, 0 if cpu is None else cpu)
+        d.common.effective_affinity = parent.common.effective_affinity
         return IRQ_SET_MASK_OK_DONE
 
 
@@ -306,12 +310,13 @@ class IrDomainOps(IrqDomainOps):
         prep = arg.parent_data if isinstance(arg.parent_data, X86MsiPrepare) else None
         desc = arg.desc
         block = prep is not None and prep.contiguous and prep.nvec > 1
-        if block and desc.msi_index and 0 in prep.blocks:
-            base, sub = prep.blocks[0], desc.msi_index
+        blocks = prep.blocks if prep is not None else {}
+        if block and desc.msi_index and 0 in blocks:
+            base, sub = blocks[0], desc.msi_index
         else:
-            base, sub = ir.alloc_irte(prep.nvec if block else 1), 0
+            base, sub = ir.alloc_irte(cast(X86MsiPrepare, prep).nvec if block else 1), 0
             if block:
-                prep.blocks[0] = base
+                blocks[0] = base
         ir.get_irte(base, nr)
         try:
             domain.alloc_irqs_parent(virq, nr, arg)
@@ -344,7 +349,7 @@ class IntelIr:
     QI_IN_USE, QI_DONE = 0, 1
     QI_ENTRIES = 256                         # one page of 128-bit descriptors (QS = 0)
 
-    def __init__(self, kernel: Any, vector: VectorDomain, regs_base: int,
+    def __init__(self, kernel: Kernel, vector: VectorDomain, regs_base: int,
                  entries: int = 65536) -> None:
         self.kernel, self.vector, self.regs = kernel, vector, regs_base
         self.entries = entries                           # INTR_REMAP_TABLE_ENTRIES
@@ -452,7 +457,7 @@ class IntelIr:
 
     def write_irte(self, d: IrqData) -> None:
         """intel_ir_reconfigure_irte(): destination and vector of the parent level."""
-        apicd: ApicData = d.parent_data.chip_data
+        apicd: ApicData = cast(IrqData, d.parent_data).chip_data
         ird: IrteData = d.chip_data
         lo, hi = irte_words(apicd.vector, self.vector.dest_apicid(apicd.cpu),
                             self.vector.logical, ird.sid)

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import struct as _pystruct
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast, overload
 
 __all__ = [
     "CType", "Array", "Flex", "Struct", "Union", "ArrayView", "anonymous_union",
@@ -129,7 +129,7 @@ def _size_align(t: Any) -> tuple[int, int]:
     raise TypeError(f"not a C member type: {t!r}")
 
 
-class ArrayView(Sequence):
+class ArrayView(Sequence[int]):
     """A fixed array member read and written in place (``arg.ste[1] = x``)."""
 
     __slots__ = ("_buf", "_off", "_ct", "_n", "_where")
@@ -147,10 +147,16 @@ class ArrayView(Sequence):
             raise IndexError(f"{self._where}[{i}] out of range")
         return self._off + i * self._ct.size
 
-    def __getitem__(self, i):  # type: ignore[override]
+    @overload
+    def __getitem__(self, i: int) -> int: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[int]: ...
+
+    def __getitem__(self, i: int | slice) -> int | list[int]:
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(self._n))]
-        return self._ct.codec.unpack_from(self._buf, self._index(i))[0]
+        value: int = self._ct.codec.unpack_from(self._buf, self._index(i))[0]
+        return value
 
     def __setitem__(self, i: int, value: int) -> None:
         at = self._index(i)
@@ -278,7 +284,10 @@ class _FlexMember:
 
 
 class _StructMeta(type):
-    def __new__(mcls, name: str, bases: tuple, ns: dict, **kw: Any) -> Any:
+    _union_: bool
+
+    def __new__(mcls, name: str, bases: tuple[type, ...], ns: dict[str, Any],
+                **kw: Any) -> Any:
         ns.setdefault("__slots__", ())
         cls = super().__new__(mcls, name, bases, ns, **kw)
         if "_fields_" in ns:
@@ -322,7 +331,8 @@ def _layout(cls: Any) -> None:
             align = max(align, a)
             continue
         size, a = _size_align(t)
-        if isinstance(t, type) and t._flex_ is not None:
+        if isinstance(t, type) and t._flex_ is not None:  # type: ignore[attr-defined]
+            # (_size_align above accepted t only as a Struct subclass)
             raise TypeError(f"{cls.__name__}.{name}: nested structure has a flexible array")
         off = 0 if union else _up(offset, a)
         offset = max(offset, off + size)
@@ -359,19 +369,26 @@ def _layout(cls: Any) -> None:
         setattr(cls, size_field, _SizeScalar(size_field, off, t))
 
 
+_S = TypeVar("_S", bound="Struct")
+
+
 class Struct(metaclass=_StructMeta):
     """A C structure; subclasses declare ``_fields_`` and get the C layout."""
 
     __slots__ = ("_buf", "_off", "_flex", "_auto")
+    _buf: bytearray
+    _off: int
+    _flex: list[Any] | bytes | None
+    _auto: bool
 
     _union_: ClassVar[bool] = False
     _c_name_: ClassVar[str] = ""
     sizeof: ClassVar[int] = 0
     alignof: ClassVar[int] = 1
-    _members_: ClassVar[tuple] = ()
-    _order_: ClassVar[tuple] = ()
-    _names_: ClassVar[frozenset] = frozenset()
-    _flex_: ClassVar[tuple | None] = None
+    _members_: ClassVar[tuple[tuple[str, int, Any], ...]] = ()
+    _order_: ClassVar[tuple[str, ...]] = ()
+    _names_: ClassVar[frozenset[str]] = frozenset()
+    _flex_: ClassVar[tuple[str, int, Flex] | None] = None
     _size_field_: ClassVar[str | None] = None
 
     def __init__(self, **values: Any) -> None:
@@ -383,13 +400,20 @@ class Struct(metaclass=_StructMeta):
         for k, v in values.items():
             self._set_known(k, v)
 
+    if TYPE_CHECKING:
+        # The members are descriptors _layout() makes from ``_fields_`` when the class is
+        # created, so a type checker cannot see them: a member reads as an int, an
+        # ArrayView, a nested Struct or the flexible array's list, whichever its C type.
+        def __getattr__(self, name: str) -> Any: ...
+        def __setattr__(self, name: str, value: Any) -> None: ...
+
     def _set_known(self, name: str, value: Any) -> None:
         if name not in type(self)._names_:
             raise TypeError(f"{type(self).__name__} has no member {name!r}")
         setattr(self, name, value)
 
     @classmethod
-    def _view(cls, buf: bytearray, off: int) -> Any:
+    def _view(cls: type[_S], buf: bytearray, off: int) -> _S:
         obj = cls.__new__(cls)
         object.__setattr__(obj, "_buf", buf)
         object.__setattr__(obj, "_off", off)
@@ -434,11 +458,11 @@ class Struct(metaclass=_StructMeta):
         return cls._order_ + ((cls._flex_[0],) if cls._flex_ is not None else ())
 
     # --- the flexible array member --------------------------------------------------
-    def _flex_elem_(self) -> Any:
+    def _flex_elem_(self) -> CType | type[Struct]:
         """The element type of the flexible array member (a subclass may look at flags)."""
         return type(self)._flex_[2].elem  # type: ignore[index]
 
-    def _check_flex(self, items: list) -> None:
+    def _check_flex(self, items: list[Any]) -> None:
         elem = self._flex_elem_()
         name = type(self)._flex_[0]  # type: ignore[index]
         for i, v in enumerate(items):
@@ -448,7 +472,7 @@ class Struct(metaclass=_StructMeta):
             elif not isinstance(v, elem):
                 raise TypeError(f"{where}: needs a {elem.__name__}")
 
-    def flex_items(self) -> list:
+    def flex_items(self) -> list[Any]:
         """The flexible array's elements as values, even when it was given as raw bytes.
 
         Raw bytes are read with the element type the structure implies now (for
@@ -495,7 +519,7 @@ class Struct(metaclass=_StructMeta):
             return cls.sizeof
         return max(cls.sizeof, cls._flex_[1] + self._flex_len())
 
-    def set_size(self) -> Struct:
+    def set_size(self: _S) -> _S:
         """Make the size member follow the packed length again; returns self."""
         if type(self)._size_field_ is None:
             raise TypeError(f"{type(self).__name__} has no size member")
@@ -510,9 +534,10 @@ class Struct(metaclass=_StructMeta):
         cls = type(self)
         fixed = bytearray(self._fixed_bytes())
         if self._auto:
-            desc = cls.__dict__.get(cls._size_field_) or getattr(cls, cls._size_field_)
+            sf = cast(str, cls._size_field_)          # _auto is only ever set with one
+            desc = cls.__dict__.get(sf) or getattr(cls, sf)
             desc.ct.codec.pack_into(fixed, desc.offset, desc.ct.check(
-                self.total_size(), f"{cls.__name__}.{cls._size_field_}"))
+                self.total_size(), f"{cls.__name__}.{sf}"))
         if cls._flex_ is None or self._flex is None:
             return bytes(fixed)
         out = bytes(fixed[:cls._flex_[1]]) + self._flex_bytes()
@@ -521,7 +546,8 @@ class Struct(metaclass=_StructMeta):
         return out
 
     @classmethod
-    def unpack(cls, data: bytes | bytearray | memoryview, nflex: int | None = None) -> Any:
+    def unpack(cls: type[_S], data: bytes | bytearray | memoryview,
+               nflex: int | None = None) -> _S:
         """The structure held in ``data`` (the size member keeps the value it has there).
 
         Without a flexible array member ``data`` must hold at least ``sizeof`` bytes
@@ -553,7 +579,7 @@ class Struct(metaclass=_StructMeta):
             object.__setattr__(obj, "_flex", items)
         return obj
 
-    def copy(self) -> Any:
+    def copy(self: _S) -> _S:
         """A detached copy (a nested member's copy owns its own bytes)."""
         other = type(self).unpack(self.pack())
         object.__setattr__(other, "_auto", self._auto)
@@ -565,14 +591,15 @@ class Struct(metaclass=_StructMeta):
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
-        return self.pack() == other.pack()  # type: ignore[attr-defined]
+        return self.pack() == other.pack()
 
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         parts = [f"{n}={getattr(self, n)!r}" for n in self._order_]
-        if type(self)._flex_ is not None and self._flex is not None:
-            parts.append(f"{type(self)._flex_[0]}={self._flex!r}")
+        flex = type(self)._flex_
+        if flex is not None and self._flex is not None:
+            parts.append(f"{flex[0]}={self._flex!r}")
         return f"{type(self).__name__}({', '.join(parts)})"
 
 
@@ -585,7 +612,8 @@ class Union(Struct):
 
 def anonymous_union(*fields: tuple[str, Any]) -> type[Union]:
     """A union type for ``(None, anonymous_union(...))``: its members join the outer struct."""
-    return _StructMeta("_AnonUnion", (Union,), {"_fields_": tuple(fields)})
+    u: type[Union] = _StructMeta("_AnonUnion", (Union,), {"_fields_": tuple(fields)})
+    return u
 
 
 def iter_members(cls: type[Struct]) -> Iterable[tuple[str, int, Any]]:

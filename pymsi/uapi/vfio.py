@@ -13,7 +13,7 @@ the RFCv2 "preset MSI IOVA" flags and this project's per-vector ioctl.
 from __future__ import annotations
 
 from ._ioctl import _IO
-from ._struct import Flex, Struct, aligned_u64, anonymous_union, s32, u8, u16, u32, u64
+from ._struct import CType, Flex, Struct, aligned_u64, anonymous_union, s32, u8, u16, u32, u64
 
 VFIO_API_VERSION = 0
 
@@ -165,7 +165,7 @@ class VfioIrqSet(Struct):
     _fields_ = (("argsz", u32), ("flags", u32), ("index", u32), ("start", u32),
                 ("count", u32), ("data", Flex(u8)))
 
-    def _flex_elem_(self):
+    def _flex_elem_(self) -> CType | type[Struct]:
         kind = self.flags & (VFIO_IRQ_SET_DATA_TYPE_MASK | VFIO_IRQ_SET_DATA_MSI_IOVA)
         if kind == VFIO_IRQ_SET_DATA_EVENTFD:
             return s32

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import errno as _errno
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from ..uapi import kvm as K
 from ._trace import Tracepoint
@@ -164,7 +164,7 @@ class KvmIrqchip:
 
     @staticmethod
     def _fd(efd: Any) -> int:
-        return efd.fd if hasattr(efd, "fd") else efd
+        return cast(int, efd.fd if hasattr(efd, "fd") else efd)
 
     def add_irqfd(self, efd: Any, gsi: int) -> None:
         """kvm_irqchip_add_irqfd_notifier_gsi(): KVM_IRQFD binding eventfd ``efd``
@@ -184,9 +184,9 @@ class KvmIrqchip:
         """kvm_irqchip_send_msi(): KVM_SIGNAL_MSI; 1 delivered, 0 blocked by the
         guest, an OSError as KVM answers (EINVAL outside every vITS)."""
         entry = self._check(addr, data, devid)
-        return self.k.ioctl(self.vm_fd, K.KVM_SIGNAL_MSI, K.KvmMsi(
+        return cast(int, self.k.ioctl(self.vm_fd, K.KVM_SIGNAL_MSI, K.KvmMsi(
             address_lo=entry.address & 0xFFFF_FFFF, address_hi=entry.address >> 32,
-            data=entry.data, flags=K.KVM_MSI_VALID_DEVID, devid=entry.devid))
+            data=entry.data, flags=K.KVM_MSI_VALID_DEVID, devid=entry.devid)))
 
 
 __all__ = ["KvmIrqchip", "MsiRouteEntry", "KVM_MAX_IRQ_ROUTES"]

@@ -24,7 +24,7 @@ the host page at ``pfn << 12``; the VMM itself never looks inside the kernel.
 from __future__ import annotations
 
 import errno
-from typing import Any
+from typing import Any, cast
 
 from ..hw.virt_map import VIRT_MEM
 from ..uapi import iommufd as u
@@ -109,7 +109,7 @@ class GuestRam:
         """The VMM's user address of guest-physical ``gpa`` (QEMU's address_space_map)."""
         if not self.contains(gpa):
             raise ValueError(f"{gpa:#x} is not guest RAM")
-        return self.va + gpa - self.gpa
+        return cast(int, self.va + gpa - self.gpa)
 
     def kvm_set_user_memory_region(self, vm_fd: int, slot: int = 0) -> None:
         """KVM_SET_USER_MEMORY_REGION: the block becomes memory slot ``slot`` of the VM."""

@@ -62,7 +62,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from errno import EIO
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from ..errors import InvalidArgument
 from ..hw import smmuv3_regs as R
@@ -163,8 +163,14 @@ class VirtualSmmuV3:
         else:
             # Every DMA and MSI write of an emulated device calls translate (Bus.dma_*):
             # the hardware model's own bound methods, so no VMM frame sits on that path.
-            self.translate = self.hw.translate
-            self.translate_batch = self.hw.translate_batch
+            self.translate = self.hw.translate  # type: ignore[method-assign]
+            self.translate_batch = self.hw.translate_batch  # type: ignore[method-assign]
+
+    @property
+    def _host(self) -> HostIommufd:
+        """The host of an accelerated vSMMU (the accel paths run only with one)."""
+        assert self.host is not None
+        return self.host
 
     # -- the guest's side: registers and the interrupt line ---------------------------------
 
@@ -294,7 +300,7 @@ class VirtualSmmuV3:
         d = self._devs.get(vsid)
         if d is None:
             raise InvalidArgument(f"no device with StreamID {vsid:#x}")
-        self._attach(d.dev, self.host.parent_hwpt_id)
+        self._attach(d.dev, self._host.parent_hwpt_id)
         del self._devs[vsid]
         for oid in (d.s1_hwpt_id, d.vdevice_id):
             if oid is not None:
@@ -334,7 +340,7 @@ class VirtualSmmuV3:
     def event_pending(self) -> bool:
         """Whether the vEVENTQ fd is readable (the main loop then calls :meth:`event_read`)."""
         fd = self.veventq_fd
-        return fd is not None and bool(self.host.k.poll(fd) & EPOLLIN)
+        return fd is not None and bool(self._host.k.poll(fd) & EPOLLIN)
 
     def event_read(self) -> int:
         """smmuv3_accel_event_read(): the vEVENTQ fd is readable; move each event the
@@ -345,8 +351,8 @@ class VirtualSmmuV3:
         otherwise in ``stats["events_lost"]``."""
         fd = self.veventq_fd                     # poll(2) / read(2) on the vEVENTQ's fd
         n = 0
-        while fd is not None and self.host.k.poll(fd) & EPOLLIN:
-            data = self.host.k.read(fd, _HDR + _EVT)
+        while fd is not None and self._host.k.poll(fd) & EPOLLIN:
+            data = self._host.k.read(fd, _HDR + _EVT)
             hdr = u.IommufdVeventHeader.unpack(data[:_HDR]) if len(data) >= _HDR else None
             if hdr is None:
                 break
@@ -369,13 +375,13 @@ class VirtualSmmuV3:
     # -- accel internals ----------------------------------------------------------------
 
     def _ioctl(self, cmd: int, arg: Any) -> Any:
-        return self.host.iommufd.ioctl(cmd, arg)
+        return self._host.iommufd.ioctl(cmd, arg)
 
     def _user_buf(self, data: bytes) -> int:
         """The VMM's scratch page holding ``data`` (an ioctl's payload)."""
         if self._buf is None:
-            self._buf = self.host.k.mmap(PAGE)
-        self.host.k.user_write(self._buf, data)
+            self._buf = self._host.k.mmap(PAGE)
+        self._host.k.user_write(self._buf, data)
         return self._buf
 
     def _destroy(self, oid: int) -> None:
@@ -394,7 +400,7 @@ class VirtualSmmuV3:
                              data_uptr=self._user_buf(data))
         self._ioctl(u.IOMMU_HWPT_ALLOC, h)
         self.stats["hwpt_allocs"] += 1
-        return h.out_hwpt_id
+        return cast(int, h.out_hwpt_id)
 
     def _check_hw_compatible(self, devid: int) -> None:
         """smmuv3_accel_check_hw_compatible(): the host SMMU behind ``devid`` must offer
@@ -404,7 +410,7 @@ class VirtualSmmuV3:
         self._ioctl(u.IOMMU_GET_HW_INFO, info)
         if info.out_data_type != u.IOMMU_HW_INFO_TYPE_ARM_SMMUV3:
             raise InvalidArgument(f"wrong data type ({info.out_data_type}) for host SMMUv3 info")
-        host = u.IommuHwInfoArmSmmuv3.unpack(self.host.k.user_read(self._buf, size)).idr
+        host = u.IommuHwInfoArmSmmuv3.unpack(self._host.k.user_read(self._buf, size)).idr
         mine = [self.hw.mmio_read(R.IDR0 + 4 * i) for i in range(6)]
         checks = (  # (name, field, IDR index, how the host's value must compare with ours)
             ("IDR0_ST_LEVEL", R.IDR0_ST_LEVEL, 0, "=="),
@@ -423,7 +429,7 @@ class VirtualSmmuV3:
     def _alloc_viommu(self, devid: int) -> None:
         """smmuv3_accel_alloc_viommu(): the vIOMMU, the abort and bypass HWPTs, the
         vEVENTQ if the guest's event queue is on."""
-        va = u.IommuViommuAlloc(dev_id=devid, hwpt_id=self.host.parent_hwpt_id,
+        va = u.IommuViommuAlloc(dev_id=devid, hwpt_id=self._host.parent_hwpt_id,
                                 type=u.IOMMU_VIOMMU_TYPE_ARM_SMMUV3)
         self._ioctl(u.IOMMU_VIOMMU_ALLOC, va)
         self.viommu_id = va.out_viommu_id
@@ -441,7 +447,7 @@ class VirtualSmmuV3:
         """smmuv3_accel_free_viommu()."""
         if self.veventq_fd is not None:
             fd, self.veventq_fd = self.veventq_fd, None
-            self.host.k.close(fd)
+            self._host.k.close(fd)
         for oid in (self.veventq_id, self.bypass_hwpt_id, self.abort_hwpt_id, self.viommu_id):
             if oid is not None:
                 self._destroy(oid)

@@ -44,7 +44,7 @@ import errno as _errno
 import weakref
 from collections import Counter, deque
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 from ..hw import pci as P
 from ..uapi import iommufd as u
@@ -318,7 +318,7 @@ class VfioPciDevice(P.PciFunction):
         a = V.VfioDeviceAttachIommufdPt(pt_id=pt_id)
         self.devfile.ioctl(V.VFIO_DEVICE_ATTACH_IOMMUFD_PT, a)
         self.pt_id = a.pt_id
-        return a.pt_id
+        return cast(int, a.pt_id)
 
     def unrealize(self) -> None:
         """vfio_exitfn: MSI-X off, the VMM's eventfds closed, the device file closed
@@ -481,7 +481,7 @@ class VfioPciDevice(P.PciFunction):
         a new message of a live vector reaches VFIO / KVM), the PBA is read-only, the
         rest goes to the host function through VFIO."""
         if self._in_msix(index, offset):
-            m = self.msix
+            m = cast(P.MsixConfig, self.msix)                    # _in_msix: there is one
             tab = offset - m.table_offset
             if not 0 <= tab < len(self.msix_table):
                 return                                        # the PBA: read-only
@@ -714,8 +714,8 @@ class VfioPciDevice(P.PciFunction):
         if not vec.use:
             return -1
         if vec.virq >= 0 and not vec.masked_fd:
-            return vec.kvm_interrupt.fd
-        return self._eventfd(vec, False).fd
+            return cast(int, vec.kvm_interrupt.fd)
+        return cast(int, self._eventfd(vec, False).fd)
 
     def _set_irqs(self, start: int, fds: list[int]) -> bool:
         arg = V.VfioIrqSet(flags=V.VFIO_IRQ_SET_DATA_EVENTFD | V.VFIO_IRQ_SET_ACTION_TRIGGER,

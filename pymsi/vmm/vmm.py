@@ -28,7 +28,7 @@ Nothing here imports the host kernel: the VMM reaches it through system calls.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from ..uapi import iommufd as u
 from ..uapi import kvm as K
@@ -85,9 +85,9 @@ class Vmm:
         the board.  ``smmu`` is the vSMMU model to map (None: no vIOMMU)."""
         self.os_setup_limits()
         self.iommufd_backend_connect()
-        self.ram = GuestRam(self.k, self.host_ram, RAM_GPA, self.ram_size)
-        self._maps.append((self.ram.va, self.ram.size))
-        self.ram.ioas_map(self.iommufd, self.ioas_id)
+        ram = self.ram = GuestRam(self.k, self.host_ram, RAM_GPA, self.ram_size)
+        self._maps.append((ram.va, ram.size))
+        ram.ioas_map(self.iommufd, cast(int, self.ioas_id))    # connected just above
         self.kvm_init()
         self.kvm_start_vcpus()
         self.board = self.machvirt_board(smmu, emulated_smmu)
@@ -123,7 +123,7 @@ class Vmm:
         cd = K.KvmCreateDevice(type=type_)
         self.k.ioctl(self.vm_fd, K.KVM_CREATE_DEVICE, cd)
         self._fds.append(cd.fd)
-        return cd.fd
+        return cast(int, cd.fd)
 
     def kvm_init(self) -> None:
         """KVM_CREATE_VM, memory slot 0, the vCPUs, then the in-kernel vGICv3 and vITS."""
@@ -133,7 +133,7 @@ class Vmm:
         finally:
             kvm.close()
         self._fds.append(self.vm_fd)
-        self.ram.kvm_set_user_memory_region(self.vm_fd, 0)
+        cast(GuestRam, self.ram).kvm_set_user_memory_region(self.vm_fd, 0)   # realize made it
         self.vcpu_fds = []
         for i in range(self.ncpus):
             self.vcpu_fds.append(self.k.ioctl(self.vm_fd, K.KVM_CREATE_VCPU, i))
@@ -164,7 +164,8 @@ class Vmm:
             self.vcpu_runs.append(run)
 
     def machvirt_board(self, smmu: Any, emulated_smmu: bool) -> VirtBoard:
-        return VirtBoard(self.k, self.vm_fd, self.ram.mem, self.ram.gpa, self.ram.size,
+        ram = cast(GuestRam, self.ram)                  # realize made RAM and the VM first
+        return VirtBoard(self.k, cast(int, self.vm_fd), ram.mem, ram.gpa, ram.size,
                          self.vcpu_runs, smmu=smmu,
                          emulated_smmu=emulated_smmu, msi_design=self.msi_design,
                          iort_rmrs=self.iort_rmrs, honour_rmr=self.honour_rmr)
@@ -189,7 +190,7 @@ class Vmm:
 
         dev = VfioPciDevice(self.k, host_path, self.iommufd, self.irqchip, bus=0,
                             device=device, pt_id=pt_id, ioas_id=self.ioas_id, iommu=iommu)
-        self.board.pci.add(dev)
+        cast(VirtBoard, self.board).pci.add(dev)           # a realized machine
         self.devices.append(dev)
         return dev
 
@@ -199,7 +200,7 @@ class Vmm:
         h = u.IommuHwptAlloc(dev_id=dev_id, pt_id=self.ioas_id,
                              flags=u.IOMMU_HWPT_ALLOC_NEST_PARENT)
         self.iommufd.ioctl(u.IOMMU_HWPT_ALLOC, h)
-        return h.out_hwpt_id
+        return cast(int, h.out_hwpt_id)
 
     # -- the guest -------------------------------------------------------------------
 
@@ -246,9 +247,9 @@ class Vmm:
 
     def signal_msi(self, address: int, data: int, devid: int) -> int:
         """KVM_SIGNAL_MSI (with the DeviceID) -- what QEMU does for an emulated MSI."""
-        return self.k.ioctl(self.vm_fd, K.KVM_SIGNAL_MSI, K.KvmMsi(
+        return cast(int, self.k.ioctl(self.vm_fd, K.KVM_SIGNAL_MSI, K.KvmMsi(
             address_lo=address & 0xFFFF_FFFF, address_hi=address >> 32, data=data,
-            flags=K.KVM_MSI_VALID_DEVID, devid=devid))
+            flags=K.KVM_MSI_VALID_DEVID, devid=devid)))
 
     def guest_irq_pending(self) -> bool:
         """Whether any vCPU has an interrupt to take (its virtual IRQ line is up)."""
