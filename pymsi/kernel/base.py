@@ -95,6 +95,22 @@ def cpulist_str(cpus: frozenset[int] | set[int]) -> str:
     return ",".join(out)
 
 
+def _user_text(text: Any, what: str) -> bytes:
+    """The bytes a write(2) of ``text`` hands a parser, up to the first newline or NUL
+    (a ``str`` as its UTF-8 bytes); anything but text is EINVAL naming ``what``."""
+    if isinstance(text, str):
+        buf = text.encode()
+    elif isinstance(text, (bytes, bytearray, memoryview)):
+        buf = bytes(text)
+    else:
+        raise fail(EINVAL, f"{what} is text, not {type(text).__name__}")
+    for stop in (0x0A, 0x00):
+        cut = buf.find(stop)
+        if cut >= 0:
+            buf = buf[:cut]
+    return buf
+
+
 def _cpulist_num(buf: bytes, i: int, lastbit: int, text: Any) -> tuple[int, int]:
     """bitmap_getnum(): ``N`` is the last bit; else decimal digits (EINVAL for none,
     EOVERFLOW beyond an unsigned int)."""
@@ -121,16 +137,7 @@ def parse_cpulist(text: str | bytes, nmaskbits: int) -> frozenset[int]:
     EINVAL, one beyond an unsigned int EOVERFLOW; a range backwards, a group of 0 or
     more used than the group is EINVAL; a CPU at or beyond ``nmaskbits`` is ERANGE.
     """
-    if isinstance(text, str):
-        buf = text.encode()
-    elif isinstance(text, (bytes, bytearray, memoryview)):
-        buf = bytes(text)
-    else:
-        raise fail(EINVAL, f"a CPU list is text, not {type(text).__name__}")
-    for stop in (0x0A, 0x00):
-        cut = buf.find(stop)
-        if cut >= 0:
-            buf = buf[:cut]
+    buf = _user_text(text, "a CPU list")
     lastbit = nmaskbits - 1
     cpus: set[int] = set()
     i, n = 0, len(buf)
@@ -187,16 +194,7 @@ def parse_cpumask(text: str | bytes, nmaskbits: int) -> frozenset[int]:
     consumed unchecked when it is not a hex digit (so ``"0x00000001"`` is 1,
     while ``"0x1"`` is EINVAL).  A ``str`` is taken as its UTF-8 bytes.
     """
-    if isinstance(text, str):
-        buf = text.encode()
-    elif isinstance(text, (bytes, bytearray, memoryview)):
-        buf = bytes(text)
-    else:
-        raise fail(EINVAL, f"a CPU mask is text, not {type(text).__name__}")
-    for stop in (0x0A, 0x00):
-        cut = buf.find(stop)
-        if cut >= 0:
-            buf = buf[:cut]
+    buf = _user_text(text, "a CPU mask")
     chunks_left = (nmaskbits + 31) // 32
     value, chunk, end = 0, 0, len(buf) - 1
     while True:
