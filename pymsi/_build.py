@@ -18,6 +18,7 @@ import importlib.util
 import os
 import shlex
 from pathlib import Path
+from types import ModuleType
 
 from cffi import FFI
 
@@ -32,10 +33,11 @@ def cdef_text() -> str:
     return text[start : text.index("/* cdef-end */")]
 
 
-def _csrc_module():
+def _csrc_module() -> ModuleType:
     """pymsi/_csrc.py, loaded by path (this script runs outside the package)."""
     spec = importlib.util.spec_from_file_location("_pymsi_csrc", Path(__file__).with_name(
         "_csrc.py"))
+    assert spec is not None and spec.loader is not None     # a .py file that exists
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .kernel.kernel import Kernel
+    from .machine import ArmVirt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,16 +82,17 @@ def _info_arguments(p: argparse.ArgumentParser) -> None:
                    "before inspecting (fills caches and counts)")
 
 
-def _load_toml(path: str) -> dict:
-    try:
+def _load_toml(path: str) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:                    # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
+    else:                                          # Python 3.10: the backport
+        import tomli as tomllib
     with open(path, "rb") as f:
-        return tomllib.load(f)
+        table: dict[str, Any] = tomllib.load(f)
+    return table
 
 
-def _host_only(desc: dict) -> tuple:
+def _host_only(desc: dict[str, Any]) -> tuple[ArmVirt, Kernel]:
     """A host machine from a description's host keys, booted, a test driver bound."""
     from .kernel.pci_endpoint_test import PciEndpointTestDriver
     from .machine import ArmVirt
@@ -122,8 +128,8 @@ def _info_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         parser.exit(2, f"pymsi info: {e}\n")
     if args.fire:
         for fn in functions:
-            n = fn.msix.vectors if fn.msix_cap is not None else (
-                fn.msi.vectors if fn.msi_cap is not None else 0)
+            n = fn.msix.vectors if fn.msix is not None else (     # set with msix_cap
+                fn.msi.vectors if fn.msi is not None else 0)
             for v in range(n):
                 fn.notify(v)
         if hasattr(target, "run"):

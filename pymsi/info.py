@@ -16,8 +16,9 @@ never filled), and calls nothing that counts, records or traces.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Union, cast
 
 from .hw import its as I
 from .hw import pci as P
@@ -145,8 +146,10 @@ def _sides(target: Target) -> list[_Side]:
     if hasattr(target, "slots") and hasattr(target, "guest"):          # VirtualMachine
         if not getattr(target, "booted", False):
             raise ValueError("boot() the machine before inspecting it")
-        return [_Side("host", target.host, target.machine.bus),
-                _Side("guest", target.guest, target.board.bus)]
+        vm = cast("VirtualMachine", target)                             # duck-typed
+        assert vm.machine is not None                                   # booted
+        return [_Side("host", vm.host, vm.machine.bus),
+                _Side("guest", vm.guest, vm.board.bus)]
     if hasattr(target, "irq") and hasattr(target, "bus") and hasattr(target, "online_cpus"):
         return [_Side(getattr(target, "name", "kernel"), target, target.bus)]
     if hasattr(target, "bus") and hasattr(target, "functions"):       # ArmVirt / X86Pc
@@ -157,7 +160,8 @@ def _sides(target: Target) -> list[_Side]:
 
 def _read64(mem: Any, addr: int) -> int | None:
     try:
-        return mem.read_u64(addr)
+        value: int = mem.read_u64(addr)
+        return value
     except (OSError, ValueError, OverflowError, TypeError):
         return None
 
@@ -205,6 +209,7 @@ def _function_rows(fn: PciFunction, vector: int) -> tuple[list[Row], int | None,
                                        "bus_master": bool(fn._get(P.COMMAND, 2)
                                                           & P.CMD_MASTER)})]
     if fn.msix_cap is not None and fn.msix_enabled:
+        assert fn.msix is not None                      # set with msix_cap
         if not 0 <= vector < fn.msix.vectors:
             rows.append(Row("MSI-X entry", None, {"vector": vector}, note="no such vector"))
             return rows, None, None
@@ -222,6 +227,7 @@ def _function_rows(fn: PciFunction, vector: int) -> tuple[list[Row], int | None,
     if msg is None:
         rows.append(Row("MSI", None, {"vector": vector}, note="MSI / MSI-X not enabled"))
         return rows, None, None
+    assert fn.msi_cap is not None and fn.msi is not None     # msi_message gave one
     rows.append(Row("MSI capability", None, {
         "cap": Hex(fn.msi_cap), "vector": vector, "address": Hex(msg[0]),
         "data": Hex(msg[1]),
@@ -323,7 +329,7 @@ def _its_rows(side: _Side, its: GicV3Its, devid: int, eventid: int) -> tuple[lis
                                                "doorbell": I.ITE1_DOORBELL.get(w1)}))
         vpe_addr = its._entry_addr(I.BaserType.VPES, vpeid) if its.gicv4 else None
         d0 = None if vpe_addr is None else _read64(mem, vpe_addr)
-        if d0 is not None and I.VPE0_V.get(d0):
+        if d0 is not None and vpe_addr is not None and I.VPE0_V.get(d0):
             rows.append(Row("ITS vPE", vpe_addr, {"vpeid": vpeid,
                                                   "vpt": Hex(_read64(mem, vpe_addr + 8) or 0),
                                                   "rdbase": I.VPE0_RDBASE.get(d0)},
@@ -487,12 +493,15 @@ def info_irq(target: Target, which: int | tuple[Any, int]) -> View:
     """
     sides = _sides(target)
     is_vm = len(sides) == 2
-    rid, vector, irq = None, None, None
+    vm = cast("VirtualMachine", target)      # used only when is_vm (duck-typed)
+    rid: int                                  # both set by the branches below (else raise)
+    vector: int
+    irq: int | None = None
     if isinstance(which, tuple):
         fn, vector = which
         if is_vm and isinstance(fn, int) and not isinstance(fn, bool) and \
-                0 <= fn < len(target.slots):
-            fn = target.slots[fn].guest_fn
+                0 <= fn < len(vm.slots):
+            fn = vm.slots[fn].guest_fn
         rid = _resolve_rid(fn)
     elif isinstance(which, int) and not isinstance(which, bool):
         irq = which
@@ -516,7 +525,7 @@ def info_irq(target: Target, which: int | tuple[Any, int]) -> View:
     view = View(title)
     fn = front.function(rid)
     if is_vm:
-        slot = next((s for s in target.slots if s.guest_fn is fn), None)
+        slot = next((s for s in vm.slots if s.guest_fn is fn), None)
         host_fn = None if slot is None else slot.host_fn
         if host_fn is not None:
             host = sides[0]
@@ -606,7 +615,7 @@ def _space_rows(smmu: SMMUv3, sid: int, depth: int) -> list[Row]:
     except _ConfigError:
         return []
     rows: list[Row] = []
-    spaces = []
+    spaces: list[tuple[str, int, int, int, int, int, Callable[[int], int | None] | None]] = []
     if ste.config in (R.SteConfig.S1, R.SteConfig.NESTED):
         try:
             cd = smmu._decode_cd(smmu._fetch(smmu._cd_address(ste, 0), R.CD_SIZE,
@@ -799,6 +808,7 @@ def info_pci(target: Target) -> View:
                 view.rows.append(Row(f"Region {i}", a, {"size": Hex(fn.bars[i].size)},
                                      depth=1, note="" if a else "unassigned"))
             if fn.msi_cap is not None:
+                assert fn.msi is not None               # set with msi_cap
                 flags = fn._get(fn.msi_cap + P.MSI_FLAGS, 2)
                 msg = fn.msi_message(0)
                 f: dict[str, Any] = {
@@ -811,6 +821,7 @@ def info_pci(target: Target) -> View:
                     f["masks"] = Hex(fn._msi_masks())
                 view.rows.append(Row(f"Capabilities: [{fn.msi_cap:x}] MSI", None, f, depth=1))
             if fn.msix_cap is not None:
+                assert fn.msix is not None              # set with msix_cap
                 flags = fn._get(fn.msix_cap + P.MSIX_FLAGS, 2)
                 bar = fn.bar_address(fn.msix.bar)
                 view.rows.append(Row(f"Capabilities: [{fn.msix_cap:x}] MSI-X", None, {
@@ -829,5 +840,6 @@ def info_pci(target: Target) -> View:
 
 
 #: the views by their ``pymsi info`` name
-VIEWS = {"irq": info_irq, "mtree": info_mtree, "iotlb": info_iotlb, "its": info_its,
-         "pci": info_pci}
+VIEWS: dict[str, Callable[..., View]] = {
+    "irq": info_irq, "mtree": info_mtree, "iotlb": info_iotlb, "its": info_its,
+    "pci": info_pci}

@@ -603,7 +603,8 @@ def _c(views: list[memoryview]) -> list[Any]:
 
 
 def _tlb(tlb: Iotlb | None) -> Any:
-    return _NULL if obj_arg("tlb", tlb, Iotlb, optional=True) is None else tlb._p
+    t = obj_arg("tlb", tlb, Iotlb, optional=True)
+    return _NULL if t is None else t._p
 
 
 def compose_batch(table: MsiTable, doorbell_pa: int, devs: Any, idx: Any, out_addr: Any,

@@ -103,11 +103,11 @@ class Bus:
         self.stats = {"dma": 0, "dma_aborted": 0, "dma_bus_errors": 0, "posted": 0,
                       "posted_dropped": 0, "drain_budget_exhausted": 0}
         self._depth = 0                         # accesses in progress (nesting)
-        self._posted: deque[tuple] = deque()    # writes waiting for the current access
+        self._posted: deque[tuple[Any, ...]] = deque()    # writes waiting for the current access
         self._last: MmioWindow | None = None    # the window the last lookup found
         #: requester ID -> its MSI route (see _msi_route), or False: none; dropped when
         #: a window or an IOMMU is added or removed
-        self._routes: dict[int, tuple | bool] = {}
+        self._routes: dict[int, tuple[Any, ...] | bool] = {}
 
     # -- posted writes -------------------------------------------------------------
 
@@ -143,7 +143,7 @@ class Bus:
             self.stats["drain_budget_exhausted"] += 1
         return done
 
-    def _perform(self, item: tuple) -> None:
+    def _perform(self, item: tuple[Any, ...]) -> None:
         if item[0] == "dma":
             _, rid, addr, value, size, on_done = item
             r = self._dma_now(rid, addr, size, value)
@@ -248,7 +248,7 @@ class Bus:
         self._iommus.append((first_rid, last_rid, iommu, _same_id if sid_of is None else sid_of))
         self._routes.clear()
 
-    def _msi_route(self, rid: int) -> tuple | bool:
+    def _msi_route(self, rid: int) -> tuple[Any, ...] | bool:
         """The one-call route of MSIs from ``rid`` (learnt once per topology; False when
         there is none): ``(smmu, its hit path, StreamID, fire, last, doorbell, its, gic,
         tracepoints)``.
@@ -267,7 +267,7 @@ class Bus:
         after the translation, which :meth:`dma_write` continues; the caller checks
         per write that the SMMU is enabled, the bus idle and the tracepoints of the
         path off."""
-        route: tuple | bool = False
+        route: tuple[Any, ...] | bool = False
         for first, last, iommu, sid_of in self._iommus:
             if type(self).dma_write is not Bus.dma_write:   # a subclass's own: not here
                 break
@@ -278,7 +278,7 @@ class Bus:
         self._routes[rid] = route
         return route
 
-    def _msi_route_via(self, smmu: Any, sid: int) -> tuple | bool:
+    def _msi_route_via(self, smmu: Any, sid: int) -> tuple[Any, ...] | bool:
         from .gicv3 import trace_gicv3_redist_process_lpi
         from .its import GITS_TRANSLATER, GicV3Its, trace_gicv3_its_translation_write
         its = next((w for w in self._windows if type(w.model) is GicV3Its and w.attrs), None)
@@ -322,8 +322,9 @@ class Bus:
         self._depth += 1                        # _enter() / _leave(), inline
         try:
             if w.attrs:
-                return w.model.mmio_read(addr - w.base, size, requester_id=requester_id)
-            return w.model.mmio_read(addr - w.base, size)
+                return w.model.mmio_read(  # type: ignore[no-any-return]  # models return int
+                    addr - w.base, size, requester_id=requester_id)
+            return w.model.mmio_read(addr - w.base, size)  # type: ignore[no-any-return]
         finally:
             self._depth -= 1
             if not self._depth and self._posted:
@@ -500,8 +501,9 @@ class Bus:
             else:
                 out = array.array("Q", bytes(8 * n))
                 status = array.array("i", bytes(4 * n))
-                batch(array.array("I", [route[1]]) * n, array.array("Q", addrs), out, status,
-                      write=True)
+                # not None: checked above (route is not None and batch is None -> one by one)
+                batch(array.array("I", [route[1]]) * n,  # type: ignore[misc]
+                      array.array("Q", addrs), out, status, write=True)
                 if status.count(0) + status.count(STATUS_BYPASS) == n and \
                         out.count(out[0]) == n:
                     pas = None                          # all performed, to the same place
@@ -509,7 +511,7 @@ class Bus:
                     pas = [pa if 0 <= st <= STATUS_BYPASS else None
                            for pa, st in zip(out, status, strict=True)]
             if pas is None or pas.count(pas[0]) == n:   # one run: the common batch
-                pa = out[0] if pas is None else pas[0]
+                pa = out[0] if pas is None else pas[0]  # type: ignore[index]  # pas None: out set
                 if pa is not None and not self.ram.is_ram(pa, size):
                     w = self.window(pa)
                     if w is not None and w.attrs and pa + size <= w.base + w.size and \
@@ -520,7 +522,7 @@ class Bus:
                         w.model.mmio_write_batch(pa - w.base, values, size, requester_id=rid)
                         return [True] * n
                 if pas is None:
-                    pas = list(out)
+                    pas = list(out)  # type: ignore[arg-type]  # as above
             ok = [True] * n
             mask = (1 << (8 * size)) - 1
             k = 0

@@ -41,6 +41,7 @@ import array
 import enum
 import struct
 from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import trace
@@ -186,7 +187,8 @@ C3_RDBASE2, C3_VPT_SIZE, C3_VPT_ADDR = Field(47, 16), Field(4, 0), Field(51, 16)
 # Tracepoints, named and with the fields of QEMU's hw/intc/trace-events (one per command,
 # traced as the command is taken from the queue, before it runs).
 _TP = trace.Tracepoint
-_CMD_TRACE = {
+_CMD_TRACE: dict[Cmd, tuple[trace.Tracepoint, Callable[[int, int, int, int, int],
+                                                   dict[str, int]]]] = {
     Cmd.MOVI: (_TP("gicv3_its_cmd_movi", "devid", "eventid", "icid"),
                lambda dev, ev, d1, d2, d3: {"devid": dev, "eventid": ev, "icid": C2_ICID.get(d2)}),
     Cmd.INT: (_TP("gicv3_its_cmd_int", "devid", "eventid"),
@@ -270,7 +272,8 @@ class GicV3Its:
         self.stall_on_error = stall_on_error
         # The batch view of the translation cache (see translate_batch): a core ItsCache
         # of the GIC memory's backend, when the GIC can set pending bits in batch.
-        self._core = self._itc = None
+        self._core: Any = None                  # the cffi core module (untyped)
+        self._itc: Any = None                   # its core.ItsCache
         if gic._pending_batch is not None:
             from .. import core
             self._core = core.backend(gic.memory.backend)
@@ -282,8 +285,8 @@ class GicV3Its:
                       | TYPER_CIL(1) | TYPER_VMOVP(int(self.gicv4)))
         # The command queue's table commands in the core (csrc/itscmd.c), when the
         # memory is a core Memory (and the batch cache, if any, of the same core).
-        self._cmdq = None
-        self._cmdq_key: tuple | None = None
+        self._cmdq: Any = None                  # a core.ItsCmdq (untyped, cffi)
+        self._cmdq_key: tuple[int, int, int, int] | None = None
         mcore = _core_of(memory)
         if (mcore is not None and (self._itc is None or self._core is mcore)
                 and all(1 <= b <= 32 for b in (devbits, id_bits, cidbits))):
@@ -302,8 +305,8 @@ class GicV3Its:
         types = [BaserType.DEVICES, BaserType.COLLECTIONS,
                  BaserType.VPES if self.gicv4 else BaserType.NONE] + [BaserType.NONE] * 5
         self.baser = [self._baser_ro(t) for t in types]
-        self._baser_dec: list[tuple | None] = [None] * 3   # _entry_addr's decoded BASERs
-        self._cq = (None, 0, 0)                            # (CBASER, queue base, size)
+        self._baser_dec: list[_DecodedBaser | None] = [None] * 3   # _entry_addr's decoded BASERs
+        self._cq: tuple[int | None, int, int] = (None, 0, 0)   # (CBASER, queue base, size)
         self.invalidate_cache()
 
     def invalidate_cache(self) -> None:
@@ -350,7 +353,7 @@ class GicV3Its:
             event_id = value & 0xFFFF_FFFF
             if self.ctlr & CTLR_ENABLED and not trace_gicv3_its_translation_write.enabled:
                 # translate()'s cache hit path, inline (the write of every MSI)
-                per = self._ite_cache.get(requester_id)
+                per = self._ite_cache.get(requester_id)  # type: ignore[arg-type]  # None: a miss
                 if per is not None:
                     ite = per.get(event_id)
                     if ite is not None and not ite[0] & _ITE0_VIRTUAL:
@@ -456,7 +459,8 @@ class GicV3Its:
         intids, status = array.array("I", zeros), array.array("i", zeros)
         grouped, counts = array.array("I", zeros), array.array("I", bytes(4 * nred))
         limits = array.array("I", [rd._lpi_limit for rd in redists])
-        placed = c.its_lookup_batch(itc, device_id, ev, limits, intids, status, grouped, counts)
+        placed: int = c.its_lookup_batch(itc, device_id, ev, limits, intids, status, grouped,
+                                         counts)
         extra: dict[int, list[int]] = {}
         done = more = 0
         if placed < n:
@@ -499,7 +503,9 @@ class GicV3Its:
             off += cnt
         if new:                                 # ... every new pending bit in one core call
             n = len(new)
-            ok = gic._pending_batch(gic.memory, tables, new, array.array("i", bytes(4 * n)))
+            # set whenever _itc is (__init__)
+            ok = gic._pending_batch(gic.memory, tables, new,  # type: ignore[misc]
+                                    array.array("i", bytes(4 * n)))
             if ok < n:
                 gic.stats["table_errors"] += n - ok
         return done + placed + more
@@ -628,7 +634,7 @@ class GicV3Its:
                 self._stall_memory()
                 return
 
-    def _read_command(self, addr: int) -> list[int]:
+    def _read_command(self, addr: int) -> tuple[int, ...]:
         try:
             return _unpack4(self.memory.read(addr, 32))
         except (OSError, ValueError):
@@ -639,9 +645,10 @@ class GicV3Its:
 
     def _read64(self, addr: int) -> int:
         try:
-            return self.memory.read_u64(addr)
+            value: int = self.memory.read_u64(addr)
         except (OSError, ValueError):
             raise _Stall() from None
+        return value
 
     def _write64(self, addr: int, value: int) -> None:
         try:
@@ -651,7 +658,7 @@ class GicV3Its:
 
     def _entry_addr(self, t: BaserType, index: int) -> int | None:
         """Where table ``t`` keeps entry ``index`` (None: not provided)."""
-        n = _TABLE_BASER[t]
+        n: int = _TABLE_BASER[t]  # type: ignore[assignment]  # every table asked for has one
         baser = self.baser[n]
         dec = self._baser_dec[n]
         if dec is None or dec[0] != baser:      # decoded once per GITS_BASER<n> value
@@ -671,7 +678,7 @@ class GicV3Its:
         return (entry & ((1 << 52) - 1) & ~(page - 1)) + (index % per_page) * esize
 
     @staticmethod
-    def _decode_baser(t: BaserType, baser: int) -> tuple:
+    def _decode_baser(t: BaserType, baser: int) -> _DecodedBaser:
         """(baser, valid, indirect, base, span, entry size, page size) of table ``t``."""
         page = PAGE_SIZES[BASER_PAGE_SIZE.get(baser)]
         return (baser, bool(BASER_VALID.get(baser)) and BASER_TYPE.get(baser) == t,
@@ -725,13 +732,13 @@ class GicV3Its:
             return None
         return self._read64(addr + 8), VPE0_VPT_SIZE.get(d0) + 1, VPE0_RDBASE.get(d0)
 
-    def _rd(self, procnum: int, err: ItsError):
+    def _rd(self, procnum: int, err: ItsError) -> _Redistributor:
         rd = self.gic.redistributor(procnum)
         if rd is None:
             raise _Error(err)
         return rd
 
-    def _execute(self, cmd: list[int]) -> None:
+    def _execute(self, cmd: tuple[int, ...]) -> None:
         d0, d1, d2, d3 = cmd
         op = d0 & 0xFF                                  # C0_OP
         dev, event = d0 >> 32, d1 & 0xFFFF_FFFF         # C0_DEVICEID, C1_EVENTID
@@ -768,7 +775,7 @@ class GicV3Its:
         getattr(self, name)(dev, event, d1, d2, d3)
 
     # physical commands
-    def _cmd_mapd(self, dev, event, d1, d2, d3) -> None:
+    def _cmd_mapd(self, dev: int, event: int, d1: int, d2: int, d3: int) -> None:
         if dev >> self.devbits:
             raise _Error(ItsError.MAPD_DEVICE_OOR)
         addr = self._entry_addr(BaserType.DEVICES, dev)
@@ -780,7 +787,7 @@ class GicV3Its:
         value = (DTE_V(1) | DTE_SIZE(size) | DTE_ITT(C2_ITT.get(d2))) if C2_V.get(d2) else 0
         self._write64(addr, value)
 
-    def _cmd_mapc(self, dev, event, d1, d2, d3) -> None:
+    def _cmd_mapc(self, dev: int, event: int, d1: int, d2: int, d3: int) -> None:
         icid = C2_ICID.get(d2)
         if icid >> self.cidbits:
             raise _Error(ItsError.MAPC_COLLECTION_OOR)
@@ -792,7 +799,7 @@ class GicV3Its:
             raise _Error(ItsError.MAPC_PROCNUM_OOR)
         self._write64(addr, CTE_V(1) | CTE_RDBASE(rdbase & 0xFFFF) if C2_V.get(d2) else 0)
 
-    def _map_physical(self, dev, event, intid, icid) -> None:
+    def _map_physical(self, dev: int, event: int, intid: int, icid: int) -> None:
         dte = self._dte(dev)
         if dte is None:
             raise _Error(ItsError.MAPTI_UNMAPPED_DEVICE)
@@ -806,20 +813,20 @@ class GicV3Its:
         self._write64(addr, ITE0_V(1) | ITE0_INTID(intid))
         self._write64(addr + 8, ITE1_ICID(icid) | ITE1_DOORBELL(SPURIOUS))
 
-    def _cmd_mapti(self, dev, event, d1, d2, d3) -> None:
+    def _cmd_mapti(self, dev: int, event: int, d1: int, d2: int, d3: int) -> None:
         self._map_physical(dev, event, C1_PINTID.get(d1), C2_ICID.get(d2))
 
-    def _cmd_mapi(self, dev, event, d1, d2, d3) -> None:
+    def _cmd_mapi(self, dev: int, event: int, d1: int, d2: int, d3: int) -> None:
         self._map_physical(dev, event, event, C2_ICID.get(d2))
 
-    def _target(self, ite: list[int], missing: ItsError):
+    def _target(self, ite: Sequence[int], missing: ItsError) -> _Redistributor:
         """The redistributor a physical ITE's collection targets."""
         rd = self._collection_rd(ITE1_ICID.get(ite[1]))
         if rd is None:
             raise _Error(missing)
         return self._rd(rd, ItsError.PROCNUM_OOR)
 
-    def _cmd_movi(self, dev, event, d1, d2, d3) -> None:
+    def _cmd_movi(self, dev: int, event: int, d1: int, d2: int, d3: int) -> None:
         addr, ite = self._ite(dev, event, ItsError.MOVI_UNMAPPED_INTERRUPT)
         if ITE0_VIRTUAL.get(ite[0]):
             raise _Error(ItsError.MOVI_UNMAPPED_INTERRUPT)
@@ -834,7 +841,7 @@ class GicV3Its:
             new.set_pending(intid)
         self._write64(addr + 8, ITE1_ICID.put(ite[1], new_icid))
 
-    def _cmd_movall(self, dev, event, d1, d2, d3) -> None:
+    def _cmd_movall(self, dev: int, event: int, d1: int, d2: int, d3: int) -> None:
         src = self._rd(C2_RDBASE.get(d2), ItsError.MOVALL_PROCNUM_OOR)
         dst = self._rd(C3_RDBASE2.get(d3), ItsError.MOVALL_PROCNUM_OOR)
         if src is dst:
@@ -843,36 +850,36 @@ class GicV3Its:
             src.clear_pending(intid)
             dst.set_pending(intid)
 
-    def _cmd_discard(self, dev, event, d1, d2, d3) -> None:
+    def _cmd_discard(self, dev: int, event: int, d1: int, d2: int, d3: int) -> None:
         addr, ite = self._ite(dev, event, ItsError.DISCARD_UNMAPPED_INTERRUPT)
         self._set_state(ite, False, ItsError.DISCARD_UNMAPPED_INTERRUPT)
         self._write64(addr, 0)
         self._write64(addr + 8, 0)
 
-    def _cmd_int(self, dev, event, d1, d2, d3) -> None:
+    def _cmd_int(self, dev: int, event: int, d1: int, d2: int, d3: int) -> None:
         _, ite = self._ite(dev, event, ItsError.INT_UNMAPPED_INTERRUPT)
         self._set_state(ite, True, ItsError.INT_UNMAPPED_INTERRUPT)
 
-    def _cmd_clear(self, dev, event, d1, d2, d3) -> None:
+    def _cmd_clear(self, dev: int, event: int, d1: int, d2: int, d3: int) -> None:
         _, ite = self._ite(dev, event, ItsError.CLEAR_UNMAPPED_INTERRUPT)
         self._set_state(ite, False, ItsError.CLEAR_UNMAPPED_INTERRUPT)
 
-    def _cmd_inv(self, dev, event, d1, d2, d3) -> None:
+    def _cmd_inv(self, dev: int, event: int, d1: int, d2: int, d3: int) -> None:
         _, ite = self._ite(dev, event, ItsError.INV_UNMAPPED_INTERRUPT)
         if not ITE0_VIRTUAL.get(ite[0]):
             self._target(ite, ItsError.INV_UNMAPPED_INTERRUPT).invalidate(ITE0_INTID.get(ite[0]))
 
-    def _cmd_invall(self, dev, event, d1, d2, d3) -> None:
+    def _cmd_invall(self, dev: int, event: int, d1: int, d2: int, d3: int) -> None:
         rd = self._collection_rd(C2_ICID.get(d2))
         if rd is None:
             raise _Error(ItsError.INVALL_UNMAPPED_COLLECTION)
         self._rd(rd, ItsError.PROCNUM_OOR).invalidate()
 
-    def _cmd_sync(self, dev, event, d1, d2, d3) -> None:
+    def _cmd_sync(self, dev: int, event: int, d1: int, d2: int, d3: int) -> None:
         self._rd(C2_RDBASE.get(d2), ItsError.PROCNUM_OOR)   # everything is already done
 
     # GICv4 commands
-    def _cmd_vmapp(self, dev, event, d1, d2, d3) -> None:
+    def _cmd_vmapp(self, dev: int, event: int, d1: int, d2: int, d3: int) -> None:
         vpeid = C1_VPEID.get(d1)
         addr = self._entry_addr(BaserType.VPES, vpeid)
         if addr is None:
@@ -889,7 +896,8 @@ class GicV3Its:
         self._write64(addr + 8, C3_VPT_ADDR.get(d3) << 16)
         self._write64(addr, VPE0_V(1) | VPE0_VPT_SIZE(size) | VPE0_RDBASE(rdbase & 0xFFFF))
 
-    def _map_virtual(self, dev, event, vpeid, vintid, doorbell) -> None:
+    def _map_virtual(self, dev: int, event: int, vpeid: int, vintid: int,
+                     doorbell: int) -> None:
         dte = self._dte(dev)
         if dte is None:
             raise _Error(ItsError.MAPTI_UNMAPPED_DEVICE)
@@ -905,14 +913,14 @@ class GicV3Its:
         self._write64(addr, ITE0_V(1) | ITE0_VIRTUAL(1) | ITE0_INTID(vintid))
         self._write64(addr + 8, ITE1_VPEID(vpeid) | ITE1_DOORBELL(doorbell))
 
-    def _cmd_vmapti(self, dev, event, d1, d2, d3) -> None:
+    def _cmd_vmapti(self, dev: int, event: int, d1: int, d2: int, d3: int) -> None:
         self._map_virtual(dev, event, C1_VPEID.get(d1), C2_VINTID.get(d2),
                           C2_DOORBELL.get(d2))
 
-    def _cmd_vmapi(self, dev, event, d1, d2, d3) -> None:
+    def _cmd_vmapi(self, dev: int, event: int, d1: int, d2: int, d3: int) -> None:
         self._map_virtual(dev, event, C1_VPEID.get(d1), event, C2_DOORBELL.get(d2))
 
-    def _cmd_vmovi(self, dev, event, d1, d2, d3) -> None:
+    def _cmd_vmovi(self, dev: int, event: int, d1: int, d2: int, d3: int) -> None:
         addr, ite = self._ite(dev, event, ItsError.MOVI_UNMAPPED_INTERRUPT)
         if not ITE0_VIRTUAL.get(ite[0]):
             raise _Error(ItsError.NOT_VIRTUAL)
@@ -933,7 +941,7 @@ class GicV3Its:
             d1new = ITE1_DOORBELL.put(d1new, C2_DOORBELL.get(d2))
         self._write64(addr + 8, d1new)
 
-    def _cmd_vmovp(self, dev, event, d1, d2, d3) -> None:
+    def _cmd_vmovp(self, dev: int, event: int, d1: int, d2: int, d3: int) -> None:
         vpeid = C1_VPEID.get(d1)
         addr = self._entry_addr(BaserType.VPES, vpeid)
         if addr is None or self._vpe(vpeid) is None:
@@ -942,13 +950,14 @@ class GicV3Its:
         self._rd(rdbase, ItsError.PROCNUM_OOR)
         self._write64(addr, VPE0_RDBASE.put(self._read64(addr), rdbase & 0xFFFF))
 
-    def _cmd_vsync(self, dev, event, d1, d2, d3) -> None:
+    def _cmd_vsync(self, dev: int, event: int, d1: int, d2: int, d3: int) -> None:
         if self._vpe(C1_VPEID.get(d1)) is None:
             raise _Error(ItsError.UNMAPPED_VPE)
 
     _cmd_vinvall = _cmd_vsync     # vLPI configuration is read from memory, not cached
 
-    def _set_state(self, ite, pending: bool, missing: ItsError, cached: bool = False) -> None:
+    def _set_state(self, ite: Sequence[int], pending: bool, missing: ItsError,
+                   cached: bool = False) -> None:
         """Set (INT, translation) or clear (CLEAR, DISCARD) an ITE's interrupt."""
         intid = ITE0_INTID.get(ite[0])
         if ITE0_VIRTUAL.get(ite[0]):
@@ -998,7 +1007,7 @@ class GicV3Its:
         elif self.ctlr & CTLR_ENABLED:
             # The hit path of the translation cache, inline: a cached physical ITE whose
             # collection is cached too (what _set_state(cached=True) does for it).
-            per = self._ite_cache.get(device_id)
+            per = self._ite_cache.get(device_id)  # type: ignore[arg-type]  # None: a miss
             if per is not None:
                 ite = per.get(event_id)
                 if ite is not None and not ite[0] & _ITE0_VIRTUAL:
@@ -1052,6 +1061,8 @@ _DROPS = {**dict.fromkeys(_DROPS_EVENT, _DROP_EVENT), Cmd.MAPD: _DROP_DEVICE,
 _CMD_TABLE = {int(c): (f"_cmd_{c.name.lower()}", *_CMD_TRACE[c], _DROPS.get(c, 0)) for c in Cmd}
 # BaserType (its value as an index: no enum hashing) -> GITS_BASER<n> that describes it
 _TABLE_BASER = (None, 0, 2, None, 1)
+# (baser, valid, indirect, base, span, entry size, page size): ItsModel._decode_baser
+_DecodedBaser = tuple[int, bool, bool, int, int, int, int]
 _unpack4 = struct.Struct("<4Q").unpack
 
 

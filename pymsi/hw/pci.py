@@ -27,7 +27,7 @@ import functools
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from .. import core, trace
 from .._repr import bounded
@@ -197,7 +197,8 @@ class PciFunction:
             self._bar_regs[reg] = (i, bar)
             reg += 8 if bar.is64 else 4
         caps = []
-        self.msi_cap = self.msix_cap = None
+        self.msi_cap: int | None = None      # config offset of the MSI capability, if any
+        self.msix_cap: int | None = None     # ... and of the MSI-X capability
         self.msi = msi
         self.msix = msix
         self.exp_cap = 0x40
@@ -228,6 +229,7 @@ class PciFunction:
         self._put(self.exp_cap + EXP_DEVCTL, EXP_DEVCTL_RESET, 2,
                   wmask=0xFFFF & ~EXP_DEVCTL_BCR_FLR)
         if msi is not None:
+            assert self.msi_cap is not None
             flags = ((msi.vectors.bit_length() - 1) << 1 | (MSI_FLAGS_64BIT if msi.is64 else 0)
                      | (MSI_FLAGS_MASKBIT if msi.per_vector_mask else 0))
             self._put(self.msi_cap + MSI_FLAGS, flags, 2, wmask=MSI_FLAGS_ENABLE | MSI_FLAGS_QSIZE)
@@ -238,6 +240,7 @@ class PciFunction:
             if msi.per_vector_mask:
                 self._put(self._msi_data_off + 4, 0, 4, wmask=(1 << msi.vectors) - 1)
         if msix is not None:
+            assert self.msix_cap is not None
             self._put(self.msix_cap + MSIX_FLAGS, msix.vectors - 1, 2,
                       wmask=MSIX_FLAGS_MASKALL | MSIX_FLAGS_ENABLE)
             bir = self._bar_bir[msix.bar]     # the BAR's register number (64-bit BARs take 2)
@@ -284,7 +287,8 @@ class PciFunction:
 
     @property
     def _msi_data_off(self) -> int:
-        return self.msi_cap + (0x0C if self.msi.is64 else 0x08)
+        # only used with an MSI capability: msi_cap and msi are set together
+        return self.msi_cap + (0x0C if self.msi.is64 else 0x08)  # type: ignore[operator, union-attr]
 
     def cfg_read(self, offset: int, size: int = 4) -> int:
         """A configuration read (naturally aligned 1, 2 or 4 bytes)."""
@@ -315,8 +319,9 @@ class PciFunction:
             mmc = (flags & MSI_FLAGS_QMASK) >> 1
             if mme > mmc:                                   # clamp Multiple Message Enable
                 self._store(self.msi_cap + MSI_FLAGS, (flags & ~MSI_FLAGS_QSIZE) | mmc << 4, 2)
-            self._deliver_unmasked_msi(msi_mask_before)
+            self._deliver_unmasked_msi(msi_mask_before)  # type: ignore[arg-type]  # int with MSI
         if self.msix_cap is not None and msix_before and not self._msix_masked_all():
+            assert self.msix is not None                    # set with msix_cap
             for v in range(self.msix.vectors):
                 self._deliver_if_unmasked(v)
         if (old_cmd ^ self._get(COMMAND, 2)) & CMD_MEMORY or offset in range(BAR0, BAR0 + 24):
@@ -332,7 +337,7 @@ class PciFunction:
         the PBA clear, then :meth:`device_reset` for the function's own state.
         Statistics are not state of the function and are kept."""
         self.flr_count += 1
-        self.cfg[:] = self._reset_cfg
+        self.cfg[:] = cast(bytearray, self._reset_cfg)     # made by __init__
         if self.msix is not None:
             self.msix_table[:] = bytes(len(self.msix_table))
             for v in range(self.msix.vectors):
@@ -358,6 +363,7 @@ class PciFunction:
     # -- MSI ----------------------------------------------------------------------
 
     def _msi_masks(self) -> int:
+        assert self.msi is not None                # only called with an MSI capability
         if not self.msi.per_vector_mask:
             return 0
         return self._get(self._msi_data_off + 4, 4)
@@ -370,6 +376,7 @@ class PciFunction:
         if not flags & MSI_FLAGS_ENABLE or vector >= 1 << ((flags & MSI_FLAGS_QSIZE) >> 4):
             return None
         addr = self._get(self.msi_cap + MSI_ADDR_LO, 4)
+        assert self.msi is not None                # set with msi_cap
         if self.msi.is64:
             addr |= self._get(self.msi_cap + 8, 4) << 32
         n = 1 << ((flags & MSI_FLAGS_QSIZE) >> 4)
@@ -382,15 +389,18 @@ class PciFunction:
         self._store(off, bits | 1 << vector if value else bits & ~(1 << vector), 4)
 
     def _deliver_unmasked_msi(self, masks_before: int) -> None:
+        assert self.msi is not None                # only called with an MSI capability
         if not self.msi.per_vector_mask:
             return
         pending = self._get(self._msi_data_off + 8, 4)
         masks = self._msi_masks()
         for v in range(self.msi.vectors):
-            if pending >> v & 1 and not masks >> v & 1 and self.msi_message(v) is not None:
-                self._set_msi_pending(v, False)
-                self.stats.delivered_from_pending += 1
-                self._send(*self.msi_message(v), vector=v)
+            if pending >> v & 1 and not masks >> v & 1:
+                msg = self.msi_message(v)
+                if msg is not None:
+                    self._set_msi_pending(v, False)
+                    self.stats.delivered_from_pending += 1
+                    self._send(*msg, vector=v)
 
     # -- MSI-X --------------------------------------------------------------------
 
@@ -400,7 +410,7 @@ class PciFunction:
                     & MSIX_FLAGS_ENABLE)
 
     def _msix_masked_all(self) -> bool:
-        flags = self._get(self.msix_cap + MSIX_FLAGS, 2)
+        flags = self._get(self.msix_cap + MSIX_FLAGS, 2)  # type: ignore[operator]  # MSI-X only
         return not flags & MSIX_FLAGS_ENABLE or bool(flags & MSIX_FLAGS_MASKALL)
 
     def msix_entry(self, vector: int) -> tuple[int, int, int]:
@@ -465,7 +475,7 @@ class PciFunction:
             # high byte holds Enable (bit 7) and Function Mask (bit 6)
             flags = self.cfg[cap + 3]
             if flags & _MSIX_ENABLE_HI:
-                if not 0 <= vector < self.msix.vectors:
+                if not 0 <= vector < self.msix.vectors:  # type: ignore[union-attr]  # msix set with msix_cap (hot path: no check)
                     return Delivery.NO_VECTOR
                 table = self.msix_table
                 o = vector * MSIX_ENTRY_SIZE
@@ -586,7 +596,7 @@ class PciFunction:
             return [self.notify(v) for v in va]
         addrs = array.array("Q", bytes(8 * n))
         datas, status = array.array("I", bytes(4 * n)), array.array("i", bytes(4 * n))
-        ok = core.msix_gather(self.msix_table, self.msix.vectors,
+        ok = core.msix_gather(self.msix_table, self.msix.vectors,  # type: ignore[union-attr]  # as in notify
                               cfg[cap + 3] & _MSIX_MASKALL_HI, va, addrs, datas, status)
         stats = self.stats
         out = [Delivery.SENT] * n

@@ -24,7 +24,7 @@ def boot_arm(m: Any, default_domain: DomainType | None = None) -> Kernel:
     vfio-pci, KVM: a kernel on machine ``m`` (an :class:`~pymsi.machine.ArmVirt`, or a
     VMM's board with the same attributes).  ``default_domain``: the default domain type
     of IOMMU groups (None: DMA)."""
-    kw = {} if default_domain is None else {"default_domain": default_domain}
+    kw: dict[str, Any] = {} if default_domain is None else {"default_domain": default_domain}
     k = Kernel(m.bus, m.kernel_memory, ncpus=m.ncpus, name=getattr(m, "kernel_name", "host"),
                **kw)
     if getattr(m, "honour_rmr", True):           # a kernel with IORT RMR support (6.0+)
@@ -47,7 +47,8 @@ def boot_arm(m: Any, default_domain: DomainType | None = None) -> Kernel:
         k.iommu.probe_device(dev)
     k.cpu_irq = k.gic.handle_irq
     k.cpu_irqs = k.gic._entry = k.gic.handle_irqs
-    k.handle_interrupts = k.gic.handle_irqs     # the IRQ entry in one frame (same effects)
+    # the IRQ entry in one frame (same effects): an instance attribute over the method
+    k.handle_interrupts = k.gic.handle_irqs  # type: ignore[method-assign]
     iommufd_init(k)
     _set_msi_design(k, m)
     vfio_pci_init(k)
@@ -88,4 +89,5 @@ def _set_msi_design(k: Kernel, m: Any) -> None:
     """The machine's ``msi_design`` becomes the default of new iommufd contexts."""
     design = getattr(m, "msi_design", "per-vector")
     assert design in MSI_DESIGNS, design
+    assert k.iommufd is not None                  # iommufd_init made it
     k.iommufd.msi_design = design

@@ -85,7 +85,8 @@ class GicDomainOps(IrqDomainOps):
 class GicDriver:
     """irq-gic-v3: distributor, redistributors, CPU interfaces, the LPI domain."""
 
-    def __init__(self, kernel: Any, gicd_base: int, gicr_base: int, cpu_interfaces: list) -> None:
+    def __init__(self, kernel: Any, gicd_base: int, gicr_base: int,
+                 cpu_interfaces: list[G.CpuInterface]) -> None:
         self.kernel = kernel
         self.gicd_base, self.gicr_base = gicd_base, gicr_base
         self.cpuifs = cpu_interfaces          # ICC_* system registers of each CPU
@@ -153,7 +154,7 @@ class GicDriver:
         if cpus is None:                        # Kernel.handle_interrupts, inline
             kernel = self.kernel
             if kernel.cpu_irqs is not self._entry:
-                return type(kernel).handle_interrupts(kernel)
+                return type(kernel).handle_interrupts(kernel)  # type: ignore[no-any-return]
             online = kernel.online_cpus
             if online is not kernel._cpu_order_of:        # sorted once per CPU set
                 kernel._cpu_order, kernel._cpu_order_of = tuple(sorted(online)), online
@@ -433,7 +434,8 @@ class ItsDriver:
     # -- probe -------------------------------------------------------------------------
 
     def _reg(self, off: int, size: int = 8) -> int:
-        return self.kernel.bus.read(self.base + off, size)
+        value: int = self.kernel.bus.read(self.base + off, size)
+        return value
 
     def _wreg(self, off: int, value: int, size: int = 8) -> None:
         self.kernel.bus.write(self.base + off, value, size)
@@ -632,7 +634,7 @@ class ItsDriver:
     def free_lpis(self, base: int, n: int) -> None:
         self._lpi_free.append((base, base + n))
         self._lpi_free.sort()
-        merged = []
+        merged: list[tuple[int, int]] = []
         for lo, hi in self._lpi_free:
             if merged and merged[-1][1] == lo:
                 merged[-1] = (merged[-1][0], hi)
@@ -649,6 +651,7 @@ class ItsDriver:
         event = d.hwirq - dev.lpi_base
         if event in dev.vlpi:
             vpe = dev.vlpi[event].vpe
+            assert vpe is not None                        # a forwarded event has its vPE
             vintid = dev.vlpi[event].vintid
             cur = self.kernel.ram.read(vpe.vprop + vintid - LPI_BASE, 1)[0]
             self.kernel.ram.write(vpe.vprop + vintid - LPI_BASE,
@@ -759,6 +762,7 @@ class ItsDriver:
         event = d.hwirq - dev.lpi_base
         if info.cmd == VcpuCmd.MAP_VLPI:
             vpe = info.vpe
+            assert vpe is not None                        # MAP_VLPI names the vPE
             self.map_vpe(vpe)
             db = vpe.doorbell if info.doorbell else 1023
             old = dev.vlpi.get(event)

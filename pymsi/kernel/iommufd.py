@@ -998,6 +998,8 @@ class IommufdFops(FileOperations):
 class Iommufd:
     """The iommufd module (``k.iommufd``): its parameters and what VFIO calls."""
 
+    msi_design: str         # set by boot (the machine's); read with a default until then
+
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
         self.fops = IommufdFops(kernel)

@@ -62,24 +62,25 @@ class IrqChip:
 
     def irq_mask(self, d: IrqData) -> None:
         if d.parent_data is not None:
-            d.parent_data.chip.irq_mask(d.parent_data)
+            d.parent_data.chip.irq_mask(d.parent_data)  # type: ignore[union-attr]  # every allocated level has its chip
 
     def irq_unmask(self, d: IrqData) -> None:
         if d.parent_data is not None:
-            d.parent_data.chip.irq_unmask(d.parent_data)
+            d.parent_data.chip.irq_unmask(d.parent_data)  # type: ignore[union-attr]  # every allocated level has its chip
 
     def irq_eoi(self, d: IrqData) -> None:
         if d.parent_data is not None:
-            d.parent_data.chip.irq_eoi(d.parent_data)
+            d.parent_data.chip.irq_eoi(d.parent_data)  # type: ignore[union-attr]  # every allocated level has its chip
 
     def irq_set_affinity(self, d: IrqData, mask: frozenset[int], force: bool) -> int:
         if d.parent_data is not None:
-            return d.parent_data.chip.irq_set_affinity(d.parent_data, mask, force)
+            return d.parent_data.chip.irq_set_affinity(d.parent_data, mask, force)  # type: ignore[union-attr]  # as above
         raise fail(EINVAL, f"{self.name} cannot set affinity")
 
     def irq_set_vcpu_affinity(self, d: IrqData, info: Any) -> None:
         if d.parent_data is not None:
-            return d.parent_data.chip.irq_set_vcpu_affinity(d.parent_data, info)
+            d.parent_data.chip.irq_set_vcpu_affinity(d.parent_data, info)  # type: ignore[union-attr]  # every allocated level has its chip
+            return
         raise fail(EINVAL, f"{self.name} cannot forward to a vCPU")
 
     # MSI capable levels implement these.
@@ -120,7 +121,8 @@ class IrqData:
     common: IrqCommonData = field(default_factory=IrqCommonData)
 
     def levels(self) -> list[IrqData]:
-        out, d = [], self
+        out: list[IrqData] = []
+        d: IrqData | None = self
         while d is not None:
             out.append(d)
             d = d.parent_data
@@ -267,7 +269,7 @@ class GenIrq:
 
     def irq_data_at(self, virq: int, domain: IrqDomain) -> IrqData:
         """The IrqData of ``virq`` at ``domain``'s level (irq_domain_get_irq_data)."""
-        d = self.desc(virq).irq_data
+        d: IrqData | None = self.desc(virq).irq_data
         while d is not None:                     # down the levels, top first
             if d.domain is domain:
                 return d
@@ -321,7 +323,9 @@ class GenIrq:
                     f"'irq/{desc.irq}', leaking at least '{desc.actions[0].name}'")
             if desc.irq_data.common.activated:
                 self.deactivate(desc.irq_data)
-        self._free_level(descs[0].irq_data.domain, virq, nr)
+        domain = descs[0].irq_data.domain
+        assert domain is not None                       # allocated through a domain
+        self._free_level(domain, virq, nr)
         for desc in descs:
             desc.actions.clear()
             del self.descs[desc.irq]
@@ -336,10 +340,12 @@ class GenIrq:
         done = []
         try:
             for d in reversed(levels):
+                assert d.domain is not None             # every allocated level has one
                 d.domain.ops.activate(d.domain, d, reserve)
                 done.append(d)
         except Exception:
             for d in reversed(done):
+                assert d.domain is not None
                 d.domain.ops.deactivate(d.domain, d)
             raise
         top.common.activated = True
@@ -349,6 +355,7 @@ class GenIrq:
         if not top.common.activated:
             return
         for d in top.levels():
+            assert d.domain is not None                 # every allocated level has one
             d.domain.ops.deactivate(d.domain, d)
         top.common.activated = False
 
@@ -379,6 +386,7 @@ class GenIrq:
             common.affinity = self.default_affinity
         self.activate(d)
         self._set_affinity(desc, common.affinity, force=False)
+        assert d.chip is not None                       # request_irq checked
         d.chip.irq_unmask(d)
         common.started = True
         desc.depth = 0
@@ -394,6 +402,7 @@ class GenIrq:
             raise fail(ENOENT, f"trying to free already-free IRQ {irq}")
         if not desc.actions:
             d = desc.irq_data
+            assert d.chip is not None                   # request_irq checked
             d.chip.irq_mask(d)
             self.deactivate(d)
             d.common.started = False
@@ -402,7 +411,7 @@ class GenIrq:
     def disable_irq(self, irq: int) -> None:
         desc = self.desc(irq)
         if desc.depth == 0:
-            desc.irq_data.chip.irq_mask(desc.irq_data)
+            desc.irq_data.chip.irq_mask(desc.irq_data)  # type: ignore[union-attr]  # every allocated level has its chip
         desc.depth += 1
 
     def enable_irq(self, irq: int) -> None:
@@ -412,7 +421,7 @@ class GenIrq:
             raise fail(EINVAL, f"unbalanced enable for IRQ {irq}")
         desc.depth -= 1
         if desc.depth == 0:
-            desc.irq_data.chip.irq_unmask(desc.irq_data)
+            desc.irq_data.chip.irq_unmask(desc.irq_data)  # type: ignore[union-attr]  # every allocated level has its chip
 
     # -- affinity -----------------------------------------------------------------------------
 
@@ -523,7 +532,7 @@ class GenIrq:
     def set_vcpu_affinity(self, irq: int, info: Any) -> None:
         """irq_set_vcpu_affinity(): forward to (or take back from) a vCPU."""
         d = self.desc(irq).irq_data
-        d.chip.irq_set_vcpu_affinity(d, info)
+        d.chip.irq_set_vcpu_affinity(d, info)  # type: ignore[union-attr]  # every allocated level has its chip
 
     irq_set_vcpu_affinity = set_vcpu_affinity      # Linux's names, as other code calls them
     irq_set_affinity = set_affinity

@@ -160,7 +160,8 @@ class Kernel:
         self._cpu_order_of: frozenset[int] | None = None
         #: the interrupt controller driver's entry for many CPUs at once (cpu_irq on each
         #: of them, in order), when it has one
-        self.cpu_irqs: Any = None
+        # the IRQ entry on a tuple of CPUs (GicDriver.handle_irqs), once booted
+        self.cpu_irqs: Callable[[tuple[int, ...]], int] | None = None
         self.nr_cpumask_bits = 512               # NR_CPUS of an arm64/x86 defconfig
         self.log: list[str] = []
         self.iommu = IommuCore(self, default_domain)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from .._repr import bounded, short
 from ..hw import pci as P
@@ -111,7 +111,8 @@ def irq_chip_compose_msi_msg(d: IrqData) -> MsiMsg:
     while pos is not None:                      # down the levels, top first
         chip = pos.chip
         if chip is not None and chip.irq_compose_msi_msg is not None:
-            return chip.irq_compose_msi_msg(pos)
+            msg: MsiMsg = chip.irq_compose_msi_msg(pos)
+            return msg
         pos = pos.parent_data
     raise fail(EINVAL, f"IRQ {d.irq}: no level composes MSI messages")
 
@@ -165,7 +166,9 @@ class PciMsiChip(IrqChip):
         desc = d.common.msi_desc
         saved = self.layer.lookup_first(d)
         try:
-            ret = d.parent_data.chip.irq_set_affinity(d.parent_data, mask, force)
+            parent = d.parent_data
+            assert parent is not None and parent.chip is not None   # the PCI/MSI level has one
+            ret = parent.chip.irq_set_affinity(parent, mask, force)
         except BaseException:
             if saved is not None:
                 desc.set_iommu_msi_iova(*saved)
@@ -224,11 +227,12 @@ class PciMsiDomainOps(IrqDomainOps):
     def activate(self, domain: IrqDomain, d: IrqData, reserve: bool) -> None:
         """msi_domain_activate(): compose the message and write it to the device."""
         msg = irq_chip_compose_msi_msg(d)
-        d.chip.irq_write_msi_msg(d, msg)
+        # this level's chip is PciMsiChip, which writes messages
+        d.chip.irq_write_msi_msg(d, msg)  # type: ignore[union-attr, misc]
 
     def deactivate(self, domain: IrqDomain, d: IrqData) -> None:
         """msi_domain_deactivate(): an all-zero message."""
-        d.chip.irq_write_msi_msg(d, MsiMsg())
+        d.chip.irq_write_msi_msg(d, MsiMsg())  # type: ignore[union-attr, misc]  # as above
 
 
 def spread_affinity(nvec: int, cpus: frozenset[int]) -> list[frozenset[int]]:
@@ -253,8 +257,8 @@ def _c_int(value: Any, what: str) -> int:
     an ``int``: modulo 2**32, then signed (so -1 and 0xFFFFFFFF are the same)."""
     if not isinstance(value, int):
         raise fail(EINVAL, f"{what} must be an integer, not {value!r}")
-    value &= 0xFFFF_FFFF
-    return value - (1 << 32) if value >> 31 else value
+    u32: int = value & 0xFFFF_FFFF
+    return u32 - (1 << 32) if u32 >> 31 else u32
 
 
 class PciMsiLayer:
@@ -326,7 +330,8 @@ class PciMsiLayer:
         flags = dev.cfg_read(dev.msi_cap + 2, 2)
         if not flags & (1 << 8):
             return None
-        return dev.msi_cap + (0x10 if flags & (1 << 7) else 0xC)
+        reg: int = dev.msi_cap + (0x10 if flags & (1 << 7) else 0xC)
+        return reg
 
     def _msi_multi_mask(self, dev: Any) -> int:
         """msi_multi_mask(): a mask bit for every vector the function is capable of."""
@@ -433,12 +438,13 @@ class PciMsiLayer:
                 desc.iommu_release(desc)
                 desc.iommu_release = None
             raise
-        return virq
+        return cast(int, virq)
 
     def _affinity_vectors(self, minvec: int, maxvec: int) -> int:
         """irq_calc_affinity_vectors() with no pre/post vectors: at most one
         vector per possible CPU."""
-        return min(self.kernel.ncpus, maxvec & 0xFFFF_FFFF)
+        ncpus: int = self.kernel.ncpus
+        return min(ncpus, maxvec & 0xFFFF_FFFF)
 
     def alloc_irq_vectors(self, dev: Any, min_vecs: int, max_vecs: int,
                           flags: MsiType | int = MsiType.MSIX | MsiType.MSI) -> int:
@@ -525,7 +531,7 @@ class PciMsiLayer:
                 nvec = 1
                 continue
             self._enable(dev, MsiType.MSI, nvec, affd)
-            return nvec
+            return cast(int, nvec)
 
     def _snapshot_device(self, dev: Any, is_msix: bool) -> tuple[Any, ...]:
         """What enabling touches in the function, to put back if it fails: the
@@ -638,9 +644,10 @@ class PciMsiLayer:
                 raise fail(EINVAL, f"{dev}: no online CPU in the affinity")
         n = dev.msix_vectors()
         if idx == MSI_ANY_INDEX:
-            idx = next((i for i in range(n) if i not in dev.msi_descs), None)
-            if idx is None:
+            free = next((i for i in range(n) if i not in dev.msi_descs), None)
+            if free is None:
                 raise fail(EBUSY, f"{dev}: every MSI-X entry is in use")
+            idx = free
         elif idx >= n:
             raise fail(ERANGE, f"{dev}: MSI-X index {idx} beyond the table of {n}")
         elif idx in dev.msi_descs:
@@ -729,4 +736,5 @@ class PciMsiLayer:
         desc = dev.msi_descs.get(nr) if isinstance(nr, int) else None
         if desc is None:
             raise fail(EINVAL, f"{dev}: no vector {nr}")
-        return desc.irq
+        irq: int = desc.irq
+        return irq

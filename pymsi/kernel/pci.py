@@ -23,6 +23,10 @@ class PciDev:
     """struct pci_dev: one function, as the kernel sees it."""
 
     is_pci = True
+    # set later, not in __init__ (read with getattr where they may be missing):
+    bars_by_index: dict[int, int]          # BAR index -> address (PciHostBridge._setup_bars)
+    uses_default_domain: bool              # counted in iommu_group.kernel_users
+    _saved_msi_mask: int | None            # MSI mask bits kept across reset_function
 
     def __init__(self, kernel: Any, bridge: PciHostBridge, bus: int, devfn: int) -> None:
         self.kernel, self.bridge = kernel, bridge
@@ -58,13 +62,15 @@ class PciDev:
         return self.bridge.ecam_base + (self.rid << 12) + reg
 
     def cfg_read(self, reg: int, size: int = 4) -> int:
-        return self.kernel.bus.read(self._ecam(reg), size)
+        value: int = self.kernel.bus.read(self._ecam(reg), size)
+        return value
 
     def cfg_write(self, reg: int, value: int, size: int = 4) -> None:
         self.kernel.bus.write(self._ecam(reg), value, size)
 
     def mmio_read(self, addr: int, size: int = 4) -> int:
-        return self.kernel.bus.read(addr, size)
+        value: int = self.kernel.bus.read(addr, size)
+        return value
 
     def mmio_write(self, addr: int, value: int, size: int = 4) -> None:
         self.kernel.bus.write(addr, value, size)
@@ -110,6 +116,7 @@ class PciDev:
             self.cfg_write(P.COMMAND, new, 2)
 
     def msix_control(self, enable: bool, maskall: bool) -> None:
+        assert self.msix_cap is not None            # only called for a function with MSI-X
         flags = self.cfg_read(self.msix_cap + P.MSIX_FLAGS, 2)
         flags &= ~(P.MSIX_FLAGS_ENABLE | P.MSIX_FLAGS_MASKALL)
         flags |= (P.MSIX_FLAGS_ENABLE if enable else 0) | (P.MSIX_FLAGS_MASKALL if maskall else 0)
@@ -121,6 +128,7 @@ class PciDev:
         self.cfg_write(self.msix_cap + P.MSIX_FLAGS, flags, 2)
 
     def msi_control(self, enable: bool, nvec: int) -> None:
+        assert self.msi_cap is not None             # only called for a function with MSI
         flags = self.cfg_read(self.msi_cap + P.MSI_FLAGS, 2)
         flags &= ~(P.MSI_FLAGS_ENABLE | P.MSI_FLAGS_QSIZE)
         if enable:
@@ -193,6 +201,7 @@ class PciDev:
         if not self.has_flr():
             raise fail(ENOTTY, f"{self.bdf}: no reset method")
         exp = self.find_capability(P.CAP_ID_EXP)
+        assert exp is not None                      # has_flr found it
         if self.cfg_read(exp + P.EXP_DEVSTA, 2) & P.EXP_DEVSTA_TRPND:
             self.kernel.printk(f"pci {self.bdf}: timed out waiting for pending transaction; "
                                "performing function level reset anyway")

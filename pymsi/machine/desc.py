@@ -36,10 +36,11 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from .._doc import document_attributes
 from .._repr import bounded
@@ -71,6 +72,7 @@ MAX_MSIX = 2048
 MACHINE_KINDS = ("arm-virt", "x86-pc", "virtual")
 
 _D = TypeVar("_D", bound="_Desc")
+_F = TypeVar("_F", bound="PciFunctionDesc")
 
 
 # -- checks (each message names the field, the value and what was expected) ---------------
@@ -311,8 +313,9 @@ class PciFunctionDesc(_Desc):
             if "properties" in d:
                 raise InvalidArgument("unknown key 'properties' (a model's properties are "
                                       "keys of the device table)")
-            return cls(**own, properties=d)
-        return super()._from_mapping(d)  # type: ignore[misc]
+            # a model's class: it has ``properties``
+            return cls(**own, properties=d)  # type: ignore[call-arg]
+        return super()._from_mapping(d)
 
     def to_dict(self, full: bool = False) -> dict[str, Any]:
         if self.model is None:
@@ -357,14 +360,13 @@ def _check_properties(cls: Any, props: dict[str, Any]) -> None:
 _FUNCTION_KEYS = ("msix", "msi", "msi_mask", "vendor", "device", "bar_size", "flr")
 
 
-def _devices(value: Any, cls: type[PciFunctionDesc], limit: int = 31
-             ) -> tuple[PciFunctionDesc, ...]:
+def _devices(value: Any, cls: type[_F], limit: int = 31) -> tuple[_F, ...]:
     if isinstance(value, (str, bytes, Mapping)) or not hasattr(value, "__iter__"):
         raise _expected("devices", value, "a list of device tables")
-    out = []
+    out: list[_F] = []
     for i, d in enumerate(value):
         desc = cls.coerce(d, f"devices[{i}]")
-        out.append(desc.as_function() if cls is PciFunctionDesc else desc)
+        out.append(cast(_F, desc.as_function()) if cls is PciFunctionDesc else desc)
     if len(out) > limit:
         raise InvalidArgument(f"devices: at most {limit} (one PCI slot each on bus 0), "
                               f"not {len(out)}")
@@ -592,7 +594,8 @@ def description_from_dict(d: Mapping[str, Any]) -> MachineDesc:
     d = dict(d)
     kind = d.pop("machine", "virtual")
     _check_choice("machine", kind, MACHINE_KINDS)
-    return _KINDS[kind].from_dict(d)
+    desc: MachineDesc = _KINDS[kind].from_dict(d)
+    return desc
 
 
 # -- TOML -----------------------------------------------------------------------------------
@@ -600,10 +603,10 @@ def description_from_dict(d: Mapping[str, Any]) -> MachineDesc:
 def load_description(path: str) -> MachineDesc:
     """The machine description in TOML file ``path``; bad TOML, an unknown key or a bad
     value is :class:`~pymsi.errors.InvalidArgument` naming the file and the key."""
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:                    # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
+    else:                                          # Python 3.10: the backport
+        import tomli as tomllib
     path = str(path)
     try:
         with open(path, "rb") as f:
@@ -629,7 +632,9 @@ def load(path: str) -> Any:
     desc = load_description(path)
     if isinstance(desc, VirtualMachineDesc):
         return VirtualMachine(desc)
-    return (ArmVirt if isinstance(desc, ArmVirtDesc) else X86Pc).from_description(desc)
+    if isinstance(desc, ArmVirtDesc):
+        return ArmVirt.from_description(desc)
+    return X86Pc.from_description(desc)
 
 
 def _toml_value(v: Any) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import core
 from .._doc import document_attributes
@@ -64,6 +64,9 @@ def plug_function(host: PciHost, fn: PciFunction) -> PciFunction:
     return host.add(fn)
 
 
+_M = TypeVar("_M", bound="_Machine")
+
+
 class _Machine:
     """What both machines have: RAM, the system bus, a PCIe host with functions."""
 
@@ -101,7 +104,7 @@ class _Machine:
                           for slot, spec in enumerate(devices, start=1)]
 
     @classmethod
-    def _from(cls, d: Any) -> Any:
+    def _from(cls: type[_M], d: Any) -> _M:
         return cls(**{f.name: getattr(d, f.name) for f in fields(d)})
 
     @property
@@ -164,12 +167,14 @@ class ArmVirt(_Machine):
                  two_level: bool = True, cd2l: bool = False,
                  msi_design: str = "per-vector",
                  boot: BootOptions | Mapping[str, Any] | None = None) -> None:
+        # devices and boot as given: ArmVirtDesc's __post_init__ checks and converts them
         d = ArmVirtDesc(ncpus=ncpus, ram_size=ram_size, gicv4=gicv4, smmu=smmu,
-                        devices=() if devices is None else devices, backend=backend, oas=oas,
+                        devices=() if devices is None else devices,  # type: ignore[arg-type]
+                        backend=backend, oas=oas,
                         sidsize=sidsize, ssidsize=ssidsize, cmdqs=cmdqs, eventqs=eventqs,
                         granules=granules, ril=ril, had=had, msi=msi, sev=sev,
                         two_level=two_level, cd2l=cd2l, msi_design=msi_design,
-                        boot=BootOptions() if boot is None else boot)
+                        boot=BootOptions() if boot is None else boot)  # type: ignore[arg-type]
         self._init_common(d)
         smmu, backend = d.smmu, d.backend
         self.gic = Gicv3(self.ram, ncpus=ncpus, gicv4=gicv4)
@@ -231,8 +236,10 @@ class X86Pc(_Machine):
     def __init__(self, ncpus: int = 4, ram_size: int = 0x1000_0000, remapping: bool = False,
                  devices: DeviceSpecs | None = None, backend: str | None = None,
                  msi_design: str = "per-vector") -> None:
+        # devices as given: X86PcDesc's __post_init__ checks and converts them
         d = X86PcDesc(ncpus=ncpus, ram_size=ram_size, remapping=remapping,
-                      devices=() if devices is None else devices, backend=backend,
+                      devices=() if devices is None else devices,  # type: ignore[arg-type]
+                      backend=backend,
                       msi_design=msi_design)
         self._init_common(d)
         self.remapping = d.remapping

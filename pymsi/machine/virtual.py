@@ -148,7 +148,8 @@ class VirtualMachine:
         d = self.desc
         assigned = [s for s in self.slots if not s.emulated]
         self.machine = ArmVirt(ncpus=d["ncpus"], ram_size=d["host_ram"], gicv4=self.gicv4,
-                               smmu="nested", devices=[s.description.as_function()
+                               # every slot's description is set by __init__
+                               smmu="nested", devices=[s.description.as_function()  # type: ignore[union-attr]
                                                           for s in assigned],
                                backend=d["backend"], msi_design=self.variant)
         for s, fn in zip(assigned, self.machine.functions, strict=True):
@@ -168,8 +169,8 @@ class VirtualMachine:
         for s in self.slots:
             slot = s.index + 1
             if s.emulated:
-                s.guest_fn = plug_function(self.board.pci,
-                                           make_function(0, slot, s.description.as_function()))
+                spec = s.description.as_function()  # type: ignore[union-attr]  # as above
+                s.guest_fn = plug_function(self.board.pci, make_function(0, slot, spec))
             else:                                  # -device vfio-pci,host=...
                 s.guest_fn = self.vmm.vfio_realize(
                     s.extra["cdev"], slot, self.vmm.ioas_id if self.vsmmu is None else None)
@@ -227,7 +228,9 @@ class VirtualMachine:
             elif name == "guest interrupts" and self._guest_cpus is not None:
                 kind, obj = _GUEST_IRQ, self._guest_cpus
             elif name == "vSMMU vEVENTQ" and type(hook.__self__) is VirtualSmmuV3:
-                kind, obj = _VEVENTQ, (hook.__self__, hook.__self__.host.k.files.fds)
+                # an accelerated vSMMU always has its host iommufd (VirtualSmmuV3 checks)
+                kind, obj = _VEVENTQ, (hook.__self__,
+                                       hook.__self__.host.k.files.fds)  # type: ignore[union-attr]
             elif name.startswith("vfio-pci ") and type(hook.__self__) is VfioPciDevice:
                 kind, obj = _VFIO, hook.__self__
             plan.append((kind, hook, obj))
@@ -310,6 +313,7 @@ class VirtualMachine:
         interconnect and interrupts (VFIO's handlers signal eventfds, KVM injects), the
         VMM's own polling (vEVENTQ, masked vectors' eventfds), the guest's interconnect
         and interrupts (the guest's handlers)."""
+        assert self.machine is not None                 # booted
         hooks: list[tuple[str, Any]] = [
             ("host bus", self.machine.bus.drain),
             ("host interrupts", self.host.handle_interrupts),
@@ -326,7 +330,7 @@ class VirtualMachine:
         return hooks
 
     def _guest_interrupts(self) -> int:
-        n = self.guest.handle_interrupts()
+        n: int = self.guest.handle_interrupts()
         self.guest_handled += n
         return n
 
@@ -421,7 +425,8 @@ class VirtualMachine:
 
     def guest_irq(self, i: int, vector: int) -> int:
         """The guest's Linux IRQ number of device ``i``'s ``vector``."""
-        return self.endpoint(i).irqs[vector]
+        irq: int = self.endpoint(i).irqs[vector]
+        return irq
 
     def guest_cpu_of(self, i: int, vector: int) -> int:
         """The vCPU the guest says the vector is on (/proc/irq/N/effective_affinity)."""

@@ -18,7 +18,7 @@ from typing import Any
 
 from hypothesis import event
 from hypothesis import strategies as st
-from hypothesis.strategies import SearchStrategy
+from hypothesis.strategies import DrawFn, SearchStrategy
 
 from ..core import Prot, Stage1, Stage2, XlateConfig
 from ..errors import InvalidArgument
@@ -41,7 +41,7 @@ def _opt(value: Any, default: SearchStrategy[Any]) -> SearchStrategy[Any]:
     return st.just(value)
 
 
-def _flip(draw: Any, word: int, bits: int = 64) -> int:
+def _flip(draw: DrawFn, word: int, bits: int = 64) -> int:
     """``word`` with 1-3 random bits flipped."""
     for _ in range(draw(st.integers(1, 3))):
         word ^= 1 << draw(st.integers(0, bits - 1))
@@ -55,7 +55,7 @@ def mutated(value: int, *, bits: int = 64) -> SearchStrategy[int]:
     ``event`` ("mutation: keep/bit/field/random")."""
 
     @st.composite
-    def build(draw: Any) -> int:
+    def build(draw: DrawFn) -> int:
         how = draw(st.sampled_from(["keep", "bit", "field", "random"]))
         event(f"mutation: {how}")
         if how == "bit":
@@ -94,7 +94,7 @@ def stage1_configs(*, granule: int | None = None, ttb: Any = None,
     bases = _opt(ttb, st.integers(0, U64))
 
     @st.composite
-    def build(draw: Any) -> Stage1:
+    def build(draw: DrawFn) -> Stage1:
         kw: dict[str, Any] = {}
         for n in (0, 1):
             kw[f"epd{n}"] = draw(st.integers(0, 3)) == 0
@@ -119,7 +119,7 @@ def stage2_configs(*, granule: int | None = None, vttb: Any = None,
     bases = _opt(vttb, st.integers(0, U64))
 
     @st.composite
-    def build(draw: Any) -> Stage2:
+    def build(draw: DrawFn) -> Stage2:
         while True:
             try:
                 return Stage2(vttb=draw(bases), tsz=draw(st.integers(16, 39)),
@@ -140,7 +140,7 @@ def xlate_configs(*, stages: str | None = None, ttb: Any = None,
     which_st = _opt(stages, st.sampled_from(("s1", "s2", "nested")))
 
     @st.composite
-    def build(draw: Any) -> XlateConfig:
+    def build(draw: DrawFn) -> XlateConfig:
         which = draw(which_st)
         s1 = draw(stage1_configs(granule=granule, ttb=ttb)) if which != "s2" else None
         s2 = draw(stage2_configs(granule=granule, vttb=ttb)) if which != "s1" else None
@@ -170,7 +170,7 @@ def page_tables(*, granule: int = 4096, ias: int = 48, oas: int = 44, max_mappin
     prots = st.sampled_from([Prot.READ, Prot.WRITE, Prot.READ | Prot.WRITE])
 
     @st.composite
-    def build(draw: Any) -> list[Mapping]:
+    def build(draw: DrawFn) -> list[Mapping]:
         out: list[Mapping] = []
         used: list[tuple[int, int]] = []
         for _ in range(draw(st.integers(1, max_mappings))):
@@ -198,7 +198,7 @@ def msi_tables(*, max_devices: int = 4, max_vectors: int = 64, page_shift: int =
     pages = st.integers(0, (1 << (48 - page_shift)) - 1).map(lambda p: p << page_shift)
 
     @st.composite
-    def build(draw: Any) -> dict[tuple[int, int], tuple[int, int]]:
+    def build(draw: DrawFn) -> dict[tuple[int, int], tuple[int, int]]:
         shared = draw(st.lists(pages, min_size=1, max_size=4))
         keys = st.tuples(st.integers(0, max_devices - 1), st.integers(0, max_vectors - 1))
         iovas = st.one_of(st.sampled_from(shared), pages)
@@ -211,7 +211,7 @@ def msi_tables(*, max_devices: int = 4, max_vectors: int = 64, page_shift: int =
 # -- SMMUv3 STE and CD words ------------------------------------------------------------------
 
 
-def _mutate_words(draw: Any, words: list[int]) -> list[int]:
+def _mutate_words(draw: DrawFn, words: list[int]) -> list[int]:
     """Bit flips in 1-3 words, or a field-sized chunk replaced by random bits."""
     words = list(words)
     for _ in range(draw(st.integers(1, 3))):
@@ -242,7 +242,7 @@ def ste_words(*, valid: bool = True, config: int | None = None, ctxptr: Any = No
     ps_choices = [b for b in ADDRESS_SIZES if b <= oas]
 
     @st.composite
-    def build(draw: Any) -> list[int]:
+    def build(draw: DrawFn) -> list[int]:
         if not valid and draw(st.integers(0, 4)) == 0:
             return draw(st.lists(st.integers(0, U64), min_size=8, max_size=8))
         cfg = draw(configs)
@@ -284,7 +284,7 @@ def cd_words(*, valid: bool = True, ttb0: Any = None, asid: Any = None,
     asids = _opt(asid, st.integers(0, 0xFFFF))
 
     @st.composite
-    def build(draw: Any) -> list[int]:
+    def build(draw: DrawFn) -> list[int]:
         if not valid and draw(st.integers(0, 4)) == 0:
             return draw(st.lists(st.integers(0, U64), min_size=8, max_size=8))
         g = draw(grans)
@@ -324,7 +324,7 @@ def its_commands(*, valid: bool | None = None, devices: int = 4, events: int = 8
         names = ["garbage"]
 
     @st.composite
-    def build(draw: Any) -> tuple[str, Any]:
+    def build(draw: DrawFn) -> tuple[str, Any]:
         kind = draw(st.sampled_from(names))
         if kind == "garbage":
             words = [draw(st.integers(0, U64)) for _ in range(4)]
@@ -363,7 +363,7 @@ def proc_inputs(*, valid: bool | None = None, max_groups: int = 18) -> SearchStr
     inserted, deleted and replaced bytes."""
 
     @st.composite
-    def build(draw: Any) -> bytes:
+    def build(draw: DrawFn) -> bytes:
         groups = draw(st.lists(st.integers(0, 0xFFFF_FFFF), min_size=int(bool(valid)),
                                max_size=max_groups))
         out = b""
@@ -414,7 +414,7 @@ def device_descriptions(*, max_vectors: int = 32, msi: bool | None = None,
             PciFunctionDesc.from_dict)
 
     @st.composite
-    def build(draw: Any) -> dict[str, Any]:
+    def build(draw: DrawFn) -> dict[str, Any]:
         has_x = draw(st.booleans()) if msix is None else msix
         has_m = (draw(st.booleans()) or not has_x) if msi is None else msi
         d: dict[str, Any] = {}
@@ -472,7 +472,7 @@ class UapiCall:
     mutation: tuple[str, int, int] | None = None
 
 
-def _iovas(draw: Any, n: int) -> list[int]:
+def _iovas(draw: DrawFn, n: int) -> list[int]:
     return [draw(st.integers(0, (1 << 36) - 1)) << 12 for _ in range(n)]
 
 
@@ -487,7 +487,7 @@ def uapi_calls(*, valid: bool | None = None, ioas_id: int = 1, dev_id: int = 1,
     call.arg)``; a bad call must fail with Linux's errno and change nothing."""
 
     @st.composite
-    def build(draw: Any) -> UapiCall:
+    def build(draw: DrawFn) -> UapiCall:
         ok = draw(st.booleans()) if valid is None else valid
         kind = draw(st.sampled_from(["ioas_alloc", "map", "unmap", "map_msi", "option",
                                      "msi_iova", "set_irqs"]))
@@ -528,7 +528,7 @@ def uapi_calls(*, valid: bool | None = None, ioas_id: int = 1, dev_id: int = 1,
     return build()
 
 
-def _mutate_call(draw: Any, call: UapiCall) -> None:
+def _mutate_call(draw: DrawFn, call: UapiCall) -> None:
     """One scalar field of ``call.arg`` made wrong (as :func:`uapi_calls` describes)."""
     arg = call.arg
     fields = [name for name in ("flags", "ioas_id", "dev_id", "length", "iova", "size",
