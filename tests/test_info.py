@@ -297,3 +297,37 @@ def test_version_and_python_m():
     r = subprocess.run([sys.executable, "-m", "pymsi", "info", "bogus"], capture_output=True,
                        text=True)
     assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+def test_an_int_function_is_the_described_device_index_on_every_target(host):
+    from pymsi.errors import InvalidArgument
+
+    m, k, _ = host
+    second = m.functions[1]                   # described device 1, at 00:02.0 (rid 0x10)
+    for target in (k, m):
+        by_index = info.info_irq(target, (1, 0))
+        assert by_index.rows == info.info_irq(target, (second.bdf, 0)).rows
+        assert by_index.title.startswith(f"irq: {second.bdf} vector 0")
+        with pytest.raises(InvalidArgument, match="no device 16"):
+            info.info_irq(target, (second.rid, 0))        # a requester ID is not an index
+    vm = VirtualMachine(devices=[{"msix": 2}, {"msix": 3}], host_ram=0x800_0000).boot()
+    assert info.info_irq(vm, (1, 2)).title.startswith(
+        f"irq: guest {vm.slots[1].guest_fn.bdf} vector 2")
+    with pytest.raises(InvalidArgument, match="no device 2"):
+        info.info_irq(vm, (2, 0))
+
+
+def test_a_missing_vector_is_an_error_naming_it(host):
+    from pymsi.errors import InvalidArgument
+
+    m, k, _ = host
+    for target in (k, m):
+        with pytest.raises(InvalidArgument, match=f"{m.functions[0].bdf} has no vector {NVEC}"):
+            info.info_irq(target, (m.functions[0], NVEC))
+        with pytest.raises(InvalidArgument, match="has no vector 2"):
+            info.info_irq(target, (m.functions[1], 2))     # MSI, 2 vectors
+        with pytest.raises(InvalidArgument, match="has no vector -1"):
+            info.info_irq(target, (0, -1))
+    vm = VirtualMachine(devices=[{"msix": 2}], host_ram=0x800_0000).boot()
+    with pytest.raises(InvalidArgument, match="has no vector 5"):
+        info.info_irq(vm, (0, 5))
