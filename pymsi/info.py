@@ -63,6 +63,10 @@ class Row:
     depth: int = 0
     note: str = ""
 
+    def __post_init__(self) -> None:
+        if self.address is not None and not isinstance(self.address, Hex):
+            self.address = Hex(self.address)         # prints in hex, as the fields do
+
     def text(self) -> str:
         """The row as one line."""
         head = "  " * self.depth + self.name
@@ -74,7 +78,14 @@ class Row:
 
 @dataclass
 class View:
-    """What one ``info`` command shows: a title and rows (``str()``: the text)."""
+    """What one ``info`` command shows: a title and rows (``str()``: the text).
+
+    On a :class:`~pymsi.machine.VirtualMachine` a row's name starts with the side it
+    belongs to: ``"host: "`` (the host's function, SMMU, ITS, kernel), ``"kvm: "``
+    (KVM's irqfd, route and vITS entry) or ``"guest: "`` (the guest's function and
+    kernel) -- ``view.find("ITS ITTE", side="host")`` is the row ``"host: ITS ITTE"``.
+    On a kernel or a bare machine there is one side and no prefix.
+    """
 
     title: str
     rows: list[Row] = field(default_factory=list)
@@ -85,12 +96,24 @@ class View:
 
     __str__ = text
 
-    def find(self, name: str) -> Row:
-        """The first row called ``name`` (KeyError if none)."""
+    SIDES = ("host", "kvm", "guest")
+
+    def find(self, name: str, side: str | None = None) -> Row:
+        """The first row called ``name``, or with ``side`` (``"host"``, ``"kvm"``,
+        ``"guest"``) the first row called ``"<side>: <name>"``.  KeyError if none
+        (naming the sides that have such a row); InvalidArgument for another side."""
+        if side is not None and side not in self.SIDES:
+            raise InvalidArgument(f"side must be one of {', '.join(self.SIDES)}, "
+                                  f"not {side!r}")
+        want = name if side is None else f"{side}: {name}"
         for r in self.rows:
-            if r.name == name:
+            if r.name == want:
                 return r
-        raise KeyError(name)
+        sides = [s for s in self.SIDES if any(r.name == f"{s}: {name}" for r in self.rows)]
+        raise KeyError(f"no row {want!r}" +
+                       (f" (rows of a whole machine name their side: side="
+                        f"{' / '.join(repr(s) for s in sides)})" if sides and side is None
+                        else ""))
 
     def names(self) -> list[str]:
         """The rows' names, in order."""

@@ -331,3 +331,31 @@ def test_a_missing_vector_is_an_error_naming_it(host):
     vm = VirtualMachine(devices=[{"msix": 2}], host_ram=0x800_0000).boot()
     with pytest.raises(InvalidArgument, match="has no vector 5"):
         info.info_irq(vm, (0, 5))
+
+
+def test_vm_rows_name_their_side_and_find_takes_it():
+    from pymsi.errors import InvalidArgument
+
+    vm = VirtualMachine(devices=[{"msix": 2}], host_ram=0x800_0000).boot()
+    view = info.info_irq(vm, (0, 1))
+    sides = {n.split(": ", 1)[0] for n in view.names()}
+    assert sides == {"host", "kvm", "guest"}
+    host_itte = view.find("ITS ITTE", side="host")
+    assert host_itte is view.find("host: ITS ITTE")
+    assert view.find("MSI-X entry", side="guest").name == "guest: MSI-X entry"
+    assert view.find("KVM route", side="kvm").fields["data"] == 1     # EventID = vector
+    with pytest.raises(KeyError, match="side='host' / 'guest'"):
+        view.find("MSI-X entry")                  # both sides have one: say so
+    with pytest.raises(KeyError):
+        view.find("ITS ITTE", side="guest")       # the guest's ITS is KVM's vITS
+    with pytest.raises(InvalidArgument, match="side must be one of"):
+        view.find("ITS ITTE", side="hots")
+
+
+def test_row_addresses_print_in_hex(host):
+    m, k, _ = host
+    row = info.info_irq(k, (0, 1)).find("MSI-X entry")
+    assert isinstance(row.address, info.Hex)
+    assert repr(row.address) == f"{m.functions[0].bar_address(0) + 16:#x}"
+    assert info.Row("x", 4096).address.__repr__() == "0x1000"
+    assert info.Row("x").address is None
