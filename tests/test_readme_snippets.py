@@ -24,20 +24,23 @@ FRAGMENT_SECTIONS = {
 
 
 def blocks() -> list[tuple[str, int, str]]:
-    """(section, line, code) of every ```python block outside FRAGMENT_SECTIONS."""
+    """(heading, line, code) of every ```python block outside FRAGMENT_SECTIONS (the
+    heading: the nearest ``##`` or ``###`` above it)."""
     out = []
-    section = ""
+    section = heading = ""
     lines = README.read_text().splitlines()
     i = 0
     while i < len(lines):
         line = lines[i]
         if line.startswith("## "):
-            section = line
+            section = heading = line
+        elif line.startswith("### "):
+            heading = line
         if line.strip() == "```python":
             start = i + 1
             end = next(j for j in range(start, len(lines)) if lines[j].strip() == "```")
             if section not in FRAGMENT_SECTIONS:
-                out.append((section, start, "\n".join(lines[start:end]) + "\n"))
+                out.append((heading, start, "\n".join(lines[start:end]) + "\n"))
             i = end
         i += 1
     return out
@@ -47,9 +50,12 @@ def test_the_readme_has_runnable_snippets_and_the_fragment_sections_exist():
     text = README.read_text()
     for s in FRAGMENT_SECTIONS:
         assert re.search(rf"^{re.escape(s)}$", text, re.M), s    # a rename must update this
+    tops = re.findall(r"^## .*$", text, re.M)
+    assert tops[tops.index("## What is here") + 1] == "## Using pymsi"    # the user's guide
     sections = {s for s, _, _ in blocks()}
     assert any("pymsi info" in s for s in sections)
     assert any("pymsi.testing" in s for s in sections)
+    assert "### Machines and descriptions" in sections
     assert len(blocks()) >= 6
 
 
