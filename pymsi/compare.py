@@ -21,9 +21,10 @@ import errno
 import functools
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, TextIO, cast
 
+from ._repr import bounded, short
 from .kernel.iommufd_msi import MSI_DESIGNS
 from .vmmlib import (
     DOORBELL,
@@ -60,9 +61,39 @@ MSG_LOW = DOORBELL & (PAGE - 1)
 # -- what a step shows ---------------------------------------------------------------------
 
 
-@dataclass
-class VectorObs:
-    """One enabled vector after a step."""
+class _Obs:
+    """Base of the observation records: a short, bounded repr (addresses in hex, lists
+    and tables as their length), never the whole mapping state."""
+
+    def __repr__(self) -> str:
+        parts = []
+        for f in fields(cast(Any, self)):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or v is None:
+                text = repr(v)
+            elif isinstance(v, int):
+                text = f"{v:#x}" if ("addr" in f.name or f.name.endswith("pa")
+                                     or f.name == "iova") else str(v)
+            elif isinstance(v, str):
+                text = repr(v if len(v) <= 40 else v[:37] + "...")
+            elif isinstance(v, (list, tuple, dict, set, frozenset)):
+                if not v:
+                    continue                          # an empty list says nothing
+                text = f"<{len(v)}>"
+            else:
+                text = short(v)
+            parts.append(f"{f.name}={text}")
+        return bounded(f"{type(self).__name__}({', '.join(parts)})")
+
+
+
+@dataclass(repr=False)
+class VectorObs(_Obs):
+    """One enabled vector after a step: ``dev`` / ``vec`` (device index, MSI-X vector),
+    ``addr`` / ``data`` (the message the function's MSI-X table holds), ``masked``,
+    ``chosen`` (the address the VMM described for it; None: none), ``smmu_pa`` (where
+    the SMMU takes a write to ``addr``; None: a fault), ``reachable`` (False once the
+    VMM unmapped the doorbell page it goes through), ``forwarded`` (posted to a vCPU)."""
 
     dev: int
     vec: int
@@ -75,9 +106,14 @@ class VectorObs:
     forwarded: bool = False
 
 
-@dataclass
-class FireObs:
-    """One write of a device and everything it raised."""
+@dataclass(repr=False)
+class FireObs(_Obs):
+    """One write of a device and everything it raised: ``dev`` / ``vec``, ``expect``
+    ("deliver", "fault" for an unmapped doorbell, "foreign"), ``delivery`` (what
+    happened), ``signals`` (eventfd count deltas by (device, vector)), ``lpis`` / ``vlpis``
+    (host LPIs / vLPIs made pending), ``smmu_events`` (event records written),
+    ``expect_lpi`` / ``expect_vlpi`` / ``expect_vcpu`` (what routing should give),
+    ``vlpi_vcpus`` (the vCPU of each vLPI), ``writer_lpis`` (every LPI of the device)."""
 
     dev: int
     vec: int
@@ -94,19 +130,22 @@ class FireObs:
     writer_lpis: tuple[int, ...] = ()                   # every LPI of the writing device
 
 
-@dataclass
-class ComposeObs:
+@dataclass(repr=False)
+class ComposeObs(_Obs):
     """The mapping state (IOAS areas, domain page tables, sw_msi maps, MSI cookie
-    pages) before and after something that composes messages."""
+    pages) ``before`` and ``after`` something that composes messages; ``what`` names
+    that step."""
 
     what: str
     before: Any
     after: Any
 
 
-@dataclass
-class UndescribedObs:
-    """Enabling a vector the VMM never described."""
+@dataclass(repr=False)
+class UndescribedObs(_Obs):
+    """Enabling a vector the VMM never described: ``dev`` / ``vec``, the ``errno`` the
+    kernel answered (0: it was enabled), and the table's address ``addr_before`` /
+    ``addr_after`` (a silent fallback changes it)."""
 
     dev: int
     vec: int
@@ -115,17 +154,23 @@ class UndescribedObs:
     addr_after: int
 
 
-@dataclass
-class DmaObs:
-    """A device DMA to an IOVA outside every area of its IOAS."""
+@dataclass(repr=False)
+class DmaObs(_Obs):
+    """A device DMA to an ``iova`` outside every area of its IOAS: ``ok`` (the write
+    reached memory: an isolation failure) and ``smmu_events`` (fault records written)."""
 
     iova: int
     ok: bool
     smmu_events: int
 
 
-@dataclass
-class StepObs:
+@dataclass(repr=False)
+class StepObs(_Obs):
+    """What one host-level ``step`` showed, for the invariants to judge: its
+    ``vectors`` (VectorObs), ``fires`` (FireObs), ``composes`` (ComposeObs),
+    ``undescribed`` (UndescribedObs), ``dma`` (DmaObs), ``leftovers`` (state a teardown
+    left behind) and free-text ``notes``."""
+
     step: str
     vectors: list[VectorObs] = field(default_factory=list)
     fires: list[FireObs] = field(default_factory=list)
@@ -738,10 +783,11 @@ OUTSIDE_IOVA = 0x7000_0000                # no IOAS area, no guest stage-1 mappi
 FOREIGN_EVENT = 0xFFFF                    # an EventID no ITT of a 4-vector device holds
 
 
-@dataclass
-class GuestVector:
-    """One vector after a guest step: the address the guest chose (its msi_desc) and the
-    one the physical function's MSI-X table holds."""
+@dataclass(repr=False)
+class GuestVector(_Obs):
+    """One vector ``vec`` after a guest step: ``guest_addr`` (the address the guest
+    chose, its msi_desc; None: none), ``phys_addr`` (what the physical function's MSI-X
+    table holds) and ``boot_addr`` (what it held after boot)."""
 
     vec: int
     guest_addr: int | None
@@ -749,9 +795,13 @@ class GuestVector:
     boot_addr: int                         # what the physical table held after boot
 
 
-@dataclass
-class GuestFire:
-    """One write of the physical function, its path from the trace and the guest's hits."""
+@dataclass(repr=False)
+class GuestFire(_Obs):
+    """One write of the physical function for vector ``vec``: ``expect`` ("deliver",
+    "fault", "foreign"), ``path`` (its hops from the trace: translation, ITS, fault),
+    ``hits`` (the guest driver's new (vector, vCPU) records), ``want_vcpu``,
+    ``recorded_faults`` (SMMU event records), ``lpis`` (host LPIs / vLPIs made
+    pending), ``gicv4`` (the host GIC forwards: KVM maps vLPIs)."""
 
     vec: int | None
     expect: str                            # "deliver", "fault" or "foreign"
@@ -763,9 +813,10 @@ class GuestFire:
     gicv4: bool = False                    # the host GIC forwards (KVM maps vLPIs)
 
 
-@dataclass
-class GuestStepObs:
-    """What one guest-level step showed."""
+@dataclass(repr=False)
+class GuestStepObs(_Obs):
+    """What one guest-level ``step`` showed: its ``vectors`` (GuestVector), ``fires``
+    (GuestFire), ``composes`` (ComposeObs) and free-text ``notes``."""
 
     step: str
     vectors: list[GuestVector] = field(default_factory=list)

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from typing import Any, TextIO, cast
 
 from . import core, trace
+from .errors import InvalidArgument
 from .trace import TraceRecord
 
 #: What the demo records to build the path (``--trace`` adds the user's pattern on top).
@@ -420,9 +421,9 @@ def run(out: TextIO = sys.stdout, variant: str = "per-vector", vsmmu: str = "acc
     design (this project's) fails to deliver, else 0 (a design that cannot work in a
     configuration shows how it fails -- that is the demo)."""
     if vsmmu not in VSMMUS:
-        raise ValueError(f"vsmmu must be one of {', '.join(VSMMUS)}, not {vsmmu!r}")
+        raise InvalidArgument(f"vsmmu must be one of {', '.join(VSMMUS)}, not {vsmmu!r}")
     if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, not {variant!r}")
+        raise InvalidArgument(f"variant must be one of {', '.join(VARIANTS)}, not {variant!r}")
 
     def header() -> None:
         if not as_json:

@@ -16,7 +16,8 @@ from typing import NoReturn
 class PymsiError(Exception):
     """Base class of every error pymsi defines (catch it to catch them all); the
     library otherwise raises only built-in exceptions (``TypeError`` for a call with the
-    wrong arguments, ``RuntimeError`` for a machine used out of order)."""
+    wrong arguments, ``ValueError`` for a bad argument to a core or UAPI structure
+    helper)."""
 
 
 class BusError(PymsiError, OSError):
@@ -53,7 +54,8 @@ class OutOfMemory(PymsiError, MemoryError):
 
 class KernelError(PymsiError, OSError):
     """A call into the kernel model failed the way Linux fails it: ``.errno`` is the
-    errno Linux returns (negated) for the same call, e.g. ENOENT for a /proc path that
+    errno Linux returns for the same call, positive as OSError's (a syscall's -ENOENT
+    is ``.errno == errno.ENOENT``), e.g. ENOENT for a /proc path that
     names no file, EINVAL for a bad argument, EBUSY, ENOSPC, ...  ``.strerror`` says what
     was attempted, ending with the errno's name (``... [EINVAL]``).  Raised by every
     kernel call (``pymsi.kernel``), the UAPI (``pymsi.uapi``) and the VMM built on them."""
@@ -63,6 +65,21 @@ class KernelError(PymsiError, OSError):
     def __init__(self, err: int, what: str = "") -> None:
         name = _errno.errorcode.get(err, "ENOTSUPP" if err == 524 else str(err))
         super().__init__(err, f"{what} [{name}]" if what else name)
+
+
+class OutOfOrder(PymsiError, RuntimeError):
+    """A machine or VMM used out of order: booted twice, inspected or run before
+    ``boot()`` / ``realize()``, a guest access the VMM does not handle."""
+
+
+class NotQuiescent(PymsiError, RuntimeError):
+    """``VirtualMachine.run()`` still had events to process after ``max_events``:
+    something keeps re-arming (an interrupt storm, a timer loop); ``.max_events``
+    is the bound that was hit."""
+
+    def __init__(self, max_events: int) -> None:
+        super().__init__(f"the machine is not quiescent after {max_events} events")
+        self.max_events = max_events
 
 
 class DeviceModelError(InvalidArgument, LookupError):
@@ -90,7 +107,9 @@ __all__ = [
     "InvariantViolation",
     "KernelError",
     "MsiNotMapped",
+    "NotQuiescent",
     "OutOfMemory",
+    "OutOfOrder",
     "PymsiError",
     "check",
     "raise_errno",

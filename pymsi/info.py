@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Union, cast
 
+from .errors import InvalidArgument
 from .hw import its as I
 from .hw import pci as P
 from .hw import smmuv3_regs as R
@@ -62,6 +63,10 @@ class Row:
     depth: int = 0
     note: str = ""
 
+    def __post_init__(self) -> None:
+        if self.address is not None and not isinstance(self.address, Hex):
+            self.address = Hex(self.address)         # prints in hex, as the fields do
+
     def text(self) -> str:
         """The row as one line."""
         head = "  " * self.depth + self.name
@@ -73,7 +78,14 @@ class Row:
 
 @dataclass
 class View:
-    """What one ``info`` command shows: a title and rows (``str()``: the text)."""
+    """What one ``info`` command shows: a title and rows (``str()``: the text).
+
+    On a :class:`~pymsi.machine.VirtualMachine` a row's name starts with the side it
+    belongs to: ``"host: "`` (the host's function, SMMU, ITS, kernel), ``"kvm: "``
+    (KVM's irqfd, route and vITS entry) or ``"guest: "`` (the guest's function and
+    kernel) -- ``view.find("ITS ITTE", side="host")`` is the row ``"host: ITS ITTE"``.
+    On a kernel or a bare machine there is one side and no prefix.
+    """
 
     title: str
     rows: list[Row] = field(default_factory=list)
@@ -84,12 +96,24 @@ class View:
 
     __str__ = text
 
-    def find(self, name: str) -> Row:
-        """The first row called ``name`` (KeyError if none)."""
+    SIDES = ("host", "kvm", "guest")
+
+    def find(self, name: str, side: str | None = None) -> Row:
+        """The first row called ``name``, or with ``side`` (``"host"``, ``"kvm"``,
+        ``"guest"``) the first row called ``"<side>: <name>"``.  KeyError if none
+        (naming the sides that have such a row); InvalidArgument for another side."""
+        if side is not None and side not in self.SIDES:
+            raise InvalidArgument(f"side must be one of {', '.join(self.SIDES)}, "
+                                  f"not {side!r}")
+        want = name if side is None else f"{side}: {name}"
         for r in self.rows:
-            if r.name == name:
+            if r.name == want:
                 return r
-        raise KeyError(name)
+        sides = [s for s in self.SIDES if any(r.name == f"{s}: {name}" for r in self.rows)]
+        raise KeyError(f"no row {want!r}" +
+                       (f" (rows of a whole machine name their side: side="
+                        f"{' / '.join(repr(s) for s in sides)})" if sides and side is None
+                        else ""))
 
     def names(self) -> list[str]:
         """The rows' names, in order."""
@@ -145,7 +169,7 @@ def _sides(target: Target) -> list[_Side]:
     """The address spaces of ``target`` (see the module doc), host first."""
     if hasattr(target, "slots") and hasattr(target, "guest"):          # VirtualMachine
         if not getattr(target, "booted", False):
-            raise ValueError("boot() the machine before inspecting it")
+            raise InvalidArgument("boot() the machine before inspecting it")
         vm = cast("VirtualMachine", target)                             # duck-typed
         assert vm.machine is not None                                   # booted
         return [_Side("host", vm.host, vm.machine.bus),
@@ -483,8 +507,11 @@ def info_irq(target: Target, which: int | tuple[Any, int]) -> View:
     """One interrupt's whole path, each hop with its address and table entry.
 
     ``which`` is a Linux IRQ number (of the guest in a VirtualMachine, else of the
-    kernel), or ``(function, vector)``: the function as a PciFunction, a pci_dev, a
-    requester ID, ``"bus:dev.fn"``, or in a VirtualMachine the described device's index.
+    kernel), or ``(function, vector)``: the function as a PciFunction, a pci_dev,
+    ``"bus:dev.fn"``, or an int: the described device's index, the same on every
+    target (a VirtualMachine's described devices; a kernel's or machine's PCI
+    functions in bus order, as ``ArmVirt.functions``).  A device or vector that is
+    not there is an :class:`~pymsi.errors.InvalidArgument` naming it.
     Hops: the MSI-X entry (or MSI capability), the SMMU's STE, CD and translation of
     the message address (the doorbell IOVA), the doorbell, the ITS's DTE, ITTE,
     collection, the redistributor, and the kernel's IRQ levels and handlers; in a
@@ -499,9 +526,17 @@ def info_irq(target: Target, which: int | tuple[Any, int]) -> View:
     irq: int | None = None
     if isinstance(which, tuple):
         fn, vector = which
-        if is_vm and isinstance(fn, int) and not isinstance(fn, bool) and \
-                0 <= fn < len(vm.slots):
-            fn = vm.slots[fn].guest_fn
+        if isinstance(fn, int) and not isinstance(fn, bool):
+            # The same on every target: the index of a described device (the VM's
+            # slots; the host bridge's functions in bus order, as ``m.functions``).
+            funcs = [s.guest_fn for s in vm.slots] if is_vm else \
+                ([] if sides[-1].pci is None else
+                 [f for _, f in sorted(sides[-1].pci.functions.items())])
+            if not 0 <= fn < len(funcs):
+                raise InvalidArgument(
+                    f"no device {fn}: an int function is the index of a described device "
+                    f"(0..{len(funcs) - 1}); give a requester ID as 'bus:dev.fn'")
+            fn = funcs[fn]
         rid = _resolve_rid(fn)
     elif isinstance(which, int) and not isinstance(which, bool):
         irq = which
@@ -511,12 +546,12 @@ def info_irq(target: Target, which: int | tuple[Any, int]) -> View:
     k = front.kernel
     if irq is not None:
         if k is None:
-            raise ValueError("a machine without a kernel has no Linux IRQs: give "
+            raise InvalidArgument("a machine without a kernel has no Linux IRQs: give "
                              "(function, vector)")
         desc = k.irq.descs.get(irq)
         md = None if desc is None else desc.irq_data.common.msi_desc
         if md is None:
-            raise ValueError(f"IRQ {irq} is not an MSI of a PCI function")
+            raise InvalidArgument(f"IRQ {irq} is not an MSI of a PCI function")
         rid, vector = md.dev.rid, md.msi_index
     elif k is not None:
         irq = _find_irq(k, rid, vector)
@@ -524,6 +559,8 @@ def info_irq(target: Target, which: int | tuple[Any, int]) -> View:
             f"{rid & 7} vector {vector}" + (f", Linux IRQ {irq}" if irq is not None else "")
     view = View(title)
     fn = front.function(rid)
+    if fn is not None:
+        _check_vector(fn, vector)
     if is_vm:
         slot = next((s for s in vm.slots if s.guest_fn is fn), None)
         host_fn = None if slot is None else slot.host_fn
@@ -544,9 +581,18 @@ def info_irq(target: Target, which: int | tuple[Any, int]) -> View:
             view.rows += [_label(r, "guest") for r in _kernel_rows(k, irq)]
         return view
     if fn is None:
-        raise ValueError(f"no PCI function {rid:#x} on this machine")
+        raise InvalidArgument(f"no PCI function {rid:#x} on this machine")
     view.rows = _host_path(front, fn, vector, irq)
     return view
+
+
+def _check_vector(fn: Any, vector: int) -> None:
+    """InvalidArgument naming ``vector`` if ``fn`` has no such vector."""
+    n = fn.msix.vectors if getattr(fn, "msix_cap", None) is not None and fn.msix else \
+        fn.msi.vectors if getattr(fn, "msi_cap", None) is not None and fn.msi else 0
+    if not 0 <= vector < n:
+        kind = "MSI-X" if getattr(fn, "msix_cap", None) is not None else "MSI"
+        raise InvalidArgument(f"{fn.bdf} has no vector {vector} ({n} {kind} vectors)")
 
 
 def _label(r: Row, side: str) -> Row:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from .core import Prot
 from .core.pgtable import IoPgtable, TableAllocator
+from .errors import InvalidArgument, OutOfOrder
 from .hw import smmuv3_regs as R
 from .hw.pci import Delivery
 from .hw.virt_map import SW_MSI_BASE, SW_MSI_SIZE
@@ -265,7 +266,7 @@ class GuestMem:
     def _pa(self, ipa: int) -> int:
         pa = self.ioas.iova_to_phys(ipa)
         if pa is None or not self.ram.is_ram(pa, 1):
-            raise ValueError(f"IPA {ipa:#x} is not guest RAM")
+            raise InvalidArgument(f"IPA {ipa:#x} is not guest RAM")
         return cast(int, pa)
 
     def is_ram(self, ipa: int, size: int = 1) -> bool:
@@ -366,7 +367,7 @@ def its_cmd(op: str, dev: int = 0, ev: int = 0, icid: int = 0, intid: int = 0,
         return (0x01 | dev << 32, ev, icid, 0)
     if op == "DISCARD":
         return (0x0F | dev << 32, ev, 0, 0)
-    raise ValueError(op)
+    raise InvalidArgument(op)
 
 
 def msi_route(gsi: int, devid: int, data: int, address: int = VITS_DOORBELL) -> Any:
@@ -420,7 +421,7 @@ class KvmGuest:
 
     def _mmio(self, gpa: int, value: int, size: int = 8) -> None:
         if self.kvm.mmio_write(gpa, value, size) is not True:
-            raise RuntimeError(f"guest MMIO write to {gpa:#x} not handled")
+            raise OutOfOrder(f"guest MMIO write to {gpa:#x} not handled")
 
     def _boot(self, nvcpus: int) -> None:
         """What a GICv3 ITS driver does: LPI tables, LPIs on, ITS tables, queue, enable."""

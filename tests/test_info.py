@@ -297,3 +297,65 @@ def test_version_and_python_m():
     r = subprocess.run([sys.executable, "-m", "pymsi", "info", "bogus"], capture_output=True,
                        text=True)
     assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+def test_an_int_function_is_the_described_device_index_on_every_target(host):
+    from pymsi.errors import InvalidArgument
+
+    m, k, _ = host
+    second = m.functions[1]                   # described device 1, at 00:02.0 (rid 0x10)
+    for target in (k, m):
+        by_index = info.info_irq(target, (1, 0))
+        assert by_index.rows == info.info_irq(target, (second.bdf, 0)).rows
+        assert by_index.title.startswith(f"irq: {second.bdf} vector 0")
+        with pytest.raises(InvalidArgument, match="no device 16"):
+            info.info_irq(target, (second.rid, 0))        # a requester ID is not an index
+    vm = VirtualMachine(devices=[{"msix": 2}, {"msix": 3}], host_ram=0x800_0000).boot()
+    assert info.info_irq(vm, (1, 2)).title.startswith(
+        f"irq: guest {vm.slots[1].guest_fn.bdf} vector 2")
+    with pytest.raises(InvalidArgument, match="no device 2"):
+        info.info_irq(vm, (2, 0))
+
+
+def test_a_missing_vector_is_an_error_naming_it(host):
+    from pymsi.errors import InvalidArgument
+
+    m, k, _ = host
+    for target in (k, m):
+        with pytest.raises(InvalidArgument, match=f"{m.functions[0].bdf} has no vector {NVEC}"):
+            info.info_irq(target, (m.functions[0], NVEC))
+        with pytest.raises(InvalidArgument, match="has no vector 2"):
+            info.info_irq(target, (m.functions[1], 2))     # MSI, 2 vectors
+        with pytest.raises(InvalidArgument, match="has no vector -1"):
+            info.info_irq(target, (0, -1))
+    vm = VirtualMachine(devices=[{"msix": 2}], host_ram=0x800_0000).boot()
+    with pytest.raises(InvalidArgument, match="has no vector 5"):
+        info.info_irq(vm, (0, 5))
+
+
+def test_vm_rows_name_their_side_and_find_takes_it():
+    from pymsi.errors import InvalidArgument
+
+    vm = VirtualMachine(devices=[{"msix": 2}], host_ram=0x800_0000).boot()
+    view = info.info_irq(vm, (0, 1))
+    sides = {n.split(": ", 1)[0] for n in view.names()}
+    assert sides == {"host", "kvm", "guest"}
+    host_itte = view.find("ITS ITTE", side="host")
+    assert host_itte is view.find("host: ITS ITTE")
+    assert view.find("MSI-X entry", side="guest").name == "guest: MSI-X entry"
+    assert view.find("KVM route", side="kvm").fields["data"] == 1     # EventID = vector
+    with pytest.raises(KeyError, match="side='host' / 'guest'"):
+        view.find("MSI-X entry")                  # both sides have one: say so
+    with pytest.raises(KeyError):
+        view.find("ITS ITTE", side="guest")       # the guest's ITS is KVM's vITS
+    with pytest.raises(InvalidArgument, match="side must be one of"):
+        view.find("ITS ITTE", side="hots")
+
+
+def test_row_addresses_print_in_hex(host):
+    m, k, _ = host
+    row = info.info_irq(k, (0, 1)).find("MSI-X entry")
+    assert isinstance(row.address, info.Hex)
+    assert repr(row.address) == f"{m.functions[0].bar_address(0) + 16:#x}"
+    assert info.Row("x", 4096).address.__repr__() == "0x1000"
+    assert info.Row("x").address is None

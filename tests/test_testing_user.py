@@ -1,8 +1,10 @@
 """A property test of a new MSI design variant, written only against ``pymsi.testing``
 (and the design base class it varies), the way a user would: the README's example.
 
-Two variants of the per-vector design, each broken in a small way in its compose
-hook (``prepare``), run under :class:`pymsi.testing.VfioUserspace`; hypothesis must
+Three variants of the per-vector design, each broken in a small way -- two in its
+compose hook (``lookup``, which ``prepare`` and every forced rewrite call), one in
+what a missing entry means (``lookup`` *and* ``has_entry``, which VFIO_DEVICE_SET_IRQS
+asks first) -- run under :class:`pymsi.testing.VfioUserspace`; hypothesis must
 find a sequence of VMM actions that breaks an invariant, and the correct design must
 pass the same machine.
 """
@@ -13,6 +15,7 @@ import pytest
 from hypothesis import Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 
+from pymsi import errors
 from pymsi.core import Prot
 from pymsi.kernel.iommufd_msi import PerVectorMsi
 from pymsi.testing import InvariantViolation, VfioUserspace
@@ -53,6 +56,30 @@ class MapsOnDemand(PerVectorMsi):
             pgtbl.map(page, doorbell, 0x1000, Prot.WRITE | Prot.MMIO)
 
 
+class BorrowsLastAddress(PerVectorMsi):
+    """A vector userspace gave no address borrows the last address the context
+    composed: a silent fallback.  ``has_entry`` must say so too -- VFIO_DEVICE_SET_IRQS
+    asks it before any ``lookup`` and refuses (ENOENT) a vector without an entry,
+    so a ``lookup`` fallback alone would never be reached."""
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.last = None
+
+    def lookup(self, desc):
+        try:
+            super().lookup(desc)
+        except errors.KernelError:
+            if self.last is None:
+                raise
+            desc.iommu_msi_iova, desc.iommu_msi_shift = self.last
+            return
+        self.last = (desc.iommu_msi_iova, desc.iommu_msi_shift)
+
+    def has_entry(self, idev, index, vector):
+        return super().has_entry(idev, index, vector) or self.last is not None
+
+
 class PerVector(VfioUserspace):
     """The design as proposed: every invariant holds."""
 
@@ -63,6 +90,10 @@ class StaleUpdate(VfioUserspace):
 
 class AllocatingCompose(VfioUserspace):
     HOOKS = MapsOnDemand
+
+
+class Borrowing(VfioUserspace):
+    HOOKS = BorrowsLastAddress
 
 
 def violation(machine):
@@ -91,3 +122,7 @@ def test_the_same_variant_is_caught_under_a_nested_smmu():
         SMMU = "nested"
 
     assert violation(NestedStale).invariant == "address stability"
+
+
+def test_a_fallback_for_a_missing_entry_breaks_no_silent_fallback():
+    assert violation(Borrowing).invariant == "no silent fallback"

@@ -27,6 +27,7 @@ import heapq
 from typing import Any
 
 from .. import trace
+from ..errors import InvalidArgument
 from .bits import Field, merge_access
 
 LPI_BASE = 8192
@@ -559,7 +560,7 @@ class Gicv3:
 
     def __init__(self, memory: Any, ncpus: int = 4, gicv4: bool = False, id_bits: int = 16):
         if not 1 <= ncpus <= 256 or not 14 <= id_bits <= 24:
-            raise ValueError("ncpus must be 1..256 and id_bits 14..24")
+            raise InvalidArgument("ncpus must be 1..256 and id_bits 14..24")
         self.memory = memory
         #: the memory's one-call bit update (pymsi.core.Memory.bit_updater), if it has one:
         #: f(addr, bit, op) -> old bit, or a negative errno

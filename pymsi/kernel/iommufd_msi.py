@@ -93,7 +93,25 @@ def msi_doorbell(kernel: Kernel, idev: IommufdDevice) -> int | None:
 
 class MsiDesignBase(IommufdMsiHooks):
     """What the four designs share: HWPT domains get an IOMMUFD cookie, and the
-    context knows which of its devices a PCI function is."""
+    context knows which of its devices a PCI function is.
+
+    The hook contract (what the kernel model calls, in this order; a variant
+    under test overrides some of them):
+
+    * ``hwpt_init(hwpt)`` -- a new HWPT; ``hwpt_destroy(hwpt)`` before it goes.
+    * ``attach(idev, hwpt)`` -- before the device's group moves into
+      ``hwpt.domain`` (a KernelError fails the attach, nothing changed), then
+      ``attached(idev, hwpt)`` after it moved; ``detach(idev)``, ``unbind(idev)``.
+    * ``prepare(domain, desc, msi_addr)`` -- iommufd_sw_msi(): when a vector is
+      allocated/activated under an IOMMUFD domain, set ``desc``'s IOVA and shift
+      for the doorbell at ``msi_addr`` (:meth:`IommuCore.dma_prepare_msi`).
+
+    :class:`PerVectorMsi` adds two more, and routes every compose through one:
+    ``has_entry(idev, index, vector)`` is asked first, by VFIO_DEVICE_SET_IRQS,
+    for every vector about to get a trigger (False: ENOENT, nothing changed);
+    then ``prepare`` calls ``lookup(desc)``; and every forced rewrite (affinity
+    change, vLPI map/move, ``attached``) calls ``lookup(desc)`` again.
+    """
 
     name = "base"
 
@@ -266,7 +284,25 @@ class PresetMsi(SwMsi):
 
 class PerVectorMsi(MsiDesignBase):
     """``per-vector``: the address of every vector comes from userspace, through a
-    C-core MSI table keyed by (iommufd device id << 1 | MSI-X, msi_index)."""
+    C-core MSI table keyed by (iommufd device id << 1 | MSI-X, msi_index).
+
+    The hooks, in the order the kernel model calls them:
+
+    1. ``has_entry(idev, index, vector)`` -- VFIO_DEVICE_SET_IRQS asks it for
+       every vector about to get a trigger, *before* anything is allocated; a
+       False fails the ioctl with ENOENT and nothing changes.  So ``lookup``'s
+       missing-entry path is reached only for vectors ``has_entry`` passed: a
+       variant that changes what a missing entry means must override
+       ``has_entry`` too, or its new path is never exercised.
+    2. ``prepare(domain, desc, msi_addr)`` -> ``lookup(desc)`` -- vector
+       allocation / activation (also in the blocked domain of a bound device).
+    3. ``lookup(desc)`` -- an affinity change or a vLPI map / move asks it first
+       (a started vector without an entry: ENOENT, nothing changed), and every
+       forced rewrite (:meth:`PciMsiLayer.force_rewrite`: after an affinity
+       change, after a vLPI map/move/unmap, and from ``attached`` after an
+       attach or replace) calls it again; a KernelError there masks the vector.
+    4. ``unbind(idev)`` forgets the device's entries.
+    """
 
     name = "per-vector"
     reserve_sw_msi = False

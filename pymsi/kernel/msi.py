@@ -61,7 +61,19 @@ class MsiMsg:
 
 @dataclass(eq=False)
 class MsiDesc:
-    """struct msi_desc: one MSI / MSI-X vector of a device."""
+    """struct msi_desc: one MSI / MSI-X vector of a device.
+
+    Fields: ``dev`` (the pci_dev), ``msi_index`` (the vector's index in the MSI-X
+    table, or in the MSI block), ``irq`` (its Linux IRQ, 0 before allocation),
+    ``msg`` (the :class:`MsiMsg` last written to the device: a cache, as Linux's),
+    ``iommu_msi_iova`` / ``iommu_msi_shift`` (the IOVA the IOMMU layer chose for the
+    doorbell, stored >> shift; shift 0: none, the doorbell PA is used -- read it as
+    :attr:`iommu_msi_addr`), ``affinity`` (the CPU set it was allocated with; None:
+    any), ``managed`` (kernel-managed affinity, ``PCI_IRQ_AFFINITY``), ``is_msix``,
+    ``msix_ctrl`` (the cached MSI-X Vector Control word: bit 0 = masked),
+    ``iommu_release`` (undoes what the IOMMU prepared, when the vector is freed),
+    ``rewrite_masked`` (masked by a failed per-vector forced rewrite).
+    """
 
     dev: Any
     msi_index: int

@@ -35,7 +35,7 @@ from typing import Any
 
 from .._doc import document_attributes
 from .._repr import bounded, short
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, NotQuiescent, OutOfOrder
 from ..hw.qdev import PciDeviceModel
 from ..kernel.iommufd_viommu import Veventq
 from ..sched import Scheduler
@@ -144,7 +144,7 @@ class VirtualMachine:
         from ..vmm.vmm import Vmm
 
         if self.booted:
-            raise RuntimeError("the machine is already booted")
+            raise OutOfOrder("the machine is already booted")
         d = self.desc
         assigned = [s for s in self.slots if not s.emulated]
         self.machine = ArmVirt(ncpus=d["ncpus"], ram_size=d["host_ram"], gicv4=self.gicv4,
@@ -368,13 +368,14 @@ class VirtualMachine:
         time): timed device events, posted writes on the host's and the guest's buses,
         the host's interrupts (VFIO's handlers signal eventfds, KVM injects), the VMM's
         polling, the guest's interrupts taken by its handlers.  Returns how many guest
-        interrupts were handled; RuntimeError if not quiescent after ``max_events``."""
+        interrupts were handled; :class:`~pymsi.errors.NotQuiescent` (a RuntimeError) if
+        not quiescent after ``max_events``."""
         if not self.booted:
             self._booted()
         before = self.guest_handled
         r = self.sched.run(for_ns=for_ns, max_events=max_events)
         if not r.quiescent and for_ns is None:
-            raise RuntimeError(f"the machine is not quiescent after {max_events} events")
+            raise NotQuiescent(max_events)
         return self.guest_handled - before
 
     def shutdown(self) -> None:
@@ -394,7 +395,7 @@ class VirtualMachine:
 
     def _booted(self) -> None:
         if not self.booted:
-            raise RuntimeError("boot() the machine first")
+            raise OutOfOrder("boot() the machine first")
 
     # -- access ----------------------------------------------------------------------------
 

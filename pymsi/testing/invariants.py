@@ -50,12 +50,12 @@ from ..compare import (
     UndescribedObs,
     VectorObs,
 )
-from ..errors import InvariantViolation
+from ..errors import InvalidArgument, InvariantViolation
 
 
 def _checker(name: str, obs: StepObs | GuestStepObs) -> Callable[[Any], str | None]:
     if name not in INVARIANTS:
-        raise ValueError(f"unknown invariant {name!r} (one of {', '.join(INVARIANTS)})")
+        raise InvalidArgument(f"unknown invariant {name!r} (one of {', '.join(INVARIANTS)})")
     return (GUEST_CHECKERS if isinstance(obs, GuestStepObs) else CHECKERS)[name]
 
 

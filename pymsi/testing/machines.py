@@ -48,7 +48,25 @@ class HostMachine(RuleBasedStateMachine):
     once and a fire while masked runs it once at unmask (``delivery``); an affinity
     change maps nothing (``no allocation on compose``); freed vectors raise nothing and
     nothing a free released stays mapped or routed.  Hooks: :meth:`make_machine`,
-    :meth:`make_driver`, ``NDEV``, ``NVEC``, ``NCPUS``."""
+    :meth:`make_driver`, ``NDEV``, ``NVEC``, ``NCPUS``.
+
+    Rules (``i`` a device, ``v`` a vector, drawn wide and taken modulo ``NDEV`` /
+    ``NVEC``):
+
+    * ``allocate(i, n)`` -- device ``i``'s driver allocates 1..``NVEC`` vectors
+      (nothing if it holds some).
+    * ``free(i)`` -- the driver frees its vectors.
+    * ``affinity(i, v, cpus)`` -- ``smp_affinity`` of ``v``, ``cpus`` a set of 1-4
+      CPUs taken modulo ``NCPUS``; precondition: some driver holds vectors.
+    * ``fire(i, v)`` -- the function raises vector ``v``.
+    * ``mask(i, v, off)`` -- ``disable_irq`` (``off`` True) or ``enable_irq`` of
+      ``v``; precondition: some driver holds vectors.
+    * ``attach(i, kind)`` -- move the device to an "identity", "unmanaged" or
+      "default" domain.
+
+    Overriding a rule: hypothesis finds rules by their decorator, so a subclass
+    method of the same name must be decorated with ``@rule(...)`` (and
+    ``@precondition``) again -- an undecorated override silently removes the rule."""
 
     NDEV: ClassVar[int] = 2
     NVEC: ClassVar[int] = 4
@@ -267,7 +285,22 @@ class VfioUserspace(RuleBasedStateMachine):
     (a new address handed down, then an affinity write -- or, without per-vector, a
     re-enable); enabling a vector the VMM never described; unmapping a vector's
     doorbell page.  After every step the observation is judged with ``CHECKED`` (by
-    default all six invariants of DESIGN.md)."""
+    default all six invariants of DESIGN.md).
+
+    Rules (``v`` one of the enabled vectors 0..3):
+
+    * ``setup()`` -- the @initialize step above.
+    * ``fire(v)`` -- function 0 raises ``v`` (a fault if its doorbell is unmapped).
+    * ``affinity(v, cpus)`` -- ``/proc/irq/N/smp_affinity`` of ``v``, ``cpus`` a
+      non-empty subset of the 4 CPUs (composes the message again).
+    * ``move(v, slot)`` -- two-step address update to address ``slot`` of ``SLOTS``.
+    * ``enable_undescribed()`` -- enable a vector the VMM gave no address (must be
+      ENOENT, nothing changed); precondition: not done yet in this run.
+    * ``unmap_doorbell(v)`` -- IOMMU_IOAS_UNMAP of the page ``v``'s message goes to.
+
+    Overriding a rule: hypothesis finds rules by their decorator, so a subclass
+    method of the same name must be decorated with ``@rule(...)`` (and
+    ``@precondition``) again -- an undecorated override silently removes the rule."""
 
     DESIGN: ClassVar[str] = "per-vector"
     SMMU: ClassVar[str] = "paging"
@@ -393,7 +426,21 @@ class GuestMachine(RuleBasedStateMachine):
     no ITT holds; it DMAs outside the IOAS.  After every step the observation is judged
     with ``CHECKED`` (by default all six invariants).  ``DESIGN`` is one of the four
     design names (a new kernel-side design class is tested with
-    :attr:`VfioUserspace.HOOKS`)."""
+    :attr:`VfioUserspace.HOOKS`).
+
+    Rules (``v`` one of the guest's 4 vectors):
+
+    * ``boot()`` -- the @initialize step: boot the VM, the driver enables its vectors.
+    * ``fire(v)`` -- the physical function raises ``v``.
+    * ``move(v, cpu)`` -- the guest moves ``v`` to vCPU ``cpu`` (0-7, modulo its
+      vCPUs), then ``v`` fires.
+    * ``mask_unmask(v)`` -- the guest's disable_irq + enable_irq, then ``v`` fires.
+    * ``foreign_event()`` -- the device writes an EventID no ITT holds.
+    * ``dma_outside()`` -- the device DMAs outside every IOAS area.
+
+    Overriding a rule: hypothesis finds rules by their decorator, so a subclass
+    method of the same name must be decorated with ``@rule(...)`` (and
+    ``@precondition``) again -- an undecorated override silently removes the rule."""
 
     DESIGN: ClassVar[str] = "per-vector"
     VSMMU: ClassVar[str] = "accel"
@@ -487,7 +534,23 @@ class AssignedGuest(RuleBasedStateMachine):
     as on Linux).  After every step each interrupt the guest should have taken was taken
     exactly once, by the right handler, on the vCPU ``/proc`` shows
     (``delivered_exactly_as_expected``) -- the delivery invariant as the guest sees it.
-    Hooks: :meth:`make_vm`, ``QUEUES``."""
+    Hooks: :meth:`make_vm`, ``QUEUES``.
+
+    Rules (``v``, ``w`` queues 0..``QUEUES``-1):
+
+    * ``boot(vsmmu, gicv4, design, ncpus)`` -- the @initialize step: draws the machine
+      (vSMMU None / "accel", GICv4, "per-vector" / "sw-msi", 1-4 vCPUs).
+    * ``fire(v)`` -- the NIC raises queue ``v``'s vector.
+    * ``move(v, cpu)`` -- ``/proc`` affinity of ``v`` to vCPU ``cpu`` (0-3, modulo).
+    * ``mask(v)`` -- ``disable_irq`` (nests).
+    * ``unmask(data)`` -- ``enable_irq`` of a vector it draws among the disabled;
+      precondition: one is disabled.
+    * ``reprogram(v, w)`` -- the guest writes ``w``'s message into ``v``'s entry.
+    * ``reset()`` -- FLR; the messages come back from the guest's descriptors.
+
+    Overriding a rule: hypothesis finds rules by their decorator, so a subclass
+    method of the same name must be decorated with ``@rule(...)`` (and
+    ``@precondition``) again -- an undecorated override silently removes the rule."""
 
     QUEUES: ClassVar[int] = 6
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from ..errors import BusError
+from ..errors import AlreadyExists, BusError
 from ..hw import its as I
 from ..hw import smmuv3_regs as R
 from ..hw.bus import Bus
@@ -167,7 +167,7 @@ class VirtBoard:
         """Put the vSMMU's registers at 0x09050000; ``emulated``: the VMM translates the
         DMA (and MSIs) of the functions on the guest's PCI bus through it."""
         if self.smmu is not None:
-            raise ValueError("the board already has a vSMMU")
+            raise AlreadyExists("the board already has a vSMMU")
         self.bus.map(self.SMMU, R.MMIO_SIZE, smmu, "vSMMUv3")
         if emulated:
             self.bus.attach_iommu(0, 0xFFFF, smmu)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import errno
 from typing import Any, cast
 
+from ..errors import InvalidArgument
 from ..hw.virt_map import VIRT_MEM
 from ..uapi import iommufd as u
 from ..uapi import kvm as K
@@ -76,7 +77,7 @@ class GuestRam:
 
     def __init__(self, k: Any, host_ram: Any, gpa: int = RAM_GPA, size: int = RAM_SIZE) -> None:
         if gpa % PAGE_SIZE or size <= 0 or size % PAGE_SIZE:
-            raise ValueError(f"guest RAM [{gpa:#x}, +{size:#x}) is not page aligned")
+            raise InvalidArgument(f"guest RAM [{gpa:#x}, +{size:#x}) is not page aligned")
         self.k = k
         self.gpa = gpa
         self.size = size
@@ -108,7 +109,7 @@ class GuestRam:
     def hva(self, gpa: int) -> int:
         """The VMM's user address of guest-physical ``gpa`` (QEMU's address_space_map)."""
         if not self.contains(gpa):
-            raise ValueError(f"{gpa:#x} is not guest RAM")
+            raise InvalidArgument(f"{gpa:#x} is not guest RAM")
         return cast(int, self.va + gpa - self.gpa)
 
     def kvm_set_user_memory_region(self, vm_fd: int, slot: int = 0) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, cast
 
+from ..errors import OutOfOrder
 from ..uapi import iommufd as u
 from ..uapi import kvm as K
 from .board import IORT_RMR, VirtBoard
@@ -207,9 +208,9 @@ class Vmm:
     def boot_guest(self) -> Any:
         """Boot the guest kernel on the board (the same kernel model as the host)."""
         if self.board is None:
-            raise RuntimeError("realize() the VMM first")
+            raise OutOfOrder("realize() the VMM first")
         if self.kernel_image is None:
-            raise RuntimeError("no guest kernel image (-kernel)")
+            raise OutOfOrder("no guest kernel image (-kernel)")
         self.guest = self.kernel_image(self.board)
         return self.guest
 
