@@ -47,7 +47,7 @@ from .common import (
     pair_config,
     read_args,
     reserve_arg,
-    router_arrays,
+    router_args,
     streams_set_args,
     translate_args,
     walk_args,
@@ -783,13 +783,7 @@ def msi_router(translator: Any, ram: Memory, itc: ItsCache, gicmem: Memory, limi
     (pymsi_msi_fire): see the Python core's ``msi_router``.  ``fire`` is the C function
     bound to its objects (no Python frame); ``limits`` and ``tables`` are read in place
     at every call."""
-    parts = getattr(translator, "_parts", None)
-    if parts is None or not isinstance(parts[0], Memory):
-        raise TypeError("translator: a stream_translator of this core is required")
-    obj_arg("ram", ram, Memory)
-    obj_arg("itc", itc, ItsCache)
-    obj_arg("gicmem", gicmem, Memory)
-    n = router_arrays(limits, tables)
+    parts, n = router_args(translator, ram, itc, gicmem, limits, tables, Memory, ItsCache)
     mem, tp, sp, res, last = parts
     fire = functools.partial(lib.pymsi_msi_fire, mem._p, tp, sp, ram._p, itc._p, gicmem._p,
                              ffi.from_buffer("uint32_t[]", limits),

@@ -59,7 +59,7 @@ from .common import (
     obj_arg,
     read_args,
     reserve_arg,
-    router_arrays,
+    router_args,
     streams_set_args,
     translate_args,
     walk_args,
@@ -987,13 +987,7 @@ def msi_router(translator: Any, ram: Memory, itc: ItsCache, gicmem: Memory, limi
     translator returned).  Arguments as cffi takes them: TypeError (not an int),
     OverflowError (sid, dev, event beyond 32 bits; iova, doorbell beyond 64).
     """
-    parts = getattr(translator, "_parts", None)
-    if parts is None or not isinstance(parts[0], Memory):
-        raise TypeError("translator: a stream_translator of this core is required")
-    obj_arg("ram", ram, Memory)
-    obj_arg("itc", itc, ItsCache)
-    obj_arg("gicmem", gicmem, Memory)
-    router_arrays(limits, tables)
+    parts, _ = router_args(translator, ram, itc, gicmem, limits, tables, Memory, ItsCache)
     mem, tlb, d, wrap = parts
     got: list[Any] = [None]
     itcd = itc._d

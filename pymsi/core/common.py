@@ -719,6 +719,20 @@ def router_arrays(limits: Any, tables: Any) -> int:
     return len(limits)
 
 
+def router_args(translator: Any, ram: Any, itc: Any, gicmem: Any, limits: Any, tables: Any,
+                memory: type, cache: type) -> tuple[Any, int]:
+    """The checked arguments of ``msi_router`` on the core whose ``Memory`` and
+    ``ItsCache`` classes are ``memory`` and ``cache``: the translator's parts (a
+    ``stream_translator`` of that core, else TypeError) and the number of processors."""
+    parts = getattr(translator, "_parts", None)
+    if parts is None or not isinstance(parts[0], memory):
+        raise TypeError("translator: a stream_translator of this core is required")
+    obj_arg("ram", ram, memory)
+    obj_arg("itc", itc, cache)
+    obj_arg("gicmem", gicmem, memory)
+    return parts, router_arrays(limits, tables)
+
+
 def itc_args(dev: Any, event: Any) -> tuple[int, int]:
     """(DeviceID, EventID) of an ITS translation cache call: u32 each."""
     return int_arg("dev", dev, 32), int_arg("event", event, 32)
