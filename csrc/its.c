@@ -69,7 +69,6 @@ struct pymsi_itc {
 };
 
 #define ITC_INITIAL_BITS 6
-#define PYMSI_LPI_BASE 8192u
 
 pymsi_itc *pymsi_itc_new(void)
 {

@@ -16,6 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "gic_formats.h"   /* generated from pymsi/core/gic_formats.py */
+
 /* cdef-begin */
 /* Fault kinds (pymsi.core.FaultKind mirrors these values). */
 #define PYMSI_FAULT_NONE 0
@@ -298,28 +300,8 @@ long pymsi_msix_gather(const uint8_t *table, size_t nvec, int masked_all,
  * PYMSI_ITSQ_STALL; PYMSI_ITSQ_FULL when fewer than two records fit.  Returns
  * the status, or -EINVAL for a bad configuration or pointer.
  */
-#define PYMSI_ITSQ_DONE 0
-#define PYMSI_ITSQ_HANDOFF 1
-#define PYMSI_ITSQ_ERROR 2
-#define PYMSI_ITSQ_STALL 3
-#define PYMSI_ITSQ_FULL 4
-#define PYMSI_ITSQ_DROP_EVENT 1
-#define PYMSI_ITSQ_DROP_DEVICE 2
-#define PYMSI_ITSQ_DROP_COLLECTION 3
-#define PYMSI_ITSQ_INV 5
-#define PYMSI_ITSQ_INVALL 6
-/* The command errors it reports (pymsi.hw.its.ItsError has the same values). */
-#define PYMSI_ITS_E_MAPD_DEVICE_OOR 0x010801
-#define PYMSI_ITS_E_MAPD_ITTSIZE_OOR 0x010802
-#define PYMSI_ITS_E_MAPC_PROCNUM_OOR 0x010902
-#define PYMSI_ITS_E_MAPC_COLLECTION_OOR 0x010903
-#define PYMSI_ITS_E_MAPTI_UNMAPPED_DEVICE 0x010A04
-#define PYMSI_ITS_E_MAPTI_ID_OOR 0x010A05
-#define PYMSI_ITS_E_MAPTI_PHYSICALID_OOR 0x010A06
-#define PYMSI_ITS_E_INV_UNMAPPED_INTERRUPT 0x010C07
-#define PYMSI_ITS_E_INVALL_UNMAPPED_COLLECTION 0x010D09
-#define PYMSI_ITS_E_COLLECTION_OOR 0x01FF01
-#define PYMSI_ITS_E_PROCNUM_OOR 0x01FF07
+/* The statuses, record kinds (PYMSI_ITSQ_*) and command error codes (PYMSI_ITS_E_*)
+ * are in gic_formats.h, generated from pymsi/core/gic_formats.py and pymsi/core/common.py. */
 
 /* A decoded GITS_BASER<n>: flat or two-level (indirect) table of esize-byte entries. */
 struct pymsi_its_table {

@@ -46,6 +46,41 @@ from typing import Any
 
 from .. import trace
 from ..core import common as _cc
+from ..core.gic_formats import (
+    C1_PINTID,
+    C1_SIZE,
+    C1_VPEID,
+    C2_D,
+    C2_DOORBELL,
+    C2_ICID,
+    C2_ITT,
+    C2_RDBASE,
+    C2_V,
+    C2_VINTID,
+    C3_RDBASE2,
+    C3_VPT_ADDR,
+    C3_VPT_SIZE,
+    CTE_RDBASE,
+    CTE_SIZE_BYTES,
+    CTE_V,
+    DTE_ITT,
+    DTE_SIZE,
+    DTE_SIZE_BYTES,
+    DTE_V,
+    ITE0_INTID,
+    ITE0_V,
+    ITE0_VIRTUAL,
+    ITE1_DOORBELL,
+    ITE1_ICID,
+    ITE1_VPEID,
+    ITE_SIZE,
+    VPE0_RDBASE,
+    VPE0_V,
+    VPE0_VPT_SIZE,
+    VPE_SIZE_BYTES,
+)
+from ..core.gic_formats import Cmd as Cmd  # the formats are defined once there
+from ..core.gic_formats import ItsError as ItsError
 from .bits import Field, merge_access
 from .gicv3 import (
     _BIT_SET,
@@ -100,61 +135,6 @@ class BaserType(enum.IntEnum):
     COLLECTIONS = 4
 
 
-class Cmd(enum.IntEnum):
-    """ITS command opcodes."""
-
-    MOVI = 0x01
-    INT = 0x03
-    CLEAR = 0x04
-    SYNC = 0x05
-    MAPD = 0x08
-    MAPC = 0x09
-    MAPTI = 0x0A
-    MAPI = 0x0B
-    INV = 0x0C
-    INVALL = 0x0D
-    MOVALL = 0x0E
-    DISCARD = 0x0F
-    VMOVI = 0x21
-    VMOVP = 0x22
-    VSYNC = 0x25
-    VMAPP = 0x29
-    VMAPTI = 0x2A
-    VMAPI = 0x2B
-    VINVALL = 0x2D
-
-
-class ItsError(enum.IntEnum):
-    """Command and translation errors (the architecture's E_ITS_* codes, plus ours)."""
-
-    MOVI_UNMAPPED_INTERRUPT = 0x010107
-    MOVI_UNMAPPED_COLLECTION = 0x010109
-    INT_UNMAPPED_INTERRUPT = 0x010307
-    CLEAR_UNMAPPED_INTERRUPT = 0x010507
-    MAPD_DEVICE_OOR = 0x010801
-    MAPD_ITTSIZE_OOR = 0x010802
-    MAPC_PROCNUM_OOR = 0x010902
-    MAPC_COLLECTION_OOR = 0x010903
-    MAPTI_UNMAPPED_DEVICE = 0x010A04
-    MAPTI_ID_OOR = 0x010A05
-    MAPTI_PHYSICALID_OOR = 0x010A06
-    INV_UNMAPPED_INTERRUPT = 0x010C07
-    INVALL_UNMAPPED_COLLECTION = 0x010D09
-    MOVALL_PROCNUM_OOR = 0x010E01
-    DISCARD_UNMAPPED_INTERRUPT = 0x010F07
-    # Not architecturally numbered: our own.
-    UNKNOWN_COMMAND = 0x01FF00
-    COLLECTION_OOR = 0x01FF01
-    UNMAPPED_COLLECTION = 0x01FF02
-    VPE_OOR = 0x01FF03
-    UNMAPPED_VPE = 0x01FF04
-    VIRTUAL_ID_OOR = 0x01FF05
-    NOT_VIRTUAL = 0x01FF06
-    PROCNUM_OOR = 0x01FF07
-    NO_DEVICE_ID = 0x01FF08
-    DISABLED = 0x01FF09
-
-
 class _Error(Exception):
     def __init__(self, code: ItsError) -> None:
         self.code = code
@@ -164,25 +144,11 @@ class _Stall(Exception):
     """A memory error: the command queue stops."""
 
 
-# Our entry formats.
-DTE_V, DTE_SIZE, DTE_ITT = Field(0), Field(5, 1), Field(49, 6)        # ITT_addr >> 8
-CTE_V, CTE_RDBASE = Field(0), Field(16, 1)
-VPE0_V, VPE0_VPT_SIZE, VPE0_RDBASE = Field(0), Field(5, 1), Field(21, 6)
-ITE0_V, ITE0_VIRTUAL, ITE0_INTID = Field(0), Field(1), Field(63, 32)
-ITE1_ICID, ITE1_VPEID, ITE1_DOORBELL = Field(15, 0), Field(31, 16), Field(63, 32)
 _ITE0_VIRTUAL, _ITE1_ICID = ITE0_VIRTUAL.mask, ITE1_ICID.mask
 _CWRITER_OFFSET = CWRITER_OFFSET.mask
 _PENDBASER_PA = PENDBASER_PA.mask
-ENTRY_SIZE = {BaserType.DEVICES: 8, BaserType.COLLECTIONS: 8, BaserType.VPES: 16}
-ITE_SIZE = 16
-
-# Command fields.
-C0_OP, C0_DEVICEID = Field(7, 0), Field(63, 32)
-C1_SIZE, C1_EVENTID, C1_PINTID, C1_VPEID = Field(4, 0), Field(31, 0), Field(63, 32), \
-    Field(47, 32)
-C2_ICID, C2_RDBASE, C2_V, C2_ITT = Field(15, 0), Field(47, 16), Field(63), Field(51, 8)
-C2_VINTID, C2_DOORBELL, C2_D = Field(31, 0), Field(63, 32), Field(0)
-C3_RDBASE2, C3_VPT_SIZE, C3_VPT_ADDR = Field(47, 16), Field(4, 0), Field(51, 16)
+ENTRY_SIZE = {BaserType.DEVICES: DTE_SIZE_BYTES, BaserType.COLLECTIONS: CTE_SIZE_BYTES,
+              BaserType.VPES: VPE_SIZE_BYTES}
 
 # Tracepoints, named and with the fields of QEMU's hw/intc/trace-events (one per command,
 # traced as the command is taken from the queue, before it runs).
