@@ -2,7 +2,7 @@
  * The ITS command queue: the commands whose effects are table writes and checks
  * (MAPD, MAPC, MAPTI, MAPI, SYNC, INV, INVALL), run in C from the read pointer
  * to the write pointer, in the model's table formats.  Command fields, table
- * entries, opcodes and error codes are those of gic_formats.h, generated from
+ * entries, opcodes and error codes are those of formats.h, generated from
  * pymsi/core/gic_formats.py (the one definition the ITS model, its driver and
  * KVM's vITS use too).
  *

@@ -16,6 +16,8 @@ from typing import Any, cast
 from .._repr import bounded
 from ..errors import BusError, raise_errno
 from . import gic_formats as F
+from . import pci_formats as X
+from . import vmsa_formats as V
 from .common import (
     ITSQ_DONE,
     ITSQ_DROP_COLLECTION,
@@ -291,15 +293,11 @@ class Memory:
 # ---------------------------------------------------------------------------
 # Table walks (csrc/walk.c)
 
-_VALID = 1 << 0
-_TABLE = 1 << 1
-_S1_AP2 = 1 << 7
-_S2AP_R = 1 << 6
-_S2AP_W = 1 << 7
-_AF = 1 << 10
-_NG = 1 << 11
-_APTABLE_RO = 1 << 62
-_OA_LIMIT = (1 << 48) - 1
+# the descriptor's one-bit fields as masks (pymsi.core.vmsa_formats)
+_VALID, _TABLE, _S1_AP2 = V.DESC_VALID.mask, V.DESC_TABLE.mask, V.DESC_S1_AP2.mask
+_S2AP_R, _S2AP_W, _AF = V.DESC_S2AP_R.mask, V.DESC_S2AP_W.mask, V.DESC_AF.mask
+_NG, _APTABLE_RO = V.DESC_NG.mask, V.DESC_APTABLE_RO.mask
+_OA_LIMIT = V.DESC_OA.mask
 
 
 class _WalkFault(Exception):
@@ -1132,10 +1130,11 @@ def msix_gather(table: Any, nvec: int, masked_all: bool, vectors: Any, addrs: An
             av[k] = dv[k] = 0
             sv[k] = -errno.EINVAL
             continue
-        o = v * 16
-        av[k] = int.from_bytes(tv[o:o + 8], "little")
-        dv[k] = int.from_bytes(tv[o + 8:o + 12], "little")
-        if masked_all or tv[o + 12] & 1:
+        o = v * X.MSIX_ENTRY_SIZE
+        a, d = o + X.MSIX_ENTRY_ADDR_LO, o + X.MSIX_ENTRY_DATA     # ADDR_HI follows ADDR_LO
+        av[k] = int.from_bytes(tv[a:a + 8], "little")
+        dv[k] = int.from_bytes(tv[d:d + 4], "little")
+        if masked_all or tv[o + X.MSIX_ENTRY_CTRL] & X.MSIX_CTRL_MASKBIT:
             sv[k] = 1
             continue
         sv[k] = 0
