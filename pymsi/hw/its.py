@@ -47,6 +47,9 @@ from typing import Any
 from .. import trace
 from ..core import common as _cc
 from ..core.gic_formats import (
+    C0_DEVICEID,
+    C0_OP,
+    C1_EVENTID,
     C1_PINTID,
     C1_SIZE,
     C1_VPEID,
@@ -74,6 +77,8 @@ from ..core.gic_formats import (
     ITE1_ICID,
     ITE1_VPEID,
     ITE_SIZE,
+    L1E_ADDR,
+    L1E_VALID,
     VPE0_RDBASE,
     VPE0_V,
     VPE0_VPT_SIZE,
@@ -493,7 +498,7 @@ class GicV3Its:
     # -- command queue ------------------------------------------------------------
 
     def _process(self) -> None:
-        if not self.ctlr & CTLR_ENABLED or self.stalled or not self.cbaser >> 63:  # Valid
+        if not self.ctlr & CTLR_ENABLED or self.stalled or not CBASER_VALID.get(self.cbaser):
             return
         cq = self._cq
         if cq[0] != self.cbaser:                # decoded once per CBASER value
@@ -520,7 +525,7 @@ class GicV3Its:
             self._stall_memory()
             return False
         except _Error as e:
-            if self._command_error(cmd[0] & 0xFF, e.code):
+            if self._command_error(C0_OP.get(cmd[0]), e.code):
                 return False
         self.stats["commands"] += 1
         self.creadr = (self.creadr + 32) % qsize
@@ -639,9 +644,9 @@ class GicV3Its:
         if l1 * 8 >= span:
             return None
         entry = self._read64(base + l1 * 8)
-        if not entry >> 63:
+        if not L1E_VALID.get(entry):
             return None
-        return (entry & ((1 << 52) - 1) & ~(page - 1)) + (index % per_page) * esize
+        return (L1E_ADDR.get(entry) & ~(page - 1)) + (index % per_page) * esize
 
     @staticmethod
     def _decode_baser(t: BaserType, baser: int) -> _DecodedBaser:
@@ -706,8 +711,8 @@ class GicV3Its:
 
     def _execute(self, cmd: tuple[int, ...]) -> None:
         d0, d1, d2, d3 = cmd
-        op = d0 & 0xFF                                  # C0_OP
-        dev, event = d0 >> 32, d1 & 0xFFFF_FFFF         # C0_DEVICEID, C1_EVENTID
+        op = C0_OP.get(d0)
+        dev, event = C0_DEVICEID.get(d0), C1_EVENTID.get(d1)
         known = _CMD_TABLE.get(op)
         if known is None:
             if trace_gicv3_its_cmd_unknown.enabled:
