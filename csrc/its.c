@@ -69,7 +69,6 @@ struct pymsi_itc {
 };
 
 #define ITC_INITIAL_BITS 6
-#define PYMSI_LPI_BASE 8192u
 
 pymsi_itc *pymsi_itc_new(void)
 {
@@ -257,10 +256,10 @@ long pymsi_msix_gather(const uint8_t *table, size_t nvec, int masked_all,
             status[k] = -EINVAL;
             continue;
         }
-        const uint8_t *e = table + (size_t)v * 16;
-        addr[k] = pymsi_le64(e);
-        data[k] = pymsi_le32(e + 8);
-        if (masked_all || (e[12] & 1)) {
+        const uint8_t *e = table + (size_t)v * PYMSI_MSIX_ENTRY_SIZE;
+        addr[k] = pymsi_le64(e + PYMSI_MSIX_ENTRY_ADDR_LO);     /* with ADDR_HI after it */
+        data[k] = pymsi_le32(e + PYMSI_MSIX_ENTRY_DATA);
+        if (masked_all || (e[PYMSI_MSIX_ENTRY_CTRL] & PYMSI_MSIX_CTRL_MASKBIT)) {
             status[k] = 1;
             continue;
         }

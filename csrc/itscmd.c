@@ -1,12 +1,10 @@
 /*
  * The ITS command queue: the commands whose effects are table writes and checks
  * (MAPD, MAPC, MAPTI, MAPI, SYNC, INV, INVALL), run in C from the read pointer
- * to the write pointer, in the model's table formats (pymsi.hw.its):
- *
- *   device entry (8 bytes):      V [0], EventID bits - 1 [5:1], ITT address >> 8 [49:6]
- *   collection entry (8 bytes):  V [0], processor number [16:1]
- *   ITE (16 bytes):              word 0: V [0], virtual [1], INTID [63:32]
- *                                word 1: ICID [15:0], vPEID [31:16], doorbell [63:32]
+ * to the write pointer, in the model's table formats.  Command fields, table
+ * entries, opcodes and error codes are those of formats.h, generated from
+ * pymsi/core/gic_formats.py (the one definition the ITS model, its driver and
+ * KVM's vITS use too).
  *
  * Every table and queue access goes through the memory's range-checked
  * accessors; a failed one stops the run as the model's memory error (stall).
@@ -18,25 +16,13 @@
 
 #include "internal.h"
 
-enum {
-    OP_SYNC = 0x05,
-    OP_MAPD = 0x08,
-    OP_MAPC = 0x09,
-    OP_MAPTI = 0x0A,
-    OP_MAPI = 0x0B,
-    OP_INV = 0x0C,
-    OP_INVALL = 0x0D,
-};
-
+#define BIT(op) (UINT64_C(1) << (op))
 #define C_OPS                                                                              \
-    (UINT64_C(1) << OP_SYNC | UINT64_C(1) << OP_MAPD | UINT64_C(1) << OP_MAPC |              \
-     UINT64_C(1) << OP_MAPTI | UINT64_C(1) << OP_MAPI | UINT64_C(1) << OP_INV |              \
-     UINT64_C(1) << OP_INVALL)
+    (BIT(PYMSI_ITS_CMD_SYNC) | BIT(PYMSI_ITS_CMD_MAPD) | BIT(PYMSI_ITS_CMD_MAPC) |          \
+     BIT(PYMSI_ITS_CMD_MAPTI) | BIT(PYMSI_ITS_CMD_MAPI) | BIT(PYMSI_ITS_CMD_INV) |          \
+     BIT(PYMSI_ITS_CMD_INVALL))
 
-#define LPI_BASE 8192u
-#define SPURIOUS 1023u
 #define STALL (-1)                 /* a memory error: the queue stalls */
-#define PA52 ((UINT64_C(1) << 52) - 1)
 
 struct ctx {
     pymsi_mem *m;
@@ -80,9 +66,9 @@ static int entry_addr(const struct ctx *c, const struct pymsi_its_table *t, uint
     uint64_t e;
     if (pymsi_mem_read_u64(c->m, t->base + l1 * 8, &e))
         return STALL;
-    if (!(e >> 63))
+    if (!PYMSI_GET(e, L1E_VALID))
         return 0;
-    *addr = (e & PA52 & ~((uint64_t)t->page - 1)) + (index % per_page) * t->esize;
+    *addr = (PYMSI_GET(e, L1E_ADDR) & ~((uint64_t)t->page - 1)) + (index % per_page) * t->esize;
     return 1;
 }
 
@@ -97,10 +83,10 @@ static int dte(const struct ctx *c, uint64_t dev, uint64_t *itt, unsigned *bits)
         return r;
     if (pymsi_mem_read_u64(c->m, addr, &d))
         return STALL;
-    if (!(d & 1))
+    if (!PYMSI_GET(d, DTE_V))
         return 0;
-    *itt = (d >> 6 & ((UINT64_C(1) << 44) - 1)) << 8;
-    *bits = (unsigned)(d >> 1 & 0x1F) + 1;
+    *itt = PYMSI_GET(d, DTE_ITT) << 8;
+    *bits = (unsigned)PYMSI_GET(d, DTE_SIZE) + 1;
     return 1;
 }
 
@@ -115,9 +101,9 @@ static int collection_rd(const struct ctx *c, uint64_t icid, uint64_t *proc)
         return r;
     if (pymsi_mem_read_u64(c->m, addr, &e))
         return STALL;
-    if (!(e & 1))
+    if (!PYMSI_GET(e, CTE_V))
         return 0;
-    *proc = e >> 1 & 0xFFFF;
+    *proc = PYMSI_GET(e, CTE_RDBASE);
     return 1;
 }
 
@@ -136,16 +122,17 @@ static int cmd_mapd(const struct ctx *c, uint64_t dev, uint64_t d1, uint64_t d2)
         return r;
     if (!r)
         return PYMSI_ITS_E_MAPD_DEVICE_OOR;
-    uint64_t size = d1 & 0x1F;
+    uint64_t size = PYMSI_GET(d1, C1_SIZE);
     if (size + 1 > c->cfg->id_bits)
         return PYMSI_ITS_E_MAPD_ITTSIZE_OOR;
-    uint64_t itt = d2 >> 8 & ((UINT64_C(1) << 44) - 1);
-    return write64(c, addr, d2 >> 63 ? 1 | size << 1 | itt << 6 : 0);
+    uint64_t itt = PYMSI_GET(d2, C2_ITT);
+    return write64(c, addr, PYMSI_GET(d2, C2_V) ? PYMSI_PUT(DTE_V, 1) | PYMSI_PUT(DTE_SIZE, size)
+                                                  | PYMSI_PUT(DTE_ITT, itt) : 0);
 }
 
 static int cmd_mapc(const struct ctx *c, uint64_t d2)
 {
-    uint64_t icid = d2 & 0xFFFF;
+    uint64_t icid = PYMSI_GET(d2, C2_ICID);
     if (shr(icid, c->cfg->cidbits))
         return PYMSI_ITS_E_MAPC_COLLECTION_OOR;
     uint64_t addr;
@@ -154,10 +141,10 @@ static int cmd_mapc(const struct ctx *c, uint64_t d2)
         return r;
     if (!r)
         return PYMSI_ITS_E_MAPC_COLLECTION_OOR;
-    uint64_t rdbase = d2 >> 16 & 0xFFFFFFFF, valid = d2 >> 63;
+    uint64_t rdbase = PYMSI_GET(d2, C2_RDBASE), valid = PYMSI_GET(d2, C2_V);
     if (valid && rdbase >= c->cfg->nproc)
         return PYMSI_ITS_E_MAPC_PROCNUM_OOR;
-    return write64(c, addr, valid ? 1 | (rdbase & 0xFFFF) << 1 : 0);
+    return write64(c, addr, valid ? PYMSI_PUT(CTE_V, 1) | PYMSI_PUT(CTE_RDBASE, rdbase) : 0);
 }
 
 static int map_physical(const struct ctx *c, uint64_t dev, uint64_t event, uint64_t intid,
@@ -172,13 +159,14 @@ static int map_physical(const struct ctx *c, uint64_t dev, uint64_t event, uint6
         return PYMSI_ITS_E_MAPTI_UNMAPPED_DEVICE;
     if (shr(event, bits))
         return PYMSI_ITS_E_MAPTI_ID_OOR;
-    if (intid < LPI_BASE || shr(intid, c->cfg->id_bits))
+    if (intid < PYMSI_LPI_BASE || shr(intid, c->cfg->id_bits))
         return PYMSI_ITS_E_MAPTI_PHYSICALID_OOR;
     if (shr(icid, c->cfg->cidbits))
         return PYMSI_ITS_E_COLLECTION_OOR;
-    uint64_t addr = itt + event * 16;
-    r = write64(c, addr, 1 | intid << 32);
-    return r ? r : write64(c, addr + 8, icid | (uint64_t)SPURIOUS << 32);
+    uint64_t addr = itt + event * PYMSI_ITE_SIZE;
+    r = write64(c, addr, PYMSI_PUT(ITE0_V, 1) | PYMSI_PUT(ITE0_INTID, intid));
+    return r ? r : write64(c, addr + 8, PYMSI_PUT(ITE1_ICID, icid)
+                                        | PYMSI_PUT(ITE1_DOORBELL, PYMSI_SPURIOUS));
 }
 
 /* The ITE of (dev, event): 0 (ite[]), STALL or `missing` (not mapped). */
@@ -192,10 +180,10 @@ static int read_ite(const struct ctx *c, uint64_t dev, uint64_t event, int missi
         return r;
     if (!r || shr(event, bits))
         return missing;
-    uint64_t addr = itt + event * 16;
+    uint64_t addr = itt + event * PYMSI_ITE_SIZE;
     if (pymsi_mem_read_u64(c->m, addr, &ite[0]) || pymsi_mem_read_u64(c->m, addr + 8, &ite[1]))
         return STALL;
-    return ite[0] & 1 ? 0 : missing;
+    return PYMSI_GET(ite[0], ITE0_V) ? 0 : missing;
 }
 
 static int cmd_inv(struct ctx *c, uint64_t dev, uint64_t event)
@@ -204,23 +192,23 @@ static int cmd_inv(struct ctx *c, uint64_t dev, uint64_t event)
     int r = read_ite(c, dev, event, PYMSI_ITS_E_INV_UNMAPPED_INTERRUPT, ite);
     if (r)
         return r;
-    if (ite[0] >> 1 & 1)                      /* virtual: vLPI configuration is not cached */
+    if (PYMSI_GET(ite[0], ITE0_VIRTUAL))     /* virtual: vLPI configuration is not cached */
         return 0;
-    r = collection_rd(c, ite[1] & 0xFFFF, &proc);
+    r = collection_rd(c, PYMSI_GET(ite[1], ITE1_ICID), &proc);
     if (r < 0)
         return r;
     if (!r)
         return PYMSI_ITS_E_INV_UNMAPPED_INTERRUPT;
     if (proc >= c->cfg->nproc)
         return PYMSI_ITS_E_PROCNUM_OOR;
-    record(c, PYMSI_ITSQ_INV, proc, ite[0] >> 32);
+    record(c, PYMSI_ITSQ_INV, proc, PYMSI_GET(ite[0], ITE0_INTID));
     return 0;
 }
 
 static int cmd_invall(struct ctx *c, uint64_t d2)
 {
     uint64_t proc;
-    int r = collection_rd(c, d2 & 0xFFFF, &proc);
+    int r = collection_rd(c, PYMSI_GET(d2, C2_ICID), &proc);
     if (r < 0)
         return r;
     if (!r)
@@ -234,29 +222,31 @@ static int cmd_invall(struct ctx *c, uint64_t d2)
 /* One command: 0, STALL or an error code; its cache drop recorded (and done) first. */
 static int execute(struct ctx *c, unsigned op, uint64_t d0, uint64_t d1, uint64_t d2)
 {
-    uint64_t dev = d0 >> 32, event = d1 & 0xFFFFFFFF;
+    uint64_t dev = PYMSI_GET(d0, C0_DEVICEID), event = PYMSI_GET(d1, C1_EVENTID);
     switch (op) {
-    case OP_MAPD:
+    case PYMSI_ITS_CMD_MAPD:
         record(c, PYMSI_ITSQ_DROP_DEVICE, dev, 0);
         if (c->itc)
             pymsi_itc_clear(c->itc);
         return cmd_mapd(c, dev, d1, d2);
-    case OP_MAPC:
-        record(c, PYMSI_ITSQ_DROP_COLLECTION, d2 & 0xFFFF, 0);
+    case PYMSI_ITS_CMD_MAPC:
+        record(c, PYMSI_ITSQ_DROP_COLLECTION, PYMSI_GET(d2, C2_ICID), 0);
         if (c->itc)
             pymsi_itc_clear(c->itc);
         return cmd_mapc(c, d2);
-    case OP_MAPTI:
-    case OP_MAPI:
+    case PYMSI_ITS_CMD_MAPTI:
+    case PYMSI_ITS_CMD_MAPI:
         record(c, PYMSI_ITSQ_DROP_EVENT, dev, event);
         if (c->itc)
             pymsi_itc_remove(c->itc, (uint32_t)dev, (uint32_t)event);
-        return map_physical(c, dev, event, op == OP_MAPTI ? d1 >> 32 : event, d2 & 0xFFFF);
-    case OP_SYNC:
-        return (d2 >> 16 & 0xFFFFFFFF) < c->cfg->nproc ? 0 : PYMSI_ITS_E_PROCNUM_OOR;
-    case OP_INV:
+        return map_physical(c, dev, event,
+                            op == PYMSI_ITS_CMD_MAPTI ? PYMSI_GET(d1, C1_PINTID) : event,
+                            PYMSI_GET(d2, C2_ICID));
+    case PYMSI_ITS_CMD_SYNC:
+        return PYMSI_GET(d2, C2_RDBASE) < c->cfg->nproc ? 0 : PYMSI_ITS_E_PROCNUM_OOR;
+    case PYMSI_ITS_CMD_INV:
         return cmd_inv(c, dev, event);
-    default: /* OP_INVALL */
+    default: /* PYMSI_ITS_CMD_INVALL */
         return cmd_invall(c, d2);
     }
 }
@@ -295,7 +285,7 @@ int pymsi_its_cmdq_run(pymsi_mem *m, const struct pymsi_its_cfg *cfg, pymsi_itc 
             break;
         }
         uint64_t d0 = pymsi_le64(raw), d1 = pymsi_le64(raw + 8), d2 = pymsi_le64(raw + 16);
-        unsigned op = (unsigned)(d0 & 0xFF);
+        unsigned op = (unsigned)PYMSI_GET(d0, C0_OP);
         run->op = op;
         if (op >= 64 || !(ops & C_OPS & UINT64_C(1) << op)) {
             status = PYMSI_ITSQ_HANDOFF;

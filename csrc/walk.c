@@ -13,16 +13,8 @@
 
 #include "internal.h"
 
-#define DESC_VALID (UINT64_C(1) << 0)
-#define DESC_TABLE (UINT64_C(1) << 1)  /* table at levels 0-2, page at level 3 */
-#define DESC_S1_AP2 (UINT64_C(1) << 7) /* read-only */
-#define DESC_S2AP_R (UINT64_C(1) << 6)
-#define DESC_S2AP_W (UINT64_C(1) << 7)
-#define DESC_AF (UINT64_C(1) << 10)
-#define DESC_NG (UINT64_C(1) << 11)
-#define DESC_APTABLE_RO (UINT64_C(1) << 62)
-
-#define OA_LIMIT_BITS 48
+/* Descriptor fields: formats.h, generated from pymsi/core/vmsa_formats.py. */
+#define DESC(d, name) PYMSI_GET(d, DESC_##name)
 
 struct leaf {
     uint64_t oa;      /* output address of the page/block */
@@ -34,7 +26,7 @@ struct leaf {
 
 static inline uint64_t oa_mask(unsigned gshift)
 {
-    return ((UINT64_C(1) << OA_LIMIT_BITS) - 1) & ~((UINT64_C(1) << gshift) - 1);
+    return (PYMSI_DESC_OA_MASK << PYMSI_DESC_OA_SHIFT) & ~((UINT64_C(1) << gshift) - 1);
 }
 
 /* Block descriptors are only valid at these levels without 52-bit addressing. */
@@ -73,10 +65,10 @@ static inline unsigned level_lsb(unsigned gshift, unsigned level)
 static inline int decode(uint64_t d, unsigned g, unsigned level, unsigned lsb, unsigned oas,
                          uint64_t *addr)
 {
-    if (!(d & DESC_VALID))
+    if (!DESC(d, VALID))
         return PYMSI_FAULT_TRANSLATION;
-    int table = (d & DESC_TABLE) && level < 3;
-    if (!(d & DESC_TABLE) && (level == 3 || !block_allowed(g, level)))
+    int table = DESC(d, TABLE) && level < 3;
+    if (!DESC(d, TABLE) && (level == 3 || !block_allowed(g, level)))
         return PYMSI_FAULT_TRANSLATION;
     *addr = d & oa_mask(g);
     if (!table)
@@ -165,10 +157,10 @@ static int s2_walk(const pymsi_mem *m, const struct pymsi_s2_cfg *c, uint64_t ip
         }
         if (kind != DESC_IS_LEAF)
             return fault(r, kind, 2, (int)level, ipa);
-        if (!(d & DESC_AF) && !c->affd)
+        if (!DESC(d, AF) && !c->affd)
             return fault(r, PYMSI_FAULT_ACCESS, 2, (int)level, ipa);
-        o->r = (d & DESC_S2AP_R) != 0;
-        o->w = (d & DESC_S2AP_W) != 0;
+        o->r = DESC(d, S2AP_R) != 0;
+        o->w = DESC(d, S2AP_W) != 0;
         if (write ? !o->w : !o->r)
             return fault(r, PYMSI_FAULT_PERMISSION, 2, (int)level, ipa);
         o->oa = addr;
@@ -215,7 +207,7 @@ static int s1_walk(const pymsi_mem *m, const struct pymsi_xlate_cfg *cfg, uint64
             return fault(r, PYMSI_FAULT_EXTERNAL_ABORT, 1, (int)level, 0);
         int kind = decode(d, g, level, lsb, c->ips, &addr);
         if (kind == DESC_IS_TABLE) {
-            if (!tt->had && (d & DESC_APTABLE_RO))
+            if (!tt->had && DESC(d, APTABLE_RO))
                 read_only = 1;
             table = addr;
             level++;
@@ -225,16 +217,16 @@ static int s1_walk(const pymsi_mem *m, const struct pymsi_xlate_cfg *cfg, uint64
         }
         if (kind != DESC_IS_LEAF)
             return fault(r, kind, 1, (int)level, 0);
-        if (!(d & DESC_AF) && !c->affd)
+        if (!DESC(d, AF) && !c->affd)
             return fault(r, PYMSI_FAULT_ACCESS, 1, (int)level, 0);
         o->r = 1;
-        o->w = !(d & DESC_S1_AP2) && !read_only;
+        o->w = !DESC(d, S1_AP2) && !read_only;
         if (write && !o->w)
             return fault(r, PYMSI_FAULT_PERMISSION, 1, (int)level, 0);
         o->oa = addr;
         o->shift = (uint8_t)lsb;
         o->level = (uint8_t)level;
-        o->global = !(d & DESC_NG);
+        o->global = !DESC(d, NG);
         return 0;
     }
 }

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Union, cast
 
+from .core import gic_formats as F
 from .errors import InvalidArgument
 from .hw import its as I
 from .hw import pci as P
@@ -331,44 +332,44 @@ def _its_rows(side: _Side, its: GicV3Its, devid: int, eventid: int) -> tuple[lis
     dte_addr = its._entry_addr(I.BaserType.DEVICES, devid) if not devid >> its.devbits \
         else None
     dte = None if dte_addr is None else _read64(mem, dte_addr)
-    if dte is None or not I.DTE_V.get(dte):
+    if dte is None or not F.DTE_V.get(dte):
         rows.append(Row("ITS DTE", dte_addr, {"device_id": Hex(devid)}, note="not mapped"))
         return rows, None
-    itt, bits = I.DTE_ITT.get(dte) << 8, I.DTE_SIZE.get(dte) + 1
+    itt, bits = F.DTE_ITT.get(dte) << 8, F.DTE_SIZE.get(dte) + 1
     rows.append(Row("ITS DTE", dte_addr, {"device_id": Hex(devid), "itt": Hex(itt),
                                           "eventid_bits": bits, "word": Hex(dte)}))
     if eventid >> bits:
         rows.append(Row("ITS ITTE", None, {"event_id": eventid}, note="EventID too wide"))
         return rows, None
-    ite_addr = itt + eventid * I.ITE_SIZE
+    ite_addr = itt + eventid * F.ITE_SIZE
     w0, w1 = _read64(mem, ite_addr), _read64(mem, ite_addr + 8)
-    if w0 is None or w1 is None or not I.ITE0_V.get(w0):
+    if w0 is None or w1 is None or not F.ITE0_V.get(w0):
         rows.append(Row("ITS ITTE", ite_addr, {"event_id": eventid}, note="not mapped"))
         return rows, None
-    intid = I.ITE0_INTID.get(w0)
-    if I.ITE0_VIRTUAL.get(w0):
-        vpeid = I.ITE1_VPEID.get(w1)
+    intid = F.ITE0_INTID.get(w0)
+    if F.ITE0_VIRTUAL.get(w0):
+        vpeid = F.ITE1_VPEID.get(w1)
         rows.append(Row("ITS ITTE", ite_addr, {"event_id": eventid, "virtual": True,
                                                "vintid": intid, "vpeid": vpeid,
-                                               "doorbell": I.ITE1_DOORBELL.get(w1)}))
+                                               "doorbell": F.ITE1_DOORBELL.get(w1)}))
         vpe_addr = its._entry_addr(I.BaserType.VPES, vpeid) if its.gicv4 else None
         d0 = None if vpe_addr is None else _read64(mem, vpe_addr)
-        if d0 is not None and vpe_addr is not None and I.VPE0_V.get(d0):
+        if d0 is not None and vpe_addr is not None and F.VPE0_V.get(d0):
             rows.append(Row("ITS vPE", vpe_addr, {"vpeid": vpeid,
                                                   "vpt": Hex(_read64(mem, vpe_addr + 8) or 0),
-                                                  "rdbase": I.VPE0_RDBASE.get(d0)},
+                                                  "rdbase": F.VPE0_RDBASE.get(d0)},
                             note="vLPI: delivered to the vPE, no host IRQ"))
         return rows, None
-    icid = I.ITE1_ICID.get(w1)
+    icid = F.ITE1_ICID.get(w1)
     rows.append(Row("ITS ITTE", ite_addr, {"event_id": eventid, "intid": intid,
                                            "icid": icid}))
     cte_addr = its._entry_addr(I.BaserType.COLLECTIONS, icid) if not icid >> its.cidbits \
         else None
     cte = None if cte_addr is None else _read64(mem, cte_addr)
-    if cte is None or not I.CTE_V.get(cte):
+    if cte is None or not F.CTE_V.get(cte):
         rows.append(Row("ITS collection", cte_addr, {"icid": icid}, note="not mapped"))
         return rows, (intid, None)
-    proc = I.CTE_RDBASE.get(cte)
+    proc = F.CTE_RDBASE.get(cte)
     rows.append(Row("ITS collection", cte_addr, {"icid": icid, "rdbase": proc}))
     rd = its.gic.redistributor(proc)
     if rd is None:
@@ -782,24 +783,24 @@ def info_its(target: Target) -> View:
                 view.rows.append(dte)
                 itt, bits = dte.fields["itt"], dte.fields["eventid_bits"]
                 for ev in range(min(1 << bits, 2048)):
-                    addr = itt + ev * I.ITE_SIZE
+                    addr = itt + ev * F.ITE_SIZE
                     w0, w1 = _read64(its.memory, addr), _read64(its.memory, addr + 8)
-                    if w0 is None or not I.ITE0_V.get(w0):
+                    if w0 is None or not F.ITE0_V.get(w0):
                         continue
                     f: dict[str, Any] = {"event_id": ev}
-                    if I.ITE0_VIRTUAL.get(w0):
-                        f.update({"vintid": I.ITE0_INTID.get(w0),
-                                  "vpeid": I.ITE1_VPEID.get(w1 or 0)})
+                    if F.ITE0_VIRTUAL.get(w0):
+                        f.update({"vintid": F.ITE0_INTID.get(w0),
+                                  "vpeid": F.ITE1_VPEID.get(w1 or 0)})
                     else:
-                        f.update({"intid": I.ITE0_INTID.get(w0),
-                                  "icid": I.ITE1_ICID.get(w1 or 0)})
+                        f.update({"intid": F.ITE0_INTID.get(w0),
+                                  "icid": F.ITE1_ICID.get(w1 or 0)})
                     view.rows.append(Row("ITTE", addr, f, depth=2))
             for icid in range(min(1 << its.cidbits, 256)):
                 addr = its._entry_addr(I.BaserType.COLLECTIONS, icid)
                 c = None if addr is None else _read64(its.memory, addr)
-                if c is not None and I.CTE_V.get(c):
+                if c is not None and F.CTE_V.get(c):
                     view.rows.append(Row("collection", addr, {
-                        "icid": icid, "rdbase": I.CTE_RDBASE.get(c)}, depth=1))
+                        "icid": icid, "rdbase": F.CTE_RDBASE.get(c)}, depth=1))
         k = side.kernel
         kits = getattr(k, "its", None) if k is not None else None
         if kits is not None and hasattr(kits, "devices"):

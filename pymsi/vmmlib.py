@@ -25,6 +25,7 @@ import struct
 from typing import TYPE_CHECKING, Any, cast
 
 from .core import Prot
+from .core import gic_formats as F
 from .core.pgtable import IoPgtable, TableAllocator
 from .errors import InvalidArgument, OutOfOrder
 from .hw import smmuv3_regs as R
@@ -56,7 +57,7 @@ G_CMDQ, G_DEVT, G_COLLT, G_PROP, G_PEND, G_ITT = (0x0, 0x1_0000, 0x2_0000, 0x3_0
                                                   0x4_0000, 0x8_0000)
 G_CD, G_S1POOL, G_S1POOL_SIZE = 0xB_F000, 0xC_0000, 0x4_0000
 GICD_BASE, GICR_BASE = 0x0800_0000, 0x080A_0000
-LPI_BASE = 8192
+LPI_BASE = F.LPI_BASE
 
 
 def errno_of(fn: Any, *args: Any, **kw: Any) -> int:

@@ -15,6 +15,9 @@ from typing import Any, cast
 
 from .._repr import bounded
 from ..errors import BusError, raise_errno
+from . import gic_formats as F
+from . import pci_formats as X
+from . import vmsa_formats as V
 from .common import (
     ITSQ_DONE,
     ITSQ_DROP_COLLECTION,
@@ -290,15 +293,11 @@ class Memory:
 # ---------------------------------------------------------------------------
 # Table walks (csrc/walk.c)
 
-_VALID = 1 << 0
-_TABLE = 1 << 1
-_S1_AP2 = 1 << 7
-_S2AP_R = 1 << 6
-_S2AP_W = 1 << 7
-_AF = 1 << 10
-_NG = 1 << 11
-_APTABLE_RO = 1 << 62
-_OA_LIMIT = (1 << 48) - 1
+# the descriptor's one-bit fields as masks (pymsi.core.vmsa_formats)
+_VALID, _TABLE, _S1_AP2 = V.DESC_VALID.mask, V.DESC_TABLE.mask, V.DESC_S1_AP2.mask
+_S2AP_R, _S2AP_W, _AF = V.DESC_S2AP_R.mask, V.DESC_S2AP_W.mask, V.DESC_AF.mask
+_NG, _APTABLE_RO = V.DESC_NG.mask, V.DESC_APTABLE_RO.mask
+_OA_LIMIT = V.DESC_OA.mask
 
 
 class _WalkFault(Exception):
@@ -1085,7 +1084,7 @@ class ItsCache:
         return f"<ItsCache {NAME} entries={len(self)}>"
 
 
-_LPI_BASE = 8192
+_LPI_BASE = F.LPI_BASE
 
 
 def its_lookup_batch(cache: ItsCache, dev: int, events: Any, limits: Any, intids: Any,
@@ -1131,10 +1130,11 @@ def msix_gather(table: Any, nvec: int, masked_all: bool, vectors: Any, addrs: An
             av[k] = dv[k] = 0
             sv[k] = -errno.EINVAL
             continue
-        o = v * 16
-        av[k] = int.from_bytes(tv[o:o + 8], "little")
-        dv[k] = int.from_bytes(tv[o + 8:o + 12], "little")
-        if masked_all or tv[o + 12] & 1:
+        o = v * X.MSIX_ENTRY_SIZE
+        a, d = o + X.MSIX_ENTRY_ADDR_LO, o + X.MSIX_ENTRY_DATA     # ADDR_HI follows ADDR_LO
+        av[k] = int.from_bytes(tv[a:a + 8], "little")
+        dv[k] = int.from_bytes(tv[d:d + 4], "little")
+        if masked_all or tv[o + X.MSIX_ENTRY_CTRL] & X.MSIX_CTRL_MASKBIT:
             sv[k] = 1
             continue
         sv[k] = 0
@@ -1144,18 +1144,9 @@ def msix_gather(table: Any, nvec: int, masked_all: bool, vectors: Any, addrs: An
 
 # -- the ITS command queue (twin of csrc/itscmd.c) ----------------------------------------
 
-_OP_SYNC, _OP_MAPD, _OP_MAPC, _OP_MAPTI, _OP_MAPI, _OP_INV, _OP_INVALL = \
-    0x05, 0x08, 0x09, 0x0A, 0x0B, 0x0C, 0x0D
-_C_OPS = sum(1 << op for op in (_OP_SYNC, _OP_MAPD, _OP_MAPC, _OP_MAPTI, _OP_MAPI, _OP_INV,
-                                _OP_INVALL))
-# the command errors (pymsi.hw.its.ItsError's values)
-_E_MAPD_DEVICE_OOR, _E_MAPD_ITTSIZE_OOR = 0x010801, 0x010802
-_E_MAPC_PROCNUM_OOR, _E_MAPC_COLLECTION_OOR = 0x010902, 0x010903
-_E_MAPTI_UNMAPPED_DEVICE, _E_MAPTI_ID_OOR, _E_MAPTI_PHYSICALID_OOR = 0x010A04, 0x010A05, \
-    0x010A06
-_E_INV_UNMAPPED_INTERRUPT, _E_INVALL_UNMAPPED_COLLECTION = 0x010C07, 0x010D09
-_E_COLLECTION_OOR, _E_PROCNUM_OOR = 0x01FF01, 0x01FF07
-_PA52 = (1 << 52) - 1
+_C_OPS = sum(1 << op for op in (F.Cmd.SYNC, F.Cmd.MAPD, F.Cmd.MAPC, F.Cmd.MAPTI, F.Cmd.MAPI,
+                                F.Cmd.INV, F.Cmd.INVALL))
+_E = F.ItsError
 
 
 class ItsCmdq:
@@ -1215,9 +1206,9 @@ class ItsCmdq:
             if l1 * 8 >= span:
                 return None
             e = read64((base + l1 * 8) & U64_MAX)
-            if not e >> 63:
+            if not F.L1E_VALID.get(e):
                 return None
-            return ((e & _PA52 & ~(page - 1)) + (index % per_page) * esize) & U64_MAX
+            return ((F.L1E_ADDR.get(e) & ~(page - 1)) + (index % per_page) * esize) & U64_MAX
 
         def dte(dev: int) -> tuple[int, int] | None:
             if dev >> devbits:
@@ -1226,9 +1217,9 @@ class ItsCmdq:
             if addr is None:
                 return None
             d = read64(addr)
-            if not d & 1:
+            if not F.DTE_V.get(d):
                 return None
-            return (d >> 6 & ((1 << 44) - 1)) << 8, (d >> 1 & 0x1F) + 1
+            return F.DTE_ITT.get(d) << 8, F.DTE_SIZE.get(d) + 1
 
         def collection_rd(icid: int) -> int | None:
             if icid >> cidbits:
@@ -1237,84 +1228,85 @@ class ItsCmdq:
             if addr is None:
                 return None
             e = read64(addr)
-            return e >> 1 & 0xFFFF if e & 1 else None
+            return F.CTE_RDBASE.get(e) if F.CTE_V.get(e) else None
 
         recs: list[int] = []
 
         def execute(op: int, d0: int, d1: int, d2: int) -> int:
-            dev, event = d0 >> 32, d1 & 0xFFFF_FFFF
-            if op == _OP_MAPD:
+            dev, event = F.C0_DEVICEID.get(d0), F.C1_EVENTID.get(d1)
+            if op == F.Cmd.MAPD:
                 recs.extend((ITSQ_DROP_DEVICE, dev, 0))
                 if itc is not None:
                     itc.clear()
                 if dev >> devbits:
-                    return _E_MAPD_DEVICE_OOR
+                    return _E.MAPD_DEVICE_OOR
                 addr = entry_addr(dt, dev)
                 if addr is None:
-                    return _E_MAPD_DEVICE_OOR
-                size = d1 & 0x1F
+                    return _E.MAPD_DEVICE_OOR
+                size = F.C1_SIZE.get(d1)
                 if size + 1 > id_bits:
-                    return _E_MAPD_ITTSIZE_OOR
-                itt = d2 >> 8 & ((1 << 44) - 1)
-                write64(addr, 1 | size << 1 | itt << 6 if d2 >> 63 else 0)
+                    return _E.MAPD_ITTSIZE_OOR
+                write64(addr, F.DTE_V(1) | F.DTE_SIZE(size) | F.DTE_ITT(F.C2_ITT.get(d2))
+                        if F.C2_V.get(d2) else 0)
                 return 0
-            if op == _OP_MAPC:
-                icid = d2 & 0xFFFF
+            if op == F.Cmd.MAPC:
+                icid = F.C2_ICID.get(d2)
                 recs.extend((ITSQ_DROP_COLLECTION, icid, 0))
                 if itc is not None:
                     itc.clear()
                 if icid >> cidbits:
-                    return _E_MAPC_COLLECTION_OOR
+                    return _E.MAPC_COLLECTION_OOR
                 addr = entry_addr(ct, icid)
                 if addr is None:
-                    return _E_MAPC_COLLECTION_OOR
-                rdbase, valid = d2 >> 16 & 0xFFFF_FFFF, d2 >> 63
+                    return _E.MAPC_COLLECTION_OOR
+                rdbase, valid = F.C2_RDBASE.get(d2), F.C2_V.get(d2)
                 if valid and rdbase >= nproc:
-                    return _E_MAPC_PROCNUM_OOR
-                write64(addr, 1 | (rdbase & 0xFFFF) << 1 if valid else 0)
+                    return _E.MAPC_PROCNUM_OOR
+                write64(addr, F.CTE_V(1) | F.CTE_RDBASE.encode(rdbase) if valid else 0)
                 return 0
-            if op in (_OP_MAPTI, _OP_MAPI):
+            if op in (F.Cmd.MAPTI, F.Cmd.MAPI):
                 recs.extend((ITSQ_DROP_EVENT, dev, event))
                 if itc is not None:
                     itc._d.pop((dev, event), None)
-                intid, icid = d1 >> 32 if op == _OP_MAPTI else event, d2 & 0xFFFF
+                intid = F.C1_PINTID.get(d1) if op == F.Cmd.MAPTI else event
+                icid = F.C2_ICID.get(d2)
                 m = dte(dev)
                 if m is None:
-                    return _E_MAPTI_UNMAPPED_DEVICE
+                    return _E.MAPTI_UNMAPPED_DEVICE
                 if event >> m[1]:
-                    return _E_MAPTI_ID_OOR
-                if intid < 8192 or intid >> id_bits:
-                    return _E_MAPTI_PHYSICALID_OOR
+                    return _E.MAPTI_ID_OOR
+                if intid < F.LPI_BASE or intid >> id_bits:
+                    return _E.MAPTI_PHYSICALID_OOR
                 if icid >> cidbits:
-                    return _E_COLLECTION_OOR
-                addr = m[0] + event * 16
-                write64(addr, 1 | intid << 32)
-                write64(addr + 8, icid | 1023 << 32)
+                    return _E.COLLECTION_OOR
+                addr = m[0] + event * F.ITE_SIZE
+                write64(addr, F.ITE0_V(1) | F.ITE0_INTID(intid))
+                write64(addr + 8, F.ITE1_ICID(icid) | F.ITE1_DOORBELL(F.SPURIOUS))
                 return 0
-            if op == _OP_SYNC:
-                return 0 if d2 >> 16 & 0xFFFF_FFFF < nproc else _E_PROCNUM_OOR
-            if op == _OP_INV:
+            if op == F.Cmd.SYNC:
+                return 0 if F.C2_RDBASE.get(d2) < nproc else _E.PROCNUM_OOR
+            if op == F.Cmd.INV:
                 m = dte(dev)
                 if m is None or event >> m[1]:
-                    return _E_INV_UNMAPPED_INTERRUPT
-                addr = m[0] + event * 16
+                    return _E.INV_UNMAPPED_INTERRUPT
+                addr = m[0] + event * F.ITE_SIZE
                 ite0, ite1 = read64(addr), read64(addr + 8)
-                if not ite0 & 1:
-                    return _E_INV_UNMAPPED_INTERRUPT
-                if ite0 >> 1 & 1:
+                if not F.ITE0_V.get(ite0):
+                    return _E.INV_UNMAPPED_INTERRUPT
+                if F.ITE0_VIRTUAL.get(ite0):
                     return 0
-                proc = collection_rd(ite1 & 0xFFFF)
+                proc = collection_rd(F.ITE1_ICID.get(ite1))
                 if proc is None:
-                    return _E_INV_UNMAPPED_INTERRUPT
+                    return _E.INV_UNMAPPED_INTERRUPT
                 if proc >= nproc:
-                    return _E_PROCNUM_OOR
-                recs.extend((ITSQ_INV, proc, ite0 >> 32))
+                    return _E.PROCNUM_OOR
+                recs.extend((ITSQ_INV, proc, F.ITE0_INTID.get(ite0)))
                 return 0
-            proc = collection_rd(d2 & 0xFFFF)                   # INVALL
+            proc = collection_rd(F.C2_ICID.get(d2))                   # INVALL
             if proc is None:
-                return _E_INVALL_UNMAPPED_COLLECTION
+                return _E.INVALL_UNMAPPED_COLLECTION
             if proc >= nproc:
-                return _E_PROCNUM_OOR
+                return _E.PROCNUM_OOR
             recs.extend((ITSQ_INVALL, proc, 0))
             return 0
 
@@ -1328,7 +1320,7 @@ class ItsCmdq:
                 status = ITSQ_STALL
                 break
             d0, d1, d2 = (int.from_bytes(raw[i:i + 8], "little") for i in (0, 8, 16))
-            op = d0 & 0xFF
+            op = F.C0_OP.get(d0)
             if op >= 64 or not ops & _C_OPS & 1 << op:
                 status = ITSQ_HANDOFF
                 break
@@ -1338,7 +1330,7 @@ class ItsCmdq:
                 status = ITSQ_STALL
                 break
             if err:
-                status, code = ITSQ_ERROR, err
+                status, code = ITSQ_ERROR, int(err)
                 break
             ncmds += 1
             creadr = (creadr + 32) % cq_size

@@ -15,6 +15,7 @@ import operator
 from typing import Any, NamedTuple
 
 from ..errors import InvalidArgument, OutOfMemory
+from .pci_formats import MSIX_ENTRY_SIZE
 
 GRANULES = {4096: 12, 16384: 14, 65536: 16}
 ADDRESS_SIZES = (32, 36, 40, 42, 44, 48)
@@ -756,8 +757,9 @@ def msix_gather_views(table: Any, nvec: Any, vectors: Any, addrs: Any, datas: An
     addrs, datas, status); the table must hold ``nvec`` 16-byte entries."""
     nvec = int_arg("nvec", nvec, 32)
     tv = buffer_view(table, "u8", "table")
-    if len(tv) < 16 * nvec:
-        raise InvalidArgument(f"table: holds {len(tv)} bytes, needs {16 * nvec}")
+    need = MSIX_ENTRY_SIZE * nvec
+    if len(tv) < need:
+        raise InvalidArgument(f"table: holds {len(tv)} bytes, needs {need}")
     n, views = batch_views([(vectors, "u32", "vectors")],
                            [(addrs, "u64", "addrs"), (datas, "u32", "datas"),
                             (status, "i32", "status")])

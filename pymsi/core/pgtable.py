@@ -21,6 +21,7 @@ import enum
 from typing import Any, Protocol
 
 from ..errors import AlreadyExists, BusError, InvalidArgument, OutOfMemory
+from . import vmsa_formats as V
 from .common import (
     ADDRESS_SIZES,
     GRANULES,
@@ -47,10 +48,11 @@ class Prot(enum.IntFlag):
     PRIV = 32
 
 
-_OA_MASK = (1 << 48) - 1
-_AF = 1 << 10
-_NG = 1 << 11
-_XN = 3 << 53
+# descriptor fields (pymsi.core.vmsa_formats), as masks where one bit is tested
+_OA_MASK = V.DESC_OA.mask
+_AF, _NG = V.DESC_AF.mask, V.DESC_NG.mask
+_VALID, _TABLE = V.DESC_VALID.mask, V.DESC_TABLE.mask
+_TABLE_DESC = _VALID | _TABLE               # a table descriptor, or a page at level 3
 
 
 _MEMORY_METHODS = ("is_ram", "read", "write", "read_u64", "write_u64")
@@ -247,31 +249,33 @@ class IoPgtable:
         if self.fmt == "s1":
             bits |= _NG
             if not prot & Prot.PRIV:
-                bits |= 1 << 6
+                bits |= V.DESC_S1_AP1(1)
             if not prot & Prot.WRITE and prot & Prot.READ:
-                bits |= 1 << 7
+                bits |= V.DESC_S1_AP2(1)
             if prot & Prot.MMIO:
-                bits |= 2 << 2
+                bits |= V.DESC_S1_ATTRINDX(2)         # Linux's MAIR index for device memory
             elif prot & Prot.CACHE:
-                bits |= 1 << 2
+                bits |= V.DESC_S1_ATTRINDX(1)         # and for cacheable memory
+            if prot & Prot.NOEXEC:
+                bits |= V.DESC_S1_PXN(1) | V.DESC_S1_UXN(1)
         else:
             if prot & Prot.READ:
-                bits |= 1 << 6
+                bits |= V.DESC_S2AP_R(1)
             if prot & Prot.WRITE:
-                bits |= 1 << 7
+                bits |= V.DESC_S2AP_W(1)
             if prot & Prot.MMIO:
-                bits |= 0b0001 << 2
+                bits |= V.DESC_S2_MEMATTR(0b0001)     # Device-nGnRE
             elif prot & Prot.CACHE:
-                bits |= 0b1111 << 2
+                bits |= V.DESC_S2_MEMATTR(0b1111)     # Normal, write-back
             else:
-                bits |= 0b0101 << 2
-        bits |= (3 << 8) if prot & Prot.CACHE else (2 << 8)
-        if prot & Prot.NOEXEC:
-            bits |= _XN
+                bits |= V.DESC_S2_MEMATTR(0b0101)     # Normal, non-cacheable
+            if prot & Prot.NOEXEC:
+                bits |= V.DESC_S2_XN(0b11)
+        bits |= V.DESC_SH(3) if prot & Prot.CACHE else V.DESC_SH(2)   # inner / outer
         return bits
 
     def _leaf(self, pa: int, level: int, attrs: int) -> int:
-        return pa | attrs | (0b11 if level == 3 else 0b01)
+        return pa | attrs | (_TABLE_DESC if level == 3 else _VALID)   # page, or block
 
     def _rd(self, addr: int) -> int:
         return self.mem.read_u64(addr)
@@ -319,14 +323,14 @@ class IoPgtable:
             addr = table + 8 * self._index(va, level)
             d = self._rd(addr)
             if level == leaf_level:
-                if d & 1:
+                if d & _VALID:
                     raise AlreadyExists(f"{va:#x} is already mapped")
                 self._wr(addr, self._leaf(pa, level, attrs))
                 return
-            if not d & 1:
+            if not d & _VALID:
                 nxt = self.alloc.alloc(self.granule)
-                self._wr(addr, nxt | 0b11)
-            elif d & 0b10:
+                self._wr(addr, nxt | _TABLE_DESC)
+            elif d & _TABLE:
                 nxt = d & _OA_MASK & ~(self.granule - 1)
             else:
                 raise AlreadyExists(f"{va:#x} is inside a block mapping")
@@ -356,8 +360,8 @@ class IoPgtable:
             s, e = max(start, va), min(end, va + esize)
             addr = table + 8 * self._index(va, level)
             d = self._rd(addr)
-            if d & 1:
-                if level < 3 and d & 0b10:
+            if d & _VALID:
+                if level < 3 and d & _TABLE:
                     nxt = d & _OA_MASK & ~(self.granule - 1)
                     unmapped += self._unmap_range(nxt, level + 1, va, s, e)
                     if not any(self.mem.read(nxt, self.granule)):
@@ -368,7 +372,7 @@ class IoPgtable:
                     unmapped += esize
                 else:
                     nxt = self._split(d, level)
-                    self._wr(addr, nxt | 0b11)
+                    self._wr(addr, nxt | _TABLE_DESC)
                     unmapped += self._unmap_range(nxt, level + 1, va, s, e)
             va += esize
         return unmapped
@@ -377,7 +381,7 @@ class IoPgtable:
         """A next-level table that maps what ``block`` maps, with its attributes."""
         lsb = level_lsb(self.gshift, level)
         sub = 1 << (lsb - self.stride)
-        attrs = block & ~(_OA_MASK & ~((1 << self.gshift) - 1)) & ~0b11
+        attrs = block & ~(_OA_MASK & ~((1 << self.gshift) - 1)) & ~_TABLE_DESC
         pa = block & _OA_MASK & ~((1 << lsb) - 1)
         nxt = self.alloc.alloc(self.granule)
         entries = b"".join(
@@ -395,10 +399,10 @@ class IoPgtable:
         table, level = self.pgd, self.start_level
         while True:
             d = self._rd(table + 8 * self._index(va, level))
-            if not d & 1:
+            if not d & _VALID:
                 return None
             lsb = level_lsb(self.gshift, level)
-            if level < 3 and d & 0b10:
+            if level < 3 and d & _TABLE:
                 table, level = d & _OA_MASK & ~(self.granule - 1), level + 1
                 continue
             return (d & _OA_MASK & ~((1 << lsb) - 1)) | (va & ((1 << lsb) - 1))

@@ -27,11 +27,10 @@ import heapq
 from typing import Any
 
 from .. import trace
+from ..core.gic_formats import LPI_BASE as LPI_BASE  # defined once, re-exported
+from ..core.gic_formats import SPURIOUS as SPURIOUS
 from ..errors import InvalidArgument
 from .bits import Field, merge_access
-
-LPI_BASE = 8192
-SPURIOUS = 1023
 
 # GICD
 GICD_CTLR, GICD_TYPER, GICD_IIDR, GICD_PIDR2 = 0x0000, 0x0004, 0x0008, 0xFFE8

@@ -46,6 +46,46 @@ from typing import Any
 
 from .. import trace
 from ..core import common as _cc
+from ..core.gic_formats import (
+    C0_DEVICEID,
+    C0_OP,
+    C1_EVENTID,
+    C1_PINTID,
+    C1_SIZE,
+    C1_VPEID,
+    C2_D,
+    C2_DOORBELL,
+    C2_ICID,
+    C2_ITT,
+    C2_RDBASE,
+    C2_V,
+    C2_VINTID,
+    C3_RDBASE2,
+    C3_VPT_ADDR,
+    C3_VPT_SIZE,
+    CTE_RDBASE,
+    CTE_SIZE_BYTES,
+    CTE_V,
+    DTE_ITT,
+    DTE_SIZE,
+    DTE_SIZE_BYTES,
+    DTE_V,
+    ITE0_INTID,
+    ITE0_V,
+    ITE0_VIRTUAL,
+    ITE1_DOORBELL,
+    ITE1_ICID,
+    ITE1_VPEID,
+    ITE_SIZE,
+    L1E_ADDR,
+    L1E_VALID,
+    VPE0_RDBASE,
+    VPE0_V,
+    VPE0_VPT_SIZE,
+    VPE_SIZE_BYTES,
+)
+from ..core.gic_formats import Cmd as Cmd  # the formats are defined once there
+from ..core.gic_formats import ItsError as ItsError
 from .bits import Field, merge_access
 from .gicv3 import (
     _BIT_SET,
@@ -100,61 +140,6 @@ class BaserType(enum.IntEnum):
     COLLECTIONS = 4
 
 
-class Cmd(enum.IntEnum):
-    """ITS command opcodes."""
-
-    MOVI = 0x01
-    INT = 0x03
-    CLEAR = 0x04
-    SYNC = 0x05
-    MAPD = 0x08
-    MAPC = 0x09
-    MAPTI = 0x0A
-    MAPI = 0x0B
-    INV = 0x0C
-    INVALL = 0x0D
-    MOVALL = 0x0E
-    DISCARD = 0x0F
-    VMOVI = 0x21
-    VMOVP = 0x22
-    VSYNC = 0x25
-    VMAPP = 0x29
-    VMAPTI = 0x2A
-    VMAPI = 0x2B
-    VINVALL = 0x2D
-
-
-class ItsError(enum.IntEnum):
-    """Command and translation errors (the architecture's E_ITS_* codes, plus ours)."""
-
-    MOVI_UNMAPPED_INTERRUPT = 0x010107
-    MOVI_UNMAPPED_COLLECTION = 0x010109
-    INT_UNMAPPED_INTERRUPT = 0x010307
-    CLEAR_UNMAPPED_INTERRUPT = 0x010507
-    MAPD_DEVICE_OOR = 0x010801
-    MAPD_ITTSIZE_OOR = 0x010802
-    MAPC_PROCNUM_OOR = 0x010902
-    MAPC_COLLECTION_OOR = 0x010903
-    MAPTI_UNMAPPED_DEVICE = 0x010A04
-    MAPTI_ID_OOR = 0x010A05
-    MAPTI_PHYSICALID_OOR = 0x010A06
-    INV_UNMAPPED_INTERRUPT = 0x010C07
-    INVALL_UNMAPPED_COLLECTION = 0x010D09
-    MOVALL_PROCNUM_OOR = 0x010E01
-    DISCARD_UNMAPPED_INTERRUPT = 0x010F07
-    # Not architecturally numbered: our own.
-    UNKNOWN_COMMAND = 0x01FF00
-    COLLECTION_OOR = 0x01FF01
-    UNMAPPED_COLLECTION = 0x01FF02
-    VPE_OOR = 0x01FF03
-    UNMAPPED_VPE = 0x01FF04
-    VIRTUAL_ID_OOR = 0x01FF05
-    NOT_VIRTUAL = 0x01FF06
-    PROCNUM_OOR = 0x01FF07
-    NO_DEVICE_ID = 0x01FF08
-    DISABLED = 0x01FF09
-
-
 class _Error(Exception):
     def __init__(self, code: ItsError) -> None:
         self.code = code
@@ -164,25 +149,11 @@ class _Stall(Exception):
     """A memory error: the command queue stops."""
 
 
-# Our entry formats.
-DTE_V, DTE_SIZE, DTE_ITT = Field(0), Field(5, 1), Field(49, 6)        # ITT_addr >> 8
-CTE_V, CTE_RDBASE = Field(0), Field(16, 1)
-VPE0_V, VPE0_VPT_SIZE, VPE0_RDBASE = Field(0), Field(5, 1), Field(21, 6)
-ITE0_V, ITE0_VIRTUAL, ITE0_INTID = Field(0), Field(1), Field(63, 32)
-ITE1_ICID, ITE1_VPEID, ITE1_DOORBELL = Field(15, 0), Field(31, 16), Field(63, 32)
 _ITE0_VIRTUAL, _ITE1_ICID = ITE0_VIRTUAL.mask, ITE1_ICID.mask
 _CWRITER_OFFSET = CWRITER_OFFSET.mask
 _PENDBASER_PA = PENDBASER_PA.mask
-ENTRY_SIZE = {BaserType.DEVICES: 8, BaserType.COLLECTIONS: 8, BaserType.VPES: 16}
-ITE_SIZE = 16
-
-# Command fields.
-C0_OP, C0_DEVICEID = Field(7, 0), Field(63, 32)
-C1_SIZE, C1_EVENTID, C1_PINTID, C1_VPEID = Field(4, 0), Field(31, 0), Field(63, 32), \
-    Field(47, 32)
-C2_ICID, C2_RDBASE, C2_V, C2_ITT = Field(15, 0), Field(47, 16), Field(63), Field(51, 8)
-C2_VINTID, C2_DOORBELL, C2_D = Field(31, 0), Field(63, 32), Field(0)
-C3_RDBASE2, C3_VPT_SIZE, C3_VPT_ADDR = Field(47, 16), Field(4, 0), Field(51, 16)
+ENTRY_SIZE = {BaserType.DEVICES: DTE_SIZE_BYTES, BaserType.COLLECTIONS: CTE_SIZE_BYTES,
+              BaserType.VPES: VPE_SIZE_BYTES}
 
 # Tracepoints, named and with the fields of QEMU's hw/intc/trace-events (one per command,
 # traced as the command is taken from the queue, before it runs).
@@ -527,7 +498,7 @@ class GicV3Its:
     # -- command queue ------------------------------------------------------------
 
     def _process(self) -> None:
-        if not self.ctlr & CTLR_ENABLED or self.stalled or not self.cbaser >> 63:  # Valid
+        if not self.ctlr & CTLR_ENABLED or self.stalled or not CBASER_VALID.get(self.cbaser):
             return
         cq = self._cq
         if cq[0] != self.cbaser:                # decoded once per CBASER value
@@ -554,7 +525,7 @@ class GicV3Its:
             self._stall_memory()
             return False
         except _Error as e:
-            if self._command_error(cmd[0] & 0xFF, e.code):
+            if self._command_error(C0_OP.get(cmd[0]), e.code):
                 return False
         self.stats["commands"] += 1
         self.creadr = (self.creadr + 32) % qsize
@@ -673,9 +644,9 @@ class GicV3Its:
         if l1 * 8 >= span:
             return None
         entry = self._read64(base + l1 * 8)
-        if not entry >> 63:
+        if not L1E_VALID.get(entry):
             return None
-        return (entry & ((1 << 52) - 1) & ~(page - 1)) + (index % per_page) * esize
+        return (L1E_ADDR.get(entry) & ~(page - 1)) + (index % per_page) * esize
 
     @staticmethod
     def _decode_baser(t: BaserType, baser: int) -> _DecodedBaser:
@@ -740,8 +711,8 @@ class GicV3Its:
 
     def _execute(self, cmd: tuple[int, ...]) -> None:
         d0, d1, d2, d3 = cmd
-        op = d0 & 0xFF                                  # C0_OP
-        dev, event = d0 >> 32, d1 & 0xFFFF_FFFF         # C0_DEVICEID, C1_EVENTID
+        op = C0_OP.get(d0)
+        dev, event = C0_DEVICEID.get(d0), C1_EVENTID.get(d1)
         known = _CMD_TABLE.get(op)
         if known is None:
             if trace_gicv3_its_cmd_unknown.enabled:

@@ -31,6 +31,11 @@ from typing import Any, cast
 
 from .. import core, trace
 from .._repr import bounded
+
+# The MSI-X table entry is defined once, in pymsi.core.pci_formats; re-exported.
+from ..core.pci_formats import MSIX_CTRL_MASKBIT as MSIX_CTRL_MASKBIT
+from ..core.pci_formats import MSIX_ENTRY_CTRL as MSIX_ENTRY_CTRL
+from ..core.pci_formats import MSIX_ENTRY_SIZE as MSIX_ENTRY_SIZE
 from ..errors import InvalidArgument
 from .gicv3 import _BIT_CLEAR, _PENDBASER_PA_MASK
 from .gicv3 import Redistributor as _Redistributor
@@ -59,7 +64,6 @@ MSI_FLAGS_64BIT, MSI_FLAGS_MASKBIT = 1 << 7, 1 << 8
 # MSI-X capability.
 MSIX_FLAGS, MSIX_TABLE, MSIX_PBA = 0x02, 0x04, 0x08
 MSIX_FLAGS_QSIZE, MSIX_FLAGS_MASKALL, MSIX_FLAGS_ENABLE = 0x7FF, 1 << 14, 1 << 15
-MSIX_ENTRY_SIZE, MSIX_ENTRY_CTRL, MSIX_CTRL_MASKBIT = 16, 12, 1
 _MSIX_ENABLE_HI, _MSIX_MASKALL_HI = MSIX_FLAGS_ENABLE >> 8, MSIX_FLAGS_MASKALL >> 8
 _entry_msg = struct.Struct("<QI").unpack_from       # an MSI-X entry's address and data
 _FIRE_NONE = core.FIRE_NONE
@@ -248,7 +252,7 @@ class PciFunction:
             self._put(self.msix_cap + MSIX_PBA, msix.pba_offset | bir, 4)
             self.msix_table = bytearray(msix.vectors * MSIX_ENTRY_SIZE)
             for v in range(msix.vectors):                      # every vector masked at reset
-                self.msix_table[v * 16 + MSIX_ENTRY_CTRL] = MSIX_CTRL_MASKBIT
+                self.msix_table[v * MSIX_ENTRY_SIZE + MSIX_ENTRY_CTRL] = MSIX_CTRL_MASKBIT
             self.msix_pba = bytearray((msix.vectors + 63) // 64 * 8)
         self._reset_cfg = bytearray(self.cfg)                  # what an FLR goes back to
         self.flr_count = 0
@@ -341,7 +345,7 @@ class PciFunction:
         if self.msix is not None:
             self.msix_table[:] = bytes(len(self.msix_table))
             for v in range(self.msix.vectors):
-                self.msix_table[v * 16 + MSIX_ENTRY_CTRL] = MSIX_CTRL_MASKBIT
+                self.msix_table[v * MSIX_ENTRY_SIZE + MSIX_ENTRY_CTRL] = MSIX_CTRL_MASKBIT
             self.msix_pba[:] = bytes(len(self.msix_pba))
         self.device_reset()
         if self.host is not None:

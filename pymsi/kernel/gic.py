@@ -32,6 +32,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core import gic_formats as F
 from ..hw import gicv3 as G
 from ..hw import its as I
 from .base import EBUSY, EINVAL, EIO, ENODEV, ENOSPC, ENXIO, fail
@@ -49,9 +50,9 @@ _CPUIF = G.CpuInterface
 _RD = G.Redistributor
 _PRIO, _PENDBASER_PA, _CLEAR = G.PRIORITY_MASK, G._PENDBASER_PA_MASK, G._BIT_CLEAR
 _RUN_HANDLERS = GenIrq.run_handlers
-_NOT_EOI = (G.SPURIOUS, 1022, 1021, 1020)       # what eoir1 counts as a bad EOI
+_NOT_EOI = (F.SPURIOUS, 1022, 1021, 1020)       # what eoir1 counts as a bad EOI
 
-LPI_BASE = 8192
+LPI_BASE = F.LPI_BASE
 LPI_PROP_DEFAULT_PRIO = 0xA0
 LPI_PROP_GROUP1 = 1 << 1
 LPI_PROP_ENABLED = 1 << 0
@@ -269,7 +270,7 @@ class ItsVpe:
     vpt: int                    # virtual pending table (64 KiB aligned)
     vprop: int                  # virtual LPI property table (the VM's)
     col: int                    # the CPU it is mapped to (VMAPP / VMOVP target)
-    doorbell: int = 1023        # physical LPI rung when a vLPI arrives while not resident
+    doorbell: int = F.SPURIOUS  # physical LPI rung when a vLPI arrives while not resident
     mapped: bool = False
 
 
@@ -342,7 +343,9 @@ class ItsChip(IrqChip):
         if cpu != old:
             # its_build_movi_cmd() syncs the collection the event was on: the map is
             # updated only after the command.
-            self.its.send(I.Cmd.MOVI, d0=dev.device_id << 32, d1=event, d2=cpu, sync_cpu=old)
+            self.its.send(I.Cmd.MOVI, d0=F.C0_DEVICEID.encode(dev.device_id),
+                          d1=F.C1_EVENTID.encode(event),
+                          d2=F.C2_ICID.encode(cpu), sync_cpu=old)
             dev.events[event] = cpu
             load[old] -= 1
             load[cpu] += 1
@@ -396,8 +399,9 @@ class ItsDomainOps(IrqDomainOps):
         event = d.hwirq - dev.lpi_base
         load = its.load[bool(d.common.managed)]           # lpi_count(d), inline
         cpu = its.select_cpu(d.common.affinity or its.kernel.online_cpus, load)
-        its.send(I.Cmd.MAPTI, d0=dev.device_id << 32, d1=d.hwirq << 32 | event, d2=cpu,
-                 sync_cpu=cpu)
+        its.send(I.Cmd.MAPTI, d0=F.C0_DEVICEID.encode(dev.device_id),
+                 d1=F.C1_PINTID.encode(d.hwirq) | F.C1_EVENTID.encode(event),
+                 d2=F.C2_ICID.encode(cpu), sync_cpu=cpu)
         dev.events[event] = cpu
         load[cpu] += 1
         d.common.effective_affinity = frozenset({cpu})
@@ -408,7 +412,9 @@ class ItsDomainOps(IrqDomainOps):
         dev: ItsDevice = d.chip_data
         event = d.hwirq - dev.lpi_base
         cpu = dev.events.get(event, -1)
-        its.send(I.Cmd.DISCARD, d0=dev.device_id << 32, d1=event, sync_cpu=max(cpu, 0))
+        its.send(I.Cmd.DISCARD, d0=F.C0_DEVICEID.encode(dev.device_id),
+                 d1=F.C1_EVENTID.encode(event),
+                 sync_cpu=max(cpu, 0))
         if cpu >= 0:
             its.lpi_count(d)[cpu] -= 1
         dev.vlpi.pop(event, None)
@@ -463,8 +469,9 @@ class ItsDriver:
         self._wreg(I.GITS_CTLR, ctlr, 4)
         self._init_lpis()
         for cpu in sorted(k.online_cpus):                 # its_cpu_init_collections()
-            self.send(I.Cmd.MAPC, d2=1 << 63 | cpu << 16 | cpu, sync_cpu=cpu)
-            self.send(I.Cmd.INVALL, d2=cpu, sync_cpu=cpu)
+            self.send(I.Cmd.MAPC, d2=F.C2_V(1) | F.C2_RDBASE.encode(cpu) | F.C2_ICID.encode(cpu),
+                      sync_cpu=cpu)
+            self.send(I.Cmd.INVALL, d2=F.C2_ICID.encode(cpu), sync_cpu=cpu)
         k.printk(f"ITS@{self.base:#x}: {self.devbits}-bit DeviceIDs, {self.id_bits}-bit "
                  f"EventIDs, ITE {self.ite_size} bytes, {'GICv4' if self.virtual else 'GICv3'}")
 
@@ -600,7 +607,7 @@ class ItsDriver:
             self._queue_full()
         cmd = _pack_cmd(d0 | op, d1, d2, d3)
         if sync_cpu is not None:
-            sync = _pack_cmd(_SYNC, 0, sync_cpu << 16, 0)
+            sync = _pack_cmd(_SYNC, 0, F.C2_RDBASE.encode(sync_cpu), 0)
             after = (nxt + 32) % ITS_CMD_QUEUE_SZ
             if after == bus.read(creadr, 8) & _CWRITER_OFFSET:
                 ram.write(self.cmdq + w, cmd)
@@ -656,12 +663,13 @@ class ItsDriver:
             cur = self.kernel.ram.read(vpe.vprop + vintid - LPI_BASE, 1)[0]
             self.kernel.ram.write(vpe.vprop + vintid - LPI_BASE,
                                   bytes([cur | 1 if enable else cur & ~1]))
-            self.send(I.Cmd.INV, d0=dev.device_id << 32, d1=event)
-            self.send(I.Cmd.VSYNC, d1=vpe.vpe_id << 32)
+            self.send(I.Cmd.INV, d0=F.C0_DEVICEID.encode(dev.device_id),
+                      d1=F.C1_EVENTID.encode(event))
+            self.send(I.Cmd.VSYNC, d1=F.C1_VPEID.encode(vpe.vpe_id))
             return
         self.write_prop(d.hwirq, LPI_PROP_DEFAULT_PRIO | LPI_PROP_GROUP1
                         | (LPI_PROP_ENABLED if enable else 0))
-        self.send(I.Cmd.INV, d0=dev.device_id << 32, d1=event,
+        self.send(I.Cmd.INV, d0=F.C0_DEVICEID.encode(dev.device_id), d1=F.C1_EVENTID.encode(event),
                   sync_cpu=max(dev.events.get(event, 0), 0))
 
     def lpi_count(self, d: IrqData) -> dict[int, int]:
@@ -691,8 +699,9 @@ class ItsDriver:
             return
         base, _, esz, psz = table
         l1 = base + 8 * (index // (psz // esz))
-        if not self.kernel.ram.read_u64(l1) >> 63:
-            self.kernel.ram.write_u64(l1, 1 << 63 | self.kernel.mm.alloc(psz, psz))
+        if not F.L1E_VALID.get(self.kernel.ram.read_u64(l1)):
+            page = self.kernel.mm.alloc(psz, psz)
+            self.kernel.ram.write_u64(l1, F.L1E_VALID(1) | F.L1E_ADDR(page))
 
     def msi_prepare(self, dev: Any, nvec: int) -> ItsDevice:
         """its_msi_prepare(): an ITS device (ITT, MAPD) for ``dev``'s DeviceID."""
@@ -708,8 +717,9 @@ class ItsDriver:
         itt = self.kernel.mm.alloc(itt_size, 256)
         lpi_base = self.alloc_lpis(nr_ites)
         # its_build_mapd_cmd() names no collection: MAPD is not followed by a SYNC.
-        self.send(I.Cmd.MAPD, d0=device_id << 32, d1=nr_ites.bit_length() - 2,
-                  d2=1 << 63 | itt)
+        self.send(I.Cmd.MAPD, d0=F.C0_DEVICEID.encode(device_id),
+                  d1=F.C1_SIZE.encode(nr_ites.bit_length() - 2),
+                  d2=F.C2_V(1) | F.C2_ITT.encode(itt >> 8))
         itsdev = ItsDevice(device_id, nr_ites, itt, itt_size, lpi_base, nr_ites)
         self.devices[device_id] = itsdev
         return itsdev
@@ -719,7 +729,7 @@ class ItsDriver:
         itsdev = self.devices.get(dev.rid)
         if itsdev is None or itsdev.users:
             return
-        self.send(I.Cmd.MAPD, d0=itsdev.device_id << 32, d1=0, d2=0)
+        self.send(I.Cmd.MAPD, d0=F.C0_DEVICEID.encode(itsdev.device_id), d1=0, d2=0)
         self.kernel.mm.free(itsdev.itt, itsdev.itt_size)
         self.free_lpis(itsdev.lpi_base, itsdev.nr_lpis)
         del self.devices[itsdev.device_id]
@@ -733,10 +743,11 @@ class ItsDriver:
         if vpe.mapped:
             return
         self._alloc_table_entry(I.BaserType.VPES, vpe.vpe_id)
-        self.send(I.Cmd.VMAPP, d1=vpe.vpe_id << 32, d2=1 << 63 | vpe.col << 16,
-                  d3=vpe.vpt | (self.id_bits - 1))
-        self.send(I.Cmd.VINVALL, d1=vpe.vpe_id << 32)
-        self.send(I.Cmd.VSYNC, d1=vpe.vpe_id << 32)
+        vpeid = F.C1_VPEID.encode(vpe.vpe_id)
+        self.send(I.Cmd.VMAPP, d1=vpeid, d2=F.C2_V(1) | F.C2_RDBASE.encode(vpe.col),
+                  d3=F.C3_VPT_ADDR.encode(vpe.vpt >> 16) | F.C3_VPT_SIZE.encode(self.id_bits - 1))
+        self.send(I.Cmd.VINVALL, d1=vpeid)
+        self.send(I.Cmd.VSYNC, d1=vpeid)
         vpe.mapped = True
         self.vpes[vpe.vpe_id] = vpe
 
@@ -745,15 +756,16 @@ class ItsDriver:
         VSYNC after: the vPE no longer exists there); forgotten by the driver."""
         if not vpe.mapped:
             return
-        self.send(I.Cmd.VMAPP, d1=vpe.vpe_id << 32, d2=0)
+        self.send(I.Cmd.VMAPP, d1=F.C1_VPEID.encode(vpe.vpe_id), d2=0)
         vpe.mapped = False
         if self.vpes.get(vpe.vpe_id) is vpe:
             del self.vpes[vpe.vpe_id]
 
     def move_vpe(self, vpe: ItsVpe, cpu: int) -> None:
         """its_vpe_set_affinity(): VMOVP to another redistributor."""
-        self.send(I.Cmd.VMOVP, d1=vpe.vpe_id << 32, d2=cpu << 16)
-        self.send(I.Cmd.VSYNC, d1=vpe.vpe_id << 32)
+        vpeid = F.C1_VPEID.encode(vpe.vpe_id)
+        self.send(I.Cmd.VMOVP, d1=vpeid, d2=F.C2_RDBASE.encode(cpu))
+        self.send(I.Cmd.VSYNC, d1=vpeid)
         vpe.col = cpu
 
     def set_vcpu_affinity(self, d: IrqData, info: VcpuInfo) -> None:
@@ -764,26 +776,32 @@ class ItsDriver:
             vpe = info.vpe
             assert vpe is not None                        # MAP_VLPI names the vPE
             self.map_vpe(vpe)
-            db = vpe.doorbell if info.doorbell else 1023
+            db = vpe.doorbell if info.doorbell else F.SPURIOUS
+            vpeid = F.C1_VPEID.encode(vpe.vpe_id)
             old = dev.vlpi.get(event)
             if old is not None:                           # already forwarded: move it
-                self.send(I.Cmd.VMOVI, d0=dev.device_id << 32, d1=vpe.vpe_id << 32 | event,
-                          d2=db << 32 | 1)
+                self.send(I.Cmd.VMOVI, d0=F.C0_DEVICEID.encode(dev.device_id),
+                          d1=vpeid | F.C1_EVENTID.encode(event),
+                          d2=F.C2_DOORBELL.encode(db) | F.C2_D(1))
             else:
-                self.send(I.Cmd.DISCARD, d0=dev.device_id << 32, d1=event,
+                self.send(I.Cmd.DISCARD, d0=F.C0_DEVICEID.encode(dev.device_id),
+                          d1=F.C1_EVENTID.encode(event),
                           sync_cpu=max(dev.events.get(event, 0), 0))
-                self.send(I.Cmd.VMAPTI, d0=dev.device_id << 32, d1=vpe.vpe_id << 32 | event,
-                          d2=db << 32 | info.vintid)
-            self.send(I.Cmd.VSYNC, d1=vpe.vpe_id << 32)
+                self.send(I.Cmd.VMAPTI, d0=F.C0_DEVICEID.encode(dev.device_id),
+                          d1=vpeid | F.C1_EVENTID.encode(event),
+                          d2=F.C2_DOORBELL.encode(db) | F.C2_VINTID.encode(info.vintid))
+            self.send(I.Cmd.VSYNC, d1=vpeid)
             dev.vlpi[event] = info
             d.common.forwarded_to_vcpu = True
         elif info.cmd == VcpuCmd.UNMAP_VLPI:
             if event not in dev.vlpi:
                 raise fail(EINVAL, "LPI is not forwarded")
             cpu = max(dev.events.get(event, 0), 0)
-            self.send(I.Cmd.DISCARD, d0=dev.device_id << 32, d1=event)
-            self.send(I.Cmd.MAPTI, d0=dev.device_id << 32, d1=d.hwirq << 32 | event, d2=cpu,
-                      sync_cpu=cpu)
+            self.send(I.Cmd.DISCARD, d0=F.C0_DEVICEID.encode(dev.device_id),
+                      d1=F.C1_EVENTID.encode(event))
+            self.send(I.Cmd.MAPTI, d0=F.C0_DEVICEID.encode(dev.device_id),
+                      d1=F.C1_PINTID.encode(d.hwirq) | F.C1_EVENTID.encode(event),
+                      d2=F.C2_ICID.encode(cpu), sync_cpu=cpu)
             del dev.vlpi[event]
             d.common.forwarded_to_vcpu = False
             self.lpi_update_config(d, enable=True)

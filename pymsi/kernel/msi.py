@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from .._repr import bounded, short
+from ..core import pci_formats as X
 from ..hw import pci as P
 from .base import EBUSY, EINVAL, ENOSPC, ENOTSUPP, ERANGE, KernelError, cpumask_arg, fail
 from .irq import (
@@ -40,6 +41,9 @@ from .irq import (
     IrqDomain,
     IrqDomainOps,
 )
+
+#: An MSI-X entry's four 32-bit words, in order: address low / high, data, vector control.
+_ENTRY_WORDS = (X.MSIX_ENTRY_ADDR_LO, X.MSIX_ENTRY_ADDR_HI, X.MSIX_ENTRY_DATA, X.MSIX_ENTRY_CTRL)
 
 
 @dataclass(frozen=True)
@@ -319,15 +323,15 @@ class PciMsiLayer:
         """__pci_write_msi_msg(): MSI-X entries are rewritten with the vector masked."""
         dev = desc.dev
         if desc.is_msix:
-            entry = dev.msix_table + 16 * desc.msi_index
-            unmasked = not desc.msix_ctrl & 1
+            entry = dev.msix_table + X.MSIX_ENTRY_SIZE * desc.msi_index
+            unmasked = not desc.msix_ctrl & X.MSIX_CTRL_MASKBIT
             if unmasked:
-                dev.mmio_write(entry + 12, desc.msix_ctrl | 1)
-            dev.mmio_write(entry, msg.address_lo)
-            dev.mmio_write(entry + 4, msg.address_hi)
-            dev.mmio_write(entry + 8, msg.data)
+                dev.mmio_write(entry + X.MSIX_ENTRY_CTRL, desc.msix_ctrl | X.MSIX_CTRL_MASKBIT)
+            dev.mmio_write(entry + X.MSIX_ENTRY_ADDR_LO, msg.address_lo)
+            dev.mmio_write(entry + X.MSIX_ENTRY_ADDR_HI, msg.address_hi)
+            dev.mmio_write(entry + X.MSIX_ENTRY_DATA, msg.data)
             if unmasked:
-                dev.mmio_write(entry + 12, desc.msix_ctrl)
+                dev.mmio_write(entry + X.MSIX_ENTRY_CTRL, desc.msix_ctrl)
         else:
             cap = dev.msi_cap
             is64 = dev.cfg_read(cap + 2, 2) & (1 << 7)
@@ -353,8 +357,10 @@ class PciMsiLayer:
     def mask_vector(self, desc: MsiDesc, mask: bool) -> None:
         dev = desc.dev
         if desc.is_msix:
-            desc.msix_ctrl = (desc.msix_ctrl & ~1) | int(mask)
-            dev.mmio_write(dev.msix_table + 16 * desc.msi_index + 12, desc.msix_ctrl)
+            desc.msix_ctrl = (desc.msix_ctrl & ~X.MSIX_CTRL_MASKBIT
+                              | (X.MSIX_CTRL_MASKBIT if mask else 0))
+            dev.mmio_write(dev.msix_table + X.MSIX_ENTRY_SIZE * desc.msi_index
+                           + X.MSIX_ENTRY_CTRL, desc.msix_ctrl)
         else:
             off = self._msi_mask_reg(dev)
             if off is None:                          # no per-vector masking: parent only
@@ -565,15 +571,16 @@ class PciMsiLayer:
 
     def _entry_words(self, dev: Any, index: int) -> list[int]:
         """The four words of MSI-X table entry ``index`` (address lo/hi, data, control)."""
-        base = dev.msix_table + 16 * index
-        return [dev.mmio_read(base + o) for o in (0, 4, 8, 12)]
+        base = dev.msix_table + X.MSIX_ENTRY_SIZE * index
+        return [dev.mmio_read(base + o) for o in _ENTRY_WORDS]
 
     def _restore_entry(self, dev: Any, index: int, words: list[int]) -> None:
-        base = dev.msix_table + 16 * index
-        dev.mmio_write(base + 12, words[3] | 1)         # masked while the message changes
-        for o, w in zip((0, 4, 8), words[:3], strict=True):
+        base = dev.msix_table + X.MSIX_ENTRY_SIZE * index
+        ctrl = base + X.MSIX_ENTRY_CTRL
+        dev.mmio_write(ctrl, words[3] | X.MSIX_CTRL_MASKBIT)   # masked while the message changes
+        for o, w in zip(_ENTRY_WORDS[:3], words[:3], strict=True):
             dev.mmio_write(base + o, w)
-        dev.mmio_write(base + 12, words[3])
+        dev.mmio_write(ctrl, words[3])
 
     def _restore_device(self, dev: Any, is_msix: bool, snap: tuple[Any, ...],
                         entries: dict[int, list[int]]) -> None:

@@ -13,6 +13,7 @@ import errno as _errno
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ..core import pci_formats as X
 from ..hw import pci as P
 from .base import EBUSY, EINVAL, ENODEV, ENOENT, ENOSPC, KernelError, fail
 
@@ -183,11 +184,11 @@ class PciDev:
             self.intx(False)
             self.msix_control(enable=True, maskall=True)
             for d in descs:
-                entry = self.msix_table + 16 * d.msi_index
-                self.mmio_write(entry, d.msg.address_lo)
-                self.mmio_write(entry + 4, d.msg.address_hi)
-                self.mmio_write(entry + 8, d.msg.data)
-                self.mmio_write(entry + 12, d.msix_ctrl)
+                entry = self.msix_table + X.MSIX_ENTRY_SIZE * d.msi_index
+                self.mmio_write(entry + X.MSIX_ENTRY_ADDR_LO, d.msg.address_lo)
+                self.mmio_write(entry + X.MSIX_ENTRY_ADDR_HI, d.msg.address_hi)
+                self.mmio_write(entry + X.MSIX_ENTRY_DATA, d.msg.data)
+                self.mmio_write(entry + X.MSIX_ENTRY_CTRL, d.msix_ctrl)
             self.msix_control(enable=True, maskall=False)
 
     def has_flr(self) -> bool:

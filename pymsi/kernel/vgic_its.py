@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, cast
 
 from .. import trace
+from ..core import gic_formats as F
 from ..hw import its as I
 from ..hw.bits import Field, merge_access
 from .base import KernelError
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 
 EBUSY, ENODEV, EFAULT = _errno.EBUSY, _errno.ENODEV, _errno.EFAULT
 
-GIC_LPI_OFFSET = 8192
+GIC_LPI_OFFSET = F.LPI_BASE          # KVM's name for the first LPI
 INTERRUPT_ID_BITS_ITS = 16
 VITS_TYPER_IDBITS = 16
 VITS_TYPER_DEVBITS = 16
@@ -501,24 +502,24 @@ class VgicItsEmul:
 
     def _trace_command(self, op: int, cmd: list[int]) -> None:
         d0, d1, d2, d3 = cmd
-        dev, ev = I.C0_DEVICEID.get(d0), I.C1_EVENTID.get(d1)
+        dev, ev = F.C0_DEVICEID.get(d0), F.C1_EVENTID.get(d1)
         C = I.Cmd
         if op == C.MAPD and trace_vgic_its_cmd_mapd.enabled:
-            trace_vgic_its_cmd_mapd(device_id=dev, valid=I.C2_V.get(d2),
-                                    num_eventid_bits=I.C1_SIZE.get(d1),
-                                    itt_addr=I.C2_ITT.get(d2) << 8)
+            trace_vgic_its_cmd_mapd(device_id=dev, valid=F.C2_V.get(d2),
+                                    num_eventid_bits=F.C1_SIZE.get(d1),
+                                    itt_addr=F.C2_ITT.get(d2) << 8)
         elif op == C.MAPC and trace_vgic_its_cmd_mapc.enabled:
-            trace_vgic_its_cmd_mapc(collection_id=I.C2_ICID.get(d2), valid=I.C2_V.get(d2))
+            trace_vgic_its_cmd_mapc(collection_id=F.C2_ICID.get(d2), valid=F.C2_V.get(d2))
         elif op in (C.MAPI, C.MAPTI) and trace_vgic_its_cmd_mapi.enabled:
             trace_vgic_its_cmd_mapi(device_id=dev, event_id=ev)
         elif op == C.MOVI and trace_vgic_its_cmd_movi.enabled:
-            trace_vgic_its_cmd_movi(device_id=dev, event_id=ev, collection_id=I.C2_ICID.get(d2))
+            trace_vgic_its_cmd_movi(device_id=dev, event_id=ev, collection_id=F.C2_ICID.get(d2))
         elif op == C.MOVALL and trace_vgic_its_cmd_movall.enabled:
-            trace_vgic_its_cmd_movall(vcpu_source=I.C2_RDBASE.get(d2) & 0xFFFF_FFFF,
-                                      vcpu_target=I.C3_RDBASE2.get(d3) & 0xFFFF_FFFF)
+            trace_vgic_its_cmd_movall(vcpu_source=F.C2_RDBASE.get(d2) & 0xFFFF_FFFF,
+                                      vcpu_target=F.C3_RDBASE2.get(d3) & 0xFFFF_FFFF)
         elif op == C.INVALL and trace_vgic_its_cmd_invall.enabled:
-            vcpu = self._vcpu_of(self.collections.get(I.C2_ICID.get(d2)))
-            trace_vgic_its_cmd_invall(collection_id=I.C2_ICID.get(d2),
+            vcpu = self._vcpu_of(self.collections.get(F.C2_ICID.get(d2)))
+            trace_vgic_its_cmd_invall(collection_id=F.C2_ICID.get(d2),
                                       vcpu_id=-1 if vcpu is None else vcpu)
         else:
             tp = _DEV_EV_TRACE.get(op)
@@ -526,7 +527,7 @@ class VgicItsEmul:
                 tp(device_id=dev, event_id=ev)
 
     def _handle_command(self, cmd: list[int]) -> None:
-        op = I.C0_OP.get(cmd[0])
+        op = F.C0_OP.get(cmd[0])
         self._trace_command(op, cmd)
         handler = _HANDLERS.get(op)
         name = I.Cmd(op).name if handler else f"opcode {op:#x}"
@@ -538,10 +539,10 @@ class VgicItsEmul:
             self.errors.append((name, e.code))
 
     def _cmd_mapd(self, cmd: list[int]) -> None:
-        device_id = I.C0_DEVICEID.get(cmd[0])
-        valid = I.C2_V.get(cmd[2])
-        num_eventid_bits = I.C1_SIZE.get(cmd[1])
-        itt_addr = I.C2_ITT.get(cmd[2]) << 8
+        device_id = F.C0_DEVICEID.get(cmd[0])
+        valid = F.C2_V.get(cmd[2])
+        num_eventid_bits = F.C1_SIZE.get(cmd[1])
+        itt_addr = F.C2_ITT.get(cmd[2]) << 8
         gpa = self._check_id(self.baser_device_table, device_id)
         if gpa is None:
             raise _CmdError(E.MAPD_DEVICE_OOR)
@@ -556,9 +557,9 @@ class VgicItsEmul:
         self.its_devices[device_id] = ItsDev(device_id, itt_addr, num_eventid_bits + 1)
 
     def _cmd_mapc(self, cmd: list[int]) -> None:
-        valid = I.C2_V.get(cmd[2])
-        coll_id = I.C2_ICID.get(cmd[2])
-        target = I.C2_RDBASE.get(cmd[2]) & 0xFFFF_FFFF
+        valid = F.C2_V.get(cmd[2])
+        coll_id = F.C2_ICID.get(cmd[2])
+        target = F.C2_RDBASE.get(cmd[2]) & 0xFFFF_FFFF
         if not valid:                           # no target check for an unmap
             self._free_collection(coll_id)
             return
@@ -583,10 +584,10 @@ class VgicItsEmul:
         return self.kvm.gpa_visible(dev.itt_addr + event_id * ITE_ESZ)
 
     def _cmd_mapi(self, cmd: list[int]) -> None:
-        device_id = I.C0_DEVICEID.get(cmd[0])
-        event_id = I.C1_EVENTID.get(cmd[1])
-        coll_id = I.C2_ICID.get(cmd[2])
-        lpi_nr = I.C1_PINTID.get(cmd[1]) if I.C0_OP.get(cmd[0]) == I.Cmd.MAPTI else event_id
+        device_id = F.C0_DEVICEID.get(cmd[0])
+        event_id = F.C1_EVENTID.get(cmd[1])
+        coll_id = F.C2_ICID.get(cmd[2])
+        lpi_nr = F.C1_PINTID.get(cmd[1]) if F.C0_OP.get(cmd[0]) == I.Cmd.MAPTI else event_id
         dev = self.its_devices.get(device_id)
         if dev is None:
             raise _CmdError(E.MAPTI_UNMAPPED_DEVICE)
@@ -613,12 +614,12 @@ class VgicItsEmul:
     _cmd_mapti = _cmd_mapi
 
     def _cmd_movi(self, cmd: list[int]) -> None:
-        ite = self._find_ite(I.C0_DEVICEID.get(cmd[0]), I.C1_EVENTID.get(cmd[1]))
+        ite = self._find_ite(F.C0_DEVICEID.get(cmd[0]), F.C1_EVENTID.get(cmd[1]))
         if ite is None:
             raise _CmdError(E.MOVI_UNMAPPED_INTERRUPT)
         if not _mapped(ite.collection):
             raise _CmdError(E.MOVI_UNMAPPED_COLLECTION)
-        coll = self.collections.get(I.C2_ICID.get(cmd[2]))
+        coll = self.collections.get(F.C2_ICID.get(cmd[2]))
         if not _mapped(coll):
             raise _CmdError(E.MOVI_UNMAPPED_COLLECTION)
         ite.collection = coll
@@ -626,7 +627,7 @@ class VgicItsEmul:
         self._update_affinity(ite.irq, self._vcpu_of(coll))
 
     def _cmd_discard(self, cmd: list[int]) -> None:
-        device_id, event_id = I.C0_DEVICEID.get(cmd[0]), I.C1_EVENTID.get(cmd[1])
+        device_id, event_id = F.C0_DEVICEID.get(cmd[0]), F.C1_EVENTID.get(cmd[1])
         ite = self._find_ite(device_id, event_id)
         if ite is None or not _mapped(ite.collection):
             raise _CmdError(E.DISCARD_UNMAPPED_INTERRUPT)
@@ -636,7 +637,7 @@ class VgicItsEmul:
         self._write_entry(dev.itt_addr + event_id * ITE_ESZ, 0, ITE_ESZ)
 
     def _cmd_clear(self, cmd: list[int]) -> None:
-        ite = self._find_ite(I.C0_DEVICEID.get(cmd[0]), I.C1_EVENTID.get(cmd[1]))
+        ite = self._find_ite(F.C0_DEVICEID.get(cmd[0]), F.C1_EVENTID.get(cmd[1]))
         if ite is None:
             raise _CmdError(E.CLEAR_UNMAPPED_INTERRUPT)
         ite.irq.pending_latch = False
@@ -644,12 +645,12 @@ class VgicItsEmul:
             self.kvm.host_set_pending(cast(int, ite.irq.host_irq), False)   # hw: it has one
 
     def _cmd_int(self, cmd: list[int]) -> None:
-        ret = self.translate_msi(I.C0_DEVICEID.get(cmd[0]), I.C1_EVENTID.get(cmd[1]))
+        ret = self.translate_msi(F.C0_DEVICEID.get(cmd[0]), F.C1_EVENTID.get(cmd[1]))
         if ret:
             raise _CmdError(ret)
 
     def _cmd_inv(self, cmd: list[int]) -> None:
-        ite = self._find_ite(I.C0_DEVICEID.get(cmd[0]), I.C1_EVENTID.get(cmd[1]))
+        ite = self._find_ite(F.C0_DEVICEID.get(cmd[0]), F.C1_EVENTID.get(cmd[1]))
         if ite is None:
             raise _CmdError(E.INV_UNMAPPED_INTERRUPT)
         ret = self.update_lpi_config(ite.irq)
@@ -657,7 +658,7 @@ class VgicItsEmul:
             raise _CmdError(ret)
 
     def _cmd_invall(self, cmd: list[int]) -> None:
-        coll = self.collections.get(I.C2_ICID.get(cmd[2]))
+        coll = self.collections.get(F.C2_ICID.get(cmd[2]))
         if not _mapped(coll):
             raise _CmdError(E.INVALL_UNMAPPED_COLLECTION)
         vcpu = self._vcpu_of(coll)
@@ -666,8 +667,8 @@ class VgicItsEmul:
                 self.update_lpi_config(irq, vcpu)
 
     def _cmd_movall(self, cmd: list[int]) -> None:
-        t1 = I.C2_RDBASE.get(cmd[2]) & 0xFFFF_FFFF
-        t2 = I.C3_RDBASE2.get(cmd[3]) & 0xFFFF_FFFF
+        t1 = F.C2_RDBASE.get(cmd[2]) & 0xFFFF_FFFF
+        t2 = F.C3_RDBASE2.get(cmd[3]) & 0xFFFF_FFFF
         if t1 not in self.kvm.vcpus or t2 not in self.kvm.vcpus:   # kvm_get_vcpu_by_id()
             raise _CmdError(E.MOVALL_PROCNUM_OOR)
         if t1 == t2:

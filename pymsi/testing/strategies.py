@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.strategies import DrawFn, SearchStrategy
 
 from ..core import Prot, Stage1, Stage2, XlateConfig
+from ..core import gic_formats as F
 from ..errors import InvalidArgument
 from ..hw import smmuv3_regs as R
 from ..uapi import iommufd as I  # noqa: E741
@@ -308,7 +309,7 @@ _MAPPING_OPCODES = (0x01, 0x08, 0x09, 0x0A, 0x0B, 0x0F)
 
 
 def its_commands(*, valid: bool | None = None, devices: int = 4, events: int = 8,
-                 collections: int = 5, cpus: int = 4, lpi_base: int = 8192
+                 collections: int = 5, cpus: int = 4, lpi_base: int = F.LPI_BASE
                  ) -> SearchStrategy[tuple[str, Any]]:
     """A GICv3 ITS command over a small universe, as ``(name, fields)``.
 
