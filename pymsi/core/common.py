@@ -12,7 +12,14 @@ from __future__ import annotations
 import enum
 import errno
 import operator
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    #: An object exporting the buffer protocol (array.array, bytearray, memoryview, a numpy
+    #: array): what the batch entry points read from or write into.
+    from typing_extensions import Buffer as Buffer
+else:
+    Buffer = memoryview | bytearray   # the same meaning at run time, for help() and inspect
 
 from ..errors import InvalidArgument, OutOfMemory
 
@@ -615,10 +622,11 @@ def buffer_view(obj: Any, kind: str, name: str, writable: bool = False) -> memor
     return mv
 
 
-Buffer = tuple[Any, str, str]      # (object, "u32" | "u64" | "i32", argument name)
+BufferSpec = tuple[object, str, str]   # (object, "u32" | "u64" | "i32", argument name)
 
 
-def batch_views(inputs: list[Buffer], outputs: list[Buffer]) -> tuple[int, list[memoryview]]:
+def batch_views(inputs: list[BufferSpec],
+                outputs: list[BufferSpec]) -> tuple[int, list[memoryview]]:
     """The checked views of a batch call's buffers, inputs then outputs.
 
     Every input must hold the same number of items ``n``, every output at
