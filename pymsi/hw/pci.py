@@ -25,15 +25,18 @@ import array
 import enum
 import functools
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from .. import core, trace
 from .._repr import bounded
 from ..errors import InvalidArgument
 from .gicv3 import _BIT_CLEAR, _PENDBASER_PA_MASK
 from .gicv3 import Redistributor as _Redistributor
+
+if TYPE_CHECKING:
+    from .bus import Bus
 
 # Type-0 header.
 VENDOR_ID, DEVICE_ID, COMMAND, STATUS = 0x00, 0x02, 0x04, 0x06
@@ -568,7 +571,7 @@ class PciFunction:
         self.stats.disabled += 1
         return Delivery.DISABLED
 
-    def notify_batch(self, vectors: Any) -> list[Delivery]:
+    def notify_batch(self, vectors: Sequence[int]) -> list[Delivery]:
         """Raise each of ``vectors``, in order, with the outcome of :meth:`notify` of each
         one at a time (the same messages, PBA bits, statistics, IOMMU events and
         interrupts): returns what became of each.
@@ -669,7 +672,7 @@ class PciHost:
     addresses while its Command.Memory Space bit is set.
     """
 
-    def __init__(self, bus: Any, ecam_base: int | None = None, ecam_buses: int = 16) -> None:
+    def __init__(self, bus: Bus, ecam_base: int | None = None, ecam_buses: int = 16) -> None:
         self.bus = bus
         self.functions: dict[int, PciFunction] = {}
         self._windows: dict[tuple[int, int], int] = {}

@@ -63,12 +63,17 @@ import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from ..errors import DeviceModelError, InvalidArgument
 from . import pci as P
 from .bus import DmaResult
 from .pci import Bar, Delivery, MsiConfig, MsixConfig, PciFunction, PciHost
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeVarTuple, Unpack
+
+    _Ts = TypeVarTuple("_Ts")
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -139,7 +144,7 @@ class PciDeviceModel(PciFunction):
     PROPERTIES: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, bus: int = 0, device: int = 0, function: int = 0,
-                 **props: Any) -> None:
+                 **props: object) -> None:
         for name in props:
             if name not in self.PROPERTIES:
                 known = ", ".join(sorted(self.PROPERTIES)) or "none"
@@ -380,7 +385,8 @@ class PciDeviceModel(PciFunction):
             return Delivery.DISABLED
         return self.notify(vector)
 
-    def schedule(self, delay_ns: int, callback: Callable[..., Any], *args: Any) -> None:
+    def schedule(self, delay_ns: int, callback: Callable[[Unpack[_Ts]], object],
+                 *args: Unpack[_Ts]) -> None:
         """Run ``callback(*args)`` ``delay_ns`` from now on the machine's scheduler; with
         none, at once.  A reset of the function cancels it (QEMU's ``timer_del`` in a
         reset handler)."""
