@@ -144,6 +144,7 @@ from pymsi.hw.its import GicV3Its
 from pymsi.hw.smmuv3 import SMMUv3
 from pymsi.hw.x86 import X86MsiController
 import array
+from pymsi import core
 
 def good(c: CMemory, p: PyMemory, v: IpaView, pt: IoPgtable) -> None:
     for m in (c, p, v):
@@ -162,6 +163,9 @@ def good(c: CMemory, p: PyMemory, v: IpaView, pt: IoPgtable) -> None:
     fire, last = msi_router(f, p, ItsCache(), p, array.array("I"), array.array("Q"))
     y: int = fire(1, 2, 3, 4, 5)
     z: WalkResult | str | None = last()
+    m = core.Memory()                               # whichever backend runs
+    Bus(m).attach_iommu(0, 1, SMMUv3(m))
+    w: WalkResult = core.translate(m, 0, False, core.XlateConfig(s2=pt.stage2_config()))
 
 def bad(p: PyMemory, bus: Bus, pt: IoPgtable) -> None:
     Bus(object())                                   # E1: not a memory
@@ -171,6 +175,7 @@ def bad(p: PyMemory, bus: Bus, pt: IoPgtable) -> None:
     pt.stage1_config(ipss=40)                       # E8: no such field
     f = stream_translator(p, Streams())
     s: str = f(1, 2, True)                          # E9: a WalkResult or None
+    core.Memory().read("0", 4)                      # E10: an address is an int
 '''
 
 
@@ -189,4 +194,4 @@ def test_a_type_checker_accepts_the_real_objects_and_refuses_others(tmp_path) ->
     lines = _USER.splitlines()
     where = sorted({int(e.split(":")[1]) for e in errors})
     assert all("# E" in lines[n - 1] for n in where), r.stdout   # none in good()
-    assert len(where) == 6 and len(errors) == 9, r.stdout
+    assert len(where) == 7 and len(errors) == 10, r.stdout

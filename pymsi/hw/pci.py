@@ -600,7 +600,7 @@ class PciFunction:
         addrs = array.array("Q", bytes(8 * n))
         datas, status = array.array("I", bytes(4 * n)), array.array("i", bytes(4 * n))
         ok = core.msix_gather(self.msix_table, self.msix.vectors,  # type: ignore[union-attr]  # as in notify
-                              cfg[cap + 3] & _MSIX_MASKALL_HI, va, addrs, datas, status)
+                              bool(cfg[cap + 3] & _MSIX_MASKALL_HI), va, addrs, datas, status)
         stats = self.stats
         out = [Delivery.SENT] * n
         where = None
