@@ -97,7 +97,7 @@ class MmioWindow(NamedTuple):
 
     base: int
     size: int
-    model: Any
+    model: Any                  # an MmioModel (given requester_id= when attrs)
     name: str
     attrs: bool
 
@@ -113,7 +113,7 @@ class DmaResult(NamedTuple):
     ok: bool
     pa: int | None
     value: int | None = None
-    iommu: Any = None
+    iommu: IommuTranslation | None = None
     bus_error: bool = False
     posted: bool = False
     """Queued behind the access in progress: not performed yet (``ok`` says nothing)."""

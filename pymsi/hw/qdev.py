@@ -73,6 +73,8 @@ from .pci import Bar, Delivery, MsiConfig, MsixConfig, PciFunction, PciHost
 if TYPE_CHECKING:
     from typing_extensions import TypeVarTuple, Unpack
 
+    from ..sched import Event, Scheduler
+
     _Ts = TypeVarTuple("_Ts")
 
 __all__ = [
@@ -177,8 +179,8 @@ class PciDeviceModel(PciFunction):
         self._handlers = [(self._bind(d.read), self._bind(d.write)) for d in decls]
         self.realized = False
         #: the machine's event loop (pymsi.sched.Scheduler), if it has one
-        self.scheduler: Any = None
-        self._timers: set[Any] = set()        # events scheduled and not run (cancelled at reset)
+        self.scheduler: Scheduler | None = None
+        self._timers: set[Event] = set()        # events scheduled and not run (cancelled at reset)
         self.dma_stats = {"reads": 0, "writes": 0, "faults": 0, "blocked": 0}
 
     def _bind(self, cb: Any) -> Callable[..., Any] | None:
@@ -393,7 +395,7 @@ class PciDeviceModel(PciFunction):
         if self.scheduler is None:
             callback(*args)
             return
-        box: list[Any] = []
+        box: list[Event] = []
 
         def fire() -> None:
             self._timers.discard(box[0])
