@@ -39,6 +39,7 @@ from .common import (
     Fault,
     FaultKind,
     IotlbCommands,
+    ItsCmdqConfig,
     ItsTable,
     Stage1,
     Stage2,
@@ -1199,7 +1200,7 @@ class ItsCmdq:
     backend = NAME
 
     def __init__(self) -> None:
-        self._cfg: tuple[Any, ...] = (0, 0, 0, 0, 0, 0, (0, 0, 0, 0, 0, 0), (0, 0, 0, 0, 0, 0))
+        self._cfg: ItsCmdqConfig = (0, 0, 0, 0, 0, 0, (0, 0, 0, 0, 0, 0), (0, 0, 0, 0, 0, 0))
 
     def configure(self, cq_base: int, cq_size: int, nproc: int, devbits: int, id_bits: int,
                   cidbits: int, devices: ItsTable, collections: ItsTable) -> None:

@@ -143,7 +143,7 @@ class PciDeviceModel(PciFunction):
     #: MSI vectors (0: no MSI capability; else 1..32, a power of two, 64-bit, no masking)
     MSI_VECTORS: ClassVar[int] = 0
     #: property name -> default; values become attributes of the instance
-    PROPERTIES: ClassVar[dict[str, Any]] = {}
+    PROPERTIES: ClassVar[dict[str, object]] = {}
 
     def __init__(self, bus: int = 0, device: int = 0, function: int = 0,
                  **props: object) -> None:
