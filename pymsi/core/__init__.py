@@ -17,6 +17,7 @@ import importlib
 import os
 import warnings
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from .common import (
     ADDRESS_SIZES,
@@ -81,24 +82,50 @@ _choice = os.environ.get("PYMSI_BACKEND", "").strip().lower()
 _impl = backend(_choice) if _choice else _default()
 
 BACKEND: str = _impl.NAME
-Memory = _impl.Memory
-Iotlb = _impl.Iotlb
-MsiTable = _impl.MsiTable
-walk = _impl.walk
-translate = _impl.translate
-compose_batch = _impl.compose_batch
-translate_batch = _impl.translate_batch
-msi_batch = _impl.msi_batch
-Streams = _impl.Streams
-stream_batch = _impl.stream_batch
-stream_translator = _impl.stream_translator
-pending_batch = _impl.pending_batch
-ItsCache = _impl.ItsCache
-ItsCmdq = _impl.ItsCmdq
-its_lookup_batch = _impl.its_lookup_batch
-msix_gather = _impl.msix_gather
-msi_router = _impl.msi_router
-FIRE_NONE, FIRE_TRANSLATED = _impl.FIRE_NONE, _impl.FIRE_TRANSLATED
+if TYPE_CHECKING:
+    # For a type checker, the names are the Python twin's: the two backends have the
+    # same signatures (tests/test_core_signatures.py), and the C one's classes are
+    # thin wrappers a checker cannot see into any better.
+    from ._pybackend import FIRE_NONE as FIRE_NONE
+    from ._pybackend import FIRE_TRANSLATED as FIRE_TRANSLATED
+    from ._pybackend import (
+        Iotlb,
+        ItsCache,
+        ItsCmdq,
+        Memory,
+        MsiTable,
+        Streams,
+        compose_batch,
+        its_lookup_batch,
+        msi_batch,
+        msi_router,
+        msix_gather,
+        pending_batch,
+        stream_batch,
+        stream_translator,
+        translate,
+        translate_batch,
+        walk,
+    )
+else:
+    Memory = _impl.Memory
+    Iotlb = _impl.Iotlb
+    MsiTable = _impl.MsiTable
+    walk = _impl.walk
+    translate = _impl.translate
+    compose_batch = _impl.compose_batch
+    translate_batch = _impl.translate_batch
+    msi_batch = _impl.msi_batch
+    Streams = _impl.Streams
+    stream_batch = _impl.stream_batch
+    stream_translator = _impl.stream_translator
+    pending_batch = _impl.pending_batch
+    ItsCache = _impl.ItsCache
+    ItsCmdq = _impl.ItsCmdq
+    its_lookup_batch = _impl.its_lookup_batch
+    msix_gather = _impl.msix_gather
+    msi_router = _impl.msi_router
+    FIRE_NONE, FIRE_TRANSLATED = _impl.FIRE_NONE, _impl.FIRE_TRANSLATED
 
 from .pgtable import IoPgtable, IpaView, Prot, TableAllocator  # noqa: E402
 

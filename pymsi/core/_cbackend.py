@@ -16,7 +16,7 @@ import functools
 import struct
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .._core_c import ffi, lib
 from .._csrc import csrc_hash, tree_csrc
@@ -25,12 +25,15 @@ from ..errors import OutOfMemory, check, raise_errno
 from .common import (
     ITSQ_REC_MAX,
     MAX_ACCESS,
+    Buffer,
     Fault,
     FaultKind,
     IotlbCommands,
+    ItsTable,
     Stage1,
     Stage2,
     WalkResult,
+    Wrapped,
     XlateConfig,
     batch_views,
     bit_args,
@@ -52,6 +55,9 @@ from .common import (
     translate_args,
     walk_args,
 )
+
+if TYPE_CHECKING:
+    import array
 
 
 def _check_fresh() -> None:
@@ -200,13 +206,13 @@ class Memory:
             raise_errno(rc, f"bit {bit} of the byte at {addr:#x}")
         return rc == 1
 
-    def ram_checker(self) -> Any:
+    def ram_checker(self) -> Callable[[int, int], int]:
         """``f(addr, size)``: :meth:`is_ram` for callers on a hot path that pass exact ints
         (both < 2**64): no argument checks beyond the C conversion's (TypeError,
         OverflowError); returns 1 or 0.  One C call, no Python frame."""
         return functools.partial(_mem_is_ram, self._p)
 
-    def bit_updater(self) -> Any:
+    def bit_updater(self) -> Callable[[int, int, int], int]:
         """``f(addr, bit, op)``: :meth:`update_bit` for callers on a hot path that pass
         exact ints (addr < 2**64, op 0 read / 1 set / 2 clear): no argument checks beyond
         the C conversion's (TypeError, OverflowError), the old bit (0 or 1) or a negative
@@ -430,11 +436,30 @@ class Iotlb(IotlbCommands):
         lib.pymsi_tlb_get_stats(self._p, self._stats)
         return getattr(self._stats, name)
 
-    capacity = property(lambda self: self._stat("capacity"), doc="Maximum number of entries.")
-    hits = property(lambda self: self._stat("hits"), doc="Lookups that found an entry.")
-    misses = property(lambda self: self._stat("misses"), doc="Lookups that walked.")
-    inserts = property(lambda self: self._stat("inserts"), doc="Entries added.")
-    evictions = property(lambda self: self._stat("evictions"), doc="Entries evicted (CLOCK).")
+    @property
+    def capacity(self) -> int:
+        """Maximum number of entries."""
+        return self._stat("capacity")
+
+    @property
+    def hits(self) -> int:
+        """Lookups that found an entry."""
+        return self._stat("hits")
+
+    @property
+    def misses(self) -> int:
+        """Lookups that walked."""
+        return self._stat("misses")
+
+    @property
+    def inserts(self) -> int:
+        """Entries added."""
+        return self._stat("inserts")
+
+    @property
+    def evictions(self) -> int:
+        """Entries evicted (CLOCK)."""
+        return self._stat("evictions")
 
     def __len__(self) -> int:
         return self._stat("count")
@@ -607,8 +632,8 @@ def _tlb(tlb: Iotlb | None) -> Any:
     return _NULL if t is None else t._p
 
 
-def compose_batch(table: MsiTable, doorbell_pa: int, devs: Any, idx: Any, out_addr: Any,
-                  status: Any) -> int:
+def compose_batch(table: MsiTable, doorbell_pa: int, devs: Buffer, idx: Buffer,
+                  out_addr: Buffer, status: Buffer) -> int:
     """Compose the MSI address of every (devs[k], idx[k]); returns how many had an entry."""
     obj_arg("table", table, MsiTable)
     doorbell_pa = int_arg("doorbell_pa", doorbell_pa)
@@ -619,7 +644,7 @@ def compose_batch(table: MsiTable, doorbell_pa: int, devs: Any, idx: Any, out_ad
                  "compose_batch")
 
 
-def translate_batch(mem: Memory, cfg: XlateConfig, iovas: Any, out_pa: Any, status: Any,
+def translate_batch(mem: Memory, cfg: XlateConfig, iovas: Buffer, out_pa: Buffer, status: Buffer,
                     tlb: Iotlb | None = None, write: bool = False) -> int:
     """Translate every iovas[k]; returns how many translated without a fault."""
     obj_arg("mem", mem, Memory)
@@ -633,8 +658,8 @@ def translate_batch(mem: Memory, cfg: XlateConfig, iovas: Any, out_pa: Any, stat
                  "translate_batch")
 
 
-def msi_batch(table: MsiTable, mem: Memory, cfg: XlateConfig, doorbell_pa: int, devs: Any,
-              idx: Any, out_addr: Any, out_pa: Any, status: Any,
+def msi_batch(table: MsiTable, mem: Memory, cfg: XlateConfig, doorbell_pa: int, devs: Buffer,
+              idx: Buffer, out_addr: Buffer, out_pa: Buffer, status: Buffer,
               tlb: Iotlb | None = None) -> int:
     """Compose each vector's MSI address and translate the device's write to it.
 
@@ -678,7 +703,7 @@ class Streams:
     def set(self, sid: int, mode: int, cfg: XlateConfig | None = None, ias: int = 0) -> None:
         """Remember how StreamID ``sid`` is handled."""
         sid, mode, cfg, ias = streams_set_args(sid, mode, cfg, ias)
-        c = _prepare(cfg) if mode == lib.PYMSI_STREAM_TRANSLATE else _NULL
+        c = _prepare(cfg) if mode == lib.PYMSI_STREAM_TRANSLATE and cfg is not None else _NULL
         check(lib.pymsi_streams_set(self._p, sid, mode, c, ias),
               f"stream {sid:#x} mode {mode} ias {ias}")
         self._d[sid] = (mode, cfg if mode == lib.PYMSI_STREAM_TRANSLATE else None, ias)
@@ -705,9 +730,9 @@ class Streams:
         return f"<Streams {NAME} streams={len(self)}>"
 
 
-def stream_batch(mem: Memory, streams: Streams, sids: Any, iovas: Any, out_pa: Any,
-                 status: Any, tlb: Iotlb | None = None, write: bool = False,
-                 unresolved: Any = None) -> int:
+def stream_batch(mem: Memory, streams: Streams, sids: Buffer, iovas: Buffer, out_pa: Buffer,
+                 status: Buffer, tlb: Iotlb | None = None, write: bool = False,
+                 unresolved: Buffer | None = None) -> int:
     """Translate every (sids[k], iovas[k]) through its stream's configuration.
 
     Returns how many items were translated or bypassed; the others were
@@ -729,8 +754,8 @@ def stream_batch(mem: Memory, streams: Streams, sids: Any, iovas: Any, out_pa: A
 
 
 def stream_translator(mem: Memory, streams: Streams, tlb: Iotlb | None = None,
-                      wrap: Callable[[WalkResult], Any] | None = None
-                      ) -> Callable[[int, int, bool], Any]:
+                      wrap: Callable[[WalkResult], Wrapped] | None = None
+                      ) -> Callable[[int, int, bool], WalkResult | Wrapped | None]:
     """A function ``(sid, iova, write)`` translating one transaction through ``streams``.
 
     It returns the :class:`WalkResult` (a fault included) when ``sid`` is a known StreamID
@@ -751,9 +776,8 @@ def stream_translator(mem: Memory, streams: Streams, tlb: Iotlb | None = None,
     seen_get = seen.get
 
     def result(raw: bytes) -> Any:
-        r = _results_get(raw) or _build(raw)
-        if wrap is not None and r.fault is None:
-            r = wrap(r)
+        w = _results_get(raw) or _build(raw)
+        r: WalkResult | Wrapped = w if wrap is None or w.fault is not None else wrap(w)
         if len(seen) >= _RESULTS_MAX:
             seen.clear()
         seen[raw] = r
@@ -776,15 +800,16 @@ def stream_translator(mem: Memory, streams: Streams, tlb: Iotlb | None = None,
 FIRE_NONE, FIRE_TRANSLATED = lib.PYMSI_FIRE_NONE, lib.PYMSI_FIRE_TRANSLATED
 
 
-def msi_router(translator: Any, ram: Memory, itc: ItsCache, gicmem: Memory, limits: Any,
-               tables: Any) -> tuple[Callable[[int, int, int, int, int], int],
-                                     Callable[[], Any]]:
+def msi_router(translator: Callable[[int, int, bool], Wrapped], ram: Memory, itc: ItsCache,
+               gicmem: Memory, limits: array.array[int], tables: array.array[int]
+               ) -> tuple[Callable[[int, int, int, int, int], int], Callable[[], Wrapped]]:
     """``(fire, last)``: one MSI write along a cached route in one C call
     (pymsi_msi_fire): see the Python core's ``msi_router``.  ``fire`` is the C function
     bound to its objects (no Python frame); ``limits`` and ``tables`` are read in place
     at every call."""
     parts, n = router_args(translator, ram, itc, gicmem, limits, tables, Memory, ItsCache)
-    mem, tp, sp, res, last = parts
+    mem, tp, sp, res, last = cast("tuple[Memory, object, object, object, Callable[[], Wrapped]]",
+                                  parts)
     fire = functools.partial(lib.pymsi_msi_fire, mem._p, tp, sp, ram._p, itc._p, gicmem._p,
                              ffi.from_buffer("uint32_t[]", limits),
                              ffi.from_buffer("uint64_t[]", tables), n, res)
@@ -794,7 +819,7 @@ def msi_router(translator: Any, ram: Memory, itc: ItsCache, gicmem: Memory, limi
 _B = sys.modules[__name__]
 
 
-def pending_batch(mem: Memory, tables: Any, intids: Any, old: Any) -> int:
+def pending_batch(mem: Memory, tables: Buffer, intids: Buffer, old: Buffer) -> int:
     """Set bit intids[k] of the pending table at tables[k] for every k (old[k]: the bit
     as it was, 0 or 1, or -EFAULT when its byte is not RAM); returns how many were set."""
     obj_arg("mem", mem, Memory)
@@ -851,8 +876,8 @@ class ItsCache:
         return f"<ItsCache {NAME} entries={len(self)}>"
 
 
-def its_lookup_batch(cache: ItsCache, dev: int, events: Any, limits: Any, intids: Any,
-                     status: Any, grouped: Any, counts: Any) -> int:
+def its_lookup_batch(cache: ItsCache, dev: int, events: Buffer, limits: Buffer, intids: Buffer,
+                     status: Buffer, grouped: Buffer, counts: Buffer) -> int:
     """Look up every (dev, events[k]): status[k] is the processor of a hit whose INTID
     is in [8192, limits[processor]) (the others: -ENOENT), intids[k] its INTID (0 if
     none); the hits' INTIDs go to ``grouped`` by processor, in item order within each,
@@ -864,8 +889,8 @@ def its_lookup_batch(cache: ItsCache, dev: int, events: Any, limits: Any, intids
     return lib.pymsi_itc_lookup_batch(cache._p, dev, ec, n, lc, nproc, ic, sc, gc, cc)
 
 
-def msix_gather(table: Any, nvec: int, masked_all: bool, vectors: Any, addrs: Any,
-                datas: Any, status: Any) -> int:
+def msix_gather(table: Buffer, nvec: int, masked_all: bool, vectors: Buffer, addrs: Buffer,
+                datas: Buffer, status: Buffer) -> int:
     """Read the MSI-X entries of vectors[k] from ``table`` (``nvec`` 16-byte entries):
     addrs[k], datas[k] and status[k] 0 (to send), 1 (masked, by its vector control or
     ``masked_all``) or -EINVAL (no such vector: address and data 0).  Returns how many
@@ -889,7 +914,7 @@ class ItsCmdq:
         self._rec = ffi.new("uint64_t[]", 3 * ITSQ_REC_MAX)
 
     def configure(self, cq_base: int, cq_size: int, nproc: int, devbits: int, id_bits: int,
-                  cidbits: int, devices: Any, collections: Any) -> None:
+                  cidbits: int, devices: ItsTable, collections: ItsTable) -> None:
         """The queue (base, bytes), the number of redistributors, the ID widths and the
         decoded device and collection tables ((valid, indirect, base, span, entry
         size, page size) each)."""

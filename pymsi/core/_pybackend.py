@@ -11,7 +11,7 @@ import errno
 import sys
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from .._repr import bounded
 from ..errors import BusError, raise_errno
@@ -38,13 +38,17 @@ from .common import (
     STREAM_BYPASS,
     STREAM_TRANSLATE,
     U64_MAX,
+    Buffer,
     Fault,
     FaultKind,
     IotlbCommands,
+    ItsCmdqConfig,
+    ItsTable,
     Stage1,
     Stage2,
     TlbKind,
     WalkResult,
+    Wrapped,
     XlateConfig,
     batch_views,
     bit_args,
@@ -67,6 +71,9 @@ from .common import (
     translate_args,
     walk_args,
 )
+
+if TYPE_CHECKING:
+    import array
 
 NAME = "python"
 
@@ -189,7 +196,7 @@ class Memory:
             self._write(addr, bytes([byte | 1 << bit if value else byte & ~(1 << bit)]))
         return bool(byte >> bit & 1)
 
-    def ram_checker(self) -> Any:
+    def ram_checker(self) -> Callable[[int, int], int]:
         """``f(addr, size)``: :meth:`is_ram` for callers on a hot path that pass exact ints
         (both < 2**64): no argument checks beyond the C conversion's (TypeError,
         OverflowError); returns 1 or 0."""
@@ -203,7 +210,7 @@ class Memory:
                 raise OverflowError(f"integer {v} does not fit")
         return int(self._is_ram(addr, size))
 
-    def bit_updater(self) -> Any:
+    def bit_updater(self) -> Callable[[int, int, int], int]:
         """``f(addr, bit, op)``: :meth:`update_bit` for callers on a hot path that pass
         exact ints (addr < 2**64, op 0 read / 1 set / 2 clear): no argument checks beyond
         the C conversion's (TypeError, OverflowError), the old bit (0 or 1) or a negative
@@ -275,7 +282,7 @@ class Memory:
         if src is not self:
             self._alias_srcs[id(src)] = src
 
-    def desc(self, addr: int) -> int | None:
+    def _desc(self, addr: int) -> int | None:
         """The u64 a table walk reads at ``addr``, or None for a bus error."""
         off = addr & PAGE_MASK
         if off <= PAGE_SIZE - 8:
@@ -356,7 +363,7 @@ def _s2_walk(mem: Memory, c: Stage2, ipa: int, write: bool) -> _Leaf:
     table = _start_table(c.vttb, width)
     while True:
         idx = (ipa >> lsb) & ((1 << width) - 1)
-        d = mem.desc(table + idx * 8)
+        d = mem._desc(table + idx * 8)
         if d is None:
             raise _WalkFault(FaultKind.EXTERNAL_ABORT, 2, level, ipa)
         kind, addr = _decode(d, g, level, lsb, c.ps)
@@ -409,7 +416,7 @@ def _s1_walk(mem: Memory, cfg: XlateConfig, va: int, write: bool) -> _Leaf:
                 f.fault = f.fault._replace(s1_table_walk=True)
                 raise
             daddr = l2[0] | (daddr & ((1 << l2[1]) - 1))
-        d = mem.desc(daddr)
+        d = mem._desc(daddr)
         if d is None:
             raise _WalkFault(FaultKind.EXTERNAL_ABORT, 1, level, None)
         kind, addr = _decode(d, g, level, lsb, c.ips)
@@ -519,18 +526,43 @@ class Iotlb(IotlbCommands):
     backend = NAME
 
     def __init__(self, capacity: int = 256) -> None:
-        self.capacity = capacity_arg(capacity)
+        self._capacity = capacity_arg(capacity)
         self._lru: OrderedDict[_TlbKey, _Entry] = OrderedDict()  # CLOCK queue, last = newest
         self._shift_mask = 0
         self._nglobal = 0
-        self.hits = self.misses = self.inserts = self.evictions = 0
+        self._hits = self._misses = self._inserts = self._evictions = 0
+
+    @property
+    def capacity(self) -> int:
+        """Maximum number of entries."""
+        return self._capacity
+
+    @property
+    def hits(self) -> int:
+        """Lookups that found an entry."""
+        return self._hits
+
+    @property
+    def misses(self) -> int:
+        """Lookups that walked."""
+        return self._misses
+
+    @property
+    def inserts(self) -> int:
+        """Entries added."""
+        return self._inserts
+
+    @property
+    def evictions(self) -> int:
+        """Entries evicted (CLOCK)."""
+        return self._evictions
 
     def __len__(self) -> int:
         return len(self._lru)
 
     def reset_stats(self) -> None:
         """Zero the hit, miss, insert and eviction counters."""
-        self.hits = self.misses = self.inserts = self.evictions = 0
+        self._hits = self._misses = self._inserts = self._evictions = 0
 
     def _remove(self, key: _TlbKey) -> None:
         e = self._lru.pop(key)
@@ -559,7 +591,7 @@ class Iotlb(IotlbCommands):
         return None
 
     def _insert(self, cfg: XlateConfig, kind: int, va: int, r: WalkResult) -> None:
-        if len(self._lru) >= self.capacity:
+        if len(self._lru) >= self._capacity:
             lru = self._lru
             while True:                          # the CLOCK hand
                 key = next(iter(lru))
@@ -568,7 +600,7 @@ class Iotlb(IotlbCommands):
                 lru[key].ref = False
                 lru.move_to_end(key)
             self._remove(key)
-            self.evictions += 1
+            self._evictions += 1
         e = _Entry()
         # a result without a fault has its page size and addresses
         page_size, ipa, pa = cast(int, r.page_size), cast(int, r.ipa), cast(int, r.pa)
@@ -594,7 +626,7 @@ class Iotlb(IotlbCommands):
         if e.is_global:
             self._nglobal += 1
         self._shift_mask |= 1 << shift
-        self.inserts += 1
+        self._inserts += 1
 
     def _invalidate(self, kinds: int, vmid: int | None, asid: int | None,
                     asid_hits_global: bool, rng: tuple[str, int, int] | None) -> int:
@@ -650,7 +682,7 @@ def _translate(mem: Memory, tlb: Iotlb | None, cfg: XlateConfig, iova: int,
     va = _tlb_va(cfg, iova)
     e = tlb._lookup(kind, cfg.asid, cfg.vmid, va)
     if e is not None:
-        tlb.hits += 1
+        tlb._hits += 1
         off = va & ((1 << e.shift) - 1)
         if write and not e.s1w:
             return WalkResult(Fault(1, FaultKind.PERMISSION, e.level), tlb_hit=True)
@@ -661,7 +693,7 @@ def _translate(mem: Memory, tlb: Iotlb | None, cfg: XlateConfig, iova: int,
                           writable=e.s1w and e.s2w, readable=e.s2r, s1_writable=e.s1w,
                           s2_writable=e.s2w, level=e.level, s2_level=e.s2_level,
                           is_global=e.is_global, tlb_hit=True)
-    tlb.misses += 1
+    tlb._misses += 1
     r = _walk(mem, cfg, iova, write)
     if r.fault is None:
         tlb._insert(cfg, kind, va, r)
@@ -753,8 +785,8 @@ def _compose(entry: tuple[int, int], doorbell_pa: int) -> int:
 # Batch entry points (csrc/batch.c)
 
 
-def compose_batch(table: MsiTable, doorbell_pa: int, devs: Any, idx: Any, out_addr: Any,
-                  status: Any) -> int:
+def compose_batch(table: MsiTable, doorbell_pa: int, devs: Buffer, idx: Buffer,
+                  out_addr: Buffer, status: Buffer) -> int:
     """Compose the MSI address of every (devs[k], idx[k]); returns how many had an entry."""
     obj_arg("table", table, MsiTable)
     doorbell_pa = int_arg("doorbell_pa", doorbell_pa)
@@ -774,7 +806,7 @@ def compose_batch(table: MsiTable, doorbell_pa: int, devs: Any, idx: Any, out_ad
     return ok
 
 
-def translate_batch(mem: Memory, cfg: XlateConfig, iovas: Any, out_pa: Any, status: Any,
+def translate_batch(mem: Memory, cfg: XlateConfig, iovas: Buffer, out_pa: Buffer, status: Buffer,
                     tlb: Iotlb | None = None, write: bool = False) -> int:
     """Translate every iovas[k]; returns how many translated without a fault."""
     obj_arg("mem", mem, Memory)
@@ -791,8 +823,8 @@ def translate_batch(mem: Memory, cfg: XlateConfig, iovas: Any, out_pa: Any, stat
     return ok
 
 
-def msi_batch(table: MsiTable, mem: Memory, cfg: XlateConfig, doorbell_pa: int, devs: Any,
-              idx: Any, out_addr: Any, out_pa: Any, status: Any,
+def msi_batch(table: MsiTable, mem: Memory, cfg: XlateConfig, doorbell_pa: int, devs: Buffer,
+              idx: Buffer, out_addr: Buffer, out_pa: Buffer, status: Buffer,
               tlb: Iotlb | None = None) -> int:
     """Compose each vector's MSI address and translate the device's write to it.
 
@@ -860,9 +892,9 @@ class Streams:
         return f"<Streams {NAME} streams={len(self)}>"
 
 
-def stream_batch(mem: Memory, streams: Streams, sids: Any, iovas: Any, out_pa: Any,
-                 status: Any, tlb: Iotlb | None = None, write: bool = False,
-                 unresolved: Any = None) -> int:
+def stream_batch(mem: Memory, streams: Streams, sids: Buffer, iovas: Buffer, out_pa: Buffer,
+                 status: Buffer, tlb: Iotlb | None = None, write: bool = False,
+                 unresolved: Buffer | None = None) -> int:
     """Translate every (sids[k], iovas[k]) through its stream's configuration.
 
     Returns how many items were translated or bypassed; the others were
@@ -918,8 +950,8 @@ _B = sys.modules[__name__]
 
 
 def stream_translator(mem: Memory, streams: Streams, tlb: Iotlb | None = None,
-                      wrap: Callable[[WalkResult], Any] | None = None
-                      ) -> Callable[[int, int, bool], Any]:
+                      wrap: Callable[[WalkResult], Wrapped] | None = None
+                      ) -> Callable[[int, int, bool], WalkResult | Wrapped | None]:
     """A function ``(sid, iova, write)`` translating one transaction through ``streams``.
 
     It returns the :class:`WalkResult` (a fault included) when ``sid`` is a known StreamID
@@ -964,9 +996,9 @@ def _stream_args(sid: Any, iova: Any, write: Any) -> None:
 FIRE_NONE, FIRE_TRANSLATED = -1, -2
 
 
-def msi_router(translator: Any, ram: Memory, itc: ItsCache, gicmem: Memory, limits: Any,
-               tables: Any) -> tuple[Callable[[int, int, int, int, int], int],
-                                     Callable[[], Any]]:
+def msi_router(translator: Callable[[int, int, bool], Wrapped], ram: Memory, itc: ItsCache,
+               gicmem: Memory, limits: array.array[int], tables: array.array[int]
+               ) -> tuple[Callable[[int, int, int, int, int], int], Callable[[], Wrapped]]:
     """``(fire, last)``: one MSI write along a cached route in one call (csrc/its.c:
     pymsi_msi_fire).
 
@@ -987,7 +1019,8 @@ def msi_router(translator: Any, ram: Memory, itc: ItsCache, gicmem: Memory, limi
     OverflowError (sid, dev, event beyond 32 bits; iova, doorbell beyond 64).
     """
     parts, _ = router_args(translator, ram, itc, gicmem, limits, tables, Memory, ItsCache)
-    mem, tlb, d, wrap = parts
+    mem, tlb, d, wrap = cast("tuple[Memory, Iotlb | None, dict[int, tuple[int, XlateConfig | None, "
+                             "int]], Callable[[WalkResult], object] | None]", parts)
     got: list[Any] = [None]
     itcd = itc._d
 
@@ -1003,7 +1036,8 @@ def msi_router(translator: Any, ram: Memory, itc: ItsCache, gicmem: Memory, limi
         cfg, ias = e[1], e[2]
         if ias and ias < 64 and iova >> ias:
             return FIRE_NONE
-        r = got[0] = _translate(mem, tlb, cfg, iova, True)
+        # STREAM_TRANSLATE entries always hold a configuration (no cast() on this path)
+        r = got[0] = _translate(mem, tlb, cfg, iova, True)  # type: ignore[arg-type]
         if r.fault is not None or r.pa != doorbell or ram._is_ram(doorbell, 4):
             return FIRE_TRANSLATED
         hit = itcd.get((dev, event))
@@ -1025,7 +1059,7 @@ def msi_router(translator: Any, ram: Memory, itc: ItsCache, gicmem: Memory, limi
     return fire, last
 
 
-def pending_batch(mem: Memory, tables: Any, intids: Any, old: Any) -> int:
+def pending_batch(mem: Memory, tables: Buffer, intids: Buffer, old: Buffer) -> int:
     """Set bit intids[k] of the pending table at tables[k] for every k (old[k]: the bit
     as it was, 0 or 1, or -EFAULT when its byte is not RAM); returns how many were set."""
     obj_arg("mem", mem, Memory)
@@ -1087,8 +1121,8 @@ class ItsCache:
 _LPI_BASE = F.LPI_BASE
 
 
-def its_lookup_batch(cache: ItsCache, dev: int, events: Any, limits: Any, intids: Any,
-                     status: Any, grouped: Any, counts: Any) -> int:
+def its_lookup_batch(cache: ItsCache, dev: int, events: Buffer, limits: Buffer, intids: Buffer,
+                     status: Buffer, grouped: Buffer, counts: Buffer) -> int:
     """Look up every (dev, events[k]): status[k] is the processor of a hit whose INTID
     is in [8192, limits[processor]) (the others: -ENOENT), intids[k] its INTID (0 if
     none); the hits' INTIDs go to ``grouped`` by processor, in item order within each,
@@ -1115,8 +1149,8 @@ def its_lookup_batch(cache: ItsCache, dev: int, events: Any, limits: Any, intids
     return pos
 
 
-def msix_gather(table: Any, nvec: int, masked_all: bool, vectors: Any, addrs: Any,
-                datas: Any, status: Any) -> int:
+def msix_gather(table: Buffer, nvec: int, masked_all: bool, vectors: Buffer, addrs: Buffer,
+                datas: Buffer, status: Buffer) -> int:
     """Read the MSI-X entries of vectors[k] from ``table`` (``nvec`` 16-byte entries):
     addrs[k], datas[k] and status[k] 0 (to send), 1 (masked, by its vector control or
     ``masked_all``) or -EINVAL (no such vector: address and data 0).  Returns how many
@@ -1157,10 +1191,10 @@ class ItsCmdq:
     backend = NAME
 
     def __init__(self) -> None:
-        self._cfg: tuple[Any, ...] = (0, 0, 0, 0, 0, 0, (0, 0, 0, 0, 0, 0), (0, 0, 0, 0, 0, 0))
+        self._cfg: ItsCmdqConfig = (0, 0, 0, 0, 0, 0, (0, 0, 0, 0, 0, 0), (0, 0, 0, 0, 0, 0))
 
     def configure(self, cq_base: int, cq_size: int, nproc: int, devbits: int, id_bits: int,
-                  cidbits: int, devices: Any, collections: Any) -> None:
+                  cidbits: int, devices: ItsTable, collections: ItsTable) -> None:
         """The queue (base, bytes), the number of redistributors, the ID widths and the
         decoded device and collection tables ((valid, indirect, base, span, entry
         size, page size) each)."""

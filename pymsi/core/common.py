@@ -12,10 +12,35 @@ from __future__ import annotations
 import enum
 import errno
 import operator
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from types import ModuleType
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Literal,
+    NamedTuple,
+    Protocol,
+    SupportsIndex,
+    TypedDict,
+    TypeVar,
+    cast,
+    overload,
+)
+
+if TYPE_CHECKING:
+    #: An object exporting the buffer protocol (array.array, bytearray, memoryview, a numpy
+    #: array): what the batch entry points read from or write into.
+    from typing_extensions import Buffer as Buffer
+else:
+    Buffer = memoryview | bytearray   # the same meaning at run time, for help() and inspect
 
 from ..errors import InvalidArgument, OutOfMemory
 from .pci_formats import MSIX_ENTRY_SIZE
+
+_T = TypeVar("_T")
+#: What a stream translator's ``wrap`` makes of a successful WalkResult (the result type
+#: of ``stream_translator`` and of ``msi_router``'s ``last``).
+Wrapped = TypeVar("Wrapped")
 
 GRANULES = {4096: 12, 16384: 14, 65536: 16}
 ADDRESS_SIZES = (32, 36, 40, 42, 44, 48)
@@ -105,6 +130,22 @@ class WalkResult(NamedTuple):
     tlb_hit: bool = False
 
 
+class PhysMemory(Protocol):
+    """Physical memory as a hardware model reads and writes it (its tables, queues and
+    DMA): a :class:`~pymsi.core.Memory` of either backend, an
+    :class:`~pymsi.core.IpaView`, or anything else with these calls and their
+    behaviour (an access not entirely inside RAM is a :class:`~pymsi.errors.BusError`
+    and changes nothing)."""
+
+    def is_ram(self, addr: int, size: int = 1) -> bool: ...
+    def read(self, addr: int, size: int) -> bytes: ...
+    def write(self, addr: int, data: bytes) -> None: ...
+    def read_u32(self, addr: int) -> int: ...
+    def read_u64(self, addr: int) -> int: ...
+    def write_u32(self, addr: int, value: int) -> None: ...
+    def write_u64(self, addr: int, value: int) -> None: ...
+
+
 # -- Arguments -------------------------------------------------------------
 #
 # One set of rules for every public entry point of both backends (README,
@@ -113,7 +154,7 @@ class WalkResult(NamedTuple):
 # exact int and falls back to the same checks when the call cannot proceed,
 # so both raise the same exception for the same arguments.
 
-def integer(name: str, value: Any) -> int:
+def integer(name: str, value: object) -> int:
     """``value`` as an int: anything with ``__index__`` (numpy integer scalars
     included) except bool; anything else (bool, float, str, None, ...) is
     TypeError.  A bool where a number is expected is a misplaced flag."""
@@ -122,13 +163,13 @@ def integer(name: str, value: Any) -> int:
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an integer, not bool")
     try:
-        return int(operator.index(value))
+        return int(operator.index(cast(SupportsIndex, value)))
     except TypeError:
         raise TypeError(
             f"{name} must be an integer, not {type(value).__name__}") from None
 
 
-def range_arg(name: str, value: Any, lo: int, hi: int) -> int:
+def range_arg(name: str, value: object, lo: int, hi: int) -> int:
     """``value`` as an int in [lo, hi]: TypeError / InvalidArgument otherwise."""
     v = integer(name, value)
     if not lo <= v <= hi:
@@ -136,40 +177,47 @@ def range_arg(name: str, value: Any, lo: int, hi: int) -> int:
     return v
 
 
-def int_arg(name: str, value: Any, bits: int = 64) -> int:
+def int_arg(name: str, value: object, bits: int = 64) -> int:
     """``value`` as an int of ``bits`` unsigned bits (TypeError / InvalidArgument)."""
     if type(value) is int and value >= 0 and not value >> bits:
         return value
     return range_arg(name, value, 0, (1 << bits) - 1)
 
 
-def obj_arg(name: str, value: Any, cls: type | tuple[type, ...], optional: bool = False) -> Any:
+@overload
+def obj_arg(name: str, value: object, cls: type[_T] | tuple[type[_T], ...],
+            optional: Literal[False] = False) -> _T: ...
+@overload
+def obj_arg(name: str, value: object, cls: type[_T] | tuple[type[_T], ...],
+            optional: bool) -> _T | None: ...
+def obj_arg(name: str, value: object, cls: type[_T] | tuple[type[_T], ...],
+            optional: bool = False) -> _T | None:
     """``value`` checked to be a ``cls`` (or None when ``optional``): TypeError otherwise."""
     if (optional and value is None) or isinstance(value, cls):
-        return value
+        return value            # (isinstance narrows ``value`` to ``_T``, None when optional)
     want = cls.__name__ if isinstance(cls, type) else " or ".join(c.__name__ for c in cls)
     raise TypeError(f"{name} must be a {want}{' or None' if optional else ''}, "
                     f"not {type(value).__name__}")
 
 
-def bytes_arg(name: str, data: Any) -> bytes:
+def bytes_arg(name: str, data: object) -> bytes:
     """``data`` as bytes: any object with the buffer protocol, else TypeError."""
     if type(data) is bytes:
         return data
     try:
-        return memoryview(data).tobytes()
+        return memoryview(cast("Buffer", data)).tobytes()
     except TypeError:
         raise TypeError(f"{name} must be bytes-like, not {type(data).__name__}") from None
 
 
-def _granule_shift(name: str, granule: Any) -> int:
+def _granule_shift(name: str, granule: object) -> int:
     granule = integer(name, granule)
     if granule not in GRANULES:
         raise InvalidArgument(f"{name}={granule!r}: granule must be 4096, 16384 or 65536")
     return GRANULES[granule]
 
 
-def _address_size(name: str, bits: Any) -> int:
+def _address_size(name: str, bits: object) -> int:
     n = integer(name, bits)
     if n not in ADDRESS_SIZES:
         raise InvalidArgument(f"{name}={n!r}: must be one of {ADDRESS_SIZES}")
@@ -373,6 +421,36 @@ class Stage2:
         )
 
 
+class Stage1Fields(TypedDict, total=False):
+    """The keyword arguments of :class:`Stage1` (``IoPgtable.stage1_config(**fields)``)."""
+
+    ttb0: int
+    tsz0: int
+    granule0: int
+    ttb1: int
+    tsz1: int
+    granule1: int
+    epd0: bool
+    epd1: bool
+    ips: int
+    affd: bool
+    had0: bool
+    had1: bool
+    tbi0: bool
+    tbi1: bool
+
+
+class Stage2Fields(TypedDict, total=False):
+    """The keyword arguments of :class:`Stage2` (``IoPgtable.stage2_config(**fields)``)."""
+
+    vttb: int
+    tsz: int
+    sl0: int
+    granule: int
+    ps: int
+    affd: bool
+
+
 class XlateConfig:
     """How one stream is translated: stage 1, stage 2 or both, and its tags.
 
@@ -470,23 +548,22 @@ def pair_config(s1: Stage1 | None, s2: Stage2 | None) -> XlateConfig:
 # Each returns the converted arguments, or raises for the first bad one in
 # signature order.
 
-def walk_args(b: Any, mem: Any, iova: Any, write: Any, s1: Any, s2: Any,
-              cfg: Any) -> tuple[int, bool, XlateConfig]:
+def walk_args(b: ModuleType, mem: object, iova: object, write: object, s1: object, s2: object,
+              cfg: object) -> tuple[int, bool, XlateConfig]:
     """Checks of ``walk(mem, iova, write, s1, s2, cfg)``."""
     if (isinstance(mem, b.Memory) and type(iova) is int and 0 <= iova <= U64_MAX
             and s1 is None and s2 is None and type(cfg) is XlateConfig):
         return iova, bool(write), cfg
     obj_arg("mem", mem, b.Memory)
     iova = int_arg("iova", iova)
-    write = bool(write)
-    obj_arg("s1", s1, Stage1, optional=True)
-    obj_arg("s2", s2, Stage2, optional=True)
-    obj_arg("cfg", cfg, XlateConfig, optional=True)
-    return iova, write, config_of(cfg, s1, s2)
+    st1 = obj_arg("s1", s1, Stage1, optional=True)
+    st2 = obj_arg("s2", s2, Stage2, optional=True)
+    c = obj_arg("cfg", cfg, XlateConfig, optional=True)
+    return iova, bool(write), config_of(c, st1, st2)
 
 
-def translate_args(b: Any, mem: Any, iova: Any, write: Any, cfg: Any, tlb: Any, s1: Any,
-                   s2: Any) -> tuple[int, bool, XlateConfig]:
+def translate_args(b: ModuleType, mem: object, iova: object, write: object, cfg: object,
+                   tlb: object, s1: object, s2: object) -> tuple[int, bool, XlateConfig]:
     """Checks of ``translate(mem, iova, write, cfg, tlb, s1, s2)``."""
     if (isinstance(mem, b.Memory) and type(iova) is int and 0 <= iova <= U64_MAX
             and type(cfg) is XlateConfig and (tlb is None or isinstance(tlb, b.Iotlb))
@@ -494,15 +571,14 @@ def translate_args(b: Any, mem: Any, iova: Any, write: Any, cfg: Any, tlb: Any, 
         return iova, bool(write), cfg
     obj_arg("mem", mem, b.Memory)
     iova = int_arg("iova", iova)
-    write = bool(write)
-    obj_arg("cfg", cfg, XlateConfig, optional=True)
+    c = obj_arg("cfg", cfg, XlateConfig, optional=True)
     obj_arg("tlb", tlb, b.Iotlb, optional=True)
-    obj_arg("s1", s1, Stage1, optional=True)
-    obj_arg("s2", s2, Stage2, optional=True)
-    return iova, write, config_of(cfg, s1, s2)
+    st1 = obj_arg("s1", s1, Stage1, optional=True)
+    st2 = obj_arg("s2", s2, Stage2, optional=True)
+    return iova, bool(write), config_of(c, st1, st2)
 
 
-def read_args(addr: Any, size: Any) -> tuple[int, int]:
+def read_args(addr: object, size: object) -> tuple[int, int]:
     """Checks of ``Memory.read(addr, size)``: at most MAX_ACCESS bytes."""
     addr = int_arg("addr", addr)
     size = int_arg("size", size)
@@ -511,7 +587,7 @@ def read_args(addr: Any, size: Any) -> tuple[int, int]:
     return addr, size
 
 
-def reserve_arg(n: Any) -> int:
+def reserve_arg(n: object) -> int:
     """Checks of ``MsiTable.reserve(n)``: more than MSI_RESERVE_MAX is ENOMEM."""
     count = int_arg("n", n)
     if count > MSI_RESERVE_MAX:
@@ -519,23 +595,25 @@ def reserve_arg(n: Any) -> int:
     return count
 
 
-def msi_set_args(dev: Any, index: Any, iova: Any, shift: Any) -> tuple[int, int, int, int]:
+def msi_set_args(dev: object, index: object, iova: object,
+                 shift: object) -> tuple[int, int, int, int]:
     """Checks of ``MsiTable.set(dev, index, iova, shift)``: index a u16, shift 0..63."""
     return (int_arg("dev", dev, 32), range_arg("index", index, 0, 0xFFFF),
             int_arg("iova", iova), range_arg("shift", shift, 0, 63))
 
 
-def streams_set_args(sid: Any, mode: Any, cfg: Any, ias: Any) -> tuple[int, int, Any, int]:
+def streams_set_args(sid: object, mode: object, cfg: object,
+                     ias: object) -> tuple[int, int, XlateConfig | None, int]:
     """Checks of ``Streams.set(sid, mode, cfg, ias)``."""
     sid = int_arg("sid", sid, 32)
     mode = integer("mode", mode)
     if mode not in (STREAM_ABORT, STREAM_BYPASS, STREAM_TRANSLATE):
         raise InvalidArgument(f"stream {sid:#x}: mode {mode} is not a STREAM_* mode")
-    obj_arg("cfg", cfg, XlateConfig, optional=True)
+    c = obj_arg("cfg", cfg, XlateConfig, optional=True)
     ias = range_arg("ias", ias, 0, 64)
-    if mode == STREAM_TRANSLATE and cfg is None:
+    if mode == STREAM_TRANSLATE and c is None:
         raise InvalidArgument(f"stream {sid:#x}: translating needs an XlateConfig")
-    return sid, mode, cfg, ias
+    return sid, mode, c, ias
 
 
 def status_fault(status: int) -> Fault | None:
@@ -592,7 +670,7 @@ _FORMATS = {
 }
 
 
-def buffer_view(obj: Any, kind: str, name: str, writable: bool = False) -> memoryview:
+def buffer_view(obj: object, kind: str, name: str, writable: bool = False) -> memoryview:
     """A flat memoryview of ``obj`` checked to hold ``kind`` items.
 
     ``kind`` is ``u32``, ``u64`` or ``i32``; typed arrays (``array.array``,
@@ -600,7 +678,7 @@ def buffer_view(obj: Any, kind: str, name: str, writable: bool = False) -> memor
     rather than reinterpreted.
     """
     try:
-        mv = memoryview(obj)
+        mv = memoryview(cast("Buffer", obj))
     except TypeError:
         raise InvalidArgument(f"{name}: needs an object with the buffer protocol") from None
     formats, size = _FORMATS[kind]
@@ -616,10 +694,11 @@ def buffer_view(obj: Any, kind: str, name: str, writable: bool = False) -> memor
     return mv
 
 
-Buffer = tuple[Any, str, str]      # (object, "u32" | "u64" | "i32", argument name)
+BufferSpec = tuple[object, str, str]   # (object, "u32" | "u64" | "i32", argument name)
 
 
-def batch_views(inputs: list[Buffer], outputs: list[Buffer]) -> tuple[int, list[memoryview]]:
+def batch_views(inputs: Sequence[BufferSpec],
+                outputs: Sequence[BufferSpec]) -> tuple[int, list[memoryview]]:
     """The checked views of a batch call's buffers, inputs then outputs.
 
     Every input must hold the same number of items ``n``, every output at
@@ -696,17 +775,17 @@ class IotlbCommands:
         return self._invalidate(_S2_KINDS, vmid, None, True, ("ipa", first, last))
 
 
-def capacity_arg(capacity: Any) -> int:
+def capacity_arg(capacity: object) -> int:
     """Checks of ``Iotlb(capacity)``: 1 .. 2**24 entries."""
     return range_arg("capacity", capacity, 1, 1 << 24)
 
 
-def bit_args(addr: Any, bit: Any) -> tuple[int, int]:
+def bit_args(addr: object, bit: object) -> tuple[int, int]:
     """The checked arguments of ``Memory.update_bit``: a 64-bit address, a bit 0..7."""
     return int_arg("addr", addr), range_arg("bit", bit, 0, 7)
 
 
-def router_arrays(limits: Any, tables: Any) -> int:
+def router_arrays(limits: object, tables: object) -> int:
     """The per-processor arrays of ``msi_router`` (read by it at every call, so kept
     as they are): an ``array('I')`` of limits and an ``array('Q')`` of pending table
     addresses of one length, at least 1 (TypeError / InvalidArgument); the length."""
@@ -720,13 +799,13 @@ def router_arrays(limits: Any, tables: Any) -> int:
     return len(limits)
 
 
-def router_args(translator: Any, ram: Any, itc: Any, gicmem: Any, limits: Any, tables: Any,
-                memory: type, cache: type) -> tuple[Any, int]:
+def router_args(translator: object, ram: object, itc: object, gicmem: object, limits: object,
+                tables: object, memory: type, cache: type) -> tuple[tuple[object, ...], int]:
     """The checked arguments of ``msi_router`` on the core whose ``Memory`` and
     ``ItsCache`` classes are ``memory`` and ``cache``: the translator's parts (a
     ``stream_translator`` of that core, else TypeError) and the number of processors."""
     parts = getattr(translator, "_parts", None)
-    if parts is None or not isinstance(parts[0], memory):
+    if not isinstance(parts, tuple) or not isinstance(parts[0], memory):
         raise TypeError("translator: a stream_translator of this core is required")
     obj_arg("ram", ram, memory)
     obj_arg("itc", itc, cache)
@@ -734,13 +813,14 @@ def router_args(translator: Any, ram: Any, itc: Any, gicmem: Any, limits: Any, t
     return parts, router_arrays(limits, tables)
 
 
-def itc_args(dev: Any, event: Any) -> tuple[int, int]:
+def itc_args(dev: object, event: object) -> tuple[int, int]:
     """(DeviceID, EventID) of an ITS translation cache call: u32 each."""
     return int_arg("dev", dev, 32), int_arg("event", event, 32)
 
 
-def itc_batch_views(dev: Any, events: Any, limits: Any, intids: Any, status: Any,
-                    grouped: Any, counts: Any) -> tuple[int, int, int, list[memoryview]]:
+def itc_batch_views(dev: object, events: object, limits: object, intids: object,
+                    status: object, grouped: object,
+                    counts: object) -> tuple[int, int, int, list[memoryview]]:
     """The checked arguments of ``its_lookup_batch``: dev, n, nproc and the views
     (events, intids, status, grouped, limits, counts)."""
     dev = int_arg("dev", dev, 32)
@@ -751,8 +831,8 @@ def itc_batch_views(dev: Any, events: Any, limits: Any, intids: Any, status: Any
     return dev, n, nproc, views + more
 
 
-def msix_gather_views(table: Any, nvec: Any, vectors: Any, addrs: Any, datas: Any,
-                      status: Any) -> tuple[int, int, list[memoryview]]:
+def msix_gather_views(table: object, nvec: object, vectors: object, addrs: object,
+                      datas: object, status: object) -> tuple[int, int, list[memoryview]]:
     """The checked arguments of ``msix_gather``: nvec, n and the views (table, vectors,
     addrs, datas, status); the table must hold ``nvec`` 16-byte entries."""
     nvec = int_arg("nvec", nvec, 32)
@@ -774,11 +854,16 @@ ITSQ_INV, ITSQ_INVALL = 5, 6
 ITSQ_REC_MAX = 64           # records one ItsCmdq.run returns at most (then ITSQ_FULL)
 
 
-def its_table_args(name: str, t: Any) -> tuple[int, int, int, int, int, int]:
+#: A decoded GITS_BASER<n> as :meth:`ItsCmdq.configure` takes it: (valid, indirect, base,
+#: span, entry size, page size).
+ItsTable = tuple[int, int, int, int, int, int]
+
+
+def its_table_args(name: str, t: object) -> ItsTable:
     """A decoded GITS_BASER<n> (valid, indirect, base, span, entry size, page size),
     each checked to fit its C field."""
     try:
-        valid, indirect, base, span, esize, page = t
+        valid, indirect, base, span, esize, page = cast("tuple[object, ...]", t)
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be (valid, indirect, base, span, esize, page)") from None
     return (int(bool(valid)), int(bool(indirect)), int_arg(f"{name}.base", base),
@@ -786,8 +871,12 @@ def its_table_args(name: str, t: Any) -> tuple[int, int, int, int, int, int]:
             int_arg(f"{name}.page", page, 32))
 
 
-def its_cmdq_cfg_args(cq_base: Any, cq_size: Any, nproc: Any, devbits: Any, id_bits: Any,
-                      cidbits: Any, devices: Any, collections: Any) -> tuple[Any, ...]:
+ItsCmdqConfig = tuple[int, int, int, int, int, int, ItsTable, ItsTable]
+
+
+def its_cmdq_cfg_args(cq_base: object, cq_size: object, nproc: object, devbits: object,
+                      id_bits: object, cidbits: object, devices: object,
+                      collections: object) -> ItsCmdqConfig:
     """The checked arguments of ``ItsCmdq.configure`` (each fits its C field; what the
     values mean is checked by ``run``, which refuses a bad configuration with EINVAL)."""
     return (int_arg("cq_base", cq_base), int_arg("cq_size", cq_size, 32),

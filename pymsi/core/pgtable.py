@@ -18,7 +18,7 @@ of stopping at the first one.
 from __future__ import annotations
 
 import enum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..errors import AlreadyExists, BusError, InvalidArgument, OutOfMemory
 from . import vmsa_formats as V
@@ -26,7 +26,9 @@ from .common import (
     ADDRESS_SIZES,
     GRANULES,
     Stage1,
+    Stage1Fields,
     Stage2,
+    Stage2Fields,
     bytes_arg,
     int_arg,
     integer,
@@ -35,6 +37,9 @@ from .common import (
     s1_start_level,
     s2_sl0_for_level,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
 class Prot(enum.IntFlag):
@@ -218,26 +223,27 @@ class IoPgtable:
             raise InvalidArgument(f"[{iova:#x}, +{size:#x}) exceeds the {self.ias}-bit input")
         return iova
 
-    def stage1_config(self, **kw: Any) -> Stage1:
+    def stage1_config(self, **kw: Unpack[Stage1Fields]) -> Stage1:
         """A :class:`Stage1` that walks these tables (extra fields via ``kw``)."""
         if self.fmt != "s1":
             raise InvalidArgument("stage1_config() of a stage-2 table")
-        base: dict[str, Any]
+        base: Stage1Fields
         if self.ttbr1:
-            base = dict(ttb1=self.pgd, tsz1=64 - self.ias, granule1=self.granule, epd0=True,
-                        epd1=False, ips=self.oas)
+            base = Stage1Fields(ttb1=self.pgd, tsz1=64 - self.ias, granule1=self.granule,
+                                epd0=True, epd1=False, ips=self.oas)
         else:
-            base = dict(ttb0=self.pgd, tsz0=64 - self.ias, granule0=self.granule, ips=self.oas)
+            base = Stage1Fields(ttb0=self.pgd, tsz0=64 - self.ias, granule0=self.granule,
+                                ips=self.oas)
         base.update(kw)
         return Stage1(**base)
 
-    def stage2_config(self, **kw: Any) -> Stage2:
+    def stage2_config(self, **kw: Unpack[Stage2Fields]) -> Stage2:
         """A :class:`Stage2` that walks these tables (extra fields via ``kw``)."""
         if self.fmt != "s2":
             raise InvalidArgument("stage2_config() of a stage-1 table")
-        base: dict[str, Any] = dict(vttb=self.pgd, tsz=64 - self.ias,
-                    sl0=s2_sl0_for_level(self.gshift, self.start_level),
-                    granule=self.granule, ps=self.oas)
+        base = Stage2Fields(vttb=self.pgd, tsz=64 - self.ias,
+                            sl0=s2_sl0_for_level(self.gshift, self.start_level),
+                            granule=self.granule, ps=self.oas)
         base.update(kw)
         return Stage2(**base)
 
@@ -423,7 +429,7 @@ class IpaView:
     cannot back would be.
     """
 
-    def __init__(self, mem: Any, s2: IoPgtable) -> None:
+    def __init__(self, mem: TableMemory, s2: IoPgtable) -> None:
         _memory("mem", mem)
         if not isinstance(s2, IoPgtable):
             raise TypeError(f"s2 must be an IoPgtable, not {type(s2).__name__}")

@@ -29,12 +29,16 @@ from __future__ import annotations
 import array
 import bisect
 from collections import deque
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 from .._repr import bounded
-from ..core.common import STATUS_BYPASS
+from ..core.common import STATUS_BYPASS, PhysMemory
 from ..errors import AlreadyExists, BusError, InvalidArgument
+
+if TYPE_CHECKING:
+    from ..core.common import WalkResult
+    from .smmuv3 import SmmuResult
 
 _SIZES = (1, 2, 4, 8)
 _U64_END = 1 << 64
@@ -54,12 +58,46 @@ POSTED_BUDGET = 4096
 """At most this many posted writes are performed per outermost access (or drain)."""
 
 
+class BusRam(PhysMemory, Protocol):
+    """The RAM of a :class:`Bus`: physical memory that also lists its RAM regions (a
+    :class:`~pymsi.core.Memory`).  A core Memory's ``ram_checker`` is used when present."""
+
+    @property
+    def regions(self) -> list[tuple[int, int]]: ...
+
+
+class MmioModel(Protocol):
+    """A model whose registers a :class:`Bus` maps: ``mmio_read(offset, size)`` and
+    ``mmio_write(offset, value, size)``; a window mapped with ``attrs`` is also given the
+    access's ``requester_id=`` keyword."""
+
+    def mmio_read(self, offset: int, size: int, /) -> int: ...
+    def mmio_write(self, offset: int, value: int, size: int, /) -> None: ...
+
+
+class IommuTranslation(Protocol):
+    """What an IOMMU's ``translate`` answers, as far as the bus reads it: where the
+    access goes (None: aborted).  (:class:`~pymsi.hw.smmuv3.SmmuResult`.)"""
+
+    @property
+    def pa(self) -> int | None: ...
+
+
+class Iommu(Protocol):
+    """What a :class:`Bus` calls on an IOMMU that device DMA goes through
+    (:meth:`Bus.attach_iommu`): ``translate(sid, iova, write=...)``; a
+    ``translate_batch(sids, iovas, out_pa, status, write=...)`` with the core's batch
+    statuses is used when the IOMMU has one (:class:`~pymsi.hw.smmuv3.SMMUv3`)."""
+
+    def translate(self, sid: int, iova: int, write: bool = False) -> IommuTranslation: ...
+
+
 class MmioWindow(NamedTuple):
     """A model mapped on the bus."""
 
     base: int
     size: int
-    model: Any
+    model: Any                  # an MmioModel (given requester_id= when attrs)
     name: str
     attrs: bool
 
@@ -75,7 +113,7 @@ class DmaResult(NamedTuple):
     ok: bool
     pa: int | None
     value: int | None = None
-    iommu: Any = None
+    iommu: IommuTranslation | None = None
     bus_error: bool = False
     posted: bool = False
     """Queued behind the access in progress: not performed yet (``ok`` says nothing)."""
@@ -88,7 +126,7 @@ class Bus:
     :meth:`drain`) performs at most.
     """
 
-    def __init__(self, ram: Any, posted_budget: int = POSTED_BUDGET) -> None:
+    def __init__(self, ram: BusRam, posted_budget: int = POSTED_BUDGET) -> None:
         if posted_budget < 1:
             raise InvalidArgument(f"posted_budget={posted_budget}")
         self.ram = ram
@@ -107,7 +145,7 @@ class Bus:
         self._last: MmioWindow | None = None    # the window the last lookup found
         #: requester ID -> its MSI route (see _msi_route), or False: none; dropped when
         #: a window or an IOMMU is added or removed
-        self._routes: dict[int, tuple[Any, ...] | bool] = {}
+        self._routes: dict[int, tuple[Any, ...] | Literal[False]] = {}
 
     # -- posted writes -------------------------------------------------------------
 
@@ -190,7 +228,8 @@ class Bus:
 
     # -- topology ------------------------------------------------------------
 
-    def map(self, base: int, size: int, model: Any, name: str = "", attrs: bool = False) -> None:
+    def map(self, base: int, size: int, model: MmioModel, name: str = "",
+            attrs: bool = False) -> None:
         """Put ``model``'s registers at [base, base + size)."""
         if size <= 0 or base < 0 or base + size > 1 << 64:
             raise InvalidArgument(f"MMIO window {name} [{base:#x}, +{size:#x})")
@@ -233,7 +272,7 @@ class Bus:
         """The MMIO windows, by address."""
         return list(self._windows)
 
-    def attach_iommu(self, first_rid: int, last_rid: int, iommu: Any,
+    def attach_iommu(self, first_rid: int, last_rid: int, iommu: Iommu,
                      sid_of: Callable[[int], int] | None = None) -> None:
         """Route DMA from requester IDs [first_rid, last_rid] through ``iommu``.
 
@@ -248,7 +287,7 @@ class Bus:
         self._iommus.append((first_rid, last_rid, iommu, _same_id if sid_of is None else sid_of))
         self._routes.clear()
 
-    def _msi_route(self, rid: int) -> tuple[Any, ...] | bool:
+    def _msi_route(self, rid: int) -> tuple[Any, ...] | Literal[False]:
         """The one-call route of MSIs from ``rid`` (learnt once per topology; False when
         there is none): ``(smmu, its hit path, StreamID, fire, last, doorbell, its, gic,
         tracepoints)``.
@@ -267,7 +306,7 @@ class Bus:
         after the translation, which :meth:`dma_write` continues; the caller checks
         per write that the SMMU is enabled, the bus idle and the tracepoints of the
         path off."""
-        route: tuple[Any, ...] | bool = False
+        route: tuple[Any, ...] | Literal[False] = False
         for first, last, iommu, sid_of in self._iommus:
             if type(self).dma_write is not Bus.dma_write:   # a subclass's own: not here
                 break
@@ -278,7 +317,7 @@ class Bus:
         self._routes[rid] = route
         return route
 
-    def _msi_route_via(self, smmu: Any, sid: int) -> tuple[Any, ...] | bool:
+    def _msi_route_via(self, smmu: Any, sid: int) -> tuple[Any, ...] | Literal[False]:
         from .gicv3 import trace_gicv3_redist_process_lpi
         from .its import GITS_TRANSLATER, GicV3Its, trace_gicv3_its_translation_write
         its = next((w for w in self._windows if type(w.model) is GicV3Its and w.attrs), None)
@@ -294,7 +333,7 @@ class Bus:
         return (smmu, smmu._hit, sid, fire, last, its.base + GITS_TRANSLATER, its.model, gic,
                 (_SMMU_OK, trace_gicv3_its_translation_write, trace_gicv3_redist_process_lpi))
 
-    def iommu_for(self, rid: int) -> tuple[Any, int] | None:
+    def iommu_for(self, rid: int) -> tuple[Iommu, int] | None:
         """(iommu, StreamID) that DMA from ``rid`` goes through, if any."""
         for first, last, iommu, sid_of in self._iommus:
             if first <= rid <= last:
@@ -387,7 +426,7 @@ class Bus:
 
     def dma_write(self, rid: int, addr: int, value: int, size: int = 4,
                   on_done: Callable[[DmaResult], None] | None = None, *,
-                  _xlated: Any = None) -> DmaResult:
+                  _xlated: SmmuResult | WalkResult | None = None) -> DmaResult:
         """A device's memory write: through its IOMMU (if any), then the bus.
 
         Posted: while another access is in progress it is queued (translation
@@ -406,7 +445,7 @@ class Bus:
         try:
             stats = self.stats                  # _dma_now (a write), inline
             stats["dma"] += 1
-            r = None
+            r: Any = None                       # the IOMMU's answer, then the DmaResult
             for first, last, iommu, sid_of in self._iommus:
                 if first <= rid <= last:
                     sid = rid if sid_of is _same_id else sid_of(rid)
@@ -465,9 +504,10 @@ class Bus:
             self._depth -= 1
             if not self._depth and self._posted:
                 self.drain()
-        return r
+        return r  # type: ignore[no-any-return]  # a DmaResult by now (no cast on this path)
 
-    def dma_write_batch(self, rid: int, addrs: Any, values: Any, size: int = 4) -> list[bool]:
+    def dma_write_batch(self, rid: int, addrs: Sequence[int], values: Sequence[int],
+                        size: int = 4) -> list[bool]:
         """Many writes of one device, as :meth:`dma_write` of each (``addrs[k]``,
         ``values[k]``) in order would do them; returns whether each was performed (not
         aborted by the IOMMU, something there).
@@ -495,6 +535,7 @@ class Bus:
         self._depth = 1
         try:
             stats["dma"] += n
+            pas: list[int | None] | None
             if route is None:
                 pas = list(addrs)
                 out = None

@@ -24,13 +24,17 @@ from __future__ import annotations
 
 import array
 import heapq
-from typing import Any
+from collections.abc import Collection
+from typing import TYPE_CHECKING
 
 from .. import trace
 from ..core.gic_formats import LPI_BASE as LPI_BASE  # defined once, re-exported
 from ..core.gic_formats import SPURIOUS as SPURIOUS
 from ..errors import InvalidArgument
 from .bits import Field, merge_access
+
+if TYPE_CHECKING:
+    from ..core.common import PhysMemory
 
 # GICD
 GICD_CTLR, GICD_TYPER, GICD_IIDR, GICD_PIDR2 = 0x0000, 0x0004, 0x0008, 0xFFE8
@@ -138,7 +142,7 @@ class Redistributor:
                 gic.pending_bit(self.pendbaser & _PENDBASER_PA_MASK, intid, True)
         return True
 
-    def set_pending_batch(self, intids: Any) -> None:
+    def set_pending_batch(self, intids: Collection[int]) -> None:
         """:meth:`set_pending` of each of ``intids`` (all in range, LPIs enabled, no
         tracing: the caller checked), their new pending bits set by one core call."""
         new = self._take_pending(intids)
@@ -153,7 +157,7 @@ class Redistributor:
             if ok < n:
                 gic.stats["table_errors"] += n - ok
 
-    def _take_pending(self, intids: Any) -> set[int]:
+    def _take_pending(self, intids: Collection[int]) -> set[int]:
         """The state side of :meth:`set_pending_batch`: counted, made pending; returns the
         INTIDs that were not pending (whose bits the caller sets)."""
         self.stats["lpis_set"] += len(intids)
@@ -557,7 +561,8 @@ class Gicv3:
     (128 KiB, or 256 KiB with the GICv4 VLPI frame).
     """
 
-    def __init__(self, memory: Any, ncpus: int = 4, gicv4: bool = False, id_bits: int = 16):
+    def __init__(self, memory: PhysMemory, ncpus: int = 4, gicv4: bool = False,
+                 id_bits: int = 16):
         if not 1 <= ncpus <= 256 or not 14 <= id_bits <= 24:
             raise InvalidArgument("ncpus must be 1..256 and id_bits 14..24")
         self.memory = memory
@@ -568,7 +573,9 @@ class Gicv3:
         self._pending_batch = None
         if self._bit is not None:
             from .. import core
-            self._pending_batch = core.backend(memory.backend).pending_batch
+            # (a core Memory: it has bit_updater, and the name of its backend)
+            name: str = memory.backend  # type: ignore[attr-defined]
+            self._pending_batch = core.backend(name).pending_batch
         self.gicv4 = gicv4
         self.id_bits = id_bits
         #: Per processor, what an MSI's one-call route (pymsi.core.msi_router, set up by

@@ -41,11 +41,12 @@ import array
 import enum
 import struct
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .. import trace
 from ..core import common as _cc
+from ..core.common import PhysMemory
 from ..core.gic_formats import (
     C0_DEVICEID,
     C0_OP,
@@ -234,7 +235,7 @@ class GicV3Its:
     errors and dropped translations for inspection.
     """
 
-    def __init__(self, gic: Gicv3, memory: Any, devbits: int = 16, id_bits: int = 16,
+    def __init__(self, gic: Gicv3, memory: PhysMemory, devbits: int = 16, id_bits: int = 16,
                  cidbits: int = 16, gicv4: bool | None = None,
                  stall_on_error: bool = False) -> None:
         self.gic, self.memory = gic, memory
@@ -247,7 +248,8 @@ class GicV3Its:
         self._itc: Any = None                   # its core.ItsCache
         if gic._pending_batch is not None:
             from .. import core
-            self._core = core.backend(gic.memory.backend)
+            # (a core Memory: the GIC found its backend's pending_batch)
+            self._core = core.backend(gic.memory.backend)  # type: ignore[attr-defined]
             self._itc = self._core.ItsCache()
         # GITS_TYPER is constant (it depends only on construction parameters): computed once.
         self.typer = (TYPER_PHYSICAL(1) | TYPER_VIRTUAL(int(self.gicv4))
@@ -389,7 +391,7 @@ class GicV3Its:
                 new = merge_access(self.baser[n], high, value, size) & BASER_WRITABLE
                 self.baser[n] = (self.baser[n] & ~BASER_WRITABLE) | new
 
-    def mmio_write_batch(self, offset: int, values: Any, size: int = 4,
+    def mmio_write_batch(self, offset: int, values: Iterable[int], size: int = 4,
                          requester_id: int | None = None) -> None:
         """:meth:`mmio_write` of each of ``values`` at ``offset``, in order; writes of
         EventIDs to GITS_TRANSLATER go through :meth:`translate_batch`."""
@@ -401,7 +403,7 @@ class GicV3Its:
         for v in values:
             self.mmio_write(offset, v, size, requester_id=requester_id)
 
-    def translate_batch(self, device_id: int | None, event_ids: Any) -> int:
+    def translate_batch(self, device_id: int | None, event_ids: Iterable[int]) -> int:
         """:meth:`translate` of each of ``event_ids`` (u32) from ``device_id``, in order,
         with the same outcome (pending LPIs, pending tables, statistics, trace
         records); returns how many were not dropped.

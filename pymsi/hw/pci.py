@@ -25,9 +25,9 @@ import array
 import enum
 import functools
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from .. import core, trace
 from .._repr import bounded
@@ -39,6 +39,9 @@ from ..core.pci_formats import MSIX_ENTRY_SIZE as MSIX_ENTRY_SIZE
 from ..errors import InvalidArgument
 from .gicv3 import _BIT_CLEAR, _PENDBASER_PA_MASK
 from .gicv3 import Redistributor as _Redistributor
+
+if TYPE_CHECKING:
+    from .bus import Bus
 
 # Type-0 header.
 VENDOR_ID, DEVICE_ID, COMMAND, STATUS = 0x00, 0x02, 0x04, 0x06
@@ -572,7 +575,7 @@ class PciFunction:
         self.stats.disabled += 1
         return Delivery.DISABLED
 
-    def notify_batch(self, vectors: Any) -> list[Delivery]:
+    def notify_batch(self, vectors: Sequence[int]) -> list[Delivery]:
         """Raise each of ``vectors``, in order, with the outcome of :meth:`notify` of each
         one at a time (the same messages, PBA bits, statistics, IOMMU events and
         interrupts): returns what became of each.
@@ -601,7 +604,7 @@ class PciFunction:
         addrs = array.array("Q", bytes(8 * n))
         datas, status = array.array("I", bytes(4 * n)), array.array("i", bytes(4 * n))
         ok = core.msix_gather(self.msix_table, self.msix.vectors,  # type: ignore[union-attr]  # as in notify
-                              cfg[cap + 3] & _MSIX_MASKALL_HI, va, addrs, datas, status)
+                              bool(cfg[cap + 3] & _MSIX_MASKALL_HI), va, addrs, datas, status)
         stats = self.stats
         out = [Delivery.SENT] * n
         where = None
@@ -673,7 +676,7 @@ class PciHost:
     addresses while its Command.Memory Space bit is set.
     """
 
-    def __init__(self, bus: Any, ecam_base: int | None = None, ecam_buses: int = 16) -> None:
+    def __init__(self, bus: Bus, ecam_base: int | None = None, ecam_buses: int = 16) -> None:
         self.bus = bus
         self.functions: dict[int, PciFunction] = {}
         self._windows: dict[tuple[int, int], int] = {}

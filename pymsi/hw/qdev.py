@@ -63,12 +63,19 @@ import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from ..errors import DeviceModelError, InvalidArgument
 from . import pci as P
 from .bus import DmaResult
 from .pci import Bar, Delivery, MsiConfig, MsixConfig, PciFunction, PciHost
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeVarTuple, Unpack
+
+    from ..sched import Event, Scheduler
+
+    _Ts = TypeVarTuple("_Ts")
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -136,10 +143,10 @@ class PciDeviceModel(PciFunction):
     #: MSI vectors (0: no MSI capability; else 1..32, a power of two, 64-bit, no masking)
     MSI_VECTORS: ClassVar[int] = 0
     #: property name -> default; values become attributes of the instance
-    PROPERTIES: ClassVar[dict[str, Any]] = {}
+    PROPERTIES: ClassVar[dict[str, object]] = {}
 
     def __init__(self, bus: int = 0, device: int = 0, function: int = 0,
-                 **props: Any) -> None:
+                 **props: object) -> None:
         for name in props:
             if name not in self.PROPERTIES:
                 known = ", ".join(sorted(self.PROPERTIES)) or "none"
@@ -172,8 +179,8 @@ class PciDeviceModel(PciFunction):
         self._handlers = [(self._bind(d.read), self._bind(d.write)) for d in decls]
         self.realized = False
         #: the machine's event loop (pymsi.sched.Scheduler), if it has one
-        self.scheduler: Any = None
-        self._timers: set[Any] = set()        # events scheduled and not run (cancelled at reset)
+        self.scheduler: Scheduler | None = None
+        self._timers: set[Event] = set()        # events scheduled and not run (cancelled at reset)
         self.dma_stats = {"reads": 0, "writes": 0, "faults": 0, "blocked": 0}
 
     def _bind(self, cb: Any) -> Callable[..., Any] | None:
@@ -380,14 +387,15 @@ class PciDeviceModel(PciFunction):
             return Delivery.DISABLED
         return self.notify(vector)
 
-    def schedule(self, delay_ns: int, callback: Callable[..., Any], *args: Any) -> None:
+    def schedule(self, delay_ns: int, callback: Callable[[Unpack[_Ts]], object],
+                 *args: Unpack[_Ts]) -> None:
         """Run ``callback(*args)`` ``delay_ns`` from now on the machine's scheduler; with
         none, at once.  A reset of the function cancels it (QEMU's ``timer_del`` in a
         reset handler)."""
         if self.scheduler is None:
             callback(*args)
             return
-        box: list[Any] = []
+        box: list[Event] = []
 
         def fire() -> None:
             self._timers.discard(box[0])

@@ -48,7 +48,7 @@ from typing import Any, NamedTuple, cast
 
 from .. import core, trace
 from ..core import Fault, FaultKind, Stage1, Stage2, WalkResult, XlateConfig
-from ..core.common import batch_views, int_arg
+from ..core.common import Buffer, PhysMemory, batch_views, int_arg
 from ..errors import InvalidArgument
 from . import smmuv3_regs as R
 from .bits import dwords, pack_dwords
@@ -207,7 +207,7 @@ class SMMUv3:
 
     def __init__(
         self,
-        memory: Any,
+        memory: PhysMemory,
         stages: str = "nested",
         oas: int = 48,
         sidsize: int = 16,
@@ -963,7 +963,7 @@ class SMMUv3:
             trace_smmuv3_translate_abort(sid=sid, addr=iova, is_write=write, event=etype.name)
         return SmmuResult(Outcome.ABORTED, None, f, etype, recorded, w)
 
-    def translate_batch(self, sids: Any, iovas: Any, out_pa: Any, status: Any,
+    def translate_batch(self, sids: Buffer, iovas: Buffer, out_pa: Buffer, status: Buffer,
                         write: bool = False) -> int:
         """Translate many transactions (no SubstreamID), in one C call where possible.
 

@@ -29,9 +29,12 @@ IRR / ISR and an interrupt command register (ICR) for IPIs between CPUs.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .bits import Field
+
+if TYPE_CHECKING:
+    from ..core.common import PhysMemory
 
 MSI_BASE, MSI_SIZE = 0xFEE0_0000, 0x10_0000
 ADDR_DEST, ADDR_RH, ADDR_DM, ADDR_FORMAT = Field(19, 12), Field(3), Field(2), Field(4)
@@ -162,7 +165,7 @@ class X86MsiController:
     the remapping unit's registers live.
     """
 
-    def __init__(self, memory: Any, ncpus: int = 4) -> None:
+    def __init__(self, memory: PhysMemory, ncpus: int = 4) -> None:
         self.memory = memory
         self.lapics = [LocalApic(i, self) for i in range(ncpus)]
         self.gcmd = 0
