@@ -43,7 +43,7 @@ of new contexts (set by the machine's ``msi_design=``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from .. import core
 from ..core import Prot
@@ -63,10 +63,11 @@ from .iommufd import (
 )
 
 if TYPE_CHECKING:
-    from .iommu import IommuDomain
+    from .iommu import IommuDevice, IommuDomain
     from .iommufd import HwptNested, HwptPaging
     from .kernel import Kernel
     from .msi import MsiDesc
+    from .pci import PciDev
 
 MSI_DESIGNS = ("dma-cookie", "sw-msi", "preset", "per-vector")
 PHYS_ADDR_MAX = (1 << 64) - 1
@@ -118,7 +119,7 @@ class MsiDesignBase(IommufdMsiHooks):
     def __init__(self, ctx: IommufdCtx) -> None:
         self.ctx = ctx
         self.kernel = ctx.kernel
-        self.idevs: dict[Any, IommufdDevice] = {}     # PCI function -> its iommufd device
+        self.idevs: dict[IommuDevice, IommufdDevice] = {}   # PCI function -> its iommufd device
 
     def hwpt_init(self, hwpt: HwptPaging | HwptNested) -> None:
         hwpt.domain.cookie_type = IommuCookieType.IOMMUFD
@@ -325,7 +326,8 @@ class PerVectorMsi(MsiDesignBase):
         if idev in self.sized:
             return
         pdev = idev.dev
-        n = pdev.msix_vectors() if getattr(pdev, "msix_cap", None) is not None else 0
+        n = (cast("PciDev", pdev).msix_vectors()            # an MSI-X capability: PCI
+             if getattr(pdev, "msix_cap", None) is not None else 0)
         n += 32 if getattr(pdev, "msi_cap", None) is not None else 0
         self.sized[idev] = n
         self.table.reserve(self.TABLE_MIN + sum(self.sized.values()))
@@ -377,7 +379,7 @@ class PerVectorMsi(MsiDesignBase):
 
     # -- compose -------------------------------------------------------------------------
 
-    def idev_of(self, dev: Any) -> IommufdDevice | None:
+    def idev_of(self, dev: IommuDevice) -> IommufdDevice | None:
         """The context's bound device object of PCI function ``dev`` (attached or not)."""
         idev = self.idevs.get(dev)
         if idev is not None:
