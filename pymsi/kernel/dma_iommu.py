@@ -190,7 +190,7 @@ class DmaIommu:
 
     def sw_msi(self, domain: IommuDomain, desc: MsiDesc, msi_addr: int) -> None:
         """iommu_dma_sw_msi(): map the doorbell page on demand; reuse it after."""
-        cookie: Cookie = domain.cookie
+        cookie = cast(Cookie, domain.cookie)
         granule = cookie.granule
         page = msi_addr & ~(granule - 1)
         msi = cookie.msi_pages.get(page)
@@ -255,7 +255,7 @@ class DmaIommu:
             return phys                              # no translation: dma-direct
         if domain.type != DomainType.DMA:
             raise fail(EINVAL, "the DMA API needs a DMA domain")
-        cookie: Cookie = domain.cookie
+        cookie = cast(Cookie, domain.cookie)
         off = phys & (cookie.granule - 1)
         length = (off + size + cookie.granule - 1) & ~(cookie.granule - 1)
         iova = self._alloc_iova(domain, cookie, length, dev)
@@ -275,7 +275,7 @@ class DmaIommu:
         domain = self.kernel.iommu.get_domain_for_dev(dev)
         if domain is None or domain.type == DomainType.IDENTITY:
             return
-        cookie: Cookie = domain.cookie
+        cookie = cast(Cookie, domain.cookie)
         off = dma_addr & (cookie.granule - 1)
         length = (off + size + cookie.granule - 1) & ~(cookie.granule - 1)
         iova = dma_addr - off

@@ -25,6 +25,9 @@ from ..hw.virt_map import SW_MSI_BASE, SW_MSI_SIZE
 from .base import EBUSY, EINVAL, ENODEV, EOPNOTSUPP, EPERM, fail
 
 if TYPE_CHECKING:
+    from .dma_iommu import Cookie
+    from .iommufd import HwptNested, HwptPaging
+    from .iommufd_msi import MsiDesignBase
     from .kernel import Kernel
     from .msi import MsiDesc
 
@@ -138,9 +141,9 @@ class IommuDomain:
         self.pgsize_bitmap = pgsize_bitmap
         self.geometry = geometry or Geometry()
         self.owner: str | None = None
-        self.cookie: Any = None
+        self.cookie: Cookie | None = None          # dma-iommu's (DMA_IOVA / DMA_MSI)
         self.cookie_type = IommuCookieType.NONE
-        self.iommufd_hwpt: Any = None
+        self.iommufd_hwpt: HwptPaging | HwptNested | None = None
         self.parent: IommuDomain | None = None
         self.groups: set[IommuGroup] = set()
 
@@ -511,7 +514,9 @@ class IommuCore:
         if ct in (IommuCookieType.DMA_IOVA, IommuCookieType.DMA_MSI):
             self.kernel.dma_iommu.sw_msi(domain, desc, msi_addr)
         elif ct == IommuCookieType.IOMMUFD:
-            domain.iommufd_hwpt.ctx.msi.prepare(domain, desc, msi_addr)
+            # an IOMMUFD cookie: set by a design's hwpt_init (iommufd_msi.MsiDesignBase)
+            hwpt = cast("HwptPaging | HwptNested", domain.iommufd_hwpt)
+            cast("MsiDesignBase", hwpt.ctx.msi).prepare(domain, desc, msi_addr)
         else:
             desc.set_iommu_msi_iova(0, 0)
 

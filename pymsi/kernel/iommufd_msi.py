@@ -205,7 +205,7 @@ class SwMsi(MsiDesignBase):
             desc.set_iommu_msi_iova(0, 0)           # no SW_MSI region: message unchanged
             return
         m = self.get_map(msi_addr & ~(PAGE_SIZE - 1), idev.sw_msi_start)
-        self.install(_paging(domain.iommufd_hwpt), m)
+        self.install(_paging(cast("HwptPaging | HwptNested", domain.iommufd_hwpt)), m)
         self.required[idev] = self.required.get(idev, 0) | 1 << m.id
         desc.set_iommu_msi_iova(m.iova, PAGE_SHIFT)
 
@@ -261,7 +261,7 @@ class PresetMsi(SwMsi):
             return
         iova &= ~(PAGE_SIZE - 1)
         page = msi_addr & ~(PAGE_SIZE - 1)
-        self._install_at(_paging(domain.iommufd_hwpt), iova, page)
+        self._install_at(_paging(cast("HwptPaging | HwptNested", domain.iommufd_hwpt)), iova, page)
         # an iova was found, so there is a device
         self.needs.setdefault(cast(IommufdDevice, idev), {})[iova] = page
         desc.set_iommu_msi_iova(iova, PAGE_SHIFT)
