@@ -388,7 +388,7 @@ class KvmGuest:
     def __init__(self, vmm: Vmm, nvcpus: int = 2) -> None:
         k = self.k = vmm.k
         kvm = k.open("/dev/kvm")
-        self.vm = kvm.ioctl(K.KVM_CREATE_VM, 0)
+        self.vm = cast(int, kvm.ioctl(K.KVM_CREATE_VM, 0))   # an fd (File.ioctl: int | bytes)
         kvm.close()
         self.vcpu_fds = [k.ioctl(self.vm, K.KVM_CREATE_VCPU, i) for i in range(nvcpus)]
         gic = self._device(K.KVM_DEV_TYPE_ARM_VGIC_V3)

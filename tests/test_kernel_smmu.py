@@ -470,6 +470,8 @@ def test_nested_vste_bypass_and_abort(kind):
     ([1 | 0b101 << 1, R.STE1_EATS(2)], errno.EIO),   # EATS: only abort or full ATS
     ([1 | 0b101 << 1, R.STE1_EATS(3)], errno.EIO),   # EATS 0b11 is reserved
     ([1 | 0b101 << 1], errno.EINVAL),            # not an STE's two doublewords
+    (5, errno.EINVAL),                           # not a sequence at all (was TypeError)
+    (None, errno.EINVAL),
 ])
 def test_nested_vste_validation(vste, err):
     """Linux keeps EIO for invalid STE data (arm_smmu_validate_vste); a malformed

@@ -47,9 +47,9 @@ parents need IOMMU_HWPT_ALLOC_NEST_PARENT (``domain_alloc_paging(dev, flags)``).
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 from .._repr import bounded, short
 from ..core import IoPgtable, Prot
@@ -79,6 +79,7 @@ from .iommu import (
     MSI_IOVA_LENGTH,
     DomainType,
     Geometry,
+    IommuDevice,
     IommuDomain,
     IommuOps,
     ResvRegion,
@@ -86,6 +87,7 @@ from .iommu import (
 )
 
 if TYPE_CHECKING:
+    from .iommufd_viommu import Viommu
     from .kernel import Kernel
 
 STRTAB_SPLIT = 8
@@ -287,11 +289,11 @@ class _Ida:
 class ArmSmmuMaster:
     """struct arm_smmu_master: a device's StreamID, CD table and current domain."""
 
-    dev: Any
+    dev: IommuDevice
     sid: int
     cd_table: int | None = None        # one CD (S1CDMAX 0, linear)
     domain: IommuDomain | None = None
-    vmaster: tuple[Any, int] | None = None   # (vIOMMU, virtual StreamID) of a nested domain
+    vmaster: tuple[Viommu, int] | None = None   # (vIOMMU, virtual StreamID) of a nested domain
 
     def __repr__(self) -> str:
         cd = "-" if self.cd_table is None else f"{self.cd_table:#x}"
@@ -445,7 +447,7 @@ class ArmSmmuV3(IommuOps):
         self.first_rid, self.last_rid = first_rid, last_rid
         self._cmdq_max, self._evtq_max = cmdq_shift, evtq_shift
         self.features = Feat(0)
-        self.masters: dict[Any, ArmSmmuMaster] = {}
+        self.masters: dict[IommuDevice, ArmSmmuMaster] = {}
         self.events: list[ArmSmmuEvent] = []
         self.l2_strtab: dict[int, int] = {}
         self.stats = {"commands": 0, "syncs": 0, "cmdq_errors": 0, "events": 0,
@@ -952,7 +954,7 @@ class ArmSmmuV3(IommuOps):
 
     # -- IommuOps ----------------------------------------------------------------------
 
-    def probe_device(self, dev: Any) -> ArmSmmuMaster:
+    def probe_device(self, dev: IommuDevice) -> ArmSmmuMaster:
         """arm_smmu_probe_device(): StreamID = requester ID; its L2 table on demand."""
         if not self.probed:
             raise fail(ENODEV, "SMMU not probed")
@@ -966,7 +968,7 @@ class ArmSmmuV3(IommuOps):
         master = self.masters[dev] = ArmSmmuMaster(dev, sid)
         return master
 
-    def release_device(self, dev: Any) -> None:
+    def release_device(self, dev: IommuDevice) -> None:
         """arm_smmu_release_device(): abort STE, CD table freed."""
         master = self.masters.pop(dev, None)
         if master is None:
@@ -977,10 +979,10 @@ class ArmSmmuV3(IommuOps):
             self.kernel.mm.free(master.cd_table, R.CD_SIZE)
             master.cd_table = None
 
-    def device_group(self, dev: Any) -> Any:
+    def device_group(self, dev: IommuDevice) -> Hashable:
         return dev
 
-    def domain_alloc_paging(self, dev: Any, flags: int = 0) -> ArmSmmuDomain:
+    def domain_alloc_paging(self, dev: IommuDevice, flags: int = 0) -> ArmSmmuDomain:
         """arm_smmu_domain_alloc_paging_flags(): stage 1 when the SMMU has it, stage 2
         otherwise or for IOMMU_HWPT_ALLOC_NEST_PARENT."""
         if flags & ~IOMMU_HWPT_ALLOC_NEST_PARENT:
@@ -991,15 +993,20 @@ class ArmSmmuV3(IommuOps):
             return ArmSmmuDomain(self, 2, nest_parent=True)
         return ArmSmmuDomain(self, 1 if self.features & Feat.TRANS_S1 else 2)
 
-    def domain_alloc_nested(self, dev: Any, parent: IommuDomain, data: Any) -> IommuDomain:
+    def domain_alloc_nested(self, dev: IommuDevice, parent: IommuDomain,
+                            data: object) -> IommuDomain:
         """arm_vsmmu_alloc_domain_nested(): ``data`` is the guest's vSTE (dwords 0..1, or
-        an object with ``.ste``) on a stage-2 nesting parent of this SMMU."""
+        an object with ``.ste`` such as struct iommu_hwpt_arm_smmuv3) on a stage-2 nesting
+        parent of this SMMU; anything else is EINVAL."""
         if not self.features & Feat.NESTING:
             raise fail(EOPNOTSUPP, "SMMU cannot nest")
         if (not isinstance(parent, ArmSmmuDomain) or parent.smmu is not self
                 or parent.stage != 2 or not parent.nest_parent or parent.freed):
             raise fail(EINVAL, "a nested domain needs a stage-2 nesting parent of this SMMU")
-        return ArmSmmuNestedDomain(self, parent, self.validate_vste(getattr(data, "ste", data)))
+        ste = getattr(data, "ste", data)
+        if not isinstance(ste, Sequence):
+            raise fail(EINVAL, f"a vSTE is two 64-bit doublewords, not {type(ste).__name__}")
+        return ArmSmmuNestedDomain(self, parent, self.validate_vste(ste))
 
     @staticmethod
     def validate_vste(ste: Sequence[int]) -> tuple[int, int]:
@@ -1027,7 +1034,7 @@ class ArmSmmuV3(IommuOps):
     def blocked_domain(self) -> IommuDomain:
         return self._blocked
 
-    def attach_dev(self, domain: IommuDomain, dev: Any) -> None:
+    def attach_dev(self, domain: IommuDomain, dev: IommuDevice) -> None:
         """arm_smmu_attach_dev() and the static domains' attach: build and install the STE."""
         master = self.masters.get(dev)
         if master is None:
@@ -1057,7 +1064,8 @@ class ArmSmmuV3(IommuOps):
             domain.masters.add(master)
 
     @staticmethod
-    def _prepare_vmaster(domain: ArmSmmuNestedDomain, dev: Any) -> tuple[Any, int] | None:
+    def _prepare_vmaster(domain: ArmSmmuNestedDomain,
+                         dev: IommuDevice) -> tuple[Viommu, int] | None:
         """arm_smmu_attach_prepare_vmaster(): a nested domain made through a vIOMMU
         (``domain.vsmmu``) reports the master's events with its vDEVICE's virtual
         StreamID; a translating vSTE needs one (ENOENT), abort / bypass do not."""
@@ -1077,7 +1085,7 @@ class ArmSmmuV3(IommuOps):
             old.masters.discard(master)
         master.domain = master.vmaster = None
 
-    def hw_info(self, dev: Any, want: int) -> tuple[bytes, int]:
+    def hw_info(self, dev: IommuDevice, want: int) -> tuple[bytes, int]:
         """arm_smmu_hw_info(): struct iommu_hw_info_arm_smmuv3 with IDR0..IDR5, IIDR and
         AIDR read from the SMMU as they are (no bit masked); EOPNOTSUPP when another
         type is asked for (no implementation-specific info here)."""
@@ -1088,7 +1096,7 @@ class ArmSmmuV3(IommuOps):
             iidr=self.readl(R.IIDR), aidr=self.readl(R.AIDR))
         return info.pack(), uapi.IOMMU_HW_INFO_TYPE_ARM_SMMUV3
 
-    def get_resv_regions(self, dev: Any) -> list[ResvRegion]:
+    def get_resv_regions(self, dev: IommuDevice) -> list[ResvRegion]:
         """arm_smmu_get_resv_regions(): the software-managed MSI window."""
         return [ResvRegion(MSI_IOVA_BASE, MSI_IOVA_LENGTH, IOMMU_WRITE | IOMMU_NOEXEC | IOMMU_MMIO,
                            ResvType.SW_MSI)]

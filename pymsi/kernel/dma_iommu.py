@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from .base import EEXIST, EINVAL, ENOMEM, ENOSPC, fail
 from .iommu import (
@@ -25,6 +25,7 @@ from .iommu import (
     IOMMU_WRITE,
     DomainType,
     IommuCookieType,
+    IommuDevice,
     IommuDomain,
     ResvType,
 )
@@ -153,7 +154,7 @@ class DmaIommu:
 
     # -- cookies -----------------------------------------------------------------------
 
-    def init_domain(self, domain: IommuDomain, dev: Any) -> None:
+    def init_domain(self, domain: IommuDomain, dev: IommuDevice) -> None:
         """iommu_get_dma_cookie() + iommu_dma_init_domain() for a kernel DMA domain."""
         granule = self._granule(domain)
         iovad = IovaDomain(granule)
@@ -189,7 +190,7 @@ class DmaIommu:
 
     def sw_msi(self, domain: IommuDomain, desc: MsiDesc, msi_addr: int) -> None:
         """iommu_dma_sw_msi(): map the doorbell page on demand; reuse it after."""
-        cookie: Cookie = domain.cookie
+        cookie = cast(Cookie, domain.cookie)
         granule = cookie.granule
         page = msi_addr & ~(granule - 1)
         msi = cookie.msi_pages.get(page)
@@ -231,7 +232,7 @@ class DmaIommu:
 
     # -- the DMA API ------------------------------------------------------------------------
 
-    def _alloc_iova(self, domain: IommuDomain, cookie: Cookie, size: int, dev: Any) -> int:
+    def _alloc_iova(self, domain: IommuDomain, cookie: Cookie, size: int, dev: IommuDevice) -> int:
         """iommu_dma_alloc_iova(): below the DMA mask, below 4 GiB first for PCI."""
         iovad = _iovad(cookie)
         npages = (size + cookie.granule - 1) >> iovad.shift
@@ -246,7 +247,7 @@ class DmaIommu:
         except OSError:
             raise fail(ENOSPC, "no IOVA space left under the DMA mask") from None
 
-    def map_page(self, dev: Any, phys: int, size: int, direction: DmaDirection,
+    def map_page(self, dev: IommuDevice, phys: int, size: int, direction: DmaDirection,
                  coherent: bool = True) -> int:
         """dma_map_page(): the IOVA the device must use for [phys, phys + size)."""
         domain = self.kernel.iommu.get_domain_for_dev(dev)
@@ -254,7 +255,7 @@ class DmaIommu:
             return phys                              # no translation: dma-direct
         if domain.type != DomainType.DMA:
             raise fail(EINVAL, "the DMA API needs a DMA domain")
-        cookie: Cookie = domain.cookie
+        cookie = cast(Cookie, domain.cookie)
         off = phys & (cookie.granule - 1)
         length = (off + size + cookie.granule - 1) & ~(cookie.granule - 1)
         iova = self._alloc_iova(domain, cookie, length, dev)
@@ -269,12 +270,12 @@ class DmaIommu:
             raise
         return iova + off
 
-    def unmap_page(self, dev: Any, dma_addr: int, size: int) -> None:
+    def unmap_page(self, dev: IommuDevice, dma_addr: int, size: int) -> None:
         """dma_unmap_page(): strict mode, so the IOTLB is invalidated before the IOVA is reused."""
         domain = self.kernel.iommu.get_domain_for_dev(dev)
         if domain is None or domain.type == DomainType.IDENTITY:
             return
-        cookie: Cookie = domain.cookie
+        cookie = cast(Cookie, domain.cookie)
         off = dma_addr & (cookie.granule - 1)
         length = (off + size + cookie.granule - 1) & ~(cookie.granule - 1)
         iova = dma_addr - off

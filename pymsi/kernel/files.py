@@ -24,14 +24,21 @@ from __future__ import annotations
 import errno as _errno
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from .._repr import bounded
 from ..uapi.eventpoll import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT  # noqa: F401 (re-exported)
 from .base import EEXIST, EFAULT, EINVAL, ENOENT, ENOMEM, fail
 
 if TYPE_CHECKING:
+    from ..core.common import Buffer
+    from ..uapi import IoctlArg
     from .kernel import Kernel
+
+#: What ioctl(2) gives back: Linux's ``long`` (0, a new descriptor, a count); the model's
+#: VFIO_DEVICE_GET_REGION_INFO also hands back the capability chain it would have copied to
+#: the user's buffer, as bytes.
+IoctlResult: TypeAlias = int | bytes
 
 EBADF, ENOTTY, EAGAIN, EMFILE = _errno.EBADF, _errno.ENOTTY, _errno.EAGAIN, _errno.EMFILE
 ESPIPE = _errno.ESPIPE
@@ -82,9 +89,9 @@ class FileOperations:
     def release(self, file: File) -> None:
         """Called when the last reference to the file is dropped."""
 
-    unlocked_ioctl: Callable[[File, int, Any], Any] | None = None
-    read: Callable[[File, int], Any] | None = None
-    write: Callable[[File, Any], Any] | None = None
+    unlocked_ioctl: Callable[[File, int, IoctlArg], IoctlResult] | None = None
+    read: Callable[[File, int], int | bytes] | None = None
+    write: Callable[[File, int | Buffer], int] | None = None
     poll: Callable[[File], int] | None = None
     pread: Callable[[File, int, int], bytes] | None = None
     pwrite: Callable[[File, int, bytes], int] | None = None
@@ -114,12 +121,13 @@ class File:
     """
 
     def __init__(self, kernel: Kernel, fops: FileOperations, flags: int,
-                 cdev: CharDev | None = None, private_data: Any = None) -> None:
+                 cdev: CharDev | None = None, private_data: object = None) -> None:
         self.kernel = kernel
         self.f_op = fops
         self.f_flags = flags
         self.cdev = cdev
-        self.private_data = private_data
+        #: the driver's ``void *private_data``: each driver reads back its own type
+        self.private_data: Any = private_data
         self.f_count = 1
         self.released = False
         self.fd: int | None = None
@@ -153,16 +161,19 @@ class File:
         files: FdTable = self.kernel.files
         return files
 
-    def ioctl(self, cmd: int, arg: Any = 0) -> Any:
-        """ioctl(2) on this descriptor."""
+    def ioctl(self, cmd: int, arg: IoctlArg = 0) -> IoctlResult:
+        """ioctl(2) on this descriptor: ``arg`` an int or the command's UAPI structure
+        (filled in place); the result Linux's return value (see :data:`IoctlResult`)."""
         return self._files().ioctl(self._fd(), cmd, arg)
 
-    def read(self, count: int = 8) -> Any:
-        """read(2) on this descriptor."""
+    def read(self, count: int = 8) -> int | bytes:
+        """read(2) on this descriptor: the bytes read (an eventfd gives its counter as
+        an int)."""
         return self._files().read(self._fd(), count)
 
-    def write(self, data: Any) -> Any:
-        """write(2) on this descriptor."""
+    def write(self, data: int | Buffer) -> int:
+        """write(2) on this descriptor: the bytes written (an eventfd also takes its u64
+        as an int)."""
         return self._files().write(self._fd(), data)
 
     def poll(self) -> int:
@@ -212,7 +223,7 @@ class FdTable:
         """The descriptors that name a modelled file."""
         return {n: f for n, f in self.fds.items() if f is not None}
 
-    def _lookup(self, fd: Any) -> File:
+    def _lookup(self, fd: object) -> File:
         if type(fd) is int:                    # the common case: an open descriptor number
             f = self.fds.get(fd)
             if f is not None:
@@ -250,7 +261,7 @@ class FdTable:
         """fget(): the file behind ``fd`` with a new reference (fput it), or EBADF."""
         return self._lookup(fd).get()
 
-    def dup(self, fd: Any) -> int:
+    def dup(self, fd: int | File) -> int:
         """dup(2): a new descriptor (lowest free) for the same file."""
         f = self._lookup(fd)
         n = self.alloc_fd()
@@ -258,7 +269,7 @@ class FdTable:
         self.fds[n] = f
         return n
 
-    def close(self, fd: Any) -> None:
+    def close(self, fd: int | File) -> None:
         """close(2): the descriptor goes; the file is released with its last reference."""
         f = self._lookup(fd)
         n = fd._fd() if isinstance(fd, File) else fd
@@ -272,7 +283,7 @@ class FdTable:
         for n in sorted(self.open_files(), reverse=True):
             self.close(n)
 
-    def ioctl(self, fd: Any, cmd: int, arg: Any = 0) -> Any:
+    def ioctl(self, fd: int | File, cmd: int, arg: IoctlArg = 0) -> IoctlResult:
         """ioctl(2): the generic commands first (do_vfs_ioctl), then the file's own."""
         f = self._lookup(fd)
         n = fd._fd() if isinstance(fd, File) else fd
@@ -288,7 +299,7 @@ class FdTable:
             return 0
         return vfs_ioctl(f, cmd, arg)
 
-    def read(self, fd: Any, count: int = 8) -> Any:
+    def read(self, fd: int | File, count: int = 8) -> int | bytes:
         """read(2): EBADF for a file not open for reading, EINVAL without a read op."""
         f = self._lookup(fd)
         if (f.f_flags & O_ACCMODE) not in (O_RDONLY, O_RDWR):
@@ -299,7 +310,7 @@ class FdTable:
             raise fail(EINVAL, f"bad count {count!r}")
         return f.f_op.read(f, count)
 
-    def write(self, fd: Any, data: Any) -> Any:
+    def write(self, fd: int | File, data: int | Buffer) -> int:
         """write(2): EBADF for a file not open for writing, EINVAL without a write op."""
         f = self._lookup(fd)
         if (f.f_flags & O_ACCMODE) not in (O_WRONLY, O_RDWR):
@@ -308,7 +319,7 @@ class FdTable:
             raise fail(EINVAL, "file cannot be written")
         return f.f_op.write(f, data)
 
-    def pread(self, fd: Any, count: int, offset: int) -> bytes:
+    def pread(self, fd: int | File, count: int, offset: int) -> bytes:
         """pread(2): EBADF for a file not open for reading, ESPIPE for one that is
         not seekable, EINVAL for a negative offset or count."""
         f = self._lookup(fd)
@@ -323,7 +334,7 @@ class FdTable:
             return b""
         return bytes(f.f_op.pread(f, offset, count))
 
-    def pwrite(self, fd: Any, data: Any, offset: int) -> int:
+    def pwrite(self, fd: int | File, data: bytes | bytearray | memoryview, offset: int) -> int:
         """pwrite(2): EBADF for a file not open for writing, ESPIPE for one that is
         not seekable, EINVAL for a negative offset, EFAULT for data that is not bytes."""
         f = self._lookup(fd)
@@ -339,7 +350,7 @@ class FdTable:
             return 0
         return f.f_op.pwrite(f, offset, bytes(data))
 
-    def poll(self, fd: Any) -> int:
+    def poll(self, fd: int | File) -> int:
         """poll(2) of one descriptor: a file without a poll op is always ready."""
         f = self._lookup(fd)
         if f.f_op.poll is None:
@@ -347,7 +358,7 @@ class FdTable:
         return f.f_op.poll(f)
 
 
-def vfs_ioctl(file: File, cmd: int, arg: Any) -> Any:
+def vfs_ioctl(file: File, cmd: int, arg: IoctlArg) -> IoctlResult:
     """vfs_ioctl(): the file's unlocked_ioctl, ENOTTY when it has none."""
     if file.released:
         raise fail(EBADF, "ioctl on a released file")
@@ -362,9 +373,9 @@ class CharDevRegistry:
     def __init__(self) -> None:
         self.nodes: dict[str, CharDev] = {}
 
-    def register(self, path: str, fops: FileOperations, data: Any = None) -> CharDev:
+    def register(self, path: str, fops: FileOperations, data: object = None) -> CharDev:
         """Make ``path`` open ``fops``; EEXIST when the node exists, EINVAL for a
-        path that is not absolute."""
+        path that is not absolute.  ``data`` is the driver's, opaque here (``cdev.data``)."""
         norm = _normpath(path)
         if norm is None:
             raise fail(EINVAL, "a device node path is absolute")
@@ -389,7 +400,7 @@ class CharDevRegistry:
         return node
 
 
-def _normpath(path: Any) -> str | None:
+def _normpath(path: object) -> str | None:
     """An absolute path with repeated slashes and "." components removed."""
     if not isinstance(path, str) or not path.startswith("/"):
         return None
@@ -420,7 +431,7 @@ def do_open(kernel: Kernel, path: str, flags: int = O_RDWR) -> File:
 class WaitQueueEntry:
     """wait_queue_entry_t: ``func(ctx, key)`` runs on each wake-up with the poll mask."""
 
-    func: Callable[[Any, int], Any]
+    func: Callable[[EventfdCtx, int], object]
 
 
 class EventfdCtx(FileOperations):
@@ -455,7 +466,7 @@ class EventfdCtx(FileOperations):
 
     # -- wait queue ---------------------------------------------------------------
 
-    def add_wait_queue(self, func: Callable[[Any, int], Any]) -> WaitQueueEntry:
+    def add_wait_queue(self, func: Callable[[EventfdCtx, int], object]) -> WaitQueueEntry:
         """add_wait_queue(): ``func(ctx, key)`` runs on every wake-up until removed."""
         entry = WaitQueueEntry(func)
         self.wqh.append(entry)
@@ -520,7 +531,7 @@ class EventfdCtx(FileOperations):
         self._wake(EPOLLOUT)
         return value
 
-    def write(self, file: File, data: Any) -> int:
+    def write(self, file: File, data: object) -> int:
         """write(2) of a u64 (an int, or 8 little-endian bytes): add it to the counter.
 
         ULLONG_MAX is EINVAL; a sum beyond ULLONG_MAX - 1 is EAGAIN (it would block).

@@ -17,13 +17,22 @@ the bus is not translated by it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, cast
 
 from ..core import Prot
 from ..hw import x86 as HW
 from ..uapi import iommufd as uapi
 from .base import EEXIST, EINVAL, ENODEV, EOPNOTSUPP, fail
-from .iommu import DomainType, Geometry, IommuDomain, IommuOps, ResvRegion, ResvType
+from .iommu import (
+    DomainType,
+    Geometry,
+    IommuDevice,
+    IommuDomain,
+    IommuOps,
+    ResvRegion,
+    ResvType,
+)
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -40,7 +49,7 @@ class VtdDomain(IommuDomain):
         super().__init__(DomainType.UNMANAGED, iommu, PAGE_SIZE,
                          Geometry(0, (1 << VTD_ADDR_WIDTH) - 1, True))
         self.pages: dict[int, tuple[int, Prot]] = {}      # IOVA page -> (PA page, prot)
-        self.devices: set[Any] = set()
+        self.devices: set[IommuDevice] = set()
 
     def map_pages(self, iova: int, paddr: int, size: int, prot: Prot) -> None:
         """All pages of the range or (EEXIST on one already mapped) none."""
@@ -68,10 +77,10 @@ class IntelIommu(IommuOps):
     def __init__(self, kernel: Kernel, base: int) -> None:
         self.kernel = kernel
         self.base = base
-        self.domains: dict[Any, IommuDomain] = {}       # device -> attached domain
+        self.domains: dict[IommuDevice, IommuDomain] = {}       # device -> attached domain
         self._identity = IommuDomain(DomainType.IDENTITY, self)
         self._blocked = IommuDomain(DomainType.BLOCKED, self)
-        self.probed: set[Any] = set()
+        self.probed: set[IommuDevice] = set()
 
     def register(self) -> None:
         """iommu_device_register(): every PCI function is behind this unit."""
@@ -87,18 +96,18 @@ class IntelIommu(IommuOps):
 
     # -- IommuOps ------------------------------------------------------------------------
 
-    def probe_device(self, dev: Any) -> Any:
+    def probe_device(self, dev: IommuDevice) -> IommuDevice:
         self.probed.add(dev)
         return dev
 
-    def release_device(self, dev: Any) -> None:
+    def release_device(self, dev: IommuDevice) -> None:
         self.probed.discard(dev)
         self.domains.pop(dev, None)
 
-    def device_group(self, dev: Any) -> Any:
+    def device_group(self, dev: IommuDevice) -> Hashable:
         return dev
 
-    def def_domain_type(self, dev: Any) -> DomainType | None:
+    def def_domain_type(self, dev: IommuDevice) -> DomainType | None:
         return DomainType.IDENTITY
 
     def identity_domain(self) -> IommuDomain:
@@ -107,14 +116,14 @@ class IntelIommu(IommuOps):
     def blocked_domain(self) -> IommuDomain:
         return self._blocked
 
-    def domain_alloc_paging(self, dev: Any, flags: int = 0) -> IommuDomain:
+    def domain_alloc_paging(self, dev: IommuDevice, flags: int = 0) -> IommuDomain:
         """intel_iommu_domain_alloc_paging_flags(): no nesting, dirty tracking or PASID
         in this model (EOPNOTSUPP)."""
         if flags:
             raise fail(EOPNOTSUPP, f"domain flags {flags:#x}")
         return VtdDomain(self)
 
-    def attach_dev(self, domain: IommuDomain, dev: Any) -> None:
+    def attach_dev(self, domain: IommuDomain, dev: IommuDevice) -> None:
         if dev not in self.probed:
             raise fail(ENODEV, f"{dev} not probed")
         if domain is not self._identity and domain is not self._blocked and \
@@ -127,12 +136,12 @@ class IntelIommu(IommuOps):
         if isinstance(domain, VtdDomain):
             domain.devices.add(dev)
 
-    def get_resv_regions(self, dev: Any) -> list[ResvRegion]:
+    def get_resv_regions(self, dev: IommuDevice) -> list[ResvRegion]:
         """intel_iommu_get_resv_regions(): the interrupt range, IOMMU_RESV_MSI."""
         return [ResvRegion(IOAPIC_RANGE_START, IOAPIC_RANGE_END - IOAPIC_RANGE_START + 1,
                            Prot(0), ResvType.MSI)]
 
-    def hw_info(self, dev: Any, want: int) -> tuple[bytes, int]:
+    def hw_info(self, dev: IommuDevice, want: int) -> tuple[bytes, int]:
         """intel_iommu_hw_info(): struct iommu_hw_info_vtd with CAP and ECAP."""
         if want not in (uapi.IOMMU_HW_INFO_TYPE_DEFAULT, uapi.IOMMU_HW_INFO_TYPE_INTEL_VTD):
             raise fail(EOPNOTSUPP, f"hw_info type {want}")

@@ -16,22 +16,60 @@ its context's MSI design (:mod:`pymsi.kernel.iommufd_msi`).
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from ..core import Prot
 from ..hw.virt_map import SW_MSI_BASE, SW_MSI_SIZE
 from .base import EBUSY, EINVAL, ENODEV, EOPNOTSUPP, EPERM, fail
 
 if TYPE_CHECKING:
+    from .dma_iommu import Cookie
+    from .iommufd import HwptNested, HwptPaging
+    from .iommufd_msi import MsiDesignBase
     from .kernel import Kernel
+    from .msi import MsiDesc
 
 IOMMU_READ, IOMMU_WRITE, IOMMU_CACHE = Prot.READ, Prot.WRITE, Prot.CACHE
 IOMMU_NOEXEC, IOMMU_MMIO, IOMMU_PRIV = Prot.NOEXEC, Prot.MMIO, Prot.PRIV
 
 # arm-smmu-v3's SW_MSI window (the board's, defined once in hw.virt_map)
 MSI_IOVA_BASE, MSI_IOVA_LENGTH = SW_MSI_BASE, SW_MSI_SIZE
+
+
+class IommuDevice(Protocol):
+    """struct device as the IOMMU core and its drivers use it: a PCI function
+    (:class:`pymsi.kernel.pci.PciDev`, or any object with these members).
+
+    ``rid`` is the requester ID (the SMMU's StreamID, VT-d's source-id),
+    ``dma_mask`` the widest DMA address the device drives (dma-iommu's IOVA
+    limit) and ``iommu_group`` the group :meth:`IommuCore.probe_device` put it in
+    (None outside one); the core is the only writer of ``iommu_group``.  The
+    device is also the key of the core's and drivers' per-device tables, so it
+    hashes by identity (or by something as stable).
+    """
+
+    @property
+    def rid(self) -> int: ...
+
+    @property
+    def dma_mask(self) -> int: ...
+
+    @property
+    def iommu_group(self) -> IommuGroup | None: ...
+
+    def __hash__(self) -> int: ...
+
+
+class _GroupedDevice(Protocol):
+    """What :class:`IommuCore` writes: dev->iommu_group."""
+
+    iommu_group: IommuGroup | None
+
+
+def _set_iommu_group(dev: IommuDevice, group: IommuGroup | None) -> None:
+    cast("_GroupedDevice", dev).iommu_group = group
 
 
 class DomainType(enum.Enum):
@@ -96,16 +134,16 @@ class IommuDomain:
     iommufd HWPT owning the domain (IOMMUFD cookies).
     """
 
-    def __init__(self, type: DomainType, iommu: Any = None, pgsize_bitmap: int = 0,
+    def __init__(self, type: DomainType, iommu: IommuOps | None = None, pgsize_bitmap: int = 0,
                  geometry: Geometry | None = None) -> None:
         self.type = type
         self.iommu = iommu
         self.pgsize_bitmap = pgsize_bitmap
         self.geometry = geometry or Geometry()
         self.owner: str | None = None
-        self.cookie: Any = None
+        self.cookie: Cookie | None = None          # dma-iommu's (DMA_IOVA / DMA_MSI)
         self.cookie_type = IommuCookieType.NONE
-        self.iommufd_hwpt: Any = None
+        self.iommufd_hwpt: HwptPaging | HwptNested | None = None
         self.parent: IommuDomain | None = None
         self.groups: set[IommuGroup] = set()
 
@@ -136,25 +174,29 @@ class IommuDomain:
 class IommuOps:
     """struct iommu_ops: what an IOMMU driver provides to the core."""
 
-    _claims: Callable[[Any], bool]          # set by IommuCore.device_register
+    _claims: Callable[[IommuDevice], bool]          # set by IommuCore.device_register
 
-    def probe_device(self, dev: Any) -> Any:
-        """Take the device on (return per-device driver state), or raise ENODEV."""
+    def probe_device(self, dev: IommuDevice) -> object:
+        """Take the device on (return per-device driver state, opaque to the core: Linux's
+        dev_iommu_priv), or raise ENODEV."""
         raise fail(ENODEV)
 
-    def release_device(self, dev: Any) -> None:
+    def release_device(self, dev: IommuDevice) -> None:
         """Forget the device."""
 
-    def device_group(self, dev: Any) -> Any:
+    def device_group(self, dev: IommuDevice) -> Hashable:
         """A key naming the group the device belongs to (devices with equal keys share one)."""
         return dev
 
-    def domain_alloc_paging(self, dev: Any, flags: int = 0) -> IommuDomain:
+    def domain_alloc_paging(self, dev: IommuDevice, flags: int = 0) -> IommuDomain:
         """A paging domain; ``flags`` as iommu_paging_domain_alloc_flags() (e.g. the
         driver's nest-parent flag)."""
         raise fail(EOPNOTSUPP)
 
-    def domain_alloc_nested(self, dev: Any, parent: IommuDomain, data: Any) -> IommuDomain:
+    def domain_alloc_nested(self, dev: IommuDevice, parent: IommuDomain,
+                            data: object) -> IommuDomain:
+        """A nested domain on ``parent`` from the guest's ``data`` (struct iommu_user_data:
+        driver-specific, e.g. arm-smmu-v3's vSTE); the driver checks it (EINVAL)."""
         raise fail(EOPNOTSUPP)
 
     def identity_domain(self) -> IommuDomain:
@@ -163,14 +205,14 @@ class IommuOps:
     def blocked_domain(self) -> IommuDomain:
         raise fail(EOPNOTSUPP)
 
-    def attach_dev(self, domain: IommuDomain, dev: Any) -> None:
+    def attach_dev(self, domain: IommuDomain, dev: IommuDevice) -> None:
         """Make ``dev`` translate through ``domain`` (hitless where possible)."""
         raise fail(EOPNOTSUPP)
 
-    def get_resv_regions(self, dev: Any) -> list[ResvRegion]:
+    def get_resv_regions(self, dev: IommuDevice) -> list[ResvRegion]:
         return []
 
-    def def_domain_type(self, dev: Any) -> DomainType | None:
+    def def_domain_type(self, dev: IommuDevice) -> DomainType | None:
         return None
 
 
@@ -179,15 +221,15 @@ class IommuGroup:
 
     _ids = 0
 
-    def __init__(self, ops: IommuOps, key: Any) -> None:
+    def __init__(self, ops: IommuOps, key: Hashable) -> None:
         IommuGroup._ids += 1
         self.id = IommuGroup._ids
         self.ops = ops
         self.key = key
-        self.devices: list[Any] = []
+        self.devices: list[IommuDevice] = []
         self.domain: IommuDomain | None = None
         self.default_domain: IommuDomain | None = None
-        self.owner: Any = None                    # DMA ownership claimed by (VFIO, iommufd)
+        self.owner: object = None                 # DMA ownership claimed by (VFIO, iommufd)
         self.owner_cnt = 0
         self.kernel_users = 0                     # devices bound to kernel drivers (DMA API)
 
@@ -202,20 +244,20 @@ class IommuCore:
         self.kernel = kernel
         self.default_domain_type = default_domain_type
         self.iommus: list[IommuOps] = []
-        self.groups: dict[Any, IommuGroup] = {}
-        self._dev_group: dict[Any, IommuGroup] = {}
-        self._dev_ops: dict[Any, IommuOps] = {}
+        self.groups: dict[Hashable, IommuGroup] = {}
+        self._dev_group: dict[IommuDevice, IommuGroup] = {}
+        self._dev_ops: dict[IommuDevice, IommuOps] = {}
         #: (base, size) of the firmware's IORT RMR nodes the kernel honours
         self.firmware_rmrs: list[tuple[int, int]] = []
 
     # -- registration and probing ------------------------------------------------
 
-    def device_register(self, ops: IommuOps, claims: Callable[[Any], bool]) -> None:
+    def device_register(self, ops: IommuOps, claims: Callable[[IommuDevice], bool]) -> None:
         """iommu_device_register(): ``claims(dev)`` says which devices are behind it."""
         self.iommus.append(ops)
         ops._claims = claims
 
-    def probe_device(self, dev: Any) -> IommuGroup | None:
+    def probe_device(self, dev: IommuDevice) -> IommuGroup | None:
         """iommu_probe_device(): put a device behind its IOMMU into a group."""
         if dev in self._dev_group:
             return self._dev_group[dev]
@@ -230,7 +272,7 @@ class IommuCore:
         group.devices.append(dev)
         self._dev_group[dev] = group
         self._dev_ops[dev] = ops
-        dev.iommu_group = group
+        _set_iommu_group(dev, group)
         if group.default_domain is None:
             dtype = ops.def_domain_type(dev) or self.default_domain_type
             group.default_domain = self._alloc_default(ops, dev, dtype)
@@ -240,7 +282,7 @@ class IommuCore:
         self._create_device_direct_mappings(group, dev)
         return group
 
-    def _create_device_direct_mappings(self, group: IommuGroup, dev: Any) -> None:
+    def _create_device_direct_mappings(self, group: IommuGroup, dev: IommuDevice) -> None:
         """iommu_create_device_direct_mappings(): in a DMA default domain, each direct
         region of the device (firmware RMRs) mapped 1:1, page by page where not mapped
         yet; then, as Linux 6.1 does, the domain's TLB is flushed once."""
@@ -258,7 +300,7 @@ class IommuCore:
                     self.map(domain, addr, addr, pg, r.prot)
         domain.flush_iotlb_all()
 
-    def _alloc_default(self, ops: IommuOps, dev: Any, dtype: DomainType) -> IommuDomain:
+    def _alloc_default(self, ops: IommuOps, dev: IommuDevice, dtype: DomainType) -> IommuDomain:
         if dtype == DomainType.IDENTITY:
             return ops.identity_domain()
         domain = ops.domain_alloc_paging(dev)
@@ -266,14 +308,14 @@ class IommuCore:
         self.kernel.dma_iommu.init_domain(domain, dev)
         return domain
 
-    def release_device(self, dev: Any) -> None:
+    def release_device(self, dev: IommuDevice) -> None:
         """iommu_release_device(): the last device of a group takes the group with it."""
         group = self._dev_group.pop(dev, None)
         if group is None:
             return
         group.devices.remove(dev)
         self._dev_ops.pop(dev).release_device(dev)
-        dev.iommu_group = None
+        _set_iommu_group(dev, None)
         if not group.devices:
             if group.domain is not None:
                 group.domain.groups.discard(group)
@@ -282,23 +324,25 @@ class IommuCore:
                 self.domain_free(default)
             del self.groups[group.key]
 
-    def group_for(self, dev: Any) -> IommuGroup | None:
+    def group_for(self, dev: IommuDevice) -> IommuGroup | None:
         return self._dev_group.get(dev)
 
-    def ops_for(self, dev: Any) -> IommuOps | None:
+    def ops_for(self, dev: IommuDevice) -> IommuOps | None:
         return self._dev_ops.get(dev)
 
     # -- domains --------------------------------------------------------------------
 
-    def domain_alloc_paging(self, dev: Any, flags: int = 0) -> IommuDomain:
+    def domain_alloc_paging(self, dev: IommuDevice, flags: int = 0) -> IommuDomain:
         """iommu_paging_domain_alloc_flags(): an UNMANAGED paging domain for ``dev``'s IOMMU."""
         ops = self._ops(dev)
         domain = ops.domain_alloc_paging(dev, flags)
         domain.type = DomainType.UNMANAGED
         return domain
 
-    def domain_alloc_nested(self, dev: Any, parent: IommuDomain, data: Any) -> IommuDomain:
-        """A NESTED domain on ``parent`` (a paging domain), with the guest's ``data``."""
+    def domain_alloc_nested(self, dev: IommuDevice, parent: IommuDomain,
+                            data: object) -> IommuDomain:
+        """A NESTED domain on ``parent`` (a paging domain), with the guest's ``data``
+        (driver-specific, checked by the driver: :meth:`IommuOps.domain_alloc_nested`)."""
         if not parent.is_paging:
             raise fail(EINVAL, "a nested domain needs a paging parent")
         domain = self._ops(dev).domain_alloc_nested(dev, parent, data)
@@ -306,10 +350,10 @@ class IommuCore:
         domain.parent = parent
         return domain
 
-    def identity_domain(self, dev: Any) -> IommuDomain:
+    def identity_domain(self, dev: IommuDevice) -> IommuDomain:
         return self._ops(dev).identity_domain()
 
-    def blocked_domain(self, dev: Any) -> IommuDomain:
+    def blocked_domain(self, dev: IommuDevice) -> IommuDomain:
         return self._ops(dev).blocked_domain()
 
     def domain_free(self, domain: IommuDomain) -> None:
@@ -320,13 +364,13 @@ class IommuCore:
             self.kernel.dma_iommu.put_cookie(domain)
         domain.free()
 
-    def _ops(self, dev: Any) -> IommuOps:
+    def _ops(self, dev: IommuDevice) -> IommuOps:
         ops = self._dev_ops.get(dev)
         if ops is None:
             raise fail(ENODEV, f"{dev} is not behind an IOMMU")
         return ops
 
-    def get_domain_for_dev(self, dev: Any) -> IommuDomain | None:
+    def get_domain_for_dev(self, dev: IommuDevice) -> IommuDomain | None:
         """iommu_get_domain_for_dev()."""
         group = self._dev_group.get(dev)
         return group.domain if group else None
@@ -369,7 +413,7 @@ class IommuCore:
             raise fail(EINVAL, "group is not attached to that domain")
         self._attach_group(cast(IommuDomain, group.default_domain), group)   # made at probe
 
-    def attach_device(self, domain: IommuDomain, dev: Any) -> None:
+    def attach_device(self, domain: IommuDomain, dev: IommuDevice) -> None:
         """iommu_attach_device(): a singleton group only."""
         group = self._dev_group.get(dev)
         if group is None:
@@ -378,9 +422,11 @@ class IommuCore:
             raise fail(EINVAL, "iommu_attach_device() on a group of several devices")
         self.attach_group(domain, group)
 
-    def claim_dma_owner(self, group: IommuGroup, owner: Any) -> None:
+    def claim_dma_owner(self, group: IommuGroup, owner: object) -> None:
         """iommu_group_claim_dma_owner(): user ownership (VFIO / iommufd); the group
-        is moved to a blocking domain so nothing the kernel mapped stays reachable."""
+        is moved to a blocking domain so nothing the kernel mapped stays reachable.
+        ``owner`` is Linux's opaque ``void *owner`` cookie: only its identity counts
+        (a second claim by the same owner nests, another owner is EBUSY)."""
         if group.owner is not None and group.owner is not owner:
             raise fail(EBUSY, "group has another DMA owner")
         if group.kernel_users:
@@ -422,7 +468,7 @@ class IommuCore:
     def iova_to_phys(self, domain: IommuDomain, iova: int) -> int | None:
         return domain.iova_to_phys(iova)
 
-    def get_resv_regions(self, dev: Any) -> list[ResvRegion]:
+    def get_resv_regions(self, dev: IommuDevice) -> list[ResvRegion]:
         """iommu_get_resv_regions(): the driver's regions, then the firmware's reserved
         memory ranges (iommu_dma_get_resv_regions -> iort_iommu_get_resv_regions: an
         IORT RMR is a direct region, read / write device memory)."""
@@ -443,7 +489,7 @@ class IommuCore:
 
     # -- MSIs ----------------------------------------------------------------------------
 
-    def dma_prepare_msi(self, desc: Any, msi_addr: int) -> None:
+    def dma_prepare_msi(self, desc: MsiDesc, msi_addr: int) -> None:
         """iommu_dma_prepare_msi(): where must ``desc``'s device write to reach ``msi_addr``?
 
         Switches on the cookie type of the device's current domain and records
@@ -468,14 +514,16 @@ class IommuCore:
         if ct in (IommuCookieType.DMA_IOVA, IommuCookieType.DMA_MSI):
             self.kernel.dma_iommu.sw_msi(domain, desc, msi_addr)
         elif ct == IommuCookieType.IOMMUFD:
-            domain.iommufd_hwpt.ctx.msi.prepare(domain, desc, msi_addr)
+            # an IOMMUFD cookie: set by a design's hwpt_init (iommufd_msi.MsiDesignBase)
+            hwpt = cast("HwptPaging | HwptNested", domain.iommufd_hwpt)
+            cast("MsiDesignBase", hwpt.ctx.msi).prepare(domain, desc, msi_addr)
         else:
             desc.set_iommu_msi_iova(0, 0)
 
 
 __all__ = [
-    "DomainType", "Geometry", "IommuCookieType", "IommuCore", "IommuDomain", "IommuGroup",
-    "IommuOps",
+    "DomainType", "Geometry", "IommuCookieType", "IommuCore", "IommuDevice", "IommuDomain",
+    "IommuGroup", "IommuOps",
     "MSI_IOVA_BASE", "MSI_IOVA_LENGTH", "ResvRegion", "ResvType", "IOMMU_READ", "IOMMU_WRITE",
     "IOMMU_CACHE", "IOMMU_NOEXEC", "IOMMU_MMIO", "IOMMU_PRIV",
 ]

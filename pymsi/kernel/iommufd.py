@@ -68,9 +68,11 @@ from .base import (
     fail,
 )
 from .files import PAGE_SIZE, File, FileOperations
-from .iommu import ResvType
+from .iommu import IommuDevice, IommuDomain, IommuGroup, ResvType
 
 if TYPE_CHECKING:
+    from ..uapi import IoctlArg
+    from .iommufd_viommu import Vdevice, Viommu
     from .kernel import Kernel
 
 _S = TypeVar("_S", bound=Struct)
@@ -164,7 +166,7 @@ class Reserved:
 
     start: int
     last: int
-    owner: Any
+    owner: object            # an opaque cookie (identity only), as Linux's void *owner
 
 
 class Ioas(IommufdObject):
@@ -177,7 +179,7 @@ class Ioas(IommufdObject):
         self.areas: list[Area] = []                   # sorted by iova
         self.allowed: list[tuple[int, int]] = []      # inclusive, sorted
         self.reserved: list[Reserved] = []
-        self.domains: list[Any] = []                  # attached iommu domains
+        self.domains: list[IommuDomain] = []          # attached iommu domains
         self.iova_alignment = PAGE_SIZE
 
     # -- queries --------------------------------------------------------------------
@@ -216,8 +218,10 @@ class Ioas(IommufdObject):
 
     # -- reserved ranges (device attach uses these) --------------------------------------
 
-    def add_reserved(self, start: int, last: int, owner: Any) -> None:
-        """iopt_reserve_iova(): EADDRINUSE when an area or an allowed range overlaps."""
+    def add_reserved(self, start: int, last: int, owner: object) -> None:
+        """iopt_reserve_iova(): EADDRINUSE when an area or an allowed range overlaps.
+        ``owner`` is an opaque cookie (Linux's ``void *owner``): only its identity
+        counts, for :meth:`remove_reserved`."""
         if not 0 <= start <= last <= ULONG_MAX:
             raise fail(EINVAL, f"bad reserved range {start:#x}..{last:#x}")
         if self._area_hits(start, last) or \
@@ -225,19 +229,20 @@ class Ioas(IommufdObject):
             raise fail(EADDRINUSE, f"IOVA {start:#x}..{last:#x} is in use")
         self.reserved.append(Reserved(start, last, owner))
 
-    def remove_reserved(self, owner: Any) -> None:
-        """iopt_remove_reserved_iova(): every range ``owner`` added goes."""
+    def remove_reserved(self, owner: object) -> None:
+        """iopt_remove_reserved_iova(): every range ``owner`` (the same object, by
+        identity) added goes."""
         self.reserved = [r for r in self.reserved if r.owner is not owner]
 
     # -- attached domains (HWPTs use these) ------------------------------------------------
 
-    def attach_domain(self, domain: Any) -> None:
+    def attach_domain(self, domain: IommuDomain) -> None:
         """iopt_table_add_domain(): map every area into ``domain`` (all or nothing)
         and keep it mapped from now on."""
         self._map_all([(domain, a) for a in self.areas])
         self.domains.append(domain)
 
-    def detach_domain(self, domain: Any) -> None:
+    def detach_domain(self, domain: IommuDomain) -> None:
         """iopt_table_remove_domain(): unmap every area from ``domain``."""
         if domain not in self.domains:
             raise fail(ENOENT, "domain not attached to this IOAS")
@@ -301,10 +306,10 @@ class Ioas(IommufdObject):
             return iova
         return self._alloc_iova(uptr, length)
 
-    def _map_all(self, pairs: list[tuple[Any, Area]]) -> None:
+    def _map_all(self, pairs: list[tuple[IommuDomain, Area]]) -> None:
         """Map each (domain, area) page by page; on a failure unmap what was begun
         (iommu_unmap skips holes) and re-raise: all or nothing."""
-        touched: list[tuple[Any, Area]] = []
+        touched: list[tuple[IommuDomain, Area]] = []
         try:
             for dom, a in pairs:
                 touched.append((dom, a))
@@ -430,14 +435,14 @@ class IommufdMsiHooks:
     #: attach reserves the device's SW_MSI region in the IOAS (Linux).
     reserve_sw_msi: bool = True
 
-    def hwpt_init(self, hwpt: Any) -> None:
+    def hwpt_init(self, hwpt: HwptPaging | HwptNested) -> None:
         """A new HWPT (paging or nested) and its domain, before any device uses it."""
 
-    def attach(self, idev: IommufdDevice, hwpt: Any) -> None:
+    def attach(self, idev: IommufdDevice, hwpt: HwptPaging | HwptNested) -> None:
         """Before ``idev``'s group moves to ``hwpt.domain`` (attach or replace); raising
         a KernelError fails the attach with nothing changed."""
 
-    def attached(self, idev: IommufdDevice, hwpt: Any) -> None:
+    def attached(self, idev: IommufdDevice, hwpt: HwptPaging | HwptNested) -> None:
         """After ``idev``'s group moved to ``hwpt.domain`` (attach or replace)."""
 
     def detach(self, idev: IommufdDevice) -> None:
@@ -446,7 +451,7 @@ class IommufdMsiHooks:
     def unbind(self, idev: IommufdDevice) -> None:
         """``idev`` is being destroyed (it is already detached)."""
 
-    def hwpt_destroy(self, hwpt: Any) -> None:
+    def hwpt_destroy(self, hwpt: HwptPaging | HwptNested) -> None:
         """Before the HWPT's domain is freed."""
 
 
@@ -455,8 +460,9 @@ class IommufdDevice(IommufdObject):
     group's DMA; ``hwpt`` is what it is attached to (None: the blocked domain)."""
 
     kind = "device"
+    vdev: Vdevice | None              # set by a vDEVICE (read with getattr until then)
 
-    def __init__(self, ctx: IommufdCtx, dev: Any, group: Any) -> None:
+    def __init__(self, ctx: IommufdCtx, dev: IommuDevice, group: IommuGroup) -> None:
         super().__init__(ctx)
         self.dev = dev
         self.group = group
@@ -494,7 +500,7 @@ class HwptPaging(IommufdObject):
 
     kind = "hwpt_paging"
 
-    def __init__(self, ctx: IommufdCtx, ioas: Ioas, domain: Any, nest_parent: bool,
+    def __init__(self, ctx: IommufdCtx, ioas: Ioas, domain: IommuDomain, nest_parent: bool,
                  auto_domain: bool = False) -> None:
         super().__init__(ctx)
         self.ioas = ioas
@@ -519,8 +525,8 @@ class HwptNested(IommufdObject):
 
     kind = "hwpt_nested"
 
-    def __init__(self, ctx: IommufdCtx, parent: HwptPaging, domain: Any,
-                 viommu: Any = None) -> None:
+    def __init__(self, ctx: IommufdCtx, parent: HwptPaging, domain: IommuDomain,
+                 viommu: Viommu | None = None) -> None:
         super().__init__(ctx)
         self.parent = parent
         self.domain = domain
@@ -857,7 +863,8 @@ class IommufdCtx:
         cmd.out_hwpt_id = self.add(hwpt)
 
     def hwpt_nested_alloc(self, parent: HwptPaging, idev: IommufdDevice, flags: int,
-                          data_type: int, data: bytes, viommu: Any = None) -> HwptNested:
+                          data_type: int, data: bytes,
+                          viommu: Viommu | None = None) -> HwptNested:
         """iommufd_hwpt_nested_alloc(): EOPNOTSUPP for flags or no data, EINVAL for a
         parent that is automatic or not a nest parent; the driver checks the data
         (arm-smmu-v3: the vSTE, EINVAL when invalid).  Not yet in the object table."""
@@ -925,12 +932,12 @@ class IommufdCtx:
 
     @classmethod
     def register_op(cls, ioctl: int, last_member: str,
-                    func: Callable[[IommufdCtx, Any], None]) -> None:
+                    func: Callable[[IommufdCtx, _S], None]) -> None:
         """Add an ioctl from another module: ``func(ctx, cmd)`` handles it, with the
         same size check (``last_member``) and copy-back as the built-in ops."""
         cls.OPS[ioctl] = (func, last_member)
 
-    def ioctl(self, cmd: int, arg: Any) -> int:
+    def ioctl(self, cmd: int, arg: IoctlArg) -> int:
         """iommufd_fops_ioctl(): ENOTTY for an op the model does not have, EINVAL for
         a size below the op's minimum; the argument is changed only on success."""
         if not isinstance(cmd, int) or cmd not in self.OPS or \
@@ -990,7 +997,7 @@ class IommufdFops(FileOperations):
     def release(self, file: File) -> None:
         file.private_data.release()
 
-    def unlocked_ioctl(self, file: File, cmd: int, arg: Any) -> int:
+    def unlocked_ioctl(self, file: File, cmd: int, arg: IoctlArg) -> int:
         ctx: IommufdCtx = file.private_data
         return ctx.ioctl(cmd, arg)
 
@@ -1019,7 +1026,7 @@ class Iommufd:
         ctx: IommufdCtx = file.private_data
         return ctx
 
-    def msi_isolated(self, group: Any) -> bool:
+    def msi_isolated(self, group: IommuGroup) -> bool:
         """iommu_group_has_isolated_msi(): every device's MSI domain hierarchy has an
         IRQ_DOMAIN_FLAG_ISOLATED_MSI level (the GICv3 ITS; x86 interrupt remapping)."""
         msi = getattr(self.kernel, "msi", None)
@@ -1030,7 +1037,7 @@ class Iommufd:
             d = d.parent
         return False
 
-    def bind_device(self, file: File, pdev: Any) -> int:
+    def bind_device(self, file: File, pdev: IommuDevice) -> int:
         """iommufd_device_bind(): ENODEV outside an IOMMU group, EPERM for MSIs that
         are not isolated (unless allow_unsafe_interrupts), EPERM while another owner
         has the group's DMA; the new device object's id."""

@@ -43,7 +43,7 @@ of new contexts (set by the machine's ``msi_design=``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from .. import core
 from ..core import Prot
@@ -63,10 +63,11 @@ from .iommufd import (
 )
 
 if TYPE_CHECKING:
-    from .iommu import IommuDomain
+    from .iommu import IommuDevice, IommuDomain
     from .iommufd import HwptNested, HwptPaging
     from .kernel import Kernel
     from .msi import MsiDesc
+    from .pci import PciDev
 
 MSI_DESIGNS = ("dma-cookie", "sw-msi", "preset", "per-vector")
 PHYS_ADDR_MAX = (1 << 64) - 1
@@ -118,7 +119,7 @@ class MsiDesignBase(IommufdMsiHooks):
     def __init__(self, ctx: IommufdCtx) -> None:
         self.ctx = ctx
         self.kernel = ctx.kernel
-        self.idevs: dict[Any, IommufdDevice] = {}     # PCI function -> its iommufd device
+        self.idevs: dict[IommuDevice, IommufdDevice] = {}   # PCI function -> its iommufd device
 
     def hwpt_init(self, hwpt: HwptPaging | HwptNested) -> None:
         hwpt.domain.cookie_type = IommuCookieType.IOMMUFD
@@ -204,7 +205,7 @@ class SwMsi(MsiDesignBase):
             desc.set_iommu_msi_iova(0, 0)           # no SW_MSI region: message unchanged
             return
         m = self.get_map(msi_addr & ~(PAGE_SIZE - 1), idev.sw_msi_start)
-        self.install(_paging(domain.iommufd_hwpt), m)
+        self.install(_paging(cast("HwptPaging | HwptNested", domain.iommufd_hwpt)), m)
         self.required[idev] = self.required.get(idev, 0) | 1 << m.id
         desc.set_iommu_msi_iova(m.iova, PAGE_SHIFT)
 
@@ -260,7 +261,7 @@ class PresetMsi(SwMsi):
             return
         iova &= ~(PAGE_SIZE - 1)
         page = msi_addr & ~(PAGE_SIZE - 1)
-        self._install_at(_paging(domain.iommufd_hwpt), iova, page)
+        self._install_at(_paging(cast("HwptPaging | HwptNested", domain.iommufd_hwpt)), iova, page)
         # an iova was found, so there is a device
         self.needs.setdefault(cast(IommufdDevice, idev), {})[iova] = page
         desc.set_iommu_msi_iova(iova, PAGE_SHIFT)
@@ -325,7 +326,8 @@ class PerVectorMsi(MsiDesignBase):
         if idev in self.sized:
             return
         pdev = idev.dev
-        n = pdev.msix_vectors() if getattr(pdev, "msix_cap", None) is not None else 0
+        n = (cast("PciDev", pdev).msix_vectors()            # an MSI-X capability: PCI
+             if getattr(pdev, "msix_cap", None) is not None else 0)
         n += 32 if getattr(pdev, "msi_cap", None) is not None else 0
         self.sized[idev] = n
         self.table.reserve(self.TABLE_MIN + sum(self.sized.values()))
@@ -377,7 +379,7 @@ class PerVectorMsi(MsiDesignBase):
 
     # -- compose -------------------------------------------------------------------------
 
-    def idev_of(self, dev: Any) -> IommufdDevice | None:
+    def idev_of(self, dev: IommuDevice) -> IommufdDevice | None:
         """The context's bound device object of PCI function ``dev`` (attached or not)."""
         idev = self.idevs.get(dev)
         if idev is not None:

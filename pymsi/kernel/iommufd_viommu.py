@@ -48,12 +48,13 @@ from ..hw import smmuv3_regs as R
 from ..hw.bits import dwords
 from ..uapi import iommufd as uapi
 from ..uapi.eventpoll import EPOLLIN, EPOLLRDNORM
-from .arm_smmu_v3 import ArmSmmuNestedDomain, ArmSmmuV3, Feat
+from .arm_smmu_v3 import ArmSmmuDomain, ArmSmmuNestedDomain, ArmSmmuV3, Feat
 from .base import EEXIST, EFAULT, EINVAL, EIO, ENOENT, EOPNOTSUPP, KernelError, fail
 from .files import O_RDWR, File, FileOperations
-from .iommufd import HwptNested, IommufdCtx, IommufdObject
+from .iommufd import HwptNested, HwptPaging, IommufdCtx, IommufdDevice, IommufdObject
 
 if TYPE_CHECKING:
+    from .iommu import IommuDevice
     from .kernel import Kernel
 
 E2BIG = _errno.E2BIG
@@ -91,12 +92,12 @@ class Viommu(IommufdObject):
 
     kind = "viommu"
 
-    def __init__(self, ctx: IommufdCtx, hwpt: Any, smmu: ArmSmmuV3, vtype: int) -> None:
+    def __init__(self, ctx: IommufdCtx, hwpt: HwptPaging, smmu: ArmSmmuV3, vtype: int) -> None:
         super().__init__(ctx)
         self.hwpt = hwpt
         self.smmu = smmu
         self.type = vtype
-        self.vmid: int = hwpt.domain.vmid
+        self.vmid: int = cast(ArmSmmuDomain, hwpt.domain).vmid   # a stage-2 nest parent
         self.vdevs: dict[int, Vdevice] = {}
         self.veventqs: dict[int, Veventq] = {}
         hwpt.users += 1
@@ -107,12 +108,12 @@ class Viommu(IommufdObject):
 
     # -- driver.c helpers --------------------------------------------------------------
 
-    def find_dev(self, vsid: int) -> Any:
+    def find_dev(self, vsid: int) -> IommuDevice | None:
         """iommufd_viommu_find_dev(): the device with virtual id ``vsid``, or None."""
         vdev = self.vdevs.get(vsid)
         return vdev.idev.dev if vdev is not None else None
 
-    def get_vdev_id(self, dev: Any) -> int | None:
+    def get_vdev_id(self, dev: IommuDevice) -> int | None:
         """iommufd_viommu_get_vdev_id(): the virtual id of ``dev`` (None: ENOENT)."""
         for vsid, vdev in self.vdevs.items():
             if vdev.idev.dev is dev:
@@ -158,7 +159,7 @@ class Viommu(IommufdObject):
             s0, s1 = self.smmu.validate_vste(ste)
         except KernelError:
             raise fail(EIO, f"invalid vSTE {ste[0]:#x} {ste[1]:#x}") from None
-        domain = ArmSmmuNestedDomain(self.smmu, self.hwpt.domain, (s0, s1))
+        domain = ArmSmmuNestedDomain(self.smmu, cast(ArmSmmuDomain, self.hwpt.domain), (s0, s1))
         domain.vsmmu = self                            # type: ignore[attr-defined]
         domain.parent = self.hwpt.domain
         hwpt = HwptNested(ctx, self.hwpt, domain, self)
@@ -226,7 +227,8 @@ class Vdevice(IommufdObject):
 
     kind = "vdevice"
 
-    def __init__(self, ctx: IommufdCtx, viommu: Viommu, idev: Any, virt_id: int) -> None:
+    def __init__(self, ctx: IommufdCtx, viommu: Viommu, idev: IommufdDevice,
+                 virt_id: int) -> None:
         super().__init__(ctx)
         self.viommu = viommu
         self.idev = idev
@@ -334,9 +336,10 @@ def _smmu_of(ctx: IommufdCtx, dev: Any) -> Any:
     return ctx.kernel.iommu.ops_for(dev)
 
 
-def arm_smmu_get_viommu_size(smmu: Any, vtype: int) -> bool:
+def arm_smmu_get_viommu_size(smmu: object, vtype: int) -> bool:
     """arm_smmu_get_viommu_size() != 0: an SMMU with nesting, and the ARM_SMMUV3 type
-    (the model's SMMUs are coherent, so canwbs holds)."""
+    (the model's SMMUs are coherent, so canwbs holds); ``smmu`` is the device's IOMMU
+    driver (:meth:`IommuCore.ops_for`), anything but an :class:`ArmSmmuV3` is False."""
     return (isinstance(smmu, ArmSmmuV3) and bool(smmu.features & Feat.NESTING)
             and vtype == uapi.IOMMU_VIOMMU_TYPE_ARM_SMMUV3)
 
@@ -485,7 +488,7 @@ def _ctx_file(ctx: IommufdCtx) -> File | None:
     return None
 
 
-def register(ctx_cls: Any) -> None:
+def register(ctx_cls: type[IommufdCtx]) -> None:
     """Add the vIOMMU ioctls to /dev/iommu (called from iommufd_init())."""
     ctx_cls.register_op(uapi.IOMMU_VIOMMU_ALLOC, "out_viommu_id", ioctl_viommu_alloc)
     ctx_cls.register_op(uapi.IOMMU_VDEVICE_ALLOC, "virt_id", ioctl_vdevice_alloc)

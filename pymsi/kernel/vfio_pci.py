@@ -20,7 +20,7 @@ pci_alloc_irq_vectors gave fewer than asked).
 from __future__ import annotations
 
 import errno as _errno
-from typing import TYPE_CHECKING, Any, cast, overload
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from ..hw import pci as P
 from ..uapi import vfio as V
@@ -30,10 +30,16 @@ from .msi import MsiType
 from .pci import PciDriver
 
 if TYPE_CHECKING:
-    from .files import CharDev
-    from .iommufd import Iommufd
+    from collections.abc import Callable
+
+    from ..uapi import IoctlArg, Struct
+    from .files import CharDev, EventfdCtx, IoctlResult
+    from .iommufd import Iommufd, IommufdCtx, IommufdDevice
     from .irqbypass import IrqBypassProducer
     from .kernel import Kernel
+    from .pci import PciDev, PciSavedState
+
+_S = TypeVar("_S", bound="Struct")
 
 U32_MAX = 0xFFFF_FFFF
 DRIVER_NAME = "vfio-pci"
@@ -209,7 +215,7 @@ class VfioPciConfig:
         if wr & ~virt:
             phys = pdev.cfg_read(pos, n)
             pdev.cfg_write(pos, (phys & ~(wr & ~virt)) | (val & wr & ~virt), n)
-        if devctl is not None and pos <= devctl + 1 and devctl < pos + n:
+        if exp is not None and devctl is not None and pos <= devctl + 1 and devctl < pos + n:
             # vfio_exp_config_write(): Initiate FLR, virtual, resets through the kernel
             # when the *physical* DEVCAP says the function has FLR; a new
             # Max_Read_Request_Size goes to the function (pcie_set_readrq).
@@ -233,11 +239,11 @@ class VfioPciIrqCtx:
 
     producer: IrqBypassProducer | None      # set once the trigger is installed
 
-    def __init__(self, irq: int, trigger: Any) -> None:
+    def __init__(self, irq: int, trigger: EventfdCtx) -> None:
         self.irq = irq
         self.trigger = trigger
 
-    def handler(self, irq: int, dev_id: Any = None) -> Any:
+    def handler(self, irq: int, dev_id: object = None) -> int:
         """vfio_msihandler(): signal the vector's eventfd."""
         self.trigger.signal()
         return 1                                # IRQ_HANDLED
@@ -246,7 +252,7 @@ class VfioPciIrqCtx:
 class VfioPciCore:
     """struct vfio_pci_core_device: the bound function, its cdev and interrupt state."""
 
-    def __init__(self, kernel: Kernel, pdev: Any, minor: int) -> None:
+    def __init__(self, kernel: Kernel, pdev: PciDev, minor: int) -> None:
         self.kernel = kernel
         self.pdev = pdev
         self.minor = minor
@@ -258,7 +264,7 @@ class VfioPciCore:
         self.files: list[VfioDeviceFile] = []
         self.enabled = False
         self.config: VfioPciConfig | None = None
-        self.saved_state: Any = None
+        self.saved_state: PciSavedState | None = None
         self.resets = 0                             # function resets VFIO did (for tests)
 
     @property
@@ -443,7 +449,7 @@ class VfioPciCore:
             raise fail(ENOENT, f"{self.pdev}: no MSI address for vectors {missing} "
                                f"of index {index}")
 
-    def bound_idev(self) -> tuple[Any, Any] | None:
+    def bound_idev(self) -> tuple[IommufdCtx, IommufdDevice] | None:
         """(iommufd context, iommufd device) of the file bound to this device."""
         df = next((f for f in self.files if f.access_granted and f.devid is not None
                    and f.iommufd is not None), None)
@@ -453,7 +459,7 @@ class VfioPciCore:
         ctx = _iommufd(self.kernel).ctx_from_file(cast(File, df.iommufd))
         return ctx, ctx.device(cast(int, df.devid))
 
-    def msi_iova(self, arg: Any) -> int:
+    def msi_iova(self, arg: V.VfioDeviceMsiIova) -> int:
         """VFIO_DEVICE_MSI_IOVA (not upstream; the per-vector design): SET / CLEAR /
         GET the MSI IOVAs of vectors [start, start + count) of MSI or MSI-X.
 
@@ -511,7 +517,7 @@ class VfioPciCore:
             arg.iova = out + list(arg.iova)[arg.count:]
         return 0
 
-    def prepare_msi_iovas(self, hdr: Any) -> int:
+    def prepare_msi_iovas(self, hdr: V.VfioIrqSet) -> int:
         """VFIO_IRQ_SET_ACTION_PREPARE | VFIO_IRQ_SET_DATA_MSI_IOVA (the RFCv2 series,
         the preset design): one u64 IOVA per vector of [start, start + count) of MSI
         or MSI-X, stored for the next allocation of those vectors.  EINVAL unless
@@ -522,15 +528,15 @@ class VfioPciCore:
 
         want = V.VFIO_IRQ_SET_ACTION_PREPARE | V.VFIO_IRQ_SET_DATA_MSI_IOVA
         bound = self.bound_idev()
-        if hdr.flags != want or bound is None or not isinstance(bound[0].msi, PresetMsi):
+        hooks = None if bound is None else bound[0].msi
+        if hdr.flags != want or bound is None or not isinstance(hooks, PresetMsi):
             raise fail(EINVAL, "ACTION_PREPARE needs DATA_MSI_IOVA and the preset design")
         if hdr.index not in (V.VFIO_PCI_MSI_IRQ_INDEX, V.VFIO_PCI_MSIX_IRQ_INDEX):
             raise fail(EINVAL, "PREPARE is for MSI and MSI-X")
         minsz = V.VfioIrqSet.offsetofend("count")
         if hdr.argsz - minsz < 8 * hdr.count or len(hdr.data) < hdr.count:
             raise fail(EINVAL, "data shorter than count")
-        ctx, idev = bound
-        ctx.msi.preset(idev, hdr.index, hdr.start, list(hdr.data)[:hdr.count])
+        hooks.preset(bound[1], hdr.index, hdr.start, list(hdr.data)[:hdr.count])
         return 0
 
     def memory_lock_and_enable(self) -> int:
@@ -670,7 +676,7 @@ class VfioDeviceFile:
         self.access_granted = True
 
 
-def _arg(arg: Any, cls: type) -> Any:
+def _arg(arg: object, cls: type[_S]) -> _S:
     if not isinstance(arg, cls):
         raise fail(_errno.EFAULT, f"argument is not a {cls.__name__}")
     return arg
@@ -739,7 +745,7 @@ class VfioDeviceFops(FileOperations):
         """write(2) at ``offset`` of a region (vfio_pci_core_write)."""
         return self._region_file(file).region_rw(offset, data, len(data))
 
-    def unlocked_ioctl(self, file: File, cmd: int, arg: Any) -> Any:
+    def unlocked_ioctl(self, file: File, cmd: int, arg: IoctlArg) -> IoctlResult:
         df: VfioDeviceFile = file.private_data
         core = df.core
         if core.removed:
@@ -752,7 +758,7 @@ class VfioDeviceFops(FileOperations):
             return self._attach_pt(file, df, _arg(arg, V.VfioDeviceAttachIommufdPt))
         if cmd == V.VFIO_DEVICE_DETACH_IOMMUFD_PT:
             return self._detach_pt(file, df, _arg(arg, V.VfioDeviceDetachIommufdPt))
-        handlers = {
+        handlers: dict[int, Callable[[VfioPciCore, IoctlArg], IoctlResult]] = {
             V.VFIO_DEVICE_GET_INFO: self._get_info,
             V.VFIO_DEVICE_GET_REGION_INFO: self._get_region_info,
             V.VFIO_DEVICE_GET_IRQ_INFO: self._get_irq_info,
@@ -767,7 +773,7 @@ class VfioDeviceFops(FileOperations):
 
     # -- bind -----------------------------------------------------------------------
 
-    def _bind(self, file: File, df: VfioDeviceFile, bind: Any) -> int:
+    def _bind(self, file: File, df: VfioDeviceFile, bind: V.VfioDeviceBindIommufd) -> int:
         k = file.kernel
         if bind.argsz < V.VfioDeviceBindIommufd.offsetofend("out_devid") or \
                 bind.flags & ~V.VFIO_DEVICE_BIND_FLAG_TOKEN:
@@ -804,7 +810,8 @@ class VfioDeviceFops(FileOperations):
     # The model's vfio-pci has no pasid_attach_ioas / pasid_detach_ioas: a PASID
     # flag is EOPNOTSUPP, as for a driver without them.
 
-    def _attach_pt(self, file: File, df: VfioDeviceFile, attach: Any) -> int:
+    def _attach_pt(self, file: File, df: VfioDeviceFile,
+                   attach: V.VfioDeviceAttachIommufdPt) -> int:
         """vfio_iommufd_physical_attach_ioas(): attach, or replace when attached;
         ``pt_id`` returns the HWPT used (the automatic one for an IOAS)."""
         if attach.argsz < V.VfioDeviceAttachIommufdPt.offsetofend("pt_id") or \
@@ -819,7 +826,8 @@ class VfioDeviceFops(FileOperations):
         attach.pt_id = ctx.device_attach(ctx.device(df.devid), attach.pt_id)
         return 0
 
-    def _detach_pt(self, file: File, df: VfioDeviceFile, detach: Any) -> int:
+    def _detach_pt(self, file: File, df: VfioDeviceFile,
+                   detach: V.VfioDeviceDetachIommufdPt) -> int:
         """vfio_iommufd_physical_detach_ioas(): back to blocked DMA (nothing to do
         when not attached)."""
         if detach.argsz < V.VfioDeviceDetachIommufdPt.offsetofend("flags") or \
@@ -836,7 +844,7 @@ class VfioDeviceFops(FileOperations):
 
     # -- info ioctls ----------------------------------------------------------------
 
-    def _get_info(self, core: VfioPciCore, arg: Any) -> int:
+    def _get_info(self, core: VfioPciCore, arg: IoctlArg) -> int:
         info = _arg(arg, V.VfioDeviceInfo)
         if info.argsz < V.VfioDeviceInfo.offsetofend("num_irqs"):
             raise fail(EINVAL, "vfio_device_info too small")
@@ -846,7 +854,7 @@ class VfioDeviceFops(FileOperations):
         info.num_irqs = V.VFIO_PCI_NUM_IRQS
         return 0
 
-    def _get_region_info(self, core: VfioPciCore, arg: Any) -> bytes:
+    def _get_region_info(self, core: VfioPciCore, arg: IoctlArg) -> bytes:
         info = _arg(arg, V.VfioRegionInfo)
         if info.argsz < V.VfioRegionInfo.offsetofend("offset"):
             raise fail(EINVAL, "vfio_region_info too small")
@@ -881,7 +889,7 @@ class VfioDeviceFops(FileOperations):
         info.flags, info.size, info.offset = flags, size, _region_offset(index)
         return out
 
-    def _get_irq_info(self, core: VfioPciCore, arg: Any) -> int:
+    def _get_irq_info(self, core: VfioPciCore, arg: IoctlArg) -> int:
         info = _arg(arg, V.VfioIrqInfo)
         if info.argsz < V.VfioIrqInfo.offsetofend("count") or \
                 info.index >= V.VFIO_PCI_NUM_IRQS:
@@ -898,7 +906,7 @@ class VfioDeviceFops(FileOperations):
 
     # -- SET_IRQS -------------------------------------------------------------------
 
-    def _set_irqs(self, core: VfioPciCore, arg: Any) -> int:
+    def _set_irqs(self, core: VfioPciCore, arg: IoctlArg) -> int:
         hdr = _arg(arg, V.VfioIrqSet)
         minsz = V.VfioIrqSet.offsetofend("count")
         prepare = bool(hdr.flags & V.VFIO_IRQ_SET_ACTION_PREPARE)
@@ -936,10 +944,10 @@ class VfioDeviceFops(FileOperations):
         # mixed actions: no handler in this model, as vfio_pci_set_irqs_ioctl's NULL func.
         raise fail(ENOTTY, "no handler for this index/action")
 
-    def _msi_iova(self, core: VfioPciCore, arg: Any) -> int:
+    def _msi_iova(self, core: VfioPciCore, arg: IoctlArg) -> int:
         return core.msi_iova(_arg(arg, V.VfioDeviceMsiIova))
 
-    def _reset(self, core: VfioPciCore, arg: Any) -> int:
+    def _reset(self, core: VfioPciCore, arg: IoctlArg) -> int:
         """VFIO_DEVICE_RESET -> pci_try_reset_function(): the function's state is
         saved and restored around a Function Level Reset, so its interrupt setup
         (MSI / MSI-X from the descriptors) stays; what the function held and the
@@ -957,9 +965,9 @@ class VfioPciDriver:
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
         self.fops = VfioDeviceFops()
-        self.cores: dict[Any, VfioPciCore] = {}
+        self.cores: dict[PciDev, VfioPciCore] = {}
 
-    def probe(self, pdev: Any) -> VfioPciCore:
+    def probe(self, pdev: PciDev) -> VfioPciCore:
         used = {c.minor for c in self.cores.values()}
         minor = next(n for n in range(len(used) + 1) if n not in used)
         core = VfioPciCore(self.kernel, pdev, minor)
@@ -967,7 +975,7 @@ class VfioPciDriver:
         self.cores[pdev] = core
         return core
 
-    def remove(self, pdev: Any) -> None:
+    def remove(self, pdev: PciDev) -> None:
         core = self.cores.pop(pdev)
         core.teardown()
         for df in core.files:           # Linux waits for the files to close; the model

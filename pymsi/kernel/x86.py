@@ -33,7 +33,7 @@ subhandle 0) whose low data bits, ORed in by the device, select the entry.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from ..hw import pci as P
 from ..hw import x86 as X
@@ -50,6 +50,8 @@ from .msi import MsiMsg
 
 if TYPE_CHECKING:
     from .kernel import Kernel
+    from .msi import MsiAllocInfo
+    from .pci import PciDev
 
 FIRST_EXTERNAL_VECTOR = 0x20
 IRQ_MOVE_CLEANUP_VECTOR = FIRST_EXTERNAL_VECTOR       # 6.1: the lowest external vector
@@ -101,7 +103,9 @@ class ApicChip(IrqChip):
 
 
 class VectorDomainOps(IrqDomainOps):
-    def alloc(self, domain: IrqDomain, virq: int, nr: int, arg: Any) -> None:
+    # arg: irq.IrqAllocArg (the msi_alloc_info_t of the MSI level above), unused here
+    def alloc(self, domain: IrqDomain, virq: int, nr: int,
+              arg: MsiAllocInfo | list[int]) -> None:
         for i in range(nr):
             domain.set_hwirq_and_chip(virq + i, virq + i, domain.host_data.chip,
                                       ApicData(virq + i))
@@ -120,7 +124,7 @@ class VectorDomainOps(IrqDomainOps):
 class VectorDomain:
     """The x86 vector domain: per-CPU vector tables (vector_irq), moves and cleanup."""
 
-    def __init__(self, kernel: Kernel, lapics: list[Any]) -> None:
+    def __init__(self, kernel: Kernel, lapics: list[X.LocalApic]) -> None:
         self.kernel = kernel
         self.lapics = lapics                    # the CPUs' local APICs
         self.chip = ApicChip(self)
@@ -305,7 +309,10 @@ class IrChip(IrqChip):
 
 
 class IrDomainOps(IrqDomainOps):
-    def alloc(self, domain: IrqDomain, virq: int, nr: int, arg: Any) -> None:
+    # arg: irq.IrqAllocArg; below the PCI-MSI level it is always an msi_alloc_info_t
+    def alloc(self, domain: IrqDomain, virq: int, nr: int,
+              arg: MsiAllocInfo | list[int]) -> None:
+        arg = cast("MsiAllocInfo", arg)
         ir: IntelIr = domain.host_data
         prep = arg.parent_data if isinstance(arg.parent_data, X86MsiPrepare) else None
         desc = arg.desc
@@ -467,7 +474,7 @@ class IntelIr:
         """free_irte(): the entry cleared and flushed."""
         self.modify_irte(index, 0, 0)
 
-    def msi_prepare(self, dev: Any, nvec: int) -> X86MsiPrepare:
+    def msi_prepare(self, dev: PciDev, nvec: int) -> X86MsiPrepare:
         """pci_msi_prepare(): MSI (not MSI-X) vectors need contiguous IRTEs."""
         # MSI-X is already enabled (function-masked) in the capability when its vectors
         # are prepared; an MSI device's is not.
