@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .kernel.kernel import Kernel
-    from .machine import ArmVirt
+    from .machine import ArmVirt, VirtualMachine, X86Pc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,9 +92,17 @@ def _load_toml(path: str) -> dict[str, Any]:
     return table
 
 
+def _boot_host(m: ArmVirt | X86Pc) -> Kernel:
+    """``m`` booted, a test driver bound to its devices (their vectors allocated)."""
+    from .kernel.pci_endpoint_test import PciEndpointTestDriver
+
+    k = m.boot()
+    PciEndpointTestDriver(k).register()
+    return k
+
+
 def _host_only(desc: dict[str, Any]) -> tuple[ArmVirt, Kernel]:
     """A host machine from a description's host keys, booted, a test driver bound."""
-    from .kernel.pci_endpoint_test import PciEndpointTestDriver
     from .machine import ArmVirt
 
     devices = [{k: v for k, v in d.items() if k != "emulated"}
@@ -102,23 +110,25 @@ def _host_only(desc: dict[str, Any]) -> tuple[ArmVirt, Kernel]:
     m = ArmVirt(ncpus=desc.get("ncpus", 4), ram_size=desc.get("host_ram", 0x2000_0000),
                 gicv4=desc.get("gicv4", False), devices=devices,
                 backend=desc.get("backend"), msi_design=desc.get("variant", "per-vector"))
-    k = m.boot()
-    PciEndpointTestDriver(k).register()
-    return m, k
+    return m, _boot_host(m)
 
 
 def _info_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .info import VIEWS
 
+    target: Kernel | VirtualMachine
     try:
         if args.machine is None:
             m, target = _host_only({})
             functions = m.functions
         else:
-            from .machine import load
+            from .machine import VirtualMachine, load
 
             vm = load(args.machine)                # checks the description (errors name it)
-            if args.host:
+            if not isinstance(vm, VirtualMachine):      # arm-virt / x86-pc: a host alone
+                target = _boot_host(vm)
+                functions = vm.functions
+            elif args.host:
                 m, target = _host_only(_load_toml(args.machine))
                 functions = m.functions
             else:

@@ -20,9 +20,9 @@ from __future__ import annotations
 import errno
 import functools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, TextIO, cast
+from typing import TYPE_CHECKING, Any, TextIO, TypedDict, TypeVar, Union, cast
 
 from ._repr import bounded, short
 from .kernel.iommufd_msi import MSI_DESIGNS
@@ -41,6 +41,10 @@ from .vmmlib import (
     pgtable_leaves,
 )
 
+if TYPE_CHECKING:
+    from .demo import InterruptPath, MsiWriteHop
+    from .machine import VirtualMachine
+
 SMMUS = ("paging", "nested")
 INVARIANTS = ("routing", "delivery", "address stability", "no allocation on compose",
               "no silent fallback", "isolation")
@@ -56,6 +60,70 @@ VSID = (0x08, 0x10)            # the guest's StreamIDs / ITS DeviceIDs of the tw
 VINTID = LPI_BASE + 5          # the guest's vLPI for vector 0 of device 0
 OUTSIDE = 0x7000_0000          # an IOVA no IOAS area covers
 MSG_LOW = DOORBELL & (PAGE - 1)
+
+#: what composing must not change, by name (:meth:`Scenario.mapping_state`,
+#: :func:`host_mapping_state`): IOAS areas as (iova, length, prot), page table leaves as
+#: (input address, descriptor), MSI pages / maps as (iova or phys, page)
+MappingState = dict[str, Union["tuple[tuple[int, int, int], ...]", "frozenset[tuple[int, int]]"]]
+
+_T = TypeVar("_T")
+
+
+class InvariantResult(TypedDict):
+    """One invariant of one row: ``ok``, else the first ``step`` that broke it and why."""
+
+    ok: bool
+    step: str | None
+    detail: str
+
+
+class HostRow(TypedDict):
+    """One row of the host table (:func:`run_row`): a design on an SMMU set-up."""
+
+    design: str
+    smmu: str
+    results: dict[str, InvariantResult]
+    notes: list[str]
+
+
+class _RenderTable(TypedDict):
+    invariants: list[str]
+    rows: list[HostRow]
+
+
+class RenderTable(_RenderTable, total=False):
+    """What :func:`render` prints: the invariants (columns), the rows, and notes."""
+
+    notes: list[str]
+
+
+class HostTable(RenderTable):
+    """The host table (:func:`compare`), JSON-ready."""
+
+    designs: list[str]
+    smmus: list[str]
+    steps: list[str]
+
+
+class GuestRow(TypedDict):
+    """One row of the guest table (:func:`run_guest_row`)."""
+
+    design: str
+    vsmmu: str
+    gicv4: bool
+    results: dict[str, InvariantResult]
+    notes: list[str]
+
+
+class GuestTable(TypedDict):
+    """The guest table (:func:`compare_guest`), JSON-ready."""
+
+    designs: list[str]
+    vsmmus: list[str]
+    gicv4: list[bool]
+    invariants: list[str]
+    steps: list[str]
+    rows: list[GuestRow]
 
 
 # -- what a step shows ---------------------------------------------------------------------
@@ -392,12 +460,12 @@ class Scenario:
 
     # -- observation helpers ----------------------------------------------------------------
 
-    def mapping_state(self) -> dict[str, Any]:
+    def mapping_state(self) -> MappingState:
         """What composing must not change: IOAS areas, every paging domain's leaves,
         the design's implicit maps, dma-iommu MSI pages."""
         vmm = self._vmm
         ctx = vmm.ctx()
-        st: dict[str, Any] = {}
+        st: MappingState = {}
         for oid, obj in sorted(ctx.objects.items()):
             if obj.kind == "ioas":
                 st[f"IOAS {oid} areas"] = tuple((a.iova, a.length, int(a.prot))
@@ -427,7 +495,7 @@ class Scenario:
                 (iova, page) for per in hooks.installed.values() for iova, page in per.items())
         return st
 
-    def compose(self, obs: StepObs, what: str, fn: Callable[[], Any]) -> Any:
+    def compose(self, obs: StepObs, what: str, fn: Callable[[], _T]) -> _T:
         before = self.mapping_state()
         r = fn()
         obs.composes.append(ComposeObs(what, before, self.mapping_state()))
@@ -693,12 +761,17 @@ class Scenario:
 # -- the table ---------------------------------------------------------------------------------
 
 
-def judge(observations: list[Any], checkers: dict[str, Any] | None = None
-          ) -> dict[str, dict[str, Any]]:
+_O = TypeVar("_O", "StepObs", "GuestStepObs")
+
+
+def judge(observations: Sequence[_O], checkers: dict[str, Callable[[_O], str | None]] | None = None
+          ) -> dict[str, InvariantResult]:
     """The first step that broke each invariant (``step`` None: none did), by
     ``checkers`` (the host table's :data:`CHECKERS` unless given)."""
-    checkers = CHECKERS if checkers is None else checkers
-    results: dict[str, dict[str, Any]] = {}
+    if checkers is None:
+        default: dict[str, Callable[[Any], str | None]] = CHECKERS
+        checkers = default
+    results: dict[str, InvariantResult] = {}
     for inv in INVARIANTS:
         results[inv] = {"ok": True, "step": None, "detail": ""}
         for obs in observations:
@@ -709,7 +782,7 @@ def judge(observations: list[Any], checkers: dict[str, Any] | None = None
     return results
 
 
-def run_row(design: str, smmu: str) -> dict[str, Any]:
+def run_row(design: str, smmu: str) -> HostRow:
     """One row of the table: a real run of the scenario, judged."""
     obs = Scenario(design, smmu).run()
     notes = [f"{o.step}: {n}" for o in obs for n in o.notes]
@@ -731,7 +804,7 @@ def x86_per_vector_note() -> str:
 
 
 def compare(designs: tuple[str, ...] = MSI_DESIGNS,
-            smmus: tuple[str, ...] = SMMUS) -> dict[str, Any]:
+            smmus: tuple[str, ...] = SMMUS) -> HostTable:
     """The whole table as a JSON-ready dict."""
     return {"designs": list(designs), "smmus": list(smmus), "invariants": list(INVARIANTS),
             "steps": list(STEPS),
@@ -739,7 +812,7 @@ def compare(designs: tuple[str, ...] = MSI_DESIGNS,
             "notes": [x86_per_vector_note()]}
 
 
-def render(table: dict[str, Any], out: TextIO, smmu_head: str = "smmu") -> None:
+def render(table: RenderTable, out: TextIO, smmu_head: str = "smmu") -> None:
     """Print the table: one row per design x SMMU, a cell per invariant (ok, or the
     step that first broke it); the details under it."""
     short = {"routing": "routing", "delivery": "delivery", "address stability": "stability",
@@ -747,7 +820,7 @@ def render(table: dict[str, Any], out: TextIO, smmu_head: str = "smmu") -> None:
              "isolation": "isolation"}
     head = ["design", smmu_head] + [short[i] for i in table["invariants"]]
     cells = [[r["design"], r["smmu"]] + [
-        "ok" if r["results"][i]["ok"] else "BROKEN: " + r["results"][i]["step"]
+        "ok" if r["results"][i]["ok"] else f"BROKEN: {r['results'][i]['step']}"
         for i in table["invariants"]] for r in table["rows"]]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *cells, strict=True)]
 
@@ -805,7 +878,7 @@ class GuestFire(_Obs):
 
     vec: int | None
     expect: str                            # "deliver", "fault" or "foreign"
-    path: dict[str, Any]
+    path: InterruptPath
     hits: list[tuple[int, int | None]]     # the guest driver's new (vector, vCPU) records
     want_vcpu: int | None
     recorded_faults: int                   # smmuv3_record_event records, recorded
@@ -839,8 +912,10 @@ def gcheck_routing(obs: GuestStepObs) -> str | None:
             return (f"vector {f.vec}: {addr:#x} reaches {got}, not the doorbell "
                     f"{DOORBELL:#x}" if addr is not None else f"vector {f.vec}: no write")
         if its is None or (its["lpi"] is None and its["vlpi"] is None):
-            return f"vector {f.vec}: the ITS raised nothing ({(its or {}).get('error')})"
-        if its["devid"] != p["write"]["rid"] or its["eventid"] != p["write"]["data"]:
+            why = None if its is None else its["error"]
+            return f"vector {f.vec}: the ITS raised nothing ({why})"
+        w = cast("MsiWriteHop", p["write"])        # the ITS saw it: there was a write
+        if its["devid"] != w["rid"] or its["eventid"] != w["data"]:
             return f"vector {f.vec}: the ITS saw DeviceID {its['devid']:#x}, EventID " \
                    f"{its['eventid']:#x}"
     return None
@@ -920,12 +995,12 @@ GUEST_CHECKERS: dict[str, Callable[[GuestStepObs], str | None]] = {
 }
 
 
-def host_mapping_state(vm: Any) -> dict[str, Any]:
+def host_mapping_state(vm: VirtualMachine) -> MappingState:
     """What composing must not change on the host of a booted VirtualMachine: IOAS areas,
     the page tables of the assigned devices' domains (and nest parents), the design's
     implicit maps, dma-iommu MSI cookie pages."""
     ctx = vm.vmm.iommufd.private_data
-    st: dict[str, Any] = {}
+    st: MappingState = {}
     for oid, obj in sorted(ctx.objects.items()):
         if obj.kind == "ioas":
             st[f"IOAS {oid} areas"] = tuple((a.iova, a.length, int(a.prot)) for a in obj.areas)
@@ -954,22 +1029,24 @@ def host_mapping_state(vm: Any) -> dict[str, Any]:
     return st
 
 
-def implicit_state(st: dict[str, Any]) -> dict[str, Any]:
+def implicit_state(st: MappingState) -> MappingState:
     """What the kernel mapped on its own in a :func:`host_mapping_state`: the IOAS areas
     are what userspace asked for (IOMMU_IOAS_MAP / the VMM's doorbell page), and a page
     table leaf inside one of them is that request filled in; everything else -- leaves
     outside every area, sw_msi maps, preset installs, MSI cookie pages -- is implicit."""
-    areas = [a for k, v in st.items() if k.startswith("IOAS ") for a in v]
+    areas = [a for k, v in st.items() if k.startswith("IOAS ")
+             for a in cast("tuple[tuple[int, int, int], ...]", v)]
 
     def requested(va: int) -> bool:
         return any(iova <= va < iova + length for iova, length, _ in areas)
 
-    out: dict[str, Any] = {}
+    out: MappingState = {}
     for k, v in st.items():
         if k.startswith("IOAS "):
             continue
         if k.endswith("page table"):
-            v = frozenset(leaf for leaf in v if not requested(leaf[0]))
+            v = frozenset(leaf for leaf in cast("frozenset[tuple[int, int]]", v)
+                          if not requested(leaf[0]))
         out[k] = v
     return out
 
@@ -1120,12 +1197,12 @@ class GuestScenario:
         return out
 
 
-def judge_guest(observations: list[GuestStepObs]) -> dict[str, dict[str, Any]]:
+def judge_guest(observations: list[GuestStepObs]) -> dict[str, InvariantResult]:
     """The first guest step that broke each invariant (``step`` None: none did)."""
     return judge(observations, GUEST_CHECKERS)
 
 
-def run_guest_row(design: str, vsmmu: str, gicv4: bool) -> dict[str, Any]:
+def run_guest_row(design: str, vsmmu: str, gicv4: bool) -> GuestRow:
     """One guest row: a real run of the whole machine, judged."""
     obs = GuestScenario(design, vsmmu, gicv4).run()
     notes = [f"{o.step}: {n}" for o in obs for n in o.notes]
@@ -1135,18 +1212,20 @@ def run_guest_row(design: str, vsmmu: str, gicv4: bool) -> dict[str, Any]:
 
 def compare_guest(designs: tuple[str, ...] = MSI_DESIGNS,
                   vsmmus: tuple[str, ...] = GUEST_VSMMUS,
-                  gicv4s: tuple[bool, ...] = (False, True)) -> dict[str, Any]:
+                  gicv4s: tuple[bool, ...] = (False, True)) -> GuestTable:
     """The guest table as a JSON-ready dict."""
     return {"designs": list(designs), "vsmmus": list(vsmmus), "gicv4": list(gicv4s),
             "invariants": list(INVARIANTS), "steps": list(GUEST_STEPS),
             "rows": [run_guest_row(d, v, g) for d in designs for v in vsmmus for g in gicv4s]}
 
 
-def render_guest(table: dict[str, Any], out: TextIO) -> None:
+def render_guest(table: GuestTable, out: TextIO) -> None:
     """Print the guest table like the host one: a row per design x vSMMU x GICv4."""
     label = {"accel": "accel (nested)", "none": "none (paging)"}
-    rows = [{**r, "design": r["design"], "smmu": f"{label.get(r['vsmmu'], r['vsmmu'])}, "
-             f"gicv4 {'on' if r['gicv4'] else 'off'}"} for r in table["rows"]]
+    rows: list[HostRow] = [
+        {"design": r["design"], "smmu": f"{label.get(r['vsmmu'], r['vsmmu'])}, "
+         f"gicv4 {'on' if r['gicv4'] else 'off'}", "results": r["results"], "notes": r["notes"]}
+        for r in table["rows"]]
     out.write("guest scenarios (host + VMM + guest; the guest acts, the physical device "
               "fires):\n")
     render({"invariants": table["invariants"], "rows": rows}, out, smmu_head="vsmmu, gicv4")
@@ -1154,19 +1233,21 @@ def render_guest(table: dict[str, Any], out: TextIO) -> None:
 
 def main(out: TextIO, as_json: bool = False, host: bool = True, guest: bool = True) -> int:
     """``pymsi compare [--json] [--host-only | --guest-only]``."""
-    table = compare() if host else {}
-    if guest:
-        table["guest"] = compare_guest()
+    host_table = compare() if host else None
+    guest_table = compare_guest() if guest else None
     if as_json:
+        table: dict[str, object] = {} if host_table is None else dict(host_table)
+        if guest_table is not None:
+            table["guest"] = guest_table
         json.dump(table, out, indent=2)
         out.write("\n")
         return 0
-    if host:
-        render(table, out)
-    if guest:
+    if host_table is not None:
+        render(host_table, out)
+    if guest_table is not None:
         if host:
             out.write("\n")
-        render_guest(table["guest"], out)
+        render_guest(guest_table, out)
     return 0
 
 

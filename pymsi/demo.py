@@ -31,11 +31,14 @@ import os
 import re
 import sys
 from collections.abc import Callable
-from typing import Any, TextIO, cast
+from typing import TYPE_CHECKING, Any, TextIO, TypedDict, cast
 
 from . import core, trace
 from .errors import InvalidArgument
 from .trace import TraceRecord
+
+if TYPE_CHECKING:
+    from .machine import ArmVirt, VirtualMachine
 
 #: What the demo records to build the path (``--trace`` adds the user's pattern on top).
 PATH_PATTERNS = ("msi_send_message,smmuv3_translate_*,smmuv3_record_event,gicv3_its_translation_*,"
@@ -45,6 +48,156 @@ PATH_PATTERNS = ("msi_send_message,smmuv3_translate_*,smmuv3_record_event,gicv3_
 VARIANTS = ("dma-cookie", "sw-msi", "preset", "per-vector")
 VSMMUS = ("accel", "emulated", "none")
 MAX_VECTORS = 64
+
+
+class MsiWriteHop(TypedDict):
+    """The device's MSI write (msi_send_message)."""
+
+    rid: int
+    vector: int
+    address: int
+    data: int
+
+
+class TranslationHop(TypedDict):
+    """The SMMU's translation of the message address: ``stage`` 0 (bypass), 1, 2 or 3
+    (nested); ``s1`` / ``s2`` the (input, output) of each stage that ran."""
+
+    unit: str
+    stage: int
+    iova: int
+    ipa: int | None
+    pa: int
+    s1: tuple[int, int] | None
+    s2: tuple[int, int] | None
+    tlb_hit: bool
+
+
+class FaultHop(TypedDict):
+    """An SMMU fault that dropped the write, and whether its event was recorded."""
+
+    unit: str
+    address: int | None
+    event: object
+    recorded: bool
+
+
+class ItsHop(TypedDict):
+    """The ITS translation of the write at its doorbell: the LPI (or, GICv4, vLPI) raised,
+    or the translation error."""
+
+    doorbell: int | None
+    devid: int
+    eventid: int
+    lpi: int | None
+    cpu: int | None
+    vlpi: int | None
+    vlpi_redist: int | None
+    error: object
+
+
+class HandlerHop(TypedDict):
+    """An interrupt handler run (irq_handler_entry)."""
+
+    cpu: int | None
+    irq: int
+    name: str
+
+
+class KvmHop(TypedDict):
+    """KVM's injection: through an irqfd's GSI route, or KVM_SIGNAL_MSI."""
+
+    gsi: int | None
+    irqfd: bool
+    address: int
+    data: int
+    devid: int
+
+
+class VitsHop(TypedDict):
+    """The vITS translation of the injected MSI to the guest's LPI."""
+
+    devid: int
+    eventid: int
+    ret: int
+    lpi: int | None
+    vcpu: int | None
+
+
+class InterruptPath(TypedDict):
+    """One interrupt's hops as :func:`path_from_trace` reads them (None: not taken)."""
+
+    write: MsiWriteHop | None
+    translation: TranslationHop | None
+    fault: FaultHop | None
+    its: ItsHop | None
+    host_handler: HandlerHop | None
+    kvm: KvmHop | None
+    vits: VitsHop | None
+    guest_handler: HandlerHop | None
+    #: how many guest handlers ran (exactly once is delivery)
+    guest_handlers: int
+
+
+class MachineArgs(TypedDict):
+    """The :class:`~pymsi.machine.VirtualMachine` keywords the demo ran."""
+
+    vsmmu: str | None
+    gicv4: bool
+    variant: str
+    devices: list[dict[str, object]]
+
+
+class VectorFacts(TypedDict):
+    """One vector's first fire: the guest's IRQ, MSI message and vCPU, the path taken, and
+    the records the user's ``--trace`` pattern asked for."""
+
+    vector: int
+    guest_irq: int | None
+    guest_msi: dict[str, int] | None
+    guest_cpu: int | None
+    path: InterruptPath
+    trace: list[TraceRecord]
+
+
+class MoveFacts(TypedDict):
+    """One vector moved to another vCPU through /proc, then fired again."""
+
+    vector: int
+    guest_irq: int
+    from_vcpu: int
+    to_vcpu: int
+    affinity_mask: int
+    commands: list[dict[str, object]]
+    guest_msi: dict[str, int] | None
+    path: InterruptPath
+    trace: list[TraceRecord]
+
+
+class Verdict(TypedDict):
+    """What the run shows (:func:`judge`)."""
+
+    vectors: int
+    delivered: int
+    moved: int
+    address_stayed: int
+    faults: int
+    ok: bool
+
+
+class _FactsBase(TypedDict):
+    backend: str
+    machine: MachineArgs
+    host_doorbell: int
+    vectors: list[VectorFacts]
+    moves: list[MoveFacts]
+
+
+class DemoFacts(_FactsBase, total=False):
+    """What :func:`collect` returns (ints, not yet formatted); ``verdict`` once judged."""
+
+    verdict: Verdict
+
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -105,11 +258,11 @@ def _all(recs: list[TraceRecord], name: str, **match: Any) -> list[dict[str, Any
             if r.name == name and all(r.fields.get(k) == v for k, v in match.items())]
 
 
-def path_from_trace(recs: list[TraceRecord], smmu_unit: str) -> dict[str, Any]:
+def path_from_trace(recs: list[TraceRecord], smmu_unit: str) -> InterruptPath:
     """The hops one interrupt took, read from the records of its run (see the module doc).
     Every key is present; a hop that did not happen is None (addresses are ints here)."""
     send = _first(recs, "msi_send_message")
-    p: dict[str, Any] = {"write": None, "translation": None, "fault": None, "its": None,
+    p: InterruptPath = {"write": None, "translation": None, "fault": None, "its": None,
                          "host_handler": None, "kvm": None, "vits": None, "guest_handler": None,
                          "guest_handlers": 0}
     if send is None:
@@ -166,7 +319,7 @@ def path_from_trace(recs: list[TraceRecord], smmu_unit: str) -> dict[str, Any]:
     return p
 
 
-def describe_path(p: dict[str, Any]) -> list[str]:
+def describe_path(p: InterruptPath) -> list[str]:
     """The path as lines of text (one hop a line, the tracepoints it came from in [])."""
     out: list[str] = []
     w = p["write"]
@@ -177,13 +330,14 @@ def describe_path(p: dict[str, Any]) -> list[str]:
     t = p["translation"]
     if t is not None:
         tlb = ", IOTLB hit" if t["tlb_hit"] else ""
+        s1, s2 = t["s1"] or (None, None), t["s2"] or (None, None)   # (set for its stages)
         if t["stage"] == 3:
-            out.append(f"{t['unit']} stage 1 (guest's tables): IOVA {h(t['s1'][0])} -> IPA "
-                       f"{h(t['s1'][1])}  [smmuv3_translate_success]")
-            out.append(f"{t['unit']} stage 2 (host IOAS): IPA {h(t['s2'][0])} -> PA "
-                       f"{h(t['s2'][1])}{tlb}")
+            out.append(f"{t['unit']} stage 1 (guest's tables): IOVA {h(s1[0])} -> IPA "
+                       f"{h(s1[1])}  [smmuv3_translate_success]")
+            out.append(f"{t['unit']} stage 2 (host IOAS): IPA {h(s2[0])} -> PA "
+                       f"{h(s2[1])}{tlb}")
         elif t["stage"] == 2:
-            out.append(f"{t['unit']} stage 2: IPA {h(t['s2'][0])} -> PA {h(t['s2'][1])}{tlb}"
+            out.append(f"{t['unit']} stage 2: IPA {h(s2[0])} -> PA {h(s2[1])}{tlb}"
                        "  [smmuv3_translate_success]")
         elif t["stage"] == 1:
             out.append(f"{t['unit']} stage 1 only: IOVA {h(t['iova'])} -> {h(t['pa'])}{tlb}"
@@ -241,9 +395,9 @@ def describe_path(p: dict[str, Any]) -> list[str]:
 # -- the run -------------------------------------------------------------------------------
 
 
-def _machine_args(variant: str, vsmmu: str, gicv4: bool, vectors: int) -> dict[str, Any]:
+def _machine_args(variant: str, vsmmu: str, gicv4: bool, vectors: int) -> MachineArgs:
     if vsmmu == "emulated":                    # QEMU: no assigned device behind it
-        dev: dict[str, Any] = {"model": "nic", "queues": vectors, "emulated": True}
+        dev: dict[str, object] = {"model": "nic", "queues": vectors, "emulated": True}
     else:
         dev = {"msix": vectors}
     return {"vsmmu": None if vsmmu == "none" else vsmmu, "gicv4": gicv4, "variant": variant,
@@ -269,7 +423,7 @@ def _is_addr(key: str) -> bool:
 
 def collect(variant: str = "per-vector", vsmmu: str = "accel", gicv4: bool = False,
             vectors: int = 4, trace_pattern: str | None = None,
-            on_boot: Callable[[], None] | None = None) -> dict[str, Any]:
+            on_boot: Callable[[], None] | None = None) -> DemoFacts:
     """Run the demo and return its facts (ints, not yet formatted): the machine, per
     vector its path, the affinity move and the path after it, and the verdicts."""
     from .machine import VirtualMachine
@@ -286,7 +440,7 @@ def collect(variant: str = "per-vector", vsmmu: str = "accel", gicv4: bool = Fal
     patterns = PATH_PATTERNS + ("," + trace_pattern if trace_pattern else "")
     user = [p.strip() for p in (trace_pattern or "").split(",") if p.strip()]
 
-    def fire(v: int) -> tuple[dict[str, Any], list[TraceRecord]]:
+    def fire(v: int) -> tuple[InterruptPath, list[TraceRecord]]:
         with trace.record(patterns, clock=vm.sched.now) as rec:
             fn.notify(v)
             vm.run()
@@ -299,44 +453,46 @@ def collect(variant: str = "per-vector", vsmmu: str = "accel", gicv4: bool = Fal
         return None if desc is None else {"address": desc.msg.address, "data": desc.msg.data}
 
     ncpus = vm.desc["guest_ncpus"]
-    per_vector: list[dict[str, Any]] = []
+    per_vector: list[VectorFacts] = []
     for v in range(vectors):
         irq = ep.irqs[v] if ep is not None else None
         before = vm.guest_cpu_of(0, v) if ep is not None else None
         path, raw = fire(v)
         per_vector.append({"vector": v, "guest_irq": irq, "guest_msi": guest_msg(v),
                            "guest_cpu": before, "path": path, "trace": raw})
-    moves = []
+    moves: list[MoveFacts] = []
     for pv in per_vector:
-        v, irq = pv["vector"], pv["guest_irq"]
-        if irq is None:
+        v, girq = pv["vector"], pv["guest_irq"]
+        if girq is None:
             continue
-        before = vm.guest_cpu_of(0, v)
-        target = (before + 1) % ncpus
+        frm = vm.guest_cpu_of(0, v)
+        target = (frm + 1) % ncpus
         with trace.record(PATH_PATTERNS, clock=vm.sched.now) as rec:
             vm.set_guest_affinity(0, v, target)
             vm.run()
         cmds = [{"name": r.name, **r.fields} for r in rec
                 if r.name.startswith(("vgic_its_cmd_", "gicv3_its_cmd_"))]
         path, raw = fire(v)
-        moves.append({"vector": v, "guest_irq": irq, "from_vcpu": before, "to_vcpu": target,
+        moves.append({"vector": v, "guest_irq": girq, "from_vcpu": frm, "to_vcpu": target,
                       "affinity_mask": 1 << target, "commands": cmds,
                       "guest_msi": guest_msg(v), "path": path, "trace": raw})
-    facts = {"backend": core.BACKEND, "machine": margs, "host_doorbell": _host_doorbell(vm),
-             "vectors": per_vector, "moves": moves}
+    facts: DemoFacts = {"backend": core.BACKEND, "machine": margs,
+                        "host_doorbell": _host_doorbell(vm), "vectors": per_vector,
+                        "moves": moves}
     facts["verdict"] = judge(facts)
     return facts
 
 
-def _host_doorbell(vm: Any) -> int:
+def _host_doorbell(vm: VirtualMachine) -> int:
     """GITS_TRANSLATER of the host's ITS: its base on the host board + the register's
     offset in the ITS frame."""
     from .hw.its import GITS_TRANSLATER
 
-    return cast(int, vm.machine.ITS + GITS_TRANSLATER)
+    m = cast("ArmVirt", vm.machine)            # booted
+    return m.ITS + GITS_TRANSLATER
 
 
-def judge(facts: dict[str, Any]) -> dict[str, Any]:
+def judge(facts: DemoFacts) -> Verdict:
     """What the run shows: delivered exactly once per fire, on the vCPU the guest chose,
     the device's address unchanged by the moves."""
     vecs, moves = facts["vectors"], facts["moves"]
@@ -355,7 +511,7 @@ def judge(facts: dict[str, Any]) -> dict[str, Any]:
             and stayed == n}
 
 
-def render(facts: dict[str, Any], out: TextIO) -> None:
+def render(facts: DemoFacts, out: TextIO) -> None:
     """The facts as text."""
     p = out.write
     m = facts["machine"]
@@ -373,7 +529,7 @@ def render(facts: dict[str, Any], out: TextIO) -> None:
         p("\nthe guest moves each vector to another vCPU, then the device fires again:\n")
     for mv in facts["moves"]:
         cmds = ", ".join(
-            c["name"] + "(" + " ".join(f"{k}={h(v) if isinstance(v, int) else v}"
+            f"{c['name']}(" + " ".join(f"{k}={h(v) if isinstance(v, int) else v}"
                                        for k, v in c.items() if k != "name") + ")"
             for c in mv["commands"]) or "no ITS command traced"
         p(f"\nvector {mv['vector']}: echo {mv['affinity_mask']:x} > "
@@ -400,12 +556,12 @@ def render(facts: dict[str, Any], out: TextIO) -> None:
          "the faults above show where it breaks\n"))
 
 
-def to_json(facts: dict[str, Any]) -> dict[str, Any]:
+def to_json(facts: DemoFacts) -> dict[str, object]:
     """The facts as JSON-ready data (addresses as 0x%x strings, trace records as dicts)."""
     def recs(rs: list[TraceRecord]) -> list[dict[str, Any]]:
         return [json.loads(r.to_json()) for r in rs]
 
-    out = dict(facts)
+    out: dict[str, object] = dict(facts)
     out["host_doorbell"] = h(facts["host_doorbell"])
     out["vectors"] = [{**_jsonable({k: v for k, v in pv.items() if k != "trace"}),
                        "trace": recs(pv["trace"])} for pv in facts["vectors"]]

@@ -31,11 +31,16 @@ from .hw.pci import PciFunction, PciHost
 from .hw.smmuv3 import SMMUv3, _ConfigError
 
 if TYPE_CHECKING:
+    from .hw.pci import PciFunction
     from .kernel.kernel import Kernel
+    from .kernel.pci import PciDev
     from .machine import ArmVirt, VirtualMachine, X86Pc
 
 #: what a view inspects: a booted VirtualMachine, a kernel, or a bare machine
 Target = Union["VirtualMachine", "Kernel", "ArmVirt", "X86Pc"]
+#: a PCI function as :func:`info_irq` takes it: the function model, the kernel's pci_dev, its
+#: requester ID as "bus:dev.fn", or the index of a described device
+DeviceRef = Union["PciFunction", "PciDev", str, int]
 
 __all__ = ["Hex", "Row", "Target", "View", "info_iotlb", "info_irq", "info_its", "info_mtree",
            "info_pci", "VIEWS"]
@@ -504,7 +509,7 @@ def _vits_rows(vits: Any, devid: int, event: int) -> list[Row]:
         "pending": lpi.pending_latch})]
 
 
-def info_irq(target: Target, which: int | tuple[Any, int]) -> View:
+def info_irq(target: Target, which: int | tuple[DeviceRef, int]) -> View:
     """One interrupt's whole path, each hop with its address and table entry.
 
     ``which`` is a Linux IRQ number (of the guest in a VirtualMachine, else of the
@@ -526,19 +531,20 @@ def info_irq(target: Target, which: int | tuple[Any, int]) -> View:
     vector: int
     irq: int | None = None
     if isinstance(which, tuple):
-        fn, vector = which
-        if isinstance(fn, int) and not isinstance(fn, bool):
+        ref: DeviceRef | None
+        ref, vector = which
+        if isinstance(ref, int) and not isinstance(ref, bool):
             # The same on every target: the index of a described device (the VM's
             # slots; the host bridge's functions in bus order, as ``m.functions``).
             funcs = [s.guest_fn for s in vm.slots] if is_vm else \
                 ([] if sides[-1].pci is None else
                  [f for _, f in sorted(sides[-1].pci.functions.items())])
-            if not 0 <= fn < len(funcs):
+            if not 0 <= ref < len(funcs):
                 raise InvalidArgument(
-                    f"no device {fn}: an int function is the index of a described device "
+                    f"no device {ref}: an int function is the index of a described device "
                     f"(0..{len(funcs) - 1}); give a requester ID as 'bus:dev.fn'")
-            fn = funcs[fn]
-        rid = _resolve_rid(fn)
+            ref = funcs[ref]
+        rid = _resolve_rid(ref)
     elif isinstance(which, int) and not isinstance(which, bool):
         irq = which
     else:

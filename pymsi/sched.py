@@ -22,7 +22,6 @@ from __future__ import annotations
 import heapq
 import random
 from collections.abc import Callable
-from typing import Any
 
 from . import trace
 from .errors import InvalidArgument
@@ -40,8 +39,8 @@ class Event:
 
     __slots__ = ("time_ns", "seq", "callback", "args", "cancelled", "name")
 
-    def __init__(self, time_ns: int, seq: int, callback: Callable[..., Any],
-                 args: tuple[Any, ...], name: str) -> None:
+    def __init__(self, time_ns: int, seq: int, callback: Callable[..., object],
+                 args: tuple[object, ...], name: str) -> None:
         self.time_ns, self.seq, self.callback, self.args = time_ns, seq, callback, args
         self.cancelled = False
         self.name = name
@@ -86,7 +85,7 @@ class Scheduler:
         self._now = 0
         self._seq = 0
         self._queue: list[Event] = []
-        self._hooks: list[tuple[str, Callable[[], Any]]] = []
+        self._hooks: list[tuple[str, Callable[[], object]]] = []
         self.events_run = 0
 
     # -- time ------------------------------------------------------------------------
@@ -105,14 +104,14 @@ class Scheduler:
 
     # -- events ----------------------------------------------------------------------
 
-    def schedule(self, delay_ns: int, callback: Callable[..., Any], *args: Any,
+    def schedule(self, delay_ns: int, callback: Callable[..., object], *args: object,
                  name: str = "") -> Event:
         """Run ``callback(*args)`` ``delay_ns`` (>= 0) nanoseconds from now."""
         if not isinstance(delay_ns, int) or delay_ns < 0:
             raise InvalidArgument(f"delay must be an int >= 0 ns, not {delay_ns!r}")
         return self.schedule_at(self._now + delay_ns, callback, *args, name=name)
 
-    def schedule_at(self, time_ns: int, callback: Callable[..., Any], *args: Any,
+    def schedule_at(self, time_ns: int, callback: Callable[..., object], *args: object,
                     name: str = "") -> Event:
         """Run ``callback(*args)`` at ``time_ns`` (not before now)."""
         if not isinstance(time_ns, int) or time_ns < self._now:
@@ -141,14 +140,14 @@ class Scheduler:
 
     # -- idle hooks --------------------------------------------------------------------
 
-    def add_idle_hook(self, hook: Callable[[], Any], name: str = "") -> None:
+    def add_idle_hook(self, hook: Callable[[], object], name: str = "") -> None:
         """Poll ``hook()`` whenever no event is due now; a truthy result means it did
         work (so the run is not quiescent yet).  Hooks are polled in the order added."""
         if not callable(hook):
             raise InvalidArgument(f"{hook!r} is not callable")
         self._hooks.append((name or getattr(hook, "__qualname__", "hook"), hook))
 
-    def remove_idle_hook(self, hook: Callable[[], Any]) -> None:
+    def remove_idle_hook(self, hook: Callable[[], object]) -> None:
         self._hooks = [(n, h) for n, h in self._hooks if h != hook]
 
     def _poll(self) -> int:

@@ -132,7 +132,7 @@ class Tracepoint:
     def __repr__(self) -> str:
         return f"<tracepoint {self.name} {'on' if self.enabled else 'off'}>"
 
-    def __call__(self, **fields: Any) -> None:
+    def __call__(self, **fields: object) -> None:
         """Record the event (nothing when disabled)."""
         if not self.enabled:
             return

@@ -440,3 +440,17 @@ def test_a_virtual_machine_from_a_description_a_dict_or_keywords():
         VirtualMachine({"guest_ncpus": 0})
     with pytest.raises(InvalidArgument, match="emulated"):
         VirtualMachine(desc).boot().host_function(0)
+
+
+def test_check_description_dict_has_every_field_as_its_typed_dict_says():
+    # VirtualMachineDict (check_description's / VirtualMachine.desc's type) names exactly
+    # the description's fields, and the dict really has them all (a field added to
+    # VirtualMachineDesc but not to the TypedDict fails here)
+    from pymsi.machine.desc import VirtualMachineDesc
+    from pymsi.machine.virtual import VirtualMachineDict, check_description
+
+    keys = set(VirtualMachineDesc.keys())
+    assert set(VirtualMachineDict.__required_keys__) == keys
+    d = check_description({"guest_ncpus": 3, "devices": [{"msix": 3}]})
+    assert set(d) == keys
+    assert d["guest_ncpus"] == 3 and d["devices"] == [{"msix": 3}] and d["seed"] == 0

@@ -287,6 +287,23 @@ def test_cli_info_description(tmp_path, capsys):
     assert "mssix" in capsys.readouterr().err
 
 
+def test_cli_info_platform_description(tmp_path, capsys):
+    # an arm-virt / x86-pc description is a host machine alone: its devices get the test
+    # driver and each view shows them (load() gives the platform, not a VirtualMachine)
+    arm = tmp_path / "arm.toml"
+    arm.write_text('machine = "arm-virt"\nncpus = 2\n[[devices]]\nmsix = 4\n')
+    assert cli.main(["info", "pci", str(arm)]) == 0
+    out = capsys.readouterr().out
+    assert "guest" not in out and out.count("entry ") == 4
+    assert cli.main(["info", "irq", str(arm), "--vector", "3", "--fire"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("irq: 00:01.0 vector 3") and "ITTE" in out and "count=1" in out
+    x86 = tmp_path / "x86.toml"
+    x86.write_text('machine = "x86-pc"\n[[devices]]\nmsix = 2\n')
+    assert cli.main(["info", "irq", str(x86), "--vector", "1"]) == 0
+    assert capsys.readouterr().out.startswith("irq: 00:01.0 vector 1")
+
+
 def test_version_and_python_m():
     from importlib.metadata import version
 

@@ -4,9 +4,13 @@ physical page allocator, the printk log, CPU masks."""
 from __future__ import annotations
 
 import errno as _errno
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, cast
 
 from ..errors import KernelError as KernelError  # (defined in pymsi.errors; re-exported)
+
+if TYPE_CHECKING:
+    from ..core.pgtable import TableMemory
 
 
 def fail(err: int, what: str = "") -> KernelError:
@@ -30,7 +34,7 @@ class PageAllocator:
     blocks are reused.  Running out is ENOMEM.
     """
 
-    def __init__(self, ram: Any, base: int, size: int) -> None:
+    def __init__(self, ram: TableMemory, base: int, size: int) -> None:
         if not ram.is_ram(base, size):
             raise fail(EINVAL, f"kernel memory [{base:#x}, +{size:#x}) is not RAM")
         self.ram, self.base, self.end = ram, base, base + size
@@ -95,7 +99,7 @@ def cpulist_str(cpus: frozenset[int] | set[int]) -> str:
     return ",".join(out)
 
 
-def _user_text(text: Any, what: str) -> bytes:
+def _user_text(text: object, what: str) -> bytes:
     """The bytes a write(2) of ``text`` hands a parser, up to the first newline or NUL
     (a ``str`` as its UTF-8 bytes); anything but text is EINVAL naming ``what``."""
     if isinstance(text, str):
@@ -111,7 +115,7 @@ def _user_text(text: Any, what: str) -> bytes:
     return buf
 
 
-def _cpulist_num(buf: bytes, i: int, lastbit: int, text: Any) -> tuple[int, int]:
+def _cpulist_num(buf: bytes, i: int, lastbit: int, text: object) -> tuple[int, int]:
     """bitmap_getnum(): ``N`` is the last bit; else decimal digits (EINVAL for none,
     EOVERFLOW beyond an unsigned int)."""
     if i < len(buf) and buf[i] == 0x4E:                  # 'N'
@@ -226,7 +230,7 @@ def parse_cpumask(text: str | bytes, nmaskbits: int) -> frozenset[int]:
     return frozenset(i for i in range(value.bit_length()) if value >> i & 1)
 
 
-def cpumask_arg(mask: Any, nmaskbits: int) -> frozenset[int]:
+def cpumask_arg(mask: object, nmaskbits: int) -> frozenset[int]:
     """A cpumask passed to a kernel call: a set of CPU numbers.
 
     A struct cpumask holds unsigned bit numbers below nr_cpumask_bits, so a
@@ -234,10 +238,10 @@ def cpumask_arg(mask: Any, nmaskbits: int) -> frozenset[int]:
     cannot be expressed: EINVAL, as for a mask with no usable CPU.
     """
     try:
-        cpus = frozenset(mask)
+        cpus = frozenset(cast("Iterable[object]", mask))      # TypeError: not iterable
     except TypeError:
         raise fail(EINVAL, f"not a CPU mask: {mask!r}") from None
     for c in cpus:
         if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < nmaskbits:
             raise fail(EINVAL, f"not a CPU number: {c!r}")
-    return cpus
+    return cast("frozenset[int]", cpus)           # every member checked an int above

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 from .arm_smmu_v3 import ArmSmmuV3
 from .gic import GicDriver, ItsDriver
@@ -18,15 +18,74 @@ from .pci import PciHostBridge
 from .vfio_pci import vfio_pci_init
 from .x86 import IntelIr, VectorDomain
 
+if TYPE_CHECKING:
+    from ..hw.bus import Bus
+    from ..hw.gicv3 import CpuInterface
+    from ..hw.smmuv3 import SMMUv3
+    from ..machine.platforms import X86Pc
 
-def boot_arm(m: Any, default_domain: DomainType | None = None) -> Kernel:
+
+class BoardGic(Protocol):
+    """The GIC of a board as :func:`boot_arm` sees it: each CPU's ICC_* system register
+    interface (a :class:`~pymsi.hw.gicv3.Gicv3`, or a VMM's vCPUs' interfaces)."""
+
+    @property
+    def cpus(self) -> list[CpuInterface]: ...
+
+
+class ArmBoard(Protocol):
+    """What :func:`boot_arm` reads of an arm64 board: :class:`~pymsi.machine.ArmVirt`, or
+    a VMM's guest board (:class:`pymsi.vmm.board.VirtBoard`).  Optional, read with
+    getattr: ``kernel_name`` (default "host"), ``honour_rmr`` (True), ``iort_rmrs``
+    (none) and ``msi_design`` ("per-vector")."""
+
+    @property
+    def bus(self) -> Bus:
+        """The physical address space the kernel runs on."""
+
+    @property
+    def ncpus(self) -> int: ...
+
+    @property
+    def kernel_memory(self) -> tuple[int, int]:
+        """(base, size) of the RAM the kernel allocates from."""
+
+    @property
+    def GICD(self) -> int: ...
+
+    @property
+    def GICR(self) -> int: ...
+
+    @property
+    def ITS(self) -> int: ...
+
+    @property
+    def SMMU(self) -> int: ...
+
+    @property
+    def ECAM(self) -> int: ...
+
+    @property
+    def ECAM_BUSES(self) -> int: ...
+
+    @property
+    def PCI_MMIO(self) -> tuple[int, int]: ...
+
+    @property
+    def gic(self) -> BoardGic: ...
+
+    @property
+    def smmu(self) -> SMMUv3 | None:
+        """The SMMU model (None: none); its ``irq`` becomes the driver's handler."""
+
+
+def boot_arm(m: ArmBoard, default_domain: DomainType | None = None) -> Kernel:
     """GICv3, ITS and its PCI/MSI domain, SMMUv3, then PCI enumeration, iommufd,
     vfio-pci, KVM: a kernel on machine ``m`` (an :class:`~pymsi.machine.ArmVirt`, or a
     VMM's board with the same attributes).  ``default_domain``: the default domain type
     of IOMMU groups (None: DMA)."""
-    kw: dict[str, Any] = {} if default_domain is None else {"default_domain": default_domain}
     k = Kernel(m.bus, m.kernel_memory, ncpus=m.ncpus, name=getattr(m, "kernel_name", "host"),
-               **kw)
+               default_domain=DomainType.DMA if default_domain is None else default_domain)
     if getattr(m, "honour_rmr", True):           # a kernel with IORT RMR support (6.0+)
         k.iommu.firmware_rmrs = list(getattr(m, "iort_rmrs", ()))
     k.irq = GenIrq(k)
@@ -56,7 +115,7 @@ def boot_arm(m: Any, default_domain: DomainType | None = None) -> Kernel:
     return k
 
 
-def boot_x86(m: Any) -> Kernel:
+def boot_x86(m: X86Pc) -> Kernel:
     """The vector domain, interrupt remapping if the machine has it on, PCI: a kernel on
     machine ``m`` (an :class:`~pymsi.machine.X86Pc`)."""
     k = Kernel(m.bus, m.kernel_memory, ncpus=m.ncpus, arch="x86_64")
@@ -85,7 +144,7 @@ def boot_x86(m: Any) -> Kernel:
     return k
 
 
-def _set_msi_design(k: Kernel, m: Any) -> None:
+def _set_msi_design(k: Kernel, m: ArmBoard | X86Pc) -> None:
     """The machine's ``msi_design`` becomes the default of new iommufd contexts."""
     design = getattr(m, "msi_design", "per-vector")
     assert design in MSI_DESIGNS, design

@@ -3,21 +3,21 @@ does with MSI-X (enable, bus master, DMA mask, vectors, handlers)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
 
 from .._doc import document_attributes
 from .kernel import Kernel  # (at run time: help() and get_type_hints read the attributes)
 from .msi import MsiType
-from .pci import PciDriver
+from .pci import PciDev, PciDriver
 
 
-def _remove(dev: Any) -> None:
+def _remove(dev: PciDev) -> None:
     dev.driver_data._teardown()
 
 
 def msi_counting_pci_driver(kernel: Kernel, name: str, nvec: int,
                             flags: MsiType = MsiType.MSIX | MsiType.MSI,
-                            id_table: Any = ()) -> PciDriver:
+                            id_table: Iterable[tuple[int, int]] = ()) -> PciDriver:
     """Register a PCI driver whose probe is a :class:`MsiCountingDriver`."""
     return kernel.pci_register_driver(
         name, lambda d: MsiCountingDriver(kernel, d, nvec, flags, name=name, bind=False),
@@ -40,7 +40,7 @@ class MsiCountingDriver:
     #: the kernel it runs in
     kernel: Kernel
     #: the pci_dev it drives
-    dev: Any
+    dev: PciDev
     #: its driver name (``drv-<bdf>`` by default)
     name: str
     #: how many vectors pci_alloc_irq_vectors() gave
@@ -50,7 +50,7 @@ class MsiCountingDriver:
     #: vector index -> the CPUs its handler ran on, in order
     fired: dict[int, list[int | None]]
 
-    def __init__(self, kernel: Kernel, dev: Any, nvec: int,
+    def __init__(self, kernel: Kernel, dev: PciDev, nvec: int,
                  flags: MsiType = MsiType.MSIX | MsiType.MSI, min_vecs: int = 1,
                  name: str | None = None, bind: bool = True) -> None:
         self.kernel, self.dev = kernel, dev

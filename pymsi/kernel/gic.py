@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..core import gic_formats as F
 from ..hw import gicv3 as G
@@ -41,6 +42,11 @@ from .irq import IRQ_SET_MASK_OK_DONE, GenIrq, IrqChip, IrqData, IrqDomain, IrqD
 from .irq import trace_irq_handler_entry as _TRACE_ENTRY
 from .irq import trace_irq_handler_exit as _TRACE_EXIT
 from .msi import MsiAllocInfo, MsiMsg, msi_msg_set_addr
+
+if TYPE_CHECKING:
+    from .irq import IrqAllocArg
+    from .kernel import Kernel
+    from .pci import PciDev
 
 _pack_cmd = struct.Struct("<4Q").pack          # one 32-byte ITS command
 _SYNC = int(I.Cmd.SYNC)
@@ -78,15 +84,16 @@ class GicChip(IrqChip):
 
 
 class GicDomainOps(IrqDomainOps):
-    def alloc(self, domain: IrqDomain, virq: int, nr: int, arg: list[int]) -> None:
+    def alloc(self, domain: IrqDomain, virq: int, nr: int, arg: IrqAllocArg) -> None:
+        hwirqs = cast("list[int]", arg)          # the LPIs the ITS level picked
         for i in range(nr):
-            domain.set_hwirq_and_chip(virq + i, arg[i], domain.host_data.chip)
+            domain.set_hwirq_and_chip(virq + i, hwirqs[i], domain.host_data.chip)
 
 
 class GicDriver:
     """irq-gic-v3: distributor, redistributors, CPU interfaces, the LPI domain."""
 
-    def __init__(self, kernel: Any, gicd_base: int, gicr_base: int,
+    def __init__(self, kernel: Kernel, gicd_base: int, gicr_base: int,
                  cpu_interfaces: list[G.CpuInterface]) -> None:
         self.kernel = kernel
         self.gicd_base, self.gicr_base = gicd_base, gicr_base
@@ -145,7 +152,7 @@ class GicDriver:
             intid = iar1()
         return n
 
-    def handle_irqs(self, cpus: Any = None) -> int:
+    def handle_irqs(self, cpus: Iterable[int] | None = None) -> int:
         """:meth:`handle_irq` on each of ``cpus`` in turn (the kernel's IRQ entry on all
         of them); returns how many interrupts ran.
 
@@ -155,7 +162,7 @@ class GicDriver:
         if cpus is None:                        # Kernel.handle_interrupts, inline
             kernel = self.kernel
             if kernel.cpu_irqs is not self._entry:
-                return type(kernel).handle_interrupts(kernel)  # type: ignore[no-any-return]
+                return type(kernel).handle_interrupts(kernel)
             online = kernel.online_cpus
             if online is not kernel._cpu_order_of:        # sorted once per CPU set
                 kernel._cpu_order, kernel._cpu_order_of = tuple(sorted(online)), online
@@ -359,7 +366,8 @@ class ItsChip(IrqChip):
 class ItsDomainOps(IrqDomainOps):
     """its_domain_ops."""
 
-    def alloc(self, domain: IrqDomain, virq: int, nr: int, info: MsiAllocInfo) -> None:
+    def alloc(self, domain: IrqDomain, virq: int, nr: int, arg: IrqAllocArg) -> None:
+        info = cast(MsiAllocInfo, arg)             # the PCI/MSI level's msi_alloc_info_t
         its: ItsDriver = domain.host_data
         dev: ItsDevice = info.parent_data
         free, events = [], dev.events
@@ -425,7 +433,7 @@ class ItsDomainOps(IrqDomainOps):
 class ItsDriver:
     """struct its_node: one ITS, its tables and command queue, the "ITS" MSI domain."""
 
-    def __init__(self, kernel: Any, gic: GicDriver, base: int) -> None:
+    def __init__(self, kernel: Kernel, gic: GicDriver, base: int) -> None:
         self.kernel, self.gic, self.base = kernel, gic, base
         self.translater = base + I.GITS_TRANSLATER
         self.chip = ItsChip(self)
@@ -703,7 +711,7 @@ class ItsDriver:
             page = self.kernel.mm.alloc(psz, psz)
             self.kernel.ram.write_u64(l1, F.L1E_VALID(1) | F.L1E_ADDR(page))
 
-    def msi_prepare(self, dev: Any, nvec: int) -> ItsDevice:
+    def msi_prepare(self, dev: PciDev, nvec: int) -> ItsDevice:
         """its_msi_prepare(): an ITS device (ITT, MAPD) for ``dev``'s DeviceID."""
         device_id = dev.rid                               # IORT: identity on virt
         if device_id >> self.devbits:
@@ -724,7 +732,7 @@ class ItsDriver:
         self.devices[device_id] = itsdev
         return itsdev
 
-    def msi_release(self, dev: Any) -> None:
+    def msi_release(self, dev: PciDev) -> None:
         """its_free_device(): once the last event is gone, MAPD V=0, free ITT and LPIs."""
         itsdev = self.devices.get(dev.rid)
         if itsdev is None or itsdev.users:

@@ -17,9 +17,9 @@ EINVAL for a mask with no online CPU.  :meth:`GenIrq.proc_interrupts` prints
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 from .. import trace
 from .._repr import bounded, cpus
@@ -49,6 +49,16 @@ IRQ_HANDLED, IRQ_NONE = 1, 0
 
 IrqHandler = Callable[[int, Any], int]
 
+if TYPE_CHECKING:
+    from .gic import VcpuInfo
+    from .kernel import Kernel
+    from .msi import MsiAllocInfo
+
+#: what irq_domain_alloc_irqs() hands each level's ``alloc`` (Linux's ``void *arg``): the
+#: msi_alloc_info_t of an MSI hierarchy, or, at the GICv3 level, the LPI numbers the ITS
+#: picked (its_irq_gic_domain_alloc's fwspec)
+IrqAllocArg = Union["MsiAllocInfo", list[int]]
+
 
 class IrqChip:
     """struct irq_chip: the operations one domain level offers for its interrupts.
@@ -77,7 +87,7 @@ class IrqChip:
             return d.parent_data.chip.irq_set_affinity(d.parent_data, mask, force)  # type: ignore[union-attr]  # as above
         raise fail(EINVAL, f"{self.name} cannot set affinity")
 
-    def irq_set_vcpu_affinity(self, d: IrqData, info: Any) -> None:
+    def irq_set_vcpu_affinity(self, d: IrqData, info: VcpuInfo) -> None:
         if d.parent_data is not None:
             d.parent_data.chip.irq_set_vcpu_affinity(d.parent_data, info)  # type: ignore[union-attr]  # every allocated level has its chip
             return
@@ -178,7 +188,7 @@ class IrqDesc:
 class IrqDomainOps:
     """struct irq_domain_ops for hierarchical domains."""
 
-    def alloc(self, domain: IrqDomain, virq: int, nr: int, arg: Any) -> None:
+    def alloc(self, domain: IrqDomain, virq: int, nr: int, arg: IrqAllocArg) -> None:
         raise fail(EINVAL, f"{domain.name} cannot allocate")
 
     def free(self, domain: IrqDomain, virq: int, nr: int) -> None:
@@ -195,10 +205,11 @@ class IrqDomain:
     """struct irq_domain: a hwirq number space, one level of a hierarchy."""
 
     def __init__(self, genirq: GenIrq, name: str, ops: IrqDomainOps,
-                 parent: IrqDomain | None = None, host_data: Any = None,
+                 parent: IrqDomain | None = None, host_data: object = None,
                  isolated_msi: bool = False) -> None:
         self.genirq, self.name, self.ops, self.parent = genirq, name, ops, parent
-        self.host_data = host_data
+        #: the driver's data for the domain (its ``void *host_data``: the ITS driver, ...)
+        self.host_data: Any = host_data
         self.isolated_msi = isolated_msi      # IRQ_DOMAIN_FLAG_ISOLATED_MSI
         self.revmap: dict[int, int] = {}      # hwirq -> virq
 
@@ -206,14 +217,14 @@ class IrqDomain:
         return f"<irq_domain {self.name}>"
 
     def set_hwirq_and_chip(self, virq: int, hwirq: int, chip: IrqChip,
-                           chip_data: Any = None) -> IrqData:
+                           chip_data: object = None) -> IrqData:
         """irq_domain_set_hwirq_and_chip()."""
         d = self.genirq.irq_data_at(virq, self)
         d.hwirq, d.chip, d.chip_data = hwirq, chip, chip_data
         self.revmap[hwirq] = virq
         return d
 
-    def alloc_irqs_parent(self, virq: int, nr: int, arg: Any) -> None:
+    def alloc_irqs_parent(self, virq: int, nr: int, arg: IrqAllocArg) -> None:
         """irq_domain_alloc_irqs_parent()."""
         if self.parent is None:
             raise fail(EINVAL, f"{self.name} has no parent")
@@ -231,7 +242,7 @@ class IrqDomain:
 class GenIrq:
     """The generic interrupt layer of one kernel."""
 
-    def __init__(self, kernel: Any) -> None:
+    def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
         self.descs: dict[int, IrqDesc] = {}
         self._next_irq = 1
@@ -278,7 +289,7 @@ class GenIrq:
 
     # -- hierarchical allocation --------------------------------------------------------
 
-    def domain_alloc_irqs(self, domain: IrqDomain, nr: int, arg: Any) -> int:
+    def domain_alloc_irqs(self, domain: IrqDomain, nr: int, arg: IrqAllocArg) -> int:
         """irq_domain_alloc_irqs(): descriptors plus every level; all or nothing."""
         virq = self._alloc_descs(nr)
         try:
@@ -299,7 +310,7 @@ class GenIrq:
             raise
         return virq
 
-    def _alloc_level(self, domain: IrqDomain, virq: int, nr: int, arg: Any) -> None:
+    def _alloc_level(self, domain: IrqDomain, virq: int, nr: int, arg: IrqAllocArg) -> None:
         domain.ops.alloc(domain, virq, nr, arg)
 
     def _free_level(self, domain: IrqDomain, virq: int, nr: int) -> None:
@@ -361,7 +372,7 @@ class GenIrq:
 
     # -- request / free ---------------------------------------------------------------------
 
-    def request_irq(self, irq: int, handler: IrqHandler, name: str, dev_id: Any = None) -> None:
+    def request_irq(self, irq: int, handler: IrqHandler, name: str, dev_id: object = None) -> None:
         """request_irq(): install ``handler``; the first one starts the interrupt."""
         desc = self.desc(irq)
         if handler is None or not callable(handler):
@@ -391,7 +402,7 @@ class GenIrq:
         common.started = True
         desc.depth = 0
 
-    def free_irq(self, irq: int, dev_id: Any = None) -> None:
+    def free_irq(self, irq: int, dev_id: object = None) -> None:
         """free_irq(): remove the handler; the last one shuts the interrupt down."""
         desc = self.desc(irq)
         for a in desc.actions:
@@ -469,7 +480,7 @@ class GenIrq:
         except KernelError:
             pass
 
-    def set_affinity(self, irq: int, mask: Any, force: bool = False) -> int:
+    def set_affinity(self, irq: int, mask: Iterable[int], force: bool = False) -> int:
         """irq_set_affinity(): ``mask`` is a set of CPU numbers (a struct cpumask:
         unsigned bit numbers below nr_cpumask_bits, anything else is EINVAL)."""
         desc = self.desc(irq)
@@ -529,7 +540,7 @@ class GenIrq:
         """/proc/irq/<irq>/effective_affinity's text, without the newline."""
         return cpumask_str(self.irq_get_effective_affinity_mask(irq), self.kernel.ncpus)
 
-    def set_vcpu_affinity(self, irq: int, info: Any) -> None:
+    def set_vcpu_affinity(self, irq: int, info: VcpuInfo) -> None:
         """irq_set_vcpu_affinity(): forward to (or take back from) a vCPU."""
         d = self.desc(irq).irq_data
         d.chip.irq_set_vcpu_affinity(d, info)  # type: ignore[union-attr]  # every allocated level has its chip

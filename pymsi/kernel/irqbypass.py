@@ -17,7 +17,11 @@ from __future__ import annotations
 
 import errno as _errno
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .files import EventfdCtx
+    from .kernel import Kernel
 
 EINVAL, EBUSY = _errno.EINVAL, _errno.EBUSY
 
@@ -25,7 +29,7 @@ EINVAL, EBUSY = _errno.EINVAL, _errno.EBUSY
 class IrqBypassProducer:
     """struct irq_bypass_producer: ``token`` to match, ``irq`` the host IRQ."""
 
-    def __init__(self, token: Any, irq: int,
+    def __init__(self, token: EventfdCtx, irq: int,
                  add_consumer: Callable[[IrqBypassProducer, IrqBypassConsumer], int] | None = None,
                  del_consumer: Callable[[IrqBypassProducer, IrqBypassConsumer], None] | None = None
                  ) -> None:
@@ -39,7 +43,7 @@ class IrqBypassProducer:
 class IrqBypassConsumer:
     """struct irq_bypass_consumer: ``token`` to match and the connect callbacks."""
 
-    def __init__(self, token: Any,
+    def __init__(self, token: EventfdCtx,
                  add_producer: Callable[[IrqBypassConsumer, IrqBypassProducer], int],
                  del_producer: Callable[[IrqBypassConsumer, IrqBypassProducer], None]) -> None:
         self.token = token
@@ -137,7 +141,7 @@ class IrqBypass:
         del self._cons_token[id(cons)], self._cons_by_token[tok]
 
 
-def irqbypass_of(kernel: Any) -> IrqBypass:
+def irqbypass_of(kernel: Kernel) -> IrqBypass:
     """The kernel's irq-bypass manager (``kernel.irqbypass``), made on first use."""
     mgr = getattr(kernel, "irqbypass", None)
     if mgr is None:

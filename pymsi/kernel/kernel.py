@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from errno import EACCES, EISDIR
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,7 @@ from .files import (
     FdTable,
     File,
     FileOperations,
+    IoctlResult,
     UserMm,
     do_eventfd,
     do_open,
@@ -39,9 +40,11 @@ from .files import (
 )
 from .iommu import DomainType, IommuCore
 from .irq import GenIrq
-from .pci import PciDriver, PciDriverCore, PciHostBridge
+from .pci import PciDev, PciDriver, PciDriverCore, PciHostBridge
 
 if TYPE_CHECKING:
+    from ..hw.bus import Bus
+    from ..uapi import IoctlArg
     from .arm_smmu_v3 import ArmSmmuV3
     from .gic import GicDriver, ItsDriver
     from .intel_iommu import IntelIommu
@@ -144,7 +147,7 @@ class Kernel:
     #: what is pending for ``cpu``, returns how many interrupts ran
     cpu_irq: Callable[[int], int]
 
-    def __init__(self, bus: Any, mem: tuple[int, int], ncpus: int = 4, name: str = "host",
+    def __init__(self, bus: Bus, mem: tuple[int, int], ncpus: int = 4, name: str = "host",
                  default_domain: DomainType = DomainType.DMA, arch: str = "arm64") -> None:
         if arch not in ("arm64", "x86_64"):
             raise fail(EINVAL, f"unknown architecture {arch!r}")
@@ -293,7 +296,7 @@ class Kernel:
 
     # -- character devices, files, eventfd (the VMM's system calls) ------------------------
 
-    def register_chrdev(self, path: str, fops: FileOperations, data: Any = None) -> CharDev:
+    def register_chrdev(self, path: str, fops: FileOperations, data: object = None) -> CharDev:
         """cdev_add() + the devtmpfs node: ``open(path)`` reaches ``fops``."""
         return self.chrdevs.register(path, fops, data)
 
@@ -313,17 +316,22 @@ class Kernel:
         """dup(2): the lowest free descriptor for the same file."""
         return self.files.dup(fd)
 
-    def ioctl(self, fd: int | File, cmd: int, arg: Any = 0) -> Any:
-        """ioctl(2) by descriptor number."""
+    def ioctl(self, fd: int | File, cmd: int, arg: IoctlArg = 0) -> IoctlResult:
+        """ioctl(2) by descriptor number: its return value (what the file's
+        unlocked_ioctl returns: 0, a new descriptor, a count ...; VFIO's region info
+        returns its capability chain as bytes, where Linux writes it after the struct)."""
         return self.files.ioctl(fd, cmd, arg)
 
-    def read(self, fd: int | File, count: int = 8) -> Any:
-        """read(2) by descriptor number."""
-        return self.files.read(fd, count)
+    def read(self, fd: int | File, count: int = 8) -> int | bytes:
+        """read(2) by descriptor number: an eventfd's 8-byte counter as the int it
+        holds, the bytes read from any other file."""
+        ret: int | bytes = self.files.read(fd, count)
+        return ret
 
-    def write(self, fd: int | File, data: Any) -> Any:
-        """write(2) by descriptor number."""
-        return self.files.write(fd, data)
+    def write(self, fd: int | File, data: int | bytes | bytearray | memoryview) -> int:
+        """write(2) by descriptor number: the number of bytes written."""
+        ret: int = self.files.write(fd, data)
+        return ret
 
     def poll(self, fd: int | File) -> int:
         """poll(2) of one descriptor: its ready mask (EPOLLIN, ...)."""
@@ -418,8 +426,9 @@ class Kernel:
 
     # -- the PCI driver core and sysfs --------------------------------------------------
 
-    def pci_register_driver(self, name: str, probe: Any, remove: Any = None,
-                            id_table: Any = ()) -> PciDriver:
+    def pci_register_driver(self, name: str, probe: Callable[[PciDev], object],
+                            remove: Callable[[PciDev], None] | None = None,
+                            id_table: Iterable[tuple[int, int]] = ()) -> PciDriver:
         """pci_register_driver(): EBUSY for a name in use; unbound devices it
         matches are probed at once."""
         return self.pci_driver_core.register(PciDriver(name, probe, remove, id_table))

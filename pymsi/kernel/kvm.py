@@ -27,7 +27,7 @@ import errno as _errno
 import struct as _struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from .. import trace
 from ..hw import gicv3 as G
@@ -41,6 +41,9 @@ from .files import O_RDWR, File, FileOperations
 from .irqbypass import IrqBypassConsumer, irqbypass_of
 
 if TYPE_CHECKING:
+    from ..uapi import IoctlArg
+    from .files import EventfdCtx
+    from .gic import ItsVpe
     from .irq import IrqData
     from .kernel import Kernel
 
@@ -82,7 +85,7 @@ def _install_anon(kernel: Kernel, fops: FileOperations, private: Any) -> File:
     return file
 
 
-def _arg_int(arg: Any) -> int:
+def _arg_int(arg: object) -> int:
     """An ioctl's integer argument (an unsigned long in Linux); anything that is
     not an integer is EINVAL, never a Python exception."""
     value = arg.value if hasattr(arg, "value") else arg
@@ -114,15 +117,18 @@ class IrqchipRoute:
     pin: int
 
 
+#: one routing entry of a GSI (a struct kvm_kernel_irq_routing_entry)
+KvmRoute = MsiRoute | IrqchipRoute
+
 #: one ``struct kvm_irq_routing_entry``: gsi, type, flags, pad, then the union (its
 #: first four words: an MSI's address_lo, address_hi, data, devid / a pin's irqchip, pin)
 _ROUTE_ENTRY = _struct.Struct("<8I")
 _ROUTE_ENTRY_SIZE = K.KvmIrqRoutingEntry.sizeof
 #: validated routes by the bytes of their entry (a route is an immutable value)
-_route_memo: dict[bytes, Any] = {}
+_route_memo: dict[bytes, KvmRoute] = {}
 
 
-def _route_of(raw: bytes) -> Any:
+def _route_of(raw: bytes) -> KvmRoute:
     """The route one entry's bytes describe, or EINVAL (the per-entry checks of
     setup_routing_entry / kvm_set_routing_entry)."""
     route = _route_memo.get(raw)
@@ -147,7 +153,7 @@ def _route_of(raw: bytes) -> Any:
     return route
 
 
-def _add_routes(raw: bytes, start: int, table: dict[int, list[Any]]) -> list[int]:
+def _add_routes(raw: bytes, start: int, table: dict[int, list[KvmRoute]]) -> list[int]:
     """Check the entries of ``raw`` from byte ``start`` on and add them to ``table``
     (whose lists are never changed in place: a table may share them with the one it
     was copied from); the GSIs added.  EINVAL and ``table`` half-filled on error."""
@@ -177,14 +183,14 @@ def _add_routes(raw: bytes, start: int, table: dict[int, list[Any]]) -> list[int
 _GSI = _struct.Struct("<I")
 
 
-def _routing_bytes(ue: list[Any]) -> bytes:
+def _routing_bytes(ue: list[K.KvmIrqRoutingEntry]) -> bytes:
     """The bytes of a list of ``KvmIrqRoutingEntry``, as userspace lays them out."""
     return b"".join(e.pack() for e in ue)
 
 
-def build_routing(ue: list[Any]) -> dict[int, list[Any]]:
+def build_routing(ue: list[K.KvmIrqRoutingEntry]) -> dict[int, list[KvmRoute]]:
     """kvm_set_irq_routing()'s checks and table: gsi -> its routes, or EINVAL."""
-    table: dict[int, list[Any]] = {}
+    table: dict[int, list[KvmRoute]] = {}
     _add_routes(_routing_bytes(ue), 0, table)
     return table
 
@@ -195,7 +201,7 @@ def build_routing(ue: list[Any]) -> dict[int, list[Any]]:
 class Irqfd:
     """struct kvm_kernel_irqfd: an eventfd whose every wake-up injects ``gsi``."""
 
-    def __init__(self, kvm: Kvm, ctx: Any, gsi: int) -> None:
+    def __init__(self, kvm: Kvm, ctx: EventfdCtx, gsi: int) -> None:
         self.kvm = kvm
         self.eventfd = ctx
         self.gsi = gsi
@@ -204,7 +210,7 @@ class Irqfd:
         #: acknowledges a level interrupt, which an MSI never is, so it is only held.
         self.resamplefd: Any = None
         #: irqfd->irq_entry: the GSI's route when it has exactly one, else None.
-        self.irq_entry: Any = None
+        self.irq_entry: KvmRoute | None = None
         #: the irq-bypass consumer (token: the eventfd).
         self.consumer = IrqBypassConsumer(ctx, self._add_producer, self._del_producer)
 
@@ -224,7 +230,7 @@ class Irqfd:
         if isinstance(self.irq_entry, MsiRoute):
             VI.unset_forwarding(self.kvm, prod.irq)
 
-    def wakeup(self, ctx: Any, key: int) -> None:
+    def wakeup(self, ctx: EventfdCtx, key: int) -> None:
         """irqfd_wakeup(): EPOLLIN takes the count and injects the GSI's route as
         it is now; EPOLLHUP (the eventfd closed) tears the irqfd down."""
         if trace_kvm_irqfd_wakeup.enabled:
@@ -249,7 +255,7 @@ class KvmDevice(FileOperations):
         self.kvm = kvm
         self.file: File | None = None
 
-    def unlocked_ioctl(self, file: File, cmd: int, arg: Any) -> Any:
+    def unlocked_ioctl(self, file: File, cmd: int, arg: IoctlArg) -> int:
         """kvm_device_ioctl(): the attribute ioctls; anything else ENOTTY."""
         if cmd not in (K.KVM_SET_DEVICE_ATTR, K.KVM_GET_DEVICE_ATTR, K.KVM_HAS_DEVICE_ATTR):
             raise fail(ENOTTY, f"{self.name}: ioctl {cmd:#x}")
@@ -455,11 +461,11 @@ class KvmVcpu(FileOperations):
         self.file: File | None = None
         self.cpuif = VgicCpuIf(self)
 
-    def unlocked_ioctl(self, file: File, cmd: int, arg: Any) -> Any:
+    def unlocked_ioctl(self, file: File, cmd: int, arg: IoctlArg) -> int:
         """kvm_vcpu_ioctl(): KVM_RUN (see :class:`pymsi.uapi.kvm.KvmRun`); no other vCPU
         ioctl is modelled (EINVAL as kvm_arch_vcpu_ioctl)."""
         if cmd == K.KVM_RUN:
-            return self.kvm_arch_vcpu_ioctl_run(arg)
+            return self.kvm_arch_vcpu_ioctl_run(cast(K.KvmRun, arg))    # (checked there)
         raise fail(EINVAL, f"kvm-vcpu: ioctl {cmd:#x}")
 
     def kvm_arch_vcpu_ioctl_run(self, run: K.KvmRun) -> int:
@@ -681,7 +687,7 @@ class VgicCpuIf:
         self.stats["acks"] += 1
         return intid
 
-    def idle_ack(self) -> Any:
+    def idle_ack(self) -> tuple[G.CpuInterface, int] | Literal[False] | None:
         """What :meth:`iar1` would do now if it can only read 1023, for an idle poll that
         skips it: None (it would only count a spurious read), (physical CPU interface,
         VPMR) (it would also load VPMR into the interface of its resident vPE), or False
@@ -769,9 +775,9 @@ class Kvm(FileOperations):
         self.destroyed = False
         self.devices: list[KvmDevice] = []
         self.vgic: VgicV3 | None = None
-        self.routing: dict[int, list[Any]] = {}
+        self.routing: dict[int, list[KvmRoute]] = {}
         #: the bytes of the last table KVM_SET_GSI_ROUTING accepted, and that table
-        self._routing_last: tuple[bytes, dict[int, list[Any]] | None] = (b"", None)
+        self._routing_last: tuple[bytes, dict[int, list[KvmRoute]] | None] = (b"", None)
         self.irqfds: list[Irqfd] = []
         # the irqfds by the identity of their eventfd, and by GSI (in self.irqfds order)
         self._irqfd_of_ctx: dict[int, Irqfd] = {}
@@ -789,7 +795,7 @@ class Kvm(FileOperations):
         #: GICR_PROPBASER, one for the whole VM as in KVM.
         self.propbaser = 0
         #: its_vm: the vPE of each vCPU and the VM's vLPI property table (GICv4).
-        self.vpes: dict[int, Any] = {}
+        self.vpes: dict[int, ItsVpe] = {}
         self.vprop: int | None = None
 
     # -- lifetime ----------------------------------------------------------------------
@@ -833,12 +839,12 @@ class Kvm(FileOperations):
 
     # -- ioctls --------------------------------------------------------------------------
 
-    def unlocked_ioctl(self, file: File, cmd: int, arg: Any) -> Any:
+    def unlocked_ioctl(self, file: File, cmd: int, arg: IoctlArg) -> int:
         """kvm_vm_ioctl(); an unknown command is EINVAL (kvm_arch_vm_ioctl on arm64)."""
         if cmd == K.KVM_CHECK_EXTENSION:
             return check_extension(_arg_int(arg), self)
         # (each handler takes the argument its command's IOCTLS entry names)
-        handlers: dict[int, Callable[[Any], Any]] = {
+        handlers: dict[int, Callable[[Any], int]] = {
             K.KVM_CREATE_DEVICE: self.create_device,
             K.KVM_SET_GSI_ROUTING: self.set_gsi_routing,
             K.KVM_IRQFD: self.irqfd,
@@ -1154,7 +1160,7 @@ class Kvm(FileOperations):
             return None
         return next((i for i in self.its_list() if i.covers(route.address)), None)
 
-    def vpe_of(self, vcpu_id: int) -> Any:
+    def vpe_of(self, vcpu_id: int) -> ItsVpe:
         """The vCPU's its_vpe; the VM's vPEs are made on first use, one per vCPU
         (vgic_v4_init: a 64K virtual pending table each, one property table)."""
         from .gic import ItsVpe
@@ -1310,7 +1316,7 @@ class KvmDev(FileOperations):
         #: the vPE resident on each physical CPU (its GICR_VPENDBASER), by vPE id
         self.resident: dict[int, int] = {}
 
-    def vpe_deschedule(self, vpe: Any) -> None:
+    def vpe_deschedule(self, vpe: ItsVpe) -> None:
         """its_vpe_deschedule(): ``vpe`` no longer resident on any physical CPU."""
         for cpu, vid in list(self.resident.items()):
             if vid == vpe.vpe_id:
@@ -1332,7 +1338,7 @@ class KvmDev(FileOperations):
         self._next_vpe_id += 1
         return self._next_vpe_id - 1
 
-    def unlocked_ioctl(self, file: File, cmd: int, arg: Any) -> Any:
+    def unlocked_ioctl(self, file: File, cmd: int, arg: IoctlArg) -> int:
         """kvm_dev_ioctl(); an unknown command is EINVAL (kvm_arch_dev_ioctl on arm64)."""
         if cmd == K.KVM_GET_API_VERSION:
             if _arg_int(arg):
@@ -1347,7 +1353,7 @@ class KvmDev(FileOperations):
             vm = Kvm(self.kernel)
             vm.file = _install_anon(self.kernel, vm, vm)
             self.vms.append(vm)
-            return vm.file.fd
+            return cast(int, vm.file.fd)               # just installed
         raise fail(EINVAL, f"/dev/kvm: ioctl {cmd:#x}")
 
 

@@ -27,8 +27,9 @@ the device and the parent domain as they were.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from .._repr import bounded, short
 from ..core import pci_formats as X
@@ -41,6 +42,13 @@ from .irq import (
     IrqDomain,
     IrqDomainOps,
 )
+
+if TYPE_CHECKING:
+    from .gic import VcpuInfo
+    from .iommufd_msi import PerVectorMsi
+    from .irq import IrqAllocArg
+    from .kernel import Kernel
+    from .pci import PciDev
 
 #: An MSI-X entry's four 32-bit words, in order: address low / high, data, vector control.
 _ENTRY_WORDS = (X.MSIX_ENTRY_ADDR_LO, X.MSIX_ENTRY_ADDR_HI, X.MSIX_ENTRY_DATA, X.MSIX_ENTRY_CTRL)
@@ -79,7 +87,7 @@ class MsiDesc:
     ``rewrite_masked`` (masked by a failed per-vector forced rewrite).
     """
 
-    dev: Any
+    dev: PciDev
     msi_index: int
     irq: int = 0
     msg: MsiMsg = field(default_factory=MsiMsg)       # the message last written (cache)
@@ -145,7 +153,7 @@ class MsiType(enum.Flag):
 class MsiAllocInfo:
     """msi_alloc_info_t: what the parent domains need to allocate a vector."""
 
-    dev: Any
+    dev: PciDev
     desc: MsiDesc
     parent_data: Any = None       # the parent's per-device state (the ITS's its_device)
 
@@ -201,7 +209,7 @@ class PciMsiChip(IrqChip):
             desc.set_iommu_msi_iova(*saved)
         return ret
 
-    def irq_set_vcpu_affinity(self, d: IrqData, info: Any) -> None:
+    def irq_set_vcpu_affinity(self, d: IrqData, info: VcpuInfo) -> None:
         """irq_chip_set_vcpu_affinity_parent(), then the per-vector forced rewrite
         (the KVM vLPI map / move path changes the interrupt behind VFIO's back).
         Per-vector: mapping or moving a started vector without a table entry is
@@ -228,7 +236,8 @@ class PciMsiChip(IrqChip):
 class PciMsiDomainOps(IrqDomainOps):
     """The msi_domain_ops of a PCI/MSI domain."""
 
-    def alloc(self, domain: IrqDomain, virq: int, nr: int, arg: MsiAllocInfo) -> None:
+    def alloc(self, domain: IrqDomain, virq: int, nr: int, arg: IrqAllocArg) -> None:
+        arg = cast(MsiAllocInfo, arg)                 # what _alloc_desc_irq passes
         domain.alloc_irqs_parent(virq, nr, arg)
         for i in range(nr):
             desc = arg.desc
@@ -295,8 +304,9 @@ class PciMsiLayer:
     interrupt hierarchy as they were.
     """
 
-    def __init__(self, kernel: Any, parent: IrqDomain, name: str = "PCI-MSI",
-                 parent_prepare: Any = None, parent_release: Any = None,
+    def __init__(self, kernel: Kernel, parent: IrqDomain, name: str = "PCI-MSI",
+                 parent_prepare: Callable[[PciDev, int], object] | None = None,
+                 parent_release: Callable[[PciDev], None] | None = None,
                  chip_name: str | None = None, handler_name: str | None = None,
                  multi_msi: bool = True, msix_alloc_dyn: bool = True) -> None:
         self.kernel = kernel
@@ -313,7 +323,7 @@ class PciMsiLayer:
         self.parent_release = parent_release
         self.stats = {"forced_rewrites": 0}
 
-    def _warn(self, dev: Any, what: str) -> None:
+    def _warn(self, dev: PciDev, what: str) -> None:
         """A WARN_ON in the Linux path: the splat goes to dmesg."""
         self.kernel.printk(f"WARNING: {dev}: {what}")
 
@@ -333,7 +343,7 @@ class PciMsiLayer:
             if unmasked:
                 dev.mmio_write(entry + X.MSIX_ENTRY_CTRL, desc.msix_ctrl)
         else:
-            cap = dev.msi_cap
+            cap = cast(int, dev.msi_cap)           # an MSI (not MSI-X) vector: the function has MSI
             is64 = dev.cfg_read(cap + 2, 2) & (1 << 7)
             dev.cfg_write(cap + 4, msg.address_lo)
             if is64:
@@ -371,7 +381,7 @@ class PciMsiLayer:
 
     # -- the per-vector design's forced rewrite ------------------------------------------
 
-    def per_vector_hooks(self, dev: Any) -> Any:
+    def per_vector_hooks(self, dev: PciDev) -> PerVectorMsi | None:
         """The iommufd MSI design of the context owning ``dev``'s group if it is
         "per-vector" (attached or not: a bound device in the blocked domain too)."""
         iommu = getattr(self.kernel, "iommu", None)
@@ -422,7 +432,7 @@ class PciMsiLayer:
             hooks.lookup(desc)
         except KernelError as e:
             if not desc.rewrite_masked:
-                d.chip.irq_mask(d)            # the device's mask bit and the ITS's LPI
+                d.chip.irq_mask(d)  # type: ignore[union-attr]  # an activated vector has its chip
             desc.rewrite_masked = True
             self.kernel.printk(f"{desc.dev}: MSI vector {desc.msi_index} (IRQ {desc.irq}) "
                                f"masked: no per-vector MSI address ({e})")
@@ -434,12 +444,12 @@ class PciMsiLayer:
             # the interrupt is disabled (then enable_irq unmasks it).
             desc.rewrite_masked = False
             if not self.kernel.irq.desc(desc.irq).depth:
-                d.chip.irq_unmask(d)
+                d.chip.irq_unmask(d)  # type: ignore[union-attr]  # as above
         return True
 
     # -- allocation ------------------------------------------------------------------
 
-    def _alloc_desc_irq(self, dev: Any, desc: MsiDesc) -> int:
+    def _alloc_desc_irq(self, dev: PciDev, desc: MsiDesc) -> int:
         info = MsiAllocInfo(dev, desc, getattr(dev, "msi_parent_data", None))
         virq = self.kernel.irq.domain_alloc_irqs(self.domain, 1, info)
         irq_desc = self.kernel.irq.desc(virq)
@@ -456,7 +466,7 @@ class PciMsiLayer:
                 desc.iommu_release(desc)
                 desc.iommu_release = None
             raise
-        return cast(int, virq)
+        return virq
 
     def _affinity_vectors(self, minvec: int, maxvec: int) -> int:
         """irq_calc_affinity_vectors() with no pre/post vectors: at most one
@@ -464,7 +474,7 @@ class PciMsiLayer:
         ncpus: int = self.kernel.ncpus
         return min(ncpus, maxvec & 0xFFFF_FFFF)
 
-    def alloc_irq_vectors(self, dev: Any, min_vecs: int, max_vecs: int,
+    def alloc_irq_vectors(self, dev: PciDev, min_vecs: int, max_vecs: int,
                           flags: MsiType | int = MsiType.MSIX | MsiType.MSI) -> int:
         """pci_alloc_irq_vectors(_affinity)() of Linux 6.1: MSI-X if the flags ask
         for it and it works, else MSI; returns the number of vectors.
@@ -493,7 +503,7 @@ class PciMsiLayer:
                 err = e
         raise err
 
-    def _enable_msix_range(self, dev: Any, minvec: int, maxvec: int, affd: bool) -> int:
+    def _enable_msix_range(self, dev: PciDev, minvec: int, maxvec: int, affd: bool) -> int:
         """__pci_enable_msix_range() + __pci_enable_msix()."""
         if maxvec < minvec:
             raise fail(ERANGE, f"{dev}: max_vecs {maxvec} < min_vecs {minvec}")
@@ -521,7 +531,7 @@ class PciMsiLayer:
             self._enable(dev, MsiType.MSIX, nvec, affd)
             return nvec
 
-    def _enable_msi_range(self, dev: Any, minvec: int, maxvec: int, affd: bool) -> int:
+    def _enable_msi_range(self, dev: PciDev, minvec: int, maxvec: int, affd: bool) -> int:
         """__pci_enable_msi_range()."""
         if minvec < 1:                                   # pci_msi_supported(dev, minvec)
             raise fail(EINVAL, f"{dev}: min_vecs must be at least 1 for MSI")
@@ -549,7 +559,7 @@ class PciMsiLayer:
                 nvec = 1
                 continue
             self._enable(dev, MsiType.MSI, nvec, affd)
-            return cast(int, nvec)
+            return nvec
 
     def _snapshot_device(self, dev: Any, is_msix: bool) -> tuple[Any, ...]:
         """What enabling touches in the function, to put back if it fails: the
@@ -598,7 +608,7 @@ class PciMsiLayer:
                 dev.cfg_write(off, mask_bits)
         dev.cfg_write(P.COMMAND, cmd, 2)
 
-    def _enable(self, dev: Any, kind: MsiType, nvec: int, managed: bool) -> None:
+    def _enable(self, dev: PciDev, kind: MsiType, nvec: int, managed: bool) -> None:
         """msix_capability_init() / msi_capability_init(): all vectors or none."""
         is_msix = kind == MsiType.MSIX
         masks = spread_affinity(nvec, self.kernel.online_cpus) if managed else [None] * nvec
@@ -644,8 +654,8 @@ class PciMsiLayer:
             dev.msi_control(enable=True, nvec=nvec)
             dev.msi_enabled = True
 
-    def msix_alloc_irq_at(self, dev: Any, index: int | None = None,
-                          affinity: Any = None) -> tuple[int, int]:
+    def msix_alloc_irq_at(self, dev: PciDev, index: int | None = None,
+                          affinity: Iterable[int] | None = None) -> tuple[int, int]:
         """pci_msix_alloc_irq_at(): one more MSI-X vector at ``index`` (None or
         MSI_ANY_INDEX: the first free entry); returns (index, virq).
 
@@ -657,9 +667,10 @@ class PciMsiLayer:
         if not dev.msix_enabled or not self.msix_alloc_dyn or dev.msix_cap is None:
             raise fail(ENOTSUPP, f"{dev}: MSI-X is not on, or has no dynamic allocation")
         idx = MSI_ANY_INDEX if index is None else _c_int(index, "index") & 0xFFFF_FFFF
+        aff = None
         if affinity is not None:
-            affinity = cpumask_arg(affinity, self.kernel.nr_cpumask_bits)
-            if not affinity & self.kernel.online_cpus:
+            aff = cpumask_arg(affinity, self.kernel.nr_cpumask_bits)
+            if not aff & self.kernel.online_cpus:
                 raise fail(EINVAL, f"{dev}: no online CPU in the affinity")
         n = dev.msix_vectors()
         if idx == MSI_ANY_INDEX:
@@ -671,7 +682,7 @@ class PciMsiLayer:
             raise fail(ERANGE, f"{dev}: MSI-X index {idx} beyond the table of {n}")
         elif idx in dev.msi_descs:
             raise fail(EBUSY, f"{dev}: MSI-X index {idx} is in use")
-        desc = MsiDesc(dev, idx, affinity=affinity, managed=affinity is not None)
+        desc = MsiDesc(dev, idx, affinity=aff, managed=aff is not None)
         words = self._entry_words(dev, idx)
         parent_data = dev.msi_parent_data
         try:
@@ -681,27 +692,28 @@ class PciMsiLayer:
             virq = self._alloc_desc_irq(dev, desc)
         except Exception:
             if parent_data is None and dev.msi_parent_data is not None:
-                self.parent_release(dev)
+                if self.parent_release is not None:
+                    self.parent_release(dev)
                 dev.msi_parent_data = None
             self._restore_entry(dev, idx, words)
             raise
         dev.msi_descs[idx] = desc
         return idx, virq
 
-    def _free_desc(self, dev: Any, desc: MsiDesc) -> None:
+    def _free_desc(self, dev: PciDev, desc: MsiDesc) -> None:
         self.kernel.irq.domain_free_irqs(desc.irq, 1)
         if desc.iommu_release is not None:
             desc.iommu_release(desc)
             desc.iommu_release = None
         dev.msi_descs.pop(desc.msi_index, None)
 
-    def _release_parent(self, dev: Any) -> None:
+    def _release_parent(self, dev: PciDev) -> None:
         if not dev.msi_descs and self.parent_release is not None \
                 and dev.msi_parent_data is not None:
             self.parent_release(dev)
             dev.msi_parent_data = None
 
-    def msix_free_irq(self, dev: Any, index: int) -> None:
+    def msix_free_irq(self, dev: PciDev, index: int) -> None:
         """pci_msix_free_irq(): free the MSI-X vector at ``index``; MSI-X stays on.
 
         Linux WARNs and does nothing for a negative index or a device whose
@@ -722,7 +734,7 @@ class PciMsiLayer:
         self._free_desc(dev, desc)
         self._release_parent(dev)
 
-    def free_irq_vectors(self, dev: Any) -> None:
+    def free_irq_vectors(self, dev: PciDev) -> None:
         """pci_free_irq_vectors() = pci_disable_msix() + pci_disable_msi().
 
         Nothing to do when neither mode is on (twice is fine).  MSI-X: every
@@ -750,7 +762,7 @@ class PciMsiLayer:
             self._free_desc(dev, desc)
         self._release_parent(dev)
 
-    def irq_vector(self, dev: Any, nr: int) -> int:
+    def irq_vector(self, dev: PciDev, nr: int) -> int:
         """pci_irq_vector()."""
         desc = dev.msi_descs.get(nr) if isinstance(nr, int) else None
         if desc is None:

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import errno as _errno
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core import pci_formats as X
 from ..hw import pci as P
 from .base import EBUSY, EINVAL, ENODEV, ENOENT, ENOSPC, KernelError, fail
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
 
 EISDIR, EACCES, ENOTTY = _errno.EISDIR, _errno.EACCES, _errno.ENOTTY
 
@@ -29,7 +32,7 @@ class PciDev:
     uses_default_domain: bool              # counted in iommu_group.kernel_users
     _saved_msi_mask: int | None            # MSI mask bits kept across reset_function
 
-    def __init__(self, kernel: Any, bridge: PciHostBridge, bus: int, devfn: int) -> None:
+    def __init__(self, kernel: Kernel, bridge: PciHostBridge, bus: int, devfn: int) -> None:
         self.kernel, self.bridge = kernel, bridge
         self.bus, self.devfn = bus, devfn
         self.rid = bus << 8 | devfn
@@ -242,7 +245,8 @@ class PciSavedState:
 class PciHostBridge:
     """pci-host-generic: an ECAM window and an MMIO window for BARs."""
 
-    def __init__(self, kernel: Any, ecam_base: int, nr_buses: int, mmio: tuple[int, int]) -> None:
+    def __init__(self, kernel: Kernel, ecam_base: int, nr_buses: int,
+                 mmio: tuple[int, int]) -> None:
         self.kernel = kernel
         self.ecam_base, self.nr_buses = ecam_base, nr_buses
         self.mmio_base, self.mmio_size = mmio
@@ -320,7 +324,7 @@ class PciDriver:
     pairs it claims (PCI_ANY_ID matches any).  A driver with no ids binds only
     to devices whose driver_override names it (vfio-pci without ``ids=``)."""
 
-    def __init__(self, name: str, probe: Callable[[PciDev], Any],
+    def __init__(self, name: str, probe: Callable[[PciDev], object],
                  remove: Callable[[PciDev], None] | None = None,
                  id_table: Iterable[tuple[int, int]] = ()) -> None:
         self.name = name
@@ -350,7 +354,7 @@ class PciDriverCore:
     probe that fails leaves the device unbound; remove undoes it all.
     """
 
-    def __init__(self, kernel: Any) -> None:
+    def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
         self.drivers: dict[str, PciDriver] = {}
 
@@ -418,7 +422,7 @@ class PciDriverCore:
         dev.driver_data = data
         drv.devices.append(dev)
 
-    def attach_bound(self, drv: PciDriver, dev: PciDev, data: Any) -> None:
+    def attach_bound(self, drv: PciDriver, dev: PciDev, data: object) -> None:
         """Record a binding whose probe ran outside the core (a driver object
         built directly on the device, as the tests' MsiCountingDriver is)."""
         if dev.driver is not None:

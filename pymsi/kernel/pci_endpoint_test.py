@@ -10,12 +10,16 @@ what a guest handler saw -- the vector and the vCPU it ran on.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .._repr import bounded, short
-from .irq import IRQ_HANDLED
+from .irq import IRQ_HANDLED, IrqHandler
 from .msi import MsiType
 from .pci import PCI_ANY_ID
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
+    from .pci import PciDev
 
 DRV_NAME = "pci-endpoint-test"
 
@@ -25,7 +29,7 @@ class EndpointTest:
     """struct pci_endpoint_test of one bound device."""
 
     #: the pci_dev it is bound to
-    pdev: Any
+    pdev: PciDev
     #: how many vectors it got
     nvec: int = 0
     #: the Linux IRQ number of each vector, by vector index
@@ -47,13 +51,13 @@ class PciEndpointTestDriver:
     """The driver: ``register()`` makes it claim ``ids`` (default: any device);
     ``tests`` maps each bound device to its :class:`EndpointTest`."""
 
-    def __init__(self, kernel: Any, nvec: int = 2048, ids: list[tuple[int, int]] | None = None,
+    def __init__(self, kernel: Kernel, nvec: int = 2048, ids: list[tuple[int, int]] | None = None,
                  name: str = DRV_NAME) -> None:
         self.kernel = kernel
         self.nvec = nvec
         self.ids = [(PCI_ANY_ID, PCI_ANY_ID)] if ids is None else list(ids)
         self.name = name
-        self.tests: dict[Any, EndpointTest] = {}
+        self.tests: dict[PciDev, EndpointTest] = {}
 
     def register(self) -> PciEndpointTestDriver:
         """pci_register_driver(): devices it matches are probed now."""
@@ -63,7 +67,7 @@ class PciEndpointTestDriver:
     def unregister(self) -> None:
         self.kernel.pci_unregister_driver(self.name)
 
-    def probe(self, pdev: Any) -> EndpointTest:
+    def probe(self, pdev: PciDev) -> EndpointTest:
         """pci_endpoint_test_probe(): bus mastering, vectors, one handler per vector."""
         k = self.kernel
         pdev.set_master()
@@ -83,13 +87,13 @@ class PciEndpointTestDriver:
         self.tests[pdev] = t
         return t
 
-    def _handler(self, t: EndpointTest, vector: int) -> Any:
-        def pci_endpoint_test_irqhandler(irq: int, dev_id: Any) -> int:
+    def _handler(self, t: EndpointTest, vector: int) -> IrqHandler:
+        def pci_endpoint_test_irqhandler(irq: int, dev_id: object) -> int:
             t.hits.append((vector, self.kernel.current_cpu))
             return IRQ_HANDLED
         return pci_endpoint_test_irqhandler
 
-    def remove(self, pdev: Any) -> None:
+    def remove(self, pdev: PciDev) -> None:
         """pci_endpoint_test_remove(): handlers freed, vectors released."""
         t = self.tests.pop(pdev, None)
         if t is None:

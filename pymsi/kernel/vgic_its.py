@@ -38,7 +38,7 @@ from ..hw.bits import Field, merge_access
 from .base import KernelError
 
 if TYPE_CHECKING:
-    from .kvm import Kvm
+    from .kvm import Kvm, MsiRoute
 
 EBUSY, ENODEV, EFAULT = _errno.EBUSY, _errno.ENODEV, _errno.EFAULT
 
@@ -695,13 +695,13 @@ _HANDLERS = {int(I.Cmd.MAPD): VgicItsEmul._cmd_mapd, int(I.Cmd.MAPC): VgicItsEmu
 # -- GICv4 forwarding (vgic-v4.c) ------------------------------------------------------------
 
 
-def supports_direct_msis(kvm: Any) -> bool:
+def supports_direct_msis(kvm: Kvm) -> bool:
     """vgic_supports_direct_msis(): a GICv4 host ITS and a vITS in the VM."""
     its = getattr(kvm.kernel, "its", None)
     return its is not None and bool(getattr(its, "virtual", False)) and bool(kvm.its_list())
 
 
-def set_forwarding(kvm: Any, host_irq: int, route: Any) -> int:
+def set_forwarding(kvm: Kvm, host_irq: int, route: MsiRoute) -> int:
     """kvm_vgic_v4_set_forwarding(): map ``host_irq`` to the vLPI the MSI ``route``
     resolves to.  0 without GICv4 or when the route's address is no vITS (not
     forwarded, silently); 0 as well when the guest has not mapped the event (the
@@ -712,7 +712,7 @@ def set_forwarding(kvm: Any, host_irq: int, route: Any) -> int:
     if its is None:
         return 0
     ret, irq = its.resolve_lpi(route.devid, route.data)
-    if ret:
+    if ret or irq is None:                      # (0 always comes with the LPI)
         return 0
     if irq.hw:                                  # already mapped: the VMM remapped
         return 0
@@ -727,7 +727,7 @@ def set_forwarding(kvm: Any, host_irq: int, route: Any) -> int:
     return 0
 
 
-def unset_forwarding(kvm: Any, host_irq: int) -> int:
+def unset_forwarding(kvm: Kvm, host_irq: int) -> int:
     """kvm_vgic_v4_unset_forwarding(): the LPI forwarded from ``host_irq`` (if any)
     goes back to software injection; the host IRQ to its host LPI."""
     irq = next((i for i in kvm.lpis.values() if i.hw and i.host_irq == host_irq), None)

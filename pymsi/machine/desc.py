@@ -40,11 +40,15 @@ import sys
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from types import MappingProxyType
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .._doc import document_attributes
 from .._repr import bounded
 from ..errors import DeviceModelError, InvalidArgument
+
+if TYPE_CHECKING:
+    from .platforms import ArmVirt, X86Pc
+    from .virtual import VirtualMachine
 
 __all__ = [
     "MACHINE_KINDS",
@@ -125,7 +129,7 @@ class _Desc:
         return tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
 
     @classmethod
-    def from_dict(cls: type[_D], d: Mapping[str, Any], where: str = "") -> _D:
+    def from_dict(cls: type[_D], d: object, where: str = "") -> _D:
         """The description of dict ``d``; an unknown key or a bad value is
         :class:`~pymsi.errors.InvalidArgument` naming it (prefixed with ``where``)."""
         if not isinstance(d, Mapping):
@@ -157,7 +161,7 @@ class _Desc:
             return value
         return cls.from_dict(value, where)
 
-    def to_dict(self, full: bool = False) -> dict[str, Any]:
+    def to_dict(self, full: bool = False) -> dict[str, object]:
         """The dict form: the fields that differ from their defaults (all with ``full``);
         nested descriptions as dicts."""
         out: dict[str, Any] = {}
@@ -317,7 +321,7 @@ class PciFunctionDesc(_Desc):
             return cls(**own, properties=d)  # type: ignore[call-arg]
         return super()._from_mapping(d)
 
-    def to_dict(self, full: bool = False) -> dict[str, Any]:
+    def to_dict(self, full: bool = False) -> dict[str, object]:
         if self.model is None:
             out = super().to_dict(full)
             out.pop("properties", None)
@@ -586,7 +590,7 @@ _KINDS: dict[str, type[Any]] = {"arm-virt": ArmVirtDesc, "x86-pc": X86PcDesc,
                                 "virtual": VirtualMachineDesc}
 
 
-def description_from_dict(d: Mapping[str, Any]) -> MachineDesc:
+def description_from_dict(d: object) -> MachineDesc:
     """The machine description of a TOML table: its ``machine`` key ("arm-virt",
     "x86-pc", "virtual"; absent: "virtual") picks the type, the rest are its keys."""
     if not isinstance(d, Mapping):
@@ -619,7 +623,7 @@ def load_description(path: str) -> MachineDesc:
         raise InvalidArgument(f"{path}: {e}") from None
 
 
-def load(path: str) -> Any:
+def load(path: str) -> ArmVirt | X86Pc | VirtualMachine:
     """The machine a TOML file describes, built and not booted: an
     :class:`~pymsi.machine.ArmVirt` / :class:`~pymsi.machine.X86Pc` (``machine =
     "arm-virt"`` / ``"x86-pc"``; ``.boot()`` boots its kernel with the file's ``[boot]``
@@ -670,7 +674,7 @@ def to_toml(desc: MachineDesc) -> str:
         if key == "devices" and not value:
             lines.append("devices = []")
         elif key == "devices":
-            for dev in value:
+            for dev in cast("list[dict[str, object]]", value):    # (_plain: a list)
                 tables += ["", "[[devices]]"]
                 tables += [f"{json.dumps(k) if not k.isidentifier() else k} = "
                            f"{_toml_value(x)}" for k, x in dev.items()]

@@ -34,9 +34,9 @@ if TYPE_CHECKING:
 __all__ = ["MSI_DESIGNS", "ArmVirt", "X86Pc", "make_function", "plug_function"]
 
 #: what a machine's ``devices`` argument takes: descriptions or their dict forms
-DeviceSpecs = Sequence[PciFunctionDesc | Mapping[str, Any]]
+DeviceSpecs = Sequence[PciFunctionDesc | Mapping[str, object]]
 
-def make_function(bus: int, dev: int, spec: PciFunctionDesc | Mapping[str, Any]
+def make_function(bus: int, dev: int, spec: PciFunctionDesc | Mapping[str, object]
                   ) -> PciFunction:
     """The PCI function a :class:`~pymsi.machine.desc.PciFunctionDesc` (or its dict form,
     e.g. ``{"msix": 8}``, ``{"model": "nic", "queues": 16}``) describes, at bus ``bus``,
@@ -166,7 +166,7 @@ class ArmVirt(_Machine):
                  had: bool = True, msi: bool = False, sev: bool = False,
                  two_level: bool = True, cd2l: bool = False,
                  msi_design: str = "per-vector",
-                 boot: BootOptions | Mapping[str, Any] | None = None) -> None:
+                 boot: BootOptions | Mapping[str, object] | None = None) -> None:
         # devices and boot as given: ArmVirtDesc's __post_init__ checks and converts them
         d = ArmVirtDesc(ncpus=ncpus, ram_size=ram_size, gicv4=gicv4, smmu=smmu,
                         devices=() if devices is None else devices,  # type: ignore[arg-type]
@@ -194,7 +194,7 @@ class ArmVirt(_Machine):
         self._add_pci(d.devices)
 
     @classmethod
-    def from_description(cls, desc: ArmVirtDesc | Mapping[str, Any]) -> ArmVirt:
+    def from_description(cls, desc: ArmVirtDesc | Mapping[str, object]) -> ArmVirt:
         """The machine ``desc`` describes (a dict is checked as
         :meth:`ArmVirtDesc.from_dict <pymsi.machine.desc.ArmVirtDesc.from_dict>` does)."""
         return cls._from(ArmVirtDesc.coerce(desc))
@@ -249,7 +249,7 @@ class X86Pc(_Machine):
         self._add_pci(d.devices)
 
     @classmethod
-    def from_description(cls, desc: X86PcDesc | Mapping[str, Any]) -> X86Pc:
+    def from_description(cls, desc: X86PcDesc | Mapping[str, object]) -> X86Pc:
         """The machine ``desc`` describes (a dict is checked as
         :meth:`X86PcDesc.from_dict <pymsi.machine.desc.X86PcDesc.from_dict>` does)."""
         return cls._from(X86PcDesc.coerce(desc))

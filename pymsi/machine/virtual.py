@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from .._doc import document_attributes
 from .._repr import bounded, short
@@ -42,6 +42,12 @@ from ..sched import Scheduler
 from .desc import VirtualMachineDesc, VmDeviceDesc
 from .desc import load as load
 from .platforms import ArmVirt, make_function, plug_function
+
+if TYPE_CHECKING:
+    from ..hw.pci import PciFunction
+    from ..kernel.pci import PciDev
+    from ..kernel.pci_endpoint_test import EndpointTest
+    from ..vmm.smmuv3 import VirtualSmmuV3
 
 VSMMU_MODES = ("accel", "emulated", None)
 
@@ -56,17 +62,35 @@ DEVICE_KEYS = VmDeviceDesc.keys()
 _OTHER, _BUS, _HOST_IRQ, _GUEST_IRQ, _VEVENTQ, _VFIO = range(6)
 
 
-def check_description(desc: Mapping[str, Any]) -> dict[str, Any]:
+class VirtualMachineDict(TypedDict):
+    """A :class:`VirtualMachineDesc` as a dict, every key present (the fields' documentation
+    is theirs): what :func:`check_description` returns and ``VirtualMachine.desc`` is."""
+
+    vsmmu: str | None
+    gicv4: bool
+    variant: str
+    #: each device's description in dict form (the keys that differ from the defaults)
+    devices: list[dict[str, object]]
+    ncpus: int
+    guest_ncpus: int
+    host_ram: int
+    guest_ram: int
+    honour_rmr: bool
+    backend: str | None
+    seed: int
+
+
+def check_description(desc: object) -> VirtualMachineDict:
     """``desc`` with defaults filled in and every value checked
     (:class:`~pymsi.errors.InvalidArgument`, a ValueError, naming the first unknown key or
     bad value): :meth:`VirtualMachineDesc.from_dict` as a dict."""
     return _as_dict(VirtualMachineDesc.from_dict(desc))
 
 
-def _as_dict(d: VirtualMachineDesc) -> dict[str, Any]:
+def _as_dict(d: VirtualMachineDesc) -> VirtualMachineDict:
     out = d.to_dict(full=True)
     out["devices"] = [dev.to_dict() for dev in d.devices or ()]
-    return out
+    return cast(VirtualMachineDict, out)       # every field (full), devices as dicts
 
 
 @document_attributes
@@ -82,10 +106,10 @@ class DeviceSlot:
     emulated: bool
     #: its description
     description: VmDeviceDesc | None = None
-    host_fn: Any = None            # the physical function (assigned devices)
-    guest_fn: Any = None           # the function on the guest's bus (VMM model / vfio-pci)
-    guest_pdev: Any = None         # the guest kernel's pci_dev
-    test: Any = None               # the guest driver's record of its interrupts
+    host_fn: PciFunction | None = None   # the physical function (assigned devices)
+    guest_fn: PciFunction | None = None  # the function on the guest's bus (model / vfio-pci)
+    guest_pdev: PciDev | None = None     # the guest kernel's pci_dev
+    test: EndpointTest | None = None     # the guest driver's record of its interrupts
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __repr__(self) -> str:
@@ -108,10 +132,10 @@ class VirtualMachine:
     #: the description, checked
     description: VirtualMachineDesc
     #: the description as a dict (every key, defaults filled in)
-    desc: dict[str, Any]
+    desc: VirtualMachineDict
 
-    def __init__(self, description: VirtualMachineDesc | Mapping[str, Any] | None = None,
-                 /, **desc: Any) -> None:
+    def __init__(self, description: VirtualMachineDesc | Mapping[str, object] | None = None,
+                 /, **desc: object) -> None:
         if description is not None and desc:
             raise TypeError("VirtualMachine() takes a description or keyword arguments, "
                             "not both")
@@ -155,8 +179,9 @@ class VirtualMachine:
         for s, fn in zip(assigned, self.machine.functions, strict=True):
             s.host_fn = fn
         self.host = self.machine.boot()
-        for n, s in enumerate(assigned):           # the administrator hands them to vfio-pci
-            bdf = next(p.bdf for p in self.host.pci.devices if p.rid == s.host_fn.rid)
+        for n, (s, fn) in enumerate(zip(assigned, self.machine.functions, strict=True)):
+            # the administrator hands them to vfio-pci
+            bdf = next(p.bdf for p in self.host.pci.devices if p.rid == fn.rid)
             self.host.sysfs_write(f"/sys/bus/pci/devices/{bdf}/driver_override", "vfio-pci")
             self.host.sysfs_write("/sys/bus/pci/drivers/vfio-pci/bind", bdf)
             s.extra["cdev"] = f"/dev/vfio/devices/vfio{n}"
@@ -179,13 +204,13 @@ class VirtualMachine:
         self.guest = self.vmm.boot_guest()
         by_rid = {p.rid: p for p in self.guest.pci.devices}
         for s in self.slots:
-            s.guest_pdev = by_rid.get(s.guest_fn.rid)
+            s.guest_pdev = by_rid.get(cast("PciFunction", s.guest_fn).rid)   # set above
         self.driver = PciEndpointTestDriver(self.guest).register()
         for s in self.slots:
             s.test = self.driver.tests.get(s.guest_pdev)
-            for fn in (s.host_fn, s.guest_fn):
-                if isinstance(fn, PciDeviceModel):
-                    fn.scheduler = self.sched
+            for f in (s.host_fn, s.guest_fn):
+                if isinstance(f, PciDeviceModel):
+                    f.scheduler = self.sched
         self._hooks = self._idle_hooks()
         self._prepare_idle()
         self.sched.add_idle_hook(self._idle_pass, "machine")
@@ -357,9 +382,10 @@ class VirtualMachine:
         return VirtualSmmuV3(self.vmm.ram.mem, mode, host, backend=self.desc["backend"])
 
     @property
-    def vsmmu_model(self) -> Any:
+    def vsmmu_model(self) -> VirtualSmmuV3 | None:
         """The vSMMU on the guest's board (None without one)."""
-        return None if self.board is None else self.board.smmu
+        smmu: VirtualSmmuV3 | None = None if self.board is None else self.board.smmu
+        return smmu
 
     # -- running -------------------------------------------------------------------------
 
@@ -399,7 +425,7 @@ class VirtualMachine:
 
     # -- access ----------------------------------------------------------------------------
 
-    def host_function(self, i: int) -> Any:
+    def host_function(self, i: int) -> PciFunction:
         """The physical PCI function of described device ``i`` (an assigned device)."""
         self._booted()
         s = self.slots[i]
@@ -408,21 +434,22 @@ class VirtualMachine:
                                   "function")
         return s.host_fn
 
-    def guest_function(self, i: int) -> Any:
-        """The function the guest sees for device ``i`` (on the VMM's virtual PCI bus)."""
+    def guest_function(self, i: int) -> PciFunction:
+        """The function the guest sees for device ``i`` (on the VMM's virtual PCI bus): the
+        VMM's model of an emulated device, its vfio-pci device of an assigned one."""
         self._booted()
-        return self.slots[i].guest_fn
+        return cast("PciFunction", self.slots[i].guest_fn)     # set by boot()
 
-    def function(self, i: int) -> Any:
+    def function(self, i: int) -> PciFunction:
         """Where device ``i``'s interrupts start: the physical function of an assigned
         device, the VMM's model of an emulated one."""
         s = self.slots[i]
-        return s.guest_fn if s.emulated else self.host_function(i)
+        return cast("PciFunction", s.guest_fn) if s.emulated else self.host_function(i)
 
-    def endpoint(self, i: int) -> Any:
+    def endpoint(self, i: int) -> EndpointTest:
         """The guest driver's record for device ``i`` (``hits``: (vector, vCPU) in order)."""
         self._booted()
-        return self.slots[i].test
+        return cast("EndpointTest", self.slots[i].test)       # the driver binds every one
 
     def guest_irq(self, i: int, vector: int) -> int:
         """The guest's Linux IRQ number of device ``i``'s ``vector``."""
