@@ -11,9 +11,16 @@ Each module's ``NOT_UPSTREAM`` lists the names that are this project's (or an
 unmerged series') rather than Linux's.
 """
 
+from typing import TypeAlias
+
 from . import iommufd, kvm, vfio
 from ._ioctl import _IO, _IOC_DIR, _IOC_NR, _IOC_SIZE, _IOC_TYPE, _IOR, _IOW, _IOWR
 from ._struct import Array, CType, Flex, Struct, Union
+
+#: What userspace passes as ioctl(2)'s third argument: an integer (a value or a flag, as in
+#: ``KVM_CREATE_VCPU``'s vCPU index) or a UAPI argument structure the kernel reads and fills in
+#: place (the pointer in C).
+IoctlArg: TypeAlias = int | Struct
 
 
 def ioctl_name(request: int) -> str:
@@ -28,6 +35,6 @@ def ioctl_name(request: int) -> str:
 
 
 __all__ = [
-    "iommufd", "vfio", "kvm", "ioctl_name", "Struct", "Union", "CType", "Array", "Flex",
+    "iommufd", "vfio", "kvm", "ioctl_name", "IoctlArg", "Struct", "Union", "CType", "Array", "Flex",
     "_IO", "_IOR", "_IOW", "_IOWR", "_IOC_DIR", "_IOC_TYPE", "_IOC_NR", "_IOC_SIZE",
 ]
