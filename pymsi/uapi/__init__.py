@@ -18,9 +18,10 @@ from ._ioctl import _IO, _IOC_DIR, _IOC_NR, _IOC_SIZE, _IOC_TYPE, _IOR, _IOW, _I
 from ._struct import Array, CType, Flex, Struct, Union
 
 #: What userspace passes as ioctl(2)'s third argument: an integer (a value or a flag, as in
-#: ``KVM_CREATE_VCPU``'s vCPU index) or a UAPI argument structure the kernel reads and fills in
-#: place (the pointer in C).
-IoctlArg: TypeAlias = int | Struct
+#: ``KVM_CREATE_VCPU``'s vCPU index), a UAPI argument structure the kernel reads and fills in
+#: place (the pointer in C), or KVM_RUN's ``struct kvm_run`` (:class:`kvm.KvmRun`, the
+#: model's stand-in for the page mapped from the vCPU fd: not a :class:`Struct`).
+IoctlArg: TypeAlias = int | Struct | kvm.KvmRun
 
 
 def ioctl_name(request: int) -> str:
