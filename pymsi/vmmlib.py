@@ -498,8 +498,8 @@ class KvmGuest:
                      K.KvmIrqRouting(nr=1, entries=[msi_route(gsi, devid, data, address)]))
 
     def irqfd(self, fd: int, gsi: int, flags: int = 0) -> int:
-        return cast(int, self.k.ioctl(self.vm, K.KVM_IRQFD,
-                                      K.KvmIrqfd(fd=fd, gsi=gsi, flags=flags)))
+        rc: int = self.k.ioctl(self.vm, K.KVM_IRQFD, K.KvmIrqfd(fd=fd, gsi=gsi, flags=flags))
+        return rc
 
     def close(self) -> None:
         for fd in self.fds + self.vcpu_fds + [self.vm]:

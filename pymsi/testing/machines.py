@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from ..kernel.gic import ItsDriver
     from ..kernel.iommu import IommuDomain, IommuGroup
     from ..kernel.kernel import Kernel
+    from ..kernel.pci import PciDev
     from ..machine import ArmVirt, VirtualMachine
     from ..vmmlib import Vmm
 
@@ -617,9 +618,13 @@ class AssignedGuest(RuleBasedStateMachine):
         # whose state is in the vPE's pending table rather than KVM's pending_latch.
         self.fwd: dict[int, int] = {v: v for v in range(self.n)} if gicv4 else {}
         self.vpt: set[int] = set()
-        descs = self.vm.slots[0].guest_pdev.msi_descs
+        descs = self._guest_pdev().msi_descs
         self.msgs = [MsiMsg.of(descs[v].msg.address, descs[v].msg.data)
                      for v in range(self.n)]
+
+    def _guest_pdev(self) -> PciDev:
+        """The NIC as the guest kernel enumerated it (the VM is booted)."""
+        return cast("PciDev", self.vm.slots[0].guest_pdev)
 
     def _cpu(self, v: int) -> int:
         return int(self.vm.guest_cpu_of(0, v))
@@ -712,7 +717,7 @@ class AssignedGuest(RuleBasedStateMachine):
     def reprogram(self, v: int, w: int) -> None:
         """The guest writes vector ``w``'s message into vector ``v``'s entry."""
         v, w = v % self.n, w % self.n
-        descs = self.vm.slots[0].guest_pdev.msi_descs
+        descs = self._guest_pdev().msi_descs
         self.vm.guest.msi.write_msg(descs[v], self.msgs[w])
         changed = self.alias.get(v, v) != w
         self.alias[v] = w
@@ -727,7 +732,7 @@ class AssignedGuest(RuleBasedStateMachine):
         reprogrammed one as reprogrammed); what was pending in the device is gone.  The
         VMM turns the host's vectors off around the reset (every forwarding unset, see
         :meth:`_unforward`) and on again in vector order (:meth:`_forward`)."""
-        self.vm.slots[0].guest_pdev.reset_function()
+        self._guest_pdev().reset_function()
         self.vm.run()
         self.held.clear()
         for v in range(self.n):
