@@ -150,6 +150,7 @@ def test_the_kernel_model_satisfies_the_vmms_system_call_protocols(
         tmp_path: Path, mypy_cache: Path) -> None:
     # the call a harness makes (machine/virtual.py's): the booted host Kernel as the VMM's k
     out, rc = _mypy(tmp_path, mypy_cache, """
+        from pymsi.kernel.boot import boot_arm
         from pymsi.kernel.files import File
         from pymsi.kernel.kernel import Kernel
         from pymsi.kernel.kvm import GuestCpu
@@ -161,6 +162,9 @@ def test_the_kernel_model_satisfies_the_vmms_system_call_protocols(
         def host_vmm(m: ArmVirt) -> Vmm:
             k: Kernel = m.boot()
             return Vmm(k, m.ram)
+
+        def guest_of(m: ArmVirt) -> Kernel:     # the board satisfies what boot_arm reads
+            return Vmm(m.boot(), m.ram, kernel=boot_arm).boot_guest()
 
         def surface(k: Kernel, f: File, cpu: GuestCpu) -> tuple[Syscalls, OpenFile, GuestModeCpu]:
             return k, f, cpu

@@ -28,13 +28,24 @@ Nothing here imports the host kernel: the VMM reaches it through system calls.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Generic, cast
 
 from ..errors import OutOfOrder
 from ..uapi import iommufd as u
 from ..uapi import kvm as K
 from .board import IORT_RMR, VirtBoard
 from .memory import RAM_GPA, RAM_SIZE, GuestRam
+
+if TYPE_CHECKING:
+    # the guest kernel's type: whatever the ``kernel`` image returns (object when none is
+    # given); a default needs typing_extensions' TypeVar, for the type checker only
+    from typing_extensions import TypeVar
+
+    GuestKernelT = TypeVar("GuestKernelT", default=object)
+else:
+    from typing import TypeVar
+
+    GuestKernelT = TypeVar("GuestKernelT")
 
 if TYPE_CHECKING:
     from ..core import Memory
@@ -46,7 +57,7 @@ if TYPE_CHECKING:
 PAGE = 0x1000
 
 
-class Vmm:
+class Vmm(Generic[GuestKernelT]):
     """One VMM process on host kernel ``k``.
 
     ``host_ram`` is the host's physical RAM (the host CPU's view of the VMM's
@@ -56,15 +67,16 @@ class Vmm:
     whether the guest kernel identity-maps them.  ``kernel`` is the guest kernel image
     (QEMU's ``-kernel``): called with the board, it boots and returns the guest kernel.
     ``k`` is the process's system-call surface (:class:`pymsi.uapi.syscalls.Syscalls`,
-    which the host kernel model satisfies); the guest kernel is opaque to the VMM (an
-    ``object``: the VMM boots it and hands it back, it never calls into it), so nothing
-    here depends on the kernel model's classes.
+    which the host kernel model satisfies).  The guest kernel is opaque to the VMM: it
+    boots it and hands it back (:meth:`boot_guest`), never calls into it, so the class is
+    generic over its type (``Vmm(k, ram, kernel=boot_arm)`` is a ``Vmm[Kernel]``; without
+    an image, ``Vmm[object]``) and nothing here depends on the kernel model's classes.
     """
 
     def __init__(self, k: Syscalls, host_ram: Memory, ncpus: int = 2,
                  ram_size: int = RAM_SIZE, msi_design: str = "per-vector",
                  iort_rmrs: list[tuple[int, int]] | None = None, honour_rmr: bool = True,
-                 kernel: Callable[[VirtBoard], object] | None = None) -> None:
+                 kernel: Callable[[VirtBoard], GuestKernelT] | None = None) -> None:
         self.k = k
         self.kernel_image = kernel
         self.host_ram = host_ram
@@ -81,7 +93,7 @@ class Vmm:
         self.vgic_fd: int | None = None
         self.its_fd: int | None = None
         self.board: VirtBoard | None = None
-        self.guest: object = None
+        self.guest: GuestKernelT | None = None
         self._scratch: int | None = None
         self._irqchip: KvmIrqchip | None = None
         self.vcpu_runs: list[K.KvmRun] = []
@@ -218,10 +230,10 @@ class Vmm:
 
     # -- the guest -------------------------------------------------------------------
 
-    def boot_guest(self) -> object:
+    def boot_guest(self) -> GuestKernelT:
         """Boot the guest kernel on the board (the same kernel model as the host): what
-        the ``kernel`` image returned (opaque to the VMM: :func:`pymsi.kernel.boot.boot_arm`
-        gives a :class:`pymsi.kernel.Kernel`)."""
+        the ``kernel`` image returns (:func:`pymsi.kernel.boot.boot_arm` gives a
+        :class:`pymsi.kernel.Kernel`)."""
         if self.board is None:
             raise OutOfOrder("realize() the VMM first")
         if self.kernel_image is None:
