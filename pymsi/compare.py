@@ -26,6 +26,10 @@ from typing import TYPE_CHECKING, Any, TextIO, TypedDict, TypeVar, Union, cast
 
 from ._repr import bounded, short
 from .kernel.iommufd_msi import MSI_DESIGNS
+
+if TYPE_CHECKING:
+    from .kernel.iommufd import Ioas
+    from .machine.platforms import ArmVirt
 from .vmmlib import (
     DOORBELL,
     LPI_BASE,
@@ -455,7 +459,7 @@ class Scenario:
                     scenario._vpts.append(vpt)
                 return ok
 
-        for rd in self._vmm.m.gic.redists:
+        for rd in cast("ArmVirt", self._vmm.m).gic.redists:     # the GICv4 scenarios: Arm
             rd.__class__ = Observed
 
     # -- observation helpers ----------------------------------------------------------------
@@ -469,7 +473,7 @@ class Scenario:
         for oid, obj in sorted(ctx.objects.items()):
             if obj.kind == "ioas":
                 st[f"IOAS {oid} areas"] = tuple((a.iova, a.length, int(a.prot))
-                                                for a in obj.areas)
+                                                for a in cast("Ioas", obj).areas)
         for pdev in vmm.k.pci.devices[:2]:           # the domains iommufd gave them
             group = pdev.iommu_group
             d = group.domain if group is not None else None
@@ -680,7 +684,7 @@ class Scenario:
         v = NVEC
         before = vmm.entry(v)[0]
         e = vmm.k.eventfd()
-        rc = errno_of(vmm.set_triggers, v, [e.fd])
+        rc = errno_of(vmm.set_triggers, v, [cast(int, e.fd)])
         if rc == 0:
             self.efds[(0, v)] = e
             self.enabled.add((0, v))

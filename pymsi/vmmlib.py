@@ -22,7 +22,8 @@ translation, the GIC's pending state) that a test needs to judge the result.
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, ParamSpec, TypedDict, cast
 
 from .core import Prot
 from .core import gic_formats as F
@@ -36,7 +37,15 @@ from .uapi import kvm as K
 from .uapi import vfio as V
 
 if TYPE_CHECKING:
-    from .kernel.files import File
+    from typing_extensions import Unpack
+
+    from .kernel.files import EventfdCtx, File
+    from .kernel.iommu import IommuDomain, ResvRegion
+    from .kernel.iommufd import IommufdCtx
+    from .machine.desc import BootOptions
+    from .machine.platforms import ArmVirt, DeviceSpecs, X86Pc
+
+_P = ParamSpec("_P")
 
 PAGE = 0x1000
 ITS_BASE = 0x0808_0000                    # the virt board's ITS (and the guest's vITS)
@@ -60,7 +69,7 @@ GICD_BASE, GICR_BASE = 0x0800_0000, 0x080A_0000
 LPI_BASE = F.LPI_BASE
 
 
-def errno_of(fn: Any, *args: Any, **kw: Any) -> int:
+def errno_of(fn: Callable[_P, object], *args: _P.args, **kw: _P.kwargs) -> int:
     """Call ``fn``; 0 if it returns, the errno of the OSError it raises otherwise."""
     try:
         fn(*args, **kw)
@@ -69,16 +78,43 @@ def errno_of(fn: Any, *args: Any, **kw: Any) -> int:
     return 0
 
 
+class ArmVirtOptions(TypedDict, total=False):
+    """The :class:`pymsi.machine.ArmVirt` keywords :class:`Vmm` passes through when it
+    builds the machine itself (all but ``smmu``, ``devices`` and ``msi_design``, which
+    are its own arguments, and ``ram_size``, which for :class:`Vmm` is the guest's);
+    each means what it means there."""
+
+    ncpus: int
+    gicv4: bool
+    backend: str | None
+    oas: int
+    sidsize: int
+    ssidsize: int
+    cmdqs: int
+    eventqs: int
+    granules: tuple[int, ...]
+    ril: bool
+    had: bool
+    msi: bool
+    sev: bool
+    two_level: bool
+    cd2l: bool
+    boot: BootOptions | Mapping[str, object] | None
+
+
 class Vmm:
     """A VMM's view: one iommufd context, one IOAS with ``ram_size`` bytes of user
     memory mapped at ``RAM_GPA``, and the first ``n`` PCI functions given to vfio-pci
     with their cdevs open (not yet bound).  ``resv`` replaces the reserved regions
-    the SMMU driver reports for every device (to show a platform's other regions)."""
+    the SMMU driver reports for every device (to show a platform's other regions).
+    ``machine`` is a machine to use instead of an :class:`~pymsi.machine.ArmVirt` built
+    from ``smmu``, ``devices`` (``n`` functions with 4 MSI-X and 4 MSI vectors by
+    default), ``design`` and ``machine_kw`` (:class:`ArmVirtOptions`)."""
 
     def __init__(self, design: str = "per-vector", smmu: str | None = "s1", n: int = 1,
-                 devices: list[dict[str, Any]] | None = None, machine: Any = None,
-                 ram_size: int = 0x1_0000, resv: list[Any] | None = None,
-                 **machine_kw: Any) -> None:
+                 devices: DeviceSpecs | None = None, machine: ArmVirt | X86Pc | None = None,
+                 ram_size: int = 0x1_0000, resv: Sequence[ResvRegion] | None = None,
+                 **machine_kw: Unpack[ArmVirtOptions]) -> None:
         from .machine import ArmVirt
 
         self.m = machine or ArmVirt(smmu=smmu, devices=devices or [{"msix": 4, "msi": 4}] * n,
@@ -106,7 +142,7 @@ class Vmm:
             self.k.sysfs_write(f"/sys/bus/pci/devices/{pdev.bdf}/driver_override", "vfio-pci")
             self.k.sysfs_write("/sys/bus/pci/drivers/vfio-pci/bind", pdev.bdf)
             self.files.append(self.k.open(f"/dev/vfio/devices/vfio{i}"))
-        self.efds: list[Any] = []               # eventfd files
+        self.efds: list[File] = []              # eventfd files
         self.parent: int | None = None
         self.viommu: int | None = None
         self.nested_ids: dict[int, int] = {}
@@ -139,7 +175,8 @@ class Vmm:
         self.ictx.ioctl(u.IOMMU_HWPT_ALLOC, a)
         return cast(int, a.out_hwpt_id)
 
-    def msi_iova(self, flags: int, start: int, iovas: Any = (), count: int | None = None,
+    def msi_iova(self, flags: int, start: int, iovas: Sequence[int] = (),
+                 count: int | None = None,
                  index: int = MSIX, i: int = 0) -> V.VfioDeviceMsiIova:
         """VFIO_DEVICE_MSI_IOVA (the per-vector design)."""
         arg = V.VfioDeviceMsiIova(flags=flags, index=index, start=start,
@@ -180,7 +217,7 @@ class Vmm:
     def enable(self, n: int = 4, index: int = MSIX, i: int = 0, start: int = 0) -> int:
         """Fresh eventfds for ``n`` vectors (kept in ``efds``) and SET_IRQS with them."""
         self.efds = [self.k.eventfd() for _ in range(n)]
-        return self.set_triggers(start, [e.fd for e in self.efds], index, i)
+        return self.set_triggers(start, [cast(int, e.fd) for e in self.efds], index, i)
 
     def fire(self, v: int, i: int = 0) -> Delivery:
         """The function raises vector ``v``; the bus drains and the host takes its IRQs."""
@@ -190,7 +227,7 @@ class Vmm:
         return d
 
     def counts(self) -> list[int]:
-        return [e.f_op.count for e in self.efds]
+        return [cast("EventfdCtx", e.f_op).count for e in self.efds]
 
     # -- nested --------------------------------------------------------------------------
 
@@ -223,17 +260,18 @@ class Vmm:
         """(address, data, vector control) of MSI-X entry ``v`` as the function holds it."""
         return self.m.functions[i].msix_entry(v)
 
-    def domain(self, i: int = 0) -> Any:
+    def domain(self, i: int = 0) -> IommuDomain:
         group = self.k.pci.devices[i].iommu_group
         assert group is not None                  # a function behind the SMMU
-        return group.domain
+        return cast("IommuDomain", group.domain)  # attached (to its default domain at least)
 
-    def s2_domain(self, i: int = 0) -> Any:
+    def s2_domain(self, i: int = 0) -> IommuDomain:
         d = self.domain(i)
         return d.parent if d.parent is not None else d
 
-    def ctx(self) -> Any:
-        return self.ictx.private_data
+    def ctx(self) -> IommufdCtx:
+        """The iommufd context behind ``/dev/iommu`` (the kernel's side, for observations)."""
+        return cast("IommufdCtx", self.ictx.private_data)
 
     def irq(self, v: int, i: int = 0) -> int:
         return cast(int, self.k.pci.devices[i].msi_descs[v].irq)
@@ -245,13 +283,13 @@ class Vmm:
         return its_level.hwirq
 
     def smmu_events(self) -> int:
-        smmu = self.m.smmu
+        smmu = cast("ArmVirt", self.m).smmu     # (an X86Pc has none: AttributeError)
         assert smmu is not None                 # a machine with an SMMU
         return smmu.stats["events_recorded"]
 
     def smmu_pa(self, addr: int, i: int = 0) -> int | None:
         """Where the SMMU takes a write of device ``i`` to ``addr`` (None: a fault)."""
-        smmu = self.m.smmu
+        smmu = cast("ArmVirt", self.m).smmu
         assert smmu is not None                 # a machine with an SMMU
         return smmu.translate(self.k.pci.devices[i].rid, addr, write=True).pa
 
@@ -268,7 +306,7 @@ class GuestMem:
         pa = self.ioas.iova_to_phys(ipa)
         if pa is None or not self.ram.is_ram(pa, 1):
             raise InvalidArgument(f"IPA {ipa:#x} is not guest RAM")
-        return cast(int, pa)
+        return pa
 
     def is_ram(self, ipa: int, size: int = 1) -> bool:
         return all(self.ioas.iova_to_phys(a) is not None
@@ -371,7 +409,8 @@ def its_cmd(op: str, dev: int = 0, ev: int = 0, icid: int = 0, intid: int = 0,
     raise InvalidArgument(op)
 
 
-def msi_route(gsi: int, devid: int, data: int, address: int = VITS_DOORBELL) -> Any:
+def msi_route(gsi: int, devid: int, data: int,
+              address: int = VITS_DOORBELL) -> K.KvmIrqRoutingEntry:
     """A ``kvm_irq_routing_entry`` of type MSI carrying the DeviceID (KVM_MSI_VALID_DEVID)."""
     return K.KvmIrqRoutingEntry(gsi=gsi, type=K.KVM_IRQ_ROUTING_MSI,
                                 flags=K.KVM_MSI_VALID_DEVID,
@@ -390,7 +429,7 @@ class KvmGuest:
         kvm = k.open("/dev/kvm")
         self.vm = cast(int, kvm.ioctl(K.KVM_CREATE_VM, 0))   # an fd (File.ioctl: int | bytes)
         kvm.close()
-        self.vcpu_fds = [k.ioctl(self.vm, K.KVM_CREATE_VCPU, i) for i in range(nvcpus)]
+        self.vcpu_fds = [cast(int, k.ioctl(self.vm, K.KVM_CREATE_VCPU, i)) for i in range(nvcpus)]
         gic = self._device(K.KVM_DEV_TYPE_ARM_VGIC_V3)
         self._addr(gic, K.KVM_VGIC_V3_ADDR_TYPE_DIST, GICD_BASE)
         self._addr(gic, K.KVM_VGIC_V3_ADDR_TYPE_REDIST, GICR_BASE)
@@ -460,8 +499,8 @@ class KvmGuest:
                      K.KvmIrqRouting(nr=1, entries=[msi_route(gsi, devid, data, address)]))
 
     def irqfd(self, fd: int, gsi: int, flags: int = 0) -> int:
-        return cast(int, self.k.ioctl(self.vm, K.KVM_IRQFD,
-                                      K.KvmIrqfd(fd=fd, gsi=gsi, flags=flags)))
+        irqfd = K.KvmIrqfd(fd=fd, gsi=gsi, flags=flags)
+        return cast(int, self.k.ioctl(self.vm, K.KVM_IRQFD, irqfd))
 
     def close(self) -> None:
         for fd in self.fds + self.vcpu_fds + [self.vm]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from .arm_smmu_v3 import ArmSmmuV3
@@ -21,7 +22,6 @@ from .x86 import IntelIr, VectorDomain
 if TYPE_CHECKING:
     from ..hw.bus import Bus
     from ..hw.gicv3 import CpuInterface
-    from ..hw.smmuv3 import SMMUv3
     from ..machine.platforms import X86Pc
 
 
@@ -31,6 +31,13 @@ class BoardGic(Protocol):
 
     @property
     def cpus(self) -> list[CpuInterface]: ...
+
+
+class BoardSmmu(Protocol):
+    """What :func:`boot_arm` does with a board's SMMU (the physical model, or a VMM's
+    virtual one): give its wired interrupts to the driver's handler."""
+
+    irq: Callable[[str], None] | None
 
 
 class ArmBoard(Protocol):
@@ -75,7 +82,7 @@ class ArmBoard(Protocol):
     def gic(self) -> BoardGic: ...
 
     @property
-    def smmu(self) -> SMMUv3 | None:
+    def smmu(self) -> BoardSmmu | None:
         """The SMMU model (None: none); its ``irq`` becomes the driver's handler."""
 
 

@@ -24,9 +24,10 @@ from __future__ import annotations
 import errno as _errno
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any
 
 from .._repr import bounded
+from ..uapi import IoctlResult as IoctlResult  # re-exported: ioctl's result
 from ..uapi.eventpoll import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT  # noqa: F401 (re-exported)
 from .base import EEXIST, EFAULT, EINVAL, ENOENT, ENOMEM, fail
 
@@ -35,10 +36,6 @@ if TYPE_CHECKING:
     from ..uapi import IoctlArg
     from .kernel import Kernel
 
-#: What ioctl(2) gives back: Linux's ``long`` (0, a new descriptor, a count); the model's
-#: VFIO_DEVICE_GET_REGION_INFO also hands back the capability chain it would have copied to
-#: the user's buffer, as bytes.
-IoctlResult: TypeAlias = int | bytes
 
 EBADF, ENOTTY, EAGAIN, EMFILE = _errno.EBADF, _errno.ENOTTY, _errno.EAGAIN, _errno.EMFILE
 ESPIPE = _errno.ESPIPE

@@ -178,14 +178,14 @@ class VirtualMachine:
                                backend=d["backend"], msi_design=self.variant)
         for s, fn in zip(assigned, self.machine.functions, strict=True):
             s.host_fn = fn
-        self.host = self.machine.boot()
+        self.host = host = self.machine.boot()
         for n, (s, fn) in enumerate(zip(assigned, self.machine.functions, strict=True)):
             # the administrator hands them to vfio-pci
-            bdf = next(p.bdf for p in self.host.pci.devices if p.rid == fn.rid)
-            self.host.sysfs_write(f"/sys/bus/pci/devices/{bdf}/driver_override", "vfio-pci")
-            self.host.sysfs_write("/sys/bus/pci/drivers/vfio-pci/bind", bdf)
+            bdf = next(p.bdf for p in host.pci.devices if p.rid == fn.rid)
+            host.sysfs_write(f"/sys/bus/pci/devices/{bdf}/driver_override", "vfio-pci")
+            host.sysfs_write("/sys/bus/pci/drivers/vfio-pci/bind", bdf)
             s.extra["cdev"] = f"/dev/vfio/devices/vfio{n}"
-        self.vmm = Vmm(self.host, self.machine.ram, ncpus=d["guest_ncpus"],
+        self.vmm = Vmm(host, self.machine.ram, ncpus=d["guest_ncpus"],
                        ram_size=d["guest_ram"], msi_design=self.variant,
                        honour_rmr=d["honour_rmr"], kernel=boot_arm)
         self.board = self.vmm.realize()

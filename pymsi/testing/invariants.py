@@ -34,7 +34,7 @@ The invariants (:data:`INVARIANTS`):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from ..compare import (
     CHECKERS,
@@ -106,10 +106,14 @@ def isolation(obs: StepObs | GuestStepObs) -> None:
     check(obs, ["isolation"])
 
 
-def composed(obs: StepObs | GuestStepObs, what: str, state: Callable[[], Any],
-             fn: Callable[[], Any]) -> Any:
+_T = TypeVar("_T")
+
+
+def composed(obs: StepObs | GuestStepObs, what: str, state: Callable[[], object],
+             fn: Callable[[], _T]) -> _T:
     """Run ``fn`` (something that composes messages) and record ``state()`` before and
-    after it in ``obs`` for :func:`no_allocation_on_compose`; returns what ``fn`` does."""
+    after it in ``obs`` for :func:`no_allocation_on_compose` (any value compared with
+    ``==``); returns what ``fn`` does."""
     before = state()
     try:
         return fn()

@@ -14,7 +14,8 @@ rules and invariants of your own, and run ``MyMachine.TestCase`` (a
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, ClassVar, Protocol, cast
 
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -32,6 +33,40 @@ from ..vmmlib import DOORBELL, errno_of, pgtable_leaves
 from . import invariants as inv
 from .invariants import FireObs, GuestStepObs, StepObs, VectorObs
 from .strategies import cpu_masks
+
+if TYPE_CHECKING:
+    from ..hw.smmuv3 import SMMUv3
+    from ..kernel.gic import ItsDriver
+    from ..kernel.iommu import IommuDomain, IommuGroup
+    from ..kernel.kernel import Kernel
+    from ..kernel.pci import PciDev
+    from ..machine import ArmVirt, VirtualMachine
+    from ..vmmlib import Vmm
+
+
+class CountingDriver(Protocol):
+    """A host driver as :class:`HostMachine` drives it (what :meth:`HostMachine.make_driver`
+    returns; :class:`~pymsi.kernel.drivers.MsiCountingDriver` by default): its vectors'
+    IRQ numbers, the CPUs each vector's handler ran on, and its removal."""
+
+    @property
+    def nvec(self) -> int:
+        """How many vectors it was given."""
+        ...
+
+    @property
+    def irqs(self) -> Sequence[int]:
+        """The Linux IRQ number of each vector."""
+        ...
+
+    @property
+    def fired(self) -> Mapping[int, Sequence[int | None]]:
+        """Vector index -> the CPUs its handler ran on, in order."""
+        ...
+
+    def remove(self) -> None:
+        """Unbind: the handlers and the vectors freed."""
+        ...
 
 # -- the host kernel's own drivers ----------------------------------------------------------
 
@@ -76,7 +111,7 @@ class HostMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.m, self.k = self.make_machine()
-        self.drivers: list[Any] = [None] * self.NDEV
+        self.drivers: list[CountingDriver | None] = [None] * self.NDEV
         self.expected = [[0] * self.NVEC for _ in range(self.NDEV)]
         self.disabled: list[set[int]] = [set() for _ in range(self.NDEV)]
         # MSI-X pending bits (PBA): a vector raised while masked (by disable_irq, or
@@ -87,7 +122,7 @@ class HostMachine(RuleBasedStateMachine):
 
     # -- hooks ---------------------------------------------------------------------------------
 
-    def make_machine(self) -> tuple[Any, Any]:
+    def make_machine(self) -> tuple[ArmVirt, Kernel]:
         """The machine and its booted kernel."""
         from ..machine import ArmVirt
 
@@ -95,15 +130,15 @@ class HostMachine(RuleBasedStateMachine):
                     smmu=self.SMMU)
         return m, m.boot()
 
-    def make_driver(self, i: int, n: int) -> Any:
+    def make_driver(self, i: int, n: int) -> CountingDriver:
         """A driver bound to device ``i`` asking for ``n`` vectors (``fired[v]``: the
         CPUs vector ``v``'s handler ran on; ``irqs``, ``nvec``, ``remove()``)."""
         return MsiCountingDriver(self.k, self.k.pci.devices[i], n)
 
-    def mapping_state(self, i: int) -> Any:
+    def mapping_state(self, i: int) -> object:
         """What composing device ``i``'s messages must not change: its domain's leaves and
-        MSI cookie pages."""
-        dom = self.k.pci.devices[i].iommu_group.domain
+        MSI cookie pages (any value: a step compares it before and after with ``==``)."""
+        dom = cast("IommuGroup", self.k.pci.devices[i].iommu_group).domain   # behind the SMMU
         pg = getattr(dom, "pgtbl", None)
         pages = getattr(getattr(dom, "cookie", None), "msi_pages", None) or {}
         return {"page table": frozenset(pgtable_leaves(pg)) if pg is not None else None,
@@ -122,9 +157,9 @@ class HostMachine(RuleBasedStateMachine):
         self.obs.step = f"allocate(i={i}, n={n})"
         if self.drivers[i] is not None:
             return
-        self.drivers[i] = self.make_driver(i, n)
+        drv = self.drivers[i] = self.make_driver(i, n)
         self.k.handle_interrupts()                   # what became deliverable, is taken
-        nvec = self.drivers[i].nvec
+        nvec = drv.nvec
         self.expected[i] = [1 if v in self.pending[i] else 0 for v in range(nvec)]
         self.pending[i] -= set(range(nvec))
         self.disabled[i] = set()
@@ -206,9 +241,9 @@ class HostMachine(RuleBasedStateMachine):
         if self.drivers[i] is not None:
             return                                   # a bound driver owns DMA: not now
         dev = self.k.pci.devices[i]
-        group = dev.iommu_group
+        group = cast("IommuGroup", dev.iommu_group)          # behind the SMMU
         if group.domain is not group.default_domain:
-            old = group.domain
+            old = cast("IommuDomain", group.domain)          # attached: the default at least
             self.k.iommu.detach_group(old, group)
             if old.type == DomainType.UNMANAGED:
                 self.k.iommu.domain_free(old)
@@ -231,7 +266,7 @@ class HostMachine(RuleBasedStateMachine):
             dev = self.k.pci.devices[i]
             for desc in dev.msi_descs.values():
                 a = desc.msg.address
-                pa = self.m.smmu.translate(dev.rid, a, write=True).pa
+                pa = cast("SMMUv3", self.m.smmu).translate(dev.rid, a, write=True).pa
                 obs.vectors.append(VectorObs(i, desc.msi_index, a, desc.msg.data, False,
                                              None, pa))
         return obs
@@ -254,7 +289,7 @@ class HostMachine(RuleBasedStateMachine):
         for i, drv in enumerate(self.drivers):
             if drv is None:
                 dev = self.k.pci.devices[i]
-                assert dev.rid not in self.k.its.devices
+                assert dev.rid not in cast("ItsDriver", self.k.its).devices
                 assert self.m.functions[i].msix_enabled is False
         for rid, iova in self.freed_msi:
             dev = next(d for d in self.k.pci.devices if d.rid == rid)
@@ -262,8 +297,10 @@ class HostMachine(RuleBasedStateMachine):
             if still is not None and any(d.msg.address & ~0xFFF == iova
                                          for d in dev.msi_descs.values()):
                 continue                             # mapped again by a new allocation
-            r = self.m.smmu.translate(rid, iova | 0x40, write=True)
-            assert r.pa != DOORBELL or dev.iommu_group.domain.type == DomainType.IDENTITY
+            r = cast("SMMUv3", self.m.smmu).translate(rid, iova | 0x40, write=True)
+            assert r.pa != DOORBELL or cast(
+                "IommuDomain", cast("IommuGroup", dev.iommu_group).domain).type == \
+                DomainType.IDENTITY
 
 
 # -- a VMM through iommufd and VFIO ----------------------------------------------------------
@@ -322,9 +359,10 @@ class VfioUserspace(RuleBasedStateMachine):
                         lambda: self.sc.enable(0, list(range(compare.NVEC))))
 
     @property
-    def vmm(self) -> Any:
-        """The :class:`pymsi.vmmlib.Vmm` (``vmm.k``: the host kernel; ``vmm.m``: the machine)."""
-        return self.sc.vmm
+    def vmm(self) -> Vmm:
+        """The :class:`pymsi.vmmlib.Vmm` (``vmm.k``: the host kernel; ``vmm.m``: the machine),
+        made by :meth:`setup`."""
+        return cast("Vmm", self.sc.vmm)
 
     # -- rules ---------------------------------------------------------------------------------
 
@@ -458,9 +496,9 @@ class GuestMachine(RuleBasedStateMachine):
         self.sc.step_boot(self.obs)
 
     @property
-    def vm(self) -> Any:
+    def vm(self) -> VirtualMachine:
         """The booted :class:`pymsi.machine.VirtualMachine`."""
-        return self.sc.vm
+        return cast("VirtualMachine", self.sc.vm)
 
     vecs = st.integers(0, compare.GUEST_NVEC - 1)
 
@@ -554,7 +592,8 @@ class AssignedGuest(RuleBasedStateMachine):
 
     QUEUES: ClassVar[int] = 6
 
-    def make_vm(self, vsmmu: str | None, gicv4: bool, design: str, ncpus: int) -> Any:
+    def make_vm(self, vsmmu: str | None, gicv4: bool, design: str,
+                ncpus: int) -> VirtualMachine:
         """The booted :class:`pymsi.machine.VirtualMachine` of one example."""
         from ..machine import VirtualMachine
 
@@ -579,9 +618,13 @@ class AssignedGuest(RuleBasedStateMachine):
         # whose state is in the vPE's pending table rather than KVM's pending_latch.
         self.fwd: dict[int, int] = {v: v for v in range(self.n)} if gicv4 else {}
         self.vpt: set[int] = set()
-        descs = self.vm.slots[0].guest_pdev.msi_descs
+        descs = self._guest_pdev().msi_descs
         self.msgs = [MsiMsg.of(descs[v].msg.address, descs[v].msg.data)
                      for v in range(self.n)]
+
+    def _guest_pdev(self) -> PciDev:
+        """The NIC as the guest kernel enumerated it (the VM is booted)."""
+        return cast("PciDev", self.vm.slots[0].guest_pdev)
 
     def _cpu(self, v: int) -> int:
         return int(self.vm.guest_cpu_of(0, v))
@@ -654,7 +697,7 @@ class AssignedGuest(RuleBasedStateMachine):
 
     @precondition(lambda self: any(self.depth))
     @rule(data=st.data())
-    def unmask(self, data: Any) -> None:
+    def unmask(self, data: st.DataObject) -> None:
         v = data.draw(st.sampled_from([i for i in range(self.n) if self.depth[i]]))
         self.vm.guest.irq.enable_irq(self.vm.guest_irq(0, v))
         self.depth[v] -= 1
@@ -674,7 +717,7 @@ class AssignedGuest(RuleBasedStateMachine):
     def reprogram(self, v: int, w: int) -> None:
         """The guest writes vector ``w``'s message into vector ``v``'s entry."""
         v, w = v % self.n, w % self.n
-        descs = self.vm.slots[0].guest_pdev.msi_descs
+        descs = self._guest_pdev().msi_descs
         self.vm.guest.msi.write_msg(descs[v], self.msgs[w])
         changed = self.alias.get(v, v) != w
         self.alias[v] = w
@@ -689,7 +732,7 @@ class AssignedGuest(RuleBasedStateMachine):
         reprogrammed one as reprogrammed); what was pending in the device is gone.  The
         VMM turns the host's vectors off around the reset (every forwarding unset, see
         :meth:`_unforward`) and on again in vector order (:meth:`_forward`)."""
-        self.vm.slots[0].guest_pdev.reset_function()
+        self._guest_pdev().reset_function()
         self.vm.run()
         self.held.clear()
         for v in range(self.n):

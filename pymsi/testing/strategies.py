@@ -14,7 +14,7 @@ configurations from :mod:`pymsi.core`, ioctl structs from :mod:`pymsi.uapi`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, cast, overload
 
 from hypothesis import event
 from hypothesis import strategies as st
@@ -27,13 +27,19 @@ from ..hw import smmuv3_regs as R
 from ..uapi import iommufd as I  # noqa: E741
 from ..uapi import vfio as V
 
+if TYPE_CHECKING:
+    from ..machine.desc import ArmVirtDesc, PciFunctionDesc
+    from ..uapi import Struct
+
+_T = TypeVar("_T")
+
 U64 = (1 << 64) - 1
 GRANULES = (4096, 16384, 65536)
 ADDRESS_SIZES = (32, 36, 40, 42, 44, 48)
 MSI_DESIGNS = ("dma-cookie", "sw-msi", "preset", "per-vector")
 
 
-def _opt(value: Any, default: SearchStrategy[Any]) -> SearchStrategy[Any]:
+def _opt(value: _T | SearchStrategy[_T] | None, default: SearchStrategy[_T]) -> SearchStrategy[_T]:
     """``value`` as a strategy: None -> ``default``, a strategy as is, else just it."""
     if value is None:
         return default
@@ -85,7 +91,7 @@ def table_bases(*, ram: tuple[int, int] | None = None) -> SearchStrategy[int]:
     return st.one_of(inside, inside, inside, st.integers(0, U64))
 
 
-def stage1_configs(*, granule: int | None = None, ttb: Any = None,
+def stage1_configs(*, granule: int | None = None, ttb: int | SearchStrategy[int] | None = None,
                    ips: int | None = None) -> SearchStrategy[Stage1]:
     """:class:`pymsi.core.Stage1` controls (what a CD holds): both tables with random
     TnSZ (16..39), granule (``granule`` fixes both), EPDn (a quarter disabled), HADn,
@@ -111,7 +117,7 @@ def stage1_configs(*, granule: int | None = None, ttb: Any = None,
     return build()
 
 
-def stage2_configs(*, granule: int | None = None, vttb: Any = None,
+def stage2_configs(*, granule: int | None = None, vttb: int | SearchStrategy[int] | None = None,
                    ps: int | None = None) -> SearchStrategy[Stage2]:
     """:class:`pymsi.core.Stage2` controls (what an STE holds): S2T0SZ 16..39 with an
     S2SL0 consistent with it (the geometries the SMMU rejects are drawn again), the
@@ -133,7 +139,7 @@ def stage2_configs(*, granule: int | None = None, vttb: Any = None,
     return build()
 
 
-def xlate_configs(*, stages: str | None = None, ttb: Any = None,
+def xlate_configs(*, stages: str | None = None, ttb: int | SearchStrategy[int] | None = None,
                   granule: int | None = None) -> SearchStrategy[XlateConfig]:
     """:class:`pymsi.core.XlateConfig`: stage 1 (``stages="s1"``), stage 2 (``"s2"``) or
     both (``"nested"``; None: any), from :func:`stage1_configs` / :func:`stage2_configs`,
@@ -227,8 +233,11 @@ def _mutate_words(draw: DrawFn, words: list[int]) -> list[int]:
     return words
 
 
-def ste_words(*, valid: bool = True, config: int | None = None, ctxptr: Any = None,
-              s2ttb: Any = None, vmid: Any = None, oas: int = 44) -> SearchStrategy[list[int]]:
+def ste_words(*, valid: bool = True, config: int | None = None,
+              ctxptr: int | SearchStrategy[int] | None = None,
+              s2ttb: int | SearchStrategy[int] | None = None,
+              vmid: int | SearchStrategy[int] | None = None,
+              oas: int = 44) -> SearchStrategy[list[int]]:
     """The 8 doublewords of a stream table entry (:mod:`pymsi.hw.smmuv3_regs` layout).
 
     ``valid=True``: a well-formed STE for an SMMU with an ``oas``-bit output size -- V set,
@@ -272,7 +281,8 @@ def ste_words(*, valid: bool = True, config: int | None = None, ctxptr: Any = No
     return build()
 
 
-def cd_words(*, valid: bool = True, ttb0: Any = None, asid: Any = None,
+def cd_words(*, valid: bool = True, ttb0: int | SearchStrategy[int] | None = None,
+             asid: int | SearchStrategy[int] | None = None,
              granule: int | None = None, oas: int = 44) -> SearchStrategy[list[int]]:
     """The 8 doublewords of a stage-1 context descriptor (:mod:`pymsi.hw.smmuv3_regs`).
 
@@ -308,9 +318,22 @@ ITS_COMMAND_NAMES = ("MAPD", "MAPC", "MAPTI", "MAPI", "MOVI", "DISCARD", "INT", 
 _MAPPING_OPCODES = (0x01, 0x08, 0x09, 0x0A, 0x0B, 0x0F)
 
 
+class ItsCommandFields(TypedDict):
+    """The fields of a named command :func:`its_commands` draws (see there)."""
+
+    dev: int
+    ev: int
+    icid: int
+    v: bool
+    size: int
+    lpi: int
+    cpu: int
+    cpu2: int
+
+
 def its_commands(*, valid: bool | None = None, devices: int = 4, events: int = 8,
                  collections: int = 5, cpus: int = 4, lpi_base: int = F.LPI_BASE
-                 ) -> SearchStrategy[tuple[str, Any]]:
+                 ) -> SearchStrategy[tuple[str, ItsCommandFields | list[int]]]:
     """A GICv3 ITS command over a small universe, as ``(name, fields)``.
 
     A named command's fields are ``dev`` (0..``devices``: the last one never mapped),
@@ -325,14 +348,14 @@ def its_commands(*, valid: bool | None = None, devices: int = 4, events: int = 8
         names = ["garbage"]
 
     @st.composite
-    def build(draw: DrawFn) -> tuple[str, Any]:
+    def build(draw: DrawFn) -> tuple[str, ItsCommandFields | list[int]]:
         kind = draw(st.sampled_from(names))
         if kind == "garbage":
             words = [draw(st.integers(0, U64)) for _ in range(4)]
             if words[0] & 0xFF in _MAPPING_OPCODES:
                 words[0] ^= 0x80
             return kind, words
-        return kind, dict(
+        return kind, ItsCommandFields(
             dev=draw(st.integers(0, devices)), ev=draw(st.integers(0, events + 2)),
             icid=draw(st.integers(0, collections)), v=draw(st.booleans()),
             size=draw(st.integers(0, 3)),
@@ -401,8 +424,42 @@ def proc_inputs(*, valid: bool | None = None, max_groups: int = 18) -> SearchStr
 # -- device and machine descriptions ------------------------------------------------------------
 
 
+class PciFunctionDict(TypedDict, total=False):
+    """A PCI function's description in dict form, as :func:`device_descriptions` draws it
+    (the keys :class:`pymsi.machine.desc.PciFunctionDesc` takes, that strategy's subset)."""
+
+    msix: int
+    msi: int
+    msi_mask: bool
+    flr: bool
+
+
+class ArmVirtKeywords(TypedDict):
+    """Keyword arguments of :class:`pymsi.machine.ArmVirt` as :func:`machine_descriptions`
+    draws them."""
+
+    ncpus: int
+    smmu: str | None
+    gicv4: bool
+    msi_design: str
+    devices: list[PciFunctionDict]
+
+
+@overload
 def device_descriptions(*, max_vectors: int = 32, msi: bool | None = None,
-                        msix: bool | None = None, typed: bool = False) -> SearchStrategy[Any]:
+                        msix: bool | None = None, typed: Literal[False] = False
+                        ) -> SearchStrategy[PciFunctionDict]: ...
+@overload
+def device_descriptions(*, max_vectors: int = 32, msi: bool | None = None,
+                        msix: bool | None = None, typed: Literal[True]
+                        ) -> SearchStrategy[PciFunctionDesc]: ...
+@overload
+def device_descriptions(*, max_vectors: int = 32, msi: bool | None = None,
+                        msix: bool | None = None, typed: bool
+                        ) -> SearchStrategy[PciFunctionDict] | SearchStrategy[PciFunctionDesc]: ...
+def device_descriptions(*, max_vectors: int = 32, msi: bool | None = None,
+                        msix: bool | None = None, typed: bool = False
+                        ) -> SearchStrategy[PciFunctionDict] | SearchStrategy[PciFunctionDesc]:
     """A PCI function description as ``ArmVirt(devices=[...])`` takes it: ``{"msix": n}``
     and/or ``{"msi": n}`` (MSI: a power of two up to 32), sometimes ``"flr": False`` or
     ``"msi_mask": False``.  ``msi`` / ``msix`` force a capability on or off; at least one
@@ -415,10 +472,10 @@ def device_descriptions(*, max_vectors: int = 32, msi: bool | None = None,
             PciFunctionDesc.from_dict)
 
     @st.composite
-    def build(draw: DrawFn) -> dict[str, Any]:
+    def build(draw: DrawFn) -> PciFunctionDict:
         has_x = draw(st.booleans()) if msix is None else msix
         has_m = (draw(st.booleans()) or not has_x) if msi is None else msi
-        d: dict[str, Any] = {}
+        d: PciFunctionDict = {}
         if has_x:
             d["msix"] = draw(st.integers(1, max_vectors))
         if has_m:
@@ -433,9 +490,27 @@ def device_descriptions(*, max_vectors: int = 32, msi: bool | None = None,
     return build()
 
 
+@overload
 def machine_descriptions(*, max_devices: int = 3, max_vectors: int = 16,
-                         smmu: Any = None, msi_design: Any = None, typed: bool = False
-                         ) -> SearchStrategy[Any]:
+                         smmu: str | SearchStrategy[str | None] | None = None,
+                         msi_design: str | SearchStrategy[str] | None = None,
+                         typed: Literal[False] = False) -> SearchStrategy[ArmVirtKeywords]: ...
+@overload
+def machine_descriptions(*, max_devices: int = 3, max_vectors: int = 16,
+                         smmu: str | SearchStrategy[str | None] | None = None,
+                         msi_design: str | SearchStrategy[str] | None = None,
+                         typed: Literal[True]) -> SearchStrategy[ArmVirtDesc]: ...
+@overload
+def machine_descriptions(*, max_devices: int = 3, max_vectors: int = 16,
+                         smmu: str | SearchStrategy[str | None] | None = None,
+                         msi_design: str | SearchStrategy[str] | None = None,
+                         typed: bool) -> (SearchStrategy[ArmVirtKeywords]
+                                          | SearchStrategy[ArmVirtDesc]): ...
+def machine_descriptions(*, max_devices: int = 3, max_vectors: int = 16,
+                         smmu: str | SearchStrategy[str | None] | None = None,
+                         msi_design: str | SearchStrategy[str] | None = None,
+                         typed: bool = False
+                         ) -> SearchStrategy[ArmVirtKeywords] | SearchStrategy[ArmVirtDesc]:
     """Keyword arguments of :class:`pymsi.machine.ArmVirt`: ``ncpus`` 1..8, ``smmu``
     ("s1", "s2", "nested" or None), ``gicv4``, ``msi_design`` (one of the four) and 1..
     ``max_devices`` :func:`device_descriptions` -- ``ArmVirt(**d).boot()`` boots it.
@@ -447,14 +522,14 @@ def machine_descriptions(*, max_devices: int = 3, max_vectors: int = 16,
         return machine_descriptions(max_devices=max_devices, max_vectors=max_vectors,
                                     smmu=smmu, msi_design=msi_design).map(
             ArmVirtDesc.from_dict)
-    return st.fixed_dictionaries({
+    return cast("SearchStrategy[ArmVirtKeywords]", st.fixed_dictionaries({
         "ncpus": st.integers(1, 8),
         "smmu": _opt(smmu, st.sampled_from(["s1", "s2", "nested", None])),
         "gicv4": st.booleans(),
         "msi_design": _opt(msi_design, st.sampled_from(MSI_DESIGNS)),
         "devices": st.lists(device_descriptions(max_vectors=max_vectors), min_size=1,
                             max_size=max_devices),
-    })
+    }))
 
 
 # -- UAPI calls ---------------------------------------------------------------------------------
@@ -468,7 +543,7 @@ class UapiCall:
 
     file: str
     request: int
-    arg: Any
+    arg: Struct
     valid: bool
     mutation: tuple[str, int, int] | None = None
 
@@ -553,7 +628,7 @@ def _mutate_call(draw: DrawFn, call: UapiCall) -> None:
     call.mutation = (name, old, new)
 
 
-def _field_size(arg: Any, name: str) -> int:
+def _field_size(arg: Struct, name: str) -> int:
     """Bytes of scalar member ``name`` of a uapi struct (4 when unknown)."""
     for field_name, ctype in getattr(type(arg), "_fields_", ()):
         if field_name == name:
@@ -561,7 +636,8 @@ def _field_size(arg: Any, name: str) -> int:
     return 4
 
 
-__all__ = ["ITS_COMMAND_NAMES", "Mapping", "UapiCall", "cd_words", "cpu_masks",
+__all__ = ["ITS_COMMAND_NAMES", "ArmVirtKeywords", "ItsCommandFields", "Mapping",
+           "PciFunctionDict", "UapiCall", "cd_words", "cpu_masks",
            "device_descriptions", "its_commands", "machine_descriptions", "msi_tables",
            "mutated", "page_tables", "proc_inputs", "stage1_configs", "stage2_configs",
            "ste_words", "table_bases", "uapi_calls", "xlate_configs"]

@@ -23,6 +23,11 @@ from ._struct import Array, CType, Flex, Struct, Union
 #: model's stand-in for the page mapped from the vCPU fd: not a :class:`Struct`).
 IoctlArg: TypeAlias = int | Struct | kvm.KvmRun
 
+#: What ioctl(2) gives back: Linux's ``long`` (0, a new descriptor, a count); the model's
+#: VFIO_DEVICE_GET_REGION_INFO also hands back the capability chain it would have copied to
+#: the user's buffer, as bytes.
+IoctlResult: TypeAlias = int | bytes
+
 
 def ioctl_name(request: int) -> str:
     """The UAPI name of an ioctl request number (``hex(request)`` if it is not ours)."""
@@ -36,6 +41,7 @@ def ioctl_name(request: int) -> str:
 
 
 __all__ = [
-    "iommufd", "vfio", "kvm", "ioctl_name", "IoctlArg", "Struct", "Union", "CType", "Array", "Flex",
+    "iommufd", "vfio", "kvm", "ioctl_name", "IoctlArg", "IoctlResult", "Struct", "Union", "CType",
+    "Array", "Flex",
     "_IO", "_IOR", "_IOW", "_IOWR", "_IOC_DIR", "_IOC_TYPE", "_IOC_NR", "_IOC_SIZE",
 ]

@@ -11,7 +11,10 @@ class (its ``sizeof``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._struct import Struct
 
 _IOC_NRBITS = 8
 _IOC_TYPEBITS = 8
@@ -43,11 +46,11 @@ def _type(t: int | str) -> int:
     return ord(t) if isinstance(t, str) else t
 
 
-def _size(size: Any) -> int:
+def _size(size: int | type[Struct]) -> int:
     return size if isinstance(size, int) else size.sizeof
 
 
-def _IOC(direction: int, type_: int | str, nr: int, size: Any) -> int:
+def _IOC(direction: int, type_: int | str, nr: int, size: int | type[Struct]) -> int:
     """The request number with these four fields."""
     return (_field(direction, _IOC_DIRBITS, "dir") << _IOC_DIRSHIFT
             | _field(_type(type_), _IOC_TYPEBITS, "type") << _IOC_TYPESHIFT
@@ -60,17 +63,17 @@ def _IO(type_: int | str, nr: int) -> int:
     return _IOC(_IOC_NONE, type_, nr, 0)
 
 
-def _IOR(type_: int | str, nr: int, size: Any) -> int:
+def _IOR(type_: int | str, nr: int, size: int | type[Struct]) -> int:
     """A request whose argument the kernel writes back to userspace."""
     return _IOC(_IOC_READ, type_, nr, size)
 
 
-def _IOW(type_: int | str, nr: int, size: Any) -> int:
+def _IOW(type_: int | str, nr: int, size: int | type[Struct]) -> int:
     """A request whose argument userspace passes in."""
     return _IOC(_IOC_WRITE, type_, nr, size)
 
 
-def _IOWR(type_: int | str, nr: int, size: Any) -> int:
+def _IOWR(type_: int | str, nr: int, size: int | type[Struct]) -> int:
     """A request whose argument goes both ways."""
     return _IOC(_IOC_READ | _IOC_WRITE, type_, nr, size)
 

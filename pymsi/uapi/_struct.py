@@ -60,7 +60,7 @@ class CType:
         self.lo = -(1 << (bits - 1)) if signed else 0
         self.hi = (1 << (bits - 1)) - 1 if signed else (1 << bits) - 1
 
-    def check(self, value: Any, where: str) -> int:
+    def check(self, value: object, where: str) -> int:
         """``value`` if it is an int that fits this type, else TypeError / ValueError."""
         if not isinstance(value, int):
             raise TypeError(f"{where}: {self.name} needs an int, not {type(value).__name__}")
@@ -391,7 +391,7 @@ class Struct(metaclass=_StructMeta):
     _flex_: ClassVar[tuple[str, int, Flex] | None] = None
     _size_field_: ClassVar[str | None] = None
 
-    def __init__(self, **values: Any) -> None:
+    def __init__(self, **values: object) -> None:
         cls = type(self)
         object.__setattr__(self, "_buf", bytearray(cls.sizeof))
         object.__setattr__(self, "_off", 0)
@@ -407,7 +407,7 @@ class Struct(metaclass=_StructMeta):
         def __getattr__(self, name: str) -> Any: ...
         def __setattr__(self, name: str, value: Any) -> None: ...
 
-    def _set_known(self, name: str, value: Any) -> None:
+    def _set_known(self, name: str, value: object) -> None:
         if name not in type(self)._names_:
             raise TypeError(f"{type(self).__name__} has no member {name!r}")
         setattr(self, name, value)

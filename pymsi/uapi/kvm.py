@@ -10,6 +10,8 @@ the structures' ``sizeof``.  Structures are CamelCase classes of the C names
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from ._ioctl import _IO, _IOR, _IOW, _IOWR
 from ._struct import Array, Flex, Struct, Union, anonymous_union, u8, u32, u64
 
@@ -232,6 +234,26 @@ KVM_RUN = _IO(KVMIO, 0x80)
 KVM_EXIT_UNKNOWN, KVM_EXIT_MMIO, KVM_EXIT_INTR = 0, 6, 10
 
 
+class GuestModeCpu(Protocol):
+    """What :attr:`KvmRun.guest` holds: a physical CPU executing a vCPU in guest mode, as
+    the guest running there reaches it (the kernel model's KVM hands one out).  The VMM
+    only lends it to the guest it boots; it never calls it."""
+
+    @property
+    def cpuif(self) -> object:
+        """The vCPU's interface (ICV_* behind the guest's ICC_* accesses), for the guest
+        kernel's GIC driver (the VMM passes it on untouched)."""
+        ...
+
+    def mmio_read(self, gpa: int, size: int) -> int | None:
+        """A guest load KVM's in-kernel devices take: the value, or None for an exit."""
+        ...
+
+    def mmio_write(self, gpa: int, value: int, size: int) -> bool:
+        """A guest store: True when KVM took it, False for an exit."""
+        ...
+
+
 class KvmRun:
     """``struct kvm_run``: the page a VMM maps from its vCPU fd (KVM_GET_VCPU_MMAP_SIZE
     bytes) and KVM_RUN reports through; the model passes it as KVM_RUN's argument
@@ -249,7 +271,7 @@ class KvmRun:
     def __init__(self) -> None:
         self.exit_reason = KVM_EXIT_UNKNOWN
         self.immediate_exit = 0
-        self.guest: object | None = None
+        self.guest: GuestModeCpu | None = None
 
 
 #: ioctl number -> its argument structure (None: an int argument or none).

@@ -30,7 +30,7 @@ the very kernel model the host runs:
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 from ..errors import AlreadyExists, BusError
 from ..hw import its as I
@@ -49,6 +49,11 @@ from ..hw.virt_map import (
 )
 from ..uapi import kvm as K
 
+if TYPE_CHECKING:
+    from ..core import Memory
+    from ..uapi.syscalls import Syscalls
+    from .smmuv3 import VirtualSmmuV3
+
 #: QEMU virt's IORT RMR: the host's SW_MSI window the guest must identity-map.
 IORT_RMR = IORT_RMR_SW_MSI
 
@@ -61,13 +66,13 @@ class KvmMmioWindow:
     access (DMA, with a requester ID) is a decode error (:class:`BusError`, which the
     bus reports to the device as a failed transaction)."""
 
-    def __init__(self, runs: list[Any], base: int, name: str) -> None:
+    def __init__(self, runs: list[K.KvmRun], base: int, name: str) -> None:
         self.runs = runs
         self.base = base
         self.name = name
         self.stats = {"dma_decode_errors": 0}
 
-    def _cpu(self, requester_id: int | None, what: str, offset: int) -> Any:
+    def _cpu(self, requester_id: int | None, what: str, offset: int) -> K.GuestModeCpu:
         if requester_id is not None:
             self.stats["dma_decode_errors"] += 1
             raise BusError(f"device {requester_id:#x} {what} {self.name}+{offset:#x}: "
@@ -92,7 +97,7 @@ class ItsTranslaterWindow(KvmMmioWindow):
     translater region (QEMU's ``kvm_arm_its`` exposes only that): KVM_SIGNAL_MSI
     (address, data, devid = requester ID); any other device access is a decode error."""
 
-    def __init__(self, k: Any, vm_fd: int, runs: list[Any], base: int) -> None:
+    def __init__(self, k: Syscalls, vm_fd: int, runs: list[K.KvmRun], base: int) -> None:
         super().__init__(runs, base, "ITS (KVM)")
         self.k = k
         self.vm_fd = vm_fd
@@ -137,8 +142,8 @@ class VirtBoard:
     KERNEL_IMAGE = 0x10_0000              # the guest kernel's own image: not allocatable
     kernel_name = "guest"                 # what the kernel booted here calls itself
 
-    def __init__(self, k: Any, vm_fd: int, ram: Any, ram_gpa: int, ram_size: int,
-                 runs: list[Any], smmu: Any = None,
+    def __init__(self, k: Syscalls, vm_fd: int, ram: Memory, ram_gpa: int, ram_size: int,
+                 runs: list[K.KvmRun], smmu: VirtualSmmuV3 | None = None,
                  emulated_smmu: bool = False, msi_design: str = "per-vector",
                  iort_rmrs: list[tuple[int, int]] | None = None,
                  honour_rmr: bool = True) -> None:
@@ -153,8 +158,9 @@ class VirtBoard:
         self.its_window = ItsTranslaterWindow(k, vm_fd, runs, self.ITS)
         self.bus.map(self.ITS, K.KVM_VGIC_V3_ITS_SIZE, self.its_window, "ITS (KVM)",
                      attrs=True)
-        self.gic = SimpleNamespace(cpus=[r.guest.cpuif for r in runs])
-        self.smmu: Any = None
+        # the vCPUs' interfaces (each run's guest is set: KVM_RUN came first)
+        self.gic = SimpleNamespace(cpus=[cast(K.GuestModeCpu, r.guest).cpuif for r in runs])
+        self.smmu: VirtualSmmuV3 | None = None
         self.emulated_smmu = False
         if smmu is not None:
             self.attach_smmu(smmu, emulated_smmu)
@@ -163,7 +169,7 @@ class VirtBoard:
         self.iort_rmrs = [IORT_RMR] if iort_rmrs is None else list(iort_rmrs)
         self.honour_rmr = honour_rmr
 
-    def attach_smmu(self, smmu: Any, emulated: bool) -> None:
+    def attach_smmu(self, smmu: VirtualSmmuV3, emulated: bool) -> None:
         """Put the vSMMU's registers at 0x09050000; ``emulated``: the VMM translates the
         DMA (and MSIs) of the functions on the guest's PCI bus through it."""
         if self.smmu is not None:

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import errno as _errno
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, cast
 
 from ..uapi import kvm as K
 from ._trace import Tracepoint
+
+if TYPE_CHECKING:
+    from ..uapi.syscalls import OpenFile, Syscalls
 
 trace_kvm_irqchip_add_msi_route = Tracepoint("kvm_irqchip_add_msi_route", "name", "vector",
                                              "virq")
@@ -43,7 +46,7 @@ class KvmIrqchip:
     gives the GIC's SPI pins the low GSIs); ``max_routes`` the number of GSIs.
     """
 
-    def __init__(self, k: Any, vm_fd: Any, first_gsi: int = 0,
+    def __init__(self, k: Syscalls, vm_fd: int, first_gsi: int = 0,
                  max_routes: int = KVM_MAX_IRQ_ROUTES) -> None:
         self.k = k
         self.vm_fd = vm_fd
@@ -163,17 +166,17 @@ class KvmIrqchip:
     # -- irqfds and direct injection -----------------------------------------------------
 
     @staticmethod
-    def _fd(efd: Any) -> int:
-        return cast(int, efd.fd if hasattr(efd, "fd") else efd)
+    def _fd(efd: int | OpenFile) -> int:
+        return cast(int, getattr(efd, "fd", efd))
 
-    def add_irqfd(self, efd: Any, gsi: int) -> None:
+    def add_irqfd(self, efd: int | OpenFile, gsi: int) -> None:
         """kvm_irqchip_add_irqfd_notifier_gsi(): KVM_IRQFD binding eventfd ``efd``
         (a descriptor number or its File) to ``gsi``."""
         fd = self._fd(efd)
         self.k.ioctl(self.vm_fd, K.KVM_IRQFD, K.KvmIrqfd(fd=fd, gsi=gsi, flags=0))
         self.irqfds.add((fd, gsi))
 
-    def remove_irqfd(self, efd: Any, gsi: int) -> None:
+    def remove_irqfd(self, efd: int | OpenFile, gsi: int) -> None:
         """kvm_irqchip_remove_irqfd_notifier_gsi(): KVM_IRQFD with DEASSIGN."""
         fd = self._fd(efd)
         self.k.ioctl(self.vm_fd, K.KVM_IRQFD,

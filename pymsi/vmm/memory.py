@@ -24,12 +24,16 @@ the host page at ``pfn << 12``; the VMM itself never looks inside the kernel.
 from __future__ import annotations
 
 import errno
-from typing import Any, cast
+from typing import TYPE_CHECKING
 
 from ..errors import InvalidArgument
 from ..hw.virt_map import VIRT_MEM
 from ..uapi import iommufd as u
 from ..uapi import kvm as K
+
+if TYPE_CHECKING:
+    from ..core import Memory
+    from ..uapi.syscalls import OpenFile, Syscalls
 
 PAGE_SIZE = 0x1000
 #: Guest RAM of the Arm virt board: base GPA and the (small: pages are populated) default size.
@@ -37,14 +41,14 @@ RAM_GPA = VIRT_MEM
 RAM_SIZE = 0x200_0000
 
 
-def qemu_prealloc_mem(k: Any, va: int, size: int) -> None:
+def qemu_prealloc_mem(k: Syscalls, va: int, size: int) -> None:
     """Touch every page of [va, va + size) so the kernel backs it (QEMU's
     ``qemu_prealloc_mem``: one write per page)."""
     for off in range(0, size, PAGE_SIZE):
         k.user_write(va + off, b"\0")
 
 
-def host_pfns(k: Any, va: int, npages: int) -> list[int]:
+def host_pfns(k: Syscalls, va: int, npages: int) -> list[int]:
     """The host frame behind each page from ``va`` on, read from /proc/self/pagemap;
     EFAULT for an unmapped page, EINVAL (here) for one never touched."""
     out = []
@@ -56,7 +60,7 @@ def host_pfns(k: Any, va: int, npages: int) -> list[int]:
     return out
 
 
-def guest_memory(host_ram: Any, regions: list[tuple[int, list[int]]]) -> Any:
+def guest_memory(host_ram: Memory, regions: list[tuple[int, list[int]]]) -> Memory:
     """A :class:`pymsi.core.Memory` (of ``host_ram``'s backend) with one RAM region
     per ``(gpa, pfns)``, each page aliasing host page ``pfn`` of ``host_ram``."""
     mem = type(host_ram)()
@@ -75,7 +79,8 @@ class GuestRam:
     (a :class:`pymsi.core.Memory`, RAM at ``gpa``); ``pfns`` the host frames.
     """
 
-    def __init__(self, k: Any, host_ram: Any, gpa: int = RAM_GPA, size: int = RAM_SIZE) -> None:
+    def __init__(self, k: Syscalls, host_ram: Memory, gpa: int = RAM_GPA,
+                 size: int = RAM_SIZE) -> None:
         if gpa % PAGE_SIZE or size <= 0 or size % PAGE_SIZE:
             raise InvalidArgument(f"guest RAM [{gpa:#x}, +{size:#x}) is not page aligned")
         self.k = k
@@ -110,7 +115,7 @@ class GuestRam:
         """The VMM's user address of guest-physical ``gpa`` (QEMU's address_space_map)."""
         if not self.contains(gpa):
             raise InvalidArgument(f"{gpa:#x} is not guest RAM")
-        return cast(int, self.va + gpa - self.gpa)
+        return self.va + gpa - self.gpa
 
     def kvm_set_user_memory_region(self, vm_fd: int, slot: int = 0) -> None:
         """KVM_SET_USER_MEMORY_REGION: the block becomes memory slot ``slot`` of the VM."""
@@ -118,7 +123,7 @@ class GuestRam:
             slot=slot, guest_phys_addr=self.gpa, memory_size=self.size, userspace_addr=self.va))
         self.kvm_slot = slot
 
-    def ioas_map(self, iommufd: Any, ioas_id: int) -> None:
+    def ioas_map(self, iommufd: OpenFile, ioas_id: int) -> None:
         """IOMMU_IOAS_MAP at IOVA = GPA, readable and writeable (the pages get pinned):
         the stage 2 every assigned device's DMA goes through."""
         iommufd.ioctl(u.IOMMU_IOAS_MAP, u.IommuIoasMap(

@@ -62,7 +62,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from errno import EIO
-from typing import Any, NamedTuple, cast
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 from ..errors import InvalidArgument
 from ..hw import smmuv3_regs as R
@@ -73,6 +73,13 @@ from ..hw.virt_map import VIRT_GIC_ITS, VIRT_SMMU
 from ..uapi import iommufd as u
 from ..uapi import vfio as V
 from ..uapi.eventpoll import EPOLLIN
+
+if TYPE_CHECKING:
+    from ..core import Memory
+    from ..core.common import Buffer
+    from ..uapi import IoctlArg
+    from ..uapi.syscalls import OpenFile, Syscalls
+    from .vfio_pci import VfioPciDevice
 
 #: Where QEMU's virt board puts its SMMUv3, and the size of its two register pages.
 VSMMU_BASE, VSMMU_SIZE = VIRT_SMMU, R.MMIO_SIZE
@@ -97,8 +104,8 @@ class HostIommufd(NamedTuple):
     ``IOMMU_HWPT_ALLOC_NEST_PARENT``) that the vIOMMU is built over and that an
     assigned device returns to when it leaves the vSMMU."""
 
-    k: Any
-    iommufd: Any
+    k: Syscalls
+    iommufd: OpenFile
     ioas_id: int
     parent_hwpt_id: int
 
@@ -108,7 +115,7 @@ class _AccelDev:
 
     __slots__ = ("dev", "vdevice_id", "hwpt_id", "s1_hwpt_id")
 
-    def __init__(self, dev: Any, vdevice_id: int) -> None:
+    def __init__(self, dev: VfioPciDevice, vdevice_id: int) -> None:
         self.dev = dev
         self.vdevice_id = vdevice_id
         self.hwpt_id: int | None = None          # the HWPT the device is attached to
@@ -127,7 +134,7 @@ class VirtualSmmuV3:
     guest-physical addresses (in accel mode only read and written, never walked).
     """
 
-    def __init__(self, gmem: Any, mode: str = "emulated", host: HostIommufd | None = None, *,
+    def __init__(self, gmem: Memory, mode: str = "emulated", host: HostIommufd | None = None, *,
                  msi_gpa: int | None = None, oas: int = 44, sidsize: int = 16,
                  ssidsize: int = 0, ril: bool = True, cmdqs: int = 19, eventqs: int = 19,
                  tlb_capacity: int = 1024, backend: str | None = None) -> None:
@@ -238,7 +245,7 @@ class VirtualSmmuV3:
                                   "accelerated vSMMU")
         return self.hw.translate(sid, iova, write, ssid)
 
-    def translate_batch(self, sids: Any, iovas: Any, out_pa: Any, status: Any,
+    def translate_batch(self, sids: Buffer, iovas: Buffer, out_pa: Buffer, status: Buffer,
                         write: bool = False) -> int:
         """Many emulated transactions at once (emulated mode: the hardware model's
         :meth:`SMMUv3.translate_batch` itself; accel mode: InvalidArgument)."""
@@ -259,7 +266,7 @@ class VirtualSmmuV3:
 
     # -- assigned devices (accel) -----------------------------------------------------------
 
-    def attach_device(self, vsid: int, dev: Any) -> None:
+    def attach_device(self, vsid: int, dev: VfioPciDevice) -> None:
         """An assigned device (``dev.devfile``: its VFIO cdev File, bound to the VMM's
         iommufd as ``dev.devid``) appears behind this vSMMU with guest StreamID ``vsid``
         (QEMU's set_iommu_device).  Emulated mode: InvalidArgument, as QEMU's SMMUv3
@@ -330,7 +337,7 @@ class VirtualSmmuV3:
         return None if d is None else d.hwpt_id
 
     @property
-    def devices(self) -> dict[int, Any]:
+    def devices(self) -> dict[int, VfioPciDevice]:
         """The assigned devices by guest StreamID."""
         return {vsid: d.dev for vsid, d in self._devs.items()}
 
@@ -352,7 +359,7 @@ class VirtualSmmuV3:
         fd = self.veventq_fd                     # poll(2) / read(2) on the vEVENTQ's fd
         n = 0
         while fd is not None and self._host.k.poll(fd) & EPOLLIN:
-            data = self._host.k.read(fd, _HDR + _EVT)
+            data = cast(bytes, self._host.k.read(fd, _HDR + _EVT))   # a vEVENTQ reads bytes
             hdr = u.IommufdVeventHeader.unpack(data[:_HDR]) if len(data) >= _HDR else None
             if hdr is None:
                 break
@@ -374,8 +381,8 @@ class VirtualSmmuV3:
 
     # -- accel internals ----------------------------------------------------------------
 
-    def _ioctl(self, cmd: int, arg: Any) -> Any:
-        return self._host.iommufd.ioctl(cmd, arg)
+    def _ioctl(self, cmd: int, arg: IoctlArg) -> int:
+        return cast(int, self._host.iommufd.ioctl(cmd, arg))   # iommufd returns ints
 
     def _user_buf(self, data: bytes) -> int:
         """The VMM's scratch page holding ``data`` (an ioctl's payload)."""
@@ -390,7 +397,7 @@ class VirtualSmmuV3:
         except OSError:
             self.stats["host_errors"] += 1
 
-    def _attach(self, dev: Any, pt_id: int) -> None:
+    def _attach(self, dev: VfioPciDevice, pt_id: int) -> None:
         dev.devfile.ioctl(V.VFIO_DEVICE_ATTACH_IOMMUFD_PT, V.VfioDeviceAttachIommufdPt(pt_id=pt_id))
 
     def _alloc_hwpt(self, devid: int, ste0: int, ste1: int) -> int:
@@ -410,7 +417,8 @@ class VirtualSmmuV3:
         self._ioctl(u.IOMMU_GET_HW_INFO, info)
         if info.out_data_type != u.IOMMU_HW_INFO_TYPE_ARM_SMMUV3:
             raise InvalidArgument(f"wrong data type ({info.out_data_type}) for host SMMUv3 info")
-        host = u.IommuHwInfoArmSmmuv3.unpack(self._host.k.user_read(self._buf, size)).idr
+        buf = cast(int, self._buf)                 # _user_buf made it for the call above
+        host = u.IommuHwInfoArmSmmuv3.unpack(self._host.k.user_read(buf, size)).idr
         mine = [self.hw.mmio_read(R.IDR0 + 4 * i) for i in range(6)]
         checks = (  # (name, field, IDR index, how the host's value must compare with ours)
             ("IDR0_ST_LEVEL", R.IDR0_ST_LEVEL, 0, "=="),

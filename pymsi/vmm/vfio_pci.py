@@ -43,14 +43,18 @@ from __future__ import annotations
 import errno as _errno
 import weakref
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, cast, runtime_checkable
 
 from ..hw import pci as P
 from ..uapi import iommufd as u
 from ..uapi import vfio as V
 from ._trace import Tracepoint
 from .kvm_irqchip import KvmIrqchip
+
+if TYPE_CHECKING:
+    from ..uapi.syscalls import OpenFile, Syscalls
 
 PAGE = 0x1000
 EPOLLIN = 0x1                             # include/uapi/linux/eventpoll.h
@@ -106,21 +110,21 @@ class MsiDoorbells:
 
     #: the registries by iommufd file; each holds its file through a weak reference, so
     #: that a registry (a value here) does not keep its own key alive
-    _all: weakref.WeakKeyDictionary[Any, dict[int, MsiDoorbells]] = \
+    _all: weakref.WeakKeyDictionary[OpenFile, dict[int, MsiDoorbells]] = \
         weakref.WeakKeyDictionary()
 
-    def __init__(self, iommufd: Any, ioas_id: int | None) -> None:
+    def __init__(self, iommufd: OpenFile, ioas_id: int | None) -> None:
         self._iommufd = weakref.ref(iommufd)
         self.ioas_id = ioas_id
         self.refs: dict[int, int] = {}           # IPA page -> vectors reaching it
 
     @property
-    def iommufd(self) -> Any:
-        """The VMM's iommufd file this registry maps through."""
+    def iommufd(self) -> OpenFile | None:
+        """The VMM's iommufd file this registry maps through (None once it is gone)."""
         return self._iommufd()
 
     @classmethod
-    def of(cls, iommufd: Any, ioas_id: int | None) -> MsiDoorbells:
+    def of(cls, iommufd: OpenFile, ioas_id: int | None) -> MsiDoorbells:
         """The registry of ``ioas_id`` in the VMM's ``iommufd``."""
         per_ioas = cls._all.setdefault(iommufd, {})
         key = -1 if ioas_id is None else ioas_id
@@ -132,7 +136,7 @@ class MsiDoorbells:
         """One more vector reaches ``ipa_page``: mapped to ``dev_id``'s doorbell at the
         first (OSError from the host, nothing counted)."""
         if ipa_page not in self.refs:
-            self.iommufd.ioctl(u.IOMMU_IOAS_MAP_MSI, u.IommuIoasMapMsi(
+            cast("OpenFile", self.iommufd).ioctl(u.IOMMU_IOAS_MAP_MSI, u.IommuIoasMapMsi(
                 ioas_id=self.ioas_id, dev_id=dev_id, iova=ipa_page))
             self.refs[ipa_page] = 0
         self.refs[ipa_page] += 1
@@ -142,7 +146,7 @@ class MsiDoorbells:
         self.refs[ipa_page] -= 1
         if not self.refs[ipa_page]:
             del self.refs[ipa_page]
-            self.iommufd.ioctl(u.IOMMU_IOAS_UNMAP, u.IommuIoasUnmap(
+            cast("OpenFile", self.iommufd).ioctl(u.IOMMU_IOAS_UNMAP, u.IommuIoasUnmap(
                 ioas_id=self.ioas_id, iova=ipa_page, length=PAGE))
 
 
@@ -151,8 +155,8 @@ class VFIOMSIVector:
     """QEMU's VFIOMSIVector: one MSI-X vector of the assigned function."""
 
     nr: int
-    interrupt: Any = None          # the VMM's own eventfd (masked vectors, no route)
-    kvm_interrupt: Any = None      # the irqfd's eventfd
+    interrupt: OpenFile | None = None       # the VMM's own eventfd (masked vectors, no route)
+    kvm_interrupt: OpenFile | None = None   # the irqfd's eventfd
     virq: int = -1                 # the KVM GSI of the route, -1: none
     use: bool = False
     msg: tuple[int, int] | None = None       # guest (address, data) the route was made from
@@ -196,7 +200,7 @@ class VfioPciDevice(P.PciFunction):
     context's MSI design (asked with IOMMU_OPTION when None).
     """
 
-    def __init__(self, k: Any, host_path: str, iommufd: Any, irqchip: KvmIrqchip, *,
+    def __init__(self, k: Syscalls, host_path: str, iommufd: OpenFile, irqchip: KvmIrqchip, *,
                  bus: int = 0, device: int = 1, function: int = 0,
                  pt_id: int | None = None, ioas_id: int | None = None,
                  iommu: MsiIommu | None = None, design: str | None = None,
@@ -271,7 +275,7 @@ class VfioPciDevice(P.PciFunction):
             return "sw-msi"                    # an upstream kernel: what Linux merged
         return u.IOMMU_MSI_DESIGN_NAMES[opt.val64]
 
-    def _region_info(self, index: int) -> Any:
+    def _region_info(self, index: int) -> V.VfioRegionInfo:
         info = V.VfioRegionInfo(index=index)
         try:
             self.devfile.ioctl(V.VFIO_DEVICE_GET_REGION_INFO, info)
@@ -345,7 +349,7 @@ class VfioPciDevice(P.PciFunction):
         self.errors[(what, err)] += 1
         self.last_errors.append((what, err))
 
-    def _host_call(self, what: str, fn: Any, *args: Any) -> bool:
+    def _host_call(self, what: str, fn: Callable[..., object], *args: object) -> bool:
         """A call to the host; a failure is recorded (as QEMU's error_report) and False."""
         try:
             fn(*args)
@@ -611,7 +615,7 @@ class VfioPciDevice(P.PciFunction):
 
     # -- vectors -----------------------------------------------------------------------------
 
-    def _eventfd(self, vec: VFIOMSIVector, kvm: bool) -> Any:
+    def _eventfd(self, vec: VFIOMSIVector, kvm: bool) -> OpenFile:
         attr = "kvm_interrupt" if kvm else "interrupt"
         f = getattr(vec, attr)
         if f is None:
@@ -619,7 +623,7 @@ class VfioPciDevice(P.PciFunction):
             setattr(vec, attr, f)
             if not kvm:
                 self._own.append(vec)
-        return f
+        return cast("OpenFile", f)
 
     def route_address(self, addr: int) -> int | None:
         """kvm_arch_fixup_msi_route(): the doorbell GPA for the guest's MSI address."""
@@ -714,7 +718,7 @@ class VfioPciDevice(P.PciFunction):
         if not vec.use:
             return -1
         if vec.virq >= 0 and not vec.masked_fd:
-            return cast(int, vec.kvm_interrupt.fd)
+            return cast(int, cast("OpenFile", vec.kvm_interrupt).fd)   # routed: it has one
         return cast(int, self._eventfd(vec, False).fd)
 
     def _set_irqs(self, start: int, fds: list[int]) -> bool:

@@ -28,7 +28,7 @@ Nothing here imports the host kernel: the VMM reaches it through system calls.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Generic, cast
 
 from ..errors import OutOfOrder
 from ..uapi import iommufd as u
@@ -36,10 +36,28 @@ from ..uapi import kvm as K
 from .board import IORT_RMR, VirtBoard
 from .memory import RAM_GPA, RAM_SIZE, GuestRam
 
+if TYPE_CHECKING:
+    # the guest kernel's type: whatever the ``kernel`` image returns (object when none is
+    # given); a default needs typing_extensions' TypeVar, for the type checker only
+    from typing_extensions import TypeVar
+
+    GuestKernelT = TypeVar("GuestKernelT", default=object)
+else:
+    from typing import TypeVar
+
+    GuestKernelT = TypeVar("GuestKernelT")
+
+if TYPE_CHECKING:
+    from ..core import Memory
+    from ..uapi.syscalls import OpenFile, Syscalls
+    from .kvm_irqchip import KvmIrqchip
+    from .smmuv3 import VirtualSmmuV3
+    from .vfio_pci import MsiIommu, VfioPciDevice
+
 PAGE = 0x1000
 
 
-class Vmm:
+class Vmm(Generic[GuestKernelT]):
     """One VMM process on host kernel ``k``.
 
     ``host_ram`` is the host's physical RAM (the host CPU's view of the VMM's
@@ -48,11 +66,17 @@ class Vmm:
     guest (default: QEMU's RMR over the host's MSI window) and ``honour_rmr``
     whether the guest kernel identity-maps them.  ``kernel`` is the guest kernel image
     (QEMU's ``-kernel``): called with the board, it boots and returns the guest kernel.
+    ``k`` is the process's system-call surface (:class:`pymsi.uapi.syscalls.Syscalls`,
+    which the host kernel model satisfies).  The guest kernel is opaque to the VMM: it
+    boots it and hands it back (:meth:`boot_guest`), never calls into it, so the class is
+    generic over its type (``Vmm(k, ram, kernel=boot_arm)`` is a ``Vmm[Kernel]``; without
+    an image, ``Vmm[object]``) and nothing here depends on the kernel model's classes.
     """
 
-    def __init__(self, k: Any, host_ram: Any, ncpus: int = 2, ram_size: int = RAM_SIZE,
-                 msi_design: str = "per-vector", iort_rmrs: list[tuple[int, int]] | None = None,
-                 honour_rmr: bool = True, kernel: Callable[..., Any] | None = None) -> None:
+    def __init__(self, k: Syscalls, host_ram: Memory, ncpus: int = 2,
+                 ram_size: int = RAM_SIZE, msi_design: str = "per-vector",
+                 iort_rmrs: list[tuple[int, int]] | None = None, honour_rmr: bool = True,
+                 kernel: Callable[[VirtBoard], GuestKernelT] | None = None) -> None:
         self.k = k
         self.kernel_image = kernel
         self.host_ram = host_ram
@@ -61,7 +85,7 @@ class Vmm:
         self.msi_design = msi_design
         self.iort_rmrs = [IORT_RMR] if iort_rmrs is None else list(iort_rmrs)
         self.honour_rmr = honour_rmr
-        self.iommufd: Any = None
+        self.iommufd: OpenFile | None = None
         self.ioas_id: int | None = None
         self.ram: GuestRam | None = None
         self.vm_fd: int | None = None
@@ -69,26 +93,27 @@ class Vmm:
         self.vgic_fd: int | None = None
         self.its_fd: int | None = None
         self.board: VirtBoard | None = None
-        self.guest: Any = None
+        self.guest: GuestKernelT | None = None
         self._scratch: int | None = None
-        self._irqchip: Any = None
+        self._irqchip: KvmIrqchip | None = None
         self.vcpu_runs: list[K.KvmRun] = []
-        self.devices: list[Any] = []           # the vfio-pci devices realized
+        self.devices: list[VfioPciDevice] = []     # the vfio-pci devices realized
         #: what this process opened and mapped itself, in order: files / descriptor
         #: numbers, and (va, length) mappings -- what exit() gives back
-        self._fds: list[Any] = []
+        self._fds: list[int | OpenFile] = []
         self._maps: list[tuple[int, int]] = []
 
     # -- realize ---------------------------------------------------------------------
 
-    def realize(self, smmu: Any = None, emulated_smmu: bool = False) -> VirtBoard:
+    def realize(self, smmu: VirtualSmmuV3 | None = None,
+                emulated_smmu: bool = False) -> VirtBoard:
         """machvirt_init(): iommufd + IOAS, guest RAM, the KVM VM and its vGIC / vITS,
         the board.  ``smmu`` is the vSMMU model to map (None: no vIOMMU)."""
         self.os_setup_limits()
         self.iommufd_backend_connect()
         ram = self.ram = GuestRam(self.k, self.host_ram, RAM_GPA, self.ram_size)
         self._maps.append((ram.va, ram.size))
-        ram.ioas_map(self.iommufd, cast(int, self.ioas_id))    # connected just above
+        ram.ioas_map(cast("OpenFile", self.iommufd), cast(int, self.ioas_id))   # connected above
         self.kvm_init()
         self.kvm_start_vcpus()
         self.board = self.machvirt_board(smmu, emulated_smmu)
@@ -102,10 +127,10 @@ class Vmm:
 
     def iommufd_backend_connect(self) -> None:
         """iommufd_backend_connect() + an IOAS for the guest's address space."""
-        self.iommufd = self.k.open("/dev/iommu")
-        self._fds.append(self.iommufd)
+        self.iommufd = iommufd = self.k.open("/dev/iommu")
+        self._fds.append(iommufd)
         a = u.IommuIoasAlloc()
-        self.iommufd.ioctl(u.IOMMU_IOAS_ALLOC, a)
+        iommufd.ioctl(u.IOMMU_IOAS_ALLOC, a)
         self.ioas_id = a.out_ioas_id
 
     def _device_attr(self, fd: int, group: int, attr: int, value: int | None = None) -> None:
@@ -122,7 +147,7 @@ class Vmm:
 
     def _create_device(self, type_: int) -> int:
         cd = K.KvmCreateDevice(type=type_)
-        self.k.ioctl(self.vm_fd, K.KVM_CREATE_DEVICE, cd)
+        self.k.ioctl(cast(int, self.vm_fd), K.KVM_CREATE_DEVICE, cd)   # kvm_init made the VM
         self._fds.append(cd.fd)
         return cast(int, cd.fd)
 
@@ -130,14 +155,14 @@ class Vmm:
         """KVM_CREATE_VM, memory slot 0, the vCPUs, then the in-kernel vGICv3 and vITS."""
         kvm = self.k.open("/dev/kvm")
         try:
-            self.vm_fd = kvm.ioctl(K.KVM_CREATE_VM, 0)
+            self.vm_fd = vm_fd = cast(int, kvm.ioctl(K.KVM_CREATE_VM, 0))   # a new fd
         finally:
             kvm.close()
-        self._fds.append(self.vm_fd)
-        cast(GuestRam, self.ram).kvm_set_user_memory_region(self.vm_fd, 0)   # realize made it
+        self._fds.append(vm_fd)
+        cast(GuestRam, self.ram).kvm_set_user_memory_region(vm_fd, 0)   # realize made it
         self.vcpu_fds = []
         for i in range(self.ncpus):
-            self.vcpu_fds.append(self.k.ioctl(self.vm_fd, K.KVM_CREATE_VCPU, i))
+            self.vcpu_fds.append(cast(int, self.k.ioctl(vm_fd, K.KVM_CREATE_VCPU, i)))
             self._fds.append(self.vcpu_fds[-1])
         # kvm_arm_gicv3_realize()
         self.vgic_fd = self._create_device(K.KVM_DEV_TYPE_ARM_VGIC_V3)
@@ -164,7 +189,7 @@ class Vmm:
             self.k.ioctl(fd, K.KVM_RUN, run)
             self.vcpu_runs.append(run)
 
-    def machvirt_board(self, smmu: Any, emulated_smmu: bool) -> VirtBoard:
+    def machvirt_board(self, smmu: VirtualSmmuV3 | None, emulated_smmu: bool) -> VirtBoard:
         ram = cast(GuestRam, self.ram)                  # realize made RAM and the VM first
         return VirtBoard(self.k, cast(int, self.vm_fd), ram.mem, ram.gpa, ram.size,
                          self.vcpu_runs, smmu=smmu,
@@ -174,22 +199,22 @@ class Vmm:
     # -- assigned devices ------------------------------------------------------------
 
     @property
-    def irqchip(self) -> Any:
+    def irqchip(self) -> KvmIrqchip:
         """The VMM's KVM routing table (QEMU's kvm_irqchip_*), made on first use."""
         if self._irqchip is None:
             from .kvm_irqchip import KvmIrqchip
 
-            self._irqchip = KvmIrqchip(self.k, self.vm_fd)
+            self._irqchip = KvmIrqchip(self.k, cast(int, self.vm_fd))    # a realized VM
         return self._irqchip
 
     def vfio_realize(self, host_path: str, device: int, pt_id: int | None,
-                     iommu: Any = None) -> Any:
+                     iommu: MsiIommu | None = None) -> VfioPciDevice:
         """-device vfio-pci: the host function behind ``host_path`` at guest slot
         ``device`` of bus 0, bound to the VMM's iommufd (attached to ``pt_id`` unless
         None), on the guest's PCI bus."""
         from .vfio_pci import VfioPciDevice
 
-        dev = VfioPciDevice(self.k, host_path, self.iommufd, self.irqchip, bus=0,
+        dev = VfioPciDevice(self.k, host_path, cast("OpenFile", self.iommufd), self.irqchip, bus=0,
                             device=device, pt_id=pt_id, ioas_id=self.ioas_id, iommu=iommu)
         cast(VirtBoard, self.board).pci.add(dev)           # a realized machine
         self.devices.append(dev)
@@ -200,13 +225,15 @@ class Vmm:
         nested HWPTs hang from (allocated with the first assigned device, as QEMU does)."""
         h = u.IommuHwptAlloc(dev_id=dev_id, pt_id=self.ioas_id,
                              flags=u.IOMMU_HWPT_ALLOC_NEST_PARENT)
-        self.iommufd.ioctl(u.IOMMU_HWPT_ALLOC, h)
+        cast("OpenFile", self.iommufd).ioctl(u.IOMMU_HWPT_ALLOC, h)     # a realized VMM
         return cast(int, h.out_hwpt_id)
 
     # -- the guest -------------------------------------------------------------------
 
-    def boot_guest(self) -> Any:
-        """Boot the guest kernel on the board (the same kernel model as the host)."""
+    def boot_guest(self) -> GuestKernelT:
+        """Boot the guest kernel on the board (the same kernel model as the host): what
+        the ``kernel`` image returns (:func:`pymsi.kernel.boot.boot_arm` gives a
+        :class:`pymsi.kernel.Kernel`)."""
         if self.board is None:
             raise OutOfOrder("realize() the VMM first")
         if self.kernel_image is None:
@@ -229,7 +256,10 @@ class Vmm:
         if smmu is not None and hasattr(smmu, "unrealize"):
             smmu.unrealize()
         for f in reversed(self._fds):
-            self.k.close(f)
+            if isinstance(f, int):
+                self.k.close(f)
+            else:
+                f.close()                        # close(2) of the descriptor open() gave
         self._fds.clear()
         if self.ram is not None:
             self.ram.release()
@@ -248,7 +278,7 @@ class Vmm:
 
     def signal_msi(self, address: int, data: int, devid: int) -> int:
         """KVM_SIGNAL_MSI (with the DeviceID) -- what QEMU does for an emulated MSI."""
-        return cast(int, self.k.ioctl(self.vm_fd, K.KVM_SIGNAL_MSI, K.KvmMsi(
+        return cast(int, self.k.ioctl(cast(int, self.vm_fd), K.KVM_SIGNAL_MSI, K.KvmMsi(
             address_lo=address & 0xFFFF_FFFF, address_hi=address >> 32, data=data,
             flags=K.KVM_MSI_VALID_DEVID, devid=devid)))
 
