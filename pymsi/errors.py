@@ -15,9 +15,9 @@ from typing import NoReturn
 
 class PymsiError(Exception):
     """Base class of every error pymsi defines (catch it to catch them all); the
-    library otherwise raises only built-in exceptions (``TypeError`` for a call with the
-    wrong arguments, ``ValueError`` for a bad argument to a core or UAPI structure
-    helper)."""
+    library otherwise raises only ``TypeError`` for a call with the wrong arguments (and
+    the C conversion's ``TypeError`` / ``OverflowError`` from the raw hot-path callables
+    ``Memory.ram_checker()`` / ``bit_updater()`` return)."""
 
 
 class BusError(PymsiError, OSError):

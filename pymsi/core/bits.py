@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..errors import InvalidArgument
+
 
 class Field:
     """Bits [hi:lo] of an integer (a register, or a doubleword of a structure)."""
@@ -24,7 +26,7 @@ class Field:
     def put(self, word: int, value: int) -> int:
         """``word`` with the field set to ``value`` (which must fit)."""
         if value < 0 or value << self.lo & ~self.mask:
-            raise ValueError(f"{value:#x} does not fit in bits [{self.hi}:{self.lo}]")
+            raise InvalidArgument(f"{value:#x} does not fit in bits [{self.hi}:{self.lo}]")
         return (word & ~self.mask) | (value << self.lo)
 
     def __call__(self, value: int) -> int:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..errors import InvalidArgument
+
 if TYPE_CHECKING:
     from ._struct import Struct
 
@@ -38,7 +40,7 @@ __all__ = [
 
 def _field(value: int, bits: int, what: str) -> int:
     if not isinstance(value, int) or value < 0 or value >= 1 << bits:
-        raise ValueError(f"ioctl {what} {value!r} does not fit in {bits} bits")
+        raise InvalidArgument(f"ioctl {what} {value!r} does not fit in {bits} bits")
     return value
 
 

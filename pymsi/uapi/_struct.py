@@ -38,6 +38,8 @@ import struct as _pystruct
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast, overload
 
+from ..errors import InvalidArgument
+
 __all__ = [
     "CType", "Array", "Flex", "Struct", "Union", "ArrayView", "anonymous_union",
     "u8", "u16", "u32", "u64", "s8", "s16", "s32", "s64", "aligned_u64", "aligned_le64",
@@ -65,7 +67,7 @@ class CType:
         if not isinstance(value, int):
             raise TypeError(f"{where}: {self.name} needs an int, not {type(value).__name__}")
         if not self.lo <= value <= self.hi:
-            raise ValueError(f"{where}: {value:#x} does not fit in {self.name}")
+            raise InvalidArgument(f"{where}: {value:#x} does not fit in {self.name}")
         return value
 
     def __repr__(self) -> str:
@@ -229,7 +231,7 @@ class _ArrayMember:
             value = list(value)
         values = list(value)
         if len(values) != n:
-            raise ValueError(f"{where}: needs {n} elements, got {len(values)}")
+            raise InvalidArgument(f"{where}: needs {n} elements, got {len(values)}")
         checked = [ct.check(v, f"{where}[{i}]") for i, v in enumerate(values)]
         base = obj._off + self.offset
         for i, v in enumerate(checked):
@@ -557,7 +559,7 @@ class Struct(metaclass=_StructMeta):
         data = bytes(data)
         need = cls.sizeof if cls._flex_ is None else cls._flex_[1]
         if len(data) < need:
-            raise ValueError(f"{cls.__name__}.unpack: {len(data)} bytes, needs {need}")
+            raise InvalidArgument(f"{cls.__name__}.unpack: {len(data)} bytes, needs {need}")
         obj = cls.__new__(cls)
         fixed = bytearray(data[:cls.sizeof])
         fixed.extend(bytes(cls.sizeof - len(fixed)))
@@ -571,7 +573,7 @@ class Struct(metaclass=_StructMeta):
             esize = _size_align(elem)[0]
             n = len(raw) // esize if nflex is None else nflex
             if n < 0 or n * esize > len(raw):
-                raise ValueError(f"{cls.__name__}.unpack: {n} elements do not fit")
+                raise InvalidArgument(f"{cls.__name__}.unpack: {n} elements do not fit")
             if isinstance(elem, CType):
                 items = [elem.codec.unpack_from(raw, i * esize)[0] for i in range(n)]
             else:
