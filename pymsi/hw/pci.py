@@ -61,13 +61,17 @@ EXP_DEVCTL_READRQ = 0x7000                # Max_Read_Request_Size
 EXP_DEVCTL_RESET = 0x2810                 # reset: relaxed ordering, no snoop, MRRS 512 bytes
 EXP_DEVSTA_TRPND = 1 << 5                 # Transactions Pending
 # MSI capability (offsets from the capability).
-MSI_FLAGS, MSI_ADDR_LO = 0x02, 0x04
+MSI_FLAGS, MSI_ADDR_LO, MSI_ADDR_HI = 0x02, 0x04, 0x08
+MSI_DATA_32, MSI_MASK_32, MSI_PENDING_32 = 0x08, 0x0C, 0x10    # without Message Upper Address
+MSI_DATA_64, MSI_MASK_64, MSI_PENDING_64 = 0x0C, 0x10, 0x14    # with it (MSI_FLAGS_64BIT)
+_MSI_DATA_TO_MASK, _MSI_DATA_TO_PENDING = MSI_MASK_32 - MSI_DATA_32, MSI_PENDING_32 - MSI_DATA_32
 MSI_FLAGS_ENABLE, MSI_FLAGS_QMASK, MSI_FLAGS_QSIZE = 1 << 0, 0x7 << 1, 0x7 << 4
 MSI_FLAGS_64BIT, MSI_FLAGS_MASKBIT = 1 << 7, 1 << 8
 # MSI-X capability.
 MSIX_FLAGS, MSIX_TABLE, MSIX_PBA = 0x02, 0x04, 0x08
 MSIX_FLAGS_QSIZE, MSIX_FLAGS_MASKALL, MSIX_FLAGS_ENABLE = 0x7FF, 1 << 14, 1 << 15
 _MSIX_ENABLE_HI, _MSIX_MASKALL_HI = MSIX_FLAGS_ENABLE >> 8, MSIX_FLAGS_MASKALL >> 8
+_MSIX_FLAGS_HI = MSIX_FLAGS + 1               # the Message Control byte holding those two bits
 _entry_msg = struct.Struct("<QI").unpack_from       # an MSI-X entry's address and data
 _FIRE_NONE = core.FIRE_NONE
 
@@ -231,7 +235,7 @@ class PciFunction:
         for i, (off, cap_id, _) in enumerate(caps):
             self._put(off, cap_id, 1)
             self._put(off + 1, caps[i + 1][0] if i + 1 < len(caps) else 0, 1)
-        self._put(self.exp_cap + 2, 0x0002, 2)                # PCIe v2, endpoint
+        self._put(self.exp_cap + EXP_FLAGS, 0x0002, 2)        # PCIe v2, endpoint
         self._put(self.exp_cap + EXP_DEVCAP, EXP_DEVCAP_FLR if flr else 0, 4)
         self._put(self.exp_cap + EXP_DEVCTL, EXP_DEVCTL_RESET, 2,
                   wmask=0xFFFF & ~EXP_DEVCTL_BCR_FLR)
@@ -242,10 +246,11 @@ class PciFunction:
             self._put(self.msi_cap + MSI_FLAGS, flags, 2, wmask=MSI_FLAGS_ENABLE | MSI_FLAGS_QSIZE)
             self._put(self.msi_cap + MSI_ADDR_LO, 0, 4, wmask=0xFFFF_FFFC)
             if msi.is64:
-                self._put(self.msi_cap + 8, 0, 4, wmask=0xFFFF_FFFF)
+                self._put(self.msi_cap + MSI_ADDR_HI, 0, 4, wmask=0xFFFF_FFFF)
             self._put(self._msi_data_off, 0, 2, wmask=0xFFFF)
             if msi.per_vector_mask:
-                self._put(self._msi_data_off + 4, 0, 4, wmask=(1 << msi.vectors) - 1)
+                self._put(self._msi_data_off + _MSI_DATA_TO_MASK, 0, 4,
+                          wmask=(1 << msi.vectors) - 1)
         if msix is not None:
             assert self.msix_cap is not None
             self._put(self.msix_cap + MSIX_FLAGS, msix.vectors - 1, 2,
@@ -295,7 +300,7 @@ class PciFunction:
     @property
     def _msi_data_off(self) -> int:
         # only used with an MSI capability: msi_cap and msi are set together
-        return self.msi_cap + (0x0C if self.msi.is64 else 0x08)  # type: ignore[operator, union-attr]
+        return self.msi_cap + (MSI_DATA_64 if self.msi.is64 else MSI_DATA_32)  # type: ignore[operator, union-attr]
 
     def cfg_read(self, offset: int, size: int = 4) -> int:
         """A configuration read (naturally aligned 1, 2 or 4 bytes)."""
@@ -373,7 +378,7 @@ class PciFunction:
         assert self.msi is not None                # only called with an MSI capability
         if not self.msi.per_vector_mask:
             return 0
-        return self._get(self._msi_data_off + 4, 4)
+        return self._get(self._msi_data_off + _MSI_DATA_TO_MASK, 4)
 
     def msi_message(self, vector: int) -> tuple[int, int] | None:
         """(address, data) MSI vector ``vector`` would send now, if enabled."""
@@ -385,13 +390,13 @@ class PciFunction:
         addr = self._get(self.msi_cap + MSI_ADDR_LO, 4)
         assert self.msi is not None                # set with msi_cap
         if self.msi.is64:
-            addr |= self._get(self.msi_cap + 8, 4) << 32
+            addr |= self._get(self.msi_cap + MSI_ADDR_HI, 4) << 32
         n = 1 << ((flags & MSI_FLAGS_QSIZE) >> 4)
         data = (self._get(self._msi_data_off, 2) & ~(n - 1)) | vector
         return addr, data
 
     def _set_msi_pending(self, vector: int, value: bool) -> None:
-        off = self._msi_data_off + 8
+        off = self._msi_data_off + _MSI_DATA_TO_PENDING
         bits = self._get(off, 4)
         self._store(off, bits | 1 << vector if value else bits & ~(1 << vector), 4)
 
@@ -399,7 +404,7 @@ class PciFunction:
         assert self.msi is not None                # only called with an MSI capability
         if not self.msi.per_vector_mask:
             return
-        pending = self._get(self._msi_data_off + 8, 4)
+        pending = self._get(self._msi_data_off + _MSI_DATA_TO_PENDING, 4)
         masks = self._msi_masks()
         for v in range(self.msi.vectors):
             if pending >> v & 1 and not masks >> v & 1:
@@ -480,7 +485,7 @@ class PciFunction:
         if cap is not None:
             # msix_enabled, _msix_vector_masked and msix_entry, inline: Message Control's
             # high byte holds Enable (bit 7) and Function Mask (bit 6)
-            flags = self.cfg[cap + 3]
+            flags = self.cfg[cap + _MSIX_FLAGS_HI]
             if flags & _MSIX_ENABLE_HI:
                 if not 0 <= vector < self.msix.vectors:  # type: ignore[union-attr]  # msix set with msix_cap (hot path: no check)
                     return Delivery.NO_VECTOR
@@ -590,7 +595,7 @@ class PciFunction:
         """
         cap, host = self.msix_cap, self.host
         cfg = self.cfg
-        if (cap is None or not cfg[cap + 3] & _MSIX_ENABLE_HI or host is None
+        if (cap is None or not cfg[cap + _MSIX_FLAGS_HI] & _MSIX_ENABLE_HI or host is None
                 or not cfg[COMMAND] & CMD_MASTER or not self._own_send or host.bus.busy
                 or trace_msi_send_message.enabled):
             return [self.notify(v) for v in vectors]
@@ -604,7 +609,8 @@ class PciFunction:
         addrs = array.array("Q", bytes(8 * n))
         datas, status = array.array("I", bytes(4 * n)), array.array("i", bytes(4 * n))
         ok = core.msix_gather(self.msix_table, self.msix.vectors,  # type: ignore[union-attr]  # as in notify
-                              bool(cfg[cap + 3] & _MSIX_MASKALL_HI), va, addrs, datas, status)
+                              bool(cfg[cap + _MSIX_FLAGS_HI] & _MSIX_MASKALL_HI), va, addrs,
+                              datas, status)
         stats = self.stats
         out = [Delivery.SENT] * n
         where = None

@@ -344,19 +344,19 @@ class PciMsiLayer:
                 dev.mmio_write(entry + X.MSIX_ENTRY_CTRL, desc.msix_ctrl)
         else:
             cap = cast(int, dev.msi_cap)           # an MSI (not MSI-X) vector: the function has MSI
-            is64 = dev.cfg_read(cap + 2, 2) & (1 << 7)
-            dev.cfg_write(cap + 4, msg.address_lo)
+            is64 = dev.cfg_read(cap + P.MSI_FLAGS, 2) & P.MSI_FLAGS_64BIT
+            dev.cfg_write(cap + P.MSI_ADDR_LO, msg.address_lo)
             if is64:
-                dev.cfg_write(cap + 8, msg.address_hi)
-            dev.cfg_write(cap + (0xC if is64 else 0x8), msg.data & 0xFFFF, 2)
+                dev.cfg_write(cap + P.MSI_ADDR_HI, msg.address_hi)
+            dev.cfg_write(cap + (P.MSI_DATA_64 if is64 else P.MSI_DATA_32), msg.data & 0xFFFF, 2)
         desc.msg = msg
 
     def _msi_mask_reg(self, dev: Any) -> int | None:
         """Config offset of the MSI Mask Bits register (None: no per-vector masking)."""
-        flags = dev.cfg_read(dev.msi_cap + 2, 2)
-        if not flags & (1 << 8):
+        flags = dev.cfg_read(dev.msi_cap + P.MSI_FLAGS, 2)
+        if not flags & P.MSI_FLAGS_MASKBIT:
             return None
-        reg: int = dev.msi_cap + (0x10 if flags & (1 << 7) else 0xC)
+        reg: int = dev.msi_cap + (P.MSI_MASK_64 if flags & P.MSI_FLAGS_64BIT else P.MSI_MASK_32)
         return reg
 
     def _msi_multi_mask(self, dev: Any) -> int:
@@ -577,7 +577,9 @@ class PciMsiLayer:
     @staticmethod
     def _msi_msg_regs(dev: Any) -> tuple[int, ...]:
         """Offsets of the MSI capability's message registers (64-bit or not)."""
-        return (4, 8, 0xC) if dev.cfg_read(dev.msi_cap + 2, 2) & (1 << 7) else (4, 8)
+        if dev.cfg_read(dev.msi_cap + P.MSI_FLAGS, 2) & P.MSI_FLAGS_64BIT:
+            return P.MSI_ADDR_LO, P.MSI_ADDR_HI, P.MSI_DATA_64
+        return P.MSI_ADDR_LO, P.MSI_DATA_32
 
     def _entry_words(self, dev: Any, index: int) -> list[int]:
         """The four words of MSI-X table entry ``index`` (address lo/hi, data, control)."""

@@ -177,11 +177,13 @@ class PciDev:
             msg = descs[0].msg
             self.cfg_write(self.msi_cap + P.MSI_ADDR_LO, msg.address_lo)
             if is64:
-                self.cfg_write(self.msi_cap + 8, msg.address_hi)
-            self.cfg_write(self.msi_cap + (0xC if is64 else 0x8), msg.data & 0xFFFF, 2)
+                self.cfg_write(self.msi_cap + P.MSI_ADDR_HI, msg.address_hi)
+            self.cfg_write(self.msi_cap + (P.MSI_DATA_64 if is64 else P.MSI_DATA_32),
+                           msg.data & 0xFFFF, 2)
             mask_reg = getattr(self, "_saved_msi_mask", None)
             if flags & P.MSI_FLAGS_MASKBIT and mask_reg is not None:
-                self.cfg_write(self.msi_cap + (0x10 if is64 else 0xC), mask_reg)
+                self.cfg_write(self.msi_cap + (P.MSI_MASK_64 if is64 else P.MSI_MASK_32),
+                               mask_reg)
             self.msi_control(True, len(descs))
         if self.msix_enabled and self.msix_cap is not None:
             self.intx(False)
@@ -225,7 +227,7 @@ class PciDev:
             flags = self.cfg_read(self.msi_cap + P.MSI_FLAGS, 2)
             if flags & P.MSI_FLAGS_MASKBIT:
                 self._saved_msi_mask = self.cfg_read(
-                    self.msi_cap + (0x10 if flags & P.MSI_FLAGS_64BIT else 0xC))
+                    self.msi_cap + (P.MSI_MASK_64 if flags & P.MSI_FLAGS_64BIT else P.MSI_MASK_32))
         self.cfg_write(P.COMMAND, P.CMD_INTX_DISABLE, 2)   # pci_dev_save_and_disable()
         try:
             self.pcie_flr()

@@ -134,18 +134,18 @@ class VfioPciConfig:
         pdev = self.core.pdev
         flags = pdev.cfg_read(cap + P.MSI_FLAGS, 2)
         is64 = flags & P.MSI_FLAGS_64BIT
-        for off in range(cap + 2, cap + (0xE if is64 else 0xA)):
+        data_end = cap + (P.MSI_DATA_64 if is64 else P.MSI_DATA_32) + 2
+        for off in range(cap + P.MSI_FLAGS, data_end):          # flags, address, data
             self.vconfig[off] = pdev.cfg_read(off, 1)
-        self.vconfig[cap + 2:cap + 4] = (flags & ~(P.MSI_FLAGS_ENABLE | P.MSI_FLAGS_QSIZE)
-                                          ).to_bytes(2, "little")
+        virt = flags & ~(P.MSI_FLAGS_ENABLE | P.MSI_FLAGS_QSIZE)
+        self.vconfig[cap + P.MSI_FLAGS:cap + P.MSI_FLAGS + 2] = virt.to_bytes(2, "little")
         perm(cap + P.MSI_FLAGS, 2, 0xFFFF, P.MSI_FLAGS_ENABLE | P.MSI_FLAGS_QSIZE)
         perm(cap + P.MSI_ADDR_LO, 4, 0xFFFF_FFFF, 0xFFFF_FFFC)
         if is64:
-            perm(cap + 8, 4, 0xFFFF_FFFF, 0xFFFF_FFFF)
-        data = cap + (0xC if is64 else 0x8)
-        perm(data, 2, 0xFFFF, 0xFFFF)
+            perm(cap + P.MSI_ADDR_HI, 4, 0xFFFF_FFFF, 0xFFFF_FFFF)
+        perm(cap + (P.MSI_DATA_64 if is64 else P.MSI_DATA_32), 2, 0xFFFF, 0xFFFF)
         if flags & P.MSI_FLAGS_MASKBIT:
-            perm(data + 4, 4, 0, 0xFFFF_FFFF)
+            perm(cap + (P.MSI_MASK_64 if is64 else P.MSI_MASK_32), 4, 0, 0xFFFF_FFFF)
 
     def _bar_sizes(self) -> dict[int, tuple[int, int, bool]]:
         """BAR register -> (size, flag bits, 64-bit low half) from the kernel's sizing."""
