@@ -255,3 +255,14 @@ def test_a_bar_at_its_register_number():
                  [P.Bar(0x1000, is64=False, reg=-1)]):
         with pytest.raises(InvalidArgument):
             P.PciFunction(0, 2, bars=bars)
+
+
+def test_an_msix_table_write_wider_than_its_size_keeps_its_low_bytes():
+    # a 4-byte store carries 4 bytes: the model never raises on a value wider than that
+    from pymsi.hw.pci import Bar, MsixConfig, PciFunction
+
+    fn = PciFunction(0, 1, bars=[Bar(0x4000)], msix=MsixConfig(4, bar=0))
+    fn.bar_write(0, fn.msix.table_offset, (1 << 32) | 0x1234_5678, 4)
+    fn.bar_write(0, fn.msix.table_offset + 16, -1, 8)
+    assert fn.msix_entry(0)[0] & 0xFFFF_FFFF == 0x1234_5678
+    assert fn.msix_entry(1)[0] == 0xFFFF_FFFF_FFFF_FFFF

@@ -34,7 +34,9 @@ from .._repr import bounded
 
 # The MSI-X table entry is defined once, in pymsi.core.pci_formats; re-exported.
 from ..core.pci_formats import MSIX_CTRL_MASKBIT as MSIX_CTRL_MASKBIT
+from ..core.pci_formats import MSIX_ENTRY_ADDR_LO as MSIX_ENTRY_ADDR_LO
 from ..core.pci_formats import MSIX_ENTRY_CTRL as MSIX_ENTRY_CTRL
+from ..core.pci_formats import MSIX_ENTRY_DATA as MSIX_ENTRY_DATA
 from ..core.pci_formats import MSIX_ENTRY_SIZE as MSIX_ENTRY_SIZE
 from ..errors import InvalidArgument
 from .gicv3 import _BIT_CLEAR, _PENDBASER_PA_MASK
@@ -71,6 +73,7 @@ MSI_FLAGS_64BIT, MSI_FLAGS_MASKBIT = 1 << 7, 1 << 8
 MSIX_FLAGS, MSIX_TABLE, MSIX_PBA = 0x02, 0x04, 0x08
 MSIX_FLAGS_QSIZE, MSIX_FLAGS_MASKALL, MSIX_FLAGS_ENABLE = 0x7FF, 1 << 14, 1 << 15
 _MSIX_ENABLE_HI, _MSIX_MASKALL_HI = MSIX_FLAGS_ENABLE >> 8, MSIX_FLAGS_MASKALL >> 8
+_SIZE_MASK = {4: 0xFFFF_FFFF, 8: 0xFFFF_FFFF_FFFF_FFFF}   # the MSI-X table's access sizes
 _MSIX_FLAGS_HI = MSIX_FLAGS + 1               # the Message Control byte holding those two bits
 _entry_msg = struct.Struct("<QI").unpack_from       # an MSI-X entry's address and data
 _FIRE_NONE = core.FIRE_NONE
@@ -427,9 +430,11 @@ class PciFunction:
 
     def msix_entry(self, vector: int) -> tuple[int, int, int]:
         """(address, data, vector control) of MSI-X table entry ``vector``."""
-        e = self.msix_table[vector * 16 : vector * 16 + 16]
-        return (int.from_bytes(e[0:8], "little"), int.from_bytes(e[8:12], "little"),
-                int.from_bytes(e[12:16], "little"))
+        o = vector * MSIX_ENTRY_SIZE
+        e = self.msix_table
+        a, d, c = o + MSIX_ENTRY_ADDR_LO, o + MSIX_ENTRY_DATA, o + MSIX_ENTRY_CTRL
+        return (int.from_bytes(e[a:a + 8], "little"), int.from_bytes(e[d:d + 4], "little"),
+                int.from_bytes(e[c:c + 4], "little"))       # ADDR_HI follows ADDR_LO
 
     def msix_pending(self, vector: int) -> bool:
         return bool(self.msix_pba[vector // 8] >> (vector % 8) & 1)
@@ -469,7 +474,8 @@ class PciFunction:
             return
         tab = offset - m.table_offset
         if 0 <= tab < len(self.msix_table) and tab % size == 0:
-            self.msix_table[tab : tab + size] = value.to_bytes(size, "little")
+            # the bytes of the access (a wider value is cut to its size, as the bus lanes do)
+            self.msix_table[tab : tab + size] = (value & _SIZE_MASK[size]).to_bytes(size, "little")
             vector = tab // MSIX_ENTRY_SIZE
             pba = self.msix_pba
             if pba[vector >> 3] >> (vector & 7) & 1:         # pending: deliver if unmasked
