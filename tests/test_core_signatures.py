@@ -180,18 +180,14 @@ def bad(p: PyMemory, bus: Bus, pt: IoPgtable) -> None:
 
 
 def test_a_type_checker_accepts_the_real_objects_and_refuses_others(tmp_path) -> None:
-    import subprocess
-    import sys
-    from pathlib import Path
+    from typecheck import run_mypy
 
     user = tmp_path / "user.py"
     user.write_text(_USER)
-    root = Path(__file__).resolve().parent.parent
-    r = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-error-summary",
-                        "--config-file", str(root / "pyproject.toml"), str(user)],
-                       capture_output=True, text=True, cwd=root)
-    errors = [line for line in r.stdout.splitlines() if ": error:" in line]
+    out, rc = run_mypy([user], tmp_path)
+    assert rc == 1, out
+    errors = [line for line in out.splitlines() if ": error:" in line]
     lines = _USER.splitlines()
     where = sorted({int(e.split(":")[1]) for e in errors})
-    assert all("# E" in lines[n - 1] for n in where), r.stdout   # none in good()
-    assert len(where) == 7 and len(errors) == 10, r.stdout
+    assert all("# E" in lines[n - 1] for n in where), out   # none in good()
+    assert len(where) == 7 and len(errors) == 10, out

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import pymsi
 from pymsi.core import cformats
 from pymsi.core import gic_formats as F
 from pymsi.core import pci_formats as X
@@ -102,7 +103,7 @@ def test_the_model_the_driver_and_kvm_use_the_one_definition() -> None:
              *(n for m in (F, V, X) for n in dir(m) if re.fullmatch(
                  r"(C[0-3]|DTE|CTE|VPE0|ITE[01]|L1E|DESC|MSIX_ENTRY|MSIX_CTRL)_[A-Z0-9_]+", n))}
     again = []
-    for path in sorted((ROOT / "pymsi").rglob("*.py")):
+    for path in sorted(Path(pymsi.__file__).resolve().parent.rglob("*.py")):
         if path.name.endswith("_formats.py"):
             continue
         for node in ast.walk(ast.parse(path.read_text())):

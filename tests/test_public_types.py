@@ -14,7 +14,10 @@ import ast
 import re
 from pathlib import Path
 
-PKG = Path(__file__).resolve().parent.parent / "pymsi"
+import pymsi
+
+PKG = Path(pymsi.__file__).resolve().parent        # the package under test (a checkout, or
+                                                    # the sanitizer's installed copy)
 
 #: "module:qualname:parameter" (or ":return") -> why no real type exists; one table per area.
 

@@ -16,9 +16,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from mypy import api as mypy_api
 
-ROOT = Path(__file__).resolve().parent.parent
+import pymsi
+
+from typecheck import run_mypy
+
+ROOT = Path(pymsi.__file__).resolve().parent.parent   # beside the package under test
 PKG = ROOT / "pymsi"
 #: the layers that must not reach the kernel model
 LAYERS = ("pymsi/vmm/", "pymsi/hw/", "pymsi/core/")
@@ -140,10 +143,7 @@ def mypy_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _mypy(tmp_path: Path, cache: Path, src: str) -> tuple[str, int]:
     f = tmp_path / "check_syscalls.py"
     f.write_text(textwrap.dedent(src))
-    out, err, rc = mypy_api.run([
-        "--config-file", str(ROOT / "pyproject.toml"), "--cache-dir", str(cache),
-        "--no-color-output", str(f)])
-    return out + err, rc
+    return run_mypy([f], cache)
 
 
 def test_the_kernel_model_satisfies_the_vmms_system_call_protocols(
