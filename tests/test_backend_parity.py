@@ -36,6 +36,8 @@ from pymsi.core import (
     status_fault,
 )
 
+from core_args import Buf, Ref
+
 RAM, RAM_SIZE = 0x1_0000, 0x1_0000
 RAM2, RAM2_SIZE = 0x4000_0000, 0x2000
 POOL = RAM + 0x8000                 # page-table pool: the top half of RAM
@@ -69,36 +71,6 @@ class IntOnly:
 
     def __repr__(self) -> str:
         return f"IntOnly({self.v})"
-
-
-class Ref:
-    """A per-backend object named in a drawn argument list (resolved at call time)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return f"Ref({self.name})"
-
-
-class Buf:
-    """A typed buffer (made fresh for each backend) or a wrong kind of buffer."""
-
-    def __init__(self, code: str, values: list[int], how: str = "array") -> None:
-        self.code, self.values, self.how = code, values, how
-
-    def make(self) -> Any:
-        if self.how == "numpy":
-            return np.array(self.values, dtype={"I": np.uint32, "Q": np.uint64,
-                                                "i": np.int32}[self.code])
-        if self.how == "bytes":
-            return bytes(array.array(self.code, self.values))
-        if self.how == "list":
-            return list(self.values)
-        return array.array(self.code, self.values)
-
-    def __repr__(self) -> str:
-        return f"Buf({self.code!r}, {self.values}, {self.how!r})"
 
 
 U64 = 2**64

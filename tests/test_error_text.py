@@ -12,7 +12,6 @@ conversion: for them only the exception class is compared.
 
 from __future__ import annotations
 
-import array
 import inspect
 from typing import Any
 
@@ -22,6 +21,8 @@ from hypothesis import strategies as st
 
 from pymsi import core
 from pymsi.core import Stage1, Stage2, XlateConfig
+
+from core_args import Buf, Ref
 
 C, P = core.backend("c"), core.backend("python")
 RAM, RAM_SIZE = 0x1_0000, 0x1_0000
@@ -54,31 +55,6 @@ def test_every_function_is_exported_by_both():
 
 
 # -- arguments -----------------------------------------------------------------------------
-
-
-class Ref:
-    """One of the backend's own objects (made for each backend)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return f"Ref({self.name})"
-
-
-class Buf:
-    """A typed buffer, made fresh for each backend."""
-
-    def __init__(self, code: str, values: list[int]) -> None:
-        self.code, self.values = code, values
-
-    def make(self) -> Any:
-        if self.code == "bytearray":
-            return bytearray(self.values)
-        return array.array(self.code, self.values)
-
-    def __repr__(self) -> str:
-        return f"Buf({self.code!r}, {self.values})"
 
 
 garbage = st.one_of(
