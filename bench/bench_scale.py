@@ -17,6 +17,10 @@ through the VMM), draining P pending interrupts vs P, IOTLB size vs working set.
 4. IOTLB (C core): capacity 1k / 16k / 64k, working sets 0.5x / 1x / 2x the capacity,
    cyclic and random: ns per translated item (hit or miss) in ``translate_batch`` and
    the hit rate, against a bare hash probe (``probe_floor``) of the same run.
+5. The vector budget: what one host vector may cost for 16k vectors booted and allocated
+   to take under 10x the time of 1k (from the boot rows of the same run), what it costs,
+   what it does (Python frames, bus accesses, ITS commands, counted with a profile hook)
+   and what its bus accesses alone cost against an MMIO model that does nothing.
 
 Timed rows are per unit, median and spread over rounds, with "x floor" against an empty
 cffi call (``nop4_floor``) or the bare hash probe measured in the same run.  The host
@@ -143,6 +147,99 @@ def host_rows(rep: Report, rounds: int, floor: list[float]) -> None:
     scaling_rows(rep, f"host boot, {total} vectors", "devices", dev_sizes, dboot, floor, "")
     scaling_rows(rep, f"host alloc + request_irq, {total} vectors", "devices", dev_sizes,
                  dalloc, floor, "")
+    budget_rows(rep, boot, alloc, vec_sizes)
+
+
+# -- what one vector may cost for 16k vectors to boot in under 10x the time of 1k ----------
+
+class _NopMmio:
+    """An MMIO model that does nothing: what a bus access costs before any modelling."""
+
+    def mmio_read(self, offset: int, size: int) -> int:
+        return 0
+
+    def mmio_write(self, offset: int, value: int, size: int) -> None:
+        pass
+
+
+def vector_work(per: int = 256) -> dict[str, float]:
+    """What setting up one host vector (``pci_alloc_irq_vectors`` + ``request_irq``) does,
+    counted with a profile hook over one device's ``per`` vectors: Python frames in all,
+    frames in ``pymsi.kernel`` and in ``pymsi.hw``, bus accesses (``Bus.read`` /
+    ``Bus.write``: MMIO and the driver's RAM accesses through the bus), ITS commands."""
+    from pymsi.hw.bus import Bus
+    from pymsi.kernel.drivers import MsiCountingDriver
+    from pymsi.machine import ArmVirt
+
+    m = ArmVirt(devices=[{"msix": per}], smmu=None)
+    k = m.boot()
+    cmds0 = m.its.stats["commands"]
+    bus_codes = {Bus.read.__code__, Bus.write.__code__}
+    counts = {"frames": 0, "kernel frames": 0, "hw frames": 0, "bus accesses": 0}
+
+    def hook(frame: Any, event: str, arg: Any) -> None:
+        if event != "call":
+            return
+        code = frame.f_code
+        counts["frames"] += 1
+        fn = code.co_filename
+        if "/pymsi/kernel/" in fn:
+            counts["kernel frames"] += 1
+        elif "/pymsi/hw/" in fn:
+            counts["hw frames"] += 1
+        if code in bus_codes:
+            counts["bus accesses"] += 1
+
+    sys.setprofile(hook)
+    try:
+        MsiCountingDriver(k, k.pci.devices[0], per)
+    finally:
+        sys.setprofile(None)
+    out = {name: n / per for name, n in counts.items()}
+    out["ITS commands"] = (m.its.stats["commands"] - cmds0) / per
+    return out
+
+
+def bus_floor(n: int = 20000) -> Any:
+    """One ``Bus.read`` + one ``Bus.write`` to an MMIO window whose model does nothing."""
+    from pymsi.machine import ArmVirt
+
+    m = ArmVirt(devices=[], smmu=None)
+    m.boot()
+    bus = m.bus
+    base = 0x7F00_0000
+    bus.map(base, 0x1000, _NopMmio(), "nop")
+    rd, wr = bus.read, bus.write
+
+    def loop() -> None:
+        for _ in range(n):
+            rd(base, 4)
+            wr(base, 0, 4)
+    return loop
+
+
+def budget_rows(rep: Report, boot: dict[int, list[float]], alloc: dict[int, list[float]],
+                sizes: list[int]) -> None:
+    """The per-vector cost under which 16k vectors booted and allocated take under 10x the
+    time of 1k, from this run's boot times (allocation being linear, total(n) = boot(n) +
+    n * v, so v < (10 boot(1k) - boot(16k)) / (16k - 10 * 1k)), next to what a vector costs
+    and does now, and what its bus accesses alone cost against a model that does nothing."""
+    lo, hi = sizes[0], sizes[-1]
+    b_lo, b_hi = statistics.median(boot[lo]), statistics.median(boot[hi])
+    budget = (10 * b_lo - b_hi) / (hi - 10 * lo)
+    now = statistics.median(a / hi for a in alloc[hi])
+    rep.value("vector budget: ns a vector may cost for 16k / 1k boot + alloc < 10", budget,
+              f"from this run's boot: {b_lo / 1e6:.2f} ms at 1k, {b_hi / 1e6:.2f} ms at 16k")
+    rep.value("vector budget: a vector's set-up now / budget", now / budget,
+              f"{now / 1000:.1f} us per vector at 16k")
+    work = vector_work()
+    for name, n in work.items():
+        rep.value(f"vector work: {name} per vector", n)
+    fl = samples(bus_floor(20000), 40000, 7)
+    rep.add("vector budget: bus access to a do-nothing MMIO model, ns", fl)
+    need = work["bus accesses"] * statistics.median(fl)
+    rep.value("vector budget: the bus accesses alone (count x do-nothing access) / budget",
+              need / budget, f"{need / 1000:.1f} us of bus per vector before any modelling")
 
 
 def guest_rows(rep: Report, rounds: int, floor: list[float], quick: bool) -> None:
