@@ -106,12 +106,15 @@ class Platform(PciRig):
     """QEMU virt's layout: RAM, GICv3 (+ITS), and a PCIe host."""
 
     def __init__(self, ncpus: int = 4, gicv4: bool = False, backend: str | None = None,
-                 stall_on_error: bool = False) -> None:
+                 stall_on_error: bool = False, its_memory=None) -> None:
+        """``its_memory``, if given, is what the ITS reads and writes its queue and tables
+        through: ``its_memory(ram)`` (any PhysMemory over the same RAM)."""
         ram = (core.backend(backend) if backend else core).Memory()
         ram.add_ram(RAM, RAM_SIZE)
         super().__init__(ram)
         self.gic = Gicv3(self.ram, ncpus=ncpus, gicv4=gicv4)
-        self.its = GicV3Its(self.gic, self.ram, stall_on_error=stall_on_error)
+        self.its = GicV3Its(self.gic, its_memory(ram) if its_memory else self.ram,
+                            stall_on_error=stall_on_error)
         self.bus.map(GICD_BASE, 0x1_0000, self.gic.gicd, "GICD")
         self.bus.map(GICR_BASE, self.gic.gicr.size, self.gic.gicr, "GICR")
         self.bus.map(ITS_BASE, 0x2_0000, self.its, "ITS", attrs=True)

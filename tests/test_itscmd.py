@@ -6,9 +6,12 @@
    range, ITT sizes too large, ITT / table / queue addresses outside RAM,
    unknown opcodes, flipped bits): same statuses, read pointers, counts, error
    codes, records, tables in memory and batch translation cache.
-2. The ITS model with the core part against the same model running every
-   command in Python (``_cmdq = None``): same tables, statistics, error trace,
-   caches, redistributor state, translations and trace records.
+2. The ITS model over the C core's memory, over the twin's, and over a memory that is
+   not a core Memory (the one Python definition, ``core.itscmdq.MemoryCmdq``, through
+   the memory's public calls): same tables, statistics, error trace, caches,
+   redistributor state, translations and trace records; and with the table commands'
+   tracepoints on (the core then runs one command per call) the same as with them off,
+   trace records aside.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from hypothesis import strategies as st
 
 from pymsi import trace
 from pymsi.core import common as cc
+from pymsi.core.itscmdq import MemoryCmdq
 
 from hw_rig import ITS_BASE, TRANSLATER, ItsDriver, Platform
 
@@ -247,7 +251,8 @@ NCPUS = 4
 
 @st.composite
 def model_streams(draw):
-    """Chunks of commands (each posted with one CWRITER write) with MSIs between them,
+    """Chunks of commands (each posted with one CWRITER write) with MSIs between them
+    (written to GITS_TRANSLATER or given to ``translate_batch``),
     after one that maps collections 0..3, devices 0..4 and some of their events."""
     setup = [[OPS["MAPC"], 0, 1 << 63 | icid << 16 | icid, 0] for icid in range(NCPUS)]
     setup += [[OPS["MAPD"] | dev << 32, 3, 1 << 63 | (1 << 63) - 1, 0] for dev in range(5)]
@@ -275,17 +280,45 @@ def model_streams(draw):
             else:
                 cmds.append([OPS[kind] | dev << 32, ev, cpu << 16 | icid,
                              draw(st.integers(0, NCPUS)) << 16])
-        msis = draw(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 9)), max_size=6))
+        # (DeviceID, EventID, through translate_batch: the batch cache's path)
+        msis = draw(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 9), st.booleans()),
+                             max_size=6))
         chunks.append((cmds, msis))
     return chunks
 
 
-def _model_run(backend, core, chunks, stall_on_error, traced, indirect):
-    p = Platform(ncpus=NCPUS, backend=backend, stall_on_error=stall_on_error)
-    if not core:
-        p.its._cmdq = None
-    else:
-        assert p.its._cmdq is not None
+class ForeignMemory:
+    """A PhysMemory that is not a core Memory: RAM reached only through public calls."""
+
+    def __init__(self, ram):
+        self.ram = ram
+
+    def is_ram(self, addr, size=1):
+        return self.ram.is_ram(addr, size)
+
+    def read(self, addr, size):
+        return self.ram.read(addr, size)
+
+    def write(self, addr, data):
+        self.ram.write(addr, data)
+
+    def read_u32(self, addr):
+        return self.ram.read_u32(addr)
+
+    def read_u64(self, addr):
+        return self.ram.read_u64(addr)
+
+    def write_u32(self, addr, value):
+        self.ram.write_u32(addr, value)
+
+    def write_u64(self, addr, value):
+        self.ram.write_u64(addr, value)
+
+
+def _model_run(backend, foreign, chunks, stall_on_error, traced, indirect):
+    p = Platform(ncpus=NCPUS, backend=backend, stall_on_error=stall_on_error,
+                 its_memory=ForeignMemory if foreign else None)
+    assert isinstance(p.its._cmdq, MemoryCmdq) == foreign
     drv = ItsDriver(p)
     drv.init(indirect=indirect)
     if indirect:
@@ -311,8 +344,11 @@ def _model_run(backend, core, chunks, stall_on_error, traced, indirect):
             b.write(ITS_BASE + 0x88, w, 8)
             if p.its.stalled:
                 b.write(ITS_BASE + 0x88, w | 1, 8)          # retry once
-            for dev, ev in msis:
-                b.write(TRANSLATER, ev, 4, requester_id=dev)
+            for dev, ev, batch in msis:
+                if batch:
+                    p.its.translate_batch(dev, [ev])
+                else:
+                    b.write(TRANSLATER, ev, 4, requester_id=dev)
     finally:
         rec.stop()
         trace.reset()
@@ -330,13 +366,57 @@ def _model_run(backend, core, chunks, stall_on_error, traced, indirect):
             [(r.name, r.fields) for r in rec.records])
 
 
-@pytest.mark.parametrize("backend", ["c", "python"])
 @given(chunks=model_streams(), stall_on_error=st.booleans(),
-       traced=st.sampled_from([None, "gicv3_its_cmd_sync", "gicv3_its_cmd_*",
+       traced=st.sampled_from(["gicv3_its_cmd_sync", "gicv3_its_cmd_*",
                                "gicv3_its_cmd_mapti,gicv3_its_cmd_inv,gicv3_its_*error"]),
        indirect=st.booleans())
-def test_model_with_core_queue_is_the_python_queue(backend, chunks, stall_on_error, traced,
-                                                   indirect):
-    got = [_model_run(backend, core, chunks, stall_on_error, traced, indirect)
-           for core in (True, False)]
-    assert got[0] == got[1]
+def test_model_is_the_same_over_every_memory_traced_or_not(chunks, stall_on_error, traced,
+                                                           indirect):
+    runs = {(backend, foreign, t): _model_run(backend, foreign, chunks, stall_on_error, t,
+                                              indirect)
+            for backend in ("c", "python") for foreign in (False, True)
+            for t in (None, traced)}
+    first = runs["c", False, traced]
+    for key, got in runs.items():
+        if key[2] == traced:
+            assert got == first, key
+        else:                                   # untraced: no records, the rest the same
+            assert got[:-1] == first[:-1], key
+            assert got[-1] == [], key
+
+
+@pytest.mark.parametrize("backend", ["c", "python"])
+@pytest.mark.parametrize("foreign", [False, True])
+@pytest.mark.parametrize("remap", ["MAPTI", "MAPD", "MAPC"])
+def test_remap_drops_the_batch_translation(backend, foreign, remap):
+    """A translation the batch cache holds is gone after a command that changes it: the
+    next batch MSI takes the new LPI / target (MAPTI), is dropped (MAPD V=0), or lands
+    on the collection's new redistributor (MAPC), on every memory the ITS can have."""
+    p = Platform(ncpus=2, backend=backend, its_memory=ForeignMemory if foreign else None)
+    drv = ItsDriver(p)
+    drv.init()
+    lpi0, _ = drv.map_device(7, 2, cpu=0)
+    rd0, rd1 = p.gic.redists
+    for _ in range(2):          # translated and cached; then copied to the batch cache
+        assert p.its.translate_batch(7, [0]) == 1
+        assert rd0.clear_pending(lpi0)
+    assert len(p.its._itc) == 1
+    if remap == "MAPTI":
+        new = drv.next_lpi
+        drv.set_config(new, 0xA3)
+        drv.cmd(OPS["MAPTI"], d0=7 << 32, d1=new << 32 | 0, d2=1)
+        drv.cmd(OPS["INV"], d0=7 << 32, d1=0)
+        drv.cmd(OPS["SYNC"], d2=1 << 16)
+        expect = (1, rd1, new)
+    elif remap == "MAPD":
+        drv.cmd(OPS["MAPD"], d0=7 << 32, d1=0, d2=0)
+        drv.cmd(OPS["SYNC"])
+        expect = (0, None, None)
+    else:
+        drv.cmd(OPS["MAPC"], d2=1 << 63 | 1 << 16 | 0)  # collection 0 -> redistributor 1
+        drv.cmd(OPS["SYNC"], d2=1 << 16)
+        expect = (1, rd1, lpi0)
+    assert p.its.translate_batch(7, [0]) == expect[0]
+    assert lpi0 not in rd0.pending
+    if expect[1] is not None:
+        assert expect[2] in expect[1].pending

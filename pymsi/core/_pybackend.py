@@ -14,22 +14,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from .._repr import bounded
-from ..errors import BusError, raise_errno
+from ..errors import raise_errno
 from . import gic_formats as F
 from . import pci_formats as X
 from . import vmsa_formats as V
 from .common import (
-    ITSQ_DONE,
-    ITSQ_DROP_COLLECTION,
-    ITSQ_DROP_DEVICE,
-    ITSQ_DROP_EVENT,
-    ITSQ_ERROR,
-    ITSQ_FULL,
-    ITSQ_HANDOFF,
-    ITSQ_INV,
-    ITSQ_INVALL,
-    ITSQ_REC_MAX,
-    ITSQ_STALL,
     STATUS_ABORT,
     STATUS_BYPASS,
     STATUS_NO_CONFIG,
@@ -71,6 +60,7 @@ from .common import (
     translate_args,
     walk_args,
 )
+from .itscmdq import run_commands
 
 if TYPE_CHECKING:
     import array
@@ -1178,9 +1168,6 @@ def msix_gather(table: Buffer, nvec: int, masked_all: bool, vectors: Buffer, add
 
 # -- the ITS command queue (twin of csrc/itscmd.c) ----------------------------------------
 
-_C_OPS = sum(1 << op for op in (F.Cmd.SYNC, F.Cmd.MAPD, F.Cmd.MAPC, F.Cmd.MAPTI, F.Cmd.MAPI,
-                                F.Cmd.INV, F.Cmd.INVALL))
-_E = F.ItsError
 
 
 class ItsCmdq:
@@ -1210,16 +1197,6 @@ class ItsCmdq:
         obj_arg("itc", itc, ItsCache, optional=True)
         creadr, cwriter = int_arg("creadr", creadr, 32), int_arg("cwriter", cwriter, 32)
         ops = int_arg("ops", ops)
-        cq_base, cq_size, nproc, devbits, id_bits, cidbits, dt, ct = self._cfg
-
-        def table_ok(t: tuple[int, ...]) -> bool:
-            return t[5] in (4096, 16384, 65536) and 0 < t[4] <= t[5]
-
-        if (not cq_size or cq_size % 32 or cwriter >= cq_size or cwriter % 32
-                or creadr >= cq_size or creadr % 32 or not 1 <= devbits <= 32
-                or not 1 <= id_bits <= 32 or not 1 <= cidbits <= 32 or not table_ok(dt)
-                or not table_ok(ct)):
-            raise_errno(_EINVAL, "ItsCmdq.run: bad configuration or pointers")
 
         # A table access outside RAM raises the memory's BusError (EFAULT), which stops
         # the run as a stall.
@@ -1229,145 +1206,5 @@ class ItsCmdq:
         def write64(addr: int, value: int) -> None:
             mem._write(addr, value.to_bytes(8, "little"))
 
-        def entry_addr(t: tuple[int, ...], index: int) -> int | None:
-            valid, indirect, base, span, esize, page = t
-            if not valid:
-                return None
-            if not indirect:
-                return (base + index * esize) & U64_MAX if index * esize < span else None
-            per_page = page // esize
-            l1 = index // per_page
-            if l1 * 8 >= span:
-                return None
-            e = read64((base + l1 * 8) & U64_MAX)
-            if not F.L1E_VALID.get(e):
-                return None
-            return ((F.L1E_ADDR.get(e) & ~(page - 1)) + (index % per_page) * esize) & U64_MAX
-
-        def dte(dev: int) -> tuple[int, int] | None:
-            if dev >> devbits:
-                return None
-            addr = entry_addr(dt, dev)
-            if addr is None:
-                return None
-            d = read64(addr)
-            if not F.DTE_V.get(d):
-                return None
-            return F.DTE_ITT.get(d) << 8, F.DTE_SIZE.get(d) + 1
-
-        def collection_rd(icid: int) -> int | None:
-            if icid >> cidbits:
-                return None
-            addr = entry_addr(ct, icid)
-            if addr is None:
-                return None
-            e = read64(addr)
-            return F.CTE_RDBASE.get(e) if F.CTE_V.get(e) else None
-
-        recs: list[int] = []
-
-        def execute(op: int, d0: int, d1: int, d2: int) -> int:
-            dev, event = F.C0_DEVICEID.get(d0), F.C1_EVENTID.get(d1)
-            if op == F.Cmd.MAPD:
-                recs.extend((ITSQ_DROP_DEVICE, dev, 0))
-                if itc is not None:
-                    itc.clear()
-                if dev >> devbits:
-                    return _E.MAPD_DEVICE_OOR
-                addr = entry_addr(dt, dev)
-                if addr is None:
-                    return _E.MAPD_DEVICE_OOR
-                size = F.C1_SIZE.get(d1)
-                if size + 1 > id_bits:
-                    return _E.MAPD_ITTSIZE_OOR
-                write64(addr, F.DTE_V(1) | F.DTE_SIZE(size) | F.DTE_ITT(F.C2_ITT.get(d2))
-                        if F.C2_V.get(d2) else 0)
-                return 0
-            if op == F.Cmd.MAPC:
-                icid = F.C2_ICID.get(d2)
-                recs.extend((ITSQ_DROP_COLLECTION, icid, 0))
-                if itc is not None:
-                    itc.clear()
-                if icid >> cidbits:
-                    return _E.MAPC_COLLECTION_OOR
-                addr = entry_addr(ct, icid)
-                if addr is None:
-                    return _E.MAPC_COLLECTION_OOR
-                rdbase, valid = F.C2_RDBASE.get(d2), F.C2_V.get(d2)
-                if valid and rdbase >= nproc:
-                    return _E.MAPC_PROCNUM_OOR
-                write64(addr, F.CTE_V(1) | F.CTE_RDBASE.encode(rdbase) if valid else 0)
-                return 0
-            if op in (F.Cmd.MAPTI, F.Cmd.MAPI):
-                recs.extend((ITSQ_DROP_EVENT, dev, event))
-                if itc is not None:
-                    itc._d.pop((dev, event), None)
-                intid = F.C1_PINTID.get(d1) if op == F.Cmd.MAPTI else event
-                icid = F.C2_ICID.get(d2)
-                m = dte(dev)
-                if m is None:
-                    return _E.MAPTI_UNMAPPED_DEVICE
-                if event >> m[1]:
-                    return _E.MAPTI_ID_OOR
-                if intid < F.LPI_BASE or intid >> id_bits:
-                    return _E.MAPTI_PHYSICALID_OOR
-                if icid >> cidbits:
-                    return _E.COLLECTION_OOR
-                addr = m[0] + event * F.ITE_SIZE
-                write64(addr, F.ITE0_V(1) | F.ITE0_INTID(intid))
-                write64(addr + 8, F.ITE1_ICID(icid) | F.ITE1_DOORBELL(F.SPURIOUS))
-                return 0
-            if op == F.Cmd.SYNC:
-                return 0 if F.C2_RDBASE.get(d2) < nproc else _E.PROCNUM_OOR
-            if op == F.Cmd.INV:
-                m = dte(dev)
-                if m is None or event >> m[1]:
-                    return _E.INV_UNMAPPED_INTERRUPT
-                addr = m[0] + event * F.ITE_SIZE
-                ite0, ite1 = read64(addr), read64(addr + 8)
-                if not F.ITE0_V.get(ite0):
-                    return _E.INV_UNMAPPED_INTERRUPT
-                if F.ITE0_VIRTUAL.get(ite0):
-                    return 0
-                proc = collection_rd(F.ITE1_ICID.get(ite1))
-                if proc is None:
-                    return _E.INV_UNMAPPED_INTERRUPT
-                if proc >= nproc:
-                    return _E.PROCNUM_OOR
-                recs.extend((ITSQ_INV, proc, F.ITE0_INTID.get(ite0)))
-                return 0
-            proc = collection_rd(F.C2_ICID.get(d2))                   # INVALL
-            if proc is None:
-                return _E.INVALL_UNMAPPED_COLLECTION
-            if proc >= nproc:
-                return _E.PROCNUM_OOR
-            recs.extend((ITSQ_INVALL, proc, 0))
-            return 0
-
-        status, ncmds, op, code = ITSQ_DONE, 0, 0, 0
-        while creadr != cwriter:
-            if len(recs) // 3 + 2 > ITSQ_REC_MAX:
-                status = ITSQ_FULL
-                break
-            raw = mem._read((cq_base + creadr) & U64_MAX, 32)
-            if raw is None:
-                status = ITSQ_STALL
-                break
-            d0, d1, d2 = (int.from_bytes(raw[i:i + 8], "little") for i in (0, 8, 16))
-            op = F.C0_OP.get(d0)
-            if op >= 64 or not ops & _C_OPS & 1 << op:
-                status = ITSQ_HANDOFF
-                break
-            try:
-                err = execute(op, d0, d1, d2)
-            except BusError:
-                status = ITSQ_STALL
-                break
-            if err:
-                status, code = ITSQ_ERROR, int(err)
-                break
-            ncmds += 1
-            creadr = (creadr + 32) % cq_size
-        if status in (ITSQ_DONE, ITSQ_FULL):
-            op = 0
-        return status, creadr, ncmds, op, code, recs
+        return run_commands(self._cfg, lambda addr: mem._read(addr, 32), read64, write64,
+                            itc, creadr, cwriter, ops)

@@ -87,6 +87,7 @@ from ..core.gic_formats import (
 )
 from ..core.gic_formats import Cmd as Cmd  # the formats are defined once there
 from ..core.gic_formats import ItsError as ItsError
+from ..core.itscmdq import CMDQ_COMMANDS, CMDQ_OPS, MemoryCmdq
 from .bits import Field, merge_access
 from .gicv3 import (
     _BIT_SET,
@@ -256,13 +257,14 @@ class GicV3Its:
                       | TYPER_ITT_ENTRY_SIZE(ITE_SIZE - 1) | TYPER_ID_BITS(id_bits - 1)
                       | TYPER_DEVBITS(devbits - 1) | TYPER_CIDBITS(cidbits - 1)
                       | TYPER_CIL(1) | TYPER_VMOVP(int(self.gicv4)))
-        # The command queue's table commands in the core (csrc/itscmd.c), when the
-        # memory is a core Memory (and the batch cache, if any, of the same core).
-        self._cmdq: Any = None                  # a core.ItsCmdq (untyped, cffi)
+        # The command queue's table commands (MAPD, MAPC, MAPTI, MAPI, SYNC, INV,
+        # INVALL) run in the core (csrc/itscmd.c or its twin) when the memory is a core
+        # Memory and the batch cache, if any, is of the same core; over any other memory,
+        # the same Python definition (core.itscmdq) through the memory's public calls.
+        self._cmdq: Any = MemoryCmdq()          # or a core.ItsCmdq (untyped, cffi)
         self._cmdq_key: tuple[int, int, int, int] | None = None
         mcore = _core_of(memory)
-        if (mcore is not None and (self._itc is None or self._core is mcore)
-                and all(1 <= b <= 32 for b in (devbits, id_bits, cidbits))):
+        if mcore is not None and (self._itc is None or self._core is mcore):
             self._cmdq = mcore.ItsCmdq()
         self.trace: deque[tuple[str, str, str]] = deque(maxlen=1024)
         self.stats = {"commands": 0, "command_errors": 0, "stalls": 0, "translations": 0,
@@ -510,16 +512,11 @@ class GicV3Its:
         if self.cwriter >= qsize or self.creadr >= qsize:
             self._note("queue", "CWRITER", "offset beyond the command queue")
             return
-        if self._cmdq is not None:
-            self._process_core(base, qsize)
-            return
-        step = self._step
-        while self.creadr != self.cwriter:
-            if not step(base, qsize):
-                return
+        self._process_core(base, qsize)
 
     def _step(self, base: int, qsize: int) -> bool:
-        """Take the command at GITS_CREADR and run it here; False if the queue stalled."""
+        """Take the command at GITS_CREADR, one the core does not run, and run it here;
+        False if the queue stalled."""
         try:
             cmd = self._read_command(base + self.creadr)
             self._execute(cmd)
@@ -556,8 +553,9 @@ class GicV3Its:
         """The queue through the core's :class:`~pymsi.core.ItsCmdq`: it runs the table
         commands (MAPD, MAPC, MAPTI, MAPI, SYNC, INV, INVALL) in one call and hands back
         their cache drops and redistributor invalidations, applied here in command
-        order; any other command, or one whose tracepoint is on, runs in
-        :meth:`_step`.  Errors and stalls are recorded as :meth:`_step` records them."""
+        order; any other command runs in :meth:`_step`.  With one of the table commands'
+        tracepoints on, the core runs one command per call, after its tracepoint fired.
+        Errors and stalls are recorded as :meth:`_step` records them."""
         cmdq, redists = self._cmdq, self.gic.redists
         key = (self.cbaser, self.baser[0], self.baser[1], len(redists))
         if key != self._cmdq_key:               # configured once per register values
@@ -566,16 +564,24 @@ class GicV3Its:
             cmdq.configure(base, qsize, len(redists), self.devbits, self.id_bits,
                            self.cidbits, dt[1:], ct[1:])
             self._cmdq_key = key
-        ops = _CORE_OPS                         # a traced command runs in _step
-        if (_TP_MAPD.enabled or _TP_MAPC.enabled or _TP_MAPTI.enabled or _TP_MAPI.enabled
-                or _TP_SYNC.enabled or _TP_INV.enabled or _TP_INVALL.enabled):
-            for bit, tp in _CORE_TRACED:
-                if tp.enabled:
-                    ops &= ~bit
+        traced = (_TP_MAPD.enabled or _TP_MAPC.enabled or _TP_MAPTI.enabled
+                  or _TP_MAPI.enabled or _TP_SYNC.enabled or _TP_INV.enabled
+                  or _TP_INVALL.enabled)
         stats, memory, itc = self.stats, self.memory, self._itc
         while self.creadr != self.cwriter:
+            end = self.cwriter
+            if traced:                          # one command, after its tracepoint
+                end = (self.creadr + 32) % qsize
+                try:
+                    d0, d1, d2, d3 = self._read_command(base + self.creadr)
+                except _Stall:
+                    self._stall_memory()
+                    return
+                tp = _CORE_TRACEPOINTS.get(C0_OP.get(d0))
+                if tp is not None and tp[0].enabled:
+                    tp[0](**tp[1](C0_DEVICEID.get(d0), C1_EVENTID.get(d1), d1, d2, d3))
             status, self.creadr, n, op, code, recs = cmdq.run(memory, itc, self.creadr,
-                                                              self.cwriter, ops)
+                                                              end, _CORE_OPS)
             stats["commands"] += n
             if recs:
                 ite_cache = self._ite_cache
@@ -594,7 +600,7 @@ class GicV3Its:
                     else:                       # INVALL
                         redists[a].invalidate()
             if status == _ITSQ_DONE:
-                return
+                continue                        # at GITS_CWRITER (or, traced, the next one)
             if status == _ITSQ_HANDOFF:
                 if not self._step(base, qsize):
                     return
@@ -735,63 +741,11 @@ class GicV3Its:
                     per.pop(event, None)
                 if itc is not None:
                     itc.remove(dev, event)
-            elif drop == _DROP_DEVICE:
-                self._ite_cache.pop(dev, None)
-                if itc is not None:
-                    itc.clear()         # (more than the device's events: allowed)
-            elif drop == _DROP_COLLECTION:
-                self._col_cache.pop(C2_ICID.get(d2), None)
-                if itc is not None:
-                    itc.clear()         # (every event of every collection: allowed)
             else:
                 self._vpe_cache.pop(C1_VPEID.get(d1), None)
         getattr(self, name)(dev, event, d1, d2, d3)
 
     # physical commands
-    def _cmd_mapd(self, dev: int, event: int, d1: int, d2: int, d3: int) -> None:
-        if dev >> self.devbits:
-            raise _Error(ItsError.MAPD_DEVICE_OOR)
-        addr = self._entry_addr(BaserType.DEVICES, dev)
-        if addr is None:
-            raise _Error(ItsError.MAPD_DEVICE_OOR)
-        size = C1_SIZE.get(d1)
-        if size + 1 > self.id_bits:
-            raise _Error(ItsError.MAPD_ITTSIZE_OOR)
-        value = (DTE_V(1) | DTE_SIZE(size) | DTE_ITT(C2_ITT.get(d2))) if C2_V.get(d2) else 0
-        self._write64(addr, value)
-
-    def _cmd_mapc(self, dev: int, event: int, d1: int, d2: int, d3: int) -> None:
-        icid = C2_ICID.get(d2)
-        if icid >> self.cidbits:
-            raise _Error(ItsError.MAPC_COLLECTION_OOR)
-        addr = self._entry_addr(BaserType.COLLECTIONS, icid)
-        if addr is None:
-            raise _Error(ItsError.MAPC_COLLECTION_OOR)
-        rdbase = C2_RDBASE.get(d2)
-        if C2_V.get(d2) and self.gic.redistributor(rdbase) is None:
-            raise _Error(ItsError.MAPC_PROCNUM_OOR)
-        self._write64(addr, CTE_V(1) | CTE_RDBASE(rdbase & 0xFFFF) if C2_V.get(d2) else 0)
-
-    def _map_physical(self, dev: int, event: int, intid: int, icid: int) -> None:
-        dte = self._dte(dev)
-        if dte is None:
-            raise _Error(ItsError.MAPTI_UNMAPPED_DEVICE)
-        if event >> dte[1]:
-            raise _Error(ItsError.MAPTI_ID_OOR)
-        if not LPI_BASE <= intid < 1 << self.id_bits:
-            raise _Error(ItsError.MAPTI_PHYSICALID_OOR)
-        if icid >> self.cidbits:
-            raise _Error(ItsError.COLLECTION_OOR)
-        addr = dte[0] + event * ITE_SIZE
-        self._write64(addr, ITE0_V(1) | ITE0_INTID(intid))
-        self._write64(addr + 8, ITE1_ICID(icid) | ITE1_DOORBELL(SPURIOUS))
-
-    def _cmd_mapti(self, dev: int, event: int, d1: int, d2: int, d3: int) -> None:
-        self._map_physical(dev, event, C1_PINTID.get(d1), C2_ICID.get(d2))
-
-    def _cmd_mapi(self, dev: int, event: int, d1: int, d2: int, d3: int) -> None:
-        self._map_physical(dev, event, event, C2_ICID.get(d2))
-
     def _target(self, ite: Sequence[int], missing: ItsError) -> _Redistributor:
         """The redistributor a physical ITE's collection targets."""
         rd = self._collection_rd(ITE1_ICID.get(ite[1]))
@@ -836,20 +790,6 @@ class GicV3Its:
     def _cmd_clear(self, dev: int, event: int, d1: int, d2: int, d3: int) -> None:
         _, ite = self._ite(dev, event, ItsError.CLEAR_UNMAPPED_INTERRUPT)
         self._set_state(ite, False, ItsError.CLEAR_UNMAPPED_INTERRUPT)
-
-    def _cmd_inv(self, dev: int, event: int, d1: int, d2: int, d3: int) -> None:
-        _, ite = self._ite(dev, event, ItsError.INV_UNMAPPED_INTERRUPT)
-        if not ITE0_VIRTUAL.get(ite[0]):
-            self._target(ite, ItsError.INV_UNMAPPED_INTERRUPT).invalidate(ITE0_INTID.get(ite[0]))
-
-    def _cmd_invall(self, dev: int, event: int, d1: int, d2: int, d3: int) -> None:
-        rd = self._collection_rd(C2_ICID.get(d2))
-        if rd is None:
-            raise _Error(ItsError.INVALL_UNMAPPED_COLLECTION)
-        self._rd(rd, ItsError.PROCNUM_OOR).invalidate()
-
-    def _cmd_sync(self, dev: int, event: int, d1: int, d2: int, d3: int) -> None:
-        self._rd(C2_RDBASE.get(d2), ItsError.PROCNUM_OOR)   # everything is already done
 
     # GICv4 commands
     def _cmd_vmapp(self, dev: int, event: int, d1: int, d2: int, d3: int) -> None:
@@ -1020,18 +960,20 @@ class GicV3Its:
                 f"id_bits={self.id_bits} gicv4={int(self.gicv4)} cbaser={self.cbaser:#x}>")
 
 
-# Commands that drop the cached translation of their (DeviceID, EventID).
-_DROPS_EVENT = frozenset({Cmd.MAPTI, Cmd.MAPI, Cmd.MOVI, Cmd.DISCARD, Cmd.VMAPTI, Cmd.VMAPI,
-                          Cmd.VMOVI})
+# Commands run here that drop the cached translation of their (DeviceID, EventID) (MAPD,
+# MAPC, MAPTI and MAPI drop theirs in the core's run, which reports what it dropped).
+_DROPS_EVENT = frozenset({Cmd.MOVI, Cmd.DISCARD, Cmd.VMAPTI, Cmd.VMAPI, Cmd.VMOVI})
 
 
 # What a command drops from the translation caches (see _execute).
-_DROP_EVENT, _DROP_DEVICE, _DROP_COLLECTION, _DROP_VPE = 1, 2, 3, 4
-_DROPS = {**dict.fromkeys(_DROPS_EVENT, _DROP_EVENT), Cmd.MAPD: _DROP_DEVICE,
-          Cmd.MAPC: _DROP_COLLECTION, Cmd.VMAPP: _DROP_VPE, Cmd.VMOVP: _DROP_VPE}
+_DROP_EVENT, _DROP_VPE = 1, 4
+_DROPS = {**dict.fromkeys(_DROPS_EVENT, _DROP_EVENT), Cmd.VMAPP: _DROP_VPE, Cmd.VMOVP: _DROP_VPE}
 # opcode (a plain int: no enum hashing per command) -> (handler method's name,
-# tracepoint, its fields, what it drops from the caches)
-_CMD_TABLE = {int(c): (f"_cmd_{c.name.lower()}", *_CMD_TRACE[c], _DROPS.get(c, 0)) for c in Cmd}
+# tracepoint, its fields, what it drops from the caches) of the commands run here.  The
+# core's table commands (core.itscmdq.CMDQ_COMMANDS) never reach _execute: the core runs
+# every one of them and hands back only the others.
+_CMD_TABLE = {int(c): (f"_cmd_{c.name.lower()}", *_CMD_TRACE[c], _DROPS.get(c, 0))
+              for c in Cmd if c not in CMDQ_COMMANDS}
 # BaserType (its value as an index: no enum hashing) -> GITS_BASER<n> that describes it
 _TABLE_BASER = (None, 0, 2, None, 1)
 # (baser, valid, indirect, base, span, entry size, page size): ItsModel._decode_baser
@@ -1041,11 +983,11 @@ _unpack4 = struct.Struct("<4Q").unpack
 
 # The commands the core's ItsCmdq runs (opcode bits) and their tracepoints: a command
 # whose tracepoint is on runs in Python, where the tracepoint fires.
-_CORE_CMDS = (Cmd.MAPD, Cmd.MAPC, Cmd.MAPTI, Cmd.MAPI, Cmd.SYNC, Cmd.INV, Cmd.INVALL)
-_CORE_OPS = sum(1 << int(c) for c in _CORE_CMDS)
-_CORE_TRACED = tuple((1 << int(c), _CMD_TRACE[c][0]) for c in _CORE_CMDS)
+_CORE_OPS = CMDQ_OPS
+_CORE_TRACEPOINTS = {int(c): _CMD_TRACE[c] for c in CMDQ_COMMANDS}    # (tracepoint, fields)
 _TP_MAPD, _TP_MAPC, _TP_MAPTI, _TP_MAPI, _TP_SYNC, _TP_INV, _TP_INVALL = (
-    tp for _, tp in _CORE_TRACED)
+    _CMD_TRACE[c][0] for c in (Cmd.MAPD, Cmd.MAPC, Cmd.MAPTI, Cmd.MAPI, Cmd.SYNC, Cmd.INV,
+                               Cmd.INVALL))
 _ITSQ_DONE, _ITSQ_HANDOFF, _ITSQ_ERROR, _ITSQ_STALL = (_cc.ITSQ_DONE, _cc.ITSQ_HANDOFF,
                                                        _cc.ITSQ_ERROR, _cc.ITSQ_STALL)
 _REC_DROP_EVENT, _REC_DROP_DEVICE, _REC_DROP_COLLECTION, _REC_INV = (
