@@ -102,6 +102,10 @@ class MmioWindow(NamedTuple):
     attrs: bool
 
 
+#: What :attr:`Bus._last` is before any lookup found a window: a window of no address.
+_NO_WINDOW = MmioWindow(0, 0, None, "", False)
+
+
 class DmaResult(NamedTuple):
     """What became of a device's DMA.
 
@@ -142,7 +146,8 @@ class Bus:
                       "posted_dropped": 0, "drain_budget_exhausted": 0}
         self._depth = 0                         # accesses in progress (nesting)
         self._posted: deque[tuple[Any, ...]] = deque()    # writes waiting for the current access
-        self._last: MmioWindow | None = None    # the window the last lookup found
+        self._last = _NO_WINDOW                 # the window the last lookup found
+        self._lo = self._hi = 0                 # its [base, base + size)
         #: requester ID -> its MSI route (see _msi_route), or False: none; dropped when
         #: a window or an IOMMU is added or removed
         self._routes: dict[int, tuple[Any, ...] | Literal[False]] = {}
@@ -251,19 +256,21 @@ class Bus:
             raise InvalidArgument(f"no MMIO window at {base:#x}")
         del self._bases[i]
         del self._windows[i]
-        self._last = None
+        self._last = _NO_WINDOW
+        self._lo = self._hi = 0
         self._routes.clear()
 
     def window(self, addr: int) -> MmioWindow | None:
         """The MMIO window containing ``addr``, if any."""
         w = self._last                  # windows never overlap: the last one found, if it fits
-        if w is not None and w.base <= addr < w.base + w.size:
+        if w.base <= addr < w.base + w.size:
             return w
         i = bisect.bisect(self._bases, addr) - 1
         if i >= 0:
             w = self._windows[i]
             if addr < w.base + w.size:
                 self._last = w
+                self._lo, self._hi = w.base, w.base + w.size
                 return w
         return None
 
@@ -353,11 +360,13 @@ class Bus:
             here = ram.is_ram(addr, size)
         if here:
             return int.from_bytes(ram.read(addr, size), "little")
-        w = self._last                          # window(), its first guess inline
-        if w is None or not w.base <= addr < w.base + w.size:
+        w: MmioWindow | None
+        if self._lo <= addr and addr + size <= self._hi:   # window(), its first guess inline
+            w = self._last
+        else:
             w = self.window(addr)
-        if w is None or addr + size > w.base + w.size:
-            raise BusError(f"read of {size} bytes at {addr:#x}: nothing there")
+            if w is None or addr + size > w.base + w.size:
+                raise BusError(f"read of {size} bytes at {addr:#x}: nothing there")
         self._depth += 1                        # _enter() / _leave(), inline
         try:
             if w.attrs:
@@ -384,11 +393,13 @@ class Bus:
             if here:
                 ram.write(addr, value.to_bytes(size, "little"))
                 return
-            w = self._last                      # window(), its first guess inline
-            if w is None or not w.base <= addr < w.base + w.size:
+            w: MmioWindow | None
+            if self._lo <= addr and addr + size <= self._hi:   # window()'s first guess, inline
+                w = self._last
+            else:
                 w = self.window(addr)
-            if w is None or addr + size > w.base + w.size:
-                raise BusError(f"write of {size} bytes at {addr:#x}: nothing there")
+                if w is None or addr + size > w.base + w.size:
+                    raise BusError(f"write of {size} bytes at {addr:#x}: nothing there")
             if w.attrs:
                 w.model.mmio_write(addr - w.base, value, size, requester_id=requester_id)
             else:
