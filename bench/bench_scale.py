@@ -236,7 +236,7 @@ def budget_rows(rep: Report, boot: dict[int, list[float]], alloc: dict[int, list
     for name, n in work.items():
         rep.value(f"vector work: {name} per vector", n)
     fl = samples(bus_floor(20000), 40000, 7)
-    rep.add("vector budget: bus access to a do-nothing MMIO model, ns", fl)
+    rep.add("vector budget: bus access to a do-nothing MMIO model, ns", fl, floor="floor")
     need = work["bus accesses"] * statistics.median(fl)
     rep.value("vector budget: the bus accesses alone (count x do-nothing access) / budget",
               need / budget, f"{need / 1000:.1f} us of bus per vector before any modelling")
