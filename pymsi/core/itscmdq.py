@@ -33,6 +33,7 @@ from .common import (
     ITSQ_STALL,
     U64_MAX,
     ItsCmdqConfig,
+    ItsTable,
     PhysMemory,
     its_cmdq_cfg_args,
 )
@@ -229,8 +230,7 @@ class MemoryCmdq:
         self._cfg: ItsCmdqConfig = (0, 0, 0, 0, 0, 0, (0, 0, 0, 0, 0, 0), (0, 0, 0, 0, 0, 0))
 
     def configure(self, cq_base: int, cq_size: int, nproc: int, devbits: int, id_bits: int,
-                  cidbits: int, devices: tuple[int, int, int, int, int, int],
-                  collections: tuple[int, int, int, int, int, int]) -> None:
+                  cidbits: int, devices: ItsTable, collections: ItsTable) -> None:
         """As ``ItsCmdq.configure``."""
         self._cfg = its_cmdq_cfg_args(cq_base, cq_size, nproc, devbits, id_bits, cidbits,
                                       devices, collections)

@@ -581,7 +581,7 @@ class GicV3Its:
                 if tp is not None and tp[0].enabled:
                     tp[0](**tp[1](C0_DEVICEID.get(d0), C1_EVENTID.get(d1), d1, d2, d3))
             status, self.creadr, n, op, code, recs = cmdq.run(memory, itc, self.creadr,
-                                                              end, _CORE_OPS)
+                                                              end, CMDQ_OPS)
             stats["commands"] += n
             if recs:
                 ite_cache = self._ite_cache
@@ -981,13 +981,12 @@ _DecodedBaser = tuple[int, bool, bool, int, int, int, int]
 _unpack4 = struct.Struct("<4Q").unpack
 
 
-# The commands the core's ItsCmdq runs (opcode bits) and their tracepoints: a command
-# whose tracepoint is on runs in Python, where the tracepoint fires.
-_CORE_OPS = CMDQ_OPS
+# The tracepoints of the commands the core's ItsCmdq runs, by opcode: with one of them on,
+# _process_core fires it and has the core run one command per call.
 _CORE_TRACEPOINTS = {int(c): _CMD_TRACE[c] for c in CMDQ_COMMANDS}    # (tracepoint, fields)
+# (in CMDQ_COMMANDS' order)
 _TP_MAPD, _TP_MAPC, _TP_MAPTI, _TP_MAPI, _TP_SYNC, _TP_INV, _TP_INVALL = (
-    _CMD_TRACE[c][0] for c in (Cmd.MAPD, Cmd.MAPC, Cmd.MAPTI, Cmd.MAPI, Cmd.SYNC, Cmd.INV,
-                               Cmd.INVALL))
+    tp for tp, _ in _CORE_TRACEPOINTS.values())
 _ITSQ_DONE, _ITSQ_HANDOFF, _ITSQ_ERROR, _ITSQ_STALL = (_cc.ITSQ_DONE, _cc.ITSQ_HANDOFF,
                                                        _cc.ITSQ_ERROR, _cc.ITSQ_STALL)
 _REC_DROP_EVENT, _REC_DROP_DEVICE, _REC_DROP_COLLECTION, _REC_INV = (
